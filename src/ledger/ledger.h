@@ -1,0 +1,103 @@
+/*
+ * ledger.h: the state machine, TigerBeetle 0.16.68's double-entry rules, behind one interface.
+ *
+ * The replica hands the ledger each committed operation in op order together with the
+ * timestamp the primary assigned; the ledger returns the reply body. It performs no I/O, reads
+ * no clock and no randomness, so every replica that executes the same prepares in the same
+ * order holds byte-identical state and produces byte-identical replies.
+ *
+ * Memory is reserved once, in ledger_create(), from the capacities in the configuration.
+ */
+#ifndef TALLY_LEDGER_H
+#define TALLY_LEDGER_H
+
+#include "lib/common.h"
+
+/* The largest body of a message: 1 MiB minus the 256-byte header. */
+#define LEDGER_BODY_SIZE_MAX 1048320u
+/* Timestamp slots a pulse reserves: the largest unbatched create_transfers batch. */
+#define LEDGER_PULSE_TIMESTAMP_DELTA 8190u
+
+struct ledger_config {
+        uint64_t accounts_max;  /* accounts the ledger can hold */
+        uint64_t transfers_max; /* transfers (all kinds) the ledger can hold */
+        /* The request body limit advertised to clients (batch_size_limit); bounds events. */
+        uint32_t request_body_size_max;
+};
+
+struct ledger;
+
+/* Bytes of memory ledger_create() reserves for this configuration. */
+uint64_t ledger_memory_bytes(const struct ledger_config *config);
+
+/* Reserves all memory. Returns NULL (and logs why) if it cannot. */
+struct ledger *ledger_create(const struct ledger_config *config);
+void ledger_destroy(struct ledger *ledger);
+
+/* True for operations the state machine executes for clients (129..145). */
+bool ledger_operation_valid(uint8_t operation);
+
+/*
+ * Input validation of a request body, before it is prepared: multi-batch framing, body size a
+ * multiple of the event size, events per batch, one filter per query batch, worst-case reply
+ * fits. False means the primary evicts the client with reason invalid_request_body.
+ */
+bool ledger_input_valid(const struct ledger *ledger, uint8_t operation, const uint8_t *body,
+                        uint32_t body_size);
+
+/*
+ * How far the operation advances the cluster timestamp: the number of events over all batches
+ * for create operations, LEDGER_PULSE_TIMESTAMP_DELTA for pulse, 0 otherwise.
+ * Only called on bodies that passed ledger_input_valid().
+ */
+uint32_t ledger_timestamp_delta(uint8_t operation, const uint8_t *body, uint32_t body_size);
+
+/*
+ * Worst-case capacity check before preparing: false if executing this request (on top of
+ * `events_in_flight` not yet executed create events) could exceed a configured capacity. The
+ * replica refuses such a request rather than let the ledger run out mid-batch.
+ */
+bool ledger_capacity_available(const struct ledger *ledger, uint8_t operation,
+                               const uint8_t *body, uint32_t body_size,
+                               uint64_t events_in_flight);
+
+/*
+ * Executes one committed operation with the timestamp T the primary assigned (see
+ * ledger-semantics.md section 2) and writes the reply body to `reply` (room for
+ * LEDGER_BODY_SIZE_MAX bytes). Returns the reply body size. The body passed
+ * ledger_input_valid(). OPERATION_PULSE (128) expires pending transfers; its reply is empty.
+ */
+uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t timestamp,
+                        const uint8_t *body, uint32_t body_size, uint8_t *reply);
+
+/*
+ * True if a pulse prepared now, with a timestamp of at least `timestamp`, would expire at
+ * least one pending transfer. The primary checks this on a timer and prepares a pulse.
+ */
+bool ledger_pulse_needed(const struct ledger *ledger, uint64_t timestamp);
+
+/* Counters for metrics and the README's memory figures. */
+struct ledger_stats {
+        uint64_t accounts;
+        uint64_t transfers;
+        uint64_t pending_live;
+        uint64_t history_records;
+        uint64_t memory_bytes;
+};
+void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
+
+/*
+ * Checkpoints: the whole state as a byte stream, read back bit for bit. The stream carries its
+ * own format version and checksum; ledger_checkpoint_read() refuses a damaged stream.
+ */
+struct ledger_stream {
+        /* Returns 0 on success, -1 on an error (the whole operation then fails). */
+        int (*write)(void *context, const void *data, size_t size);
+        int (*read)(void *context, void *data, size_t size);
+        void *context;
+};
+int ledger_checkpoint_write(const struct ledger *ledger, struct ledger_stream *stream);
+/* Replaces the ledger's state. On failure the ledger is left empty (as created). */
+int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream);
+
+#endif
