@@ -1,0 +1,15 @@
+/*
+ * cli.h: the `tally` commands. Each returns the process exit status.
+ */
+#ifndef TALLY_CLI_H
+#define TALLY_CLI_H
+
+#define TALLY_VERSION "0.16.68"
+
+int cli_format(int argc, char **argv);
+int cli_start(int argc, char **argv);
+
+/* Prints "error: <message>" as one line on stderr. */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,237 @@
+/*
+ * start.c: `tally start`: open the data file and serve clients until SIGINT or SIGTERM.
+ *
+ * Wires the layers together: io (the loop), bus (connections), storage (the data file),
+ * ledger (state machine) and replica (sessions, pipeline, commit). The loop ticks every 10 ms.
+ */
+#include "cli/cli.h"
+#include "io/address.h"
+#include "io/io.h"
+#include "ledger/ledger.h"
+#include "lib/flags.h"
+#include "lib/log.h"
+#include "net/bus.h"
+#include "storage/storage.h"
+#include "vsr/replica.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#define TICK_NS 10000000ull
+#define CONNECTIONS_MAX 1024u
+#define MESSAGES_MAX (CONNECTIONS_MAX + 512u)
+
+struct server {
+        struct io io;
+        struct message_pool pool;
+        struct storage storage;
+        struct bus bus;
+        struct replica replica;
+        struct ledger *ledger;
+};
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_signal(int signal)
+{
+        stop_signal = signal;
+}
+
+static bool env_send(void *context, replica_connection connection, struct message *message)
+{
+        struct server *s = context;
+        return bus_send(&s->bus, connection, message);
+}
+
+static bool env_connection_alive(void *context, replica_connection connection)
+{
+        struct server *s = context;
+        return bus_connection_alive(&s->bus, connection);
+}
+
+static bool env_journal_write(void *context, struct message *prepare,
+                              void (*done)(void *replica, struct message *prepare), void *replica)
+{
+        struct server *s = context;
+        return storage_write_prepare(&s->storage, prepare, done, replica);
+}
+
+static uint64_t env_realtime_ns(void *context)
+{
+        (void)context;
+        return io_realtime_ns();
+}
+
+static void bus_on_message(void *context, bus_connection_id connection, struct message *message)
+{
+        struct server *s = context;
+        replica_on_message(&s->replica, connection, message);
+}
+
+static void bus_on_close(void *context, bus_connection_id connection)
+{
+        struct server *s = context;
+        replica_on_connection_closed(&s->replica, connection);
+}
+
+static int serve(struct server *s)
+{
+        struct sigaction sa;
+        memset(&sa, 0, sizeof(sa));
+        sa.sa_handler = on_signal;
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+        signal(SIGPIPE, SIG_IGN);
+        while (stop_signal == 0) {
+                if (io_run(&s->io, TICK_NS, false) != 0)
+                        return 1;
+                bus_tick(&s->bus);
+                replica_tick(&s->replica);
+        }
+        log_info("stopping signal=%s", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+        bus_stop(&s->bus);
+        /* Let closes and in-flight journal writes finish, for at most a second. */
+        uint64_t deadline = io_monotonic_ns() + 1000000000ull;
+        while (io_monotonic_ns() < deadline &&
+               (s->bus.stats.connections_active > 0 || s->storage.sync_pending)) {
+                io_run(&s->io, TICK_NS, true);
+        }
+        log_info("stopped commit=%llu", (unsigned long long)s->replica.commit);
+        return 0;
+}
+
+int cli_start(int argc, char **argv)
+{
+        struct flag flags[] = {
+                {.name = "addresses", .kind = FLAG_STRING, .required = true},
+                {.name = "development", .kind = FLAG_SWITCH},
+                {.name = "accounts-max", .kind = FLAG_U64},
+                {.name = "transfers-max", .kind = FLAG_U64},
+        };
+        const char *positional[1];
+        uint32_t positional_count = 0;
+        char error[512];
+        if (flags_parse(argc, argv, flags, ARRAY_LEN(flags), positional, 1, &positional_count,
+                        error, sizeof(error)) != 0) {
+                cli_error("start: %s", error);
+                return 2;
+        }
+        if (positional_count != 1) {
+                cli_error("start: missing the data file path");
+                return 2;
+        }
+        struct address addresses[ADDRESSES_MAX];
+        uint32_t address_count = 0;
+        if (address_parse_list(flags[0].string, addresses, &address_count, error,
+                               sizeof(error)) != 0) {
+                cli_error("start: --addresses: %s", error);
+                return 2;
+        }
+        static struct server server;
+        struct server *s = &server;
+        if (io_init(&s->io, 512) != 0) {
+                cli_error("start: io_uring is unavailable on this kernel");
+                return 1;
+        }
+        if (message_pool_init(&s->pool, MESSAGES_MAX) != 0) {
+                cli_error("start: cannot reserve memory for messages");
+                return 1;
+        }
+        enum storage_error rc =
+                storage_open(&s->storage, &s->io, &s->pool, positional[0], error, sizeof(error));
+        if (rc != STORAGE_OK) {
+                cli_error("start: %s", error);
+                return 1;
+        }
+        const struct superblock *sb = &s->storage.superblock;
+        if (address_count != sb->replica_count) {
+                cli_error("start: --addresses has %u address(es) but the data file was "
+                          "formatted for a cluster of %u replica(s)",
+                          address_count, sb->replica_count);
+                return 1;
+        }
+        if (sb->replica_count != 1) {
+                cli_error("start: clusters of more than one replica are not implemented yet "
+                          "(replica_count=%u)",
+                          sb->replica_count);
+                return 1;
+        }
+        bool development = flags[1].present;
+        if (development != (sb->development != 0))
+                log_warn("--development differs from the data file's format; using the file's "
+                         "setting development=%u",
+                         sb->development);
+        struct address *self = &addresses[sb->replica];
+        if (address_resolve(self, error, sizeof(error)) != 0) {
+                cli_error("start: --addresses: %s", error);
+                return 1;
+        }
+        struct ledger_config ledger_config = {
+                .accounts_max = flags[2].present ? flags[2].u64
+                                : sb->development ? 65536u
+                                                  : 1048576u,
+                .transfers_max = flags[3].present ? flags[3].u64
+                                 : sb->development ? 1048576u
+                                                   : 16777216u,
+                .request_body_size_max = sb->message_size_max - WIRE_HEADER_SIZE,
+        };
+        s->ledger = ledger_create(&ledger_config);
+        if (s->ledger == NULL) {
+                cli_error("start: cannot reserve ledger memory (accounts_max=%llu "
+                          "transfers_max=%llu)",
+                          (unsigned long long)ledger_config.accounts_max,
+                          (unsigned long long)ledger_config.transfers_max);
+                return 1;
+        }
+        struct replica_config replica_config = {
+                .cluster = sb->cluster,
+                .replica = sb->replica,
+                .replica_count = sb->replica_count,
+                .request_size_max = sb->message_size_max,
+        };
+        struct replica_env env = {
+                .context = s,
+                .send = env_send,
+                .connection_alive = env_connection_alive,
+                .journal_write = env_journal_write,
+                .realtime_ns = env_realtime_ns,
+        };
+        replica_init(&s->replica, &replica_config, &env, &s->pool, s->ledger);
+        struct bus_callbacks callbacks = {
+                .context = s,
+                .on_message = bus_on_message,
+                .on_close = bus_on_close,
+        };
+        if (bus_init(&s->bus, &s->io, &s->pool, sb->cluster, CONNECTIONS_MAX, &callbacks) != 0) {
+                cli_error("start: cannot reserve memory for connections");
+                return 1;
+        }
+        struct sockaddr_storage bound;
+        if (bus_listen(&s->bus, self, &bound) != 0) {
+                cli_error("start: cannot listen on %s:%u", self->host, self->port);
+                return 1;
+        }
+        log_set_replica(sb->replica);
+        char bound_text[80];
+        address_format(&bound, bound_text, sizeof(bound_text));
+        char cluster[40];
+        format_u128(sb->cluster, cluster);
+        log_info("listening on %s", bound_text);
+        log_info("started cluster=%s replica=%u replica_count=%u release=%s "
+                 "batch_size_limit=%u accounts_max=%llu transfers_max=%llu "
+                 "ledger_memory_bytes=%llu",
+                 cluster, sb->replica, sb->replica_count, TALLY_VERSION,
+                 replica_batch_size_limit(&s->replica),
+                 (unsigned long long)ledger_config.accounts_max,
+                 (unsigned long long)ledger_config.transfers_max,
+                 (unsigned long long)ledger_memory_bytes(&ledger_config));
+        int status = serve(s);
+        replica_deinit(&s->replica);
+        bus_deinit(&s->bus);
+        ledger_destroy(s->ledger);
+        storage_close(&s->storage);
+        message_pool_deinit(&s->pool);
+        io_deinit(&s->io);
+        return status;
+}

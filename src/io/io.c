@@ -1,0 +1,299 @@
+/*
+ * io.c: a minimal io_uring driver over raw system calls.
+ *
+ * Submissions are written into the shared ring and handed to the kernel in one io_uring_enter
+ * per loop iteration, so a burst of sends, writes and receives costs one system call. When the
+ * ring is full, completions wait in an overflow list and are submitted as slots free up; no
+ * operation is ever dropped. The sqe's user_data is the struct io_completion pointer.
+ */
+#include "io/io.h"
+#include "lib/log.h"
+
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static int sys_io_uring_setup(uint32_t entries, struct io_uring_params *params)
+{
+        return (int)syscall(__NR_io_uring_setup, entries, params);
+}
+
+static int sys_io_uring_enter(int fd, uint32_t to_submit, uint32_t min_complete, uint32_t flags,
+                              void *arg, size_t arg_size)
+{
+        return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, arg,
+                            arg_size);
+}
+
+int io_init(struct io *io, uint32_t entries)
+{
+        memset(io, 0, sizeof(*io));
+        struct io_uring_params params;
+        memset(&params, 0, sizeof(params));
+        params.flags = IORING_SETUP_CQSIZE;
+        params.cq_entries = entries * 4;
+        int fd = sys_io_uring_setup(entries, &params);
+        if (fd < 0) {
+                int err = errno;
+                log_error("io_uring is not available error=%s", strerror(err));
+                return -err;
+        }
+        if (!(params.features & IORING_FEAT_EXT_ARG)) {
+                log_error("io_uring lacks IORING_FEAT_EXT_ARG (kernel 5.11 or newer needed)");
+                close(fd);
+                return -ENOSYS;
+        }
+        io->ring_fd = fd;
+        io->sq_entries = params.sq_entries;
+        io->cq_entries = params.cq_entries;
+        io->sq_ring_size = params.sq_off.array + params.sq_entries * sizeof(uint32_t);
+        io->cq_ring_size = params.cq_off.cqes + params.cq_entries * sizeof(struct io_uring_cqe);
+        io->sqes_size = params.sq_entries * sizeof(struct io_uring_sqe);
+        io->sq_ring = mmap(NULL, io->sq_ring_size, PROT_READ | PROT_WRITE,
+                           MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+        io->cq_ring = mmap(NULL, io->cq_ring_size, PROT_READ | PROT_WRITE,
+                           MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_CQ_RING);
+        io->sqes = mmap(NULL, io->sqes_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                        fd, IORING_OFF_SQES);
+        if (io->sq_ring == MAP_FAILED || io->cq_ring == MAP_FAILED || io->sqes == MAP_FAILED) {
+                int err = errno;
+                log_error("io_uring mmap failed error=%s", strerror(err));
+                close(fd);
+                return -err;
+        }
+        uint8_t *sq = io->sq_ring;
+        uint8_t *cq = io->cq_ring;
+        io->sq_head = (uint32_t *)(sq + params.sq_off.head);
+        io->sq_tail = (uint32_t *)(sq + params.sq_off.tail);
+        io->sq_mask = (uint32_t *)(sq + params.sq_off.ring_mask);
+        io->sq_array = (uint32_t *)(sq + params.sq_off.array);
+        io->cq_head = (uint32_t *)(cq + params.cq_off.head);
+        io->cq_tail = (uint32_t *)(cq + params.cq_off.tail);
+        io->cq_mask = (uint32_t *)(cq + params.cq_off.ring_mask);
+        io->cqes = (struct io_uring_cqe *)(cq + params.cq_off.cqes);
+        return 0;
+}
+
+void io_deinit(struct io *io)
+{
+        if (io->ring_fd <= 0)
+                return;
+        munmap(io->sqes, io->sqes_size);
+        munmap(io->cq_ring, io->cq_ring_size);
+        munmap(io->sq_ring, io->sq_ring_size);
+        close(io->ring_fd);
+        io->ring_fd = -1;
+}
+
+/* Fills a free sqe for `c`; false if the ring has no free slot. */
+static bool sqe_fill(struct io *io, struct io_completion *c)
+{
+        uint32_t head = __atomic_load_n(io->sq_head, __ATOMIC_ACQUIRE);
+        uint32_t tail = *io->sq_tail;
+        if (tail - head >= io->sq_entries)
+                return false;
+        uint32_t index = tail & *io->sq_mask;
+        struct io_uring_sqe *sqe = &io->sqes[index];
+        memset(sqe, 0, sizeof(*sqe));
+        sqe->opcode = c->opcode;
+        sqe->fd = c->fd;
+        sqe->user_data = (uint64_t)(uintptr_t)c;
+        switch (c->opcode) {
+        case IORING_OP_ACCEPT:
+                c->address_size = sizeof(c->address);
+                sqe->addr = (uint64_t)(uintptr_t)&c->address;
+                sqe->addr2 = (uint64_t)(uintptr_t)&c->address_size;
+                sqe->accept_flags = SOCK_CLOEXEC;
+                break;
+        case IORING_OP_RECV:
+        case IORING_OP_SEND:
+                sqe->addr = (uint64_t)(uintptr_t)c->buffer;
+                sqe->len = c->size;
+                sqe->msg_flags = c->opcode == IORING_OP_SEND ? MSG_NOSIGNAL : 0;
+                break;
+        case IORING_OP_CONNECT:
+                sqe->addr = (uint64_t)(uintptr_t)&c->address;
+                sqe->off = c->address_size;
+                break;
+        case IORING_OP_READ:
+        case IORING_OP_WRITE:
+                sqe->addr = (uint64_t)(uintptr_t)c->buffer;
+                sqe->len = c->size;
+                sqe->off = c->offset;
+                break;
+        case IORING_OP_FSYNC:
+                sqe->fsync_flags = IORING_FSYNC_DATASYNC;
+                break;
+        default:
+                tally_assert(false);
+        }
+        io->sq_array[index] = index;
+        __atomic_store_n(io->sq_tail, tail + 1, __ATOMIC_RELEASE);
+        io->sq_pending++;
+        return true;
+}
+
+static void enqueue(struct io *io, struct io_completion *c)
+{
+        tally_assert(c->callback != NULL);
+        c->next = NULL;
+        if (io->overflow_head == NULL && sqe_fill(io, c))
+                return;
+        if (io->overflow_tail != NULL)
+                io->overflow_tail->next = c;
+        else
+                io->overflow_head = c;
+        io->overflow_tail = c;
+}
+
+static void prepare(struct io_completion *c, uint8_t opcode, int fd, void *buffer, uint32_t size,
+                    uint64_t offset)
+{
+        c->opcode = opcode;
+        c->fd = fd;
+        c->buffer = buffer;
+        c->size = size;
+        c->offset = offset;
+}
+
+void io_accept(struct io *io, struct io_completion *c, int fd)
+{
+        prepare(c, IORING_OP_ACCEPT, fd, NULL, 0, 0);
+        enqueue(io, c);
+}
+
+void io_recv(struct io *io, struct io_completion *c, int fd, void *buffer, uint32_t size)
+{
+        prepare(c, IORING_OP_RECV, fd, buffer, size, 0);
+        enqueue(io, c);
+}
+
+void io_send(struct io *io, struct io_completion *c, int fd, const void *buffer, uint32_t size)
+{
+        prepare(c, IORING_OP_SEND, fd, (void *)buffer, size, 0);
+        enqueue(io, c);
+}
+
+void io_connect(struct io *io, struct io_completion *c, int fd, const struct sockaddr *address,
+                socklen_t address_size)
+{
+        tally_assert(address_size <= sizeof(c->address));
+        prepare(c, IORING_OP_CONNECT, fd, NULL, 0, 0);
+        memcpy(&c->address, address, address_size);
+        c->address_size = address_size;
+        enqueue(io, c);
+}
+
+void io_read(struct io *io, struct io_completion *c, int fd, void *buffer, uint32_t size,
+             uint64_t offset)
+{
+        prepare(c, IORING_OP_READ, fd, buffer, size, offset);
+        enqueue(io, c);
+}
+
+void io_write(struct io *io, struct io_completion *c, int fd, const void *buffer, uint32_t size,
+              uint64_t offset)
+{
+        prepare(c, IORING_OP_WRITE, fd, (void *)buffer, size, offset);
+        enqueue(io, c);
+}
+
+void io_fsync(struct io *io, struct io_completion *c, int fd)
+{
+        prepare(c, IORING_OP_FSYNC, fd, NULL, 0, 0);
+        enqueue(io, c);
+}
+
+static void flush_overflow(struct io *io)
+{
+        while (io->overflow_head != NULL && sqe_fill(io, io->overflow_head)) {
+                io->overflow_head = io->overflow_head->next;
+                if (io->overflow_head == NULL)
+                        io->overflow_tail = NULL;
+        }
+}
+
+/* Runs every completion in the ring; returns how many ran. */
+static uint32_t reap(struct io *io)
+{
+        uint32_t count = 0;
+        for (;;) {
+                uint32_t head = *io->cq_head;
+                uint32_t tail = __atomic_load_n(io->cq_tail, __ATOMIC_ACQUIRE);
+                if (head == tail)
+                        break;
+                struct io_uring_cqe *cqe = &io->cqes[head & *io->cq_mask];
+                struct io_completion *c = (struct io_completion *)(uintptr_t)cqe->user_data;
+                int32_t result = cqe->res;
+                __atomic_store_n(io->cq_head, head + 1, __ATOMIC_RELEASE);
+                tally_assert(io->in_flight > 0);
+                io->in_flight--;
+                count++;
+                c->callback(c, result);
+        }
+        return count;
+}
+
+static int enter(struct io *io, uint32_t min_complete, uint64_t timeout_ns)
+{
+        flush_overflow(io);
+        uint32_t to_submit = io->sq_pending;
+        struct __kernel_timespec ts = {
+                .tv_sec = (long long)(timeout_ns / 1000000000ull),
+                .tv_nsec = (long long)(timeout_ns % 1000000000ull),
+        };
+        struct io_uring_getevents_arg arg = {.ts = (uint64_t)(uintptr_t)&ts};
+        uint32_t flags = IORING_ENTER_EXT_ARG;
+        if (min_complete > 0)
+                flags |= IORING_ENTER_GETEVENTS;
+        int submitted = sys_io_uring_enter(io->ring_fd, to_submit, min_complete, flags, &arg,
+                                           sizeof(arg));
+        if (submitted < 0) {
+                int err = errno;
+                if (err == ETIME || err == EINTR || err == EAGAIN || err == EBUSY)
+                        return 0;
+                log_error("io_uring_enter failed error=%s", strerror(err));
+                return -err;
+        }
+        tally_assert((uint32_t)submitted <= io->sq_pending);
+        io->sq_pending -= (uint32_t)submitted;
+        io->in_flight += (uint64_t)submitted;
+        return 0;
+}
+
+int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
+{
+        uint64_t deadline = io_monotonic_ns() + timeout_ns;
+        for (;;) {
+                uint64_t now = io_monotonic_ns();
+                uint64_t wait = now < deadline ? deadline - now : 0;
+                int rc = enter(io, wait > 0 ? 1 : 0, wait);
+                if (rc < 0)
+                        return rc;
+                uint32_t ran = reap(io);
+                if (io_monotonic_ns() >= deadline || (return_early && ran > 0)) {
+                        /* Hand what the callbacks queued to the kernel before returning. */
+                        if (io->sq_pending > 0 || io->overflow_head != NULL)
+                                return enter(io, 0, 0);
+                        return 0;
+                }
+        }
+}
+
+uint64_t io_monotonic_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t io_realtime_ns(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

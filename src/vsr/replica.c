@@ -1,0 +1,493 @@
+/*
+ * replica.c: request checks, sessions, the prepare pipeline and commit (see replica.h).
+ */
+#include "vsr/replica.h"
+#include "lib/log.h"
+#include "wire/checksum.h"
+#include "wire/types.h"
+
+#include <string.h>
+
+void replica_init(struct replica *r, const struct replica_config *config,
+                  const struct replica_env *env, struct message_pool *pool, struct ledger *ledger)
+{
+        memset(r, 0, sizeof(*r));
+        tally_assert(config->replica < config->replica_count);
+        tally_assert(config->replica < WIRE_REPLICAS_MAX);
+        tally_assert(config->request_size_max > WIRE_HEADER_SIZE);
+        tally_assert(config->request_size_max <= WIRE_MESSAGE_SIZE_MAX);
+        r->config = *config;
+        r->env = *env;
+        r->pool = pool;
+        r->ledger = ledger;
+}
+
+void replica_deinit(struct replica *r)
+{
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (r->clients[i].reply != NULL)
+                        message_unref(r->pool, r->clients[i].reply);
+        }
+        for (uint32_t k = 0; k < r->pipeline_count; k++) {
+                struct replica_pipeline_entry *e =
+                        &r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX];
+                message_unref(r->pool, e->prepare);
+                message_unref(r->pool, e->reply);
+        }
+        for (uint32_t k = 0; k < r->queue_count; k++) {
+                message_unref(r->pool,
+                              r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX].request);
+        }
+        memset(r, 0, sizeof(*r));
+}
+
+uint32_t replica_batch_size_limit(const struct replica *r)
+{
+        return r->config.request_size_max - WIRE_HEADER_SIZE;
+}
+
+static struct replica_client *client_find(struct replica *r, u128 client)
+{
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (r->clients[i].used && r->clients[i].client == client)
+                        return &r->clients[i];
+        }
+        return NULL;
+}
+
+static void send_to(struct replica *r, replica_connection connection, struct message *m)
+{
+        if (connection != 0)
+                r->env.send(r->env.context, connection, m);
+}
+
+static void send_eviction(struct replica *r, replica_connection connection, u128 client,
+                          uint8_t reason)
+{
+        struct message *m = message_pool_get(r->pool);
+        if (m == NULL)
+                return;
+        struct wire_header *h = m->header;
+        wire_header_init(h, COMMAND_EVICTION, r->config.cluster, r->view, WIRE_RELEASE_SERVER,
+                         r->config.replica);
+        h->eviction.client = client;
+        h->eviction.reason = reason;
+        wire_header_set_checksum(h);
+        tally_assert(wire_header_invalid(h) == NULL);
+        r->stats.evictions_sent++;
+        log_info("client evicted client=%016llx%016llx reason=%u", U128_HI(client),
+                 U128_LO(client), reason);
+        send_to(r, connection, m);
+        message_unref(r->pool, m);
+}
+
+static void drop(struct replica *r, const struct wire_header *h, const char *why)
+{
+        r->stats.requests_dropped++;
+        log_debug("request dropped: %s client=%016llx%016llx request=%u", why,
+                  U128_HI(h->request.client), U128_LO(h->request.client), h->request.request);
+}
+
+/* True if this client already has a request queued or in the pipeline. */
+static bool client_in_flight(const struct replica *r, u128 client, bool *is_register)
+{
+        for (uint32_t k = 0; k < r->pipeline_count; k++) {
+                const struct message *p =
+                        r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX].prepare;
+                if (p->header->prepare.client == client) {
+                        *is_register = p->header->prepare.operation == OPERATION_REGISTER;
+                        return true;
+                }
+        }
+        for (uint32_t k = 0; k < r->queue_count; k++) {
+                const struct message *q =
+                        r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX].request;
+                if (q->header->request.client == client) {
+                        *is_register = q->header->request.operation == OPERATION_REGISTER;
+                        return true;
+                }
+        }
+        return false;
+}
+
+static bool operation_valid(uint8_t operation)
+{
+        if (operation == OPERATION_REGISTER)
+                return true;
+        if (operation == OPERATION_PULSE)
+                return false; /* prepared by the primary only */
+        return operation >= 128 && ledger_operation_valid(operation);
+}
+
+static void prepare_pump(struct replica *r);
+
+static void on_request(struct replica *r, replica_connection connection, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        const struct wire_request *req = &h->request;
+        r->stats.requests_received++;
+        if (h->view > r->view)
+                return drop(r, h, "request from a newer view");
+        if (h->release < WIRE_RELEASE_CLIENT_MIN)
+                return send_eviction(r, connection, req->client, EVICTION_CLIENT_RELEASE_TOO_LOW);
+        if (h->release > WIRE_RELEASE_SERVER)
+                return send_eviction(r, connection, req->client,
+                                     EVICTION_CLIENT_RELEASE_TOO_HIGH);
+        if (h->size > r->config.request_size_max)
+                return send_eviction(r, connection, req->client,
+                                     EVICTION_INVALID_REQUEST_BODY_SIZE);
+        if (!operation_valid(req->operation))
+                return send_eviction(r, connection, req->client,
+                                     EVICTION_INVALID_REQUEST_OPERATION);
+        if (req->operation != OPERATION_REGISTER &&
+            !ledger_input_valid(r->ledger, req->operation, m->buffer + WIRE_HEADER_SIZE,
+                                h->size - WIRE_HEADER_SIZE))
+                return send_eviction(r, connection, req->client, EVICTION_INVALID_REQUEST_BODY);
+        if (req->operation == OPERATION_REGISTER &&
+            h->size != WIRE_HEADER_SIZE + sizeof(struct wire_register_request))
+                return send_eviction(r, connection, req->client,
+                                     EVICTION_INVALID_REQUEST_BODY_SIZE);
+
+        struct replica_client *entry = client_find(r, req->client);
+        if (entry != NULL) {
+                /* The client's newest connection is where its replies go. */
+                entry->connection = connection;
+                if (req->operation != OPERATION_REGISTER) {
+                        if (req->session < entry->session)
+                                return send_eviction(r, connection, req->client,
+                                                     EVICTION_SESSION_TOO_LOW);
+                        if (req->session > entry->session)
+                                return drop(r, h, "session from the future");
+                }
+                if (h->release != entry->release)
+                        return send_eviction(r, connection, req->client,
+                                             EVICTION_SESSION_RELEASE_MISMATCH);
+                if (req->request < entry->request)
+                        return drop(r, h, "older request");
+                if (req->request == entry->request) {
+                        if (h->checksum != entry->reply->header->reply.request_checksum)
+                                return drop(r, h, "request collision");
+                        r->stats.replies_resent++;
+                        send_to(r, connection, entry->reply);
+                        return;
+                }
+                if (req->request != entry->request + 1)
+                        return drop(r, h, "request number skips ahead");
+                if (req->parent != entry->reply->header->reply.context)
+                        return drop(r, h, "parent does not match the previous reply");
+        } else if (req->operation != OPERATION_REGISTER) {
+                bool is_register = false;
+                if (client_in_flight(r, req->client, &is_register) && is_register)
+                        return drop(r, h, "register still in the pipeline");
+                return send_eviction(r, connection, req->client, EVICTION_NO_SESSION);
+        }
+        bool is_register = false;
+        if (client_in_flight(r, req->client, &is_register))
+                return drop(r, h, "request already in the pipeline");
+        if (r->queue_count == REPLICA_REQUEST_QUEUE_MAX)
+                return drop(r, h, "request queue full");
+        if (req->operation != OPERATION_REGISTER &&
+            !ledger_capacity_available(r->ledger, req->operation, m->buffer + WIRE_HEADER_SIZE,
+                                       h->size - WIRE_HEADER_SIZE,
+                                       r->pending_create_events)) {
+                r->stats.refused_capacity++;
+                if (r->stats.refused_capacity % 1000 == 1)
+                        log_error("request refused: ledger capacity exhausted; start with larger "
+                                  "capacities refused_total=%llu",
+                                  (unsigned long long)r->stats.refused_capacity);
+                return drop(r, h, "ledger capacity exhausted");
+        }
+        struct replica_queued_request *q =
+                &r->queue[(r->queue_head + r->queue_count) % REPLICA_REQUEST_QUEUE_MAX];
+        q->request = message_ref(m);
+        q->connection = connection;
+        r->queue_count++;
+        if (req->operation != OPERATION_REGISTER)
+                r->pending_create_events += ledger_timestamp_delta(
+                        req->operation, m->buffer + WIRE_HEADER_SIZE, h->size - WIRE_HEADER_SIZE);
+        prepare_pump(r);
+}
+
+static void on_ping_client(struct replica *r, replica_connection connection, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        if (h->release < WIRE_RELEASE_CLIENT_MIN)
+                return send_eviction(r, connection, h->ping_client.client,
+                                     EVICTION_CLIENT_RELEASE_TOO_LOW);
+        if (h->release > WIRE_RELEASE_SERVER)
+                return send_eviction(r, connection, h->ping_client.client,
+                                     EVICTION_CLIENT_RELEASE_TOO_HIGH);
+        struct replica_client *entry = client_find(r, h->ping_client.client);
+        if (entry != NULL)
+                entry->connection = connection;
+        struct message *pong = message_pool_get(r->pool);
+        if (pong == NULL)
+                return;
+        wire_header_init(pong->header, COMMAND_PONG_CLIENT, r->config.cluster, r->view,
+                         WIRE_RELEASE_SERVER, r->config.replica);
+        pong->header->pong_client.ping_timestamp_monotonic =
+                h->ping_client.ping_timestamp_monotonic;
+        wire_header_set_checksum(pong->header);
+        send_to(r, connection, pong);
+        message_unref(r->pool, pong);
+}
+
+void replica_on_message(struct replica *r, replica_connection connection, struct message *m)
+{
+        switch (m->header->command) {
+        case COMMAND_REQUEST:
+                on_request(r, connection, m);
+                break;
+        case COMMAND_PING_CLIENT:
+                on_ping_client(r, connection, m);
+                break;
+        default:
+                log_debug("message ignored command=%s", wire_command_name(m->header->command));
+                break;
+        }
+}
+
+void replica_on_connection_closed(struct replica *r, replica_connection connection)
+{
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (r->clients[i].used && r->clients[i].connection == connection)
+                        r->clients[i].connection = 0;
+        }
+}
+
+static void on_prepare_durable(void *context, struct message *prepare);
+
+/* The cluster timestamp of the next prepare (ledger-semantics.md section 2.1). */
+static uint64_t timestamp_next(struct replica *r, uint32_t delta)
+{
+        uint64_t now = r->env.realtime_ns(r->env.context);
+        uint64_t base = MAX(r->timestamp_last + 1, now);
+        r->timestamp_last = base + delta;
+        return r->timestamp_last;
+}
+
+/* Turns a request (or, with request == NULL, a pulse) into the next prepare. */
+static bool prepare_one(struct replica *r, const struct message *request,
+                        replica_connection connection)
+{
+        if (r->pipeline_count == REPLICA_PIPELINE_MAX)
+                return false;
+        struct message *p = message_pool_get(r->pool);
+        if (p == NULL)
+                return false;
+        struct message *reply = message_pool_get(r->pool);
+        if (reply == NULL) {
+                message_unref(r->pool, p);
+                return false;
+        }
+        struct wire_header *h = p->header;
+        uint8_t operation = OPERATION_PULSE;
+        uint32_t body_size = 0;
+        uint32_t delta = LEDGER_PULSE_TIMESTAMP_DELTA;
+        uint32_t release = WIRE_RELEASE_SERVER;
+        if (request != NULL) {
+                const struct wire_header *rh = request->header;
+                operation = rh->request.operation;
+                body_size = rh->size - WIRE_HEADER_SIZE;
+                release = rh->release;
+                memcpy(message_body(p), message_body(request), body_size);
+                delta = 0;
+                if (operation == OPERATION_REGISTER) {
+                        struct wire_register_request body;
+                        memset(&body, 0, sizeof(body));
+                        body.batch_size_limit = replica_batch_size_limit(r);
+                        memcpy(message_body(p), &body, sizeof(body));
+                } else {
+                        delta = ledger_timestamp_delta(operation, message_body(request),
+                                                       body_size);
+                }
+        }
+        wire_header_init(h, COMMAND_PREPARE, r->config.cluster, r->view, release,
+                         r->config.replica);
+        h->size = WIRE_HEADER_SIZE + body_size;
+        h->prepare.parent = r->parent;
+        h->prepare.op = r->op + 1;
+        h->prepare.commit = r->commit;
+        h->prepare.timestamp = timestamp_next(r, delta);
+        h->prepare.operation = operation;
+        if (request != NULL) {
+                h->prepare.request_checksum = request->header->checksum;
+                h->prepare.client = request->header->request.client;
+                h->prepare.request = request->header->request.request;
+        }
+        wire_header_set_checksum_body(h, message_body(p), body_size);
+        wire_header_set_checksum(h);
+        if (!r->env.journal_write(r->env.context, p, on_prepare_durable, r)) {
+                message_unref(r->pool, p);
+                message_unref(r->pool, reply);
+                return false;
+        }
+        r->op++;
+        r->parent = h->checksum;
+        struct replica_pipeline_entry *e =
+                &r->pipeline[(r->pipeline_head + r->pipeline_count) % REPLICA_PIPELINE_MAX];
+        e->prepare = p;
+        e->reply = reply;
+        e->connection = connection;
+        e->durable = false;
+        r->pipeline_count++;
+        r->stats.prepares++;
+        return true;
+}
+
+static void prepare_pump(struct replica *r)
+{
+        while (r->queue_count > 0) {
+                struct replica_queued_request *q = &r->queue[r->queue_head];
+                if (!prepare_one(r, q->request, q->connection))
+                        return;
+                message_unref(r->pool, q->request);
+                q->request = NULL;
+                r->queue_head = (r->queue_head + 1) % REPLICA_REQUEST_QUEUE_MAX;
+                r->queue_count--;
+        }
+}
+
+/* Creates the session of a committed register, evicting the oldest session if full. */
+static struct replica_client *session_create(struct replica *r, const struct wire_header *p)
+{
+        struct replica_client *entry = client_find(r, p->prepare.client);
+        if (entry != NULL)
+                return entry; /* a duplicate register cannot commit twice, but be safe */
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (!r->clients[i].used) {
+                        entry = &r->clients[i];
+                        break;
+                }
+        }
+        if (entry == NULL) {
+                /* Full: the session whose latest reply is oldest goes (deterministic). */
+                entry = &r->clients[0];
+                for (uint32_t i = 1; i < REPLICA_CLIENTS_MAX; i++) {
+                        if (r->clients[i].reply->header->reply.commit <
+                            entry->reply->header->reply.commit)
+                                entry = &r->clients[i];
+                }
+                log_info("session evicted to make room client=%016llx%016llx session=%llu",
+                         U128_HI(entry->client), U128_LO(entry->client),
+                         (unsigned long long)entry->session);
+                message_unref(r->pool, entry->reply);
+        }
+        memset(entry, 0, sizeof(*entry));
+        entry->used = true;
+        entry->client = p->prepare.client;
+        entry->session = p->prepare.op;
+        entry->release = p->release;
+        return entry;
+}
+
+/* Executes the prepare at the head of the pipeline and answers its client. */
+static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
+{
+        const struct wire_header *p = e->prepare->header;
+        tally_assert(p->prepare.op == r->commit + 1);
+        struct message *reply = e->reply;
+        uint32_t body_size = 0;
+        struct replica_client *entry = NULL;
+        if (p->prepare.operation == OPERATION_REGISTER) {
+                entry = session_create(r, p);
+                struct wire_register_result result;
+                memset(&result, 0, sizeof(result));
+                result.batch_size_limit = replica_batch_size_limit(r);
+                memcpy(message_body(reply), &result, sizeof(result));
+                body_size = sizeof(result);
+        } else {
+                body_size = ledger_execute(r->ledger, p->prepare.operation, p->prepare.timestamp,
+                                           message_body(e->prepare),
+                                           p->size - WIRE_HEADER_SIZE, message_body(reply));
+                tally_assert(body_size <= WIRE_BODY_SIZE_MAX);
+                uint32_t events = ledger_timestamp_delta(p->prepare.operation,
+                                                         message_body(e->prepare),
+                                                         p->size - WIRE_HEADER_SIZE);
+                if (p->prepare.operation != OPERATION_PULSE) {
+                        tally_assert(r->pending_create_events >= events);
+                        r->pending_create_events -= events;
+                        r->stats.events_committed += events;
+                }
+                if (p->prepare.client != 0)
+                        entry = client_find(r, p->prepare.client);
+        }
+        r->commit = p->prepare.op;
+        r->stats.commits++;
+        if (p->prepare.operation == OPERATION_PULSE) {
+                r->stats.pulses++;
+                return;
+        }
+        struct wire_header *h = reply->header;
+        wire_header_init(h, COMMAND_REPLY, r->config.cluster, p->view, p->release,
+                         r->config.replica);
+        h->size = WIRE_HEADER_SIZE + body_size;
+        h->reply.request_checksum = p->prepare.request_checksum;
+        h->reply.client = p->prepare.client;
+        h->reply.op = p->prepare.op;
+        h->reply.commit = p->prepare.op;
+        h->reply.timestamp = p->prepare.timestamp;
+        h->reply.request = p->prepare.request;
+        h->reply.operation = p->prepare.operation;
+        wire_header_set_checksum_body(h, message_body(reply), body_size);
+        wire_reply_set_context(h);
+        wire_header_set_checksum(h);
+        if (entry == NULL) {
+                /* The session was evicted while its request was in the pipeline. */
+                return;
+        }
+        entry->request = p->prepare.request;
+        if (entry->reply != NULL)
+                message_unref(r->pool, entry->reply);
+        entry->reply = message_ref(reply);
+        replica_connection target = entry->connection;
+        if (target == 0 || !r->env.connection_alive(r->env.context, target))
+                target = e->connection;
+        if (entry->connection == 0)
+                entry->connection = e->connection;
+        send_to(r, target, reply);
+}
+
+static void commit_pipeline(struct replica *r)
+{
+        while (r->pipeline_count > 0) {
+                struct replica_pipeline_entry *e = &r->pipeline[r->pipeline_head];
+                if (!e->durable)
+                        break;
+                commit_one(r, e);
+                message_unref(r->pool, e->prepare);
+                message_unref(r->pool, e->reply);
+                memset(e, 0, sizeof(*e));
+                r->pipeline_head = (r->pipeline_head + 1) % REPLICA_PIPELINE_MAX;
+                r->pipeline_count--;
+        }
+        prepare_pump(r);
+}
+
+static void on_prepare_durable(void *context, struct message *prepare)
+{
+        struct replica *r = context;
+        uint64_t op = prepare->header->prepare.op;
+        for (uint32_t k = 0; k < r->pipeline_count; k++) {
+                struct replica_pipeline_entry *e =
+                        &r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX];
+                if (e->prepare->header->prepare.op == op) {
+                        tally_assert(e->prepare == prepare);
+                        e->durable = true; /* the quorum of a one-replica cluster */
+                        commit_pipeline(r);
+                        return;
+                }
+        }
+        tally_assert(false && "durable prepare not in the pipeline");
+}
+
+void replica_tick(struct replica *r)
+{
+        prepare_pump(r);
+        if (r->pipeline_count == 0 && r->queue_count == 0) {
+                uint64_t now = r->env.realtime_ns(r->env.context);
+                if (ledger_pulse_needed(r->ledger, MAX(now, r->timestamp_last + 1) +
+                                                           LEDGER_PULSE_TIMESTAMP_DELTA))
+                        prepare_one(r, NULL, 0);
+        }
+}

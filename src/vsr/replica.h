@@ -1,0 +1,119 @@
+/*
+ * replica.h: the replica protocol, as a pipeline of prepares.
+ *
+ * Each accepted request becomes a prepare with the next op number, hash-chained to the
+ * previous prepare (its `parent` is the previous prepare's checksum) and stamped with the
+ * cluster timestamp. Prepares are journaled; once a replication quorum holds one durably it is
+ * committed: executed by the ledger in op order and answered. With one replica the quorum is the
+ * replica itself, but the stages are the ones the replicated protocol uses.
+ *
+ * Client sessions follow TigerBeetle 0.16.68 exactly (wire-protocol.md sections 4 and 7): a
+ * register creates a session when it commits, every request must chain to the context of the
+ * previous reply, the latest reply is cached and resent for a retransmission, and the reasons
+ * for eviction are TigerBeetle's.
+ *
+ * The replica reads no clock and touches no socket or file itself: everything goes through
+ * struct replica_env, so the same code can run under a simulator.
+ */
+#ifndef TALLY_VSR_REPLICA_H
+#define TALLY_VSR_REPLICA_H
+
+#include "ledger/ledger.h"
+#include "wire/message.h"
+
+#define REPLICA_PIPELINE_MAX 8u       /* prepares in flight (journaling, awaiting quorum) */
+#define REPLICA_REQUEST_QUEUE_MAX 64u /* accepted requests waiting for the pipeline */
+#define REPLICA_CLIENTS_MAX 64u       /* client sessions, as TigerBeetle's clients_max */
+
+typedef uint64_t replica_connection;
+
+struct replica_env {
+        void *context;
+        /* Queue a message on a connection; false if it is gone or congested. */
+        bool (*send)(void *context, replica_connection connection, struct message *message);
+        bool (*connection_alive)(void *context, replica_connection connection);
+        /* Journal a prepare; `done` runs when it is durable. False: try again later. */
+        bool (*journal_write)(void *context, struct message *prepare,
+                              void (*done)(void *replica, struct message *prepare),
+                              void *replica);
+        uint64_t (*realtime_ns)(void *context);
+};
+
+struct replica_config {
+        u128 cluster;
+        uint8_t replica;
+        uint8_t replica_count;
+        uint32_t request_size_max; /* whole message, header included */
+};
+
+struct replica_client {
+        bool used;
+        u128 client;
+        uint64_t session;           /* op of the register that created it */
+        uint32_t request;           /* latest request number answered */
+        uint32_t release;           /* the client's release at register time */
+        struct message *reply;      /* latest reply, resent on retransmission */
+        replica_connection connection;
+};
+
+struct replica_pipeline_entry {
+        struct message *prepare;
+        struct message *reply; /* reserved at prepare time so commit cannot run short */
+        replica_connection connection;
+        bool durable;
+};
+
+struct replica_queued_request {
+        struct message *request;
+        replica_connection connection;
+};
+
+struct replica_stats {
+        uint64_t requests_received;
+        uint64_t requests_dropped;
+        uint64_t replies_resent;
+        uint64_t evictions_sent;
+        uint64_t prepares;
+        uint64_t commits;
+        uint64_t pulses;
+        uint64_t events_committed;
+        uint64_t refused_capacity;
+};
+
+struct replica {
+        struct replica_config config;
+        struct replica_env env;
+        struct message_pool *pool;
+        struct ledger *ledger;
+        uint32_t view;
+        uint64_t op;     /* highest prepared */
+        uint64_t commit; /* highest committed and executed */
+        u128 parent;     /* checksum of the prepare at `op` */
+        uint64_t timestamp_last;
+        uint64_t pending_create_events; /* create events prepared, not yet executed */
+        struct replica_pipeline_entry pipeline[REPLICA_PIPELINE_MAX];
+        uint32_t pipeline_head;
+        uint32_t pipeline_count;
+        struct replica_queued_request queue[REPLICA_REQUEST_QUEUE_MAX];
+        uint32_t queue_head;
+        uint32_t queue_count;
+        struct replica_client clients[REPLICA_CLIENTS_MAX];
+        struct replica_stats stats;
+};
+
+void replica_init(struct replica *replica, const struct replica_config *config,
+                  const struct replica_env *env, struct message_pool *pool,
+                  struct ledger *ledger);
+void replica_deinit(struct replica *replica);
+
+/* A checked message from a connection (the bus already verified framing and checksums). */
+void replica_on_message(struct replica *replica, replica_connection connection,
+                        struct message *message);
+void replica_on_connection_closed(struct replica *replica, replica_connection connection);
+/* Every 10 ms: retries what waited for resources, schedules expiry pulses. */
+void replica_tick(struct replica *replica);
+
+/* Largest request body a client may send: what register replies advertise. */
+uint32_t replica_batch_size_limit(const struct replica *replica);
+
+#endif
