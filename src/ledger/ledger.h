@@ -21,9 +21,17 @@
 struct ledger_config {
         uint64_t accounts_max;  /* accounts the ledger can hold */
         uint64_t transfers_max; /* transfers (all kinds) the ledger can hold */
-        /* The request body limit advertised to clients (batch_size_limit); bounds events. */
+        /* The request body limit advertised to clients (batch_size_limit); bounds events.
+         * 0 means LEDGER_BODY_SIZE_MAX. */
         uint32_t request_body_size_max;
 };
+
+/*
+ * Result code of every event of a create batch that ledger_execute() refuses because the batch
+ * could exceed accounts_max / transfers_max (only possible if the replica ignored
+ * ledger_capacity_available()). The batch then has no effect at all. Not a TigerBeetle code.
+ */
+#define LEDGER_RESULT_CAPACITY_EXHAUSTED 0xFFFFFFFFu
 
 struct ledger;
 

@@ -1,0 +1,219 @@
+/*
+ * ledger_checkpoint.c: the whole ledger state as one versioned, checksummed byte stream.
+ *
+ * Layout (all little-endian, no implicit padding):
+ *
+ *   header (64 bytes): magic "TALLYLDG", format version, the element count of every section.
+ *   sections, in order: accounts, account_index, transfers, transfer_status, failed_ids,
+ *     chunks, history, expiry; each is the used prefix of the in-memory array, byte for byte.
+ *   trailer (16 bytes): checksum() of every byte before it.
+ *
+ * The hash tables are not written: ledger_checkpoint_read() rebuilds them from the arrays, which
+ * gives the same lookups (a table's slot layout is not observable). Every section except
+ * accounts, account_index, transfer_status and the expiry heap is append-only, so a later
+ * incremental checkpoint can write just the tails appended since the previous one plus the
+ * changed accounts and statuses.
+ */
+#include "ledger/ledger_internal.h"
+
+#include <string.h>
+
+#include "lib/log.h"
+#include "wire/checksum.h"
+
+#define CHECKPOINT_MAGIC "TALLYLDG"
+#define CHECKPOINT_VERSION 1u
+
+struct checkpoint_header {
+        char magic[8];
+        uint32_t version;
+        uint32_t account_count;
+        uint32_t transfer_count;
+        uint32_t failed_count;
+        uint32_t chunk_count;
+        uint32_t expiry_count;
+        uint32_t pending_live;
+        uint32_t reserved_a;
+        uint64_t history_count;
+        uint8_t reserved[16];
+};
+_Static_assert(sizeof(struct checkpoint_header) == 64, "checkpoint header size");
+
+struct section {
+        void *data;
+        uint64_t size;
+};
+
+static void sections_of(struct ledger *ledger, const struct checkpoint_header *h,
+                        struct section sections[8])
+{
+        sections[0] = (struct section){ledger->accounts,
+                                       (uint64_t)h->account_count * sizeof(struct wire_account)};
+        sections[1] = (struct section){ledger->account_index,
+                                       (uint64_t)h->account_count * sizeof(struct account_index)};
+        sections[2] = (struct section){
+                ledger->transfers, (uint64_t)h->transfer_count * sizeof(struct wire_transfer)};
+        sections[3] = (struct section){ledger->transfer_status, h->transfer_count};
+        sections[4] = (struct section){ledger->failed_ids, (uint64_t)h->failed_count * sizeof(u128)};
+        sections[5] = (struct section){ledger->chunks,
+                                       (uint64_t)h->chunk_count * sizeof(struct edge_chunk)};
+        sections[6] = (struct section){ledger->history,
+                                       h->history_count * sizeof(struct history_record)};
+        sections[7] = (struct section){ledger->expiry,
+                                       (uint64_t)h->expiry_count * sizeof(struct expiry_entry)};
+}
+
+/* Streams move data in pieces of at most this size, so a callback never sees huge sizes. */
+#define PIECE_SIZE (1u << 20)
+
+static int stream_write(struct ledger_stream *stream, struct checksum_stream *sum,
+                        const void *data, uint64_t size)
+{
+        const uint8_t *p = data;
+        while (size > 0) {
+                size_t piece = size < PIECE_SIZE ? (size_t)size : PIECE_SIZE;
+                checksum_stream_add(sum, p, piece);
+                if (stream->write(stream->context, p, piece) != 0) return -1;
+                p += piece;
+                size -= piece;
+        }
+        return 0;
+}
+
+static int stream_read(struct ledger_stream *stream, struct checksum_stream *sum, void *data,
+                       uint64_t size)
+{
+        uint8_t *p = data;
+        while (size > 0) {
+                size_t piece = size < PIECE_SIZE ? (size_t)size : PIECE_SIZE;
+                if (stream->read(stream->context, p, piece) != 0) return -1;
+                checksum_stream_add(sum, p, piece);
+                p += piece;
+                size -= piece;
+        }
+        return 0;
+}
+
+int ledger_checkpoint_write(const struct ledger *ledger, struct ledger_stream *stream)
+{
+        tally_assert(!ledger->chain_open);
+        struct checkpoint_header h;
+        memset(&h, 0, sizeof(h));
+        memcpy(h.magic, CHECKPOINT_MAGIC, sizeof(h.magic));
+        h.version = CHECKPOINT_VERSION;
+        h.account_count = ledger->account_count;
+        h.transfer_count = ledger->transfer_count;
+        h.failed_count = ledger->failed_count;
+        h.chunk_count = ledger->chunk_count;
+        h.expiry_count = ledger->expiry_count;
+        h.pending_live = ledger->pending_live;
+        h.history_count = ledger->history_count;
+
+        struct checksum_stream sum;
+        checksum_stream_init(&sum);
+        if (stream_write(stream, &sum, &h, sizeof(h)) != 0) return -1;
+        struct section sections[8];
+        /* sections_of() only reads the pointers; the arrays are not modified. */
+        sections_of((struct ledger *)ledger, &h, sections);
+        for (int i = 0; i < 8; i++) {
+                if (stream_write(stream, &sum, sections[i].data, sections[i].size) != 0) return -1;
+        }
+        u128 checksum_value = checksum_stream_final(&sum);
+        if (stream->write(stream->context, &checksum_value, sizeof(checksum_value)) != 0) return -1;
+        return 0;
+}
+
+/* Cross-references that must hold in any stream this code wrote. */
+static bool checkpoint_consistent(const struct ledger *ledger)
+{
+        for (uint32_t i = 0; i < ledger->account_count; i++) {
+                const struct account_index *index = &ledger->account_index[i];
+                if (index->head > ledger->chunk_count || index->tail > ledger->chunk_count)
+                        return false;
+                if ((index->head == 0) != (index->tail == 0)) return false;
+        }
+        for (uint32_t i = 0; i < ledger->chunk_count; i++) {
+                const struct edge_chunk *chunk = &ledger->chunks[i];
+                if (chunk->count == 0 || chunk->count > CHUNK_ITEMS) return false;
+                if (chunk->prev > ledger->chunk_count || chunk->next > ledger->chunk_count)
+                        return false;
+                for (uint32_t k = 0; k < chunk->count; k++) {
+                        if (chunk->items[k] >= ledger->transfer_count) return false;
+                }
+        }
+        for (uint64_t i = 0; i < ledger->history_count; i++) {
+                if (ledger->history[i].transfer >= ledger->transfer_count) return false;
+        }
+        for (uint32_t i = 0; i < ledger->expiry_count; i++) {
+                if (ledger->expiry[i].transfer >= ledger->transfer_count) return false;
+        }
+        for (uint32_t i = 0; i < ledger->transfer_count; i++) {
+                if (ledger->transfer_status[i] > TRANSFER_STATUS_EXPIRED) return false;
+        }
+        return true;
+}
+
+int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream)
+{
+        ledger_reset(ledger);
+        struct checkpoint_header h;
+        struct checksum_stream sum;
+        checksum_stream_init(&sum);
+        const char *why = NULL;
+        if (stream_read(stream, &sum, &h, sizeof(h)) != 0) {
+                why = "read failed";
+                goto fail;
+        }
+        if (memcmp(h.magic, CHECKPOINT_MAGIC, sizeof(h.magic)) != 0) {
+                why = "not a ledger checkpoint";
+                goto fail;
+        }
+        if (h.version != CHECKPOINT_VERSION) {
+                why = "unknown format version";
+                goto fail;
+        }
+        if (h.account_count > ledger->accounts_max ||
+            (uint64_t)h.transfer_count + h.failed_count > ledger->transfers_max ||
+            h.chunk_count > ledger->chunks_max || h.history_count > ledger->history_max ||
+            h.expiry_count > ledger->transfers_max || h.pending_live > h.transfer_count) {
+                why = "larger than this ledger's capacities";
+                goto fail;
+        }
+        /* Counts first, so that a failure part-way still lets ledger_reset() clear it all. */
+        ledger->account_count = h.account_count;
+        ledger->transfer_count = h.transfer_count;
+        ledger->failed_count = h.failed_count;
+        ledger->chunk_count = h.chunk_count;
+        ledger->history_count = h.history_count;
+        ledger->expiry_count = h.expiry_count;
+        ledger->pending_live = h.pending_live;
+
+        struct section sections[8];
+        sections_of(ledger, &h, sections);
+        for (int i = 0; i < 8; i++) {
+                if (stream_read(stream, &sum, sections[i].data, sections[i].size) != 0) {
+                        why = "read failed";
+                        goto fail;
+                }
+        }
+        u128 expected = checksum_stream_final(&sum);
+        u128 actual;
+        if (stream->read(stream->context, &actual, sizeof(actual)) != 0) {
+                why = "read failed";
+                goto fail;
+        }
+        if (actual != expected) {
+                why = "checksum mismatch";
+                goto fail;
+        }
+        if (!checkpoint_consistent(ledger)) {
+                why = "inconsistent content";
+                goto fail;
+        }
+        ledger_rebuild_tables(ledger);
+        return 0;
+fail:
+        log_error("ledger: checkpoint refused reason=\"%s\"", why);
+        ledger_reset(ledger);
+        return -1;
+}
