@@ -1,0 +1,59 @@
+# tests/lib.sh: shell helpers shared by the test scripts: start a formatted single-replica
+# server on a free port and stop it again, with every wait bounded.
+
+# start_server <tally binary> <data dir> [extra start flags...]
+# Sets SERVER_PID and SERVER_PORT; the log is <data dir>/server.log.
+start_server() {
+  local binary=$1 dir=$2; shift 2
+  mkdir -p "$dir"
+  rm -f "$dir/0_0.tally"
+  "$binary" format --cluster=0 --replica=0 --replica-count=1 "$dir/0_0.tally" 2>>"$dir/server.log" || return 1
+  local attempt
+  for attempt in 1 2 3 4 5; do
+    SERVER_PORT=$(( 20000 + RANDOM % 20000 ))
+    "$binary" start --addresses="127.0.0.1:$SERVER_PORT" "$@" "$dir/0_0.tally" >>"$dir/server.log" 2>&1 &
+    SERVER_PID=$!
+    local waited=0
+    while [ $waited -lt 100 ]; do
+      if grep -q "listening on 127.0.0.1:$SERVER_PORT" "$dir/server.log" 2>/dev/null; then return 0; fi
+      if ! kill -0 $SERVER_PID 2>/dev/null; then break; fi
+      sleep 0.1; waited=$((waited + 1))
+    done
+    kill -9 $SERVER_PID 2>/dev/null; wait $SERVER_PID 2>/dev/null
+  done
+  echo "server did not start; log:" >&2; tail -20 "$dir/server.log" >&2
+  return 1
+}
+
+# stop_server: SIGTERM, then SIGKILL after 5 s. Returns non-zero if the server had died before
+# (a crash during the test) or did not exit cleanly.
+stop_server() {
+  [ -n "${SERVER_PID:-}" ] || return 0
+  if ! kill -0 $SERVER_PID 2>/dev/null; then
+    wait $SERVER_PID 2>/dev/null; local rc=$?
+    echo "server had exited early with status $rc" >&2
+    SERVER_PID=; return 1
+  fi
+  kill -TERM $SERVER_PID
+  local waited=0
+  while kill -0 $SERVER_PID 2>/dev/null && [ $waited -lt 50 ]; do sleep 0.1; waited=$((waited + 1)); done
+  if kill -0 $SERVER_PID 2>/dev/null; then
+    kill -9 $SERVER_PID; wait $SERVER_PID 2>/dev/null
+    echo "server ignored SIGTERM" >&2; SERVER_PID=; return 1
+  fi
+  wait $SERVER_PID; local rc=$?
+  SERVER_PID=
+  [ $rc -eq 0 ] || { echo "server exited with status $rc" >&2; return 1; }
+}
+
+# sum_results <output file>: adds the last "N passed, N failed" line to TOTAL_PASSED/FAILED.
+sum_results() {
+  local line
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$1" | tail -1)
+  if [ -z "$line" ]; then
+    TOTAL_FAILED=$((TOTAL_FAILED + 1)); return 1
+  fi
+  local p=${line%% passed*} f=${line#*, }; f=${f%% failed*}
+  TOTAL_PASSED=$((TOTAL_PASSED + p)); TOTAL_FAILED=$((TOTAL_FAILED + f))
+  [ "$f" -eq 0 ]
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# tests/run_all.sh: every test, in order from the inside out. Prints one section per suite and,
+# last, the total "N passed, N failed". Exit status 0 only if nothing failed.
+#
+#   1. unit tests, release build and AddressSanitizer+UBSan build
+#   2. bad input against a running server (sanitizer build of the server)
+#   3. the conformance corpus recorded from TigerBeetle 0.16.68, replayed by the official client
+#   4. the official Node client's end-to-end tests (tests/node)
+set -u
+cd "$(dirname "$0")/.."
+. tests/lib.sh
+TOTAL_PASSED=0; TOTAL_FAILED=0
+WORK=$(mktemp -d /tmp/tally-tests.XXXXXX)
+trap 'stop_server >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+JOBS=$(nproc 2>/dev/null || echo 2)
+
+section() { printf '\n=== %s\n' "$1"; }
+record() { # record <name> <output file> <exit status>
+  if sum_results "$2" && [ "$3" -eq 0 ]; then echo "--- $1: ok"; else
+    echo "--- $1: FAILED"; [ "$3" -ne 0 ] && ! grep -qE '[1-9][0-9]* failed$' "$2" && TOTAL_FAILED=$((TOTAL_FAILED + 1)); fi
+}
+
+section "build"
+make -j"$JOBS" all unit-bins tool-bins >"$WORK/build.log" 2>&1 &&
+  make -j"$JOBS" VARIANT=asan build/asan/tally unit-bins tool-bins >>"$WORK/build.log" 2>&1
+if [ $? -ne 0 ]; then tail -40 "$WORK/build.log"; echo "0 passed, 1 failed"; exit 1; fi
+echo "built ./tally and the sanitizer build"
+
+for variant in release asan; do
+  section "unit tests ($variant)"
+  tests/run_unit.sh build/$variant/tests >"$WORK/unit-$variant.out" 2>&1; rc=$?
+  cat "$WORK/unit-$variant.out"; record "unit tests ($variant)" "$WORK/unit-$variant.out" $rc
+done
+
+section "bad input against a running server (sanitizer build)"
+if start_server build/asan/tally "$WORK/bad-input"; then
+  timeout 300 build/asan/tests/server/bad_input "$SERVER_PORT" >"$WORK/bad-input.out" 2>&1; rc=$?
+  stop_server || rc=1
+  cat "$WORK/bad-input.out"; record "bad input" "$WORK/bad-input.out" $rc
+else
+  TOTAL_FAILED=$((TOTAL_FAILED + 1))
+fi
+
+section "conformance corpus (TigerBeetle 0.16.68 replies, official client)"
+if [ ! -d tests/conformance/node_modules ]; then
+  (cd tests/conformance && npm ci --no-audit --no-fund >"$WORK/npm-conformance.log" 2>&1) ||
+    { cat "$WORK/npm-conformance.log"; }
+fi
+if start_server ./tally "$WORK/conformance"; then
+  (cd tests/conformance && timeout 900 node replay.js --address="127.0.0.1:$SERVER_PORT" seed-*.jsonl) \
+    >"$WORK/conformance.out" 2>&1; rc=$?
+  stop_server || rc=1
+  grep -E '^(FAIL|==|ABORT)|passed, ' "$WORK/conformance.out" | head -60
+  record "conformance" "$WORK/conformance.out" $rc
+else
+  TOTAL_FAILED=$((TOTAL_FAILED + 1))
+fi
+
+if [ -x tests/run_node.sh ]; then
+  section "official Node client (tests/node)"
+  timeout 1200 tests/run_node.sh >"$WORK/node.out" 2>&1; rc=$?
+  tail -40 "$WORK/node.out"; record "node client" "$WORK/node.out" $rc
+fi
+
+section "total"
+echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed"
+[ "$TOTAL_FAILED" -eq 0 ]
