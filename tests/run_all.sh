@@ -32,6 +32,10 @@ for variant in release asan; do
   cat "$WORK/unit-$variant.out"; record "unit tests ($variant)" "$WORK/unit-$variant.out" $rc
 done
 
+section "command-line errors (sanitizer build)"
+tests/server/cli_errors.sh build/asan/tally >"$WORK/cli.out" 2>&1; rc=$?
+cat "$WORK/cli.out"; record "command line" "$WORK/cli.out" $rc
+
 section "bad input against a running server (sanitizer build)"
 if start_server build/asan/tally "$WORK/bad-input"; then
   timeout 300 build/asan/tests/server/bad_input "$SERVER_PORT" >"$WORK/bad-input.out" 2>&1; rc=$?

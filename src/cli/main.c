@@ -32,6 +32,7 @@ int main(int argc, char **argv)
 {
         log_init_from_env();
         if (argc < 2) {
+                cli_error("missing command");
                 fputs(usage, stderr);
                 return 2;
         }
