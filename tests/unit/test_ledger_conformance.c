@@ -622,7 +622,7 @@ static void compare_objects(struct replay *r, enum op op, const struct json *exp
                         if (want != got) {
                                 char field_name[64];
                                 snprintf(field_name, sizeof(field_name), "[%u].%s", i, f->name);
-                                char texts[128];
+                                char texts[192];
                                 snprintf(texts, sizeof(texts), "expected %s got %s",
                                          u128_text(want, a), u128_text(got, b));
                                 diff(r, "%s: %s", field_name, texts);
