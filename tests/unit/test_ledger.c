@@ -152,7 +152,7 @@ static void test_smoke(void)
         CHECK_EQ_U64(create_transfer1(transfer(10, 1, 2, 100, 0)), 0);
         CHECK_BALANCES(1, 0, 100, 0, 0);
         CHECK_BALANCES(2, 0, 0, 0, 100);
-        struct wire_transfer t;
+        struct wire_transfer t = {0};
         CHECK(lookup_transfer(10, &t));
         CHECK(t.amount == 100);
         CHECK(t.timestamp > 0);
