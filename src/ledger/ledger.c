@@ -174,7 +174,11 @@ static void *region_map(uint64_t size)
 {
         void *p = mmap(NULL, size, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        return p == MAP_FAILED ? NULL : p;
+        if (p == MAP_FAILED) return NULL;
+        /* Hash probes and object reads land anywhere in these arrays: huge pages save most
+         * TLB misses. Advice only; it is fine if the kernel ignores it. */
+        if (size >= (2u << 20)) (void)madvise(p, size, MADV_HUGEPAGE);
+        return p;
 }
 
 static void **region_slot(struct ledger *ledger, int i)
