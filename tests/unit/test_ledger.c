@@ -18,7 +18,7 @@ static struct ledger *ledger;
 static uint64_t clock_ns;
 static uint64_t last_timestamp;
 static uint8_t reply[LEDGER_BODY_SIZE_MAX];
-static uint8_t body[LEDGER_BODY_SIZE_MAX] __attribute__((unused));
+static uint8_t body[LEDGER_BODY_SIZE_MAX];
 
 static void fresh(void)
 {
@@ -42,13 +42,20 @@ static uint32_t run(uint8_t operation, const void *request, uint32_t size)
         return ledger_execute(ledger, operation, timestamp, request, size, reply);
 }
 
-__attribute__((unused)) static void pulse_at(uint64_t clock)
+static void pulse_at(uint64_t clock)
 {
         clock_ns = clock;
         uint64_t base = MAX(last_timestamp + 1, clock_ns);
         uint64_t timestamp = base + LEDGER_PULSE_TIMESTAMP_DELTA;
         last_timestamp = timestamp;
         CHECK_EQ_U64(ledger_execute(ledger, OPERATION_PULSE, timestamp, NULL, 0, reply), 0);
+}
+
+/* Moves the clock so that the first event of the next create request gets `timestamp`. */
+static void next_event_at(uint64_t timestamp)
+{
+        tally_assert(last_timestamp + 1 < timestamp - 1);
+        clock_ns = timestamp - 1 - 1000; /* run() advances it by 1000; base + 1 is event 0 */
 }
 
 static struct wire_account account(u128 id, uint32_t ledger_id, uint16_t code, uint16_t flags)
@@ -94,7 +101,7 @@ static uint32_t create_transfers(const struct wire_transfer *t, uint32_t n,
 }
 
 /* The result of a single-event create, 0 for ok. */
-__attribute__((unused)) static uint32_t create_account1(struct wire_account a)
+static uint32_t create_account1(struct wire_account a)
 {
         struct wire_create_result r[1];
         uint32_t n = create_accounts(&a, 1, r);
@@ -163,9 +170,806 @@ static void test_smoke(void)
         CHECK_EQ_U64(stats.transfers, 1);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* create_accounts: every result code, and precedence when several rules are broken. */
+
+enum {
+        A_ACCOUNT_PLAIN = 1,
+        A_ACCOUNT_LIMITED = 3, /* debits_must_not_exceed_credits */
+};
+
+struct account_case {
+        const char *name;
+        struct wire_account account;
+        uint32_t expected;
+};
+
+/* Existing: account 1 (L1, C1, user data 7/8/9, flags 0); account 50 imported at ts 100. */
+static void setup_accounts(void)
+{
+        fresh();
+        struct wire_account a = account(1, 1, 1, 0);
+        a.user_data_128 = 7;
+        a.user_data_64 = 8;
+        a.user_data_32 = 9;
+        tally_assert(create_account1(a) == 0);
+}
+
+static void test_create_accounts_codes(void)
+{
+        const u128 X = 1000; /* a new id */
+        const struct account_case cases[] = {
+                {"ok", {.id = X, .ledger = 1, .code = 1}, 0},
+                {"timestamp_must_be_zero", {.id = X, .ledger = 1, .code = 1, .timestamp = 5}, 3},
+                {"reserved_field", {.id = X, .ledger = 1, .code = 1, .reserved = 1}, 4},
+                {"reserved_flag", {.id = X, .ledger = 1, .code = 1, .flags = 0x40}, 5},
+                {"reserved_flag top bit", {.id = X, .ledger = 1, .code = 1, .flags = 0x8000}, 5},
+                {"id_must_not_be_zero", {.id = 0, .ledger = 1, .code = 1}, 6},
+                {"id_must_not_be_int_max", {.id = MAX128, .ledger = 1, .code = 1}, 7},
+                {"flags_are_mutually_exclusive", {.id = X, .ledger = 1, .code = 1, .flags = 6}, 8},
+                {"debits_pending_must_be_zero",
+                 {.id = X, .ledger = 1, .code = 1, .debits_pending = 1}, 9},
+                {"debits_posted_must_be_zero", {.id = X, .ledger = 1, .code = 1, .debits_posted = 1},
+                 10},
+                {"credits_pending_must_be_zero",
+                 {.id = X, .ledger = 1, .code = 1, .credits_pending = 1}, 11},
+                {"credits_posted_must_be_zero",
+                 {.id = X, .ledger = 1, .code = 1, .credits_posted = 1}, 12},
+                {"ledger_must_not_be_zero", {.id = X, .ledger = 0, .code = 1}, 13},
+                {"code_must_not_be_zero", {.id = X, .ledger = 1, .code = 0}, 14},
+                {"exists_with_different_flags",
+                 {.id = 1, .ledger = 1, .code = 1, .flags = 8, .user_data_128 = 7,
+                  .user_data_64 = 8, .user_data_32 = 9}, 15},
+                {"exists_with_different_user_data_128",
+                 {.id = 1, .ledger = 1, .code = 1, .user_data_128 = 1, .user_data_64 = 8,
+                  .user_data_32 = 9}, 16},
+                {"exists_with_different_user_data_64",
+                 {.id = 1, .ledger = 1, .code = 1, .user_data_128 = 7, .user_data_64 = 1,
+                  .user_data_32 = 9}, 17},
+                {"exists_with_different_user_data_32",
+                 {.id = 1, .ledger = 1, .code = 1, .user_data_128 = 7, .user_data_64 = 8,
+                  .user_data_32 = 1}, 18},
+                {"exists_with_different_ledger",
+                 {.id = 1, .ledger = 2, .code = 1, .user_data_128 = 7, .user_data_64 = 8,
+                  .user_data_32 = 9}, 19},
+                {"exists_with_different_code",
+                 {.id = 1, .ledger = 1, .code = 2, .user_data_128 = 7, .user_data_64 = 8,
+                  .user_data_32 = 9}, 20},
+                {"exists (balances not compared, #7)",
+                 {.id = 1, .ledger = 1, .code = 1, .user_data_128 = 7, .user_data_64 = 8,
+                  .user_data_32 = 9, .debits_posted = 10}, 21},
+                {"imported_event_timestamp_out_of_range 0",
+                 {.id = X, .ledger = 1, .code = 1, .flags = 0x10, .timestamp = 0}, 24},
+                {"imported_event_timestamp_out_of_range 2^63",
+                 {.id = X, .ledger = 1, .code = 1, .flags = 0x10, .timestamp = 1ull << 63}, 24},
+                {"imported_event_timestamp_must_not_advance",
+                 {.id = X, .ledger = 1, .code = 1, .flags = 0x10, .timestamp = 1ull << 62}, 25},
+                {"imported_event_timestamp_must_not_regress",
+                 {.id = X, .ledger = 1, .code = 1, .flags = 0x10, .timestamp = 1}, 26},
+                /* Several rules broken: the first in TigerBeetle's order wins. */
+                {"#3 reserved_field before id", {.id = 0, .reserved = 1}, 4},
+                {"#4 reserved_flag before id", {.id = 0, .flags = 0x40}, 5},
+                {"#5 timestamp before reserved", {.id = X, .reserved = 1, .timestamp = 5}, 3},
+                {"#8 exists before flags/ledger",
+                 {.id = 1, .flags = 6, .user_data_128 = 7, .user_data_64 = 8, .user_data_32 = 9},
+                 15},
+                {"#9 user_data_128 before ledger",
+                 {.id = 1, .ledger = 9, .code = 1, .user_data_128 = 2, .user_data_64 = 8,
+                  .user_data_32 = 9}, 16},
+                {"#14 balances before code", {.id = X, .ledger = 1, .credits_pending = 1}, 11},
+                {"flags before balances", {.id = X, .flags = 6, .debits_pending = 1}, 8},
+                {"ledger before code", {.id = X}, 13},
+                {"id max before exists", {.id = MAX128, .reserved = 0, .flags = 6}, 7},
+                {"out of range before reserved",
+                 {.id = 0, .reserved = 1, .flags = 0x10, .timestamp = 0}, 24},
+                {"regress after code", {.id = X, .ledger = 1, .flags = 0x10, .timestamp = 1}, 14},
+                {"imported exists (#21)",
+                 {.id = 1, .ledger = 1, .code = 1, .flags = 0x10, .timestamp = 4,
+                  .user_data_128 = 7, .user_data_64 = 8, .user_data_32 = 9}, 15},
+        };
+        for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+                setup_accounts();
+                uint32_t got = create_account1(cases[i].account);
+                if (got != cases[i].expected) {
+                        fprintf(stderr, "  %s: expected %u, got %u\n", cases[i].name,
+                                cases[i].expected, got);
+                        test_checks_failed_in_current++;
+                }
+        }
+}
+
+/* The batch-level codes: chains, imported mode. */
+static void test_create_accounts_batches(void)
+{
+        struct wire_create_result r[8];
+        struct wire_account a1 = account(1, 1, 1, 0), a2 = account(2, 1, 1, 0);
+        struct wire_account a3 = account(3, 1, 1, 0), a4 = account(4, 1, 1, 0);
+        struct wire_account l1 = account(1, 1, 1, 1), l2 = account(2, 1, 1, 1);
+        struct wire_account l3 = account(3, 1, 1, 1);
+        struct wire_account dummy;
+
+        /* #1: a linked last event. */
+        fresh();
+        CHECK_EQ_U64(create_accounts(&l1, 1, r), 1);
+        CHECK(r[0].index == 0 && r[0].result == 2);
+        CHECK(!lookup_account(1, &dummy));
+
+        /* #2 */
+        fresh();
+        struct wire_account b2[2] = {a1, l2};
+        CHECK_EQ_U64(create_accounts(b2, 2, r), 1);
+        CHECK(r[0].index == 1 && r[0].result == 2);
+        CHECK(lookup_account(1, &dummy));
+        CHECK(!lookup_account(2, &dummy));
+
+        /* #10: stored with `linked`; re-sent alone it differs in flags. */
+        fresh();
+        struct wire_account b10[2] = {l1, a2};
+        CHECK_EQ_U64(create_accounts(b10, 2, r), 0);
+        CHECK_EQ_U64(create_account1(a1), 15);
+        CHECK(lookup_account(1, &dummy) && dummy.flags == 1);
+
+        /* #11: exists breaks a chain; nothing created. */
+        fresh();
+        struct wire_account b11[4] = {l1, l2, l1, a3};
+        CHECK_EQ_U64(create_accounts(b11, 4, r), 4);
+        CHECK(r[0].index == 0 && r[0].result == 1);
+        CHECK(r[1].index == 1 && r[1].result == 1);
+        CHECK(r[2].index == 2 && r[2].result == 21);
+        CHECK(r[3].index == 3 && r[3].result == 1);
+        CHECK(!lookup_account(1, &dummy) && !lookup_account(3, &dummy));
+        /* Rolled-back ids may be reused. */
+        CHECK_EQ_U64(create_account1(a1), 0);
+
+        /* #12 */
+        fresh();
+        struct wire_account bad = account(3, 0, 1, 1);
+        struct wire_account l4 = account(4, 1, 1, 1);
+        struct wire_account b12[3] = {l2, bad, l4};
+        CHECK_EQ_U64(create_accounts(b12, 3, r), 3);
+        CHECK(r[0].index == 0 && r[0].result == 1);
+        CHECK(r[1].index == 1 && r[1].result == 13);
+        CHECK(r[2].index == 2 && r[2].result == 2);
+
+        /* A failed chain followed by an independent event and a good chain. */
+        fresh();
+        struct wire_account b[6] = {l1, account(2, 0, 1, 0), a3, l3, a4, account(5, 1, 1, 0)};
+        b[3].id = 6;
+        CHECK_EQ_U64(create_accounts(b, 6, r), 2);
+        CHECK(r[0].index == 0 && r[0].result == 1);
+        CHECK(r[1].index == 1 && r[1].result == 13);
+        CHECK(!lookup_account(1, &dummy));
+        CHECK(lookup_account(3, &dummy) && lookup_account(6, &dummy) && lookup_account(4, &dummy));
+
+        /* #16, #17: imported mode from the first event. */
+        fresh();
+        struct wire_account i1 = account(1, 1, 1, 0x10);
+        i1.timestamp = 1;
+        struct wire_account b16[2] = {i1, a2};
+        CHECK_EQ_U64(create_accounts(b16, 2, r), 1);
+        CHECK(r[0].index == 1 && r[0].result == 22);
+        fresh();
+        struct wire_account b17[2] = {a1, i1};
+        b17[1].id = 2;
+        CHECK_EQ_U64(create_accounts(b17, 2, r), 1);
+        CHECK(r[0].index == 1 && r[0].result == 23);
+
+        /* #20: regress inside the batch; #19: not advance relative to T_b. */
+        fresh();
+        struct wire_account i2 = account(2, 1, 1, 0x10);
+        i1.timestamp = 2;
+        i2.timestamp = 1;
+        struct wire_account b20[2] = {i1, i2};
+        CHECK_EQ_U64(create_accounts(b20, 2, r), 1);
+        CHECK(r[0].index == 1 && r[0].result == 26);
+        CHECK(lookup_account(1, &dummy) && dummy.timestamp == 2);
+        /* The next request's T_b: base + 1 for one event. */
+        i2.timestamp = MAX(last_timestamp + 1, clock_ns + 1000) + 1;
+        i2.id = 3;
+        CHECK_EQ_U64(create_account1(i2), 25);
+
+        /* #22: an imported account may not reuse a transfer's timestamp. */
+        fresh();
+        struct wire_account ia = account(1, 1, 1, 0x10), ib = account(2, 1, 1, 0x10);
+        ia.timestamp = 5;
+        ib.timestamp = 6;
+        struct wire_account bi[2] = {ia, ib};
+        CHECK_EQ_U64(create_accounts(bi, 2, r), 0);
+        struct wire_transfer it = transfer(1, 1, 2, 1, 0x100);
+        it.timestamp = 10;
+        CHECK_EQ_U64(create_transfer1(it), 0);
+        struct wire_account ic = account(3, 1, 1, 0x10);
+        ic.timestamp = 10;
+        CHECK_EQ_U64(create_account1(ic), 26);
+        ic.timestamp = 11;
+        CHECK_EQ_U64(create_account1(ic), 0);
+        /* Lower than a transfer's timestamp is fine for accounts, but not below accounts. */
+        ic.id = 4;
+        ic.timestamp = 7;
+        CHECK_EQ_U64(create_account1(ic), 26);
+
+        /* Empty batch (#75). */
+        fresh();
+        CHECK_EQ_U64(create_accounts(NULL, 0, r), 0);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* create_transfers: every result code. */
+
+/*
+ * The world of every transfer case:
+ *   accounts 1, 2 plain; 3 debits_must_not_exceed_credits; 4 credits_must_not_exceed_debits;
+ *   5 on ledger 2; 6 created closed; 7 with history (all code 1, ledger 1 unless said);
+ *   transfers 100: 1->2 10 (user data 1/2/3); 101: pending 1->2 15 (user data 4/5/6);
+ *   102: pending 1->2 20 posted by 103; 104: pending 1->2 5 voided by 105;
+ *   106 burned (debit_account_not_found).
+ */
+static void setup_world(void)
+{
+        fresh();
+        struct wire_account a[7] = {
+                account(1, 1, 1, 0), account(2, 1, 1, 0), account(3, 1, 1, 2),
+                account(4, 1, 1, 4), account(5, 2, 1, 0), account(6, 1, 1, 0x20),
+                account(7, 1, 1, 8),
+        };
+        struct wire_create_result r[8];
+        tally_assert(create_accounts(a, 7, r) == 0);
+        struct wire_transfer t[7] = {
+                transfer(100, 1, 2, 10, 0),
+                transfer(101, 1, 2, 15, TRANSFER_FLAG_PENDING),
+                transfer(102, 1, 2, 20, TRANSFER_FLAG_PENDING),
+                transfer(103, 0, 0, MAX128, TRANSFER_FLAG_POST_PENDING),
+                transfer(104, 1, 2, 5, TRANSFER_FLAG_PENDING),
+                transfer(105, 0, 0, 0, TRANSFER_FLAG_VOID_PENDING),
+                transfer(106, 999, 2, 1, 0),
+        };
+        t[0].user_data_128 = 1;
+        t[0].user_data_64 = 2;
+        t[0].user_data_32 = 3;
+        t[1].user_data_128 = 4;
+        t[1].user_data_64 = 5;
+        t[1].user_data_32 = 6;
+        t[3].pending_id = 102;
+        t[3].ledger = 0;
+        t[3].code = 0;
+        t[5].pending_id = 104;
+        t[5].ledger = 0;
+        t[5].code = 0;
+        uint32_t n = create_transfers(t, 7, r);
+        tally_assert(n == 1 && r[0].index == 6 && r[0].result == 21);
+}
+
+struct transfer_case {
+        const char *name;
+        struct wire_transfer t;
+        uint32_t expected;
+};
+
+/* Defaults first, then the case's own fields (which may override them). */
+#pragma GCC diagnostic ignored "-Woverride-init"
+#define T_(...) ((struct wire_transfer){.ledger = 1, .code = 1, __VA_ARGS__})
+#define POST TRANSFER_FLAG_POST_PENDING
+#define VOID TRANSFER_FLAG_VOID_PENDING
+#define PEND TRANSFER_FLAG_PENDING
+
+static void test_create_transfers_codes(void)
+{
+        const u128 X = 500;
+        const struct transfer_case cases[] = {
+                {"ok", T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .amount = 1), 0},
+                {"timestamp_must_be_zero",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .timestamp = 1), 3},
+                {"reserved_flag", T_(.id = X, .debit_account_id = 1, .credit_account_id = 2,
+                                     .flags = 0x200), 4},
+                {"id_must_not_be_zero", T_(.id = 0, .debit_account_id = 1, .credit_account_id = 2),
+                 5},
+                {"id_must_not_be_int_max",
+                 T_(.id = MAX128, .debit_account_id = 1, .credit_account_id = 2), 6},
+                {"flags_are_mutually_exclusive post+void",
+                 T_(.id = X, .pending_id = 101, .flags = POST | VOID), 7},
+                {"flags_are_mutually_exclusive post+pending (#53)",
+                 T_(.id = X, .pending_id = 101, .flags = POST | PEND), 7},
+                {"flags_are_mutually_exclusive post+balancing (#53)",
+                 T_(.id = X, .pending_id = 101, .flags = POST | 0x10), 7},
+                {"flags_are_mutually_exclusive void+closing",
+                 T_(.id = X, .pending_id = 101, .flags = VOID | 0x80), 7},
+                {"debit_account_id_must_not_be_zero", T_(.id = X, .credit_account_id = 2), 8},
+                {"debit_account_id_must_not_be_int_max",
+                 T_(.id = X, .debit_account_id = MAX128, .credit_account_id = 2), 9},
+                {"credit_account_id_must_not_be_zero", T_(.id = X, .debit_account_id = 1), 10},
+                {"credit_account_id_must_not_be_int_max",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = MAX128), 11},
+                {"accounts_must_be_different (#31)",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 1), 12},
+                {"pending_id_must_be_zero",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .pending_id = 5), 13},
+                {"pending_id_must_not_be_zero", T_(.id = X, .flags = POST), 14},
+                {"pending_id_must_not_be_int_max", T_(.id = X, .pending_id = MAX128, .flags = POST),
+                 15},
+                {"pending_id_must_be_different (#52)", T_(.id = X, .pending_id = X, .flags = POST),
+                 16},
+                {"timeout_reserved_for_pending_transfer",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .timeout = 1), 17},
+                {"timeout_reserved_for_pending_transfer (post)",
+                 T_(.id = X, .pending_id = 101, .flags = POST, .timeout = 1), 17},
+                {"ledger_must_not_be_zero",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .ledger = 0), 19},
+                {"code_must_not_be_zero",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .code = 0), 20},
+                {"debit_account_not_found",
+                 T_(.id = X, .debit_account_id = 999, .credit_account_id = 2), 21},
+                {"credit_account_not_found",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 999), 22},
+                {"accounts_must_have_the_same_ledger (#32)",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 5), 23},
+                {"transfer_must_have_the_same_ledger_as_accounts (#33)",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .ledger = 9), 24},
+                {"pending_transfer_not_found", T_(.id = X, .pending_id = 999, .flags = POST), 25},
+                {"pending_transfer_not_found: burned id (#68)",
+                 T_(.id = X, .pending_id = 106, .flags = POST), 25},
+                {"pending_transfer_not_pending (#51)", T_(.id = X, .pending_id = 100, .flags = VOID),
+                 26},
+                {"pending_transfer_has_different_debit_account_id (#54)",
+                 T_(.id = X, .pending_id = 101, .flags = VOID, .debit_account_id = 3), 27},
+                {"pending_transfer_has_different_credit_account_id",
+                 T_(.id = X, .pending_id = 101, .flags = VOID, .credit_account_id = 3), 28},
+                {"pending_transfer_has_different_ledger",
+                 T_(.id = X, .pending_id = 101, .flags = VOID, .ledger = 2), 29},
+                {"pending_transfer_has_different_code",
+                 T_(.id = X, .pending_id = 101, .flags = VOID, .code = 2), 30},
+                {"exceeds_pending_transfer_amount (#46)",
+                 T_(.id = X, .pending_id = 101, .flags = POST, .amount = 16), 31},
+                {"exceeds_pending_transfer_amount void MAX (#49)",
+                 T_(.id = X, .pending_id = 101, .flags = VOID, .amount = MAX128), 31},
+                {"exceeds_pending_transfer_amount MAX-1 (#47)",
+                 T_(.id = X, .pending_id = 101, .flags = POST, .amount = MAX128 - 1), 31},
+                {"pending_transfer_has_different_amount (#49)",
+                 T_(.id = X, .pending_id = 101, .flags = VOID, .amount = 14), 32},
+                {"pending_transfer_already_posted", T_(.id = X, .pending_id = 102, .flags = VOID),
+                 33},
+                {"pending_transfer_already_voided (#50)",
+                 T_(.id = X, .pending_id = 104, .flags = POST), 34},
+                {"exists_with_different_flags",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .flags = PEND), 36},
+                {"exists_with_different_debit_account_id",
+                 T_(.id = 100, .debit_account_id = 3, .credit_account_id = 2, .amount = 10), 37},
+                {"exists_with_different_credit_account_id",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 3, .amount = 10), 38},
+                {"exists_with_different_amount (#25, before code)",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 11,
+                    .code = 2), 39},
+                {"exists_with_different_pending_id (#27)",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .pending_id = 5), 40},
+                {"exists_with_different_user_data_128",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .user_data_128 = 9, .user_data_64 = 2, .user_data_32 = 3), 41},
+                {"exists_with_different_user_data_64",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .user_data_128 = 1, .user_data_64 = 9, .user_data_32 = 3), 42},
+                {"exists_with_different_user_data_32",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .user_data_128 = 1, .user_data_64 = 2, .user_data_32 = 9), 43},
+                {"exists_with_different_timeout (#26, before accounts)",
+                 T_(.id = 101, .debit_account_id = 3, .credit_account_id = 2, .amount = 15,
+                    .flags = PEND, .timeout = 2), 44},
+                {"exists_with_different_ledger (#28)",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .user_data_128 = 1, .user_data_64 = 2, .user_data_32 = 3, .ledger = 2), 67},
+                {"exists_with_different_code",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .user_data_128 = 1, .user_data_64 = 2, .user_data_32 = 3, .code = 2), 45},
+                {"exists",
+                 T_(.id = 100, .debit_account_id = 1, .credit_account_id = 2, .amount = 10,
+                    .user_data_128 = 1, .user_data_64 = 2, .user_data_32 = 3), 46},
+                {"exists post (inherited fields, MAX amount)",
+                 T_(.id = 103, .pending_id = 102, .flags = POST, .amount = MAX128, .ledger = 0,
+                    .code = 0), 46},
+                {"exists post: amount 20 exact",
+                 T_(.id = 103, .pending_id = 102, .flags = POST, .amount = 20, .ledger = 0,
+                    .code = 0), 46},
+                {"exists post: amount 0 differs",
+                 T_(.id = 103, .pending_id = 102, .flags = POST, .amount = 0, .ledger = 0,
+                    .code = 0), 39},
+                {"exists void: amount 0 is the pending amount",
+                 T_(.id = 105, .pending_id = 104, .flags = VOID, .ledger = 0, .code = 0), 46},
+                {"exists void: ledger differs",
+                 T_(.id = 105, .pending_id = 104, .flags = VOID, .ledger = 3, .code = 0), 67},
+                {"exists void: user_data_64 differs from the inherited 0",
+                 T_(.id = 105, .pending_id = 104, .flags = VOID, .user_data_64 = 3, .ledger = 0,
+                    .code = 0), 42},
+                {"exceeds_credits",
+                 T_(.id = X, .debit_account_id = 3, .credit_account_id = 1, .amount = 1), 54},
+                {"exceeds_credits pending",
+                 T_(.id = X, .debit_account_id = 3, .credit_account_id = 1, .amount = 1,
+                    .flags = PEND), 54},
+                {"exceeds_debits",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 4, .amount = 1), 55},
+                {"exceeds nothing at amount 0",
+                 T_(.id = X, .debit_account_id = 3, .credit_account_id = 4, .amount = 0), 0},
+                {"imported_event_timestamp_out_of_range",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .flags = 0x100), 58},
+                {"imported_event_timestamp_must_not_advance",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .flags = 0x100,
+                    .timestamp = 1ull << 62), 59},
+                {"imported_event_timestamp_must_not_regress",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .flags = 0x100,
+                    .timestamp = 1), 60},
+                {"imported_event_timestamp_must_not_regress post",
+                 T_(.id = X, .pending_id = 101, .flags = POST | 0x100, .timestamp = 1), 60},
+                {"closing_transfer_must_be_pending (#30)",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .flags = 0x40), 64},
+                {"debit_account_already_closed",
+                 T_(.id = X, .debit_account_id = 6, .credit_account_id = 2), 65},
+                {"credit_account_already_closed",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 6), 66},
+                {"id_already_failed", T_(.id = 106, .debit_account_id = 1, .credit_account_id = 2),
+                 68},
+                /* Several rules broken: the first in TigerBeetle's order wins. */
+                {"#24 reserved_flag before id", T_(.id = 0, .flags = 0x200), 4},
+                {"#29 timeout before ledger",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .timeout = 1,
+                    .ledger = 0), 17},
+                {"id_already_failed before everything else",
+                 T_(.id = 106, .debit_account_id = 0, .credit_account_id = 0, .flags = POST), 68},
+                {"exists before validation",
+                 T_(.id = 100, .debit_account_id = 0, .credit_account_id = 2, .amount = 10,
+                    .user_data_128 = 1, .user_data_64 = 2, .user_data_32 = 3), 37},
+                {"not found before ledger mismatch",
+                 T_(.id = X, .debit_account_id = 999, .credit_account_id = 5, .ledger = 9), 21},
+                {"closed after ledger checks",
+                 T_(.id = X, .debit_account_id = 6, .credit_account_id = 5), 23},
+                {"debit closed before credit closed",
+                 T_(.id = X, .debit_account_id = 6, .credit_account_id = 6), 12},
+                {"post amount checks before status (#58 analogue)",
+                 T_(.id = X, .pending_id = 102, .flags = POST, .amount = 21), 31},
+                {"post: credit id before ledger",
+                 T_(.id = X, .pending_id = 101, .flags = POST, .credit_account_id = 9, .ledger = 9),
+                 28},
+                {"pending_id zero before timeout", T_(.id = X, .flags = VOID, .timeout = 1), 14},
+                {"closing before ledger zero",
+                 T_(.id = X, .debit_account_id = 1, .credit_account_id = 2, .flags = 0x80,
+                    .ledger = 0), 64},
+                {"imported mode before reserved_flag",
+                 T_(.id = 0, .flags = 0x300, .timestamp = 0), 58},
+        };
+        for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+                setup_world();
+                uint32_t got = create_transfer1(cases[i].t);
+                if (got != cases[i].expected) {
+                        fprintf(stderr, "  %s: expected %u, got %u\n", cases[i].name,
+                                cases[i].expected, got);
+                        test_checks_failed_in_current++;
+                }
+        }
+}
+
+/* Codes that need their own world: overflows, imported postdating, batch modes. */
+static void test_create_transfers_codes_special(void)
+{
+        struct wire_create_result r[8];
+        /* #36..#38 and the other overflow codes. */
+        setup_two();
+        CHECK_EQ_U64(create_account1(account(3, 1, 1, 0)), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(1, 1, 2, MAX128 - 5, 0)), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(2, 1, 2, 6, PEND)), 49); /* debits_posted */
+        CHECK_EQ_U64(create_transfer1(transfer(3, 3, 2, 6, PEND)), 50); /* credits_posted */
+        setup_two();
+        CHECK_EQ_U64(create_account1(account(3, 1, 1, 0)), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(1, 1, 2, MAX128 - 5, PEND)), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(2, 1, 2, 6, 0)), 51);    /* overflows_debits */
+        CHECK_EQ_U64(create_transfer1(transfer(3, 1, 2, 6, PEND)), 47); /* debits_pending */
+        CHECK_EQ_U64(create_transfer1(transfer(4, 3, 2, 6, PEND)), 48); /* credits_pending */
+        CHECK_EQ_U64(create_transfer1(transfer(5, 3, 2, 6, 0)), 52);    /* overflows_credits */
+        CHECK_EQ_U64(create_transfer1(transfer(6, 3, 2, 5, 0)), 0);     /* exactly MAX */
+
+        /* overflows_timeout: a cluster timestamp near 2^63. */
+        setup_two();
+        clock_ns = 5000000000000000000ull;
+        struct wire_transfer big = transfer(1, 1, 2, 1, PEND);
+        big.timeout = UINT32_MAX;
+        CHECK_EQ_U64(create_transfer1(big), 53);
+        big.timeout = 1;
+        CHECK_EQ_U64(create_transfer1(big), 0);
+
+        /* Imported postdating (#69) and timeout (#70). */
+        fresh();
+        struct wire_account ia[3] = {account(1, 1, 1, 0x10), account(2, 1, 1, 0x10),
+                                     account(3, 1, 1, 0x10)};
+        ia[0].timestamp = 1;
+        ia[1].timestamp = 2;
+        ia[2].timestamp = 9;
+        CHECK_EQ_U64(create_accounts(ia, 3, r), 0);
+        struct wire_transfer it = transfer(10, 1, 2, 1, 0x100);
+        it.timestamp = 2;
+        CHECK_EQ_U64(create_transfer1(it), 60);
+        it = transfer(10, 3, 2, 1, 0x100);
+        it.timestamp = 4;
+        CHECK_EQ_U64(create_transfer1(it), 61);
+        it = transfer(10, 1, 3, 1, 0x100);
+        it.timestamp = 4;
+        CHECK_EQ_U64(create_transfer1(it), 62);
+        it = transfer(10, 1, 2, 1, 0x100 | PEND);
+        it.timestamp = 4;
+        it.timeout = 1;
+        CHECK_EQ_U64(create_transfer1(it), 63);
+        it = transfer(10, 1, 2, 1, 0x100);
+        it.timestamp = 4;
+        it.timeout = 1;
+        CHECK_EQ_U64(create_transfer1(it), 17);
+        it.timeout = 0;
+        CHECK_EQ_U64(create_transfer1(it), 0);
+        struct wire_transfer got;
+        CHECK(lookup_transfer(10, &got) && got.timestamp == 4 && got.flags == 0x100);
+        /* Imported re-submission: exists whatever the timestamp. */
+        it.timestamp = 3;
+        CHECK_EQ_U64(create_transfer1(it), 46);
+        /* Imported pending, then an imported post with a later timestamp. */
+        it = transfer(11, 1, 2, 5, 0x100 | PEND);
+        it.timestamp = 20;
+        CHECK_EQ_U64(create_transfer1(it), 0);
+        it = transfer(12, 0, 0, MAX128, 0x100 | POST);
+        it.pending_id = 11;
+        it.timestamp = 20; /* not after p: the deliberate deviation (no crash) */
+        CHECK_EQ_U64(create_transfer1(it), 60);
+        it.timestamp = 21;
+        CHECK_EQ_U64(create_transfer1(it), 0);
+        CHECK_BALANCES(1, 0, 6, 0, 0);
+
+        /* Batch modes (56, 57) and chain codes for transfers. */
+        setup_two();
+        struct wire_transfer imp = transfer(1, 1, 2, 1, 0x100);
+        imp.timestamp = 10;
+        struct wire_transfer b1[2] = {imp, transfer(2, 1, 2, 1, 0)};
+        CHECK_EQ_U64(create_transfers(b1, 2, r), 2);
+        CHECK(r[0].index == 0 && r[0].result == 61); /* older than its debit account */
+        CHECK(r[1].index == 1 && r[1].result == 56);
+        struct wire_transfer b2[2] = {transfer(3, 1, 2, 1, 0), imp};
+        CHECK_EQ_U64(create_transfers(b2, 2, r), 1);
+        CHECK(r[0].index == 1 && r[0].result == 57);
+        struct wire_transfer b3[1] = {transfer(4, 1, 2, 1, TRANSFER_FLAG_LINKED)};
+        CHECK_EQ_U64(create_transfers(b3, 1, r), 1);
+        CHECK(r[0].index == 0 && r[0].result == 2);
+}
+
+static void test_linked_transfers(void)
+{
+        struct wire_create_result r[8];
+        struct wire_transfer got;
+        /* #66: rollback restores balances; transient id burned, others reusable. */
+        fresh();
+        struct wire_account a[3] = {account(1, 1, 1, 0), account(2, 1, 1, 0),
+                                    account(3, 1, 1, 4)};
+        CHECK_EQ_U64(create_accounts(a, 3, r), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(9, 2, 1, 40, 0)), 0);
+        struct wire_transfer t3 = transfer(3, 0, 0, 0, VOID | TRANSFER_FLAG_LINKED);
+        t3.pending_id = 2;
+        t3.flags = VOID;
+        struct wire_transfer b[3] = {
+                transfer(1, 1, 2, 41, TRANSFER_FLAG_LINKED),
+                transfer(2, 2, 3, 1, TRANSFER_FLAG_LINKED | PEND | 0x10),
+                t3,
+        };
+        CHECK_EQ_U64(create_transfers(b, 3, r), 3);
+        CHECK(r[0].index == 0 && r[0].result == 1);
+        CHECK(r[1].index == 1 && r[1].result == 55);
+        CHECK(r[2].index == 2 && r[2].result == 1);
+        CHECK_BALANCES(1, 0, 0, 0, 40);
+        CHECK_BALANCES(2, 0, 40, 0, 0);
+        CHECK(!lookup_transfer(1, &got));
+        CHECK_EQ_U64(create_transfer1(transfer(1, 1, 2, 1, 0)), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(2, 1, 2, 1, 0)), 68);
+
+        /* #67: a void may refer to a pending created earlier in the same chain. */
+        setup_two();
+        struct wire_transfer v = transfer(2, 0, 0, 0, VOID | TRANSFER_FLAG_LINKED);
+        v.pending_id = 1;
+        struct wire_transfer b67[3] = {transfer(1, 1, 2, 7, PEND | TRANSFER_FLAG_LINKED), v,
+                                       transfer(3, 1, 2, 1, 0)};
+        CHECK_EQ_U64(create_transfers(b67, 3, r), 0);
+        CHECK_BALANCES(1, 0, 1, 0, 0);
+
+        /* A chain with a post of an outside pending, rolled back: the pending is pending
+         * again, balances and closed bits restored. */
+        setup_two();
+        CHECK_EQ_U64(create_transfer1(transfer(1, 1, 2, 10, PEND | 0x40)), 0); /* closes 1 */
+        struct wire_account acc;
+        CHECK(lookup_account(1, &acc) && (acc.flags & 0x20));
+        struct wire_transfer vv = transfer(2, 0, 0, 0, VOID | TRANSFER_FLAG_LINKED);
+        vv.pending_id = 1;
+        struct wire_transfer bad = transfer(3, 1, 2, 1, 0); /* 1 is closed again? no: reopened */
+        bad.ledger = 0;
+        struct wire_transfer bc[2] = {vv, bad};
+        CHECK_EQ_U64(create_transfers(bc, 2, r), 2);
+        CHECK(r[0].result == 1 && r[1].result == 19);
+        CHECK(lookup_account(1, &acc) && (acc.flags & 0x20));
+        CHECK_BALANCES(1, 10, 0, 0, 0);
+        vv.flags = VOID;
+        CHECK_EQ_U64(create_transfer1(vv), 0); /* #62: re-opened */
+        CHECK(lookup_account(1, &acc) && !(acc.flags & 0x20));
+        CHECK_BALANCES(1, 0, 0, 0, 0);
+        CHECK_EQ_U64(create_account1(account(1, 1, 1, 0)), 21);
+}
+
+static void test_balancing_and_posting(void)
+{
+        struct wire_transfer got;
+        /* #39, #40 */
+        fresh();
+        struct wire_create_result r[4];
+        struct wire_account a[4] = {account(1, 1, 1, 2), account(2, 1, 1, 0),
+                                    account(3, 1, 1, 0), account(4, 1, 1, 0)};
+        CHECK_EQ_U64(create_accounts(a, 4, r), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(1, 2, 1, 20, 0)), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(2, 1, 2, 10, 0)), 0);
+        CHECK_EQ_U64(create_transfer1(transfer(3, 1, 3, MAX128, 0x10)), 0);
+        CHECK(lookup_transfer(3, &got) && got.amount == 10);
+        CHECK_BALANCES(1, 0, 20, 0, 20);
+        CHECK_EQ_U64(create_transfer1(transfer(3, 1, 3, 10, 0x10)), 46);
+        CHECK_EQ_U64(create_transfer1(transfer(3, 1, 3, 9, 0x10)), 39);
+        CHECK_EQ_U64(create_transfer1(transfer(3, 1, 3, MAX128, 0x10)), 46);
+        /* #42: no balance to balance: amount 0, ok. */
+        CHECK_EQ_U64(create_transfer1(transfer(4, 4, 3, 99, 0x30)), 0);
+        CHECK(lookup_transfer(4, &got) && got.amount == 0);
+
+        /* #44..#48, #55 */
+        setup_two();
+        struct wire_transfer p = transfer(1, 1, 2, 15, PEND);
+        p.user_data_128 = 9;
+        p.user_data_32 = 4;
+        CHECK_EQ_U64(create_transfer1(p), 0);
+        struct wire_transfer post = transfer(2, 0, 0, 13, POST);
+        post.pending_id = 1;
+        post.ledger = 0;
+        post.code = 0;
+        post.user_data_64 = 7;
+        CHECK_EQ_U64(create_transfer1(post), 0);
+        CHECK_BALANCES(1, 0, 13, 0, 0);
+        CHECK(lookup_transfer(2, &got));
+        CHECK(got.amount == 13 && got.user_data_128 == 9 && got.user_data_64 == 7 &&
+              got.user_data_32 == 4 && got.debit_account_id == 1 && got.ledger == 1 &&
+              got.timeout == 0 && got.pending_id == 1);
+        post.amount = 0;
+        CHECK_EQ_U64(create_transfer1(post), 39);
+        post.amount = MAX128;
+        CHECK_EQ_U64(create_transfer1(post), 39);
+        post.amount = 13;
+        CHECK_EQ_U64(create_transfer1(post), 46);
+        /* #48: post 0 resolves the pending */
+        CHECK_EQ_U64(create_transfer1(transfer(3, 1, 2, 1, PEND)), 0);
+        struct wire_transfer post0 = transfer(4, 0, 0, 0, POST);
+        post0.pending_id = 3;
+        CHECK_EQ_U64(create_transfer1(post0), 0);
+        CHECK_BALANCES(1, 0, 13, 0, 0);
+        struct wire_transfer void3 = transfer(5, 0, 0, 0, VOID);
+        void3.pending_id = 3;
+        CHECK_EQ_U64(create_transfer1(void3), 33);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Timeouts and expiry through pulse (#56, #57, #58, #64 and code 35). */
+
+static void test_expiry(void)
+{
+        struct wire_transfer got;
+        struct wire_account acc;
+        setup_two();
+        /* P at timestamp t with a 1 s timeout. */
+        CHECK_EQ_U64(create_transfer1(transfer(1, 1, 2, 15, PEND)), 0);
+        struct wire_transfer pt = transfer(1, 1, 2, 15, PEND);
+        pt.id = 2;
+        pt.timeout = 1;
+        CHECK_EQ_U64(create_transfer1(pt), 0);
+        CHECK(lookup_transfer(2, &got));
+        uint64_t t = got.timestamp;
+        uint64_t expires = t + 1000000000ull;
+        CHECK(!ledger_pulse_needed(ledger, expires - 1));
+        CHECK(ledger_pulse_needed(ledger, expires));
+
+        /* The last moment a post is still possible: event timestamp expires - 1. */
+        struct wire_transfer post = transfer(3, 0, 0, 5, POST);
+        post.pending_id = 2;
+        next_event_at(expires - 1);
+        CHECK_EQ_U64(create_transfer1(post), 0);
+        CHECK(lookup_transfer(3, &got) && got.timestamp == expires - 1);
+        CHECK_BALANCES(1, 15, 5, 0, 0);
+
+        /* #56: a second one, posted at exactly its expiry, before any pulse. */
+        pt.id = 4;
+        CHECK_EQ_U64(create_transfer1(pt), 0);
+        CHECK(lookup_transfer(4, &got));
+        expires = got.timestamp + 1000000000ull;
+        next_event_at(expires);
+        post.id = 5;
+        post.pending_id = 4;
+        CHECK_EQ_U64(create_transfer1(post), 35);
+        CHECK_BALANCES(1, 30, 5, 0, 0); /* still pending until the pulse */
+        /* #58: amount checks come first. */
+        post.amount = 16;
+        CHECK_EQ_U64(create_transfer1(post), 31);
+        post.amount = 5;
+
+        /* #57: the pulse releases it; later post/void: expired. */
+        CHECK(ledger_pulse_needed(ledger, clock_ns));
+        pulse_at(clock_ns);
+        CHECK(!ledger_pulse_needed(ledger, MAX63));
+        CHECK_BALANCES(1, 15, 5, 0, 0);
+        CHECK_BALANCES(2, 0, 0, 15, 5);
+        struct wire_transfer v = transfer(6, 0, 0, 0, VOID);
+        v.pending_id = 4;
+        CHECK_EQ_U64(create_transfer1(v), 35);
+        CHECK(!lookup_transfer(6, &got));
+        /* Expired is not transient: id 6 can be used. */
+        CHECK_EQ_U64(create_transfer1(transfer(6, 1, 2, 1, 0)), 0);
+        /* Transfer 1 (no timeout) is unaffected. */
+        v.id = 7;
+        v.pending_id = 1;
+        CHECK_EQ_U64(create_transfer1(v), 0);
+        CHECK_BALANCES(1, 0, 6, 0, 0);
+
+        /* #64: a closing pending with a timeout re-opens its account on expiry. */
+        setup_two();
+        struct wire_transfer c = transfer(1, 1, 2, 3, PEND | 0x80);
+        c.timeout = 2;
+        CHECK_EQ_U64(create_transfer1(c), 0);
+        CHECK(lookup_account(2, &acc) && (acc.flags & 0x20));
+        CHECK_EQ_U64(create_transfer1(transfer(2, 1, 2, 1, 0)), 66);
+        pulse_at(clock_ns + 1000000000ull); /* too early: nothing expires */
+        CHECK(lookup_account(2, &acc) && (acc.flags & 0x20));
+        pulse_at(clock_ns + 2000000000ull);
+        CHECK(lookup_account(2, &acc) && !(acc.flags & 0x20));
+        CHECK_BALANCES(2, 0, 0, 0, 0);
+        CHECK_EQ_U64(create_transfer1(transfer(3, 1, 2, 1, 0)), 0);
+
+        /* A post removes the expiry: a later pulse changes nothing. */
+        setup_two();
+        pt = transfer(1, 1, 2, 10, PEND);
+        pt.timeout = 1;
+        CHECK_EQ_U64(create_transfer1(pt), 0);
+        post = transfer(2, 0, 0, MAX128, POST);
+        post.pending_id = 1;
+        CHECK_EQ_U64(create_transfer1(post), 0);
+        CHECK(!ledger_pulse_needed(ledger, MAX63));
+        pulse_at(clock_ns + 5000000000ull);
+        CHECK_BALANCES(1, 0, 10, 0, 0);
+
+        /* Expiry order and the 8190 limit per pulse. */
+        setup_two();
+        static struct wire_transfer many[8195];
+        for (uint32_t i = 0; i < 8195; i++) {
+                many[i] = transfer(1000 + i, 1, 2, 1, PEND);
+                many[i].timeout = 1 + (i % 3 == 0); /* some expire later */
+        }
+        run(OPERATION_DEPRECATED_CREATE_TRANSFERS_UNBATCHED, many, 8190 * 128);
+        CHECK_EQ_U64(create_transfers(many + 8190, 5, (struct wire_create_result *)body), 0);
+        CHECK_BALANCES(1, 8195, 0, 0, 0);
+        pulse_at(clock_ns + 3000000000ull);
+        CHECK_BALANCES(1, 5, 0, 0, 0);
+        CHECK(ledger_pulse_needed(ledger, clock_ns + 3000000000ull));
+        pulse_at(clock_ns + 1);
+        CHECK_BALANCES(1, 0, 0, 0, 0);
+        /* The 5 left for the second pulse were the latest-expiring ones. */
+        for (uint32_t i = 8190; i < 8195; i++) {
+                struct wire_transfer vo = transfer(20000 + i, 0, 0, 0, VOID);
+                vo.pending_id = 1000 + i;
+                CHECK_EQ_U64(create_transfer1(vo), 35);
+        }
+        struct ledger_stats stats;
+        ledger_get_stats(ledger, &stats);
+        CHECK_EQ_U64(stats.pending_live, 0);
+}
+
 int main(void)
 {
         TEST_RUN(test_smoke);
+        TEST_RUN(test_create_accounts_codes);
+        TEST_RUN(test_create_accounts_batches);
+        TEST_RUN(test_create_transfers_codes);
+        TEST_RUN(test_create_transfers_codes_special);
+        TEST_RUN(test_linked_transfers);
+        TEST_RUN(test_balancing_and_posting);
+        TEST_RUN(test_expiry);
         if (ledger) ledger_destroy(ledger);
         TEST_MAIN_END();
 }
