@@ -960,6 +960,454 @@ static void test_expiry(void)
         CHECK_EQ_U64(stats.pending_live, 0);
 }
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* Input validation (every operation), multi-batch execution. */
+
+/* A multi-batch body of `batches` batches with the given element counts (zeroed elements). */
+static uint32_t multi_body(uint32_t element_size, const uint32_t *counts, uint32_t batches)
+{
+        struct multi_batch_encoder e;
+        multi_batch_encoder_init(&e, body, sizeof(body), element_size);
+        for (uint32_t i = 0; i < batches; i++) {
+                uint32_t room;
+                uint8_t *out = multi_batch_encoder_writable(&e, &room);
+                tally_assert(out != NULL && counts[i] <= room);
+                memset(out, 0, (size_t)counts[i] * element_size);
+                multi_batch_encoder_add(&e, counts[i]);
+        }
+        return multi_batch_encoder_finish(&e);
+}
+
+static void set_filter_limit(uint32_t element_size, uint32_t index, uint32_t limit)
+{
+        uint32_t offset = element_size == 128 ? 120 : 56;
+        memcpy(body + (size_t)index * element_size + offset, &limit, 4);
+}
+
+static void test_input_validation(void)
+{
+        fresh();
+        CHECK(!ledger_operation_valid(OPERATION_PULSE));
+        CHECK(!ledger_operation_valid(0));
+        CHECK(!ledger_operation_valid(146));
+        for (uint32_t op = 129; op <= 145; op++) CHECK(ledger_operation_valid((uint8_t)op));
+        CHECK(!ledger_input_valid(ledger, 146, body, 0));
+
+        /* Creates and lookups: 0 .. 8189 events per batch (multi), 8190 (unbatched). */
+        const uint8_t batched_ops[4] = {138, 139, 140, 141};
+        for (int k = 0; k < 4; k++) {
+                uint8_t op = batched_ops[k];
+                uint32_t e = op <= 139 ? 128 : 16;
+                uint32_t counts[3] = {8189, 0, 0};
+                CHECK(ledger_input_valid(ledger, op, body, multi_body(e, counts, 1)));
+                counts[0] = 0;
+                CHECK(ledger_input_valid(ledger, op, body, multi_body(e, counts, 1)));
+                if (op >= 140) {
+                        counts[0] = 8190; /* fits the request, but not the reply */
+                        CHECK(!ledger_input_valid(ledger, op, body, multi_body(e, counts, 1)));
+                }
+                counts[0] = 2;
+                counts[1] = 0;
+                counts[2] = 1;
+                uint32_t size = multi_body(e, counts, 3);
+                CHECK(ledger_input_valid(ledger, op, body, size));
+                CHECK(!ledger_input_valid(ledger, op, body, size - 1));
+                CHECK(!ledger_input_valid(ledger, op, body, size + e));
+                CHECK(!ledger_input_valid(ledger, op, body, 0)); /* no trailer */
+                body[size - e] = 0; /* damage the padding */
+                CHECK(!ledger_input_valid(ledger, op, body, size));
+                /* unbatched */
+                uint8_t old = (uint8_t)(op - 9);
+                CHECK(ledger_input_valid(ledger, old, body, 0));
+                CHECK(ledger_input_valid(ledger, old, body, e * 3));
+                CHECK(!ledger_input_valid(ledger, old, body, e * 3 + 8));
+                if (op <= 139) {
+                        CHECK(ledger_input_valid(ledger, old, body, 8190 * 128));
+                        CHECK(!ledger_input_valid(ledger, old, body, 8190 * 128 + 128));
+                } else {
+                        CHECK(ledger_input_valid(ledger, old, body, 8190 * 16));
+                        CHECK(!ledger_input_valid(ledger, old, body, 8191 * 16));
+                }
+        }
+        /* 8190 creates do not fit a multi-batch request within the 1 MiB body. */
+        CHECK(!ledger_input_valid(ledger, 139, body, 8190 * 128 + 128));
+
+        /* Queries: exactly one filter per batch; the worst-case reply must fit. */
+        const uint8_t query_ops[4] = {142, 143, 144, 145};
+        for (int k = 0; k < 4; k++) {
+                uint8_t op = query_ops[k];
+                uint32_t e = op <= 143 ? 128 : 64;
+                uint32_t counts[2] = {1, 1};
+                uint32_t size = multi_body(e, counts, 1);
+                CHECK(ledger_input_valid(ledger, op, body, size)); /* limit 0: fits */
+                counts[0] = 2;
+                CHECK(!ledger_input_valid(ledger, op, body, multi_body(e, counts, 1)));
+                counts[0] = 0;
+                CHECK(!ledger_input_valid(ledger, op, body, multi_body(e, counts, 1)));
+                counts[0] = 1;
+                size = multi_body(e, counts, 2);
+                set_filter_limit(e, 0, 8189);
+                set_filter_limit(e, 1, 1);
+                CHECK(!ledger_input_valid(ledger, op, body, size));
+                set_filter_limit(e, 0, 8000);
+                set_filter_limit(e, 1, 100);
+                CHECK(ledger_input_valid(ledger, op, body, size));
+                set_filter_limit(e, 1, UINT32_MAX);
+                CHECK(!ledger_input_valid(ledger, op, body, size));
+                size = multi_body(e, counts, 1);
+                set_filter_limit(e, 0, UINT32_MAX); /* clamped to 8189: fits alone */
+                CHECK(ledger_input_valid(ledger, op, body, size));
+                uint8_t old = (uint8_t)(op - 9);
+                CHECK(ledger_input_valid(ledger, old, body, e));
+                CHECK(!ledger_input_valid(ledger, old, body, 2 * e));
+                CHECK(!ledger_input_valid(ledger, old, body, 0));
+        }
+        CHECK(ledger_input_valid(ledger, OPERATION_GET_CHANGE_EVENTS, body, 64));
+        CHECK(!ledger_input_valid(ledger, OPERATION_GET_CHANGE_EVENTS, body, 128));
+        CHECK(!ledger_input_valid(ledger, OPERATION_GET_CHANGE_EVENTS, body, 0));
+
+        /* A smaller request limit (--development: 32 KiB - 256) allows 253 creates. */
+        ledger_destroy(ledger);
+        struct ledger_config config = {
+                .accounts_max = 100, .transfers_max = 100, .request_body_size_max = 32512};
+        ledger = ledger_create(&config);
+        tally_assert(ledger != NULL);
+        uint32_t counts[1] = {253};
+        CHECK(ledger_input_valid(ledger, 138, body, multi_body(128, counts, 1)));
+        counts[0] = 2031;
+        CHECK(ledger_input_valid(ledger, 140, body, multi_body(16, counts, 1)));
+        counts[0] = 2032;
+        CHECK(!ledger_input_valid(ledger, 140, body, multi_body(16, counts, 1)));
+
+        /* Capacity: 100 accounts at most. */
+        counts[0] = 100;
+        uint32_t size = multi_body(128, counts, 1);
+        CHECK(ledger_capacity_available(ledger, 138, body, size, 0));
+        CHECK(!ledger_capacity_available(ledger, 138, body, size, 1));
+        CHECK(ledger_capacity_available(ledger, 140, body, 16 + 16, 1000));
+        ledger_destroy(ledger);
+        ledger = NULL;
+}
+
+static void test_multi_batch_execution(void)
+{
+        fresh();
+        /* Three calls merged: 2, 0 and 1 accounts; the third is a duplicate of the first. */
+        struct wire_account a[3] = {account(1, 1, 1, 0), account(2, 1, 1, 0), account(1, 1, 1, 0)};
+        struct multi_batch_encoder e;
+        multi_batch_encoder_init(&e, body, sizeof(body), 128);
+        uint32_t room;
+        memcpy(multi_batch_encoder_writable(&e, &room), a, 256);
+        multi_batch_encoder_add(&e, 2);
+        multi_batch_encoder_writable(&e, &room);
+        multi_batch_encoder_add(&e, 0);
+        memcpy(multi_batch_encoder_writable(&e, &room), &a[2], 128);
+        multi_batch_encoder_add(&e, 1);
+        uint32_t size = multi_batch_encoder_finish(&e);
+        CHECK_EQ_U64(ledger_timestamp_delta(138, body, size), 3);
+        uint32_t reply_size = run(138, body, size);
+        uint64_t T = last_timestamp;
+        uint8_t expected[16] = {0, 0, 0, 0, 0x15, 0, 0, 0, 1, 0, 0, 0, 0, 0, 3, 0};
+        CHECK_EQ_U64(reply_size, 16);
+        CHECK(memcmp(reply, expected, 16) == 0);
+        struct wire_account got;
+        CHECK(lookup_account(1, &got) && got.timestamp == T - 2);
+        CHECK(lookup_account(2, &got) && got.timestamp == T - 1);
+
+        /* Multi-batch lookups: one reply batch per request batch. */
+        u128 ids[3] = {1, 99, 2};
+        multi_batch_encoder_init(&e, body, sizeof(body), 16);
+        memcpy(multi_batch_encoder_writable(&e, &room), ids, 32);
+        multi_batch_encoder_add(&e, 2);
+        memcpy(multi_batch_encoder_writable(&e, &room), &ids[2], 16);
+        multi_batch_encoder_add(&e, 1);
+        size = multi_batch_encoder_finish(&e);
+        CHECK_EQ_U64(ledger_timestamp_delta(140, body, size), 0);
+        reply_size = run(140, body, size);
+        struct multi_batch_decoder d;
+        CHECK(multi_batch_decode_init(&d, reply, reply_size, 128));
+        CHECK_EQ_U64(d.batch_count, 2);
+        CHECK_EQ_U64(multi_batch_decode_count(&d, 0), 1);
+        CHECK_EQ_U64(multi_batch_decode_count(&d, 1), 1);
+
+        /* Empty create batch: the reply is an empty batch (#75). */
+        uint32_t zero = 0;
+        size = multi_body(128, &zero, 1);
+        CHECK_EQ_U64(run(139, body, size), 8);
+        CHECK_EQ_U64(ledger_timestamp_delta(OPERATION_PULSE, NULL, 0), 8190);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Queries. */
+
+static uint32_t account_transfers(uint8_t op, struct wire_account_filter f, void *out)
+{
+        uint32_t size = run(op, &f, sizeof(f));
+        memcpy(out, reply, size);
+        return size / 128;
+}
+
+static void test_queries(void)
+{
+        fresh();
+        struct wire_create_result r[8];
+        struct wire_account a[3] = {account(1, 1, 1, 8), account(2, 1, 1, 0), account(3, 2, 5, 0)};
+        a[1].user_data_64 = 77;
+        CHECK_EQ_U64(create_accounts(a, 3, r), 0);
+        /* Transfers 10..19 alternating direction; 13 pending, posted by 20. */
+        for (uint32_t i = 0; i < 10; i++) {
+                struct wire_transfer t = transfer(10 + i, i % 2 ? 2 : 1, i % 2 ? 1 : 2, i + 1,
+                                                  i == 3 ? PEND : 0);
+                t.user_data_32 = i % 3;
+                t.code = (uint16_t)(1 + i % 2);
+                CHECK_EQ_U64(create_transfer1(t), 0);
+        }
+        struct wire_transfer post = transfer(20, 0, 0, MAX128, POST);
+        post.pending_id = 13;
+        post.code = 0;
+        CHECK_EQ_U64(create_transfer1(post), 0);
+        static struct wire_transfer ts[16];
+        static struct wire_account_balance bs[16];
+        struct wire_transfer t10, t15;
+        CHECK(lookup_transfer(10, &t10) && lookup_transfer(15, &t15));
+
+        struct wire_account_filter f = {.account_id = 1, .limit = 100, .flags = 3};
+        CHECK_EQ_U64(account_transfers(133, f, ts), 11);
+        CHECK(ts[0].id == 10 && ts[10].id == 20);
+        f.flags = 1; /* debits of 1: transfers 10, 12, 14, 16, 18 */
+        CHECK_EQ_U64(account_transfers(133, f, ts), 5);
+        f.flags = 2 | 4; /* credits, reversed: 20 (the post of 13, 2 -> 1), 19, ..., 11 */
+        CHECK_EQ_U64(account_transfers(133, f, ts), 6);
+        CHECK(ts[0].id == 20 && ts[5].id == 11);
+        f.flags = 3;
+        f.limit = 2;
+        f.flags |= 4;
+        CHECK_EQ_U64(account_transfers(133, f, ts), 2);
+        CHECK(ts[0].id == 20 && ts[1].id == 19);
+        f = (struct wire_account_filter){.account_id = 1, .limit = 100, .flags = 3,
+                                         .timestamp_min = t10.timestamp + 1,
+                                         .timestamp_max = t15.timestamp};
+        CHECK_EQ_U64(account_transfers(133, f, ts), 5);
+        CHECK(ts[0].id == 11 && ts[4].id == 15);
+        f.code = 2;
+        CHECK_EQ_U64(account_transfers(133, f, ts), 3);
+        f.code = 0;
+        f.user_data_32 = 2;
+        CHECK_EQ_U64(account_transfers(133, f, ts), 2); /* 11 and 14 */
+        /* Balances of account 1 (history) over the same selection. */
+        f.user_data_32 = 0;
+        CHECK_EQ_U64(account_transfers(134, f, bs), 5);
+        struct wire_transfer t11;
+        CHECK(lookup_transfer(11, &t11) && bs[0].timestamp == t11.timestamp);
+        /* after 11 (2 -> 1, amount 2): debits 1, credits 2 */
+        CHECK(bs[0].debits_posted == 1 && bs[0].credits_posted == 2);
+        /* after 13 (pending 2 -> 1, amount 4); 12 (1 -> 2, 3) came before */
+        CHECK(bs[2].credits_pending == 4 && bs[2].debits_posted == 4);
+        CHECK(bs[2].credits_posted == 2 && bs[2].debits_pending == 0);
+        f.account_id = 2; /* no history flag */
+        CHECK_EQ_U64(account_transfers(134, f, bs), 0);
+        /* Invalid filters: empty (#72). */
+        struct wire_account_filter bad[] = {
+                {.account_id = 1, .limit = 10, .flags = 0},
+                {.account_id = 1, .limit = 0, .flags = 3},
+                {.account_id = 1, .limit = 10, .flags = 3, .timestamp_min = 5, .timestamp_max = 4},
+                {.account_id = 1, .limit = 10, .flags = 3, .timestamp_min = 1ull << 63},
+                {.account_id = 1, .limit = 10, .flags = 3, .timestamp_max = UINT64_MAX},
+                {.account_id = 1, .limit = 10, .flags = 11},
+                {.account_id = 0, .limit = 10, .flags = 3},
+                {.account_id = MAX128, .limit = 10, .flags = 3},
+                {.account_id = 1, .limit = 10, .flags = 3, .reserved = {[57] = 1}},
+        };
+        for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+                CHECK_EQ_U64(account_transfers(133, bad[i], ts), 0);
+                CHECK_EQ_U64(account_transfers(134, bad[i], bs), 0);
+        }
+        f = (struct wire_account_filter){.account_id = 1, .limit = 10, .flags = 3,
+                                         .timestamp_min = t15.timestamp};
+        CHECK_EQ_U64(account_transfers(133, f, ts), 6); /* open upper bound */
+        f.account_id = 999;
+        CHECK_EQ_U64(account_transfers(133, f, ts), 0);
+
+        /* query_accounts / query_transfers */
+        struct wire_query_filter q = {.limit = 1, .flags = 1};
+        CHECK_EQ_U64(run(135, &q, 64), 128);
+        struct wire_account last;
+        memcpy(&last, reply, 128);
+        CHECK(last.id == 3); /* #74 */
+        q = (struct wire_query_filter){.limit = 10, .user_data_64 = 77};
+        CHECK_EQ_U64(run(135, &q, 64), 128);
+        q = (struct wire_query_filter){.limit = 10, .ledger = 2, .code = 5};
+        CHECK_EQ_U64(run(135, &q, 64), 128);
+        q = (struct wire_query_filter){.limit = 10, .ledger = 2, .code = 1};
+        CHECK_EQ_U64(run(135, &q, 64), 0);
+        q = (struct wire_query_filter){.limit = 100, .code = 2}; /* odd ids and the post */
+        CHECK_EQ_U64(run(136, &q, 64), 6 * 128);
+        q = (struct wire_query_filter){.limit = 100, .timestamp_min = t10.timestamp,
+                                       .timestamp_max = t15.timestamp, .flags = 1};
+        CHECK_EQ_U64(run(136, &q, 64), 6 * 128);
+        memcpy(ts, reply, 128);
+        CHECK(ts[0].id == 15);
+        q.flags = 2; /* padding flag: invalid */
+        CHECK_EQ_U64(run(136, &q, 64), 0);
+        q.flags = 0;
+        q.reserved[5] = 1;
+        CHECK_EQ_U64(run(136, &q, 64), 0);
+        q = (struct wire_query_filter){.limit = UINT32_MAX};
+        CHECK_EQ_U64(run(136, &q, 64), 11 * 128);
+        /* #71: lookups skip missing ids, keep duplicates. */
+        u128 ids[4] = {1, 12345, 1, 0};
+        CHECK_EQ_U64(run(131, ids, 64), 256);
+}
+
+/* The clamp of a query limit: 8189 in a multi-batch reply, 8190 unbatched. */
+static void test_query_limits(void)
+{
+        fresh();
+        struct ledger_config config = {
+                .accounts_max = 20000, .transfers_max = 10, .request_body_size_max = 0};
+        ledger_destroy(ledger);
+        ledger = ledger_create(&config);
+        static struct wire_account a[8190];
+        for (uint32_t i = 0; i < 8190; i++) a[i] = account(1 + i, 1, 1, 0);
+        run(129, a, 8190 * 128);
+        for (uint32_t i = 0; i < 8190; i++) a[i].id += 8190;
+        run(129, a, 10 * 128);
+        struct wire_query_filter q = {.limit = 10000};
+        uint32_t counts[1] = {1};
+        uint32_t size = multi_body(64, counts, 1);
+        memcpy(body, &q, 64);
+        uint32_t reply_size = run(144, body, size);
+        struct multi_batch_decoder d;
+        CHECK(multi_batch_decode_init(&d, reply, reply_size, 128));
+        CHECK_EQ_U64(multi_batch_decode_count(&d, 0), 8189);
+        CHECK_EQ_U64(run(135, &q, 64), 8190 * 128);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Checkpoint: write, read into a fresh ledger, write again (same bytes), same behaviour. */
+
+struct memory_stream {
+        uint8_t *data;
+        size_t size;
+        size_t capacity;
+        size_t offset;
+};
+
+static int memory_write(void *context, const void *data, size_t size)
+{
+        struct memory_stream *m = context;
+        if (m->size + size > m->capacity) return -1;
+        memcpy(m->data + m->size, data, size);
+        m->size += size;
+        return 0;
+}
+
+static int memory_read(void *context, void *data, size_t size)
+{
+        struct memory_stream *m = context;
+        if (m->offset + size > m->size) return -1;
+        memcpy(data, m->data + m->offset, size);
+        m->offset += size;
+        return 0;
+}
+
+/* Some of everything: accounts with history, transfers, pending with timeouts, burned ids,
+ * closed accounts, imported objects. */
+static void build_state(void)
+{
+        setup_world();
+        for (uint32_t i = 0; i < 40; i++) {
+                struct wire_transfer t = transfer(1000 + i, 1 + i % 2, i % 2 ? 7 : 2, i, 0);
+                if (i % 5 == 0) {
+                        t.flags = PEND;
+                        t.timeout = 1 + i % 3;
+                }
+                if (i % 7 == 0) t.debit_account_id = 999; /* burned */
+                create_transfer1(t);
+        }
+        create_transfer1(transfer(2000, 1, 2, 1, PEND | 0x40)); /* closes account 1 */
+}
+
+static void test_checkpoint(void)
+{
+        static uint8_t stream_a[1 << 22], stream_b[1 << 22];
+        build_state();
+        struct memory_stream ma = {stream_a, 0, sizeof(stream_a), 0};
+        struct ledger_stream sa = {memory_write, memory_read, &ma};
+        CHECK_EQ_U64(ledger_checkpoint_write(ledger, &sa), 0);
+
+        struct ledger_config config = {
+                .accounts_max = 10000, .transfers_max = 100000, .request_body_size_max = 0};
+        struct ledger *copy = ledger_create(&config);
+        tally_assert(copy != NULL);
+        CHECK_EQ_U64(ledger_checkpoint_read(copy, &sa), 0);
+        struct memory_stream mb = {stream_b, 0, sizeof(stream_b), 0};
+        struct ledger_stream sb = {memory_write, memory_read, &mb};
+        CHECK_EQ_U64(ledger_checkpoint_write(copy, &sb), 0);
+        CHECK_EQ_U64(ma.size, mb.size);
+        CHECK(memcmp(stream_a, stream_b, ma.size) == 0);
+
+        /* Same requests on both: same replies, byte for byte (pulse included). */
+        struct ledger *original = ledger;
+        uint64_t clock_saved = clock_ns, last_saved = last_timestamp;
+        static uint8_t replies[2][8][LEDGER_BODY_SIZE_MAX / 64];
+        uint32_t sizes[2][8];
+        for (int side = 0; side < 2; side++) {
+                ledger = side == 0 ? original : copy;
+                clock_ns = clock_saved;
+                last_timestamp = last_saved;
+                int k = 0;
+                struct wire_transfer t[4] = {transfer(3000, 1, 2, 1, 0), transfer(1001, 2, 7, 1, 0),
+                                             transfer(1000, 1, 2, 5, 0), transfer(3001, 2, 7, 3, 0)};
+                sizes[side][k] = run(130, t, sizeof(t));
+                memcpy(replies[side][k], reply, sizes[side][k]);
+                k++;
+                pulse_at(clock_ns + 10000000000ull);
+                u128 ids[3] = {1, 2, 7};
+                sizes[side][k] = run(131, ids, sizeof(ids));
+                memcpy(replies[side][k], reply, sizes[side][k]);
+                k++;
+                struct wire_account_filter f = {.account_id = 7, .limit = 100, .flags = 3};
+                sizes[side][k] = run(134, &f, 128);
+                memcpy(replies[side][k], reply, sizes[side][k]);
+                k++;
+                sizes[side][k] = run(133, &f, 128);
+                memcpy(replies[side][k], reply, sizes[side][k]);
+                k++;
+        }
+        for (int k = 0; k < 4; k++) {
+                CHECK_EQ_U64(sizes[0][k], sizes[1][k]);
+                CHECK(memcmp(replies[0][k], replies[1][k], sizes[0][k]) == 0);
+        }
+        CHECK(sizes[0][0] > 0); /* 1000 exists, 1001 was burned: some failures */
+        ledger = original;
+
+        /* A damaged stream is refused and leaves the ledger empty. */
+        stream_a[ma.size / 2] ^= 1;
+        ma.offset = 0;
+        CHECK(ledger_checkpoint_read(copy, &sa) != 0);
+        struct ledger_stats stats;
+        ledger_get_stats(copy, &stats);
+        CHECK_EQ_U64(stats.accounts, 0);
+        CHECK_EQ_U64(stats.transfers, 0);
+        /* A truncated one too. */
+        stream_a[ma.size / 2] ^= 1;
+        ma.offset = 0;
+        ma.size -= 1;
+        CHECK(ledger_checkpoint_read(copy, &sa) != 0);
+        ma.size += 1;
+        ma.offset = 0;
+        CHECK_EQ_U64(ledger_checkpoint_read(copy, &sa), 0);
+        /* Too large for a smaller ledger. */
+        struct ledger_config small = {.accounts_max = 2, .transfers_max = 2};
+        struct ledger *tiny = ledger_create(&small);
+        ma.offset = 0;
+        CHECK(ledger_checkpoint_read(tiny, &sa) != 0);
+        ledger_destroy(tiny);
+        ledger_destroy(copy);
+}
+
 int main(void)
 {
         TEST_RUN(test_smoke);
@@ -970,6 +1418,11 @@ int main(void)
         TEST_RUN(test_linked_transfers);
         TEST_RUN(test_balancing_and_posting);
         TEST_RUN(test_expiry);
+        TEST_RUN(test_input_validation);
+        TEST_RUN(test_multi_batch_execution);
+        TEST_RUN(test_queries);
+        TEST_RUN(test_query_limits);
+        TEST_RUN(test_checkpoint);
         if (ledger) ledger_destroy(ledger);
         TEST_MAIN_END();
 }
