@@ -3,6 +3,7 @@
  * simple, obviously-correct code more than they want the server's event loop.
  */
 #include "client/client.h"
+#include "client/client_internal.h"
 #include "wire/checksum.h"
 #include "wire/types.h"
 
@@ -106,6 +107,42 @@ int client_send_raw(struct client *c, const void *bytes, uint32_t size)
         return CLIENT_OK;
 }
 
+int64_t client_frame_check(const uint8_t *bytes, uint32_t available, u128 cluster,
+                           const char **error)
+{
+        if (available < WIRE_HEADER_SIZE)
+                return 0;
+        const struct wire_header *h = (const struct wire_header *)bytes;
+        if (!wire_header_checksum_valid(h)) {
+                *error = "reply header checksum invalid";
+                return -1;
+        }
+        if (h->command >= COMMAND_COUNT) {
+                *error = "undefined command (the official client exits)";
+                return -1;
+        }
+        if (h->size < WIRE_HEADER_SIZE || h->size > WIRE_MESSAGE_SIZE_MAX) {
+                *error = "reply size out of range";
+                return -1;
+        }
+        if (available < h->size)
+                return 0;
+        if (!wire_body_checksum_valid(h, bytes + WIRE_HEADER_SIZE)) {
+                *error = "reply body checksum invalid";
+                return -1;
+        }
+        if (h->cluster != cluster) {
+                *error = "reply for another cluster";
+                return -1;
+        }
+        const char *invalid = wire_header_invalid(h);
+        if (invalid != NULL) {
+                *error = invalid;
+                return -1;
+        }
+        return h->size;
+}
+
 int client_receive(struct client *c, const struct wire_header **message)
 {
         /* Drop the message handed out by the previous call. */
@@ -117,38 +154,14 @@ int client_receive(struct client *c, const struct wire_header **message)
         }
         int64_t deadline = now_ms() + c->timeout_ms;
         for (;;) {
-                if (c->recv_size >= WIRE_HEADER_SIZE) {
-                        const struct wire_header *h = (const struct wire_header *)c->recv_buffer;
-                        if (!wire_header_checksum_valid(h)) {
-                                c->error = "reply header checksum invalid";
-                                return CLIENT_ERROR_PROTOCOL;
-                        }
-                        if (h->command >= COMMAND_COUNT) {
-                                c->error = "undefined command (the official client exits)";
-                                return CLIENT_ERROR_PROTOCOL;
-                        }
-                        if (h->size < WIRE_HEADER_SIZE || h->size > WIRE_MESSAGE_SIZE_MAX) {
-                                c->error = "reply size out of range";
-                                return CLIENT_ERROR_PROTOCOL;
-                        }
-                        if (c->recv_size >= h->size) {
-                                if (!wire_body_checksum_valid(h, c->recv_buffer +
-                                                                         WIRE_HEADER_SIZE)) {
-                                        c->error = "reply body checksum invalid";
-                                        return CLIENT_ERROR_PROTOCOL;
-                                }
-                                if (h->cluster != c->cluster) {
-                                        c->error = "reply for another cluster";
-                                        return CLIENT_ERROR_PROTOCOL;
-                                }
-                                if (wire_header_invalid(h) != NULL) {
-                                        c->error = wire_header_invalid(h);
-                                        return CLIENT_ERROR_PROTOCOL;
-                                }
-                                c->consumed_size = h->size;
-                                *message = h;
-                                return CLIENT_OK;
-                        }
+                int64_t size = client_frame_check(c->recv_buffer, c->recv_size, c->cluster,
+                                                  &c->error);
+                if (size < 0)
+                        return CLIENT_ERROR_PROTOCOL;
+                if (size > 0) {
+                        c->consumed_size = (uint32_t)size;
+                        *message = (const struct wire_header *)c->recv_buffer;
+                        return CLIENT_OK;
                 }
                 ssize_t n = recv(c->fd, c->recv_buffer + c->recv_size,
                                  WIRE_MESSAGE_SIZE_MAX - c->recv_size, 0);
