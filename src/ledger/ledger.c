@@ -18,6 +18,9 @@
  *                                 id, 24 B expiry entry per pending transfer with a timeout,
  *                                 80 B history record per side whose account has flags.history.
  *
+ * Measured (bench/ledger_bench, 819k transfers over 10,000 accounts): 155..162 bytes of resident
+ * memory per transfer, huge pages included.
+ *
  * The capacity in transfers_max is shared by created transfers and burned (failed) ids: each
  * create_transfers event consumes at most one of either.
  *
