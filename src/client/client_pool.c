@@ -686,6 +686,14 @@ struct client_pool *client_pool_create(const struct client_pool_options *options
         uint64_t ping_deadline = now_ns() + PING_WAIT_MS * 1000000ull;
         while (pool->pong_mask != all && now_ns() < ping_deadline)
                 client_pool_run(pool, 10, NULL, NULL);
+        if (pool->pong_mask == 0) {
+                /* Not one replica reachable: fail now rather than after the deadline. */
+                snprintf(error, error_size, "no replica answered a ping within %u ms (%s)",
+                         PING_WAIT_MS,
+                         pool->last_error != NULL ? pool->last_error : "no reply");
+                client_pool_destroy(pool);
+                return NULL;
+        }
 
         /* Register every session at once. */
         int failures = 0;
