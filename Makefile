@@ -31,7 +31,7 @@ CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 TEST_BIN := $(TEST_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_BIN := $(TOOL_SRC:%.c=$(BUILD)/%)
 
-.PHONY: all test unit-test clean format
+.PHONY: all test unit-test clean format soak
 all: tally
 
 tally: $(BUILD)/tally
@@ -67,6 +67,11 @@ unit-test: $(TEST_BIN)
 # conformance replay. tests/run_all.sh prints the closing "N passed, N failed" line.
 test:
 	tests/run_all.sh
+
+# Crash recovery until stopped: rounds of 200 SIGKILLs with a new seed each.
+soak: all tool-bins
+	mkdir -p build/soak; seed=$$(date +%s); while true; do \
+	  build/release/tests/server/crash ./tally build/soak 200 $$seed || exit 1; seed=$$((seed + 1)); done
 
 clean:
 	rm -rf build tally

@@ -45,6 +45,14 @@ else
   TOTAL_FAILED=$((TOTAL_FAILED + 1))
 fi
 
+section "crash recovery: SIGKILL at random moments (release and sanitizer builds)"
+mkdir -p "$WORK/crash"
+seed=${TALLY_CRASH_SEED:-$(( $(date +%s) % 100000 ))}
+timeout 600 build/release/tests/server/crash ./tally "$WORK/crash" 25 "$seed" >"$WORK/crash.out" 2>&1; rc=$?
+cat "$WORK/crash.out"; record "crash (release, 25 kills)" "$WORK/crash.out" $rc
+timeout 600 build/asan/tests/server/crash build/asan/tally "$WORK/crash" 10 "$((seed + 1))" >"$WORK/crash-asan.out" 2>&1; rc=$?
+tail -5 "$WORK/crash-asan.out"; record "crash (sanitizer, 10 kills)" "$WORK/crash-asan.out" $rc
+
 section "conformance corpus (TigerBeetle 0.16.68 replies, official client)"
 if [ ! -d tests/conformance/node_modules ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund >"$WORK/npm-conformance.log" 2>&1) ||

@@ -63,6 +63,125 @@ static uint64_t env_realtime_ns(void *context)
         return io_realtime_ns();
 }
 
+struct checkpoint_done_context {
+        void (*done)(void *replica, bool ok);
+        void *replica;
+};
+static struct checkpoint_done_context checkpoint_done_context;
+
+static void env_checkpoint_done(void *context, bool ok)
+{
+        struct checkpoint_done_context *c = context;
+        c->done(c->replica, ok);
+}
+
+static bool env_checkpoint(void *context, const struct replica_checkpoint *checkpoint,
+                           void (*done)(void *replica, bool ok), void *replica)
+{
+        struct server *s = context;
+        struct storage_checkpoint_request request;
+        memset(&request, 0, sizeof(request));
+        request.op = checkpoint->op;
+        request.prepare_checksum = checkpoint->prepare_checksum;
+        request.timestamp = checkpoint->timestamp;
+        request.blob = checkpoint->blob;
+        request.blob_size = checkpoint->blob_size;
+        request.reply_count = checkpoint->reply_count;
+        for (uint32_t i = 0; i < checkpoint->reply_count; i++) {
+                request.replies[i].reply = checkpoint->replies[i].reply;
+                request.replies[i].slot = checkpoint->replies[i].slot;
+        }
+        checkpoint_done_context.done = done;
+        checkpoint_done_context.replica = replica;
+        request.done = env_checkpoint_done;
+        request.context = &checkpoint_done_context;
+        return storage_checkpoint_start(&s->storage, &request);
+}
+
+static int read_reply(void *context, uint32_t slot, u128 reply_checksum, struct message *message)
+{
+        struct server *s = context;
+        char error[256];
+        if (storage_read_reply(&s->storage, slot, message, reply_checksum, error,
+                               sizeof(error)) != 0) {
+                log_error("%s", error);
+                return -1;
+        }
+        return 0;
+}
+
+/*
+ * Rebuilds the state: the checkpoint the superblock names, then every journaled prepare after
+ * it whose checksums and hash chain hold. A damaged entry at the head of the journal (a write
+ * torn by a crash, never acknowledged) is dropped with a log line; a damaged entry with intact
+ * entries after it cannot be repaired by a single replica and stops the start.
+ */
+static int recover(struct server *s, char *error, size_t error_size)
+{
+        const struct superblock *sb = &s->storage.superblock;
+        uint64_t started = io_monotonic_ns();
+        if (sb->manifest_address != 0) {
+                uint8_t *blob = s->replica.checkpoint_buffer;
+                if (storage_read_checkpoint(&s->storage, blob,
+                                            s->replica.config.checkpoint_buffer_size, error,
+                                            error_size) != 0)
+                        return -1;
+                if (replica_restore(&s->replica, blob, sb->checkpoint_size, sb->checkpoint_op,
+                                    sb->checkpoint_prepare_checksum, sb->checkpoint_timestamp,
+                                    read_reply, s, error, error_size) != 0)
+                        return -1;
+        }
+        uint64_t checkpoint_op = sb->checkpoint_op;
+        /* The head: the highest op after the checkpoint with an intact header. */
+        uint64_t head = checkpoint_op;
+        static struct wire_header header;
+        for (uint32_t slot = 0; slot < sb->wal_slot_count; slot++) {
+                if (storage_read_wal_header(&s->storage, slot, &header) &&
+                    header.prepare.op % sb->wal_slot_count == slot &&
+                    header.prepare.op > head &&
+                    header.prepare.op <= checkpoint_op + sb->wal_slot_count)
+                        head = header.prepare.op;
+        }
+        struct message *prepare = message_pool_get(&s->pool);
+        tally_assert(prepare != NULL);
+        uint64_t replayed = 0;
+        for (uint64_t op = checkpoint_op + 1; op <= head; op++) {
+                uint32_t slot = (uint32_t)(op % sb->wal_slot_count);
+                const char *zone = NULL;
+                if (!storage_read_wal_header(&s->storage, slot, &header) ||
+                    header.prepare.op != op)
+                        zone = "wal headers";
+                else if (!storage_read_prepare(&s->storage, slot, &header, prepare))
+                        zone = "wal prepares";
+                char reason[256] = "";
+                if (zone == NULL &&
+                    replica_replay(&s->replica, prepare, reason, sizeof(reason)) != 0)
+                        zone = "wal (hash chain)";
+                if (zone == NULL) {
+                        replayed++;
+                        continue;
+                }
+                if (op == head) {
+                        log_warn("journal head truncated: entry is torn or corrupt op=%llu "
+                                 "zone=\"%s\" %s",
+                                 (unsigned long long)op, zone, reason);
+                        break;
+                }
+                snprintf(error, error_size,
+                         "journal entry for op %llu is corrupt (zone %s) and ops up to %llu "
+                         "follow it; a single replica has no peer to repair it from",
+                         (unsigned long long)op, zone, (unsigned long long)head);
+                message_unref(&s->pool, prepare);
+                return -1;
+        }
+        message_unref(&s->pool, prepare);
+        log_info("recovered checkpoint_op=%llu replayed=%llu commit=%llu duration_ms=%llu",
+                 (unsigned long long)checkpoint_op, (unsigned long long)replayed,
+                 (unsigned long long)s->replica.commit,
+                 (unsigned long long)((io_monotonic_ns() - started) / 1000000));
+        return 0;
+}
+
 static void bus_on_message(void *context, bus_connection_id connection, struct message *message)
 {
         struct server *s = context;
@@ -189,6 +308,9 @@ int cli_start(int argc, char **argv)
                 .replica = sb->replica,
                 .replica_count = sb->replica_count,
                 .request_size_max = sb->message_size_max,
+                .checkpoint_interval = sb->checkpoint_interval,
+                .wal_slot_count = sb->wal_slot_count,
+                .checkpoint_buffer_size = ledger_memory_bytes(&ledger_config) + (16u << 20),
         };
         struct replica_env env = {
                 .context = s,
@@ -196,8 +318,16 @@ int cli_start(int argc, char **argv)
                 .connection_alive = env_connection_alive,
                 .journal_write = env_journal_write,
                 .realtime_ns = env_realtime_ns,
+                .checkpoint = env_checkpoint,
         };
-        replica_init(&s->replica, &replica_config, &env, &s->pool, s->ledger);
+        if (replica_init(&s->replica, &replica_config, &env, &s->pool, s->ledger) != 0) {
+                cli_error("start: cannot reserve memory for checkpoints");
+                return 1;
+        }
+        if (recover(s, error, sizeof(error)) != 0) {
+                cli_error("start: %s", error);
+                return 1;
+        }
         struct bus_callbacks callbacks = {
                 .context = s,
                 .on_message = bus_on_message,

@@ -98,7 +98,19 @@ int bus_listen(struct bus *bus, const struct address *address, struct sockaddr_s
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (bind(fd, (const struct sockaddr *)&address->sockaddr, address->sockaddr_size) != 0) {
+        /*
+         * A previous process's socket can linger for a moment after it exited (io_uring closes
+         * its files asynchronously), so a restart retries EADDRINUSE for up to 5 seconds.
+         */
+        int rc = -1;
+        for (int attempt = 0; attempt < 50; attempt++) {
+                rc = bind(fd, (const struct sockaddr *)&address->sockaddr,
+                          address->sockaddr_size);
+                if (rc == 0 || errno != EADDRINUSE)
+                        break;
+                usleep(100000);
+        }
+        if (rc != 0) {
                 char text[80];
                 address_format(&address->sockaddr, text, sizeof(text));
                 log_error("cannot listen address=%s error=%s", text, strerror(errno));

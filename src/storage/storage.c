@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,15 +72,18 @@ static void superblock_layout(struct superblock *sb, const struct storage_format
         sb->message_size_max =
                 o->development ? WIRE_MESSAGE_SIZE_MAX_DEVELOPMENT : WIRE_MESSAGE_SIZE_MAX;
         sb->clients_max = STORAGE_CLIENTS_MAX;
+        /* A quarter of the WAL: the ops since the last durable checkpoint must always fit in
+         * the WAL, with room for a checkpoint in progress and the pipeline. */
+        sb->checkpoint_interval = sb->wal_slot_count / 4;
         uint64_t offset = (uint64_t)SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE;
         sb->wal_headers_offset = offset;
         offset += round_up((uint64_t)sb->wal_slot_count * WIRE_HEADER_SIZE, 4096);
         sb->wal_prepares_offset = offset;
         offset += (uint64_t)sb->wal_slot_count * sb->message_size_max;
         sb->client_replies_offset = offset;
-        offset += (uint64_t)sb->clients_max * WIRE_MESSAGE_SIZE_MAX;
+        offset += (uint64_t)STORAGE_REPLY_SLOTS * WIRE_MESSAGE_SIZE_MAX;
         sb->grid_offset = offset;
-        sb->grid_size = 0; /* checkpoints arrive with the durability work (issue 4) */
+        sb->grid_size = 0; /* grows, a block at a time, as checkpoints need room */
         sb->file_size = offset + sb->grid_size;
 }
 
@@ -144,6 +148,85 @@ enum storage_error storage_format(const char *path, const struct storage_format_
         }
         sync_directory(path);
         return STORAGE_OK;
+}
+
+static void grid_mark(struct storage *storage, uint64_t address)
+{
+        tally_assert(address >= 1 && address <= GRID_BLOCKS_MAX);
+        storage->grid_used[(address - 1) / 64] |= 1ull << ((address - 1) % 64);
+}
+
+
+static uint64_t grid_block_offset(const struct storage *storage, uint64_t address)
+{
+        return storage->superblock.grid_offset + (address - 1) * (uint64_t)GRID_BLOCK_SIZE;
+}
+
+/* Reads the current checkpoint's manifest and marks its blocks used. */
+static int grid_open(struct storage *storage, char *error, size_t error_size)
+{
+        const struct superblock *sb = &storage->superblock;
+        storage->grid_used = calloc(GRID_BLOCKS_MAX / 64, sizeof(uint64_t));
+        storage->manifest_entries = calloc(GRID_MANIFEST_ENTRIES_MAX,
+                                           sizeof(struct grid_manifest_entry));
+        storage->checkpoint.entries = calloc(GRID_MANIFEST_ENTRIES_MAX,
+                                             sizeof(struct grid_manifest_entry));
+        storage->checkpoint.manifest_block = aligned_alloc(4096, GRID_BLOCK_SIZE);
+        storage->checkpoint.completions =
+                calloc(GRID_MANIFEST_ENTRIES_MAX + STORAGE_CLIENTS_MAX + SUPERBLOCK_COPIES + 1,
+                       sizeof(struct io_completion));
+        if (storage->grid_used == NULL || storage->manifest_entries == NULL ||
+            storage->checkpoint.entries == NULL || storage->checkpoint.manifest_block == NULL ||
+            storage->checkpoint.completions == NULL) {
+                snprintf(error, error_size, "out of memory for the grid");
+                return -1;
+        }
+        storage->grid_block_count = sb->grid_size / GRID_BLOCK_SIZE;
+        if (sb->manifest_address == 0)
+                return 0;
+        if (sb->manifest_address > storage->grid_block_count ||
+            sb->manifest_size < sizeof(struct grid_manifest_header) ||
+            sb->manifest_size > GRID_BLOCK_SIZE) {
+                snprintf(error, error_size, "superblock names an impossible manifest block %llu "
+                         "(zone grid)",
+                         (unsigned long long)sb->manifest_address);
+                return -1;
+        }
+        uint8_t *block = storage->checkpoint.manifest_block;
+        ssize_t n = pread(storage->fd, block, sb->manifest_size,
+                          (off_t)grid_block_offset(storage, sb->manifest_address));
+        if (n != (ssize_t)sb->manifest_size || checksum(block, sb->manifest_size) !=
+                                                       sb->manifest_checksum) {
+                snprintf(error, error_size,
+                         "checkpoint manifest at grid block %llu is corrupt (zone grid, "
+                         "checkpoint_op %llu)",
+                         (unsigned long long)sb->manifest_address,
+                         (unsigned long long)sb->checkpoint_op);
+                return -1;
+        }
+        struct grid_manifest_header header;
+        memcpy(&header, block, sizeof(header));
+        if (header.entry_count > GRID_MANIFEST_ENTRIES_MAX ||
+            sizeof(header) + header.entry_count * sizeof(struct grid_manifest_entry) !=
+                    sb->manifest_size) {
+                snprintf(error, error_size, "checkpoint manifest has an impossible size");
+                return -1;
+        }
+        memcpy(storage->manifest_entries, block + sizeof(header),
+               header.entry_count * sizeof(struct grid_manifest_entry));
+        storage->manifest_entry_count = header.entry_count;
+        grid_mark(storage, sb->manifest_address);
+        for (uint32_t i = 0; i < header.entry_count; i++) {
+                uint64_t address = storage->manifest_entries[i].address;
+                if (address == 0 || address > storage->grid_block_count) {
+                        snprintf(error, error_size, "manifest names grid block %llu beyond the "
+                                 "grid (zone grid)",
+                                 (unsigned long long)address);
+                        return -1;
+                }
+                grid_mark(storage, address);
+        }
+        return 0;
 }
 
 enum storage_error storage_open(struct storage *storage, struct io *io,
@@ -220,6 +303,10 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         }
         storage->superblock = *sb;
         storage->fd = fd;
+        if (grid_open(storage, error, error_size) != 0) {
+                storage_close(storage);
+                return STORAGE_ERROR_CORRUPT;
+        }
         return STORAGE_OK;
 }
 
@@ -228,6 +315,16 @@ void storage_close(struct storage *storage)
         if (storage->fd >= 0)
                 close(storage->fd);
         storage->fd = -1;
+        free(storage->grid_used);
+        free(storage->manifest_entries);
+        free(storage->checkpoint.entries);
+        free(storage->checkpoint.manifest_block);
+        free(storage->checkpoint.completions);
+        storage->grid_used = NULL;
+        storage->manifest_entries = NULL;
+        storage->checkpoint.entries = NULL;
+        storage->checkpoint.manifest_block = NULL;
+        storage->checkpoint.completions = NULL;
 }
 
 static void sync_maybe_start(struct storage *storage);
@@ -341,4 +438,326 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
         io_write(storage->io, &w->headers_completion, storage->fd, prepare->buffer,
                  WIRE_HEADER_SIZE, sb->wal_headers_offset + slot * WIRE_HEADER_SIZE);
         return true;
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------- */
+
+/* The lowest block neither the durable checkpoint nor the one being written uses. */
+static uint64_t grid_allocate(struct storage *storage)
+{
+        for (uint64_t word = 0; word < GRID_BLOCKS_MAX / 64; word++) {
+                if (storage->grid_used[word] == UINT64_MAX)
+                        continue;
+                uint64_t address = word * 64 + (uint64_t)__builtin_ctzll(~storage->grid_used[word]) + 1;
+                if (address > GRID_BLOCKS_MAX)
+                        return 0;
+                if (address > storage->grid_block_count) {
+                        /* Grow the grid in steps of 64 blocks. */
+                        uint64_t blocks = MAX(address, storage->grid_block_count + 64);
+                        blocks = MIN(blocks, (uint64_t)GRID_BLOCKS_MAX);
+                        int rc = posix_fallocate(storage->fd,
+                                                 (off_t)storage->superblock.grid_offset,
+                                                 (off_t)(blocks * GRID_BLOCK_SIZE));
+                        if (rc != 0) {
+                                log_error("cannot grow the grid blocks=%llu error=%s",
+                                          (unsigned long long)blocks, strerror(rc));
+                                return 0;
+                        }
+                        storage->grid_block_count = blocks;
+                }
+                grid_mark(storage, address);
+                return address;
+        }
+        return 0;
+}
+
+static void checkpoint_step(struct storage *storage);
+
+static void on_checkpoint_io(struct io_completion *completion, int32_t result)
+{
+        struct storage *storage = completion->context;
+        struct storage_checkpoint *cp = &storage->checkpoint;
+        if (result > 0 && (uint32_t)result < completion->size) {
+                /* A short write: carry on with the rest. */
+                io_write(storage->io, completion, storage->fd,
+                         (uint8_t *)completion->buffer + result,
+                         completion->size - (uint32_t)result,
+                         completion->offset + (uint64_t)result);
+                return;
+        }
+        if (result < 0 || (completion->size > 0 && (uint32_t)result != completion->size)) {
+                cp->failed = true;
+                log_error("checkpoint write failed op=%llu error=%s",
+                          (unsigned long long)cp->request.op,
+                          strerror(result < 0 ? -result : EIO));
+        }
+        tally_assert(cp->writes_pending > 0);
+        cp->writes_pending--;
+        if (cp->writes_pending == 0)
+                checkpoint_step(storage);
+}
+
+static struct io_completion *checkpoint_completion(struct storage *storage)
+{
+        struct storage_checkpoint *cp = &storage->checkpoint;
+        struct io_completion *c = &cp->completions[cp->completion_count++];
+        memset(c, 0, sizeof(*c));
+        c->callback = on_checkpoint_io;
+        c->context = storage;
+        cp->writes_pending++;
+        return c;
+}
+
+static void checkpoint_finish(struct storage *storage, bool ok)
+{
+        struct storage_checkpoint *cp = &storage->checkpoint;
+        if (ok) {
+                storage->superblock = cp->superblock_next;
+                struct grid_manifest_header header;
+                memcpy(&header, cp->manifest_block, sizeof(header));
+                storage->manifest_entry_count = header.entry_count;
+                memcpy(storage->manifest_entries, cp->manifest_block + sizeof(header),
+                       header.entry_count * sizeof(struct grid_manifest_entry));
+                /* Blocks only the old checkpoint used are free again. */
+                memset(storage->grid_used, 0, GRID_BLOCKS_MAX / 8);
+                grid_mark(storage, storage->superblock.manifest_address);
+                for (uint32_t i = 0; i < storage->manifest_entry_count; i++)
+                        grid_mark(storage, storage->manifest_entries[i].address);
+                storage->checkpoints++;
+        } else {
+                storage->failed = true;
+                log_error("checkpoint failed; no further writes are acknowledged op=%llu",
+                          (unsigned long long)cp->request.op);
+        }
+        cp->active = false;
+        struct storage_checkpoint_request request = cp->request;
+        for (uint32_t i = 0; i < request.reply_count; i++)
+                message_unref(storage->pool, request.replies[i].reply);
+        request.done(request.context, ok);
+}
+
+/* Advances the checkpoint to its next stage once the previous stage's I/O completed. */
+static void checkpoint_step(struct storage *storage)
+{
+        struct storage_checkpoint *cp = &storage->checkpoint;
+        if (cp->failed) {
+                checkpoint_finish(storage, false);
+                return;
+        }
+        cp->completion_count = 0;
+        if (cp->stage == 1 || cp->stage == 3) {
+                cp->stage++;
+                struct io_completion *c = checkpoint_completion(storage);
+                io_fsync(storage->io, c, storage->fd);
+                return;
+        }
+        if (cp->stage == 2) {
+                cp->stage = 3;
+                for (uint32_t copy = 0; copy < SUPERBLOCK_COPIES; copy++) {
+                        cp->copies[copy] = cp->superblock_next;
+                        cp->copies[copy].copy = copy;
+                        cp->copies[copy].checksum = superblock_checksum(&cp->copies[copy]);
+                        struct io_completion *c = checkpoint_completion(storage);
+                        io_write(storage->io, c, storage->fd, &cp->copies[copy],
+                                 sizeof(struct superblock), (uint64_t)copy * SUPERBLOCK_COPY_SIZE);
+                }
+                return;
+        }
+        tally_assert(cp->stage == 4);
+        checkpoint_finish(storage, true);
+}
+
+bool storage_checkpoint_start(struct storage *storage,
+                              const struct storage_checkpoint_request *request)
+{
+        struct storage_checkpoint *cp = &storage->checkpoint;
+        if (cp->active || storage->failed)
+                return false;
+        uint64_t block_count = (request->blob_size + GRID_BLOCK_SIZE - 1) / GRID_BLOCK_SIZE;
+        if (block_count > GRID_MANIFEST_ENTRIES_MAX) {
+                log_error("checkpoint too large for one manifest bytes=%llu",
+                          (unsigned long long)request->blob_size);
+                return false;
+        }
+        cp->active = true;
+        cp->failed = false;
+        cp->stage = 1;
+        cp->request = *request;
+        cp->completion_count = 0;
+        cp->writes_pending = 0;
+        cp->blocks_written = 0;
+        cp->blocks_reused = 0;
+        for (uint32_t i = 0; i < request->reply_count; i++)
+                message_ref(request->replies[i].reply);
+        /* One pending count for the set-up itself, so callbacks cannot finish the stage early. */
+        cp->writes_pending++;
+        for (uint64_t i = 0; i < block_count; i++) {
+                uint64_t offset = i * GRID_BLOCK_SIZE;
+                uint32_t size = (uint32_t)MIN((uint64_t)GRID_BLOCK_SIZE, request->blob_size - offset);
+                struct grid_manifest_entry *e = &cp->entries[i];
+                memset(e, 0, sizeof(*e));
+                e->size = size;
+                e->checksum = checksum(request->blob + offset, size);
+                /* Unchanged since the durable checkpoint: share its block. */
+                if (i < storage->manifest_entry_count &&
+                    storage->manifest_entries[i].size == size &&
+                    storage->manifest_entries[i].checksum == e->checksum) {
+                        e->address = storage->manifest_entries[i].address;
+                        cp->blocks_reused++;
+                        continue;
+                }
+                e->address = grid_allocate(storage);
+                if (e->address == 0) {
+                        cp->failed = true;
+                        break;
+                }
+                cp->blocks_written++;
+                struct io_completion *c = checkpoint_completion(storage);
+                io_write(storage->io, c, storage->fd, request->blob + offset, size,
+                         grid_block_offset(storage, e->address));
+        }
+        uint64_t manifest_address = cp->failed ? 0 : grid_allocate(storage);
+        if (manifest_address == 0)
+                cp->failed = true;
+        if (!cp->failed) {
+                struct grid_manifest_header header;
+                memset(&header, 0, sizeof(header));
+                memcpy(header.magic, "TALLYMAN", 8);
+                header.entry_count = (uint32_t)block_count;
+                header.blob_size = request->blob_size;
+                header.checkpoint_op = request->op;
+                uint32_t manifest_size = (uint32_t)(sizeof(header) +
+                                                    block_count * sizeof(struct grid_manifest_entry));
+                memcpy(cp->manifest_block, &header, sizeof(header));
+                memcpy(cp->manifest_block + sizeof(header), cp->entries,
+                       block_count * sizeof(struct grid_manifest_entry));
+                struct io_completion *c = checkpoint_completion(storage);
+                io_write(storage->io, c, storage->fd, cp->manifest_block, manifest_size,
+                         grid_block_offset(storage, manifest_address));
+                for (uint32_t i = 0; i < request->reply_count; i++) {
+                        const struct storage_reply_write *r = &request->replies[i];
+                        tally_assert(r->slot < STORAGE_REPLY_SLOTS);
+                        c = checkpoint_completion(storage);
+                        io_write(storage->io, c, storage->fd, r->reply->buffer,
+                                 r->reply->header->size,
+                                 storage->superblock.client_replies_offset +
+                                         (uint64_t)r->slot * WIRE_MESSAGE_SIZE_MAX);
+                }
+                struct superblock *next = &cp->superblock_next;
+                *next = storage->superblock;
+                next->sequence++;
+                next->commit = request->op;
+                next->checkpoint_op = request->op;
+                next->checkpoint_prepare_checksum = request->prepare_checksum;
+                next->checkpoint_timestamp = request->timestamp;
+                next->checkpoint_size = request->blob_size;
+                next->manifest_address = manifest_address;
+                next->manifest_size = manifest_size;
+                next->manifest_checksum = checksum(cp->manifest_block, manifest_size);
+                next->grid_size = storage->grid_block_count * GRID_BLOCK_SIZE;
+                next->file_size = next->grid_offset + next->grid_size;
+        }
+        /* Drop the set-up count; if nothing was queued, step now. */
+        cp->writes_pending--;
+        if (cp->writes_pending == 0)
+                checkpoint_step(storage);
+        return true;
+}
+
+/* ---- recovery reads ---------------------------------------------------------------------- */
+
+static int read_exact(int fd, void *buffer, size_t size, uint64_t offset)
+{
+        uint8_t *p = buffer;
+        while (size > 0) {
+                ssize_t n = pread(fd, p, size, (off_t)offset);
+                if (n <= 0)
+                        return -1;
+                p += n;
+                size -= (size_t)n;
+                offset += (uint64_t)n;
+        }
+        return 0;
+}
+
+int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t capacity,
+                            char *error, size_t error_size)
+{
+        const struct superblock *sb = &storage->superblock;
+        if (sb->checkpoint_size > capacity) {
+                snprintf(error, error_size,
+                         "checkpoint of %llu bytes does not fit in the ledger's %llu bytes; "
+                         "start with capacities at least as large as before",
+                         (unsigned long long)sb->checkpoint_size,
+                         (unsigned long long)capacity);
+                return -1;
+        }
+        uint64_t offset = 0;
+        for (uint32_t i = 0; i < storage->manifest_entry_count; i++) {
+                const struct grid_manifest_entry *e = &storage->manifest_entries[i];
+                if (offset + e->size > sb->checkpoint_size ||
+                    read_exact(storage->fd, blob + offset, e->size,
+                               grid_block_offset(storage, e->address)) != 0 ||
+                    checksum(blob + offset, e->size) != e->checksum) {
+                        snprintf(error, error_size,
+                                 "checkpoint block %u (grid block %llu) is corrupt (zone grid, "
+                                 "checkpoint_op %llu)",
+                                 i, (unsigned long long)e->address,
+                                 (unsigned long long)sb->checkpoint_op);
+                        return -1;
+                }
+                offset += e->size;
+        }
+        if (offset != sb->checkpoint_size) {
+                snprintf(error, error_size, "checkpoint is %llu bytes, manifest covers %llu",
+                         (unsigned long long)sb->checkpoint_size, (unsigned long long)offset);
+                return -1;
+        }
+        return 0;
+}
+
+int storage_read_reply(struct storage *storage, uint32_t slot, struct message *message,
+                       u128 reply_checksum, char *error, size_t error_size)
+{
+        uint64_t offset = storage->superblock.client_replies_offset +
+                          (uint64_t)slot * WIRE_MESSAGE_SIZE_MAX;
+        if (slot >= STORAGE_REPLY_SLOTS ||
+            read_exact(storage->fd, message->buffer, WIRE_HEADER_SIZE, offset) != 0 ||
+            message->header->checksum != reply_checksum ||
+            !wire_header_checksum_valid(message->header) ||
+            message->header->size < WIRE_HEADER_SIZE ||
+            message->header->size > WIRE_MESSAGE_SIZE_MAX ||
+            read_exact(storage->fd, message->buffer + WIRE_HEADER_SIZE,
+                       message->header->size - WIRE_HEADER_SIZE, offset + WIRE_HEADER_SIZE) != 0 ||
+            !wire_body_checksum_valid(message->header, message->buffer + WIRE_HEADER_SIZE)) {
+                snprintf(error, error_size, "client reply in slot %u is corrupt (zone client "
+                         "replies)",
+                         slot);
+                return -1;
+        }
+        return 0;
+}
+
+bool storage_read_wal_header(struct storage *storage, uint32_t slot, struct wire_header *header)
+{
+        const struct superblock *sb = &storage->superblock;
+        tally_assert(slot < sb->wal_slot_count);
+        if (read_exact(storage->fd, header, WIRE_HEADER_SIZE,
+                       sb->wal_headers_offset + (uint64_t)slot * WIRE_HEADER_SIZE) != 0)
+                return false;
+        return header->command == COMMAND_PREPARE && header->cluster == sb->cluster &&
+               wire_header_checksum_valid(header) && header->size >= WIRE_HEADER_SIZE &&
+               header->size <= sb->message_size_max;
+}
+
+bool storage_read_prepare(struct storage *storage, uint32_t slot, const struct wire_header *header,
+                          struct message *message)
+{
+        const struct superblock *sb = &storage->superblock;
+        tally_assert(slot < sb->wal_slot_count);
+        if (read_exact(storage->fd, message->buffer, header->size,
+                       sb->wal_prepares_offset + (uint64_t)slot * sb->message_size_max) != 0)
+                return false;
+        return memcmp(message->header, header, WIRE_HEADER_SIZE) == 0 &&
+               wire_body_checksum_valid(message->header, message->buffer + WIRE_HEADER_SIZE);
 }

@@ -26,6 +26,12 @@
 #define STORAGE_WAL_SLOTS_DEVELOPMENT 256u
 #define STORAGE_CLIENTS_MAX 64u
 #define STORAGE_WRITES_MAX 64u /* journal writes in flight; >= the pipeline depth */
+/* The grid is allocated in blocks; a checkpoint is a list of blocks named by a manifest. */
+#define GRID_BLOCK_SIZE (1u << 20)
+#define GRID_BLOCKS_MAX (1u << 20) /* 1 TiB of grid */
+/* Two reply slots per session, used alternately, so a checkpoint never overwrites the reply
+ * the previous (still current) checkpoint refers to. */
+#define STORAGE_REPLY_SLOTS (2u * STORAGE_CLIENTS_MAX)
 
 struct superblock {
         u128 checksum; /* of bytes 16..4095 */
@@ -34,30 +40,40 @@ struct superblock {
         uint32_t copy;
         uint8_t reserved_align[8];
         u128 cluster;
-        uint64_t sequence;
+        uint64_t sequence; /* bumped by every superblock write; the highest valid copy wins */
         uint8_t replica;
         uint8_t replica_count;
         uint8_t development;
         uint8_t reserved_0[5];
         uint32_t view;
         uint32_t log_view;
-        uint64_t commit;
-        uint64_t checkpoint_op;
+        uint64_t commit;        /* highest op known committed when this copy was written */
+        uint64_t checkpoint_op; /* the ledger state in the grid is as of this op (0: empty) */
         uint32_t wal_slot_count;
         uint32_t message_size_max;
         uint32_t clients_max;
-        uint32_t reserved_1;
+        uint32_t checkpoint_interval; /* ops between checkpoints */
         uint64_t wal_headers_offset;
         uint64_t wal_prepares_offset;
         uint64_t client_replies_offset;
         uint64_t grid_offset;
-        uint64_t grid_size;
+        uint64_t grid_size; /* bytes of grid currently allocated in the file */
         uint64_t file_size;
-        uint8_t reserved[3928];
+        /* The checkpoint: */
+        uint64_t checkpoint_size;         /* bytes of the checkpoint blob */
+        uint64_t checkpoint_timestamp;    /* cluster timestamp at checkpoint_op */
+        uint64_t manifest_address;        /* grid block of the manifest; 0: no checkpoint */
+        u128 checkpoint_prepare_checksum; /* of the prepare at checkpoint_op: the chain anchor */
+        u128 manifest_checksum;           /* of the manifest block's used bytes */
+        uint32_t manifest_size;           /* bytes used in the manifest block */
+        uint32_t reserved_2;
+        uint8_t reserved[3864];
 };
 _Static_assert(sizeof(struct superblock) == SUPERBLOCK_COPY_SIZE, "superblock size");
 _Static_assert(offsetof(struct superblock, cluster) == 48, "superblock cluster offset");
 _Static_assert(offsetof(struct superblock, file_size) == 160, "superblock file_size offset");
+_Static_assert(offsetof(struct superblock, checkpoint_prepare_checksum) == 192, "anchor offset");
+_Static_assert(offsetof(struct superblock, reserved) == 232, "superblock reserved offset");
 
 struct storage_format_options {
         u128 cluster;
@@ -78,6 +94,45 @@ enum storage_error {
         STORAGE_ERROR_NO_SPACE,      /* format: the disk is full */
 };
 
+/* One entry per grid block of a checkpoint blob, in blob order. */
+struct grid_manifest_entry {
+        uint64_t address; /* 1-based grid block */
+        uint32_t size;    /* bytes used in the block */
+        uint32_t reserved;
+        u128 checksum; /* of those bytes */
+};
+_Static_assert(sizeof(struct grid_manifest_entry) == 32, "manifest entry size");
+
+struct grid_manifest_header {
+        char magic[8];
+        uint32_t entry_count;
+        uint32_t reserved;
+        uint64_t blob_size;
+        uint64_t checkpoint_op;
+};
+_Static_assert(sizeof(struct grid_manifest_header) == 32, "manifest header size");
+#define GRID_MANIFEST_ENTRIES_MAX                                                                  \
+        ((GRID_BLOCK_SIZE - sizeof(struct grid_manifest_header)) / sizeof(struct grid_manifest_entry))
+
+/* A session's reply to persist with a checkpoint, in its reply slot. */
+struct storage_reply_write {
+        struct message *reply;
+        uint32_t slot;
+};
+
+/* Everything a checkpoint makes durable; the blob and replies stay untouched until `done`. */
+struct storage_checkpoint_request {
+        uint64_t op;
+        u128 prepare_checksum;
+        uint64_t timestamp;
+        const uint8_t *blob;
+        uint64_t blob_size;
+        struct storage_reply_write replies[STORAGE_CLIENTS_MAX];
+        uint32_t reply_count;
+        void (*done)(void *context, bool ok);
+        void *context;
+};
+
 struct storage_write {
         struct message *message;
         void (*callback)(void *context, struct message *message);
@@ -92,6 +147,22 @@ struct storage_write {
         struct storage *storage;
 };
 
+struct storage_checkpoint {
+        bool active;
+        uint8_t stage; /* 1: blocks and replies, 2: sync, 3: superblock copies, 4: sync */
+        uint32_t writes_pending;
+        bool failed;
+        struct storage_checkpoint_request request;
+        struct io_completion *completions; /* one per block write, reply and copy */
+        uint32_t completion_count;
+        struct grid_manifest_entry *entries; /* the new manifest's entries */
+        uint8_t *manifest_block;
+        struct superblock superblock_next;
+        struct superblock copies[SUPERBLOCK_COPIES];
+        uint64_t blocks_written;
+        uint64_t blocks_reused;
+};
+
 struct storage {
         int fd;
         struct io *io;
@@ -101,6 +172,13 @@ struct storage {
         bool sync_pending;
         struct io_completion sync_completion;
         bool failed; /* an I/O error: stop acknowledging anything */
+        /* The grid: which blocks the current checkpoint uses (bit set = used). */
+        uint64_t *grid_used;
+        uint64_t grid_block_count; /* blocks the file holds now */
+        struct grid_manifest_entry *manifest_entries; /* of the current checkpoint */
+        uint32_t manifest_entry_count;
+        struct storage_checkpoint checkpoint;
+        uint64_t checkpoints;
         uint64_t syncs;
         uint64_t prepares_written;
 };
@@ -122,6 +200,25 @@ void storage_close(struct storage *storage);
 bool storage_write_prepare(struct storage *storage, struct message *prepare,
                            void (*callback)(void *context, struct message *prepare),
                            void *context);
+
+/*
+ * Starts writing a checkpoint: blob blocks that differ from the current checkpoint's (others are
+ * shared), the replies, a manifest, a sync, then every superblock copy and a sync. The previous
+ * checkpoint stays whole until the new superblock is durable. False if one is in progress.
+ */
+bool storage_checkpoint_start(struct storage *storage,
+                              const struct storage_checkpoint_request *request);
+
+/* Recovery, synchronous (start-up only). Each returns 0 or -1 with a message naming the zone. */
+int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t capacity,
+                            char *error, size_t error_size);
+int storage_read_reply(struct storage *storage, uint32_t slot, struct message *message,
+                       u128 checksum, char *error, size_t error_size);
+/* The WAL header at `slot`; false if it fails its checksum (torn, corrupt, or never written). */
+bool storage_read_wal_header(struct storage *storage, uint32_t slot, struct wire_header *header);
+/* The prepare at `slot` into `message`; false if it does not match `header` or its checksums. */
+bool storage_read_prepare(struct storage *storage, uint32_t slot,
+                          const struct wire_header *header, struct message *message);
 
 /* Reads and validates a superblock copy from raw bytes; exposed for tests and inspect. */
 bool superblock_copy_valid(const struct superblock *copy);

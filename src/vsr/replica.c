@@ -6,10 +6,37 @@
 #include "wire/checksum.h"
 #include "wire/types.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
 
-void replica_init(struct replica *r, const struct replica_config *config,
-                  const struct replica_env *env, struct message_pool *pool, struct ledger *ledger)
+/* The replica's part of a checkpoint blob: a header and the session table, then the ledger. */
+#define CHECKPOINT_MAGIC "TALLYCKP"
+#define CHECKPOINT_VERSION 1u
+
+struct checkpoint_header {
+        char magic[8];
+        uint32_t version;
+        uint32_t session_count; /* always REPLICA_CLIENTS_MAX entries follow */
+        uint64_t ledger_size;
+        uint8_t reserved[8];
+};
+_Static_assert(sizeof(struct checkpoint_header) == 32, "checkpoint header size");
+
+struct checkpoint_session {
+        u128 client;
+        u128 reply_checksum;
+        uint64_t session;
+        uint32_t request;
+        uint32_t release;
+        uint32_t reply_slot; /* absolute slot in the client replies zone */
+        uint8_t used;
+        uint8_t reserved[11];
+};
+_Static_assert(sizeof(struct checkpoint_session) == 64, "checkpoint session size");
+
+int replica_init(struct replica *r, const struct replica_config *config,
+                 const struct replica_env *env, struct message_pool *pool, struct ledger *ledger)
 {
         memset(r, 0, sizeof(*r));
         tally_assert(config->replica < config->replica_count);
@@ -20,6 +47,18 @@ void replica_init(struct replica *r, const struct replica_config *config,
         r->env = *env;
         r->pool = pool;
         r->ledger = ledger;
+        tally_assert(config->checkpoint_interval > 0);
+        tally_assert(config->wal_slot_count >= 2 * config->checkpoint_interval +
+                                                       REPLICA_PIPELINE_MAX);
+        r->checkpoint_buffer = mmap(NULL, config->checkpoint_buffer_size, PROT_READ | PROT_WRITE,
+                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (r->checkpoint_buffer == MAP_FAILED) {
+                r->checkpoint_buffer = NULL;
+                log_error("cannot reserve the checkpoint buffer bytes=%llu",
+                          (unsigned long long)config->checkpoint_buffer_size);
+                return -1;
+        }
+        return 0;
 }
 
 void replica_deinit(struct replica *r)
@@ -38,6 +77,8 @@ void replica_deinit(struct replica *r)
                 message_unref(r->pool,
                               r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX].request);
         }
+        if (r->checkpoint_buffer != NULL)
+                munmap(r->checkpoint_buffer, r->config.checkpoint_buffer_size);
         memset(r, 0, sizeof(*r));
 }
 
@@ -272,6 +313,11 @@ static bool prepare_one(struct replica *r, const struct message *request,
 {
         if (r->pipeline_count == REPLICA_PIPELINE_MAX)
                 return false;
+        /* The journal slot of the next op must not hold an op the durable checkpoint lacks. */
+        if (r->op + 1 >= r->checkpoint_op_durable + r->config.wal_slot_count) {
+                r->stats.wal_full_stalls++;
+                return false;
+        }
         struct message *p = message_pool_get(r->pool);
         if (p == NULL)
                 return false;
@@ -440,12 +486,104 @@ static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
         if (entry->reply != NULL)
                 message_unref(r->pool, entry->reply);
         entry->reply = message_ref(reply);
+        entry->reply_dirty = true;
         replica_connection target = entry->connection;
         if (target == 0 || !r->env.connection_alive(r->env.context, target))
                 target = e->connection;
         if (entry->connection == 0)
                 entry->connection = e->connection;
         send_to(r, target, reply);
+}
+
+static int memory_write(void *context, const void *data, size_t size)
+{
+        struct replica *r = context;
+        struct replica_checkpoint *cp = &r->checkpoint;
+        if (cp->blob_size + size > r->config.checkpoint_buffer_size)
+                return -1;
+        memcpy(r->checkpoint_buffer + cp->blob_size, data, size);
+        cp->blob_size += size;
+        return 0;
+}
+
+static void on_checkpoint_done(void *context, bool ok)
+{
+        struct replica *r = context;
+        tally_assert(r->checkpoint_in_progress);
+        r->checkpoint_in_progress = false;
+        if (!ok)
+                return; /* storage now refuses writes; nothing more is acknowledged */
+        r->checkpoint_op_durable = r->checkpoint.op;
+        r->stats.checkpoints++;
+        log_info("checkpoint durable op=%llu bytes=%llu replies=%u",
+                 (unsigned long long)r->checkpoint.op,
+                 (unsigned long long)r->checkpoint.blob_size, r->checkpoint.reply_count);
+        prepare_pump(r);
+}
+
+/* After committing a multiple of the checkpoint interval, write the state as of that op. */
+static void checkpoint_maybe(struct replica *r, const struct message *prepare)
+{
+        uint64_t op = prepare->header->prepare.op;
+        if (op % r->config.checkpoint_interval != 0)
+                return;
+        if (r->checkpoint_in_progress) {
+                r->stats.checkpoints_skipped++;
+                log_warn("checkpoint skipped: the previous one is still being written op=%llu",
+                         (unsigned long long)op);
+                return;
+        }
+        struct replica_checkpoint *cp = &r->checkpoint;
+        memset(cp, 0, sizeof(*cp));
+        cp->op = op;
+        cp->prepare_checksum = prepare->header->checksum;
+        cp->timestamp = r->timestamp_last;
+        cp->blob = r->checkpoint_buffer;
+        struct checkpoint_header header;
+        memset(&header, 0, sizeof(header));
+        memcpy(header.magic, CHECKPOINT_MAGIC, 8);
+        header.version = CHECKPOINT_VERSION;
+        header.session_count = REPLICA_CLIENTS_MAX;
+        cp->blob_size = sizeof(header) + REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session);
+        tally_assert(cp->blob_size <= r->config.checkpoint_buffer_size);
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                struct replica_client *c = &r->clients[i];
+                struct checkpoint_session s;
+                memset(&s, 0, sizeof(s));
+                if (c->used && c->reply != NULL) {
+                        if (c->reply_dirty) {
+                                c->reply_slot ^= 1;
+                                c->reply_dirty = false;
+                                cp->replies[cp->reply_count].reply = c->reply;
+                                cp->replies[cp->reply_count].slot = 2 * i + c->reply_slot;
+                                cp->reply_count++;
+                        }
+                        s.used = 1;
+                        s.client = c->client;
+                        s.reply_checksum = c->reply->header->checksum;
+                        s.session = c->session;
+                        s.request = c->request;
+                        s.release = c->release;
+                        s.reply_slot = 2 * i + c->reply_slot;
+                }
+                memcpy(r->checkpoint_buffer + sizeof(header) + i * sizeof(s), &s, sizeof(s));
+        }
+        uint64_t ledger_start = cp->blob_size;
+        struct ledger_stream stream = {.write = memory_write, .context = r};
+        if (ledger_checkpoint_write(r->ledger, &stream) != 0) {
+                log_error("checkpoint does not fit its buffer op=%llu bytes_max=%llu",
+                          (unsigned long long)op,
+                          (unsigned long long)r->config.checkpoint_buffer_size);
+                r->stats.checkpoints_skipped++;
+                return;
+        }
+        header.ledger_size = cp->blob_size - ledger_start;
+        memcpy(r->checkpoint_buffer, &header, sizeof(header));
+        r->checkpoint_in_progress = true;
+        if (!r->env.checkpoint(r->env.context, cp, on_checkpoint_done, r)) {
+                r->checkpoint_in_progress = false;
+                r->stats.checkpoints_skipped++;
+        }
 }
 
 static void commit_pipeline(struct replica *r)
@@ -455,6 +593,7 @@ static void commit_pipeline(struct replica *r)
                 if (!e->durable)
                         break;
                 commit_one(r, e);
+                checkpoint_maybe(r, e->prepare);
                 message_unref(r->pool, e->prepare);
                 message_unref(r->pool, e->reply);
                 memset(e, 0, sizeof(*e));
@@ -490,4 +629,113 @@ void replica_tick(struct replica *r)
                                                            LEDGER_PULSE_TIMESTAMP_DELTA))
                         prepare_one(r, NULL, 0);
         }
+}
+
+struct memory_reader {
+        const uint8_t *data;
+        uint64_t size;
+        uint64_t offset;
+};
+
+static int memory_read(void *context, void *data, size_t size)
+{
+        struct memory_reader *m = context;
+        if (m->offset + size > m->size)
+                return -1;
+        memcpy(data, m->data + m->offset, size);
+        m->offset += size;
+        return 0;
+}
+
+int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
+                    uint64_t checkpoint_op, u128 prepare_checksum, uint64_t timestamp,
+                    int (*read_reply)(void *context, uint32_t slot, u128 checksum,
+                                      struct message *message),
+                    void *context, char *error, size_t error_size)
+{
+        tally_assert(r->op == 0 && r->commit == 0);
+        struct checkpoint_header header;
+        uint64_t sessions_size = REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session);
+        if (blob_size < sizeof(header) + sessions_size) {
+                snprintf(error, error_size, "checkpoint blob too short (zone grid)");
+                return -1;
+        }
+        memcpy(&header, blob, sizeof(header));
+        if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 ||
+            header.version != CHECKPOINT_VERSION || header.session_count != REPLICA_CLIENTS_MAX ||
+            header.ledger_size != blob_size - sizeof(header) - sessions_size) {
+                snprintf(error, error_size, "checkpoint header is not valid (zone grid)");
+                return -1;
+        }
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                struct checkpoint_session s;
+                memcpy(&s, blob + sizeof(header) + i * sizeof(s), sizeof(s));
+                if (!s.used)
+                        continue;
+                struct message *reply = message_pool_get(r->pool);
+                tally_assert(reply != NULL);
+                if (s.reply_slot / 2 != i || read_reply(context, s.reply_slot, s.reply_checksum,
+                                                         reply) != 0) {
+                        message_unref(r->pool, reply);
+                        snprintf(error, error_size,
+                                 "reply of session %llu (slot %u) is corrupt (zone client "
+                                 "replies)",
+                                 (unsigned long long)s.session, s.reply_slot);
+                        return -1;
+                }
+                struct replica_client *c = &r->clients[i];
+                c->used = true;
+                c->client = s.client;
+                c->session = s.session;
+                c->request = s.request;
+                c->release = s.release;
+                c->reply = reply;
+                c->reply_slot = s.reply_slot % 2;
+                c->reply_dirty = false;
+        }
+        struct memory_reader reader = {
+                .data = blob + sizeof(header) + sessions_size,
+                .size = header.ledger_size,
+        };
+        struct ledger_stream stream = {.read = memory_read, .context = &reader};
+        if (ledger_checkpoint_read(r->ledger, &stream) != 0) {
+                snprintf(error, error_size, "ledger checkpoint is not valid (zone grid)");
+                return -1;
+        }
+        r->op = checkpoint_op;
+        r->commit = checkpoint_op;
+        r->parent = prepare_checksum;
+        r->timestamp_last = timestamp;
+        r->checkpoint_op_durable = checkpoint_op;
+        return 0;
+}
+
+int replica_replay(struct replica *r, struct message *prepare, char *error, size_t error_size)
+{
+        const struct wire_header *h = prepare->header;
+        tally_assert(r->pipeline_count == 0);
+        if (h->prepare.op != r->op + 1 || h->prepare.parent != r->parent) {
+                snprintf(error, error_size, "prepare op %llu does not chain to op %llu",
+                         (unsigned long long)h->prepare.op, (unsigned long long)r->op);
+                return -1;
+        }
+        struct replica_pipeline_entry e = {
+                .prepare = prepare,
+                .reply = message_pool_get(r->pool),
+                .connection = 0,
+                .durable = true,
+        };
+        tally_assert(e.reply != NULL);
+        r->replaying = true;
+        if (h->prepare.operation != OPERATION_REGISTER && h->prepare.operation != OPERATION_PULSE)
+                r->pending_create_events += ledger_timestamp_delta(
+                        h->prepare.operation, message_body(prepare), h->size - WIRE_HEADER_SIZE);
+        r->op = h->prepare.op;
+        r->parent = h->checksum;
+        r->timestamp_last = MAX(r->timestamp_last, h->prepare.timestamp);
+        commit_one(r, &e);
+        checkpoint_maybe(r, prepare);
+        message_unref(r->pool, e.reply);
+        r->replaying = false;
+        return 0;
 }

@@ -27,6 +27,23 @@
 
 typedef uint64_t replica_connection;
 
+/* A session's reply that a checkpoint must make durable, in its reply slot. */
+struct replica_reply_write {
+        struct message *reply;
+        uint32_t slot;
+};
+
+/* What a checkpoint makes durable: the state blob as of `op` and the changed replies. */
+struct replica_checkpoint {
+        uint64_t op;
+        u128 prepare_checksum; /* of the prepare at op: where the hash chain resumes */
+        uint64_t timestamp;    /* the cluster timestamp at op */
+        const uint8_t *blob;
+        uint64_t blob_size;
+        struct replica_reply_write replies[REPLICA_CLIENTS_MAX];
+        uint32_t reply_count;
+};
+
 struct replica_env {
         void *context;
         /* Queue a message on a connection; false if it is gone or congested. */
@@ -37,6 +54,9 @@ struct replica_env {
                               void (*done)(void *replica, struct message *prepare),
                               void *replica);
         uint64_t (*realtime_ns)(void *context);
+        /* Make a checkpoint durable; `done` runs once it is (ok) or failed. False: busy. */
+        bool (*checkpoint)(void *context, const struct replica_checkpoint *checkpoint,
+                           void (*done)(void *replica, bool ok), void *replica);
 };
 
 struct replica_config {
@@ -44,6 +64,9 @@ struct replica_config {
         uint8_t replica;
         uint8_t replica_count;
         uint32_t request_size_max; /* whole message, header included */
+        uint32_t checkpoint_interval; /* ops between checkpoints */
+        uint32_t wal_slot_count;      /* prepares the journal holds */
+        uint64_t checkpoint_buffer_size; /* room for the checkpoint blob */
 };
 
 struct replica_client {
@@ -54,6 +77,8 @@ struct replica_client {
         uint32_t release;           /* the client's release at register time */
         struct message *reply;      /* latest reply, resent on retransmission */
         replica_connection connection;
+        uint32_t reply_slot;        /* where the durable copy of `reply` lives (0 or 1) */
+        bool reply_dirty;           /* changed since the last checkpoint */
 };
 
 struct replica_pipeline_entry {
@@ -78,6 +103,9 @@ struct replica_stats {
         uint64_t pulses;
         uint64_t events_committed;
         uint64_t refused_capacity;
+        uint64_t checkpoints;
+        uint64_t checkpoints_skipped;
+        uint64_t wal_full_stalls;
 };
 
 struct replica {
@@ -98,12 +126,18 @@ struct replica {
         uint32_t queue_head;
         uint32_t queue_count;
         struct replica_client clients[REPLICA_CLIENTS_MAX];
+        /* Checkpoints. */
+        uint8_t *checkpoint_buffer;
+        uint64_t checkpoint_op_durable;
+        bool checkpoint_in_progress;
+        bool replaying; /* recovering from the WAL: no replies are sent */
+        struct replica_checkpoint checkpoint;
         struct replica_stats stats;
 };
 
-void replica_init(struct replica *replica, const struct replica_config *config,
-                  const struct replica_env *env, struct message_pool *pool,
-                  struct ledger *ledger);
+/* Returns 0, or -1 if the checkpoint buffer cannot be reserved. */
+int replica_init(struct replica *replica, const struct replica_config *config,
+                 const struct replica_env *env, struct message_pool *pool, struct ledger *ledger);
 void replica_deinit(struct replica *replica);
 
 /* A checked message from a connection (the bus already verified framing and checksums). */
@@ -112,6 +146,19 @@ void replica_on_message(struct replica *replica, replica_connection connection,
 void replica_on_connection_closed(struct replica *replica, replica_connection connection);
 /* Every 10 ms: retries what waited for resources, schedules expiry pulses. */
 void replica_tick(struct replica *replica);
+
+/*
+ * Recovery, before serving: restore the state a checkpoint blob holds (read_reply fills a
+ * session's reply from its slot), then replay each journaled prepare after it, in op order.
+ * Each returns 0, or -1 with the reason in `error`.
+ */
+int replica_restore(struct replica *replica, const uint8_t *blob, uint64_t blob_size,
+                    uint64_t checkpoint_op, u128 prepare_checksum, uint64_t timestamp,
+                    int (*read_reply)(void *context, uint32_t slot, u128 checksum,
+                                      struct message *message),
+                    void *context, char *error, size_t error_size);
+int replica_replay(struct replica *replica, struct message *prepare, char *error,
+                   size_t error_size);
 
 /* Largest request body a client may send: what register replies advertise. */
 uint32_t replica_batch_size_limit(const struct replica *replica);
