@@ -35,7 +35,7 @@ TOOL_BIN := $(TOOL_SRC:%.c=$(BUILD)/%)
 all: tally
 
 tally: $(BUILD)/tally
-	cp $< $@
+	cp -f $< $@
 
 $(BUILD)/tally: $(CLI_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^

@@ -104,6 +104,7 @@ struct ledger_stream {
         int (*read)(void *context, void *data, size_t size);
         void *context;
 };
+#define LEDGER_CHECKPOINT_ALIGN (1u << 20) /* every part starts at a multiple of this */
 int ledger_checkpoint_write(const struct ledger *ledger, struct ledger_stream *stream);
 /* Replaces the ledger's state. On failure the ledger is left empty (as created). */
 int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream);

@@ -8,6 +8,10 @@
  *     chunks, history, expiry; each is the used prefix of the in-memory array, byte for byte.
  *   trailer (16 bytes): checksum() of every byte before it.
  *
+ * Every part (the header and each section) starts at a multiple of LEDGER_CHECKPOINT_ALIGN
+ * in the stream, zero-padded, so that a section which only grew since the previous checkpoint
+ * yields the same leading blocks again and storage can share them instead of rewriting them.
+ *
  * The hash tables are not written: ledger_checkpoint_read() rebuilds them from the arrays, which
  * gives the same lookups (a table's slot layout is not observable). Every section except
  * accounts, account_index, transfer_status and the expiry heap is append-only, so a later
@@ -22,7 +26,7 @@
 #include "wire/checksum.h"
 
 #define CHECKPOINT_MAGIC "TALLYLDG"
-#define CHECKPOINT_VERSION 1u
+#define CHECKPOINT_VERSION 2u
 
 struct checkpoint_header {
         char magic[8];
@@ -80,6 +84,21 @@ static int stream_write(struct ledger_stream *stream, struct checksum_stream *su
         return 0;
 }
 
+/* Zero bytes up to the next multiple of LEDGER_CHECKPOINT_ALIGN after `written` bytes. */
+static int stream_pad(struct ledger_stream *stream, struct checksum_stream *sum, uint64_t written)
+{
+        static const uint8_t zeros[4096];
+        uint64_t pad = (LEDGER_CHECKPOINT_ALIGN - written % LEDGER_CHECKPOINT_ALIGN) %
+                       LEDGER_CHECKPOINT_ALIGN;
+        while (pad > 0) {
+                size_t piece = pad < sizeof(zeros) ? (size_t)pad : sizeof(zeros);
+                checksum_stream_add(sum, zeros, piece);
+                if (stream->write(stream->context, zeros, piece) != 0) return -1;
+                pad -= piece;
+        }
+        return 0;
+}
+
 static int stream_read(struct ledger_stream *stream, struct checksum_stream *sum, void *data,
                        uint64_t size)
 {
@@ -90,6 +109,25 @@ static int stream_read(struct ledger_stream *stream, struct checksum_stream *sum
                 checksum_stream_add(sum, p, piece);
                 p += piece;
                 size -= piece;
+        }
+        return 0;
+}
+
+/* Reads and checks the zero padding that follows `read` bytes. */
+static int stream_skip_pad(struct ledger_stream *stream, struct checksum_stream *sum,
+                           uint64_t read_size)
+{
+        uint8_t scratch[4096];
+        uint64_t pad = (LEDGER_CHECKPOINT_ALIGN - read_size % LEDGER_CHECKPOINT_ALIGN) %
+                       LEDGER_CHECKPOINT_ALIGN;
+        while (pad > 0) {
+                size_t piece = pad < sizeof(scratch) ? (size_t)pad : sizeof(scratch);
+                if (stream->read(stream->context, scratch, piece) != 0) return -1;
+                checksum_stream_add(sum, scratch, piece);
+                for (size_t i = 0; i < piece; i++) {
+                        if (scratch[i] != 0) return -1;
+                }
+                pad -= piece;
         }
         return 0;
 }
@@ -112,11 +150,13 @@ int ledger_checkpoint_write(const struct ledger *ledger, struct ledger_stream *s
         struct checksum_stream sum;
         checksum_stream_init(&sum);
         if (stream_write(stream, &sum, &h, sizeof(h)) != 0) return -1;
+        if (stream_pad(stream, &sum, sizeof(h)) != 0) return -1;
         struct section sections[8];
         /* sections_of() only reads the pointers; the arrays are not modified. */
         sections_of((struct ledger *)ledger, &h, sections);
         for (int i = 0; i < 8; i++) {
                 if (stream_write(stream, &sum, sections[i].data, sections[i].size) != 0) return -1;
+                if (stream_pad(stream, &sum, sections[i].size) != 0) return -1;
         }
         u128 checksum_value = checksum_stream_final(&sum);
         if (stream->write(stream->context, &checksum_value, sizeof(checksum_value)) != 0) return -1;
@@ -172,6 +212,10 @@ int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream)
                 why = "unknown format version";
                 goto fail;
         }
+        if (stream_skip_pad(stream, &sum, sizeof(h)) != 0) {
+                why = "bad padding after the header";
+                goto fail;
+        }
         if (h.account_count > ledger->accounts_max ||
             (uint64_t)h.transfer_count + h.failed_count > ledger->transfers_max ||
             h.chunk_count > ledger->chunks_max || h.history_count > ledger->history_max ||
@@ -193,6 +237,10 @@ int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream)
         for (int i = 0; i < 8; i++) {
                 if (stream_read(stream, &sum, sections[i].data, sections[i].size) != 0) {
                         why = "read failed";
+                        goto fail;
+                }
+                if (stream_skip_pad(stream, &sum, sections[i].size) != 0) {
+                        why = "bad padding after a section";
                         goto fail;
                 }
         }

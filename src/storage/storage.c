@@ -524,6 +524,12 @@ static void checkpoint_finish(struct storage *storage, bool ok)
                 for (uint32_t i = 0; i < storage->manifest_entry_count; i++)
                         grid_mark(storage, storage->manifest_entries[i].address);
                 storage->checkpoints++;
+                log_info("checkpoint written op=%llu blocks_written=%llu blocks_shared=%llu "
+                         "replies_written=%u grid_blocks=%llu",
+                         (unsigned long long)cp->request.op,
+                         (unsigned long long)cp->blocks_written,
+                         (unsigned long long)cp->blocks_reused, cp->request.reply_count,
+                         (unsigned long long)storage->grid_block_count);
         } else {
                 storage->failed = true;
                 log_error("checkpoint failed; no further writes are acknowledged op=%llu",

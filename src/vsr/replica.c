@@ -544,8 +544,11 @@ static void checkpoint_maybe(struct replica *r, const struct message *prepare)
         memcpy(header.magic, CHECKPOINT_MAGIC, 8);
         header.version = CHECKPOINT_VERSION;
         header.session_count = REPLICA_CLIENTS_MAX;
-        cp->blob_size = sizeof(header) + REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session);
-        tally_assert(cp->blob_size <= r->config.checkpoint_buffer_size);
+        /* The ledger's part starts block-aligned, so unchanged blocks can be shared. */
+        cp->blob_size = LEDGER_CHECKPOINT_ALIGN;
+        tally_assert(sizeof(header) + REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session) <=
+                     LEDGER_CHECKPOINT_ALIGN);
+        memset(r->checkpoint_buffer, 0, LEDGER_CHECKPOINT_ALIGN);
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 struct replica_client *c = &r->clients[i];
                 struct checkpoint_session s;
@@ -655,8 +658,8 @@ int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
 {
         tally_assert(r->op == 0 && r->commit == 0);
         struct checkpoint_header header;
-        uint64_t sessions_size = REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session);
-        if (blob_size < sizeof(header) + sessions_size) {
+        uint64_t sessions_size = LEDGER_CHECKPOINT_ALIGN - sizeof(header);
+        if (blob_size < LEDGER_CHECKPOINT_ALIGN) {
                 snprintf(error, error_size, "checkpoint blob too short (zone grid)");
                 return -1;
         }

@@ -1331,7 +1331,7 @@ static void build_state(void)
 
 static void test_checkpoint(void)
 {
-        static uint8_t stream_a[1 << 22], stream_b[1 << 22];
+        static uint8_t stream_a[1 << 24], stream_b[1 << 24];
         build_state();
         struct memory_stream ma = {stream_a, 0, sizeof(stream_a), 0};
         struct ledger_stream sa = {memory_write, memory_read, &ma};
