@@ -53,6 +53,10 @@ cat "$WORK/crash.out"; record "crash (release, 25 kills)" "$WORK/crash.out" $rc
 timeout 600 build/asan/tests/server/crash build/asan/tally "$WORK/crash" 10 "$((seed + 1))" >"$WORK/crash-asan.out" 2>&1; rc=$?
 tail -5 "$WORK/crash-asan.out"; record "crash (sanitizer, 10 kills)" "$WORK/crash-asan.out" $rc
 
+section "torn and corrupt data files (sanitizer build)"
+tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
+cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
+
 section "conformance corpus (TigerBeetle 0.16.68 replies, official client)"
 if [ ! -d tests/conformance/node_modules ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund >"$WORK/npm-conformance.log" 2>&1) ||

@@ -8,6 +8,7 @@
 
 int cli_format(int argc, char **argv);
 int cli_start(int argc, char **argv);
+int cli_inspect(int argc, char **argv);
 int cli_benchmark(int argc, char **argv);
 
 /* Prints "error: <message>" as one line on stderr. */

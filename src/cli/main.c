@@ -15,6 +15,7 @@ static const char usage[] =
         "[--development] <path>\n"
         "  tally start --addresses=<a,b,c> [--development] [--accounts-max=<n>] "
         "[--transfers-max=<n>] <path>\n"
+        "  tally inspect [--json] <path>\n"
         "  tally benchmark [--addresses=<a,b,c>] [--cluster=<u128>] [--accounts=<n>] "
         "[--transfers=<n>] [--batch=<n>] [--clients=<n>] [--hot-accounts=pareto|uniform] "
         "[--id-order=sequential|random] [--query-count=<n>] [--seed=<n>]\n"
@@ -53,6 +54,8 @@ int main(int argc, char **argv)
                 return cli_format(argc - 2, argv + 2);
         if (strcmp(command, "start") == 0)
                 return cli_start(argc - 2, argv + 2);
+        if (strcmp(command, "inspect") == 0)
+                return cli_inspect(argc - 2, argv + 2);
         if (strcmp(command, "benchmark") == 0)
                 return cli_benchmark(argc - 2, argv + 2);
         if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# tests/server/corruption.sh <tally> <load tool>: torn and corrupt writes in every zone of a
+# data file, and what `start` must do about each (docs: README "Data file"):
+#   WAL head damaged            -> truncated with a log line naming the op; serves
+#   an older WAL entry damaged  -> refuses to start, names the op and the zone, file untouched
+#   one superblock copy damaged -> starts from another copy
+#   all superblock copies       -> refuses to start, file untouched
+#   current checkpoint damaged  -> refuses to start, names the zone, file untouched
+set -u
+tally=$1; load=$2
+dir=$(mktemp -d /tmp/tally-corrupt.XXXXXX)
+pid=
+trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
+passed=0; failed=0
+ok() { passed=$((passed + 1)); }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+json() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2; }
+port=$(( 20000 + RANDOM % 20000 ))
+
+start_bg() { # start_bg <file>: starts, waits for "listening on" or exit
+  : >"$dir/log"
+  "$tally" start --addresses=127.0.0.1:$port "$1" >>"$dir/log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 100); do
+    grep -q "listening on" "$dir/log" && return 0
+    kill -0 $pid 2>/dev/null || { wait $pid; pid=; return 1; }
+    sleep 0.1
+  done
+  return 1
+}
+stop_kill() { kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; pid=; }
+flip() { # flip <file> <offset>: inverts one byte
+  local byte; byte=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
+  printf "$(printf '\\%03o' $(( byte ^ 0xFF )))" | dd of="$1" bs=1 seek="$2" conv=notrunc 2>/dev/null
+}
+
+# A file with a checkpoint and journal entries after it: 300 requests cross op 256.
+"$tally" format --cluster=0 --replica=0 --replica-count=1 "$dir/base.tally" 2>/dev/null
+start_bg "$dir/base.tally" || { echo "cannot start"; cat "$dir/log"; exit 1; }
+"$load" $port 300 1 >"$dir/load.out" || fail "load"
+stop_kill
+info=$("$tally" inspect --json "$dir/base.tally")
+op_max=$(json "$info" op_max); checkpoint_op=$(json "$info" checkpoint_op)
+headers=$(json "$info" wal_headers_offset); prepares=$(json "$info" wal_prepares_offset)
+grid=$(json "$info" grid_offset); first_block=$(json "$info" checkpoint_first_block)
+manifest=$(json "$info" manifest_block)
+[ "$checkpoint_op" -ge 256 ] && [ "$op_max" -gt "$checkpoint_op" ] && ok || fail "setup: checkpoint_op=$checkpoint_op op_max=$op_max"
+
+# 1. The head's prepare body torn: truncated, logged, serves; commit = head - 1.
+cp "$dir/base.tally" "$dir/f.tally"
+flip "$dir/f.tally" $(( prepares + (op_max % 1024) * 1048576 + 300 ))
+if start_bg "$dir/f.tally"; then
+  grep -q "journal head truncated.*op=$op_max" "$dir/log" && ok || fail "head: no truncation line"
+  grep -q "recovered .*commit=$(( op_max - 1 ))" "$dir/log" && ok || fail "head: wrong commit"
+  "$load" $port 5 100000 >/dev/null && ok || fail "head: does not serve after truncation"
+  stop_kill
+else fail "head: did not start"; cat "$dir/log"; fi
+
+# 1b. The head's header torn instead.
+cp "$dir/base.tally" "$dir/f.tally"
+flip "$dir/f.tally" $(( headers + (op_max % 1024) * 256 + 100 ))
+if start_bg "$dir/f.tally"; then
+  grep -q "recovered .*commit=$(( op_max - 1 ))" "$dir/log" && ok || fail "head header: wrong commit"
+  stop_kill
+else fail "head header: did not start"; fi
+
+# 2. An older journal entry (after the checkpoint, before the head): refuse, name op and zone.
+for zone in headers prepares; do
+  cp "$dir/base.tally" "$dir/f.tally"
+  victim=$(( op_max - 5 ))
+  if [ $zone = headers ]; then flip "$dir/f.tally" $(( headers + (victim % 1024) * 256 + 100 ))
+  else flip "$dir/f.tally" $(( prepares + (victim % 1024) * 1048576 + 300 )); fi
+  before=$(cksum <"$dir/f.tally")
+  if start_bg "$dir/f.tally"; then fail "older $zone: started anyway"; stop_kill; else
+    grep -q "^error: .*op $victim.*zone wal $zone" "$dir/log" && ok || { fail "older $zone: message"; cat "$dir/log"; }
+  fi
+  [ "$(cksum <"$dir/f.tally")" = "$before" ] && ok || fail "older $zone: file changed"
+done
+
+# 3. One superblock copy damaged: starts from another.
+cp "$dir/base.tally" "$dir/f.tally"
+flip "$dir/f.tally" 1000
+if start_bg "$dir/f.tally"; then
+  grep -q "superblock copy invalid" "$dir/log" && ok || fail "one copy: no warning"
+  grep -q "recovered .*commit=$op_max" "$dir/log" && ok || fail "one copy: wrong commit"
+  stop_kill
+else fail "one copy: did not start"; fi
+
+# 4. Every superblock copy damaged.
+cp "$dir/base.tally" "$dir/f.tally"
+for copy in 0 1 2 3; do flip "$dir/f.tally" $(( copy * 4096 + 1000 )); done
+before=$(cksum <"$dir/f.tally")
+if start_bg "$dir/f.tally"; then fail "all copies: started"; stop_kill; else
+  grep -q "^error: .*every superblock copy fails its checksum" "$dir/log" && ok || fail "all copies: message"
+fi
+[ "$(cksum <"$dir/f.tally")" = "$before" ] && ok || fail "all copies: file changed"
+
+# 5. The current checkpoint: a data block, then the manifest.
+for what in block manifest; do
+  cp "$dir/base.tally" "$dir/f.tally"
+  address=$first_block; [ $what = manifest ] && address=$manifest
+  flip "$dir/f.tally" $(( grid + (address - 1) * 1048576 + 10 ))
+  before=$(cksum <"$dir/f.tally")
+  if start_bg "$dir/f.tally"; then fail "checkpoint $what: started"; stop_kill; else
+    grep -q "^error: .*corrupt (zone grid" "$dir/log" && ok || { fail "checkpoint $what: message"; cat "$dir/log"; }
+  fi
+  [ "$(cksum <"$dir/f.tally")" = "$before" ] && ok || fail "checkpoint $what: file changed"
+done
+
+# 6. The undamaged file still recovers everything.
+if start_bg "$dir/base.tally"; then
+  grep -q "recovered checkpoint_op=$checkpoint_op .*commit=$op_max" "$dir/log" && ok || fail "base: wrong recovery"
+  stop_kill
+else fail "base: did not start"; fi
+
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
