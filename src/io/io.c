@@ -233,6 +233,8 @@ static uint32_t reap(struct io *io)
                 tally_assert(io->in_flight > 0);
                 io->in_flight--;
                 count++;
+                if (io->fault != NULL)
+                        result = io->fault(io->fault_context, c, result);
                 c->callback(c, result);
         }
         return count;

@@ -53,6 +53,9 @@ struct io {
         uint64_t in_flight;  /* submitted, completion not yet seen */
         struct io_completion *overflow_head; /* waiting for a free submission slot */
         struct io_completion *overflow_tail;
+        /* Fault injection for tests: may replace an operation's result before its callback. */
+        int32_t (*fault)(void *context, const struct io_completion *completion, int32_t result);
+        void *fault_context;
 };
 
 /* Returns 0, or -errno (with a log line) if io_uring is unavailable. */

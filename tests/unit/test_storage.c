@@ -1,0 +1,292 @@
+/*
+ * test_storage.c: the data file under injected faults (short writes, EIO, ENOSPC) and the
+ * checkpoint protocol: a fault must never be acknowledged and must never damage what the file
+ * already held durably.
+ */
+#include "io/io.h"
+#include "storage/storage.h"
+#include "test.h"
+#include "wire/checksum.h"
+#include "lib/log.h"
+
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static char dir[64];
+static char path[128];
+static struct io io;
+static struct message_pool pool;
+
+enum fault_kind { FAULT_NONE, FAULT_SHORT_WRITE, FAULT_WRITE_EIO, FAULT_WRITE_ENOSPC, FAULT_SYNC_EIO };
+static enum fault_kind fault_kind;
+static uint32_t faults_injected;
+
+static int32_t inject(void *context, const struct io_completion *c, int32_t result)
+{
+        (void)context;
+        if (result < 0)
+                return result;
+        if (c->opcode == IORING_OP_WRITE) {
+                if (fault_kind == FAULT_SHORT_WRITE && c->size > 1) {
+                        /* The kernel wrote everything; pretend only half went, like a real
+                         * short write the caller must finish (rewriting the rest is harmless). */
+                        faults_injected++;
+                        return (int32_t)(c->size / 2);
+                }
+                if (fault_kind == FAULT_WRITE_EIO) {
+                        faults_injected++;
+                        return -EIO;
+                }
+                if (fault_kind == FAULT_WRITE_ENOSPC) {
+                        faults_injected++;
+                        return -ENOSPC;
+                }
+        }
+        if (c->opcode == IORING_OP_FSYNC && fault_kind == FAULT_SYNC_EIO) {
+                faults_injected++;
+                return -EIO;
+        }
+        return result;
+}
+
+static uint32_t acknowledged;
+static void on_durable(void *context, struct message *prepare)
+{
+        (void)context;
+        (void)prepare;
+        acknowledged++;
+}
+
+static struct message *make_prepare(uint64_t op, uint32_t body_size)
+{
+        struct message *m = message_pool_get(&pool);
+        tally_assert(m != NULL);
+        wire_header_init(m->header, COMMAND_PREPARE, 5, 0, WIRE_RELEASE_SERVER, 0);
+        m->header->size = WIRE_HEADER_SIZE + body_size;
+        m->header->prepare.op = op;
+        m->header->prepare.operation = 138;
+        for (uint32_t i = 0; i < body_size; i++)
+                m->buffer[WIRE_HEADER_SIZE + i] = (uint8_t)(op * 7 + i);
+        wire_header_set_checksum_body(m->header, m->buffer + WIRE_HEADER_SIZE, body_size);
+        wire_header_set_checksum(m->header);
+        return m;
+}
+
+static void run_until(struct storage *s, uint32_t *counter, uint32_t target)
+{
+        for (int i = 0; i < 500 && *counter < target && !s->failed; i++)
+                io_run(&io, 2000000, true);
+        for (int i = 0; i < 20; i++)
+                io_run(&io, 1000000, true); /* let stragglers finish */
+}
+
+static bool open_storage(struct storage *s)
+{
+        char error[256];
+        return storage_open(s, &io, &pool, path, error, sizeof(error)) == STORAGE_OK;
+}
+
+static bool prepare_readable(struct storage *s, uint64_t op)
+{
+        struct wire_header h;
+        uint32_t slot = (uint32_t)(op % s->superblock.wal_slot_count);
+        if (!storage_read_wal_header(s, slot, &h) || h.prepare.op != op)
+                return false;
+        struct message *m = message_pool_get(&pool);
+        bool ok = storage_read_prepare(s, slot, &h, m);
+        message_unref(&pool, m);
+        return ok;
+}
+
+static void write_ops(struct storage *s, uint64_t first, uint64_t count)
+{
+        acknowledged = 0;
+        for (uint64_t op = first; op < first + count; op++) {
+                struct message *m = make_prepare(op, 1000 + (uint32_t)op * 13);
+                CHECK(storage_write_prepare(s, m, on_durable, NULL));
+                message_unref(&pool, m);
+        }
+        run_until(s, &acknowledged, (uint32_t)count);
+}
+
+static void test_format_and_open(void)
+{
+        char error[256];
+        struct storage_format_options o = {.cluster = 5, .replica = 0, .replica_count = 1,
+                                           .development = true};
+        CHECK_EQ_U64(storage_format(path, &o, error, sizeof(error)), STORAGE_OK);
+        CHECK_EQ_U64(storage_format(path, &o, error, sizeof(error)), STORAGE_ERROR_EXISTS);
+        char missing[160];
+        snprintf(missing, sizeof(missing), "%s/no/such/dir.tally", dir);
+        CHECK_EQ_U64(storage_format(missing, &o, error, sizeof(error)), STORAGE_ERROR_IO);
+        struct storage s;
+        CHECK(open_storage(&s));
+        CHECK(s.superblock.cluster == 5);
+        CHECK_EQ_U64(s.superblock.checkpoint_op, 0);
+        storage_close(&s);
+}
+
+static void test_writes_durable(void)
+{
+        struct storage s;
+        CHECK(open_storage(&s));
+        fault_kind = FAULT_NONE;
+        write_ops(&s, 1, 20);
+        CHECK_EQ_U64(acknowledged, 20);
+        CHECK(s.syncs >= 1 && s.syncs <= 20); /* grouped */
+        for (uint64_t op = 1; op <= 20; op++)
+                CHECK(prepare_readable(&s, op));
+        storage_close(&s);
+}
+
+static void test_short_writes_completed(void)
+{
+        struct storage s;
+        CHECK(open_storage(&s));
+        fault_kind = FAULT_SHORT_WRITE;
+        faults_injected = 0;
+        write_ops(&s, 21, 10);
+        fault_kind = FAULT_NONE;
+        CHECK(faults_injected > 0);
+        CHECK_EQ_U64(acknowledged, 10);
+        CHECK(!s.failed);
+        for (uint64_t op = 21; op <= 30; op++)
+                CHECK(prepare_readable(&s, op));
+        storage_close(&s);
+}
+
+static void check_fault_not_acknowledged(enum fault_kind kind)
+{
+        struct storage s;
+        CHECK(open_storage(&s));
+        fault_kind = kind;
+        faults_injected = 0;
+        write_ops(&s, 31, 5);
+        fault_kind = FAULT_NONE;
+        CHECK(faults_injected > 0);
+        CHECK_EQ_U64(acknowledged, 0);
+        CHECK(s.failed);
+        /* After a failure nothing more is accepted (no ack can be trusted). */
+        struct message *m = make_prepare(40, 100);
+        CHECK(!storage_write_prepare(&s, m, on_durable, NULL));
+        message_unref(&pool, m);
+        storage_close(&s);
+        /* What was durable before is intact. */
+        CHECK(open_storage(&s));
+        for (uint64_t op = 1; op <= 30; op++)
+                CHECK(prepare_readable(&s, op));
+        storage_close(&s);
+}
+
+static void test_write_eio(void)
+{
+        check_fault_not_acknowledged(FAULT_WRITE_EIO);
+}
+
+static void test_write_enospc(void)
+{
+        check_fault_not_acknowledged(FAULT_WRITE_ENOSPC);
+}
+
+static void test_sync_eio(void)
+{
+        check_fault_not_acknowledged(FAULT_SYNC_EIO);
+}
+
+static uint32_t checkpoints_done;
+static bool checkpoint_ok;
+static void on_checkpoint(void *context, bool ok)
+{
+        (void)context;
+        checkpoints_done++;
+        checkpoint_ok = ok;
+}
+
+static bool checkpoint(struct storage *s, uint64_t op, uint8_t *blob, uint64_t size)
+{
+        struct storage_checkpoint_request r;
+        memset(&r, 0, sizeof(r));
+        r.op = op;
+        r.prepare_checksum = 77;
+        r.timestamp = 1000 + op;
+        r.blob = blob;
+        r.blob_size = size;
+        r.done = on_checkpoint;
+        checkpoints_done = 0;
+        if (!storage_checkpoint_start(s, &r))
+                return false;
+        run_until(s, &checkpoints_done, 1);
+        return checkpoints_done == 1 && checkpoint_ok;
+}
+
+static void test_checkpoints(void)
+{
+        uint64_t size = 3 * GRID_BLOCK_SIZE + 12345;
+        uint8_t *blob = malloc(size);
+        uint8_t *back = malloc(size);
+        for (uint64_t i = 0; i < size; i++)
+                blob[i] = (uint8_t)(i * 31 + 7);
+        struct storage s;
+        CHECK(open_storage(&s));
+        CHECK(checkpoint(&s, 64, blob, size));
+        CHECK_EQ_U64(s.checkpoint.blocks_written, 4);
+        /* Change one block: only it is written again. */
+        blob[GRID_BLOCK_SIZE + 5] ^= 1;
+        CHECK(checkpoint(&s, 128, blob, size));
+        CHECK_EQ_U64(s.checkpoint.blocks_written, 1);
+        CHECK_EQ_U64(s.checkpoint.blocks_reused, 3);
+        storage_close(&s);
+
+        CHECK(open_storage(&s));
+        CHECK_EQ_U64(s.superblock.checkpoint_op, 128);
+        CHECK(s.superblock.checkpoint_prepare_checksum == 77);
+        char error[256];
+        CHECK(storage_read_checkpoint(&s, back, size, error, sizeof(error)) == 0);
+        CHECK(memcmp(blob, back, size) == 0);
+        /* A failing checkpoint leaves the previous one in force. */
+        blob[5] ^= 1;
+        fault_kind = FAULT_WRITE_EIO;
+        CHECK(!checkpoint(&s, 192, blob, size));
+        fault_kind = FAULT_NONE;
+        storage_close(&s);
+        CHECK(open_storage(&s));
+        CHECK_EQ_U64(s.superblock.checkpoint_op, 128);
+        blob[5] ^= 1;
+        CHECK(storage_read_checkpoint(&s, back, size, error, sizeof(error)) == 0);
+        CHECK(memcmp(blob, back, size) == 0);
+        /* A sync failure before the superblock: the same. */
+        blob[7] ^= 1;
+        fault_kind = FAULT_SYNC_EIO;
+        CHECK(!checkpoint(&s, 192, blob, size));
+        fault_kind = FAULT_NONE;
+        storage_close(&s);
+        CHECK(open_storage(&s));
+        CHECK_EQ_U64(s.superblock.checkpoint_op, 128);
+        storage_close(&s);
+        free(blob);
+        free(back);
+}
+
+int main(void)
+{
+        log_set_level(LOG_OFF);
+        snprintf(dir, sizeof(dir), "/tmp/tally-test-storage.XXXXXX");
+        if (mkdtemp(dir) == NULL)
+                return 1;
+        snprintf(path, sizeof(path), "%s/a.tally", dir);
+        if (io_init(&io, 64) != 0 || message_pool_init(&pool, 64) != 0)
+                return 1;
+        io.fault = inject;
+        TEST_RUN(test_format_and_open);
+        TEST_RUN(test_writes_durable);
+        TEST_RUN(test_short_writes_completed);
+        TEST_RUN(test_write_eio);
+        TEST_RUN(test_write_enospc);
+        TEST_RUN(test_sync_eio);
+        TEST_RUN(test_checkpoints);
+        unlink(path);
+        rmdir(dir);
+        TEST_MAIN_END();
+}
