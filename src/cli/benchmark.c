@@ -254,8 +254,9 @@ static void check_create(struct bench *b, struct phase *p, const struct client_c
                 struct wire_create_result first;
                 memcpy(&first, results, sizeof(first));
                 if (b->create_failures == 0)
-                        fprintf(stderr, "%s: request %llu: %u events failed, first index=%u "
-                                        "result=%u\n",
+                        fprintf(stderr,
+                                "%s: request %llu: %u events failed, first index=%u "
+                                "result=%u\n",
                                 p->name, (unsigned long long)c->user_data, count, first.index,
                                 first.result);
                 b->create_failures += count;
@@ -281,8 +282,8 @@ static void check_lookup_accounts(struct bench *b, struct phase *p,
 {
         const uint8_t *results;
         uint32_t count;
-        if (!client_reply_single_batch(c->body, c->body_size, sizeof(struct wire_account),
-                                       &results, &count)) {
+        if (!client_reply_single_batch(c->body, c->body_size, sizeof(struct wire_account), &results,
+                                       &count)) {
                 bench_fail(b, "%s: reply is not a one-batch multi-batch body", p->name);
                 return;
         }
@@ -297,8 +298,9 @@ static void check_lookup_accounts(struct bench *b, struct phase *p,
                     a.debits_pending != 0 || a.credits_pending != 0 || a.ledger != LEDGER ||
                     a.code != CODE || a.flags != 0 || a.timestamp == 0) {
                         if (b->mismatches == 0)
-                                fprintf(stderr, "verify: account index=%llu differs from what "
-                                                "was sent\n",
+                                fprintf(stderr,
+                                        "verify: account index=%llu differs from what "
+                                        "was sent\n",
                                         (unsigned long long)index);
                         b->mismatches++;
                         continue;
@@ -352,14 +354,15 @@ static void check_transfers(struct bench *b, struct phase *p, const struct clien
         for (uint32_t i = 0; i < count; i++) {
                 struct wire_transfer t;
                 memcpy(&t, results + i * sizeof(t), sizeof(t));
-                bool ok = transfer_matches(b, &t) &&
-                          (account == 0 || t.debit_account_id == account ||
-                           t.credit_account_id == account);
+                bool ok =
+                    transfer_matches(b, &t) && (account == 0 || t.debit_account_id == account ||
+                                                t.credit_account_id == account);
                 if (!ok) {
                         if (b->mismatches == 0)
-                                fprintf(stderr, "verify: %s returned a transfer "
-                                                "(user_data_64=%llu) that differs from what "
-                                                "was sent\n",
+                                fprintf(stderr,
+                                        "verify: %s returned a transfer "
+                                        "(user_data_64=%llu) that differs from what "
+                                        "was sent\n",
                                         p->name, (unsigned long long)t.user_data_64);
                         b->mismatches++;
                         continue;
@@ -406,8 +409,7 @@ static void phase_on_done(void *context, const struct client_completion *c)
                            (unsigned long long)c->user_data,
                            c->result == CLIENT_ERROR_TIMEOUT ? "timed out" : "evicted",
                            c->eviction_reason,
-                           client_pool_last_error(b->pool) ? client_pool_last_error(b->pool)
-                                                           : "");
+                           client_pool_last_error(b->pool) ? client_pool_last_error(b->pool) : "");
                 return;
         }
         p->latencies_ns[c->user_data] = c->latency_ns;
@@ -427,12 +429,11 @@ static int phase_run(struct bench *b, struct phase *p)
         p->start_ns = now_ns();
         while (p->done < p->request_count && !b->failed && stop_signal == 0) {
                 int32_t s;
-                while (p->sent < p->request_count &&
-                       (s = client_pool_idle_session(b->pool)) >= 0) {
+                while (p->sent < p->request_count && (s = client_pool_idle_session(b->pool)) >= 0) {
                         uint8_t *body = client_pool_body(b->pool, (uint32_t)s);
                         uint32_t size = p->fill(b, p, body, p->sent);
-                        int rc = client_pool_send(b->pool, (uint32_t)s, p->operation, size,
-                                                  p->sent);
+                        int rc =
+                            client_pool_send(b->pool, (uint32_t)s, p->operation, size, p->sent);
                         if (rc != CLIENT_OK) {
                                 bench_fail(b, "%s: send failed (%d)", p->name, rc);
                                 break;
@@ -495,21 +496,31 @@ static uint64_t div_ceil(uint64_t a, uint64_t b)
 static int bench_run(struct bench *b)
 {
         struct phase phases[] = {
-                {.name = "accounts", .operation = OPERATION_CREATE_ACCOUNTS,
-                 .request_count = div_ceil(b->account_count, b->batch), .fill = fill_accounts,
-                 .check = check_create},
-                {.name = "transfers", .operation = OPERATION_CREATE_TRANSFERS,
-                 .request_count = div_ceil(b->transfer_count, b->batch), .fill = fill_transfers,
-                 .check = check_create},
-                {.name = "lookup_accounts", .operation = OPERATION_LOOKUP_ACCOUNTS,
-                 .request_count = div_ceil(b->account_count, b->batch),
-                 .fill = fill_lookup_accounts, .check = check_lookup_accounts},
-                {.name = "get_account_transfers", .operation = OPERATION_GET_ACCOUNT_TRANSFERS,
-                 .request_count = b->query_count, .fill = fill_account_transfers,
-                 .check = check_account_transfers},
-                {.name = "lookup_transfers", .operation = OPERATION_LOOKUP_TRANSFERS,
-                 .request_count = b->query_count, .fill = fill_lookup_transfers,
-                 .check = check_lookup_transfers},
+            {.name = "accounts",
+             .operation = OPERATION_CREATE_ACCOUNTS,
+             .request_count = div_ceil(b->account_count, b->batch),
+             .fill = fill_accounts,
+             .check = check_create},
+            {.name = "transfers",
+             .operation = OPERATION_CREATE_TRANSFERS,
+             .request_count = div_ceil(b->transfer_count, b->batch),
+             .fill = fill_transfers,
+             .check = check_create},
+            {.name = "lookup_accounts",
+             .operation = OPERATION_LOOKUP_ACCOUNTS,
+             .request_count = div_ceil(b->account_count, b->batch),
+             .fill = fill_lookup_accounts,
+             .check = check_lookup_accounts},
+            {.name = "get_account_transfers",
+             .operation = OPERATION_GET_ACCOUNT_TRANSFERS,
+             .request_count = b->query_count,
+             .fill = fill_account_transfers,
+             .check = check_account_transfers},
+            {.name = "lookup_transfers",
+             .operation = OPERATION_LOOKUP_TRANSFERS,
+             .request_count = b->query_count,
+             .fill = fill_lookup_transfers,
+             .check = check_lookup_transfers},
         };
         int status = 0;
         for (uint32_t i = 0; i < ARRAY_LEN(phases) && status == 0; i++) {
@@ -546,8 +557,9 @@ static int bench_verify_report(struct bench *b)
         format_u128(b->amount_total, total);
         format_u128(b->debits_seen, debits);
         format_u128(b->credits_seen, credits);
-        bool ok = b->mismatches == 0 && b->missing == 0 && b->accounts_checked == b->account_count &&
-                  b->debits_seen == b->amount_total && b->credits_seen == b->amount_total;
+        bool ok = b->mismatches == 0 && b->missing == 0 &&
+                  b->accounts_checked == b->account_count && b->debits_seen == b->amount_total &&
+                  b->credits_seen == b->amount_total;
         printf("verify: %s accounts_checked=%llu transfers_checked=%llu mismatches=%llu "
                "missing=%llu sum_debits=%s sum_credits=%s amount_sent=%s\n",
                ok ? "ok" : "FAILED", (unsigned long long)b->accounts_checked,
@@ -659,8 +671,9 @@ static int server_start(struct server_child *server, u128 cluster)
         char cluster_flag[64], cluster_text[40];
         format_u128(cluster, cluster_text);
         snprintf(cluster_flag, sizeof(cluster_flag), "--cluster=%s", cluster_text);
-        char *format_argv[] = {"tally", "format", cluster_flag, "--replica=0",
-                               "--replica-count=1", server->data_path, NULL};
+        char *format_argv[] = {
+            "tally",           "format", cluster_flag, "--replica=0", "--replica-count=1",
+            server->data_path, NULL};
         int status = 0;
         pid_t pid = run_child(server->log_path, format_argv, false);
         if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
@@ -673,8 +686,7 @@ static int server_start(struct server_child *server, u128 cluster)
                 uint16_t port = free_port();
                 snprintf(server->address, sizeof(server->address), "127.0.0.1:%u", port);
                 char addresses_flag[96], listening[96];
-                snprintf(addresses_flag, sizeof(addresses_flag), "--addresses=%s",
-                         server->address);
+                snprintf(addresses_flag, sizeof(addresses_flag), "--addresses=%s", server->address);
                 snprintf(listening, sizeof(listening), "listening on %s", server->address);
                 char *start_argv[] = {"tally", "start", addresses_flag, server->data_path, NULL};
                 server->pid = run_child(server->log_path, start_argv, true);
@@ -737,16 +749,16 @@ static int parse_choice(const struct flag *flag, const char *a, const char *b, i
 int cli_benchmark(int argc, char **argv)
 {
         struct flag flags[] = {
-                {.name = "addresses", .kind = FLAG_STRING},
-                {.name = "cluster", .kind = FLAG_U128},
-                {.name = "accounts", .kind = FLAG_U64},
-                {.name = "transfers", .kind = FLAG_U64},
-                {.name = "batch", .kind = FLAG_U64},
-                {.name = "clients", .kind = FLAG_U64},
-                {.name = "hot-accounts", .kind = FLAG_STRING},
-                {.name = "id-order", .kind = FLAG_STRING},
-                {.name = "query-count", .kind = FLAG_U64},
-                {.name = "seed", .kind = FLAG_U64},
+            {.name = "addresses", .kind = FLAG_STRING},
+            {.name = "cluster", .kind = FLAG_U128},
+            {.name = "accounts", .kind = FLAG_U64},
+            {.name = "transfers", .kind = FLAG_U64},
+            {.name = "batch", .kind = FLAG_U64},
+            {.name = "clients", .kind = FLAG_U64},
+            {.name = "hot-accounts", .kind = FLAG_STRING},
+            {.name = "id-order", .kind = FLAG_STRING},
+            {.name = "query-count", .kind = FLAG_U64},
+            {.name = "seed", .kind = FLAG_U64},
         };
         char error[512];
         uint32_t positional_count = 0;
@@ -853,12 +865,12 @@ int cli_benchmark(int argc, char **argv)
         fflush(stdout);
 
         struct client_pool_options options = {
-                .addresses = addresses,
-                .address_count = address_count,
-                .cluster = cluster,
-                .session_count = (uint32_t)clients,
-                .request_timeout_ms = 2000,
-                .request_deadline_ms = 60000,
+            .addresses = addresses,
+            .address_count = address_count,
+            .cluster = cluster,
+            .session_count = (uint32_t)clients,
+            .request_timeout_ms = 2000,
+            .request_deadline_ms = 60000,
         };
         b->pool = client_pool_create(&options, error, sizeof(error));
         if (b->pool == NULL) {
@@ -882,8 +894,7 @@ int cli_benchmark(int argc, char **argv)
         printf("client: requests=%llu retransmissions=%llu reconnects=%llu dropped=%llu "
                "sent_mib=%.1f received_mib=%.1f\n",
                (unsigned long long)stats->requests, (unsigned long long)stats->retransmissions,
-               (unsigned long long)stats->reconnects,
-               (unsigned long long)stats->messages_dropped,
+               (unsigned long long)stats->reconnects, (unsigned long long)stats->messages_dropped,
                (double)stats->bytes_sent / 1048576.0, (double)stats->bytes_received / 1048576.0);
         if (server.pid > 0)
                 print_rss(&server, "end");

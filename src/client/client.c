@@ -154,8 +154,8 @@ int client_receive(struct client *c, const struct wire_header **message)
         }
         int64_t deadline = now_ms() + c->timeout_ms;
         for (;;) {
-                int64_t size = client_frame_check(c->recv_buffer, c->recv_size, c->cluster,
-                                                  &c->error);
+                int64_t size =
+                    client_frame_check(c->recv_buffer, c->recv_size, c->cluster, &c->error);
                 if (size < 0)
                         return CLIENT_ERROR_PROTOCOL;
                 if (size > 0) {

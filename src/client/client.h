@@ -69,7 +69,7 @@ struct client {
         uint8_t *recv_buffer; /* WIRE_MESSAGE_SIZE_MAX */
         uint32_t recv_size;
         uint32_t consumed_size; /* of the message handed out last */
-        const char *error; /* what went wrong, for a log line */
+        const char *error;      /* what went wrong, for a log line */
 };
 
 /* Connects (blocking, bounded by timeout_ms). `id` 0 picks a random id. */
@@ -83,8 +83,8 @@ int client_register(struct client *client);
  * Sends one request and waits for its reply. On CLIENT_OK, *reply points into the client's
  * receive buffer (valid until the next call): header then body.
  */
-int client_request(struct client *client, uint8_t operation, const void *body,
-                   uint32_t body_size, const struct wire_header **reply);
+int client_request(struct client *client, uint8_t operation, const void *body, uint32_t body_size,
+                   const struct wire_header **reply);
 
 /* Sends the last request again, byte for byte, and waits for its reply. */
 int client_retransmit(struct client *client, const struct wire_header **reply);
@@ -115,9 +115,9 @@ struct client_pool_options {
 
 struct client_completion {
         uint32_t session;
-        int result;         /* CLIENT_OK, or CLIENT_ERROR_TIMEOUT / _EVICTED */
+        int result; /* CLIENT_OK, or CLIENT_ERROR_TIMEOUT / _EVICTED */
         uint8_t operation;
-        uint64_t user_data; /* as given to client_pool_send */
+        uint64_t user_data;              /* as given to client_pool_send */
         const struct wire_header *reply; /* NULL unless CLIENT_OK; valid during the callback */
         const uint8_t *body;             /* the reply's body, in the receive buffer */
         uint32_t body_size;

@@ -222,8 +222,8 @@ static void connection_ping_prepare(struct client_pool *pool, uint32_t s, uint32
 {
         struct pool_connection *c = &pool->sessions[s].connections[r];
         struct wire_header *h = (struct wire_header *)c->ping;
-        wire_header_init(h, COMMAND_PING_CLIENT, pool->options.cluster, 0,
-                         WIRE_RELEASE_NODE_CLIENT, 0);
+        wire_header_init(h, COMMAND_PING_CLIENT, pool->options.cluster, 0, WIRE_RELEASE_NODE_CLIENT,
+                         0);
         h->size = WIRE_HEADER_SIZE;
         h->ping_client.client = pool->sessions[s].id;
         h->ping_client.ping_timestamp_monotonic = now_ns();
@@ -245,8 +245,7 @@ static void connection_open(struct client_pool *pool, uint32_t s, uint32_t r)
         }
         if (c->connect_failures > 0)
                 pool->stats.reconnects++;
-        c->fd = socket(address->sockaddr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                       0);
+        c->fd = socket(address->sockaddr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (c->fd < 0) {
                 pool_error(pool, "connect failed", s, r, "socket() failed");
                 c->connect_failures++;
@@ -315,16 +314,16 @@ static void session_complete(struct client_pool *pool, uint32_t s, int result,
         tally_assert(session->in_flight);
         const struct wire_header *sent = (const struct wire_header *)session->message;
         struct client_completion completion = {
-                .session = s,
-                .result = result,
-                .operation = sent->request.operation,
-                .user_data = session->user_data,
-                .reply = reply,
-                .body = reply != NULL ? (const uint8_t *)reply + WIRE_HEADER_SIZE : NULL,
-                .body_size = reply != NULL ? reply->size - WIRE_HEADER_SIZE : 0,
-                .latency_ns = now_ns() - session->first_send_ns,
-                .send_count = session->send_count,
-                .eviction_reason = eviction_reason,
+            .session = s,
+            .result = result,
+            .operation = sent->request.operation,
+            .user_data = session->user_data,
+            .reply = reply,
+            .body = reply != NULL ? (const uint8_t *)reply + WIRE_HEADER_SIZE : NULL,
+            .body_size = reply != NULL ? reply->size - WIRE_HEADER_SIZE : 0,
+            .latency_ns = now_ns() - session->first_send_ns,
+            .send_count = session->send_count,
+            .eviction_reason = eviction_reason,
         };
         session->in_flight = false;
         pool->in_flight--;
@@ -333,8 +332,8 @@ static void session_complete(struct client_pool *pool, uint32_t s, int result,
 }
 
 /* Accepts a reply for session s, or drops it (the official client's checks, section 4.4). */
-static bool on_reply(struct client_pool *pool, uint32_t s, uint32_t r,
-                     const struct wire_header *h, client_pool_callback callback, void *context)
+static bool on_reply(struct client_pool *pool, uint32_t s, uint32_t r, const struct wire_header *h,
+                     client_pool_callback callback, void *context)
 {
         struct pool_session *session = &pool->sessions[s];
         const struct wire_header *sent = (const struct wire_header *)session->message;
@@ -393,8 +392,8 @@ static bool on_message(struct client_pool *pool, uint32_t s, uint32_t r,
                 pool_error(pool, "evicted", s, r, "the session is finished");
                 if (session->in_flight) {
                         session_release_output(pool, s, r);
-                        session_complete(pool, s, CLIENT_ERROR_EVICTED, NULL,
-                                         h->eviction.reason, callback, context);
+                        session_complete(pool, s, CLIENT_ERROR_EVICTED, NULL, h->eviction.reason,
+                                         callback, context);
                 }
                 return true;
         case COMMAND_REPLY:
@@ -410,8 +409,8 @@ static void connection_receive(struct client_pool *pool, uint32_t s, uint32_t r,
 {
         struct pool_connection *c = &pool->sessions[s].connections[r];
         while (c->state == CONNECTION_OPEN) {
-                ssize_t n = recv(c->fd, c->recv + c->recv_end, WIRE_MESSAGE_SIZE_MAX - c->recv_end,
-                                 0);
+                ssize_t n =
+                    recv(c->fd, c->recv + c->recv_end, WIRE_MESSAGE_SIZE_MAX - c->recv_end, 0);
                 if (n == 0) {
                         connection_close(pool, s, r, "closed by the server");
                         return;
@@ -498,16 +497,15 @@ static uint64_t pool_timers(struct client_pool *pool, uint64_t now, client_pool_
                         session_release_output(pool, s, ADDRESSES_MAX);
                         for (uint32_t r = 0; r < pool->options.address_count; r++)
                                 connection_close(pool, s, r, NULL);
-                        session_complete(pool, s, CLIENT_ERROR_TIMEOUT, NULL, 0, callback,
-                                         context);
+                        session_complete(pool, s, CLIENT_ERROR_TIMEOUT, NULL, 0, callback, context);
                         continue;
                 }
                 if (session->in_flight && now >= session->resend_ns) {
                         pool->stats.retransmissions++;
                         session->send_count++;
-                        session->timeout_ms = MIN(session->timeout_ms * 2,
-                                                  pool->options.request_timeout_ms *
-                                                          REQUEST_TIMEOUT_MULTIPLE_MAX);
+                        session->timeout_ms =
+                            MIN(session->timeout_ms * 2,
+                                pool->options.request_timeout_ms * REQUEST_TIMEOUT_MULTIPLE_MAX);
                         session->resend_ns = now + session->timeout_ms * 1000000ull;
                         uint32_t n = pool->options.address_count;
                         uint32_t primary = primary_guess(pool);
@@ -648,7 +646,7 @@ struct client_pool *client_pool_create(const struct client_pool_options *options
                options->address_count * sizeof(pool->addresses[0]));
         pool->options.addresses = pool->addresses;
         if (getrandom(&pool->random_state, sizeof(pool->random_state), 0) !=
-                    sizeof(pool->random_state) ||
+                sizeof(pool->random_state) ||
             pool->random_state == 0)
                 pool->random_state = now_ns() | 1;
         pool->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
@@ -689,8 +687,7 @@ struct client_pool *client_pool_create(const struct client_pool_options *options
         if (pool->pong_mask == 0) {
                 /* Not one replica reachable: fail now rather than after the deadline. */
                 snprintf(error, error_size, "no replica answered a ping within %u ms (%s)",
-                         PING_WAIT_MS,
-                         pool->last_error != NULL ? pool->last_error : "no reply");
+                         PING_WAIT_MS, pool->last_error != NULL ? pool->last_error : "no reply");
                 client_pool_destroy(pool);
                 return NULL;
         }
@@ -699,8 +696,8 @@ struct client_pool *client_pool_create(const struct client_pool_options *options
         int failures = 0;
         for (uint32_t s = 0; s < options->session_count; s++) {
                 memset(client_pool_body(pool, s), 0, sizeof(struct wire_register_request));
-                client_pool_send(pool, s, OPERATION_REGISTER,
-                                 sizeof(struct wire_register_request), 0);
+                client_pool_send(pool, s, OPERATION_REGISTER, sizeof(struct wire_register_request),
+                                 0);
         }
         while (pool->in_flight > 0)
                 client_pool_run(pool, 100, register_done, &failures);

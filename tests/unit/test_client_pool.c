@@ -257,12 +257,12 @@ static struct client_pool *pool_open(struct address *addresses, uint32_t count, 
                                      uint32_t timeout_ms, uint32_t deadline_ms)
 {
         struct client_pool_options options = {
-                .addresses = addresses,
-                .address_count = count,
-                .cluster = 0,
-                .session_count = sessions,
-                .request_timeout_ms = timeout_ms,
-                .request_deadline_ms = deadline_ms,
+            .addresses = addresses,
+            .address_count = count,
+            .cluster = 0,
+            .session_count = sessions,
+            .request_timeout_ms = timeout_ms,
+            .request_deadline_ms = deadline_ms,
         };
         char error[256] = "";
         struct client_pool *pool = client_pool_create(&options, error, sizeof(error));
@@ -315,10 +315,10 @@ static void test_pipelining(void)
                 uint32_t sent = 0;
                 while ((s = client_pool_idle_session(pool)) >= 0) {
                         uint8_t *body = client_pool_body(pool, (uint32_t)s);
-                        uint32_t size = client_body_single_batch(body, sizeof(struct wire_transfer),
-                                                                 0);
-                        CHECK_EQ_U64(client_pool_send(pool, (uint32_t)s,
-                                                      OPERATION_CREATE_TRANSFERS, size, sent),
+                        uint32_t size =
+                            client_body_single_batch(body, sizeof(struct wire_transfer), 0);
+                        CHECK_EQ_U64(client_pool_send(pool, (uint32_t)s, OPERATION_CREATE_TRANSFERS,
+                                                      size, sent),
                                      CLIENT_OK);
                         sent++;
                 }
@@ -476,8 +476,8 @@ static void test_nobody_listening(void)
         close(f.listen_fd); /* the port is now closed */
         f.listen_fd = -1;
         free(f.buffer);
-        struct client_pool_options options = {.addresses = &a, .address_count = 1,
-                                              .session_count = 1};
+        struct client_pool_options options = {
+            .addresses = &a, .address_count = 1, .session_count = 1};
         char error[256] = "";
         struct client_pool *pool = client_pool_create(&options, error, sizeof(error));
         CHECK(pool == NULL);
