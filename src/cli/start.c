@@ -84,7 +84,13 @@ static bool env_checkpoint(void *context, const struct replica_checkpoint *check
         request.op = checkpoint->op;
         request.prepare_checksum = checkpoint->prepare_checksum;
         request.timestamp = checkpoint->timestamp;
-        request.blob = checkpoint->blob;
+        tally_assert(checkpoint->extent_count <= STORAGE_CHECKPOINT_EXTENTS_MAX);
+        for (uint32_t i = 0; i < checkpoint->extent_count; i++) {
+                request.extents[i].data = checkpoint->extents[i].data;
+                request.extents[i].size = checkpoint->extents[i].size;
+                request.extents[i].stable = checkpoint->extents[i].stable;
+        }
+        request.extent_count = checkpoint->extent_count;
         request.blob_size = checkpoint->blob_size;
         request.reply_count = checkpoint->reply_count;
         for (uint32_t i = 0; i < checkpoint->reply_count; i++) {

@@ -102,6 +102,8 @@ static bool sqe_fill(struct io *io, struct io_completion *c)
         sqe->opcode = c->opcode;
         sqe->fd = c->fd;
         sqe->user_data = (uint64_t)(uintptr_t)c;
+        if (c->background)
+                sqe->flags |= IOSQE_ASYNC;
         switch (c->opcode) {
         case IORING_OP_ACCEPT:
                 c->address_size = sizeof(c->address);

@@ -21,6 +21,9 @@ struct io_completion {
         void *context;
         struct io_completion *next; /* internal: overflow queue when the ring is full */
         uint8_t opcode;
+        /* Run in a kernel worker, never inline in the submitting system call: for bulk writes
+         * that would otherwise copy into the page cache while the loop waits. */
+        bool background;
         int fd;
         void *buffer;
         uint32_t size;

@@ -101,6 +101,13 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
 struct ledger_stream {
         /* Returns 0 on success, -1 on an error (the whole operation then fails). */
         int (*write)(void *context, const void *data, size_t size);
+        /*
+         * Optional. Bytes of an append-only array that never change again while the ledger
+         * lives (only appends and rollbacks above them happen), always whole multiples of
+         * LEDGER_CHECKPOINT_ALIGN at an aligned stream offset: the writer may reference them
+         * instead of copying. NULL: everything goes through write().
+         */
+        int (*write_stable)(void *context, const void *data, size_t size);
         int (*read)(void *context, void *data, size_t size);
         void *context;
 };

@@ -172,11 +172,14 @@ static int grid_open(struct storage *storage, char *error, size_t error_size)
         storage->checkpoint.entries = calloc(GRID_MANIFEST_ENTRIES_MAX,
                                              sizeof(struct grid_manifest_entry));
         storage->checkpoint.manifest_block = aligned_alloc(4096, GRID_BLOCK_SIZE);
+        storage->manifest_entry_data = calloc(GRID_MANIFEST_ENTRIES_MAX, sizeof(uint8_t *));
+        storage->checkpoint.entry_data = calloc(GRID_MANIFEST_ENTRIES_MAX, sizeof(uint8_t *));
         storage->checkpoint.completions =
                 calloc(GRID_MANIFEST_ENTRIES_MAX + STORAGE_CLIENTS_MAX + SUPERBLOCK_COPIES + 1,
                        sizeof(struct io_completion));
         if (storage->grid_used == NULL || storage->manifest_entries == NULL ||
             storage->checkpoint.entries == NULL || storage->checkpoint.manifest_block == NULL ||
+            storage->manifest_entry_data == NULL || storage->checkpoint.entry_data == NULL ||
             storage->checkpoint.completions == NULL) {
                 snprintf(error, error_size, "out of memory for the grid");
                 return -1;
@@ -235,6 +238,7 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
 {
         memset(storage, 0, sizeof(*storage));
         storage->fd = -1;
+        storage->fd_direct = -1;
         storage->io = io;
         storage->pool = pool;
         int fd = open(path, O_RDWR | O_CLOEXEC);
@@ -303,6 +307,7 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         }
         storage->superblock = *sb;
         storage->fd = fd;
+        storage->fd_direct = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
         if (grid_open(storage, error, error_size) != 0) {
                 storage_close(storage);
                 return STORAGE_ERROR_CORRUPT;
@@ -315,11 +320,18 @@ void storage_close(struct storage *storage)
         if (storage->fd >= 0)
                 close(storage->fd);
         storage->fd = -1;
+        if (storage->fd_direct >= 0)
+                close(storage->fd_direct);
+        storage->fd_direct = -1;
         free(storage->grid_used);
         free(storage->manifest_entries);
         free(storage->checkpoint.entries);
         free(storage->checkpoint.manifest_block);
         free(storage->checkpoint.completions);
+        free(storage->manifest_entry_data);
+        free(storage->checkpoint.entry_data);
+        storage->manifest_entry_data = NULL;
+        storage->checkpoint.entry_data = NULL;
         storage->grid_used = NULL;
         storage->manifest_entries = NULL;
         storage->checkpoint.entries = NULL;
@@ -472,6 +484,7 @@ static uint64_t grid_allocate(struct storage *storage)
 }
 
 static void checkpoint_step(struct storage *storage);
+static void checkpoint_submit(struct storage *storage);
 
 static void on_checkpoint_io(struct io_completion *completion, int32_t result)
 {
@@ -493,6 +506,15 @@ static void on_checkpoint_io(struct io_completion *completion, int32_t result)
         }
         tally_assert(cp->writes_pending > 0);
         cp->writes_pending--;
+        if (cp->stage == 1 && !cp->failed)
+                checkpoint_submit(storage);
+        if (cp->stage == 1 && cp->failed) {
+                /* Never submit the rest; they no longer count. */
+                uint32_t unsubmitted = cp->completion_count - cp->completion_submitted;
+                tally_assert(cp->writes_pending >= unsubmitted);
+                cp->writes_pending -= unsubmitted;
+                cp->completion_submitted = cp->completion_count;
+        }
         if (cp->writes_pending == 0)
                 checkpoint_step(storage);
 }
@@ -502,10 +524,42 @@ static struct io_completion *checkpoint_completion(struct storage *storage)
         struct storage_checkpoint *cp = &storage->checkpoint;
         struct io_completion *c = &cp->completions[cp->completion_count++];
         memset(c, 0, sizeof(*c));
+        c->background = true; /* megabytes of blocks: keep them off the loop's thread */
         c->callback = on_checkpoint_io;
         c->context = storage;
         cp->writes_pending++;
         return c;
+}
+
+/*
+ * A bulk checkpoint write: O_DIRECT when available (every buffer here is page aligned and has
+ * room up to the next 4 KiB, so the length is rounded up; the extra bytes stay inside the
+ * block's or slot's own space and are never read as data).
+ */
+static void checkpoint_write(struct storage *storage, const void *data, uint32_t size,
+                             uint64_t offset)
+{
+        struct io_completion *c = checkpoint_completion(storage);
+        c->buffer = (void *)data;
+        c->size = size;
+        c->offset = offset;
+        c->fd = storage->fd;
+        if (storage->fd_direct >= 0 && ((uintptr_t)data % 4096) == 0 && offset % 4096 == 0) {
+                c->fd = storage->fd_direct;
+                c->size = (size + 4095u) & ~4095u;
+        }
+}
+
+/* Submits queued stage 1 writes up to the window. */
+static void checkpoint_submit(struct storage *storage)
+{
+        struct storage_checkpoint *cp = &storage->checkpoint;
+        while (cp->completion_submitted < cp->completion_count &&
+               cp->completion_submitted - (cp->completion_count - cp->writes_pending) <
+                       STORAGE_CHECKPOINT_WRITES_IN_FLIGHT) {
+                struct io_completion *c = &cp->completions[cp->completion_submitted++];
+                io_write(storage->io, c, c->fd, c->buffer, c->size, c->offset);
+        }
 }
 
 static void checkpoint_finish(struct storage *storage, bool ok)
@@ -518,6 +572,8 @@ static void checkpoint_finish(struct storage *storage, bool ok)
                 storage->manifest_entry_count = header.entry_count;
                 memcpy(storage->manifest_entries, cp->manifest_block + sizeof(header),
                        header.entry_count * sizeof(struct grid_manifest_entry));
+                memcpy(storage->manifest_entry_data, cp->entry_data,
+                       header.entry_count * sizeof(uint8_t *));
                 /* Blocks only the old checkpoint used are free again. */
                 memset(storage->grid_used, 0, GRID_BLOCKS_MAX / 8);
                 grid_mark(storage, storage->superblock.manifest_address);
@@ -551,6 +607,7 @@ static void checkpoint_step(struct storage *storage)
                 return;
         }
         cp->completion_count = 0;
+        cp->completion_submitted = 0;
         if (cp->stage == 1 || cp->stage == 3) {
                 cp->stage++;
                 struct io_completion *c = checkpoint_completion(storage);
@@ -590,6 +647,7 @@ bool storage_checkpoint_start(struct storage *storage,
         cp->stage = 1;
         cp->request = *request;
         cp->completion_count = 0;
+        cp->completion_submitted = 0;
         cp->writes_pending = 0;
         cp->blocks_written = 0;
         cp->blocks_reused = 0;
@@ -597,13 +655,34 @@ bool storage_checkpoint_start(struct storage *storage,
                 message_ref(request->replies[i].reply);
         /* One pending count for the set-up itself, so callbacks cannot finish the stage early. */
         cp->writes_pending++;
+        uint32_t extent = 0;
+        uint64_t extent_offset = 0;
         for (uint64_t i = 0; i < block_count; i++) {
-                uint64_t offset = i * GRID_BLOCK_SIZE;
-                uint32_t size = (uint32_t)MIN((uint64_t)GRID_BLOCK_SIZE, request->blob_size - offset);
+                while (extent < request->extent_count &&
+                       extent_offset == request->extents[extent].size) {
+                        extent++;
+                        extent_offset = 0;
+                }
+                tally_assert(extent < request->extent_count);
+                const struct storage_extent *x = &request->extents[extent];
+                uint32_t size = (uint32_t)MIN((uint64_t)GRID_BLOCK_SIZE, x->size - extent_offset);
+                /* A block never spans two extents: all but the last are whole blocks. */
+                tally_assert(size == GRID_BLOCK_SIZE || extent + 1 == request->extent_count);
+                const uint8_t *data = x->data + extent_offset;
+                extent_offset += size;
                 struct grid_manifest_entry *e = &cp->entries[i];
                 memset(e, 0, sizeof(*e));
                 e->size = size;
-                e->checksum = checksum(request->blob + offset, size);
+                cp->entry_data[i] = x->stable ? data : NULL;
+                if (x->stable && i < storage->manifest_entry_count &&
+                    storage->manifest_entry_data[i] == data &&
+                    storage->manifest_entries[i].size == size) {
+                        /* The same immutable memory as last time: the same block. */
+                        *e = storage->manifest_entries[i];
+                        cp->blocks_reused++;
+                        continue;
+                }
+                e->checksum = checksum(data, size);
                 /* Unchanged since the durable checkpoint: share its block. */
                 if (i < storage->manifest_entry_count &&
                     storage->manifest_entries[i].size == size &&
@@ -618,9 +697,7 @@ bool storage_checkpoint_start(struct storage *storage,
                         break;
                 }
                 cp->blocks_written++;
-                struct io_completion *c = checkpoint_completion(storage);
-                io_write(storage->io, c, storage->fd, request->blob + offset, size,
-                         grid_block_offset(storage, e->address));
+                checkpoint_write(storage, data, size, grid_block_offset(storage, e->address));
         }
         uint64_t manifest_address = cp->failed ? 0 : grid_allocate(storage);
         if (manifest_address == 0)
@@ -637,17 +714,14 @@ bool storage_checkpoint_start(struct storage *storage,
                 memcpy(cp->manifest_block, &header, sizeof(header));
                 memcpy(cp->manifest_block + sizeof(header), cp->entries,
                        block_count * sizeof(struct grid_manifest_entry));
-                struct io_completion *c = checkpoint_completion(storage);
-                io_write(storage->io, c, storage->fd, cp->manifest_block, manifest_size,
-                         grid_block_offset(storage, manifest_address));
+                checkpoint_write(storage, cp->manifest_block, manifest_size,
+                                 grid_block_offset(storage, manifest_address));
                 for (uint32_t i = 0; i < request->reply_count; i++) {
                         const struct storage_reply_write *r = &request->replies[i];
                         tally_assert(r->slot < STORAGE_REPLY_SLOTS);
-                        c = checkpoint_completion(storage);
-                        io_write(storage->io, c, storage->fd, r->reply->buffer,
-                                 r->reply->header->size,
-                                 storage->superblock.client_replies_offset +
-                                         (uint64_t)r->slot * WIRE_MESSAGE_SIZE_MAX);
+                        checkpoint_write(storage, r->reply->buffer, r->reply->header->size,
+                                         storage->superblock.client_replies_offset +
+                                                 (uint64_t)r->slot * WIRE_MESSAGE_SIZE_MAX);
                 }
                 struct superblock *next = &cp->superblock_next;
                 *next = storage->superblock;
@@ -665,6 +739,14 @@ bool storage_checkpoint_start(struct storage *storage,
         }
         /* Drop the set-up count; if nothing was queued, step now. */
         cp->writes_pending--;
+        if (cp->failed) {
+                /* Nothing was submitted: count the queued writes as done and fail. */
+                cp->writes_pending = 0;
+                checkpoint_step(storage);
+                return true;
+        }
+        cp->completion_submitted = 0;
+        checkpoint_submit(storage);
         if (cp->writes_pending == 0)
                 checkpoint_step(storage);
         return true;

@@ -120,13 +120,30 @@ struct storage_reply_write {
         uint32_t slot;
 };
 
+/* A piece of a checkpoint blob in memory; all but the last are whole grid blocks. */
+struct storage_extent {
+        const uint8_t *data;
+        uint64_t size;
+        /* The bytes at `data` never change: a block seen at the same address in the previous
+         * checkpoint is known equal without reading it again. */
+        bool stable;
+};
+#define STORAGE_CHECKPOINT_EXTENTS_MAX 64u
+/*
+ * Checkpoint block writes in flight at once. A checkpoint can be hundreds of megabytes; sent
+ * all at once they would queue ahead of the journal's writes and syncs on the device and stall
+ * every request for as long as they take. A small window keeps the device queue short.
+ */
+#define STORAGE_CHECKPOINT_WRITES_IN_FLIGHT 4u
+
 /* Everything a checkpoint makes durable; the blob and replies stay untouched until `done`. */
 struct storage_checkpoint_request {
         uint64_t op;
         u128 prepare_checksum;
         uint64_t timestamp;
-        const uint8_t *blob;
-        uint64_t blob_size;
+        struct storage_extent extents[STORAGE_CHECKPOINT_EXTENTS_MAX]; /* the blob, in order */
+        uint32_t extent_count;
+        uint64_t blob_size; /* sum of the extents */
         struct storage_reply_write replies[STORAGE_CLIENTS_MAX];
         uint32_t reply_count;
         void (*done)(void *context, bool ok);
@@ -155,7 +172,9 @@ struct storage_checkpoint {
         struct storage_checkpoint_request request;
         struct io_completion *completions; /* one per block write, reply and copy */
         uint32_t completion_count;
+        uint32_t completion_submitted; /* stage 1 writes go out a window at a time */
         struct grid_manifest_entry *entries; /* the new manifest's entries */
+        const uint8_t **entry_data;          /* their stable memory, or NULL */
         uint8_t *manifest_block;
         struct superblock superblock_next;
         struct superblock copies[SUPERBLOCK_COPIES];
@@ -165,6 +184,12 @@ struct storage_checkpoint {
 
 struct storage {
         int fd;
+        /*
+         * The same file opened O_DIRECT, for checkpoint blocks and replies, or -1 where the
+         * file system refuses it. Bulk writes that bypass the page cache do not make the
+         * journal's next fdatasync wait for them to be written back.
+         */
+        int fd_direct;
         struct io *io;
         struct message_pool *pool;
         struct superblock superblock;
@@ -176,6 +201,7 @@ struct storage {
         uint64_t *grid_used;
         uint64_t grid_block_count; /* blocks the file holds now */
         struct grid_manifest_entry *manifest_entries; /* of the current checkpoint */
+        const uint8_t **manifest_entry_data; /* stable memory each block was written from */
         uint32_t manifest_entry_count;
         struct storage_checkpoint checkpoint;
         uint64_t checkpoints;

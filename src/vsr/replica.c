@@ -495,14 +495,48 @@ static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
         send_to(r, target, reply);
 }
 
+/* Copies into the checkpoint buffer, growing the current copied extent. */
 static int memory_write(void *context, const void *data, size_t size)
 {
         struct replica *r = context;
         struct replica_checkpoint *cp = &r->checkpoint;
-        if (cp->blob_size + size > r->config.checkpoint_buffer_size)
+        if (cp->buffer_used + size > r->config.checkpoint_buffer_size)
                 return -1;
-        memcpy(r->checkpoint_buffer + cp->blob_size, data, size);
+        uint8_t *target = r->checkpoint_buffer + cp->buffer_used;
+        memcpy(target, data, size);
+        bool extends = cp->extent_count > 0 &&
+                       cp->extents[cp->extent_count - 1].data +
+                                       cp->extents[cp->extent_count - 1].size ==
+                               target;
+        if (!extends) {
+                if (cp->extent_count == REPLICA_CHECKPOINT_EXTENTS_MAX)
+                        return -1;
+                cp->extents[cp->extent_count].data = target;
+                cp->extents[cp->extent_count].size = 0;
+                cp->extents[cp->extent_count].stable = false;
+                cp->extent_count++;
+        }
+        cp->extents[cp->extent_count - 1].size += size;
+        cp->buffer_used += size;
         cp->blob_size += size;
+        return 0;
+}
+
+/* References an immutable piece of the ledger in place. */
+static int memory_write_stable(void *context, const void *data, size_t size)
+{
+        struct replica *r = context;
+        struct replica_checkpoint *cp = &r->checkpoint;
+        tally_assert(size % LEDGER_CHECKPOINT_ALIGN == 0);
+        tally_assert(cp->blob_size % LEDGER_CHECKPOINT_ALIGN == 0);
+        if (cp->extent_count == REPLICA_CHECKPOINT_EXTENTS_MAX)
+                return -1;
+        cp->extents[cp->extent_count].data = data;
+        cp->extents[cp->extent_count].size = size;
+        cp->extents[cp->extent_count].stable = true;
+        cp->extent_count++;
+        cp->blob_size += size;
+        /* The next copied piece starts a new extent. */
         return 0;
 }
 
@@ -534,11 +568,11 @@ static void checkpoint_maybe(struct replica *r, const struct message *prepare)
                 return;
         }
         struct replica_checkpoint *cp = &r->checkpoint;
+        uint64_t started_ns = r->env.realtime_ns(r->env.context); /* for the log line only */
         memset(cp, 0, sizeof(*cp));
         cp->op = op;
         cp->prepare_checksum = prepare->header->checksum;
         cp->timestamp = r->timestamp_last;
-        cp->blob = r->checkpoint_buffer;
         struct checkpoint_header header;
         memset(&header, 0, sizeof(header));
         memcpy(header.magic, CHECKPOINT_MAGIC, 8);
@@ -546,6 +580,11 @@ static void checkpoint_maybe(struct replica *r, const struct message *prepare)
         header.session_count = REPLICA_CLIENTS_MAX;
         /* The ledger's part starts block-aligned, so unchanged blocks can be shared. */
         cp->blob_size = LEDGER_CHECKPOINT_ALIGN;
+        cp->buffer_used = LEDGER_CHECKPOINT_ALIGN;
+        cp->extents[0].data = r->checkpoint_buffer;
+        cp->extents[0].size = LEDGER_CHECKPOINT_ALIGN;
+        cp->extents[0].stable = false;
+        cp->extent_count = 1;
         tally_assert(sizeof(header) + REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session) <=
                      LEDGER_CHECKPOINT_ALIGN);
         memset(r->checkpoint_buffer, 0, LEDGER_CHECKPOINT_ALIGN);
@@ -572,7 +611,11 @@ static void checkpoint_maybe(struct replica *r, const struct message *prepare)
                 memcpy(r->checkpoint_buffer + sizeof(header) + i * sizeof(s), &s, sizeof(s));
         }
         uint64_t ledger_start = cp->blob_size;
-        struct ledger_stream stream = {.write = memory_write, .context = r};
+        struct ledger_stream stream = {
+                .write = memory_write,
+                .write_stable = memory_write_stable,
+                .context = r,
+        };
         if (ledger_checkpoint_write(r->ledger, &stream) != 0) {
                 log_error("checkpoint does not fit its buffer op=%llu bytes_max=%llu",
                           (unsigned long long)op,
@@ -582,6 +625,10 @@ static void checkpoint_maybe(struct replica *r, const struct message *prepare)
         }
         header.ledger_size = cp->blob_size - ledger_start;
         memcpy(r->checkpoint_buffer, &header, sizeof(header));
+        log_info("checkpoint started op=%llu bytes=%llu copied_bytes=%llu serialize_us=%llu",
+                 (unsigned long long)op, (unsigned long long)cp->blob_size,
+                 (unsigned long long)cp->buffer_used,
+                 (unsigned long long)((r->env.realtime_ns(r->env.context) - started_ns) / 1000));
         r->checkpoint_in_progress = true;
         if (!r->env.checkpoint(r->env.context, cp, on_checkpoint_done, r)) {
                 r->checkpoint_in_progress = false;

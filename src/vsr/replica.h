@@ -33,13 +33,26 @@ struct replica_reply_write {
         uint32_t slot;
 };
 
-/* What a checkpoint makes durable: the state blob as of `op` and the changed replies. */
+#define REPLICA_CHECKPOINT_EXTENTS_MAX 64u
+
+/*
+ * What a checkpoint makes durable: the state blob as of `op` and the changed replies. The blob
+ * is a list of extents: pieces copied into the checkpoint buffer, and pieces of the ledger's
+ * append-only arrays referenced in place (they do not change). All but the last extent are
+ * whole multiples of LEDGER_CHECKPOINT_ALIGN.
+ */
 struct replica_checkpoint {
         uint64_t op;
         u128 prepare_checksum; /* of the prepare at op: where the hash chain resumes */
         uint64_t timestamp;    /* the cluster timestamp at op */
-        const uint8_t *blob;
-        uint64_t blob_size;
+        struct {
+                const uint8_t *data;
+                uint64_t size;
+                bool stable; /* ledger memory that never changes, referenced in place */
+        } extents[REPLICA_CHECKPOINT_EXTENTS_MAX];
+        uint32_t extent_count;
+        uint64_t blob_size;   /* sum of the extents */
+        uint64_t buffer_used; /* bytes of the checkpoint buffer the copied extents use */
         struct replica_reply_write replies[REPLICA_CLIENTS_MAX];
         uint32_t reply_count;
 };

@@ -1334,7 +1334,7 @@ static void test_checkpoint(void)
         static uint8_t stream_a[1 << 24], stream_b[1 << 24];
         build_state();
         struct memory_stream ma = {stream_a, 0, sizeof(stream_a), 0};
-        struct ledger_stream sa = {memory_write, memory_read, &ma};
+        struct ledger_stream sa = {.write = memory_write, .read = memory_read, .context = &ma};
         CHECK_EQ_U64(ledger_checkpoint_write(ledger, &sa), 0);
 
         struct ledger_config config = {
@@ -1343,7 +1343,7 @@ static void test_checkpoint(void)
         tally_assert(copy != NULL);
         CHECK_EQ_U64(ledger_checkpoint_read(copy, &sa), 0);
         struct memory_stream mb = {stream_b, 0, sizeof(stream_b), 0};
-        struct ledger_stream sb = {memory_write, memory_read, &mb};
+        struct ledger_stream sb = {.write = memory_write, .read = memory_read, .context = &mb};
         CHECK_EQ_U64(ledger_checkpoint_write(copy, &sb), 0);
         CHECK_EQ_U64(ma.size, mb.size);
         CHECK(memcmp(stream_a, stream_b, ma.size) == 0);
