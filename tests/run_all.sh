@@ -45,6 +45,10 @@ else
   TOTAL_FAILED=$((TOTAL_FAILED + 1))
 fi
 
+section "tally benchmark (smoke)"
+timeout 300 tests/server/benchmark_smoke.sh ./tally >"$WORK/bench-smoke.out" 2>&1; rc=$?
+cat "$WORK/bench-smoke.out"; record "benchmark smoke" "$WORK/bench-smoke.out" $rc
+
 section "crash recovery: SIGKILL at random moments (release and sanitizer builds)"
 mkdir -p "$WORK/crash"
 seed=${TALLY_CRASH_SEED:-$(( $(date +%s) % 100000 ))}
