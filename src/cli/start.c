@@ -116,74 +116,48 @@ static int read_reply(void *context, uint32_t slot, u128 reply_checksum, struct 
         return 0;
 }
 
-/*
- * Rebuilds the state: the checkpoint the superblock names, then every journaled prepare after
- * it whose checksums and hash chain hold. A damaged entry at the head of the journal (a write
- * torn by a crash, never acknowledged) is dropped with a log line; a damaged entry with intact
- * entries after it cannot be repaired by a single replica and stops the start.
- */
+static bool read_header(void *context, uint32_t slot, struct wire_header *into)
+{
+        struct server *s = context;
+        return storage_read_wal_header(&s->storage, slot, into);
+}
+
+static bool read_prepare(void *context, uint32_t slot, const struct wire_header *header,
+                         struct message *into)
+{
+        struct server *s = context;
+        return storage_read_prepare(&s->storage, slot, header, into);
+}
+
+/* Rebuilds the state from the data file: the checkpoint, then the journal after it. */
 static int recover(struct server *s, char *error, size_t error_size)
 {
         const struct superblock *sb = &s->storage.superblock;
         uint64_t started = io_monotonic_ns();
+        struct replica_durable durable = {
+                .view = sb->view,
+                .log_view = sb->log_view,
+                .fresh = sb->commit == 0 && sb->checkpoint_op == 0,
+                .context = s,
+                .read_reply = read_reply,
+                .read_header = read_header,
+                .read_prepare = read_prepare,
+        };
         if (sb->manifest_address != 0) {
                 uint8_t *blob = s->replica.checkpoint_buffer;
                 if (storage_read_checkpoint(&s->storage, blob,
                                             s->replica.config.checkpoint_buffer_size, error,
                                             error_size) != 0)
                         return -1;
-                if (replica_restore(&s->replica, blob, sb->checkpoint_size, sb->checkpoint_op,
-                                    sb->checkpoint_prepare_checksum, sb->checkpoint_timestamp,
-                                    read_reply, s, error, error_size) != 0)
-                        return -1;
+                durable.checkpoint_blob = blob;
+                durable.checkpoint_size = sb->checkpoint_size;
+                durable.checkpoint_op = sb->checkpoint_op;
+                durable.checkpoint_prepare_checksum = sb->checkpoint_prepare_checksum;
+                durable.checkpoint_timestamp = sb->checkpoint_timestamp;
         }
-        uint64_t checkpoint_op = sb->checkpoint_op;
-        /* The head: the highest op after the checkpoint with an intact header. */
-        uint64_t head = checkpoint_op;
-        static struct wire_header header;
-        for (uint32_t slot = 0; slot < sb->wal_slot_count; slot++) {
-                if (storage_read_wal_header(&s->storage, slot, &header) &&
-                    header.prepare.op % sb->wal_slot_count == slot &&
-                    header.prepare.op > head &&
-                    header.prepare.op <= checkpoint_op + sb->wal_slot_count)
-                        head = header.prepare.op;
-        }
-        struct message *prepare = message_pool_get(&s->pool);
-        tally_assert(prepare != NULL);
-        uint64_t replayed = 0;
-        for (uint64_t op = checkpoint_op + 1; op <= head; op++) {
-                uint32_t slot = (uint32_t)(op % sb->wal_slot_count);
-                const char *zone = NULL;
-                if (!storage_read_wal_header(&s->storage, slot, &header) ||
-                    header.prepare.op != op)
-                        zone = "wal headers";
-                else if (!storage_read_prepare(&s->storage, slot, &header, prepare))
-                        zone = "wal prepares";
-                char reason[256] = "";
-                if (zone == NULL &&
-                    replica_replay(&s->replica, prepare, reason, sizeof(reason)) != 0)
-                        zone = "wal (hash chain)";
-                if (zone == NULL) {
-                        replayed++;
-                        continue;
-                }
-                if (op == head) {
-                        log_warn("journal head truncated: entry is torn or corrupt op=%llu "
-                                 "zone=\"%s\" %s",
-                                 (unsigned long long)op, zone, reason);
-                        break;
-                }
-                snprintf(error, error_size,
-                         "journal entry for op %llu is corrupt (zone %s) and ops up to %llu "
-                         "follow it; a single replica has no peer to repair it from",
-                         (unsigned long long)op, zone, (unsigned long long)head);
-                message_unref(&s->pool, prepare);
+        if (replica_open(&s->replica, &durable, error, error_size) != 0)
                 return -1;
-        }
-        message_unref(&s->pool, prepare);
-        log_info("recovered checkpoint_op=%llu replayed=%llu commit=%llu duration_ms=%llu",
-                 (unsigned long long)checkpoint_op, (unsigned long long)replayed,
-                 (unsigned long long)s->replica.commit,
+        log_info("recovery took duration_ms=%llu",
                  (unsigned long long)((io_monotonic_ns() - started) / 1000000));
         return 0;
 }

@@ -789,3 +789,62 @@ int replica_replay(struct replica *r, struct message *prepare, char *error, size
         r->replaying = false;
         return 0;
 }
+
+int replica_open(struct replica *r, const struct replica_durable *d, char *error,
+                 size_t error_size)
+{
+        r->view = d->view;
+        if (d->checkpoint_blob != NULL &&
+            replica_restore(r, d->checkpoint_blob, d->checkpoint_size, d->checkpoint_op,
+                            d->checkpoint_prepare_checksum, d->checkpoint_timestamp,
+                            d->read_reply, d->context, error, error_size) != 0)
+                return -1;
+        uint64_t checkpoint_op = d->checkpoint_blob != NULL ? d->checkpoint_op : 0;
+        uint32_t slots = r->config.wal_slot_count;
+        /* The head: the highest op after the checkpoint with an intact header. */
+        uint64_t head = checkpoint_op;
+        static struct wire_header header;
+        for (uint32_t slot = 0; slot < slots; slot++) {
+                if (d->read_header(d->context, slot, &header) &&
+                    header.prepare.op % slots == slot && header.prepare.op > head &&
+                    header.prepare.op <= checkpoint_op + slots)
+                        head = header.prepare.op;
+        }
+        struct message *prepare = message_pool_get(r->pool);
+        tally_assert(prepare != NULL);
+        uint64_t replayed = 0;
+        int result = 0;
+        for (uint64_t op = checkpoint_op + 1; op <= head; op++) {
+                uint32_t slot = (uint32_t)(op % slots);
+                const char *zone = NULL;
+                if (!d->read_header(d->context, slot, &header) || header.prepare.op != op)
+                        zone = "wal headers";
+                else if (!d->read_prepare(d->context, slot, &header, prepare))
+                        zone = "wal prepares";
+                char reason[256] = "";
+                if (zone == NULL && replica_replay(r, prepare, reason, sizeof(reason)) != 0)
+                        zone = "wal (hash chain)";
+                if (zone == NULL) {
+                        replayed++;
+                        continue;
+                }
+                if (op == head) {
+                        log_warn("journal head truncated: entry is torn or corrupt op=%llu "
+                                 "zone=\"%s\" %s",
+                                 (unsigned long long)op, zone, reason);
+                        break;
+                }
+                snprintf(error, error_size,
+                         "journal entry for op %llu is corrupt (zone %s) and ops up to %llu "
+                         "follow it; a single replica has no peer to repair it from",
+                         (unsigned long long)op, zone, (unsigned long long)head);
+                result = -1;
+                break;
+        }
+        message_unref(r->pool, prepare);
+        if (result == 0)
+                log_info("recovered checkpoint_op=%llu replayed=%llu commit=%llu",
+                         (unsigned long long)checkpoint_op, (unsigned long long)replayed,
+                         (unsigned long long)r->commit);
+        return result;
+}

@@ -70,6 +70,47 @@ struct replica_env {
         /* Make a checkpoint durable; `done` runs once it is (ok) or failed. False: busy. */
         bool (*checkpoint)(void *context, const struct replica_checkpoint *checkpoint,
                            void (*done)(void *replica, bool ok), void *replica);
+
+        /* ---- used only with more than one replica ---- */
+
+        /* Queue a message to another replica; dropped if there is no connection to it. */
+        void (*send_to_replica)(void *context, uint8_t replica, struct message *message);
+        /*
+         * Read the journaled prepare of `op` into `into` (synchronous). False unless the slot
+         * holds that op with header checksum `checksum` (any, when 0) and an intact body.
+         */
+        bool (*journal_read)(void *context, uint64_t op, u128 checksum, struct message *into);
+        /* Persist view and log_view; `done` runs once durable. False: busy, try again. */
+        bool (*view_write)(void *context, uint32_t view, uint32_t log_view,
+                           void (*done)(void *replica), void *replica);
+        /*
+         * State sync, serving side: copy `size` bytes at `offset` of the durable checkpoint's
+         * blob into `into`. Returns the bytes copied, or -1.
+         */
+        int64_t (*checkpoint_read)(void *context, uint64_t offset, uint8_t *into, uint32_t size);
+};
+
+/*
+ * What a replica's own data file holds when it starts, as the host read it: the durable view
+ * state, the checkpoint, and access to the journal. replica_open() rebuilds the state from it.
+ */
+struct replica_durable {
+        uint32_t view;
+        uint32_t log_view;
+        /* Formatted and never joined a cluster with data: must not vote until it has synced. */
+        bool fresh;
+        const uint8_t *checkpoint_blob; /* NULL: no checkpoint yet */
+        uint64_t checkpoint_size;
+        uint64_t checkpoint_op;
+        u128 checkpoint_prepare_checksum;
+        uint64_t checkpoint_timestamp;
+        void *context;
+        int (*read_reply)(void *context, uint32_t slot, u128 checksum, struct message *into);
+        /* The header in journal slot `slot`; false if torn, corrupt or never written. */
+        bool (*read_header)(void *context, uint32_t slot, struct wire_header *into);
+        /* The whole prepare in `slot`, matching `header`; false if torn or corrupt. */
+        bool (*read_prepare)(void *context, uint32_t slot, const struct wire_header *header,
+                             struct message *into);
 };
 
 struct replica_config {
@@ -161,10 +202,15 @@ void replica_on_connection_closed(struct replica *replica, replica_connection co
 void replica_tick(struct replica *replica);
 
 /*
- * Recovery, before serving: restore the state a checkpoint blob holds (read_reply fills a
- * session's reply from its slot), then replay each journaled prepare after it, in op order.
- * Each returns 0, or -1 with the reason in `error`.
+ * Recovery, before serving: restore the checkpoint, then replay the journal after it. With one
+ * replica a damaged entry at the head is dropped and one before the head is fatal (no peer can
+ * repair it); with several, damaged entries are left for repair from peers. Returns 0, or -1
+ * with the reason (naming the op and zone) in `error`.
  */
+int replica_open(struct replica *replica, const struct replica_durable *durable, char *error,
+                 size_t error_size);
+
+/* The building blocks of replica_open(), exposed for tests. */
 int replica_restore(struct replica *replica, const uint8_t *blob, uint64_t blob_size,
                     uint64_t checkpoint_op, u128 prepare_checksum, uint64_t timestamp,
                     int (*read_reply)(void *context, uint32_t slot, u128 checksum,
