@@ -462,6 +462,8 @@ static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
         r->stats.commits++;
         if (p->prepare.operation == OPERATION_PULSE) {
                 r->stats.pulses++;
+                if (r->env.committed != NULL)
+                        r->env.committed(r->env.context, e->prepare, NULL);
                 return;
         }
         struct wire_header *h = reply->header;
@@ -478,6 +480,8 @@ static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
         wire_header_set_checksum_body(h, message_body(reply), body_size);
         wire_reply_set_context(h);
         wire_header_set_checksum(h);
+        if (r->env.committed != NULL)
+                r->env.committed(r->env.context, e->prepare, reply);
         if (entry == NULL) {
                 /* The session was evicted while its request was in the pipeline. */
                 return;

@@ -88,6 +88,10 @@ struct replica_env {
          * blob into `into`. Returns the bytes copied, or -1.
          */
         int64_t (*checkpoint_read)(void *context, uint64_t offset, uint8_t *into, uint32_t size);
+
+        /* Optional, for the simulator's checks: every prepare this replica commits, in order. */
+        void (*committed)(void *context, const struct message *prepare,
+                          const struct message *reply);
 };
 
 /*
