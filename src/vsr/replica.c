@@ -1,12 +1,23 @@
 /*
- * replica.c: request checks, sessions, the prepare pipeline and commit (see replica.h).
+ * replica.c: one replica's dealings with clients and its own state: request checks, sessions
+ * and their cached replies, forwarding to the primary, executing committed prepares in op
+ * order, checkpoints and recovery. The protocol between replicas (prepares, commits, view
+ * changes, repair) is in replication.c.
+ *
+ * Client sessions follow TigerBeetle 0.16.68 (wire-protocol.md sections 4 and 7): a register
+ * creates a session when it commits (session = its op), every request chains to the previous
+ * reply's context, the latest reply is kept and resent for a retransmission, and evictions use
+ * TigerBeetle's reasons. Sessions are replicated state: every replica executes the same
+ * prepares, so every replica holds the same sessions and the same replies, and any replica a
+ * client is connected to can answer it.
  */
-#include "vsr/replica.h"
+#include "vsr/replica_internal.h"
 #include "lib/log.h"
 #include "wire/checksum.h"
 #include "wire/types.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -40,16 +51,16 @@ int replica_init(struct replica *r, const struct replica_config *config,
 {
         memset(r, 0, sizeof(*r));
         tally_assert(config->replica < config->replica_count);
-        tally_assert(config->replica < WIRE_REPLICAS_MAX);
+        tally_assert(config->replica_count <= WIRE_REPLICAS_MAX);
         tally_assert(config->request_size_max > WIRE_HEADER_SIZE);
         tally_assert(config->request_size_max <= WIRE_MESSAGE_SIZE_MAX);
+        tally_assert(config->checkpoint_interval > 0);
+        tally_assert(config->wal_slot_count >= 2 * config->checkpoint_interval +
+                                                       REPLICA_PIPELINE_MAX);
         r->config = *config;
         r->env = *env;
         r->pool = pool;
         r->ledger = ledger;
-        tally_assert(config->checkpoint_interval > 0);
-        tally_assert(config->wal_slot_count >= 2 * config->checkpoint_interval +
-                                                       REPLICA_PIPELINE_MAX);
         r->checkpoint_buffer = mmap(NULL, config->checkpoint_buffer_size, PROT_READ | PROT_WRITE,
                                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (r->checkpoint_buffer == MAP_FAILED) {
@@ -58,6 +69,13 @@ int replica_init(struct replica *r, const struct replica_config *config,
                           (unsigned long long)config->checkpoint_buffer_size);
                 return -1;
         }
+        r->journal_headers = calloc(config->wal_slot_count, sizeof(struct wire_header));
+        r->journal_state = calloc(config->wal_slot_count, 1);
+        if (r->journal_headers == NULL || r->journal_state == NULL) {
+                log_error("cannot allocate the journal index slots=%u", config->wal_slot_count);
+                return -1;
+        }
+        replication_init(r);
         return 0;
 }
 
@@ -67,18 +85,15 @@ void replica_deinit(struct replica *r)
                 if (r->clients[i].reply != NULL)
                         message_unref(r->pool, r->clients[i].reply);
         }
-        for (uint32_t k = 0; k < r->pipeline_count; k++) {
-                struct replica_pipeline_entry *e =
-                        &r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX];
-                message_unref(r->pool, e->prepare);
-                message_unref(r->pool, e->reply);
-        }
+        replication_deinit(r);
         for (uint32_t k = 0; k < r->queue_count; k++) {
                 message_unref(r->pool,
                               r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX].request);
         }
         if (r->checkpoint_buffer != NULL)
                 munmap(r->checkpoint_buffer, r->config.checkpoint_buffer_size);
+        free(r->journal_headers);
+        free(r->journal_state);
         memset(r, 0, sizeof(*r));
 }
 
@@ -96,14 +111,49 @@ static struct replica_client *client_find(struct replica *r, u128 client)
         return NULL;
 }
 
-static void send_to(struct replica *r, replica_connection connection, struct message *m)
+void replica_send_to(struct replica *r, replica_connection connection, struct message *m)
 {
         if (connection != 0)
                 r->env.send(r->env.context, connection, m);
 }
 
-static void send_eviction(struct replica *r, replica_connection connection, u128 client,
-                          uint8_t reason)
+struct replica_client_connection *replica_client_connection(struct replica *r, u128 client)
+{
+        for (uint32_t i = 0; i < REPLICA_CLIENT_CONNECTIONS_MAX; i++) {
+                if (r->connections[i].connection != 0 && r->connections[i].client == client)
+                        return &r->connections[i];
+        }
+        return NULL;
+}
+
+/* Remembers that `client` talks to this replica over `connection`. */
+void replica_client_seen(struct replica *r, u128 client, replica_connection connection,
+                         uint32_t request)
+{
+        struct replica_client_connection *c = replica_client_connection(r, client);
+        if (c == NULL) {
+                /* A free entry, else the one unused for longest. */
+                c = &r->connections[0];
+                for (uint32_t i = 0; i < REPLICA_CLIENT_CONNECTIONS_MAX; i++) {
+                        struct replica_client_connection *x = &r->connections[i];
+                        if (x->connection == 0) {
+                                c = x;
+                                break;
+                        }
+                        if (x->tick < c->tick)
+                                c = x;
+                }
+                memset(c, 0, sizeof(*c));
+                c->client = client;
+        }
+        c->connection = connection;
+        if (request > c->request)
+                c->request = request;
+        c->tick = r->tick;
+}
+
+void replica_send_eviction(struct replica *r, replica_connection connection, u128 client,
+                           uint8_t reason)
 {
         struct message *m = message_pool_get(r->pool);
         if (m == NULL)
@@ -118,7 +168,7 @@ static void send_eviction(struct replica *r, replica_connection connection, u128
         r->stats.evictions_sent++;
         log_info("client evicted client=%016llx%016llx reason=%u", U128_HI(client),
                  U128_LO(client), reason);
-        send_to(r, connection, m);
+        replica_send_to(r, connection, m);
         message_unref(r->pool, m);
 }
 
@@ -160,73 +210,112 @@ static bool operation_valid(uint8_t operation)
         return operation >= 128 && ledger_operation_valid(operation);
 }
 
-static void prepare_pump(struct replica *r);
-
-static void on_request(struct replica *r, replica_connection connection, struct message *m)
+/* The checks that do not depend on sessions; false if the request was answered or dropped. */
+static bool request_well_formed(struct replica *r, replica_connection connection,
+                                const struct message *m)
 {
         const struct wire_header *h = m->header;
         const struct wire_request *req = &h->request;
-        r->stats.requests_received++;
-        if (h->view > r->view)
-                return drop(r, h, "request from a newer view");
-        if (h->release < WIRE_RELEASE_CLIENT_MIN)
-                return send_eviction(r, connection, req->client, EVICTION_CLIENT_RELEASE_TOO_LOW);
-        if (h->release > WIRE_RELEASE_SERVER)
-                return send_eviction(r, connection, req->client,
-                                     EVICTION_CLIENT_RELEASE_TOO_HIGH);
-        if (h->size > r->config.request_size_max)
-                return send_eviction(r, connection, req->client,
-                                     EVICTION_INVALID_REQUEST_BODY_SIZE);
-        if (!operation_valid(req->operation))
-                return send_eviction(r, connection, req->client,
-                                     EVICTION_INVALID_REQUEST_OPERATION);
+        if (h->release < WIRE_RELEASE_CLIENT_MIN) {
+                replica_send_eviction(r, connection, req->client, EVICTION_CLIENT_RELEASE_TOO_LOW);
+                return false;
+        }
+        if (h->release > WIRE_RELEASE_SERVER) {
+                replica_send_eviction(r, connection, req->client,
+                                      EVICTION_CLIENT_RELEASE_TOO_HIGH);
+                return false;
+        }
+        if (h->size > r->config.request_size_max) {
+                replica_send_eviction(r, connection, req->client,
+                                      EVICTION_INVALID_REQUEST_BODY_SIZE);
+                return false;
+        }
+        if (!operation_valid(req->operation)) {
+                replica_send_eviction(r, connection, req->client,
+                                      EVICTION_INVALID_REQUEST_OPERATION);
+                return false;
+        }
         if (req->operation != OPERATION_REGISTER &&
             !ledger_input_valid(r->ledger, req->operation, m->buffer + WIRE_HEADER_SIZE,
-                                h->size - WIRE_HEADER_SIZE))
-                return send_eviction(r, connection, req->client, EVICTION_INVALID_REQUEST_BODY);
+                                h->size - WIRE_HEADER_SIZE)) {
+                replica_send_eviction(r, connection, req->client, EVICTION_INVALID_REQUEST_BODY);
+                return false;
+        }
         if (req->operation == OPERATION_REGISTER &&
-            h->size != WIRE_HEADER_SIZE + sizeof(struct wire_register_request))
-                return send_eviction(r, connection, req->client,
-                                     EVICTION_INVALID_REQUEST_BODY_SIZE);
+            h->size != WIRE_HEADER_SIZE + sizeof(struct wire_register_request)) {
+                replica_send_eviction(r, connection, req->client,
+                                      EVICTION_INVALID_REQUEST_BODY_SIZE);
+                return false;
+        }
+        return true;
+}
 
+/*
+ * The primary's session checks (wire-protocol.md 7.1, steps 13-16). True if the request is to be
+ * prepared; otherwise it was answered (cached reply, eviction) or dropped.
+ */
+bool replica_request_acceptable(struct replica *r, replica_connection connection,
+                                struct message *m)
+{
+        const struct wire_header *h = m->header;
+        const struct wire_request *req = &h->request;
         struct replica_client *entry = client_find(r, req->client);
         if (entry != NULL) {
-                /* The client's newest connection is where its replies go. */
-                entry->connection = connection;
                 if (req->operation != OPERATION_REGISTER) {
-                        if (req->session < entry->session)
-                                return send_eviction(r, connection, req->client,
-                                                     EVICTION_SESSION_TOO_LOW);
-                        if (req->session > entry->session)
-                                return drop(r, h, "session from the future");
+                        if (req->session < entry->session) {
+                                replica_send_eviction(r, connection, req->client,
+                                                      EVICTION_SESSION_TOO_LOW);
+                                return false;
+                        }
+                        if (req->session > entry->session) {
+                                drop(r, h, "session from the future");
+                                return false;
+                        }
                 }
-                if (h->release != entry->release)
-                        return send_eviction(r, connection, req->client,
-                                             EVICTION_SESSION_RELEASE_MISMATCH);
-                if (req->request < entry->request)
-                        return drop(r, h, "older request");
+                if (h->release != entry->release) {
+                        replica_send_eviction(r, connection, req->client,
+                                              EVICTION_SESSION_RELEASE_MISMATCH);
+                        return false;
+                }
+                if (req->request < entry->request) {
+                        drop(r, h, "older request");
+                        return false;
+                }
                 if (req->request == entry->request) {
-                        if (h->checksum != entry->reply->header->reply.request_checksum)
-                                return drop(r, h, "request collision");
+                        if (h->checksum != entry->reply->header->reply.request_checksum) {
+                                drop(r, h, "request collision");
+                                return false;
+                        }
                         r->stats.replies_resent++;
-                        send_to(r, connection, entry->reply);
-                        return;
+                        replica_send_to(r, connection, entry->reply);
+                        return false;
                 }
-                if (req->request != entry->request + 1)
-                        return drop(r, h, "request number skips ahead");
-                if (req->parent != entry->reply->header->reply.context)
-                        return drop(r, h, "parent does not match the previous reply");
+                if (req->request != entry->request + 1) {
+                        drop(r, h, "request number skips ahead");
+                        return false;
+                }
+                if (req->parent != entry->reply->header->reply.context) {
+                        drop(r, h, "parent does not match the previous reply");
+                        return false;
+                }
         } else if (req->operation != OPERATION_REGISTER) {
                 bool is_register = false;
-                if (client_in_flight(r, req->client, &is_register) && is_register)
-                        return drop(r, h, "register still in the pipeline");
-                return send_eviction(r, connection, req->client, EVICTION_NO_SESSION);
+                if (client_in_flight(r, req->client, &is_register) && is_register) {
+                        drop(r, h, "register still in the pipeline");
+                        return false;
+                }
+                replica_send_eviction(r, connection, req->client, EVICTION_NO_SESSION);
+                return false;
         }
         bool is_register = false;
-        if (client_in_flight(r, req->client, &is_register))
-                return drop(r, h, "request already in the pipeline");
-        if (r->queue_count == REPLICA_REQUEST_QUEUE_MAX)
-                return drop(r, h, "request queue full");
+        if (client_in_flight(r, req->client, &is_register)) {
+                drop(r, h, "request already in the pipeline");
+                return false;
+        }
+        if (r->queue_count == REPLICA_REQUEST_QUEUE_MAX) {
+                drop(r, h, "request queue full");
+                return false;
+        }
         if (req->operation != OPERATION_REGISTER &&
             !ledger_capacity_available(r->ledger, req->operation, m->buffer + WIRE_HEADER_SIZE,
                                        h->size - WIRE_HEADER_SIZE,
@@ -236,31 +325,84 @@ static void on_request(struct replica *r, replica_connection connection, struct 
                         log_error("request refused: ledger capacity exhausted; start with larger "
                                   "capacities refused_total=%llu",
                                   (unsigned long long)r->stats.refused_capacity);
-                return drop(r, h, "ledger capacity exhausted");
+                drop(r, h, "ledger capacity exhausted");
+                return false;
         }
+        return true;
+}
+
+/*
+ * A backup's answer to a client request (wire-protocol.md 7.2), extended so that a client
+ * given only this replica's address is fully served: the cached reply if this is the latest
+ * request, otherwise the request goes to the primary unchanged.
+ */
+static void backup_on_request(struct replica *r, replica_connection connection,
+                              struct message *m)
+{
+        const struct wire_header *h = m->header;
+        struct replica_client *entry = client_find(r, h->request.client);
+        if (entry != NULL && h->request.request == entry->request &&
+            h->checksum == entry->reply->header->reply.request_checksum) {
+                r->stats.replies_resent++;
+                replica_send_to(r, connection, entry->reply);
+                return;
+        }
+        if (entry != NULL && h->request.request < entry->request)
+                return drop(r, h, "older request");
+        if (r->status != REPLICA_STATUS_NORMAL)
+                return drop(r, h, "view change in progress");
+        r->stats.requests_forwarded++;
+        r->env.send_to_replica(r->env.context, replica_primary_index(r, r->view), m);
+}
+
+static void on_request(struct replica *r, replica_connection connection, struct message *m,
+                       bool from_peer)
+{
+        const struct wire_header *h = m->header;
+        const struct wire_request *req = &h->request;
+        r->stats.requests_received++;
+        if (!from_peer)
+                replica_client_seen(r, req->client, connection, req->request);
+        if (r->status != REPLICA_STATUS_NORMAL && !replica_is_primary(r))
+                return drop(r, h, "not in normal status");
+        if (!replica_is_primary(r)) {
+                if (from_peer)
+                        return drop(r, h, "forwarded request reached a backup");
+                return backup_on_request(r, connection, m);
+        }
+        if (r->status != REPLICA_STATUS_NORMAL)
+                return drop(r, h, "view change in progress");
+        /* A client may know a newer view than a lagging primary; it retries. */
+        if (h->view > r->view)
+                return drop(r, h, "request from a newer view");
+        if (!request_well_formed(r, connection, m))
+                return;
+        if (!replica_request_acceptable(r, connection, m))
+                return;
         struct replica_queued_request *q =
                 &r->queue[(r->queue_head + r->queue_count) % REPLICA_REQUEST_QUEUE_MAX];
         q->request = message_ref(m);
-        q->connection = connection;
+        q->connection = from_peer ? 0 : connection;
         r->queue_count++;
         if (req->operation != OPERATION_REGISTER)
                 r->pending_create_events += ledger_timestamp_delta(
                         req->operation, m->buffer + WIRE_HEADER_SIZE, h->size - WIRE_HEADER_SIZE);
-        prepare_pump(r);
+        replication_prepare_pump(r);
 }
 
 static void on_ping_client(struct replica *r, replica_connection connection, struct message *m)
 {
         const struct wire_header *h = m->header;
-        if (h->release < WIRE_RELEASE_CLIENT_MIN)
-                return send_eviction(r, connection, h->ping_client.client,
-                                     EVICTION_CLIENT_RELEASE_TOO_LOW);
-        if (h->release > WIRE_RELEASE_SERVER)
-                return send_eviction(r, connection, h->ping_client.client,
-                                     EVICTION_CLIENT_RELEASE_TOO_HIGH);
-        struct replica_client *entry = client_find(r, h->ping_client.client);
-        if (entry != NULL)
-                entry->connection = connection;
+        if (h->release < WIRE_RELEASE_CLIENT_MIN || h->release > WIRE_RELEASE_SERVER) {
+                /* Every replica drops such a ping; the primary also evicts (7.1). */
+                if (replica_is_primary(r))
+                        replica_send_eviction(r, connection, h->ping_client.client,
+                                              h->release < WIRE_RELEASE_CLIENT_MIN
+                                                      ? EVICTION_CLIENT_RELEASE_TOO_LOW
+                                                      : EVICTION_CLIENT_RELEASE_TOO_HIGH);
+                return;
+        }
+        replica_client_seen(r, h->ping_client.client, connection, 0);
         struct message *pong = message_pool_get(r->pool);
         if (pong == NULL)
                 return;
@@ -269,129 +411,90 @@ static void on_ping_client(struct replica *r, replica_connection connection, str
         pong->header->pong_client.ping_timestamp_monotonic =
                 h->ping_client.ping_timestamp_monotonic;
         wire_header_set_checksum(pong->header);
-        send_to(r, connection, pong);
+        replica_send_to(r, connection, pong);
         message_unref(r->pool, pong);
+}
+
+/* An eviction the primary sent for a request this backup forwarded: pass it to the client. */
+static void on_eviction_from_peer(struct replica *r, struct message *m)
+{
+        struct replica_client_connection *c = replica_client_connection(r, m->header->eviction.client);
+        if (c != NULL)
+                replica_send_to(r, c->connection, m);
+}
+
+static bool command_from_replica(uint8_t command)
+{
+        switch (command) {
+        case COMMAND_PING:
+        case COMMAND_PONG:
+        case COMMAND_PREPARE:
+        case COMMAND_PREPARE_OK:
+        case COMMAND_COMMIT:
+        case COMMAND_START_VIEW_CHANGE:
+        case COMMAND_DO_VIEW_CHANGE:
+        case COMMAND_REQUEST_START_VIEW:
+        case COMMAND_REQUEST_HEADERS:
+        case COMMAND_REQUEST_PREPARE:
+        case COMMAND_REQUEST_REPLY:
+        case COMMAND_HEADERS:
+        case COMMAND_REQUEST_BLOCKS:
+        case COMMAND_BLOCK:
+        case COMMAND_START_VIEW:
+                return true;
+        default:
+                return false;
+        }
 }
 
 void replica_on_message(struct replica *r, replica_connection connection, struct message *m)
 {
-        switch (m->header->command) {
+        uint8_t command = m->header->command;
+        if (command_from_replica(command)) {
+                if (r->config.replica_count > 1 && m->header->replica < r->config.replica_count &&
+                    m->header->replica != r->config.replica)
+                        replication_on_message(r, connection, m);
+                return;
+        }
+        switch (command) {
         case COMMAND_REQUEST:
-                on_request(r, connection, m);
+                /* A request on a replica's connection was forwarded by a backup. */
+                on_request(r, connection, m,
+                           r->env.connection_is_replica != NULL &&
+                                   r->env.connection_is_replica(r->env.context, connection));
                 break;
         case COMMAND_PING_CLIENT:
                 on_ping_client(r, connection, m);
                 break;
+        case COMMAND_EVICTION:
+                /* Only the primary evicts; it sends evictions for forwarded requests here. */
+                if (r->env.connection_is_replica != NULL &&
+                    r->env.connection_is_replica(r->env.context, connection))
+                        on_eviction_from_peer(r, m);
+                break;
         default:
-                log_debug("message ignored command=%s", wire_command_name(m->header->command));
+                log_debug("message ignored command=%s", wire_command_name(command));
                 break;
         }
 }
 
 void replica_on_connection_closed(struct replica *r, replica_connection connection)
 {
-        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
-                if (r->clients[i].used && r->clients[i].connection == connection)
-                        r->clients[i].connection = 0;
+        for (uint32_t i = 0; i < REPLICA_CLIENT_CONNECTIONS_MAX; i++) {
+                if (r->connections[i].connection == connection)
+                        r->connections[i].connection = 0;
+        }
+        for (uint32_t k = 0; k < r->queue_count; k++) {
+                struct replica_queued_request *q =
+                        &r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX];
+                if (q->connection == connection)
+                        q->connection = 0;
         }
 }
 
-static void on_prepare_durable(void *context, struct message *prepare);
-
-/* The cluster timestamp of the next prepare (ledger-semantics.md section 2.1). */
-static uint64_t timestamp_next(struct replica *r, uint32_t delta)
+void replica_tick(struct replica *r)
 {
-        uint64_t now = r->env.realtime_ns(r->env.context);
-        uint64_t base = MAX(r->timestamp_last + 1, now);
-        r->timestamp_last = base + delta;
-        return r->timestamp_last;
-}
-
-/* Turns a request (or, with request == NULL, a pulse) into the next prepare. */
-static bool prepare_one(struct replica *r, const struct message *request,
-                        replica_connection connection)
-{
-        if (r->pipeline_count == REPLICA_PIPELINE_MAX)
-                return false;
-        /* The journal slot of the next op must not hold an op the durable checkpoint lacks. */
-        if (r->op + 1 >= r->checkpoint_op_durable + r->config.wal_slot_count) {
-                r->stats.wal_full_stalls++;
-                return false;
-        }
-        struct message *p = message_pool_get(r->pool);
-        if (p == NULL)
-                return false;
-        struct message *reply = message_pool_get(r->pool);
-        if (reply == NULL) {
-                message_unref(r->pool, p);
-                return false;
-        }
-        struct wire_header *h = p->header;
-        uint8_t operation = OPERATION_PULSE;
-        uint32_t body_size = 0;
-        uint32_t delta = LEDGER_PULSE_TIMESTAMP_DELTA;
-        uint32_t release = WIRE_RELEASE_SERVER;
-        if (request != NULL) {
-                const struct wire_header *rh = request->header;
-                operation = rh->request.operation;
-                body_size = rh->size - WIRE_HEADER_SIZE;
-                release = rh->release;
-                memcpy(message_body(p), message_body(request), body_size);
-                delta = 0;
-                if (operation == OPERATION_REGISTER) {
-                        struct wire_register_request body;
-                        memset(&body, 0, sizeof(body));
-                        body.batch_size_limit = replica_batch_size_limit(r);
-                        memcpy(message_body(p), &body, sizeof(body));
-                } else {
-                        delta = ledger_timestamp_delta(operation, message_body(request),
-                                                       body_size);
-                }
-        }
-        wire_header_init(h, COMMAND_PREPARE, r->config.cluster, r->view, release,
-                         r->config.replica);
-        h->size = WIRE_HEADER_SIZE + body_size;
-        h->prepare.parent = r->parent;
-        h->prepare.op = r->op + 1;
-        h->prepare.commit = r->commit;
-        h->prepare.timestamp = timestamp_next(r, delta);
-        h->prepare.operation = operation;
-        if (request != NULL) {
-                h->prepare.request_checksum = request->header->checksum;
-                h->prepare.client = request->header->request.client;
-                h->prepare.request = request->header->request.request;
-        }
-        wire_header_set_checksum_body(h, message_body(p), body_size);
-        wire_header_set_checksum(h);
-        if (!r->env.journal_write(r->env.context, p, on_prepare_durable, r)) {
-                message_unref(r->pool, p);
-                message_unref(r->pool, reply);
-                return false;
-        }
-        r->op++;
-        r->parent = h->checksum;
-        struct replica_pipeline_entry *e =
-                &r->pipeline[(r->pipeline_head + r->pipeline_count) % REPLICA_PIPELINE_MAX];
-        e->prepare = p;
-        e->reply = reply;
-        e->connection = connection;
-        e->durable = false;
-        r->pipeline_count++;
-        r->stats.prepares++;
-        return true;
-}
-
-static void prepare_pump(struct replica *r)
-{
-        while (r->queue_count > 0) {
-                struct replica_queued_request *q = &r->queue[r->queue_head];
-                if (!prepare_one(r, q->request, q->connection))
-                        return;
-                message_unref(r->pool, q->request);
-                q->request = NULL;
-                r->queue_head = (r->queue_head + 1) % REPLICA_REQUEST_QUEUE_MAX;
-                r->queue_count--;
-        }
+        replication_tick(r);
 }
 
 /* Creates the session of a committed register, evicting the oldest session if full. */
@@ -419,20 +522,26 @@ static struct replica_client *session_create(struct replica *r, const struct wir
                          (unsigned long long)entry->session);
                 message_unref(r->pool, entry->reply);
         }
+        uint32_t reply_slot = entry->reply_slot;
         memset(entry, 0, sizeof(*entry));
         entry->used = true;
         entry->client = p->prepare.client;
         entry->session = p->prepare.op;
         entry->release = p->release;
+        entry->reply_slot = reply_slot; /* the slot pair belongs to the table entry */
         return entry;
 }
 
-/* Executes the prepare at the head of the pipeline and answers its client. */
-static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
+/*
+ * Executes the next committed prepare and builds its reply in `reply` (consumed). Every
+ * replica does this for every op, in op order, so sessions and replies are replicated state.
+ * The reply leaves through this replica's connection to the client if it has one and either
+ * is the primary or received this very request.
+ */
+void replica_execute(struct replica *r, struct message *prepare, struct message *reply)
 {
-        const struct wire_header *p = e->prepare->header;
+        const struct wire_header *p = prepare->header;
         tally_assert(p->prepare.op == r->commit + 1);
-        struct message *reply = e->reply;
         uint32_t body_size = 0;
         struct replica_client *entry = NULL;
         if (p->prepare.operation == OPERATION_REGISTER) {
@@ -444,31 +553,33 @@ static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
                 body_size = sizeof(result);
         } else {
                 body_size = ledger_execute(r->ledger, p->prepare.operation, p->prepare.timestamp,
-                                           message_body(e->prepare),
-                                           p->size - WIRE_HEADER_SIZE, message_body(reply));
+                                           message_body(prepare), p->size - WIRE_HEADER_SIZE,
+                                           message_body(reply));
                 tally_assert(body_size <= WIRE_BODY_SIZE_MAX);
                 uint32_t events = ledger_timestamp_delta(p->prepare.operation,
-                                                         message_body(e->prepare),
+                                                         message_body(prepare),
                                                          p->size - WIRE_HEADER_SIZE);
                 if (p->prepare.operation != OPERATION_PULSE) {
-                        tally_assert(r->pending_create_events >= events);
-                        r->pending_create_events -= events;
+                        r->pending_create_events -= MIN(r->pending_create_events, events);
                         r->stats.events_committed += events;
                 }
                 if (p->prepare.client != 0)
                         entry = client_find(r, p->prepare.client);
         }
         r->commit = p->prepare.op;
+        if (r->commit_max < r->commit)
+                r->commit_max = r->commit;
         r->stats.commits++;
         if (p->prepare.operation == OPERATION_PULSE) {
                 r->stats.pulses++;
                 if (r->env.committed != NULL)
-                        r->env.committed(r->env.context, e->prepare, NULL);
+                        r->env.committed(r->env.context, prepare, NULL);
+                message_unref(r->pool, reply);
                 return;
         }
         struct wire_header *h = reply->header;
-        wire_header_init(h, COMMAND_REPLY, r->config.cluster, p->view, p->release,
-                         r->config.replica);
+        /* Every field comes from the prepare, so every replica builds the same reply. */
+        wire_header_init(h, COMMAND_REPLY, r->config.cluster, p->view, p->release, p->replica);
         h->size = WIRE_HEADER_SIZE + body_size;
         h->reply.request_checksum = p->prepare.request_checksum;
         h->reply.client = p->prepare.client;
@@ -481,22 +592,22 @@ static void commit_one(struct replica *r, struct replica_pipeline_entry *e)
         wire_reply_set_context(h);
         wire_header_set_checksum(h);
         if (r->env.committed != NULL)
-                r->env.committed(r->env.context, e->prepare, reply);
+                r->env.committed(r->env.context, prepare, reply);
         if (entry == NULL) {
                 /* The session was evicted while its request was in the pipeline. */
+                message_unref(r->pool, reply);
                 return;
         }
         entry->request = p->prepare.request;
         if (entry->reply != NULL)
                 message_unref(r->pool, entry->reply);
-        entry->reply = message_ref(reply);
+        entry->reply = reply;
         entry->reply_dirty = true;
-        replica_connection target = entry->connection;
-        if (target == 0 || !r->env.connection_alive(r->env.context, target))
-                target = e->connection;
-        if (entry->connection == 0)
-                entry->connection = e->connection;
-        send_to(r, target, reply);
+        struct replica_client_connection *c = replica_client_connection(r, entry->client);
+        if (!r->replaying && c != NULL &&
+            (replica_is_primary(r) || c->request >= p->prepare.request ||
+             p->prepare.operation == OPERATION_REGISTER))
+                replica_send_to(r, c->connection, reply);
 }
 
 /* Copies into the checkpoint buffer, growing the current copied extent. */
@@ -556,11 +667,11 @@ static void on_checkpoint_done(void *context, bool ok)
         log_info("checkpoint durable op=%llu bytes=%llu replies=%u",
                  (unsigned long long)r->checkpoint.op,
                  (unsigned long long)r->checkpoint.blob_size, r->checkpoint.reply_count);
-        prepare_pump(r);
+        replication_prepare_pump(r);
 }
 
 /* After committing a multiple of the checkpoint interval, write the state as of that op. */
-static void checkpoint_maybe(struct replica *r, const struct message *prepare)
+void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
 {
         uint64_t op = prepare->header->prepare.op;
         if (op % r->config.checkpoint_interval != 0)
@@ -640,51 +751,6 @@ static void checkpoint_maybe(struct replica *r, const struct message *prepare)
         }
 }
 
-static void commit_pipeline(struct replica *r)
-{
-        while (r->pipeline_count > 0) {
-                struct replica_pipeline_entry *e = &r->pipeline[r->pipeline_head];
-                if (!e->durable)
-                        break;
-                commit_one(r, e);
-                checkpoint_maybe(r, e->prepare);
-                message_unref(r->pool, e->prepare);
-                message_unref(r->pool, e->reply);
-                memset(e, 0, sizeof(*e));
-                r->pipeline_head = (r->pipeline_head + 1) % REPLICA_PIPELINE_MAX;
-                r->pipeline_count--;
-        }
-        prepare_pump(r);
-}
-
-static void on_prepare_durable(void *context, struct message *prepare)
-{
-        struct replica *r = context;
-        uint64_t op = prepare->header->prepare.op;
-        for (uint32_t k = 0; k < r->pipeline_count; k++) {
-                struct replica_pipeline_entry *e =
-                        &r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX];
-                if (e->prepare->header->prepare.op == op) {
-                        tally_assert(e->prepare == prepare);
-                        e->durable = true; /* the quorum of a one-replica cluster */
-                        commit_pipeline(r);
-                        return;
-                }
-        }
-        tally_assert(false && "durable prepare not in the pipeline");
-}
-
-void replica_tick(struct replica *r)
-{
-        prepare_pump(r);
-        if (r->pipeline_count == 0 && r->queue_count == 0) {
-                uint64_t now = r->env.realtime_ns(r->env.context);
-                if (ledger_pulse_needed(r->ledger, MAX(now, r->timestamp_last + 1) +
-                                                           LEDGER_PULSE_TIMESTAMP_DELTA))
-                        prepare_one(r, NULL, 0);
-        }
-}
-
 struct memory_reader {
         const uint8_t *data;
         uint64_t size;
@@ -758,11 +824,13 @@ int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
         }
         r->op = checkpoint_op;
         r->commit = checkpoint_op;
+        r->commit_max = checkpoint_op;
         r->parent = prepare_checksum;
         r->timestamp_last = timestamp;
         r->checkpoint_op_durable = checkpoint_op;
         return 0;
 }
+
 
 int replica_replay(struct replica *r, struct message *prepare, char *error, size_t error_size)
 {
@@ -773,13 +841,8 @@ int replica_replay(struct replica *r, struct message *prepare, char *error, size
                          (unsigned long long)h->prepare.op, (unsigned long long)r->op);
                 return -1;
         }
-        struct replica_pipeline_entry e = {
-                .prepare = prepare,
-                .reply = message_pool_get(r->pool),
-                .connection = 0,
-                .durable = true,
-        };
-        tally_assert(e.reply != NULL);
+        struct message *reply = message_pool_get(r->pool);
+        tally_assert(reply != NULL);
         r->replaying = true;
         if (h->prepare.operation != OPERATION_REGISTER && h->prepare.operation != OPERATION_PULSE)
                 r->pending_create_events += ledger_timestamp_delta(
@@ -787,23 +850,71 @@ int replica_replay(struct replica *r, struct message *prepare, char *error, size
         r->op = h->prepare.op;
         r->parent = h->checksum;
         r->timestamp_last = MAX(r->timestamp_last, h->prepare.timestamp);
-        commit_one(r, &e);
-        checkpoint_maybe(r, prepare);
-        message_unref(r->pool, e.reply);
+        uint32_t slot = replica_slot(r, r->op);
+        r->journal_headers[slot] = *h;
+        r->journal_state[slot] = SLOT_DURABLE;
+        replica_execute(r, prepare, reply);
+        replica_checkpoint_maybe(r, prepare);
         r->replaying = false;
         return 0;
+}
+
+/* Multi-replica start: journal entries after the checkpoint are known but not executed. */
+static void open_replicated(struct replica *r, const struct replica_durable *d,
+                            uint64_t checkpoint_op)
+{
+        uint32_t slots = r->config.wal_slot_count;
+        static struct wire_header header;
+        struct message *prepare = message_pool_get(r->pool);
+        tally_assert(prepare != NULL);
+        uint64_t present = 0, missing = 0;
+        for (uint64_t op = checkpoint_op + 1; op <= checkpoint_op + slots; op++) {
+                uint32_t slot = (uint32_t)(op % slots);
+                if (!d->read_header(d->context, slot, &header) || header.prepare.op != op ||
+                    header.prepare.parent != r->parent)
+                        break;
+                r->journal_headers[slot] = header;
+                /* A damaged body keeps its header: the op stays in the log and is repaired. */
+                if (d->read_prepare(d->context, slot, &header, prepare)) {
+                        r->journal_state[slot] = SLOT_DURABLE;
+                        present++;
+                } else {
+                        r->journal_state[slot] = SLOT_MISSING;
+                        missing++;
+                        log_warn("journal entry damaged; will repair from a peer op=%llu",
+                                 (unsigned long long)op);
+                }
+                r->op = op;
+                r->parent = header.checksum;
+                r->timestamp_last = MAX(r->timestamp_last, header.prepare.timestamp);
+        }
+        message_unref(r->pool, prepare);
+        log_info("recovered checkpoint_op=%llu journal_ops=%llu damaged=%llu commit=%llu op=%llu "
+                 "view=%u",
+                 (unsigned long long)checkpoint_op, (unsigned long long)present,
+                 (unsigned long long)missing, (unsigned long long)r->commit,
+                 (unsigned long long)r->op, r->view);
 }
 
 int replica_open(struct replica *r, const struct replica_durable *d, char *error,
                  size_t error_size)
 {
         r->view = d->view;
+        r->log_view = d->log_view;
+        r->view_durable = d->view;
+        r->log_view_durable = d->log_view;
+        r->fresh = d->fresh;
         if (d->checkpoint_blob != NULL &&
             replica_restore(r, d->checkpoint_blob, d->checkpoint_size, d->checkpoint_op,
                             d->checkpoint_prepare_checksum, d->checkpoint_timestamp,
                             d->read_reply, d->context, error, error_size) != 0)
                 return -1;
         uint64_t checkpoint_op = d->checkpoint_blob != NULL ? d->checkpoint_op : 0;
+        if (r->config.replica_count > 1) {
+                open_replicated(r, d, checkpoint_op);
+                replication_open(r);
+                return 0;
+        }
         uint32_t slots = r->config.wal_slot_count;
         /* The head: the highest op after the checkpoint with an intact header. */
         uint64_t head = checkpoint_op;
@@ -846,9 +957,11 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
                 break;
         }
         message_unref(r->pool, prepare);
-        if (result == 0)
+        if (result == 0) {
+                replication_open(r);
                 log_info("recovered checkpoint_op=%llu replayed=%llu commit=%llu",
                          (unsigned long long)checkpoint_op, (unsigned long long)replayed,
                          (unsigned long long)r->commit);
+        }
         return result;
 }

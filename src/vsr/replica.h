@@ -24,6 +24,7 @@
 #define REPLICA_PIPELINE_MAX 8u       /* prepares in flight (journaling, awaiting quorum) */
 #define REPLICA_REQUEST_QUEUE_MAX 64u /* accepted requests waiting for the pipeline */
 #define REPLICA_CLIENTS_MAX 64u       /* client sessions, as TigerBeetle's clients_max */
+#define REPLICA_PREPARE_CACHE 64u     /* backups keep this many recent prepares in memory */
 
 typedef uint64_t replica_connection;
 
@@ -73,6 +74,8 @@ struct replica_env {
 
         /* ---- used only with more than one replica ---- */
 
+        /* True if the connection is one to another replica (not a client). */
+        bool (*connection_is_replica)(void *context, replica_connection connection);
         /* Queue a message to another replica; dropped if there is no connection to it. */
         void (*send_to_replica)(void *context, uint8_t replica, struct message *message);
         /*
@@ -134,16 +137,29 @@ struct replica_client {
         uint32_t request;           /* latest request number answered */
         uint32_t release;           /* the client's release at register time */
         struct message *reply;      /* latest reply, resent on retransmission */
-        replica_connection connection;
         uint32_t reply_slot;        /* where the durable copy of `reply` lives (0 or 1) */
         bool reply_dirty;           /* changed since the last checkpoint */
 };
 
+/*
+ * Where a client is connected to THIS replica (not replicated state): replies, pongs and
+ * evictions for the client leave through that connection. `request` is the newest request
+ * number the client sent here, so that with several replicas only those that saw a request
+ * answer it.
+ */
+struct replica_client_connection {
+        u128 client;
+        replica_connection connection;
+        uint32_t request;
+        uint64_t tick; /* last use, for replacing the oldest entry */
+};
+#define REPLICA_CLIENT_CONNECTIONS_MAX 256u
+
+/* A prepare the primary is replicating: op in (commit, op]. */
 struct replica_pipeline_entry {
         struct message *prepare;
         struct message *reply; /* reserved at prepare time so commit cannot run short */
-        replica_connection connection;
-        bool durable;
+        uint8_t ok;            /* bit i: replica i holds the prepare durably */
 };
 
 struct replica_queued_request {
@@ -151,9 +167,24 @@ struct replica_queued_request {
         replica_connection connection;
 };
 
+enum replica_status {
+        REPLICA_STATUS_NORMAL = 0,
+        REPLICA_STATUS_VIEW_CHANGE = 1,
+        REPLICA_STATUS_RECOVERING = 2, /* restarted: waits for the current view */
+};
+
+/* What the journal holds for one slot. */
+enum replica_slot_state {
+        SLOT_EMPTY = 0,   /* no header for this slot's op */
+        SLOT_MISSING = 1, /* header known (from a peer), prepare not here yet */
+        SLOT_WRITING = 2, /* prepare being written */
+        SLOT_DURABLE = 3, /* prepare written and synced */
+};
+
 struct replica_stats {
         uint64_t requests_received;
         uint64_t requests_dropped;
+        uint64_t requests_forwarded;
         uint64_t replies_resent;
         uint64_t evictions_sent;
         uint64_t prepares;
@@ -164,6 +195,9 @@ struct replica_stats {
         uint64_t checkpoints;
         uint64_t checkpoints_skipped;
         uint64_t wal_full_stalls;
+        uint64_t view_changes;
+        uint64_t repairs_requested;
+        uint64_t repairs_served;
 };
 
 struct replica {
@@ -171,12 +205,25 @@ struct replica {
         struct replica_env env;
         struct message_pool *pool;
         struct ledger *ledger;
+        enum replica_status status;
         uint32_t view;
-        uint64_t op;     /* highest prepared */
-        uint64_t commit; /* highest committed and executed */
-        u128 parent;     /* checksum of the prepare at `op` */
+        uint32_t log_view;      /* the latest view in which this log was normal */
+        uint32_t view_durable;  /* view and log_view as persisted */
+        uint32_t log_view_durable;
+        bool view_write_in_flight;
+        uint32_t view_writing; /* the values being persisted */
+        uint32_t log_view_writing;
+        bool fresh; /* formatted and never joined: must not count towards a view change */
+        uint64_t op;         /* highest op whose header is in the journal */
+        uint64_t commit;     /* highest op executed */
+        uint64_t commit_max; /* highest op known committed by the cluster */
+        u128 parent;         /* checksum of the prepare at `op` */
         uint64_t timestamp_last;
         uint64_t pending_create_events; /* create events prepared, not yet executed */
+        /* The journal in memory: each slot's header and what is known about its prepare. */
+        struct wire_header *journal_headers;
+        uint8_t *journal_state;
+        /* Primary: the prepares being replicated, ops (commit, op]. */
         struct replica_pipeline_entry pipeline[REPLICA_PIPELINE_MAX];
         uint32_t pipeline_head;
         uint32_t pipeline_count;
@@ -184,6 +231,22 @@ struct replica {
         uint32_t queue_head;
         uint32_t queue_count;
         struct replica_client clients[REPLICA_CLIENTS_MAX];
+        struct replica_client_connection connections[REPLICA_CLIENT_CONNECTIONS_MAX];
+        /* Timing, in ticks of 10 ms. */
+        uint64_t tick;
+        uint64_t primary_heard_tick;    /* backup: the primary's last prepare or commit */
+        uint64_t heartbeat_sent_tick;   /* primary: last commit heartbeat */
+        uint64_t view_change_tick;      /* when the current view change began */
+        uint64_t repair_tick;           /* last repair request */
+        uint64_t prepare_resent_tick;   /* primary: last retransmission of the pipeline */
+        uint64_t start_view_asked_tick; /* recovering: last request_start_view */
+        /* View change state. */
+        uint32_t svc_view;              /* the view start_view_change votes are for */
+        uint8_t svc_votes;              /* bit i: replica i wants svc_view */
+        struct message *dvc[WIRE_REPLICAS_MAX]; /* do_view_change messages for `view` */
+        bool start_view_pending;        /* new primary: repairing before start_view */
+        /* Backups: prepares received and not yet executed, by op % REPLICA_PREPARE_CACHE. */
+        struct message *prepare_cache[REPLICA_PREPARE_CACHE];
         /* Checkpoints. */
         uint8_t *checkpoint_buffer;
         uint64_t checkpoint_op_durable;
@@ -202,7 +265,9 @@ void replica_deinit(struct replica *replica);
 void replica_on_message(struct replica *replica, replica_connection connection,
                         struct message *message);
 void replica_on_connection_closed(struct replica *replica, replica_connection connection);
-/* Every 10 ms: retries what waited for resources, schedules expiry pulses. */
+/* A connection to replica `replica` is up (the bus identified it). */
+void replica_on_peer_connected(struct replica *replica, uint8_t peer);
+/* Every 10 ms: timeouts, retransmissions, retries of what waited for resources, pulses. */
 void replica_tick(struct replica *replica);
 
 /*

@@ -77,6 +77,11 @@ HEADER_OFFSET(commit.checkpoint_op, 176);
 HEADER_OFFSET(commit.commit, 184);
 HEADER_OFFSET(commit.timestamp_monotonic, 192);
 HEADER_OFFSET(commit.reserved, 200);
+HEADER_OFFSET(start_view.nonce, 128);
+HEADER_OFFSET(start_view.op, 144);
+HEADER_OFFSET(start_view.commit_max, 152);
+HEADER_OFFSET(start_view.checkpoint_op, 160);
+HEADER_OFFSET(start_view.reserved, 168);
 _Static_assert(sizeof(struct wire_register_request) == 256, "RegisterRequest size");
 _Static_assert(sizeof(struct wire_register_result) == 64, "RegisterResult size");
 

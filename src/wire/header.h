@@ -151,6 +151,14 @@ struct wire_commit {
         uint8_t reserved[56];
 };
 
+struct wire_start_view {
+        u128 nonce;
+        uint64_t op;
+        uint64_t commit_max;
+        uint64_t checkpoint_op;
+        uint8_t reserved[88];
+};
+
 struct wire_header {
         u128 checksum;
         u128 checksum_padding;
@@ -175,6 +183,7 @@ struct wire_header {
                 struct wire_prepare prepare;
                 struct wire_prepare_ok prepare_ok;
                 struct wire_commit commit;
+                struct wire_start_view start_view;
                 uint8_t raw[128];
         };
 };

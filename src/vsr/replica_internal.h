@@ -1,0 +1,69 @@
+/*
+ * replica_internal.h: what replica.c (clients, sessions, execution, checkpoints) and
+ * replication.c (prepares, commits, view changes, repair) share. Not a public interface.
+ */
+#ifndef TALLY_VSR_REPLICA_INTERNAL_H
+#define TALLY_VSR_REPLICA_INTERNAL_H
+
+#include "vsr/replica.h"
+
+/* Timeouts, in ticks of 10 ms. */
+#define TICKS_HEARTBEAT 5u             /* primary: commit heartbeat every 50 ms */
+#define TICKS_PRIMARY_SILENT 30u       /* backup: 300 ms without the primary starts a view change */
+#define TICKS_VIEW_CHANGE 60u          /* a view change stuck this long moves to the next view */
+#define TICKS_PREPARE_RESEND 20u       /* primary: retransmit unacknowledged prepares */
+#define TICKS_REPAIR 10u               /* ask again for missing prepares */
+#define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
+#define REPAIR_REQUESTS_MAX 16u        /* missing prepares asked for at once */
+
+static inline uint8_t replica_primary_index(const struct replica *r, uint32_t view)
+{
+        return (uint8_t)(view % r->config.replica_count);
+}
+
+static inline bool replica_is_primary(const struct replica *r)
+{
+        return replica_primary_index(r, r->view) == r->config.replica;
+}
+
+static inline uint32_t replica_quorum(const struct replica *r)
+{
+        return r->config.replica_count / 2u + 1u;
+}
+
+static inline uint32_t replica_slot(const struct replica *r, uint64_t op)
+{
+        return (uint32_t)(op % r->config.wal_slot_count);
+}
+
+/* The journal header of `op`, or NULL if the slot holds another op or nothing. */
+const struct wire_header *journal_header(const struct replica *r, uint64_t op);
+enum replica_slot_state journal_state_of(const struct replica *r, uint64_t op);
+
+/* replica.c */
+void replica_send_eviction(struct replica *r, replica_connection connection, u128 client,
+                           uint8_t reason);
+void replica_send_to(struct replica *r, replica_connection connection, struct message *m);
+void replica_client_seen(struct replica *r, u128 client, replica_connection connection,
+                         uint32_t request);
+struct replica_client_connection *replica_client_connection(struct replica *r, u128 client);
+/* Executes the next op; `reply` is a free message for the reply (consumed). */
+void replica_execute(struct replica *r, struct message *prepare, struct message *reply);
+void replica_checkpoint_maybe(struct replica *r, const struct message *prepare);
+bool replica_request_acceptable(struct replica *r, replica_connection connection,
+                                struct message *m);
+
+/* replication.c */
+void replication_init(struct replica *r);
+void replication_deinit(struct replica *r);
+void replication_on_message(struct replica *r, replica_connection connection,
+                            struct message *m);
+void replication_tick(struct replica *r);
+void replication_prepare_pump(struct replica *r);
+/* After recovery: journal headers of intact ops after the checkpoint (multi-replica). */
+void replication_open(struct replica *r);
+/* The primary turns a pulse (request == NULL) or a queued request into the next prepare. */
+bool replication_prepare(struct replica *r, const struct message *request,
+                         replica_connection connection);
+
+#endif

@@ -1,0 +1,1056 @@
+/*
+ * replication.c: Viewstamped Replication between replicas (VR Revisited, Liskov and Cowling
+ * 2012), in the shape TigerBeetle uses: hash-chained prepares, durable view state instead of a
+ * recovery protocol, start_view_change votes before a view change begins.
+ *
+ * Normal operation. The primary of view v is replica v mod n. It turns each request into a
+ * prepare (next op, parent = the previous prepare's checksum, the cluster timestamp), journals
+ * it, and sends it to every backup. A backup appends a prepare only if it chains onto its log,
+ * journals it, and answers prepare_ok once it is durable. The primary commits an op once a
+ * replication quorum (a majority) holds it durably and every earlier op is committed, executes
+ * it, answers the client, and tells the backups at once with a commit message (also sent every
+ * 50 ms as a heartbeat). Backups execute committed ops in order, so every ledger is identical.
+ *
+ * View change. A backup that hears nothing from its primary for 300 ms votes start_view_change
+ * for the next view; a quorum of votes moves replicas into the view change. Each sends
+ * do_view_change, with its log's headers, to the new primary once its new view is durable.
+ * With a quorum of them the new primary takes the log with the highest (log_view, op): every
+ * op that may have been committed is in it, because a commit needed a majority and any two
+ * majorities share a replica. It fetches the prepares it lacks, then sends start_view; backups
+ * adopt the log, fetch what they lack, and acknowledge the uncommitted suffix.
+ *
+ * Repair. A replica missing prepares asks a peer for them by op (and checksum when known); a
+ * prepare is only accepted where it chains onto the log, so a wrong or corrupt one never gets
+ * in. A replica formatted afresh ("fresh") never counts towards a view change quorum unless
+ * every voter is fresh with an empty log, so a wiped replica cannot make the cluster forget
+ * what it acknowledged.
+ */
+#include "vsr/replica_internal.h"
+#include "lib/log.h"
+#include "wire/checksum.h"
+#include "wire/types.h"
+
+#include <string.h>
+
+/* The part of a journal a do_view_change or start_view carries: headers up to the log's op. */
+#define VIEW_HEADERS_MAX 1024u
+
+const struct wire_header *journal_header(const struct replica *r, uint64_t op)
+{
+        if (op == 0)
+                return NULL;
+        uint32_t slot = replica_slot(r, op);
+        if (r->journal_state[slot] == SLOT_EMPTY || r->journal_headers[slot].prepare.op != op)
+                return NULL;
+        return &r->journal_headers[slot];
+}
+
+enum replica_slot_state journal_state_of(const struct replica *r, uint64_t op)
+{
+        return journal_header(r, op) == NULL ? SLOT_EMPTY
+                                             : (enum replica_slot_state)r->journal_state[replica_slot(r, op)];
+}
+
+static void journal_put(struct replica *r, const struct wire_header *h, enum replica_slot_state s)
+{
+        uint32_t slot = replica_slot(r, h->prepare.op);
+        r->journal_headers[slot] = *h;
+        r->journal_state[slot] = (uint8_t)s;
+}
+
+static void cache_put(struct replica *r, struct message *m)
+{
+        uint32_t i = (uint32_t)(m->header->prepare.op % REPLICA_PREPARE_CACHE);
+        if (r->prepare_cache[i] != NULL)
+                message_unref(r->pool, r->prepare_cache[i]);
+        r->prepare_cache[i] = message_ref(m);
+}
+
+/* The prepare for `op` with this checksum from memory, or NULL. */
+static struct message *cache_get(struct replica *r, uint64_t op, u128 checksum)
+{
+        struct message *m = r->prepare_cache[op % REPLICA_PREPARE_CACHE];
+        if (m != NULL && m->header->prepare.op == op && m->header->checksum == checksum)
+                return m;
+        for (uint32_t k = 0; k < r->pipeline_count; k++) {
+                struct message *p =
+                        r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX].prepare;
+                if (p->header->prepare.op == op && p->header->checksum == checksum)
+                        return p;
+        }
+        return NULL;
+}
+
+/* The prepare for `op` (as the journal names it), from memory or disk; a new reference. */
+static struct message *prepare_load(struct replica *r, uint64_t op)
+{
+        const struct wire_header *h = journal_header(r, op);
+        if (h == NULL || r->journal_state[replica_slot(r, op)] != SLOT_DURABLE)
+                return NULL;
+        struct message *m = cache_get(r, op, h->checksum);
+        if (m != NULL)
+                return message_ref(m);
+        if (r->env.journal_read == NULL)
+                return NULL;
+        m = message_pool_get(r->pool);
+        if (m == NULL)
+                return NULL;
+        if (!r->env.journal_read(r->env.context, op, h->checksum, m)) {
+                message_unref(r->pool, m);
+                /* The disk copy is damaged: fetch it again from a peer. */
+                r->journal_state[replica_slot(r, op)] = SLOT_MISSING;
+                log_warn("journal entry damaged; will repair from a peer op=%llu",
+                         (unsigned long long)op);
+                return NULL;
+        }
+        return m;
+}
+
+static void broadcast(struct replica *r, struct message *m)
+{
+        for (uint8_t j = 0; j < r->config.replica_count; j++) {
+                if (j != r->config.replica)
+                        r->env.send_to_replica(r->env.context, j, m);
+        }
+}
+
+static void send_to_replica(struct replica *r, uint8_t j, struct message *m)
+{
+        if (j != r->config.replica && j < r->config.replica_count)
+                r->env.send_to_replica(r->env.context, j, m);
+}
+
+static struct message *header_only(struct replica *r, uint8_t command)
+{
+        struct message *m = message_pool_get(r->pool);
+        if (m != NULL)
+                wire_header_init(m->header, command, r->config.cluster, r->view,
+                                 WIRE_RELEASE_SERVER, r->config.replica);
+        return m;
+}
+
+static void finish_and_send(struct replica *r, struct message *m, int target)
+{
+        wire_header_set_checksum_body(m->header, message_body(m),
+                                      m->header->size - WIRE_HEADER_SIZE);
+        wire_header_set_checksum(m->header);
+        if (target < 0)
+                broadcast(r, m);
+        else
+                send_to_replica(r, (uint8_t)target, m);
+        message_unref(r->pool, m);
+}
+
+void replication_init(struct replica *r)
+{
+        r->status = REPLICA_STATUS_NORMAL;
+}
+
+static void pipeline_clear(struct replica *r)
+{
+        for (uint32_t k = 0; k < r->pipeline_count; k++) {
+                struct replica_pipeline_entry *e =
+                        &r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX];
+                message_unref(r->pool, e->prepare);
+                message_unref(r->pool, e->reply);
+                memset(e, 0, sizeof(*e));
+        }
+        r->pipeline_head = 0;
+        r->pipeline_count = 0;
+}
+
+static void dvc_clear(struct replica *r)
+{
+        for (uint32_t j = 0; j < WIRE_REPLICAS_MAX; j++) {
+                if (r->dvc[j] != NULL)
+                        message_unref(r->pool, r->dvc[j]);
+                r->dvc[j] = NULL;
+        }
+}
+
+void replication_deinit(struct replica *r)
+{
+        pipeline_clear(r);
+        dvc_clear(r);
+        for (uint32_t i = 0; i < REPLICA_PREPARE_CACHE; i++) {
+                if (r->prepare_cache[i] != NULL)
+                        message_unref(r->pool, r->prepare_cache[i]);
+                r->prepare_cache[i] = NULL;
+        }
+}
+
+void replication_open(struct replica *r)
+{
+        r->commit_max = MAX(r->commit_max, r->commit);
+        if (r->config.replica_count == 1) {
+                r->status = REPLICA_STATUS_NORMAL;
+                return;
+        }
+        /* Restarted: find out the current view before taking part (durable view state means
+         * this replica never goes back to an older view). */
+        r->status = REPLICA_STATUS_RECOVERING;
+        r->view_change_tick = r->tick;
+        /* Fresh means an empty log: nothing here may ever have been acknowledged. */
+        r->fresh = r->fresh && r->op == 0 && r->commit == 0;
+        if (r->op == 0 && r->commit == 0 && r->view == 0 && r->fresh) {
+                /* A new cluster starts in view 0, normal: nothing to recover. */
+                r->status = REPLICA_STATUS_NORMAL;
+        }
+}
+
+/* ---- primary: prepares and commits ------------------------------------------------------ */
+
+static void on_journal_durable(void *context, struct message *prepare);
+
+static uint64_t timestamp_next(struct replica *r, uint32_t delta)
+{
+        uint64_t now = r->env.realtime_ns(r->env.context);
+        uint64_t base = MAX(r->timestamp_last + 1, now);
+        r->timestamp_last = base + delta;
+        return r->timestamp_last;
+}
+
+bool replication_prepare(struct replica *r, const struct message *request,
+                         replica_connection connection)
+{
+        (void)connection;
+        if (r->pipeline_count == REPLICA_PIPELINE_MAX)
+                return false;
+        /* The journal slot of the next op must not hold an op the durable checkpoint lacks. */
+        if (r->op + 1 >= r->checkpoint_op_durable + r->config.wal_slot_count) {
+                r->stats.wal_full_stalls++;
+                return false;
+        }
+        struct message *p = message_pool_get(r->pool);
+        if (p == NULL)
+                return false;
+        struct message *reply = message_pool_get(r->pool);
+        if (reply == NULL) {
+                message_unref(r->pool, p);
+                return false;
+        }
+        struct wire_header *h = p->header;
+        uint8_t operation = OPERATION_PULSE;
+        uint32_t body_size = 0;
+        uint32_t delta = LEDGER_PULSE_TIMESTAMP_DELTA;
+        uint32_t release = WIRE_RELEASE_SERVER;
+        if (request != NULL) {
+                const struct wire_header *rh = request->header;
+                operation = rh->request.operation;
+                body_size = rh->size - WIRE_HEADER_SIZE;
+                release = rh->release;
+                memcpy(message_body(p), message_body(request), body_size);
+                delta = 0;
+                if (operation == OPERATION_REGISTER) {
+                        struct wire_register_request body;
+                        memset(&body, 0, sizeof(body));
+                        body.batch_size_limit = replica_batch_size_limit(r);
+                        memcpy(message_body(p), &body, sizeof(body));
+                } else {
+                        delta = ledger_timestamp_delta(operation, message_body(request),
+                                                       body_size);
+                }
+        }
+        wire_header_init(h, COMMAND_PREPARE, r->config.cluster, r->view, release,
+                         r->config.replica);
+        h->size = WIRE_HEADER_SIZE + body_size;
+        h->prepare.parent = r->parent;
+        h->prepare.op = r->op + 1;
+        h->prepare.commit = r->commit;
+        h->prepare.timestamp = timestamp_next(r, delta);
+        h->prepare.operation = operation;
+        if (request != NULL) {
+                h->prepare.request_checksum = request->header->checksum;
+                h->prepare.client = request->header->request.client;
+                h->prepare.request = request->header->request.request;
+        }
+        wire_header_set_checksum_body(h, message_body(p), body_size);
+        wire_header_set_checksum(h);
+        if (!r->env.journal_write(r->env.context, p, on_journal_durable, r)) {
+                message_unref(r->pool, p);
+                message_unref(r->pool, reply);
+                return false;
+        }
+        r->op++;
+        r->parent = h->checksum;
+        journal_put(r, h, SLOT_WRITING);
+        struct replica_pipeline_entry *e =
+                &r->pipeline[(r->pipeline_head + r->pipeline_count) % REPLICA_PIPELINE_MAX];
+        e->prepare = p;
+        e->reply = reply;
+        e->ok = 0;
+        r->pipeline_count++;
+        r->stats.prepares++;
+        if (r->config.replica_count > 1)
+                broadcast(r, p);
+        return true;
+}
+
+void replication_prepare_pump(struct replica *r)
+{
+        if (r->status != REPLICA_STATUS_NORMAL || !replica_is_primary(r))
+                return;
+        while (r->queue_count > 0) {
+                struct replica_queued_request *q = &r->queue[r->queue_head];
+                if (!replication_prepare(r, q->request, q->connection))
+                        return;
+                message_unref(r->pool, q->request);
+                q->request = NULL;
+                r->queue_head = (r->queue_head + 1) % REPLICA_REQUEST_QUEUE_MAX;
+                r->queue_count--;
+        }
+}
+
+static void send_commit(struct replica *r)
+{
+        struct message *m = header_only(r, COMMAND_COMMIT);
+        if (m == NULL)
+                return;
+        const struct wire_header *h = journal_header(r, r->commit);
+        m->header->commit.commit = r->commit;
+        m->header->commit.commit_checksum = h != NULL ? h->checksum : 0;
+        m->header->commit.checkpoint_op = r->checkpoint_op_durable;
+        m->header->commit.timestamp_monotonic = r->tick;
+        r->heartbeat_sent_tick = r->tick;
+        finish_and_send(r, m, -1);
+}
+
+static uint32_t bits(uint8_t x)
+{
+        return (uint32_t)__builtin_popcount(x);
+}
+
+/* Executes every op that can be: known committed and here, in op order. */
+static void commit_advance(struct replica *r)
+{
+        uint64_t committed_before = r->commit;
+        /* Ops known committed (after a view change, or on a backup). */
+        while (r->commit < r->commit_max && r->commit < r->op) {
+                uint64_t op = r->commit + 1;
+                if (r->pipeline_count > 0 &&
+                    r->pipeline[r->pipeline_head].prepare->header->prepare.op == op)
+                        break; /* the primary's own pipeline commits it below */
+                struct message *p = prepare_load(r, op);
+                if (p == NULL)
+                        break;
+                struct message *reply = message_pool_get(r->pool);
+                if (reply == NULL) {
+                        message_unref(r->pool, p);
+                        break;
+                }
+                replica_execute(r, p, reply);
+                replica_checkpoint_maybe(r, p);
+                message_unref(r->pool, p);
+        }
+        /* The primary's pipeline: each op once a quorum holds it durably. */
+        while (r->status == REPLICA_STATUS_NORMAL && replica_is_primary(r) &&
+               r->pipeline_count > 0) {
+                struct replica_pipeline_entry *e = &r->pipeline[r->pipeline_head];
+                if (e->prepare->header->prepare.op != r->commit + 1)
+                        break;
+                if (bits(e->ok) < replica_quorum(r) ||
+                    !(e->ok & (1u << r->config.replica)))
+                        break;
+                replica_execute(r, e->prepare, e->reply);
+                replica_checkpoint_maybe(r, e->prepare);
+                message_unref(r->pool, e->prepare);
+                memset(e, 0, sizeof(*e));
+                r->pipeline_head = (r->pipeline_head + 1) % REPLICA_PIPELINE_MAX;
+                r->pipeline_count--;
+        }
+        if (r->commit > committed_before && r->status == REPLICA_STATUS_NORMAL &&
+            replica_is_primary(r) && r->config.replica_count > 1) {
+                r->commit_max = MAX(r->commit_max, r->commit);
+                send_commit(r); /* backups commit (and answer their clients) at once */
+        }
+        replication_prepare_pump(r);
+}
+
+static void pipeline_ok(struct replica *r, uint64_t op, u128 checksum, uint8_t from)
+{
+        for (uint32_t k = 0; k < r->pipeline_count; k++) {
+                struct replica_pipeline_entry *e =
+                        &r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX];
+                if (e->prepare->header->prepare.op == op &&
+                    e->prepare->header->checksum == checksum) {
+                        e->ok |= (uint8_t)(1u << from);
+                        commit_advance(r);
+                        return;
+                }
+        }
+}
+
+static void send_prepare_ok(struct replica *r, const struct wire_header *prepare)
+{
+        if (r->status != REPLICA_STATUS_NORMAL || replica_is_primary(r))
+                return;
+        struct message *m = header_only(r, COMMAND_PREPARE_OK);
+        if (m == NULL)
+                return;
+        m->header->prepare_ok.prepare_checksum = prepare->checksum;
+        m->header->prepare_ok.parent = prepare->prepare.parent;
+        m->header->prepare_ok.client = prepare->prepare.client;
+        m->header->prepare_ok.op = prepare->prepare.op;
+        m->header->prepare_ok.commit_min = r->commit;
+        m->header->prepare_ok.timestamp = prepare->prepare.timestamp;
+        m->header->prepare_ok.request = prepare->prepare.request;
+        m->header->prepare_ok.operation = prepare->prepare.operation;
+        finish_and_send(r, m, replica_primary_index(r, r->view));
+}
+
+static void start_view_maybe_finish(struct replica *r);
+
+static void on_journal_durable(void *context, struct message *prepare)
+{
+        struct replica *r = context;
+        const struct wire_header *h = prepare->header;
+        uint32_t slot = replica_slot(r, h->prepare.op);
+        if (r->journal_headers[slot].checksum != h->checksum ||
+            r->journal_state[slot] == SLOT_EMPTY)
+                return; /* truncated by a view change meanwhile */
+        r->journal_state[slot] = SLOT_DURABLE;
+        if (r->status == REPLICA_STATUS_NORMAL && replica_is_primary(r)) {
+                pipeline_ok(r, h->prepare.op, h->checksum, r->config.replica);
+                return;
+        }
+        if (r->start_view_pending) {
+                start_view_maybe_finish(r);
+                return;
+        }
+        if (h->prepare.op > r->commit)
+                send_prepare_ok(r, h);
+        commit_advance(r);
+}
+
+/* ---- backups: prepares and commits -------------------------------------------------------- */
+
+static void request_start_view(struct replica *r, int target)
+{
+        struct message *m = header_only(r, COMMAND_REQUEST_START_VIEW);
+        if (m == NULL)
+                return;
+        r->start_view_asked_tick = r->tick;
+        finish_and_send(r, m, target);
+}
+
+/* Asks peers for prepares this replica lacks: missing bodies, and ops up to commit_max. */
+static void repair(struct replica *r, int target)
+{
+        if (r->config.replica_count == 1)
+                return;
+        r->repair_tick = r->tick;
+        uint32_t asked = 0;
+        uint64_t last = MAX(r->op, r->commit_max);
+        for (uint64_t op = r->commit + 1; op <= last && asked < REPAIR_REQUESTS_MAX; op++) {
+                const struct wire_header *h = journal_header(r, op);
+                enum replica_slot_state s = journal_state_of(r, op);
+                if (s == SLOT_DURABLE || s == SLOT_WRITING)
+                        continue;
+                if (h == NULL && op > r->op + 1)
+                        break; /* ask for the next op first; it tells the chain */
+                struct message *m = header_only(r, COMMAND_REQUEST_PREPARE);
+                if (m == NULL)
+                        return;
+                m->header->raw[0] = 0;
+                struct {
+                        u128 checksum;
+                        u128 padding;
+                        uint64_t op;
+                } request = {.checksum = h != NULL ? h->checksum : 0, .op = op};
+                memcpy(m->header->raw, &request, sizeof(request));
+                r->stats.repairs_requested++;
+                int to = target;
+                if (to < 0)
+                        to = replica_primary_index(r, r->view);
+                if (to == r->config.replica)
+                        to = (r->config.replica + 1 + (int)(op % (r->config.replica_count - 1))) %
+                             r->config.replica_count;
+                finish_and_send(r, m, to);
+                asked++;
+        }
+}
+
+/* Appends a prepare that chains onto the log, or fills in a missing body. */
+static bool accept_prepare(struct replica *r, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        uint64_t op = h->prepare.op;
+        const struct wire_header *existing = journal_header(r, op);
+        uint32_t slot = replica_slot(r, op);
+        if (existing != NULL && existing->checksum == h->checksum) {
+                if (r->journal_state[slot] != SLOT_MISSING)
+                        return false; /* already here or being written */
+        } else if (op == r->op + 1 && h->prepare.parent == r->parent) {
+                if (op >= r->checkpoint_op_durable + r->config.wal_slot_count) {
+                        r->stats.wal_full_stalls++;
+                        return false; /* the slot still holds an op the checkpoint lacks */
+                }
+                r->op = op;
+                r->parent = h->checksum;
+        } else {
+                return false;
+        }
+        if (!r->env.journal_write(r->env.context, m, on_journal_durable, r))
+                return false;
+        journal_put(r, h, SLOT_WRITING);
+        cache_put(r, m);
+        r->timestamp_last = MAX(r->timestamp_last, h->prepare.timestamp);
+        return true;
+}
+
+static void on_prepare(struct replica *r, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        if (h->view > r->view) {
+                /* A newer view exists: learn its log before taking part. */
+                if (r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW / 2)
+                        request_start_view(r, h->replica);
+                return;
+        }
+        if (r->status == REPLICA_STATUS_NORMAL && h->view == r->view &&
+            h->replica == replica_primary_index(r, r->view) && !replica_is_primary(r)) {
+                r->primary_heard_tick = r->tick;
+                r->commit_max = MAX(r->commit_max, h->prepare.commit);
+        }
+        if (replica_is_primary(r) && r->status == REPLICA_STATUS_NORMAL)
+                return;
+        if (h->prepare.op <= r->commit)
+                return;
+        const struct wire_header *existing = journal_header(r, h->prepare.op);
+        if (existing != NULL && existing->checksum == h->checksum &&
+            r->journal_state[replica_slot(r, h->prepare.op)] == SLOT_DURABLE) {
+                send_prepare_ok(r, existing); /* our ok was lost: say it again */
+                return;
+        }
+        if (!accept_prepare(r, m)) {
+                if (h->prepare.op > r->op + 1 && r->status == REPLICA_STATUS_NORMAL)
+                        repair(r, h->replica);
+                return;
+        }
+        commit_advance(r);
+}
+
+static void on_prepare_ok(struct replica *r, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        if (r->status != REPLICA_STATUS_NORMAL || !replica_is_primary(r) || h->view != r->view)
+                return;
+        pipeline_ok(r, h->prepare_ok.op, h->prepare_ok.prepare_checksum, h->replica);
+}
+
+/*
+ * A fresh (wiped) replica may have acknowledged ops before it lost its disk; it counts in view
+ * changes again only once it holds everything the cluster has committed.
+ */
+static void fresh_check(struct replica *r)
+{
+        if (r->fresh && r->status == REPLICA_STATUS_NORMAL && r->commit >= r->commit_max) {
+                r->fresh = false;
+                log_info("caught up with the cluster commit=%llu", (unsigned long long)r->commit);
+        }
+}
+
+static void on_commit(struct replica *r, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        if (h->view > r->view) {
+                if (r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW / 2)
+                        request_start_view(r, h->replica);
+                return;
+        }
+        if (h->view < r->view || r->status != REPLICA_STATUS_NORMAL || replica_is_primary(r) ||
+            h->replica != replica_primary_index(r, r->view))
+                return;
+        r->primary_heard_tick = r->tick;
+        const struct wire_header *mine = journal_header(r, h->commit.commit);
+        if (mine != NULL && mine->checksum != h->commit.commit_checksum &&
+            h->commit.commit > r->commit) {
+                /* Our log differs from the primary's: take its view's log again. */
+                request_start_view(r, h->replica);
+                return;
+        }
+        r->commit_max = MAX(r->commit_max, h->commit.commit);
+        commit_advance(r);
+        fresh_check(r);
+        if (r->commit < r->commit_max && r->tick - r->repair_tick >= TICKS_REPAIR)
+                repair(r, h->replica);
+}
+
+static void on_request_prepare(struct replica *r, struct message *m)
+{
+        struct {
+                u128 checksum;
+                u128 padding;
+                uint64_t op;
+        } request;
+        memcpy(&request, m->header->raw, sizeof(request));
+        const struct wire_header *h = journal_header(r, request.op);
+        if (h == NULL)
+                return;
+        /* Without a checksum only a committed op is unambiguous. */
+        if (request.checksum == 0 ? request.op > r->commit : h->checksum != request.checksum)
+                return;
+        struct message *p = prepare_load(r, request.op);
+        if (p == NULL)
+                return;
+        r->stats.repairs_served++;
+        send_to_replica(r, m->header->replica, p);
+        message_unref(r->pool, p);
+}
+
+/* ---- view changes -------------------------------------------------------------------------- */
+
+/* Writes up to VIEW_HEADERS_MAX journal headers ending at op into the body; returns bytes. */
+static uint32_t headers_write(struct replica *r, uint8_t *body)
+{
+        uint32_t count = 0;
+        uint64_t first = r->op > VIEW_HEADERS_MAX ? r->op - VIEW_HEADERS_MAX + 1 : 1;
+        for (uint64_t op = first; op <= r->op; op++) {
+                const struct wire_header *h = journal_header(r, op);
+                if (h == NULL)
+                        continue;
+                memcpy(body + (size_t)count * WIRE_HEADER_SIZE, h, WIRE_HEADER_SIZE);
+                count++;
+        }
+        return count * WIRE_HEADER_SIZE;
+}
+
+static void send_do_view_change(struct replica *r)
+{
+        if (r->view_durable != r->view)
+                return; /* the new view must be durable before it is promised to anyone */
+        struct message *m = header_only(r, COMMAND_DO_VIEW_CHANGE);
+        if (m == NULL)
+                return;
+        struct wire_header *h = m->header;
+        h->size = WIRE_HEADER_SIZE + headers_write(r, message_body(m));
+        /* Our own meanings of the do_view_change fields: */
+        memset(h->raw, 0, sizeof(h->raw));
+        uint64_t fields[4] = {r->op, r->commit_max, r->checkpoint_op_durable, r->log_view};
+        memcpy(h->raw + 32, fields, sizeof(fields)); /* op, commit_max, checkpoint, log_view */
+        h->raw[64] = r->fresh ? 1 : 0;
+        uint8_t primary = replica_primary_index(r, r->view);
+        if (primary == r->config.replica) {
+                /* Our own vote, kept with the others'. */
+                wire_header_set_checksum_body(h, message_body(m), h->size - WIRE_HEADER_SIZE);
+                wire_header_set_checksum(h);
+                if (r->dvc[r->config.replica] != NULL)
+                        message_unref(r->pool, r->dvc[r->config.replica]);
+                r->dvc[r->config.replica] = m;
+                return;
+        }
+        finish_and_send(r, m, primary);
+}
+
+static void dvc_fields(const struct message *m, uint64_t *op, uint64_t *commit_max,
+                       uint64_t *log_view, bool *fresh)
+{
+        uint64_t fields[4];
+        memcpy(fields, m->header->raw + 32, sizeof(fields));
+        *op = fields[0];
+        *commit_max = fields[1];
+        *log_view = fields[3];
+        *fresh = m->header->raw[64] != 0;
+}
+
+static void on_view_written(void *context)
+{
+        struct replica *r = context;
+        r->view_write_in_flight = false;
+        r->view_durable = r->view_writing;
+        r->log_view_durable = r->log_view_writing;
+        if (r->start_view_pending)
+                start_view_maybe_finish(r);
+        else if (r->status == REPLICA_STATUS_VIEW_CHANGE)
+                send_do_view_change(r);
+}
+
+/* Persists view and log_view when they changed; retried every tick until it is taken. */
+static void view_persist(struct replica *r)
+{
+        if (r->view_write_in_flight || r->env.view_write == NULL)
+                return;
+        if (r->view_durable == r->view && r->log_view_durable == r->log_view)
+                return;
+        r->view_writing = r->view;
+        r->log_view_writing = r->log_view;
+        r->view_write_in_flight = true;
+        if (!r->env.view_write(r->env.context, r->view, r->log_view, on_view_written, r))
+                r->view_write_in_flight = false;
+}
+
+static void view_change_start(struct replica *r, uint32_t view)
+{
+        tally_assert(view > r->view);
+        log_info("view change started view=%u from_view=%u op=%llu commit=%llu", view, r->view,
+                 (unsigned long long)r->op, (unsigned long long)r->commit);
+        r->stats.view_changes++;
+        r->status = REPLICA_STATUS_VIEW_CHANGE;
+        r->view = view;
+        r->view_change_tick = r->tick;
+        r->start_view_pending = false;
+        pipeline_clear(r);
+        dvc_clear(r);
+        /* Queued requests wait for a primary; their clients retry. */
+        for (uint32_t k = 0; k < r->queue_count; k++)
+                message_unref(r->pool,
+                              r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX].request);
+        r->queue_count = 0;
+        r->queue_head = 0;
+        r->pending_create_events = 0;
+        view_persist(r);
+        send_do_view_change(r);
+}
+
+static void send_start_view_change(struct replica *r, uint32_t view)
+{
+        struct message *m = header_only(r, COMMAND_START_VIEW_CHANGE);
+        if (m == NULL)
+                return;
+        m->header->view = view;
+        finish_and_send(r, m, -1);
+}
+
+/* Records a vote for `view` and moves to it once a quorum wants it. */
+static void svc_vote(struct replica *r, uint32_t view, uint8_t from)
+{
+        if (view <= r->view)
+                return;
+        if (view > r->svc_view) {
+                r->svc_view = view;
+                r->svc_votes = 0;
+        }
+        if (view < r->svc_view)
+                return;
+        r->svc_votes |= (uint8_t)(1u << from);
+        if (bits(r->svc_votes) >= replica_quorum(r) && (r->svc_votes & (1u << r->config.replica)))
+                view_change_start(r, view);
+}
+
+static void on_start_view_change(struct replica *r, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        svc_vote(r, h->view, h->replica);
+        /* Join if our own primary is silent too (or we are in a view change ourselves). */
+        bool silent = r->status != REPLICA_STATUS_NORMAL ||
+                      (!replica_is_primary(r) &&
+                       r->tick - r->primary_heard_tick >= TICKS_PRIMARY_SILENT);
+        if (silent && h->view > r->view && !(r->svc_votes & (1u << r->config.replica)) &&
+            h->view == r->svc_view) {
+                send_start_view_change(r, h->view);
+                svc_vote(r, h->view, r->config.replica);
+        }
+}
+
+/* Installs the headers of a log (from a do_view_change or start_view) up to `op`. */
+static void log_install(struct replica *r, const struct message *m, uint64_t op)
+{
+        uint32_t count = (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        for (uint32_t i = 0; i < count; i++) {
+                struct wire_header h;
+                memcpy(&h, message_body(m) + (size_t)i * WIRE_HEADER_SIZE, sizeof(h));
+                if (h.command != COMMAND_PREPARE || !wire_header_checksum_valid(&h) ||
+                    h.prepare.op > op || h.prepare.op <= r->commit)
+                        continue;
+                const struct wire_header *mine = journal_header(r, h.prepare.op);
+                if (mine != NULL && mine->checksum == h.checksum)
+                        continue;
+                journal_put(r, &h, SLOT_MISSING);
+        }
+        /* Everything past the chosen log's end was never committed: forget it. */
+        for (uint64_t x = op + 1; x <= r->op; x++) {
+                if (journal_header(r, x) != NULL)
+                        r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
+        }
+        r->op = MAX(op, r->commit);
+        const struct wire_header *last = journal_header(r, r->op);
+        if (last != NULL) {
+                r->parent = last->checksum;
+                r->timestamp_last = MAX(r->timestamp_last, last->prepare.timestamp);
+        }
+}
+
+static bool log_complete(const struct replica *r)
+{
+        for (uint64_t op = r->commit + 1; op <= r->op; op++) {
+                if (journal_state_of(r, op) != SLOT_DURABLE)
+                        return false;
+        }
+        return true;
+}
+
+static void send_start_view(struct replica *r, int target)
+{
+        struct message *m = header_only(r, COMMAND_START_VIEW);
+        if (m == NULL)
+                return;
+        m->header->size = WIRE_HEADER_SIZE + headers_write(r, message_body(m));
+        m->header->start_view.op = r->op;
+        m->header->start_view.commit_max = r->commit_max;
+        m->header->start_view.checkpoint_op = r->checkpoint_op_durable;
+        finish_and_send(r, m, target);
+}
+
+/* The new primary, once its log is whole and its view durable, starts the view. */
+static void start_view_maybe_finish(struct replica *r)
+{
+        if (!r->start_view_pending || r->view_durable != r->view ||
+            r->log_view_durable != r->view || !log_complete(r))
+                return;
+        r->start_view_pending = false;
+        r->status = REPLICA_STATUS_NORMAL;
+        r->fresh = false;
+        log_info("primary of view view=%u op=%llu commit_max=%llu", r->view,
+                 (unsigned long long)r->op, (unsigned long long)r->commit_max);
+        /* The uncommitted suffix is replicated again in this view. */
+        for (uint64_t op = r->commit_max + 1; op <= r->op; op++) {
+                struct message *p = prepare_load(r, op);
+                struct message *reply = message_pool_get(r->pool);
+                tally_assert(p != NULL && reply != NULL);
+                tally_assert(r->pipeline_count < REPLICA_PIPELINE_MAX);
+                struct replica_pipeline_entry *e =
+                        &r->pipeline[(r->pipeline_head + r->pipeline_count) %
+                                     REPLICA_PIPELINE_MAX];
+                e->prepare = p;
+                e->reply = reply;
+                e->ok = (uint8_t)(1u << r->config.replica);
+                r->pipeline_count++;
+        }
+        send_start_view(r, -1);
+        commit_advance(r);
+        send_commit(r);
+}
+
+static void dvc_quorum_check(struct replica *r)
+{
+        if (r->status != REPLICA_STATUS_VIEW_CHANGE || !replica_is_primary(r) ||
+            r->start_view_pending)
+                return;
+        uint32_t count = 0, settled = 0;
+        bool all_empty = true;
+        const struct message *best = NULL;
+        uint64_t best_op = 0, best_log_view = 0, commit_max = r->commit_max;
+        for (uint32_t j = 0; j < r->config.replica_count; j++) {
+                if (r->dvc[j] == NULL)
+                        continue;
+                uint64_t op, cmax, log_view;
+                bool fresh;
+                dvc_fields(r->dvc[j], &op, &cmax, &log_view, &fresh);
+                count++;
+                if (!fresh)
+                        settled++;
+                if (op != 0)
+                        all_empty = false;
+                commit_max = MAX(commit_max, cmax);
+                if (best == NULL || log_view > best_log_view ||
+                    (log_view == best_log_view && op > best_op)) {
+                        best = r->dvc[j];
+                        best_op = op;
+                        best_log_view = log_view;
+                }
+        }
+        /* A wiped replica's empty log must not outvote a log that may hold commits. */
+        if (count < replica_quorum(r) || (settled < replica_quorum(r) && !all_empty))
+                return;
+        log_info("view change quorum view=%u votes=%u best_replica=%u best_op=%llu "
+                 "commit_max=%llu",
+                 r->view, count, best->header->replica, (unsigned long long)best_op,
+                 (unsigned long long)commit_max);
+        log_install(r, best, best_op);
+        r->commit_max = MAX(r->commit_max, MIN(commit_max, r->op));
+        r->log_view = r->view;
+        r->start_view_pending = true;
+        view_persist(r);
+        repair(r, best->header->replica);
+        commit_advance(r);
+        start_view_maybe_finish(r);
+}
+
+static void on_do_view_change(struct replica *r, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        if (h->view < r->view)
+                return;
+        if (h->view > r->view)
+                view_change_start(r, h->view);
+        if (r->status != REPLICA_STATUS_VIEW_CHANGE || !replica_is_primary(r))
+                return;
+        if (r->dvc[h->replica] != NULL)
+                message_unref(r->pool, r->dvc[h->replica]);
+        r->dvc[h->replica] = message_ref(m);
+        dvc_quorum_check(r);
+}
+
+static void on_start_view(struct replica *r, struct message *m)
+{
+        const struct wire_header *h = m->header;
+        if (h->view < r->view || h->replica != replica_primary_index(r, h->view) ||
+            h->replica == r->config.replica)
+                return;
+        if (h->view == r->view && r->status == REPLICA_STATUS_NORMAL && r->log_view == h->view) {
+                /* Already in this view: only fill gaps. */
+                r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
+                r->primary_heard_tick = r->tick;
+                commit_advance(r);
+                return;
+        }
+        if (h->view > r->view)
+                log_info("joining view view=%u primary=%u", h->view, h->replica);
+        r->view = h->view;
+        r->log_view = h->view;
+        r->status = REPLICA_STATUS_NORMAL;
+        r->start_view_pending = false;
+        r->primary_heard_tick = r->tick;
+        pipeline_clear(r);
+        dvc_clear(r);
+        log_install(r, m, h->start_view.op);
+        r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
+        view_persist(r);
+        /* Acknowledge the uncommitted suffix we already hold; the rest comes by repair. */
+        for (uint64_t op = r->commit + 1; op <= r->op; op++) {
+                const struct wire_header *x = journal_header(r, op);
+                if (x != NULL && r->journal_state[replica_slot(r, op)] == SLOT_DURABLE)
+                        send_prepare_ok(r, x);
+        }
+        commit_advance(r);
+        fresh_check(r);
+        repair(r, h->replica);
+}
+
+static void on_request_start_view(struct replica *r, struct message *m)
+{
+        if (r->status == REPLICA_STATUS_NORMAL && replica_is_primary(r))
+                send_start_view(r, m->header->replica);
+}
+
+void replication_on_message(struct replica *r, replica_connection connection,
+                            struct message *m)
+{
+        (void)connection;
+        switch (m->header->command) {
+        case COMMAND_PREPARE:
+                on_prepare(r, m);
+                break;
+        case COMMAND_PREPARE_OK:
+                on_prepare_ok(r, m);
+                break;
+        case COMMAND_COMMIT:
+                on_commit(r, m);
+                break;
+        case COMMAND_START_VIEW_CHANGE:
+                on_start_view_change(r, m);
+                break;
+        case COMMAND_DO_VIEW_CHANGE:
+                on_do_view_change(r, m);
+                break;
+        case COMMAND_START_VIEW:
+                on_start_view(r, m);
+                break;
+        case COMMAND_REQUEST_START_VIEW:
+                on_request_start_view(r, m);
+                break;
+        case COMMAND_REQUEST_PREPARE:
+                on_request_prepare(r, m);
+                break;
+        default:
+                break; /* ping and the rest: connection keep-alive only */
+        }
+}
+
+void replica_on_peer_connected(struct replica *r, uint8_t replica)
+{
+        if (r->config.replica_count == 1)
+                return;
+        struct message *m = header_only(r, COMMAND_PING);
+        if (m != NULL)
+                finish_and_send(r, m, replica);
+        if (r->status == REPLICA_STATUS_NORMAL && replica_is_primary(r))
+                send_start_view(r, replica);
+}
+
+static void pulse_maybe(struct replica *r)
+{
+        if (r->pipeline_count != 0 || r->queue_count != 0)
+                return;
+        uint64_t now = r->env.realtime_ns(r->env.context);
+        if (ledger_pulse_needed(r->ledger,
+                                MAX(now, r->timestamp_last + 1) + LEDGER_PULSE_TIMESTAMP_DELTA))
+                replication_prepare(r, NULL, 0);
+}
+
+static void tick_primary(struct replica *r)
+{
+        if (r->config.replica_count > 1) {
+                if (r->tick - r->heartbeat_sent_tick >= TICKS_HEARTBEAT)
+                        send_commit(r);
+                if (r->tick - r->prepare_resent_tick >= TICKS_PREPARE_RESEND) {
+                        r->prepare_resent_tick = r->tick;
+                        for (uint32_t k = 0; k < r->pipeline_count; k++) {
+                                struct replica_pipeline_entry *e =
+                                        &r->pipeline[(r->pipeline_head + k) %
+                                                     REPLICA_PIPELINE_MAX];
+                                for (uint8_t j = 0; j < r->config.replica_count; j++) {
+                                        if (!(e->ok & (1u << j)))
+                                                send_to_replica(r, j, e->prepare);
+                                }
+                        }
+                }
+        }
+        replication_prepare_pump(r);
+        pulse_maybe(r);
+}
+
+void replication_tick(struct replica *r)
+{
+        r->tick++;
+        view_persist(r);
+        if (r->config.replica_count == 1) {
+                replication_prepare_pump(r);
+                pulse_maybe(r);
+                return;
+        }
+        switch (r->status) {
+        case REPLICA_STATUS_NORMAL:
+                if (replica_is_primary(r)) {
+                        tick_primary(r);
+                        break;
+                }
+                if (r->tick - r->primary_heard_tick >= TICKS_PRIMARY_SILENT &&
+                    r->tick % 10 == 0) {
+                        send_start_view_change(r, r->view + 1);
+                        svc_vote(r, r->view + 1, r->config.replica);
+                }
+                if ((r->commit < r->commit_max || !log_complete(r)) &&
+                    r->tick - r->repair_tick >= TICKS_REPAIR)
+                        repair(r, -1);
+                commit_advance(r);
+                break;
+        case REPLICA_STATUS_VIEW_CHANGE:
+                if (r->tick - r->view_change_tick >= TICKS_VIEW_CHANGE && r->tick % 10 == 0) {
+                        send_start_view_change(r, r->view + 1);
+                        svc_vote(r, r->view + 1, r->config.replica);
+                        break;
+                }
+                if (r->tick % 10 == 0)
+                        send_do_view_change(r);
+                if (replica_is_primary(r)) {
+                        dvc_quorum_check(r);
+                        if (r->start_view_pending) {
+                                if (r->tick - r->repair_tick >= TICKS_REPAIR)
+                                        repair(r, -1);
+                                start_view_maybe_finish(r);
+                        }
+                }
+                break;
+        case REPLICA_STATUS_RECOVERING:
+                if (r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW)
+                        request_start_view(r, -1);
+                /* Nobody answers: every replica restarted; decide a new view together. */
+                if (r->tick - r->view_change_tick >= 5 * TICKS_PRIMARY_SILENT &&
+                    r->tick % 10 == 0) {
+                        send_start_view_change(r, r->view + 1);
+                        svc_vote(r, r->view + 1, r->config.replica);
+                }
+                break;
+        }
+}
