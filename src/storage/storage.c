@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/io_uring.h>
 #include <libgen.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -634,7 +635,7 @@ bool storage_checkpoint_start(struct storage *storage,
                               const struct storage_checkpoint_request *request)
 {
         struct storage_checkpoint *cp = &storage->checkpoint;
-        if (cp->active || storage->failed)
+        if (cp->active || storage->failed || storage->view_write_active)
                 return false;
         uint64_t block_count = (request->blob_size + GRID_BLOCK_SIZE - 1) / GRID_BLOCK_SIZE;
         if (block_count > GRID_MANIFEST_ENTRIES_MAX) {
@@ -848,4 +849,92 @@ bool storage_read_prepare(struct storage *storage, uint32_t slot, const struct w
                 return false;
         return memcmp(message->header, header, WIRE_HEADER_SIZE) == 0 &&
                wire_body_checksum_valid(message->header, message->buffer + WIRE_HEADER_SIZE);
+}
+
+/* ---- view state ---------------------------------------------------------------------------- */
+
+static void on_view_io(struct io_completion *completion, int32_t result)
+{
+        struct storage *storage = completion->context;
+        if (result < 0 || (completion->size > 0 && (uint32_t)result != completion->size)) {
+                storage->view_write_failed = true;
+                log_error("superblock write failed (view state) error=%s",
+                          strerror(result < 0 ? -result : EIO));
+        }
+        tally_assert(storage->view_write_pending > 0);
+        if (--storage->view_write_pending > 0)
+                return;
+        if (storage->view_write_failed) {
+                /* Nothing that depends on this view may be promised: stop acknowledging. */
+                storage->failed = true;
+                storage->view_write_active = false;
+                return;
+        }
+        if (completion->opcode != IORING_OP_FSYNC) {
+                struct io_completion *c = &storage->view_completions[SUPERBLOCK_COPIES];
+                memset(c, 0, sizeof(*c));
+                c->callback = on_view_io;
+                c->context = storage;
+                storage->view_write_pending = 1;
+                io_fsync(storage->io, c, storage->fd);
+                return;
+        }
+        storage->superblock = storage->view_copies[0];
+        storage->superblock.copy = 0;
+        storage->view_write_active = false;
+        storage->view_done(storage->view_context);
+}
+
+bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
+                        void (*done)(void *context), void *context)
+{
+        if (storage->failed || storage->view_write_active || storage->checkpoint.active)
+                return false;
+        storage->view_write_active = true;
+        storage->view_write_failed = false;
+        storage->view_done = done;
+        storage->view_context = context;
+        struct superblock next = storage->superblock;
+        next.sequence++;
+        next.view = view;
+        next.log_view = log_view;
+        storage->view_write_pending = SUPERBLOCK_COPIES;
+        for (uint32_t copy = 0; copy < SUPERBLOCK_COPIES; copy++) {
+                storage->view_copies[copy] = next;
+                storage->view_copies[copy].copy = copy;
+                storage->view_copies[copy].checksum = superblock_checksum(&storage->view_copies[copy]);
+                struct io_completion *c = &storage->view_completions[copy];
+                memset(c, 0, sizeof(*c));
+                c->callback = on_view_io;
+                c->context = storage;
+                io_write(storage->io, c, storage->fd, &storage->view_copies[copy],
+                         sizeof(struct superblock), (uint64_t)copy * SUPERBLOCK_COPY_SIZE);
+        }
+        return true;
+}
+
+int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,
+                                      uint32_t size)
+{
+        const struct superblock *sb = &storage->superblock;
+        if (offset >= sb->checkpoint_size)
+                return 0;
+        size = (uint32_t)MIN((uint64_t)size, sb->checkpoint_size - offset);
+        uint32_t done = 0;
+        while (done < size) {
+                uint64_t at = offset + done;
+                uint32_t index = (uint32_t)(at / GRID_BLOCK_SIZE);
+                if (index >= storage->manifest_entry_count)
+                        return -1;
+                const struct grid_manifest_entry *e = &storage->manifest_entries[index];
+                uint32_t within = (uint32_t)(at % GRID_BLOCK_SIZE);
+                if (within >= e->size)
+                        return -1;
+                uint32_t piece = MIN(size - done, e->size - within);
+                if (read_exact(storage->fd, into + done, piece,
+                               grid_block_offset(storage, e->address) + within) != 0)
+                        return -1;
+                done += piece;
+        }
+        return done;
 }

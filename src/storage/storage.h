@@ -205,6 +205,14 @@ struct storage {
         uint32_t manifest_entry_count;
         struct storage_checkpoint checkpoint;
         uint64_t checkpoints;
+        /* A view-state superblock write. */
+        bool view_write_active;
+        uint32_t view_write_pending; /* completions outstanding */
+        bool view_write_failed;
+        struct superblock view_copies[SUPERBLOCK_COPIES];
+        struct io_completion view_completions[SUPERBLOCK_COPIES + 1];
+        void (*view_done)(void *context);
+        void *view_context;
         uint64_t syncs;
         uint64_t prepares_written;
 };
@@ -234,6 +242,17 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
  */
 bool storage_checkpoint_start(struct storage *storage,
                               const struct storage_checkpoint_request *request);
+
+/*
+ * Persists view and log_view in every superblock copy (sequence + 1), then syncs; `done` runs
+ * once durable. False while a checkpoint or another superblock write is in flight: retry.
+ */
+bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
+                        void (*done)(void *context), void *context);
+
+/* A range of the durable checkpoint's blob (state sync); bytes copied or -1. Synchronous. */
+int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,
+                                      uint32_t size);
 
 /* Recovery, synchronous (start-up only). Each returns 0 or -1 with a message naming the zone. */
 int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t capacity,

@@ -673,15 +673,16 @@ static void on_checkpoint_done(void *context, bool ok)
 /* After committing a multiple of the checkpoint interval, write the state as of that op. */
 void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
 {
+        /*
+         * Due once the interval has passed since the last durable checkpoint; one that could
+         * not start (the previous still being written, storage busy) is tried again at the
+         * next commit, long before the journal could wrap onto un-checkpointed ops.
+         */
         uint64_t op = prepare->header->prepare.op;
-        if (op % r->config.checkpoint_interval != 0)
+        if (op < r->checkpoint_op_durable + r->config.checkpoint_interval)
                 return;
-        if (r->checkpoint_in_progress) {
-                r->stats.checkpoints_skipped++;
-                log_warn("checkpoint skipped: the previous one is still being written op=%llu",
-                         (unsigned long long)op);
+        if (r->checkpoint_in_progress)
                 return;
-        }
         struct replica_checkpoint *cp = &r->checkpoint;
         uint64_t started_ns = r->env.realtime_ns(r->env.context); /* for the log line only */
         memset(cp, 0, sizeof(*cp));
