@@ -245,6 +245,7 @@ struct replica {
         uint8_t svc_votes;              /* bit i: replica i wants svc_view */
         struct message *dvc[WIRE_REPLICAS_MAX]; /* do_view_change messages for `view` */
         bool start_view_pending;        /* new primary: repairing before start_view */
+        uint64_t suffix_next;           /* new primary: next old op to replicate again (0: none) */
         /* Backups: prepares received and not yet executed, by op % REPLICA_PREPARE_CACHE. */
         struct message *prepare_cache[REPLICA_PREPARE_CACHE];
         /* Checkpoints. */

@@ -286,10 +286,52 @@ bool replication_prepare(struct replica *r, const struct message *request,
         return true;
 }
 
+/*
+ * A new primary's log may end in ops that were prepared but not known committed (after every
+ * replica restarted, that can be every op since the last checkpoint). They go through the
+ * pipeline again, in order, before any new request.
+ */
+static void suffix_pump(struct replica *r)
+{
+        while (r->suffix_next != 0 && r->suffix_next <= r->op &&
+               r->pipeline_count < REPLICA_PIPELINE_MAX) {
+                uint64_t op = r->suffix_next;
+                if (op <= r->commit) {
+                        r->suffix_next++;
+                        continue;
+                }
+                struct message *p = prepare_load(r, op);
+                struct message *reply = message_pool_get(r->pool);
+                if (p == NULL || reply == NULL) {
+                        if (p != NULL)
+                                message_unref(r->pool, p);
+                        if (reply != NULL)
+                                message_unref(r->pool, reply);
+                        return; /* retried on the next tick */
+                }
+                struct replica_pipeline_entry *e =
+                        &r->pipeline[(r->pipeline_head + r->pipeline_count) %
+                                     REPLICA_PIPELINE_MAX];
+                e->prepare = p;
+                e->reply = reply;
+                e->ok = (uint8_t)(1u << r->config.replica);
+                r->pipeline_count++;
+                r->suffix_next++;
+                broadcast(r, p); /* backups that hold it answer prepare_ok at once */
+        }
+        if (r->suffix_next > r->op)
+                r->suffix_next = 0;
+}
+
 void replication_prepare_pump(struct replica *r)
 {
         if (r->status != REPLICA_STATUS_NORMAL || !replica_is_primary(r))
                 return;
+        if (r->suffix_next != 0) {
+                suffix_pump(r);
+                if (r->suffix_next != 0)
+                        return;
+        }
         while (r->queue_count > 0) {
                 struct replica_queued_request *q = &r->queue[r->queue_head];
                 if (!replication_prepare(r, q->request, q->connection))
@@ -689,6 +731,7 @@ static void view_change_start(struct replica *r, uint32_t view)
         r->view = view;
         r->view_change_tick = r->tick;
         r->start_view_pending = false;
+        r->suffix_next = 0;
         pipeline_clear(r);
         dvc_clear(r);
         /* Queued requests wait for a primary; their clients retry. */
@@ -802,20 +845,9 @@ static void start_view_maybe_finish(struct replica *r)
         r->fresh = false;
         log_info("primary of view view=%u op=%llu commit_max=%llu", r->view,
                  (unsigned long long)r->op, (unsigned long long)r->commit_max);
-        /* The uncommitted suffix is replicated again in this view. */
-        for (uint64_t op = r->commit_max + 1; op <= r->op; op++) {
-                struct message *p = prepare_load(r, op);
-                struct message *reply = message_pool_get(r->pool);
-                tally_assert(p != NULL && reply != NULL);
-                tally_assert(r->pipeline_count < REPLICA_PIPELINE_MAX);
-                struct replica_pipeline_entry *e =
-                        &r->pipeline[(r->pipeline_head + r->pipeline_count) %
-                                     REPLICA_PIPELINE_MAX];
-                e->prepare = p;
-                e->reply = reply;
-                e->ok = (uint8_t)(1u << r->config.replica);
-                r->pipeline_count++;
-        }
+        /* The uncommitted suffix is replicated again in this view, a pipeline at a time. */
+        r->suffix_next = r->commit_max + 1;
+        suffix_pump(r);
         send_start_view(r, -1);
         commit_advance(r);
         send_commit(r);
@@ -900,6 +932,7 @@ static void on_start_view(struct replica *r, struct message *m)
         r->log_view = h->view;
         r->status = REPLICA_STATUS_NORMAL;
         r->start_view_pending = false;
+        r->suffix_next = 0;
         r->primary_heard_tick = r->tick;
         pipeline_clear(r);
         dvc_clear(r);

@@ -1,0 +1,569 @@
+/*
+ * test_replication.c: three (and five) replicas in one process over a perfect in-memory
+ * network and disk, driven step by step: normal operation, a primary that dies and the view
+ * change that follows, a client served through a backup, a backup that falls behind and
+ * repairs, and a restarted replica that rejoins. The deterministic simulator (src/sim) covers
+ * faults at random; these are the cases spelled out.
+ */
+#include "ledger/ledger.h"
+#include "lib/log.h"
+#include "test.h"
+#include "vsr/replica.h"
+#include "wire/checksum.h"
+#include "wire/types.h"
+
+#define REPLICAS_MAX 5
+#define EVENTS_MAX 65536
+#define STORE_OPS 4096
+
+enum event_kind { EVENT_MESSAGE, EVENT_DURABLE, EVENT_VIEW_DURABLE, EVENT_CHECKPOINT_DONE };
+
+struct event {
+        enum event_kind kind;
+        uint8_t to;
+        replica_connection connection;
+        struct message *message;
+        void (*done_prepare)(void *replica, struct message *prepare);
+        void (*done_view)(void *replica);
+        void (*done_checkpoint)(void *replica, bool ok);
+};
+
+static struct message_pool pool;
+static struct replica replicas[REPLICAS_MAX];
+static struct ledger *ledgers[REPLICAS_MAX];
+static struct message *store[REPLICAS_MAX][STORE_OPS];
+static bool alive[REPLICAS_MAX];
+static uint8_t replica_count;
+static struct event events[EVENTS_MAX];
+static uint32_t event_head, event_count;
+static uint64_t clock_ns = 1700000000000000000ull;
+/* The client's view of things. */
+static struct message *last_reply;
+static uint32_t replies_received;
+
+static void push(struct event e)
+{
+        tally_assert(event_count < EVENTS_MAX);
+        events[(event_head + event_count++) % EVENTS_MAX] = e;
+}
+
+/* Connection ids: 1000 + i is replica i's connection to the client; 1..5 are peers. */
+static uint8_t index_of(void *context)
+{
+        return (uint8_t)((struct replica *)context - replicas);
+}
+
+static bool env_send(void *context, replica_connection connection, struct message *m)
+{
+        (void)context;
+        if (connection >= 1000) {
+                if (m->header->command == COMMAND_REPLY) {
+                        if (last_reply != NULL)
+                                message_unref(&pool, last_reply);
+                        last_reply = message_ref(m);
+                        replies_received++;
+                }
+                return true;
+        }
+        return false;
+}
+
+static bool env_alive(void *context, replica_connection connection)
+{
+        (void)context;
+        (void)connection;
+        return true;
+}
+
+static bool env_is_replica(void *context, replica_connection connection)
+{
+        (void)context;
+        return connection >= 1 && connection <= REPLICAS_MAX;
+}
+
+static void env_send_to_replica(void *context, uint8_t to, struct message *m)
+{
+        uint8_t from = index_of(context);
+        if (!alive[from] || !alive[to])
+                return;
+        push((struct event){.kind = EVENT_MESSAGE, .to = to, .connection = from + 1u,
+                            .message = message_ref(m)});
+}
+
+static bool env_journal_write(void *context, struct message *prepare,
+                              void (*done)(void *replica, struct message *prepare), void *replica)
+{
+        uint8_t i = index_of(context);
+        uint64_t op = prepare->header->prepare.op;
+        tally_assert(op < STORE_OPS);
+        if (store[i][op] != NULL)
+                message_unref(&pool, store[i][op]);
+        store[i][op] = message_ref(prepare);
+        push((struct event){.kind = EVENT_DURABLE, .to = i, .message = message_ref(prepare),
+                            .done_prepare = done});
+        (void)replica;
+        return true;
+}
+
+static bool env_journal_read(void *context, uint64_t op, u128 checksum, struct message *into)
+{
+        uint8_t i = index_of(context);
+        struct message *m = op < STORE_OPS ? store[i][op] : NULL;
+        if (m == NULL || (checksum != 0 && m->header->checksum != checksum))
+                return false;
+        memcpy(into->buffer, m->buffer, m->header->size);
+        return true;
+}
+
+static uint32_t durable_view[REPLICAS_MAX], durable_log_view[REPLICAS_MAX];
+
+static bool env_view_write(void *context, uint32_t view, uint32_t log_view,
+                           void (*done)(void *replica), void *replica)
+{
+        (void)replica;
+        durable_view[index_of(context)] = view; /* this disk never loses a write */
+        durable_log_view[index_of(context)] = log_view;
+        push((struct event){.kind = EVENT_VIEW_DURABLE, .to = index_of(context), .done_view = done});
+        return true;
+}
+
+static bool env_checkpoint(void *context, const struct replica_checkpoint *cp,
+                           void (*done)(void *replica, bool ok), void *replica)
+{
+        (void)cp;
+        (void)replica;
+        push((struct event){.kind = EVENT_CHECKPOINT_DONE, .to = index_of(context),
+                            .done_checkpoint = done});
+        return true;
+}
+
+static uint64_t env_time(void *context)
+{
+        (void)context;
+        return clock_ns;
+}
+
+static void replica_start(uint8_t i)
+{
+        struct replica_config config = {
+                .cluster = 0,
+                .replica = i,
+                .replica_count = replica_count,
+                .request_size_max = WIRE_MESSAGE_SIZE_MAX,
+                .checkpoint_interval = 256,
+                .wal_slot_count = 1024,
+                .checkpoint_buffer_size = 64u << 20,
+        };
+        struct replica_env env = {
+                .context = &replicas[i],
+                .send = env_send,
+                .connection_alive = env_alive,
+                .journal_write = env_journal_write,
+                .realtime_ns = env_time,
+                .checkpoint = env_checkpoint,
+                .connection_is_replica = env_is_replica,
+                .send_to_replica = env_send_to_replica,
+                .journal_read = env_journal_read,
+                .view_write = env_view_write,
+        };
+        struct ledger_config lc = {.accounts_max = 1000, .transfers_max = 1000};
+        ledgers[i] = ledger_create(&lc);
+        tally_assert(replica_init(&replicas[i], &config, &env, &pool, ledgers[i]) == 0);
+        alive[i] = true;
+}
+
+static bool read_header_none(void *context, uint32_t slot, struct wire_header *into)
+{
+        (void)context;
+        (void)slot;
+        (void)into;
+        return false;
+}
+
+static bool read_prepare_none(void *context, uint32_t slot, const struct wire_header *h,
+                              struct message *into)
+{
+        (void)context;
+        (void)slot;
+        (void)h;
+        (void)into;
+        return false;
+}
+
+static void cluster_start(uint8_t count)
+{
+        replica_count = count;
+        for (uint8_t i = 0; i < count; i++) {
+                replica_start(i);
+                struct replica_durable d = {.fresh = true,
+                                            .read_header = read_header_none,
+                                            .read_prepare = read_prepare_none};
+                char error[128];
+                tally_assert(replica_open(&replicas[i], &d, error, sizeof(error)) == 0);
+        }
+}
+
+static uint8_t restoring;
+
+static bool read_header_store(void *context, uint32_t slot, struct wire_header *into)
+{
+        (void)context;
+        for (uint32_t op = 1; op < STORE_OPS; op++) {
+                struct message *m = store[restoring][op];
+                if (m != NULL && op % 1024 == slot) {
+                        memcpy(into, m->header, sizeof(*into));
+                        return true;
+                }
+        }
+        return false;
+}
+
+static bool read_prepare_store(void *context, uint32_t slot, const struct wire_header *h,
+                               struct message *into)
+{
+        (void)context;
+        (void)slot;
+        struct message *m = store[restoring][h->prepare.op];
+        if (m == NULL || m->header->checksum != h->checksum)
+                return false;
+        memcpy(into->buffer, m->buffer, m->header->size);
+        return true;
+}
+
+/* A crash and restart: the replica's memory is gone; its disk (store, view) is not. */
+static void replica_restart(uint8_t i)
+{
+        replica_deinit(&replicas[i]);
+        ledger_destroy(ledgers[i]);
+        replica_start(i);
+        restoring = i;
+        struct replica_durable d = {.view = durable_view[i],
+                                    .log_view = durable_log_view[i],
+                                    .read_header = read_header_store,
+                                    .read_prepare = read_prepare_store};
+        char error[128];
+        tally_assert(replica_open(&replicas[i], &d, error, sizeof(error)) == 0);
+}
+
+static void cluster_stop(void)
+{
+        /* Drain without delivering. */
+        while (event_count > 0) {
+                struct event *e = &events[event_head];
+                event_head = (event_head + 1) % EVENTS_MAX;
+                event_count--;
+                if (e->message != NULL)
+                        message_unref(&pool, e->message);
+        }
+        for (uint8_t i = 0; i < replica_count; i++) {
+                replica_deinit(&replicas[i]);
+                ledger_destroy(ledgers[i]);
+                for (uint32_t op = 0; op < STORE_OPS; op++) {
+                        if (store[i][op] != NULL)
+                                message_unref(&pool, store[i][op]);
+                        store[i][op] = NULL;
+                }
+        }
+        if (last_reply != NULL)
+                message_unref(&pool, last_reply);
+        last_reply = NULL;
+        memset(durable_view, 0, sizeof(durable_view));
+        memset(durable_log_view, 0, sizeof(durable_log_view));
+}
+
+/* Delivers events until none is left; ticks every replica every `per_tick` events. */
+static void run(uint32_t ticks)
+{
+        for (uint32_t t = 0; t < ticks; t++) {
+                uint32_t budget = 2000;
+                while (event_count > 0 && budget-- > 0) {
+                        struct event e = events[event_head];
+                        event_head = (event_head + 1) % EVENTS_MAX;
+                        event_count--;
+                        if (alive[e.to]) {
+                                struct replica *r = &replicas[e.to];
+                                switch (e.kind) {
+                                case EVENT_MESSAGE:
+                                        replica_on_message(r, e.connection, e.message);
+                                        break;
+                                case EVENT_DURABLE:
+                                        e.done_prepare(r, e.message);
+                                        break;
+                                case EVENT_VIEW_DURABLE:
+                                        e.done_view(r);
+                                        break;
+                                case EVENT_CHECKPOINT_DONE:
+                                        e.done_checkpoint(r, true);
+                                        break;
+                                }
+                        }
+                        if (e.message != NULL)
+                                message_unref(&pool, e.message);
+                }
+                clock_ns += 10000000ull;
+                for (uint8_t i = 0; i < replica_count; i++) {
+                        if (alive[i])
+                                replica_tick(&replicas[i]);
+                }
+        }
+}
+
+/* The client: one session, one request at a time, to replica `to`. */
+static u128 client_id = 77;
+static uint64_t session;
+static uint32_t request_number;
+static u128 parent;
+
+static struct message *client_message(uint8_t operation, const void *body, uint32_t size)
+{
+        struct message *m = message_pool_get(&pool);
+        struct wire_header *h = m->header;
+        wire_header_init(h, COMMAND_REQUEST, 0, 0, WIRE_RELEASE_NODE_CLIENT, 0);
+        h->size = WIRE_HEADER_SIZE + size;
+        h->request.client = client_id;
+        h->request.operation = operation;
+        if (operation != OPERATION_REGISTER) {
+                h->request.parent = parent;
+                h->request.session = session;
+                h->request.request = request_number + 1;
+        }
+        memcpy(m->buffer + WIRE_HEADER_SIZE, body, size);
+        wire_header_set_checksum_body(h, m->buffer + WIRE_HEADER_SIZE, size);
+        wire_header_set_checksum(h);
+        return m;
+}
+
+/* Sends (and resends every 100 ticks) until the reply arrives; false after `ticks`. */
+static bool client_call(uint8_t to, uint8_t operation, const void *body, uint32_t size,
+                        uint32_t ticks)
+{
+        struct message *m = client_message(operation, body, size);
+        for (uint32_t t = 0; t < ticks; t += 100) {
+                uint32_t before = replies_received;
+                uint8_t target = to == 0xFF ? (uint8_t)(t / 100 % replica_count) : to;
+                if (alive[target])
+                        push((struct event){.kind = EVENT_MESSAGE, .to = target,
+                                            .connection = 1000u + target,
+                                            .message = message_ref(m)});
+                /* Replies to older requests (late duplicates) do not end the wait. */
+                bool answered = false;
+                for (uint32_t k = 0; k < 100 && !answered; k++) {
+                        run(1);
+                        answered = replies_received != before &&
+                                   last_reply->header->reply.request_checksum ==
+                                           m->header->checksum;
+                }
+                if (answered) {
+                        if (operation == OPERATION_REGISTER)
+                                session = last_reply->header->reply.commit;
+                        else
+                                request_number++;
+                        parent = last_reply->header->reply.context;
+                        message_unref(&pool, m);
+                        return true;
+                }
+        }
+        message_unref(&pool, m);
+        return false;
+}
+
+static uint32_t accounts_body(uint8_t *body, uint64_t first, uint32_t count)
+{
+        memset(body, 0, (size_t)(count + 1) * 128);
+        for (uint32_t i = 0; i < count; i++) {
+                struct wire_account a = {.id = first + i, .ledger = 1, .code = 1};
+                memcpy(body + i * 128, &a, sizeof(a));
+        }
+        memset(body + count * 128, 0xFF, 128);
+        uint16_t c = (uint16_t)count, one = 1;
+        memcpy(body + count * 128 + 124, &c, 2);
+        memcpy(body + count * 128 + 126, &one, 2);
+        return (count + 1) * 128;
+}
+
+static bool create_accounts(uint8_t to, uint64_t first, uint32_t count, uint32_t ticks)
+{
+        static uint8_t body[64 * 128];
+        uint32_t size = accounts_body(body, first, count);
+        if (!client_call(to, OPERATION_CREATE_ACCOUNTS, body, size, ticks)) {
+                fprintf(stderr, "  create_accounts %llu: no reply\n", (unsigned long long)first);
+                for (uint8_t i = 0; i < replica_count; i++) {
+                        struct replica *r = &replicas[i];
+                        fprintf(stderr,
+                                "  replica %u: alive=%d status=%d view=%u op=%llu commit=%llu "
+                                "commit_max=%llu pipeline=%u queue=%u ok=%x fresh=%d\n",
+                                i, alive[i], r->status, r->view, (unsigned long long)r->op,
+                                (unsigned long long)r->commit,
+                                (unsigned long long)r->commit_max, r->pipeline_count,
+                                r->queue_count,
+                                r->pipeline_count ? r->pipeline[r->pipeline_head].ok : 0,
+                                r->fresh);
+                }
+                return false;
+        }
+        if (last_reply->header->size != WIRE_HEADER_SIZE + 8) { /* failures reported */
+                struct wire_create_result result;
+                memcpy(&result, last_reply->buffer + WIRE_HEADER_SIZE, sizeof(result));
+                fprintf(stderr, "  create_accounts %llu: event %u result %u\n",
+                        (unsigned long long)first, result.index, result.result);
+                return false;
+        }
+        return true;
+}
+
+static uint64_t accounts_on(uint8_t i)
+{
+        struct ledger_stats stats;
+        ledger_get_stats(ledgers[i], &stats);
+        return stats.accounts;
+}
+
+static void client_reset(void)
+{
+        client_id++;
+        session = 0;
+        request_number = 0;
+        parent = 0;
+}
+
+static void test_normal_operation(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint32_t k = 0; k < 10; k++)
+                CHECK(create_accounts(0, 1 + k * 5, 5, 1000));
+        run(50);
+        for (uint8_t i = 0; i < 3; i++) {
+                CHECK_EQ_U64(accounts_on(i), 50);
+                CHECK_EQ_U64(replicas[i].commit, 11);
+                CHECK_EQ_U64(replicas[i].view, 0);
+        }
+        cluster_stop();
+}
+
+static void test_client_through_backup(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(2, OPERATION_REGISTER, body, sizeof(body), 2000));
+        CHECK(create_accounts(2, 100, 3, 2000));
+        CHECK(create_accounts(1, 200, 3, 2000));
+        run(50);
+        for (uint8_t i = 0; i < 3; i++)
+                CHECK_EQ_U64(accounts_on(i), 6);
+        cluster_stop();
+}
+
+static void test_primary_dies(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0, 1, 5, 1000));
+        alive[0] = false; /* the primary of view 0 is gone */
+        CHECK(create_accounts(0xFF, 10, 5, 3000));
+        CHECK(replicas[1].view >= 1);
+        CHECK_EQ_U64(replicas[1].view, replicas[2].view);
+        CHECK_EQ_U64(accounts_on(1), 10);
+        CHECK_EQ_U64(accounts_on(2), 10);
+        /* It comes back (same memory, as after a pause) and catches up. */
+        alive[0] = true;
+        CHECK(create_accounts(0xFF, 20, 5, 3000));
+        run(300);
+        CHECK_EQ_U64(accounts_on(0), 15);
+        CHECK_EQ_U64(replicas[0].view, replicas[1].view);
+        cluster_stop();
+}
+
+static void test_backup_behind_repairs(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        alive[2] = false; /* misses everything below */
+        for (uint32_t k = 0; k < 20; k++)
+                CHECK(create_accounts(0, 1 + k * 2, 2, 1000));
+        alive[2] = true;
+        CHECK(create_accounts(0, 100, 2, 1000));
+        run(500);
+        CHECK_EQ_U64(accounts_on(2), 42);
+        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
+        cluster_stop();
+}
+
+static void test_five_replicas_two_down(void)
+{
+        cluster_start(5);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0, 1, 3, 1000));
+        alive[0] = false;
+        alive[4] = false;
+        CHECK(create_accounts(0xFF, 10, 3, 5000));
+        for (uint8_t i = 1; i < 4; i++)
+                CHECK_EQ_U64(accounts_on(i), 6);
+        cluster_stop();
+}
+
+static void test_backup_restarts(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0, 1, 4, 1000));
+        replica_restart(2);
+        CHECK_EQ_U64(replicas[2].status, REPLICA_STATUS_RECOVERING);
+        CHECK(create_accounts(0, 10, 4, 1000));
+        run(300);
+        CHECK_EQ_U64(replicas[2].status, REPLICA_STATUS_NORMAL);
+        CHECK_EQ_U64(accounts_on(2), 8);
+        cluster_stop();
+}
+
+static void test_all_restart(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0, 1, 4, 1000));
+        alive[0] = false;
+        CHECK(create_accounts(0xFF, 10, 4, 3000)); /* view 1 */
+        alive[0] = true;
+        /* More ops than a pipeline holds, none of them known committed after the restart. */
+        for (uint32_t k = 0; k < 30; k++)
+                CHECK(create_accounts(0xFF, 100 + k * 2, 2, 3000));
+        for (uint8_t i = 0; i < 3; i++)
+                replica_restart(i);
+        /* Nobody is primary until the restarted replicas agree on a new view. */
+        CHECK(create_accounts(0xFF, 20, 4, 5000));
+        run(300);
+        for (uint8_t i = 0; i < 3; i++) {
+                CHECK_EQ_U64(accounts_on(i), 72);
+                CHECK(replicas[i].view >= 2);
+        }
+        /* The session survived: the client carried on without registering again. */
+        cluster_stop();
+}
+
+int main(void)
+{
+        log_set_level(getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR);
+        if (message_pool_init(&pool, 4096) != 0)
+                return 1;
+        TEST_RUN(test_normal_operation);
+        TEST_RUN(test_client_through_backup);
+        TEST_RUN(test_primary_dies);
+        TEST_RUN(test_backup_behind_repairs);
+        TEST_RUN(test_five_replicas_two_down);
+        TEST_RUN(test_backup_restarts);
+        TEST_RUN(test_all_restart);
+        TEST_MAIN_END();
+}
