@@ -80,3 +80,10 @@ format:
 	clang-format -i $$(find src tests bench -name '*.[ch]')
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# The deterministic simulator on new seeds (1, 2, 3 and 5 replicas each) until stopped or until
+# one fails; the failing run prints the command that replays it.
+.PHONY: sim-soak
+sim-soak: all
+	seed=$$(date +%s); while true; do for replicas in 1 2 3 5; do \
+	  ./tally sim --seed=$$seed --replicas=$$replicas || exit 1; done; seed=$$((seed + 1)); done

@@ -19,6 +19,8 @@ static const char usage[] =
         "  tally benchmark [--addresses=<a,b,c>] [--cluster=<u128>] [--accounts=<n>] "
         "[--transfers=<n>] [--batch=<n>] [--clients=<n>] [--hot-accounts=pareto|uniform] "
         "[--id-order=sequential|random] [--query-count=<n>] [--seed=<n>]\n"
+        "  tally sim [--seed=<n>] [--replicas=1..6] [--clients=<n>] [--ticks=<n>] "
+        "[--liveness-ticks=<n>] [--faults=all|none|<list>] [--verbose]\n"
         "\n"
         "addresses: 3000 (port on 127.0.0.1), 127.0.0.1:3000, [::1]:3000, host.name:3000\n";
 
@@ -58,6 +60,8 @@ int main(int argc, char **argv)
                 return cli_inspect(argc - 2, argv + 2);
         if (strcmp(command, "benchmark") == 0)
                 return cli_benchmark(argc - 2, argv + 2);
+        if (strcmp(command, "sim") == 0)
+                return cli_sim(argc - 2, argv + 2);
         if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||
             strcmp(command, "-h") == 0) {
                 fputs(usage, stdout);

@@ -1,0 +1,711 @@
+/*
+ * sim.c: the simulated world (see sim.h): replicas with their lifecycles, the fault schedule,
+ * the main loop, and the checks.
+ *
+ * Checks, failing the seed at the first violation:
+ *   - every op committed by any replica has the same prepare checksum on every replica that
+ *     commits it (also when a restarted replica replays its journal), and the same reply,
+ *     byte for byte apart from view, replica, checksum (and the context, checked separately:
+ *     a client's next request chains to it, whichever replica answers);
+ *   - a (client, request) commits at one op only; a register at one op only;
+ *   - every reply a client accepts is what the replicas committed for that op;
+ *   - replicas only send messages a receiver's bus accepts; no replica leaks messages
+ *     (its pool is full again after replica_deinit);
+ *   - liveness: after the fault phase every client completes a new request and all replicas
+ *     reach the same commit within liveness_ticks;
+ *   - at the end, every acknowledged request is committed on every replica, and the ledgers
+ *     and session tables of all replicas are identical.
+ *
+ * Storage damage that could lose an acknowledged op (corruption, lost writes, wipes) is kept on
+ * at most (n - 1) / 2 replicas at a time, so a majority always holds every committed op intact.
+ */
+#include "sim/sim_internal.h"
+#include "lib/log.h"
+#include "wire/checksum.h"
+#include "wire/types.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- PRNG ------------------------------------------------------------------------------ */
+
+static uint64_t splitmix64(uint64_t *x)
+{
+        uint64_t z = (*x += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+}
+
+void sim_prng_init(struct sim_prng *prng, uint64_t seed)
+{
+        uint64_t x = seed;
+        for (uint32_t i = 0; i < 4; i++)
+                prng->s[i] = splitmix64(&x);
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+        return (x << k) | (x >> (64 - k));
+}
+
+uint64_t sim_prng_next(struct sim_prng *prng)
+{
+        uint64_t *s = prng->s;
+        uint64_t result = rotl(s[1] * 5, 7) * 9;
+        uint64_t t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = rotl(s[3], 45);
+        return result;
+}
+
+uint64_t sim_prng_below(struct sim_prng *prng, uint64_t n)
+{
+        tally_assert(n > 0);
+        return (uint64_t)(((unsigned __int128)sim_prng_next(prng) * n) >> 64);
+}
+
+uint64_t sim_prng_range(struct sim_prng *prng, uint64_t lo, uint64_t hi)
+{
+        tally_assert(lo <= hi);
+        return lo + sim_prng_below(prng, hi - lo + 1);
+}
+
+bool sim_prng_chance(struct sim_prng *prng, uint32_t ppm)
+{
+        return sim_prng_below(prng, 1000000) < ppm;
+}
+
+/* ---- options, faults, reporting ---------------------------------------------------------- */
+
+static const char *const fault_names[SIM_FAULT_COUNT] = {
+        [SIM_FAULT_LOSS] = "loss",         [SIM_FAULT_DUPLICATE] = "duplicate",
+        [SIM_FAULT_DELAY] = "delay",       [SIM_FAULT_PARTITION] = "partition",
+        [SIM_FAULT_CLOSE] = "close",       [SIM_FAULT_CRASH] = "crash",
+        [SIM_FAULT_TORN] = "torn",         [SIM_FAULT_CORRUPT] = "corrupt",
+        [SIM_FAULT_LOST_WRITE] = "lost-write", [SIM_FAULT_WIPE] = "wipe",
+        [SIM_FAULT_CLOCK] = "clock",       [SIM_FAULT_BUSY] = "busy",
+};
+
+const char *sim_fault_name(enum sim_fault fault)
+{
+        tally_assert(fault < SIM_FAULT_COUNT);
+        return fault_names[fault];
+}
+
+bool sim_faults_parse(const char *text, uint32_t *faults)
+{
+        if (strcmp(text, "all") == 0) {
+                *faults = SIM_FAULTS_ALL;
+                return true;
+        }
+        *faults = 0;
+        if (strcmp(text, "none") == 0)
+                return true;
+        const char *p = text;
+        while (*p != '\0') {
+                size_t length = strcspn(p, ",");
+                bool found = false;
+                for (uint32_t f = 0; f < SIM_FAULT_COUNT; f++) {
+                        if (strlen(fault_names[f]) == length &&
+                            strncmp(p, fault_names[f], length) == 0) {
+                                *faults |= 1u << f;
+                                found = true;
+                        }
+                }
+                if (!found)
+                        return false;
+                p += length;
+                if (*p == ',')
+                        p++;
+        }
+        return true;
+}
+
+void sim_options_default(struct sim_options *o)
+{
+        if (o->replica_count == 0)
+                o->replica_count = 3;
+        if (o->client_count == 0)
+                o->client_count = 8;
+        if (o->ticks == 0)
+                o->ticks = 3000; /* 30 s of faults */
+        if (o->liveness_ticks == 0)
+                o->liveness_ticks = 3000; /* 30 s to heal */
+}
+
+void sim_fail(struct sim *sim, const char *fmt, ...)
+{
+        if (sim->failed)
+                return;
+        sim->failed = true;
+        char text[600];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        snprintf(sim->report->failure, sizeof(sim->report->failure), "t=%llums: %s",
+                 (unsigned long long)(sim->now_ns / SIM_NS_PER_MS), text);
+}
+
+void sim_note(struct sim *sim, const char *fmt, ...)
+{
+        if (!sim->options.verbose)
+                return;
+        char text[600];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(text, sizeof(text), fmt, ap);
+        va_end(ap);
+        fprintf(stderr, "sim t=%llums %s\n", (unsigned long long)(sim->now_ns / SIM_NS_PER_MS),
+                text);
+}
+
+bool sim_fault_on(const struct sim *sim, enum sim_fault fault)
+{
+        return (sim->options.faults & (1u << fault)) != 0;
+}
+
+void sim_count_fault(struct sim *sim, enum sim_fault fault)
+{
+        sim->report->faults[fault]++;
+}
+
+bool sim_damage_allowed(struct sim *sim, uint32_t r)
+{
+        if (sim_disk_damaged(sim, &sim->replicas[r].disk))
+                return true;
+        uint32_t damaged = 0;
+        for (uint32_t i = 0; i < sim->replica_count; i++)
+                if (i != r && sim_disk_damaged(sim, &sim->replicas[i].disk))
+                        damaged++;
+        return damaged < sim->quorum_faulty_max;
+}
+
+uint64_t sim_realtime_ns(struct sim *sim, uint32_t r)
+{
+        return (uint64_t)((int64_t)(sim->realtime_base_ns + sim->now_ns) +
+                          sim->replicas[r].clock_skew_ns);
+}
+
+u128 sim_reply_digest(const struct wire_header *reply, const uint8_t *body)
+{
+        struct wire_header h = *reply;
+        h.checksum = 0;
+        h.view = 0;
+        h.replica = 0;
+        h.reply.context = 0;
+        struct checksum_stream stream;
+        checksum_stream_init(&stream);
+        checksum_stream_add(&stream, &h, sizeof(h));
+        checksum_stream_add(&stream, body, reply->size - WIRE_HEADER_SIZE);
+        return checksum_stream_final(&stream);
+}
+
+/* ---- commits ----------------------------------------------------------------------------- */
+
+static struct sim_op *op_slot(struct sim *sim, uint64_t op)
+{
+        if (op >= sim->op_capacity) {
+                uint64_t capacity = MAX(1024u, sim->op_capacity);
+                while (capacity <= op)
+                        capacity *= 2;
+                sim->ops = realloc(sim->ops, capacity * sizeof(*sim->ops));
+                tally_assert(sim->ops != NULL);
+                memset(sim->ops + sim->op_capacity, 0,
+                       (capacity - sim->op_capacity) * sizeof(*sim->ops));
+                sim->op_capacity = capacity;
+        }
+        return &sim->ops[op];
+}
+
+/* A (client, request) commits at one op only. */
+static void check_once(struct sim *sim, uint32_t replica, const struct wire_header *p)
+{
+        uint64_t op = p->prepare.op;
+        struct sim_identity *id = sim_identity_find(sim, p->prepare.client);
+        if (id == NULL) {
+                sim_fail(sim, "replica %u committed op %llu for an unknown client", replica,
+                         (unsigned long long)op);
+                return;
+        }
+        uint64_t *slot = &id->register_op;
+        if (p->prepare.operation != OPERATION_REGISTER) {
+                uint32_t request = p->prepare.request;
+                if (request >= id->request_op_capacity) {
+                        uint32_t capacity = MAX(64u, id->request_op_capacity);
+                        while (capacity <= request)
+                                capacity *= 2;
+                        id->request_op = realloc(id->request_op, capacity * sizeof(uint64_t));
+                        tally_assert(id->request_op != NULL);
+                        memset(id->request_op + id->request_op_capacity, 0,
+                               (capacity - id->request_op_capacity) * sizeof(uint64_t));
+                        id->request_op_capacity = capacity;
+                }
+                slot = &id->request_op[request];
+        }
+        if (*slot != 0 && *slot != op)
+                sim_fail(sim, "client %u request %u (operation %u) executed twice: ops %llu and "
+                              "%llu (replica %u)",
+                         id->client, p->prepare.request, p->prepare.operation,
+                         (unsigned long long)*slot, (unsigned long long)op, replica);
+        *slot = op;
+}
+
+static void on_committed(void *context, const struct message *prepare, const struct message *reply)
+{
+        struct sim_replica *sr = context;
+        struct sim *sim = sr->sim;
+        const struct wire_header *p = prepare->header;
+        uint64_t op = p->prepare.op;
+        struct sim_op *o = op_slot(sim, op);
+        u128 digest = reply != NULL ? sim_reply_digest(reply->header, message_body(reply)) : 0;
+        if (!o->committed) {
+                o->committed = true;
+                o->has_reply = reply != NULL;
+                o->operation = p->prepare.operation;
+                o->request = p->prepare.request;
+                o->client = p->prepare.client;
+                o->prepare_checksum = p->checksum;
+                o->reply_digest = digest;
+                o->reply_context = reply != NULL ? reply->header->reply.context : 0;
+                o->context_replica = sr->index;
+                sim->commit_max = MAX(sim->commit_max, op);
+                if (p->prepare.client != 0)
+                        check_once(sim, sr->index, p);
+                return;
+        }
+        if (o->prepare_checksum != p->checksum) {
+                sim_fail(sim, "op %llu committed as %016llx%016llx by replica %u but as "
+                              "%016llx%016llx by replica %u",
+                         (unsigned long long)op, U128_HI(o->prepare_checksum),
+                         U128_LO(o->prepare_checksum), o->context_replica, U128_HI(p->checksum),
+                         U128_LO(p->checksum), sr->index);
+                return;
+        }
+        if (o->has_reply != (reply != NULL) || o->reply_digest != digest) {
+                sim_fail(sim, "op %llu: replica %u computed a different reply than replica %u",
+                         (unsigned long long)op, sr->index, o->context_replica);
+                return;
+        }
+        if (reply != NULL && o->reply_context != reply->header->reply.context)
+                sim_fail(sim, "op %llu: reply context of replica %u differs from replica %u's "
+                              "(a client's next request chains to it whichever replica answers)",
+                         (unsigned long long)op, sr->index, o->context_replica);
+}
+
+/* ---- replica lifecycle ------------------------------------------------------------------- */
+
+static uint64_t env_realtime_ns(void *context)
+{
+        struct sim_replica *sr = context;
+        return sim_realtime_ns(sr->sim, sr->index);
+}
+
+static void replica_start(struct sim *sim, struct sim_replica *sr)
+{
+        sr->ledger = ledger_create(&sim->ledger_config);
+        tally_assert(sr->ledger != NULL);
+        struct replica_config config = sim->config;
+        config.replica = sr->index;
+        struct replica_env env = {
+                .context = sr,
+                .send = sim_env_send,
+                .connection_alive = sim_env_connection_alive,
+                .connection_is_replica = sim_env_connection_is_replica,
+                .journal_write = sim_env_journal_write,
+                .realtime_ns = env_realtime_ns,
+                .checkpoint = sim_env_checkpoint,
+                .send_to_replica = sim_env_send_to_replica,
+                .journal_read = sim_env_journal_read,
+                .view_write = sim_env_view_write,
+                .checkpoint_read = sim_env_checkpoint_read,
+                .committed = on_committed,
+        };
+        tally_assert(replica_init(&sr->replica, &config, &env, &sr->pool, sr->ledger) == 0);
+        struct replica_durable durable;
+        sim_disk_durable(sim, sr, &durable, sr->replica.checkpoint_buffer,
+                         config.checkpoint_buffer_size);
+        sr->up = true;
+        memset(sr->peer_connection, 0, sizeof(sr->peer_connection));
+        char error[256];
+        if (replica_open(&sr->replica, &durable, error, sizeof(error)) != 0) {
+                sim_fail(sim, "replica %u cannot recover from its disk: %s", sr->index, error);
+                return;
+        }
+        sr->tick_next_ns = sim->now_ns + sim_prng_range(&sim->prng, 1, 10) * SIM_NS_PER_MS;
+        sr->view_seen = sr->replica.view;
+        sim_net_connect_peers(sim, sr->index);
+        sim_note(sim, "replica %u up view=%u commit=%llu", sr->index, sr->replica.view,
+                 (unsigned long long)sr->replica.commit);
+}
+
+/* Frees what the replica held; every message of its pool must be free again. */
+static void replica_stop(struct sim *sim, struct sim_replica *sr)
+{
+        replica_deinit(&sr->replica);
+        ledger_destroy(sr->ledger);
+        sr->ledger = NULL;
+        if (sr->pool.free_count != sr->pool.count)
+                sim_fail(sim, "replica %u leaked %u messages", sr->index,
+                         sr->pool.count - sr->pool.free_count);
+}
+
+static void replica_crash(struct sim *sim, struct sim_replica *sr)
+{
+        sr->up = false;
+        sr->incarnation++;
+        for (uint32_t i = 0; i < sim->net.connection_count; i++) {
+                struct sim_connection *c = &sim->net.connections[i];
+                if (c->open && (c->replica == sr->index || (c->peer && c->other == sr->index)))
+                        sim_connection_close(sim, i + 1);
+        }
+        sim_disk_crash(sim, sr);
+        replica_stop(sim, sr);
+        sim->report->restarts++;
+        bool wipe = sim_fault_on(sim, SIM_FAULT_WIPE) && sim->replica_count > 2 &&
+                    sim_prng_chance(&sim->prng, 150000) && sim_damage_allowed(sim, sr->index);
+        for (uint32_t i = 0; wipe && i < sim->replica_count; i++)
+                if (sim->replicas[i].disk.wiped)
+                        wipe = false; /* one at a time */
+        if (wipe) {
+                sim_disk_format(sim, &sr->disk);
+                sr->disk.wiped = true;
+                sr->disk.wiped_commit_max = sim->commit_max;
+                sim_count_fault(sim, SIM_FAULT_WIPE);
+        }
+        sim_note(sim, "replica %u crashed%s", sr->index, wipe ? " and wiped" : "");
+}
+
+/* ---- the fault schedule ------------------------------------------------------------------ */
+
+static uint64_t ms(uint64_t n)
+{
+        return n * SIM_NS_PER_MS;
+}
+
+static void faults_step(struct sim *sim)
+{
+        struct sim_prng *prng = &sim->prng;
+        sim_net_faults_step(sim);
+        if (sim_fault_on(sim, SIM_FAULT_CRASH) && sim->now_ns >= sim->crash_next_ns) {
+                struct sim_replica *sr = &sim->replicas[sim_prng_below(prng, sim->replica_count)];
+                if (sr->up) {
+                        replica_crash(sim, sr);
+                        sim_count_fault(sim, SIM_FAULT_CRASH);
+                        sr->restart_at_ns = sim->now_ns + ms(sim_prng_range(prng, 10, 3000));
+                }
+                sim->crash_next_ns = sim->now_ns + ms(sim_prng_range(prng, 300, 5000));
+        }
+        if (sim_fault_on(sim, SIM_FAULT_CORRUPT) && sim->now_ns >= sim->corrupt_next_ns) {
+                uint32_t r = (uint32_t)sim_prng_below(prng, sim->replica_count);
+                if (sim_damage_allowed(sim, r))
+                        sim_disk_corrupt_one(sim, &sim->replicas[r]);
+                sim->corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 100, 2000));
+        }
+        if (sim_fault_on(sim, SIM_FAULT_CLOCK) && sim->now_ns >= sim->clock_next_ns) {
+                struct sim_replica *sr = &sim->replicas[sim_prng_below(prng, sim->replica_count)];
+                sr->clock_skew_ns -= (int64_t)ms(sim_prng_range(prng, 10, 1000));
+                sim_count_fault(sim, SIM_FAULT_CLOCK);
+                sim->clock_next_ns = sim->now_ns + ms(sim_prng_range(prng, 500, 6000));
+        }
+        if (sim_fault_on(sim, SIM_FAULT_CLOSE) && sim->now_ns >= sim->close_next_ns) {
+                struct sim_client *c = &sim->clients[sim_prng_below(prng, sim->client_count)];
+                uint32_t r = (uint32_t)sim_prng_below(prng, sim->replica_count);
+                if (c->connection[r] != 0) {
+                        sim_connection_close(sim, c->connection[r]);
+                        sim_count_fault(sim, SIM_FAULT_CLOSE);
+                }
+                sim->close_next_ns = sim->now_ns + ms(sim_prng_range(prng, 50, 1500));
+        }
+}
+
+/* Clocks wander within +-50 ms; a backward jump drifts back into that band. */
+static void clock_drift(struct sim *sim, struct sim_replica *sr)
+{
+        int64_t limit = (int64_t)ms(50);
+        if (sr->clock_skew_ns < -limit)
+                sr->clock_skew_ns += (int64_t)ms(1);
+        else
+                sr->clock_skew_ns += (int64_t)sim_prng_range(&sim->prng, 0, 200000) - 100000;
+        if (sr->clock_skew_ns > limit)
+                sr->clock_skew_ns = limit;
+}
+
+static void heal(struct sim *sim)
+{
+        sim->healing = true;
+        sim_net_heal(sim);
+        for (uint32_t r = 0; r < sim->replica_count; r++)
+                if (!sim->replicas[r].up)
+                        sim->replicas[r].restart_at_ns = sim->now_ns;
+        sim_note(sim, "faults stop: healing");
+}
+
+/* ---- liveness and the final checks ------------------------------------------------------- */
+
+/* True once every client completed a request sent after healing and all replicas agree. */
+static bool healed(struct sim *sim)
+{
+        if (!sim->workload_stopped) {
+                for (uint32_t i = 0; i < sim->client_count; i++)
+                        if (sim->clients[i].acked_after_heal == 0)
+                                return false;
+                sim->workload_stopped = true;
+        }
+        for (uint32_t i = 0; i < sim->client_count; i++)
+                if (sim->clients[i].state == SIM_CLIENT_IN_FLIGHT)
+                        return false;
+        for (uint32_t r = 0; r < sim->replica_count; r++) {
+                const struct sim_replica *sr = &sim->replicas[r];
+                if (!sr->up || sr->replica.commit != sim->commit_max)
+                        return false;
+        }
+        return true;
+}
+
+static void liveness_failure(struct sim *sim)
+{
+        char text[400];
+        size_t used = 0;
+        for (uint32_t r = 0; r < sim->replica_count && used < sizeof(text); r++) {
+                const struct sim_replica *sr = &sim->replicas[r];
+                used += (size_t)snprintf(text + used, sizeof(text) - used,
+                                         " r%u(%s view=%u op=%llu commit=%llu)", r,
+                                         sr->up ? "up" : "down", sr->replica.view,
+                                         (unsigned long long)sr->replica.op,
+                                         (unsigned long long)sr->replica.commit);
+        }
+        uint32_t stuck = 0, never = 0;
+        for (uint32_t i = 0; i < sim->client_count; i++) {
+                stuck += sim->clients[i].state == SIM_CLIENT_IN_FLIGHT;
+                never += sim->clients[i].acked_after_heal == 0;
+        }
+        sim_fail(sim, "liveness: not healed %llu ms after faults stopped: commit_max=%llu "
+                      "clients_in_flight=%u clients_without_new_reply=%u;%s",
+                 (unsigned long long)(sim->options.liveness_ticks * 10),
+                 (unsigned long long)sim->commit_max, stuck, never, text);
+}
+
+static int ledger_digest_write(void *context, const void *data, size_t size)
+{
+        checksum_stream_add(context, data, size);
+        return 0;
+}
+
+static u128 ledger_digest(const struct ledger *ledger)
+{
+        struct checksum_stream stream;
+        checksum_stream_init(&stream);
+        struct ledger_stream s = {.write = ledger_digest_write, .context = &stream};
+        tally_assert(ledger_checkpoint_write(ledger, &s) == 0);
+        return checksum_stream_final(&stream);
+}
+
+static bool sessions_equal(const struct replica *a, const struct replica *b)
+{
+        uint32_t count_a = 0, count_b = 0;
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                count_b += b->clients[i].used;
+                if (!a->clients[i].used)
+                        continue;
+                count_a++;
+                bool found = false;
+                for (uint32_t j = 0; j < REPLICA_CLIENTS_MAX && !found; j++) {
+                        const struct replica_client *x = &a->clients[i], *y = &b->clients[j];
+                        found = y->used && y->client == x->client && y->session == x->session &&
+                                y->request == x->request;
+                }
+                if (!found)
+                        return false;
+        }
+        return count_a == count_b;
+}
+
+static void final_checks(struct sim *sim)
+{
+        for (uint64_t op = 1; op <= sim->commit_max; op++)
+                if (!sim->ops[op].committed)
+                        return sim_fail(sim, "op %llu below commit_max=%llu was never executed",
+                                        (unsigned long long)op,
+                                        (unsigned long long)sim->commit_max);
+        for (uint32_t i = 0; i < sim->identity_count; i++) {
+                const struct sim_identity *id = &sim->identities[i];
+                for (uint32_t n = 1; n <= id->acked_max; n++) {
+                        uint64_t op = n < id->request_op_capacity ? id->request_op[n] : 0;
+                        for (uint32_t r = 0; r < sim->replica_count; r++)
+                                if (op == 0 || sim->replicas[r].replica.commit < op)
+                                        return sim_fail(sim, "client %u request %u was "
+                                                             "acknowledged but replica %u lacks "
+                                                             "it (op %llu, commit %llu)",
+                                                        id->client, n, r,
+                                                        (unsigned long long)op,
+                                                        (unsigned long long)sim->replicas[r]
+                                                                .replica.commit);
+                }
+        }
+        u128 first = ledger_digest(sim->replicas[0].ledger);
+        for (uint32_t r = 1; r < sim->replica_count; r++) {
+                if (ledger_digest(sim->replicas[r].ledger) != first)
+                        return sim_fail(sim, "the ledgers of replicas 0 and %u differ", r);
+                if (!sessions_equal(&sim->replicas[0].replica, &sim->replicas[r].replica))
+                        return sim_fail(sim, "the session tables of replicas 0 and %u differ", r);
+        }
+        struct checksum_stream stream;
+        checksum_stream_init(&stream);
+        for (uint64_t op = 1; op <= sim->commit_max; op++)
+                checksum_stream_add(&stream, &sim->ops[op].prepare_checksum, sizeof(u128));
+        sim->report->digest = checksum_stream_final(&stream);
+}
+
+/* ---- the run ----------------------------------------------------------------------------- */
+
+static void setup(struct sim *sim)
+{
+        uint32_t n = sim->options.replica_count;
+        sim->replica_count = n;
+        sim->quorum_faulty_max = (n - 1) / 2;
+        sim_prng_init(&sim->prng, sim->options.seed);
+        sim->realtime_base_ns = 1700000000ull * 1000000000ull +
+                                sim_prng_below(&sim->prng, 1000000) * 1000000000ull;
+        sim->ledger_config = (struct ledger_config){
+                .accounts_max = 1024,
+                .transfers_max = 1u << 20,
+                .request_body_size_max = SIM_REQUEST_SIZE_MAX - WIRE_HEADER_SIZE,
+        };
+        sim->config = (struct replica_config){
+                .cluster = ((u128)sim_prng_next(&sim->prng) << 64) | 1u,
+                .replica_count = (uint8_t)n,
+                .request_size_max = SIM_REQUEST_SIZE_MAX,
+                .checkpoint_interval = SIM_CHECKPOINT_INTERVAL,
+                .wal_slot_count = SIM_WAL_SLOTS,
+                .checkpoint_buffer_size = ledger_memory_bytes(&sim->ledger_config) + (16u << 20),
+        };
+        sim->scratch = malloc(SIM_REQUEST_SIZE_MAX);
+        tally_assert(sim->scratch != NULL);
+        sim_net_init(sim);
+        for (uint32_t r = 0; r < n; r++) {
+                struct sim_replica *sr = &sim->replicas[r];
+                sr->sim = sim;
+                sr->index = (uint8_t)r;
+                sr->clock_skew_ns = (int64_t)ms(sim_prng_range(&sim->prng, 0, 100)) - (int64_t)ms(50);
+                tally_assert(message_pool_init(&sr->pool, SIM_MESSAGES_PER_REPLICA) == 0);
+                sim_disk_init(sim, &sr->disk);
+        }
+        sim->client_count = sim->options.client_count;
+        sim->clients = calloc(sim->client_count, sizeof(*sim->clients));
+        tally_assert(sim->clients != NULL);
+        for (uint32_t i = 0; i < sim->client_count; i++)
+                sim_client_init(sim, &sim->clients[i], i);
+        sim->crash_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
+        sim->corrupt_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
+        sim->clock_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
+        sim->close_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
+        sim->heal_ns = sim->options.ticks * SIM_TICK_NS;
+        for (uint32_t r = 0; r < n && !sim->failed; r++)
+                replica_start(sim, &sim->replicas[r]);
+}
+
+static void teardown(struct sim *sim)
+{
+        for (uint32_t r = 0; r < sim->replica_count; r++) {
+                struct sim_replica *sr = &sim->replicas[r];
+                struct sim_disk *disk = &sr->disk;
+                for (uint32_t k = 0; k < disk->write_count; k++)
+                        message_unref(&sr->pool,
+                                      disk->writes[(disk->write_head + k) % SIM_WRITES_MAX].prepare);
+                disk->write_count = 0;
+                if (disk->checkpoint_pending) {
+                        for (uint32_t i = 0; i < disk->checkpoint_next.reply_count; i++)
+                                message_unref(&sr->pool, disk->checkpoint_next.replies[i].reply);
+                        disk->checkpoint_pending = false;
+                }
+                if (sr->ledger != NULL) {
+                        sr->up = false;
+                        replica_stop(sim, sr);
+                }
+                message_pool_deinit(&sr->pool);
+                sim_disk_deinit(disk);
+        }
+        for (uint32_t i = 0; i < sim->client_count; i++)
+                sim_client_deinit(&sim->clients[i]);
+        free(sim->clients);
+        for (uint32_t i = 0; i < sim->identity_count; i++)
+                free(sim->identities[i].request_op);
+        free(sim->identities);
+        free(sim->ops);
+        free(sim->scratch);
+        sim_net_deinit(sim);
+}
+
+static void step(struct sim *sim)
+{
+        sim->now_ns += SIM_STEP_NS;
+        if (!sim->healing && sim->now_ns >= sim->heal_ns)
+                heal(sim);
+        if (!sim->healing)
+                faults_step(sim);
+        for (uint32_t r = 0; r < sim->replica_count && !sim->failed; r++) {
+                struct sim_replica *sr = &sim->replicas[r];
+                if (!sr->up && sim->now_ns >= sr->restart_at_ns)
+                        replica_start(sim, sr);
+                if (sr->up)
+                        sim_disk_complete_due(sim, sr);
+        }
+        sim_net_deliver_due(sim);
+        for (uint32_t r = 0; r < sim->replica_count && !sim->failed; r++) {
+                struct sim_replica *sr = &sim->replicas[r];
+                if (!sr->up || sim->now_ns < sr->tick_next_ns)
+                        continue;
+                sr->tick_next_ns += SIM_TICK_NS;
+                if (sim_fault_on(sim, SIM_FAULT_CLOCK))
+                        clock_drift(sim, sr);
+                replica_tick(&sr->replica);
+                if (sr->disk.wiped)
+                        sim_disk_heal_check(sim, sr);
+                if (sr->replica.view > sr->view_seen) {
+                        sim->report->view_changes++;
+                        sr->view_seen = sr->replica.view;
+                }
+                sim->report->view_max = MAX(sim->report->view_max, (uint64_t)sr->replica.view);
+        }
+        for (uint32_t i = 0; i < sim->client_count && !sim->failed; i++)
+                sim_client_step(sim, &sim->clients[i]);
+}
+
+int sim_run(const struct sim_options *options, struct sim_report *report)
+{
+        struct sim *sim = calloc(1, sizeof(*sim));
+        tally_assert(sim != NULL);
+        memset(report, 0, sizeof(*report));
+        sim->options = *options;
+        sim_options_default(&sim->options);
+        sim->report = report;
+        tally_assert(sim->options.replica_count >= 1 &&
+                     sim->options.replica_count <= SIM_REPLICAS_MAX);
+        tally_assert(sim->options.client_count >= 1 &&
+                     sim->options.client_count <= SIM_CLIENTS_MAX);
+        setup(sim);
+        uint64_t deadline = sim->heal_ns + sim->options.liveness_ticks * SIM_TICK_NS;
+        while (!sim->failed) {
+                step(sim);
+                if (sim->healing && !sim->failed && healed(sim))
+                        break;
+                if (sim->now_ns >= deadline && !sim->failed)
+                        liveness_failure(sim);
+        }
+        if (!sim->failed)
+                final_checks(sim);
+        report->ok = !sim->failed;
+        report->time_ms = sim->now_ns / SIM_NS_PER_MS;
+        report->ops_committed = sim->commit_max;
+        teardown(sim);
+        free(sim);
+        return report->ok ? 0 : -1;
+}

@@ -1,0 +1,535 @@
+/*
+ * sim_disk.c: a replica's simulated data file, and the env functions that use it.
+ *
+ * The disk holds what `tally start`'s data file holds: the view state, one durable checkpoint
+ * (blob, op, prepare checksum, timestamp), the WAL as a headers zone and a prepares zone with one
+ * slot per op modulo the slot count, and the client replies zone. Reads apply exactly the checks
+ * storage.c applies to what it reads back (checksums, sizes, header against prepare): the bytes
+ * themselves may be anything, and the replica must cope with what those checks let through.
+ *
+ * Writes are acknowledged after a simulated latency, in the order they were issued, and only
+ * then are they durable. At a crash, the writes in flight land, land torn or vanish. Faults
+ * that hit acknowledged data (a bit flip in a stored entry, a write acknowledged but never
+ * stored, a wipe) are recorded in `damaged_op` / `wiped`, so sim.c can keep them on fewer
+ * replicas than could lose a committed op; they heal when the slot is written again or a
+ * checkpoint covers the op.
+ */
+#include "sim/sim_internal.h"
+#include "wire/checksum.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static const uint8_t zero_chunk[SIM_BLOB_CHUNK];
+
+void sim_disk_init(struct sim *sim, struct sim_disk *disk)
+{
+        (void)sim;
+        memset(disk, 0, sizeof(*disk));
+        disk->headers = calloc(SIM_WAL_SLOTS, WIRE_HEADER_SIZE);
+        disk->prepares = calloc(SIM_WAL_SLOTS, sizeof(*disk->prepares));
+        disk->replies = calloc(SIM_REPLY_SLOTS, sizeof(*disk->replies));
+        disk->damaged_op = calloc(SIM_WAL_SLOTS, sizeof(*disk->damaged_op));
+        tally_assert(disk->headers != NULL && disk->prepares != NULL && disk->replies != NULL &&
+                     disk->damaged_op != NULL);
+}
+
+static void blob_free(struct sim_blob *blob)
+{
+        for (uint32_t i = 0; i < blob->chunk_count; i++)
+                free(blob->chunks[i]);
+        free(blob->chunks);
+        memset(blob, 0, sizeof(*blob));
+}
+
+void sim_disk_format(struct sim *sim, struct sim_disk *disk)
+{
+        (void)sim;
+        tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
+        disk->view = 0;
+        disk->log_view = 0;
+        disk->checkpoint_present = false;
+        blob_free(&disk->checkpoint);
+        disk->checkpoint_op = 0;
+        disk->checkpoint_prepare_checksum = 0;
+        disk->checkpoint_timestamp = 0;
+        memset(disk->headers, 0, (size_t)SIM_WAL_SLOTS * WIRE_HEADER_SIZE);
+        for (uint32_t s = 0; s < SIM_WAL_SLOTS; s++) {
+                free(disk->prepares[s]);
+                disk->prepares[s] = NULL;
+                disk->damaged_op[s] = 0;
+        }
+        for (uint32_t s = 0; s < SIM_REPLY_SLOTS; s++) {
+                free(disk->replies[s]);
+                disk->replies[s] = NULL;
+        }
+}
+
+void sim_disk_deinit(struct sim_disk *disk)
+{
+        tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
+        blob_free(&disk->checkpoint);
+        for (uint32_t s = 0; s < SIM_WAL_SLOTS; s++)
+                free(disk->prepares[s]);
+        for (uint32_t s = 0; s < SIM_REPLY_SLOTS; s++)
+                free(disk->replies[s]);
+        free(disk->headers);
+        free(disk->prepares);
+        free(disk->replies);
+        free(disk->damaged_op);
+        memset(disk, 0, sizeof(*disk));
+}
+
+/* ---- blobs ------------------------------------------------------------------------------- */
+
+static void blob_write(struct sim_blob *blob, uint64_t offset, const uint8_t *data, uint64_t size)
+{
+        while (size > 0) {
+                uint32_t index = (uint32_t)(offset / SIM_BLOB_CHUNK);
+                uint32_t within = (uint32_t)(offset % SIM_BLOB_CHUNK);
+                uint32_t piece = (uint32_t)MIN(size, (uint64_t)(SIM_BLOB_CHUNK - within));
+                tally_assert(index < blob->chunk_count);
+                if (blob->chunks[index] == NULL && memcmp(data, zero_chunk, piece) != 0) {
+                        blob->chunks[index] = calloc(1, SIM_BLOB_CHUNK);
+                        tally_assert(blob->chunks[index] != NULL);
+                }
+                if (blob->chunks[index] != NULL)
+                        memcpy(blob->chunks[index] + within, data, piece);
+                offset += piece;
+                data += piece;
+                size -= piece;
+        }
+}
+
+static void blob_read(const struct sim_blob *blob, uint64_t offset, uint8_t *into, uint64_t size)
+{
+        tally_assert(offset + size <= blob->size);
+        while (size > 0) {
+                uint32_t index = (uint32_t)(offset / SIM_BLOB_CHUNK);
+                uint32_t within = (uint32_t)(offset % SIM_BLOB_CHUNK);
+                uint32_t piece = (uint32_t)MIN(size, (uint64_t)(SIM_BLOB_CHUNK - within));
+                if (blob->chunks[index] == NULL)
+                        memset(into, 0, piece);
+                else
+                        memcpy(into, blob->chunks[index] + within, piece);
+                offset += piece;
+                into += piece;
+                size -= piece;
+        }
+}
+
+/* ---- the checks storage.c makes on what it reads ---------------------------------------- */
+
+static bool header_read(const struct sim *sim, const struct sim_disk *disk, uint32_t slot,
+                        struct wire_header *into)
+{
+        memcpy(into, disk->headers[slot], WIRE_HEADER_SIZE);
+        return into->command == COMMAND_PREPARE && into->cluster == sim->config.cluster &&
+               wire_header_checksum_valid(into) && into->size >= WIRE_HEADER_SIZE &&
+               into->size <= SIM_REQUEST_SIZE_MAX;
+}
+
+static bool prepare_read(const struct sim_disk *disk, uint32_t slot,
+                         const struct wire_header *header, struct message *into)
+{
+        if (disk->prepares[slot] == NULL)
+                return false;
+        memcpy(into->buffer, disk->prepares[slot], header->size);
+        return memcmp(into->header, header, WIRE_HEADER_SIZE) == 0 &&
+               wire_body_checksum_valid(into->header, into->buffer + WIRE_HEADER_SIZE);
+}
+
+static bool slot_intact(const struct sim *sim, const struct sim_disk *disk, uint32_t slot,
+                        uint64_t op, struct message *scratch)
+{
+        struct wire_header header;
+        return header_read(sim, disk, slot, &header) && header.prepare.op == op &&
+               prepare_read(disk, slot, &header, scratch);
+}
+
+static int read_reply(void *context, uint32_t slot, u128 checksum, struct message *into)
+{
+        struct sim_replica *sr = context;
+        const struct sim_disk *disk = &sr->disk;
+        if (slot >= SIM_REPLY_SLOTS || disk->replies[slot] == NULL)
+                return -1;
+        memcpy(into->buffer, disk->replies[slot], WIRE_HEADER_SIZE);
+        const struct wire_header *h = into->header;
+        if (h->checksum != checksum || !wire_header_checksum_valid(h) ||
+            h->size < WIRE_HEADER_SIZE || h->size > SIM_REQUEST_SIZE_MAX)
+                return -1;
+        memcpy(into->buffer, disk->replies[slot], h->size);
+        return wire_body_checksum_valid(h, into->buffer + WIRE_HEADER_SIZE) ? 0 : -1;
+}
+
+static bool read_header(void *context, uint32_t slot, struct wire_header *into)
+{
+        struct sim_replica *sr = context;
+        tally_assert(slot < SIM_WAL_SLOTS);
+        return header_read(sr->sim, &sr->disk, slot, into);
+}
+
+static bool read_prepare(void *context, uint32_t slot, const struct wire_header *header,
+                         struct message *into)
+{
+        struct sim_replica *sr = context;
+        tally_assert(slot < SIM_WAL_SLOTS);
+        return prepare_read(&sr->disk, slot, header, into);
+}
+
+void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable,
+                      uint8_t *blob, uint64_t blob_capacity)
+{
+        (void)sim;
+        struct sim_disk *disk = &sr->disk;
+        memset(durable, 0, sizeof(*durable));
+        durable->view = disk->view;
+        durable->log_view = disk->log_view;
+        /* As start.c: the superblock's commit and checkpoint op are both 0. */
+        durable->fresh = !disk->checkpoint_present;
+        durable->context = sr;
+        durable->read_reply = read_reply;
+        durable->read_header = read_header;
+        durable->read_prepare = read_prepare;
+        if (disk->checkpoint_present) {
+                tally_assert(disk->checkpoint.size <= blob_capacity);
+                blob_read(&disk->checkpoint, 0, blob, disk->checkpoint.size);
+                durable->checkpoint_blob = blob;
+                durable->checkpoint_size = disk->checkpoint.size;
+                durable->checkpoint_op = disk->checkpoint_op;
+                durable->checkpoint_prepare_checksum = disk->checkpoint_prepare_checksum;
+                durable->checkpoint_timestamp = disk->checkpoint_timestamp;
+        }
+}
+
+/* ---- journal ----------------------------------------------------------------------------- */
+
+static void store_prepare(struct sim_disk *disk, const struct message *m)
+{
+        uint32_t slot = (uint32_t)(m->header->prepare.op % SIM_WAL_SLOTS);
+        memcpy(disk->headers[slot], m->header, WIRE_HEADER_SIZE);
+        if (disk->prepares[slot] == NULL) {
+                disk->prepares[slot] = malloc(SIM_REQUEST_SIZE_MAX);
+                tally_assert(disk->prepares[slot] != NULL);
+        }
+        memcpy(disk->prepares[slot], m->buffer, m->header->size);
+        disk->damaged_op[slot] = 0;
+}
+
+bool sim_env_journal_write(void *context, struct message *prepare,
+                           void (*done)(void *replica, struct message *prepare), void *replica)
+{
+        struct sim_replica *sr = context;
+        struct sim *sim = sr->sim;
+        struct sim_disk *disk = &sr->disk;
+        const struct wire_header *h = prepare->header;
+        if (h->command != COMMAND_PREPARE || h->prepare.op == 0 || h->size > SIM_REQUEST_SIZE_MAX ||
+            !wire_header_checksum_valid(h)) {
+                sim_fail(sim, "replica %u journals an invalid prepare op=%llu", sr->index,
+                         (unsigned long long)h->prepare.op);
+                return false;
+        }
+        if (disk->write_count == SIM_WRITES_MAX)
+                return false;
+        if (sim_fault_on(sim, SIM_FAULT_BUSY) && !sim->healing &&
+            sim_prng_chance(&sim->prng, 5000)) {
+                sim_count_fault(sim, SIM_FAULT_BUSY);
+                return false;
+        }
+        uint64_t latency_ms = sim_prng_chance(&sim->prng, 10000) ? sim_prng_range(&sim->prng, 10, 60)
+                                                                  : sim_prng_range(&sim->prng, 1, 4);
+        uint64_t at = sim->now_ns + latency_ms * SIM_NS_PER_MS;
+        if (disk->write_count > 0) {
+                const struct sim_write *last =
+                        &disk->writes[(disk->write_head + disk->write_count - 1) % SIM_WRITES_MAX];
+                at = MAX(at, last->at_ns); /* one queue: completions keep the issue order */
+        }
+        struct sim_write *w = &disk->writes[(disk->write_head + disk->write_count) % SIM_WRITES_MAX];
+        w->prepare = message_ref(prepare);
+        w->done = done;
+        w->done_context = replica;
+        w->at_ns = at;
+        disk->write_count++;
+        return true;
+}
+
+bool sim_env_journal_read(void *context, uint64_t op, u128 checksum, struct message *into)
+{
+        struct sim_replica *sr = context;
+        uint32_t slot = (uint32_t)(op % SIM_WAL_SLOTS);
+        struct wire_header header;
+        return header_read(sr->sim, &sr->disk, slot, &header) && header.prepare.op == op &&
+               (checksum == 0 || header.checksum == checksum) &&
+               prepare_read(&sr->disk, slot, &header, into);
+}
+
+/* ---- view state and checkpoints ---------------------------------------------------------- */
+
+bool sim_env_view_write(void *context, uint32_t view, uint32_t log_view,
+                        void (*done)(void *replica), void *replica)
+{
+        struct sim_replica *sr = context;
+        struct sim *sim = sr->sim;
+        struct sim_disk *disk = &sr->disk;
+        if (disk->view_pending)
+                return false;
+        if (log_view > view) {
+                sim_fail(sim, "replica %u persists log_view=%u > view=%u", sr->index, log_view,
+                         view);
+                return false;
+        }
+        disk->view_pending = true;
+        disk->view_next = view;
+        disk->log_view_next = log_view;
+        disk->view_at_ns = sim->now_ns + sim_prng_range(&sim->prng, 1, 5) * SIM_NS_PER_MS;
+        disk->view_done = done;
+        disk->view_done_context = replica;
+        return true;
+}
+
+bool sim_env_checkpoint(void *context, const struct replica_checkpoint *checkpoint,
+                        void (*done)(void *replica, bool ok), void *replica)
+{
+        struct sim_replica *sr = context;
+        struct sim *sim = sr->sim;
+        struct sim_disk *disk = &sr->disk;
+        if (disk->checkpoint_pending)
+                return false;
+        disk->checkpoint_pending = true;
+        disk->checkpoint_next = *checkpoint;
+        for (uint32_t i = 0; i < checkpoint->reply_count; i++)
+                message_ref(checkpoint->replies[i].reply);
+        disk->checkpoint_at_ns = sim->now_ns + sim_prng_range(&sim->prng, 2, 30) * SIM_NS_PER_MS;
+        disk->checkpoint_done = done;
+        disk->checkpoint_done_context = replica;
+        return true;
+}
+
+int64_t sim_env_checkpoint_read(void *context, uint64_t offset, uint8_t *into, uint32_t size)
+{
+        struct sim_replica *sr = context;
+        const struct sim_disk *disk = &sr->disk;
+        if (!disk->checkpoint_present || offset > disk->checkpoint.size)
+                return -1;
+        uint64_t n = MIN((uint64_t)size, disk->checkpoint.size - offset);
+        blob_read(&disk->checkpoint, offset, into, n);
+        return (int64_t)n;
+}
+
+static void checkpoint_release(struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        for (uint32_t i = 0; i < disk->checkpoint_next.reply_count; i++)
+                message_unref(&sr->pool, disk->checkpoint_next.replies[i].reply);
+        disk->checkpoint_pending = false;
+}
+
+/* The checkpoint's blocks and replies are written, then the superblock switches to it. */
+static void checkpoint_complete(struct sim *sim, struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        const struct replica_checkpoint *cp = &disk->checkpoint_next;
+        struct sim_blob blob = {.size = cp->blob_size};
+        blob.chunk_count = (uint32_t)((cp->blob_size + SIM_BLOB_CHUNK - 1) / SIM_BLOB_CHUNK);
+        blob.chunks = calloc(MAX(blob.chunk_count, 1u), sizeof(*blob.chunks));
+        tally_assert(blob.chunks != NULL);
+        uint64_t offset = 0;
+        for (uint32_t i = 0; i < cp->extent_count; i++) {
+                blob_write(&blob, offset, cp->extents[i].data, cp->extents[i].size);
+                offset += cp->extents[i].size;
+        }
+        if (offset != cp->blob_size)
+                sim_fail(sim, "replica %u checkpoint extents sum to %llu, blob_size=%llu",
+                         sr->index, (unsigned long long)offset,
+                         (unsigned long long)cp->blob_size);
+        for (uint32_t i = 0; i < cp->reply_count; i++) {
+                const struct message *reply = cp->replies[i].reply;
+                uint32_t slot = cp->replies[i].slot;
+                tally_assert(slot < SIM_REPLY_SLOTS);
+                if (disk->replies[slot] == NULL) {
+                        disk->replies[slot] = malloc(SIM_REQUEST_SIZE_MAX);
+                        tally_assert(disk->replies[slot] != NULL);
+                }
+                memcpy(disk->replies[slot], reply->buffer, reply->header->size);
+        }
+        blob_free(&disk->checkpoint);
+        disk->checkpoint = blob;
+        disk->checkpoint_present = true;
+        disk->checkpoint_op = cp->op;
+        disk->checkpoint_prepare_checksum = cp->prepare_checksum;
+        disk->checkpoint_timestamp = cp->timestamp;
+        sim->report->checkpoints++;
+        void (*done)(void *, bool) = disk->checkpoint_done;
+        void *done_context = disk->checkpoint_done_context;
+        checkpoint_release(sr);
+        sim_disk_heal_check(sim, sr);
+        done(done_context, true);
+}
+
+void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        while (!sim->failed && sr->up && disk->write_count > 0 &&
+               disk->writes[disk->write_head].at_ns <= sim->now_ns) {
+                struct sim_write w = disk->writes[disk->write_head];
+                disk->write_head = (disk->write_head + 1) % SIM_WRITES_MAX;
+                disk->write_count--;
+                uint64_t op = w.prepare->header->prepare.op;
+                if (sim_fault_on(sim, SIM_FAULT_LOST_WRITE) && !sim->healing &&
+                    sim_prng_chance(&sim->prng, 5000) && sim_damage_allowed(sim, sr->index)) {
+                        disk->damaged_op[op % SIM_WAL_SLOTS] = op;
+                        sim_count_fault(sim, SIM_FAULT_LOST_WRITE);
+                        sim_note(sim, "lost write replica=%u op=%llu", sr->index,
+                                 (unsigned long long)op);
+                } else {
+                        store_prepare(disk, w.prepare);
+                }
+                w.done(w.done_context, w.prepare);
+                message_unref(&sr->pool, w.prepare);
+        }
+        if (!sim->failed && sr->up && disk->view_pending && disk->view_at_ns <= sim->now_ns) {
+                disk->view_pending = false;
+                disk->view = disk->view_next;
+                disk->log_view = disk->log_view_next;
+                disk->view_done(disk->view_done_context);
+        }
+        if (!sim->failed && sr->up && disk->checkpoint_pending &&
+            disk->checkpoint_at_ns <= sim->now_ns)
+                checkpoint_complete(sim, sr);
+}
+
+/* ---- crashes and damage ------------------------------------------------------------------ */
+
+/* Part of a write reached the disk: a prefix of the header, or of the prepare, or only one. */
+static void tear(struct sim *sim, struct sim_disk *disk, const struct message *m)
+{
+        uint32_t slot = (uint32_t)(m->header->prepare.op % SIM_WAL_SLOTS);
+        if (disk->prepares[slot] == NULL) {
+                disk->prepares[slot] = calloc(1, SIM_REQUEST_SIZE_MAX);
+                tally_assert(disk->prepares[slot] != NULL);
+        }
+        switch (sim_prng_below(&sim->prng, 3)) {
+        case 0: /* the header, and a prefix of the prepare */
+                memcpy(disk->headers[slot], m->header, WIRE_HEADER_SIZE);
+                memcpy(disk->prepares[slot], m->buffer,
+                       sim_prng_below(&sim->prng, m->header->size));
+                break;
+        case 1: /* the prepare, not the header */
+                memcpy(disk->prepares[slot], m->buffer, m->header->size);
+                break;
+        default: /* a prefix of the header */
+                memcpy(disk->headers[slot], m->header,
+                       1 + sim_prng_below(&sim->prng, WIRE_HEADER_SIZE - 1));
+                break;
+        }
+}
+
+/* True if `slot` holds exactly this prepare, intact: tearing it would damage acknowledged data. */
+static bool slot_holds(struct sim *sim, struct sim_disk *disk, const struct message *m)
+{
+        uint32_t slot = (uint32_t)(m->header->prepare.op % SIM_WAL_SLOTS);
+        struct wire_header header;
+        return header_read(sim, disk, slot, &header) && header.checksum == m->header->checksum;
+}
+
+void sim_disk_crash(struct sim *sim, struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        bool torn_on = sim_fault_on(sim, SIM_FAULT_TORN);
+        /* One replica has no peer to repair a gap from: only the head of its journal may tear.
+         * With peers, each write in flight independently lands, tears or vanishes. */
+        uint32_t landed = (uint32_t)sim_prng_below(&sim->prng, disk->write_count + 1);
+        for (uint32_t k = 0; k < disk->write_count; k++) {
+                struct sim_write *w = &disk->writes[(disk->write_head + k) % SIM_WRITES_MAX];
+                uint32_t fate; /* 0 lands, 1 tears, 2 vanishes */
+                if (sim->replica_count == 1)
+                        fate = k < landed ? 0 : k == landed && torn_on ? 1 : 2;
+                else
+                        fate = (uint32_t)sim_prng_below(&sim->prng, torn_on ? 3 : 2) * (torn_on ? 1 : 2);
+                if (fate == 1 && slot_holds(sim, disk, w->prepare)) {
+                        if (sim_damage_allowed(sim, sr->index))
+                                disk->damaged_op[w->prepare->header->prepare.op % SIM_WAL_SLOTS] =
+                                        w->prepare->header->prepare.op;
+                        else
+                                fate = 0;
+                }
+                if (fate == 0)
+                        store_prepare(disk, w->prepare);
+                else if (fate == 1) {
+                        tear(sim, disk, w->prepare);
+                        sim_count_fault(sim, SIM_FAULT_TORN);
+                }
+                message_unref(&sr->pool, w->prepare);
+        }
+        disk->write_count = 0;
+        disk->write_head = 0;
+        if (disk->view_pending && sim_prng_chance(&sim->prng, 500000)) {
+                disk->view = disk->view_next; /* written, just not acknowledged */
+                disk->log_view = disk->log_view_next;
+        }
+        disk->view_pending = false;
+        if (disk->checkpoint_pending)
+                checkpoint_release(sr); /* the superblock still names the previous one */
+}
+
+void sim_disk_corrupt_one(struct sim *sim, struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        for (uint32_t attempt = 0; attempt < 8; attempt++) {
+                uint32_t slot = (uint32_t)sim_prng_below(&sim->prng, SIM_WAL_SLOTS);
+                struct wire_header header;
+                if (!header_read(sim, disk, slot, &header) ||
+                    (disk->checkpoint_present && header.prepare.op <= disk->checkpoint_op))
+                        continue;
+                uint32_t bit = (uint32_t)sim_prng_below(&sim->prng, 8);
+                if (sim_prng_below(&sim->prng, 2) == 0 || disk->prepares[slot] == NULL)
+                        disk->headers[slot][sim_prng_below(&sim->prng, WIRE_HEADER_SIZE)] ^=
+                                (uint8_t)(1u << bit);
+                else
+                        disk->prepares[slot][sim_prng_below(&sim->prng, header.size)] ^=
+                                (uint8_t)(1u << bit);
+                disk->damaged_op[slot] = header.prepare.op;
+                sim_count_fault(sim, SIM_FAULT_CORRUPT);
+                sim_note(sim, "corrupt replica=%u op=%llu", sr->index,
+                         (unsigned long long)header.prepare.op);
+                return;
+        }
+}
+
+bool sim_disk_damaged(const struct sim *sim, const struct sim_disk *disk)
+{
+        (void)sim;
+        if (disk->wiped)
+                return true;
+        for (uint32_t s = 0; s < SIM_WAL_SLOTS; s++)
+                if (disk->damaged_op[s] != 0)
+                        return true;
+        return false;
+}
+
+/* Damage is gone once a checkpoint covers the op or the slot holds an intact copy again. */
+void sim_disk_heal_check(struct sim *sim, struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        uint64_t covered = disk->checkpoint_present ? disk->checkpoint_op : 0;
+        struct message *scratch = (struct message *)NULL;
+        struct message scratch_message = {.header = (struct wire_header *)sim->scratch,
+                                          .buffer = sim->scratch};
+        scratch = &scratch_message;
+        for (uint32_t s = 0; s < SIM_WAL_SLOTS; s++) {
+                if (disk->damaged_op[s] != 0 &&
+                    (disk->damaged_op[s] <= covered ||
+                     slot_intact(sim, disk, s, disk->damaged_op[s], scratch)))
+                        disk->damaged_op[s] = 0;
+        }
+        if (disk->wiped) {
+                uint64_t op = covered + 1;
+                while (op <= disk->wiped_commit_max &&
+                       slot_intact(sim, disk, (uint32_t)(op % SIM_WAL_SLOTS), op, scratch))
+                        op++;
+                if (op > disk->wiped_commit_max) {
+                        disk->wiped = false;
+                        sim_note(sim, "replica %u caught up after its wipe", sr->index);
+                }
+        }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# tests/sim/run.sh <tally> [seeds per cluster size]: the deterministic simulator over many seeds.
+#
+# Runs `tally sim` for seeds BASE..BASE+N-1 on each cluster size (default 50 seeds on each of 1,
+# 2, 3 and 5 replicas: 200 seeds), several at a time. The first seed of each size runs twice and
+# the two outputs must be identical (same seed, same run, byte for byte). One result per seed;
+# a failure prints the check that failed and the command that replays it. Last line:
+# "N passed, N failed".
+#
+# Environment: TALLY_SIM_SIZES ("1 2 3 5"), TALLY_SIM_SEED (first seed, 1),
+# TALLY_SIM_JOBS (parallel runs, nproc), TALLY_SIM_ARGS (extra flags for every run),
+# TALLY_SIM_TIMEOUT (seconds per run, 300).
+set -u
+TALLY=${1:?usage: tests/sim/run.sh <tally> [seeds per cluster size]}
+PER_SIZE=${2:-50}
+SIZES=${TALLY_SIM_SIZES:-"1 2 3 5"}
+BASE=${TALLY_SIM_SEED:-1}
+JOBS=${TALLY_SIM_JOBS:-$(nproc 2>/dev/null || echo 2)}
+OUT=$(mktemp -d /tmp/tally-sim.XXXXXX)
+trap 'rm -rf "$OUT"' EXIT
+export TALLY OUT TALLY_SIM_ARGS="${TALLY_SIM_ARGS:-}" TALLY_SIM_TIMEOUT="${TALLY_SIM_TIMEOUT:-300}"
+
+run_one() { # run_one <replicas> <seed> <twice: 0|1>
+  local size=$1 seed=$2 twice=$3 out="$OUT/$1-$2" rc
+  # shellcheck disable=SC2086
+  timeout "$TALLY_SIM_TIMEOUT" "$TALLY" sim --seed="$seed" --replicas="$size" $TALLY_SIM_ARGS \
+    >"$out" 2>"$out.err"; rc=$?
+  if [ "$rc" -eq 0 ] && [ "$twice" -eq 1 ]; then
+    # shellcheck disable=SC2086
+    timeout "$TALLY_SIM_TIMEOUT" "$TALLY" sim --seed="$seed" --replicas="$size" $TALLY_SIM_ARGS \
+      >"$out.again" 2>/dev/null
+    if ! cmp -s "$out" "$out.again"; then
+      echo "failure: the same seed ran differently twice (not deterministic)" >>"$out"
+      rc=1
+    fi
+  fi
+  if [ "$rc" -eq 0 ]; then
+    echo "ok $(head -1 "$out")" >"$out.result"
+  else
+    {
+      echo "FAILED seed=$seed replicas=$size (exit $rc)"
+      sed 's/^/  /' "$out"
+      grep -q '^replay:' "$out" ||
+        echo "  replay: tally sim --seed=$seed --replicas=$size $TALLY_SIM_ARGS"
+      tail -3 "$out.err" | sed 's/^/  stderr: /'
+    } >"$out.result"
+  fi
+}
+export -f run_one
+
+for size in $SIZES; do
+  for i in $(seq 0 $((PER_SIZE - 1))); do
+    echo "$size $((BASE + i)) $([ "$i" -eq 0 ] && echo 1 || echo 0)"
+  done
+done | xargs -P "$JOBS" -n 3 bash -c 'run_one "$@"' _
+
+passed=0 failed=0
+for size in $SIZES; do
+  size_passed=0 size_failed=0
+  for i in $(seq 0 $((PER_SIZE - 1))); do
+    result="$OUT/$size-$((BASE + i)).result"
+    if [ -f "$result" ] && head -1 "$result" | grep -q '^ok '; then
+      size_passed=$((size_passed + 1))
+    else
+      size_failed=$((size_failed + 1))
+      if [ -f "$result" ]; then cat "$result"; else echo "FAILED seed=$((BASE + i)) replicas=$size (no result)"; fi
+    fi
+  done
+  echo "replicas=$size: $size_passed passed, $size_failed failed"
+  passed=$((passed + size_passed)); failed=$((failed + size_failed))
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
