@@ -14,6 +14,7 @@
 #include "storage/storage.h"
 #include "vsr/replica.h"
 
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -48,6 +49,18 @@ static bool env_connection_alive(void *context, replica_connection connection)
 {
         struct server *s = context;
         return bus_connection_alive(&s->bus, connection);
+}
+
+static bool env_connection_is_replica(void *context, replica_connection connection)
+{
+        struct server *s = context;
+        return bus_connection_replica(&s->bus, connection) >= 0;
+}
+
+static void env_send_to_replica(void *context, uint8_t replica, struct message *message)
+{
+        struct server *s = context;
+        bus_send_to_replica(&s->bus, replica, message); /* dropped (logged) if not connected */
 }
 
 static bool env_journal_write(void *context, struct message *prepare,
@@ -174,6 +187,40 @@ static void bus_on_close(void *context, bus_connection_id connection)
         replica_on_connection_closed(&s->replica, connection);
 }
 
+/* A connection to another replica is up: the replica pings it at once, which also lets the
+ * other side identify the connection. */
+static void bus_on_peer_connected(void *context, uint8_t replica)
+{
+        struct server *s = context;
+        replica_on_peer_connected(&s->replica, replica);
+}
+
+/*
+ * Resolves our own entry of --addresses, to listen on. In a cluster, an own host name that
+ * does not resolve yet is not fatal: a pod's name in a Kubernetes headless service may be
+ * published only once the pod is ready, which needs it to listen first. So such a replica
+ * listens on every interface at that port. A single replica keeps the plain error.
+ */
+static int resolve_self(struct address *self, uint8_t replica_count)
+{
+        char error[512];
+        if (address_resolve(self, error, sizeof(error)) == 0)
+                return 0;
+        if (replica_count == 1) {
+                cli_error("start: --addresses: %s", error);
+                return -1;
+        }
+        log_warn("own address does not resolve: %s; listening on every interface port=%u", error,
+                 self->port);
+        struct sockaddr_in *any = (struct sockaddr_in *)&self->sockaddr;
+        memset(&self->sockaddr, 0, sizeof(self->sockaddr));
+        any->sin_family = AF_INET;
+        any->sin_port = htons(self->port);
+        any->sin_addr.s_addr = htonl(INADDR_ANY);
+        self->sockaddr_size = sizeof(*any);
+        return 0;
+}
+
 static int serve(struct server *s)
 {
         struct sigaction sa;
@@ -262,10 +309,8 @@ int cli_start(int argc, char **argv)
                          "setting development=%u",
                          sb->development);
         struct address *self = &addresses[sb->replica];
-        if (address_resolve(self, error, sizeof(error)) != 0) {
-                cli_error("start: --addresses: %s", error);
+        if (resolve_self(self, sb->replica_count) != 0)
                 return 1;
-        }
         struct ledger_config ledger_config = {
                 .accounts_max = flags[2].present ? flags[2].u64
                                 : sb->development ? 65536u
@@ -299,6 +344,8 @@ int cli_start(int argc, char **argv)
                 .journal_write = env_journal_write,
                 .realtime_ns = env_realtime_ns,
                 .checkpoint = env_checkpoint,
+                .connection_is_replica = env_connection_is_replica,
+                .send_to_replica = env_send_to_replica,
         };
         if (replica_init(&s->replica, &replica_config, &env, &s->pool, s->ledger) != 0) {
                 cli_error("start: cannot reserve memory for checkpoints");
@@ -312,6 +359,7 @@ int cli_start(int argc, char **argv)
                 .context = s,
                 .on_message = bus_on_message,
                 .on_close = bus_on_close,
+                .on_peer_connected = bus_on_peer_connected,
         };
         if (bus_init(&s->bus, &s->io, &s->pool, sb->cluster, CONNECTIONS_MAX, &callbacks) != 0) {
                 cli_error("start: cannot reserve memory for connections");
@@ -320,6 +368,11 @@ int cli_start(int argc, char **argv)
         struct sockaddr_storage bound;
         if (bus_listen(&s->bus, self, &bound) != 0) {
                 cli_error("start: cannot listen on %s:%u", self->host, self->port);
+                return 1;
+        }
+        if (sb->replica_count > 1 &&
+            bus_peers_start(&s->bus, sb->replica, addresses, sb->replica_count) != 0) {
+                cli_error("start: cannot reserve memory for name resolution");
                 return 1;
         }
         log_set_replica(sb->replica);

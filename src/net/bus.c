@@ -1,17 +1,29 @@
 /*
  * bus.c: connections, framing and send queues (see bus.h).
  *
- * Life of a connection slot: accept -> active (one receive and at most one send in flight) ->
- * closing (shutdown(2) makes the kernel finish both operations quickly) -> freed once neither
- * operation is in flight, with its generation bumped so that old handles go stale.
+ * Life of a connection slot: accept (or connect, for a peer of higher index) -> active (one
+ * receive and at most one send in flight) -> closing (shutdown(2) makes the kernel finish
+ * every operation quickly, a pending connect included) -> freed once no operation is in
+ * flight, with its generation bumped so that old handles go stale.
+ *
+ * Slots [0, connections_max) take accepted connections, clients and peers of lower index
+ * alike; the BUS_OUTGOING_SLOTS after them take only our outgoing connections, so that a flood
+ * of clients never keeps this replica from reaching the others.
+ *
+ * Peer bookkeeping lives in bus->peers[j]: `connection` is set exactly while replica j's
+ * connection is established (between on_peer_connected and on_peer_disconnected); the outgoing
+ * state machine is WAITING -> (RESOLVING) -> CONNECTING -> CONNECTED -> WAITING ..., driven by
+ * completions and by bus_tick's clock.
  */
 #include "net/bus.h"
 #include "lib/log.h"
+#include "net/resolver.h"
 #include "wire/checksum.h"
 
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,7 +37,7 @@ static bus_connection_id connection_id(const struct bus *bus, const struct bus_c
 static struct bus_connection *connection_get(const struct bus *bus, bus_connection_id id)
 {
         uint32_t index_plus_one = (uint32_t)(id & 0xFFFFFFFFu);
-        if (index_plus_one == 0 || index_plus_one > bus->connections_max)
+        if (index_plus_one == 0 || index_plus_one > bus->slot_count)
                 return NULL;
         struct bus_connection *c = &bus->connections[index_plus_one - 1];
         if (!c->active || c->generation != (uint32_t)(id >> 32))
@@ -38,6 +50,11 @@ static void send_start(struct bus *bus, struct bus_connection *c);
 static void on_recv(struct io_completion *completion, int32_t result);
 static void on_send(struct io_completion *completion, int32_t result);
 static void on_accept(struct io_completion *completion, int32_t result);
+static void on_connect(struct io_completion *completion, int32_t result);
+static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
+                                    const char *reason);
+static bool peer_check(struct bus *bus, struct bus_connection *c, const struct wire_header *h);
+static void peers_tick(struct bus *bus, uint64_t now_ns);
 
 int bus_init(struct bus *bus, struct io *io, struct message_pool *pool, u128 cluster,
              uint32_t connections_max, const struct bus_callbacks *callbacks)
@@ -49,29 +66,37 @@ int bus_init(struct bus *bus, struct io *io, struct message_pool *pool, u128 clu
         bus->callbacks = *callbacks;
         bus->listen_fd = -1;
         bus->message_size_max = WIRE_MESSAGE_SIZE_MAX;
-        bus->connections = calloc(connections_max, sizeof(struct bus_connection));
+        bus->connect_timeout_ms = BUS_PEER_CONNECT_TIMEOUT_MS;
+        uint32_t slot_count = connections_max + BUS_OUTGOING_SLOTS;
+        bus->connections = calloc(slot_count, sizeof(struct bus_connection));
         if (bus->connections == NULL)
                 return -ENOMEM;
         bus->connections_max = connections_max;
-        for (uint32_t i = 0; i < connections_max; i++) {
+        bus->slot_count = slot_count;
+        for (uint32_t i = 0; i < slot_count; i++) {
                 bus->connections[i].fd = -1;
                 bus->connections[i].generation = 1;
+                bus->connections[i].replica = -1;
         }
         return 0;
 }
 
 void bus_deinit(struct bus *bus)
 {
-        for (uint32_t i = 0; i < bus->connections_max; i++) {
+        for (uint32_t i = 0; i < bus->slot_count; i++) {
                 struct bus_connection *c = &bus->connections[i];
                 if (c->fd >= 0)
                         close(c->fd);
                 if (c->recv_message != NULL)
                         message_unref(bus->pool, c->recv_message);
                 for (uint32_t k = 0; k < c->send_count; k++) {
-                        uint32_t slot = (c->send_head + k) % BUS_SEND_QUEUE_MAX;
+                        uint32_t slot = (c->send_head + k) % BUS_SEND_QUEUE_PEER_MAX;
                         message_unref(bus->pool, c->send_queue[slot]);
                 }
+        }
+        for (uint32_t j = 0; j < ADDRESSES_MAX; j++) {
+                resolver_query_destroy(bus->peers[j].query);
+                bus->peers[j].query = NULL;
         }
         if (bus->listen_fd >= 0)
                 close(bus->listen_fd);
@@ -93,8 +118,9 @@ int bus_listen(struct bus *bus, const struct address *address, struct sockaddr_s
 {
         int fd = socket(address->sockaddr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd < 0) {
-                log_error("cannot create socket error=%s", strerror(errno));
-                return -1;
+                int err = errno;
+                log_error("cannot create socket error=%s", strerror(err));
+                return -err;
         }
         int one = 1;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
@@ -111,16 +137,18 @@ int bus_listen(struct bus *bus, const struct address *address, struct sockaddr_s
                 usleep(100000);
         }
         if (rc != 0) {
+                int err = errno;
                 char text[80];
                 address_format(&address->sockaddr, text, sizeof(text));
-                log_error("cannot listen address=%s error=%s", text, strerror(errno));
+                log_error("cannot listen address=%s error=%s", text, strerror(err));
                 close(fd);
-                return -1;
+                return -err;
         }
         if (listen(fd, 1024) != 0) {
-                log_error("listen failed error=%s", strerror(errno));
+                int err = errno;
+                log_error("listen failed error=%s", strerror(err));
                 close(fd);
-                return -1;
+                return -err;
         }
         socklen_t size = sizeof(*bound);
         getsockname(fd, (struct sockaddr *)bound, &size);
@@ -129,13 +157,31 @@ int bus_listen(struct bus *bus, const struct address *address, struct sockaddr_s
         return 0;
 }
 
-static struct bus_connection *slot_free(struct bus *bus)
+/* A free slot in [from, to), or NULL. */
+static struct bus_connection *slot_free(struct bus *bus, uint32_t from, uint32_t to)
 {
-        for (uint32_t i = 0; i < bus->connections_max; i++) {
+        for (uint32_t i = from; i < to; i++) {
                 if (!bus->connections[i].active)
                         return &bus->connections[i];
         }
         return NULL;
+}
+
+/* Makes a free slot an active connection on `fd`. */
+static void slot_open(struct bus *bus, struct bus_connection *c, int fd)
+{
+        tally_assert(!c->active);
+        tally_assert(fd >= 0);
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        uint32_t generation = c->generation;
+        memset(c, 0, sizeof(*c));
+        c->generation = generation;
+        c->fd = fd;
+        c->active = true;
+        c->replica = -1;
+        c->send_queue_max = BUS_SEND_QUEUE_MAX;
+        bus->stats.connections_active++;
 }
 
 static void on_accept(struct io_completion *completion, int32_t result)
@@ -153,7 +199,7 @@ static void on_accept(struct io_completion *completion, int32_t result)
                 close(fd);
                 return;
         }
-        struct bus_connection *c = slot_free(bus);
+        struct bus_connection *c = slot_free(bus, 0, bus->connections_max);
         if (c == NULL) {
                 bus->stats.connections_refused++;
                 if (bus->stats.connections_refused % 1000 == 1)
@@ -165,16 +211,9 @@ static void on_accept(struct io_completion *completion, int32_t result)
                 accept_start(bus);
                 return;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        uint32_t generation = c->generation;
-        memset(c, 0, sizeof(*c));
-        c->generation = generation;
-        c->fd = fd;
-        c->active = true;
+        slot_open(bus, c, fd);
         address_format(&completion->address, c->peer, sizeof(c->peer));
         bus->stats.connections_accepted++;
-        bus->stats.connections_active++;
         log_debug("connection accepted peer=%s", c->peer);
         recv_start(bus, c);
         accept_start(bus);
@@ -183,7 +222,7 @@ static void on_accept(struct io_completion *completion, int32_t result)
 /* Frees the slot once no operation is in flight. */
 static void close_finish(struct bus *bus, struct bus_connection *c)
 {
-        if (c->recv_pending || c->send_pending)
+        if (c->recv_pending || c->send_pending || c->connect_pending)
                 return;
         bus_connection_id id = connection_id(bus, c);
         close(c->fd);
@@ -193,10 +232,11 @@ static void close_finish(struct bus *bus, struct bus_connection *c)
         c->recv_message = NULL;
         while (c->send_count > 0) {
                 message_unref(bus->pool, c->send_queue[c->send_head]);
-                c->send_head = (c->send_head + 1) % BUS_SEND_QUEUE_MAX;
+                c->send_head = (c->send_head + 1) % BUS_SEND_QUEUE_PEER_MAX;
                 c->send_count--;
         }
         c->active = false;
+        c->replica = -1;
         c->closing = false;
         c->generation++;
         tally_assert(bus->stats.connections_active > 0);
@@ -217,6 +257,8 @@ static void connection_close(struct bus *bus, struct bus_connection *c, const ch
         } else {
                 log_debug("connection closed: %s peer=%s", reason, c->peer);
         }
+        if (c->replica >= 0)
+                peer_connection_closing(bus, c, reason);
         shutdown(c->fd, SHUT_RDWR);
         close_finish(bus, c);
 }
@@ -231,7 +273,7 @@ void bus_close(struct bus *bus, bus_connection_id id, const char *reason)
 bool bus_connection_alive(const struct bus *bus, bus_connection_id id)
 {
         const struct bus_connection *c = connection_get(bus, id);
-        return c != NULL && !c->closing;
+        return c != NULL && !c->closing && !c->connect_pending;
 }
 
 static void recv_start(struct bus *bus, struct bus_connection *c)
@@ -274,6 +316,7 @@ static bool deliver(struct bus *bus, struct bus_connection *c, uint32_t size)
                 c->recv_size -= size;
         }
         bus->stats.messages_received++;
+        c->received = true;
         bus->callbacks.on_message(bus->callbacks.context, connection_id(bus, c), m);
         message_unref(bus->pool, m);
         return true;
@@ -317,6 +360,9 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                         c->recv_size -= size;
                         continue;
                 }
+                if (bus->replica_count > 0 && bus_command_is_replica_to_replica(h->command) &&
+                    !peer_check(bus, c, h))
+                        return false;
                 if (!deliver(bus, c, h->size)) {
                         c->recv_paused = true;
                         return false;
@@ -349,13 +395,15 @@ static void on_recv(struct io_completion *completion, int32_t result)
 
 void bus_tick(struct bus *bus)
 {
-        for (uint32_t i = 0; i < bus->connections_max; i++) {
+        for (uint32_t i = 0; i < bus->slot_count; i++) {
                 struct bus_connection *c = &bus->connections[i];
                 if (!c->active || c->closing || !c->recv_paused || c->recv_pending)
                         continue;
                 if (process_buffer(bus, c))
                         recv_start(bus, c);
         }
+        if (bus->replica_count > 0 && !bus->stopping)
+                peers_tick(bus, io_monotonic_ns());
 }
 
 static void send_start(struct bus *bus, struct bus_connection *c)
@@ -391,7 +439,7 @@ static void on_send(struct io_completion *completion, int32_t result)
         struct message *m = c->send_queue[c->send_head];
         if (c->send_offset == m->header->size) {
                 message_unref(bus->pool, m);
-                c->send_head = (c->send_head + 1) % BUS_SEND_QUEUE_MAX;
+                c->send_head = (c->send_head + 1) % BUS_SEND_QUEUE_PEER_MAX;
                 c->send_count--;
                 c->send_offset = 0;
                 bus->stats.messages_sent++;
@@ -400,22 +448,32 @@ static void on_send(struct io_completion *completion, int32_t result)
                 send_start(bus, c);
 }
 
-bool bus_send(struct bus *bus, bus_connection_id id, struct message *message)
+/* Queues on an active connection; false if it is closing, connecting or its queue is full. */
+static bool connection_send(struct bus *bus, struct bus_connection *c, struct message *message)
 {
-        struct bus_connection *c = connection_get(bus, id);
-        if (c == NULL || c->closing)
+        if (c->closing || c->connect_pending)
                 return false;
-        if (c->send_count == BUS_SEND_QUEUE_MAX) {
+        tally_assert(c->send_queue_max <= BUS_SEND_QUEUE_PEER_MAX);
+        if (c->send_count == c->send_queue_max) {
                 bus->stats.messages_dropped_send_queue_full++;
-                log_debug("message dropped: send queue full peer=%s", c->peer);
+                log_debug("message dropped: send queue full peer=%s replica=%d command=%s",
+                          c->peer, c->replica, wire_command_name(message->header->command));
                 return false;
         }
-        uint32_t slot = (c->send_head + c->send_count) % BUS_SEND_QUEUE_MAX;
+        uint32_t slot = (c->send_head + c->send_count) % BUS_SEND_QUEUE_PEER_MAX;
         c->send_queue[slot] = message_ref(message);
         c->send_count++;
         if (!c->send_pending)
                 send_start(bus, c);
         return true;
+}
+
+bool bus_send(struct bus *bus, bus_connection_id id, struct message *message)
+{
+        struct bus_connection *c = connection_get(bus, id);
+        if (c == NULL)
+                return false;
+        return connection_send(bus, c, message);
 }
 
 void bus_stop(struct bus *bus)
@@ -424,9 +482,397 @@ void bus_stop(struct bus *bus)
         if (bus->listen_fd >= 0) {
                 shutdown(bus->listen_fd, SHUT_RDWR);
         }
-        for (uint32_t i = 0; i < bus->connections_max; i++) {
+        for (uint32_t i = 0; i < bus->slot_count; i++) {
                 struct bus_connection *c = &bus->connections[i];
                 if (c->active)
                         connection_close(bus, c, "server stopping", false);
+        }
+}
+
+/* ---- replicas ------------------------------------------------------------------------- */
+
+bool bus_command_is_replica_to_replica(uint8_t command)
+{
+        switch (command) {
+        case COMMAND_PING:
+        case COMMAND_PONG:
+        case COMMAND_PREPARE:
+        case COMMAND_PREPARE_OK:
+        case COMMAND_COMMIT:
+        case COMMAND_START_VIEW_CHANGE:
+        case COMMAND_DO_VIEW_CHANGE:
+        case COMMAND_REQUEST_START_VIEW:
+        case COMMAND_REQUEST_HEADERS:
+        case COMMAND_REQUEST_PREPARE:
+        case COMMAND_REQUEST_REPLY:
+        case COMMAND_HEADERS:
+        case COMMAND_REQUEST_BLOCKS:
+        case COMMAND_BLOCK:
+        case COMMAND_START_VIEW:
+                return true;
+        default:
+                return false;
+        }
+}
+
+static uint64_t random_next(struct bus *bus)
+{
+        /* xorshift64: jitter only, nothing depends on its quality. */
+        uint64_t x = bus->random_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bus->random_state = x;
+        return x;
+}
+
+int bus_peers_start(struct bus *bus, uint8_t replica, const struct address *addresses,
+                    uint8_t replica_count)
+{
+        tally_assert(bus->replica_count == 0);
+        tally_assert(replica_count >= 1 && replica_count <= ADDRESSES_MAX);
+        tally_assert(replica < replica_count);
+        bus->replica = replica;
+        bus->random_state = (io_monotonic_ns() ^ ((uint64_t)replica + 1) * 0x9E3779B97F4A7C15ull) |
+                            1u;
+        uint64_t now = io_monotonic_ns();
+        for (uint8_t j = 0; j < replica_count; j++) {
+                struct bus_peer *peer = &bus->peers[j];
+                memset(peer, 0, sizeof(*peer));
+                peer->address = addresses[j];
+                const char *open = strchr(peer->address.host, ':') != NULL ? "[" : "";
+                const char *close = open[0] != '\0' ? "]" : "";
+                snprintf(peer->address_text, sizeof(peer->address_text), "%s%s%s:%u", open,
+                         peer->address.host, close, peer->address.port);
+                peer->state = BUS_PEER_INCOMING;
+                peer->backoff_ms = BUS_PEER_BACKOFF_MIN_MS;
+                if (j <= replica)
+                        continue;
+                peer->state = BUS_PEER_WAITING;
+                peer->attempt_at_ns = now;
+                if (peer->address.is_name) {
+                        peer->query = resolver_query_create();
+                        if (peer->query == NULL)
+                                return -ENOMEM;
+                }
+        }
+        bus->replica_count = replica_count;
+        return 0;
+}
+
+static struct bus_connection *peer_connection(const struct bus *bus, uint8_t replica)
+{
+        tally_assert(replica < bus->replica_count);
+        const struct bus_peer *peer = &bus->peers[replica];
+        if (peer->connection == BUS_CONNECTION_NONE)
+                return NULL;
+        struct bus_connection *c = connection_get(bus, peer->connection);
+        tally_assert(c != NULL && c->established && c->replica == (int8_t)replica);
+        return c;
+}
+
+bool bus_send_to_replica(struct bus *bus, uint8_t replica, struct message *message)
+{
+        tally_assert(replica < bus->replica_count);
+        tally_assert(replica != bus->replica);
+        struct bus_connection *c = peer_connection(bus, replica);
+        if (c == NULL) {
+                bus->stats.messages_dropped_no_peer++;
+                log_debug("message dropped: no connection to replica=%u command=%s", replica,
+                          wire_command_name(message->header->command));
+                return false;
+        }
+        return connection_send(bus, c, message);
+}
+
+bool bus_peer_connected(const struct bus *bus, uint8_t replica)
+{
+        return replica < bus->replica_count && bus->peers[replica].connection != 0;
+}
+
+int bus_connection_replica(const struct bus *bus, bus_connection_id id)
+{
+        const struct bus_connection *c = connection_get(bus, id);
+        if (c == NULL || !c->established || c->closing)
+                return -1;
+        return c->replica;
+}
+
+/* The next attempt in a jittered backoff; the backoff doubles for the one after. */
+static uint32_t peer_schedule(struct bus *bus, struct bus_peer *peer, uint64_t now_ns)
+{
+        tally_assert(peer->backoff_ms >= BUS_PEER_BACKOFF_MIN_MS);
+        tally_assert(peer->backoff_ms <= BUS_PEER_BACKOFF_MAX_MS);
+        uint32_t half = peer->backoff_ms / 2;
+        uint32_t delay_ms = half + (uint32_t)(random_next(bus) % (peer->backoff_ms - half + 1));
+        peer->backoff_ms = MIN(peer->backoff_ms * 2, BUS_PEER_BACKOFF_MAX_MS);
+        peer->state = BUS_PEER_WAITING;
+        peer->attempt_at_ns = now_ns + (uint64_t)delay_ms * 1000000ull;
+        return delay_ms;
+}
+
+/* Whether this failure is logged at warn: the first after a success, then rate-limited. */
+static bool peer_warn_due(struct bus_peer *peer, uint64_t now_ns)
+{
+        if (now_ns < peer->warn_after_ns)
+                return false;
+        peer->warn_after_ns = now_ns + BUS_PEER_WARN_INTERVAL_MS * 1000000ull;
+        return true;
+}
+
+/* An outgoing attempt that never connected (refused, timed out, cannot resolve, no slot). */
+static void peer_attempt_failed(struct bus *bus, uint8_t replica, const char *what,
+                                const char *error)
+{
+        struct bus_peer *peer = &bus->peers[replica];
+        uint64_t now = io_monotonic_ns();
+        peer->failures++;
+        peer->connecting = BUS_CONNECTION_NONE;
+        uint32_t delay_ms = peer_schedule(bus, peer, now);
+        enum log_level level = peer_warn_due(peer, now) ? LOG_WARN : LOG_DEBUG;
+        log_write(level, "%s replica=%u address=%s%s%s error=\"%s\" failures=%u retrying in %u ms",
+                  what, replica, peer->address_text, peer->target_text[0] != '\0' ? " ip=" : "",
+                  peer->target_text, error, peer->failures, delay_ms);
+}
+
+/* Dead peer detection by the kernel (see BUS_PEER_TCP_TIMEOUT_MS). Best effort. */
+static void peer_socket_options(int fd)
+{
+        int on = 1;
+        int user_timeout_ms = (int)BUS_PEER_TCP_TIMEOUT_MS;
+        int idle_s = 5, interval_s = 2, count = 3; /* an idle dead peer: gone after ~11 s */
+        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout_ms, sizeof(user_timeout_ms));
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
+}
+
+static void peer_established(struct bus *bus, struct bus_connection *c, uint8_t replica)
+{
+        struct bus_peer *peer = &bus->peers[replica];
+        tally_assert(peer->connection == BUS_CONNECTION_NONE);
+        tally_assert(!c->established && !c->closing);
+        c->replica = (int8_t)replica;
+        c->established = true;
+        c->send_queue_max = BUS_SEND_QUEUE_PEER_MAX;
+        peer_socket_options(c->fd);
+        peer->connection = connection_id(bus, c);
+        peer->failures = 0;
+        peer->warn_after_ns = 0;
+        bus->stats.peer_connects++;
+        if (c->outgoing) {
+                peer->state = BUS_PEER_CONNECTED;
+                peer->connecting = BUS_CONNECTION_NONE;
+                log_info("peer connected replica=%u address=%s%s%s direction=outgoing", replica,
+                         peer->address_text, peer->address.is_name ? " ip=" : "",
+                         peer->address.is_name ? c->peer : "");
+        } else {
+                log_info("peer connected replica=%u address=%s direction=incoming", replica,
+                         c->peer);
+        }
+        if (bus->callbacks.on_peer_connected != NULL)
+                bus->callbacks.on_peer_connected(bus->callbacks.context, replica);
+}
+
+/* `c` (replica c->replica's, established or an outgoing attempt) starts closing. */
+static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
+                                    const char *reason)
+{
+        tally_assert(c->replica >= 0 && c->replica < (int8_t)bus->replica_count);
+        uint8_t replica = (uint8_t)c->replica;
+        struct bus_peer *peer = &bus->peers[replica];
+        if (!c->established) {
+                /* An outgoing attempt that never connected. */
+                tally_assert(c->outgoing);
+                bus->stats.peer_connect_failures++;
+                if (!bus->stopping)
+                        peer_attempt_failed(bus, replica, "cannot connect to peer", reason);
+                return;
+        }
+        bool current = peer->connection == connection_id(bus, c);
+        c->established = false;
+        if (!current)
+                return; /* replaced already; the replica was told of the new one */
+        peer->connection = BUS_CONNECTION_NONE;
+        if (bus->stopping) {
+                log_info("peer disconnected replica=%u reason=\"%s\"", replica, reason);
+        } else {
+                log_warn("peer lost replica=%u address=%s reason=\"%s\"", replica,
+                         c->outgoing ? peer->address_text : c->peer, reason);
+        }
+        if (c->outgoing && !bus->stopping) {
+                /* A connection that carried messages was good: start the backoff over. */
+                if (c->received)
+                        peer->backoff_ms = BUS_PEER_BACKOFF_MIN_MS;
+                else
+                        peer->failures++;
+                uint32_t delay_ms = peer_schedule(bus, peer, io_monotonic_ns());
+                log_debug("peer reconnect replica=%u in %u ms", replica, delay_ms);
+        }
+        if (bus->callbacks.on_peer_disconnected != NULL)
+                bus->callbacks.on_peer_disconnected(bus->callbacks.context, replica);
+}
+
+/*
+ * A valid replica-to-replica message arrived on `c`: identify an accepted connection by it, or
+ * check that it comes from the replica the connection belongs to. False if `c` was closed.
+ */
+static bool peer_check(struct bus *bus, struct bus_connection *c, const struct wire_header *h)
+{
+        if (c->replica >= 0) {
+                if (h->replica == (uint8_t)c->replica)
+                        return true;
+                char reason[128];
+                snprintf(reason, sizeof(reason),
+                         "message from replica %u on the connection of replica %d "
+                         "(--addresses differ between replicas?)",
+                         h->replica, c->replica);
+                connection_close(bus, c, reason, true);
+                return false;
+        }
+        if (c->outgoing)
+                return true; /* still connecting: cannot happen, nothing was received */
+        if (h->replica < bus->replica && h->replica < bus->replica_count) {
+                struct bus_peer *peer = &bus->peers[h->replica];
+                struct bus_connection *old = peer_connection(bus, h->replica);
+                if (old != NULL) {
+                        /* The peer reconnected: the old connection is stale (often a peer that
+                         * restarted before we saw its old connection fail). */
+                        connection_close(bus, old, "replaced by a newer connection", false);
+                }
+                tally_assert(peer->connection == BUS_CONNECTION_NONE);
+                peer_established(bus, c, h->replica);
+                return c->active && !c->closing;
+        }
+        if (!c->warned_identity) {
+                c->warned_identity = true;
+                log_warn("replica message on an incoming connection from an unexpected replica "
+                         "command=%s replica=%u self=%u peer=%s (only lower replicas connect to "
+                         "us; same --addresses order everywhere? two processes with one index?)",
+                         wire_command_name(h->command), h->replica, bus->replica, c->peer);
+        }
+        return true;
+}
+
+static void peer_connect_start(struct bus *bus, uint8_t replica,
+                               const struct sockaddr_storage *target, socklen_t target_size)
+{
+        struct bus_peer *peer = &bus->peers[replica];
+        tally_assert(peer->state == BUS_PEER_WAITING || peer->state == BUS_PEER_RESOLVING);
+        address_format(target, peer->target_text, sizeof(peer->target_text));
+        struct bus_connection *c =
+                slot_free(bus, bus->connections_max, bus->slot_count);
+        if (c == NULL) {
+                /* Every outgoing slot is still closing: try again after the backoff. */
+                peer_attempt_failed(bus, replica, "cannot connect to peer", "no free slot");
+                return;
+        }
+        int fd = socket(target->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+                peer_attempt_failed(bus, replica, "cannot connect to peer", strerror(errno));
+                return;
+        }
+        slot_open(bus, c, fd);
+        c->outgoing = true;
+        c->replica = (int8_t)replica;
+        c->connect_pending = true;
+        memcpy(c->peer, peer->target_text, sizeof(c->peer));
+        c->peer[sizeof(c->peer) - 1] = '\0';
+        peer->state = BUS_PEER_CONNECTING;
+        peer->connecting = connection_id(bus, c);
+        peer->connect_deadline_ns =
+                io_monotonic_ns() + (uint64_t)bus->connect_timeout_ms * 1000000ull;
+        c->recv_completion.callback = on_connect;
+        c->recv_completion.context = bus;
+        io_connect(bus->io, &c->recv_completion, fd, (const struct sockaddr *)target, target_size);
+}
+
+static void on_connect(struct io_completion *completion, int32_t result)
+{
+        struct bus *bus = completion->context;
+        struct bus_connection *c =
+                (struct bus_connection *)((uint8_t *)completion -
+                                          offsetof(struct bus_connection, recv_completion));
+        tally_assert(c->connect_pending && c->outgoing);
+        c->connect_pending = false;
+        if (c->closing) {
+                close_finish(bus, c); /* timed out or stopping: already accounted for */
+                return;
+        }
+        if (result < 0) {
+                connection_close(bus, c, strerror(-result), false);
+                return;
+        }
+        tally_assert(c->replica >= 0);
+        peer_established(bus, c, (uint8_t)c->replica);
+        if (c->active && !c->closing)
+                recv_start(bus, c);
+}
+
+static void peer_resolve_poll(struct bus *bus, uint8_t replica)
+{
+        struct bus_peer *peer = &bus->peers[replica];
+        struct sockaddr_storage target;
+        socklen_t target_size = 0;
+        char error[128];
+        enum resolver_status status =
+                resolver_query_poll(peer->query, &target, &target_size, error, sizeof(error));
+        if (status == RESOLVER_PENDING)
+                return;
+        if (status == RESOLVER_DONE) {
+                peer_connect_start(bus, replica, &target, target_size);
+                return;
+        }
+        tally_assert(status == RESOLVER_FAILED);
+        bus->stats.peer_resolve_failures++;
+        peer->target_text[0] = '\0';
+        peer_attempt_failed(bus, replica, "cannot resolve peer", error);
+}
+
+static void peer_attempt(struct bus *bus, uint8_t replica)
+{
+        struct bus_peer *peer = &bus->peers[replica];
+        tally_assert(peer->state == BUS_PEER_WAITING);
+        if (!peer->address.is_name) {
+                peer_connect_start(bus, replica, &peer->address.sockaddr,
+                                   peer->address.sockaddr_size);
+                return;
+        }
+        if (!resolver_query_start(peer->query, peer->address.host, peer->address.port)) {
+                peer->target_text[0] = '\0';
+                peer_attempt_failed(bus, replica, "cannot resolve peer",
+                                    "lookup could not be started");
+                return;
+        }
+        peer->state = BUS_PEER_RESOLVING;
+}
+
+static void peers_tick(struct bus *bus, uint64_t now_ns)
+{
+        for (uint8_t j = (uint8_t)(bus->replica + 1); j < bus->replica_count; j++) {
+                struct bus_peer *peer = &bus->peers[j];
+                switch (peer->state) {
+                case BUS_PEER_WAITING:
+                        if (now_ns >= peer->attempt_at_ns)
+                                peer_attempt(bus, j);
+                        break;
+                case BUS_PEER_RESOLVING:
+                        peer_resolve_poll(bus, j);
+                        break;
+                case BUS_PEER_CONNECTING:
+                        if (now_ns >= peer->connect_deadline_ns) {
+                                struct bus_connection *c = connection_get(bus, peer->connecting);
+                                tally_assert(c != NULL && c->connect_pending);
+                                connection_close(bus, c, "connect timed out", false);
+                        }
+                        break;
+                case BUS_PEER_CONNECTED:
+                        tally_assert(peer->connection != BUS_CONNECTION_NONE);
+                        break;
+                case BUS_PEER_INCOMING:
+                default:
+                        tally_assert(false);
+                }
         }
 }

@@ -8,6 +8,23 @@
  * header is dropped with a log line. One slow or hostile peer never holds up others: receives
  * are re-armed only after what arrived was handled, and each connection's send queue is
  * bounded (a message that does not fit is dropped; clients retransmit).
+ *
+ * Replicas (bus_peers_start): `--addresses` names every replica, index i = address i, and
+ * there is exactly one connection per pair: replica i connects to every replica j > i and
+ * accepts the connections of every j < i. An outgoing connection is replica j's as soon as
+ * it is connected. An accepted connection is anonymous (a client, as far as the bus knows)
+ * until it delivers a valid replica-to-replica message (ping, pong, prepare, prepare_ok,
+ * commit, view change, repair or sync; not a reply, which clients receive too) whose header
+ * says replica j < i; from then on it is replica j's, and any such message on it from another
+ * replica closes it. A newer connection from the same replica replaces the older one (the
+ * old one may be half-dead after the peer restarted). The bus reports each peer's
+ * connections with on_peer_connected / on_peer_disconnected, strictly alternating per peer;
+ * the replica is expected to send a ping at once on on_peer_connected, so that the other side
+ * can identify an accepted connection.
+ *
+ * Outgoing connections are retried forever, with exponential backoff and jitter, and a host
+ * name is resolved again before every attempt (pod addresses change on restart) without
+ * blocking the loop (net/resolver.h). Timers run on bus_tick().
  */
 #ifndef TALLY_NET_BUS_H
 #define TALLY_NET_BUS_H
@@ -16,8 +33,39 @@
 #include "io/io.h"
 #include "wire/message.h"
 
-/* Messages queued for sending on one connection before further ones are dropped. */
+/* Messages queued for sending on one client connection before further ones are dropped. */
 #define BUS_SEND_QUEUE_MAX 16u
+/*
+ * The same for a connection to another replica: deeper, since the primary fans every prepare
+ * out to each backup and repair can send a burst of prepares or headers at once. 64 is eight
+ * pipelines' worth of prepares; the messages themselves are shared, not copied.
+ */
+#define BUS_SEND_QUEUE_PEER_MAX 64u
+
+/* Slots for outgoing connections, beyond `connections_max` for accepted ones: clients can never
+ * use them up. Two per peer: a closing connection can still hold its slot while the next
+ * attempt starts. */
+#define BUS_OUTGOING_SLOTS (2u * ADDRESSES_MAX)
+
+/*
+ * Reconnect backoff: the first retry after about 50 ms (a peer that is starting), doubling to
+ * 2 s (a peer that is down costs one SYN every ~2 s), each delay drawn from [d/2, d] so that
+ * replicas restarted together do not retry in lockstep. A connection that delivered a message
+ * resets it.
+ */
+#define BUS_PEER_BACKOFF_MIN_MS 50u
+#define BUS_PEER_BACKOFF_MAX_MS 2000u
+/* A connect that has not completed by then is aborted (a peer host that drops SYNs). */
+#define BUS_PEER_CONNECT_TIMEOUT_MS 2000u
+/*
+ * A peer connection whose sent data stays unacknowledged this long is dropped and redialled
+ * (TCP_USER_TIMEOUT; TCP keepalive probes cover an idle one). Without it a peer host that
+ * vanished without a reset (a node lost, a pod moved to another IP) would hold its connection
+ * for the kernel's ~15 minutes of retransmissions.
+ */
+#define BUS_PEER_TCP_TIMEOUT_MS 10000u
+/* Repeated failures to reach one peer are logged at warn at most this often (else debug). */
+#define BUS_PEER_WARN_INTERVAL_MS 10000u
 
 /* A connection handle: slot index and generation, so a stale handle never hits a new peer. */
 typedef uint64_t bus_connection_id;
@@ -31,6 +79,11 @@ struct bus_callbacks {
         void (*on_message)(void *context, bus_connection_id connection, struct message *message);
         /* The connection is gone; its id will never be used again. */
         void (*on_close)(void *context, bus_connection_id connection);
+        /* Optional, replicas only: a connection to `replica` is usable by bus_send_to_replica. */
+        void (*on_peer_connected)(void *context, uint8_t replica);
+        /* Optional: that connection is closing; messages to `replica` are dropped until the next
+         * on_peer_connected. May run inside bus_close() and bus_stop(). */
+        void (*on_peer_disconnected)(void *context, uint8_t replica);
 };
 
 struct bus_connection {
@@ -41,11 +94,18 @@ struct bus_connection {
         bool recv_pending;
         bool recv_paused; /* no free message to receive into; resumed on tick */
         bool send_pending;
+        bool connect_pending; /* outgoing: the connect uses recv_completion */
+        bool outgoing;        /* we connected, to replica `replica` */
+        bool established;     /* replica `replica`'s connection, announced by on_peer_connected */
+        bool received;        /* at least one message was delivered */
+        bool warned_identity; /* logged once that a replica message did not identify it */
+        int8_t replica;       /* the peer replica, or -1: a client or not yet identified */
+        uint32_t send_queue_max;
         struct io_completion recv_completion;
         struct io_completion send_completion;
         struct message *recv_message;
         uint32_t recv_size;
-        struct message *send_queue[BUS_SEND_QUEUE_MAX];
+        struct message *send_queue[BUS_SEND_QUEUE_PEER_MAX]; /* ring; send_queue_max used */
         uint32_t send_head;
         uint32_t send_count;
         uint32_t send_offset;
@@ -60,7 +120,36 @@ struct bus_stats {
         uint64_t messages_dropped_invalid;
         uint64_t messages_sent;
         uint64_t messages_dropped_send_queue_full;
+        uint64_t messages_dropped_no_peer; /* bus_send_to_replica without a connection */
+        uint64_t peer_connects;            /* peer connections established (both directions) */
+        uint64_t peer_connect_failures;    /* outgoing attempts that never connected */
+        uint64_t peer_resolve_failures;
         uint32_t connections_active;
+};
+
+enum bus_peer_state {
+        BUS_PEER_INCOMING,   /* a lower index (it connects to us), or ourselves */
+        BUS_PEER_WAITING,    /* until attempt_at_ns */
+        BUS_PEER_RESOLVING,  /* the host name is being resolved */
+        BUS_PEER_CONNECTING, /* `connecting` is in flight */
+        BUS_PEER_CONNECTED,  /* `connection` is established */
+};
+
+struct resolver_query;
+
+struct bus_peer {
+        struct address address;       /* as configured: a literal or a name */
+        enum bus_peer_state state;    /* of our outgoing connection to it */
+        bus_connection_id connection; /* established, or BUS_CONNECTION_NONE */
+        bus_connection_id connecting; /* the attempt in flight */
+        struct resolver_query *query; /* host names only */
+        uint64_t attempt_at_ns;
+        uint64_t connect_deadline_ns;
+        uint32_t backoff_ms;
+        uint32_t failures;        /* attempts failed since the last connection */
+        uint64_t warn_after_ns;   /* the next failure is logged at warn from then on */
+        char address_text[ADDRESS_HOST_SIZE_MAX + 16]; /* "host:port" as configured */
+        char target_text[80];     /* the IP this attempt connects to */
 };
 
 struct bus {
@@ -73,14 +162,23 @@ struct bus {
         bool accept_pending;
         bool stopping;
         struct io_completion accept_completion;
-        struct bus_connection *connections;
-        uint32_t connections_max;
+        struct bus_connection *connections; /* connections_max accepted, then outgoing */
+        uint32_t connections_max;           /* accepted connections at once */
+        uint32_t slot_count;                /* connections_max + BUS_OUTGOING_SLOTS */
         struct bus_stats stats;
+        /* Replicas (bus_peers_start); replica_count 0 = clients only. */
+        uint8_t replica;
+        uint8_t replica_count;
+        struct bus_peer peers[ADDRESSES_MAX];
+        uint32_t connect_timeout_ms; /* BUS_PEER_CONNECT_TIMEOUT_MS; tests shorten it */
+        uint64_t random_state;       /* backoff jitter */
 };
 
 int bus_init(struct bus *bus, struct io *io, struct message_pool *pool, u128 cluster,
              uint32_t connections_max, const struct bus_callbacks *callbacks);
-/* Binds and listens; returns 0 or -1 with a log line. `bound` gets the actual address. */
+/*
+ * Binds and listens; returns 0 or -errno with a log line. `bound` gets the actual address.
+ */
 int bus_listen(struct bus *bus, const struct address *address, struct sockaddr_storage *bound);
 void bus_deinit(struct bus *bus);
 
@@ -90,7 +188,25 @@ void bus_close(struct bus *bus, bus_connection_id connection, const char *reason
 bool bus_connection_alive(const struct bus *bus, bus_connection_id connection);
 /* Resumes receives paused for lack of messages; called on every tick. */
 void bus_tick(struct bus *bus);
-/* Stops accepting and closes every connection. */
+/* Stops accepting and connecting, and closes every connection. */
 void bus_stop(struct bus *bus);
+
+/*
+ * Joins the cluster: `addresses[i]` is replica i (host names are kept and resolved before every
+ * connection attempt) and this process is replica `replica`. Connecting starts on the next
+ * bus_tick(). Call once, after bus_init(). Returns 0, or -ENOMEM.
+ */
+int bus_peers_start(struct bus *bus, uint8_t replica, const struct address *addresses,
+                    uint8_t replica_count);
+/*
+ * Queues `message` (takes a reference) on the connection to `replica` (not ourselves). False,
+ * and the message is dropped, if there is no connection to it or its queue is full.
+ */
+bool bus_send_to_replica(struct bus *bus, uint8_t replica, struct message *message);
+bool bus_peer_connected(const struct bus *bus, uint8_t replica);
+/* The replica on a connection, or -1 for a client, an unidentified or a closed connection. */
+int bus_connection_replica(const struct bus *bus, bus_connection_id connection);
+/* True for the commands only replicas send one another (they identify a connection). */
+bool bus_command_is_replica_to_replica(uint8_t command);
 
 #endif

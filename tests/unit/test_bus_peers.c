@@ -1,0 +1,553 @@
+/*
+ * test_bus_peers.c: replica-to-replica connections of the message bus, on loopback.
+ *
+ * Several buses live in this process, each with its own io_uring loop, message pool and
+ * listening port, and the test drives their loops in turn. A node pings a peer as soon as the
+ * bus reports it connected, as the replica does, so that the accepting side can identify the
+ * connection. Checked: exactly one identified connection per pair, messages both ways (small
+ * and half a megabyte), reconnect after a close from either side and after a restart, host
+ * names resolved through the resolver, an unresolvable name and a connect that hangs retried
+ * without harm, identification rules (a mismatching replica closes, a newer connection
+ * replaces an older one, a reply identifies nothing), and the deeper peer send queue.
+ */
+#include "test.h"
+
+#include "io/address.h"
+#include "io/io.h"
+#include "lib/log.h"
+#include "net/bus.h"
+#include "wire/header.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define NODES_MAX 3u
+#define CLUSTER ((u128)77)
+#define MESSAGES_PER_NODE 160u
+
+struct node {
+        bool up;
+        uint8_t index;
+        uint16_t port;
+        struct io io;
+        struct message_pool pool;
+        struct bus bus;
+        bool ping_on_connect;
+        bool peer_up[ADDRESSES_MAX];
+        int connected[ADDRESSES_MAX];
+        int disconnected[ADDRESSES_MAX];
+        int alternation_errors;
+        int from[ADDRESSES_MAX];  /* messages of replica j delivered on j's connection */
+        int unidentified;         /* messages delivered on a connection of no replica */
+        uint64_t bytes_from[ADDRESSES_MAX];
+};
+
+static struct node nodes[NODES_MAX];
+
+static void send_message(struct node *n, uint8_t to, uint8_t command, uint32_t body_size)
+{
+        struct message *m = message_pool_get(&n->pool);
+        tally_assert(m != NULL);
+        wire_header_init(m->header, command, CLUSTER, 0, WIRE_RELEASE_SERVER, n->index);
+        m->header->size = WIRE_HEADER_SIZE + body_size;
+        for (uint32_t i = 0; i < body_size; i++)
+                message_body(m)[i] = (uint8_t)(i * 7 + to);
+        wire_header_set_checksum_body(m->header, message_body(m), body_size);
+        wire_header_set_checksum(m->header);
+        bus_send_to_replica(&n->bus, to, m);
+        message_unref(&n->pool, m);
+}
+
+static void on_message(void *context, bus_connection_id connection, struct message *message)
+{
+        struct node *n = context;
+        int replica = bus_connection_replica(&n->bus, connection);
+        if (replica >= 0 && replica == message->header->replica) {
+                n->from[replica]++;
+                n->bytes_from[replica] += message->header->size;
+        } else {
+                n->unidentified++;
+        }
+}
+
+static void on_close(void *context, bus_connection_id connection)
+{
+        (void)context;
+        (void)connection;
+}
+
+static void on_peer_connected(void *context, uint8_t replica)
+{
+        struct node *n = context;
+        if (n->peer_up[replica])
+                n->alternation_errors++;
+        n->peer_up[replica] = true;
+        n->connected[replica]++;
+        if (n->ping_on_connect)
+                send_message(n, replica, COMMAND_PING, 0);
+}
+
+static void on_peer_disconnected(void *context, uint8_t replica)
+{
+        struct node *n = context;
+        if (!n->peer_up[replica])
+                n->alternation_errors++;
+        n->peer_up[replica] = false;
+        n->disconnected[replica]++;
+}
+
+/* Initializes the node and listens on 127.0.0.1:port (0: any free port). */
+static bool node_listen(struct node *n, uint8_t index, uint16_t port)
+{
+        memset(n, 0, sizeof(*n));
+        n->index = index;
+        n->ping_on_connect = true;
+        if (io_init(&n->io, 64) != 0 || message_pool_init(&n->pool, MESSAGES_PER_NODE) != 0)
+                return false;
+        struct bus_callbacks callbacks = {
+                .context = n,
+                .on_message = on_message,
+                .on_close = on_close,
+                .on_peer_connected = on_peer_connected,
+                .on_peer_disconnected = on_peer_disconnected,
+        };
+        if (bus_init(&n->bus, &n->io, &n->pool, CLUSTER, 16, &callbacks) != 0)
+                return false;
+        struct address address;
+        uint32_t count = 0;
+        char text[32], error[128];
+        snprintf(text, sizeof(text), "127.0.0.1:%u", port == 0 ? 1u : port);
+        if (address_parse_list(text, &address, &count, error, sizeof(error)) != 0)
+                return false;
+        ((struct sockaddr_in *)&address.sockaddr)->sin_port = htons(port);
+        struct sockaddr_storage bound;
+        if (bus_listen(&n->bus, &address, &bound) != 0)
+                return false;
+        n->port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        n->up = true;
+        return true;
+}
+
+static bool node_join(struct node *n, const char *list)
+{
+        struct address addresses[ADDRESSES_MAX];
+        uint32_t count = 0;
+        char error[128];
+        if (address_parse_list(list, addresses, &count, error, sizeof(error)) != 0) {
+                fprintf(stderr, "  bad address list %s: %s\n", list, error);
+                return false;
+        }
+        return bus_peers_start(&n->bus, n->index, addresses, (uint8_t)count) == 0;
+}
+
+/* One round of every live node's loop. */
+static void run_once(void)
+{
+        for (uint32_t i = 0; i < NODES_MAX; i++) {
+                struct node *n = &nodes[i];
+                if (!n->up)
+                        continue;
+                tally_assert(io_run(&n->io, 0, false) == 0);
+                bus_tick(&n->bus);
+        }
+        usleep(500);
+}
+
+static void run_ms(uint32_t ms)
+{
+        uint64_t deadline = io_monotonic_ns() + (uint64_t)ms * 1000000ull;
+        while (io_monotonic_ns() < deadline)
+                run_once();
+}
+
+#define RUN_UNTIL(cond, ms)                                                                       \
+        ({                                                                                        \
+                uint64_t deadline_ = io_monotonic_ns() + (uint64_t)(ms) * 1000000ull;             \
+                while (!(cond) && io_monotonic_ns() < deadline_)                                  \
+                        run_once();                                                               \
+                (cond);                                                                           \
+        })
+
+static void node_stop(struct node *n)
+{
+        if (!n->up)
+                return;
+        bus_stop(&n->bus);
+        uint64_t deadline = io_monotonic_ns() + 2000000000ull;
+        while (n->bus.stats.connections_active > 0 && io_monotonic_ns() < deadline) {
+                io_run(&n->io, 1000000ull, true);
+        }
+        CHECK_EQ_U64(n->bus.stats.connections_active, 0);
+        bus_deinit(&n->bus);
+        message_pool_deinit(&n->pool);
+        io_deinit(&n->io);
+        n->up = false;
+}
+
+static void stop_all(void)
+{
+        for (uint32_t i = 0; i < NODES_MAX; i++)
+                node_stop(&nodes[i]);
+}
+
+/* Established connections of node n that belong to replica j. */
+static uint32_t connections_of(const struct node *n, uint8_t j)
+{
+        uint32_t count = 0;
+        for (uint32_t s = 0; s < n->bus.slot_count; s++) {
+                const struct bus_connection *c = &n->bus.connections[s];
+                if (c->active && !c->closing && c->established && c->replica == (int8_t)j)
+                        count++;
+        }
+        return count;
+}
+
+static bool all_connected(uint32_t count)
+{
+        for (uint32_t i = 0; i < count; i++) {
+                for (uint32_t j = 0; j < count; j++) {
+                        if (i == j)
+                                continue;
+                        if (!nodes[i].up || !bus_peer_connected(&nodes[i].bus, (uint8_t)j))
+                                return false;
+                }
+        }
+        return true;
+}
+
+static bool start_cluster(uint32_t count)
+{
+        for (uint32_t i = 0; i < count; i++) {
+                if (!node_listen(&nodes[i], (uint8_t)i, 0))
+                        return false;
+        }
+        char list[128] = "";
+        for (uint32_t i = 0; i < count; i++) {
+                size_t used = strlen(list);
+                snprintf(list + used, sizeof(list) - used, "%s127.0.0.1:%u", i == 0 ? "" : ",",
+                         nodes[i].port);
+        }
+        for (uint32_t i = 0; i < count; i++) {
+                if (!node_join(&nodes[i], list))
+                        return false;
+        }
+        return true;
+}
+
+static void test_one_connection_per_pair(void)
+{
+        CHECK(start_cluster(3));
+        CHECK(RUN_UNTIL(all_connected(3), 3000));
+        run_ms(200); /* nothing more should happen */
+        for (uint8_t i = 0; i < 3; i++) {
+                struct node *n = &nodes[i];
+                CHECK_EQ_U64(n->bus.stats.connections_active, 2);
+                CHECK_EQ_U64(n->bus.stats.connections_accepted, i);
+                CHECK_EQ_U64(n->alternation_errors, 0);
+                CHECK_EQ_U64(n->unidentified, 0);
+                for (uint8_t j = 0; j < 3; j++) {
+                        if (i == j)
+                                continue;
+                        CHECK_EQ_U64(connections_of(n, j), 1);
+                        CHECK_EQ_U64(n->connected[j], 1);
+                        CHECK_EQ_U64(n->disconnected[j], 0);
+                        CHECK(n->from[j] >= 1); /* the ping sent on connect */
+                }
+        }
+        stop_all();
+}
+
+static void test_messages_both_ways(void)
+{
+        CHECK(start_cluster(3));
+        CHECK(RUN_UNTIL(all_connected(3), 3000));
+        run_ms(100); /* the pings of the accepting sides, answering identification */
+        int before[3][3];
+        for (uint8_t i = 0; i < 3; i++)
+                for (uint8_t j = 0; j < 3; j++)
+                        before[i][j] = nodes[i].from[j];
+        for (uint8_t i = 0; i < 3; i++) {
+                for (uint8_t j = 0; j < 3; j++) {
+                        if (i == j)
+                                continue;
+                        for (int k = 0; k < 10; k++)
+                                send_message(&nodes[i], j, COMMAND_COMMIT, 0);
+                        /* Half a megabyte: arrives in many receives, framed back together. */
+                        send_message(&nodes[i], j, COMMAND_HEADERS, 512u * 1024u);
+                }
+        }
+        bool done = RUN_UNTIL(({
+                                      bool all = true;
+                                      for (uint8_t i = 0; i < 3; i++)
+                                              for (uint8_t j = 0; j < 3; j++)
+                                                      if (i != j &&
+                                                          nodes[j].from[i] - before[j][i] < 11)
+                                                              all = false;
+                                      all;
+                              }),
+                              3000);
+        CHECK(done);
+        for (uint8_t i = 0; i < 3; i++) {
+                for (uint8_t j = 0; j < 3; j++) {
+                        if (i == j)
+                                continue;
+                        CHECK_EQ_U64(nodes[j].from[i] - before[j][i], 11);
+                        CHECK(nodes[j].bytes_from[i] >= 512u * 1024u);
+                }
+                CHECK_EQ_U64(nodes[i].bus.stats.connections_closed_bad_input, 0);
+        }
+        stop_all();
+}
+
+static void test_reconnect_after_close(void)
+{
+        CHECK(start_cluster(3));
+        CHECK(RUN_UNTIL(all_connected(3), 3000));
+        /* The connecting side closes: both sides see it go, then come back. */
+        bus_close(&nodes[0].bus, nodes[0].bus.peers[1].connection, "test");
+        CHECK(!bus_peer_connected(&nodes[0].bus, 1));
+        CHECK_EQ_U64(nodes[0].disconnected[1], 1);
+        CHECK(RUN_UNTIL(nodes[1].disconnected[0] == 1, 1000));
+        CHECK(RUN_UNTIL(all_connected(3), 3000));
+        CHECK_EQ_U64(nodes[0].connected[1], 2);
+        CHECK_EQ_U64(nodes[1].connected[0], 2);
+        /* The accepting side closes: the connecting side reconnects. */
+        bus_close(&nodes[2].bus, nodes[2].bus.peers[1].connection, "test");
+        CHECK(RUN_UNTIL(nodes[1].disconnected[2] == 1, 1000));
+        CHECK(RUN_UNTIL(all_connected(3), 3000));
+        CHECK_EQ_U64(nodes[1].connected[2], 2);
+        CHECK_EQ_U64(nodes[2].connected[1], 2);
+        int before = nodes[2].from[1];
+        send_message(&nodes[1], 2, COMMAND_PREPARE_OK, 0);
+        CHECK(RUN_UNTIL(nodes[2].from[1] == before + 1, 1000));
+        for (uint8_t i = 0; i < 3; i++) {
+                CHECK_EQ_U64(nodes[i].alternation_errors, 0);
+                CHECK_EQ_U64(nodes[i].bus.stats.connections_active, 2);
+        }
+        stop_all();
+}
+
+static void test_restart(void)
+{
+        CHECK(start_cluster(3));
+        CHECK(RUN_UNTIL(all_connected(3), 3000));
+        /* Replica 2 goes away: 0 and 1 keep retrying until it is back on its port. */
+        uint16_t port = nodes[2].port;
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:%u,127.0.0.1:%u,127.0.0.1:%u", nodes[0].port,
+                 nodes[1].port, port);
+        node_stop(&nodes[2]);
+        CHECK(RUN_UNTIL(nodes[0].disconnected[2] == 1 && nodes[1].disconnected[2] == 1, 1000));
+        run_ms(500);
+        CHECK(nodes[0].bus.stats.peer_connect_failures >= 1);
+        CHECK(node_listen(&nodes[2], 2, port));
+        CHECK(node_join(&nodes[2], list));
+        CHECK(RUN_UNTIL(all_connected(3), 4000));
+        CHECK_EQ_U64(nodes[0].connected[2], 2);
+        CHECK_EQ_U64(nodes[2].connected[0], 1);
+        CHECK_EQ_U64(connections_of(&nodes[2], 0), 1);
+        CHECK_EQ_U64(connections_of(&nodes[2], 1), 1);
+        for (uint8_t i = 0; i < 3; i++)
+                CHECK_EQ_U64(nodes[i].alternation_errors, 0);
+        stop_all();
+}
+
+static void test_host_names(void)
+{
+        CHECK(node_listen(&nodes[0], 0, 0));
+        CHECK(node_listen(&nodes[1], 1, 0));
+        char list[128];
+        snprintf(list, sizeof(list), "localhost:%u,localhost:%u", nodes[0].port, nodes[1].port);
+        CHECK(node_join(&nodes[0], list));
+        CHECK(node_join(&nodes[1], list));
+        CHECK(nodes[0].bus.peers[1].address.is_name);
+        CHECK(RUN_UNTIL(all_connected(2), 3000));
+        CHECK_EQ_U64(nodes[0].bus.stats.peer_resolve_failures, 0);
+        CHECK(strcmp(nodes[0].bus.peers[1].target_text, "") != 0);
+        /* Resolved again on reconnect. */
+        bus_close(&nodes[0].bus, nodes[0].bus.peers[1].connection, "test");
+        CHECK(RUN_UNTIL(all_connected(2), 3000));
+        CHECK_EQ_U64(nodes[0].connected[1], 2);
+        stop_all();
+}
+
+static void test_unresolvable_name(void)
+{
+        CHECK(node_listen(&nodes[0], 0, 0));
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:%u,no-such-host.invalid:%u", nodes[0].port,
+                 nodes[0].port + 1);
+        CHECK(node_join(&nodes[0], list));
+        /* Failures are retried with backoff, never fatal. */
+        CHECK(RUN_UNTIL(nodes[0].bus.stats.peer_resolve_failures >= 2, 8000));
+        CHECK(!bus_peer_connected(&nodes[0].bus, 1));
+        CHECK(nodes[0].bus.peers[1].backoff_ms > BUS_PEER_BACKOFF_MIN_MS);
+        stop_all();
+}
+
+/* A listener whose accept queue is full: connects to it hang in SYN_SENT. */
+static int hanging_listener(uint16_t *port, int fills[2])
+{
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET};
+        inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+        socklen_t size = sizeof(a);
+        if (bind(l, (struct sockaddr *)&a, sizeof(a)) != 0 || listen(l, 0) != 0 ||
+            getsockname(l, (struct sockaddr *)&a, &size) != 0)
+                return -1;
+        for (int i = 0; i < 2; i++) {
+                fills[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+                connect(fills[i], (struct sockaddr *)&a, sizeof(a));
+        }
+        *port = ntohs(a.sin_port);
+        return l;
+}
+
+static void test_connect_timeout(void)
+{
+        uint16_t port = 0;
+        int fills[2] = {-1, -1};
+        int l = hanging_listener(&port, fills);
+        CHECK(l >= 0);
+        CHECK(node_listen(&nodes[0], 0, 0));
+        nodes[0].bus.connect_timeout_ms = 200;
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:%u,127.0.0.1:%u", nodes[0].port, port);
+        CHECK(node_join(&nodes[0], list));
+        CHECK(RUN_UNTIL(nodes[0].bus.peers[1].state == BUS_PEER_CONNECTING, 1000));
+        run_ms(100);
+        CHECK(nodes[0].bus.peers[1].state == BUS_PEER_CONNECTING);
+        CHECK(RUN_UNTIL(nodes[0].bus.stats.peer_connect_failures >= 2, 3000));
+        CHECK(!bus_peer_connected(&nodes[0].bus, 1));
+        stop_all();
+        close(fills[0]);
+        close(fills[1]);
+        close(l);
+}
+
+/* A raw TCP connection that claims to be a replica, to test identification. */
+static int raw_connect(uint16_t port)
+{
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+        inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+        if (connect(fd, (struct sockaddr *)&a, sizeof(a)) != 0) {
+                close(fd);
+                return -1;
+        }
+        return fd;
+}
+
+static bool raw_send(int fd, uint8_t command, uint8_t replica)
+{
+        struct wire_header h;
+        wire_header_init(&h, command, CLUSTER, 0, WIRE_RELEASE_SERVER, replica);
+        if (command == COMMAND_REPLY) {
+                h.reply.client = 5;
+                h.reply.request = 1;
+                h.reply.op = 1;
+                h.reply.commit = 1;
+                h.reply.timestamp = 1;
+                h.reply.operation = 140; /* lookup_accounts */
+        }
+        wire_header_set_checksum_body(&h, NULL, 0);
+        wire_header_set_checksum(&h);
+        return send(fd, &h, sizeof(h), MSG_NOSIGNAL) == (ssize_t)sizeof(h);
+}
+
+static void test_identification(void)
+{
+        /* Node 0 of a 3-replica cluster whose peers 1 and 2 do not exist: it identifies only
+         * lower replicas on accepted connections, so make this node replica 2. */
+        CHECK(node_listen(&nodes[0], 2, 0));
+        nodes[0].ping_on_connect = false;
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:1,127.0.0.1:2,127.0.0.1:%u", nodes[0].port);
+        CHECK(node_join(&nodes[0], list));
+        struct node *n = &nodes[0];
+        int a = raw_connect(n->port);
+        CHECK(a >= 0);
+        /* A reply (clients get them too) and a ping claiming to be replica 2 (ourselves) do not
+         * identify; a ping from replica 1 does. */
+        CHECK(raw_send(a, COMMAND_REPLY, 1));
+        CHECK(raw_send(a, COMMAND_PING, 2));
+        CHECK(RUN_UNTIL(n->unidentified == 2, 1000));
+        CHECK(!bus_peer_connected(&n->bus, 1));
+        CHECK(raw_send(a, COMMAND_PING, 1));
+        CHECK(RUN_UNTIL(bus_peer_connected(&n->bus, 1), 1000));
+        CHECK_EQ_U64(n->connected[1], 1);
+        CHECK_EQ_U64(n->from[1], 1);
+        /* A second connection from replica 1 replaces the first. */
+        int b = raw_connect(n->port);
+        CHECK(b >= 0);
+        CHECK(raw_send(b, COMMAND_PONG, 1));
+        CHECK(RUN_UNTIL(n->connected[1] == 2, 1000));
+        CHECK_EQ_U64(n->disconnected[1], 1);
+        CHECK_EQ_U64(connections_of(n, 1), 1);
+        char byte;
+        CHECK(recv(a, &byte, 1, 0) == 0); /* the old one was closed */
+        /* Replica 0 speaking on replica 1's connection: closed, peer lost. */
+        CHECK(raw_send(b, COMMAND_COMMIT, 0));
+        CHECK(RUN_UNTIL(n->disconnected[1] == 2, 1000));
+        CHECK(!bus_peer_connected(&n->bus, 1));
+        CHECK_EQ_U64(n->bus.stats.connections_closed_bad_input, 1);
+        CHECK_EQ_U64(n->alternation_errors, 0);
+        close(a);
+        close(b);
+        stop_all();
+}
+
+/* A peer that never reads: our queue to it takes 64 messages, a client's 16. */
+static void test_peer_send_queue(void)
+{
+        CHECK(node_listen(&nodes[0], 1, 0));
+        nodes[0].ping_on_connect = false;
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:1,127.0.0.1:%u", nodes[0].port);
+        CHECK(node_join(&nodes[0], list));
+        struct node *n = &nodes[0];
+        int a = raw_connect(n->port);
+        CHECK(a >= 0);
+        CHECK(raw_send(a, COMMAND_PING, 0));
+        CHECK(RUN_UNTIL(bus_peer_connected(&n->bus, 0), 1000));
+        struct message *m = message_pool_get(&n->pool);
+        wire_header_init(m->header, COMMAND_COMMIT, CLUSTER, 0, WIRE_RELEASE_SERVER, 1);
+        wire_header_set_checksum(m->header);
+        uint32_t queued = 0;
+        for (uint32_t i = 0; i < BUS_SEND_QUEUE_PEER_MAX + 10; i++)
+                queued += bus_send_to_replica(&n->bus, 0, m) ? 1u : 0u;
+        CHECK_EQ_U64(queued, BUS_SEND_QUEUE_PEER_MAX);
+        CHECK_EQ_U64(n->bus.stats.messages_dropped_send_queue_full, 10);
+        message_unref(&n->pool, m);
+        /* No connection to replica 0 any more: dropped, counted. */
+        close(a);
+        CHECK(RUN_UNTIL(!bus_peer_connected(&n->bus, 0), 1000));
+        m = message_pool_get(&n->pool);
+        wire_header_init(m->header, COMMAND_COMMIT, CLUSTER, 0, WIRE_RELEASE_SERVER, 1);
+        CHECK(!bus_send_to_replica(&n->bus, 0, m));
+        CHECK_EQ_U64(n->bus.stats.messages_dropped_no_peer, 1);
+        message_unref(&n->pool, m);
+        stop_all();
+}
+
+int main(void)
+{
+        if (getenv("TALLY_LOG") != NULL)
+                log_init_from_env();
+        else
+                log_set_level(LOG_ERROR);
+        TEST_RUN(test_one_connection_per_pair);
+        TEST_RUN(test_messages_both_ways);
+        TEST_RUN(test_reconnect_after_close);
+        TEST_RUN(test_restart);
+        TEST_RUN(test_host_names);
+        TEST_RUN(test_unresolvable_name);
+        TEST_RUN(test_connect_timeout);
+        TEST_RUN(test_identification);
+        TEST_RUN(test_peer_send_queue);
+        TEST_MAIN_END();
+}
