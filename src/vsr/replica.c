@@ -466,6 +466,12 @@ void replica_on_message(struct replica *r, replica_connection connection, struct
         case COMMAND_PING_CLIENT:
                 on_ping_client(r, connection, m);
                 break;
+        case COMMAND_REPLY:
+                /* Replies travel between replicas only for state sync. */
+                if (r->env.connection_is_replica != NULL &&
+                    r->env.connection_is_replica(r->env.context, connection))
+                        sync_on_message(r, m);
+                break;
         case COMMAND_EVICTION:
                 /* Only the primary evicts; it sends evictions for forwarded requests here. */
                 if (r->env.connection_is_replica != NULL &&
@@ -663,6 +669,9 @@ static void on_checkpoint_done(void *context, bool ok)
         if (!ok)
                 return; /* storage now refuses writes; nothing more is acknowledged */
         r->checkpoint_op_durable = r->checkpoint.op;
+        r->checkpoint_size_durable = r->checkpoint.blob_size;
+        r->checkpoint_checksum_durable = r->checkpoint.prepare_checksum;
+        r->checkpoint_timestamp_durable = r->checkpoint.timestamp;
         r->stats.checkpoints++;
         log_info("checkpoint durable op=%llu bytes=%llu replies=%u",
                  (unsigned long long)r->checkpoint.op,
@@ -829,6 +838,9 @@ int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
         r->parent = prepare_checksum;
         r->timestamp_last = timestamp;
         r->checkpoint_op_durable = checkpoint_op;
+        r->checkpoint_size_durable = blob_size;
+        r->checkpoint_checksum_durable = prepare_checksum;
+        r->checkpoint_timestamp_durable = timestamp;
         return 0;
 }
 
@@ -965,4 +977,86 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
                          (unsigned long long)r->commit);
         }
         return result;
+}
+
+int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
+                                struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX])
+{
+        struct checkpoint_header header;
+        if (size < LEDGER_CHECKPOINT_ALIGN)
+                return -1;
+        memcpy(&header, blob, sizeof(header));
+        if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 ||
+            header.version != CHECKPOINT_VERSION || header.session_count != REPLICA_CLIENTS_MAX)
+                return -1;
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                struct checkpoint_session c;
+                memcpy(&c, blob + sizeof(header) + i * sizeof(c), sizeof(c));
+                sessions[i].used = c.used != 0;
+                sessions[i].slot = c.reply_slot;
+                sessions[i].reply_checksum = c.reply_checksum;
+                sessions[i].client = c.client;
+        }
+        return 0;
+}
+
+struct install_context {
+        struct message **replies;
+};
+
+static int install_read_reply(void *context, uint32_t slot, u128 reply_checksum,
+                              struct message *into)
+{
+        struct install_context *c = context;
+        struct message *m = c->replies[slot / 2];
+        if (m == NULL || m->header->checksum != reply_checksum)
+                return -1;
+        memcpy(into->buffer, m->buffer, m->header->size);
+        return 0;
+}
+
+int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint64_t op,
+                    u128 prepare_checksum, uint64_t timestamp, struct message **replies)
+{
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (r->clients[i].reply != NULL)
+                        message_unref(r->pool, r->clients[i].reply);
+                memset(&r->clients[i], 0, sizeof(r->clients[i]));
+        }
+        for (uint32_t slot = 0; slot < r->config.wal_slot_count; slot++)
+                r->journal_state[slot] = SLOT_EMPTY;
+        r->op = 0;
+        r->commit = 0;
+        r->commit_max = 0;
+        r->timestamp_last = 0;
+        r->pending_create_events = 0;
+        struct install_context c = {.replies = replies};
+        char error[256];
+        if (replica_restore(r, blob, size, op, prepare_checksum, timestamp, install_read_reply,
+                            &c, error, sizeof(error)) != 0) {
+                log_error("state sync: the checkpoint does not install: %s", error);
+                return -1;
+        }
+        /* The replies came from the peer's slots; ours must be written with the checkpoint. */
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (r->clients[i].used)
+                        r->clients[i].reply_dirty = true;
+        }
+        return 0;
+}
+
+/* Writes the installed state as this replica's own checkpoint (a restart then starts there). */
+void replica_checkpoint_installed(struct replica *r)
+{
+        r->checkpoint_op_durable = 0; /* not durable here until written */
+        if (r->checkpoint_in_progress)
+                return; /* the next commit tries again */
+        struct message fake;
+        struct wire_header h;
+        memset(&h, 0, sizeof(h));
+        h.prepare.op = r->commit;
+        h.checksum = r->parent;
+        fake.header = &h;
+        fake.buffer = (uint8_t *)&h;
+        replica_checkpoint_maybe(r, &fake);
 }

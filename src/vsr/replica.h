@@ -91,6 +91,8 @@ struct replica_env {
          * blob into `into`. Returns the bytes copied, or -1.
          */
         int64_t (*checkpoint_read)(void *context, uint64_t offset, uint8_t *into, uint32_t size);
+        /* State sync, serving side: the reply the durable checkpoint keeps in `slot`. */
+        bool (*reply_read)(void *context, uint32_t slot, u128 checksum, struct message *into);
 
         /* Optional, for the simulator's checks: every prepare this replica commits, in order. */
         void (*committed)(void *context, const struct message *prepare,
@@ -251,6 +253,22 @@ struct replica {
         /* Checkpoints. */
         uint8_t *checkpoint_buffer;
         uint64_t checkpoint_op_durable;
+        uint64_t checkpoint_size_durable;       /* of the durable checkpoint's blob */
+        u128 checkpoint_checksum_durable;       /* its prepare's checksum (chain anchor) */
+        uint64_t checkpoint_timestamp_durable;
+        /* State sync (receiving side): a peer's checkpoint is copied into checkpoint_buffer. */
+        struct {
+                bool active;
+                uint8_t source;
+                uint64_t checkpoint_op;
+                uint64_t size;
+                u128 prepare_checksum;
+                uint64_t timestamp;
+                uint64_t offset;      /* bytes received */
+                uint64_t replies_missing; /* bit i: session i's reply still to fetch */
+                struct message *replies[REPLICA_CLIENTS_MAX];
+                uint64_t tick;        /* last request, for retries */
+        } sync;
         bool checkpoint_in_progress;
         bool replaying; /* recovering from the WAL: no replies are sent */
         struct replica_checkpoint checkpoint;

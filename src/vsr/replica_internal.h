@@ -15,6 +15,7 @@
 #define TICKS_REPAIR 10u               /* ask again for missing prepares */
 #define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
 #define REPAIR_REQUESTS_MAX 16u        /* missing prepares asked for at once */
+#define TICKS_SYNC_RETRY 50u           /* state sync: ask again after 500 ms of silence */
 
 static inline uint8_t replica_primary_index(const struct replica *r, uint32_t view)
 {
@@ -52,6 +53,27 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
 void replica_checkpoint_maybe(struct replica *r, const struct message *prepare);
 bool replica_request_acceptable(struct replica *r, replica_connection connection,
                                 struct message *m);
+
+/* The sessions a checkpoint blob names: used, reply slot, reply checksum. */
+struct replica_checkpoint_session {
+        bool used;
+        uint32_t slot;
+        u128 reply_checksum;
+        u128 client;
+};
+int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
+                                struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX]);
+/* Replaces the whole state by a checkpoint blob (state sync); replies[i] for session i. */
+int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint64_t op,
+                    u128 prepare_checksum, uint64_t timestamp, struct message **replies);
+/* Persists the checkpoint just installed by state sync. */
+void replica_checkpoint_installed(struct replica *r);
+
+/* replica_sync.c */
+void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op);
+void sync_on_message(struct replica *r, struct message *m);
+void sync_tick(struct replica *r);
+void sync_deinit(struct replica *r);
 
 /* replication.c */
 void replication_init(struct replica *r);

@@ -170,6 +170,7 @@ static void dvc_clear(struct replica *r)
 
 void replication_deinit(struct replica *r)
 {
+        sync_deinit(r);
         pipeline_clear(r);
         dvc_clear(r);
         for (uint32_t i = 0; i < REPLICA_PREPARE_CACHE; i++) {
@@ -612,6 +613,7 @@ static void on_commit(struct replica *r, struct message *m)
                 return;
         }
         r->commit_max = MAX(r->commit_max, h->commit.commit);
+        sync_maybe(r, h->replica, h->commit.checkpoint_op);
         commit_advance(r);
         fresh_check(r);
         if (r->commit < r->commit_max && r->tick - r->repair_tick >= TICKS_REPAIR)
@@ -938,6 +940,7 @@ static void on_start_view(struct replica *r, struct message *m)
         dvc_clear(r);
         log_install(r, m, h->start_view.op);
         r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
+        sync_maybe(r, h->replica, h->start_view.checkpoint_op);
         view_persist(r);
         /* Acknowledge the uncommitted suffix we already hold; the rest comes by repair. */
         for (uint64_t op = r->commit + 1; op <= r->op; op++) {
@@ -984,6 +987,11 @@ void replication_on_message(struct replica *r, replica_connection connection,
                 break;
         case COMMAND_REQUEST_PREPARE:
                 on_request_prepare(r, m);
+                break;
+        case COMMAND_REQUEST_BLOCKS:
+        case COMMAND_BLOCK:
+        case COMMAND_REQUEST_REPLY:
+                sync_on_message(r, m);
                 break;
         default:
                 break; /* ping and the rest: connection keep-alive only */
@@ -1037,6 +1045,7 @@ void replication_tick(struct replica *r)
 {
         r->tick++;
         view_persist(r);
+        sync_tick(r);
         if (r->config.replica_count == 1) {
                 replication_prepare_pump(r);
                 pulse_maybe(r);

@@ -127,13 +127,52 @@ static bool env_view_write(void *context, uint32_t view, uint32_t log_view,
         return true;
 }
 
+/* Each replica's durable checkpoint: the blob and the replies by slot. */
+static uint8_t *checkpoint_blob[REPLICAS_MAX];
+static uint64_t checkpoint_size[REPLICAS_MAX];
+static struct message *checkpoint_replies[REPLICAS_MAX][128];
+
 static bool env_checkpoint(void *context, const struct replica_checkpoint *cp,
                            void (*done)(void *replica, bool ok), void *replica)
 {
-        (void)cp;
         (void)replica;
+        uint8_t i = index_of(context);
+        free(checkpoint_blob[i]);
+        checkpoint_blob[i] = malloc(cp->blob_size);
+        uint64_t at = 0;
+        for (uint32_t k = 0; k < cp->extent_count; k++) {
+                memcpy(checkpoint_blob[i] + at, cp->extents[k].data, cp->extents[k].size);
+                at += cp->extents[k].size;
+        }
+        checkpoint_size[i] = cp->blob_size;
+        for (uint32_t k = 0; k < cp->reply_count; k++) {
+                struct message **slot = &checkpoint_replies[i][cp->replies[k].slot];
+                if (*slot != NULL)
+                        message_unref(&pool, *slot);
+                *slot = message_ref(cp->replies[k].reply);
+        }
         push((struct event){.kind = EVENT_CHECKPOINT_DONE, .to = index_of(context),
                             .done_checkpoint = done});
+        return true;
+}
+
+static int64_t env_checkpoint_read(void *context, uint64_t offset, uint8_t *into,
+                                   uint32_t size)
+{
+        uint8_t i = index_of(context);
+        if (checkpoint_blob[i] == NULL || offset > checkpoint_size[i])
+                return -1;
+        size = (uint32_t)MIN((uint64_t)size, checkpoint_size[i] - offset);
+        memcpy(into, checkpoint_blob[i] + offset, size);
+        return size;
+}
+
+static bool env_reply_read(void *context, uint32_t slot, u128 checksum, struct message *into)
+{
+        struct message *m = checkpoint_replies[index_of(context)][slot];
+        if (m == NULL || m->header->checksum != checksum)
+                return false;
+        memcpy(into->buffer, m->buffer, m->header->size);
         return true;
 }
 
@@ -165,6 +204,8 @@ static void replica_start(uint8_t i)
                 .send_to_replica = env_send_to_replica,
                 .journal_read = env_journal_read,
                 .view_write = env_view_write,
+                .checkpoint_read = env_checkpoint_read,
+                .reply_read = env_reply_read,
         };
         struct ledger_config lc = {.accounts_max = 1000, .transfers_max = 1000};
         ledgers[i] = ledger_create(&lc);
@@ -267,6 +308,15 @@ static void cluster_stop(void)
         if (last_reply != NULL)
                 message_unref(&pool, last_reply);
         last_reply = NULL;
+        for (uint8_t i = 0; i < REPLICAS_MAX; i++) {
+                free(checkpoint_blob[i]);
+                checkpoint_blob[i] = NULL;
+                for (uint32_t k = 0; k < 128; k++) {
+                        if (checkpoint_replies[i][k] != NULL)
+                                message_unref(&pool, checkpoint_replies[i][k]);
+                        checkpoint_replies[i][k] = NULL;
+                }
+        }
         memset(durable_view, 0, sizeof(durable_view));
         memset(durable_log_view, 0, sizeof(durable_log_view));
 }
@@ -553,6 +603,43 @@ static void test_all_restart(void)
         cluster_stop();
 }
 
+static void test_state_sync(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        alive[2] = false; /* away for more than two checkpoints */
+        for (uint32_t k = 0; k < 600; k++) {
+                if (!create_accounts(0, 1 + k, 1, 1000)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+        CHECK(replicas[0].checkpoint_op_durable >= 512);
+        /* It comes back wiped: a fresh, empty replica. */
+        replica_deinit(&replicas[2]);
+        ledger_destroy(ledgers[2]);
+        for (uint32_t op = 0; op < STORE_OPS; op++) {
+                if (store[2][op] != NULL)
+                        message_unref(&pool, store[2][op]);
+                store[2][op] = NULL;
+        }
+        replica_start(2);
+        struct replica_durable d = {.fresh = true,
+                                    .read_header = read_header_none,
+                                    .read_prepare = read_prepare_none};
+        char error[128];
+        CHECK(replica_open(&replicas[2], &d, error, sizeof(error)) == 0);
+        CHECK(create_accounts(0, 5000, 1, 1000));
+        run(1000);
+        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
+        CHECK_EQ_U64(accounts_on(2), 601);
+        CHECK(!replicas[2].fresh);
+        CHECK(replicas[2].checkpoint_op_durable >= 512);
+        cluster_stop();
+}
+
 int main(void)
 {
         log_set_level(getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR);
@@ -565,5 +652,6 @@ int main(void)
         TEST_RUN(test_five_replicas_two_down);
         TEST_RUN(test_backup_restarts);
         TEST_RUN(test_all_restart);
+        TEST_RUN(test_state_sync);
         TEST_MAIN_END();
 }

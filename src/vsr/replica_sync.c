@@ -1,0 +1,272 @@
+/*
+ * replica_sync.c: state sync. A replica so far behind that its peers no longer journal the
+ * ops it lacks (after a long absence, or a wiped data file) copies the primary's latest durable
+ * checkpoint instead: the blob in chunks, then each session's cached reply, then installs it,
+ * writes it as its own checkpoint, and repairs the ops after it from the journals as usual.
+ *
+ * The checkpoint is committed state, identical on every replica up to the replies' `replica`
+ * field, so taking it from any peer is safe. If the source's durable checkpoint moves on
+ * during the copy, the copy starts again from the new one.
+ *
+ * Messages (our own use of TigerBeetle's commands between replicas):
+ *   request_blocks: want the chunk at `offset` of your durable checkpoint
+ *   block:          checkpoint op, blob size, anchor checksum, timestamp, offset; body = chunk
+ *   request_reply:  want the reply in `slot` with checksum `checksum` of that checkpoint
+ *   reply:          (from a replica, while syncing) that reply
+ */
+#include "vsr/replica_internal.h"
+#include "lib/log.h"
+#include "wire/checksum.h"
+
+#include <string.h>
+
+#define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / 4096u * 4096u)
+
+struct sync_fields {
+        uint64_t checkpoint_op;
+        uint64_t size;
+        u128 prepare_checksum;
+        uint64_t timestamp;
+        uint64_t offset;
+        uint32_t slot;
+        uint32_t reserved;
+        u128 checksum;
+};
+_Static_assert(sizeof(struct sync_fields) <= 128, "sync fields fit in a header");
+
+static struct message *sync_message(struct replica *r, uint8_t command,
+                                    const struct sync_fields *f)
+{
+        struct message *m = message_pool_get(r->pool);
+        if (m == NULL)
+                return NULL;
+        wire_header_init(m->header, command, r->config.cluster, r->view, WIRE_RELEASE_SERVER,
+                         r->config.replica);
+        memcpy(m->header->raw, f, sizeof(*f));
+        return m;
+}
+
+static void sync_send(struct replica *r, struct message *m, uint8_t to)
+{
+        wire_header_set_checksum_body(m->header, message_body(m),
+                                      m->header->size - WIRE_HEADER_SIZE);
+        wire_header_set_checksum(m->header);
+        r->env.send_to_replica(r->env.context, to, m);
+        message_unref(r->pool, m);
+}
+
+static void request_chunk(struct replica *r)
+{
+        struct sync_fields f = {.checkpoint_op = r->sync.checkpoint_op, .offset = r->sync.offset};
+        struct message *m = sync_message(r, COMMAND_REQUEST_BLOCKS, &f);
+        if (m == NULL)
+                return;
+        r->sync.tick = r->tick;
+        sync_send(r, m, r->sync.source);
+}
+
+static void request_replies(struct replica *r)
+{
+        struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
+        if (replica_checkpoint_sessions(r->checkpoint_buffer, r->sync.size, sessions) != 0)
+                return;
+        r->sync.tick = r->tick;
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (!(r->sync.replies_missing & (1ull << i)))
+                        continue;
+                struct sync_fields f = {.checkpoint_op = r->sync.checkpoint_op,
+                                        .slot = sessions[i].slot,
+                                        .checksum = sessions[i].reply_checksum};
+                struct message *m = sync_message(r, COMMAND_REQUEST_REPLY, &f);
+                if (m == NULL)
+                        return;
+                sync_send(r, m, r->sync.source);
+        }
+}
+
+static void sync_reset(struct replica *r)
+{
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (r->sync.replies[i] != NULL)
+                        message_unref(r->pool, r->sync.replies[i]);
+                r->sync.replies[i] = NULL;
+        }
+        memset(&r->sync, 0, sizeof(r->sync));
+}
+
+void sync_deinit(struct replica *r)
+{
+        sync_reset(r);
+}
+
+void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
+{
+        if (r->sync.active || r->checkpoint_in_progress || r->env.checkpoint_read == NULL ||
+            source == r->config.replica)
+                return;
+        /* Within an interval of the source's checkpoint its journal still has what we lack. */
+        if (checkpoint_op <= r->commit + r->config.checkpoint_interval)
+                return;
+        log_info("state sync started source=%u checkpoint_op=%llu commit=%llu", source,
+                 (unsigned long long)checkpoint_op, (unsigned long long)r->commit);
+        sync_reset(r);
+        r->sync.active = true;
+        r->sync.source = source;
+        r->sync.checkpoint_op = checkpoint_op;
+        request_chunk(r);
+}
+
+static void serve_chunk(struct replica *r, const struct message *request)
+{
+        struct sync_fields want;
+        memcpy(&want, request->header->raw, sizeof(want));
+        if (r->checkpoint_op_durable == 0 || r->checkpoint_size_durable == 0)
+                return;
+        struct sync_fields f = {
+                .checkpoint_op = r->checkpoint_op_durable,
+                .size = r->checkpoint_size_durable,
+                .prepare_checksum = r->checkpoint_checksum_durable,
+                .timestamp = r->checkpoint_timestamp_durable,
+                .offset = want.checkpoint_op == r->checkpoint_op_durable ? want.offset : 0,
+        };
+        struct message *m = sync_message(r, COMMAND_BLOCK, &f);
+        if (m == NULL)
+                return;
+        uint32_t size = (uint32_t)MIN((uint64_t)SYNC_CHUNK_SIZE, f.size - MIN(f.size, f.offset));
+        int64_t n = size == 0 ? 0 : r->env.checkpoint_read(r->env.context, f.offset,
+                                                             message_body(m), size);
+        if (n < 0 || (uint32_t)n != size) {
+                message_unref(r->pool, m);
+                return;
+        }
+        m->header->size = WIRE_HEADER_SIZE + size;
+        sync_send(r, m, request->header->replica);
+}
+
+static void serve_reply(struct replica *r, const struct message *request)
+{
+        struct sync_fields want;
+        memcpy(&want, request->header->raw, sizeof(want));
+        if (want.checkpoint_op != r->checkpoint_op_durable || r->env.reply_read == NULL)
+                return;
+        struct message *m = message_pool_get(r->pool);
+        if (m == NULL)
+                return;
+        if (r->env.reply_read(r->env.context, want.slot, want.checksum, m))
+                r->env.send_to_replica(r->env.context, request->header->replica, m);
+        message_unref(r->pool, m);
+}
+
+static void sync_finish(struct replica *r)
+{
+        if (r->commit >= r->sync.checkpoint_op) {
+                /* Caught up by repair meanwhile: installing would go back in time. */
+                sync_reset(r);
+                return;
+        }
+        if (replica_install(r, r->checkpoint_buffer, r->sync.size, r->sync.checkpoint_op,
+                            r->sync.prepare_checksum, r->sync.timestamp, r->sync.replies) != 0) {
+                sync_reset(r);
+                return;
+        }
+        log_info("state sync installed checkpoint_op=%llu bytes=%llu",
+                 (unsigned long long)r->sync.checkpoint_op, (unsigned long long)r->sync.size);
+        sync_reset(r);
+        replica_checkpoint_installed(r);
+}
+
+static void on_block(struct replica *r, struct message *m)
+{
+        struct sync_fields f;
+        memcpy(&f, m->header->raw, sizeof(f));
+        if (!r->sync.active || m->header->replica != r->sync.source)
+                return;
+        if (f.checkpoint_op != r->sync.checkpoint_op || f.size != r->sync.size) {
+                if (f.offset != 0 || f.checkpoint_op <= r->commit)
+                        return;
+                /* The source checkpointed again: start over with its new checkpoint. */
+                r->sync.checkpoint_op = f.checkpoint_op;
+                r->sync.size = f.size;
+                r->sync.offset = 0;
+        }
+        if (f.offset != r->sync.offset)
+                return;
+        uint32_t size = m->header->size - WIRE_HEADER_SIZE;
+        if (f.size > r->config.checkpoint_buffer_size || f.offset + size > f.size) {
+                log_error("state sync: the peer's checkpoint does not fit here bytes=%llu",
+                          (unsigned long long)f.size);
+                sync_reset(r);
+                return;
+        }
+        memcpy(r->checkpoint_buffer + f.offset, message_body(m), size);
+        r->sync.offset += size;
+        r->sync.prepare_checksum = f.prepare_checksum;
+        r->sync.timestamp = f.timestamp;
+        if (r->sync.offset < r->sync.size) {
+                request_chunk(r);
+                return;
+        }
+        struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
+        if (replica_checkpoint_sessions(r->checkpoint_buffer, r->sync.size, sessions) != 0) {
+                log_error("state sync: the peer's checkpoint has no valid session table");
+                sync_reset(r);
+                return;
+        }
+        r->sync.replies_missing = 0;
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (sessions[i].used)
+                        r->sync.replies_missing |= 1ull << i;
+        }
+        if (r->sync.replies_missing == 0)
+                sync_finish(r);
+        else
+                request_replies(r);
+}
+
+static void on_sync_reply(struct replica *r, struct message *m)
+{
+        if (!r->sync.active || r->sync.offset < r->sync.size || r->sync.size == 0)
+                return;
+        struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
+        if (replica_checkpoint_sessions(r->checkpoint_buffer, r->sync.size, sessions) != 0)
+                return;
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if ((r->sync.replies_missing & (1ull << i)) &&
+                    sessions[i].reply_checksum == m->header->checksum) {
+                        r->sync.replies[i] = message_ref(m);
+                        r->sync.replies_missing &= ~(1ull << i);
+                }
+        }
+        if (r->sync.replies_missing == 0)
+                sync_finish(r);
+}
+
+void sync_on_message(struct replica *r, struct message *m)
+{
+        switch (m->header->command) {
+        case COMMAND_REQUEST_BLOCKS:
+                serve_chunk(r, m);
+                break;
+        case COMMAND_BLOCK:
+                on_block(r, m);
+                break;
+        case COMMAND_REQUEST_REPLY:
+                serve_reply(r, m);
+                break;
+        case COMMAND_REPLY:
+                on_sync_reply(r, m);
+                break;
+        default:
+                break;
+        }
+}
+
+void sync_tick(struct replica *r)
+{
+        if (!r->sync.active || r->tick - r->sync.tick < TICKS_SYNC_RETRY)
+                return;
+        if (r->sync.offset < r->sync.size || r->sync.size == 0)
+                request_chunk(r);
+        else
+                request_replies(r);
+}
