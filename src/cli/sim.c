@@ -52,6 +52,7 @@ int cli_sim(int argc, char **argv)
                 {.name = "liveness-ticks", .kind = FLAG_U64},
                 {.name = "faults", .kind = FLAG_STRING},
                 {.name = "verbose", .kind = FLAG_SWITCH},
+                {.name = "peer-message-size-max", .kind = FLAG_U64},
         };
         char error[512];
         uint32_t positional_count = 0;
@@ -68,6 +69,7 @@ int cli_sim(int argc, char **argv)
                 .liveness_ticks = flags[4].u64,
                 .faults = SIM_FAULTS_ALL,
                 .verbose = flags[6].present,
+                .peer_message_size_max = (uint32_t)MIN(flags[7].u64, 1u << 20),
         };
         if (flags[1].present && (flags[1].u64 < 1 || flags[1].u64 > SIM_REPLICAS_MAX)) {
                 cli_error("sim: --replicas must be 1..%u", SIM_REPLICAS_MAX);
@@ -88,12 +90,16 @@ int cli_sim(int argc, char **argv)
                 log_set_level(options.verbose ? LOG_INFO : LOG_OFF);
         char faults[256];
         faults_text(options.faults, faults, sizeof(faults));
+        char peer_size[64] = "";
+        if (options.peer_message_size_max != 0)
+                snprintf(peer_size, sizeof(peer_size), " --peer-message-size-max=%u",
+                         options.peer_message_size_max);
         snprintf(replay_line, sizeof(replay_line),
                  "replay: tally sim --seed=%llu --replicas=%u --clients=%u --ticks=%llu "
-                 "--liveness-ticks=%llu --faults=%s\n",
+                 "--liveness-ticks=%llu --faults=%s%s\n",
                  (unsigned long long)options.seed, options.replica_count, options.client_count,
                  (unsigned long long)options.ticks, (unsigned long long)options.liveness_ticks,
-                 faults);
+                 faults, peer_size);
         struct sigaction sa;
         memset(&sa, 0, sizeof(sa));
         sa.sa_handler = on_abort;

@@ -167,6 +167,11 @@ void sim_note(struct sim *sim, const char *fmt, ...)
                 text);
 }
 
+void sim_enter(const struct sim_replica *sr)
+{
+        log_set_replica(sr->index);
+}
+
 bool sim_fault_on(const struct sim *sim, enum sim_fault fault)
 {
         return (sim->options.faults & (1u << fault)) != 0;
@@ -328,6 +333,7 @@ static void replica_start(struct sim *sim, struct sim_replica *sr)
                 .checkpoint_read = sim_env_checkpoint_read,
                 .committed = on_committed,
         };
+        sim_enter(sr);
         tally_assert(replica_init(&sr->replica, &config, &env, &sr->pool, sr->ledger) == 0);
         struct replica_durable durable;
         sim_disk_durable(sim, sr, &durable, sr->replica.checkpoint_buffer,
@@ -349,6 +355,7 @@ static void replica_start(struct sim *sim, struct sim_replica *sr)
 /* Frees what the replica held; every message of its pool must be free again. */
 static void replica_stop(struct sim *sim, struct sim_replica *sr)
 {
+        sim_enter(sr);
         replica_deinit(&sr->replica);
         ledger_destroy(sr->ledger);
         sr->ledger = NULL;
@@ -666,6 +673,7 @@ static void step(struct sim *sim)
                 sr->tick_next_ns += SIM_TICK_NS;
                 if (sim_fault_on(sim, SIM_FAULT_CLOCK))
                         clock_drift(sim, sr);
+                sim_enter(sr);
                 replica_tick(&sr->replica);
                 if (sr->disk.wiped)
                         sim_disk_heal_check(sim, sr);

@@ -54,6 +54,9 @@ struct sim_options {
         uint64_t liveness_ticks; /* the bound on healing, 10 ms each */
         uint32_t faults;         /* bits of enum sim_fault */
         bool verbose;            /* print episodes (crashes, partitions) as they happen */
+        /* Largest replica-to-replica message the receiving bus accepts; 0: the request size
+         * limit, as the bus's message_size_max. Larger only to look past that check. */
+        uint32_t peer_message_size_max;
 };
 
 struct sim_report {

@@ -359,6 +359,8 @@ static void checkpoint_complete(struct sim *sim, struct sim_replica *sr)
         disk->checkpoint_prepare_checksum = cp->prepare_checksum;
         disk->checkpoint_timestamp = cp->timestamp;
         sim->report->checkpoints++;
+        sim_note(sim, "checkpoint durable replica=%u op=%llu", sr->index,
+                 (unsigned long long)cp->op);
         void (*done)(void *, bool) = disk->checkpoint_done;
         void *done_context = disk->checkpoint_done_context;
         checkpoint_release(sr);
@@ -369,6 +371,7 @@ static void checkpoint_complete(struct sim *sim, struct sim_replica *sr)
 void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
 {
         struct sim_disk *disk = &sr->disk;
+        sim_enter(sr);
         while (!sim->failed && sr->up && disk->write_count > 0 &&
                disk->writes[disk->write_head].at_ns <= sim->now_ns) {
                 struct sim_write w = disk->writes[disk->write_head];

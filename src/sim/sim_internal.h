@@ -234,6 +234,9 @@ struct sim {
         uint8_t *scratch; /* SIM_REQUEST_SIZE_MAX */
 };
 
+/* Replica log lines say which replica speaks: set before every call into a replica. */
+void sim_enter(const struct sim_replica *sr);
+
 /* sim.c */
 void sim_fail(struct sim *sim, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void sim_note(struct sim *sim, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -79,8 +79,10 @@ void sim_connection_close(struct sim *sim, replica_connection id)
         } else {
                 sim_client_on_close(sim, &sim->clients[c->client], c->replica);
         }
-        if (sr->up)
+        if (sr->up) {
+                sim_enter(sr);
                 replica_on_connection_closed(&sr->replica, id);
+        }
 }
 
 /* ---- the heap of messages in flight ------------------------------------------------------ */
@@ -201,6 +203,7 @@ static void deliver_to_replica(struct sim *sim, const struct sim_packet *p)
         if (m == NULL)
                 return; /* as the bus does when no message is free: the sender retries */
         memcpy(m->buffer, p->bytes, p->size);
+        sim_enter(sr);
         replica_on_message(&sr->replica, connection, m);
         message_unref(&sr->pool, m);
 }
@@ -229,13 +232,16 @@ void sim_net_deliver_due(struct sim *sim)
 /* ---- what replicas send ----------------------------------------------------------------- */
 
 /* A replica must only ever send what a receiver's bus accepts. */
-static bool message_valid(struct sim *sim, uint32_t replica, const struct message *m)
+static bool message_valid(struct sim *sim, uint32_t replica, const struct message *m, bool peer)
 {
         const struct wire_header *h = m->header;
         const char *why = NULL;
+        uint32_t limit = SIM_REQUEST_SIZE_MAX;
+        if (peer && sim->options.peer_message_size_max != 0)
+                limit = sim->options.peer_message_size_max;
         if (!wire_header_checksum_valid(h))
                 why = "header checksum";
-        else if (h->size < WIRE_HEADER_SIZE || h->size > SIM_REQUEST_SIZE_MAX)
+        else if (h->size < WIRE_HEADER_SIZE || h->size > limit)
                 why = "size";
         else if (!wire_body_checksum_valid(h, m->buffer + WIRE_HEADER_SIZE))
                 why = "body checksum";
@@ -245,8 +251,7 @@ static bool message_valid(struct sim *sim, uint32_t replica, const struct messag
                 why = wire_header_invalid(h);
         if (why != NULL)
                 sim_fail(sim, "replica %u sent an invalid %s message: %s (size=%u, limit=%u)",
-                         replica, wire_command_name(h->command), why, h->size,
-                         SIM_REQUEST_SIZE_MAX);
+                         replica, wire_command_name(h->command), why, h->size, limit);
         return why == NULL;
 }
 
@@ -257,7 +262,7 @@ bool sim_env_send(void *context, replica_connection connection, struct message *
         struct sim_connection *c = sim_connection_get(sim, connection);
         if (c == NULL || !c->open || c->replica != sr->index)
                 return false;
-        if (!message_valid(sim, sr->index, message))
+        if (!message_valid(sim, sr->index, message, c->peer))
                 return false;
         uint32_t to = c->peer ? c->other : sim->replica_count + c->client;
         sim_net_send(sim, sr->index, to, c->peer ? 0 : connection, message->buffer,
@@ -282,9 +287,12 @@ void sim_net_connect_peers(struct sim *sim, uint32_t r)
                 tally_assert(sr->peer_connection[p] == 0 && peer->peer_connection[r] == 0);
                 sr->peer_connection[p] = sim_connection_open(sim, true, r, p);
                 peer->peer_connection[r] = sim_connection_open(sim, true, p, r);
+                sim_enter(sr);
                 replica_on_peer_connected(&sr->replica, (uint8_t)p);
-                if (!sim->failed && peer->up)
+                if (!sim->failed && peer->up) {
+                        sim_enter(peer);
                         replica_on_peer_connected(&peer->replica, (uint8_t)r);
+                }
         }
 }
 
@@ -304,7 +312,7 @@ void sim_env_send_to_replica(void *context, uint8_t replica, struct message *mes
                          sim->replica_count);
                 return;
         }
-        if (!message_valid(sim, sr->index, message))
+        if (!message_valid(sim, sr->index, message, true))
                 return;
         sim_net_send(sim, sr->index, replica, 0, message->buffer, message->header->size);
 }
