@@ -263,6 +263,31 @@ static void check_once(struct sim *sim, uint32_t replica, const struct wire_head
         *slot = op;
 }
 
+/*
+ * Durable before committed: when an op first commits, a replication quorum must hold it on
+ * disk (the smallest quorum any sane choice uses: half the replicas, rounded up, and both of
+ * two). Faults the simulator injected on an entry count as held.
+ */
+static void check_durable_quorum(struct sim *sim, uint32_t replica, const struct wire_header *p)
+{
+        uint32_t n = sim->replica_count;
+        uint32_t quorum = n == 2 ? 2 : (n + 1) / 2;
+        uint32_t holding = 0;
+        char who[64] = "";
+        size_t used = 0;
+        for (uint32_t r = 0; r < n; r++) {
+                if (sim_disk_holds(sim, &sim->replicas[r], p)) {
+                        holding++;
+                        used += (size_t)snprintf(who + used, sizeof(who) - used, " %u", r);
+                }
+        }
+        if (holding < quorum)
+                sim_fail(sim, "op %llu committed by replica %u while only %u replica(s) hold it "
+                              "durably (quorum %u):%s",
+                         (unsigned long long)p->prepare.op, replica, holding, quorum,
+                         used > 0 ? who : " none");
+}
+
 static void on_committed(void *context, const struct message *prepare, const struct message *reply)
 {
         struct sim_replica *sr = context;
@@ -282,6 +307,7 @@ static void on_committed(void *context, const struct message *prepare, const str
                 o->reply_context = reply != NULL ? reply->header->reply.context : 0;
                 o->context_replica = sr->index;
                 sim->commit_max = MAX(sim->commit_max, op);
+                check_durable_quorum(sim, sr->index, p);
                 if (p->prepare.client != 0)
                         check_once(sim, sr->index, p);
                 return;

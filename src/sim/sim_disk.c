@@ -180,13 +180,14 @@ static bool read_prepare(void *context, uint32_t slot, const struct wire_header 
 void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable,
                       uint8_t *blob, uint64_t blob_capacity)
 {
-        (void)sim;
         struct sim_disk *disk = &sr->disk;
         memset(durable, 0, sizeof(*durable));
         durable->view = disk->view;
         durable->log_view = disk->log_view;
-        /* As start.c: the superblock's commit and checkpoint op are both 0. */
-        durable->fresh = !disk->checkpoint_present;
+        /* Formatted into a running cluster and never caught up; or, as start.c reads its
+         * superblock today, any disk without a checkpoint (sim.h). */
+        durable->fresh = sim->options.fresh_without_checkpoint ? !disk->checkpoint_present
+                                                                : disk->wiped;
         durable->context = sr;
         durable->read_reply = read_reply;
         durable->read_header = read_header;
@@ -497,6 +498,22 @@ void sim_disk_corrupt_one(struct sim *sim, struct sim_replica *sr)
                          (unsigned long long)header.prepare.op);
                 return;
         }
+}
+
+bool sim_disk_holds(struct sim *sim, struct sim_replica *sr, const struct wire_header *prepare)
+{
+        const struct sim_disk *disk = &sr->disk;
+        uint64_t op = prepare->prepare.op;
+        uint32_t slot = (uint32_t)(op % SIM_WAL_SLOTS);
+        if (disk->checkpoint_present && disk->checkpoint_op >= op)
+                return true;
+        if (disk->damaged_op[slot] == op || disk->wiped)
+                return true; /* a fault the simulator injected: it counts as held */
+        struct wire_header header;
+        struct message scratch = {.header = (struct wire_header *)sim->scratch,
+                                  .buffer = sim->scratch};
+        return header_read(sim, disk, slot, &header) && header.checksum == prepare->checksum &&
+               prepare_read(disk, slot, &header, &scratch);
 }
 
 bool sim_disk_damaged(const struct sim *sim, const struct sim_disk *disk)

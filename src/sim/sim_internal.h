@@ -280,6 +280,8 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr);
 void sim_disk_crash(struct sim *sim, struct sim_replica *sr);
 void sim_disk_corrupt_one(struct sim *sim, struct sim_replica *sr);
 bool sim_disk_damaged(const struct sim *sim, const struct sim_disk *disk);
+/* True if the disk durably holds this prepare (or a checkpoint past it). */
+bool sim_disk_holds(struct sim *sim, struct sim_replica *sr, const struct wire_header *prepare);
 void sim_disk_heal_check(struct sim *sim, struct sim_replica *sr);
 /* Fills `durable` from the disk; the checkpoint blob is materialized into `blob`. */
 void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable,
