@@ -117,6 +117,38 @@ static bool env_checkpoint(void *context, const struct replica_checkpoint *check
         return storage_checkpoint_start(&s->storage, &request);
 }
 
+static bool env_journal_read(void *context, uint64_t op, u128 want, struct message *into)
+{
+        struct server *s = context;
+        uint32_t slot = (uint32_t)(op % s->storage.superblock.wal_slot_count);
+        static struct wire_header header;
+        if (!storage_read_wal_header(&s->storage, slot, &header) || header.prepare.op != op ||
+            (want != 0 && header.checksum != want))
+                return false;
+        return storage_read_prepare(&s->storage, slot, &header, into);
+}
+
+static bool env_view_write(void *context, uint32_t view, uint32_t log_view,
+                           void (*done)(void *replica), void *replica)
+{
+        struct server *s = context;
+        return storage_write_view(&s->storage, view, log_view, done, replica);
+}
+
+static int64_t env_checkpoint_read(void *context, uint64_t offset, uint8_t *into,
+                                   uint32_t size)
+{
+        struct server *s = context;
+        return storage_read_checkpoint_range(&s->storage, offset, into, size);
+}
+
+static bool env_reply_read(void *context, uint32_t slot, u128 want, struct message *into)
+{
+        struct server *s = context;
+        char error[256];
+        return storage_read_reply(&s->storage, slot, into, want, error, sizeof(error)) == 0;
+}
+
 static int read_reply(void *context, uint32_t slot, u128 reply_checksum, struct message *message)
 {
         struct server *s = context;
@@ -297,12 +329,6 @@ int cli_start(int argc, char **argv)
                           address_count, sb->replica_count);
                 return 1;
         }
-        if (sb->replica_count != 1) {
-                cli_error("start: clusters of more than one replica are not implemented yet "
-                          "(replica_count=%u)",
-                          sb->replica_count);
-                return 1;
-        }
         bool development = flags[1].present;
         if (development != (sb->development != 0))
                 log_warn("--development differs from the data file's format; using the file's "
@@ -344,6 +370,10 @@ int cli_start(int argc, char **argv)
                 .journal_write = env_journal_write,
                 .realtime_ns = env_realtime_ns,
                 .checkpoint = env_checkpoint,
+                .journal_read = env_journal_read,
+                .view_write = env_view_write,
+                .checkpoint_read = env_checkpoint_read,
+                .reply_read = env_reply_read,
                 .connection_is_replica = env_connection_is_replica,
                 .send_to_replica = env_send_to_replica,
         };

@@ -360,8 +360,10 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                         c->recv_size -= size;
                         continue;
                 }
+                /* A prepare names the primary that prepared it, not its sender: repairs and
+                 * a new primary's re-replication pass on prepares of other replicas. */
                 if (bus->replica_count > 0 && bus_command_is_replica_to_replica(h->command) &&
-                    !peer_check(bus, c, h))
+                    h->command != COMMAND_PREPARE && !peer_check(bus, c, h))
                         return false;
                 if (!deliver(bus, c, h->size)) {
                         c->recv_paused = true;
