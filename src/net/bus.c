@@ -52,7 +52,7 @@ static void on_send(struct io_completion *completion, int32_t result);
 static void on_accept(struct io_completion *completion, int32_t result);
 static void on_connect(struct io_completion *completion, int32_t result);
 static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
-                                    const char *reason);
+                                    const char *reason, bool bad_input);
 static bool peer_check(struct bus *bus, struct bus_connection *c, const struct wire_header *h);
 static void peers_tick(struct bus *bus, uint64_t now_ns);
 
@@ -258,7 +258,7 @@ static void connection_close(struct bus *bus, struct bus_connection *c, const ch
                 log_debug("connection closed: %s peer=%s", reason, c->peer);
         }
         if (c->replica >= 0)
-                peer_connection_closing(bus, c, reason);
+                peer_connection_closing(bus, c, reason, bad_input);
         shutdown(c->fd, SHUT_RDWR);
         close_finish(bus, c);
 }
@@ -360,10 +360,8 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                         c->recv_size -= size;
                         continue;
                 }
-                /* A prepare names the primary that prepared it, not its sender: repairs and
-                 * a new primary's re-replication pass on prepares of other replicas. */
-                if (bus->replica_count > 0 && bus_command_is_replica_to_replica(h->command) &&
-                    h->command != COMMAND_PREPARE && !peer_check(bus, c, h))
+                if (bus->replica_count > 0 && bus_command_names_sender(h->command) &&
+                    !peer_check(bus, c, h))
                         return false;
                 if (!deliver(bus, c, h->size)) {
                         c->recv_paused = true;
@@ -493,12 +491,11 @@ void bus_stop(struct bus *bus)
 
 /* ---- replicas ------------------------------------------------------------------------- */
 
-bool bus_command_is_replica_to_replica(uint8_t command)
+bool bus_command_names_sender(uint8_t command)
 {
         switch (command) {
         case COMMAND_PING:
         case COMMAND_PONG:
-        case COMMAND_PREPARE:
         case COMMAND_PREPARE_OK:
         case COMMAND_COMMIT:
         case COMMAND_START_VIEW_CHANGE:
@@ -613,13 +610,20 @@ static uint32_t peer_schedule(struct bus *bus, struct bus_peer *peer, uint64_t n
         return delay_ms;
 }
 
-/* Whether this failure is logged at warn: the first after a success, then rate-limited. */
-static bool peer_warn_due(struct bus_peer *peer, uint64_t now_ns)
+/*
+ * How loudly to log the peer->failures-th failure in a row. The first is info: replicas
+ * started together refuse each other for a moment. From the fifth (about a second of
+ * failures) it is a warning, at most every BUS_PEER_WARN_INTERVAL_MS; the rest are debug.
+ */
+static enum log_level peer_failure_level(struct bus_peer *peer, uint64_t now_ns)
 {
-        if (now_ns < peer->warn_after_ns)
-                return false;
+        tally_assert(peer->failures > 0);
+        if (peer->failures == 1)
+                return LOG_INFO;
+        if (peer->failures < 5 || now_ns < peer->warn_after_ns)
+                return LOG_DEBUG;
         peer->warn_after_ns = now_ns + BUS_PEER_WARN_INTERVAL_MS * 1000000ull;
-        return true;
+        return LOG_WARN;
 }
 
 /* An outgoing attempt that never connected (refused, timed out, cannot resolve, no slot). */
@@ -631,7 +635,7 @@ static void peer_attempt_failed(struct bus *bus, uint8_t replica, const char *wh
         peer->failures++;
         peer->connecting = BUS_CONNECTION_NONE;
         uint32_t delay_ms = peer_schedule(bus, peer, now);
-        enum log_level level = peer_warn_due(peer, now) ? LOG_WARN : LOG_DEBUG;
+        enum log_level level = peer_failure_level(peer, now);
         log_write(level, "%s replica=%u address=%s%s%s error=\"%s\" failures=%u retrying in %u ms",
                   what, replica, peer->address_text, peer->target_text[0] != '\0' ? " ip=" : "",
                   peer->target_text, error, peer->failures, delay_ms);
@@ -679,7 +683,7 @@ static void peer_established(struct bus *bus, struct bus_connection *c, uint8_t 
 
 /* `c` (replica c->replica's, established or an outgoing attempt) starts closing. */
 static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
-                                    const char *reason)
+                                    const char *reason, bool bad_input)
 {
         tally_assert(c->replica >= 0 && c->replica < (int8_t)bus->replica_count);
         uint8_t replica = (uint8_t)c->replica;
@@ -704,8 +708,9 @@ static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
                          c->outgoing ? peer->address_text : c->peer, reason);
         }
         if (c->outgoing && !bus->stopping) {
-                /* A connection that carried messages was good: start the backoff over. */
-                if (c->received)
+                /* A connection that carried messages was good: start the backoff over. One
+                 * closed for bad input was not: redialling at once would only repeat it. */
+                if (c->received && !bad_input)
                         peer->backoff_ms = BUS_PEER_BACKOFF_MIN_MS;
                 else
                         peer->failures++;
@@ -723,7 +728,9 @@ static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
 static bool peer_check(struct bus *bus, struct bus_connection *c, const struct wire_header *h)
 {
         if (c->replica >= 0) {
-                if (h->replica == (uint8_t)c->replica)
+                /* Only a ping or pong proves a wrong sender: it says who sends it. */
+                bool ping = h->command == COMMAND_PING || h->command == COMMAND_PONG;
+                if (h->replica == (uint8_t)c->replica || !ping)
                         return true;
                 char reason[128];
                 snprintf(reason, sizeof(reason),

@@ -13,14 +13,15 @@
  * there is exactly one connection per pair: replica i connects to every replica j > i and
  * accepts the connections of every j < i. An outgoing connection is replica j's as soon as
  * it is connected. An accepted connection is anonymous (a client, as far as the bus knows)
- * until it delivers a valid replica-to-replica message (ping, pong, prepare, prepare_ok,
- * commit, view change, repair or sync; not a reply, which clients receive too) whose header
- * says replica j < i; from then on it is replica j's, and any such message on it from another
- * replica closes it. A newer connection from the same replica replaces the older one (the
- * old one may be half-dead after the peer restarted). The bus reports each peer's
- * connections with on_peer_connected / on_peer_disconnected, strictly alternating per peer;
- * the replica is expected to send a ping at once on on_peer_connected, so that the other side
- * can identify an accepted connection.
+ * until it delivers a valid message that only a replica sends and that names its sender
+ * (bus_command_names_sender: ping, pong, prepare_ok, commit, view change, repair and sync
+ * messages; not a reply, which clients receive too, and not a prepare, which is relayed
+ * unchanged in repair) whose header says replica j < i; from then on it is replica j's, and a
+ * ping or pong on it from another replica (a misconfigured --addresses) closes it. A newer
+ * connection from the same replica replaces the older one (the old one may be half-dead after
+ * the peer restarted). The bus reports each peer's connections with on_peer_connected /
+ * on_peer_disconnected, strictly alternating per peer; the replica is expected to send a ping
+ * at once on on_peer_connected, so that the other side can identify an accepted connection.
  *
  * Outgoing connections are retried forever, with exponential backoff and jitter, and a host
  * name is resolved again before every attempt (pod addresses change on restart) without
@@ -206,7 +207,12 @@ bool bus_send_to_replica(struct bus *bus, uint8_t replica, struct message *messa
 bool bus_peer_connected(const struct bus *bus, uint8_t replica);
 /* The replica on a connection, or -1 for a client, an unidentified or a closed connection. */
 int bus_connection_replica(const struct bus *bus, bus_connection_id connection);
-/* True for the commands only replicas send one another (they identify a connection). */
-bool bus_command_is_replica_to_replica(uint8_t command);
+/*
+ * True for the commands only replicas send one another and whose header.replica is always the
+ * sender, so they identify an accepted connection. Not a prepare: a replica repairing another
+ * sends the stored prepare unchanged (its checksum covers header.replica), so its replica field
+ * is the primary that made it, not the sender.
+ */
+bool bus_command_names_sender(uint8_t command);
 
 #endif

@@ -446,6 +446,11 @@ static bool raw_send(int fd, uint8_t command, uint8_t replica)
 {
         struct wire_header h;
         wire_header_init(&h, command, CLUSTER, 0, WIRE_RELEASE_SERVER, replica);
+        if (command == COMMAND_PREPARE) {
+                h.prepare.op = 5;
+                h.prepare.commit = 4;
+                h.prepare.operation = 139; /* create_transfers */
+        }
         if (command == COMMAND_REPLY) {
                 h.reply.client = 5;
                 h.reply.request = 1;
@@ -471,11 +476,13 @@ static void test_identification(void)
         struct node *n = &nodes[0];
         int a = raw_connect(n->port);
         CHECK(a >= 0);
-        /* A reply (clients get them too) and a ping claiming to be replica 2 (ourselves) do not
+        /* A reply (clients get them too), a prepare (relayed in repair: its replica is the
+         * primary that made it) and a ping claiming to be replica 2 (ourselves) do not
          * identify; a ping from replica 1 does. */
         CHECK(raw_send(a, COMMAND_REPLY, 1));
+        CHECK(raw_send(a, COMMAND_PREPARE, 1));
         CHECK(raw_send(a, COMMAND_PING, 2));
-        CHECK(RUN_UNTIL(n->unidentified == 2, 1000));
+        CHECK(RUN_UNTIL(n->unidentified == 3, 1000));
         CHECK(!bus_peer_connected(&n->bus, 1));
         CHECK(raw_send(a, COMMAND_PING, 1));
         CHECK(RUN_UNTIL(bus_peer_connected(&n->bus, 1), 1000));
@@ -490,8 +497,12 @@ static void test_identification(void)
         CHECK_EQ_U64(connections_of(n, 1), 1);
         char byte;
         CHECK(recv(a, &byte, 1, 0) == 0); /* the old one was closed */
-        /* Replica 0 speaking on replica 1's connection: closed, peer lost. */
-        CHECK(raw_send(b, COMMAND_COMMIT, 0));
+        /* Replica 1 relays replica 0's prepare: fine. */
+        CHECK(raw_send(b, COMMAND_PREPARE, 0));
+        CHECK(RUN_UNTIL(n->unidentified == 4, 1000));
+        CHECK(bus_peer_connected(&n->bus, 1));
+        /* A ping from replica 0 on replica 1's connection: misconfigured, closed, peer lost. */
+        CHECK(raw_send(b, COMMAND_PING, 0));
         CHECK(RUN_UNTIL(n->disconnected[1] == 2, 1000));
         CHECK(!bus_peer_connected(&n->bus, 1));
         CHECK_EQ_U64(n->bus.stats.connections_closed_bad_input, 1);
