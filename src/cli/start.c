@@ -57,6 +57,12 @@ static bool env_connection_is_replica(void *context, replica_connection connecti
         return bus_connection_replica(&s->bus, connection) >= 0;
 }
 
+static int env_connection_replica(void *context, replica_connection connection)
+{
+        struct server *s = context;
+        return bus_connection_replica(&s->bus, connection);
+}
+
 static void env_send_to_replica(void *context, uint8_t replica, struct message *message)
 {
         struct server *s = context;
@@ -375,6 +381,7 @@ int cli_start(int argc, char **argv)
                 .checkpoint_read = env_checkpoint_read,
                 .reply_read = env_reply_read,
                 .connection_is_replica = env_connection_is_replica,
+                .connection_replica = env_connection_replica,
                 .send_to_replica = env_send_to_replica,
         };
         if (replica_init(&s->replica, &replica_config, &env, &s->pool, s->ledger) != 0) {

@@ -354,6 +354,7 @@ static void replica_start(struct sim *sim, struct sim_replica *sr)
                 .send = sim_env_send,
                 .connection_alive = sim_env_connection_alive,
                 .connection_is_replica = sim_env_connection_is_replica,
+                .connection_replica = sim_env_connection_replica,
                 .journal_write = sim_env_journal_write,
                 .realtime_ns = env_realtime_ns,
                 .checkpoint = sim_env_checkpoint,
@@ -361,6 +362,7 @@ static void replica_start(struct sim *sim, struct sim_replica *sr)
                 .journal_read = sim_env_journal_read,
                 .view_write = sim_env_view_write,
                 .checkpoint_read = sim_env_checkpoint_read,
+                .reply_read = sim_env_reply_read,
                 .committed = on_committed,
         };
         sim_enter(sr);

@@ -162,6 +162,11 @@ static int read_reply(void *context, uint32_t slot, u128 checksum, struct messag
         return wire_body_checksum_valid(h, into->buffer + WIRE_HEADER_SIZE) ? 0 : -1;
 }
 
+bool sim_env_reply_read(void *context, uint32_t slot, u128 checksum, struct message *into)
+{
+        return read_reply(context, slot, checksum, into) == 0;
+}
+
 static bool read_header(void *context, uint32_t slot, struct wire_header *into)
 {
         struct sim_replica *sr = context;

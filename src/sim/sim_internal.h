@@ -266,6 +266,8 @@ void sim_net_heal(struct sim *sim);
 bool sim_env_send(void *context, replica_connection connection, struct message *message);
 bool sim_env_connection_alive(void *context, replica_connection connection);
 bool sim_env_connection_is_replica(void *context, replica_connection connection);
+int sim_env_connection_replica(void *context, replica_connection connection);
+bool sim_env_reply_read(void *context, uint32_t slot, u128 checksum, struct message *into);
 /* Replica `r` just started: it and every other replica that is up connect to each other. */
 void sim_net_connect_peers(struct sim *sim, uint32_t r);
 void sim_env_send_to_replica(void *context, uint8_t replica, struct message *message);

@@ -277,6 +277,15 @@ bool sim_env_connection_is_replica(void *context, replica_connection connection)
         return c != NULL && c->peer && c->replica == sr->index;
 }
 
+int sim_env_connection_replica(void *context, replica_connection connection)
+{
+        struct sim_replica *sr = context;
+        struct sim_connection *c = sim_connection_get(sr->sim, connection);
+        if (c == NULL || !c->peer || c->replica != sr->index)
+                return -1;
+        return (int)c->other;
+}
+
 void sim_net_connect_peers(struct sim *sim, uint32_t r)
 {
         struct sim_replica *sr = &sim->replicas[r];

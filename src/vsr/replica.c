@@ -372,6 +372,13 @@ static void on_request(struct replica *r, replica_connection connection, struct 
         }
         if (r->status != REPLICA_STATUS_NORMAL)
                 return drop(r, h, "view change in progress");
+        /*
+         * A new primary first executes what is committed and replicates its log's old
+         * suffix: a request may be among those ops already, and sessions are not current yet
+         * (an eviction now could be wrong). The client retries.
+         */
+        if (r->commit < r->commit_max || r->suffix_next != 0)
+                return drop(r, h, "primary still catching up");
         /* A client may know a newer view than a lagging primary; it retries. */
         if (h->view > r->view)
                 return drop(r, h, "request from a newer view");

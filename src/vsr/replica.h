@@ -76,6 +76,8 @@ struct replica_env {
 
         /* True if the connection is one to another replica (not a client). */
         bool (*connection_is_replica)(void *context, replica_connection connection);
+        /* The replica at the other end of a connection, or -1 (a client, or unknown). */
+        int (*connection_replica)(void *context, replica_connection connection);
         /* Queue a message to another replica; dropped if there is no connection to it. */
         void (*send_to_replica)(void *context, uint8_t replica, struct message *message);
         /*
@@ -240,6 +242,7 @@ struct replica {
         uint64_t heartbeat_sent_tick;   /* primary: last commit heartbeat */
         uint64_t view_change_tick;      /* when the current view change began */
         uint64_t repair_tick;           /* last repair request */
+        uint64_t headers_asked_tick;    /* last request_headers */
         uint64_t prepare_resent_tick;   /* primary: last retransmission of the pipeline */
         uint64_t start_view_asked_tick; /* recovering: last request_start_view */
         /* View change state. */

@@ -132,7 +132,8 @@ static void serve_chunk(struct replica *r, const struct message *request)
         struct message *m = sync_message(r, COMMAND_BLOCK, &f);
         if (m == NULL)
                 return;
-        uint32_t size = (uint32_t)MIN((uint64_t)SYNC_CHUNK_SIZE, f.size - MIN(f.size, f.offset));
+        uint32_t chunk = MIN(SYNC_CHUNK_SIZE, r->config.request_size_max - WIRE_HEADER_SIZE);
+        uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
         int64_t n = size == 0 ? 0 : r->env.checkpoint_read(r->env.context, f.offset,
                                                              message_body(m), size);
         if (n < 0 || (uint32_t)n != size) {

@@ -477,11 +477,83 @@ static void request_start_view(struct replica *r, int target)
 }
 
 /* Asks peers for prepares this replica lacks: missing bodies, and ops up to commit_max. */
+static void repair(struct replica *r, int target);
+
+/*
+ * Asks the primary for its headers of committed ops we have not executed: ours for those ops
+ * may be stale (from a view whose log was replaced) and only the primary's are certain.
+ */
+static void request_headers(struct replica *r)
+{
+        if (r->commit >= r->commit_max || replica_is_primary(r) ||
+            r->status != REPLICA_STATUS_NORMAL ||
+            r->tick - r->headers_asked_tick < TICKS_REPAIR)
+                return;
+        r->headers_asked_tick = r->tick;
+        struct message *m = header_only(r, COMMAND_REQUEST_HEADERS);
+        if (m == NULL)
+                return;
+        uint64_t range[2] = {r->commit + 1, r->commit_max};
+        uint32_t max = (r->config.request_size_max - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        range[1] = MIN(range[1], range[0] + max - 1);
+        memcpy(m->header->raw, range, sizeof(range)); /* op_min @128, op_max @136 */
+        finish_and_send(r, m, replica_primary_index(r, r->view));
+}
+
+static void on_request_headers(struct replica *r, struct message *m)
+{
+        if (r->status != REPLICA_STATUS_NORMAL || !replica_is_primary(r))
+                return;
+        uint64_t range[2];
+        memcpy(range, m->header->raw, sizeof(range));
+        struct message *reply = header_only(r, COMMAND_HEADERS);
+        if (reply == NULL)
+                return;
+        uint32_t max = (r->config.request_size_max - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        uint32_t count = 0;
+        for (uint64_t op = range[0]; op <= range[1] && op <= r->commit && count < max; op++) {
+                const struct wire_header *h = journal_header(r, op);
+                if (h == NULL)
+                        continue;
+                memcpy(message_body(reply) + (size_t)count * WIRE_HEADER_SIZE, h,
+                       WIRE_HEADER_SIZE);
+                count++;
+        }
+        reply->header->size = WIRE_HEADER_SIZE + count * WIRE_HEADER_SIZE;
+        finish_and_send(r, reply, m->header->replica);
+}
+
+/* The primary's headers of committed ops replace any stale ones of ours. */
+static void on_headers(struct replica *r, struct message *m, int from)
+{
+        if (r->status != REPLICA_STATUS_NORMAL || from != (int)replica_primary_index(r, r->view) ||
+            m->header->view != r->view)
+                return;
+        uint32_t count = (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        for (uint32_t i = 0; i < count; i++) {
+                struct wire_header h;
+                memcpy(&h, message_body(m) + (size_t)i * WIRE_HEADER_SIZE, sizeof(h));
+                if (h.command != COMMAND_PREPARE || !wire_header_checksum_valid(&h) ||
+                    h.prepare.op <= r->commit || h.prepare.op > r->commit_max)
+                        continue;
+                const struct wire_header *mine = journal_header(r, h.prepare.op);
+                if (mine != NULL && mine->checksum == h.checksum)
+                        continue;
+                journal_put(r, &h, SLOT_MISSING);
+                if (h.prepare.op > r->op) {
+                        r->op = h.prepare.op;
+                        r->parent = h.checksum;
+                }
+        }
+        repair(r, from);
+}
+
 static void repair(struct replica *r, int target)
 {
         if (r->config.replica_count == 1)
                 return;
         r->repair_tick = r->tick;
+        request_headers(r);
         uint32_t asked = 0;
         uint64_t last = MAX(r->op, r->commit_max);
         for (uint64_t op = r->commit + 1; op <= last && asked < REPAIR_REQUESTS_MAX; op++) {
@@ -513,24 +585,44 @@ static void repair(struct replica *r, int target)
         }
 }
 
-/* Appends a prepare that chains onto the log, or fills in a missing body. */
-static bool accept_prepare(struct replica *r, struct message *m)
+/*
+ * Takes a prepare into the journal when it is known to belong to this replica's log:
+ *  - its header is already there (from a start_view or do_view_change) without the body;
+ *  - it is the next op, chains onto the log, and comes from this view's primary (a new op of
+ *    this view, or a committed op the primary repairs for us);
+ *  - it fills a gap below a known header whose parent is its checksum.
+ * A prepare that merely chains is not enough: a stale primary of an older view can send one
+ * that chains onto a common prefix but was never committed.
+ */
+static bool accept_prepare(struct replica *r, struct message *m, int from)
 {
         const struct wire_header *h = m->header;
         uint64_t op = h->prepare.op;
         const struct wire_header *existing = journal_header(r, op);
+        const struct wire_header *next = journal_header(r, op + 1);
         uint32_t slot = replica_slot(r, op);
+        bool from_primary = from == (int)replica_primary_index(r, r->view) &&
+                            r->status == REPLICA_STATUS_NORMAL;
         if (existing != NULL && existing->checksum == h->checksum) {
                 if (r->journal_state[slot] != SLOT_MISSING)
                         return false; /* already here or being written */
-        } else if (op == r->op + 1 && h->prepare.parent == r->parent) {
+        } else if (op == r->op + 1 && h->prepare.parent == r->parent && from_primary &&
+                   (h->view == r->view || op <= r->commit_max)) {
                 if (op >= r->checkpoint_op_durable + r->config.wal_slot_count) {
                         r->stats.wal_full_stalls++;
                         return false; /* the slot still holds an op the checkpoint lacks */
                 }
                 r->op = op;
                 r->parent = h->checksum;
+        } else if (existing == NULL && op < r->op && op > r->commit && next != NULL &&
+                   next->prepare.parent == h->checksum) {
+                /* Verified by the chain from above. */
         } else {
+                log_debug("prepare not taken op=%llu view=%u from=%d my_op=%llu my_view=%u "
+                          "status=%d chains=%d known=%d commit_max=%llu",
+                          (unsigned long long)op, h->view, from, (unsigned long long)r->op,
+                          r->view, r->status, h->prepare.parent == r->parent,
+                          existing != NULL, (unsigned long long)r->commit_max);
                 return false;
         }
         if (!r->env.journal_write(r->env.context, m, on_journal_durable, r))
@@ -541,7 +633,7 @@ static bool accept_prepare(struct replica *r, struct message *m)
         return true;
 }
 
-static void on_prepare(struct replica *r, struct message *m)
+static void on_prepare(struct replica *r, struct message *m, int from)
 {
         const struct wire_header *h = m->header;
         if (h->view > r->view) {
@@ -565,7 +657,7 @@ static void on_prepare(struct replica *r, struct message *m)
                 send_prepare_ok(r, existing); /* our ok was lost: say it again */
                 return;
         }
-        if (!accept_prepare(r, m)) {
+        if (!accept_prepare(r, m, from)) {
                 if (h->prepare.op > r->op + 1 && r->status == REPLICA_STATUS_NORMAL)
                         repair(r, h->replica);
                 return;
@@ -648,7 +740,10 @@ static void on_request_prepare(struct replica *r, struct message *m)
 static uint32_t headers_write(struct replica *r, uint8_t *body)
 {
         uint32_t count = 0;
-        uint64_t first = r->op > VIEW_HEADERS_MAX ? r->op - VIEW_HEADERS_MAX + 1 : 1;
+        /* As many as fit in one message of the request size (also between replicas). */
+        uint32_t max = MIN(VIEW_HEADERS_MAX,
+                           (r->config.request_size_max - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE);
+        uint64_t first = r->op > max ? r->op - max + 1 : 1;
         for (uint64_t op = first; op <= r->op; op++) {
                 const struct wire_header *h = journal_header(r, op);
                 if (h == NULL)
@@ -962,10 +1057,12 @@ static void on_request_start_view(struct replica *r, struct message *m)
 void replication_on_message(struct replica *r, replica_connection connection,
                             struct message *m)
 {
-        (void)connection;
+        int from = r->env.connection_replica != NULL
+                           ? r->env.connection_replica(r->env.context, connection)
+                           : -1;
         switch (m->header->command) {
         case COMMAND_PREPARE:
-                on_prepare(r, m);
+                on_prepare(r, m, from);
                 break;
         case COMMAND_PREPARE_OK:
                 on_prepare_ok(r, m);
@@ -987,6 +1084,12 @@ void replication_on_message(struct replica *r, replica_connection connection,
                 break;
         case COMMAND_REQUEST_PREPARE:
                 on_request_prepare(r, m);
+                break;
+        case COMMAND_REQUEST_HEADERS:
+                on_request_headers(r, m);
+                break;
+        case COMMAND_HEADERS:
+                on_headers(r, m, from);
                 break;
         case COMMAND_REQUEST_BLOCKS:
         case COMMAND_BLOCK:

@@ -81,6 +81,12 @@ static bool env_is_replica(void *context, replica_connection connection)
         return connection >= 1 && connection <= REPLICAS_MAX;
 }
 
+static int env_connection_replica(void *context, replica_connection connection)
+{
+        (void)context;
+        return connection >= 1 && connection <= REPLICAS_MAX ? (int)connection - 1 : -1;
+}
+
 static void env_send_to_replica(void *context, uint8_t to, struct message *m)
 {
         uint8_t from = index_of(context);
@@ -201,6 +207,7 @@ static void replica_start(uint8_t i)
                 .realtime_ns = env_time,
                 .checkpoint = env_checkpoint,
                 .connection_is_replica = env_is_replica,
+                .connection_replica = env_connection_replica,
                 .send_to_replica = env_send_to_replica,
                 .journal_read = env_journal_read,
                 .view_write = env_view_write,
