@@ -134,11 +134,12 @@ static bool env_journal_read(void *context, uint64_t op, u128 want, struct messa
         return storage_read_prepare(&s->storage, slot, &header, into);
 }
 
-static bool env_view_write(void *context, uint32_t view, uint32_t log_view,
+static bool env_view_write(void *context, const struct replica_view_state *state,
                            void (*done)(void *replica), void *replica)
 {
         struct server *s = context;
-        return storage_write_view(&s->storage, view, log_view, done, replica);
+        return storage_write_view(&s->storage, state->view, state->log_view, state->anchor_op,
+                                  state->anchor_checksum, done, replica);
 }
 
 static int64_t env_checkpoint_read(void *context, uint64_t offset, uint8_t *into,
@@ -188,6 +189,8 @@ static int recover(struct server *s, char *error, size_t error_size)
         struct replica_durable durable = {
                 .view = sb->view,
                 .log_view = sb->log_view,
+                .view_anchor_op = sb->view_anchor_op,
+                .view_anchor_checksum = sb->view_anchor_checksum,
                 .fresh = sb->commit == 0 && sb->checkpoint_op == 0,
                 .context = s,
                 .read_reply = read_reply,

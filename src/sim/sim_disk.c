@@ -48,6 +48,8 @@ void sim_disk_format(struct sim *sim, struct sim_disk *disk)
         tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
         disk->view = 0;
         disk->log_view = 0;
+        disk->anchor_op = 0;
+        disk->anchor_checksum = 0;
         disk->checkpoint_present = false;
         blob_free(&disk->checkpoint);
         disk->checkpoint_op = 0;
@@ -134,6 +136,16 @@ static bool prepare_read(const struct sim_disk *disk, uint32_t slot,
 {
         if (disk->prepares[slot] == NULL)
                 return false;
+        if (header == NULL) {
+                /* Whatever intact prepare the slot holds, checked by its own checksums. */
+                memcpy(into->buffer, disk->prepares[slot], WIRE_HEADER_SIZE);
+                const struct wire_header *h = into->header;
+                if (!wire_header_checksum_valid(h) || h->command != COMMAND_PREPARE ||
+                    h->size < WIRE_HEADER_SIZE || h->size > SIM_REQUEST_SIZE_MAX)
+                        return false;
+                memcpy(into->buffer, disk->prepares[slot], h->size);
+                return wire_body_checksum_valid(h, into->buffer + WIRE_HEADER_SIZE);
+        }
         memcpy(into->buffer, disk->prepares[slot], header->size);
         return memcmp(into->header, header, WIRE_HEADER_SIZE) == 0 &&
                wire_body_checksum_valid(into->header, into->buffer + WIRE_HEADER_SIZE);
@@ -189,6 +201,8 @@ void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_du
         memset(durable, 0, sizeof(*durable));
         durable->view = disk->view;
         durable->log_view = disk->log_view;
+        durable->view_anchor_op = disk->anchor_op;
+        durable->view_anchor_checksum = disk->anchor_checksum;
         /* Formatted into a running cluster and never caught up; or, as start.c reads its
          * superblock today, any disk without a checkpoint (sim.h). */
         durable->fresh = sim->options.fresh_without_checkpoint ? !disk->checkpoint_present
@@ -271,9 +285,10 @@ bool sim_env_journal_read(void *context, uint64_t op, u128 checksum, struct mess
 
 /* ---- view state and checkpoints ---------------------------------------------------------- */
 
-bool sim_env_view_write(void *context, uint32_t view, uint32_t log_view,
+bool sim_env_view_write(void *context, const struct replica_view_state *state,
                         void (*done)(void *replica), void *replica)
 {
+        uint32_t view = state->view, log_view = state->log_view;
         struct sim_replica *sr = context;
         struct sim *sim = sr->sim;
         struct sim_disk *disk = &sr->disk;
@@ -287,6 +302,8 @@ bool sim_env_view_write(void *context, uint32_t view, uint32_t log_view,
         disk->view_pending = true;
         disk->view_next = view;
         disk->log_view_next = log_view;
+        disk->anchor_op_next = state->anchor_op;
+        disk->anchor_checksum_next = state->anchor_checksum;
         disk->view_at_ns = sim->now_ns + sim_prng_range(&sim->prng, 1, 5) * SIM_NS_PER_MS;
         disk->view_done = done;
         disk->view_done_context = replica;
@@ -400,6 +417,8 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
                 disk->view_pending = false;
                 disk->view = disk->view_next;
                 disk->log_view = disk->log_view_next;
+                disk->anchor_op = disk->anchor_op_next;
+                disk->anchor_checksum = disk->anchor_checksum_next;
                 disk->view_done(disk->view_done_context);
         }
         if (!sim->failed && sr->up && disk->checkpoint_pending &&
@@ -475,6 +494,8 @@ void sim_disk_crash(struct sim *sim, struct sim_replica *sr)
         if (disk->view_pending && sim_prng_chance(&sim->prng, 500000)) {
                 disk->view = disk->view_next; /* written, just not acknowledged */
                 disk->log_view = disk->log_view_next;
+                disk->anchor_op = disk->anchor_op_next;
+                disk->anchor_checksum = disk->anchor_checksum_next;
         }
         disk->view_pending = false;
         if (disk->checkpoint_pending)

@@ -58,6 +58,8 @@ struct sim_disk {
         /* Durable contents: what survives a crash. */
         uint32_t view;
         uint32_t log_view;
+        uint64_t anchor_op;
+        u128 anchor_checksum;
         bool checkpoint_present;
         struct sim_blob checkpoint;
         uint64_t checkpoint_op;
@@ -78,6 +80,8 @@ struct sim_disk {
         bool view_pending;
         uint32_t view_next;
         uint32_t log_view_next;
+        uint64_t anchor_op_next;
+        u128 anchor_checksum_next;
         uint64_t view_at_ns;
         void (*view_done)(void *replica);
         void *view_done_context;
@@ -291,7 +295,7 @@ void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_du
 bool sim_env_journal_write(void *context, struct message *prepare,
                            void (*done)(void *replica, struct message *prepare), void *replica);
 bool sim_env_journal_read(void *context, uint64_t op, u128 checksum, struct message *into);
-bool sim_env_view_write(void *context, uint32_t view, uint32_t log_view,
+bool sim_env_view_write(void *context, const struct replica_view_state *state,
                         void (*done)(void *replica), void *replica);
 bool sim_env_checkpoint(void *context, const struct replica_checkpoint *checkpoint,
                         void (*done)(void *replica, bool ok), void *replica);

@@ -844,6 +844,20 @@ bool storage_read_prepare(struct storage *storage, uint32_t slot, const struct w
 {
         const struct superblock *sb = &storage->superblock;
         tally_assert(slot < sb->wal_slot_count);
+        if (header == NULL) {
+                /* Whatever intact prepare the slot holds (its header zone copy is damaged). */
+                uint64_t offset = sb->wal_prepares_offset + (uint64_t)slot * sb->message_size_max;
+                if (read_exact(storage->fd, message->buffer, WIRE_HEADER_SIZE, offset) != 0)
+                        return false;
+                const struct wire_header *h = message->header;
+                if (!wire_header_checksum_valid(h) || h->command != COMMAND_PREPARE ||
+                    h->cluster != sb->cluster || h->size < WIRE_HEADER_SIZE ||
+                    h->size > sb->message_size_max)
+                        return false;
+                return read_exact(storage->fd, message->buffer + WIRE_HEADER_SIZE,
+                                  h->size - WIRE_HEADER_SIZE, offset + WIRE_HEADER_SIZE) == 0 &&
+                       wire_body_checksum_valid(h, message->buffer + WIRE_HEADER_SIZE);
+        }
         if (read_exact(storage->fd, message->buffer, header->size,
                        sb->wal_prepares_offset + (uint64_t)slot * sb->message_size_max) != 0)
                 return false;
@@ -886,7 +900,8 @@ static void on_view_io(struct io_completion *completion, int32_t result)
 }
 
 bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
-                        void (*done)(void *context), void *context)
+                        uint64_t anchor_op, u128 anchor_checksum, void (*done)(void *context),
+                        void *context)
 {
         if (storage->failed || storage->view_write_active || storage->checkpoint.active)
                 return false;
@@ -898,6 +913,8 @@ bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_vie
         next.sequence++;
         next.view = view;
         next.log_view = log_view;
+        next.view_anchor_op = anchor_op;
+        next.view_anchor_checksum = anchor_checksum;
         storage->view_write_pending = SUPERBLOCK_COPIES;
         for (uint32_t copy = 0; copy < SUPERBLOCK_COPIES; copy++) {
                 storage->view_copies[copy] = next;

@@ -67,13 +67,16 @@ struct superblock {
         u128 manifest_checksum;           /* of the manifest block's used bytes */
         uint32_t manifest_size;           /* bytes used in the manifest block */
         uint32_t reserved_2;
-        uint8_t reserved[3864];
+        uint64_t view_anchor_op;          /* see struct replica_view_state */
+        u128 view_anchor_checksum;
+        uint8_t reserved[3840];
 };
 _Static_assert(sizeof(struct superblock) == SUPERBLOCK_COPY_SIZE, "superblock size");
 _Static_assert(offsetof(struct superblock, cluster) == 48, "superblock cluster offset");
 _Static_assert(offsetof(struct superblock, file_size) == 160, "superblock file_size offset");
 _Static_assert(offsetof(struct superblock, checkpoint_prepare_checksum) == 192, "anchor offset");
-_Static_assert(offsetof(struct superblock, reserved) == 232, "superblock reserved offset");
+_Static_assert(offsetof(struct superblock, view_anchor_checksum) == 240, "anchor offset");
+_Static_assert(offsetof(struct superblock, reserved) == 256, "superblock reserved offset");
 
 struct storage_format_options {
         u128 cluster;
@@ -248,7 +251,8 @@ bool storage_checkpoint_start(struct storage *storage,
  * once durable. False while a checkpoint or another superblock write is in flight: retry.
  */
 bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
-                        void (*done)(void *context), void *context);
+                        uint64_t anchor_op, u128 anchor_checksum, void (*done)(void *context),
+                        void *context);
 
 /* A range of the durable checkpoint's blob (state sync); bytes copied or -1. Synchronous. */
 int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,

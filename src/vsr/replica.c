@@ -879,41 +879,101 @@ int replica_replay(struct replica *r, struct message *prepare, char *error, size
         return 0;
 }
 
-/* Multi-replica start: journal entries after the checkpoint are known but not executed. */
+/* The header in `slot`: from the headers zone, else from the prepare zone's own copy. */
+static bool header_recover(struct replica *r, const struct replica_durable *d, uint32_t slot,
+                           struct wire_header *into, struct message *scratch)
+{
+        if (d->read_header(d->context, slot, into))
+                return true;
+        if (!d->read_prepare(d->context, slot, NULL, scratch))
+                return false;
+        memcpy(into, scratch->header, sizeof(*into));
+        (void)r;
+        return true;
+}
+
+/*
+ * Multi-replica start: the journal after the checkpoint is known but not executed (whether
+ * those ops committed is for the cluster to say). An entry belongs to this replica's log if it
+ * chains forward from the checkpoint, chains back from the view anchor, or lies after the
+ * anchor and was prepared in log_view (one primary per view, so one chain). Anything else is
+ * stale: left over from a log that a view change replaced. Gaps (damaged or lost entries)
+ * stay in the log as ops to repair, so an op this replica acknowledged is never forgotten.
+ */
 static void open_replicated(struct replica *r, const struct replica_durable *d,
                             uint64_t checkpoint_op)
 {
         uint32_t slots = r->config.wal_slot_count;
         static struct wire_header header;
-        struct message *prepare = message_pool_get(r->pool);
-        tally_assert(prepare != NULL);
+        struct message *scratch = message_pool_get(r->pool);
+        tally_assert(scratch != NULL);
+        uint64_t last = checkpoint_op;
+        u128 expected = r->parent;
+        bool forward = true;
         uint64_t present = 0, missing = 0;
+        uint64_t anchor = d->view_anchor_op > checkpoint_op ? d->view_anchor_op : 0;
+        /* Forward from the checkpoint, and everything of log_view after the anchor. */
         for (uint64_t op = checkpoint_op + 1; op <= checkpoint_op + slots; op++) {
                 uint32_t slot = (uint32_t)(op % slots);
-                if (!d->read_header(d->context, slot, &header) || header.prepare.op != op ||
-                    header.prepare.parent != r->parent)
-                        break;
+                bool ok = header_recover(r, d, slot, &header, scratch) &&
+                          header.prepare.op == op;
+                bool chains = ok && forward && header.prepare.parent == expected;
+                bool current = ok && anchor != 0 && op > anchor && header.view == d->log_view;
+                if (!chains)
+                        forward = false;
+                if (chains)
+                        expected = header.checksum;
+                if (!chains && !current)
+                        continue;
                 r->journal_headers[slot] = header;
-                /* A damaged body keeps its header: the op stays in the log and is repaired. */
-                if (d->read_prepare(d->context, slot, &header, prepare)) {
+                r->journal_state[slot] = SLOT_MISSING;
+                last = op;
+        }
+        /* Back from the anchor: what chains to it is the log as log_view began. */
+        if (anchor != 0) {
+                expected = d->view_anchor_checksum;
+                for (uint64_t op = anchor; op > checkpoint_op; op--) {
+                        uint32_t slot = (uint32_t)(op % slots);
+                        if (!header_recover(r, d, slot, &header, scratch) ||
+                            header.prepare.op != op || header.checksum != expected)
+                                break;
+                        r->journal_headers[slot] = header;
+                        r->journal_state[slot] = SLOT_MISSING;
+                        expected = header.prepare.parent;
+                }
+                last = MAX(last, anchor);
+        }
+        /* Which bodies are intact. */
+        for (uint64_t op = checkpoint_op + 1; op <= last; op++) {
+                uint32_t slot = (uint32_t)(op % slots);
+                if (r->journal_state[slot] != SLOT_MISSING ||
+                    r->journal_headers[slot].prepare.op != op)
+                        continue;
+                if (d->read_prepare(d->context, slot, &r->journal_headers[slot], scratch)) {
                         r->journal_state[slot] = SLOT_DURABLE;
                         present++;
                 } else {
-                        r->journal_state[slot] = SLOT_MISSING;
                         missing++;
-                        log_warn("journal entry damaged; will repair from a peer op=%llu",
-                                 (unsigned long long)op);
                 }
-                r->op = op;
-                r->parent = header.checksum;
-                r->timestamp_last = MAX(r->timestamp_last, header.prepare.timestamp);
+                r->timestamp_last =
+                        MAX(r->timestamp_last, r->journal_headers[slot].prepare.timestamp);
         }
-        message_unref(r->pool, prepare);
-        log_info("recovered checkpoint_op=%llu journal_ops=%llu damaged=%llu commit=%llu op=%llu "
-                 "view=%u",
+        message_unref(r->pool, scratch);
+        r->op = last;
+        const struct wire_header *top = journal_header(r, last);
+        if (top != NULL)
+                r->parent = top->checksum;
+        else if (anchor != 0 && last == anchor)
+                r->parent = d->view_anchor_checksum;
+        r->anchor_op = d->view_anchor_op;
+        r->anchor_checksum = d->view_anchor_checksum;
+        r->anchor_op_durable = d->view_anchor_op;
+        log_info("recovered checkpoint_op=%llu journal_ops=%llu to_repair=%llu commit=%llu "
+                 "op=%llu view=%u log_view=%u",
                  (unsigned long long)checkpoint_op, (unsigned long long)present,
-                 (unsigned long long)missing, (unsigned long long)r->commit,
-                 (unsigned long long)r->op, r->view);
+                 (unsigned long long)(last - checkpoint_op - present),
+                 (unsigned long long)r->commit, (unsigned long long)r->op, r->view, r->log_view);
+        (void)missing;
 }
 
 int replica_open(struct replica *r, const struct replica_durable *d, char *error,

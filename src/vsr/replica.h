@@ -28,6 +28,19 @@
 
 typedef uint64_t replica_connection;
 
+/*
+ * What a replica persists about its view: the view, the latest view in which its log was
+ * normal, and the log's end when that view began (its op and header checksum). Every op after
+ * the anchor in the journal carries log_view, and every op up to it chains back from it, so
+ * recovery can tell the current log from stale entries a view change replaced.
+ */
+struct replica_view_state {
+        uint32_t view;
+        uint32_t log_view;
+        uint64_t anchor_op;
+        u128 anchor_checksum;
+};
+
 /* A session's reply that a checkpoint must make durable, in its reply slot. */
 struct replica_reply_write {
         struct message *reply;
@@ -85,8 +98,8 @@ struct replica_env {
          * holds that op with header checksum `checksum` (any, when 0) and an intact body.
          */
         bool (*journal_read)(void *context, uint64_t op, u128 checksum, struct message *into);
-        /* Persist view and log_view; `done` runs once durable. False: busy, try again. */
-        bool (*view_write)(void *context, uint32_t view, uint32_t log_view,
+        /* Persist the view state; `done` runs once durable. False: busy, try again. */
+        bool (*view_write)(void *context, const struct replica_view_state *state,
                            void (*done)(void *replica), void *replica);
         /*
          * State sync, serving side: copy `size` bytes at `offset` of the durable checkpoint's
@@ -108,6 +121,8 @@ struct replica_env {
 struct replica_durable {
         uint32_t view;
         uint32_t log_view;
+        uint64_t view_anchor_op;
+        u128 view_anchor_checksum;
         /* Formatted and never joined a cluster with data: must not vote until it has synced. */
         bool fresh;
         const uint8_t *checkpoint_blob; /* NULL: no checkpoint yet */
@@ -119,7 +134,11 @@ struct replica_durable {
         int (*read_reply)(void *context, uint32_t slot, u128 checksum, struct message *into);
         /* The header in journal slot `slot`; false if torn, corrupt or never written. */
         bool (*read_header)(void *context, uint32_t slot, struct wire_header *into);
-        /* The whole prepare in `slot`, matching `header`; false if torn or corrupt. */
+        /*
+         * The whole prepare in `slot`, matching `header`; false if torn or corrupt. With
+         * header NULL: whatever intact prepare the slot holds (its own checksums verified),
+         * which recovers a header whose copy in the headers zone is damaged.
+         */
         bool (*read_prepare)(void *context, uint32_t slot, const struct wire_header *header,
                              struct message *into);
 };
@@ -217,6 +236,10 @@ struct replica {
         bool view_write_in_flight;
         uint32_t view_writing; /* the values being persisted */
         uint32_t log_view_writing;
+        uint64_t anchor_op;    /* the log's end when log_view began (see replica_view_state) */
+        uint64_t anchor_op_writing;
+        uint64_t anchor_op_durable;
+        u128 anchor_checksum;
         bool fresh; /* formatted and never joined: must not count towards a view change */
         uint64_t op;         /* highest op whose header is in the journal */
         uint64_t commit;     /* highest op executed */

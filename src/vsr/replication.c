@@ -798,6 +798,7 @@ static void on_view_written(void *context)
         r->view_write_in_flight = false;
         r->view_durable = r->view_writing;
         r->log_view_durable = r->log_view_writing;
+        r->anchor_op_durable = r->anchor_op_writing;
         if (r->start_view_pending)
                 start_view_maybe_finish(r);
         else if (r->status == REPLICA_STATUS_VIEW_CHANGE)
@@ -809,12 +810,20 @@ static void view_persist(struct replica *r)
 {
         if (r->view_write_in_flight || r->env.view_write == NULL)
                 return;
-        if (r->view_durable == r->view && r->log_view_durable == r->log_view)
+        if (r->view_durable == r->view && r->log_view_durable == r->log_view &&
+            r->anchor_op_durable == r->anchor_op)
                 return;
         r->view_writing = r->view;
         r->log_view_writing = r->log_view;
+        r->anchor_op_writing = r->anchor_op;
+        struct replica_view_state state = {
+                .view = r->view,
+                .log_view = r->log_view,
+                .anchor_op = r->anchor_op,
+                .anchor_checksum = r->anchor_checksum,
+        };
         r->view_write_in_flight = true;
-        if (!r->env.view_write(r->env.context, r->view, r->log_view, on_view_written, r))
+        if (!r->env.view_write(r->env.context, &state, on_view_written, r))
                 r->view_write_in_flight = false;
 }
 
@@ -910,6 +919,13 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
         }
 }
 
+/* The log's end as the new log_view begins: recovery trusts what chains back to it. */
+static void anchor_set(struct replica *r)
+{
+        r->anchor_op = r->op;
+        r->anchor_checksum = r->parent;
+}
+
 static bool log_complete(const struct replica *r)
 {
         for (uint64_t op = r->commit + 1; op <= r->op; op++) {
@@ -988,6 +1004,7 @@ static void dvc_quorum_check(struct replica *r)
         log_install(r, best, best_op);
         r->commit_max = MAX(r->commit_max, MIN(commit_max, r->op));
         r->log_view = r->view;
+        anchor_set(r);
         r->start_view_pending = true;
         view_persist(r);
         repair(r, best->header->replica);
@@ -1034,6 +1051,7 @@ static void on_start_view(struct replica *r, struct message *m)
         pipeline_clear(r);
         dvc_clear(r);
         log_install(r, m, h->start_view.op);
+        anchor_set(r);
         r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
         sync_maybe(r, h->replica, h->start_view.checkpoint_op);
         view_persist(r);

@@ -121,14 +121,13 @@ static bool env_journal_read(void *context, uint64_t op, u128 checksum, struct m
         return true;
 }
 
-static uint32_t durable_view[REPLICAS_MAX], durable_log_view[REPLICAS_MAX];
+static struct replica_view_state durable_state[REPLICAS_MAX];
 
-static bool env_view_write(void *context, uint32_t view, uint32_t log_view,
+static bool env_view_write(void *context, const struct replica_view_state *state,
                            void (*done)(void *replica), void *replica)
 {
         (void)replica;
-        durable_view[index_of(context)] = view; /* this disk never loses a write */
-        durable_log_view[index_of(context)] = log_view;
+        durable_state[index_of(context)] = *state; /* this disk never loses a write */
         push((struct event){.kind = EVENT_VIEW_DURABLE, .to = index_of(context), .done_view = done});
         return true;
 }
@@ -270,6 +269,8 @@ static bool read_prepare_store(void *context, uint32_t slot, const struct wire_h
                                struct message *into)
 {
         (void)context;
+        if (h == NULL)
+                return false; /* this store has no separate headers zone to lose */
         (void)slot;
         struct message *m = store[restoring][h->prepare.op];
         if (m == NULL || m->header->checksum != h->checksum)
@@ -285,8 +286,10 @@ static void replica_restart(uint8_t i)
         ledger_destroy(ledgers[i]);
         replica_start(i);
         restoring = i;
-        struct replica_durable d = {.view = durable_view[i],
-                                    .log_view = durable_log_view[i],
+        struct replica_durable d = {.view = durable_state[i].view,
+                                    .log_view = durable_state[i].log_view,
+                                    .view_anchor_op = durable_state[i].anchor_op,
+                                    .view_anchor_checksum = durable_state[i].anchor_checksum,
                                     .read_header = read_header_store,
                                     .read_prepare = read_prepare_store};
         char error[128];
@@ -324,8 +327,7 @@ static void cluster_stop(void)
                         checkpoint_replies[i][k] = NULL;
                 }
         }
-        memset(durable_view, 0, sizeof(durable_view));
-        memset(durable_log_view, 0, sizeof(durable_log_view));
+        memset(durable_state, 0, sizeof(durable_state));
 }
 
 /* Delivers events until none is left; ticks every replica every `per_tick` events. */
