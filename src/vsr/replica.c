@@ -953,6 +953,8 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                         r->journal_state[slot] = SLOT_DURABLE;
                         present++;
                 } else {
+                        /* We wrote it once, so we may have acknowledged it: not a nack. */
+                        r->journal_state[slot] = SLOT_FAULTY;
                         missing++;
                 }
                 r->timestamp_last =

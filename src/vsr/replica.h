@@ -202,6 +202,7 @@ enum replica_slot_state {
         SLOT_MISSING = 1, /* header known (from a peer), prepare not here yet */
         SLOT_WRITING = 2, /* prepare being written */
         SLOT_DURABLE = 3, /* prepare written and synced */
+        SLOT_FAULTY = 4,  /* written here once (maybe acknowledged), the copy is now damaged */
 };
 
 struct replica_stats {

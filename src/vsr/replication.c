@@ -98,7 +98,7 @@ static struct message *prepare_load(struct replica *r, uint64_t op)
         if (!r->env.journal_read(r->env.context, op, h->checksum, m)) {
                 message_unref(r->pool, m);
                 /* The disk copy is damaged: fetch it again from a peer. */
-                r->journal_state[replica_slot(r, op)] = SLOT_MISSING;
+                r->journal_state[replica_slot(r, op)] = SLOT_FAULTY;
                 log_warn("journal entry damaged; will repair from a peer op=%llu",
                          (unsigned long long)op);
                 return NULL;
@@ -577,8 +577,9 @@ static void repair(struct replica *r, int target)
                 int to = target;
                 if (to < 0)
                         to = replica_primary_index(r, r->view);
-                if (to == r->config.replica)
-                        to = (r->config.replica + 1 + (int)(op % (r->config.replica_count - 1))) %
+                if (to == r->config.replica) /* rotate over the peers, round after round */
+                        to = (r->config.replica + 1 +
+                              (int)((op + r->tick / TICKS_REPAIR) % (r->config.replica_count - 1))) %
                              r->config.replica_count;
                 finish_and_send(r, m, to);
                 asked++;
@@ -604,7 +605,8 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
         bool from_primary = from == (int)replica_primary_index(r, r->view) &&
                             r->status == REPLICA_STATUS_NORMAL;
         if (existing != NULL && existing->checksum == h->checksum) {
-                if (r->journal_state[slot] != SLOT_MISSING)
+                if (r->journal_state[slot] != SLOT_MISSING &&
+                    r->journal_state[slot] != SLOT_FAULTY)
                         return false; /* already here or being written */
         } else if (op == r->op + 1 && h->prepare.parent == r->parent && from_primary &&
                    (h->view == r->view || op <= r->commit_max)) {
@@ -768,6 +770,20 @@ static void send_do_view_change(struct replica *r)
         uint64_t fields[4] = {r->op, r->commit_max, r->checkpoint_op_durable, r->log_view};
         memcpy(h->raw + 32, fields, sizeof(fields)); /* op, commit_max, checkpoint, log_view */
         h->raw[64] = r->fresh ? 1 : 0;
+        /*
+         * For the top 128 ops (bit i: op - i): present = held durably; nack = never written
+         * here, so never acknowledged. A damaged copy is neither: it may have been acked.
+         */
+        u128 present = 0, nack = 0;
+        for (uint32_t i = 0; i < 128 && i < r->op; i++) {
+                enum replica_slot_state st = journal_state_of(r, r->op - i);
+                if (st == SLOT_DURABLE)
+                        present |= (u128)1 << i;
+                else if (st == SLOT_EMPTY || st == SLOT_MISSING)
+                        nack |= (u128)1 << i;
+        }
+        memcpy(h->raw, &present, sizeof(present));
+        memcpy(h->raw + 16, &nack, sizeof(nack));
         uint8_t primary = replica_primary_index(r, r->view);
         if (primary == r->config.replica) {
                 /* Our own vote, kept with the others'. */
@@ -947,9 +963,85 @@ static void send_start_view(struct replica *r, int target)
         finish_and_send(r, m, target);
 }
 
+/* Does do_view_change `m` prove its sender never acknowledged `op` with this checksum? */
+static bool dvc_nacks(const struct message *m, uint64_t op, u128 checksum)
+{
+        uint64_t dvc_op, commit_max, log_view;
+        bool fresh;
+        dvc_fields(m, &dvc_op, &commit_max, &log_view, &fresh);
+        if (fresh)
+                return false; /* an empty disk proves nothing about what was acknowledged */
+        if (op > dvc_op)
+                return true;
+        uint64_t i = dvc_op - op;
+        if (i >= 128)
+                return false;
+        u128 present, nack;
+        memcpy(&present, m->header->raw, sizeof(present));
+        memcpy(&nack, m->header->raw + 16, sizeof(nack));
+        if ((nack >> i) & 1)
+                return true;
+        if (!((present >> i) & 1) || checksum == 0)
+                return false;
+        /* Present, but which prepare? One with another checksum is a different op. */
+        uint32_t count = (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        for (uint32_t k = 0; k < count; k++) {
+                struct wire_header h;
+                memcpy(&h, message_body(m) + (size_t)k * WIRE_HEADER_SIZE, sizeof(h));
+                if (h.prepare.op == op)
+                        return h.checksum != checksum;
+        }
+        return false;
+}
+
+/*
+ * A new primary missing an uncommitted op that enough replicas prove they never
+ * acknowledged cuts its log there: the op cannot have been committed (a commit needed a
+ * replication quorum, and the nacks leave fewer replicas than that), and without a copy
+ * anywhere the view could never start.
+ */
+static void truncate_unrecoverable(struct replica *r)
+{
+        uint32_t nack_quorum = r->config.replica_count - replica_quorum(r) + 1;
+        for (uint64_t op = r->commit_max + 1; op <= r->op; op++) {
+                if (journal_state_of(r, op) == SLOT_DURABLE)
+                        continue;
+                const struct wire_header *h = journal_header(r, op);
+                u128 checksum = h != NULL ? h->checksum : 0;
+                uint32_t nacks = 0;
+                for (uint32_t j = 0; j < r->config.replica_count; j++) {
+                        if (r->dvc[j] != NULL && dvc_nacks(r->dvc[j], op, checksum))
+                                nacks++;
+                }
+                if (nacks < nack_quorum)
+                        return; /* it may be committed: wait for repair */
+                const struct wire_header *before = journal_header(r, op - 1);
+                u128 parent;
+                if (before != NULL)
+                        parent = before->checksum;
+                else if (op - 1 == r->checkpoint_op_durable && op - 1 == r->commit)
+                        parent = r->checkpoint_checksum_durable;
+                else
+                        return;
+                log_info("log truncated: ops never acknowledged by a quorum op=%llu to=%llu "
+                         "nacks=%u",
+                         (unsigned long long)op, (unsigned long long)r->op, nacks);
+                for (uint64_t x = op; x <= r->op; x++) {
+                        if (journal_header(r, x) != NULL)
+                                r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
+                }
+                r->op = op - 1;
+                r->parent = parent;
+                anchor_set(r);
+                return;
+        }
+}
+
 /* The new primary, once its log is whole and its view durable, starts the view. */
 static void start_view_maybe_finish(struct replica *r)
 {
+        if (r->start_view_pending)
+                truncate_unrecoverable(r);
         if (!r->start_view_pending || r->view_durable != r->view ||
             r->log_view_durable != r->view || !log_complete(r))
                 return;
