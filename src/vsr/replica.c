@@ -697,7 +697,7 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
         uint64_t op = prepare->header->prepare.op;
         if (op < r->checkpoint_op_durable + r->config.checkpoint_interval)
                 return;
-        if (r->checkpoint_in_progress)
+        if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick)
                 return;
         struct replica_checkpoint *cp = &r->checkpoint;
         uint64_t started_ns = r->env.realtime_ns(r->env.context); /* for the log line only */
@@ -763,8 +763,11 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
                  (unsigned long long)((r->env.realtime_ns(r->env.context) - started_ns) / 1000));
         r->checkpoint_in_progress = true;
         if (!r->env.checkpoint(r->env.context, cp, on_checkpoint_done, r)) {
+                /* Storage is busy (a view-state write): try again in half a second, not at
+                 * every commit (each try serialises the state). */
                 r->checkpoint_in_progress = false;
                 r->stats.checkpoints_skipped++;
+                r->checkpoint_retry_tick = r->tick + 50;
         }
 }
 
@@ -1092,8 +1095,24 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
                         message_unref(r->pool, r->clients[i].reply);
                 memset(&r->clients[i], 0, sizeof(r->clients[i]));
         }
-        for (uint32_t slot = 0; slot < r->config.wal_slot_count; slot++)
-                r->journal_state[slot] = SLOT_EMPTY;
+        /* Journal entries after the checkpoint that chain onto it stay: they may have been
+         * acknowledged. Everything else in the journal is superseded by the checkpoint. */
+        u128 chain = prepare_checksum;
+        uint64_t keep = op;
+        for (uint64_t x = op + 1; x <= op + r->config.wal_slot_count; x++) {
+                uint32_t slot = (uint32_t)(x % r->config.wal_slot_count);
+                if (r->journal_state[slot] == SLOT_EMPTY ||
+                    r->journal_headers[slot].prepare.op != x ||
+                    r->journal_headers[slot].prepare.parent != chain)
+                        break;
+                chain = r->journal_headers[slot].checksum;
+                keep = x;
+        }
+        for (uint32_t slot = 0; slot < r->config.wal_slot_count; slot++) {
+                uint64_t x = r->journal_headers[slot].prepare.op;
+                if (!(x > op && x <= keep))
+                        r->journal_state[slot] = SLOT_EMPTY;
+        }
         r->op = 0;
         r->commit = 0;
         r->commit_max = 0;
@@ -1105,6 +1124,10 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
                             &c, error, sizeof(error)) != 0) {
                 log_error("state sync: the checkpoint does not install: %s", error);
                 return -1;
+        }
+        if (keep > op) {
+                r->op = keep;
+                r->parent = chain;
         }
         /* The replies came from the peer's slots; ours must be written with the checkpoint. */
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {

@@ -297,6 +297,7 @@ struct replica {
                 uint64_t tick;        /* last request, for retries */
         } sync;
         bool checkpoint_in_progress;
+        uint64_t checkpoint_retry_tick; /* after storage refused one, not before this tick */
         bool replaying; /* recovering from the WAL: no replies are sent */
         struct replica_checkpoint checkpoint;
         struct replica_stats stats;

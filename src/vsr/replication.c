@@ -193,10 +193,12 @@ void replication_open(struct replica *r)
         r->view_change_tick = r->tick;
         /* Fresh means an empty log: nothing here may ever have been acknowledged. */
         r->fresh = r->fresh && r->op == 0 && r->commit == 0;
-        if (r->op == 0 && r->commit == 0 && r->view == 0 && r->fresh) {
-                /* A new cluster starts in view 0, normal: nothing to recover. */
-                r->status = REPLICA_STATUS_NORMAL;
-        }
+        /*
+         * Even a brand-new replica waits: it cannot tell a new cluster from one that went on
+         * without it (a re-formatted replica), and acting as primary of view 0 in a cluster
+         * that has moved on would evict every client that talks to it. A new cluster elects
+         * its first primary by a view change once its replicas find nobody to follow.
+         */
 }
 
 /* ---- primary: prepares and commits ------------------------------------------------------ */
@@ -604,6 +606,8 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
         uint32_t slot = replica_slot(r, op);
         bool from_primary = from == (int)replica_primary_index(r, r->view) &&
                             r->status == REPLICA_STATUS_NORMAL;
+        if (r->sync.active)
+                return false; /* the log is about to be replaced from a checkpoint */
         if (existing != NULL && existing->checksum == h->checksum) {
                 if (r->journal_state[slot] != SLOT_MISSING &&
                     r->journal_state[slot] != SLOT_FAULTY)
@@ -907,16 +911,24 @@ static void on_start_view_change(struct replica *r, struct message *m)
         }
 }
 
-/* Installs the headers of a log (from a do_view_change or start_view) up to `op`. */
+/*
+ * Installs the headers of a log (from a do_view_change or start_view) up to `op`. The message
+ * carries only the log's top; below it, our own entries stay only where they chain down from
+ * the lowest installed header: an entry that does not is from a replaced log and is dropped
+ * (repair then fetches the right one, checked against the chain from above).
+ */
 static void log_install(struct replica *r, const struct message *m, uint64_t op)
 {
         uint32_t count = (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        uint64_t lowest = 0;
         for (uint32_t i = 0; i < count; i++) {
                 struct wire_header h;
                 memcpy(&h, message_body(m) + (size_t)i * WIRE_HEADER_SIZE, sizeof(h));
                 if (h.command != COMMAND_PREPARE || !wire_header_checksum_valid(&h) ||
                     h.prepare.op > op || h.prepare.op <= r->commit)
                         continue;
+                if (lowest == 0 || h.prepare.op < lowest)
+                        lowest = h.prepare.op;
                 const struct wire_header *mine = journal_header(r, h.prepare.op);
                 if (mine != NULL && mine->checksum == h.checksum)
                         continue;
@@ -926,6 +938,21 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
         for (uint64_t x = op + 1; x <= r->op; x++) {
                 if (journal_header(r, x) != NULL)
                         r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
+        }
+        /* Below the installed headers: keep what chains, drop the rest. */
+        if (lowest > r->commit + 1) {
+                u128 expected = journal_header(r, lowest)->prepare.parent;
+                bool chained = true;
+                for (uint64_t x = lowest - 1; x > r->commit; x--) {
+                        const struct wire_header *mine = journal_header(r, x);
+                        if (chained && mine != NULL && mine->checksum == expected) {
+                                expected = mine->prepare.parent;
+                                continue;
+                        }
+                        chained = false;
+                        if (mine != NULL)
+                                r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
+                }
         }
         r->op = MAX(op, r->commit);
         const struct wire_header *last = journal_header(r, r->op);
@@ -1300,8 +1327,8 @@ void replication_tick(struct replica *r)
         case REPLICA_STATUS_RECOVERING:
                 if (r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW)
                         request_start_view(r, -1);
-                /* Nobody answers: every replica restarted; decide a new view together. */
-                if (r->tick - r->view_change_tick >= 5 * TICKS_PRIMARY_SILENT &&
+                /* Nobody answers: every replica restarted (or a new cluster); decide a view. */
+                if (r->tick - r->view_change_tick >= 2 * TICKS_PRIMARY_SILENT &&
                     r->tick % 10 == 0) {
                         send_start_view_change(r, r->view + 1);
                         svc_vote(r, r->view + 1, r->config.replica);
