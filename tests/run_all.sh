@@ -61,6 +61,17 @@ section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
 
+section "deterministic simulator, one replica (crashes, torn writes, clients, network faults)"
+# Clusters of 2, 3 and 5 replicas are not gated here yet: replication still fails some seeds
+# (see the README's status table); `TALLY_SIM_SIZES="2 3 5" tests/sim/run.sh ./tally` runs them.
+TALLY_SIM_SIZES=${TALLY_SIM_SIZES:-1} timeout 900 tests/sim/run.sh ./tally 100 >"$WORK/sim.out" 2>&1; rc=$?
+grep -E "^replicas=|FAILED|replay:" "$WORK/sim.out" | head -20; tail -1 "$WORK/sim.out"
+record "simulator" "$WORK/sim.out" $rc
+
+section "three replicas, official client (kill -9, SIGSTOP, restart, re-format, one address)"
+timeout 900 tests/cluster/run.sh >"$WORK/cluster.out" 2>&1; rc=$?
+grep -E "^# |passed, " "$WORK/cluster.out" | tail -25; record "cluster" "$WORK/cluster.out" $rc
+
 section "conformance corpus (TigerBeetle 0.16.68 replies, official client)"
 if [ ! -d tests/conformance/node_modules ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund >"$WORK/npm-conformance.log" 2>&1) ||
