@@ -429,6 +429,12 @@ static void send_prepare_ok(struct replica *r, const struct wire_header *prepare
 {
         if (r->status != REPLICA_STATUS_NORMAL || replica_is_primary(r))
                 return;
+        /*
+         * Not before this view's state is durable: recovery keeps an op of log_view only if
+         * the persisted log_view says so, and an acknowledged op must never be forgotten.
+         */
+        if (r->log_view_durable != r->view || r->anchor_op_durable != r->anchor_op)
+                return;
         struct message *m = header_only(r, COMMAND_PREPARE_OK);
         if (m == NULL)
                 return;
@@ -823,6 +829,14 @@ static void on_view_written(void *context)
                 start_view_maybe_finish(r);
         else if (r->status == REPLICA_STATUS_VIEW_CHANGE)
                 send_do_view_change(r);
+        else if (r->status == REPLICA_STATUS_NORMAL && !replica_is_primary(r)) {
+                /* Acknowledge what waited for the view state to be durable. */
+                for (uint64_t op = r->commit + 1; op <= r->op; op++) {
+                        const struct wire_header *x = journal_header(r, op);
+                        if (x != NULL && r->journal_state[replica_slot(r, op)] == SLOT_DURABLE)
+                                send_prepare_ok(r, x);
+                }
+        }
 }
 
 /* Persists view and log_view when they changed; retried every tick until it is taken. */
