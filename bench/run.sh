@@ -6,7 +6,7 @@
 #   2. `tally benchmark` against 1 replica through the C client, batches of 8189;
 #   3. the same workload through the official Node client (tigerbeetle-node 0.16.66, bench/node);
 #   4. 1-transfer requests (round-trip latency), C client and Node client;
-#   5. 3 replicas: n/a until replication exists.
+#   5. `tally benchmark` against 3 replicas on loopback (C client, batches of 8189).
 # Throughput is the median over --runs runs (default 3), each against a freshly formatted
 # server; the latencies shown are those of the median run. Others may share the machine: compare
 # rows of one run of this script, not numbers across runs. Every step is bounded by `timeout`,
@@ -29,7 +29,12 @@ done
 
 WORK=$(mktemp -d /tmp/tally-bench.XXXXXX)
 export TMPDIR=$WORK # tally benchmark's own temporary server lives here too
-cleanup() { stop_server >/dev/null 2>&1; rm -rf "$WORK"; }
+CLUSTER_PIDS=()
+cleanup() {
+  stop_server >/dev/null 2>&1
+  [ ${#CLUSTER_PIDS[@]} -gt 0 ] && kill -9 "${CLUSTER_PIDS[@]}" 2>/dev/null
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 ROWS=()
@@ -136,7 +141,57 @@ else
 fi
 
 # --- 5. Three replicas ----------------------------------------------------------------------
-row "3 replicas, batch 8189" "C (tally)" "n/a" "-" "-" "-" "n/a (replication not implemented)"
+# cluster_start <dir>: formats and starts three replicas on free ports, waits for a primary.
+# Sets CLUSTER_ADDRESSES and CLUSTER_PIDS.
+cluster_start() {
+  local dir=$1 i base=$(( 21000 + RANDOM % 20000 ))
+  mkdir -p "$dir"
+  CLUSTER_ADDRESSES="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+  CLUSTER_PIDS=()
+  for i in 0 1 2; do
+    "$TALLY" format --cluster=0 --replica=$i --replica-count=3 "$dir/$i.tally" 2>>"$dir/log" || return 1
+  done
+  for i in 0 1 2; do
+    "$TALLY" start --addresses="$CLUSTER_ADDRESSES" "$dir/$i.tally" 2>>"$dir/log$i" &
+    CLUSTER_PIDS+=($!)
+  done
+  for i in $(seq 1 100); do
+    grep -q "primary of view" "$dir"/log? 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+cluster_stop() {
+  kill -TERM "${CLUSTER_PIDS[@]}" 2>/dev/null
+  wait "${CLUSTER_PIDS[@]}" 2>/dev/null
+  rm -f "$1"/*.tally
+}
+c3_runs() {
+  local label=$1 runs=$2; shift 2
+  local all=() i out dir
+  for i in $(seq 1 "$runs"); do
+    dir=$WORK/c3-$i; out=$WORK/c3-$i.out
+    if ! cluster_start "$dir"; then
+      echo "  run $i: the cluster did not start"; cluster_stop "$dir"; continue
+    fi
+    if ! timeout 600 "$TALLY" benchmark --addresses="$CLUSTER_ADDRESSES" "$@" >"$out" 2>&1; then
+      echo "  run $i FAILED:"; tail -5 "$out" | sed 's/^/    /'; cluster_stop "$dir"; continue
+    fi
+    cluster_stop "$dir"
+    local tps; tps=$(field "$out" '^transfers: [0-9]+ transfers in [0-9.]+ s = ([0-9]+) transfers\/s.*')
+    all+=("$tps")
+    echo "  run $i: $tps transfers/s, $(grep '^transfers: batch latency' "$out" | cut -d' ' -f4-)"
+    echo "$tps $out" >>"$WORK/c3.runs"
+  done
+  if [ ${#all[@]} -eq 0 ]; then row "$label" "C (tally)" "failed" "-" "-" "-" ""; return; fi
+  local m; m=$(median "${all[@]}")
+  local mout; mout=$(awk -v m="$m" '$1 == m { print $2; exit }' "$WORK/c3.runs")
+  row "$label" "C (tally)" "$m" "$(field "$mout" '^transfers: batch latency p50=([0-9.]+) ms.*')" \
+      "$(field "$mout" '^transfers: batch latency .* p99=([0-9.]+) ms.*')" \
+      "$(field "$mout" '^transfers: batch latency .* p100=([0-9.]+) ms.*')" "runs: ${all[*]}"
+}
+echo "tally benchmark, 3 replicas on loopback, batch 8189, $CLIENTS clients, $TRANSFERS transfers, $RUNS runs..."
+c3_runs "3 replicas, batch 8189" "$RUNS" --accounts="$ACCOUNTS" --transfers="$TRANSFERS" --batch=8189 --clients="$CLIENTS"
 
 echo
 printf '| %-44s | %-12s | %13s | %9s | %9s | %9s | %s\n' "workload" "client" "transfers/s" "p50 ms" "p99 ms" "p100 ms" "notes"
