@@ -5,7 +5,8 @@
  * ledger_query.c (lookups and queries); the checkpoint stream in ledger_checkpoint.c. The layout
  * of the state is described in ledger_internal.h.
  *
- * Memory (reserved with mmap(MAP_NORESERVE), so only what is used becomes resident):
+ * Memory (reserved with mmap(MAP_NORESERVE), so only what is used becomes resident, except
+ * the two hash tables, which are faulted in at start-up; see ledger_create):
  *
  *   per account  (accounts_max):  128 B Account + 8 B list head/tail + 16..32 B of hash table
  *                                 (slots = next power of two >= 2 x capacity, 8 B each)
@@ -233,6 +234,18 @@ struct ledger *ledger_create(const struct ledger_config *config)
                         return NULL;
                 }
                 *region_slot(ledger, i) = p;
+        }
+        /*
+         * The hash tables are probed at random, so a few thousand inserts touch every page of
+         * them; the kernel then zeroes hundreds of megabytes inside the first requests (the
+         * biggest cost in a profile of a fresh three-replica cluster: 37 % of the primary's
+         * time in clear_page_erms). Fault them in now, at start-up, where it costs nothing a
+         * client waits for. Advice only: older kernels ignore it.
+         */
+        for (int i = 0; i < REGION_COUNT; i++) {
+                if (region_slot(ledger, i) == (void **)&ledger->accounts_table.slots ||
+                    region_slot(ledger, i) == (void **)&ledger->transfers_table.slots)
+                        (void)madvise(*region_slot(ledger, i), sizes[i], MADV_POPULATE_WRITE);
         }
         struct ledger_sizes s = ledger_sizes(&c);
         ledger->accounts_max = (uint32_t)s.accounts_max;
