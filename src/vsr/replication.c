@@ -705,6 +705,13 @@ static void on_commit(struct replica *r, struct message *m)
                         request_start_view(r, h->replica);
                 return;
         }
+        if (h->view == r->view && r->status != REPLICA_STATUS_NORMAL &&
+            h->replica == replica_primary_index(r, r->view) &&
+            r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW / 2) {
+                /* This view has a working primary; we missed its start_view. */
+                request_start_view(r, h->replica);
+                return;
+        }
         if (h->view < r->view || r->status != REPLICA_STATUS_NORMAL || replica_is_primary(r) ||
             h->replica != replica_primary_index(r, r->view))
                 return;
@@ -1150,6 +1157,11 @@ static void on_do_view_change(struct replica *r, struct message *m)
         const struct wire_header *h = m->header;
         if (h->view < r->view)
                 return;
+        if (h->view == r->view && r->status == REPLICA_STATUS_NORMAL && replica_is_primary(r)) {
+                /* The view started without this replica hearing of it: tell it again. */
+                send_start_view(r, h->replica);
+                return;
+        }
         if (h->view > r->view)
                 view_change_start(r, h->view);
         if (r->status != REPLICA_STATUS_VIEW_CHANGE || !replica_is_primary(r))
