@@ -1134,8 +1134,14 @@ static void dvc_quorum_check(struct replica *r)
                         best_log_view = log_view;
                 }
         }
-        /* A wiped replica's empty log must not outvote a log that may hold commits. */
-        if (count < replica_quorum(r) || (settled < replica_quorum(r) && !all_empty))
+        /*
+         * A wiped replica's empty log must not outvote a log that may hold commits. Empty,
+         * fresh logs decide only when every replica reports one: a new cluster. (A quorum of
+         * empty logs could be a wiped replica and one that never heard anything, while the
+         * committed ops live on the replica that is missing.)
+         */
+        bool new_cluster = all_empty && count == r->config.replica_count;
+        if (count < replica_quorum(r) || (settled < replica_quorum(r) && !new_cluster))
                 return;
         log_info("view change quorum view=%u votes=%u best_replica=%u best_op=%llu "
                  "commit_max=%llu",
