@@ -946,11 +946,18 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                 }
                 last = MAX(last, anchor);
         }
-        /* Which bodies are intact. */
+        /* Which bodies are intact; gaps become faulty placeholders (header unknown, but an
+         * op we may have acknowledged: never a nack in a view change). */
         for (uint64_t op = checkpoint_op + 1; op <= last; op++) {
                 uint32_t slot = (uint32_t)(op % slots);
-                if (r->journal_state[slot] != SLOT_MISSING ||
-                    r->journal_headers[slot].prepare.op != op)
+                if (r->journal_state[slot] == SLOT_EMPTY ||
+                    r->journal_headers[slot].prepare.op != op) {
+                        memset(&r->journal_headers[slot], 0, sizeof(r->journal_headers[slot]));
+                        r->journal_headers[slot].prepare.op = op;
+                        r->journal_state[slot] = SLOT_FAULTY;
+                        continue;
+                }
+                if (r->journal_state[slot] != SLOT_MISSING)
                         continue;
                 if (d->read_prepare(d->context, slot, &r->journal_headers[slot], scratch)) {
                         r->journal_state[slot] = SLOT_DURABLE;

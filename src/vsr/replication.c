@@ -547,7 +547,9 @@ static void on_headers(struct replica *r, struct message *m, int from)
                 const struct wire_header *mine = journal_header(r, h.prepare.op);
                 if (mine != NULL && mine->checksum == h.checksum)
                         continue;
-                journal_put(r, &h, SLOT_MISSING);
+                bool gap = mine != NULL && mine->checksum == 0 &&
+                           r->journal_state[replica_slot(r, h.prepare.op)] == SLOT_FAULTY;
+                journal_put(r, &h, gap ? SLOT_FAULTY : SLOT_MISSING);
                 if (h.prepare.op > r->op) {
                         r->op = h.prepare.op;
                         r->parent = h.checksum;
@@ -575,11 +577,18 @@ static void repair(struct replica *r, int target)
                 if (m == NULL)
                         return;
                 m->header->raw[0] = 0;
+                u128 want = h != NULL ? h->checksum : 0;
+                if (want == 0) {
+                        /* Unknown here, but the next op's header names it. */
+                        const struct wire_header *next = journal_header(r, op + 1);
+                        if (next != NULL && next->checksum != 0)
+                                want = next->prepare.parent;
+                }
                 struct {
                         u128 checksum;
                         u128 padding;
                         uint64_t op;
-                } request = {.checksum = h != NULL ? h->checksum : 0, .op = op};
+                } request = {.checksum = want, .op = op};
                 memcpy(m->header->raw, &request, sizeof(request));
                 r->stats.repairs_requested++;
                 int to = target;
@@ -610,6 +619,8 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
         const struct wire_header *existing = journal_header(r, op);
         const struct wire_header *next = journal_header(r, op + 1);
         uint32_t slot = replica_slot(r, op);
+        if (existing != NULL && existing->checksum == 0)
+                existing = NULL; /* a recovery gap: its header is unknown */
         bool from_primary = from == (int)replica_primary_index(r, r->view) &&
                             r->status == REPLICA_STATUS_NORMAL;
         if (r->sync.active)
@@ -953,7 +964,10 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
                 const struct wire_header *mine = journal_header(r, h.prepare.op);
                 if (mine != NULL && mine->checksum == h.checksum)
                         continue;
-                journal_put(r, &h, SLOT_MISSING);
+                /* A recovery gap stays faulty (we may have acknowledged what was there). */
+                bool gap = mine != NULL && mine->checksum == 0 &&
+                           r->journal_state[replica_slot(r, h.prepare.op)] == SLOT_FAULTY;
+                journal_put(r, &h, gap ? SLOT_FAULTY : SLOT_MISSING);
         }
         /* Everything past the chosen log's end was never committed: forget it. */
         for (uint64_t x = op + 1; x <= r->op; x++) {
@@ -1115,12 +1129,16 @@ static void dvc_quorum_check(struct replica *r)
         bool all_empty = true;
         const struct message *best = NULL;
         uint64_t best_op = 0, best_log_view = 0, commit_max = r->commit_max;
+        uint64_t checkpoint_max = 0;
         for (uint32_t j = 0; j < r->config.replica_count; j++) {
                 if (r->dvc[j] == NULL)
                         continue;
                 uint64_t op, cmax, log_view;
                 bool fresh;
                 dvc_fields(r->dvc[j], &op, &cmax, &log_view, &fresh);
+                uint64_t fields[4];
+                memcpy(fields, r->dvc[j]->header->raw + 32, sizeof(fields));
+                checkpoint_max = MAX(checkpoint_max, fields[2]);
                 count++;
                 if (!fresh)
                         settled++;
@@ -1143,6 +1161,21 @@ static void dvc_quorum_check(struct replica *r)
         bool new_cluster = all_empty && count == r->config.replica_count;
         if (count < replica_quorum(r) || (settled < replica_quorum(r) && !new_cluster))
                 return;
+        /*
+         * So far behind that the ops we lack may be in no journal any more (only in a peer's
+         * checkpoint): we could never finish this view. Step aside for the next primary.
+         */
+        if (checkpoint_max > r->commit + r->config.checkpoint_interval) {
+                if (r->tick % 10 == 0) {
+                        log_info("view forfeited: too far behind to lead view=%u commit=%llu "
+                                 "peer_checkpoint=%llu",
+                                 r->view, (unsigned long long)r->commit,
+                                 (unsigned long long)checkpoint_max);
+                        send_start_view_change(r, r->view + 1);
+                        svc_vote(r, r->view + 1, r->config.replica);
+                }
+                return;
+        }
         log_info("view change quorum view=%u votes=%u best_replica=%u best_op=%llu "
                  "commit_max=%llu",
                  r->view, count, best->header->replica, (unsigned long long)best_op,
