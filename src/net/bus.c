@@ -493,25 +493,8 @@ void bus_stop(struct bus *bus)
 
 bool bus_command_names_sender(uint8_t command)
 {
-        switch (command) {
-        case COMMAND_PING:
-        case COMMAND_PONG:
-        case COMMAND_PREPARE_OK:
-        case COMMAND_COMMIT:
-        case COMMAND_START_VIEW_CHANGE:
-        case COMMAND_DO_VIEW_CHANGE:
-        case COMMAND_REQUEST_START_VIEW:
-        case COMMAND_REQUEST_HEADERS:
-        case COMMAND_REQUEST_PREPARE:
-        case COMMAND_REQUEST_REPLY:
-        case COMMAND_HEADERS:
-        case COMMAND_REQUEST_BLOCKS:
-        case COMMAND_BLOCK:
-        case COMMAND_START_VIEW:
-                return true;
-        default:
-                return false;
-        }
+        /* A prepare names the primary that prepared it, not whoever relays it in repair. */
+        return wire_command_between_replicas(command) && command != COMMAND_PREPARE;
 }
 
 static uint64_t random_next(struct bus *bus)

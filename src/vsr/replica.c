@@ -430,34 +430,10 @@ static void on_eviction_from_peer(struct replica *r, struct message *m)
                 replica_send_to(r, c->connection, m);
 }
 
-static bool command_from_replica(uint8_t command)
-{
-        switch (command) {
-        case COMMAND_PING:
-        case COMMAND_PONG:
-        case COMMAND_PREPARE:
-        case COMMAND_PREPARE_OK:
-        case COMMAND_COMMIT:
-        case COMMAND_START_VIEW_CHANGE:
-        case COMMAND_DO_VIEW_CHANGE:
-        case COMMAND_REQUEST_START_VIEW:
-        case COMMAND_REQUEST_HEADERS:
-        case COMMAND_REQUEST_PREPARE:
-        case COMMAND_REQUEST_REPLY:
-        case COMMAND_HEADERS:
-        case COMMAND_REQUEST_BLOCKS:
-        case COMMAND_BLOCK:
-        case COMMAND_START_VIEW:
-                return true;
-        default:
-                return false;
-        }
-}
-
 void replica_on_message(struct replica *r, replica_connection connection, struct message *m)
 {
         uint8_t command = m->header->command;
-        if (command_from_replica(command)) {
+        if (wire_command_between_replicas(command)) {
                 if (r->config.replica_count > 1 && m->header->replica < r->config.replica_count &&
                     m->header->replica != r->config.replica)
                         replication_on_message(r, connection, m);

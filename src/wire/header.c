@@ -106,6 +106,30 @@ const char *wire_command_name(uint8_t command)
         return unknown;
 }
 
+bool wire_command_between_replicas(uint8_t command)
+{
+        switch (command) {
+        case COMMAND_PING:
+        case COMMAND_PONG:
+        case COMMAND_PREPARE:
+        case COMMAND_PREPARE_OK:
+        case COMMAND_COMMIT:
+        case COMMAND_START_VIEW_CHANGE:
+        case COMMAND_DO_VIEW_CHANGE:
+        case COMMAND_REQUEST_START_VIEW:
+        case COMMAND_REQUEST_HEADERS:
+        case COMMAND_REQUEST_PREPARE:
+        case COMMAND_REQUEST_REPLY:
+        case COMMAND_HEADERS:
+        case COMMAND_REQUEST_BLOCKS:
+        case COMMAND_BLOCK:
+        case COMMAND_START_VIEW:
+                return true;
+        default:
+                return false;
+        }
+}
+
 static bool all_zero(const void *bytes, size_t size)
 {
         const uint8_t *p = bytes;

@@ -198,6 +198,9 @@ struct wire_register_result {
         uint8_t reserved[60];
 };
 
+/* True for the commands only replicas send one another (prepare included). */
+bool wire_command_between_replicas(uint8_t command);
+
 /* Name of a command for logs ("request", "command_37" for undefined values). */
 const char *wire_command_name(uint8_t command);
 
