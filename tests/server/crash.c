@@ -146,16 +146,11 @@ static uint64_t model_count;
 static u128 debits[ACCOUNTS + 1];
 static u128 credits[ACCOUNTS + 1];
 
-/* Builds a one-batch multi-batch body of `count` elements of `size` bytes from `events`. */
+/* A one-batch multi-batch body of `count` elements of `size` bytes from `events`. */
 static uint32_t build_body(uint8_t *body, const void *events, uint32_t count, uint32_t size)
 {
         memcpy(body, events, (size_t)count * size);
-        uint32_t trailer = size; /* (2*1+2) bytes rounded up to one element */
-        memset(body + count * size, 0xFF, trailer);
-        uint16_t c16 = (uint16_t)count, one = 1;
-        memcpy(body + count * size + trailer - 4, &c16, 2);
-        memcpy(body + count * size + trailer - 2, &one, 2);
-        return count * size + trailer;
+        return client_body_single_batch(body, size, count);
 }
 
 static bool create_accounts(struct client *c)

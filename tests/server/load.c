@@ -18,11 +18,7 @@
 static uint32_t body_one_batch(uint8_t *body, const void *events, uint32_t count, uint32_t size)
 {
         memcpy(body, events, (size_t)count * size);
-        memset(body + count * size, 0xFF, size);
-        uint16_t c16 = (uint16_t)count, one = 1;
-        memcpy(body + count * size + size - 4, &c16, 2);
-        memcpy(body + count * size + size - 2, &one, 2);
-        return count * size + size;
+        return client_body_single_batch(body, size, count);
 }
 
 int main(int argc, char **argv)
