@@ -69,34 +69,49 @@ else
   row "ledger alone (ledger_bench)" "-" "n/a" "-" "-" "-" "bench/ledger_bench.c not there yet"
 fi
 
+# record_run <runs-file> <output>: notes a successful run (its transfers/s, its output file).
+record_run() {
+  local tps; tps=$(field "$2" '^transfers: [0-9]+ transfers in [0-9.]+ s = ([0-9]+) transfers\/s.*')
+  echo "$tps $2" >>"$1"
+  echo "  run: $tps transfers/s, $(grep '^transfers: batch latency' "$2" | cut -d' ' -f4-)"
+}
+# runs_row <runs-file> <label> <client> [rss]: the table row of the median run (with the
+# server's memory when asked); sets ROW_MEDIAN.
+runs_row() {
+  local file=$1 label=$2 client=$3 rss=${4:-} all m mout notes
+  ROW_MEDIAN=
+  if [ ! -s "$file" ]; then row "$label" "$client" "failed" "-" "-" "-" ""; return; fi
+  all=$(awk '{ print $1 }' "$file" | tr '\n' ' ')
+  m=$(median $all)
+  mout=$(awk -v m="$m" '$1 == m { print $2; exit }' "$file")
+  notes="runs: ${all% }"
+  if [ -n "$rss" ]; then
+    local rss0 rss1
+    rss0=$(field "$mout" '^server memory at start: rss=([0-9]+) KiB.*')
+    rss1=$(field "$mout" '^server memory at end: rss=([0-9]+) KiB.*')
+    notes="server rss $((rss0 / 1024))->$((rss1 / 1024)) MiB; $notes"
+  fi
+  row "$label" "$client" "$m" "$(field "$mout" '^transfers: batch latency p50=([0-9.]+) ms.*')" \
+    "$(field "$mout" '^transfers: batch latency .* p99=([0-9.]+) ms.*')" \
+    "$(field "$mout" '^transfers: batch latency .* p100=([0-9.]+) ms.*')" "$notes"
+  ROW_MEDIAN=$m
+}
+
 # --- 2. and 4. tally benchmark: C client ---------------------------------------------------
 # c_runs <key> <label> <runs> <flags...>: runs `tally benchmark` (its own server each time),
 # adds a row; <key> names the files.
 c_runs() {
   local key=$1 label=$2 runs=$3; shift 3
-  local all=() i out
+  local i out
   for i in $(seq 1 "$runs"); do
     out=$WORK/c-$key-$i.out
     if ! timeout 600 "$TALLY" benchmark "$@" >"$out" 2>&1; then
       echo "  run $i FAILED:"; tail -5 "$out" | sed 's/^/    /'; continue
     fi
-    local tps; tps=$(field "$out" '^transfers: [0-9]+ transfers in [0-9.]+ s = ([0-9]+) transfers\/s.*')
-    all+=("$tps")
-    echo "  run $i: $tps transfers/s, $(grep '^transfers: batch latency' "$out" | cut -d' ' -f4-), " \
-         "$(grep '^server memory at end' "$out" | cut -d: -f2)"
-    echo "$tps $out" >>"$WORK/c-$key.runs"
+    record_run "$WORK/c-$key.runs" "$out"
   done
-  if [ ${#all[@]} -eq 0 ]; then row "$label" "C (tally)" "failed" "-" "-" "-" ""; return; fi
-  local m; m=$(median "${all[@]}")
-  local mout; mout=$(awk -v m="$m" '$1 == m { print $2; exit }' "$WORK/c-$key.runs")
-  local p50 p99 p100 rss0 rss1
-  p50=$(field "$mout" '^transfers: batch latency p50=([0-9.]+) ms.*')
-  p99=$(field "$mout" '^transfers: batch latency .* p99=([0-9.]+) ms.*')
-  p100=$(field "$mout" '^transfers: batch latency .* p100=([0-9.]+) ms.*')
-  rss0=$(field "$mout" '^server memory at start: rss=([0-9]+) KiB.*')
-  rss1=$(field "$mout" '^server memory at end: rss=([0-9]+) KiB.*')
-  row "$label" "C (tally)" "$m" "$p50" "$p99" "$p100" "server rss $((rss0 / 1024))->$((rss1 / 1024)) MiB; runs: ${all[*]}"
-  C_TPS[$key]=$m
+  runs_row "$WORK/c-$key.runs" "$label" "C (tally)" rss
+  [ -n "$ROW_MEDIAN" ] && C_TPS[$key]=$ROW_MEDIAN
 }
 declare -A C_TPS NODE_TPS
 echo "tally benchmark, 1 replica, batch 8189, $CLIENTS clients, $TRANSFERS transfers, $RUNS runs..."
@@ -107,25 +122,17 @@ c_runs single "1 replica, 1 transfer/request (round trip)" 1 --accounts="$ACCOUN
 # --- 3. and 4. The official Node client -----------------------------------------------------
 node_runs() { # node_runs <key> <label> <runs> <flags...>: a fresh server per run
   local key=$1 label=$2 runs=$3; shift 3
-  local all=() i out
+  local i out
   for i in $(seq 1 "$runs"); do
     out=$WORK/node-$key-$i.out
     if ! start_server "$TALLY" "$WORK/node-server" >/dev/null 2>&1; then echo "  run $i: server did not start"; continue; fi
     (cd bench/node && timeout 600 node bench.js --address=127.0.0.1:"$SERVER_PORT" "$@") >"$out" 2>&1; local rc=$?
     stop_server >/dev/null 2>&1; rm -rf "$WORK/node-server"
     if [ $rc -ne 0 ] || ! grep -q '^verify: ok' "$out"; then echo "  run $i FAILED:"; tail -5 "$out" | sed 's/^/    /'; continue; fi
-    local tps; tps=$(field "$out" '^transfers: [0-9]+ transfers in [0-9.]+ s = ([0-9]+) transfers\/s.*')
-    all+=("$tps")
-    echo "  run $i: $tps transfers/s, $(grep '^transfers: batch latency' "$out" | cut -d' ' -f4-)"
-    echo "$tps $out" >>"$WORK/node-$key.runs"
+    record_run "$WORK/node-$key.runs" "$out"
   done
-  if [ ${#all[@]} -eq 0 ]; then row "$label" "Node" "failed" "-" "-" "-" ""; return; fi
-  local m; m=$(median "${all[@]}")
-  local mout; mout=$(awk -v m="$m" '$1 == m { print $2; exit }' "$WORK/node-$key.runs")
-  row "$label" "Node 0.16.66" "$m" "$(field "$mout" '^transfers: batch latency p50=([0-9.]+) ms.*')" \
-    "$(field "$mout" '^transfers: batch latency .* p99=([0-9.]+) ms.*')" \
-    "$(field "$mout" '^transfers: batch latency .* p100=([0-9.]+) ms.*')" "runs: ${all[*]}"
-  NODE_TPS[$key]=$m
+  runs_row "$WORK/node-$key.runs" "$label" "Node 0.16.66"
+  [ -n "$ROW_MEDIAN" ] && NODE_TPS[$key]=$ROW_MEDIAN
 }
 if command -v node >/dev/null && command -v npm >/dev/null; then
   if [ ! -d bench/node/node_modules/tigerbeetle-node ]; then
@@ -168,7 +175,7 @@ cluster_stop() {
 }
 c3_runs() {
   local label=$1 runs=$2; shift 2
-  local all=() i out dir
+  local i out dir
   for i in $(seq 1 "$runs"); do
     dir=$WORK/c3-$i; out=$WORK/c3-$i.out
     if ! cluster_start "$dir"; then
@@ -178,17 +185,9 @@ c3_runs() {
       echo "  run $i FAILED:"; tail -5 "$out" | sed 's/^/    /'; cluster_stop "$dir"; continue
     fi
     cluster_stop "$dir"
-    local tps; tps=$(field "$out" '^transfers: [0-9]+ transfers in [0-9.]+ s = ([0-9]+) transfers\/s.*')
-    all+=("$tps")
-    echo "  run $i: $tps transfers/s, $(grep '^transfers: batch latency' "$out" | cut -d' ' -f4-)"
-    echo "$tps $out" >>"$WORK/c3.runs"
+    record_run "$WORK/c3.runs" "$out"
   done
-  if [ ${#all[@]} -eq 0 ]; then row "$label" "C (tally)" "failed" "-" "-" "-" ""; return; fi
-  local m; m=$(median "${all[@]}")
-  local mout; mout=$(awk -v m="$m" '$1 == m { print $2; exit }' "$WORK/c3.runs")
-  row "$label" "C (tally)" "$m" "$(field "$mout" '^transfers: batch latency p50=([0-9.]+) ms.*')" \
-      "$(field "$mout" '^transfers: batch latency .* p99=([0-9.]+) ms.*')" \
-      "$(field "$mout" '^transfers: batch latency .* p100=([0-9.]+) ms.*')" "runs: ${all[*]}"
+  runs_row "$WORK/c3.runs" "$label" "C (tally)"
 }
 echo "tally benchmark, 3 replicas on loopback, batch 8189, $CLIENTS clients, $TRANSFERS transfers, $RUNS runs..."
 c3_runs "3 replicas, batch 8189" "$RUNS" --accounts="$ACCOUNTS" --transfers="$TRANSFERS" --batch=8189 --clients="$CLIENTS"
