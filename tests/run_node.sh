@@ -7,6 +7,10 @@
 #
 #   TALLY_BIN=path            server binary to test (default: ./tally)
 #   NODE_TEST_CONCURRENCY=n   test files run in parallel (default 2)
+#   TALLY_NODE_TEST_DIR=dir   where the *.test.js files are (default tests/node/test; the cluster
+#                             tests use this runner with tests/cluster)
+#   TALLY_NODE_TIMEOUT=s      bound on the whole run (default 300)
+# Arguments starting with -- are passed to `node --test` (e.g. --test-name-pattern=...).
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 node_dir="$root/tests/node"
@@ -29,22 +33,23 @@ if [ -z "${TALLY_BIN:-}" ] && [ ! -x "$root/tally" ]; then
   if ! make -C "$root" tally; then echo "make failed: ./tally is not available"; finish 0 1; fi
 fi
 
-if [ $# -gt 0 ]; then
-  files=()
-  for f in "$@"; do
-    if [ -f "$f" ]; then files+=("$f"); else files+=("$node_dir/test/$f.test.js"); fi
-  done
-else
-  files=("$node_dir"/test/*.test.js)
-fi
+test_dir=${TALLY_NODE_TEST_DIR:-$node_dir/test}
+files=(); options=()
+for a in "$@"; do
+  case "$a" in
+    --*) options+=("$a") ;;
+    *) if [ -f "$a" ]; then files+=("$a"); else files+=("$test_dir/$a.test.js"); fi ;;
+  esac
+done
+[ ${#files[@]} -gt 0 ] || files=("$test_dir"/*.test.js)
 
 tap=$(mktemp /tmp/tally-node-tap.XXXXXX)
 trap 'rm -f "$tap"' EXIT
 
 # spec output for people, TAP into a file for the counts. Every test has its own timeout; the
 # outer timeout only guards against the runner itself hanging.
-timeout -k 10 300 node --test \
-  --test-concurrency="${NODE_TEST_CONCURRENCY:-2}" \
+timeout -k 10 "${TALLY_NODE_TIMEOUT:-300}" node --test \
+  --test-concurrency="${NODE_TEST_CONCURRENCY:-2}" "${options[@]}" \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$tap" \
   "${files[@]}"
