@@ -5,6 +5,7 @@
  * repairs, and a restarted replica that rejoins. The deterministic simulator (src/sim) covers
  * faults at random; these are the cases spelled out.
  */
+#include "client/client.h"
 #include "ledger/ledger.h"
 #include "lib/log.h"
 #include "test.h"
@@ -433,11 +434,7 @@ static uint32_t accounts_body(uint8_t *body, uint64_t first, uint32_t count)
                 struct wire_account a = {.id = first + i, .ledger = 1, .code = 1};
                 memcpy(body + i * 128, &a, sizeof(a));
         }
-        memset(body + count * 128, 0xFF, 128);
-        uint16_t c = (uint16_t)count, one = 1;
-        memcpy(body + count * 128 + 124, &c, 2);
-        memcpy(body + count * 128 + 126, &one, 2);
-        return (count + 1) * 128;
+        return client_body_single_batch(body, 128, count);
 }
 
 static bool create_accounts(uint8_t to, uint64_t first, uint32_t count, uint32_t ticks)
