@@ -434,8 +434,14 @@ void replica_on_message(struct replica *r, replica_connection connection, struct
 {
         uint8_t command = m->header->command;
         if (wire_command_between_replicas(command)) {
+                /*
+                 * A prepare names its author, not its sender: a new primary retransmits the
+                 * prepares of earlier views as they were, to their authors too.
+                 */
+                bool from_self = m->header->replica == r->config.replica &&
+                                 command != COMMAND_PREPARE;
                 if (r->config.replica_count > 1 && m->header->replica < r->config.replica_count &&
-                    m->header->replica != r->config.replica)
+                    !from_self)
                         replication_on_message(r, connection, m);
                 return;
         }

@@ -659,14 +659,16 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
 static void on_prepare(struct replica *r, struct message *m, int from)
 {
         const struct wire_header *h = m->header;
+        if (from < 0)
+                return;
         if (h->view > r->view) {
                 /* A newer view exists: learn its log before taking part. */
                 if (r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW / 2)
-                        request_start_view(r, h->replica);
+                        request_start_view(r, from);
                 return;
         }
         if (r->status == REPLICA_STATUS_NORMAL && h->view == r->view &&
-            h->replica == replica_primary_index(r, r->view) && !replica_is_primary(r)) {
+            from == (int)replica_primary_index(r, r->view) && !replica_is_primary(r)) {
                 r->primary_heard_tick = r->tick;
                 r->commit_max = MAX(r->commit_max, h->prepare.commit);
         }
@@ -682,7 +684,7 @@ static void on_prepare(struct replica *r, struct message *m, int from)
         }
         if (!accept_prepare(r, m, from)) {
                 if (h->prepare.op > r->op + 1 && r->status == REPLICA_STATUS_NORMAL)
-                        repair(r, h->replica);
+                        repair(r, from);
                 return;
         }
         commit_advance(r);
