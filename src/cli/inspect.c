@@ -115,7 +115,7 @@ int cli_inspect(int argc, char **argv)
                         format_u128(sb->cluster, cluster);
                         printf(",\"copy_in_use\":%d,\"cluster\":\"%s\",\"replica\":%u,"
                                "\"replica_count\":%u,\"format_version\":%u,\"development\":%s,"
-                               "\"sequence\":%llu,\"view\":%u,\"commit\":%llu,"
+                               "\"caught_up\":%s,\"sequence\":%llu,\"view\":%u,\"commit\":%llu,"
                                "\"checkpoint_op\":%llu,\"checkpoint_bytes\":%llu,"
                                "\"checkpoint_interval\":%u,\"wal_slot_count\":%u,"
                                "\"message_size_max\":%u,\"grid_bytes\":%llu,\"file_bytes\":%llu,"
@@ -123,6 +123,7 @@ int cli_inspect(int argc, char **argv)
                                "\"client_replies_offset\":%llu,\"grid_offset\":%llu",
                                chosen, cluster, sb->replica, sb->replica_count,
                                sb->format_version, sb->development ? "true" : "false",
+                               sb->caught_up ? "true" : "false",
                                (unsigned long long)sb->sequence, sb->view,
                                (unsigned long long)sb->commit,
                                (unsigned long long)sb->checkpoint_op,
@@ -153,9 +154,10 @@ int cli_inspect(int argc, char **argv)
                 if (rc != STORAGE_OK)
                         printf("problem: %s (%s)\n", error, storage_error_name(rc));
                 if (sb != NULL) {
-                        printf("format version %u%s; checkpoint every %u ops; message size "
+                        printf("format version %u%s%s; checkpoint every %u ops; message size "
                                "max %u\n",
                                sb->format_version, sb->development ? ", development" : "",
+                               sb->caught_up ? "" : ", fresh (not yet caught up with its cluster)",
                                sb->checkpoint_interval, sb->message_size_max);
                         printf("zones: superblock 0+%u, wal headers %llu+%llu, wal prepares "
                                "%llu+%llu, client replies %llu+%llu, grid %llu+%llu; file "

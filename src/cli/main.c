@@ -21,7 +21,7 @@ static const char usage[] =
         "[--id-order=sequential|random] [--query-count=<n>] [--seed=<n>]\n"
         "  tally sim [--seed=<n>] [--replicas=1..6] [--clients=<n>] [--ticks=<n>] "
         "[--liveness-ticks=<n>] [--faults=all|none|<list>] [--verbose] "
-        "[--peer-message-size-max=<bytes>] [--fresh-without-checkpoint]\n"
+        "[--peer-message-size-max=<bytes>]\n"
         "\n"
         "addresses: 3000 (port on 127.0.0.1), 127.0.0.1:3000, [::1]:3000, host.name:3000\n";
 

@@ -53,7 +53,6 @@ int cli_sim(int argc, char **argv)
                 {.name = "faults", .kind = FLAG_STRING},
                 {.name = "verbose", .kind = FLAG_SWITCH},
                 {.name = "peer-message-size-max", .kind = FLAG_U64},
-                {.name = "fresh-without-checkpoint", .kind = FLAG_SWITCH},
         };
         char error[512];
         uint32_t positional_count = 0;
@@ -71,7 +70,6 @@ int cli_sim(int argc, char **argv)
                 .faults = SIM_FAULTS_ALL,
                 .verbose = flags[6].present,
                 .peer_message_size_max = (uint32_t)MIN(flags[7].u64, 1u << 20),
-                .fresh_without_checkpoint = flags[8].present,
         };
         if (flags[1].present && (flags[1].u64 < 1 || flags[1].u64 > SIM_REPLICAS_MAX)) {
                 cli_error("sim: --replicas must be 1..%u", SIM_REPLICAS_MAX);
@@ -96,9 +94,6 @@ int cli_sim(int argc, char **argv)
         if (options.peer_message_size_max != 0)
                 snprintf(peer_size, sizeof(peer_size), " --peer-message-size-max=%u",
                          options.peer_message_size_max);
-        if (options.fresh_without_checkpoint)
-                strncat(peer_size, " --fresh-without-checkpoint",
-                        sizeof(peer_size) - strlen(peer_size) - 1);
         snprintf(replay_line, sizeof(replay_line),
                  "replay: tally sim --seed=%llu --replicas=%u --clients=%u --ticks=%llu "
                  "--liveness-ticks=%llu --faults=%s%s\n",

@@ -139,7 +139,7 @@ static bool env_view_write(void *context, const struct replica_view_state *state
 {
         struct server *s = context;
         return storage_write_view(&s->storage, state->view, state->log_view, state->anchor_op,
-                                  state->anchor_checksum, done, replica);
+                                  state->anchor_checksum, state->fresh, done, replica);
 }
 
 static int64_t env_checkpoint_read(void *context, uint64_t offset, uint8_t *into,
@@ -191,7 +191,7 @@ static int recover(struct server *s, char *error, size_t error_size)
                 .log_view = sb->log_view,
                 .view_anchor_op = sb->view_anchor_op,
                 .view_anchor_checksum = sb->view_anchor_checksum,
-                .fresh = sb->commit == 0 && sb->checkpoint_op == 0,
+                .fresh = sb->caught_up == 0,
                 .context = s,
                 .read_reply = read_reply,
                 .read_header = read_header,

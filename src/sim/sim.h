@@ -57,12 +57,6 @@ struct sim_options {
         /* Largest replica-to-replica message the receiving bus accepts; 0: the request size
          * limit, as the bus's message_size_max. Larger only to look past that check. */
         uint32_t peer_message_size_max;
-        /*
-         * What replica_durable.fresh says. false: only a disk the simulator wiped, until it
-         * caught up (a replica formatted with the cluster joined it at the start). true: as
-         * start.c reads it from the superblock today, any disk without a checkpoint.
-         */
-        bool fresh_without_checkpoint;
 };
 
 struct sim_report {

@@ -48,6 +48,7 @@ void sim_disk_format(struct sim *sim, struct sim_disk *disk)
         tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
         disk->view = 0;
         disk->log_view = 0;
+        disk->caught_up = false;
         disk->anchor_op = 0;
         disk->anchor_checksum = 0;
         disk->checkpoint_present = false;
@@ -197,16 +198,14 @@ static bool read_prepare(void *context, uint32_t slot, const struct wire_header 
 void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable,
                       uint8_t *blob, uint64_t blob_capacity)
 {
+        (void)sim;
         struct sim_disk *disk = &sr->disk;
         memset(durable, 0, sizeof(*durable));
         durable->view = disk->view;
         durable->log_view = disk->log_view;
         durable->view_anchor_op = disk->anchor_op;
         durable->view_anchor_checksum = disk->anchor_checksum;
-        /* Formatted into a running cluster and never caught up; or, as start.c reads its
-         * superblock today, any disk without a checkpoint (sim.h). */
-        durable->fresh = sim->options.fresh_without_checkpoint ? !disk->checkpoint_present
-                                                                : disk->wiped;
+        durable->fresh = !disk->caught_up; /* as the superblock's caught_up */
         durable->context = sr;
         durable->read_reply = read_reply;
         durable->read_header = read_header;
@@ -304,6 +303,7 @@ bool sim_env_view_write(void *context, const struct replica_view_state *state,
         disk->log_view_next = log_view;
         disk->anchor_op_next = state->anchor_op;
         disk->anchor_checksum_next = state->anchor_checksum;
+        disk->caught_up_next = !state->fresh;
         disk->view_at_ns = sim->now_ns + sim_prng_range(&sim->prng, 1, 5) * SIM_NS_PER_MS;
         disk->view_done = done;
         disk->view_done_context = replica;
@@ -419,6 +419,7 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
                 disk->log_view = disk->log_view_next;
                 disk->anchor_op = disk->anchor_op_next;
                 disk->anchor_checksum = disk->anchor_checksum_next;
+                disk->caught_up = disk->caught_up_next;
                 disk->view_done(disk->view_done_context);
         }
         if (!sim->failed && sr->up && disk->checkpoint_pending &&
@@ -496,6 +497,7 @@ void sim_disk_crash(struct sim *sim, struct sim_replica *sr)
                 disk->log_view = disk->log_view_next;
                 disk->anchor_op = disk->anchor_op_next;
                 disk->anchor_checksum = disk->anchor_checksum_next;
+                disk->caught_up = disk->caught_up_next;
         }
         disk->view_pending = false;
         if (disk->checkpoint_pending)

@@ -60,6 +60,7 @@ struct sim_disk {
         uint32_t log_view;
         uint64_t anchor_op;
         u128 anchor_checksum;
+        bool caught_up; /* the superblock's caught_up: false as formatted */
         bool checkpoint_present;
         struct sim_blob checkpoint;
         uint64_t checkpoint_op;
@@ -82,6 +83,7 @@ struct sim_disk {
         uint32_t log_view_next;
         uint64_t anchor_op_next;
         u128 anchor_checksum_next;
+        bool caught_up_next;
         uint64_t view_at_ns;
         void (*view_done)(void *replica);
         void *view_done_context;

@@ -900,8 +900,8 @@ static void on_view_io(struct io_completion *completion, int32_t result)
 }
 
 bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
-                        uint64_t anchor_op, u128 anchor_checksum, void (*done)(void *context),
-                        void *context)
+                        uint64_t anchor_op, u128 anchor_checksum, bool fresh,
+                        void (*done)(void *context), void *context)
 {
         if (storage->failed || storage->view_write_active || storage->checkpoint.active)
                 return false;
@@ -915,6 +915,7 @@ bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_vie
         next.log_view = log_view;
         next.view_anchor_op = anchor_op;
         next.view_anchor_checksum = anchor_checksum;
+        next.caught_up = fresh ? 0 : 1;
         storage->view_write_pending = SUPERBLOCK_COPIES;
         for (uint32_t copy = 0; copy < SUPERBLOCK_COPIES; copy++) {
                 storage->view_copies[copy] = next;

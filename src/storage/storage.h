@@ -44,7 +44,12 @@ struct superblock {
         uint8_t replica;
         uint8_t replica_count;
         uint8_t development;
-        uint8_t reserved_0[5];
+        /*
+         * 1 once the replica has caught up with its cluster since it was formatted; 0 (as
+         * formatted) means fresh: it may have lost acknowledged ops with an earlier data file.
+         */
+        uint8_t caught_up;
+        uint8_t reserved_0[4];
         uint32_t view;
         uint32_t log_view;
         uint64_t commit;        /* highest op known committed when this copy was written */
@@ -247,12 +252,13 @@ bool storage_checkpoint_start(struct storage *storage,
                               const struct storage_checkpoint_request *request);
 
 /*
- * Persists view and log_view in every superblock copy (sequence + 1), then syncs; `done` runs
- * once durable. False while a checkpoint or another superblock write is in flight: retry.
+ * Persists view, log_view, the log anchor and whether the replica is fresh in every
+ * superblock copy (sequence + 1), then syncs; `done` runs once durable. False while a
+ * checkpoint or another superblock write is in flight: retry.
  */
 bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
-                        uint64_t anchor_op, u128 anchor_checksum, void (*done)(void *context),
-                        void *context);
+                        uint64_t anchor_op, u128 anchor_checksum, bool fresh,
+                        void (*done)(void *context), void *context);
 
 /* A range of the durable checkpoint's blob (state sync); bytes copied or -1. Synchronous. */
 int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,

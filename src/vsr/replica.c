@@ -978,6 +978,7 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
         r->view_durable = d->view;
         r->log_view_durable = d->log_view;
         r->fresh = d->fresh;
+        r->fresh_durable = d->fresh;
         if (d->checkpoint_blob != NULL &&
             replica_restore(r, d->checkpoint_blob, d->checkpoint_size, d->checkpoint_op,
                             d->checkpoint_prepare_checksum, d->checkpoint_timestamp,

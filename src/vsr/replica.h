@@ -39,6 +39,8 @@ struct replica_view_state {
         uint32_t log_view;
         uint64_t anchor_op;
         u128 anchor_checksum;
+        /* Formatted into the cluster and not yet caught up with it (see replica.fresh). */
+        bool fresh;
 };
 
 /* A session's reply that a checkpoint must make durable, in its reply slot. */
@@ -123,7 +125,7 @@ struct replica_durable {
         uint32_t log_view;
         uint64_t view_anchor_op;
         u128 view_anchor_checksum;
-        /* Formatted and never joined a cluster with data: must not vote until it has synced. */
+        /* Formatted and not yet caught up with the cluster (persisted with the view state). */
         bool fresh;
         const uint8_t *checkpoint_blob; /* NULL: no checkpoint yet */
         uint64_t checkpoint_size;
@@ -241,7 +243,17 @@ struct replica {
         uint64_t anchor_op_writing;
         uint64_t anchor_op_durable;
         u128 anchor_checksum;
-        bool fresh; /* formatted and never joined: must not count towards a view change */
+        /*
+         * Formatted (maybe re-formatted after losing its data file) and not yet caught up:
+         * it may have acknowledged ops in an earlier life that it no longer holds, so it does
+         * not count towards a view change, and it joins only a view at least as new as any
+         * that enough peers report (fresh_heard, fresh_view_floor) — its lost promises.
+         */
+        bool fresh;
+        bool fresh_durable;
+        bool fresh_writing;
+        uint8_t fresh_heard;       /* peers whose current view this fresh replica heard */
+        uint32_t fresh_view_floor; /* the highest of those views */
         uint64_t op;         /* highest op whose header is in the journal */
         uint64_t commit;     /* highest op executed */
         uint64_t commit_max; /* highest op known committed by the cluster */

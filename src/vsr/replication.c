@@ -191,8 +191,8 @@ void replication_open(struct replica *r)
          * this replica never goes back to an older view). */
         r->status = REPLICA_STATUS_RECOVERING;
         r->view_change_tick = r->tick;
-        /* Fresh means an empty log: nothing here may ever have been acknowledged. */
-        r->fresh = r->fresh && r->op == 0 && r->commit == 0;
+        r->fresh_heard = 0;
+        r->fresh_view_floor = 0;
         /*
          * Even a brand-new replica waits: it cannot tell a new cluster from one that went on
          * without it (a re-formatted replica), and acting as primary of view 0 in a cluster
@@ -698,6 +698,8 @@ static void on_prepare_ok(struct replica *r, struct message *m)
         pipeline_ok(r, h->prepare_ok.op, h->prepare_ok.prepare_checksum, h->replica);
 }
 
+static void view_persist(struct replica *r);
+
 /*
  * A fresh (wiped) replica may have acknowledged ops before it lost its disk; it counts in view
  * changes again only once it holds everything the cluster has committed.
@@ -707,6 +709,7 @@ static void fresh_check(struct replica *r)
         if (r->fresh && r->status == REPLICA_STATUS_NORMAL && r->commit >= r->commit_max) {
                 r->fresh = false;
                 log_info("caught up with the cluster commit=%llu", (unsigned long long)r->commit);
+                view_persist(r);
         }
 }
 
@@ -845,6 +848,7 @@ static void on_view_written(void *context)
         r->view_durable = r->view_writing;
         r->log_view_durable = r->log_view_writing;
         r->anchor_op_durable = r->anchor_op_writing;
+        r->fresh_durable = r->fresh_writing;
         if (r->start_view_pending)
                 start_view_maybe_finish(r);
         else if (r->status == REPLICA_STATUS_VIEW_CHANGE)
@@ -865,16 +869,18 @@ static void view_persist(struct replica *r)
         if (r->view_write_in_flight || r->env.view_write == NULL)
                 return;
         if (r->view_durable == r->view && r->log_view_durable == r->log_view &&
-            r->anchor_op_durable == r->anchor_op)
+            r->anchor_op_durable == r->anchor_op && r->fresh_durable == r->fresh)
                 return;
         r->view_writing = r->view;
         r->log_view_writing = r->log_view;
         r->anchor_op_writing = r->anchor_op;
+        r->fresh_writing = r->fresh;
         struct replica_view_state state = {
                 .view = r->view,
                 .log_view = r->log_view,
                 .anchor_op = r->anchor_op,
                 .anchor_checksum = r->anchor_checksum,
+                .fresh = r->fresh,
         };
         r->view_write_in_flight = true;
         if (!r->env.view_write(r->env.context, &state, on_view_written, r))
@@ -905,13 +911,28 @@ static void view_change_start(struct replica *r, uint32_t view)
         send_do_view_change(r);
 }
 
-static void send_start_view_change(struct replica *r, uint32_t view)
+/*
+ * A start_view_change either proposes `view` (a vote; the sender moves only with a quorum) or,
+ * with SVC_JOINED, says the sender is in `view` already, which took a quorum's votes. A peer
+ * still in an older view joins it then: otherwise a replica that entered a view the others
+ * missed (their vote quorum met only at that replica, or it restarted into it) waits forever
+ * while they keep a primary it cannot go back to.
+ */
+#define SVC_JOINED 1u
+
+static void send_start_view_change_as(struct replica *r, uint32_t view, uint8_t flags)
 {
         struct message *m = header_only(r, COMMAND_START_VIEW_CHANGE);
         if (m == NULL)
                 return;
         m->header->view = view;
+        m->header->raw[0] = flags;
         finish_and_send(r, m, -1);
+}
+
+static void send_start_view_change(struct replica *r, uint32_t view)
+{
+        send_start_view_change_as(r, view, 0);
 }
 
 /* Records a vote for `view` and moves to it once a quorum wants it. */
@@ -933,6 +954,12 @@ static void svc_vote(struct replica *r, uint32_t view, uint8_t from)
 static void on_start_view_change(struct replica *r, struct message *m)
 {
         const struct wire_header *h = m->header;
+        if ((h->raw[0] & SVC_JOINED) && h->view > r->view && !r->sync.active) {
+                log_info("joining a view change in progress view=%u from=%u", h->view,
+                         h->replica);
+                view_change_start(r, h->view);
+                return;
+        }
         svc_vote(r, h->view, h->replica);
         /* Join if our own primary is silent too (or we are in a view change ourselves). */
         bool silent = r->status != REPLICA_STATUS_NORMAL ||
@@ -1128,7 +1155,6 @@ static void dvc_quorum_check(struct replica *r)
             r->start_view_pending)
                 return;
         uint32_t count = 0, settled = 0;
-        bool all_empty = true;
         const struct message *best = NULL;
         uint64_t best_op = 0, best_log_view = 0, commit_max = r->commit_max;
         uint64_t checkpoint_max = 0;
@@ -1144,8 +1170,6 @@ static void dvc_quorum_check(struct replica *r)
                 count++;
                 if (!fresh)
                         settled++;
-                if (op != 0)
-                        all_empty = false;
                 commit_max = MAX(commit_max, cmax);
                 if (best == NULL || log_view > best_log_view ||
                     (log_view == best_log_view && op > best_op)) {
@@ -1155,13 +1179,14 @@ static void dvc_quorum_check(struct replica *r)
                 }
         }
         /*
-         * A wiped replica's empty log must not outvote a log that may hold commits. Empty,
-         * fresh logs decide only when every replica reports one: a new cluster. (A quorum of
-         * empty logs could be a wiped replica and one that never heard anything, while the
-         * committed ops live on the replica that is missing.)
+         * A wiped replica's log must not outvote a log that may hold commits, so a quorum
+         * counts only replicas that are not fresh. (A quorum of a wiped replica and one that
+         * never heard anything could miss the committed ops that live on the replica that is
+         * missing.) When every replica reports, nothing that survives anywhere is missing:
+         * that is how a new cluster, all fresh, elects its first primary.
          */
-        bool new_cluster = all_empty && count == r->config.replica_count;
-        if (count < replica_quorum(r) || (settled < replica_quorum(r) && !new_cluster))
+        bool everyone = count == r->config.replica_count;
+        if (count < replica_quorum(r) || (settled < replica_quorum(r) && !everyone))
                 return;
         /*
          * So far behind that the ops we lack may be in no journal any more (only in a peer's
@@ -1213,12 +1238,50 @@ static void on_do_view_change(struct replica *r, struct message *m)
         dvc_quorum_check(r);
 }
 
+/*
+ * What a fresh replica learns of its peers' views. It may have promised a view before it lost
+ * its data file; every view that took its promise also took those of quorum - 1 others, so
+ * hearing n - quorum + 1 peers includes one of them, and a view at least as new as theirs is
+ * one it may join. A message names its sender's current view, except a prepare (the view it
+ * was first prepared in) and a start_view_change vote (the view proposed).
+ */
+static void fresh_hear(struct replica *r, uint8_t from, const struct message *m)
+{
+        const struct wire_header *h = m->header;
+        if (h->command == COMMAND_PREPARE ||
+            (h->command == COMMAND_START_VIEW_CHANGE && !(h->raw[0] & SVC_JOINED)))
+                return;
+        r->fresh_heard |= (uint8_t)(1u << from);
+        r->fresh_view_floor = MAX(r->fresh_view_floor, h->view);
+}
+
+static bool fresh_may_join(const struct replica *r, uint32_t view)
+{
+        uint32_t needed = r->config.replica_count - replica_quorum(r) + 1;
+        return bits(r->fresh_heard) >= needed && view >= r->fresh_view_floor;
+}
+
+static void on_ping(struct replica *r, int from)
+{
+        struct message *m = header_only(r, COMMAND_PONG);
+        if (m != NULL && from >= 0)
+                finish_and_send(r, m, from);
+        else if (m != NULL)
+                message_unref(r->pool, m);
+}
+
 static void on_start_view(struct replica *r, struct message *m)
 {
         const struct wire_header *h = m->header;
         if (h->view < r->view || h->replica != replica_primary_index(r, h->view) ||
             h->replica == r->config.replica)
                 return;
+        if (r->fresh && !fresh_may_join(r, h->view)) {
+                log_debug("start_view not taken: fresh, peers' views not known yet view=%u "
+                          "heard=%x floor=%u",
+                          h->view, r->fresh_heard, r->fresh_view_floor);
+                return;
+        }
         if (h->view == r->view && r->status == REPLICA_STATUS_NORMAL && r->log_view == h->view) {
                 /* Already in this view: only fill gaps. */
                 r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
@@ -1264,7 +1327,12 @@ void replication_on_message(struct replica *r, replica_connection connection,
         int from = r->env.connection_replica != NULL
                            ? r->env.connection_replica(r->env.context, connection)
                            : -1;
+        if (r->fresh && from >= 0)
+                fresh_hear(r, (uint8_t)from, m);
         switch (m->header->command) {
+        case COMMAND_PING:
+                on_ping(r, from);
+                break;
         case COMMAND_PREPARE:
                 on_prepare(r, m, from);
                 break;
@@ -1301,7 +1369,7 @@ void replication_on_message(struct replica *r, replica_connection connection,
                 sync_on_message(r, m);
                 break;
         default:
-                break; /* ping and the rest: connection keep-alive only */
+                break; /* pong and the rest: connection keep-alive only */
         }
 }
 
@@ -1353,6 +1421,12 @@ void replication_tick(struct replica *r)
         r->tick++;
         view_persist(r);
         sync_tick(r);
+        if (r->fresh && r->status != REPLICA_STATUS_NORMAL && r->config.replica_count > 1 &&
+            r->tick % TICKS_REQUEST_START_VIEW == 0) {
+                struct message *m = header_only(r, COMMAND_PING);
+                if (m != NULL)
+                        finish_and_send(r, m, -1); /* peers answer with their views */
+        }
         if (r->config.replica_count == 1) {
                 replication_prepare_pump(r);
                 pulse_maybe(r);
@@ -1380,8 +1454,11 @@ void replication_tick(struct replica *r)
                         svc_vote(r, r->view + 1, r->config.replica);
                         break;
                 }
-                if (r->tick % 10 == 0)
+                if (r->tick % 10 == 0) {
                         send_do_view_change(r);
+                        if (r->view_durable == r->view)
+                                send_start_view_change_as(r, r->view, SVC_JOINED);
+                }
                 if (replica_is_primary(r)) {
                         dvc_quorum_check(r);
                         if (r->start_view_pending) {
@@ -1394,6 +1471,9 @@ void replication_tick(struct replica *r)
         case REPLICA_STATUS_RECOVERING:
                 if (r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW)
                         request_start_view(r, -1);
+                /* Restarted during a view change: its view may be one the others missed. */
+                if (r->view > r->log_view && r->view_durable == r->view && r->tick % 10 == 0)
+                        send_start_view_change_as(r, r->view, SVC_JOINED);
                 /* Nobody answers: every replica restarted (or a new cluster); decide a view. */
                 if (r->tick - r->view_change_tick >= 2 * TICKS_PRIMARY_SILENT &&
                     r->tick % 10 == 0) {
