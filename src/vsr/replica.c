@@ -681,6 +681,9 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
                 return;
         if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick)
                 return;
+        /* State sync receives the peer's checkpoint into the same buffer; it installs one. */
+        if (r->sync.active)
+                return;
         struct replica_checkpoint *cp = &r->checkpoint;
         uint64_t started_ns = r->env.realtime_ns(r->env.context); /* for the log line only */
         memset(cp, 0, sizeof(*cp));
@@ -1080,7 +1083,15 @@ static int install_read_reply(void *context, uint32_t slot, u128 reply_checksum,
 int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint64_t op,
                     u128 prepare_checksum, uint64_t timestamp, struct message **replies)
 {
+        tally_assert(!r->checkpoint_in_progress);
+        /*
+         * Which slot of each entry's pair our durable checkpoint uses: the installed replies
+         * must be written to the other one, or a crash before the new superblock would leave
+         * the old checkpoint naming an overwritten reply. (The peer's slots say nothing here.)
+         */
+        uint32_t durable_slot[REPLICA_CLIENTS_MAX];
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                durable_slot[i] = r->clients[i].reply_slot;
                 if (r->clients[i].reply != NULL)
                         message_unref(r->pool, r->clients[i].reply);
                 memset(&r->clients[i], 0, sizeof(r->clients[i]));
@@ -1119,8 +1130,10 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
                 r->op = keep;
                 r->parent = chain;
         }
-        /* The replies came from the peer's slots; ours must be written with the checkpoint. */
+        /* The replies came from the peer's slots; ours must be written with the checkpoint
+         * (which moves each to the other slot of its pair). */
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                r->clients[i].reply_slot = durable_slot[i];
                 if (r->clients[i].used)
                         r->clients[i].reply_dirty = true;
         }
