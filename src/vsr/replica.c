@@ -562,6 +562,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                         entry = client_find(r, p->prepare.client);
         }
         r->commit = p->prepare.op;
+        r->commit_checksum = p->checksum;
         if (r->commit_max < r->commit)
                 r->commit_max = r->commit;
         r->stats.commits++;
@@ -829,6 +830,7 @@ int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
         }
         r->op = checkpoint_op;
         r->commit = checkpoint_op;
+        r->commit_checksum = prepare_checksum;
         r->commit_max = checkpoint_op;
         r->parent = prepare_checksum;
         r->timestamp_last = timestamp;
@@ -1116,6 +1118,7 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
         }
         r->op = 0;
         r->commit = 0;
+        r->commit_checksum = 0;
         r->commit_max = 0;
         r->timestamp_last = 0;
         r->pending_create_events = 0;

@@ -256,6 +256,7 @@ struct replica {
         uint32_t fresh_view_floor; /* the highest of those views */
         uint64_t op;         /* highest op whose header is in the journal */
         uint64_t commit;     /* highest op executed */
+        u128 commit_checksum; /* checksum of the prepare at `commit` (0 before any) */
         uint64_t commit_max; /* highest op known committed by the cluster */
         u128 parent;         /* checksum of the prepare at `op` */
         uint64_t timestamp_last;

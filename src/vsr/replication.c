@@ -1023,6 +1023,9 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
         if (last != NULL) {
                 r->parent = last->checksum;
                 r->timestamp_last = MAX(r->timestamp_last, last->prepare.timestamp);
+        } else if (r->op == r->commit) {
+                /* The log ends at the last executed op (a checkpoint's, not journaled). */
+                r->parent = r->commit_checksum;
         }
 }
 
@@ -1110,8 +1113,8 @@ static void truncate_unrecoverable(struct replica *r)
                 u128 parent;
                 if (before != NULL)
                         parent = before->checksum;
-                else if (op - 1 == r->checkpoint_op_durable && op - 1 == r->commit)
-                        parent = r->checkpoint_checksum_durable;
+                else if (op - 1 == r->commit)
+                        parent = r->commit_checksum;
                 else
                         return;
                 log_info("log truncated: ops never acknowledged by a quorum op=%llu to=%llu "
