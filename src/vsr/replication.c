@@ -591,12 +591,18 @@ static void repair(struct replica *r, int target)
                 } request = {.checksum = want, .op = op};
                 memcpy(m->header->raw, &request, sizeof(request));
                 r->stats.repairs_requested++;
+                /*
+                 * Every other round, and always instead of ourselves, rotate over the peers:
+                 * the one we would ask may have lost its copy (a committed op it no longer
+                 * needs, so it never repairs it).
+                 */
+                uint64_t round = r->tick / TICKS_REPAIR;
                 int to = target;
                 if (to < 0)
                         to = replica_primary_index(r, r->view);
-                if (to == r->config.replica) /* rotate over the peers, round after round */
+                if (to == r->config.replica || round % 2 == 1)
                         to = (r->config.replica + 1 +
-                              (int)((op + r->tick / TICKS_REPAIR) % (r->config.replica_count - 1))) %
+                              (int)((op + round / 2) % (r->config.replica_count - 1))) %
                              r->config.replica_count;
                 finish_and_send(r, m, to);
                 asked++;
