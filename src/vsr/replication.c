@@ -217,7 +217,8 @@ bool replication_prepare(struct replica *r, const struct message *request,
                          replica_connection connection)
 {
         (void)connection;
-        if (r->pipeline_count == REPLICA_PIPELINE_MAX)
+        /* New ops only after the log this view started with: the pipeline commits in order. */
+        if (r->pipeline_count == REPLICA_PIPELINE_MAX || r->suffix_next != 0)
                 return false;
         /* The journal slot of the next op must not hold an op the durable checkpoint lacks. */
         if (r->op + 1 >= r->checkpoint_op_durable + r->config.wal_slot_count) {
@@ -678,10 +679,17 @@ static void on_prepare(struct replica *r, struct message *m, int from)
                 r->primary_heard_tick = r->tick;
                 r->commit_max = MAX(r->commit_max, h->prepare.commit);
         }
-        if (replica_is_primary(r) && r->status == REPLICA_STATUS_NORMAL)
-                return;
         if (h->prepare.op <= r->commit)
                 return;
+        if (replica_is_primary(r) && r->status == REPLICA_STATUS_NORMAL) {
+                /* Only a repair of our own log: an op of the suffix our journal lost. */
+                const struct wire_header *mine = journal_header(r, h->prepare.op);
+                enum replica_slot_state st = journal_state_of(r, h->prepare.op);
+                if (mine != NULL && mine->checksum == h->checksum &&
+                    (st == SLOT_MISSING || st == SLOT_FAULTY))
+                        accept_prepare(r, m, from);
+                return;
+        }
         const struct wire_header *existing = journal_header(r, h->prepare.op);
         if (existing != NULL && existing->checksum == h->checksum &&
             r->journal_state[replica_slot(r, h->prepare.op)] == SLOT_DURABLE) {
@@ -1395,7 +1403,7 @@ void replica_on_peer_connected(struct replica *r, uint8_t replica)
 
 static void pulse_maybe(struct replica *r)
 {
-        if (r->pipeline_count != 0 || r->queue_count != 0)
+        if (r->pipeline_count != 0 || r->queue_count != 0 || r->suffix_next != 0)
                 return;
         uint64_t now = r->env.realtime_ns(r->env.context);
         if (ledger_pulse_needed(r->ledger,
@@ -1405,6 +1413,9 @@ static void pulse_maybe(struct replica *r)
 
 static void tick_primary(struct replica *r)
 {
+        /* A suffix op our journal lost (found when the pipeline loads it) comes from a peer. */
+        if (r->suffix_next != 0 && r->tick - r->repair_tick >= TICKS_REPAIR)
+                repair(r, -1);
         if (r->config.replica_count > 1) {
                 if (r->tick - r->heartbeat_sent_tick >= TICKS_HEARTBEAT)
                         send_commit(r);
