@@ -103,6 +103,8 @@ int cli_inspect(int argc, char **argv)
                 printf("{\"path\":\"%s\",\"status\":\"%s\"", path, storage_error_name(rc));
                 if (rc != STORAGE_OK)
                         printf(",\"error\":\"%s\"", error);
+                else if (storage.checkpoint_problem[0] != '\0')
+                        printf(",\"checkpoint_problem\":\"%s\"", storage.checkpoint_problem);
                 printf(",\"superblock_copies\":[");
                 for (uint32_t i = 0; i < SUPERBLOCK_COPIES; i++) {
                         printf("%s{\"copy\":%u,\"valid\":%s,\"sequence\":%llu}", i ? "," : "", i,
@@ -153,6 +155,10 @@ int cli_inspect(int argc, char **argv)
                         print_copy_text(i, &copies[i], valid[i], (int)i == chosen);
                 if (rc != STORAGE_OK)
                         printf("problem: %s (%s)\n", error, storage_error_name(rc));
+                else if (storage.checkpoint_problem[0] != '\0')
+                        printf("problem: %s; a replica of a cluster starts without its state "
+                               "and copies a peer's checkpoint\n",
+                               storage.checkpoint_problem);
                 if (sb != NULL) {
                         printf("format version %u%s%s; checkpoint every %u ops; message size "
                                "max %u\n",

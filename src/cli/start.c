@@ -199,10 +199,17 @@ static int recover(struct server *s, char *error, size_t error_size)
         };
         if (sb->manifest_address != 0) {
                 uint8_t *blob = s->replica.checkpoint_buffer;
-                if (storage_read_checkpoint(&s->storage, blob,
-                                            s->replica.config.checkpoint_buffer_size, error,
-                                            error_size) != 0)
-                        return -1;
+                int rc = storage_read_checkpoint(&s->storage, blob,
+                                                 s->replica.config.checkpoint_buffer_size, error,
+                                                 error_size);
+                if (rc != 0) {
+                        if (rc != STORAGE_CHECKPOINT_DAMAGED ||
+                            s->replica.config.replica_count == 1)
+                                return -1;
+                        /* A peer has the same state: the replica copies it (state sync). */
+                        log_error("checkpoint unreadable: %s", error);
+                        durable.checkpoint_lost = true;
+                }
                 durable.checkpoint_blob = blob;
                 durable.checkpoint_size = sb->checkpoint_size;
                 durable.checkpoint_op = sb->checkpoint_op;
@@ -211,6 +218,8 @@ static int recover(struct server *s, char *error, size_t error_size)
         }
         if (replica_open(&s->replica, &durable, error, error_size) != 0)
                 return -1;
+        if (s->replica.checkpoint_lost)
+                storage_checkpoint_distrust(&s->storage);
         log_info("recovery took duration_ms=%llu",
                  (unsigned long long)((io_monotonic_ns() - started) / 1000000));
         return 0;

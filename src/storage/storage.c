@@ -163,6 +163,8 @@ static uint64_t grid_block_offset(const struct storage *storage, uint64_t addres
         return storage->superblock.grid_offset + (address - 1) * (uint64_t)GRID_BLOCK_SIZE;
 }
 
+static int manifest_read(struct storage *storage, char *error, size_t error_size);
+
 /* Reads the current checkpoint's manifest and marks its blocks used. */
 static int grid_open(struct storage *storage, char *error, size_t error_size)
 {
@@ -188,6 +190,20 @@ static int grid_open(struct storage *storage, char *error, size_t error_size)
         storage->grid_block_count = sb->grid_size / GRID_BLOCK_SIZE;
         if (sb->manifest_address == 0)
                 return 0;
+        if (manifest_read(storage, error, error_size) == 0)
+                return 0;
+        if (sb->replica_count == 1)
+                return -1;
+        /* A peer holds the same state; the replica will copy it (see checkpoint_problem). */
+        snprintf(storage->checkpoint_problem, sizeof(storage->checkpoint_problem), "%s", error);
+        storage->manifest_entry_count = 0;
+        memset(storage->grid_used, 0, GRID_BLOCKS_MAX / 8);
+        return 0;
+}
+
+static int manifest_read(struct storage *storage, char *error, size_t error_size)
+{
+        const struct superblock *sb = &storage->superblock;
         if (sb->manifest_address > storage->grid_block_count ||
             sb->manifest_size < sizeof(struct grid_manifest_header) ||
             sb->manifest_size > GRID_BLOCK_SIZE) {
@@ -773,6 +789,10 @@ int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t cap
                             char *error, size_t error_size)
 {
         const struct superblock *sb = &storage->superblock;
+        if (storage->checkpoint_problem[0] != '\0') {
+                snprintf(error, error_size, "%s", storage->checkpoint_problem);
+                return STORAGE_CHECKPOINT_DAMAGED;
+        }
         if (sb->checkpoint_size > capacity) {
                 snprintf(error, error_size,
                          "checkpoint of %llu bytes does not fit in the ledger's %llu bytes; "
@@ -793,14 +813,15 @@ int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t cap
                                  "checkpoint_op %llu)",
                                  i, (unsigned long long)e->address,
                                  (unsigned long long)sb->checkpoint_op);
-                        return -1;
+                        return STORAGE_CHECKPOINT_DAMAGED;
                 }
                 offset += e->size;
         }
         if (offset != sb->checkpoint_size) {
-                snprintf(error, error_size, "checkpoint is %llu bytes, manifest covers %llu",
+                snprintf(error, error_size, "checkpoint is %llu bytes, manifest covers %llu "
+                         "(zone grid)",
                          (unsigned long long)sb->checkpoint_size, (unsigned long long)offset);
-                return -1;
+                return STORAGE_CHECKPOINT_DAMAGED;
         }
         return 0;
 }
@@ -929,6 +950,13 @@ bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_vie
                          sizeof(struct superblock), (uint64_t)copy * SUPERBLOCK_COPY_SIZE);
         }
         return true;
+}
+
+void storage_checkpoint_distrust(struct storage *storage)
+{
+        tally_assert(!storage->checkpoint.active);
+        /* Its blocks stay allocated until the next checkpoint replaces it. */
+        storage->manifest_entry_count = 0;
 }
 
 int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,

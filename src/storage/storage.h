@@ -211,6 +211,12 @@ struct storage {
         struct grid_manifest_entry *manifest_entries; /* of the current checkpoint */
         const uint8_t **manifest_entry_data; /* stable memory each block was written from */
         uint32_t manifest_entry_count;
+        /*
+         * A cluster replica's data file may name a checkpoint whose manifest is unreadable:
+         * it opens anyway (a peer has the same state) and this says why the checkpoint is not
+         * there; empty otherwise. A single replica's open fails instead.
+         */
+        char checkpoint_problem[256];
         struct storage_checkpoint checkpoint;
         uint64_t checkpoints;
         /* A view-state superblock write. */
@@ -260,11 +266,22 @@ bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_vie
                         uint64_t anchor_op, u128 anchor_checksum, bool fresh,
                         void (*done)(void *context), void *context);
 
+/*
+ * The durable checkpoint turned out unreadable (its replica starts without it): the next
+ * checkpoint shares none of its blocks, writing every block afresh.
+ */
+void storage_checkpoint_distrust(struct storage *storage);
+
 /* A range of the durable checkpoint's blob (state sync); bytes copied or -1. Synchronous. */
 int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,
                                       uint32_t size);
 
-/* Recovery, synchronous (start-up only). Each returns 0 or -1 with a message naming the zone. */
+/*
+ * Recovery, synchronous (start-up only). Each returns 0 or a negative value with a message
+ * naming the zone. storage_read_checkpoint: -1 when the checkpoint does not fit `capacity`
+ * (the replica was started smaller than before), STORAGE_CHECKPOINT_DAMAGED when it is unreadable.
+ */
+#define STORAGE_CHECKPOINT_DAMAGED (-2)
 int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t capacity,
                             char *error, size_t error_size);
 int storage_read_reply(struct storage *storage, uint32_t slot, struct message *message,

@@ -975,6 +975,38 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
         (void)missing;
 }
 
+/*
+ * A replica of a cluster whose checkpoint is unreadable starts as if re-formatted, keeping only
+ * its view (a promise): its journal continues a state it no longer has, so it holds no log
+ * (log_view 0), and it is fresh, since it may have acknowledged ops it now ignores. State sync
+ * then copies a peer's checkpoint, which a restart finds in place of the damaged one.
+ */
+static void open_without_state(struct replica *r)
+{
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+                if (r->clients[i].reply != NULL)
+                        message_unref(r->pool, r->clients[i].reply);
+                uint32_t slot = r->clients[i].reply_slot;
+                memset(&r->clients[i], 0, sizeof(r->clients[i]));
+                r->clients[i].reply_slot = slot;
+        }
+        /* The ledger is still empty: a failed checkpoint read leaves it reset. */
+        r->op = 0;
+        r->commit = 0;
+        r->commit_max = 0;
+        r->commit_checksum = 0;
+        r->parent = 0;
+        r->timestamp_last = 0;
+        r->log_view = 0;
+        r->anchor_op = 0;
+        r->anchor_checksum = 0;
+        r->fresh = true;
+        r->checkpoint_lost = true;
+        log_warn("starting without state: copying the latest checkpoint from a peer (state "
+                 "sync) view=%u",
+                 r->view);
+}
+
 int replica_open(struct replica *r, const struct replica_durable *d, char *error,
                  size_t error_size)
 {
@@ -984,11 +1016,27 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
         r->log_view_durable = d->log_view;
         r->fresh = d->fresh;
         r->fresh_durable = d->fresh;
-        if (d->checkpoint_blob != NULL &&
+        bool lost = d->checkpoint_lost;
+        if (!lost && d->checkpoint_blob != NULL &&
             replica_restore(r, d->checkpoint_blob, d->checkpoint_size, d->checkpoint_op,
                             d->checkpoint_prepare_checksum, d->checkpoint_timestamp,
-                            d->read_reply, d->context, error, error_size) != 0)
-                return -1;
+                            d->read_reply, d->context, error, error_size) != 0) {
+                if (r->config.replica_count == 1)
+                        return -1;
+                log_error("checkpoint cannot be restored: %s", error);
+                lost = true;
+        }
+        if (lost) {
+                if (r->config.replica_count == 1) {
+                        snprintf(error, error_size,
+                                 "the checkpoint cannot be read and a single replica has no "
+                                 "peer to copy one from");
+                        return -1;
+                }
+                open_without_state(r);
+                replication_open(r);
+                return 0;
+        }
         uint64_t checkpoint_op = d->checkpoint_blob != NULL ? d->checkpoint_op : 0;
         if (r->config.replica_count > 1) {
                 open_replicated(r, d, checkpoint_op);

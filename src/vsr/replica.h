@@ -132,6 +132,11 @@ struct replica_durable {
         uint64_t checkpoint_op;
         u128 checkpoint_prepare_checksum;
         uint64_t checkpoint_timestamp;
+        /*
+         * The data file names a checkpoint that cannot be read. A replica of a cluster then
+         * starts without state and copies a peer's checkpoint; a single replica cannot.
+         */
+        bool checkpoint_lost;
         void *context;
         int (*read_reply)(void *context, uint32_t slot, u128 checksum, struct message *into);
         /* The header in journal slot `slot`; false if torn, corrupt or never written. */
@@ -250,6 +255,7 @@ struct replica {
          * that enough peers report (fresh_heard, fresh_view_floor) — its lost promises.
          */
         bool fresh;
+        bool checkpoint_lost; /* opened without its unreadable checkpoint (replica_durable) */
         bool fresh_durable;
         bool fresh_writing;
         uint8_t fresh_heard;       /* peers whose current view this fresh replica heard */

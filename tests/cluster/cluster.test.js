@@ -300,3 +300,50 @@ test('(g) a client given only one address is served by whichever replica that is
     }
   });
 });
+
+// Inverts one byte of a file (a bit rot that the checksums must catch).
+function flipByte(file, offset) {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    const b = Buffer.alloc(1);
+    fs.readSync(fd, b, 0, 1, offset);
+    b[0] ^= 0xff;
+    fs.writeSync(fd, b, 0, 1, offset);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+test('(h) a replica whose checkpoint is damaged starts without it, copies a peer\'s and carries the data', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+  await withCluster(t, async (cluster, run) => {
+    const w = run(new Writer(cluster));
+    await w.ready();
+    await w.waitAcks(400, 20000);
+    const victim = cluster.backups()[cluster.backups().length - 1];
+    const r = cluster.replica(victim);
+    await r.kill('SIGKILL');
+    const before = r.inspect();
+    assert.ok(before.checkpoint_op > 0 && before.checkpoint_first_block > 0, `a checkpoint to damage: ${JSON.stringify(before)}`);
+    flipByte(r.file, before.grid_offset + (before.checkpoint_first_block - 1) * 1048576 + 10);
+    const started = Date.now();
+    await r.start();
+    assert.match(r.current, /checkpoint unreadable.*corrupt \(zone grid/, 'the replica names the damage');
+    assert.match(r.current, /starting without state/, 'and says what it does about it');
+    await w.waitAcks(w.acks.length + 200, 15000, '200 more writes while it copies a checkpoint');
+    await w.stop();
+    // Repaired once it wrote a checkpoint of its own again and caught up with the cluster.
+    let state = null;
+    const deadline = Date.now() + 60000;
+    while (Date.now() < deadline) {
+      state = r.inspect();
+      if (!state.checkpoint_problem && state.caught_up === true && state.checkpoint_op >= before.checkpoint_op) break;
+      await sleep(200);
+    }
+    assert.ok(!state.checkpoint_problem && state.caught_up === true, `not repaired within 60 s: ${JSON.stringify(state)}`);
+    log(t, `replica ${victim} repaired (checkpoint_op ${state.checkpoint_op}) ${Date.now() - started} ms after its restart`);
+    // It now holds the data: take out another replica and read everything back.
+    const other = cluster.primary() !== victim ? cluster.primary() : cluster.backups().find((i) => i !== victim);
+    await cluster.replica(other).kill('SIGKILL');
+    await verify(t, cluster, [w], 'verify with the repaired replica in the quorum');
+  });
+});

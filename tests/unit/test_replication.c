@@ -243,6 +243,7 @@ static void cluster_start(uint8_t count)
         replica_count = count;
         for (uint8_t i = 0; i < count; i++) {
                 replica_start(i);
+                durable_state[i] = (struct replica_view_state){.fresh = true}; /* as formatted */
                 struct replica_durable d = {.fresh = true,
                                             .read_header = read_header_none,
                                             .read_prepare = read_prepare_none};
@@ -280,19 +281,26 @@ static bool read_prepare_store(void *context, uint32_t slot, const struct wire_h
         return true;
 }
 
+/* What a restarted replica reads from its disk (store, view state), without a checkpoint. */
+static struct replica_durable durable_of(uint8_t i)
+{
+        restoring = i;
+        return (struct replica_durable){.view = durable_state[i].view,
+                                        .log_view = durable_state[i].log_view,
+                                        .view_anchor_op = durable_state[i].anchor_op,
+                                        .view_anchor_checksum = durable_state[i].anchor_checksum,
+                                        .fresh = durable_state[i].fresh,
+                                        .read_header = read_header_store,
+                                        .read_prepare = read_prepare_store};
+}
+
 /* A crash and restart: the replica's memory is gone; its disk (store, view) is not. */
 static void replica_restart(uint8_t i)
 {
         replica_deinit(&replicas[i]);
         ledger_destroy(ledgers[i]);
         replica_start(i);
-        restoring = i;
-        struct replica_durable d = {.view = durable_state[i].view,
-                                    .log_view = durable_state[i].log_view,
-                                    .view_anchor_op = durable_state[i].anchor_op,
-                                    .view_anchor_checksum = durable_state[i].anchor_checksum,
-                                    .read_header = read_header_store,
-                                    .read_prepare = read_prepare_store};
+        struct replica_durable d = durable_of(i);
         char error[128];
         tally_assert(replica_open(&replicas[i], &d, error, sizeof(error)) == 0);
 }
@@ -646,6 +654,68 @@ static void test_state_sync(void)
         cluster_stop();
 }
 
+/*
+ * A backup's checkpoint turns out unreadable at restart (here: not a checkpoint at all). It
+ * starts without state, fresh, copies a peer's checkpoint and catches up; a single replica in
+ * the same position refuses to start.
+ */
+static void test_checkpoint_lost(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint32_t k = 0; k < 600; k++) {
+                if (!create_accounts(0, 1 + k, 1, 1000)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+        run(200);
+        CHECK(replicas[2].checkpoint_op_durable >= 512);
+        CHECK(!replicas[2].fresh);
+        replica_deinit(&replicas[2]);
+        ledger_destroy(ledgers[2]);
+        replica_start(2);
+        static uint8_t damaged[1u << 16];
+        memset(damaged, 0xA5, sizeof(damaged));
+        struct replica_durable d = durable_of(2);
+        d.checkpoint_blob = damaged;
+        d.checkpoint_size = sizeof(damaged);
+        d.checkpoint_op = 512;
+        char error[128];
+        CHECK(replica_open(&replicas[2], &d, error, sizeof(error)) == 0);
+        CHECK(replicas[2].checkpoint_lost);
+        CHECK(replicas[2].fresh);
+        CHECK_EQ_U64(replicas[2].commit, 0);
+        CHECK_EQ_U64(accounts_on(2), 0);
+        CHECK(create_accounts(0, 5000, 1, 1000));
+        run(1000);
+        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
+        CHECK_EQ_U64(accounts_on(2), 601);
+        CHECK(!replicas[2].fresh);
+        CHECK(!durable_state[2].fresh);
+        CHECK(replicas[2].checkpoint_op_durable >= 512);
+        cluster_stop();
+
+        /* One replica: nothing to copy from. */
+        cluster_start(1);
+        replica_deinit(&replicas[0]);
+        ledger_destroy(ledgers[0]);
+        replica_start(0);
+        d = durable_of(0);
+        d.checkpoint_blob = damaged;
+        d.checkpoint_size = sizeof(damaged);
+        d.checkpoint_op = 512;
+        CHECK(replica_open(&replicas[0], &d, error, sizeof(error)) != 0);
+        CHECK(strstr(error, "checkpoint") != NULL);
+        d = durable_of(0);
+        d.checkpoint_lost = true;
+        CHECK(replica_open(&replicas[0], &d, error, sizeof(error)) != 0);
+        CHECK(strstr(error, "no peer") != NULL);
+        cluster_stop();
+}
+
 int main(void)
 {
         log_set_level(getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR);
@@ -659,5 +729,6 @@ int main(void)
         TEST_RUN(test_backup_restarts);
         TEST_RUN(test_all_restart);
         TEST_RUN(test_state_sync);
+        TEST_RUN(test_checkpoint_lost);
         TEST_MAIN_END();
 }
