@@ -1469,16 +1469,16 @@ void replication_tick(struct replica *r)
                 commit_advance(r);
                 break;
         case REPLICA_STATUS_VIEW_CHANGE:
+                /* Peers still in an older view join this one (see SVC_JOINED). */
+                if (r->view_durable == r->view && r->tick % 10 == 0)
+                        send_start_view_change_as(r, r->view, SVC_JOINED);
                 if (r->tick - r->view_change_tick >= TICKS_VIEW_CHANGE && r->tick % 10 == 0) {
                         send_start_view_change(r, r->view + 1);
                         svc_vote(r, r->view + 1, r->config.replica);
                         break;
                 }
-                if (r->tick % 10 == 0) {
+                if (r->tick % 10 == 0)
                         send_do_view_change(r);
-                        if (r->view_durable == r->view)
-                                send_start_view_change_as(r, r->view, SVC_JOINED);
-                }
                 if (replica_is_primary(r)) {
                         dvc_quorum_check(r);
                         if (r->start_view_pending) {
