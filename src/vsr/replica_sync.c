@@ -84,13 +84,19 @@ static void request_replies(struct replica *r)
         }
 }
 
-static void sync_reset(struct replica *r)
+static void sync_replies_release(struct replica *r)
 {
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 if (r->sync.replies[i] != NULL)
                         message_unref(r->pool, r->sync.replies[i]);
                 r->sync.replies[i] = NULL;
         }
+        r->sync.replies_missing = 0;
+}
+
+static void sync_reset(struct replica *r)
+{
+        sync_replies_release(r);
         memset(&r->sync, 0, sizeof(r->sync));
 }
 
@@ -148,8 +154,14 @@ static void serve_reply(struct replica *r, const struct message *request)
 {
         struct sync_fields want;
         memcpy(&want, request->header->raw, sizeof(want));
-        if (want.checkpoint_op != r->checkpoint_op_durable || r->env.reply_read == NULL)
+        if (r->env.reply_read == NULL)
                 return;
+        if (want.checkpoint_op != r->checkpoint_op_durable) {
+                /* Its replies are gone with it: the first chunk of the new one restarts the
+                 * copy (asking on would never be answered while we keep checkpointing). */
+                serve_chunk(r, request);
+                return;
+        }
         struct message *m = message_pool_get(r->pool);
         if (m == NULL)
                 return;
@@ -189,6 +201,7 @@ static void on_block(struct replica *r, struct message *m)
                 r->sync.checkpoint_op = f.checkpoint_op;
                 r->sync.size = f.size;
                 r->sync.offset = 0;
+                sync_replies_release(r);
         }
         if (f.offset != r->sync.offset)
                 return;
