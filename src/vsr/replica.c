@@ -933,15 +933,19 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                 }
                 last = MAX(last, anchor);
         }
-        /* Which bodies are intact; gaps become faulty placeholders (header unknown, but an
-         * op we may have acknowledged: never a nack in a view change). */
+        /*
+         * Which bodies are intact. A gap becomes a placeholder (header unknown) that is lost:
+         * its write never landed. So is a header whose slot still holds an older prepare. A
+         * header whose prepare fails its checksums is faulty: it may have been written whole,
+         * acknowledged and damaged since.
+         */
         for (uint64_t op = checkpoint_op + 1; op <= last; op++) {
                 uint32_t slot = (uint32_t)(op % slots);
                 if (r->journal_state[slot] == SLOT_EMPTY ||
                     r->journal_headers[slot].prepare.op != op) {
                         memset(&r->journal_headers[slot], 0, sizeof(r->journal_headers[slot]));
                         r->journal_headers[slot].prepare.op = op;
-                        r->journal_state[slot] = SLOT_FAULTY;
+                        r->journal_state[slot] = SLOT_LOST;
                         continue;
                 }
                 if (r->journal_state[slot] != SLOT_MISSING)
@@ -949,8 +953,11 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                 if (d->read_prepare(d->context, slot, &r->journal_headers[slot], scratch)) {
                         r->journal_state[slot] = SLOT_DURABLE;
                         present++;
+                } else if (d->read_prepare(d->context, slot, NULL, scratch) &&
+                           scratch->header->prepare.op != op) {
+                        r->journal_state[slot] = SLOT_LOST;
+                        missing++;
                 } else {
-                        /* We wrote it once, so we may have acknowledged it: not a nack. */
                         r->journal_state[slot] = SLOT_FAULTY;
                         missing++;
                 }

@@ -210,6 +210,12 @@ enum replica_slot_state {
         SLOT_WRITING = 2, /* prepare being written */
         SLOT_DURABLE = 3, /* prepare written and synced */
         SLOT_FAULTY = 4,  /* written here once (maybe acknowledged), the copy is now damaged */
+        /*
+         * Recovery found no copy at all (a gap in the log, or the slot still holds an older
+         * prepare): the write never completed, so it was not acknowledged, unless the disk
+         * lost an acknowledged write. A nack, but one a damaged disk could be lying with.
+         */
+        SLOT_LOST = 5,
 };
 
 struct replica_stats {

@@ -17,12 +17,16 @@
  * With a quorum of them the new primary takes the log with the highest (log_view, op): every
  * op that may have been committed is in it, because a commit needed a majority and any two
  * majorities share a replica. It fetches the prepares it lacks, then sends start_view; backups
- * adopt the log, fetch what they lack, and acknowledge the uncommitted suffix.
+ * adopt the log, fetch what they lack, and acknowledge the uncommitted suffix. An uncommitted
+ * op that no replica of the quorum holds intact is cut from the log once enough replicas prove
+ * they never acknowledged it (nacks; truncate_unrecoverable). A replica in a view the others
+ * missed announces it (SVC_JOINED) and they join it.
  *
  * Repair. A replica missing prepares asks a peer for them by op (and checksum when known); a
  * prepare is only accepted where it chains onto the log, so a wrong or corrupt one never gets
- * in. A replica formatted afresh ("fresh") never counts towards a view change quorum unless
- * every voter is fresh with an empty log, so a wiped replica cannot make the cluster forget
+ * in. A replica formatted afresh ("fresh", persisted until it caught up) never counts towards a
+ * view change quorum unless every replica reports, joins only a view at least as new as its
+ * peers report, and its nacks do not count, so a wiped replica cannot make the cluster forget
  * what it acknowledged.
  */
 #include "vsr/replica_internal.h"
@@ -533,6 +537,20 @@ static void on_request_headers(struct replica *r, struct message *m)
 }
 
 /* The primary's headers of committed ops replace any stale ones of ours. */
+/*
+ * The state of a slot whose header arrives from a peer. A recovery placeholder (header unknown)
+ * keeps what recovery knew of it: faulty (we may have acknowledged what was there) or lost;
+ * anything else is missing (never written here).
+ */
+static enum replica_slot_state gap_state(const struct replica *r, const struct wire_header *mine,
+                                         uint64_t op)
+{
+        enum replica_slot_state st = r->journal_state[replica_slot(r, op)];
+        if (mine != NULL && mine->checksum == 0 && (st == SLOT_FAULTY || st == SLOT_LOST))
+                return st;
+        return SLOT_MISSING;
+}
+
 static void on_headers(struct replica *r, struct message *m, int from)
 {
         if (r->status != REPLICA_STATUS_NORMAL || from != (int)replica_primary_index(r, r->view) ||
@@ -548,9 +566,7 @@ static void on_headers(struct replica *r, struct message *m, int from)
                 const struct wire_header *mine = journal_header(r, h.prepare.op);
                 if (mine != NULL && mine->checksum == h.checksum)
                         continue;
-                bool gap = mine != NULL && mine->checksum == 0 &&
-                           r->journal_state[replica_slot(r, h.prepare.op)] == SLOT_FAULTY;
-                journal_put(r, &h, gap ? SLOT_FAULTY : SLOT_MISSING);
+                journal_put(r, &h, gap_state(r, mine, h.prepare.op));
                 if (h.prepare.op > r->op) {
                         r->op = h.prepare.op;
                         r->parent = h.checksum;
@@ -634,7 +650,7 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
                 return false; /* the log is about to be replaced from a checkpoint */
         if (existing != NULL && existing->checksum == h->checksum) {
                 if (r->journal_state[slot] != SLOT_MISSING &&
-                    r->journal_state[slot] != SLOT_FAULTY)
+                    r->journal_state[slot] != SLOT_FAULTY && r->journal_state[slot] != SLOT_LOST)
                         return false; /* already here or being written */
         } else if (op == r->op + 1 && h->prepare.parent == r->parent && from_primary &&
                    (h->view == r->view || op <= r->commit_max)) {
@@ -686,7 +702,7 @@ static void on_prepare(struct replica *r, struct message *m, int from)
                 const struct wire_header *mine = journal_header(r, h->prepare.op);
                 enum replica_slot_state st = journal_state_of(r, h->prepare.op);
                 if (mine != NULL && mine->checksum == h->checksum &&
-                    (st == SLOT_MISSING || st == SLOT_FAULTY))
+                    (st == SLOT_MISSING || st == SLOT_FAULTY || st == SLOT_LOST))
                         accept_prepare(r, m, from);
                 return;
         }
@@ -819,18 +835,23 @@ static void send_do_view_change(struct replica *r)
         h->raw[64] = r->fresh ? 1 : 0;
         /*
          * For the top 128 ops (bit i: op - i): present = held durably; nack = never written
-         * here, so never acknowledged. A damaged copy is neither: it may have been acked.
+         * here, so never acknowledged; lost = a write that never landed (a nack unless this
+         * disk loses acknowledged writes, see SLOT_LOST). A damaged copy is none of them: it
+         * may have been acked.
          */
-        u128 present = 0, nack = 0;
+        u128 present = 0, nack = 0, lost = 0;
         for (uint32_t i = 0; i < 128 && i < r->op; i++) {
                 enum replica_slot_state st = journal_state_of(r, r->op - i);
                 if (st == SLOT_DURABLE)
                         present |= (u128)1 << i;
                 else if (st == SLOT_EMPTY || st == SLOT_MISSING)
                         nack |= (u128)1 << i;
+                else if (st == SLOT_LOST)
+                        lost |= (u128)1 << i;
         }
         memcpy(h->raw, &present, sizeof(present));
         memcpy(h->raw + 16, &nack, sizeof(nack));
+        memcpy(h->raw + 80, &lost, sizeof(lost));
         uint8_t primary = replica_primary_index(r, r->view);
         if (primary == r->config.replica) {
                 /* Our own vote, kept with the others'. */
@@ -1008,9 +1029,7 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
                 if (mine != NULL && mine->checksum == h.checksum)
                         continue;
                 /* A recovery gap stays faulty (we may have acknowledged what was there). */
-                bool gap = mine != NULL && mine->checksum == 0 &&
-                           r->journal_state[replica_slot(r, h.prepare.op)] == SLOT_FAULTY;
-                journal_put(r, &h, gap ? SLOT_FAULTY : SLOT_MISSING);
+                journal_put(r, &h, gap_state(r, mine, h.prepare.op));
         }
         /* Everything past the chosen log's end was never committed: forget it. */
         for (uint64_t x = op + 1; x <= r->op; x++) {
@@ -1072,34 +1091,47 @@ static void send_start_view(struct replica *r, int target)
 }
 
 /* Does do_view_change `m` prove its sender never acknowledged `op` with this checksum? */
-static bool dvc_nacks(const struct message *m, uint64_t op, u128 checksum)
+/* What a do_view_change says about one op of the new primary's log. */
+enum dvc_answer {
+        DVC_UNKNOWN, /* present, out of its window, or from a fresh replica */
+        DVC_NACK,    /* never acknowledged it */
+        DVC_LOST,    /* never acknowledged it, unless its disk lost an acknowledged write */
+        DVC_FAULTY,  /* holds a damaged copy, or lost its disk: may have acknowledged it */
+};
+
+static enum dvc_answer dvc_answer(const struct message *m, uint64_t op, u128 checksum)
 {
         uint64_t dvc_op, commit_max, log_view;
         bool fresh;
         dvc_fields(m, &dvc_op, &commit_max, &log_view, &fresh);
         if (fresh)
-                return false; /* an empty disk proves nothing about what was acknowledged */
+                return DVC_FAULTY; /* a re-formatted disk proves nothing about what was acked */
         if (op > dvc_op)
-                return true;
+                return DVC_NACK;
         uint64_t i = dvc_op - op;
         if (i >= 128)
-                return false;
-        u128 present, nack;
+                return DVC_UNKNOWN;
+        u128 present, nack, lost;
         memcpy(&present, m->header->raw, sizeof(present));
         memcpy(&nack, m->header->raw + 16, sizeof(nack));
+        memcpy(&lost, m->header->raw + 80, sizeof(lost));
         if ((nack >> i) & 1)
-                return true;
-        if (!((present >> i) & 1) || checksum == 0)
-                return false;
+                return DVC_NACK;
+        if ((lost >> i) & 1)
+                return DVC_LOST;
+        if (!((present >> i) & 1))
+                return DVC_FAULTY;
+        if (checksum == 0)
+                return DVC_UNKNOWN;
         /* Present, but which prepare? One with another checksum is a different op. */
         uint32_t count = (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
         for (uint32_t k = 0; k < count; k++) {
                 struct wire_header h;
                 memcpy(&h, message_body(m) + (size_t)k * WIRE_HEADER_SIZE, sizeof(h));
                 if (h.prepare.op == op)
-                        return h.checksum != checksum;
+                        return h.checksum != checksum ? DVC_NACK : DVC_UNKNOWN;
         }
-        return false;
+        return DVC_UNKNOWN;
 }
 
 /*
@@ -1110,18 +1142,33 @@ static bool dvc_nacks(const struct message *m, uint64_t op, u128 checksum)
  */
 static void truncate_unrecoverable(struct replica *r)
 {
-        uint32_t nack_quorum = r->config.replica_count - replica_quorum(r) + 1;
+        uint32_t n = r->config.replica_count;
+        uint32_t nack_quorum = n - replica_quorum(r) + 1;
+        uint32_t damaged_max = (n - 1) / 2; /* disks the cluster tolerates damaged at once */
         for (uint64_t op = r->commit_max + 1; op <= r->op; op++) {
                 if (journal_state_of(r, op) == SLOT_DURABLE)
                         continue;
                 const struct wire_header *h = journal_header(r, op);
                 u128 checksum = h != NULL ? h->checksum : 0;
-                uint32_t nacks = 0;
-                for (uint32_t j = 0; j < r->config.replica_count; j++) {
-                        if (r->dvc[j] != NULL && dvc_nacks(r->dvc[j], op, checksum))
-                                nacks++;
+                uint32_t nacks = 0, lost = 0, faulty = 0;
+                for (uint32_t j = 0; j < n; j++) {
+                        if (r->dvc[j] == NULL)
+                                continue;
+                        enum dvc_answer a = dvc_answer(r->dvc[j], op, checksum);
+                        nacks += a == DVC_NACK;
+                        lost += a == DVC_LOST;
+                        faulty += a == DVC_FAULTY;
                 }
-                if (nacks < nack_quorum)
+                /*
+                 * A lost write is a nack unless that disk loses acknowledged writes, and at
+                 * most damaged_max disks are damaged, fewer by each that reports a damaged
+                 * copy (which does not nack). So the nacks that cannot be lies number at least
+                 * nacks + lost - min(lost, damaged_max - faulty); enough of them prove that
+                 * fewer than a replication quorum acknowledged the op. (If the faulty ones are
+                 * not damaged disks at all, they still do not nack, and the count still holds.)
+                 */
+                uint32_t liars = faulty >= damaged_max ? 0 : MIN(lost, damaged_max - faulty);
+                if (nacks + lost - liars < nack_quorum)
                         return; /* it may be committed: wait for repair */
                 const struct wire_header *before = journal_header(r, op - 1);
                 u128 parent;
