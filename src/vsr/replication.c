@@ -467,6 +467,7 @@ static void on_journal_durable(void *context, struct message *prepare)
         r->journal_state[slot] = SLOT_DURABLE;
         if (r->status == REPLICA_STATUS_NORMAL && replica_is_primary(r)) {
                 pipeline_ok(r, h->prepare.op, h->checksum, r->config.replica);
+                commit_advance(r); /* a repaired committed op may be the next to execute */
                 return;
         }
         if (r->start_view_pending) {
@@ -698,7 +699,7 @@ static void on_prepare(struct replica *r, struct message *m, int from)
         if (h->prepare.op <= r->commit)
                 return;
         if (replica_is_primary(r) && r->status == REPLICA_STATUS_NORMAL) {
-                /* Only a repair of our own log: an op of the suffix our journal lost. */
+                /* Only a repair of our own log: an op our journal lost. */
                 const struct wire_header *mine = journal_header(r, h->prepare.op);
                 enum replica_slot_state st = journal_state_of(r, h->prepare.op);
                 if (mine != NULL && mine->checksum == h->checksum &&
@@ -1460,8 +1461,12 @@ static void pulse_maybe(struct replica *r)
 
 static void tick_primary(struct replica *r)
 {
-        /* A suffix op our journal lost (found when the pipeline loads it) comes from a peer. */
-        if (r->suffix_next != 0 && r->tick - r->repair_tick >= TICKS_REPAIR)
+        /*
+         * An op our journal lost (found when executing a committed op, or when the pipeline
+         * loads one of the suffix) comes from a peer.
+         */
+        if ((r->suffix_next != 0 || r->commit < r->commit_max) &&
+            r->tick - r->repair_tick >= TICKS_REPAIR)
                 repair(r, -1);
         if (r->config.replica_count > 1) {
                 if (r->tick - r->heartbeat_sent_tick >= TICKS_HEARTBEAT)
