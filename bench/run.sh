@@ -6,7 +6,7 @@
 #   2. `tally benchmark` against 1 replica through the C client, batches of 8189;
 #   3. the same workload through the official Node client (tigerbeetle-node 0.16.66, bench/node);
 #   4. 1-transfer requests (round-trip latency), C client and Node client;
-#   5. `tally benchmark` against 3 replicas on loopback (C client, batches of 8189).
+#   5. 3 replicas on loopback, batches of 8189: `tally benchmark` (C client), then the Node client.
 # Throughput is the median over --runs runs (default 3), each against a freshly formatted
 # server; the latencies shown are those of the median run. Others may share the machine: compare
 # rows of one run of this script, not numbers across runs. Every step is bounded by `timeout`,
@@ -173,24 +173,33 @@ cluster_stop() {
   wait "${CLUSTER_PIDS[@]}" 2>/dev/null
   rm -f "$1"/*.tally
 }
-c3_runs() {
-  local label=$1 runs=$2; shift 2
-  local i out dir
+c3_runs() { # c3_runs <c|node> <label> <runs> <flags...>: a fresh cluster per run
+  local client=$1 label=$2 runs=$3; shift 3
+  local i out dir rc
   for i in $(seq 1 "$runs"); do
-    dir=$WORK/c3-$i; out=$WORK/c3-$i.out
+    dir=$WORK/c3-$client-$i; out=$WORK/c3-$client-$i.out
     if ! cluster_start "$dir"; then
       echo "  run $i: the cluster did not start"; cluster_stop "$dir"; continue
     fi
-    if ! timeout 600 "$TALLY" benchmark --addresses="$CLUSTER_ADDRESSES" "$@" >"$out" 2>&1; then
-      echo "  run $i FAILED:"; tail -5 "$out" | sed 's/^/    /'; cluster_stop "$dir"; continue
+    if [ "$client" = c ]; then
+      timeout 600 "$TALLY" benchmark --addresses="$CLUSTER_ADDRESSES" "$@" >"$out" 2>&1; rc=$?
+    else
+      (cd bench/node && timeout 600 node bench.js --address="$CLUSTER_ADDRESSES" "$@") >"$out" 2>&1; rc=$?
+      grep -q '^verify: ok' "$out" || rc=1
     fi
     cluster_stop "$dir"
-    record_run "$WORK/c3.runs" "$out"
+    if [ $rc -ne 0 ]; then echo "  run $i FAILED:"; tail -5 "$out" | sed 's/^/    /'; continue; fi
+    record_run "$WORK/c3-$client.runs" "$out"
   done
-  runs_row "$WORK/c3.runs" "$label" "C (tally)"
+  if [ "$client" = c ]; then runs_row "$WORK/c3-c.runs" "$label" "C (tally)"
+  else runs_row "$WORK/c3-node.runs" "$label" "Node 0.16.66"; fi
 }
 echo "tally benchmark, 3 replicas on loopback, batch 8189, $CLIENTS clients, $TRANSFERS transfers, $RUNS runs..."
-c3_runs "3 replicas, batch 8189" "$RUNS" --accounts="$ACCOUNTS" --transfers="$TRANSFERS" --batch=8189 --clients="$CLIENTS"
+c3_runs c "3 replicas, batch 8189" "$RUNS" --accounts="$ACCOUNTS" --transfers="$TRANSFERS" --batch=8189 --clients="$CLIENTS"
+if [ -d bench/node/node_modules/tigerbeetle-node ]; then
+  echo "official Node client, 3 replicas on loopback, same workload..."
+  c3_runs node "3 replicas, batch 8189" "$RUNS" --accounts="$ACCOUNTS" --transfers="$TRANSFERS" --batch=8189 --clients="$CLIENTS"
+fi
 
 echo
 printf '| %-44s | %-12s | %13s | %9s | %9s | %9s | %s\n' "workload" "client" "transfers/s" "p50 ms" "p99 ms" "p100 ms" "notes"

@@ -61,10 +61,9 @@ section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
 
-section "deterministic simulator, one replica (crashes, torn writes, clients, network faults)"
-# Clusters of 2, 3 and 5 replicas are not gated here yet: replication still fails some seeds
-# (see the README's status table); `TALLY_SIM_SIZES="2 3 5" tests/sim/run.sh ./tally` runs them.
-TALLY_SIM_SIZES=${TALLY_SIM_SIZES:-1} timeout 900 tests/sim/run.sh ./tally 100 >"$WORK/sim.out" 2>&1; rc=$?
+section "deterministic simulator, 1, 2, 3 and 5 replicas (network, disk, crash and clock faults)"
+# 50 seeds per cluster size; wider sweeps: tests/sim/run.sh ./tally 250, or make sim-soak.
+TALLY_SIM_SIZES=${TALLY_SIM_SIZES:-"1 2 3 5"} timeout 1200 tests/sim/run.sh ./tally 50 >"$WORK/sim.out" 2>&1; rc=$?
 grep -E "^replicas=|FAILED|replay:" "$WORK/sim.out" | head -20; tail -1 "$WORK/sim.out"
 record "simulator" "$WORK/sim.out" $rc
 

@@ -1,6 +1,6 @@
 // bench/node/bench.js: the `tally benchmark` transfer workload through the official client.
 //
-//   node bench.js --address=127.0.0.1:3000 [--accounts=10000] [--transfers=1000000]
+//   node bench.js --address=127.0.0.1:3000[,127.0.0.1:3001,...] [--accounts=10000] [--transfers=1000000]
 //                 [--batch=8189] [--clients=4] [--hot-accounts=pareto|uniform]
 //
 // Creates the accounts, then the transfers in batches of --batch, with --clients client
@@ -39,7 +39,7 @@ async function main() {
     : () => Math.min(f.accounts - 1, Math.floor(f.accounts * Math.random() ** 7));
   const clients = [];
   for (let i = 0; i < f.clients; i++) {
-    clients.push(tb.createClient({ cluster_id: BigInt(f.cluster), replica_addresses: [f.address] }));
+    clients.push(tb.createClient({ cluster_id: BigInt(f.cluster), replica_addresses: f.address.split(',') }));
   }
 
   const account = (i) => ({

@@ -138,8 +138,16 @@ static bool env_view_write(void *context, const struct replica_view_state *state
                            void (*done)(void *replica), void *replica)
 {
         struct server *s = context;
-        return storage_write_view(&s->storage, state->view, state->log_view, state->anchor_op,
-                                  state->anchor_checksum, state->fresh, done, replica);
+        struct storage_view v = {
+                .view = state->view,
+                .log_view = state->log_view,
+                .anchor_op = state->anchor_op,
+                .anchor_checksum = state->anchor_checksum,
+                .fresh = state->fresh,
+                .fresh_joined = state->fresh_joined,
+                .fresh_joined_op = state->fresh_joined_op,
+        };
+        return storage_write_view(&s->storage, &v, done, replica);
 }
 
 static int64_t env_checkpoint_read(void *context, uint64_t offset, uint8_t *into,
@@ -192,6 +200,8 @@ static int recover(struct server *s, char *error, size_t error_size)
                 .view_anchor_op = sb->view_anchor_op,
                 .view_anchor_checksum = sb->view_anchor_checksum,
                 .fresh = sb->caught_up == 0,
+                .fresh_joined = sb->fresh_joined != 0,
+                .fresh_joined_op = sb->fresh_joined_op,
                 .context = s,
                 .read_reply = read_reply,
                 .read_header = read_header,

@@ -49,6 +49,8 @@ void sim_disk_format(struct sim *sim, struct sim_disk *disk)
         disk->view = 0;
         disk->log_view = 0;
         disk->caught_up = false;
+        disk->fresh_joined = false;
+        disk->fresh_joined_op = 0;
         disk->anchor_op = 0;
         disk->anchor_checksum = 0;
         disk->checkpoint_present = false;
@@ -206,6 +208,8 @@ void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_du
         durable->view_anchor_op = disk->anchor_op;
         durable->view_anchor_checksum = disk->anchor_checksum;
         durable->fresh = !disk->caught_up; /* as the superblock's caught_up */
+        durable->fresh_joined = disk->fresh_joined;
+        durable->fresh_joined_op = disk->fresh_joined_op;
         durable->context = sr;
         durable->read_reply = read_reply;
         durable->read_header = read_header;
@@ -304,6 +308,8 @@ bool sim_env_view_write(void *context, const struct replica_view_state *state,
         disk->anchor_op_next = state->anchor_op;
         disk->anchor_checksum_next = state->anchor_checksum;
         disk->caught_up_next = !state->fresh;
+        disk->fresh_joined_next = state->fresh_joined;
+        disk->fresh_joined_op_next = state->fresh_joined_op;
         disk->view_at_ns = sim->now_ns + sim_prng_range(&sim->prng, 1, 5) * SIM_NS_PER_MS;
         disk->view_done = done;
         disk->view_done_context = replica;
@@ -420,6 +426,8 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
                 disk->anchor_op = disk->anchor_op_next;
                 disk->anchor_checksum = disk->anchor_checksum_next;
                 disk->caught_up = disk->caught_up_next;
+                disk->fresh_joined = disk->fresh_joined_next;
+                disk->fresh_joined_op = disk->fresh_joined_op_next;
                 disk->view_done(disk->view_done_context);
         }
         if (!sim->failed && sr->up && disk->checkpoint_pending &&
@@ -498,6 +506,8 @@ void sim_disk_crash(struct sim *sim, struct sim_replica *sr)
                 disk->anchor_op = disk->anchor_op_next;
                 disk->anchor_checksum = disk->anchor_checksum_next;
                 disk->caught_up = disk->caught_up_next;
+                disk->fresh_joined = disk->fresh_joined_next;
+                disk->fresh_joined_op = disk->fresh_joined_op_next;
         }
         disk->view_pending = false;
         if (disk->checkpoint_pending)

@@ -61,6 +61,8 @@ struct sim_disk {
         uint64_t anchor_op;
         u128 anchor_checksum;
         bool caught_up; /* the superblock's caught_up: false as formatted */
+        bool fresh_joined;
+        uint64_t fresh_joined_op;
         bool checkpoint_present;
         struct sim_blob checkpoint;
         uint64_t checkpoint_op;
@@ -84,6 +86,8 @@ struct sim_disk {
         uint64_t anchor_op_next;
         u128 anchor_checksum_next;
         bool caught_up_next;
+        bool fresh_joined_next;
+        uint64_t fresh_joined_op_next;
         uint64_t view_at_ns;
         void (*view_done)(void *replica);
         void *view_done_context;

@@ -920,8 +920,7 @@ static void on_view_io(struct io_completion *completion, int32_t result)
         storage->view_done(storage->view_context);
 }
 
-bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
-                        uint64_t anchor_op, u128 anchor_checksum, bool fresh,
+bool storage_write_view(struct storage *storage, const struct storage_view *state,
                         void (*done)(void *context), void *context)
 {
         if (storage->failed || storage->view_write_active || storage->checkpoint.active)
@@ -932,11 +931,13 @@ bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_vie
         storage->view_context = context;
         struct superblock next = storage->superblock;
         next.sequence++;
-        next.view = view;
-        next.log_view = log_view;
-        next.view_anchor_op = anchor_op;
-        next.view_anchor_checksum = anchor_checksum;
-        next.caught_up = fresh ? 0 : 1;
+        next.view = state->view;
+        next.log_view = state->log_view;
+        next.view_anchor_op = state->anchor_op;
+        next.view_anchor_checksum = state->anchor_checksum;
+        next.caught_up = state->fresh ? 0 : 1;
+        next.fresh_joined = state->fresh_joined ? 1 : 0;
+        next.fresh_joined_op = state->fresh_joined_op;
         storage->view_write_pending = SUPERBLOCK_COPIES;
         for (uint32_t copy = 0; copy < SUPERBLOCK_COPIES; copy++) {
                 storage->view_copies[copy] = next;

@@ -49,7 +49,8 @@ struct superblock {
          * formatted) means fresh: it may have lost acknowledged ops with an earlier data file.
          */
         uint8_t caught_up;
-        uint8_t reserved_0[4];
+        uint8_t fresh_joined; /* a fresh replica joined a view: fresh_joined_op is set */
+        uint8_t reserved_0[3];
         uint32_t view;
         uint32_t log_view;
         uint64_t commit;        /* highest op known committed when this copy was written */
@@ -74,14 +75,15 @@ struct superblock {
         uint32_t reserved_2;
         uint64_t view_anchor_op;          /* see struct replica_view_state */
         u128 view_anchor_checksum;
-        uint8_t reserved[3840];
+        uint64_t fresh_joined_op; /* see struct replica_view_state */
+        uint8_t reserved[3832];
 };
 _Static_assert(sizeof(struct superblock) == SUPERBLOCK_COPY_SIZE, "superblock size");
 _Static_assert(offsetof(struct superblock, cluster) == 48, "superblock cluster offset");
 _Static_assert(offsetof(struct superblock, file_size) == 160, "superblock file_size offset");
 _Static_assert(offsetof(struct superblock, checkpoint_prepare_checksum) == 192, "anchor offset");
 _Static_assert(offsetof(struct superblock, view_anchor_checksum) == 240, "anchor offset");
-_Static_assert(offsetof(struct superblock, reserved) == 256, "superblock reserved offset");
+_Static_assert(offsetof(struct superblock, reserved) == 264, "superblock reserved offset");
 
 struct storage_format_options {
         u128 cluster;
@@ -262,8 +264,16 @@ bool storage_checkpoint_start(struct storage *storage,
  * superblock copy (sequence + 1), then syncs; `done` runs once durable. False while a
  * checkpoint or another superblock write is in flight: retry.
  */
-bool storage_write_view(struct storage *storage, uint32_t view, uint32_t log_view,
-                        uint64_t anchor_op, u128 anchor_checksum, bool fresh,
+struct storage_view {
+        uint32_t view;
+        uint32_t log_view;
+        uint64_t anchor_op;
+        u128 anchor_checksum;
+        bool fresh;
+        bool fresh_joined;
+        uint64_t fresh_joined_op;
+};
+bool storage_write_view(struct storage *storage, const struct storage_view *state,
                         void (*done)(void *context), void *context);
 
 /*

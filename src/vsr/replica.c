@@ -1008,6 +1008,7 @@ static void open_without_state(struct replica *r)
         r->anchor_op = 0;
         r->anchor_checksum = 0;
         r->fresh = true;
+        r->fresh_joined = false;
         r->checkpoint_lost = true;
         log_warn("starting without state: copying the latest checkpoint from a peer (state "
                  "sync) view=%u",
@@ -1023,6 +1024,9 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
         r->log_view_durable = d->log_view;
         r->fresh = d->fresh;
         r->fresh_durable = d->fresh;
+        r->fresh_joined = d->fresh_joined;
+        r->fresh_joined_durable = d->fresh_joined;
+        r->fresh_joined_op = d->fresh_joined_op;
         bool lost = d->checkpoint_lost;
         if (!lost && d->checkpoint_blob != NULL &&
             replica_restore(r, d->checkpoint_blob, d->checkpoint_size, d->checkpoint_op,

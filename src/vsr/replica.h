@@ -41,6 +41,8 @@ struct replica_view_state {
         u128 anchor_checksum;
         /* Formatted into the cluster and not yet caught up with it (see replica.fresh). */
         bool fresh;
+        bool fresh_joined;        /* and since joined a view whose log ended at: */
+        uint64_t fresh_joined_op;
 };
 
 /* A session's reply that a checkpoint must make durable, in its reply slot. */
@@ -127,6 +129,8 @@ struct replica_durable {
         u128 view_anchor_checksum;
         /* Formatted and not yet caught up with the cluster (persisted with the view state). */
         bool fresh;
+        bool fresh_joined;
+        uint64_t fresh_joined_op;
         const uint8_t *checkpoint_blob; /* NULL: no checkpoint yet */
         uint64_t checkpoint_size;
         uint64_t checkpoint_op;
@@ -262,8 +266,19 @@ struct replica {
          */
         bool fresh;
         bool checkpoint_lost; /* opened without its unreadable checkpoint (replica_durable) */
+        /*
+         * A fresh replica that joined a view knows every op after that view's log end
+         * (fresh_joined_op): ops prepared before are in that log, later ones it saw. Its nacks
+         * of those later ops count; of earlier ones, which it may have acknowledged before it
+         * lost its disk, they do not.
+         */
+        bool fresh_joined;
+        uint64_t fresh_joined_op;
         bool fresh_durable;
         bool fresh_writing;
+        bool fresh_joined_durable;
+        bool fresh_joined_writing;
+        uint64_t fresh_joined_op_writing;
         uint8_t fresh_heard;       /* peers whose current view this fresh replica heard */
         uint32_t fresh_view_floor; /* the highest of those views */
         uint64_t op;         /* highest op whose header is in the journal */

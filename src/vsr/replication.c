@@ -731,6 +731,15 @@ static void on_prepare_ok(struct replica *r, struct message *m)
 
 static void view_persist(struct replica *r);
 
+/* A fresh replica joins its first view: from here on it witnesses every op (fresh_joined). */
+static void fresh_joined_set(struct replica *r)
+{
+        if (!r->fresh || r->fresh_joined)
+                return;
+        r->fresh_joined = true;
+        r->fresh_joined_op = r->op;
+}
+
 /*
  * A fresh (wiped) replica may have acknowledged ops before it lost its disk; it counts in view
  * changes again only once it holds everything the cluster has committed.
@@ -834,6 +843,8 @@ static void send_do_view_change(struct replica *r)
         uint64_t fields[4] = {r->op, r->commit_max, r->checkpoint_op_durable, r->log_view};
         memcpy(h->raw + 32, fields, sizeof(fields)); /* op, commit_max, checkpoint, log_view */
         h->raw[64] = r->fresh ? 1 : 0;
+        h->raw[65] = r->fresh && r->fresh_joined_durable ? 1 : 0;
+        memcpy(h->raw + 96, &r->fresh_joined_op, sizeof(r->fresh_joined_op));
         /*
          * For the top 128 ops (bit i: op - i): present = held durably; nack = never written
          * here, so never acknowledged; lost = a write that never landed (a nack unless this
@@ -885,6 +896,7 @@ static void on_view_written(void *context)
         r->log_view_durable = r->log_view_writing;
         r->anchor_op_durable = r->anchor_op_writing;
         r->fresh_durable = r->fresh_writing;
+        r->fresh_joined_durable = r->fresh_joined_writing;
         if (r->start_view_pending)
                 start_view_maybe_finish(r);
         else if (r->status == REPLICA_STATUS_VIEW_CHANGE)
@@ -905,18 +917,22 @@ static void view_persist(struct replica *r)
         if (r->view_write_in_flight || r->env.view_write == NULL)
                 return;
         if (r->view_durable == r->view && r->log_view_durable == r->log_view &&
-            r->anchor_op_durable == r->anchor_op && r->fresh_durable == r->fresh)
+            r->anchor_op_durable == r->anchor_op && r->fresh_durable == r->fresh &&
+            r->fresh_joined_durable == r->fresh_joined)
                 return;
         r->view_writing = r->view;
         r->log_view_writing = r->log_view;
         r->anchor_op_writing = r->anchor_op;
         r->fresh_writing = r->fresh;
+        r->fresh_joined_writing = r->fresh_joined;
         struct replica_view_state state = {
                 .view = r->view,
                 .log_view = r->log_view,
                 .anchor_op = r->anchor_op,
                 .anchor_checksum = r->anchor_checksum,
                 .fresh = r->fresh,
+                .fresh_joined = r->fresh_joined,
+                .fresh_joined_op = r->fresh_joined_op,
         };
         r->view_write_in_flight = true;
         if (!r->env.view_write(r->env.context, &state, on_view_written, r))
@@ -1037,19 +1053,34 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
                 if (journal_header(r, x) != NULL)
                         r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
         }
-        /* Below the installed headers: keep what chains, drop the rest. */
+        /*
+         * Below the installed headers: keep what chains. Where the chain names another
+         * prepare than ours, ours was never in this log: dropped (a nack). Below a break in
+         * the chain we cannot tell: such an entry becomes a placeholder that may have been
+         * acknowledged, and a recovery placeholder keeps what it was.
+         */
         if (lowest > r->commit + 1) {
                 u128 expected = journal_header(r, lowest)->prepare.parent;
                 bool chained = true;
                 for (uint64_t x = lowest - 1; x > r->commit; x--) {
                         const struct wire_header *mine = journal_header(r, x);
+                        uint32_t slot = replica_slot(r, x);
                         if (chained && mine != NULL && mine->checksum == expected) {
                                 expected = mine->prepare.parent;
                                 continue;
                         }
-                        chained = false;
-                        if (mine != NULL)
-                                r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
+                        if (mine == NULL || mine->checksum == 0) {
+                                chained = false;
+                                continue;
+                        }
+                        if (chained) {
+                                r->journal_state[slot] = SLOT_EMPTY;
+                                chained = false;
+                                continue;
+                        }
+                        memset(&r->journal_headers[slot], 0, sizeof(r->journal_headers[slot]));
+                        r->journal_headers[slot].prepare.op = x;
+                        r->journal_state[slot] = SLOT_FAULTY;
                 }
         }
         r->op = MAX(op, r->commit);
@@ -1105,8 +1136,13 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op, u128 che
         uint64_t dvc_op, commit_max, log_view;
         bool fresh;
         dvc_fields(m, &dvc_op, &commit_max, &log_view, &fresh);
-        if (fresh)
-                return DVC_FAULTY; /* a re-formatted disk proves nothing about what was acked */
+        if (fresh) {
+                /* A re-formatted disk proves nothing about what was acknowledged before. */
+                uint64_t joined_op;
+                memcpy(&joined_op, m->header->raw + 96, sizeof(joined_op));
+                if (m->header->raw[65] == 0 || op <= joined_op)
+                        return DVC_FAULTY;
+        }
         if (op > dvc_op)
                 return DVC_NACK;
         uint64_t i = dvc_op - op;
@@ -1203,7 +1239,7 @@ static void start_view_maybe_finish(struct replica *r)
                 return;
         r->start_view_pending = false;
         r->status = REPLICA_STATUS_NORMAL;
-        r->fresh = false;
+        r->fresh = false; /* it holds the whole log: everything committed */
         log_info("primary of view view=%u op=%llu commit_max=%llu", r->view,
                  (unsigned long long)r->op, (unsigned long long)r->commit_max);
         /* The uncommitted suffix is replicated again in this view, a pipeline at a time. */
@@ -1366,6 +1402,7 @@ static void on_start_view(struct replica *r, struct message *m)
         dvc_clear(r);
         log_install(r, m, h->start_view.op);
         anchor_set(r);
+        fresh_joined_set(r);
         r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
         sync_maybe(r, h->replica, h->start_view.checkpoint_op);
         view_persist(r);

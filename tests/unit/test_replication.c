@@ -290,6 +290,8 @@ static struct replica_durable durable_of(uint8_t i)
                                         .view_anchor_op = durable_state[i].anchor_op,
                                         .view_anchor_checksum = durable_state[i].anchor_checksum,
                                         .fresh = durable_state[i].fresh,
+                                        .fresh_joined = durable_state[i].fresh_joined,
+                                        .fresh_joined_op = durable_state[i].fresh_joined_op,
                                         .read_header = read_header_store,
                                         .read_prepare = read_prepare_store};
 }
