@@ -696,8 +696,17 @@ static void on_prepare(struct replica *r, struct message *m, int from)
                 r->primary_heard_tick = r->tick;
                 r->commit_max = MAX(r->commit_max, h->prepare.commit);
         }
-        if (h->prepare.op <= r->commit)
+        if (h->prepare.op <= r->commit) {
+                /*
+                 * Executed here already, but a new primary that knows less re-replicates it:
+                 * without our ok it may never gather a quorum for it.
+                 */
+                const struct wire_header *mine = journal_header(r, h->prepare.op);
+                if (mine != NULL && mine->checksum == h->checksum &&
+                    from == (int)replica_primary_index(r, r->view))
+                        send_prepare_ok(r, mine);
                 return;
+        }
         if (replica_is_primary(r) && r->status == REPLICA_STATUS_NORMAL) {
                 /* Only a repair of our own log: an op our journal lost. */
                 const struct wire_header *mine = journal_header(r, h->prepare.op);
