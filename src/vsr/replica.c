@@ -1020,6 +1020,7 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
 {
         r->view = d->view;
         r->log_view = d->log_view;
+        r->recovered_view = d->view;
         r->view_durable = d->view;
         r->log_view_durable = d->log_view;
         r->fresh = d->fresh;

@@ -274,6 +274,7 @@ struct replica {
          */
         bool fresh_joined;
         uint64_t fresh_joined_op;
+        uint32_t recovered_view; /* the durable view at the last start (see dvc_answer) */
         bool fresh_durable;
         bool fresh_writing;
         bool fresh_joined_durable;

@@ -854,25 +854,22 @@ static void send_do_view_change(struct replica *r)
         h->raw[64] = r->fresh ? 1 : 0;
         h->raw[65] = r->fresh && r->fresh_joined_durable ? 1 : 0;
         memcpy(h->raw + 96, &r->fresh_joined_op, sizeof(r->fresh_joined_op));
+        memcpy(h->raw + 104, &r->recovered_view, sizeof(r->recovered_view));
         /*
-         * For the top 128 ops (bit i: op - i): present = held durably; nack = never written
-         * here, so never acknowledged; lost = a write that never landed (a nack unless this
-         * disk loses acknowledged writes, see SLOT_LOST). A damaged copy is none of them: it
-         * may have been acked.
+         * For the top 128 ops (bit i: op - i): present = held durably; faulty = a damaged
+         * copy or one being rewritten, which may have been acknowledged. Any other op is
+         * absent here: the new primary reads that as a nack (see dvc_answer).
          */
-        u128 present = 0, nack = 0, lost = 0;
+        u128 present = 0, faulty = 0;
         for (uint32_t i = 0; i < 128 && i < r->op; i++) {
                 enum replica_slot_state st = journal_state_of(r, r->op - i);
                 if (st == SLOT_DURABLE)
                         present |= (u128)1 << i;
-                else if (st == SLOT_EMPTY || st == SLOT_MISSING)
-                        nack |= (u128)1 << i;
-                else if (st == SLOT_LOST)
-                        lost |= (u128)1 << i;
+                else if (st == SLOT_FAULTY || st == SLOT_WRITING)
+                        faulty |= (u128)1 << i;
         }
         memcpy(h->raw, &present, sizeof(present));
-        memcpy(h->raw + 16, &nack, sizeof(nack));
-        memcpy(h->raw + 80, &lost, sizeof(lost));
+        memcpy(h->raw + 16, &faulty, sizeof(faulty));
         uint8_t primary = replica_primary_index(r, r->view);
         if (primary == r->config.replica) {
                 /* Our own vote, kept with the others'. */
@@ -1134,14 +1131,22 @@ static void send_start_view(struct replica *r, int target)
 /* Does do_view_change `m` prove its sender never acknowledged `op` with this checksum? */
 /* What a do_view_change says about one op of the new primary's log. */
 enum dvc_answer {
-        DVC_UNKNOWN, /* present, out of its window, or from a fresh replica */
+        DVC_UNKNOWN, /* present, or out of its window */
         DVC_NACK,    /* never acknowledged it */
         DVC_LOST,    /* never acknowledged it, unless its disk lost an acknowledged write */
         DVC_FAULTY,  /* holds a damaged copy, or lost its disk: may have acknowledged it */
 };
 
-static enum dvc_answer dvc_answer(const struct message *m, uint64_t op, u128 checksum)
+/*
+ * `header` is the new primary's header for the op (checksum 0 if unknown). An op absent from
+ * the sender's journal was never acknowledged by it, unless it acknowledged it before a crash
+ * and the disk lost that write: possible only for an op of a view it had reached before its
+ * last restart (recovered_view), since a replica acknowledges only ops of views up to its own.
+ */
+static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
+                                  const struct wire_header *header)
 {
+        u128 checksum = header != NULL ? header->checksum : 0;
         uint64_t dvc_op, commit_max, log_view;
         bool fresh;
         dvc_fields(m, &dvc_op, &commit_max, &log_view, &fresh);
@@ -1152,21 +1157,22 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op, u128 che
                 if (m->header->raw[65] == 0 || op <= joined_op)
                         return DVC_FAULTY;
         }
+        uint32_t recovered_view;
+        memcpy(&recovered_view, m->header->raw + 104, sizeof(recovered_view));
+        enum dvc_answer absent =
+                checksum != 0 && header->view > recovered_view ? DVC_NACK : DVC_LOST;
         if (op > dvc_op)
-                return DVC_NACK;
+                return absent;
         uint64_t i = dvc_op - op;
         if (i >= 128)
                 return DVC_UNKNOWN;
-        u128 present, nack, lost;
+        u128 present, faulty;
         memcpy(&present, m->header->raw, sizeof(present));
-        memcpy(&nack, m->header->raw + 16, sizeof(nack));
-        memcpy(&lost, m->header->raw + 80, sizeof(lost));
-        if ((nack >> i) & 1)
-                return DVC_NACK;
-        if ((lost >> i) & 1)
-                return DVC_LOST;
-        if (!((present >> i) & 1))
+        memcpy(&faulty, m->header->raw + 16, sizeof(faulty));
+        if ((faulty >> i) & 1)
                 return DVC_FAULTY;
+        if (!((present >> i) & 1))
+                return absent;
         if (checksum == 0)
                 return DVC_UNKNOWN;
         /* Present, but which prepare? One with another checksum is a different op. */
@@ -1175,7 +1181,7 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op, u128 che
                 struct wire_header h;
                 memcpy(&h, message_body(m) + (size_t)k * WIRE_HEADER_SIZE, sizeof(h));
                 if (h.prepare.op == op)
-                        return h.checksum != checksum ? DVC_NACK : DVC_UNKNOWN;
+                        return h.checksum != checksum ? absent : DVC_UNKNOWN;
         }
         return DVC_UNKNOWN;
 }
@@ -1195,12 +1201,11 @@ static void truncate_unrecoverable(struct replica *r)
                 if (journal_state_of(r, op) == SLOT_DURABLE)
                         continue;
                 const struct wire_header *h = journal_header(r, op);
-                u128 checksum = h != NULL ? h->checksum : 0;
                 uint32_t nacks = 0, lost = 0, faulty = 0;
                 for (uint32_t j = 0; j < n; j++) {
                         if (r->dvc[j] == NULL)
                                 continue;
-                        enum dvc_answer a = dvc_answer(r->dvc[j], op, checksum);
+                        enum dvc_answer a = dvc_answer(r->dvc[j], op, h);
                         nacks += a == DVC_NACK;
                         lost += a == DVC_LOST;
                         faulty += a == DVC_FAULTY;
