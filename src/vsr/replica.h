@@ -316,6 +316,7 @@ struct replica {
         struct message *dvc[WIRE_REPLICAS_MAX]; /* do_view_change messages for `view` */
         bool start_view_pending;        /* new primary: repairing before start_view */
         uint64_t suffix_next;           /* new primary: next old op to replicate again (0: none) */
+        uint64_t suffix_progress_tick;  /* when suffix_next last moved */
         /* Backups: prepares received and not yet executed, by op % REPLICA_PREPARE_CACHE. */
         struct message *prepare_cache[REPLICA_PREPARE_CACHE];
         /* Checkpoints. */

@@ -325,6 +325,7 @@ static void suffix_pump(struct replica *r)
                 e->ok = (uint8_t)(1u << r->config.replica);
                 r->pipeline_count++;
                 r->suffix_next++;
+                r->suffix_progress_tick = r->tick;
                 broadcast(r, p); /* backups that hold it answer prepare_ok at once */
         }
         if (r->suffix_next > r->op)
@@ -1258,6 +1259,7 @@ static void start_view_maybe_finish(struct replica *r)
                  (unsigned long long)r->op, (unsigned long long)r->commit_max);
         /* The uncommitted suffix is replicated again in this view, a pipeline at a time. */
         r->suffix_next = r->commit_max + 1;
+        r->suffix_progress_tick = r->tick;
         suffix_pump(r);
         send_start_view(r, -1);
         commit_advance(r);
@@ -1519,6 +1521,17 @@ static void tick_primary(struct replica *r)
         if ((r->suffix_next != 0 || r->commit < r->commit_max) &&
             r->tick - r->repair_tick >= TICKS_REPAIR)
                 repair(r, -1);
+        /*
+         * An uncommitted op of the suffix that no peer can give back either: step down. The
+         * next view change decides, from every replica's nacks, whether it can be cut.
+         */
+        if (r->suffix_next != 0 && r->tick - r->suffix_progress_tick >= 2 * TICKS_VIEW_CHANGE) {
+                log_warn("view abandoned: op of the log not intact here nor repaired by a peer "
+                         "view=%u op=%llu",
+                         r->view, (unsigned long long)r->suffix_next);
+                view_change_start(r, r->view + 1);
+                return;
+        }
         if (r->config.replica_count > 1) {
                 if (r->tick - r->heartbeat_sent_tick >= TICKS_HEARTBEAT)
                         send_commit(r);
