@@ -16,8 +16,9 @@
  *   - at the end, every acknowledged request is committed on every replica, and the ledgers
  *     and session tables of all replicas are identical.
  *
- * Storage damage that could lose an acknowledged op (corruption, lost writes, wipes) is kept on
- * at most (n - 1) / 2 replicas at a time, so a majority always holds every committed op intact.
+ * Storage damage that could lose an acknowledged op (corruption, bad writes, wipes) is kept on
+ * at most (n - 1) / 2 replicas at a time, and is detectable (checksums, the fresh flag): a
+ * replica never mistakes a damaged copy of an op it acknowledged for one it never had.
  */
 #include "sim/sim_internal.h"
 #include "lib/log.h"
@@ -89,7 +90,7 @@ static const char *const fault_names[SIM_FAULT_COUNT] = {
         [SIM_FAULT_DELAY] = "delay",       [SIM_FAULT_PARTITION] = "partition",
         [SIM_FAULT_CLOSE] = "close",       [SIM_FAULT_CRASH] = "crash",
         [SIM_FAULT_TORN] = "torn",         [SIM_FAULT_CORRUPT] = "corrupt",
-        [SIM_FAULT_LOST_WRITE] = "lost-write", [SIM_FAULT_WIPE] = "wipe",
+        [SIM_FAULT_BAD_WRITE] = "bad-write", [SIM_FAULT_WIPE] = "wipe",
         [SIM_FAULT_CLOCK] = "clock",       [SIM_FAULT_BUSY] = "busy",
 };
 

@@ -37,7 +37,7 @@ enum sim_fault {
         SIM_FAULT_CRASH,      /* a replica crashes (restarts later) */
         SIM_FAULT_TORN,       /* a write in flight at a crash lands torn */
         SIM_FAULT_CORRUPT,    /* a bit flips in a stored header or prepare */
-        SIM_FAULT_LOST_WRITE, /* a journal write is acknowledged but not stored */
+        SIM_FAULT_BAD_WRITE,  /* a journal write is acknowledged but stored damaged */
         SIM_FAULT_WIPE,       /* a crashed replica restarts with a fresh disk */
         SIM_FAULT_CLOCK,      /* a replica's clock jumps backwards */
         SIM_FAULT_BUSY,       /* the disk refuses a write for now */

@@ -9,10 +9,12 @@
  *
  * Writes are acknowledged after a simulated latency, in the order they were issued, and only
  * then are they durable. At a crash, the writes in flight land, land torn or vanish. Faults
- * that hit acknowledged data (a bit flip in a stored entry, a write acknowledged but never
- * stored, a wipe) are recorded in `damaged_op` / `wiped`, so sim.c can keep them on fewer
+ * that hit acknowledged data (a bit flip in a stored entry, a write acknowledged but stored
+ * damaged, a wipe) are recorded in `damaged_op` / `wiped`, so sim.c can keep them on fewer
  * replicas than could lose a committed op; they heal when the slot is written again or a
- * checkpoint covers the op.
+ * checkpoint covers the op. A disk that acknowledges a write and silently keeps the old
+ * contents is not simulated: a replica cannot tell that from a write it never made, and with
+ * the other holder of a just-committed op away no protocol keeps that op (see README).
  */
 #include "sim/sim_internal.h"
 #include "wire/checksum.h"
@@ -407,14 +409,17 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
                 disk->write_head = (disk->write_head + 1) % SIM_WRITES_MAX;
                 disk->write_count--;
                 uint64_t op = w.prepare->header->prepare.op;
-                if (sim_fault_on(sim, SIM_FAULT_LOST_WRITE) && !sim->healing &&
+                store_prepare(disk, w.prepare);
+                if (sim_fault_on(sim, SIM_FAULT_BAD_WRITE) && !sim->healing &&
                     sim_prng_chance(&sim->prng, 5000) && sim_damage_allowed(sim, sr->index)) {
-                        disk->damaged_op[op % SIM_WAL_SLOTS] = op;
-                        sim_count_fault(sim, SIM_FAULT_LOST_WRITE);
-                        sim_note(sim, "lost write replica=%u op=%llu", sr->index,
+                        /* Acknowledged, but what the disk holds is damaged. */
+                        uint32_t slot = (uint32_t)(op % SIM_WAL_SLOTS);
+                        disk->prepares[slot][sim_prng_below(&sim->prng, w.prepare->header->size)] ^=
+                                (uint8_t)(1u << sim_prng_below(&sim->prng, 8));
+                        disk->damaged_op[slot] = op;
+                        sim_count_fault(sim, SIM_FAULT_BAD_WRITE);
+                        sim_note(sim, "bad write replica=%u op=%llu", sr->index,
                                  (unsigned long long)op);
-                } else {
-                        store_prepare(disk, w.prepare);
                 }
                 w.done(w.done_context, w.prepare);
                 message_unref(&sr->pool, w.prepare);

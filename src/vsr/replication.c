@@ -1052,7 +1052,6 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
                 const struct wire_header *mine = journal_header(r, h.prepare.op);
                 if (mine != NULL && mine->checksum == h.checksum)
                         continue;
-                /* A recovery gap stays faulty (we may have acknowledged what was there). */
                 journal_put(r, &h, gap_state(r, mine, h.prepare.op));
         }
         /* Everything past the chosen log's end was never committed: forget it. */
@@ -1129,7 +1128,6 @@ static void send_start_view(struct replica *r, int target)
         finish_and_send(r, m, target);
 }
 
-/* Does do_view_change `m` prove its sender never acknowledged `op` with this checksum? */
 /* What a do_view_change says about one op of the new primary's log. */
 enum dvc_answer {
         DVC_UNKNOWN, /* present, or out of its window */
