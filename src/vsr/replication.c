@@ -371,6 +371,8 @@ static uint32_t bits(uint8_t x)
         return (uint32_t)__builtin_popcount(x);
 }
 
+static void fresh_check(struct replica *r);
+
 /* Executes every op that can be: known committed and here, in op order. */
 static void commit_advance(struct replica *r)
 {
@@ -414,6 +416,8 @@ static void commit_advance(struct replica *r)
                 r->commit_max = MAX(r->commit_max, r->commit);
                 send_commit(r); /* backups commit (and answer their clients) at once */
         }
+        /* Wherever the last known-committed op got executed (a repair, a journal write). */
+        fresh_check(r);
         replication_prepare_pump(r);
 }
 
