@@ -983,12 +983,11 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
 }
 
 /*
- * A replica of a cluster whose checkpoint is unreadable starts as if re-formatted, keeping only
- * its view (a promise): its journal continues a state it no longer has, so it holds no log
- * (log_view 0), and it is fresh, since it may have acknowledged ops it now ignores. State sync
- * then copies a peer's checkpoint, which a restart finds in place of the damaged one.
+ * Forgets the sessions (with their replies) and how far ops were executed, before another
+ * state replaces them. Each session entry keeps its reply slot: the slot pair belongs to the
+ * entry. The ledger is the caller's to reset.
  */
-static void open_without_state(struct replica *r)
+static void executed_state_forget(struct replica *r)
 {
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 if (r->clients[i].reply != NULL)
@@ -997,13 +996,25 @@ static void open_without_state(struct replica *r)
                 memset(&r->clients[i], 0, sizeof(r->clients[i]));
                 r->clients[i].reply_slot = slot;
         }
-        /* The ledger is still empty: a failed checkpoint read leaves it reset. */
         r->op = 0;
         r->commit = 0;
-        r->commit_max = 0;
         r->commit_checksum = 0;
-        r->parent = 0;
+        r->commit_max = 0;
         r->timestamp_last = 0;
+        r->pending_create_events = 0;
+}
+
+/*
+ * A replica of a cluster whose checkpoint is unreadable starts as if re-formatted, keeping only
+ * its view (a promise): its journal continues a state it no longer has, so it holds no log
+ * (log_view 0), and it is fresh, since it may have acknowledged ops it now ignores. State sync
+ * then copies a peer's checkpoint, which a restart finds in place of the damaged one.
+ */
+static void open_without_state(struct replica *r)
+{
+        /* The ledger is still empty: a failed checkpoint read leaves it reset. */
+        executed_state_forget(r);
+        r->parent = 0;
         r->log_view = 0;
         r->anchor_op = 0;
         r->anchor_checksum = 0;
@@ -1152,12 +1163,9 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
          * the old checkpoint naming an overwritten reply. (The peer's slots say nothing here.)
          */
         uint32_t durable_slot[REPLICA_CLIENTS_MAX];
-        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
+        for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++)
                 durable_slot[i] = r->clients[i].reply_slot;
-                if (r->clients[i].reply != NULL)
-                        message_unref(r->pool, r->clients[i].reply);
-                memset(&r->clients[i], 0, sizeof(r->clients[i]));
-        }
+        executed_state_forget(r);
         /* Journal entries after the checkpoint that chain onto it stay: they may have been
          * acknowledged. Everything else in the journal is superseded by the checkpoint. */
         u128 chain = prepare_checksum;
@@ -1176,12 +1184,6 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
                 if (!(x > op && x <= keep))
                         r->journal_state[slot] = SLOT_EMPTY;
         }
-        r->op = 0;
-        r->commit = 0;
-        r->commit_checksum = 0;
-        r->commit_max = 0;
-        r->timestamp_last = 0;
-        r->pending_create_events = 0;
         struct install_context c = {.replies = replies};
         char error[256];
         if (replica_restore(r, blob, size, op, prepare_checksum, timestamp, install_read_reply,
