@@ -195,13 +195,15 @@ static int recover(struct server *s, char *error, size_t error_size)
         const struct superblock *sb = &s->storage.superblock;
         uint64_t started = io_monotonic_ns();
         struct replica_durable durable = {
-                .view = sb->view,
-                .log_view = sb->log_view,
-                .view_anchor_op = sb->view_anchor_op,
-                .view_anchor_checksum = sb->view_anchor_checksum,
-                .fresh = sb->caught_up == 0,
-                .fresh_joined = sb->fresh_joined != 0,
-                .fresh_joined_op = sb->fresh_joined_op,
+                .view_state = {
+                        .view = sb->view,
+                        .log_view = sb->log_view,
+                        .anchor_op = sb->view_anchor_op,
+                        .anchor_checksum = sb->view_anchor_checksum,
+                        .fresh = sb->caught_up == 0,
+                        .fresh_joined = sb->fresh_joined != 0,
+                        .fresh_joined_op = sb->fresh_joined_op,
+                },
                 .context = s,
                 .read_reply = read_reply,
                 .read_header = read_header,

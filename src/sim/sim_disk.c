@@ -28,6 +28,7 @@ void sim_disk_init(struct sim *sim, struct sim_disk *disk)
 {
         (void)sim;
         memset(disk, 0, sizeof(*disk));
+        disk->view_state = (struct replica_view_state){.fresh = true}; /* as formatted */
         disk->headers = calloc(SIM_WAL_SLOTS, WIRE_HEADER_SIZE);
         disk->prepares = calloc(SIM_WAL_SLOTS, sizeof(*disk->prepares));
         disk->replies = calloc(SIM_REPLY_SLOTS, sizeof(*disk->replies));
@@ -48,13 +49,7 @@ void sim_disk_format(struct sim *sim, struct sim_disk *disk)
 {
         (void)sim;
         tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
-        disk->view = 0;
-        disk->log_view = 0;
-        disk->caught_up = false;
-        disk->fresh_joined = false;
-        disk->fresh_joined_op = 0;
-        disk->anchor_op = 0;
-        disk->anchor_checksum = 0;
+        disk->view_state = (struct replica_view_state){.fresh = true};
         disk->checkpoint_present = false;
         blob_free(&disk->checkpoint);
         disk->checkpoint_op = 0;
@@ -205,13 +200,7 @@ void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_du
         (void)sim;
         struct sim_disk *disk = &sr->disk;
         memset(durable, 0, sizeof(*durable));
-        durable->view = disk->view;
-        durable->log_view = disk->log_view;
-        durable->view_anchor_op = disk->anchor_op;
-        durable->view_anchor_checksum = disk->anchor_checksum;
-        durable->fresh = !disk->caught_up; /* as the superblock's caught_up */
-        durable->fresh_joined = disk->fresh_joined;
-        durable->fresh_joined_op = disk->fresh_joined_op;
+        durable->view_state = disk->view_state;
         durable->context = sr;
         durable->read_reply = read_reply;
         durable->read_header = read_header;
@@ -305,13 +294,7 @@ bool sim_env_view_write(void *context, const struct replica_view_state *state,
                 return false;
         }
         disk->view_pending = true;
-        disk->view_next = view;
-        disk->log_view_next = log_view;
-        disk->anchor_op_next = state->anchor_op;
-        disk->anchor_checksum_next = state->anchor_checksum;
-        disk->caught_up_next = !state->fresh;
-        disk->fresh_joined_next = state->fresh_joined;
-        disk->fresh_joined_op_next = state->fresh_joined_op;
+        disk->view_state_next = *state;
         disk->view_at_ns = sim->now_ns + sim_prng_range(&sim->prng, 1, 5) * SIM_NS_PER_MS;
         disk->view_done = done;
         disk->view_done_context = replica;
@@ -426,13 +409,7 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
         }
         if (!sim->failed && sr->up && disk->view_pending && disk->view_at_ns <= sim->now_ns) {
                 disk->view_pending = false;
-                disk->view = disk->view_next;
-                disk->log_view = disk->log_view_next;
-                disk->anchor_op = disk->anchor_op_next;
-                disk->anchor_checksum = disk->anchor_checksum_next;
-                disk->caught_up = disk->caught_up_next;
-                disk->fresh_joined = disk->fresh_joined_next;
-                disk->fresh_joined_op = disk->fresh_joined_op_next;
+                disk->view_state = disk->view_state_next;
                 disk->view_done(disk->view_done_context);
         }
         if (!sim->failed && sr->up && disk->checkpoint_pending &&
@@ -506,13 +483,7 @@ void sim_disk_crash(struct sim *sim, struct sim_replica *sr)
         disk->write_count = 0;
         disk->write_head = 0;
         if (disk->view_pending && sim_prng_chance(&sim->prng, 500000)) {
-                disk->view = disk->view_next; /* written, just not acknowledged */
-                disk->log_view = disk->log_view_next;
-                disk->anchor_op = disk->anchor_op_next;
-                disk->anchor_checksum = disk->anchor_checksum_next;
-                disk->caught_up = disk->caught_up_next;
-                disk->fresh_joined = disk->fresh_joined_next;
-                disk->fresh_joined_op = disk->fresh_joined_op_next;
+                disk->view_state = disk->view_state_next; /* written, just not acknowledged */
         }
         disk->view_pending = false;
         if (disk->checkpoint_pending)

@@ -56,13 +56,7 @@ struct sim_write {
 
 struct sim_disk {
         /* Durable contents: what survives a crash. */
-        uint32_t view;
-        uint32_t log_view;
-        uint64_t anchor_op;
-        u128 anchor_checksum;
-        bool caught_up; /* the superblock's caught_up: false as formatted */
-        bool fresh_joined;
-        uint64_t fresh_joined_op;
+        struct replica_view_state view_state; /* as formatted: {.fresh = true} */
         bool checkpoint_present;
         struct sim_blob checkpoint;
         uint64_t checkpoint_op;
@@ -81,13 +75,7 @@ struct sim_disk {
         uint32_t write_head;
         uint32_t write_count;
         bool view_pending;
-        uint32_t view_next;
-        uint32_t log_view_next;
-        uint64_t anchor_op_next;
-        u128 anchor_checksum_next;
-        bool caught_up_next;
-        bool fresh_joined_next;
-        uint64_t fresh_joined_op_next;
+        struct replica_view_state view_state_next;
         uint64_t view_at_ns;
         void (*view_done)(void *replica);
         void *view_done_context;

@@ -901,14 +901,15 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
         u128 expected = r->parent;
         bool forward = true;
         uint64_t present = 0, missing = 0;
-        uint64_t anchor = d->view_anchor_op > checkpoint_op ? d->view_anchor_op : 0;
+        const struct replica_view_state *v = &d->view_state;
+        uint64_t anchor = v->anchor_op > checkpoint_op ? v->anchor_op : 0;
         /* Forward from the checkpoint, and everything of log_view after the anchor. */
         for (uint64_t op = checkpoint_op + 1; op <= checkpoint_op + slots; op++) {
                 uint32_t slot = (uint32_t)(op % slots);
                 bool ok = header_recover(r, d, slot, &header, scratch) &&
                           header.prepare.op == op;
                 bool chains = ok && forward && header.prepare.parent == expected;
-                bool current = ok && anchor != 0 && op > anchor && header.view == d->log_view;
+                bool current = ok && anchor != 0 && op > anchor && header.view == v->log_view;
                 if (!chains)
                         forward = false;
                 if (chains)
@@ -921,7 +922,7 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
         }
         /* Back from the anchor: what chains to it is the log as log_view began. */
         if (anchor != 0) {
-                expected = d->view_anchor_checksum;
+                expected = v->anchor_checksum;
                 for (uint64_t op = anchor; op > checkpoint_op; op--) {
                         uint32_t slot = (uint32_t)(op % slots);
                         if (!header_recover(r, d, slot, &header, scratch) ||
@@ -970,10 +971,7 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
         if (top != NULL)
                 r->parent = top->checksum;
         else if (anchor != 0 && last == anchor)
-                r->parent = d->view_anchor_checksum;
-        r->anchor_op = d->view_anchor_op;
-        r->anchor_checksum = d->view_anchor_checksum;
-        r->anchor_op_durable = d->view_anchor_op;
+                r->parent = v->anchor_checksum;
         log_info("recovered checkpoint_op=%llu journal_ops=%llu to_repair=%llu commit=%llu "
                  "op=%llu view=%u log_view=%u",
                  (unsigned long long)checkpoint_op, (unsigned long long)present,
@@ -1029,16 +1027,16 @@ static void open_without_state(struct replica *r)
 int replica_open(struct replica *r, const struct replica_durable *d, char *error,
                  size_t error_size)
 {
-        r->view = d->view;
-        r->log_view = d->log_view;
-        r->recovered_view = d->view;
-        r->view_durable = d->view;
-        r->log_view_durable = d->log_view;
-        r->fresh = d->fresh;
-        r->fresh_durable = d->fresh;
-        r->fresh_joined = d->fresh_joined;
-        r->fresh_joined_durable = d->fresh_joined;
-        r->fresh_joined_op = d->fresh_joined_op;
+        const struct replica_view_state *v = &d->view_state;
+        r->view = v->view;
+        r->log_view = v->log_view;
+        r->anchor_op = v->anchor_op;
+        r->anchor_checksum = v->anchor_checksum;
+        r->fresh = v->fresh;
+        r->fresh_joined = v->fresh_joined;
+        r->fresh_joined_op = v->fresh_joined_op;
+        r->view_state_durable = *v;
+        r->recovered_view = v->view;
         bool lost = d->checkpoint_lost;
         if (!lost && d->checkpoint_blob != NULL &&
             replica_restore(r, d->checkpoint_blob, d->checkpoint_size, d->checkpoint_op,

@@ -123,14 +123,7 @@ struct replica_env {
  * state, the checkpoint, and access to the journal. replica_open() rebuilds the state from it.
  */
 struct replica_durable {
-        uint32_t view;
-        uint32_t log_view;
-        uint64_t view_anchor_op;
-        u128 view_anchor_checksum;
-        /* Formatted and not yet caught up with the cluster (persisted with the view state). */
-        bool fresh;
-        bool fresh_joined;
-        uint64_t fresh_joined_op;
+        struct replica_view_state view_state; /* a formatted file's: {.fresh = true} */
         const uint8_t *checkpoint_blob; /* NULL: no checkpoint yet */
         uint64_t checkpoint_size;
         uint64_t checkpoint_op;
@@ -249,15 +242,12 @@ struct replica {
         enum replica_status status;
         uint32_t view;
         uint32_t log_view;      /* the latest view in which this log was normal */
-        uint32_t view_durable;  /* view and log_view as persisted */
-        uint32_t log_view_durable;
-        bool view_write_in_flight;
-        uint32_t view_writing; /* the values being persisted */
-        uint32_t log_view_writing;
         uint64_t anchor_op;    /* the log's end when log_view began (see replica_view_state) */
-        uint64_t anchor_op_writing;
-        uint64_t anchor_op_durable;
         u128 anchor_checksum;
+        /* The view state (these fields and fresh*) as persisted, and as being persisted. */
+        struct replica_view_state view_state_durable;
+        struct replica_view_state view_state_writing;
+        bool view_write_in_flight;
         /*
          * Formatted (maybe re-formatted after losing its data file) and not yet caught up:
          * it may have acknowledged ops in an earlier life that it no longer holds, so it does
@@ -275,11 +265,6 @@ struct replica {
         bool fresh_joined;
         uint64_t fresh_joined_op;
         uint32_t recovered_view; /* the durable view at the last start (see dvc_answer) */
-        bool fresh_durable;
-        bool fresh_writing;
-        bool fresh_joined_durable;
-        bool fresh_joined_writing;
-        uint64_t fresh_joined_op_writing;
         uint8_t fresh_heard;       /* peers whose current view this fresh replica heard */
         uint32_t fresh_view_floor; /* the highest of those views */
         uint64_t op;         /* highest op whose header is in the journal */

@@ -443,7 +443,8 @@ static void send_prepare_ok(struct replica *r, const struct wire_header *prepare
          * Not before this view's state is durable: recovery keeps an op of log_view only if
          * the persisted log_view says so, and an acknowledged op must never be forgotten.
          */
-        if (r->log_view_durable != r->view || r->anchor_op_durable != r->anchor_op)
+        if (r->view_state_durable.log_view != r->view ||
+            r->view_state_durable.anchor_op != r->anchor_op)
                 return;
         struct message *m = header_only(r, COMMAND_PREPARE_OK);
         if (m == NULL)
@@ -845,7 +846,7 @@ static uint32_t headers_write(struct replica *r, uint8_t *body)
 
 static void send_do_view_change(struct replica *r)
 {
-        if (r->view_durable != r->view)
+        if (r->view_state_durable.view != r->view)
                 return; /* the new view must be durable before it is promised to anyone */
         struct message *m = header_only(r, COMMAND_DO_VIEW_CHANGE);
         if (m == NULL)
@@ -857,7 +858,7 @@ static void send_do_view_change(struct replica *r)
         uint64_t fields[4] = {r->op, r->commit_max, r->checkpoint_op_durable, r->log_view};
         memcpy(h->raw + 32, fields, sizeof(fields)); /* op, commit_max, checkpoint, log_view */
         h->raw[64] = r->fresh ? 1 : 0;
-        h->raw[65] = r->fresh && r->fresh_joined_durable ? 1 : 0;
+        h->raw[65] = r->fresh && r->view_state_durable.fresh_joined ? 1 : 0;
         memcpy(h->raw + 96, &r->fresh_joined_op, sizeof(r->fresh_joined_op));
         memcpy(h->raw + 104, &r->recovered_view, sizeof(r->recovered_view));
         /*
@@ -903,11 +904,7 @@ static void on_view_written(void *context)
 {
         struct replica *r = context;
         r->view_write_in_flight = false;
-        r->view_durable = r->view_writing;
-        r->log_view_durable = r->log_view_writing;
-        r->anchor_op_durable = r->anchor_op_writing;
-        r->fresh_durable = r->fresh_writing;
-        r->fresh_joined_durable = r->fresh_joined_writing;
+        r->view_state_durable = r->view_state_writing;
         if (r->start_view_pending)
                 start_view_maybe_finish(r);
         else if (r->status == REPLICA_STATUS_VIEW_CHANGE)
@@ -927,16 +924,7 @@ static void view_persist(struct replica *r)
 {
         if (r->view_write_in_flight || r->env.view_write == NULL)
                 return;
-        if (r->view_durable == r->view && r->log_view_durable == r->log_view &&
-            r->anchor_op_durable == r->anchor_op && r->fresh_durable == r->fresh &&
-            r->fresh_joined_durable == r->fresh_joined)
-                return;
-        r->view_writing = r->view;
-        r->log_view_writing = r->log_view;
-        r->anchor_op_writing = r->anchor_op;
-        r->fresh_writing = r->fresh;
-        r->fresh_joined_writing = r->fresh_joined;
-        struct replica_view_state state = {
+        struct replica_view_state now = {
                 .view = r->view,
                 .log_view = r->log_view,
                 .anchor_op = r->anchor_op,
@@ -945,8 +933,15 @@ static void view_persist(struct replica *r)
                 .fresh_joined = r->fresh_joined,
                 .fresh_joined_op = r->fresh_joined_op,
         };
+        const struct replica_view_state *d = &r->view_state_durable;
+        if (d->view == now.view && d->log_view == now.log_view &&
+            d->anchor_op == now.anchor_op && d->anchor_checksum == now.anchor_checksum &&
+            d->fresh == now.fresh && d->fresh_joined == now.fresh_joined &&
+            d->fresh_joined_op == now.fresh_joined_op)
+                return;
+        r->view_state_writing = now;
         r->view_write_in_flight = true;
-        if (!r->env.view_write(r->env.context, &state, on_view_written, r))
+        if (!r->env.view_write(r->env.context, &now, on_view_written, r))
                 r->view_write_in_flight = false;
 }
 
@@ -1251,8 +1246,8 @@ static void start_view_maybe_finish(struct replica *r)
 {
         if (r->start_view_pending)
                 truncate_unrecoverable(r);
-        if (!r->start_view_pending || r->view_durable != r->view ||
-            r->log_view_durable != r->view || !log_complete(r))
+        if (!r->start_view_pending || r->view_state_durable.view != r->view ||
+            r->view_state_durable.log_view != r->view || !log_complete(r))
                 return;
         r->start_view_pending = false;
         r->status = REPLICA_STATUS_NORMAL;
@@ -1588,7 +1583,7 @@ void replication_tick(struct replica *r)
                 break;
         case REPLICA_STATUS_VIEW_CHANGE:
                 /* Peers still in an older view join this one (see SVC_JOINED). */
-                if (r->view_durable == r->view && r->tick % 10 == 0)
+                if (r->view_state_durable.view == r->view && r->tick % 10 == 0)
                         send_start_view_change_as(r, r->view, SVC_JOINED);
                 if (r->tick - r->view_change_tick >= TICKS_VIEW_CHANGE && r->tick % 10 == 0) {
                         send_start_view_change(r, r->view + 1);
@@ -1610,7 +1605,8 @@ void replication_tick(struct replica *r)
                 if (r->tick - r->start_view_asked_tick >= TICKS_REQUEST_START_VIEW)
                         request_start_view(r, -1);
                 /* Restarted during a view change: its view may be one the others missed. */
-                if (r->view > r->log_view && r->view_durable == r->view && r->tick % 10 == 0)
+                if (r->view > r->log_view && r->view_state_durable.view == r->view &&
+                    r->tick % 10 == 0)
                         send_start_view_change_as(r, r->view, SVC_JOINED);
                 /* Nobody answers: every replica restarted (or a new cluster); decide a view. */
                 if (r->tick - r->view_change_tick >= 2 * TICKS_PRIMARY_SILENT &&

@@ -244,7 +244,7 @@ static void cluster_start(uint8_t count)
         for (uint8_t i = 0; i < count; i++) {
                 replica_start(i);
                 durable_state[i] = (struct replica_view_state){.fresh = true}; /* as formatted */
-                struct replica_durable d = {.fresh = true,
+                struct replica_durable d = {.view_state = durable_state[i],
                                             .read_header = read_header_none,
                                             .read_prepare = read_prepare_none};
                 char error[128];
@@ -285,13 +285,7 @@ static bool read_prepare_store(void *context, uint32_t slot, const struct wire_h
 static struct replica_durable durable_of(uint8_t i)
 {
         restoring = i;
-        return (struct replica_durable){.view = durable_state[i].view,
-                                        .log_view = durable_state[i].log_view,
-                                        .view_anchor_op = durable_state[i].anchor_op,
-                                        .view_anchor_checksum = durable_state[i].anchor_checksum,
-                                        .fresh = durable_state[i].fresh,
-                                        .fresh_joined = durable_state[i].fresh_joined,
-                                        .fresh_joined_op = durable_state[i].fresh_joined_op,
+        return (struct replica_durable){.view_state = durable_state[i],
                                         .read_header = read_header_store,
                                         .read_prepare = read_prepare_store};
 }
@@ -642,7 +636,7 @@ static void test_state_sync(void)
                 store[2][op] = NULL;
         }
         replica_start(2);
-        struct replica_durable d = {.fresh = true,
+        struct replica_durable d = {.view_state = {.fresh = true},
                                     .read_header = read_header_none,
                                     .read_prepare = read_prepare_none};
         char error[128];
