@@ -552,26 +552,40 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats)
 /* ---------------------------------------------------------------------------------------- */
 /* Timestamp lookups over the timestamp-ordered arrays. */
 
-bool ledger_account_timestamp_exists(const struct ledger *ledger, uint64_t timestamp)
+uint32_t ledger_timestamp_search(const uint8_t *objects, uint32_t count, size_t offset,
+                                 uint64_t timestamp, bool after)
 {
-        uint32_t lo = 0, hi = ledger->account_count;
+        uint32_t lo = 0, hi = count;
         while (lo < hi) {
                 uint32_t mid = lo + (hi - lo) / 2;
-                if (ledger->accounts[mid].timestamp < timestamp) lo = mid + 1;
-                else hi = mid;
+                uint64_t t;
+                memcpy(&t, objects + (size_t)mid * 128 + offset, sizeof(t));
+                if (t < timestamp || (after && t == timestamp))
+                        lo = mid + 1;
+                else
+                        hi = mid;
         }
-        return lo < ledger->account_count && ledger->accounts[lo].timestamp == timestamp;
+        return lo;
+}
+
+bool ledger_account_timestamp_exists(const struct ledger *ledger, uint64_t timestamp)
+{
+        _Static_assert(sizeof(struct wire_account) == 128, "128-byte records");
+        uint32_t i = ledger_timestamp_search((const uint8_t *)ledger->accounts,
+                                             ledger->account_count,
+                                             offsetof(struct wire_account, timestamp), timestamp,
+                                             false);
+        return i < ledger->account_count && ledger->accounts[i].timestamp == timestamp;
 }
 
 bool ledger_transfer_timestamp_exists(const struct ledger *ledger, uint64_t timestamp)
 {
-        uint32_t lo = 0, hi = ledger->transfer_count;
-        while (lo < hi) {
-                uint32_t mid = lo + (hi - lo) / 2;
-                if (ledger->transfers[mid].timestamp < timestamp) lo = mid + 1;
-                else hi = mid;
-        }
-        return lo < ledger->transfer_count && ledger->transfers[lo].timestamp == timestamp;
+        _Static_assert(sizeof(struct wire_transfer) == 128, "128-byte records");
+        uint32_t i = ledger_timestamp_search((const uint8_t *)ledger->transfers,
+                                             ledger->transfer_count,
+                                             offsetof(struct wire_transfer, timestamp), timestamp,
+                                             false);
+        return i < ledger->transfer_count && ledger->transfers[i].timestamp == timestamp;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -158,6 +158,13 @@ uint32_t ledger_query_accounts(const struct ledger *ledger, const uint8_t *filte
 uint32_t ledger_query_transfers(const struct ledger *ledger, const uint8_t *filter,
                                 uint32_t result_max, uint8_t *out);
 
+/*
+ * In `count` 128-byte records sorted by the u64 timestamp at byte `offset`: the first index
+ * whose timestamp is at least `timestamp` (with `after`: greater than it), or count.
+ */
+uint32_t ledger_timestamp_search(const uint8_t *objects, uint32_t count, size_t offset,
+                                 uint64_t timestamp, bool after);
+
 /* Accounts / transfers by timestamp (binary search); true if one has exactly `timestamp`. */
 bool ledger_account_timestamp_exists(const struct ledger *ledger, uint64_t timestamp);
 bool ledger_transfer_timestamp_exists(const struct ledger *ledger, uint64_t timestamp);

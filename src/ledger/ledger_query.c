@@ -243,36 +243,16 @@ struct query_layout {
         size_t user_data_128, user_data_64, user_data_32, ledger, code, timestamp;
 };
 
-static uint64_t object_timestamp(const uint8_t *object, const struct query_layout *layout)
-{
-        uint64_t timestamp;
-        memcpy(&timestamp, object + layout->timestamp, sizeof(timestamp));
-        return timestamp;
-}
-
 static uint32_t query_run(const uint8_t *objects, uint32_t count,
                           const struct query_layout *layout, const struct query_scan *scan,
                           uint8_t *out)
 {
         /* First position with timestamp >= min, first with timestamp > max. */
-        uint32_t lo = 0, hi = count;
-        while (lo < hi) {
-                uint32_t mid = lo + (hi - lo) / 2;
-                if (object_timestamp(objects + (size_t)mid * 128, layout) < scan->timestamp_min)
-                        lo = mid + 1;
-                else
-                        hi = mid;
-        }
-        uint32_t begin = lo;
-        hi = count;
-        while (lo < hi) {
-                uint32_t mid = lo + (hi - lo) / 2;
-                if (object_timestamp(objects + (size_t)mid * 128, layout) <= scan->timestamp_max)
-                        lo = mid + 1;
-                else
-                        hi = mid;
-        }
-        uint32_t end = lo;
+        uint32_t begin = ledger_timestamp_search(objects, count, layout->timestamp,
+                                                 scan->timestamp_min, false);
+        uint32_t end = ledger_timestamp_search(objects, count, layout->timestamp,
+                                               scan->timestamp_max, true);
+        tally_assert(begin <= end); /* the filter check keeps min <= max */
 
         uint32_t found = 0;
         for (uint32_t k = 0; k < end - begin && found < scan->limit; k++) {
