@@ -15,9 +15,16 @@ trap 'stop_server >/dev/null 2>&1; rm -rf "$WORK"' EXIT
 JOBS=$(nproc 2>/dev/null || echo 2)
 
 section() { printf '\n=== %s\n' "$1"; }
+FAILURES="$WORK/failures"; : >"$FAILURES"
 record() { # record <name> <output file> <exit status>
   if sum_results "$2" && [ "$3" -eq 0 ]; then echo "--- $1: ok"; else
-    echo "--- $1: FAILED"; [ "$3" -ne 0 ] && ! grep -qE '[1-9][0-9]* failed$' "$2" && TOTAL_FAILED=$((TOTAL_FAILED + 1)); fi
+    echo "--- $1: FAILED"; [ "$3" -ne 0 ] && ! grep -qE '[1-9][0-9]* failed$' "$2" && TOTAL_FAILED=$((TOTAL_FAILED + 1))
+    # The lines that name what failed, kept for the summary printed just above the total (CI
+    # shows only the end of the output).
+    { echo "$1 (exit $3):"
+      grep -E '^(not ok|FAIL|seed=)|✖|FAILED|CHECK failed|failed after|[Ee]rror|[1-9][0-9]* failed$|had exited|did not|replay' "$2" |
+        grep -v '^ℹ' | head -8 | cut -c1-200
+    } >>"$FAILURES"; fi
 }
 
 section "build"
@@ -92,6 +99,7 @@ if [ -x tests/run_node.sh ]; then
   tail -40 "$WORK/node.out"; record "node client" "$WORK/node.out" $rc
 fi
 
+if [ -s "$FAILURES" ]; then section "what failed"; cat "$FAILURES"; fi
 section "total"
 echo "$TOTAL_PASSED passed, $TOTAL_FAILED failed"
 [ "$TOTAL_FAILED" -eq 0 ]
