@@ -8,12 +8,14 @@
 # Bounded: the load runs LOAD_SECONDS and everything is stopped at the end.
 #
 #   PRELOAD=500000 LOAD_SECONDS=40 LOAD_CLIENTS=4 LOAD_BATCH=10 bench/resync_under_load.sh
+#   (LOAD_CLIENTS=0: no load, the time to copy and install alone)
 set -u
 cd "$(dirname "$0")/.."
 PRELOAD=${PRELOAD:-500000}
 LOAD_SECONDS=${LOAD_SECONDS:-40}
 LOAD_CLIENTS=${LOAD_CLIENTS:-4}
 LOAD_BATCH=${LOAD_BATCH:-10}
+PRELOAD_BATCH=${PRELOAD_BATCH:-8189}
 PORT=${PORT:-4001}
 DIR=$(mktemp -d /tmp/tally-resync.XXXXXX)
 ADDRESSES="127.0.0.1:$PORT,127.0.0.1:$((PORT + 1)),127.0.0.1:$((PORT + 2))"
@@ -34,10 +36,14 @@ for i in 0 1 2; do ./tally format --cluster=0 --replica=$i --replica-count=3 "$D
 for i in 0 1 2; do start_replica $i "$DIR/replica-$i.log"; done
 sleep 2
 timeout 300 ./tally benchmark --addresses="$ADDRESSES" --accounts=10000 --transfers="$PRELOAD" \
-  --batch=8189 --clients=2 2>&1 | grep -E '^transfers:|^error' || { echo "preload failed"; exit 1; }
+  --batch="$PRELOAD_BATCH" --clients=2 2>&1 | grep -E '^transfers:|^error' || { echo "preload failed"; exit 1; }
 
-timeout "$LOAD_SECONDS" ./tally benchmark --addresses="$ADDRESSES" --accounts=100 \
-  --transfers=1000000000 --batch="$LOAD_BATCH" --clients="$LOAD_CLIENTS" >"$DIR/load.out" 2>&1 &
+if [ "$LOAD_CLIENTS" -gt 0 ]; then
+  timeout "$LOAD_SECONDS" ./tally benchmark --addresses="$ADDRESSES" --accounts=100 \
+    --transfers=1000000000 --batch="$LOAD_BATCH" --clients="$LOAD_CLIENTS" >"$DIR/load.out" 2>&1 &
+else # no load: the time to copy and install alone
+  (sleep "$LOAD_SECONDS"; echo "requests=0") >"$DIR/load.out" &
+fi
 load_pid=$!
 sleep 3
 kill -9 "${PIDS[2]}"; wait "${PIDS[2]}" 2>/dev/null
@@ -56,6 +62,8 @@ since() { # seconds from the restart to the time stamp of a log line
 first=$(grep -m1 'state sync installed' "$log"); last=$(grep 'state sync installed' "$log" | tail -1)
 echo "load: $(grep -o 'requests=[0-9]*' "$DIR/load.out") in ${LOAD_SECONDS} s, $LOAD_CLIENTS clients, $LOAD_BATCH transfers per request"
 echo "re-formatted replica: $(grep -c 'state sync started' "$log") state syncs"
+started=$(grep -m1 'state sync started' "$log")
+[ -n "$started" ] && echo "  first copy started $(since "$started") s after its restart"
 [ -n "$first" ] && echo "  first installed $(since "$first") s after its restart: ${first##*info  }"
 [ -n "$last" ] && echo "  last installed $(since "$last") s after its restart: ${last##*info  }"
 echo "  the load ended $(echo "$load_ended - $restarted" | bc) s after its restart"
