@@ -18,7 +18,11 @@ section() { printf '\n=== %s\n' "$1"; }
 FAILURES="$WORK/failures"; : >"$FAILURES"
 record() { # record <name> <output file> <exit status>
   if sum_results "$2" && [ "$3" -eq 0 ]; then echo "--- $1: ok"; else
-    echo "--- $1: FAILED"; [ "$3" -ne 0 ] && ! grep -qE '[1-9][0-9]* failed$' "$2" && TOTAL_FAILED=$((TOTAL_FAILED + 1))
+    echo "--- $1: FAILED"
+    # A non-zero exit whose last result line reports no failure still counts as one (a missing
+    # result line was already counted by sum_results).
+    [ "$3" -ne 0 ] && grep -E '^[0-9]+ passed, [0-9]+ failed$' "$2" | tail -1 | grep -q ', 0 failed$' &&
+      TOTAL_FAILED=$((TOTAL_FAILED + 1))
     # The lines that name what failed, kept for the summary printed just above the total (CI
     # shows only the end of the output).
     { echo "$1 (exit $3):"
@@ -49,7 +53,7 @@ if start_server build/asan/tally "$WORK/bad-input"; then
   stop_server || rc=1
   cat "$WORK/bad-input.out"; record "bad input" "$WORK/bad-input.out" $rc
 else
-  TOTAL_FAILED=$((TOTAL_FAILED + 1))
+  TOTAL_FAILED=$((TOTAL_FAILED + 1)); echo "bad input: the server did not start" >>"$FAILURES"
 fi
 
 section "tally benchmark (smoke)"
@@ -90,7 +94,7 @@ if start_server ./tally "$WORK/conformance"; then
   grep -E '^(FAIL|==|ABORT)|passed, ' "$WORK/conformance.out" | head -60
   record "conformance" "$WORK/conformance.out" $rc
 else
-  TOTAL_FAILED=$((TOTAL_FAILED + 1))
+  TOTAL_FAILED=$((TOTAL_FAILED + 1)); echo "conformance: the server did not start" >>"$FAILURES"
 fi
 
 if [ -x tests/run_node.sh ]; then

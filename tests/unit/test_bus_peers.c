@@ -561,8 +561,8 @@ int main(void)
         else
                 log_set_level(LOG_ERROR);
         /* test_unresolvable_name waits for two failed lookups. A machine whose DNS server never
-         * answers takes glibc's default 2 attempts x 5 s per lookup to say no (CI failed on that
-         * once); the test is about the bus, not DNS, so one 1 s attempt per lookup. */
+         * answers takes glibc's default 2 attempts x 5 s per lookup to say no, and the test
+         * failed so; it is about the bus, not DNS, so one 1 s attempt per lookup. */
         setenv("RES_OPTIONS", "timeout:1 attempts:1", 1);
         TEST_RUN(test_one_connection_per_pair);
         TEST_RUN(test_messages_both_ways);
