@@ -56,8 +56,11 @@ load_ended=$(date +%s.%N)
 sleep 2
 
 log="$DIR/replica-2-again.log"
+seconds_between() { # seconds from $1 to $2 (awk: bc is not on every machine)
+  awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'
+}
 since() { # seconds from the restart to the time stamp of a log line
-  local t; t=$(cut -c1-23 <<<"$1" | sed 's/T/ /'); echo "$(date -ud "$t" +%s.%N) - $restarted" | bc
+  local t; t=$(cut -c1-23 <<<"$1" | sed 's/T/ /'); seconds_between "$restarted" "$(date -ud "$t" +%s.%N)"
 }
 first=$(grep -m1 'state sync installed' "$log"); last=$(grep 'state sync installed' "$log" | tail -1)
 echo "load: $(grep -o 'requests=[0-9]*' "$DIR/load.out") in ${LOAD_SECONDS} s, $LOAD_CLIENTS clients, $LOAD_BATCH transfers per request"
@@ -66,5 +69,5 @@ started=$(grep -m1 'state sync started' "$log")
 [ -n "$started" ] && echo "  first copy started $(since "$started") s after its restart"
 [ -n "$first" ] && echo "  first installed $(since "$first") s after its restart: ${first##*info  }"
 [ -n "$last" ] && echo "  last installed $(since "$last") s after its restart: ${last##*info  }"
-echo "  the load ended $(echo "$load_ended - $restarted" | bc) s after its restart"
+echo "  the load ended $(seconds_between "$restarted" "$load_ended") s after its restart"
 for i in 0 1 2; do ./tally inspect "$DIR/0_$i.tally" 2>/dev/null | grep -m1 '(in use)' | sed "s/^/  replica $i: /"; done
