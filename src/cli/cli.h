@@ -11,6 +11,7 @@ int cli_start(int argc, char **argv);
 int cli_inspect(int argc, char **argv);
 int cli_benchmark(int argc, char **argv);
 int cli_sim(int argc, char **argv);
+int cli_keygen(int argc, char **argv);
 
 /* Prints "error: <message>" as one line on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -14,7 +14,8 @@ static const char usage[] =
         "  tally format --cluster=<u128> --replica=<index> --replica-count=<n> "
         "[--development] <path>\n"
         "  tally start --addresses=<a,b,c> [--development] [--accounts-max=<n>] "
-        "[--transfers-max=<n>] <path>\n"
+        "[--transfers-max=<n>] [--cluster-key-file=<path>] <path>\n"
+        "  tally keygen <path>\n"
         "  tally inspect [--json] <path>\n"
         "  tally benchmark [--addresses=<a,b,c>] [--cluster=<u128>] [--accounts=<n>] "
         "[--transfers=<n>] [--batch=<n>] [--clients=<n>] [--hot-accounts=pareto|uniform] "
@@ -63,6 +64,8 @@ int main(int argc, char **argv)
                 return cli_benchmark(argc - 2, argv + 2);
         if (strcmp(command, "sim") == 0)
                 return cli_sim(argc - 2, argv + 2);
+        if (strcmp(command, "keygen") == 0)
+                return cli_keygen(argc - 2, argv + 2);
         if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||
             strcmp(command, "-h") == 0) {
                 fputs(usage, stdout);

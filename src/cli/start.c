@@ -257,6 +257,13 @@ static void bus_on_peer_connected(void *context, uint8_t replica)
         replica_on_peer_connected(&s->replica, replica);
 }
 
+/* Nothing was sent to a peer for a while: a ping keeps the connection provably live. */
+static void bus_on_peer_idle(void *context, uint8_t replica)
+{
+        struct server *s = context;
+        replica_ping_peer(&s->replica, replica);
+}
+
 /*
  * Resolves our own entry of --addresses, to listen on. In a cluster, an own host name that
  * does not resolve yet is not fatal: a pod's name in a Kubernetes headless service may be
@@ -316,6 +323,7 @@ int cli_start(int argc, char **argv)
                 {.name = "development", .kind = FLAG_SWITCH},
                 {.name = "accounts-max", .kind = FLAG_U64},
                 {.name = "transfers-max", .kind = FLAG_U64},
+                {.name = "cluster-key-file", .kind = FLAG_STRING},
         };
         const char *positional[1];
         uint32_t positional_count = 0;
@@ -335,6 +343,14 @@ int cli_start(int argc, char **argv)
                                sizeof(error)) != 0) {
                 cli_error("start: --addresses: %s", error);
                 return 2;
+        }
+        struct peer_auth_key cluster_key;
+        if (flags[4].present) {
+                const char *problem = peer_auth_key_load(flags[4].string, &cluster_key);
+                if (problem != NULL) {
+                        cli_error("start: --cluster-key-file=%s: %s", flags[4].string, problem);
+                        return 2;
+                }
         }
         static struct server server;
         struct server *s = &server;
@@ -421,6 +437,7 @@ int cli_start(int argc, char **argv)
                 .on_message = bus_on_message,
                 .on_close = bus_on_close,
                 .on_peer_connected = bus_on_peer_connected,
+                .on_peer_idle = bus_on_peer_idle,
         };
         if (bus_init(&s->bus, &s->io, &s->pool, sb->cluster, CONNECTIONS_MAX, &callbacks) != 0) {
                 cli_error("start: cannot reserve memory for connections");
@@ -430,6 +447,17 @@ int cli_start(int argc, char **argv)
         if (bus_listen(&s->bus, self, &bound) != 0) {
                 cli_error("start: cannot listen on %s:%u", self->host, self->port);
                 return 1;
+        }
+        if (flags[4].present) {
+                bus_auth_key_set(&s->bus, &cluster_key);
+                memset(&cluster_key, 0, sizeof(cluster_key));
+                if (sb->replica_count > 1)
+                        log_info("replica traffic authenticated with the cluster key");
+        } else if (sb->replica_count > 1) {
+                log_warn("replica traffic is not authenticated: any connection that claims to "
+                         "be a replica is believed while that replica is not connected (start "
+                         "every replica with --cluster-key-file=<path>; make one with `tally "
+                         "keygen <path>`)");
         }
         if (sb->replica_count > 1 &&
             bus_peers_start(&s->bus, sb->replica, addresses, sb->replica_count) != 0) {

@@ -55,6 +55,13 @@ static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
                                     const char *reason, bool bad_input);
 static bool peer_check(struct bus *bus, struct bus_connection *c, const struct wire_header *h);
 static void peers_tick(struct bus *bus, uint64_t now_ns);
+static bool auth_on_message(struct bus *bus, struct bus_connection *c);
+static bool auth_warn_due(struct bus *bus);
+static bool auth_verify_front(struct bus *bus, struct bus_connection *c);
+static void auth_dial(struct bus *bus, struct bus_connection *c);
+static void auth_and_keepalive_tick(struct bus *bus, uint64_t now_ns);
+static bool replica_message_refused(struct bus *bus, struct bus_connection *c,
+                                    const struct wire_header *h);
 
 int bus_init(struct bus *bus, struct io *io, struct message_pool *pool, u128 cluster,
              uint32_t connections_max, const struct bus_callbacks *callbacks)
@@ -315,8 +322,10 @@ static bool deliver(struct bus *bus, struct bus_connection *c, uint32_t size)
                         c->recv_size - size);
                 c->recv_size -= size;
         }
+        c->front_verified = false;
         bus->stats.messages_received++;
         c->received = true;
+        c->last_received_ns = io_monotonic_ns();
         bus->callbacks.on_message(bus->callbacks.context, connection_id(bus, c), m);
         message_unref(bus->pool, m);
         return true;
@@ -326,10 +335,31 @@ static bool deliver(struct bus *bus, struct bus_connection *c, uint32_t size)
  * Checks and delivers every complete message in the receive buffer. Returns false if the
  * connection was closed or must wait (paused) before receiving more.
  */
+/* Drops the complete message of `size` bytes at the front of the receive buffer. */
+static void front_drop(struct bus_connection *c, uint32_t size)
+{
+        tally_assert(size <= c->recv_size);
+        memmove(c->recv_message->buffer, c->recv_message->buffer + size, c->recv_size - size);
+        c->recv_size -= size;
+        c->front_verified = false;
+}
+
 static bool process_buffer(struct bus *bus, struct bus_connection *c)
 {
         while (c->recv_message != NULL && c->recv_size >= WIRE_HEADER_SIZE) {
                 const struct wire_header *h = c->recv_message->header;
+                if (c->auth_state == BUS_AUTH_DONE && !c->front_verified) {
+                        /* The checksum field holds a tag: check it, then put the checksum
+                         * back, and go on as with any message. */
+                        if (h->size < WIRE_HEADER_SIZE || h->size > bus->message_size_max) {
+                                connection_close(bus, c, "message size out of range", true);
+                                return false;
+                        }
+                        if (c->recv_size < h->size)
+                                return true;
+                        if (!auth_verify_front(bus, c))
+                                return false;
+                }
                 if (!wire_header_checksum_valid(h)) {
                         connection_close(bus, c, "invalid header checksum", true);
                         return false;
@@ -348,20 +378,24 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                         connection_close(bus, c, "invalid body checksum", true);
                         return false;
                 }
+                if (h->command == PEER_AUTH_COMMAND && bus->replica_count > 0) {
+                        if (!auth_on_message(bus, c))
+                                return false;
+                        continue;
+                }
                 const char *invalid = wire_header_invalid(h);
                 if (invalid != NULL) {
                         bus->stats.messages_dropped_invalid++;
                         log_warn("message dropped: invalid header command=%s reason=\"%s\" "
                                  "peer=%s",
                                  wire_command_name(h->command), invalid, c->peer);
-                        uint32_t size = h->size;
-                        memmove(c->recv_message->buffer, c->recv_message->buffer + size,
-                                c->recv_size - size);
-                        c->recv_size -= size;
+                        front_drop(c, h->size);
                         continue;
                 }
-                if (bus->replica_count > 0 && bus_command_names_sender(h->command) &&
-                    !peer_check(bus, c, h))
+                if (bus->replica_count > 0 && !bus->auth &&
+                    bus_command_names_sender(h->command) && !peer_check(bus, c, h))
+                        return false;
+                if (bus->replica_count > 0 && replica_message_refused(bus, c, h))
                         return false;
                 if (!deliver(bus, c, h->size)) {
                         c->recv_paused = true;
@@ -402,10 +436,19 @@ void bus_tick(struct bus *bus)
                 if (process_buffer(bus, c))
                         recv_start(bus, c);
         }
-        if (bus->replica_count > 0 && !bus->stopping)
-                peers_tick(bus, io_monotonic_ns());
+        if (bus->replica_count > 0 && !bus->stopping) {
+                uint64_t now = io_monotonic_ns();
+                peers_tick(bus, now);
+                auth_and_keepalive_tick(bus, now);
+        }
 }
 
+/*
+ * On an authenticated connection a message goes out with a tag in place of its header
+ * checksum: the header from a per-connection copy, then the body from the shared buffer
+ * (other connections send the same message with their own tags). Handshake messages go out
+ * as they are.
+ */
 static void send_start(struct bus *bus, struct bus_connection *c)
 {
         tally_assert(!c->send_pending);
@@ -415,6 +458,21 @@ static void send_start(struct bus *bus, struct bus_connection *c)
         c->send_pending = true;
         c->send_completion.callback = on_send;
         c->send_completion.context = bus;
+        if (c->auth_state == BUS_AUTH_DONE && m->header->command != PEER_AUTH_COMMAND) {
+                if (!c->send_tagged) {
+                        tally_assert(c->send_offset == 0);
+                        c->send_header = *m->header;
+                        c->send_header.checksum =
+                                peer_auth_tag(&c->auth_send, m->header, message_body(m));
+                        c->send_tagged = true;
+                }
+                if (c->send_offset < WIRE_HEADER_SIZE) {
+                        io_send(bus->io, &c->send_completion, c->fd,
+                                (const uint8_t *)&c->send_header + c->send_offset,
+                                WIRE_HEADER_SIZE - c->send_offset);
+                        return;
+                }
+        }
         io_send(bus->io, &c->send_completion, c->fd, m->buffer + c->send_offset,
                 m->header->size - c->send_offset);
 }
@@ -442,6 +500,7 @@ static void on_send(struct io_completion *completion, int32_t result)
                 c->send_head = (c->send_head + 1) % BUS_SEND_QUEUE_PEER_MAX;
                 c->send_count--;
                 c->send_offset = 0;
+                c->send_tagged = false;
                 bus->stats.messages_sent++;
         }
         if (c->send_count > 0)
@@ -463,6 +522,7 @@ static bool connection_send(struct bus *bus, struct bus_connection *c, struct me
         uint32_t slot = (c->send_head + c->send_count) % BUS_SEND_QUEUE_PEER_MAX;
         c->send_queue[slot] = message_ref(message);
         c->send_count++;
+        c->last_sent_ns = io_monotonic_ns();
         if (!c->send_pending)
                 send_start(bus, c);
         return true;
@@ -728,6 +788,21 @@ static bool peer_check(struct bus *bus, struct bus_connection *c, const struct w
         if (h->replica < bus->replica && h->replica < bus->replica_count) {
                 struct bus_peer *peer = &bus->peers[h->replica];
                 struct bus_connection *old = peer_connection(bus, h->replica);
+                if (old != NULL && io_monotonic_ns() - old->last_received_ns <
+                                           (uint64_t)BUS_PEER_LIVE_MS * 1000000ull) {
+                        /* Nothing proves who is on the new connection, and the replica it
+                         * claims to be is alive on the old one: keep the old. */
+                        bus->stats.peer_claims_refused++;
+                        char reason[160];
+                        snprintf(reason, sizeof(reason),
+                                 "claims to be replica %u, which is connected and alive "
+                                 "(--cluster-key-file makes replicas prove who they are)",
+                                 h->replica);
+                        if (auth_warn_due(bus))
+                                log_warn("connection refused: %s peer=%s", reason, c->peer);
+                        connection_close(bus, c, reason, false);
+                        return false;
+                }
                 if (old != NULL) {
                         /* The peer reconnected: the old connection is stale (often a peer that
                          * restarted before we saw its old connection fail). */
@@ -744,6 +819,46 @@ static bool peer_check(struct bus *bus, struct bus_connection *c, const struct w
                          "us; same --addresses order everywhere? two processes with one index?)",
                          wire_command_name(h->command), h->replica, bus->replica, c->peer);
         }
+        return true; /* not identified: replica_message_refused() closes it */
+}
+
+/* Refusal warnings (outsiders, misconfigured peers) at most once a second. */
+static bool auth_warn_due(struct bus *bus)
+{
+        uint64_t now = io_monotonic_ns();
+        if (now < bus->auth_warn_after_ns)
+                return false;
+        bus->auth_warn_after_ns = now + 1000000000ull;
+        return true;
+}
+
+/*
+ * A replica-only command arrived on `c`. Refused (and the connection closed: nothing a client
+ * sends is ever a replica command) unless `c` is a peer's connection: proven by the handshake
+ * with a cluster key, else identified by its first message. On a peer's connection, a command
+ * that names its sender must name that peer. True if `c` was closed.
+ */
+static bool replica_message_refused(struct bus *bus, struct bus_connection *c,
+                                    const struct wire_header *h)
+{
+        if (!wire_command_between_replicas(h->command))
+                return false;
+        bool peer = bus->auth ? c->auth_state == BUS_AUTH_DONE : c->established;
+        const char *reason = NULL;
+        if (!peer) {
+                bus->stats.replica_messages_unauthenticated++;
+                reason = bus->auth ? "replica message on a connection that has not proven the "
+                                     "cluster key"
+                                   : "replica message on a connection no replica identified";
+        } else if (bus_command_names_sender(h->command) && h->replica != (uint8_t)c->replica) {
+                reason = "replica message naming another replica than the connection's";
+        }
+        if (reason == NULL)
+                return false;
+        if (auth_warn_due(bus))
+                log_warn("connection closed: %s command=%s replica=%u peer=%s", reason,
+                         wire_command_name(h->command), h->replica, c->peer);
+        connection_close(bus, c, reason, false);
         return true;
 }
 
@@ -797,7 +912,11 @@ static void on_connect(struct io_completion *completion, int32_t result)
                 return;
         }
         tally_assert(c->replica >= 0);
-        peer_established(bus, c, (uint8_t)c->replica);
+        if (bus->auth) {
+                auth_dial(bus, c); /* established once the acceptor proves the key */
+        } else {
+                peer_established(bus, c, (uint8_t)c->replica);
+        }
         if (c->active && !c->closing)
                 recv_start(bus, c);
 }
@@ -865,6 +984,229 @@ static void peers_tick(struct bus *bus, uint64_t now_ns)
                 case BUS_PEER_INCOMING:
                 default:
                         tally_assert(false);
+                }
+        }
+}
+
+/* ---- authenticated peers (cluster key; see net/peer_auth.h) ---------------------------- */
+
+void bus_auth_key_set(struct bus *bus, const struct peer_auth_key *key)
+{
+        tally_assert(bus->replica_count == 0);
+        bus->auth = true;
+        bus->auth_key = *key;
+}
+
+/* Queues one handshake message on `c`; false (and `c` closed) if no message is free. */
+static bool auth_send(struct bus *bus, struct bus_connection *c)
+{
+        struct message *m = message_pool_get(bus->pool);
+        if (m == NULL) {
+                connection_close(bus, c, "no message free for the authentication handshake",
+                                 false);
+                return false;
+        }
+        peer_auth_hello_message(m->header, bus->cluster, bus->replica, &c->auth_hello);
+        bool queued = connection_send(bus, c, m);
+        message_unref(bus->pool, m);
+        if (!queued)
+                connection_close(bus, c, "cannot queue the authentication handshake", false);
+        return queued;
+}
+
+static void auth_deadline_start(struct bus_connection *c)
+{
+        c->auth_deadline_ns = io_monotonic_ns() + (uint64_t)BUS_PEER_AUTH_TIMEOUT_MS * 1000000ull;
+}
+
+/* Our outgoing connection to c->replica is up: step 1, our fresh nonce. */
+static void auth_dial(struct bus *bus, struct bus_connection *c)
+{
+        tally_assert(c->outgoing && c->replica > (int8_t)bus->replica);
+        memset(&c->auth_hello, 0, sizeof(c->auth_hello));
+        memcpy(c->auth_hello.magic, PEER_AUTH_MAGIC, sizeof(c->auth_hello.magic));
+        c->auth_hello.step = 1;
+        c->auth_hello.dialer = bus->replica;
+        c->auth_hello.acceptor = (uint8_t)c->replica;
+        if (!peer_auth_random(c->auth_hello.nonce_dial, sizeof(c->auth_hello.nonce_dial))) {
+                connection_close(bus, c, "no random bytes for the authentication nonce", false);
+                return;
+        }
+        c->auth_state = BUS_AUTH_DIAL_SENT;
+        auth_deadline_start(c);
+        auth_send(bus, c);
+}
+
+/* The handshake failed in a way a correct peer with the same key never causes. */
+static bool auth_refuse(struct bus *bus, struct bus_connection *c, const char *reason)
+{
+        bus->stats.peer_auth_failures++;
+        if (auth_warn_due(bus))
+                log_warn("peer authentication failed: %s peer=%s", reason, c->peer);
+        connection_close(bus, c, reason, false);
+        return false;
+}
+
+/* Step 1 on an accepted connection: answer with our nonce and proof. */
+static bool auth_on_dial(struct bus *bus, struct bus_connection *c,
+                         const struct peer_auth_hello *hello)
+{
+        if (c->outgoing || c->auth_state != BUS_AUTH_NONE || c->established)
+                return auth_refuse(bus, c, "authentication step 1 out of turn");
+        if (hello->acceptor != bus->replica || hello->dialer >= bus->replica_count)
+                return auth_refuse(bus, c,
+                                   "authentication for another replica (same --addresses "
+                                   "everywhere?)");
+        c->auth_hello = *hello;
+        c->auth_hello.step = 2;
+        if (!peer_auth_random(c->auth_hello.nonce_accept, sizeof(c->auth_hello.nonce_accept))) {
+                connection_close(bus, c, "no random bytes for the authentication nonce", false);
+                return false;
+        }
+        peer_auth_proof(&bus->auth_key, bus->cluster, &c->auth_hello, false,
+                        c->auth_hello.proof);
+        c->auth_state = BUS_AUTH_ACCEPT_SENT;
+        auth_deadline_start(c);
+        return auth_send(bus, c);
+}
+
+/* Step 2 on our outgoing connection: check the acceptor's proof, prove ours, and we're up. */
+static bool auth_on_accept(struct bus *bus, struct bus_connection *c,
+                           const struct peer_auth_hello *hello)
+{
+        if (!c->outgoing || c->auth_state != BUS_AUTH_DIAL_SENT)
+                return auth_refuse(bus, c, "authentication step 2 out of turn");
+        if (hello->dialer != bus->replica || hello->acceptor != (uint8_t)c->replica ||
+            !peer_auth_equal(hello->nonce_dial, c->auth_hello.nonce_dial))
+                return auth_refuse(bus, c, "authentication answer for another handshake");
+        uint8_t expected[16];
+        peer_auth_proof(&bus->auth_key, bus->cluster, hello, false, expected);
+        if (!peer_auth_equal(expected, hello->proof))
+                return auth_refuse(bus, c,
+                                   "the peer does not hold this cluster key (is "
+                                   "--cluster-key-file the same file on every replica?)");
+        c->auth_hello = *hello;
+        c->auth_hello.step = 3;
+        peer_auth_proof(&bus->auth_key, bus->cluster, &c->auth_hello, true, c->auth_hello.proof);
+        if (!auth_send(bus, c))
+                return false;
+        /* Step 3 is queued untagged; everything after it is tagged. */
+        peer_auth_session(&bus->auth_key, bus->cluster, &c->auth_hello, true, &c->auth_send);
+        peer_auth_session(&bus->auth_key, bus->cluster, &c->auth_hello, false, &c->auth_recv);
+        c->auth_state = BUS_AUTH_DONE;
+        peer_established(bus, c, (uint8_t)c->replica);
+        return c->active && !c->closing;
+}
+
+/* Step 3 on an accepted connection: check the dialer's proof; the connection is replica i's. */
+static bool auth_on_proof(struct bus *bus, struct bus_connection *c,
+                          const struct peer_auth_hello *hello)
+{
+        if (c->outgoing || c->auth_state != BUS_AUTH_ACCEPT_SENT)
+                return auth_refuse(bus, c, "authentication step 3 out of turn");
+        if (hello->dialer != c->auth_hello.dialer || hello->acceptor != bus->replica ||
+            !peer_auth_equal(hello->nonce_dial, c->auth_hello.nonce_dial) ||
+            !peer_auth_equal(hello->nonce_accept, c->auth_hello.nonce_accept))
+                return auth_refuse(bus, c, "authentication proof for another handshake");
+        uint8_t expected[16];
+        peer_auth_proof(&bus->auth_key, bus->cluster, &c->auth_hello, true, expected);
+        if (!peer_auth_equal(expected, hello->proof))
+                return auth_refuse(bus, c,
+                                   "the peer does not hold this cluster key (is "
+                                   "--cluster-key-file the same file on every replica?)");
+        peer_auth_session(&bus->auth_key, bus->cluster, &c->auth_hello, false, &c->auth_send);
+        peer_auth_session(&bus->auth_key, bus->cluster, &c->auth_hello, true, &c->auth_recv);
+        c->auth_state = BUS_AUTH_DONE;
+        uint8_t replica = c->auth_hello.dialer;
+        struct bus_connection *old = peer_connection(bus, replica);
+        if (old != NULL) {
+                /* Proven, so newer: the old connection is one the peer has given up. */
+                connection_close(bus, old, "replaced by a newer authenticated connection",
+                                 false);
+        }
+        tally_assert(bus->peers[replica].connection == BUS_CONNECTION_NONE);
+        peer_established(bus, c, replica);
+        return c->active && !c->closing;
+}
+
+/*
+ * A handshake message is at the front of the buffer (checksums, size and cluster checked).
+ * Consumes it; false if `c` was closed.
+ */
+static bool auth_on_message(struct bus *bus, struct bus_connection *c)
+{
+        const struct wire_header *h = c->recv_message->header;
+        uint32_t size = h->size;
+        if (!bus->auth) {
+                if (auth_warn_due(bus))
+                        log_warn("connection closed: a peer authenticates with a cluster key "
+                                 "but this replica has none (start every replica with the same "
+                                 "--cluster-key-file) peer=%s",
+                                 c->peer);
+                connection_close(bus, c, "peer authenticates, we have no cluster key", false);
+                return false;
+        }
+        if (c->auth_state == BUS_AUTH_DONE)
+                return auth_refuse(bus, c, "authentication message after the handshake");
+        const char *reason = NULL;
+        const struct peer_auth_hello *parsed = peer_auth_hello_parse(h, &reason);
+        if (parsed == NULL)
+                return auth_refuse(bus, c, reason);
+        struct peer_auth_hello hello = *parsed;
+        front_drop(c, size);
+        switch (hello.step) {
+        case 1:
+                return auth_on_dial(bus, c, &hello);
+        case 2:
+                return auth_on_accept(bus, c, &hello);
+        default:
+                tally_assert(hello.step == 3);
+                return auth_on_proof(bus, c, &hello);
+        }
+}
+
+/*
+ * The complete message at the front of an authenticated connection's buffer: its checksum
+ * field must be the next tag of the peer's session. Puts the ordinary checksum back so the
+ * message is the one the peer holds. False if `c` was closed.
+ */
+static bool auth_verify_front(struct bus *bus, struct bus_connection *c)
+{
+        struct wire_header *h = c->recv_message->header;
+        tally_assert(c->auth_state == BUS_AUTH_DONE && !c->front_verified);
+        tally_assert(c->recv_size >= h->size);
+        u128 tag = peer_auth_tag(&c->auth_recv, h, c->recv_message->buffer + WIRE_HEADER_SIZE);
+        uint8_t expected[16], received[16];
+        memcpy(expected, &tag, 16);
+        memcpy(received, &h->checksum, 16);
+        if (!peer_auth_equal(expected, received)) {
+                connection_close(bus, c, "message failed authentication (forged, altered or "
+                                         "replayed)", true);
+                bus->stats.peer_auth_failures++;
+                return false;
+        }
+        wire_header_set_checksum(h);
+        c->front_verified = true;
+        return true;
+}
+
+/* Handshakes that took too long, and keepalives of idle peer connections. */
+static void auth_and_keepalive_tick(struct bus *bus, uint64_t now_ns)
+{
+        for (uint32_t i = 0; i < bus->slot_count; i++) {
+                struct bus_connection *c = &bus->connections[i];
+                if (!c->active || c->closing || c->connect_pending)
+                        continue;
+                if ((c->auth_state == BUS_AUTH_DIAL_SENT ||
+                     c->auth_state == BUS_AUTH_ACCEPT_SENT) &&
+                    now_ns >= c->auth_deadline_ns) {
+                        auth_refuse(bus, c, "authentication handshake timed out");
+                        continue;
+                }
+                if (c->established && bus->callbacks.on_peer_idle != NULL &&
+                    now_ns - c->last_sent_ns >= (uint64_t)BUS_PEER_KEEPALIVE_MS * 1000000ull) {
+                        c->last_sent_ns = now_ns; /* once per interval even if nothing queues */
+                        bus->callbacks.on_peer_idle(bus->callbacks.context, (uint8_t)c->replica);
                 }
         }
 }

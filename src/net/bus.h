@@ -18,10 +18,17 @@
  * messages; not a reply, which clients receive too, and not a prepare, which is relayed
  * unchanged in repair) whose header says replica j < i; from then on it is replica j's, and a
  * ping or pong on it from another replica (a misconfigured --addresses) closes it. A newer
- * connection from the same replica replaces the older one (the old one may be half-dead after
- * the peer restarted). The bus reports each peer's connections with on_peer_connected /
+ * connection from the same replica replaces the older one only if the older one has been
+ * silent for BUS_PEER_LIVE_MS (it may be half-dead after the peer restarted): a live peer's
+ * connection is never displaced by a newcomer that merely claims its index, and peers keep
+ * each other's connections live with on_peer_idle pings. The bus reports each peer's connections with on_peer_connected /
  * on_peer_disconnected, strictly alternating per peer; the replica is expected to send a ping
  * at once on on_peer_connected, so that the other side can identify an accepted connection.
+ *
+ * With a cluster key (bus_auth_key_set, `--cluster-key-file`) identity is proven instead of
+ * claimed: a peer connection is established only by the handshake of net/peer_auth.h, every
+ * message on it carries a tag under a per-connection session key, and a replica-only command
+ * on any other connection closes that connection. Clients are unaffected.
  *
  * Outgoing connections are retried forever, with exponential backoff and jitter, and a host
  * name is resolved again before every attempt (pod addresses change on restart) without
@@ -32,6 +39,7 @@
 
 #include "io/address.h"
 #include "io/io.h"
+#include "net/peer_auth.h"
 #include "wire/message.h"
 
 /* Messages queued for sending on one client connection before further ones are dropped. */
@@ -65,6 +73,17 @@
  * for the kernel's ~15 minutes of retransmissions.
  */
 #define BUS_PEER_TCP_TIMEOUT_MS 10000u
+/*
+ * A peer connection that delivered a message this recently is live: a newer connection that
+ * claims the same replica index (without a cluster key nothing else identifies it) is closed
+ * rather than allowed to take its place. Five keepalive intervals, so a live peer is never
+ * mistaken for a dead one, and short enough that a restarted peer's new connection wins soon.
+ */
+#define BUS_PEER_LIVE_MS 1000u
+/* A peer connection we have sent nothing on for this long gets an on_peer_idle ping. */
+#define BUS_PEER_KEEPALIVE_MS 200u
+/* A peer handshake (cluster key) not finished by then is abandoned: the dialer retries. */
+#define BUS_PEER_AUTH_TIMEOUT_MS 2000u
 /* Repeated failures to reach one peer are logged at warn at most this often (else debug). */
 #define BUS_PEER_WARN_INTERVAL_MS 10000u
 
@@ -85,6 +104,15 @@ struct bus_callbacks {
         /* Optional: that connection is closing; messages to `replica` are dropped until the next
          * on_peer_connected. May run inside bus_close() and bus_stop(). */
         void (*on_peer_disconnected)(void *context, uint8_t replica);
+        /* Optional: nothing was sent to `replica` for BUS_PEER_KEEPALIVE_MS; send it a ping. */
+        void (*on_peer_idle)(void *context, uint8_t replica);
+};
+
+enum bus_auth_state {
+        BUS_AUTH_NONE = 0,    /* no handshake: a client, or a peer of a cluster without a key */
+        BUS_AUTH_DIAL_SENT,   /* outgoing: step 1 sent, waiting for the acceptor's proof */
+        BUS_AUTH_ACCEPT_SENT, /* accepted: step 2 sent, waiting for the dialer's proof */
+        BUS_AUTH_DONE,        /* every message on the connection carries a tag */
 };
 
 struct bus_connection {
@@ -101,6 +129,16 @@ struct bus_connection {
         bool received;        /* at least one message was delivered */
         bool warned_identity; /* logged once that a replica message did not identify it */
         int8_t replica;       /* the peer replica, or -1: a client or not yet identified */
+        bool front_verified;  /* the message at the front of the buffer passed its tag */
+        bool send_tagged;     /* send_header holds the tagged header of the message sending */
+        uint8_t auth_state;   /* enum bus_auth_state */
+        uint64_t last_received_ns; /* when a message was last delivered */
+        uint64_t last_sent_ns;     /* when a message was last queued */
+        uint64_t auth_deadline_ns; /* the handshake must finish by then */
+        struct peer_auth_hello auth_hello;  /* the handshake so far */
+        struct peer_auth_session auth_send; /* tags of messages we send */
+        struct peer_auth_session auth_recv; /* tags of messages we receive */
+        struct wire_header send_header;     /* the tagged copy of the header being sent */
         uint32_t send_queue_max;
         struct io_completion recv_completion;
         struct io_completion send_completion;
@@ -125,6 +163,9 @@ struct bus_stats {
         uint64_t peer_connects;            /* peer connections established (both directions) */
         uint64_t peer_connect_failures;    /* outgoing attempts that never connected */
         uint64_t peer_resolve_failures;
+        uint64_t peer_auth_failures;     /* handshakes or message tags that failed */
+        uint64_t peer_claims_refused;    /* newer connections refused a live peer's identity */
+        uint64_t replica_messages_unauthenticated; /* replica commands off peer connections */
         uint32_t connections_active;
 };
 
@@ -172,6 +213,9 @@ struct bus {
         uint8_t replica_count;
         struct bus_peer peers[ADDRESSES_MAX];
         uint32_t connect_timeout_ms; /* BUS_PEER_CONNECT_TIMEOUT_MS; tests shorten it */
+        bool auth;                   /* a cluster key is set: peers must prove it */
+        struct peer_auth_key auth_key;
+        uint64_t auth_warn_after_ns; /* rate limit of the refusal warnings */
         uint64_t random_state;       /* backoff jitter */
 };
 
@@ -199,6 +243,11 @@ void bus_stop(struct bus *bus);
  */
 int bus_peers_start(struct bus *bus, uint8_t replica, const struct address *addresses,
                     uint8_t replica_count);
+/*
+ * Requires every peer to prove `key` (call before bus_peers_start). Without it the bus
+ * identifies peers by what they claim, as TigerBeetle does.
+ */
+void bus_auth_key_set(struct bus *bus, const struct peer_auth_key *key);
 /*
  * Queues `message` (takes a reference) on the connection to `replica` (not ourselves). False,
  * and the message is dropped, if there is no connection to it or its queue is full.

@@ -430,10 +430,100 @@ static void on_eviction_from_peer(struct replica *r, struct message *m)
                 replica_send_to(r, c->connection, m);
 }
 
+static bool op_plausible(uint64_t op)
+{
+        return op <= REPLICA_OP_MAX;
+}
+
+static bool ops_plausible(const uint8_t *raw, uint32_t count)
+{
+        for (uint32_t i = 0; i < count; i++) {
+                uint64_t op;
+                memcpy(&op, raw + 8 * i, sizeof(op));
+                if (!op_plausible(op))
+                        return false;
+        }
+        return true;
+}
+
+/*
+ * Views and ops in a peer's message within what a correct cluster can reach (REPLICA_VIEW_MAX,
+ * REPLICA_OP_MAX): NULL, or why not.
+ */
+static const char *peer_message_implausible(const struct wire_header *h)
+{
+        if (h->view > REPLICA_VIEW_MAX)
+                return "view beyond any a cluster can reach";
+        bool ok = true;
+        switch (h->command) {
+        case COMMAND_PREPARE:
+                ok = op_plausible(h->prepare.op) && op_plausible(h->prepare.commit);
+                break;
+        case COMMAND_PREPARE_OK:
+                ok = op_plausible(h->prepare_ok.op) && op_plausible(h->prepare_ok.commit_min);
+                break;
+        case COMMAND_COMMIT:
+                ok = op_plausible(h->commit.commit) && op_plausible(h->commit.checkpoint_op);
+                break;
+        case COMMAND_START_VIEW:
+                ok = op_plausible(h->start_view.op) && op_plausible(h->start_view.commit_max) &&
+                     op_plausible(h->start_view.checkpoint_op);
+                break;
+        case COMMAND_DO_VIEW_CHANGE: /* op, commit_max, checkpoint, log_view at raw + 32 */
+                ok = ops_plausible(h->raw + 32, 3) && ops_plausible(h->raw + 96, 1);
+                if (ok) {
+                        uint64_t log_view;
+                        memcpy(&log_view, h->raw + 56, sizeof(log_view));
+                        ok = log_view <= h->view;
+                }
+                break;
+        case COMMAND_REQUEST_HEADERS: /* op_min, op_max at raw + 0 */
+                ok = ops_plausible(h->raw, 2);
+                break;
+        default:
+                break;
+        }
+        return ok ? NULL : "op beyond any a cluster can reach";
+}
+
+/*
+ * A replica-only message is taken only from the connection of the replica it names (the bus
+ * identified or authenticated that connection), or, for a prepare, which names its author, from
+ * any peer; and only with views and ops a correct cluster can reach. False: drop it.
+ */
+static bool peer_message_acceptable(struct replica *r, replica_connection connection,
+                                    const struct wire_header *h)
+{
+        int from = r->env.connection_replica != NULL
+                           ? r->env.connection_replica(r->env.context, connection)
+                           : -1;
+        const char *problem = NULL;
+        if (from < 0)
+                problem = "not from a replica's connection";
+        else if (h->command != COMMAND_PREPARE && h->replica != (uint8_t)from)
+                problem = "names another replica than the connection's";
+        else
+                problem = peer_message_implausible(h);
+        if (problem == NULL)
+                return true;
+        r->peer_messages_dropped++;
+        if (r->tick >= r->peer_drop_warn_tick) {
+                r->peer_drop_warn_tick = r->tick + 100; /* a second */
+                log_warn("replica message dropped: %s command=%s replica=%u view=%u from=%d "
+                         "dropped_total=%llu",
+                         problem, wire_command_name(h->command), h->replica, h->view, from,
+                         (unsigned long long)r->peer_messages_dropped);
+        }
+        return false;
+}
+
 void replica_on_message(struct replica *r, replica_connection connection, struct message *m)
 {
         uint8_t command = m->header->command;
         if (wire_command_between_replicas(command)) {
+                if (r->config.replica_count > 1 &&
+                    !peer_message_acceptable(r, connection, m->header))
+                        return;
                 /*
                  * A prepare names its author, not its sender: a new primary retransmits the
                  * prepares of earlier views as they were, to their authors too.

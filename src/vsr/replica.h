@@ -236,6 +236,8 @@ struct replica_stats {
 
 struct replica {
         struct replica_config config;
+        uint64_t peer_messages_dropped; /* replica messages refused (see replica.c) */
+        uint64_t peer_drop_warn_tick;
         struct replica_env env;
         struct message_pool *pool;
         struct ledger *ledger;
@@ -340,6 +342,8 @@ void replica_on_message(struct replica *replica, replica_connection connection,
                         struct message *message);
 void replica_on_connection_closed(struct replica *replica, replica_connection connection);
 /* A connection to replica `replica` is up (the bus identified it). */
+/* A keepalive ping to a peer (the server's bus asks when a connection has been idle). */
+void replica_ping_peer(struct replica *replica, uint8_t peer);
 void replica_on_peer_connected(struct replica *replica, uint8_t peer);
 /* Every 10 ms: timeouts, retransmissions, retries of what waited for resources, pulses. */
 void replica_tick(struct replica *replica);

@@ -1312,8 +1312,8 @@ static void dvc_quorum_check(struct replica *r)
                                  "peer_checkpoint=%llu",
                                  r->view, (unsigned long long)r->commit,
                                  (unsigned long long)checkpoint_max);
-                        send_start_view_change(r, r->view + 1);
-                        svc_vote(r, r->view + 1, r->config.replica);
+                        send_start_view_change(r, replica_view_next(r));
+                        svc_vote(r, replica_view_next(r), r->config.replica);
                 }
                 return;
         }
@@ -1436,6 +1436,18 @@ static void on_request_start_view(struct replica *r, struct message *m)
                 send_start_view(r, m->header->replica);
 }
 
+uint32_t replica_view_next(const struct replica *r)
+{
+        tally_assert(r->view <= REPLICA_VIEW_MAX);
+        if (r->view == REPLICA_VIEW_MAX) {
+                log_error("view limit reached view=%u: this cluster cannot change views any "
+                          "more",
+                          r->view);
+                return r->view;
+        }
+        return r->view + 1;
+}
+
 void replication_on_message(struct replica *r, replica_connection connection,
                             struct message *m)
 {
@@ -1488,6 +1500,14 @@ void replication_on_message(struct replica *r, replica_connection connection,
         }
 }
 
+void replica_ping_peer(struct replica *r, uint8_t replica)
+{
+        tally_assert(replica < r->config.replica_count && replica != r->config.replica);
+        struct message *m = header_only(r, COMMAND_PING);
+        if (m != NULL)
+                finish_and_send(r, m, replica);
+}
+
 void replica_on_peer_connected(struct replica *r, uint8_t replica)
 {
         if (r->config.replica_count == 1)
@@ -1526,7 +1546,7 @@ static void tick_primary(struct replica *r)
                 log_warn("view abandoned: op of the log not intact here nor repaired by a peer "
                          "view=%u op=%llu",
                          r->view, (unsigned long long)r->suffix_next);
-                view_change_start(r, r->view + 1);
+                view_change_start(r, replica_view_next(r));
                 return;
         }
         if (r->config.replica_count > 1) {
@@ -1573,8 +1593,8 @@ void replication_tick(struct replica *r)
                 }
                 if (r->tick - r->primary_heard_tick >= TICKS_PRIMARY_SILENT &&
                     r->tick % 10 == 0) {
-                        send_start_view_change(r, r->view + 1);
-                        svc_vote(r, r->view + 1, r->config.replica);
+                        send_start_view_change(r, replica_view_next(r));
+                        svc_vote(r, replica_view_next(r), r->config.replica);
                 }
                 if ((r->commit < r->commit_max || !log_complete(r)) &&
                     r->tick - r->repair_tick >= TICKS_REPAIR)
@@ -1586,8 +1606,8 @@ void replication_tick(struct replica *r)
                 if (r->view_state_durable.view == r->view && r->tick % 10 == 0)
                         send_start_view_change_as(r, r->view, SVC_JOINED);
                 if (r->tick - r->view_change_tick >= TICKS_VIEW_CHANGE && r->tick % 10 == 0) {
-                        send_start_view_change(r, r->view + 1);
-                        svc_vote(r, r->view + 1, r->config.replica);
+                        send_start_view_change(r, replica_view_next(r));
+                        svc_vote(r, replica_view_next(r), r->config.replica);
                         break;
                 }
                 if (r->tick % 10 == 0)
@@ -1611,8 +1631,8 @@ void replication_tick(struct replica *r)
                 /* Nobody answers: every replica restarted (or a new cluster); decide a view. */
                 if (r->tick - r->view_change_tick >= 2 * TICKS_PRIMARY_SILENT &&
                     r->tick % 10 == 0) {
-                        send_start_view_change(r, r->view + 1);
-                        svc_vote(r, r->view + 1, r->config.replica);
+                        send_start_view_change(r, replica_view_next(r));
+                        svc_vote(r, replica_view_next(r), r->config.replica);
                 }
                 break;
         }

@@ -469,6 +469,39 @@ void checksum_stream_init(struct checksum_stream *stream)
         stream->total_size = 0;
 }
 
+/*
+ * Init(key, nonce): S = [K^N, C1, C0, C1, K^N, K^C0, K^C1, K^C0], then Update(N, K) ten times.
+ * Update(M0, M1) is exactly the absorption of the 32-byte block M0 || M1, so the ten rounds go
+ * through the selected implementation (AES-NI when present: no key-dependent table lookups).
+ */
+void checksum_stream_init_keyed(struct checksum_stream *stream,
+                                const uint8_t key[CHECKSUM_KEY_SIZE],
+                                const uint8_t nonce[CHECKSUM_NONCE_SIZE])
+{
+        tally_assert(stream != NULL && key != NULL && nonce != NULL);
+        for (uint32_t i = 0; i < 16; i++) {
+                uint8_t kn = key[i] ^ nonce[i];
+                stream->state[0][i] = kn;
+                stream->state[1][i] = aegis_c1[i];
+                stream->state[2][i] = aegis_c0[i];
+                stream->state[3][i] = aegis_c1[i];
+                stream->state[4][i] = kn;
+                stream->state[5][i] = key[i] ^ aegis_c0[i];
+                stream->state[6][i] = key[i] ^ aegis_c1[i];
+                stream->state[7][i] = key[i] ^ aegis_c0[i];
+        }
+        _Alignas(16) uint8_t rounds[INIT_ROUNDS][BLOCK_SIZE];
+        for (uint32_t r = 0; r < INIT_ROUNDS; r++) {
+                memcpy(rounds[r], nonce, 16);
+                memcpy(rounds[r] + 16, key, 16);
+        }
+        stream_absorb(stream->state, &rounds[0][0], INIT_ROUNDS);
+        memset(rounds, 0, sizeof(rounds));
+        memset(stream->pending, 0, sizeof(stream->pending));
+        stream->pending_size = 0;
+        stream->total_size = 0;
+}
+
 void checksum_stream_add(struct checksum_stream *stream, const void *data, size_t size)
 {
         tally_assert(stream->pending_size < BLOCK_SIZE);

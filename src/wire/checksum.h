@@ -23,6 +23,16 @@ struct checksum_stream {
         uint64_t total_size;
 };
 void checksum_stream_init(struct checksum_stream *stream);
+/*
+ * Keyed form (a MAC, for authenticated replica traffic): AEGIS-128L initialised with `key` and
+ * `nonce` instead of zeros, then the same absorb and tag. With a zero key and nonce it equals
+ * checksum_stream_init(). A key must never be used twice with the same nonce.
+ */
+#define CHECKSUM_KEY_SIZE 16u
+#define CHECKSUM_NONCE_SIZE 16u
+void checksum_stream_init_keyed(struct checksum_stream *stream,
+                                const uint8_t key[CHECKSUM_KEY_SIZE],
+                                const uint8_t nonce[CHECKSUM_NONCE_SIZE]);
 void checksum_stream_add(struct checksum_stream *stream, const void *data, size_t size);
 u128 checksum_stream_final(struct checksum_stream *stream);
 

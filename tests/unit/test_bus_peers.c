@@ -8,7 +8,10 @@
  * and half a megabyte), reconnect after a close from either side and after a restart, host
  * names resolved through the resolver, an unresolvable name and a connect that hangs retried
  * without harm, identification rules (a mismatching replica closes, a newer connection
- * replaces an older one, a reply identifies nothing), and the deeper peer send queue.
+ * replaces an older one only once that one is silent, a reply identifies nothing, a replica
+ * message on an unidentified connection closes it), the deeper peer send queue, and the
+ * cluster key: authenticated pairs, a wrong or missing key, and an outsider's forged, replayed
+ * and untagged messages and stalled handshakes.
  */
 #include "test.h"
 
@@ -37,6 +40,7 @@ struct node {
         struct message_pool pool;
         struct bus bus;
         bool ping_on_connect;
+        const struct peer_auth_key *key; /* set before node_join: peers must prove it */
         bool peer_up[ADDRESSES_MAX];
         int connected[ADDRESSES_MAX];
         int disconnected[ADDRESSES_MAX];
@@ -141,6 +145,8 @@ static bool node_join(struct node *n, const char *list)
                 fprintf(stderr, "  bad address list %s: %s\n", list, error);
                 return false;
         }
+        if (n->key != NULL)
+                bus_auth_key_set(&n->bus, n->key);
         return bus_peers_start(&n->bus, n->index, addresses, (uint8_t)count) == 0;
 }
 
@@ -483,32 +489,57 @@ static void test_identification(void)
         snprintf(list, sizeof(list), "127.0.0.1:1,127.0.0.1:2,127.0.0.1:%u", nodes[0].port);
         CHECK(node_join(&nodes[0], list));
         struct node *n = &nodes[0];
+        char byte;
+        /* A reply (clients get them too) identifies nothing and is delivered as a client's. */
         int a = raw_connect(n->port);
         CHECK(a >= 0);
-        /* A reply (clients get them too), a prepare (relayed in repair: its replica is the
-         * primary that made it) and a ping claiming to be replica 2 (ourselves) do not
-         * identify; a ping from replica 1 does. */
         CHECK(raw_send(a, COMMAND_REPLY, 1));
+        CHECK(RUN_UNTIL(n->unidentified == 1, 1000));
+        /* A prepare (it names its author, not its sender) on a connection no replica
+         * identified is refused: the connection is closed, nothing delivered. */
         CHECK(raw_send(a, COMMAND_PREPARE, 1));
+        run_ms(100);
+        CHECK(recv(a, &byte, 1, 0) == 0);
+        close(a);
+        /* So is a ping claiming to be ourselves. */
+        a = raw_connect(n->port);
+        CHECK(a >= 0);
         CHECK(raw_send(a, COMMAND_PING, 2));
-        CHECK(RUN_UNTIL(n->unidentified == 3, 1000));
-        CHECK(!bus_peer_connected(&n->bus, 1));
+        run_ms(100);
+        CHECK(recv(a, &byte, 1, 0) == 0);
+        close(a);
+        CHECK_EQ_U64(n->unidentified, 1);
+        CHECK_EQ_U64(n->bus.stats.replica_messages_unauthenticated, 2);
+        /* A ping from replica 1 identifies a connection. */
+        a = raw_connect(n->port);
+        CHECK(a >= 0);
         CHECK(raw_send(a, COMMAND_PING, 1));
         CHECK(RUN_UNTIL(bus_peer_connected(&n->bus, 1), 1000));
         CHECK_EQ_U64(n->connected[1], 1);
         CHECK_EQ_U64(n->from[1], 1);
-        /* A second connection from replica 1 replaces the first. */
+        /* A second connection claiming replica 1 while the first is live is refused... */
         int b = raw_connect(n->port);
+        CHECK(b >= 0);
+        CHECK(raw_send(b, COMMAND_PONG, 1));
+        run_ms(100);
+        CHECK(recv(b, &byte, 1, 0) == 0);
+        close(b);
+        CHECK_EQ_U64(n->connected[1], 1);
+        CHECK_EQ_U64(n->bus.stats.peer_claims_refused, 1);
+        CHECK(bus_peer_connected(&n->bus, 1));
+        /* ...but replaces it once the first has been silent for BUS_PEER_LIVE_MS (the peer
+         * restarted and its old connection is half-dead). */
+        run_ms(BUS_PEER_LIVE_MS + 100);
+        b = raw_connect(n->port);
         CHECK(b >= 0);
         CHECK(raw_send(b, COMMAND_PONG, 1));
         CHECK(RUN_UNTIL(n->connected[1] == 2, 1000));
         CHECK_EQ_U64(n->disconnected[1], 1);
         CHECK_EQ_U64(connections_of(n, 1), 1);
-        char byte;
         CHECK(recv(a, &byte, 1, 0) == 0); /* the old one was closed */
         /* Replica 1 relays replica 0's prepare: fine. */
         CHECK(raw_send(b, COMMAND_PREPARE, 0));
-        CHECK(RUN_UNTIL(n->unidentified == 4, 1000));
+        CHECK(RUN_UNTIL(n->unidentified == 2, 1000));
         CHECK(bus_peer_connected(&n->bus, 1));
         /* A ping from replica 0 on replica 1's connection: misconfigured, closed, peer lost. */
         CHECK(raw_send(b, COMMAND_PING, 0));
@@ -519,6 +550,278 @@ static void test_identification(void)
         close(a);
         close(b);
         stop_all();
+}
+
+/* ---- cluster key -------------------------------------------------------------------- */
+
+static struct peer_auth_key key_a, key_b;
+
+static void keys_init(void)
+{
+        for (uint32_t i = 0; i < PEER_AUTH_KEY_SIZE; i++) {
+                key_a.bytes[i] = (uint8_t)(i * 13 + 1);
+                key_b.bytes[i] = (uint8_t)(i * 13 + 2);
+        }
+}
+
+/* Every pair connects and authenticates; messages of every size arrive, identified. */
+static void test_auth_cluster(void)
+{
+        keys_init();
+        for (uint32_t i = 0; i < 3; i++)
+                nodes[i].key = &key_a;
+        for (uint32_t i = 0; i < 3; i++) {
+                CHECK(node_listen(&nodes[i], (uint8_t)i, 0));
+                nodes[i].key = &key_a;
+        }
+        char list[128] = "";
+        for (uint32_t i = 0; i < 3; i++) {
+                size_t used = strlen(list);
+                snprintf(list + used, sizeof(list) - used, "%s127.0.0.1:%u", i == 0 ? "" : ",",
+                         nodes[i].port);
+        }
+        for (uint32_t i = 0; i < 3; i++)
+                CHECK(node_join(&nodes[i], list));
+        CHECK(RUN_UNTIL(all_connected(3), 3000));
+        run_ms(100);
+        for (uint8_t i = 0; i < 3; i++) {
+                for (uint8_t j = 0; j < 3; j++) {
+                        if (i == j)
+                                continue;
+                        for (int k = 0; k < 10; k++)
+                                send_message(&nodes[i], j, COMMAND_COMMIT, 0);
+                        send_message(&nodes[i], j, COMMAND_HEADERS, 512u * 1024u);
+                }
+        }
+        bool done = RUN_UNTIL(({
+                                      bool all = true;
+                                      for (uint8_t i = 0; i < 3; i++)
+                                              for (uint8_t j = 0; j < 3; j++)
+                                                      if (i != j && nodes[j].from[i] < 12)
+                                                              all = false;
+                                      all;
+                              }),
+                              3000);
+        CHECK(done);
+        for (uint8_t i = 0; i < 3; i++) {
+                for (uint8_t j = 0; j < 3; j++) {
+                        if (i != j)
+                                CHECK_EQ_U64(nodes[j].from[i], 12); /* the ping and 11 */
+                }
+                CHECK_EQ_U64(nodes[i].unidentified, 0);
+                CHECK_EQ_U64(nodes[i].bus.stats.peer_auth_failures, 0);
+                CHECK_EQ_U64(nodes[i].bus.stats.connections_closed_bad_input, 0);
+                CHECK_EQ_U64(nodes[i].alternation_errors, 0);
+        }
+        /* A restarted replica authenticates again and replaces its old connection. */
+        node_stop(&nodes[1]);
+        uint16_t port = nodes[1].port;
+        CHECK(node_listen(&nodes[1], 1, port));
+        nodes[1].key = &key_a;
+        CHECK(node_join(&nodes[1], list));
+        CHECK(RUN_UNTIL(all_connected(3), 5000));
+        stop_all();
+        for (uint32_t i = 0; i < NODES_MAX; i++)
+                nodes[i].key = NULL;
+}
+
+/* Replicas with different keys, or one without, never connect. */
+static void test_auth_wrong_key(void)
+{
+        keys_init();
+        const struct peer_auth_key *second[2] = {&key_b, NULL};
+        for (uint32_t round = 0; round < 2; round++) {
+                CHECK(node_listen(&nodes[0], 0, 0));
+                CHECK(node_listen(&nodes[1], 1, 0));
+                nodes[0].key = &key_a;
+                nodes[1].key = second[round];
+                char list[128];
+                snprintf(list, sizeof(list), "127.0.0.1:%u,127.0.0.1:%u", nodes[0].port,
+                         nodes[1].port);
+                CHECK(node_join(&nodes[0], list));
+                CHECK(node_join(&nodes[1], list));
+                run_ms(1500);
+                CHECK(!bus_peer_connected(&nodes[0].bus, 1));
+                CHECK(!bus_peer_connected(&nodes[1].bus, 0));
+                CHECK_EQ_U64(nodes[0].connected[1] + nodes[1].connected[0], 0);
+                if (round == 0) {
+                        /* Both sides saw the other fail to prove the key. */
+                        CHECK(nodes[0].bus.stats.peer_auth_failures > 0);
+                        CHECK(nodes[1].bus.stats.peer_auth_failures == 0 ||
+                              nodes[1].bus.stats.peer_auth_failures > 0);
+                }
+                stop_all();
+                nodes[0].key = nodes[1].key = NULL;
+        }
+}
+
+/* Handshake steps by hand, as an outsider (no key) and as an insider (the key) would. */
+static bool hello_send(int fd, uint8_t sender, const struct peer_auth_hello *hello)
+{
+        _Alignas(16) uint8_t buffer[WIRE_HEADER_SIZE + sizeof(struct peer_auth_hello)];
+        peer_auth_hello_message((struct wire_header *)buffer, CLUSTER, sender, hello);
+        return send(fd, buffer, sizeof(buffer), MSG_NOSIGNAL) == (ssize_t)sizeof(buffer);
+}
+
+static bool hello_recv(int fd, struct peer_auth_hello *hello)
+{
+        _Alignas(16) uint8_t buffer[WIRE_HEADER_SIZE + sizeof(struct peer_auth_hello)];
+        size_t got = 0;
+        uint64_t deadline = io_monotonic_ns() + 1000000000ull;
+        while (got < sizeof(buffer) && io_monotonic_ns() < deadline) {
+                run_once();
+                ssize_t n = recv(fd, buffer + got, sizeof(buffer) - got, MSG_DONTWAIT);
+                if (n == 0)
+                        return false;
+                if (n > 0)
+                        got += (size_t)n;
+        }
+        if (got < sizeof(buffer))
+                return false;
+        memcpy(hello, buffer + WIRE_HEADER_SIZE, sizeof(*hello));
+        return true;
+}
+
+/* True if the bus closed fd within a second. */
+static bool closed_by_bus(int fd)
+{
+        uint64_t deadline = io_monotonic_ns() + 1000000000ull;
+        while (io_monotonic_ns() < deadline) {
+                run_once();
+                char byte;
+                ssize_t n = recv(fd, &byte, 1, MSG_DONTWAIT);
+                if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+                        return true;
+        }
+        return false;
+}
+
+/* A tagged header-only message of `command` from replica 1, sent as the session's next. */
+static bool tagged_send(int fd, struct peer_auth_session *session, uint8_t command,
+                        struct wire_header *sent)
+{
+        struct wire_header h;
+        wire_header_init(&h, command, CLUSTER, 0, WIRE_RELEASE_SERVER, 1);
+        wire_header_set_checksum_body(&h, NULL, 0);
+        wire_header_set_checksum(&h);
+        h.checksum = peer_auth_tag(session, &h, NULL);
+        if (sent != NULL)
+                *sent = h;
+        return send(fd, &h, sizeof(h), MSG_NOSIGNAL) == (ssize_t)sizeof(h);
+}
+
+static void test_auth_outsider(void)
+{
+        keys_init();
+        CHECK(node_listen(&nodes[0], 2, 0));
+        nodes[0].ping_on_connect = false;
+        nodes[0].key = &key_a;
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:1,127.0.0.1:2,127.0.0.1:%u", nodes[0].port);
+        CHECK(node_join(&nodes[0], list));
+        struct node *n = &nodes[0];
+
+        /* A client's message is served as ever; a replica's closes the connection. */
+        int fd = raw_connect(n->port);
+        CHECK(fd >= 0);
+        CHECK(raw_send(fd, COMMAND_REPLY, 1));
+        CHECK(RUN_UNTIL(n->unidentified == 1, 1000));
+        CHECK(raw_send(fd, COMMAND_PING, 1));
+        CHECK(closed_by_bus(fd));
+        close(fd);
+        CHECK(!bus_peer_connected(&n->bus, 1));
+
+        /* Step 1 without the key gets step 2; a made-up proof in step 3 is refused. */
+        struct peer_auth_hello hello;
+        memset(&hello, 0, sizeof(hello));
+        memcpy(hello.magic, PEER_AUTH_MAGIC, sizeof(hello.magic));
+        hello.step = 1;
+        hello.dialer = 1;
+        hello.acceptor = 2;
+        memset(hello.nonce_dial, 0x5a, sizeof(hello.nonce_dial));
+        fd = raw_connect(n->port);
+        CHECK(fd >= 0);
+        CHECK(hello_send(fd, 1, &hello));
+        struct peer_auth_hello answer;
+        CHECK(hello_recv(fd, &answer));
+        CHECK_EQ_U64(answer.step, 2);
+        uint8_t proof[16];
+        peer_auth_proof(&key_a, CLUSTER, &answer, false, proof);
+        CHECK(peer_auth_equal(proof, answer.proof)); /* the acceptor proved the key */
+        struct peer_auth_hello forged = answer;
+        forged.step = 3;
+        memset(forged.proof, 0x11, sizeof(forged.proof));
+        CHECK(hello_send(fd, 1, &forged));
+        CHECK(closed_by_bus(fd));
+        close(fd);
+        CHECK(!bus_peer_connected(&n->bus, 1));
+        uint64_t failures = n->bus.stats.peer_auth_failures;
+        CHECK(failures >= 1);
+
+        /* An outsider replaying an insider's step 3 on a new connection: the acceptor's new
+         * nonce makes the old proof worthless. First a real handshake (the test holds the
+         * key), recorded. */
+        fd = raw_connect(n->port);
+        CHECK(fd >= 0);
+        CHECK(hello_send(fd, 1, &hello));
+        CHECK(hello_recv(fd, &answer));
+        struct peer_auth_hello proof3 = answer;
+        proof3.step = 3;
+        peer_auth_proof(&key_a, CLUSTER, &proof3, true, proof3.proof);
+        CHECK(hello_send(fd, 1, &proof3));
+        CHECK(RUN_UNTIL(bus_peer_connected(&n->bus, 1), 1000));
+        struct peer_auth_session session;
+        peer_auth_session(&key_a, CLUSTER, &proof3, true, &session);
+        /* Tagged messages are delivered as replica 1's. */
+        struct wire_header first;
+        CHECK(tagged_send(fd, &session, COMMAND_PING, &first));
+        CHECK(RUN_UNTIL(n->from[1] == 1, 1000));
+        CHECK(tagged_send(fd, &session, COMMAND_COMMIT, NULL));
+        CHECK(RUN_UNTIL(n->from[1] == 2, 1000));
+        /* The first message again, byte for byte: a replay, closed. */
+        CHECK(send(fd, &first, sizeof(first), MSG_NOSIGNAL) == (ssize_t)sizeof(first));
+        CHECK(closed_by_bus(fd));
+        close(fd);
+        CHECK(RUN_UNTIL(!bus_peer_connected(&n->bus, 1), 1000));
+        CHECK_EQ_U64(n->from[1], 2);
+
+        /* The recorded step 1 and step 3 replayed on a new connection. */
+        fd = raw_connect(n->port);
+        CHECK(fd >= 0);
+        CHECK(hello_send(fd, 1, &hello));
+        CHECK(hello_recv(fd, &answer));
+        CHECK(!peer_auth_equal(answer.nonce_accept, proof3.nonce_accept));
+        CHECK(hello_send(fd, 1, &proof3));
+        CHECK(closed_by_bus(fd));
+        close(fd);
+        CHECK(!bus_peer_connected(&n->bus, 1));
+
+        /* An untagged (ordinary) message after a proper handshake is refused. */
+        fd = raw_connect(n->port);
+        CHECK(fd >= 0);
+        CHECK(hello_send(fd, 1, &hello));
+        CHECK(hello_recv(fd, &answer));
+        proof3 = answer;
+        proof3.step = 3;
+        peer_auth_proof(&key_a, CLUSTER, &proof3, true, proof3.proof);
+        CHECK(hello_send(fd, 1, &proof3));
+        CHECK(RUN_UNTIL(bus_peer_connected(&n->bus, 1), 1000));
+        CHECK(raw_send(fd, COMMAND_COMMIT, 1));
+        CHECK(closed_by_bus(fd));
+        close(fd);
+        CHECK_EQ_U64(n->from[1], 2);
+
+        /* A handshake that stops half-way is closed after BUS_PEER_AUTH_TIMEOUT_MS. */
+        fd = raw_connect(n->port);
+        CHECK(fd >= 0);
+        CHECK(hello_send(fd, 1, &hello));
+        CHECK(hello_recv(fd, &answer));
+        run_ms(BUS_PEER_AUTH_TIMEOUT_MS + 200);
+        CHECK(closed_by_bus(fd));
+        close(fd);
+        CHECK_EQ_U64(n->alternation_errors, 0);
+        stop_all();
+        nodes[0].key = NULL;
 }
 
 /* A peer that never reads: our queue to it takes 64 messages, a client's 16. */
@@ -573,5 +876,8 @@ int main(void)
         TEST_RUN(test_connect_timeout);
         TEST_RUN(test_identification);
         TEST_RUN(test_peer_send_queue);
+        TEST_RUN(test_auth_cluster);
+        TEST_RUN(test_auth_wrong_key);
+        TEST_RUN(test_auth_outsider);
         TEST_MAIN_END();
 }

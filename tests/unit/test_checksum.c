@@ -416,6 +416,49 @@ static void test_stream_random_splits(void)
         CHECK_EQ_U128(checksum_stream_final(&stream), checksum(data, 145));
 }
 
+static u128 keyed(const uint8_t key[16], const uint8_t nonce[16], const uint8_t *data,
+                  size_t size)
+{
+        struct checksum_stream stream;
+        checksum_stream_init_keyed(&stream, key, nonce);
+        checksum_stream_add(&stream, data, size);
+        return checksum_stream_final(&stream);
+}
+
+/*
+ * The keyed form (replica authentication): with a zero key and nonce it is the checksum, so
+ * its Init is AEGIS-128L's; any bit of key or nonce changes every tag.
+ */
+static void test_keyed(void)
+{
+        static uint8_t data[300];
+        for (size_t i = 0; i < sizeof(data); i++)
+                data[i] = (uint8_t)(i * 29 + 3);
+        uint8_t key[16] = {0}, nonce[16] = {0};
+        for (size_t size = 0; size <= sizeof(data); size += 13)
+                CHECK_EQ_U128(keyed(key, nonce, data, size), checksum(data, size));
+        u128 zero = keyed(key, nonce, data, 100);
+        for (uint32_t bit = 0; bit < 128; bit += 9) {
+                key[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+                u128 with_key = keyed(key, nonce, data, 100);
+                CHECK(with_key != zero);
+                key[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+                nonce[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+                u128 with_nonce = keyed(key, nonce, data, 100);
+                CHECK(with_nonce != zero);
+                CHECK(with_nonce != with_key);
+                nonce[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        }
+        /* Init with a key reaches the same state whatever was in the stream before. */
+        struct checksum_stream stream;
+        checksum_stream_init(&stream);
+        checksum_stream_add(&stream, data, 77);
+        key[3] = 9;
+        checksum_stream_init_keyed(&stream, key, nonce);
+        checksum_stream_add(&stream, data, 50);
+        CHECK_EQ_U128(checksum_stream_final(&stream), keyed(key, nonce, data, 50));
+}
+
 /* A 1 MiB message, the largest the server checksums, one-shot and streamed. */
 static void test_large_message(void)
 {
@@ -458,6 +501,19 @@ static void test_implementations_agree(void)
                 CHECK_EQ_U128(checksum(data, size), aesni);
         }
 
+        /* Keyed: the Init rounds run on the selected implementation too. */
+        uint8_t key[16], nonce[16];
+        for (uint32_t i = 0; i < 16; i++) {
+                key[i] = data[i];
+                nonce[i] = data[100 + i];
+        }
+        for (size_t size = 0; size <= sizeof(data); size += 101) {
+                CHECK(checksum_select(CHECKSUM_IMPL_AESNI));
+                u128 aesni = keyed(key, nonce, data, size);
+                CHECK(checksum_select(CHECKSUM_IMPL_PORTABLE));
+                CHECK_EQ_U128(keyed(key, nonce, data, size), aesni);
+        }
+
         struct checksum_stream stream;
         checksum_stream_init(&stream);
         CHECK(checksum_select(CHECKSUM_IMPL_PORTABLE));
@@ -492,6 +548,7 @@ static void run_all_for(enum checksum_impl impl)
         TEST_RUN(test_server_messages_accepted);
         TEST_RUN(test_stream_random_splits);
         TEST_RUN(test_large_message);
+        TEST_RUN(test_keyed);
         if (checksum_selected() != impl_under_test) {
                 fprintf(stderr, "FAIL impl=%s: a test switched implementations\n",
                         impl_name(impl_under_test));
