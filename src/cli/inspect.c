@@ -94,7 +94,9 @@ int cli_inspect(int argc, char **argv)
         }
         log_set_level(LOG_OFF);
         static struct storage storage;
-        enum storage_error rc = storage_open(&storage, NULL, NULL, path, error, sizeof(error));
+        /* No lock yet: it reads a running replica's file, as it always has. */
+        enum storage_error rc = storage_open(&storage, NULL, NULL, path,
+                                             STORAGE_ACCESS_READ_LIVE, error, sizeof(error));
         struct wal_summary wal = {0};
         if (rc == STORAGE_OK)
                 wal_scan(&storage, &wal);
