@@ -70,4 +70,4 @@ started=$(grep -m1 'state sync started' "$log")
 [ -n "$first" ] && echo "  first installed $(since "$first") s after its restart: ${first##*info  }"
 [ -n "$last" ] && echo "  last installed $(since "$last") s after its restart: ${last##*info  }"
 echo "  the load ended $(seconds_between "$restarted" "$load_ended") s after its restart"
-for i in 0 1 2; do ./tally inspect "$DIR/0_$i.tally" 2>/dev/null | grep -m1 '(in use)' | sed "s/^/  replica $i: /"; done
+for i in 0 1 2; do ./tally inspect --live "$DIR/0_$i.tally" 2>/dev/null | grep -m1 '(in use)' | sed "s/^/  replica $i: /"; done

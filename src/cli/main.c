@@ -16,7 +16,7 @@ static const char usage[] =
         "  tally start --addresses=<a,b,c> [--development] [--accounts-max=<n>] "
         "[--transfers-max=<n>] [--cluster-key-file=<path>] <path>\n"
         "  tally keygen <path>\n"
-        "  tally inspect [--json] <path>\n"
+        "  tally inspect [--json] [--live] <path>\n"
         "  tally benchmark [--addresses=<a,b,c>] [--cluster=<u128>] [--accounts=<n>] "
         "[--transfers=<n>] [--batch=<n>] [--clients=<n>] [--hot-accounts=pareto|uniform] "
         "[--id-order=sequential|random] [--query-count=<n>] [--seed=<n>]\n"

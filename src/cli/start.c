@@ -363,7 +363,8 @@ int cli_start(int argc, char **argv)
                 return 1;
         }
         enum storage_error rc =
-                storage_open(&s->storage, &s->io, &s->pool, positional[0], error, sizeof(error));
+                storage_open(&s->storage, &s->io, &s->pool, positional[0], STORAGE_ACCESS_WRITE,
+                             error, sizeof(error));
         if (rc != STORAGE_OK) {
                 cli_error("start: %s", error);
                 return 1;

@@ -38,6 +38,8 @@ const char *storage_error_name(enum storage_error error)
                 return "file_truncated";
         case STORAGE_ERROR_NO_SPACE:
                 return "no_space";
+        case STORAGE_ERROR_IN_USE:
+                return "in_use";
         }
         return "unknown";
 }
@@ -119,6 +121,139 @@ static void sync_directory(const char *path)
         }
 }
 
+/* ---- the lock: one process per data file ------------------------------------------------- */
+
+/*
+ * Two processes that both write one data file each acknowledge writes the other overwrites, so
+ * `format` and a writing `open` hold an exclusive lock for as long as the file is open, and a
+ * reading `open` a shared one. The kind of lock is a choice:
+ *
+ * - A classic POSIX record lock (F_SETLK), not an open file description lock (F_OFD_SETLK):
+ *   F_GETLK names the holder of a classic lock in l_pid, so the error can say which process to
+ *   look at; for an OFD lock the kernel reports l_pid = -1. A classic lock also goes away as
+ *   soon as its process exits (SIGKILL too, before a supervisor can reap it), so a restart
+ *   right after a crash finds the file free.
+ * - Its well-known traps are closed off by Tally's design of one replica per single-threaded
+ *   process that never forks while it holds the file. The one that remains: a process never
+ *   conflicts with its own lock, and closing *any* descriptor of the file drops it. So this
+ *   process keeps a table of the data files it has open and refuses a second open of one
+ *   before it opens a descriptor (which it would have to close again), format probes a file
+ *   only when this process does not hold it, and fd_direct is closed only together with fd.
+ *
+ * The lock is advisory: it keeps out every `tally` command, not `dd`.
+ */
+#define STORAGE_OPEN_FILES_MAX 8u   /* a server holds one data file; tests hold a few */
+#define STORAGE_LOCK_ATTEMPTS_MAX 3u /* a holder may let go between our try and our question */
+
+struct open_file {
+        bool used;
+        pid_t pid; /* a child after fork holds no lock: its copy of the table is stale */
+        dev_t dev;
+        ino_t ino;
+};
+static struct open_file open_files[STORAGE_OPEN_FILES_MAX];
+
+static int32_t open_file_find(dev_t dev, ino_t ino)
+{
+        pid_t pid = getpid();
+        for (uint32_t i = 0; i < STORAGE_OPEN_FILES_MAX; i++) {
+                const struct open_file *f = &open_files[i];
+                if (f->used && f->pid == pid && f->dev == dev && f->ino == ino)
+                        return (int32_t)i;
+        }
+        return -1;
+}
+
+static int32_t open_file_add(const struct stat *st)
+{
+        tally_assert(open_file_find(st->st_dev, st->st_ino) < 0);
+        pid_t pid = getpid();
+        for (uint32_t i = 0; i < STORAGE_OPEN_FILES_MAX; i++) {
+                struct open_file *f = &open_files[i];
+                if (f->used && f->pid == pid)
+                        continue;
+                *f = (struct open_file){.used = true, .pid = pid, .dev = st->st_dev,
+                                        .ino = st->st_ino};
+                return (int32_t)i;
+        }
+        tally_assert(!"more data files open than STORAGE_OPEN_FILES_MAX");
+        return -1;
+}
+
+/* "another process (pid N, writing it)" for a holder F_GETLK described. */
+static void holder_describe(const struct flock *holder, char *into, size_t into_size)
+{
+        const char *how = holder->l_type == F_WRLCK ? "writing" : "reading";
+        if (holder->l_pid > 0)
+                snprintf(into, into_size, "another process (pid %d, %s it)", (int)holder->l_pid,
+                         how);
+        else /* an OFD lock, or a process in another pid namespace */
+                snprintf(into, into_size, "another process (%s it)", how);
+}
+
+/* Takes the lock on `fd` without waiting: STORAGE_OK, STORAGE_ERROR_IN_USE or _IO. */
+static enum storage_error storage_lock(int fd, const char *path, bool exclusive, char *error,
+                                       size_t error_size)
+{
+        const struct flock want = {.l_type = exclusive ? F_WRLCK : F_RDLCK,
+                                   .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+        for (uint32_t attempt = 0; attempt < STORAGE_LOCK_ATTEMPTS_MAX; attempt++) {
+                struct flock lock = want;
+                if (fcntl(fd, F_SETLK, &lock) == 0)
+                        return STORAGE_OK;
+                if (errno != EAGAIN && errno != EACCES) {
+                        snprintf(error, error_size, "cannot lock data file '%s': %s", path,
+                                 strerror(errno));
+                        return STORAGE_ERROR_IO;
+                }
+                struct flock holder = want;
+                if (fcntl(fd, F_GETLK, &holder) != 0) {
+                        snprintf(error, error_size, "cannot ask who holds data file '%s': %s",
+                                 path, strerror(errno));
+                        return STORAGE_ERROR_IO;
+                }
+                if (holder.l_type == F_UNLCK)
+                        continue; /* gone since: try again */
+                char who[64];
+                holder_describe(&holder, who, sizeof(who));
+                snprintf(error, error_size,
+                         "data file '%s' is in use by %s; one process per data file", path, who);
+                return STORAGE_ERROR_IN_USE;
+        }
+        snprintf(error, error_size, "data file '%s' is in use by other processes, taking and "
+                 "releasing it; one process per data file",
+                 path);
+        return STORAGE_ERROR_IN_USE;
+}
+
+/*
+ * Format refuses an existing file; when a process holds it, say which, since that is the
+ * likelier mistake (formatting a running replica's file). Probes through a descriptor of its
+ * own, so only when this process does not hold the file (closing it would drop our lock).
+ */
+static void exists_message(const char *path, char *error, size_t error_size)
+{
+        snprintf(error, error_size,
+                 "cannot create data file '%s': it already exists (format never overwrites)",
+                 path);
+        struct stat st;
+        if (stat(path, &st) != 0 || open_file_find(st.st_dev, st.st_ino) >= 0)
+                return;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return;
+        struct flock holder = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+        if (fcntl(fd, F_GETLK, &holder) == 0 && holder.l_type != F_UNLCK) {
+                char who[64];
+                holder_describe(&holder, who, sizeof(who));
+                snprintf(error, error_size,
+                         "cannot create data file '%s': it already exists and is in use by %s "
+                         "(format never overwrites)",
+                         path, who);
+        }
+        close(fd);
+}
+
 enum storage_error storage_format(const char *path, const struct storage_format_options *options,
                                   char *error, size_t error_size)
 {
@@ -126,27 +261,34 @@ enum storage_error storage_format(const char *path, const struct storage_format_
         int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0) {
                 int err = errno;
+                if (err == EEXIST) {
+                        exists_message(path, error, error_size);
+                        return STORAGE_ERROR_EXISTS;
+                }
                 snprintf(error, error_size, "cannot create data file '%s': %s", path,
-                         err == EEXIST ? "it already exists (format never overwrites)"
-                                       : strerror(err));
-                return err == EEXIST ? STORAGE_ERROR_EXISTS : STORAGE_ERROR_IO;
+                         strerror(err));
+                return STORAGE_ERROR_IO;
         }
         struct superblock sb;
         superblock_layout(&sb, options);
-        enum storage_error result = STORAGE_OK;
-        int rc = posix_fallocate(fd, 0, (off_t)sb.file_size);
-        if (rc != 0) {
-                snprintf(error, error_size, "cannot allocate %llu bytes for '%s': %s",
-                         (unsigned long long)sb.file_size, path, strerror(rc));
-                result = rc == ENOSPC ? STORAGE_ERROR_NO_SPACE : STORAGE_ERROR_IO;
-        } else if (superblock_write_all(fd, &sb, error, error_size) != 0) {
-                result = errno == ENOSPC ? STORAGE_ERROR_NO_SPACE : STORAGE_ERROR_IO;
+        /* Held until formatted: a `start` in the meantime fails clearly, not on half a file. */
+        enum storage_error result = storage_lock(fd, path, true, error, error_size);
+        if (result == STORAGE_OK) {
+                int rc = posix_fallocate(fd, 0, (off_t)sb.file_size);
+                if (rc != 0) {
+                        snprintf(error, error_size, "cannot allocate %llu bytes for '%s': %s",
+                                 (unsigned long long)sb.file_size, path, strerror(rc));
+                        result = rc == ENOSPC ? STORAGE_ERROR_NO_SPACE : STORAGE_ERROR_IO;
+                } else if (superblock_write_all(fd, &sb, error, error_size) != 0) {
+                        result = errno == ENOSPC ? STORAGE_ERROR_NO_SPACE : STORAGE_ERROR_IO;
+                }
         }
-        close(fd);
         if (result != STORAGE_OK) {
                 unlink(path); /* we created it; leave nothing half-formatted behind */
+                close(fd);
                 return result;
         }
+        close(fd);
         sync_directory(path);
         return STORAGE_OK;
 }
@@ -250,26 +392,45 @@ static int manifest_read(struct storage *storage, char *error, size_t error_size
 }
 
 enum storage_error storage_open(struct storage *storage, struct io *io,
-                                struct message_pool *pool, const char *path, char *error,
-                                size_t error_size)
+                                struct message_pool *pool, const char *path,
+                                enum storage_access access, char *error, size_t error_size)
 {
+        tally_assert(access == STORAGE_ACCESS_WRITE || access == STORAGE_ACCESS_READ ||
+                     access == STORAGE_ACCESS_READ_LIVE);
         memset(storage, 0, sizeof(*storage));
         storage->fd = -1;
         storage->fd_direct = -1;
+        storage->open_file = -1;
         storage->io = io;
         storage->pool = pool;
-        int fd = open(path, O_RDWR | O_CLOEXEC);
+        struct stat st;
+        /* Before opening a descriptor: closing one would drop this process's lock. */
+        if (stat(path, &st) == 0 && open_file_find(st.st_dev, st.st_ino) >= 0) {
+                snprintf(error, error_size, "data file '%s' is open in this process already "
+                         "(pid %d); one process per data file, opened once",
+                         path, (int)getpid());
+                return STORAGE_ERROR_IN_USE;
+        }
+        bool writer = access == STORAGE_ACCESS_WRITE;
+        int fd = open(path, (writer ? O_RDWR : O_RDONLY) | O_CLOEXEC);
         if (fd < 0) {
                 int err = errno;
                 snprintf(error, error_size, "cannot open data file '%s': %s", path,
                          strerror(err));
                 return err == ENOENT ? STORAGE_ERROR_NOT_FOUND : STORAGE_ERROR_IO;
         }
-        struct stat st;
         if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
                 snprintf(error, error_size, "'%s' is not a regular file", path);
                 close(fd);
                 return STORAGE_ERROR_NOT_TALLY;
+        }
+        /* First, so that nothing is read while another process may be writing. */
+        if (access != STORAGE_ACCESS_READ_LIVE) {
+                enum storage_error locked = storage_lock(fd, path, writer, error, error_size);
+                if (locked != STORAGE_OK) {
+                        close(fd);
+                        return locked;
+                }
         }
         static struct superblock copies[SUPERBLOCK_COPIES];
         memset(copies, 0, sizeof(copies));
@@ -324,7 +485,9 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         }
         storage->superblock = *sb;
         storage->fd = fd;
-        storage->fd_direct = open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+        storage->open_file = open_file_add(&st);
+        /* Bulk writes only; a reader has none. */
+        storage->fd_direct = writer ? open(path, O_RDWR | O_CLOEXEC | O_DIRECT) : -1;
         if (grid_open(storage, error, error_size) != 0) {
                 storage_close(storage);
                 return STORAGE_ERROR_CORRUPT;
@@ -334,6 +497,11 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
 
 void storage_close(struct storage *storage)
 {
+        if (storage->open_file >= 0) {
+                tally_assert((uint32_t)storage->open_file < STORAGE_OPEN_FILES_MAX);
+                open_files[storage->open_file].used = false;
+        }
+        storage->open_file = -1;
         if (storage->fd >= 0)
                 close(storage->fd);
         storage->fd = -1;

@@ -12,6 +12,11 @@
  * precisely what is wrong with a file that is not ours, damaged, or made for another replica.
  * Journal writes are grouped: every prepare written before a sync starts is covered by it, so
  * one fdatasync serves a whole pipeline of prepares.
+ *
+ * One process per data file: `format` and a writing `open` hold an exclusive advisory lock on
+ * the file for as long as it is open, a reading `open` a shared one, so a second replica on the
+ * same file fails at once (naming the holder's pid) instead of silently overwriting the first's
+ * acknowledged writes. See storage_lock in storage.c for why the lock is the kind it is.
  */
 #ifndef TALLY_STORAGE_H
 #define TALLY_STORAGE_H
@@ -102,6 +107,18 @@ enum storage_error {
         STORAGE_ERROR_VERSION,       /* another format version */
         STORAGE_ERROR_TRUNCATED,     /* shorter than its superblock says */
         STORAGE_ERROR_NO_SPACE,      /* format: the disk is full */
+        STORAGE_ERROR_IN_USE,        /* open or format: another process holds the file */
+};
+
+/* How storage_open holds the data file. */
+enum storage_access {
+        STORAGE_ACCESS_WRITE,     /* read-write, exclusive lock: a replica */
+        STORAGE_ACCESS_READ,      /* read-only, shared lock: readers exclude writers only */
+        /*
+         * Read-only and no lock at all, to watch a running replica's file (`inspect --live`):
+         * it may see a write half done, and it never makes a replica's start fail.
+         */
+        STORAGE_ACCESS_READ_LIVE,
 };
 
 /* One entry per grid block of a checkpoint blob, in blob order. */
@@ -193,7 +210,8 @@ struct storage_checkpoint {
 };
 
 struct storage {
-        int fd;
+        int fd; /* holds the lock (see storage_open) */
+        int32_t open_file; /* this file's entry in the process's table of open data files */
         /*
          * The same file opened O_DIRECT, for checkpoint blocks and replies, or -1 where the
          * file system refuses it. Bulk writes that bypass the page cache do not make the
@@ -233,14 +251,21 @@ struct storage {
         uint64_t prepares_written;
 };
 
-/* Creates and formats a new data file. Never touches an existing file. */
+/*
+ * Creates and formats a new data file, holding it exclusively until done. Never touches an
+ * existing file (its error names the holder's pid when a process holds it).
+ */
 enum storage_error storage_format(const char *path, const struct storage_format_options *options,
                                   char *error, size_t error_size);
 
-/* Opens and validates; the superblock is then in storage->superblock. */
+/*
+ * Opens, locks as `access` says, and validates; the superblock is then in storage->superblock.
+ * STORAGE_ERROR_IN_USE, with the holder's pid in `error` when the kernel tells it, if another
+ * process holds the file in a conflicting way, or if this process has it open already.
+ */
 enum storage_error storage_open(struct storage *storage, struct io *io,
-                                struct message_pool *pool, const char *path, char *error,
-                                size_t error_size);
+                                struct message_pool *pool, const char *path,
+                                enum storage_access access, char *error, size_t error_size);
 void storage_close(struct storage *storage);
 
 /*

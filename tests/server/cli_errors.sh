@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # tests/server/cli_errors.sh <tally binary>: every bad command line gets a one-line error, a
-# non-zero exit status, and leaves the data file byte for byte as it was.
+# non-zero exit status, and leaves the data file byte for byte as it was. That includes every
+# command on a data file a running replica holds (one process per data file).
 set -u
 tally=$1
 dir=$(mktemp -d /tmp/tally-cli.XXXXXX)
-trap 'rm -rf "$dir"' EXIT
+holder=
+trap '[ -n "$holder" ] && kill -9 $holder 2>/dev/null; rm -rf "$dir"' EXIT
 passed=0; failed=0
 
 # expect_error <description> <command...>: non-zero exit, exactly one "error: " line.
@@ -57,6 +59,59 @@ cp "$dir/a.tally" "$dir/corrupt.tally"
 for copy in 0 1 2 3; do printf 'X' | dd of="$dir/corrupt.tally" bs=1 seek=$((copy * 4096 + 200)) conv=notrunc 2>/dev/null; done
 expect_error "start: every superblock copy corrupt" "$tally" start --addresses=3999 "$dir/corrupt.tally"
 check "the data file is untouched by every failure" test "$(cksum <"$dir/a.tally")" = "$sum_before"
+
+# start_holder <data file>: a replica on it, listening; sets holder (its pid). Non-zero if none
+# started (a port taken by someone else is retried on another).
+start_holder() {
+  local attempt port waited
+  for attempt in 1 2 3 4 5; do
+    port=$(( 20000 + RANDOM % 20000 ))
+    "$tally" start --addresses="127.0.0.1:$port" "$1" >"$dir/holder.log" 2>&1 &
+    holder=$!
+    for waited in $(seq 100); do
+      grep -q "listening on 127.0.0.1:$port" "$dir/holder.log" && return 0
+      kill -0 $holder 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 $holder 2>/dev/null; wait $holder 2>/dev/null; holder=
+  done
+  cat "$dir/holder.log"; return 1
+}
+stop_holder() { # stop_holder <signal>: and wait for it to be gone
+  kill -"$1" $holder; wait $holder 2>/dev/null; holder=
+}
+names_holder() { grep -q "in use by another process (pid $holder, writing it)" "$dir/err"; }
+
+expect_ok "format a file to hold" "$tally" format --cluster=7 --replica=0 --replica-count=1 --development "$dir/held.tally"
+if start_holder "$dir/held.tally"; then
+  passed=$((passed + 1))
+  t0=$(date +%s%N)
+  expect_error "start: a second replica on a held file" timeout 10 "$tally" start --addresses=3999 "$dir/held.tally"
+  check "a second start fails at once (within 2 s)" test $(( ($(date +%s%N) - t0) / 1000000 )) -lt 2000
+  check "a second start names the holder's pid" names_holder
+  # Stopped, the holder writes nothing and keeps its lock: any change is the commands' doing.
+  kill -STOP $holder
+  held_before=$(cksum <"$dir/held.tally")
+  expect_error "start: a held file (holder stopped)" timeout 10 "$tally" start --addresses=3999 "$dir/held.tally"
+  expect_error "format over a held file" "$tally" format --cluster=7 --replica=0 --replica-count=1 --development "$dir/held.tally"
+  check "format over a held file names the holder's pid" names_holder
+  expect_error "inspect: a held file" "$tally" inspect "$dir/held.tally"
+  check "inspect of a held file names the holder's pid" names_holder
+  check "inspect of a held file prints nothing on stdout" test ! -s "$dir/out"
+  expect_ok "inspect --live: a held file" "$tally" inspect --live "$dir/held.tally"
+  check "inspect --live describes it" grep -q "superblock copy 0: valid" "$dir/out"
+  check "the held file is untouched by every refusal" test "$(cksum <"$dir/held.tally")" = "$held_before"
+  kill -CONT $holder
+  # The kernel drops the lock with the process, SIGKILL included; then a new replica starts.
+  stop_holder KILL
+  check "after SIGKILL of the holder a new start succeeds" start_holder "$dir/held.tally"
+  [ -n "$holder" ] && stop_holder TERM
+  check "after a clean exit of the holder a new start succeeds" start_holder "$dir/held.tally"
+  [ -n "$holder" ] && stop_holder TERM
+  expect_ok "inspect: a file no one holds" "$tally" inspect "$dir/held.tally"
+else
+  failed=$((failed + 1)); echo "FAIL a replica to hold the file did not start"
+fi
 
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

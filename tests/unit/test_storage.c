@@ -12,6 +12,8 @@
 #include <errno.h>
 #include <linux/io_uring.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static char dir[64];
@@ -85,7 +87,8 @@ static void run_until(struct storage *s, uint32_t *counter, uint32_t target)
 static bool open_storage(struct storage *s)
 {
         char error[256];
-        return storage_open(s, &io, &pool, path, error, sizeof(error)) == STORAGE_OK;
+        return storage_open(s, &io, &pool, path, STORAGE_ACCESS_WRITE, error, sizeof(error)) ==
+               STORAGE_OK;
 }
 
 static bool prepare_readable(struct storage *s, uint64_t op)
@@ -276,6 +279,87 @@ static void test_checkpoints(void)
         free(back);
 }
 
+/*
+ * In a child process (a lock is per process): opens `path` with `access` and expects `want`;
+ * when `holder` is not 0, also that the error names it. True if the child saw what we expect.
+ */
+static bool child_open(enum storage_access access, enum storage_error want, pid_t holder)
+{
+        pid_t child = fork();
+        if (child == 0) {
+                static struct storage s;
+                char error[512];
+                /* No io: the parent's ring is not the child's to use. */
+                enum storage_error rc = storage_open(&s, NULL, NULL, path, access, error,
+                                                     sizeof(error));
+                char pid_text[32];
+                snprintf(pid_text, sizeof(pid_text), "(pid %d,", (int)holder);
+                bool ok = rc == want && (holder == 0 || strstr(error, pid_text) != NULL);
+                if (!ok)
+                        fprintf(stderr, "child: %s: %s\n", storage_error_name(rc), error);
+                if (rc == STORAGE_OK)
+                        storage_close(&s);
+                _exit(ok ? 0 : 1);
+        }
+        int status = 0;
+        return child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+               WEXITSTATUS(status) == 0;
+}
+
+/* A child's format over `path`: refused, and the error names `holder`. */
+static bool child_format_refused(pid_t holder)
+{
+        pid_t child = fork();
+        if (child == 0) {
+                char error[512];
+                struct storage_format_options o = {.cluster = 5, .replica = 0,
+                                                   .replica_count = 1, .development = true};
+                enum storage_error rc = storage_format(path, &o, error, sizeof(error));
+                char pid_text[32];
+                snprintf(pid_text, sizeof(pid_text), "(pid %d,", (int)holder);
+                _exit(rc == STORAGE_ERROR_EXISTS && strstr(error, pid_text) != NULL ? 0 : 1);
+        }
+        int status = 0;
+        return child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+               WEXITSTATUS(status) == 0;
+}
+
+/* One process per data file: a writer excludes everyone, readers exclude writers only. */
+static void test_lock(void)
+{
+        pid_t self = getpid();
+        CHECK(child_open(STORAGE_ACCESS_WRITE, STORAGE_OK, 0)); /* free to begin with */
+        struct storage s;
+        CHECK(open_storage(&s));
+        CHECK(child_open(STORAGE_ACCESS_WRITE, STORAGE_ERROR_IN_USE, self));
+        CHECK(child_open(STORAGE_ACCESS_READ, STORAGE_ERROR_IN_USE, self));
+        CHECK(child_open(STORAGE_ACCESS_READ_LIVE, STORAGE_OK, 0));
+        CHECK(child_format_refused(self));
+        /* A second open in this process is refused before it could drop the lock by closing. */
+        static struct storage again;
+        char error[512];
+        CHECK_EQ_U64(storage_open(&again, &io, &pool, path, STORAGE_ACCESS_READ, error,
+                                  sizeof(error)),
+                     STORAGE_ERROR_IN_USE);
+        struct storage_format_options o = {.cluster = 5, .replica = 0, .replica_count = 1,
+                                           .development = true};
+        CHECK_EQ_U64(storage_format(path, &o, error, sizeof(error)), STORAGE_ERROR_EXISTS);
+        /* Neither attempt released the lock. */
+        CHECK(child_open(STORAGE_ACCESS_WRITE, STORAGE_ERROR_IN_USE, self));
+        storage_close(&s);
+        CHECK(child_open(STORAGE_ACCESS_WRITE, STORAGE_OK, 0));
+
+        /* Readers share; a writer waits for none of them. */
+        CHECK_EQ_U64(storage_open(&s, NULL, NULL, path, STORAGE_ACCESS_READ, error,
+                                  sizeof(error)),
+                     STORAGE_OK);
+        CHECK(child_open(STORAGE_ACCESS_READ, STORAGE_OK, 0));
+        CHECK(child_open(STORAGE_ACCESS_WRITE, STORAGE_ERROR_IN_USE, self));
+        storage_close(&s);
+        CHECK(open_storage(&s)); /* and the table let go of it */
+        storage_close(&s);
+}
+
 int main(void)
 {
         log_set_level(LOG_OFF);
@@ -293,6 +377,7 @@ int main(void)
         TEST_RUN(test_write_enospc);
         TEST_RUN(test_sync_eio);
         TEST_RUN(test_checkpoints);
+        TEST_RUN(test_lock);
         unlink(path);
         rmdir(dir);
         TEST_MAIN_END();

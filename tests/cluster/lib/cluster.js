@@ -110,9 +110,10 @@ class Replica {
     try { return /\) (\S) /.exec(fs.readFileSync(`/proc/${this.child.pid}/stat`, 'utf8'))[1]; } catch (_) { return null; }
   }
 
-  // `tally inspect --json` of the data file (works while the replica runs).
+  // `tally inspect --json --live` of the data file: --live reads it while the replica runs
+  // (without it inspect refuses a held file) and takes no lock, so it never fails a restart.
   inspect() {
-    const r = spawnSync(TALLY, ['inspect', '--json', this.file], { encoding: 'utf8', timeout: 20000 });
+    const r = spawnSync(TALLY, ['inspect', '--json', '--live', this.file], { encoding: 'utf8', timeout: 20000 });
     try { return JSON.parse(r.stdout); } catch (e) { return { error: `inspect: ${r.status} ${r.stderr || e.message}` }; }
   }
 
