@@ -82,7 +82,7 @@ int cli_sim(int argc, char **argv)
         if (flags[5].present && !sim_faults_parse(flags[5].string, &options.faults)) {
                 cli_error("sim: --faults: expected all, none or a comma list of: loss, "
                           "duplicate, delay, partition, close, crash, torn, corrupt, "
-                          "bad-write, wipe, clock, busy");
+                          "bad-write, wipe, clock, busy, forge");
                 return 2;
         }
         sim_options_default(&options);

@@ -92,6 +92,7 @@ static const char *const fault_names[SIM_FAULT_COUNT] = {
         [SIM_FAULT_TORN] = "torn",         [SIM_FAULT_CORRUPT] = "corrupt",
         [SIM_FAULT_BAD_WRITE] = "bad-write", [SIM_FAULT_WIPE] = "wipe",
         [SIM_FAULT_CLOCK] = "clock",       [SIM_FAULT_BUSY] = "busy",
+        [SIM_FAULT_FORGE] = "forge",
 };
 
 const char *sim_fault_name(enum sim_fault fault)
@@ -464,6 +465,8 @@ static void faults_step(struct sim *sim)
                 }
                 sim->close_next_ns = sim->now_ns + ms(sim_prng_range(prng, 50, 1500));
         }
+        if (sim_fault_on(sim, SIM_FAULT_FORGE))
+                sim_forge_step(sim);
 }
 
 /* Clocks wander within +-50 ms; a backward jump drifts back into that band. */
@@ -647,6 +650,7 @@ static void setup(struct sim *sim)
         sim->corrupt_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim->clock_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim->close_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
+        sim_forge_init(sim);
         sim->heal_ns = sim->options.ticks * SIM_TICK_NS;
         for (uint32_t r = 0; r < n && !sim->failed; r++)
                 replica_start(sim, &sim->replicas[r]);
@@ -682,6 +686,7 @@ static void teardown(struct sim *sim)
         free(sim->ops);
         free(sim->scratch);
         sim_net_deinit(sim);
+        sim_forge_deinit(sim);
 }
 
 static void step(struct sim *sim)

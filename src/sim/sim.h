@@ -41,6 +41,7 @@ enum sim_fault {
         SIM_FAULT_WIPE,       /* a crashed replica restarts with a fresh disk */
         SIM_FAULT_CLOCK,      /* a replica's clock jumps backwards */
         SIM_FAULT_BUSY,       /* the disk refuses a write for now */
+        SIM_FAULT_FORGE,      /* an outsider sends forged and replayed replica messages */
         SIM_FAULT_COUNT,
 };
 

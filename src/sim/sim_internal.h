@@ -22,7 +22,10 @@
 #define SIM_REPLY_SLOTS (2u * REPLICA_CLIENTS_MAX)
 #define SIM_BLOB_CHUNK (64u * 1024u) /* sparse checkpoint blobs: all-zero chunks are not stored */
 #define SIM_ENDPOINTS_MAX (SIM_REPLICAS_MAX + SIM_CLIENTS_MAX)
-#define SIM_ACCOUNTS 48u /* account ids 1..48: small, so events collide and fail in every way */
+#define SIM_ACCOUNTS 48u
+/* The outsider's connections carry this client index: no sim client, nothing is sent to it. */
+#define SIM_OUTSIDER_CLIENT UINT32_MAX
+#define SIM_FORGE_CAPTURED 16u /* replica messages the outsider keeps to replay */ /* account ids 1..48: small, so events collide and fail in every way */
 
 /* ---- PRNG: xoshiro256**, seeded by splitmix64 ------------------------------------------- */
 
@@ -229,6 +232,12 @@ struct sim {
         uint64_t clock_next_ns;
         uint64_t close_next_ns;
         uint64_t realtime_base_ns;
+        /* The outsider (SIM_FAULT_FORGE): its own PRNG, so that it never shifts the others. */
+        struct sim_prng forge_prng;
+        uint64_t forge_next_ns;
+        replica_connection forge_connection[SIM_REPLICAS_MAX];
+        uint8_t *forge_captured[SIM_FORGE_CAPTURED];
+        uint32_t forge_captured_size[SIM_FORGE_CAPTURED];
         uint8_t *scratch; /* SIM_REQUEST_SIZE_MAX */
 };
 
@@ -294,6 +303,13 @@ bool sim_env_view_write(void *context, const struct replica_view_state *state,
 bool sim_env_checkpoint(void *context, const struct replica_checkpoint *checkpoint,
                         void (*done)(void *replica, bool ok), void *replica);
 int64_t sim_env_checkpoint_read(void *context, uint64_t offset, uint8_t *into, uint32_t size);
+
+/* sim_forge.c */
+void sim_forge_init(struct sim *sim);
+void sim_forge_deinit(struct sim *sim);
+/* A replica-to-replica message on the network: the outsider may keep a copy to replay. */
+void sim_forge_capture(struct sim *sim, const uint8_t *bytes, uint32_t size);
+void sim_forge_step(struct sim *sim);
 
 /* sim_client.c */
 void sim_client_init(struct sim *sim, struct sim_client *client, uint32_t index);

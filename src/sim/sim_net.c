@@ -76,7 +76,7 @@ void sim_connection_close(struct sim *sim, replica_connection id)
         if (c->peer) {
                 if (sr->peer_connection[c->other] == id)
                         sr->peer_connection[c->other] = 0;
-        } else {
+        } else if (c->client != SIM_OUTSIDER_CLIENT) {
                 sim_client_on_close(sim, &sim->clients[c->client], c->replica);
         }
         if (sr->up) {
@@ -190,6 +190,8 @@ static void deliver_to_replica(struct sim *sim, const struct sim_packet *p)
                 struct sim_replica *sender = &sim->replicas[p->from];
                 if (sender->incarnation != p->from_incarnation)
                         return; /* its connection died with it */
+                if (sim_fault_on(sim, SIM_FAULT_FORGE))
+                        sim_forge_capture(sim, p->bytes, p->size);
                 if (sr->peer_connection[p->from] == 0)
                         sr->peer_connection[p->from] =
                                 sim_connection_open(sim, true, p->to, p->from);
@@ -262,6 +264,8 @@ bool sim_env_send(void *context, replica_connection connection, struct message *
         struct sim_connection *c = sim_connection_get(sim, connection);
         if (c == NULL || !c->open || c->replica != sr->index)
                 return false;
+        if (!c->peer && c->client == SIM_OUTSIDER_CLIENT)
+                return false; /* the outsider never reads */
         if (!message_valid(sim, sr->index, message, c->peer))
                 return false;
         uint32_t to = c->peer ? c->other : sim->replica_count + c->client;

@@ -25,6 +25,15 @@
 #define REPLICA_REQUEST_QUEUE_MAX 64u /* accepted requests waiting for the pipeline */
 #define REPLICA_CLIENTS_MAX 64u       /* client sessions, as TigerBeetle's clients_max */
 #define REPLICA_PREPARE_CACHE 64u     /* backups keep this many recent prepares in memory */
+/*
+ * The largest view and op a correct cluster can reach, so that no message moves a replica to
+ * an absurd state and no arithmetic on them can overflow. Views: a view change takes at least
+ * the primary-silence timeout (300 ms), so 2^31 views are 20 years of nothing but view changes. Ops:
+ * 2^48 ops at 100,000 a second are 89 years. A peer's message beyond them is dropped; our own
+ * view stops at REPLICA_VIEW_MAX rather than wrap.
+ */
+#define REPLICA_VIEW_MAX ((uint32_t)1 << 31)
+#define REPLICA_OP_MAX ((uint64_t)1 << 48)
 
 typedef uint64_t replica_connection;
 

@@ -16,15 +16,6 @@
 #define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
 #define REPAIR_REQUESTS_MAX 16u        /* missing prepares asked for at once */
 #define TICKS_SYNC_RETRY 50u           /* state sync: ask again after 500 ms of silence */
-/*
- * The largest view and op a correct cluster can reach, so that no message moves a replica to
- * an absurd state and no arithmetic on them can overflow. Views: a view change takes at least
- * TICKS_PRIMARY_SILENT (300 ms), so 2^31 views are 20 years of nothing but view changes. Ops:
- * 2^48 ops at 100,000 a second are 89 years. A peer's message beyond them is dropped; our own
- * view stops at REPLICA_VIEW_MAX rather than wrap.
- */
-#define REPLICA_VIEW_MAX ((uint32_t)1 << 31)
-#define REPLICA_OP_MAX ((uint64_t)1 << 48)
 
 static inline uint8_t replica_primary_index(const struct replica *r, uint32_t view)
 {
