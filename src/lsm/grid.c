@@ -1,0 +1,290 @@
+/*
+ * grid.c: block format, free set and block cache of the grid (see grid.h).
+ */
+#include "lsm/grid.h"
+#include "wire/checksum.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const kind_names[LSM_BLOCK_KIND_COUNT] = {
+        "none", "table index", "table data", "manifest", "free set",
+};
+
+static const char *kind_name(uint8_t kind)
+{
+        return kind < LSM_BLOCK_KIND_COUNT ? kind_names[kind] : "unknown";
+}
+
+struct lsm_block_ref lsm_block_seal(uint8_t *block, uint64_t address, enum lsm_block_kind kind,
+                                    uint8_t tree, uint16_t value_size, uint32_t count,
+                                    uint32_t size)
+{
+        tally_assert(address > 0);
+        tally_assert(size >= LSM_BLOCK_HEADER_SIZE && size <= LSM_BLOCK_SIZE);
+        struct lsm_block_header *h = (struct lsm_block_header *)block;
+        memset(h, 0, sizeof(*h));
+        h->address = address;
+        h->size = size;
+        h->kind = (uint8_t)kind;
+        h->tree = tree;
+        h->value_size = value_size;
+        h->count = count;
+        h->checksum = checksum(block + 16, size - 16);
+        return (struct lsm_block_ref){.address = address, .checksum = h->checksum};
+}
+
+const char *lsm_block_check(const uint8_t *block, struct lsm_block_ref ref,
+                            enum lsm_block_kind kind)
+{
+        static char reason[128];
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        if (h->size < LSM_BLOCK_HEADER_SIZE || h->size > LSM_BLOCK_SIZE)
+                return "size out of range (never written, or damaged)";
+        if (checksum(block + 16, h->size - 16) != h->checksum)
+                return "checksum mismatch (damaged or torn)";
+        if (h->address != ref.address) {
+                snprintf(reason, sizeof(reason), "holds the block of address %llu (misdirected)",
+                         (unsigned long long)h->address);
+                return reason;
+        }
+        if (h->checksum != ref.checksum)
+                return "another version of the block (stale)";
+        if (h->kind != kind) {
+                snprintf(reason, sizeof(reason), "a %s block where a %s block was expected",
+                         kind_name(h->kind), kind_name((uint8_t)kind));
+                return reason;
+        }
+        return NULL;
+}
+
+/* ---- free set --------------------------------------------------------------------------- */
+
+static bool bit_get(const uint64_t *bits, uint64_t index)
+{
+        return (bits[index / 64] >> (index % 64)) & 1u;
+}
+
+static void bit_set(uint64_t *bits, uint64_t index, bool value)
+{
+        uint64_t mask = (uint64_t)1 << (index % 64);
+        if (value)
+                bits[index / 64] |= mask;
+        else
+                bits[index / 64] &= ~mask;
+}
+
+int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
+                  uint64_t block_count_max, uint32_t cache_blocks)
+{
+        tally_assert(block_count_max > 0);
+        memset(grid, 0, sizeof(*grid));
+        grid->device = *device;
+        grid->block_count_max = block_count_max;
+        uint64_t words = (block_count_max + 1 + 63) / 64; /* bit 0 (address 0) stays set */
+        grid->used = calloc(words, sizeof(uint64_t));
+        grid->released = calloc(words, sizeof(uint64_t));
+        uint32_t sets = (cache_blocks + LSM_CACHE_WAYS - 1) / LSM_CACHE_WAYS;
+        if (sets == 0)
+                sets = 1;
+        grid->slot_count = sets * LSM_CACHE_WAYS;
+        grid->slots = aligned_alloc(4096, (size_t)grid->slot_count * LSM_BLOCK_SIZE);
+        grid->slot_address = calloc(grid->slot_count, sizeof(uint64_t));
+        grid->slot_checksum = calloc(grid->slot_count, sizeof(u128));
+        grid->slot_referenced = calloc(grid->slot_count, 1);
+        grid->set_hand = calloc(sets, sizeof(uint32_t));
+        grid->scratch = aligned_alloc(4096, LSM_BLOCK_SIZE);
+        if (grid->used == NULL || grid->released == NULL || grid->slots == NULL ||
+            grid->slot_address == NULL || grid->slot_checksum == NULL ||
+            grid->slot_referenced == NULL || grid->set_hand == NULL || grid->scratch == NULL) {
+                lsm_grid_deinit(grid);
+                return -ENOMEM;
+        }
+        bit_set(grid->used, 0, true);
+        grid->acquire_hint = 1;
+        return 0;
+}
+
+void lsm_grid_deinit(struct lsm_grid *grid)
+{
+        free(grid->used);
+        free(grid->released);
+        free(grid->slots);
+        free(grid->slot_address);
+        free(grid->slot_checksum);
+        free(grid->slot_referenced);
+        free(grid->set_hand);
+        free(grid->scratch);
+        memset(grid, 0, sizeof(*grid));
+}
+
+uint64_t lsm_grid_acquire(struct lsm_grid *grid)
+{
+        for (uint64_t a = grid->acquire_hint; a <= grid->block_count_max; a++) {
+                if ((a % 64) == 0 && grid->used[a / 64] == UINT64_MAX) {
+                        a += 63; /* a whole word in use */
+                        continue;
+                }
+                if (!bit_get(grid->used, a)) {
+                        bit_set(grid->used, a, true);
+                        grid->acquire_hint = a + 1;
+                        grid->used_count++;
+                        grid->stats.acquired++;
+                        return a;
+                }
+        }
+        grid->acquire_hint = grid->block_count_max + 1;
+        return 0;
+}
+
+void lsm_grid_release(struct lsm_grid *grid, uint64_t address)
+{
+        tally_assert(address > 0 && address <= grid->block_count_max);
+        tally_assert(bit_get(grid->used, address));
+        tally_assert(!bit_get(grid->released, address));
+        bit_set(grid->released, address, true);
+        grid->stats.released++;
+}
+
+void lsm_grid_checkpoint(struct lsm_grid *grid)
+{
+        uint64_t words = (grid->block_count_max + 1 + 63) / 64;
+        for (uint64_t w = 0; w < words; w++) {
+                uint64_t freed = grid->released[w];
+                if (freed == 0)
+                        continue;
+                grid->used[w] &= ~freed;
+                grid->released[w] = 0;
+                grid->used_count -= (uint64_t)__builtin_popcountll(freed);
+                uint64_t first = w * 64 + (uint64_t)__builtin_ctzll(freed);
+                if (first < grid->acquire_hint)
+                        grid->acquire_hint = first;
+        }
+}
+
+uint64_t lsm_grid_free_count(const struct lsm_grid *grid)
+{
+        return grid->block_count_max - grid->used_count;
+}
+
+/* ---- cache ------------------------------------------------------------------------------ */
+
+static uint32_t set_of(const struct lsm_grid *grid, uint64_t address)
+{
+        uint64_t h = address * 0x9E3779B97F4A7C15ull;
+        return (uint32_t)((h >> 32) % (grid->slot_count / LSM_CACHE_WAYS));
+}
+
+static int32_t cache_find(struct lsm_grid *grid, struct lsm_block_ref ref)
+{
+        uint32_t base = set_of(grid, ref.address) * LSM_CACHE_WAYS;
+        for (uint32_t w = 0; w < LSM_CACHE_WAYS; w++) {
+                uint32_t slot = base + w;
+                if (grid->slot_address[slot] == ref.address &&
+                    grid->slot_checksum[slot] == ref.checksum)
+                        return (int32_t)slot;
+        }
+        return -1;
+}
+
+/* A slot for `address` in its set: its own (a stale version), else CLOCK's choice. */
+static uint32_t cache_victim(struct lsm_grid *grid, uint64_t address)
+{
+        uint32_t set = set_of(grid, address);
+        uint32_t base = set * LSM_CACHE_WAYS;
+        for (uint32_t w = 0; w < LSM_CACHE_WAYS; w++) {
+                if (grid->slot_address[base + w] == address || grid->slot_address[base + w] == 0)
+                        return base + w;
+        }
+        for (uint32_t turn = 0; turn < 2 * LSM_CACHE_WAYS; turn++) {
+                uint32_t slot = base + grid->set_hand[set];
+                grid->set_hand[set] = (grid->set_hand[set] + 1) % LSM_CACHE_WAYS;
+                if (!grid->slot_referenced[slot])
+                        return slot;
+                grid->slot_referenced[slot] = 0;
+        }
+        return base + grid->set_hand[set];
+}
+
+static uint8_t *slot_data(struct lsm_grid *grid, uint32_t slot)
+{
+        return grid->slots + (size_t)slot * LSM_BLOCK_SIZE;
+}
+
+static void cache_put(struct lsm_grid *grid, const uint8_t *block, struct lsm_block_ref ref)
+{
+        uint32_t slot = cache_victim(grid, ref.address);
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        memcpy(slot_data(grid, slot), block, h->size);
+        grid->slot_address[slot] = ref.address;
+        grid->slot_checksum[slot] = ref.checksum;
+        grid->slot_referenced[slot] = 1;
+}
+
+void lsm_grid_cache_clear(struct lsm_grid *grid)
+{
+        memset(grid->slot_address, 0, grid->slot_count * sizeof(uint64_t));
+        memset(grid->slot_referenced, 0, grid->slot_count);
+}
+
+const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref)
+{
+        int32_t slot = cache_find(grid, ref);
+        if (slot < 0)
+                return NULL;
+        grid->slot_referenced[slot] = 1;
+        grid->stats.cache_hits++;
+        return slot_data(grid, (uint32_t)slot);
+}
+
+struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
+                                    enum lsm_block_kind kind, uint8_t tree, uint16_t value_size,
+                                    uint32_t count, uint32_t size)
+{
+        uint64_t address = lsm_grid_acquire(grid);
+        if (address == 0) {
+                snprintf(grid->error, sizeof(grid->error), "grid full (%llu blocks in use)",
+                         (unsigned long long)grid->used_count);
+                return (struct lsm_block_ref){0};
+        }
+        struct lsm_block_ref ref =
+                lsm_block_seal(block, address, kind, tree, value_size, count, size);
+        /* The device writes whole blocks: the unused tail is zeros, never stale memory. */
+        memset(block + size, 0, LSM_BLOCK_SIZE - size);
+        int rc = grid->device.write(grid->device.context, address, block);
+        if (rc != 0) {
+                snprintf(grid->error, sizeof(grid->error), "write of grid block %llu failed: %s",
+                         (unsigned long long)address, strerror(-rc));
+                return (struct lsm_block_ref){0};
+        }
+        grid->stats.writes++;
+        cache_put(grid, block, ref);
+        return ref;
+}
+
+const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
+                             enum lsm_block_kind kind)
+{
+        tally_assert(ref.address > 0);
+        const uint8_t *cached = lsm_grid_cached(grid, ref);
+        if (cached != NULL)
+                return cached;
+        uint32_t slot = cache_victim(grid, ref.address);
+        uint8_t *data = slot_data(grid, slot);
+        grid->slot_address[slot] = 0; /* not valid until checked */
+        grid->stats.reads++;
+        int rc = grid->device.read(grid->device.context, ref.address, data);
+        const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(data, ref, kind);
+        if (problem != NULL) {
+                grid->stats.read_faults++;
+                snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
+                         (unsigned long long)ref.address, kind_name((uint8_t)kind), problem);
+                return NULL;
+        }
+        grid->slot_address[slot] = ref.address;
+        grid->slot_checksum[slot] = ref.checksum;
+        grid->slot_referenced[slot] = 1;
+        return data;
+}

@@ -1,0 +1,150 @@
+/*
+ * grid.h: the grid, the part of the data file that holds the ledger's trees, as an array of
+ * checksummed blocks of LSM_BLOCK_SIZE bytes (docs/storage.md).
+ *
+ * Why: the ledger must outgrow memory. Everything the trees store goes into immutable blocks
+ * that are written once, named by (address, checksum) and read back through a cache of fixed
+ * size, so memory stays fixed whatever the data, and any copy of a block (a peer's, a backup's)
+ * can be checked against its reference.
+ *
+ * A block starts with a 64-byte header: the checksum of bytes 16..size (the wire protocol's
+ * AEGIS-128L checksum), the block's own address (a misdirected write is caught), the bytes
+ * used, its kind and tree, and the size and count of the values it holds. lsm_block_check()
+ * says exactly what is wrong with a block that is not the one a reference names.
+ *
+ * Addresses start at 1 (0 means none). The free set hands out the lowest free address, so
+ * replicas that write the same blocks in the same order put them at the same addresses; a
+ * released block becomes free again only at the next checkpoint (lsm_grid_checkpoint), because
+ * the durable checkpoint may still reference it after a crash.
+ *
+ * The device is an interface (read and write whole blocks by address): the server puts it on
+ * the data file, the simulator on a simulated disk, tests in memory. In this first step its
+ * calls are synchronous; the prefetch design in docs/storage.md batches reads ahead of
+ * execution.
+ */
+#ifndef TALLY_LSM_GRID_H
+#define TALLY_LSM_GRID_H
+
+#include "lib/common.h"
+
+#define LSM_BLOCK_SIZE (64u * 1024u)
+#define LSM_BLOCK_HEADER_SIZE 64u
+#define LSM_BLOCK_PAYLOAD_MAX (LSM_BLOCK_SIZE - LSM_BLOCK_HEADER_SIZE)
+
+enum lsm_block_kind {
+        LSM_BLOCK_NONE = 0,
+        LSM_BLOCK_TABLE_INDEX = 1, /* a table's key ranges and data block references */
+        LSM_BLOCK_TABLE_DATA = 2,  /* a table's sorted values */
+        LSM_BLOCK_MANIFEST = 3,    /* (later steps) the manifest log */
+        LSM_BLOCK_FREE_SET = 4,    /* (later steps) the encoded free set */
+        LSM_BLOCK_KIND_COUNT = 5,
+};
+
+struct lsm_block_header {
+        u128 checksum;     /* of bytes 16..size */
+        uint64_t address;  /* where it belongs */
+        uint32_t size;     /* bytes used, header included */
+        uint8_t kind;      /* enum lsm_block_kind */
+        uint8_t tree;      /* the tree it belongs to */
+        uint16_t value_size;
+        uint32_t count;    /* values (data block) or entries (index block) */
+        uint32_t reserved_0;
+        uint64_t snapshot; /* (later steps) the bar that wrote it */
+        uint8_t reserved[16];
+};
+_Static_assert(sizeof(struct lsm_block_header) == LSM_BLOCK_HEADER_SIZE, "block header size");
+
+/* A block is always named by both: its address and the checksum it must have. */
+struct lsm_block_ref {
+        uint64_t address;
+        uint64_t reserved;
+        u128 checksum;
+};
+_Static_assert(sizeof(struct lsm_block_ref) == 32, "block ref size");
+
+/* Fills the header of `block` (payload already in place) and returns its reference. */
+struct lsm_block_ref lsm_block_seal(uint8_t *block, uint64_t address, enum lsm_block_kind kind,
+                                    uint8_t tree, uint16_t value_size, uint32_t count,
+                                    uint32_t size);
+/*
+ * NULL if `block` is the block `ref` names, of kind `kind`; otherwise why not ("checksum
+ * mismatch", "address 12 found at 13", ...), in a static buffer.
+ */
+const char *lsm_block_check(const uint8_t *block, struct lsm_block_ref ref,
+                            enum lsm_block_kind kind);
+
+struct lsm_device {
+        void *context;
+        /* Whole blocks at a 1-based address; 0 or a negative errno. */
+        int (*read)(void *context, uint64_t address, uint8_t *block);
+        int (*write)(void *context, uint64_t address, const uint8_t *block);
+};
+
+/*
+ * The block cache: `slot_count` blocks in sets of LSM_CACHE_WAYS, each set replaced in CLOCK
+ * order. Only blocks that passed lsm_block_check are cached, keyed by address and checksum.
+ */
+#define LSM_CACHE_WAYS 8u
+
+struct lsm_grid_stats {
+        uint64_t reads;         /* blocks read from the device */
+        uint64_t writes;        /* blocks written */
+        uint64_t cache_hits;
+        uint64_t read_faults;   /* reads that failed or returned a wrong block */
+        uint64_t acquired;
+        uint64_t released;
+};
+
+struct lsm_grid {
+        struct lsm_device device;
+        /* Free set: bit set = in use. `released` blocks are in use until the checkpoint. */
+        uint64_t block_count_max; /* addresses 1..block_count_max */
+        uint64_t *used;
+        uint64_t *released;
+        uint64_t acquire_hint; /* no free address below it */
+        uint64_t used_count;
+        /* Cache. */
+        uint32_t slot_count; /* a multiple of LSM_CACHE_WAYS */
+        uint8_t *slots;      /* slot_count x LSM_BLOCK_SIZE */
+        uint64_t *slot_address;
+        u128 *slot_checksum;
+        uint8_t *slot_referenced; /* CLOCK bits */
+        uint32_t *set_hand;
+        uint8_t *scratch; /* one block for writes */
+        char error[192];  /* the last read fault, named */
+        struct lsm_grid_stats stats;
+};
+
+/* Reserves memory for the free set and `cache_blocks` (rounded up to a whole set). -ENOMEM. */
+int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
+                  uint64_t block_count_max, uint32_t cache_blocks);
+void lsm_grid_deinit(struct lsm_grid *grid);
+
+/* The lowest free address, now in use; 0 if the grid is full. */
+uint64_t lsm_grid_acquire(struct lsm_grid *grid);
+/* The block will be free after the next checkpoint. */
+void lsm_grid_release(struct lsm_grid *grid, uint64_t address);
+/* A checkpoint is durable: released blocks become free. */
+void lsm_grid_checkpoint(struct lsm_grid *grid);
+uint64_t lsm_grid_free_count(const struct lsm_grid *grid);
+
+/*
+ * Writes `block` (payload in place, header filled here) at a newly acquired address and caches
+ * it. Returns its reference; address 0 if the grid is full or the device failed (grid->error).
+ */
+struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
+                                    enum lsm_block_kind kind, uint8_t tree, uint16_t value_size,
+                                    uint32_t count, uint32_t size);
+
+/* Forgets every cached block (the next reads go to the device). */
+void lsm_grid_cache_clear(struct lsm_grid *grid);
+/* The cached block `ref` names, or NULL if it is not in the cache (no I/O). */
+const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref);
+/*
+ * The block `ref` names, from the cache or read from the device and checked. NULL if the
+ * device failed or holds another block there: grid->error names the address and the problem.
+ */
+const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
+                             enum lsm_block_kind kind);
+
+#endif

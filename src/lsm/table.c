@@ -1,0 +1,326 @@
+/*
+ * table.c: building, searching and walking immutable sorted tables (see table.h).
+ */
+#include "lsm/table.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint8_t *block_alloc(void)
+{
+        return aligned_alloc(4096, LSM_BLOCK_SIZE);
+}
+
+int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_layout *layout,
+                           struct lsm_grid *grid,
+                           void (*on_table)(void *context, const struct lsm_table_info *table),
+                           void *context)
+{
+        tally_assert(layout->value_size > 0 && layout->value_size <= LSM_VALUE_SIZE_MAX);
+        tally_assert(layout->key_size > 0 && layout->key_size <= LSM_KEY_SIZE_MAX);
+        tally_assert(layout->key_offset + layout->key_size <= layout->value_size);
+        tally_assert(layout->table_data_blocks_max <= LSM_TABLE_DATA_BLOCKS_MAX);
+        memset(builder, 0, sizeof(*builder));
+        builder->layout = layout;
+        builder->grid = grid;
+        builder->on_table = on_table;
+        builder->context = context;
+        builder->data = block_alloc();
+        builder->index = block_alloc();
+        if (builder->data == NULL || builder->index == NULL) {
+                lsm_table_builder_deinit(builder);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+void lsm_table_builder_deinit(struct lsm_table_builder *builder)
+{
+        free(builder->data);
+        free(builder->index);
+        builder->data = builder->index = NULL;
+}
+
+static struct lsm_index_entry *index_entries(uint8_t *index_block)
+{
+        return (struct lsm_index_entry *)(index_block + LSM_BLOCK_HEADER_SIZE);
+}
+
+static const struct lsm_index_entry *index_entries_const(const uint8_t *index_block)
+{
+        return (const struct lsm_index_entry *)(index_block + LSM_BLOCK_HEADER_SIZE);
+}
+
+static const uint8_t *data_value(const struct lsm_layout *layout, const uint8_t *block,
+                                 uint32_t index)
+{
+        return block + LSM_BLOCK_HEADER_SIZE + (size_t)index * layout->value_size;
+}
+
+/* Writes the data block being filled and records it in the index block. */
+static bool data_flush(struct lsm_table_builder *b)
+{
+        const struct lsm_layout *layout = b->layout;
+        tally_assert(b->data_count > 0 && b->index_count < LSM_TABLE_DATA_BLOCKS_MAX);
+        struct lsm_index_entry *entry = &index_entries(b->index)[b->index_count];
+        memset(entry, 0, sizeof(*entry));
+        memcpy(entry->key_min, lsm_key_of(layout, data_value(layout, b->data, 0)),
+               layout->key_size);
+        memcpy(entry->key_max,
+               lsm_key_of(layout, data_value(layout, b->data, b->data_count - 1)),
+               layout->key_size);
+        uint32_t size = LSM_BLOCK_HEADER_SIZE + b->data_count * layout->value_size;
+        entry->data = lsm_grid_write(b->grid, b->data, LSM_BLOCK_TABLE_DATA, layout->tree,
+                                     layout->value_size, b->data_count, size);
+        if (entry->data.address == 0) {
+                b->failed = true;
+                return false;
+        }
+        b->index_count++;
+        b->data_count = 0;
+        return true;
+}
+
+/* Writes the index block of the table being built and hands the table over. */
+static bool table_flush(struct lsm_table_builder *b)
+{
+        tally_assert(b->index_count > 0);
+        const struct lsm_index_entry *entries = index_entries(b->index);
+        struct lsm_table_info table;
+        memset(&table, 0, sizeof(table));
+        memcpy(table.key_min, entries[0].key_min, LSM_KEY_SIZE_MAX);
+        memcpy(table.key_max, entries[b->index_count - 1].key_max, LSM_KEY_SIZE_MAX);
+        table.value_count = b->table_values;
+        table.data_block_count = b->index_count;
+        uint32_t size = LSM_BLOCK_HEADER_SIZE +
+                        b->index_count * (uint32_t)sizeof(struct lsm_index_entry);
+        table.index = lsm_grid_write(b->grid, b->index, LSM_BLOCK_TABLE_INDEX, b->layout->tree,
+                                     b->layout->value_size, b->index_count, size);
+        if (table.index.address == 0) {
+                b->failed = true;
+                return false;
+        }
+        b->index_count = 0;
+        b->table_values = 0;
+        b->on_table(b->context, &table);
+        return true;
+}
+
+bool lsm_table_builder_add(struct lsm_table_builder *b, const void *value)
+{
+        const struct lsm_layout *layout = b->layout;
+        if (b->failed)
+                return false;
+        if (b->data_count > 0) {
+                const uint8_t *last = data_value(layout, b->data, b->data_count - 1);
+                tally_assert(layout->compare(lsm_key_of(layout, last),
+                                             lsm_key_of(layout, value)) < 0);
+        }
+        memcpy(b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * layout->value_size,
+               value, layout->value_size);
+        b->data_count++;
+        b->table_values++;
+        if (b->data_count == lsm_values_per_block(layout)) {
+                if (!data_flush(b))
+                        return false;
+                uint32_t blocks_max = layout->table_data_blocks_max != 0
+                                              ? layout->table_data_blocks_max
+                                              : LSM_TABLE_DATA_BLOCKS_MAX;
+                if (b->index_count == blocks_max && !table_flush(b))
+                        return false;
+        }
+        return true;
+}
+
+bool lsm_table_builder_finish(struct lsm_table_builder *b)
+{
+        if (b->failed)
+                return false;
+        if (b->data_count > 0 && !data_flush(b))
+                return false;
+        if (b->index_count > 0 && !table_flush(b))
+                return false;
+        return true;
+}
+
+/* The first index entry whose key_max >= key, or count. */
+static uint32_t index_search(const struct lsm_layout *layout, const uint8_t *index_block,
+                             const void *key)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
+        const struct lsm_index_entry *entries = index_entries_const(index_block);
+        uint32_t lo = 0, hi = h->count;
+        while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (layout->compare(entries[mid].key_max, key) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo;
+}
+
+/* The first value in a data block whose key >= key, or count. */
+static uint32_t data_search(const struct lsm_layout *layout, const uint8_t *block,
+                            const void *key)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        uint32_t lo = 0, hi = h->count;
+        while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (layout->compare(lsm_key_of(layout, data_value(layout, block, mid)), key) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo;
+}
+
+int lsm_table_get(struct lsm_grid *grid, const struct lsm_layout *layout,
+                  const struct lsm_table_info *table, const void *key, void *out)
+{
+        if (layout->compare(key, table->key_min) < 0 || layout->compare(key, table->key_max) > 0)
+                return 0;
+        const uint8_t *index = lsm_grid_read(grid, table->index, LSM_BLOCK_TABLE_INDEX);
+        if (index == NULL)
+                return -1;
+        uint32_t i = index_search(layout, index, key);
+        const struct lsm_block_header *ih = (const struct lsm_block_header *)index;
+        if (i == ih->count)
+                return 0;
+        const struct lsm_index_entry *entry = &index_entries_const(index)[i];
+        if (layout->compare(key, entry->key_min) < 0)
+                return 0;
+        struct lsm_block_ref data_ref = entry->data; /* the next read may evict the index */
+        const uint8_t *data = lsm_grid_read(grid, data_ref, LSM_BLOCK_TABLE_DATA);
+        if (data == NULL)
+                return -1;
+        uint32_t j = data_search(layout, data, key);
+        const struct lsm_block_header *dh = (const struct lsm_block_header *)data;
+        if (j == dh->count)
+                return 0;
+        const uint8_t *value = data_value(layout, data, j);
+        if (layout->compare(lsm_key_of(layout, value), key) != 0)
+                return 0;
+        memcpy(out, value, layout->value_size);
+        return 1;
+}
+
+/* ---- cursors ---------------------------------------------------------------------------- */
+
+int lsm_table_cursor_init(struct lsm_table_cursor *cursor, const struct lsm_layout *layout,
+                          struct lsm_grid *grid)
+{
+        memset(cursor, 0, sizeof(*cursor));
+        cursor->layout = layout;
+        cursor->grid = grid;
+        cursor->block = block_alloc();
+        cursor->done = true;
+        return cursor->block == NULL ? -ENOMEM : 0;
+}
+
+void lsm_table_cursor_deinit(struct lsm_table_cursor *cursor)
+{
+        free(cursor->block);
+        cursor->block = NULL;
+}
+
+/* Loads data block `data_index` of the table into the cursor's own buffer. */
+static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
+{
+        const uint8_t *index = lsm_grid_read(c->grid, c->table.index, LSM_BLOCK_TABLE_INDEX);
+        if (index == NULL) {
+                c->failed = c->done = true;
+                return false;
+        }
+        const struct lsm_block_header *ih = (const struct lsm_block_header *)index;
+        if (data_index < 0 || (uint32_t)data_index >= ih->count) {
+                c->done = true;
+                return false;
+        }
+        struct lsm_block_ref ref = index_entries_const(index)[data_index].data;
+        const uint8_t *data = lsm_grid_read(c->grid, ref, LSM_BLOCK_TABLE_DATA);
+        if (data == NULL) {
+                c->failed = c->done = true;
+                return false;
+        }
+        const struct lsm_block_header *dh = (const struct lsm_block_header *)data;
+        memcpy(c->block, data, dh->size);
+        c->data_index = data_index;
+        c->value_count = dh->count;
+        return true;
+}
+
+void lsm_table_cursor_seek(struct lsm_table_cursor *c, const struct lsm_table_info *table,
+                           const void *key, bool reversed)
+{
+        const struct lsm_layout *layout = c->layout;
+        c->table = *table;
+        c->reversed = reversed;
+        c->done = false;
+        c->failed = false;
+        int32_t data_index;
+        if (key == NULL) {
+                data_index = reversed ? (int32_t)table->data_block_count - 1 : 0;
+        } else {
+                const uint8_t *index = lsm_grid_read(c->grid, table->index,
+                                                     LSM_BLOCK_TABLE_INDEX);
+                if (index == NULL) {
+                        c->failed = c->done = true;
+                        return;
+                }
+                data_index = (int32_t)index_search(layout, index, key);
+                if (reversed && (uint32_t)data_index == table->data_block_count)
+                        data_index--;
+        }
+        if (!cursor_load(c, data_index))
+                return;
+        if (key == NULL) {
+                c->value_index = reversed ? (int32_t)c->value_count - 1 : 0;
+                return;
+        }
+        uint32_t j = data_search(layout, c->block, key);
+        if (!reversed) {
+                c->value_index = (int32_t)j;
+                if (j == c->value_count) { /* key > every value here: the next block */
+                        if (cursor_load(c, c->data_index + 1))
+                                c->value_index = 0;
+                }
+                return;
+        }
+        /* Reversed: the last value <= key. */
+        if (j < c->value_count &&
+            layout->compare(lsm_key_of(layout, data_value(layout, c->block, j)), key) == 0) {
+                c->value_index = (int32_t)j;
+                return;
+        }
+        if (j > 0) {
+                c->value_index = (int32_t)j - 1;
+                return;
+        }
+        if (cursor_load(c, c->data_index - 1))
+                c->value_index = (int32_t)c->value_count - 1;
+}
+
+const uint8_t *lsm_table_cursor_value(const struct lsm_table_cursor *c)
+{
+        if (c->done)
+                return NULL;
+        return data_value(c->layout, c->block, (uint32_t)c->value_index);
+}
+
+void lsm_table_cursor_next(struct lsm_table_cursor *c)
+{
+        if (c->done)
+                return;
+        if (!c->reversed) {
+                c->value_index++;
+                if ((uint32_t)c->value_index == c->value_count && cursor_load(c, c->data_index + 1))
+                        c->value_index = 0;
+        } else {
+                c->value_index--;
+                if (c->value_index < 0 && cursor_load(c, c->data_index - 1))
+                        c->value_index = (int32_t)c->value_count - 1;
+        }
+}

@@ -1,0 +1,124 @@
+/*
+ * table.h: an immutable sorted table of fixed-size values on the grid: data blocks of sorted
+ * values and one index block naming each data block with its key range (docs/storage.md).
+ *
+ * Why: a table is the unit the LSM writes (a flushed memtable, a compaction's output), moves
+ * between levels and frees. Its index block (key_min, key_max and a block reference per data
+ * block) lets a lookup read exactly one data block, and lets a scan start at the right one.
+ *
+ * Values carry their key at `key_offset` (key_size bytes, ordered by the tree's compare
+ * function); a table never holds two values with the same key.
+ */
+#ifndef TALLY_LSM_TABLE_H
+#define TALLY_LSM_TABLE_H
+
+#include "lsm/grid.h"
+
+#define LSM_KEY_SIZE_MAX 32u
+#define LSM_VALUE_SIZE_MAX 256u
+/* Data blocks per table: with 128-byte values a table holds 65,408 values (8 MiB). */
+#define LSM_TABLE_DATA_BLOCKS_MAX 128u
+
+/* How a tree's values are laid out and ordered. */
+struct lsm_layout {
+        uint8_t tree; /* id written into every block */
+        uint16_t value_size;
+        uint16_t key_size;
+        uint16_t key_offset;
+        int (*compare)(const void *key_a, const void *key_b);
+        /* Data blocks per table, 0: LSM_TABLE_DATA_BLOCKS_MAX (tests make small tables). */
+        uint32_t table_data_blocks_max;
+};
+
+static inline const uint8_t *lsm_key_of(const struct lsm_layout *layout, const void *value)
+{
+        return (const uint8_t *)value + layout->key_offset;
+}
+
+/* One data block's entry in a table's index block. */
+struct lsm_index_entry {
+        uint8_t key_min[LSM_KEY_SIZE_MAX];
+        uint8_t key_max[LSM_KEY_SIZE_MAX];
+        struct lsm_block_ref data;
+};
+_Static_assert(sizeof(struct lsm_index_entry) == 96, "index entry size");
+_Static_assert(LSM_TABLE_DATA_BLOCKS_MAX * sizeof(struct lsm_index_entry) <= LSM_BLOCK_PAYLOAD_MAX,
+               "an index block holds every data block of a table");
+
+/* What the manifest keeps of a table. */
+struct lsm_table_info {
+        uint8_t key_min[LSM_KEY_SIZE_MAX];
+        uint8_t key_max[LSM_KEY_SIZE_MAX];
+        struct lsm_block_ref index;
+        uint64_t value_count;
+        uint32_t data_block_count;
+        uint32_t reserved;
+};
+
+static inline uint32_t lsm_values_per_block(const struct lsm_layout *layout)
+{
+        return LSM_BLOCK_PAYLOAD_MAX / layout->value_size;
+}
+
+/*
+ * Builds tables from values added in strictly increasing key order. A table is finished (and
+ * handed to `on_table`) when it reaches LSM_TABLE_DATA_BLOCKS_MAX data blocks or at
+ * lsm_table_builder_finish(). Memory: two blocks, reserved at init.
+ */
+struct lsm_table_builder {
+        const struct lsm_layout *layout;
+        struct lsm_grid *grid;
+        uint8_t *data;  /* the data block being filled */
+        uint8_t *index; /* the index block being filled */
+        uint32_t data_count;
+        uint32_t index_count;
+        uint64_t table_values;
+        bool failed; /* a write failed: grid->error says why */
+        void (*on_table)(void *context, const struct lsm_table_info *table);
+        void *context;
+};
+
+int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_layout *layout,
+                           struct lsm_grid *grid,
+                           void (*on_table)(void *context, const struct lsm_table_info *table),
+                           void *context);
+void lsm_table_builder_deinit(struct lsm_table_builder *builder);
+/* False if a block could not be written (grid->error); the builder is then unusable. */
+bool lsm_table_builder_add(struct lsm_table_builder *builder, const void *value);
+bool lsm_table_builder_finish(struct lsm_table_builder *builder);
+
+/*
+ * Finds `key` in a table: 1 and the value copied to `out`, 0 if absent, -1 if a block could not
+ * be read (grid->error names it).
+ */
+int lsm_table_get(struct lsm_grid *grid, const struct lsm_layout *layout,
+                  const struct lsm_table_info *table, const void *key, void *out);
+
+/*
+ * A cursor over one table's values in key order (or reversed), with its own copy of the current
+ * data block so that any number of cursors can be open at once whatever the cache does.
+ */
+struct lsm_table_cursor {
+        const struct lsm_layout *layout;
+        struct lsm_grid *grid;
+        struct lsm_table_info table;
+        uint8_t *block;       /* LSM_BLOCK_SIZE, owned */
+        int32_t data_index;   /* current data block in the index */
+        int32_t value_index;  /* current value in the block */
+        uint32_t value_count; /* values in the current block */
+        bool reversed;
+        bool done;
+        bool failed; /* grid->error says why */
+};
+
+int lsm_table_cursor_init(struct lsm_table_cursor *cursor, const struct lsm_layout *layout,
+                          struct lsm_grid *grid);
+void lsm_table_cursor_deinit(struct lsm_table_cursor *cursor);
+/* Positions at the first value >= key (reversed: the last value <= key); key NULL: the end. */
+void lsm_table_cursor_seek(struct lsm_table_cursor *cursor, const struct lsm_table_info *table,
+                           const void *key, bool reversed);
+/* The current value, or NULL when done (or failed). */
+const uint8_t *lsm_table_cursor_value(const struct lsm_table_cursor *cursor);
+void lsm_table_cursor_next(struct lsm_table_cursor *cursor);
+
+#endif

@@ -1,0 +1,667 @@
+/*
+ * tree.c: memtable, levels, lookups, merged scans and compaction of one LSM tree (see tree.h).
+ *
+ * Scans and compactions both merge sorted sources: the memtable's sorted view, each level-0
+ * table, and each deeper level as one run of non-overlapping tables. Every source has a rank
+ * (the memtable highest, then level-0 tables newest first, then levels 1, 2, ...); among equal
+ * keys the highest rank is the newest version and the only one kept.
+ */
+#include "lsm/tree.h"
+#include "lib/log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- memtable --------------------------------------------------------------------------- */
+
+static uint64_t key_hash(const uint8_t *key, uint32_t size)
+{
+        uint64_t h = 0x9E3779B97F4A7C15ull ^ size;
+        for (uint32_t i = 0; i < size; i += 8) {
+                uint64_t word = 0;
+                memcpy(&word, key + i, MIN(8u, size - i));
+                h = (h ^ word) * 0xBF58476D1CE4E5B9ull;
+                h ^= h >> 31;
+        }
+        return h;
+}
+
+static uint8_t *memtable_value(const struct lsm_tree *tree, uint32_t position)
+{
+        return tree->memtable + (size_t)position * tree->layout.value_size;
+}
+
+/* The hash slot holding `key`, or the empty slot where it would go. */
+static uint32_t memtable_slot(const struct lsm_tree *tree, const void *key)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        uint32_t slot = (uint32_t)key_hash(key, layout->key_size) & tree->hash_mask;
+        for (uint32_t probe = 0; probe <= tree->hash_mask; probe++) {
+                uint32_t entry = tree->hash[slot];
+                if (entry == 0 ||
+                    layout->compare(lsm_key_of(layout, memtable_value(tree, entry - 1)), key) == 0)
+                        return slot;
+                slot = (slot + 1) & tree->hash_mask;
+        }
+        tally_assert(false); /* the table is at most half full */
+        return 0;
+}
+
+int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layout *layout,
+                  struct lsm_grid *grid, uint32_t memtable_max)
+{
+        tally_assert(memtable_max > 0 && memtable_max < (1u << 30));
+        memset(tree, 0, sizeof(*tree));
+        snprintf(tree->name, sizeof(tree->name), "%s", name);
+        tree->layout = *layout;
+        tree->grid = grid;
+        tree->memtable_max = memtable_max;
+        uint32_t hash_size = 1;
+        while (hash_size < 2 * memtable_max)
+                hash_size *= 2;
+        tree->hash_mask = hash_size - 1;
+        tree->memtable = malloc((size_t)memtable_max * layout->value_size);
+        tree->hash = calloc(hash_size, sizeof(uint32_t));
+        tree->sorted = malloc((size_t)memtable_max * sizeof(uint32_t));
+        if (tree->memtable == NULL || tree->hash == NULL || tree->sorted == NULL ||
+            lsm_table_builder_init(&tree->builder, &tree->layout, grid, NULL, NULL) != 0) {
+                lsm_tree_deinit(tree);
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+void lsm_tree_deinit(struct lsm_tree *tree)
+{
+        free(tree->memtable);
+        free(tree->hash);
+        free(tree->sorted);
+        for (uint32_t i = 0; i < LSM_LEVELS; i++)
+                free(tree->levels[i].tables);
+        free(tree->built.tables);
+        lsm_table_builder_deinit(&tree->builder);
+        memset(tree, 0, sizeof(*tree));
+}
+
+bool lsm_tree_has_room(const struct lsm_tree *tree, uint32_t count)
+{
+        return tree->memtable_count + (uint64_t)count <= tree->memtable_max;
+}
+
+void lsm_tree_put(struct lsm_tree *tree, const void *value)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        uint32_t slot = memtable_slot(tree, lsm_key_of(layout, value));
+        if (tree->hash[slot] != 0) {
+                memcpy(memtable_value(tree, tree->hash[slot] - 1), value, layout->value_size);
+                return;
+        }
+        tally_assert(tree->memtable_count < tree->memtable_max);
+        uint32_t position = tree->memtable_count++;
+        memcpy(memtable_value(tree, position), value, layout->value_size);
+        tree->hash[slot] = position + 1;
+        tree->sorted_dirty = true;
+}
+
+static int compare_positions(const void *a, const void *b, void *context)
+{
+        const struct lsm_tree *tree = context;
+        const struct lsm_layout *layout = &tree->layout;
+        return layout->compare(lsm_key_of(layout, memtable_value(tree, *(const uint32_t *)a)),
+                               lsm_key_of(layout, memtable_value(tree, *(const uint32_t *)b)));
+}
+
+static void memtable_sort(struct lsm_tree *tree)
+{
+        if (!tree->sorted_dirty)
+                return;
+        for (uint32_t i = 0; i < tree->memtable_count; i++)
+                tree->sorted[i] = i;
+        qsort_r(tree->sorted, tree->memtable_count, sizeof(uint32_t), compare_positions, tree);
+        tree->sorted_dirty = false;
+}
+
+/* ---- levels ----------------------------------------------------------------------------- */
+
+uint32_t lsm_tree_level_budget(uint32_t level)
+{
+        tally_assert(level < LSM_LEVELS);
+        if (level == 0)
+                return LSM_LEVEL0_TABLES_MAX;
+        uint32_t budget = 1;
+        for (uint32_t i = 0; i < level; i++)
+                budget *= LSM_GROWTH_FACTOR;
+        return budget;
+}
+
+static void level_insert(struct lsm_level *level, uint32_t at, const struct lsm_table_info *table)
+{
+        if (level->count == level->capacity) {
+                uint32_t capacity = MAX(8u, level->capacity * 2);
+                struct lsm_table_info *grown = realloc(level->tables, capacity * sizeof(*grown));
+                tally_assert(grown != NULL); /* the manifest: ~100 bytes per 8 MiB table */
+                level->tables = grown;
+                level->capacity = capacity;
+        }
+        tally_assert(at <= level->count);
+        memmove(&level->tables[at + 1], &level->tables[at],
+                (level->count - at) * sizeof(*level->tables));
+        level->tables[at] = *table;
+        level->count++;
+}
+
+static void level_remove(struct lsm_level *level, uint32_t at, uint32_t count)
+{
+        tally_assert(at + count <= level->count);
+        if (count == 0)
+                return;
+        memmove(&level->tables[at], &level->tables[at + count],
+                (level->count - at - count) * sizeof(*level->tables));
+        level->count -= count;
+}
+
+/* In a sorted level >= 1: the first table whose key_max >= key. */
+static uint32_t level_search(const struct lsm_tree *tree, const struct lsm_level *level,
+                             const void *key)
+{
+        uint32_t lo = 0, hi = level->count;
+        while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (tree->layout.compare(level->tables[mid].key_max, key) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return lo;
+}
+
+int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        uint32_t slot = memtable_slot(tree, key);
+        if (tree->hash[slot] != 0) {
+                memcpy(out, memtable_value(tree, tree->hash[slot] - 1), layout->value_size);
+                return 1;
+        }
+        const struct lsm_level *zero = &tree->levels[0];
+        for (uint32_t k = zero->count; k > 0; k--) {
+                int rc = lsm_table_get(tree->grid, layout, &zero->tables[k - 1], key, out);
+                if (rc != 0)
+                        return rc;
+        }
+        for (uint32_t i = 1; i < LSM_LEVELS; i++) {
+                const struct lsm_level *level = &tree->levels[i];
+                uint32_t t = level_search(tree, level, key);
+                if (t == level->count)
+                        continue;
+                int rc = lsm_table_get(tree->grid, layout, &level->tables[t], key, out);
+                if (rc != 0)
+                        return rc;
+        }
+        return 0;
+}
+
+uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree)
+{
+        uint64_t count = 0;
+        for (uint32_t i = 0; i < LSM_LEVELS; i++)
+                for (uint32_t t = 0; t < tree->levels[i].count; t++)
+                        count += tree->levels[i].tables[t].value_count;
+        return count;
+}
+
+/* ---- merged sources ----------------------------------------------------------------------- */
+
+struct source {
+        uint32_t rank;
+        bool memtable;
+        /* memtable: positions [index, end) of tree->sorted (reversed: index down to end) */
+        int64_t index;
+        int64_t end;
+        /* tables: a run of non-overlapping tables, visited in order */
+        const struct lsm_table_info *tables;
+        int32_t table_count;
+        int32_t table_index;
+        struct lsm_table_cursor cursor;
+        bool cursor_ready;
+        const uint8_t *value; /* current, NULL when done */
+};
+
+struct merge {
+        struct lsm_tree *tree;
+        struct source *sources;
+        uint32_t count;
+        const void *key_min; /* bounds, NULL: none */
+        const void *key_max;
+        bool reversed;
+        bool failed;
+};
+
+static bool past_bound(const struct merge *m, const uint8_t *value)
+{
+        const struct lsm_layout *layout = &m->tree->layout;
+        const uint8_t *key = lsm_key_of(layout, value);
+        if (!m->reversed)
+                return m->key_max != NULL && layout->compare(key, m->key_max) > 0;
+        return m->key_min != NULL && layout->compare(key, m->key_min) < 0;
+}
+
+static void source_settle(struct merge *m, struct source *s)
+{
+        if (s->memtable) {
+                bool in = m->reversed ? s->index >= s->end : s->index < s->end;
+                s->value = in ? memtable_value(m->tree, m->tree->sorted[s->index]) : NULL;
+        } else {
+                for (;;) {
+                        s->value = s->cursor_ready ? lsm_table_cursor_value(&s->cursor) : NULL;
+                        if (s->value != NULL)
+                                break;
+                        if (s->cursor_ready && s->cursor.failed) {
+                                m->failed = true;
+                                break;
+                        }
+                        s->table_index += m->reversed ? -1 : 1;
+                        if (s->table_index < 0 || s->table_index >= s->table_count)
+                                break;
+                        lsm_table_cursor_seek(&s->cursor, &s->tables[s->table_index], NULL,
+                                              m->reversed);
+                        s->cursor_ready = true;
+                }
+        }
+        if (s->value != NULL && past_bound(m, s->value))
+                s->value = NULL;
+}
+
+static void source_advance(struct merge *m, struct source *s)
+{
+        if (s->memtable)
+                s->index += m->reversed ? -1 : 1;
+        else
+                lsm_table_cursor_next(&s->cursor);
+        source_settle(m, s);
+}
+
+/* Positions a memtable source at the start of the merge's range. */
+static void source_memtable(struct merge *m, struct source *s)
+{
+        struct lsm_tree *tree = m->tree;
+        const struct lsm_layout *layout = &tree->layout;
+        memtable_sort(tree);
+        s->memtable = true;
+        const void *start = m->reversed ? m->key_max : m->key_min;
+        int64_t lo = 0, hi = tree->memtable_count;
+        if (start != NULL) { /* first position with key >= start (reversed: > start) */
+                while (lo < hi) {
+                        int64_t mid = lo + (hi - lo) / 2;
+                        int c = layout->compare(
+                                lsm_key_of(layout, memtable_value(tree, tree->sorted[mid])), start);
+                        if (c < 0 || (m->reversed && c == 0))
+                                lo = mid + 1;
+                        else
+                                hi = mid;
+                }
+        }
+        if (!m->reversed) {
+                s->index = start != NULL ? lo : 0;
+                s->end = tree->memtable_count;
+        } else {
+                s->index = (start != NULL ? lo : (int64_t)tree->memtable_count) - 1;
+                s->end = 0;
+        }
+        source_settle(m, s);
+}
+
+/* Positions a run of non-overlapping tables at the start of the merge's range. */
+static void source_tables(struct merge *m, struct source *s, const struct lsm_table_info *tables,
+                          uint32_t count)
+{
+        const struct lsm_layout *layout = &m->tree->layout;
+        s->tables = tables;
+        s->table_count = (int32_t)count;
+        const void *start = m->reversed ? m->key_max : m->key_min;
+        int32_t t;
+        if (!m->reversed) {
+                t = 0;
+                if (start != NULL)
+                        while (t < (int32_t)count && layout->compare(tables[t].key_max, start) < 0)
+                                t++;
+        } else {
+                t = (int32_t)count - 1;
+                if (start != NULL)
+                        while (t >= 0 && layout->compare(tables[t].key_min, start) > 0)
+                                t--;
+        }
+        s->table_index = t;
+        if (t >= 0 && t < (int32_t)count) {
+                lsm_table_cursor_seek(&s->cursor, &tables[t], start, m->reversed);
+                s->cursor_ready = true;
+        }
+        source_settle(m, s);
+}
+
+/* The source holding the next value: the smallest key (reversed: largest), newest rank. */
+static struct source *merge_pick(struct merge *m)
+{
+        const struct lsm_layout *layout = &m->tree->layout;
+        struct source *best = NULL;
+        for (uint32_t i = 0; i < m->count; i++) {
+                struct source *s = &m->sources[i];
+                if (s->value == NULL)
+                        continue;
+                if (best == NULL) {
+                        best = s;
+                        continue;
+                }
+                int c = layout->compare(lsm_key_of(layout, s->value),
+                                        lsm_key_of(layout, best->value));
+                if (m->reversed)
+                        c = -c;
+                if (c < 0 || (c == 0 && s->rank > best->rank))
+                        best = s;
+        }
+        return best;
+}
+
+/*
+ * Calls `emit` with each value in merged order, newest version only. False on a read fault, or
+ * when `emit` returns false (then *stopped is set).
+ */
+static bool merge_run(struct merge *m, bool (*emit)(void *context, const void *value),
+                      void *context, uint64_t *emitted, bool *stopped)
+{
+        const struct lsm_layout *layout = &m->tree->layout;
+        uint8_t key[LSM_KEY_SIZE_MAX];
+        for (;;) {
+                if (m->failed)
+                        return false;
+                struct source *best = merge_pick(m);
+                if (best == NULL)
+                        return true;
+                memcpy(key, lsm_key_of(layout, best->value), layout->key_size);
+                bool go_on = emit(context, best->value);
+                (*emitted)++;
+                /* Every source's version of this key is older (or the same): skip it. */
+                for (uint32_t i = 0; i < m->count; i++) {
+                        struct source *s = &m->sources[i];
+                        while (s->value != NULL &&
+                               layout->compare(lsm_key_of(layout, s->value), key) == 0)
+                                source_advance(m, s);
+                }
+                if (!go_on) {
+                        *stopped = true;
+                        return true;
+                }
+        }
+}
+
+static bool merge_alloc(struct merge *m, struct lsm_tree *tree, uint32_t count)
+{
+        memset(m, 0, sizeof(*m));
+        m->tree = tree;
+        m->sources = calloc(count, sizeof(*m->sources));
+        if (m->sources == NULL)
+                return false;
+        for (uint32_t i = 0; i < count; i++) {
+                if (lsm_table_cursor_init(&m->sources[i].cursor, &tree->layout, tree->grid) != 0) {
+                        for (uint32_t k = 0; k <= i; k++)
+                                lsm_table_cursor_deinit(&m->sources[k].cursor);
+                        free(m->sources);
+                        return false;
+                }
+        }
+        m->count = count;
+        return true;
+}
+
+static void merge_free(struct merge *m)
+{
+        for (uint32_t i = 0; i < m->count; i++)
+                lsm_table_cursor_deinit(&m->sources[i].cursor);
+        free(m->sources);
+        m->sources = NULL;
+}
+
+int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *key_max,
+                      bool reversed, bool (*visit)(void *context, const void *value),
+                      void *context)
+{
+        const struct lsm_level *zero = &tree->levels[0];
+        uint32_t count = 1 + zero->count + (LSM_LEVELS - 1);
+        struct merge m;
+        if (!merge_alloc(&m, tree, count)) {
+                snprintf(tree->grid->error, sizeof(tree->grid->error), "out of memory for a scan");
+                return -1;
+        }
+        m.key_min = key_min;
+        m.key_max = key_max;
+        m.reversed = reversed;
+        uint32_t n = 0;
+        m.sources[n].rank = count;
+        source_memtable(&m, &m.sources[n++]);
+        for (uint32_t k = zero->count; k > 0; k--) { /* newest first: highest rank */
+                m.sources[n].rank = count - n;
+                source_tables(&m, &m.sources[n++], &zero->tables[k - 1], 1);
+        }
+        for (uint32_t i = 1; i < LSM_LEVELS; i++) {
+                m.sources[n].rank = count - n;
+                source_tables(&m, &m.sources[n++], tree->levels[i].tables, tree->levels[i].count);
+        }
+        uint64_t emitted = 0;
+        bool stopped = false;
+        bool ok = merge_run(&m, visit, context, &emitted, &stopped);
+        merge_free(&m);
+        return ok ? (int64_t)emitted : -1;
+}
+
+/* ---- flush and compaction ---------------------------------------------------------------- */
+
+static void on_built(void *context, const struct lsm_table_info *table)
+{
+        struct lsm_tree *tree = context;
+        level_insert(&tree->built, tree->built.count, table);
+        tree->stats.tables_written++;
+}
+
+static bool emit_to_builder(void *context, const void *value)
+{
+        struct lsm_tree *tree = context;
+        return lsm_table_builder_add(&tree->builder, value);
+}
+
+/* Releases every block of a table. False if its index block cannot be read. */
+static bool table_release(struct lsm_tree *tree, const struct lsm_table_info *table)
+{
+        const uint8_t *index = lsm_grid_read(tree->grid, table->index, LSM_BLOCK_TABLE_INDEX);
+        if (index == NULL)
+                return false;
+        const struct lsm_index_entry *entries =
+                (const struct lsm_index_entry *)(index + LSM_BLOCK_HEADER_SIZE);
+        for (uint32_t i = 0; i < table->data_block_count; i++)
+                lsm_grid_release(tree->grid, entries[i].data.address);
+        lsm_grid_release(tree->grid, table->index.address);
+        return true;
+}
+
+/* Inserts the builder's tables into sorted level `level` (>= 1), where they overlap nothing. */
+static void built_install(struct lsm_tree *tree, uint32_t level)
+{
+        struct lsm_level *l = &tree->levels[level];
+        for (uint32_t k = 0; k < tree->built.count; k++) {
+                const struct lsm_table_info *table = &tree->built.tables[k];
+                level_insert(l, level_search(tree, l, table->key_min), table);
+        }
+        tree->built.count = 0;
+}
+
+static void builder_start(struct lsm_tree *tree)
+{
+        tree->builder.on_table = on_built;
+        tree->builder.context = tree;
+        tree->builder.failed = false;
+        tree->built.count = 0;
+}
+
+bool lsm_tree_flush(struct lsm_tree *tree)
+{
+        if (tree->memtable_count == 0)
+                return true;
+        memtable_sort(tree);
+        builder_start(tree);
+        for (uint32_t i = 0; i < tree->memtable_count; i++) {
+                if (!lsm_table_builder_add(&tree->builder, memtable_value(tree, tree->sorted[i])))
+                        return false;
+        }
+        if (!lsm_table_builder_finish(&tree->builder))
+                return false;
+        /* One flush's tables do not overlap each other: level 0 takes them in key order. */
+        for (uint32_t k = 0; k < tree->built.count; k++)
+                level_insert(&tree->levels[0], tree->levels[0].count, &tree->built.tables[k]);
+        tree->built.count = 0;
+        memset(tree->hash, 0, (size_t)(tree->hash_mask + 1) * sizeof(uint32_t));
+        tree->memtable_count = 0;
+        tree->sorted_dirty = false;
+        tree->stats.flushes++;
+        return true;
+}
+
+/* The key range [min, max] of `count` tables. */
+static void tables_range(const struct lsm_tree *tree, const struct lsm_table_info *tables,
+                         uint32_t count, uint8_t *min, uint8_t *max)
+{
+        tally_assert(count > 0);
+        memcpy(min, tables[0].key_min, LSM_KEY_SIZE_MAX);
+        memcpy(max, tables[0].key_max, LSM_KEY_SIZE_MAX);
+        for (uint32_t k = 1; k < count; k++) {
+                if (tree->layout.compare(tables[k].key_min, min) < 0)
+                        memcpy(min, tables[k].key_min, LSM_KEY_SIZE_MAX);
+                if (tree->layout.compare(tables[k].key_max, max) > 0)
+                        memcpy(max, tables[k].key_max, LSM_KEY_SIZE_MAX);
+        }
+}
+
+/* The tables of sorted level `level` overlapping [min, max]: [*first, *first + *count). */
+static void level_overlap(const struct lsm_tree *tree, uint32_t level, const uint8_t *min,
+                          const uint8_t *max, uint32_t *first, uint32_t *count)
+{
+        const struct lsm_level *l = &tree->levels[level];
+        uint32_t a = level_search(tree, l, min);
+        uint32_t b = a;
+        while (b < l->count && tree->layout.compare(l->tables[b].key_min, max) <= 0)
+                b++;
+        *first = a;
+        *count = b - a;
+}
+
+/*
+ * Merges `upper` tables (ranked newest first: the last one is the newest) with the tables of
+ * level `target` they overlap, into new tables of `target`; releases the inputs.
+ */
+static bool compact_into(struct lsm_tree *tree, const struct lsm_table_info *upper,
+                         uint32_t upper_count, uint32_t target)
+{
+        uint8_t min[LSM_KEY_SIZE_MAX], max[LSM_KEY_SIZE_MAX];
+        tables_range(tree, upper, upper_count, min, max);
+        uint32_t first, overlap;
+        level_overlap(tree, target, min, max, &first, &overlap);
+        /* Inputs are copied: the levels change while the output is installed. */
+        uint32_t input_count = upper_count + overlap;
+        struct lsm_table_info *inputs = malloc(input_count * sizeof(*inputs));
+        struct merge m;
+        if (inputs == NULL || !merge_alloc(&m, tree, upper_count + 1)) {
+                free(inputs);
+                snprintf(tree->grid->error, sizeof(tree->grid->error),
+                         "out of memory for a compaction");
+                return false;
+        }
+        memcpy(inputs, upper, upper_count * sizeof(*inputs));
+        if (overlap > 0) /* an empty level has no table array yet */
+                memcpy(inputs + upper_count, &tree->levels[target].tables[first],
+                       overlap * sizeof(*inputs));
+        for (uint32_t k = 0; k < upper_count; k++) {
+                m.sources[k].rank = k + 1; /* later upper tables are newer */
+                source_tables(&m, &m.sources[k], &inputs[k], 1);
+        }
+        m.sources[upper_count].rank = 0;
+        source_tables(&m, &m.sources[upper_count], inputs + upper_count, overlap);
+        builder_start(tree);
+        uint64_t emitted = 0;
+        bool stopped = false;
+        bool ok = merge_run(&m, emit_to_builder, tree, &emitted, &stopped) && !stopped &&
+                  lsm_table_builder_finish(&tree->builder);
+        merge_free(&m);
+        if (!ok) {
+                free(inputs);
+                return false;
+        }
+        for (uint32_t k = 0; k < input_count; k++) {
+                if (!table_release(tree, &inputs[k])) {
+                        free(inputs);
+                        return false;
+                }
+        }
+        level_remove(&tree->levels[target], first, overlap);
+        built_install(tree, target);
+        tree->stats.compactions++;
+        tree->stats.values_compacted += emitted;
+        free(inputs);
+        return true;
+}
+
+/* Level `level` >= 1 is over budget: compact (or move down) its next table in round robin. */
+static bool compact_level(struct lsm_tree *tree, uint32_t level)
+{
+        struct lsm_level *l = &tree->levels[level];
+        tally_assert(level >= 1 && level + 1 < LSM_LEVELS && l->count > 0);
+        uint32_t pick = 0;
+        if (tree->compact_cursor_set[level]) {
+                while (pick < l->count && tree->layout.compare(l->tables[pick].key_min,
+                                                               tree->compact_cursor[level]) <= 0)
+                        pick++;
+                if (pick == l->count)
+                        pick = 0;
+        }
+        struct lsm_table_info table = l->tables[pick];
+        memcpy(tree->compact_cursor[level], table.key_min, LSM_KEY_SIZE_MAX);
+        tree->compact_cursor_set[level] = true;
+        uint32_t first, overlap;
+        level_overlap(tree, level + 1, table.key_min, table.key_max, &first, &overlap);
+        level_remove(l, pick, 1);
+        if (overlap == 0) {
+                struct lsm_level *below = &tree->levels[level + 1];
+                level_insert(below, first, &table);
+                tree->stats.tables_moved++;
+                return true;
+        }
+        if (!compact_into(tree, &table, 1, level + 1)) {
+                level_insert(l, pick, &table); /* unchanged: the inputs are still whole */
+                return false;
+        }
+        return true;
+}
+
+bool lsm_tree_compact(struct lsm_tree *tree)
+{
+        struct lsm_level *zero = &tree->levels[0];
+        if (zero->count > LSM_LEVEL0_TABLES_MAX) {
+                struct lsm_table_info *upper = malloc(zero->count * sizeof(*upper));
+                if (upper == NULL)
+                        return false;
+                uint32_t upper_count = zero->count;
+                memcpy(upper, zero->tables, upper_count * sizeof(*upper));
+                bool ok = compact_into(tree, upper, upper_count, 1);
+                if (ok)
+                        level_remove(zero, 0, upper_count);
+                free(upper);
+                if (!ok)
+                        return false;
+        }
+        for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++) {
+                while (tree->levels[level].count > lsm_tree_level_budget(level)) {
+                        if (!compact_level(tree, level))
+                                return false;
+                }
+        }
+        return true;
+}

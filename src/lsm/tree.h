@@ -1,0 +1,97 @@
+/*
+ * tree.h: one LSM tree of fixed-size values (docs/storage.md, "One tree").
+ *
+ * Why: the ledger's objects and indexes must live on disk with a memory cost that does not grow
+ * with them, and every write must be cheap whatever order keys arrive in (transfer ids are
+ * random). A tree takes the values of one bar (a fixed number of ops) into a memtable in
+ * memory; at the end of the bar the memtable is sorted and written as level-0 tables; when a
+ * level holds more tables than its budget, compaction merges them into the next level. Reads
+ * look in the memtable, then the levels from newest to oldest: the newest version of a key wins.
+ *
+ * Levels: level 0 holds up to LSM_LEVEL0_TABLES_MAX flushed tables, whose key ranges may
+ * overlap (newest last); level i >= 1 holds non-overlapping tables sorted by key, up to
+ * LSM_GROWTH_FACTOR^i of them. Compaction of level 0 merges all of it with the tables of level
+ * 1 it overlaps; compaction of level i >= 1 takes one table (round robin over the key space) and
+ * merges it with the tables of level i + 1 it overlaps, or moves it down unchanged when it
+ * overlaps none (tables of keys that only grow, like timestamps, are never rewritten). Blocks of
+ * replaced tables are released to the grid, free after the next checkpoint.
+ *
+ * This step runs flushes and compactions synchronously (lsm_tree_flush, lsm_tree_compact);
+ * later steps pace them in beats across the next bar. Values are never deleted (the ledger
+ * only inserts and updates), so there are no tombstones yet.
+ */
+#ifndef TALLY_LSM_TREE_H
+#define TALLY_LSM_TREE_H
+
+#include "lsm/table.h"
+
+#define LSM_LEVELS 7u
+#define LSM_LEVEL0_TABLES_MAX 8u
+#define LSM_GROWTH_FACTOR 8u
+
+struct lsm_level {
+        struct lsm_table_info *tables;
+        uint32_t count;
+        uint32_t capacity;
+};
+
+struct lsm_tree_stats {
+        uint64_t flushes;
+        uint64_t tables_written;
+        uint64_t tables_moved; /* moved down a level without a rewrite */
+        uint64_t compactions;
+        uint64_t values_compacted; /* values read by compactions */
+};
+
+struct lsm_tree {
+        char name[32];
+        struct lsm_layout layout;
+        struct lsm_grid *grid;
+        /* Memtable: values in arrival order; `hash` maps a key to its position (+1). */
+        uint8_t *memtable;
+        uint32_t memtable_count;
+        uint32_t memtable_max;
+        uint32_t *hash;
+        uint32_t hash_mask;
+        uint32_t *sorted; /* positions in key order, valid while !sorted_dirty */
+        bool sorted_dirty;
+        struct lsm_level levels[LSM_LEVELS];
+        uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
+        bool compact_cursor_set[LSM_LEVELS];
+        struct lsm_table_builder builder;
+        uint32_t build_level; /* where the builder's tables go */
+        struct lsm_level built; /* tables the builder produced for the current job */
+        struct lsm_tree_stats stats;
+};
+
+/* Reserves the memtable (memtable_max values) and tables' bookkeeping. 0 or -ENOMEM. */
+int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layout *layout,
+                  struct lsm_grid *grid, uint32_t memtable_max);
+void lsm_tree_deinit(struct lsm_tree *tree);
+
+/* True if the memtable can take `count` more values (else flush first). */
+bool lsm_tree_has_room(const struct lsm_tree *tree, uint32_t count);
+/* Inserts or replaces (same key) a value in the memtable, which must have room. */
+void lsm_tree_put(struct lsm_tree *tree, const void *value);
+
+/* 1 and the newest value of `key` in `out`, 0 if absent, -1 on a read fault (grid->error). */
+int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out);
+
+/*
+ * Calls `visit` with every value whose key is in [key_min, key_max] (either NULL: unbounded), in
+ * key order or reversed, the newest version of each key only, until `visit` returns false.
+ * Returns the values visited, or -1 on a read fault (grid->error).
+ */
+int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *key_max,
+                      bool reversed, bool (*visit)(void *context, const void *value),
+                      void *context);
+
+/* Writes the memtable as level-0 tables and empties it. False on a write fault. */
+bool lsm_tree_flush(struct lsm_tree *tree);
+/* Compacts until every level is within its budget. False on a read or write fault. */
+bool lsm_tree_compact(struct lsm_tree *tree);
+
+uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. older versions */
+uint32_t lsm_tree_level_budget(uint32_t level);
+
+#endif

@@ -1,0 +1,493 @@
+/*
+ * test_lsm.c: the LSM core (src/lsm/) on an in-memory block device.
+ *
+ * Checked: the block format names what is wrong with a block (damaged, misdirected, stale,
+ * wrong kind); the free set hands out the lowest address and frees released blocks only at a
+ * checkpoint; tables answer lookups and walk in both directions from any key; a tree under
+ * random inserts and overwrites, flushes and compactions answers every lookup and every scan
+ * (bounds, reversed, stopped early) exactly as a simple model does, with a cache far smaller
+ * than the data; keys that only grow are moved down levels, never rewritten; and a damaged or
+ * misdirected block on the device is reported by address instead of returning a wrong value.
+ */
+#include "test.h"
+
+#include "lsm/tree.h"
+
+#include <errno.h>
+
+/* ---- the device --------------------------------------------------------------------------- */
+
+#define DEVICE_BLOCKS 65536u
+
+struct memory_device {
+        uint8_t *blocks[DEVICE_BLOCKS + 1];
+        uint64_t misdirect_from; /* a write to this address lands at misdirect_to */
+        uint64_t misdirect_to;
+        uint64_t fail_read; /* reads of this address fail with EIO */
+};
+
+static struct memory_device device_state;
+
+static int device_read(void *context, uint64_t address, uint8_t *block)
+{
+        struct memory_device *d = context;
+        tally_assert(address > 0 && address <= DEVICE_BLOCKS);
+        if (address == d->fail_read)
+                return -EIO;
+        if (d->blocks[address] == NULL)
+                memset(block, 0, LSM_BLOCK_SIZE);
+        else
+                memcpy(block, d->blocks[address], LSM_BLOCK_SIZE);
+        return 0;
+}
+
+static int device_write(void *context, uint64_t address, const uint8_t *block)
+{
+        struct memory_device *d = context;
+        tally_assert(address > 0 && address <= DEVICE_BLOCKS);
+        if (address == d->misdirect_from)
+                address = d->misdirect_to;
+        if (d->blocks[address] == NULL)
+                d->blocks[address] = malloc(LSM_BLOCK_SIZE);
+        tally_assert(d->blocks[address] != NULL);
+        memcpy(d->blocks[address], block, LSM_BLOCK_SIZE);
+        return 0;
+}
+
+static void device_reset(void)
+{
+        for (uint32_t i = 0; i <= DEVICE_BLOCKS; i++) {
+                free(device_state.blocks[i]);
+                device_state.blocks[i] = NULL;
+        }
+        device_state.misdirect_from = device_state.misdirect_to = device_state.fail_read = 0;
+}
+
+static const struct lsm_device device = {
+        .context = &device_state,
+        .read = device_read,
+        .write = device_write,
+};
+
+/* ---- a tree of 32-byte values, key u64 at offset 8 ---------------------------------------- */
+
+struct value {
+        uint64_t payload_a;
+        uint64_t key;
+        uint64_t payload_b;
+        uint64_t version;
+};
+
+static int compare_u64(const void *a, const void *b)
+{
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        return x < y ? -1 : x > y;
+}
+
+static const struct lsm_layout layout = {
+        .tree = 7,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+};
+
+/* The same with tables of two data blocks (4,092 values), so that small data fills 4 levels. */
+static const struct lsm_layout layout_small_tables = {
+        .tree = 8,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+        .table_data_blocks_max = 2,
+};
+
+static struct value value_make(uint64_t key, uint64_t version)
+{
+        return (struct value){.payload_a = key * 3 + 1, .key = key, .payload_b = ~key,
+                              .version = version};
+}
+
+static uint64_t rng_state = 1;
+static uint64_t rng(void)
+{
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        return rng_state;
+}
+
+/* ---- block format and free set ------------------------------------------------------------ */
+
+static void test_block_check(void)
+{
+        device_reset();
+        uint8_t *block = aligned_alloc(4096, LSM_BLOCK_SIZE);
+        memset(block, 0xab, LSM_BLOCK_SIZE);
+        struct lsm_block_ref ref = lsm_block_seal(block, 12, LSM_BLOCK_TABLE_DATA, 1, 32, 3, 200);
+        CHECK(lsm_block_check(block, ref, LSM_BLOCK_TABLE_DATA) == NULL);
+        CHECK(strstr(lsm_block_check(block, ref, LSM_BLOCK_TABLE_INDEX), "expected") != NULL);
+        struct lsm_block_ref elsewhere = ref;
+        elsewhere.address = 13;
+        CHECK(strstr(lsm_block_check(block, elsewhere, LSM_BLOCK_TABLE_DATA), "misdirected") !=
+              NULL);
+        struct lsm_block_ref stale = ref;
+        stale.checksum ^= 1;
+        CHECK(strstr(lsm_block_check(block, stale, LSM_BLOCK_TABLE_DATA), "stale") != NULL);
+        block[100] ^= 4;
+        CHECK(strstr(lsm_block_check(block, ref, LSM_BLOCK_TABLE_DATA), "checksum") != NULL);
+        block[100] ^= 4;
+        block[300] ^= 4; /* past `size`: not part of the block */
+        CHECK(lsm_block_check(block, ref, LSM_BLOCK_TABLE_DATA) == NULL);
+        memset(block, 0, LSM_BLOCK_SIZE);
+        CHECK(strstr(lsm_block_check(block, ref, LSM_BLOCK_TABLE_DATA), "never written") != NULL);
+        free(block);
+}
+
+static void test_free_set(void)
+{
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, 130, 8) == 0);
+        for (uint64_t a = 1; a <= 130; a++)
+                CHECK_EQ_U64(lsm_grid_acquire(&grid), a);
+        CHECK_EQ_U64(lsm_grid_acquire(&grid), 0); /* full */
+        CHECK_EQ_U64(lsm_grid_free_count(&grid), 0);
+        lsm_grid_release(&grid, 70);
+        lsm_grid_release(&grid, 3);
+        CHECK_EQ_U64(lsm_grid_acquire(&grid), 0); /* released, not free before a checkpoint */
+        lsm_grid_checkpoint(&grid);
+        CHECK_EQ_U64(lsm_grid_free_count(&grid), 2);
+        CHECK_EQ_U64(lsm_grid_acquire(&grid), 3); /* the lowest first */
+        CHECK_EQ_U64(lsm_grid_acquire(&grid), 70);
+        CHECK_EQ_U64(lsm_grid_acquire(&grid), 0);
+        lsm_grid_deinit(&grid);
+}
+
+/* ---- tables ------------------------------------------------------------------------------- */
+
+struct collected {
+        struct lsm_table_info tables[64];
+        uint32_t count;
+};
+
+static void collect(void *context, const struct lsm_table_info *table)
+{
+        struct collected *c = context;
+        tally_assert(c->count < 64);
+        c->tables[c->count++] = *table;
+}
+
+static void test_table(void)
+{
+        device_reset();
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 4) == 0);
+        struct collected c = {.count = 0};
+        struct lsm_table_builder builder;
+        CHECK(lsm_table_builder_init(&builder, &layout, &grid, collect, &c) == 0);
+        uint32_t per_block = lsm_values_per_block(&layout);
+        uint32_t n = per_block * (LSM_TABLE_DATA_BLOCKS_MAX + 3) + 17; /* two tables */
+        for (uint32_t i = 0; i < n; i++) {
+                struct value v = value_make(10 + 2 * (uint64_t)i, i); /* even keys */
+                CHECK(lsm_table_builder_add(&builder, &v));
+        }
+        CHECK(lsm_table_builder_finish(&builder));
+        CHECK_EQ_U64(c.count, 2);
+        CHECK_EQ_U64(c.tables[0].data_block_count, LSM_TABLE_DATA_BLOCKS_MAX);
+        CHECK_EQ_U64(c.tables[0].value_count + c.tables[1].value_count, n);
+        /* Lookups through a 4-block cache: every one reads from the device. */
+        uint32_t wrong = 0;
+        for (uint32_t i = 0; i < n; i += 97) {
+                uint64_t key = 10 + 2 * (uint64_t)i;
+                struct value out;
+                const struct lsm_table_info *t = &c.tables[i < c.tables[0].value_count ? 0 : 1];
+                if (lsm_table_get(&grid, &layout, t, &key, &out) != 1 || out.version != i)
+                        wrong++;
+                key++; /* odd: absent */
+                if (lsm_table_get(&grid, &layout, t, &key, &out) != 0)
+                        wrong++;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        CHECK(grid.stats.reads > 0);
+        /* Cursors from many keys, both directions, against the arithmetic. */
+        struct lsm_table_cursor cursor;
+        CHECK(lsm_table_cursor_init(&cursor, &layout, &grid) == 0);
+        const struct lsm_table_info *t = &c.tables[1];
+        uint64_t first = 10 + 2 * c.tables[0].value_count;
+        uint64_t last = 10 + 2 * ((uint64_t)n - 1);
+        uint64_t probes[] = {0, first - 1, first, first + 1, first + 2 * per_block - 1,
+                             first + 2 * per_block, (first + last) / 2, last - 1, last,
+                             last + 1, last + 100};
+        for (uint32_t p = 0; p < ARRAY_LEN(probes); p++) {
+                for (int reversed = 0; reversed < 2; reversed++) {
+                        uint64_t key = probes[p];
+                        lsm_table_cursor_seek(&cursor, t, &key, reversed);
+                        /* Expected first value: forward the smallest even >= key in range. */
+                        uint64_t expect;
+                        bool any;
+                        if (!reversed) {
+                                expect = key <= first ? first : key + (key % 2);
+                                any = expect <= last;
+                        } else {
+                                expect = key >= last ? last : key - (key % 2);
+                                any = key >= first;
+                        }
+                        uint32_t walked = 0;
+                        const uint8_t *v;
+                        bool ordered = true;
+                        while ((v = lsm_table_cursor_value(&cursor)) != NULL && walked < 3 * per_block) {
+                                const struct value *value = (const struct value *)v;
+                                if (value->key != expect)
+                                        ordered = false;
+                                expect = reversed ? expect - 2 : expect + 2;
+                                walked++;
+                                lsm_table_cursor_next(&cursor);
+                        }
+                        CHECK(ordered);
+                        CHECK(any == (walked > 0));
+                }
+        }
+        lsm_table_cursor_deinit(&cursor);
+        lsm_table_builder_deinit(&builder);
+        lsm_grid_deinit(&grid);
+}
+
+/* ---- trees against a model ---------------------------------------------------------------- */
+
+#define MODEL_KEYS 1000000u
+
+static uint64_t model[MODEL_KEYS]; /* version + 1 of each key, 0 if absent */
+
+struct scan_check {
+        uint64_t expect_next; /* the next key the model says comes */
+        bool reversed;
+        uint64_t bound; /* the other end */
+        uint64_t limit;
+        uint64_t seen;
+        uint64_t wrong;
+};
+
+/* The next present key of the model from `key` (inclusive), or UINT64_MAX. */
+static uint64_t model_next(uint64_t key, bool reversed)
+{
+        if (!reversed) {
+                for (uint64_t k = key; k < MODEL_KEYS; k++)
+                        if (model[k] != 0)
+                                return k;
+                return UINT64_MAX;
+        }
+        for (uint64_t k = MIN(key, (uint64_t)MODEL_KEYS - 1) + 1; k-- > 0;)
+                if (model[k] != 0)
+                        return k;
+        return UINT64_MAX;
+}
+
+static bool scan_visit(void *context, const void *value)
+{
+        struct scan_check *s = context;
+        const struct value *v = value;
+        if (s->expect_next == UINT64_MAX || v->key != s->expect_next ||
+            v->version + 1 != model[v->key] || v->payload_b != ~v->key)
+                s->wrong++;
+        s->seen++;
+        s->expect_next = s->reversed ? (v->key == 0 ? UINT64_MAX : model_next(v->key - 1, true))
+                                     : model_next(v->key + 1, false);
+        if (s->expect_next != UINT64_MAX &&
+            (s->reversed ? s->expect_next < s->bound : s->expect_next > s->bound))
+                s->expect_next = UINT64_MAX;
+        return s->seen < s->limit;
+}
+
+static void check_against_model(struct lsm_tree *tree, uint32_t probes)
+{
+        uint32_t wrong = 0;
+        for (uint32_t p = 0; p < probes; p++) {
+                uint64_t key = rng() % MODEL_KEYS;
+                struct value out;
+                int rc = lsm_tree_get(tree, &key, &out);
+                if (rc < 0 || (rc == 1) != (model[key] != 0) ||
+                    (rc == 1 && (out.version + 1 != model[key] || out.key != key)))
+                        wrong++;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        for (uint32_t s = 0; s < 12; s++) {
+                uint64_t a = rng() % MODEL_KEYS, b = rng() % MODEL_KEYS;
+                uint64_t lo = MIN(a, b), hi = MAX(a, b);
+                bool reversed = s % 2;
+                struct scan_check check = {
+                        .reversed = reversed,
+                        .bound = reversed ? lo : hi,
+                        .limit = s % 3 == 0 ? 50 : UINT64_MAX,
+                };
+                check.expect_next = model_next(reversed ? hi : lo, reversed);
+                if (check.expect_next != UINT64_MAX &&
+                    (reversed ? check.expect_next < lo : check.expect_next > hi))
+                        check.expect_next = UINT64_MAX;
+                int64_t n = lsm_tree_scan(tree, &lo, &hi, reversed, scan_visit, &check);
+                CHECK(n >= 0);
+                CHECK_EQ_U64(check.wrong, 0);
+                /* Whole range visited (or stopped at the limit): nothing was left out. */
+                if (check.seen < check.limit)
+                        CHECK_EQ_U64(check.expect_next, UINT64_MAX);
+        }
+}
+
+static void test_tree_model(void)
+{
+        device_reset();
+        memset(model, 0, sizeof(model));
+        rng_state = 0x1234567;
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0); /* 4 MiB cache */
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "model", &layout_small_tables, &grid, 20000) == 0);
+        uint64_t version = 0;
+        for (uint32_t bar = 0; bar < 60; bar++) {
+                /* Random keys: inserts and overwrites, some repeated within the bar. */
+                for (uint32_t i = 0; i < 20000; i++) {
+                        uint64_t key = rng() % MODEL_KEYS;
+                        struct value v = value_make(key, version);
+                        lsm_tree_put(&tree, &v);
+                        model[key] = ++version;
+                }
+                if (bar % 7 == 3)
+                        check_against_model(&tree, 2000); /* the memtable holds some */
+                CHECK(lsm_tree_flush(&tree));
+                CHECK(lsm_tree_compact(&tree));
+                if (bar % 4 == 0)
+                        lsm_grid_checkpoint(&grid);
+                for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++)
+                        CHECK(tree.levels[level].count <= lsm_tree_level_budget(level));
+        }
+        check_against_model(&tree, 20000);
+        CHECK(tree.stats.compactions > 0);
+        CHECK(tree.levels[3].count > 0);
+        /* Far more data than cache: lookups really went to the device. */
+        CHECK(grid.stats.reads > 1000);
+        /* Levels >= 1 never overlap. */
+        for (uint32_t level = 1; level < LSM_LEVELS; level++) {
+                const struct lsm_level *l = &tree.levels[level];
+                for (uint32_t t = 1; t < l->count; t++)
+                        CHECK(compare_u64(l->tables[t - 1].key_max, l->tables[t].key_min) < 0);
+        }
+        printf("model: tables L0..L3 %u %u %u %u, compactions=%llu moved=%llu reads=%llu "
+               "hits=%llu blocks_in_use=%llu\n",
+               tree.levels[0].count, tree.levels[1].count, tree.levels[2].count,
+               tree.levels[3].count, (unsigned long long)tree.stats.compactions,
+               (unsigned long long)tree.stats.tables_moved,
+               (unsigned long long)grid.stats.reads, (unsigned long long)grid.stats.cache_hits,
+               (unsigned long long)grid.used_count);
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+}
+
+/* Keys that only grow (timestamps): compaction moves tables down, never rewrites them. */
+static void test_tree_append_only(void)
+{
+        device_reset();
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 16) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "append", &layout, &grid, 4000) == 0);
+        uint64_t key = 1;
+        for (uint32_t bar = 0; bar < 100; bar++) {
+                for (uint32_t i = 0; i < 4000; i++) {
+                        struct value v = value_make(key, key);
+                        lsm_tree_put(&tree, &v);
+                        key++;
+                }
+                CHECK(lsm_tree_flush(&tree));
+                CHECK(lsm_tree_compact(&tree));
+        }
+        CHECK(tree.stats.tables_moved > 0);
+        /* Level 0 into level 1 rewrites (it merges all of level 0); nothing deeper does. */
+        CHECK(tree.stats.values_compacted <= 2 * 400000ull);
+        uint32_t wrong = 0;
+        for (uint32_t p = 0; p < 5000; p++) {
+                uint64_t k = 1 + rng() % (key - 1);
+                struct value out;
+                if (lsm_tree_get(&tree, &k, &out) != 1 || out.version != k)
+                        wrong++;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+}
+
+/* A damaged, a misdirected and an unreadable block are reported by address, never misread. */
+static void test_tree_faults(void)
+{
+        device_reset();
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 8) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "faults", &layout, &grid, 5000) == 0);
+        for (uint64_t k = 0; k < 5000; k++) {
+                struct value v = value_make(k, k);
+                lsm_tree_put(&tree, &v);
+        }
+        CHECK(lsm_tree_flush(&tree));
+        /* Evict everything: read enough other blocks through the tiny cache. */
+        const struct lsm_table_info *table = &tree.levels[0].tables[0];
+        const uint8_t *index = lsm_grid_read(&grid, table->index, LSM_BLOCK_TABLE_INDEX);
+        CHECK(index != NULL);
+        struct lsm_index_entry entry =
+                ((const struct lsm_index_entry *)(index + LSM_BLOCK_HEADER_SIZE))[2];
+        uint64_t damaged = entry.data.address;
+        device_state.blocks[damaged][LSM_BLOCK_HEADER_SIZE + 40] ^= 0x10;
+        lsm_grid_cache_clear(&grid);
+        uint64_t key;
+        memcpy(&key, entry.key_min, 8);
+        struct value out;
+        grid.error[0] = '\0';
+        int rc = lsm_tree_get(&tree, &key, &out);
+        CHECK_EQ_U64(rc, (uint64_t)-1);
+        char expected[64];
+        snprintf(expected, sizeof(expected), "grid block %llu", (unsigned long long)damaged);
+        CHECK(strstr(grid.error, expected) != NULL);
+        CHECK(strstr(grid.error, "checksum") != NULL);
+        /* A scan over the damaged block fails too, rather than skip it. */
+        uint64_t lo = 0, hi = 4999;
+        struct scan_check check = {.limit = UINT64_MAX};
+        CHECK(lsm_tree_scan(&tree, &lo, &hi, false, scan_visit, &check) == -1);
+        device_state.blocks[damaged][LSM_BLOCK_HEADER_SIZE + 40] ^= 0x10;
+        CHECK_EQ_U64(lsm_tree_get(&tree, &key, &out), 1);
+
+        /* An unreadable block. */
+        device_state.fail_read = damaged;
+        lsm_grid_cache_clear(&grid);
+        CHECK_EQ_U64(lsm_tree_get(&tree, &key, &out), (uint64_t)-1);
+        CHECK(strstr(grid.error, "Input/output error") != NULL);
+        device_state.fail_read = 0;
+
+        /* A misdirected write: the next table's first block lands on an existing block. */
+        device_state.misdirect_from = grid.acquire_hint;
+        device_state.misdirect_to = damaged;
+        for (uint64_t k = 5000; k < 6000; k++) {
+                struct value v = value_make(k, k);
+                lsm_tree_put(&tree, &v);
+        }
+        CHECK(lsm_tree_flush(&tree));
+        device_state.misdirect_from = 0;
+        lsm_grid_cache_clear(&grid);
+        grid.error[0] = '\0';
+        rc = lsm_tree_get(&tree, &key, &out); /* the block that was overwritten */
+        CHECK_EQ_U64(rc, (uint64_t)-1);
+        CHECK(strstr(grid.error, "misdirected") != NULL);
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+}
+
+int main(void)
+{
+        TEST_RUN(test_block_check);
+        TEST_RUN(test_free_set);
+        TEST_RUN(test_table);
+        TEST_RUN(test_tree_model);
+        TEST_RUN(test_tree_append_only);
+        TEST_RUN(test_tree_faults);
+        device_reset();
+        TEST_MAIN_END();
+}
