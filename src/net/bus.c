@@ -378,6 +378,11 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
         uint32_t delivered = 0;
         bool receive = true;
         while (c->recv_message != NULL && c->recv_size - c->recv_consumed >= WIRE_HEADER_SIZE) {
+                /* First, so that a paused connection costs a tick nothing but this check. */
+                if (!limits_may_deliver(bus, c, delivered)) {
+                        receive = false;
+                        break;
+                }
                 /* An aligned copy: messages follow one another at any offset. */
                 struct wire_header header;
                 const struct wire_header *h = &header;
@@ -409,10 +414,6 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                                  wire_command_name(h->command), invalid, c->peer);
                         c->recv_consumed += h->size;
                         continue;
-                }
-                if (!limits_may_deliver(bus, c, delivered)) {
-                        receive = false;
-                        break;
                 }
                 if (!limits_check_reserved(bus, c, h))
                         return false;
