@@ -21,7 +21,8 @@
 
 #define TICK_NS 10000000ull
 #define CONNECTIONS_MAX 1024u
-#define MESSAGES_MAX (CONNECTIONS_MAX + 512u)
+/* What client connections can hold at most (see bus.h), and 512 for the replica and peers. */
+#define MESSAGES_MAX (BUS_CLIENT_MESSAGES_MAX(CONNECTIONS_MAX) + 512u)
 
 struct server {
         struct io io;

@@ -8,7 +8,14 @@
  *
  * Slots [0, connections_max) take accepted connections, clients and peers of lower index
  * alike; the BUS_OUTGOING_SLOTS after them take only our outgoing connections, so that a flood
- * of clients never keeps this replica from reaching the others.
+ * of clients never keeps this replica from reaching the others; the BUS_PEER_RESERVED_SLOTS
+ * last take accepted connections when the first are full, for a short while unless they
+ * identify as a replica, so that a flood of clients never keeps the others from reaching us.
+ *
+ * Framing: a receive fills recv_message from recv_size on; the complete messages at its front
+ * are handled in order (recv_consumed advances past each), then the partial tail moves to the
+ * front once. Each header is checked in an aligned copy, since messages follow each other at
+ * any offset.
  *
  * Peer bookkeeping lives in bus->peers[j]: `connection` is set exactly while replica j's
  * connection is established (between on_peer_connected and on_peer_disconnected); the outgoing
@@ -62,6 +69,12 @@ static void auth_dial(struct bus *bus, struct bus_connection *c);
 static void auth_and_keepalive_tick(struct bus *bus, uint64_t now_ns);
 static bool replica_message_refused(struct bus *bus, struct bus_connection *c,
                                     const struct wire_header *h);
+static bool limits_may_deliver(struct bus *bus, struct bus_connection *c, uint32_t delivered);
+static bool limits_check_reserved(struct bus *bus, struct bus_connection *c,
+                                  const struct wire_header *h);
+static void limits_tick(struct bus *bus, uint64_t now_ns);
+static void refusal(struct bus *bus, enum bus_refusal kind, const struct bus_connection *c,
+                    const char *detail);
 
 int bus_init(struct bus *bus, struct io *io, struct message_pool *pool, u128 cluster,
              uint32_t connections_max, const struct bus_callbacks *callbacks)
@@ -74,7 +87,11 @@ int bus_init(struct bus *bus, struct io *io, struct message_pool *pool, u128 clu
         bus->listen_fd = -1;
         bus->message_size_max = WIRE_MESSAGE_SIZE_MAX;
         bus->connect_timeout_ms = BUS_PEER_CONNECT_TIMEOUT_MS;
-        uint32_t slot_count = connections_max + BUS_OUTGOING_SLOTS;
+        bus->idle_timeout_ms = BUS_IDLE_TIMEOUT_MS;
+        bus->idle_timeout_full_ms = BUS_IDLE_TIMEOUT_FULL_MS;
+        bus->partial_timeout_ms = BUS_PARTIAL_TIMEOUT_MS;
+        bus->peer_identify_timeout_ms = BUS_PEER_IDENTIFY_TIMEOUT_MS;
+        uint32_t slot_count = connections_max + BUS_OUTGOING_SLOTS + BUS_PEER_RESERVED_SLOTS;
         bus->connections = calloc(slot_count, sizeof(struct bus_connection));
         if (bus->connections == NULL)
                 return -ENOMEM;
@@ -206,19 +223,28 @@ static void on_accept(struct io_completion *completion, int32_t result)
                 close(fd);
                 return;
         }
+        bool peer_slot = false;
         struct bus_connection *c = slot_free(bus, 0, bus->connections_max);
+        if (c == NULL && bus->replica > 0) {
+                /* Only a replica with peers of lower index expects incoming peers. */
+                c = slot_free(bus, bus->slot_count - BUS_PEER_RESERVED_SLOTS, bus->slot_count);
+                peer_slot = true;
+        }
         if (c == NULL) {
                 bus->stats.connections_refused++;
-                if (bus->stats.connections_refused % 1000 == 1)
-                        log_warn("connection refused: all slots in use connections_max=%u "
-                                 "refused_total=%llu",
-                                 bus->connections_max,
-                                 (unsigned long long)bus->stats.connections_refused);
+                char peer[64], detail[128];
+                address_format(&completion->address, peer, sizeof(peer));
+                snprintf(detail, sizeof(detail), "all slots in use connections_max=%u peer=%s",
+                         bus->connections_max, peer);
+                refusal(bus, BUS_REFUSAL_SLOTS_FULL, NULL, detail);
                 close(fd);
                 accept_start(bus);
                 return;
         }
         slot_open(bus, c, fd);
+        c->client_budget = true;
+        c->peer_slot = peer_slot;
+        c->accepted_ns = io_monotonic_ns();
         address_format(&completion->address, c->peer, sizeof(c->peer));
         bus->stats.connections_accepted++;
         log_debug("connection accepted peer=%s", c->peer);
@@ -241,6 +267,10 @@ static void close_finish(struct bus *bus, struct bus_connection *c)
                 message_unref(bus->pool, c->send_queue[c->send_head]);
                 c->send_head = (c->send_head + 1) % BUS_SEND_QUEUE_PEER_MAX;
                 c->send_count--;
+                if (c->client_budget) {
+                        tally_assert(bus->client_send_queued > 0);
+                        bus->client_send_queued--;
+                }
         }
         c->active = false;
         c->replica = -1;
@@ -295,8 +325,11 @@ static void recv_start(struct bus *bus, struct bus_connection *c)
                         return;
                 }
                 c->recv_size = 0;
+                c->recv_consumed = 0;
         }
         tally_assert(c->recv_size < WIRE_MESSAGE_SIZE_MAX);
+        tally_assert(c->recv_consumed == 0);
+        c->recv_armed_ns = io_monotonic_ns();
         c->recv_paused = false;
         c->recv_pending = true;
         c->recv_completion.callback = on_recv;
@@ -305,11 +338,15 @@ static void recv_start(struct bus *bus, struct bus_connection *c)
                 WIRE_MESSAGE_SIZE_MAX - c->recv_size);
 }
 
-/* Hands one complete message at the front of the buffer to the replica. */
+/*
+ * Hands the complete message at recv_consumed to the replica: the buffer itself if it holds
+ * nothing else, else a copy (the rest stays in place: no move per message).
+ */
 static bool deliver(struct bus *bus, struct bus_connection *c, uint32_t size)
 {
         struct message *m;
-        if (c->recv_size == size) {
+        tally_assert(c->recv_size - c->recv_consumed >= size);
+        if (c->recv_consumed == 0 && c->recv_size == size) {
                 m = c->recv_message;
                 c->recv_message = NULL;
                 c->recv_size = 0;
@@ -317,10 +354,8 @@ static bool deliver(struct bus *bus, struct bus_connection *c, uint32_t size)
                 m = message_pool_get(bus->pool);
                 if (m == NULL)
                         return false;
-                memcpy(m->buffer, c->recv_message->buffer, size);
-                memmove(c->recv_message->buffer, c->recv_message->buffer + size,
-                        c->recv_size - size);
-                c->recv_size -= size;
+                memcpy(m->buffer, c->recv_message->buffer + c->recv_consumed, size);
+                c->recv_consumed += size;
         }
         c->front_verified = false;
         bus->stats.messages_received++;
@@ -331,23 +366,37 @@ static bool deliver(struct bus *bus, struct bus_connection *c, uint32_t size)
         return true;
 }
 
-/*
- * Checks and delivers every complete message in the receive buffer. Returns false if the
- * connection was closed or must wait (paused) before receiving more.
- */
-/* Drops the complete message of `size` bytes at the front of the receive buffer. */
-static void front_drop(struct bus_connection *c, uint32_t size)
+/* Moves the partial message after what was handled to the front of the buffer. */
+static void recv_compact(struct bus_connection *c)
 {
-        tally_assert(size <= c->recv_size);
-        memmove(c->recv_message->buffer, c->recv_message->buffer + size, c->recv_size - size);
-        c->recv_size -= size;
-        c->front_verified = false;
+        if (c->recv_message == NULL || c->recv_consumed == 0)
+                return;
+        tally_assert(c->recv_consumed <= c->recv_size);
+        memmove(c->recv_message->buffer, c->recv_message->buffer + c->recv_consumed,
+                c->recv_size - c->recv_consumed);
+        c->recv_size -= c->recv_consumed;
+        c->recv_consumed = 0;
 }
 
+/*
+ * Checks and delivers the complete messages in the receive buffer. Returns false if the
+ * connection was closed or must wait (paused, resumed on tick) before receiving more.
+ */
 static bool process_buffer(struct bus *bus, struct bus_connection *c)
 {
-        while (c->recv_message != NULL && c->recv_size >= WIRE_HEADER_SIZE) {
-                const struct wire_header *h = c->recv_message->header;
+        uint32_t delivered = 0;
+        bool receive = true;
+        while (c->recv_message != NULL && c->recv_size - c->recv_consumed >= WIRE_HEADER_SIZE) {
+                /* First, so that a paused connection costs a tick nothing but this check. */
+                if (!limits_may_deliver(bus, c, delivered)) {
+                        receive = false;
+                        break;
+                }
+                /* An aligned copy: messages follow one another at any offset. */
+                struct wire_header header;
+                const struct wire_header *h = &header;
+                const uint8_t *at = c->recv_message->buffer + c->recv_consumed;
+                memcpy(&header, at, sizeof(header));
                 if (c->auth_state == BUS_AUTH_DONE && !c->front_verified) {
                         /* The checksum field holds a tag: check it, then put the checksum
                          * back, and go on as with any message. */
@@ -355,10 +404,11 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                                 connection_close(bus, c, "message size out of range", true);
                                 return false;
                         }
-                        if (c->recv_size < h->size)
-                                return true;
+                        if (c->recv_size - c->recv_consumed < h->size)
+                                break;
                         if (!auth_verify_front(bus, c))
                                 return false;
+                        memcpy(&header, at, sizeof(header));
                 }
                 if (!wire_header_checksum_valid(h)) {
                         connection_close(bus, c, "invalid header checksum", true);
@@ -372,9 +422,9 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                         connection_close(bus, c, "message for another cluster", true);
                         return false;
                 }
-                if (c->recv_size < h->size)
-                        return true;
-                if (!wire_body_checksum_valid(h, c->recv_message->buffer + WIRE_HEADER_SIZE)) {
+                if (c->recv_size - c->recv_consumed < h->size)
+                        break;
+                if (!wire_body_checksum_valid(h, at + WIRE_HEADER_SIZE)) {
                         connection_close(bus, c, "invalid body checksum", true);
                         return false;
                 }
@@ -389,22 +439,29 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                         log_warn("message dropped: invalid header command=%s reason=\"%s\" "
                                  "peer=%s",
                                  wire_command_name(h->command), invalid, c->peer);
-                        front_drop(c, h->size);
+                        c->recv_consumed += h->size;
+                        c->front_verified = false;
                         continue;
                 }
+                if (!limits_check_reserved(bus, c, h))
+                        return false;
                 if (bus->replica_count > 0 && !bus->auth &&
                     bus_command_names_sender(h->command) && !peer_check(bus, c, h))
                         return false;
                 if (bus->replica_count > 0 && replica_message_refused(bus, c, h))
                         return false;
                 if (!deliver(bus, c, h->size)) {
-                        c->recv_paused = true;
-                        return false;
+                        receive = false;
+                        break;
                 }
+                delivered++;
                 if (!c->active || c->closing)
                         return false;
         }
-        return true;
+        recv_compact(c);
+        if (!receive)
+                c->recv_paused = true;
+        return receive;
 }
 
 static void on_recv(struct io_completion *completion, int32_t result)
@@ -436,10 +493,12 @@ void bus_tick(struct bus *bus)
                 if (process_buffer(bus, c))
                         recv_start(bus, c);
         }
+        uint64_t now_ns = io_monotonic_ns();
+        if (!bus->stopping)
+                limits_tick(bus, now_ns);
         if (bus->replica_count > 0 && !bus->stopping) {
-                uint64_t now = io_monotonic_ns();
-                peers_tick(bus, now);
-                auth_and_keepalive_tick(bus, now);
+                peers_tick(bus, now_ns);
+                auth_and_keepalive_tick(bus, now_ns);
         }
 }
 
@@ -501,6 +560,10 @@ static void on_send(struct io_completion *completion, int32_t result)
                 c->send_count--;
                 c->send_offset = 0;
                 c->send_tagged = false;
+                if (c->client_budget) {
+                        tally_assert(bus->client_send_queued > 0);
+                        bus->client_send_queued--;
+                }
                 bus->stats.messages_sent++;
         }
         if (c->send_count > 0)
@@ -515,14 +578,18 @@ static bool connection_send(struct bus *bus, struct bus_connection *c, struct me
         tally_assert(c->send_queue_max <= BUS_SEND_QUEUE_PEER_MAX);
         if (c->send_count == c->send_queue_max) {
                 bus->stats.messages_dropped_send_queue_full++;
-                log_debug("message dropped: send queue full peer=%s replica=%d command=%s",
-                          c->peer, c->replica, wire_command_name(message->header->command));
+                char detail[96];
+                snprintf(detail, sizeof(detail), "message dropped: send queue full command=%s",
+                         wire_command_name(message->header->command));
+                refusal(bus, BUS_REFUSAL_SEND_QUEUE_FULL, c, detail);
                 return false;
         }
         uint32_t slot = (c->send_head + c->send_count) % BUS_SEND_QUEUE_PEER_MAX;
         c->send_queue[slot] = message_ref(message);
         c->send_count++;
         c->last_sent_ns = io_monotonic_ns();
+        if (c->client_budget)
+                bus->client_send_queued++;
         if (!c->send_pending)
                 send_start(bus, c);
         return true;
@@ -705,6 +772,12 @@ static void peer_established(struct bus *bus, struct bus_connection *c, uint8_t 
         c->replica = (int8_t)replica;
         c->established = true;
         c->send_queue_max = BUS_SEND_QUEUE_PEER_MAX;
+        if (c->client_budget) {
+                /* A replica's queue is not a client's: out of the budget. */
+                tally_assert(bus->client_send_queued >= c->send_count);
+                bus->client_send_queued -= c->send_count;
+                c->client_budget = false;
+        }
         peer_socket_options(c->fd);
         peer->connection = connection_id(bus, c);
         peer->failures = 0;
@@ -1135,8 +1208,6 @@ static bool auth_on_proof(struct bus *bus, struct bus_connection *c,
  */
 static bool auth_on_message(struct bus *bus, struct bus_connection *c)
 {
-        const struct wire_header *h = c->recv_message->header;
-        uint32_t size = h->size;
         if (!bus->auth) {
                 if (auth_warn_due(bus))
                         log_warn("connection closed: a peer authenticates with a cluster key "
@@ -1148,12 +1219,22 @@ static bool auth_on_message(struct bus *bus, struct bus_connection *c)
         }
         if (c->auth_state == BUS_AUTH_DONE)
                 return auth_refuse(bus, c, "authentication message after the handshake");
+        /* An aligned copy: the message may start at any offset of the buffer. */
+        _Alignas(16) uint8_t copy[WIRE_HEADER_SIZE + sizeof(struct peer_auth_hello)];
+        const uint8_t *at = c->recv_message->buffer + c->recv_consumed;
+        uint32_t size;
+        memcpy(&size, at + offsetof(struct wire_header, size), sizeof(size));
+        if (size != sizeof(copy))
+                return auth_refuse(bus, c, "authentication message of the wrong size");
+        memcpy(copy, at, sizeof(copy));
         const char *reason = NULL;
-        const struct peer_auth_hello *parsed = peer_auth_hello_parse(h, &reason);
+        const struct peer_auth_hello *parsed =
+                peer_auth_hello_parse((const struct wire_header *)copy, &reason);
         if (parsed == NULL)
                 return auth_refuse(bus, c, reason);
         struct peer_auth_hello hello = *parsed;
-        front_drop(c, size);
+        c->recv_consumed += size;
+        c->front_verified = false;
         switch (hello.step) {
         case 1:
                 return auth_on_dial(bus, c, &hello);
@@ -1166,26 +1247,29 @@ static bool auth_on_message(struct bus *bus, struct bus_connection *c)
 }
 
 /*
- * The complete message at the front of an authenticated connection's buffer: its checksum
+ * The complete message at recv_consumed of an authenticated connection's buffer: its checksum
  * field must be the next tag of the peer's session. Puts the ordinary checksum back so the
  * message is the one the peer holds. False if `c` was closed.
  */
 static bool auth_verify_front(struct bus *bus, struct bus_connection *c)
 {
-        struct wire_header *h = c->recv_message->header;
+        uint8_t *at = c->recv_message->buffer + c->recv_consumed;
+        struct wire_header header; /* aligned */
+        memcpy(&header, at, sizeof(header));
         tally_assert(c->auth_state == BUS_AUTH_DONE && !c->front_verified);
-        tally_assert(c->recv_size >= h->size);
-        u128 tag = peer_auth_tag(&c->auth_recv, h, c->recv_message->buffer + WIRE_HEADER_SIZE);
+        tally_assert(c->recv_size - c->recv_consumed >= header.size);
+        u128 tag = peer_auth_tag(&c->auth_recv, &header, at + WIRE_HEADER_SIZE);
         uint8_t expected[16], received[16];
         memcpy(expected, &tag, 16);
-        memcpy(received, &h->checksum, 16);
+        memcpy(received, &header.checksum, 16);
         if (!peer_auth_equal(expected, received)) {
                 connection_close(bus, c, "message failed authentication (forged, altered or "
                                          "replayed)", true);
                 bus->stats.peer_auth_failures++;
                 return false;
         }
-        wire_header_set_checksum(h);
+        wire_header_set_checksum(&header);
+        memcpy(at, &header.checksum, sizeof(header.checksum));
         c->front_verified = true;
         return true;
 }
@@ -1208,5 +1292,145 @@ static void auth_and_keepalive_tick(struct bus *bus, uint64_t now_ns)
                         c->last_sent_ns = now_ns; /* once per interval even if nothing queues */
                         bus->callbacks.on_peer_idle(bus->callbacks.context, (uint8_t)c->replica);
                 }
+        }
+}
+
+/* ---- limits per connection (see bus.h) ------------------------------------------------ */
+
+static const char *const refusal_names[BUS_REFUSAL_COUNT] = {
+        [BUS_REFUSAL_SLOTS_FULL] = "slots_full",
+        [BUS_REFUSAL_IDLE] = "idle_timeout",
+        [BUS_REFUSAL_PARTIAL] = "partial_message_timeout",
+        [BUS_REFUSAL_PEER_SLOT_TIMEOUT] = "reserved_slot_not_identified",
+        [BUS_REFUSAL_PEER_SLOT_CLIENT] = "reserved_slot_client_message",
+        [BUS_REFUSAL_READ_PAUSED] = "reading_paused",
+        [BUS_REFUSAL_SEND_QUEUE_FULL] = "send_queue_full",
+};
+
+const char *bus_refusal_name(enum bus_refusal refusal)
+{
+        tally_assert(refusal < BUS_REFUSAL_COUNT);
+        return refusal_names[refusal];
+}
+
+/*
+ * Counts a refusal and logs it: at warn once per BUS_REFUSAL_LOG_INTERVAL_MS and kind, with
+ * how many were logged at debug since, so that a flood cannot flood the log too.
+ */
+static void refusal(struct bus *bus, enum bus_refusal kind, const struct bus_connection *c,
+                    const char *detail)
+{
+        tally_assert(kind < BUS_REFUSAL_COUNT);
+        bus->stats.refusals[kind]++;
+        struct bus_refusal_log *limit = &bus->refusal_logs[kind];
+        uint64_t now_ns = io_monotonic_ns();
+        const char *peer = c != NULL ? c->peer : NULL;
+        if (now_ns < limit->warn_after_ns) {
+                limit->suppressed++;
+                log_debug("connection limit kind=%s: %s%s%s", refusal_names[kind], detail,
+                          peer != NULL ? " peer=" : "", peer != NULL ? peer : "");
+                return;
+        }
+        log_warn("connection limit kind=%s: %s%s%s total=%llu not_logged_since=%llu",
+                 refusal_names[kind], detail, peer != NULL ? " peer=" : "",
+                 peer != NULL ? peer : "", (unsigned long long)bus->stats.refusals[kind],
+                 (unsigned long long)limit->suppressed);
+        limit->warn_after_ns = now_ns + BUS_REFUSAL_LOG_INTERVAL_MS * 1000000ull;
+        limit->suppressed = 0;
+}
+
+/*
+ * Whether the next complete message of `c` may be handled now. A client connection waits
+ * (paused until a tick finds this true) after BUS_CLIENT_MESSAGES_PER_TURN_MAX in one turn,
+ * and while its replies are not being read: its queue is full, or it has replies queued and
+ * all client queues together are at BUS_CLIENT_SEND_QUEUED_MAX. One with nothing queued is
+ * always served, so that the others' unread replies never starve it.
+ */
+static bool limits_may_deliver(struct bus *bus, struct bus_connection *c, uint32_t delivered)
+{
+        if (!c->client_budget)
+                return true; /* a replica's connection */
+        if (delivered >= BUS_CLIENT_MESSAGES_PER_TURN_MAX)
+                return false;
+        tally_assert(c->send_count <= c->send_queue_max);
+        bool may = c->send_count == 0 || (c->send_count < c->send_queue_max &&
+                                          bus->client_send_queued < BUS_CLIENT_SEND_QUEUED_MAX);
+        if (may) {
+                c->read_paused = false;
+                return true;
+        }
+        if (!c->read_paused) {
+                c->read_paused = true;
+                char detail[128];
+                snprintf(detail, sizeof(detail),
+                         "reading paused, replies not being read queued=%u clients_queued=%u",
+                         c->send_count, bus->client_send_queued);
+                refusal(bus, BUS_REFUSAL_READ_PAUSED, c, detail);
+        }
+        return false;
+}
+
+/* A connection in a reserved slot may only speak as a replica. False if `c` was closed. */
+static bool limits_check_reserved(struct bus *bus, struct bus_connection *c,
+                                  const struct wire_header *h)
+{
+        if (!c->peer_slot || c->established || wire_command_between_replicas(h->command))
+                return true;
+        char detail[128];
+        snprintf(detail, sizeof(detail),
+                 "client message on a slot reserved for replicas command=%s",
+                 wire_command_name(h->command));
+        refusal(bus, BUS_REFUSAL_PEER_SLOT_CLIENT, c, detail);
+        connection_close(bus, c, "client message on a slot reserved for replicas", false);
+        return false;
+}
+
+/* Closes `c` if it overstayed one of the timeouts (`full`: every client slot is taken). */
+static void limits_check_timeouts(struct bus *bus, struct bus_connection *c, uint64_t now_ns,
+                                  bool full)
+{
+        tally_assert(c->client_budget && !c->established && !c->outgoing);
+        uint64_t age_ms = (now_ns - c->accepted_ns) / 1000000ull;
+        char detail[96];
+        if (c->peer_slot) {
+                if (age_ms < bus->peer_identify_timeout_ms)
+                        return;
+                snprintf(detail, sizeof(detail), "not identified as a replica within %u ms",
+                         bus->peer_identify_timeout_ms);
+                refusal(bus, BUS_REFUSAL_PEER_SLOT_TIMEOUT, c, detail);
+                connection_close(bus, c, "reserved slot: not identified as a replica", false);
+                return;
+        }
+        uint32_t idle_ms = full ? bus->idle_timeout_full_ms : bus->idle_timeout_ms;
+        if (!c->received && age_ms >= idle_ms) {
+                snprintf(detail, sizeof(detail), "no complete message within %u ms%s", idle_ms,
+                         full ? " (client slots full)" : "");
+                refusal(bus, BUS_REFUSAL_IDLE, c, detail);
+                connection_close(bus, c, "idle timeout", false);
+                return;
+        }
+        /* Part of a message is buffered and we are waiting for the rest (not paused). */
+        if (c->recv_pending && c->recv_size > 0 &&
+            now_ns - c->recv_armed_ns >= (uint64_t)bus->partial_timeout_ms * 1000000ull) {
+                snprintf(detail, sizeof(detail), "%u bytes of a message, then nothing for %u ms",
+                         c->recv_size, bus->partial_timeout_ms);
+                refusal(bus, BUS_REFUSAL_PARTIAL, c, detail);
+                connection_close(bus, c, "partial message timeout", false);
+        }
+}
+
+static void limits_tick(struct bus *bus, uint64_t now_ns)
+{
+        uint32_t clients_active = 0;
+        for (uint32_t i = 0; i < bus->connections_max; i++)
+                clients_active += bus->connections[i].active ? 1u : 0u;
+        bool full = clients_active == bus->connections_max;
+        /* Accepted connections only: the client slots, then the reserved ones. */
+        for (uint32_t i = 0; i < bus->slot_count; i++) {
+                bool outgoing_slot = i >= bus->connections_max &&
+                                     i < bus->connections_max + BUS_OUTGOING_SLOTS;
+                struct bus_connection *c = &bus->connections[i];
+                if (!outgoing_slot && c->active && !c->closing && c->client_budget)
+                        limits_check_timeouts(bus, c, now_ns, full);
         }
 }

@@ -33,6 +33,22 @@
  * Outgoing connections are retried forever, with exponential backoff and jitter, and a host
  * name is resolved again before every attempt (pod addresses change on restart) without
  * blocking the loop (net/resolver.h). Timers run on bus_tick().
+ *
+ * Limits per connection (a client, or an accepted connection not yet identified as a replica),
+ * so that one connection cannot starve the others of message buffers or of the loop:
+ *   - backpressure: a connection whose replies are not being read (its send queue is full, or
+ *     it has replies queued while all client queues together hold BUS_CLIENT_SEND_QUEUED_MAX)
+ *     is not read from until they drain, so it stops producing replies nobody reads;
+ *   - at most BUS_CLIENT_MESSAGES_PER_TURN_MAX of its messages are handled per receive;
+ *   - it is closed when it never completes a message (BUS_IDLE_TIMEOUT_MS, or
+ *     BUS_IDLE_TIMEOUT_FULL_MS while every client slot is taken), or stops in the middle of
+ *     one (BUS_PARTIAL_TIMEOUT_MS);
+ *   - when the client slots are full, an accepted connection may take one of
+ *     BUS_PEER_RESERVED_SLOTS, but must identify as a replica within
+ *     BUS_PEER_IDENTIFY_TIMEOUT_MS and may send no client message there.
+ * Each kind of refusal is counted in bus_stats.refusals and logged at warn at most once per
+ * BUS_REFUSAL_LOG_INTERVAL_MS (the others at debug). Connections of identified replicas are
+ * exempt: their queues are deeper and the kernel's timeouts watch them.
  */
 #ifndef TALLY_NET_BUS_H
 #define TALLY_NET_BUS_H
@@ -86,6 +102,73 @@
 #define BUS_PEER_AUTH_TIMEOUT_MS 2000u
 /* Repeated failures to reach one peer are logged at warn at most this often (else debug). */
 #define BUS_PEER_WARN_INTERVAL_MS 10000u
+
+/*
+ * Slots for accepted connections beyond `connections_max`, for replicas of lower index only:
+ * a flood of clients cannot keep a peer out. Two per peer, as for BUS_OUTGOING_SLOTS.
+ */
+#define BUS_PEER_RESERVED_SLOTS (2u * ADDRESSES_MAX)
+/*
+ * An accepted connection in a reserved slot must identify as a replica within this. A replica
+ * pings the moment its connect completes, so a real peer needs one round trip; 2 s is the
+ * outgoing connect timeout too, and leaves room for a handshake of a few round trips.
+ */
+#define BUS_PEER_IDENTIFY_TIMEOUT_MS 2000u
+
+/*
+ * A client connection that has never completed a message is closed after this. The official
+ * client connects to every replica at once but talks only to the primary: its connections to
+ * the others carry nothing until its first ping_client, 30 s later (TigerBeetle's client
+ * ping_timeout, repeated every 30 s). Twice that keeps every real client.
+ */
+#define BUS_IDLE_TIMEOUT_MS 60000u
+/*
+ * The same while every client slot is taken: then a silent connection holds a slot a new
+ * client needs. A client sending a request connects and sends within a round trip; an idle
+ * official client's silent connection to a backup is closed too, and redialled by the client.
+ */
+#define BUS_IDLE_TIMEOUT_FULL_MS 5000u
+/*
+ * A connection that sent part of a message and nothing more for this long, while we were
+ * waiting to read, is closed. A real sender writes a message in one go; 10 s covers five
+ * TCP retransmissions of a lost segment (0.2 s doubling: 6.2 s) with room to spare.
+ */
+#define BUS_PARTIAL_TIMEOUT_MS 10000u
+/*
+ * Messages queued on all client connections together before a connection that has replies
+ * queued stops being read. Bounds what unread replies hold: at most this many, plus one per
+ * connection (a connection with an empty queue is always read, so a new client is never
+ * starved by the others). 256 replies is many times what well-behaved clients have queued
+ * at once (each has one request in flight).
+ */
+#define BUS_CLIENT_SEND_QUEUED_MAX 256u
+/*
+ * Messages from one client connection handled per receive; the rest wait for the next tick
+ * (10 ms), so one connection sending a megabyte of small messages does not hold the loop.
+ * A client has one request in flight per session, so this costs real clients nothing.
+ */
+#define BUS_CLIENT_MESSAGES_PER_TURN_MAX 64u
+/* Each kind of refusal is logged at warn at most this often (counted always). */
+#define BUS_REFUSAL_LOG_INTERVAL_MS 10000u
+/*
+ * The most pool messages accepted connections can hold at once: a receive buffer each, one
+ * queued reply each beyond the shared budget, and the budget. Size the pool with it (plus
+ * what the replica and the peer connections need), so no client can exhaust it.
+ */
+#define BUS_CLIENT_MESSAGES_MAX(connections_max)                                                   \
+        (2u * ((connections_max) + BUS_PEER_RESERVED_SLOTS) + BUS_CLIENT_SEND_QUEUED_MAX)
+
+/* The kinds of refusal, each counted in bus_stats.refusals and logged (rate limited). */
+enum bus_refusal {
+        BUS_REFUSAL_SLOTS_FULL,        /* accept: every client (and reserved) slot in use */
+        BUS_REFUSAL_IDLE,              /* closed: never completed a message */
+        BUS_REFUSAL_PARTIAL,           /* closed: stalled in the middle of a message */
+        BUS_REFUSAL_PEER_SLOT_TIMEOUT, /* closed: reserved slot, not identified in time */
+        BUS_REFUSAL_PEER_SLOT_CLIENT,  /* closed: reserved slot, a client message */
+        BUS_REFUSAL_READ_PAUSED,       /* reading paused: its replies are not being read */
+        BUS_REFUSAL_SEND_QUEUE_FULL,   /* a message dropped: the send queue is full */
+        BUS_REFUSAL_COUNT,
+};
 
 /* A connection handle: slot index and generation, so a stale handle never hits a new peer. */
 typedef uint64_t bus_connection_id;
@@ -149,6 +232,13 @@ struct bus_connection {
         uint32_t send_count;
         uint32_t send_offset;
         char peer[64];
+        /* Limits (see the top of this file). */
+        bool client_budget;     /* accepted and not a replica: its queue counts in the budget */
+        bool peer_slot;         /* in a reserved slot: must identify as a replica in time */
+        bool read_paused;       /* paused by backpressure; logged once per episode */
+        uint32_t recv_consumed; /* bytes at the front of recv_message already handled */
+        uint64_t accepted_ns;
+        uint64_t recv_armed_ns; /* the receive was last (re)armed: data arrived, or resumed */
 };
 
 struct bus_stats {
@@ -167,6 +257,13 @@ struct bus_stats {
         uint64_t peer_claims_refused;    /* newer connections refused a live peer's identity */
         uint64_t replica_messages_unauthenticated; /* replica commands off peer connections */
         uint32_t connections_active;
+        uint64_t refusals[BUS_REFUSAL_COUNT];
+};
+
+/* Rate limit of one kind of refusal's log line. */
+struct bus_refusal_log {
+        uint64_t warn_after_ns;
+        uint64_t suppressed; /* logged at debug since the last warning */
 };
 
 enum bus_peer_state {
@@ -204,9 +301,9 @@ struct bus {
         bool accept_pending;
         bool stopping;
         struct io_completion accept_completion;
-        struct bus_connection *connections; /* connections_max accepted, then outgoing */
+        struct bus_connection *connections; /* connections_max accepted, outgoing, reserved */
         uint32_t connections_max;           /* accepted connections at once */
-        uint32_t slot_count;                /* connections_max + BUS_OUTGOING_SLOTS */
+        uint32_t slot_count; /* connections_max + BUS_OUTGOING_SLOTS + BUS_PEER_RESERVED_SLOTS */
         struct bus_stats stats;
         /* Replicas (bus_peers_start); replica_count 0 = clients only. */
         uint8_t replica;
@@ -217,6 +314,13 @@ struct bus {
         struct peer_auth_key auth_key;
         uint64_t auth_warn_after_ns; /* rate limit of the refusal warnings */
         uint64_t random_state;       /* backoff jitter */
+        /* Limits: the BUS_*_TIMEOUT_MS constants; tests shorten them. */
+        uint32_t idle_timeout_ms;
+        uint32_t idle_timeout_full_ms;
+        uint32_t partial_timeout_ms;
+        uint32_t peer_identify_timeout_ms;
+        uint32_t client_send_queued; /* on connections with client_budget */
+        struct bus_refusal_log refusal_logs[BUS_REFUSAL_COUNT];
 };
 
 int bus_init(struct bus *bus, struct io *io, struct message_pool *pool, u128 cluster,
@@ -231,7 +335,7 @@ void bus_deinit(struct bus *bus);
 bool bus_send(struct bus *bus, bus_connection_id connection, struct message *message);
 void bus_close(struct bus *bus, bus_connection_id connection, const char *reason);
 bool bus_connection_alive(const struct bus *bus, bus_connection_id connection);
-/* Resumes receives paused for lack of messages; called on every tick. */
+/* Resumes paused receives and enforces the timeouts; called on every tick. */
 void bus_tick(struct bus *bus);
 /* Stops accepting and connecting, and closes every connection. */
 void bus_stop(struct bus *bus);
@@ -263,5 +367,7 @@ int bus_connection_replica(const struct bus *bus, bus_connection_id connection);
  * is the primary that made it, not the sender.
  */
 bool bus_command_names_sender(uint8_t command);
+/* "slots_full", "idle_timeout", ...: for logs and reports. */
+const char *bus_refusal_name(enum bus_refusal refusal);
 
 #endif

@@ -9,7 +9,8 @@
  * names resolved through the resolver, an unresolvable name and a connect that hangs retried
  * without harm, identification rules (a mismatching replica closes, a newer connection
  * replaces an older one only once that one is silent, a reply identifies nothing, a replica
- * message on an unidentified connection closes it), the deeper peer send queue, and the
+ * message on an unidentified connection closes it), the deeper peer send queue, the slots
+ * reserved for peers, the idle and partial-message timeouts of client connections, and the
  * cluster key: authenticated pairs, a wrong or missing key, and an outsider's forged, replayed
  * and untagged messages and stalled handshakes.
  */
@@ -466,6 +467,8 @@ static bool raw_send(int fd, uint8_t command, uint8_t replica)
                 h.prepare.commit = 4;
                 h.prepare.operation = 139; /* create_transfers */
         }
+        if (command == COMMAND_PING_CLIENT)
+                h.ping_client.client = 5;
         if (command == COMMAND_REPLY) {
                 h.reply.client = 5;
                 h.reply.request = 1;
@@ -857,6 +860,97 @@ static void test_peer_send_queue(void)
         stop_all();
 }
 
+/* True once the server side has closed `fd` (a read sees the end), waiting up to `ms`. */
+static bool raw_closed(int fd, uint32_t ms)
+{
+        char byte;
+        return RUN_UNTIL(recv(fd, &byte, 1, MSG_DONTWAIT) == 0, ms);
+}
+
+/*
+ * With every client slot taken, a replica of lower index still gets in (a reserved slot);
+ * a connection there that does not identify in time, or sends a client message, is closed.
+ */
+static void test_reserved_peer_slots(void)
+{
+        CHECK(node_listen(&nodes[0], 1, 0));
+        nodes[0].ping_on_connect = false;
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:1,127.0.0.1:%u", nodes[0].port);
+        CHECK(node_join(&nodes[0], list));
+        struct node *n = &nodes[0];
+        n->bus.peer_identify_timeout_ms = 300;
+        static int clients[16];
+        tally_assert(ARRAY_LEN(clients) == n->bus.connections_max);
+        for (uint32_t i = 0; i < ARRAY_LEN(clients); i++)
+                clients[i] = raw_connect(n->port);
+        CHECK(RUN_UNTIL(n->bus.stats.connections_accepted == ARRAY_LEN(clients), 1000));
+        /* Silent in a reserved slot: closed after the identification deadline. */
+        int silent = raw_connect(n->port);
+        CHECK(silent >= 0);
+        CHECK(raw_closed(silent, 2000));
+        CHECK_EQ_U64(n->bus.stats.refusals[BUS_REFUSAL_PEER_SLOT_TIMEOUT], 1);
+        /* A client message in a reserved slot: closed at once. */
+        int client = raw_connect(n->port);
+        CHECK(client >= 0);
+        CHECK(raw_send(client, COMMAND_PING_CLIENT, 0));
+        CHECK(raw_closed(client, 200));
+        CHECK_EQ_U64(n->bus.stats.refusals[BUS_REFUSAL_PEER_SLOT_CLIENT], 1);
+        CHECK_EQ_U64(n->unidentified, 0);
+        /* Replica 0 gets in, identifies, and stays past the deadline. */
+        int peer = raw_connect(n->port);
+        CHECK(peer >= 0);
+        CHECK(raw_send(peer, COMMAND_PING, 0));
+        CHECK(RUN_UNTIL(bus_peer_connected(&n->bus, 0), 1000));
+        run_ms(500);
+        CHECK(bus_peer_connected(&n->bus, 0));
+        CHECK_EQ_U64(n->bus.stats.connections_refused, 0);
+        close(silent);
+        close(client);
+        close(peer);
+        for (uint32_t i = 0; i < ARRAY_LEN(clients); i++)
+                close(clients[i]);
+        stop_all();
+}
+
+/* A client connection that never completes a message, or stops in the middle of one. */
+static void test_client_timeouts(void)
+{
+        CHECK(node_listen(&nodes[0], 0, 0));
+        struct node *n = &nodes[0];
+        n->bus.idle_timeout_ms = 300;
+        n->bus.partial_timeout_ms = 300;
+        int silent = raw_connect(n->port);
+        CHECK(silent >= 0);
+        CHECK(raw_closed(silent, 2000));
+        CHECK_EQ_U64(n->bus.stats.refusals[BUS_REFUSAL_IDLE], 1);
+        /* A complete message, then half of another: the partial-message timeout. */
+        int partial = raw_connect(n->port);
+        CHECK(partial >= 0);
+        CHECK(raw_send(partial, COMMAND_PING_CLIENT, 0));
+        CHECK(RUN_UNTIL(n->unidentified == 1, 1000));
+        struct wire_header h;
+        wire_header_init(&h, COMMAND_PING_CLIENT, CLUSTER, 0, WIRE_RELEASE_SERVER, 0);
+        wire_header_set_checksum(&h);
+        CHECK(send(partial, &h, 100, MSG_NOSIGNAL) == 100);
+        CHECK(raw_closed(partial, 2000));
+        CHECK_EQ_U64(n->bus.stats.refusals[BUS_REFUSAL_PARTIAL], 1);
+        CHECK_EQ_U64(n->bus.stats.refusals[BUS_REFUSAL_IDLE], 1);
+        /* One that keeps sending whole messages stays. */
+        int busy = raw_connect(n->port);
+        CHECK(busy >= 0);
+        for (int i = 0; i < 5; i++) {
+                CHECK(raw_send(busy, COMMAND_PING_CLIENT, 0));
+                run_ms(100);
+        }
+        char byte;
+        CHECK(recv(busy, &byte, 1, MSG_DONTWAIT) < 0); /* still open, nothing to read */
+        close(silent);
+        close(partial);
+        close(busy);
+        stop_all();
+}
+
 int main(void)
 {
         if (getenv("TALLY_LOG") != NULL)
@@ -879,5 +973,7 @@ int main(void)
         TEST_RUN(test_auth_cluster);
         TEST_RUN(test_auth_wrong_key);
         TEST_RUN(test_auth_outsider);
+        TEST_RUN(test_reserved_peer_slots);
+        TEST_RUN(test_client_timeouts);
         TEST_MAIN_END();
 }
