@@ -708,9 +708,20 @@ static void on_prepare(struct replica *r, struct message *m, int from)
                  * without our ok it may never gather a quorum for it.
                  */
                 const struct wire_header *mine = journal_header(r, h->prepare.op);
-                if (mine != NULL && mine->checksum == h->checksum &&
-                    from == (int)replica_primary_index(r, r->view))
+                if (from != (int)replica_primary_index(r, r->view))
+                        return;
+                if (mine != NULL && mine->checksum == h->checksum)
                         send_prepare_ok(r, mine);
+                else if (mine == NULL)
+                        /*
+                         * Executed, but not from our journal: a state sync installed a
+                         * checkpoint past it (or the journal moved on). Only committed ops
+                         * are executed, and the primary's log holds every committed op as
+                         * it was, so this is that op, and its effect is durable here. A
+                         * primary whose view began before our sync re-replicates it; without
+                         * our ok it could not commit past it until another backup returns.
+                         */
+                        send_prepare_ok(r, h);
                 return;
         }
         if (replica_is_primary(r) && r->status == REPLICA_STATUS_NORMAL) {
