@@ -90,4 +90,7 @@ TALLY_BIN="$TALLY" TALLY_PARTITION_NS="$P" TALLY_PARTITION_WORK="$WORK" \
 driver=$!
 wait "$driver"; rc=$?
 driver=""
+if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+  echo "the suite did not finish within ${TALLY_PARTITION_TIMEOUT:-600} s"; finish 0 1
+fi
 exit $rc
