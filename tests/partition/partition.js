@@ -131,6 +131,15 @@ class Run {
 
   primary() { return this.view() % 3; }
 
+  // Waits (bounded) until every replica has joined the newest view: a replica cut off for a
+  // while may take seconds to hear of it after a heal (TCP retransmission backoff; see README).
+  async settle(timeoutMs = 15000) {
+    const deadline = Date.now() + timeoutMs;
+    const joined = (r) => Math.max(-1, ...[...r.log.matchAll(/(?:primary of view|joining view|view change started) view=(\d+)/g)].map((m) => Number(m[1])));
+    while (Date.now() < deadline && !this.replicas.every((r) => r.exited || joined(r) >= this.view())) await sleep(100);
+    this.note(`settled in view ${this.view()}`);
+  }
+
   backups() { return [0, 1, 2].filter((i) => i !== this.primary()); }
 
   // Waits until a view newer than `view` has a primary (bounded), and returns its index.
@@ -314,6 +323,7 @@ const scenarios = [
         await sleep(D / 2);
         s.heal();
         await sleep(2000);
+        await s.settle();
       }
     },
   },
