@@ -82,6 +82,14 @@ section "three replicas, official client (kill -9, SIGSTOP, restart, re-format, 
 timeout 900 tests/cluster/run.sh >"$WORK/cluster.out" 2>&1; rc=$?
 grep -E "^# |passed, " "$WORK/cluster.out" | tail -25; record "cluster" "$WORK/cluster.out" $rc
 
+section "network partitions between three replica pods (namespaces, iptables, official client)"
+if [ "$(id -u)" -eq 0 ]; then
+  TALLY_PARTITION_TIMEOUT=540 timeout 600 tests/partition/run.sh >"$WORK/partition.out" 2>&1; rc=$?
+  grep -E "^(PASS|FAIL) |passed, " "$WORK/partition.out" | tail -15; record "partition" "$WORK/partition.out" $rc
+else
+  echo "skipped: network namespaces need root"
+fi
+
 section "conformance corpus (TigerBeetle 0.16.68 replies, official client)"
 if [ ! -d tests/conformance/node_modules ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund >"$WORK/npm-conformance.log" 2>&1) ||

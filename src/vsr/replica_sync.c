@@ -195,8 +195,17 @@ static void on_block(struct replica *r, struct message *m)
         if (!r->sync.active || m->header->replica != r->sync.source)
                 return;
         if (f.checkpoint_op != r->sync.checkpoint_op || f.size != r->sync.size) {
-                if (f.offset != 0 || f.checkpoint_op <= r->commit)
+                if (f.offset != 0)
                         return;
+                if (f.checkpoint_op <= r->commit + r->config.checkpoint_interval) {
+                        /* This source's journal has what we lack (see sync_maybe). */
+                        log_info("state sync ended: the source's journal covers us source=%u "
+                                 "checkpoint_op=%llu commit=%llu",
+                                 r->sync.source, (unsigned long long)f.checkpoint_op,
+                                 (unsigned long long)r->commit);
+                        sync_reset(r);
+                        return;
+                }
                 /* The source checkpointed again: start over with its new checkpoint. */
                 r->sync.checkpoint_op = f.checkpoint_op;
                 r->sync.size = f.size;
@@ -275,10 +284,38 @@ void sync_on_message(struct replica *r, struct message *m)
         }
 }
 
+/*
+ * The source did not answer for TICKS_SYNC_RETRY: it may be cut off, stopped or dead, and a
+ * sync pinned to it keeps this replica from taking any prepare (accept_prepare), so a new
+ * primary counting on it could commit nothing. Copy from another replica instead: this view's
+ * primary, else the next one. From the first chunk: the blobs of two replicas differ in their
+ * replies' checksums, so pieces of two must not be mixed.
+ */
+static void sync_source_next(struct replica *r)
+{
+        uint8_t n = r->config.replica_count;
+        uint8_t next = replica_primary_index(r, r->view);
+        if (next == r->config.replica || next == r->sync.source) {
+                next = (uint8_t)((r->sync.source + 1) % n);
+                if (next == r->config.replica)
+                        next = (uint8_t)((next + 1) % n);
+        }
+        if (next == r->sync.source)
+                return; /* no other replica to ask */
+        log_info("state sync source silent; asking another source=%u from=%u checkpoint_op=%llu",
+                 next, r->sync.source, (unsigned long long)r->sync.checkpoint_op);
+        sync_replies_release(r);
+        r->sync.source = next;
+        r->sync.offset = 0;
+        r->sync.size = 0;
+}
+
 void sync_tick(struct replica *r)
 {
         if (!r->sync.active || r->tick - r->sync.tick < TICKS_SYNC_RETRY)
                 return;
+        if (r->config.replica_count > 2)
+                sync_source_next(r);
         if (r->sync.offset < r->sync.size || r->sync.size == 0)
                 request_chunk(r);
         else

@@ -708,9 +708,20 @@ static void on_prepare(struct replica *r, struct message *m, int from)
                  * without our ok it may never gather a quorum for it.
                  */
                 const struct wire_header *mine = journal_header(r, h->prepare.op);
-                if (mine != NULL && mine->checksum == h->checksum &&
-                    from == (int)replica_primary_index(r, r->view))
+                if (from != (int)replica_primary_index(r, r->view))
+                        return;
+                if (mine != NULL && mine->checksum == h->checksum)
                         send_prepare_ok(r, mine);
+                else if (mine == NULL)
+                        /*
+                         * Executed, but not from our journal: a state sync installed a
+                         * checkpoint past it (or the journal moved on). Only committed ops
+                         * are executed, and the primary's log holds every committed op as
+                         * it was, so this is that op, and its effect is durable here. A
+                         * primary whose view began before our sync re-replicates it; without
+                         * our ok it could not commit past it until another backup returns.
+                         */
+                        send_prepare_ok(r, h);
                 return;
         }
         if (replica_is_primary(r) && r->status == REPLICA_STATUS_NORMAL) {
@@ -1019,8 +1030,16 @@ static void on_start_view_change(struct replica *r, struct message *m)
                 return;
         }
         svc_vote(r, h->view, h->replica);
-        /* Join if our own primary is silent too (or we are in a view change ourselves). */
-        bool silent = r->status != REPLICA_STATUS_NORMAL ||
+        /*
+         * Join if our own primary is silent too (or we are in a view change ourselves), or if
+         * our view is over: every vote is for its sender's view + 1, so a vote beyond our
+         * next view comes from a replica already in a newer view, which a quorum (or our
+         * view's primary, stepping down) had to leave ours for. Our view can commit nothing
+         * more, even with us as its primary; without this a stale primary and a backup of
+         * the newer view, with that view's primary gone, would wait for it forever.
+         */
+        bool over = h->view > r->view + 1;
+        bool silent = over || r->status != REPLICA_STATUS_NORMAL ||
                       (!replica_is_primary(r) &&
                        r->tick - r->primary_heard_tick >= TICKS_PRIMARY_SILENT);
         if (silent && h->view > r->view && !(r->svc_votes & (1u << r->config.replica)) &&
