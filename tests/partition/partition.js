@@ -252,7 +252,7 @@ class Run {
   }
 
   inspect(i) {
-    const r = spawnSync(TALLY, ['inspect', '--json', this.replicas[i].file], { encoding: 'utf8', timeout: 20000 });
+    const r = spawnSync(TALLY, ['inspect', '--json', '--live', this.replicas[i].file], { encoding: 'utf8', timeout: 20000 });
     try {
       const j = JSON.parse(r.stdout);
       return { head: Math.max(j.wal ? j.wal.op_max : 0, j.checkpoint_op || 0), checkpoint: j.checkpoint_op || 0 };

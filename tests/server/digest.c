@@ -65,7 +65,8 @@ int main(int argc, char **argv)
         char error[512];
         if (io_init(&io, 64) != 0 || message_pool_init(&pool, 64) != 0)
                 return 1;
-        if (storage_open(&storage, &io, &pool, argv[1], error, sizeof(error)) != STORAGE_OK) {
+        if (storage_open(&storage, &io, &pool, argv[1], STORAGE_ACCESS_READ, error,
+                         sizeof(error)) != STORAGE_OK) {
                 fprintf(stderr, "digest: %s\n", error);
                 return 1;
         }
