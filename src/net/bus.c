@@ -771,6 +771,7 @@ static void peer_established(struct bus *bus, struct bus_connection *c, uint8_t 
         tally_assert(!c->established && !c->closing);
         c->replica = (int8_t)replica;
         c->established = true;
+        c->last_received_ns = io_monotonic_ns(); /* silence is counted from here */
         c->send_queue_max = BUS_SEND_QUEUE_PEER_MAX;
         if (c->client_budget) {
                 /* A replica's queue is not a client's: out of the budget. */
@@ -1285,6 +1286,15 @@ static void auth_and_keepalive_tick(struct bus *bus, uint64_t now_ns)
                      c->auth_state == BUS_AUTH_ACCEPT_SENT) &&
                     now_ns >= c->auth_deadline_ns) {
                         auth_refuse(bus, c, "authentication handshake timed out");
+                        continue;
+                }
+                if (c->established && bus->callbacks.on_peer_idle != NULL &&
+                    now_ns - c->last_received_ns >= (uint64_t)BUS_PEER_SILENT_MS * 1000000ull) {
+                        bus->stats.peer_silent_closes++;
+                        log_warn("peer silent replica=%d for %u ms: closing its connection to "
+                                 "dial again peer=%s",
+                                 c->replica, BUS_PEER_SILENT_MS, c->peer);
+                        connection_close(bus, c, "peer silent", false);
                         continue;
                 }
                 if (c->established && bus->callbacks.on_peer_idle != NULL &&

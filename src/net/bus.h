@@ -98,6 +98,14 @@
 #define BUS_PEER_LIVE_MS 1000u
 /* A peer connection we have sent nothing on for this long gets an on_peer_idle ping. */
 #define BUS_PEER_KEEPALIVE_MS 200u
+/*
+ * A peer connection that delivered nothing for this long is closed and dialled again. Healthy
+ * peers hear from each other at least every BUS_PEER_KEEPALIVE_MS (the pings above), so this
+ * only fires on a connection that is dead without TCP knowing: after a partition heals, TCP
+ * would otherwise resume only at its next retransmission (exponential backoff) or after
+ * BUS_PEER_TCP_TIMEOUT_MS, and a connected majority would wait that long to talk.
+ */
+#define BUS_PEER_SILENT_MS 2000u
 /* A peer handshake (cluster key) not finished by then is abandoned: the dialer retries. */
 #define BUS_PEER_AUTH_TIMEOUT_MS 2000u
 /* Repeated failures to reach one peer are logged at warn at most this often (else debug). */
@@ -255,6 +263,7 @@ struct bus_stats {
         uint64_t peer_resolve_failures;
         uint64_t peer_auth_failures;     /* handshakes or message tags that failed */
         uint64_t peer_claims_refused;    /* newer connections refused a live peer's identity */
+        uint64_t peer_silent_closes;     /* peer connections closed after BUS_PEER_SILENT_MS */
         uint64_t replica_messages_unauthenticated; /* replica commands off peer connections */
         uint32_t connections_active;
         uint64_t refusals[BUS_REFUSAL_COUNT];
