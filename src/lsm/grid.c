@@ -10,7 +10,7 @@
 #include <string.h>
 
 static const char *const kind_names[LSM_BLOCK_KIND_COUNT] = {
-        "none", "table index", "table data", "manifest", "free set",
+        "none", "table index", "table data", "manifest", "free set", "root",
 };
 
 static const char *kind_name(uint8_t kind)
@@ -169,6 +169,54 @@ uint64_t lsm_grid_free_count(const struct lsm_grid *grid)
         return grid->block_count_max - grid->used_count;
 }
 
+uint32_t lsm_grid_free_set_chunks(const struct lsm_grid *grid)
+{
+        return (uint32_t)((grid->block_count_max + 1 + LSM_FREE_SET_CHUNK_BITS - 1) /
+                          LSM_FREE_SET_CHUNK_BITS);
+}
+
+static uint64_t free_set_words(const struct lsm_grid *grid)
+{
+        return (grid->block_count_max + 1 + 63) / 64;
+}
+
+void lsm_grid_free_set_encode(const struct lsm_grid *grid, uint32_t chunk, uint64_t *words)
+{
+        tally_assert(chunk < lsm_grid_free_set_chunks(grid));
+        uint64_t first = (uint64_t)chunk * LSM_FREE_SET_CHUNK_WORDS;
+        uint64_t total = free_set_words(grid);
+        for (uint32_t w = 0; w < LSM_FREE_SET_CHUNK_WORDS; w++) {
+                uint64_t i = first + w;
+                words[w] = i < total ? grid->used[i] & ~grid->released[i] : 0;
+        }
+}
+
+void lsm_grid_free_set_clear(struct lsm_grid *grid)
+{
+        uint64_t total = free_set_words(grid);
+        memset(grid->used, 0, total * sizeof(uint64_t));
+        memset(grid->released, 0, total * sizeof(uint64_t));
+        bit_set(grid->used, 0, true);
+        grid->used_count = 0;
+        grid->acquire_hint = 1;
+}
+
+void lsm_grid_free_set_decode(struct lsm_grid *grid, uint32_t chunk, const uint64_t *words)
+{
+        tally_assert(chunk < lsm_grid_free_set_chunks(grid));
+        uint64_t first = (uint64_t)chunk * LSM_FREE_SET_CHUNK_WORDS;
+        uint64_t total = free_set_words(grid);
+        for (uint32_t w = 0; w < LSM_FREE_SET_CHUNK_WORDS && first + w < total; w++) {
+                uint64_t i = first + w;
+                uint64_t bits = words[w];
+                if (i == total - 1 && (grid->block_count_max + 1) % 64 != 0)
+                        bits &= ((uint64_t)1 << ((grid->block_count_max + 1) % 64)) - 1;
+                uint64_t before = grid->used[i];
+                grid->used[i] |= bits;
+                grid->used_count += (uint64_t)__builtin_popcountll(grid->used[i] & ~before);
+        }
+}
+
 /* ---- cache ------------------------------------------------------------------------------ */
 
 static uint32_t set_of(const struct lsm_grid *grid, uint64_t address)
@@ -249,6 +297,15 @@ struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
                          (unsigned long long)grid->used_count);
                 return (struct lsm_block_ref){0};
         }
+        return lsm_grid_write_at(grid, block, address, kind, tree, value_size, count, size);
+}
+
+struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, uint64_t address,
+                                       enum lsm_block_kind kind, uint8_t tree,
+                                       uint16_t value_size, uint32_t count, uint32_t size)
+{
+        tally_assert(address > 0 && address <= grid->block_count_max);
+        tally_assert(bit_get(grid->used, address));
         struct lsm_block_ref ref =
                 lsm_block_seal(block, address, kind, tree, value_size, count, size);
         /* The device writes whole blocks: the unused tail is zeros, never stale memory. */

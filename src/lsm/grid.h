@@ -35,9 +35,10 @@ enum lsm_block_kind {
         LSM_BLOCK_NONE = 0,
         LSM_BLOCK_TABLE_INDEX = 1, /* a table's key ranges and data block references */
         LSM_BLOCK_TABLE_DATA = 2,  /* a table's sorted values */
-        LSM_BLOCK_MANIFEST = 3,    /* (later steps) the manifest log */
-        LSM_BLOCK_FREE_SET = 4,    /* (later steps) the encoded free set */
-        LSM_BLOCK_KIND_COUNT = 5,
+        LSM_BLOCK_MANIFEST = 3,    /* every table of every tree at a checkpoint (forest.h) */
+        LSM_BLOCK_FREE_SET = 4,    /* a chunk of the free set's bitmap at a checkpoint */
+        LSM_BLOCK_ROOT = 5,        /* a checkpoint's root: names the manifest and free set */
+        LSM_BLOCK_KIND_COUNT = 6,
 };
 
 struct lsm_block_header {
@@ -129,6 +130,20 @@ void lsm_grid_checkpoint(struct lsm_grid *grid);
 uint64_t lsm_grid_free_count(const struct lsm_grid *grid);
 
 /*
+ * The free set as a checkpoint stores it: chunks of LSM_FREE_SET_CHUNK_BITS addresses (bit 0 of
+ * chunk 0 is address 0, always set), a bit set for each block in use once the checkpoint being
+ * written is durable (in use and not released).
+ */
+#define LSM_FREE_SET_CHUNK_WORDS (LSM_BLOCK_PAYLOAD_MAX / 8u)
+#define LSM_FREE_SET_CHUNK_BITS (LSM_FREE_SET_CHUNK_WORDS * 64u)
+uint32_t lsm_grid_free_set_chunks(const struct lsm_grid *grid);
+/* Chunk `chunk` into `words` (LSM_FREE_SET_CHUNK_WORDS). */
+void lsm_grid_free_set_encode(const struct lsm_grid *grid, uint32_t chunk, uint64_t *words);
+/* Replaces the whole free set: every block free, nothing released, then chunks loaded. */
+void lsm_grid_free_set_clear(struct lsm_grid *grid);
+void lsm_grid_free_set_decode(struct lsm_grid *grid, uint32_t chunk, const uint64_t *words);
+
+/*
  * Writes `block` (payload in place, header filled here) at a newly acquired address and caches
  * it. Returns its reference; address 0 if the grid is full or the device failed (grid->error).
  */
@@ -138,6 +153,10 @@ struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
 
 /* Forgets every cached block (the next reads go to the device). */
 void lsm_grid_cache_clear(struct lsm_grid *grid);
+/* lsm_grid_write at an address already acquired. */
+struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, uint64_t address,
+                                       enum lsm_block_kind kind, uint8_t tree,
+                                       uint16_t value_size, uint32_t count, uint32_t size);
 /* The cached block `ref` names, or NULL if it is not in the cache (no I/O). */
 const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref);
 /*

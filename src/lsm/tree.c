@@ -203,6 +203,17 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
         return 0;
 }
 
+void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
+                           const struct lsm_table_info *table)
+{
+        tally_assert(level < LSM_LEVELS);
+        struct lsm_level *l = &tree->levels[level];
+        if (level > 0 && l->count > 0)
+                tally_assert(tree->layout.compare(l->tables[l->count - 1].key_max,
+                                                  table->key_min) < 0);
+        level_insert(l, l->count, table);
+}
+
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree)
 {
         uint64_t count = 0;

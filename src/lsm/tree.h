@@ -92,6 +92,9 @@ bool lsm_tree_flush(struct lsm_tree *tree);
 bool lsm_tree_compact(struct lsm_tree *tree);
 
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. older versions */
+/* Restoring a manifest: appends a table to a level (tables come in the level's order). */
+void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
+                           const struct lsm_table_info *table);
 uint32_t lsm_tree_level_budget(uint32_t level);
 
 #endif
