@@ -94,11 +94,13 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         grid->slot_address = calloc(grid->slot_count, sizeof(uint64_t));
         grid->slot_checksum = calloc(grid->slot_count, sizeof(u128));
         grid->slot_referenced = calloc(grid->slot_count, 1);
+        grid->slot_reading = calloc(grid->slot_count, 1);
         grid->set_hand = calloc(sets, sizeof(uint32_t));
         grid->scratch = aligned_alloc(4096, LSM_BLOCK_SIZE);
         if (grid->used == NULL || grid->released == NULL || grid->slots == NULL ||
             grid->slot_address == NULL || grid->slot_checksum == NULL ||
-            grid->slot_referenced == NULL || grid->set_hand == NULL || grid->scratch == NULL) {
+            grid->slot_referenced == NULL || grid->slot_reading == NULL ||
+            grid->set_hand == NULL || grid->scratch == NULL) {
                 lsm_grid_deinit(grid);
                 return -ENOMEM;
         }
@@ -115,6 +117,7 @@ void lsm_grid_deinit(struct lsm_grid *grid)
         free(grid->slot_address);
         free(grid->slot_checksum);
         free(grid->slot_referenced);
+        free(grid->slot_reading);
         free(grid->set_hand);
         free(grid->scratch);
         memset(grid, 0, sizeof(*grid));
@@ -237,23 +240,34 @@ static int32_t cache_find(struct lsm_grid *grid, struct lsm_block_ref ref)
         return -1;
 }
 
-/* A slot for `address` in its set: its own (a stale version), else CLOCK's choice. */
+/*
+ * A slot for `address` in its set: its own (a stale version), an empty one, else CLOCK's
+ * choice; never a slot an asynchronous read is filling. UINT32_MAX if every way is.
+ */
 static uint32_t cache_victim(struct lsm_grid *grid, uint64_t address)
 {
         uint32_t set = set_of(grid, address);
         uint32_t base = set * LSM_CACHE_WAYS;
         for (uint32_t w = 0; w < LSM_CACHE_WAYS; w++) {
-                if (grid->slot_address[base + w] == address || grid->slot_address[base + w] == 0)
-                        return base + w;
+                uint32_t slot = base + w;
+                if (!grid->slot_reading[slot] &&
+                    (grid->slot_address[slot] == address || grid->slot_address[slot] == 0))
+                        return slot;
         }
         for (uint32_t turn = 0; turn < 2 * LSM_CACHE_WAYS; turn++) {
                 uint32_t slot = base + grid->set_hand[set];
                 grid->set_hand[set] = (grid->set_hand[set] + 1) % LSM_CACHE_WAYS;
+                if (grid->slot_reading[slot])
+                        continue;
                 if (!grid->slot_referenced[slot])
                         return slot;
                 grid->slot_referenced[slot] = 0;
         }
-        return base + grid->set_hand[set];
+        for (uint32_t w = 0; w < LSM_CACHE_WAYS; w++) {
+                if (!grid->slot_reading[base + w])
+                        return base + w;
+        }
+        return UINT32_MAX;
 }
 
 static uint8_t *slot_data(struct lsm_grid *grid, uint32_t slot)
@@ -264,6 +278,8 @@ static uint8_t *slot_data(struct lsm_grid *grid, uint32_t slot)
 static void cache_put(struct lsm_grid *grid, const uint8_t *block, struct lsm_block_ref ref)
 {
         uint32_t slot = cache_victim(grid, ref.address);
+        if (slot == UINT32_MAX)
+                return; /* every way is being read into: not cached, which is only slower */
         const struct lsm_block_header *h = (const struct lsm_block_header *)block;
         memcpy(slot_data(grid, slot), block, h->size);
         grid->slot_address[slot] = ref.address;
@@ -273,6 +289,7 @@ static void cache_put(struct lsm_grid *grid, const uint8_t *block, struct lsm_bl
 
 void lsm_grid_cache_clear(struct lsm_grid *grid)
 {
+        tally_assert(grid->reads_active == 0);
         memset(grid->slot_address, 0, grid->slot_count * sizeof(uint64_t));
         memset(grid->slot_referenced, 0, grid->slot_count);
 }
@@ -321,18 +338,11 @@ struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, ui
         return ref;
 }
 
-const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
-                             enum lsm_block_kind kind)
+/* Checks a block just read into `slot`: published in the cache, or NULL and grid->error. */
+static const uint8_t *read_finish(struct lsm_grid *grid, uint32_t slot, struct lsm_block_ref ref,
+                                  enum lsm_block_kind kind, int rc)
 {
-        tally_assert(ref.address > 0);
-        const uint8_t *cached = lsm_grid_cached(grid, ref);
-        if (cached != NULL)
-                return cached;
-        uint32_t slot = cache_victim(grid, ref.address);
         uint8_t *data = slot_data(grid, slot);
-        grid->slot_address[slot] = 0; /* not valid until checked */
-        grid->stats.reads++;
-        int rc = grid->device.read(grid->device.context, ref.address, data);
         const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(data, ref, kind);
         if (problem != NULL) {
                 grid->stats.read_faults++;
@@ -344,4 +354,80 @@ const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
         grid->slot_checksum[slot] = ref.checksum;
         grid->slot_referenced[slot] = 1;
         return data;
+}
+
+const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
+                             enum lsm_block_kind kind)
+{
+        tally_assert(ref.address > 0);
+        const uint8_t *cached = lsm_grid_cached(grid, ref);
+        if (cached != NULL)
+                return cached;
+        uint32_t slot = cache_victim(grid, ref.address);
+        if (slot == UINT32_MAX) {
+                /* Every way of the set is being filled: read into the scratch block. */
+                grid->stats.reads++;
+                int rc = grid->device.read(grid->device.context, ref.address, grid->scratch);
+                const char *problem =
+                        rc != 0 ? strerror(-rc) : lsm_block_check(grid->scratch, ref, kind);
+                if (problem != NULL) {
+                        grid->stats.read_faults++;
+                        snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
+                                 (unsigned long long)ref.address, kind_name((uint8_t)kind),
+                                 problem);
+                        return NULL;
+                }
+                return grid->scratch;
+        }
+        grid->slot_address[slot] = 0; /* not valid until checked */
+        grid->stats.reads++;
+        int rc = grid->device.read(grid->device.context, ref.address, slot_data(grid, slot));
+        return read_finish(grid, slot, ref, kind, rc);
+}
+
+static void on_read_async(void *token, int result)
+{
+        struct lsm_grid_read *read = token;
+        struct lsm_grid *grid = read->grid;
+        tally_assert(read->active && grid->slot_reading[read->slot]);
+        grid->slot_reading[read->slot] = 0;
+        read->active = false;
+        grid->reads_active--;
+        bool ok = read_finish(grid, read->slot, read->ref, (enum lsm_block_kind)read->kind,
+                              result) != NULL;
+        read->done(read->context, ok);
+}
+
+enum lsm_read_start lsm_grid_read_start(struct lsm_grid *grid, struct lsm_block_ref ref,
+                                        enum lsm_block_kind kind,
+                                        void (*done)(void *context, bool ok), void *context)
+{
+        tally_assert(ref.address > 0);
+        if (lsm_grid_cached(grid, ref) != NULL)
+                return LSM_READ_CACHED;
+        if (grid->device.read_async == NULL)
+                return lsm_grid_read(grid, ref, kind) != NULL ? LSM_READ_CACHED : LSM_READ_FAULT;
+        if (grid->reads_active == LSM_GRID_READS_MAX)
+                return LSM_READ_BUSY;
+        uint32_t slot = cache_victim(grid, ref.address);
+        if (slot == UINT32_MAX)
+                return LSM_READ_BUSY;
+        struct lsm_grid_read *read = NULL;
+        for (uint32_t i = 0; i < LSM_GRID_READS_MAX; i++) {
+                if (!grid->reads[i].active) {
+                        read = &grid->reads[i];
+                        break;
+                }
+        }
+        tally_assert(read != NULL);
+        *read = (struct lsm_grid_read){.grid = grid, .active = true, .slot = slot,
+                                       .kind = (uint8_t)kind, .ref = ref, .done = done,
+                                       .context = context};
+        grid->slot_address[slot] = 0;
+        grid->slot_reading[slot] = 1;
+        grid->reads_active++;
+        grid->stats.reads++;
+        grid->device.read_async(grid->device.context, ref.address, slot_data(grid, slot),
+                                on_read_async, read);
+        return LSM_READ_STARTED;
 }

@@ -79,6 +79,26 @@ struct lsm_device {
         /* Whole blocks at a 1-based address; 0 or a negative errno. */
         int (*read)(void *context, uint64_t address, uint8_t *block);
         int (*write)(void *context, uint64_t address, const uint8_t *block);
+        /*
+         * Optional: starts a read and calls `callback(token, result)` later (never from inside
+         * this call), result 0 or a negative errno. Without it, reads block (read above).
+         */
+        void (*read_async)(void *context, uint64_t address, uint8_t *block,
+                           void (*callback)(void *token, int result), void *token);
+};
+
+/* Asynchronous reads in flight at once (each pins one cache slot until it completes). */
+#define LSM_GRID_READS_MAX 64u
+
+struct lsm_grid;
+struct lsm_grid_read {
+        struct lsm_grid *grid;
+        bool active;
+        uint32_t slot;
+        uint8_t kind;
+        struct lsm_block_ref ref;
+        void (*done)(void *context, bool ok);
+        void *context;
 };
 
 /*
@@ -110,6 +130,9 @@ struct lsm_grid {
         uint64_t *slot_address;
         u128 *slot_checksum;
         uint8_t *slot_referenced; /* CLOCK bits */
+        uint8_t *slot_reading;    /* an asynchronous read fills it: never a victim */
+        struct lsm_grid_read reads[LSM_GRID_READS_MAX];
+        uint32_t reads_active;
         uint32_t *set_hand;
         uint8_t *scratch; /* one block for writes */
         char error[192];  /* the last read fault, named */
@@ -159,6 +182,20 @@ struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, ui
                                        uint16_t value_size, uint32_t count, uint32_t size);
 /* The cached block `ref` names, or NULL if it is not in the cache (no I/O). */
 const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref);
+enum lsm_read_start {
+        LSM_READ_CACHED,  /* the block is in the cache now (a synchronous device read it) */
+        LSM_READ_STARTED, /* `done` runs when the block is in the cache (ok) or is not */
+        LSM_READ_BUSY,    /* every read or every way of its cache set is busy: try later */
+        LSM_READ_FAULT,   /* a synchronous read failed: grid->error names the block */
+};
+/*
+ * Makes the block `ref` names cached without blocking when the device can read asynchronously.
+ * A caller must not start a second read of the same block before the first completes.
+ */
+enum lsm_read_start lsm_grid_read_start(struct lsm_grid *grid, struct lsm_block_ref ref,
+                                        enum lsm_block_kind kind,
+                                        void (*done)(void *context, bool ok), void *context);
+
 /*
  * The block `ref` names, from the cache or read from the device and checked. NULL if the
  * device failed or holds another block there: grid->error names the address and the problem.

@@ -177,6 +177,34 @@ static uint32_t data_search(const struct lsm_layout *layout, const uint8_t *bloc
         return lo;
 }
 
+bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_block,
+                          const void *key, struct lsm_block_ref *data)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
+        uint32_t i = index_search(layout, index_block, key);
+        if (i == h->count)
+                return false;
+        const struct lsm_index_entry *entry = &index_entries_const(index_block)[i];
+        if (layout->compare(key, entry->key_min) < 0)
+                return false;
+        *data = entry->data;
+        return true;
+}
+
+bool lsm_table_data_find(const struct lsm_layout *layout, const uint8_t *data_block,
+                         const void *key, void *out)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)data_block;
+        uint32_t j = data_search(layout, data_block, key);
+        if (j == h->count)
+                return false;
+        const uint8_t *value = data_value(layout, data_block, j);
+        if (layout->compare(lsm_key_of(layout, value), key) != 0)
+                return false;
+        memcpy(out, value, layout->value_size);
+        return true;
+}
+
 int lsm_table_get(struct lsm_grid *grid, const struct lsm_layout *layout,
                   const struct lsm_table_info *table, const void *key, void *out)
 {

@@ -95,6 +95,15 @@ int lsm_table_get(struct lsm_grid *grid, const struct lsm_layout *layout,
                   const struct lsm_table_info *table, const void *key, void *out);
 
 /*
+ * Searches within blocks already at hand (for lookups that step through the cache): the data
+ * block of an index block that may hold `key` (false if none), and a value in a data block.
+ */
+bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_block,
+                          const void *key, struct lsm_block_ref *data);
+bool lsm_table_data_find(const struct lsm_layout *layout, const uint8_t *data_block,
+                         const void *key, void *out);
+
+/*
  * A cursor over one table's values in key order (or reversed), with its own copy of the current
  * data block so that any number of cursors can be open at once whatever the cache does.
  */

@@ -96,6 +96,7 @@ void lsm_tree_put(struct lsm_tree *tree, const void *value)
         uint32_t slot = memtable_slot(tree, lsm_key_of(layout, value));
         if (tree->hash[slot] != 0) {
                 memcpy(memtable_value(tree, tree->hash[slot] - 1), value, layout->value_size);
+                tree->version++;
                 return;
         }
         tally_assert(tree->memtable_count < tree->memtable_max);
@@ -103,6 +104,7 @@ void lsm_tree_put(struct lsm_tree *tree, const void *value)
         memcpy(memtable_value(tree, position), value, layout->value_size);
         tree->hash[slot] = position + 1;
         tree->sorted_dirty = true;
+        tree->version++;
 }
 
 static int compare_positions(const void *a, const void *b, void *context)
@@ -177,6 +179,26 @@ static uint32_t level_search(const struct lsm_tree *tree, const struct lsm_level
         return lo;
 }
 
+bool lsm_tree_memtable_get(const struct lsm_tree *tree, const void *key, void *out)
+{
+        uint32_t slot = memtable_slot(tree, key);
+        if (tree->hash[slot] == 0)
+                return false;
+        memcpy(out, memtable_value(tree, tree->hash[slot] - 1), tree->layout.value_size);
+        return true;
+}
+
+const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, uint32_t level,
+                                                 const void *key)
+{
+        tally_assert(level >= 1 && level < LSM_LEVELS);
+        const struct lsm_level *l = &tree->levels[level];
+        uint32_t t = level_search(tree, l, key);
+        if (t == l->count || tree->layout.compare(key, l->tables[t].key_min) < 0)
+                return NULL;
+        return &l->tables[t];
+}
+
 int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
 {
         const struct lsm_layout *layout = &tree->layout;
@@ -212,6 +234,7 @@ void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
                 tally_assert(tree->layout.compare(l->tables[l->count - 1].key_max,
                                                   table->key_min) < 0);
         level_insert(l, l->count, table);
+        tree->version++;
 }
 
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree)
@@ -534,6 +557,7 @@ bool lsm_tree_flush(struct lsm_tree *tree)
         tree->memtable_count = 0;
         tree->sorted_dirty = false;
         tree->stats.flushes++;
+        tree->version++;
         return true;
 }
 
@@ -654,6 +678,7 @@ static bool compact_level(struct lsm_tree *tree, uint32_t level)
 
 bool lsm_tree_compact(struct lsm_tree *tree)
 {
+        tree->version++;
         struct lsm_level *zero = &tree->levels[0];
         if (zero->count > LSM_LEVEL0_TABLES_MAX) {
                 struct lsm_table_info *upper = malloc(zero->count * sizeof(*upper));

@@ -62,6 +62,7 @@ struct lsm_tree {
         uint32_t build_level; /* where the builder's tables go */
         struct lsm_level built; /* tables the builder produced for the current job */
         struct lsm_tree_stats stats;
+        uint64_t version; /* changes with every put, flush, compaction: lookups restart */
 };
 
 /* Reserves the memtable (memtable_max values) and tables' bookkeeping. 0 or -ENOMEM. */
@@ -73,6 +74,12 @@ void lsm_tree_deinit(struct lsm_tree *tree);
 bool lsm_tree_has_room(const struct lsm_tree *tree, uint32_t count);
 /* Inserts or replaces (same key) a value in the memtable, which must have room. */
 void lsm_tree_put(struct lsm_tree *tree, const void *value);
+
+/* The memtable's value of `key` into `out`; false if the memtable does not hold it. */
+bool lsm_tree_memtable_get(const struct lsm_tree *tree, const void *key, void *out);
+/* In level >= 1: the table whose key range holds `key`, or NULL. */
+const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, uint32_t level,
+                                                 const void *key);
 
 /* 1 and the newest value of `key` in `out`, 0 if absent, -1 on a read fault (grid->error). */
 int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out);

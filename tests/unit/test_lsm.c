@@ -10,11 +10,14 @@
  * misdirected block on the device is reported by address instead of returning a wrong value;
  * a forest's checkpoint, reopened after a crash (with work and an unfinished checkpoint after
  * it), restores exactly the trees and free set it captured, and nothing it references was
- * overwritten.
+ * overwritten; and a prefetch of thousands of lookups over an asynchronous device that completes
+ * reads in random order resolves every one exactly as a synchronous lookup does, sharing reads
+ * of the same block, even with a cache of 8 blocks, and names a damaged block.
  */
 #include "test.h"
 
 #include "lsm/forest.h"
+#include "lsm/prefetch.h"
 
 #include <errno.h>
 
@@ -641,6 +644,153 @@ static void test_forest_crash(void)
         world_stop(&w);
 }
 
+/* ---- prefetch ----------------------------------------------------------------------------- */
+
+struct async_read {
+        uint64_t address;
+        uint8_t *block;
+        void (*callback)(void *token, int result);
+        void *token;
+};
+
+static struct async_read async_queue[LSM_GRID_READS_MAX];
+static uint32_t async_count;
+static uint32_t async_in_flight_max;
+
+static void device_read_async(void *context, uint64_t address, uint8_t *block,
+                              void (*callback)(void *token, int result), void *token)
+{
+        (void)context;
+        tally_assert(async_count < LSM_GRID_READS_MAX);
+        async_queue[async_count++] = (struct async_read){address, block, callback, token};
+        async_in_flight_max = MAX(async_in_flight_max, async_count);
+}
+
+/* Completes queued reads in random order until none is left. */
+static void async_pump(void)
+{
+        while (async_count > 0) {
+                uint32_t i = (uint32_t)(rng() % async_count);
+                struct async_read read = async_queue[i];
+                async_queue[i] = async_queue[--async_count];
+                int rc = device_read(&device_state, read.address, read.block);
+                read.callback(read.token, rc);
+        }
+}
+
+static const struct lsm_device device_async = {
+        .context = &device_state,
+        .read = device_read,
+        .write = device_write,
+        .read_async = device_read_async,
+};
+
+static uint32_t prefetch_done_calls;
+static void prefetch_done(void *context)
+{
+        (void)context;
+        prefetch_done_calls++;
+}
+
+#define PREFETCH_LOOKUPS 6000u
+
+static struct lsm_lookup lookups[PREFETCH_LOOKUPS];
+static struct value results[PREFETCH_LOOKUPS];
+
+/* Prefetches random keys (with repeats) and compares each answer with lsm_tree_get. */
+static void prefetch_check(struct lsm_tree *tree, struct lsm_grid *grid, uint64_t key_space,
+                           struct lsm_prefetch_stats *stats)
+{
+        for (uint32_t i = 0; i < PREFETCH_LOOKUPS; i++) {
+                uint64_t key = i % 10 == 9 ? rng() % 16 : rng() % key_space; /* hot keys too */
+                lsm_lookup_init(&lookups[i], tree, &key, &results[i]);
+        }
+        static struct lsm_prefetch prefetch;
+        prefetch_done_calls = 0;
+        lsm_prefetch_start(&prefetch, grid, lookups, PREFETCH_LOOKUPS, prefetch_done, NULL);
+        async_pump();
+        CHECK_EQ_U64(prefetch_done_calls, 1);
+        CHECK(!lsm_prefetch_busy(&prefetch));
+        uint32_t wrong = 0;
+        for (uint32_t i = 0; i < PREFETCH_LOOKUPS; i++) {
+                uint64_t key;
+                memcpy(&key, lookups[i].key, 8);
+                struct value out;
+                int rc = lsm_tree_get(tree, &key, &out);
+                bool found = lookups[i].state == LSM_LOOKUP_FOUND;
+                if (lookups[i].state == LSM_LOOKUP_PENDING || lookups[i].state == LSM_LOOKUP_FAULT ||
+                    rc != (found ? 1 : 0) || (found && memcmp(&out, &results[i], sizeof(out)) != 0))
+                        wrong++;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        *stats = prefetch.stats;
+}
+
+static void test_prefetch(void)
+{
+        device_reset();
+        rng_state = 4242;
+        uint32_t caches[2] = {256, 8};
+        for (uint32_t round = 0; round < 2; round++) {
+                device_reset();
+                struct lsm_grid grid;
+                CHECK(lsm_grid_init(&grid, &device_async, DEVICE_BLOCKS, caches[round]) == 0);
+                struct lsm_tree tree;
+                CHECK(lsm_tree_init(&tree, "prefetch", &layout_small_tables, &grid, 10000) == 0);
+                uint64_t key_space = 400000, version = 0;
+                for (uint32_t bar = 0; bar < 30; bar++) {
+                        for (uint32_t i = 0; i < 10000; i++) {
+                                struct value v = value_make(rng() % key_space, version++);
+                                lsm_tree_put(&tree, &v);
+                        }
+                        CHECK(lsm_tree_flush(&tree));
+                        CHECK(lsm_tree_compact(&tree));
+                }
+                for (uint32_t i = 0; i < 3000; i++) { /* some answers come from the memtable */
+                        struct value v = value_make(rng() % key_space, version++);
+                        lsm_tree_put(&tree, &v);
+                }
+                lsm_grid_cache_clear(&grid);
+                async_in_flight_max = 0;
+                struct lsm_prefetch_stats stats;
+                prefetch_check(&tree, &grid, key_space, &stats);
+                CHECK(stats.reads > 0);
+                CHECK(stats.reads_shared > 0);         /* hot keys share their reads */
+                /* Reads really go out together: as many as the cache has ways to pin. */
+                CHECK(async_in_flight_max >= MIN(8u, caches[round]));
+                CHECK(round == 1 || async_in_flight_max > 8);
+                printf("prefetch cache=%u: lookups=%u reads=%llu shared=%llu in_flight_max=%u\n",
+                       caches[round], PREFETCH_LOOKUPS, (unsigned long long)stats.reads,
+                       (unsigned long long)stats.reads_shared, stats.in_flight_max);
+                /* A damaged block: the lookups that need it fail and say which; none misreads. */
+                if (round == 0) {
+                        const struct lsm_table_info *table = &tree.levels[1].tables[0];
+                        device_state.blocks[table->index.address][LSM_BLOCK_HEADER_SIZE] ^= 1;
+                        lsm_grid_cache_clear(&grid);
+                        uint64_t key;
+                        memcpy(&key, table->key_min, 8);
+                        struct value out;
+                        struct lsm_lookup one;
+                        lsm_lookup_init(&one, &tree, &key, &out);
+                        struct lsm_prefetch prefetch;
+                        prefetch_done_calls = 0;
+                        lsm_prefetch_start(&prefetch, &grid, &one, 1, prefetch_done, NULL);
+                        async_pump();
+                        CHECK_EQ_U64(prefetch_done_calls, 1);
+                        if (one.state != LSM_LOOKUP_FOUND) { /* not answered by a newer table */
+                                CHECK(one.state == LSM_LOOKUP_FAULT);
+                                char expected[48];
+                                snprintf(expected, sizeof(expected), "grid block %llu",
+                                         (unsigned long long)table->index.address);
+                                CHECK(strstr(grid.error, expected) != NULL);
+                        }
+                        device_state.blocks[table->index.address][LSM_BLOCK_HEADER_SIZE] ^= 1;
+                }
+                lsm_tree_deinit(&tree);
+                lsm_grid_deinit(&grid);
+        }
+}
+
 int main(void)
 {
         TEST_RUN(test_block_check);
@@ -650,6 +800,7 @@ int main(void)
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
         TEST_RUN(test_forest_crash);
+        TEST_RUN(test_prefetch);
         device_reset();
         TEST_MAIN_END();
 }
