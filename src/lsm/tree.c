@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void job_free(struct lsm_tree *tree);
+
 /* ---- memtable --------------------------------------------------------------------------- */
 
 static uint64_t key_hash(const uint8_t *key, uint32_t size)
@@ -66,7 +68,8 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
         tree->hash = calloc(hash_size, sizeof(uint32_t));
         tree->sorted = malloc((size_t)memtable_max * sizeof(uint32_t));
         if (tree->memtable == NULL || tree->hash == NULL || tree->sorted == NULL ||
-            lsm_table_builder_init(&tree->builder, &tree->layout, grid, NULL, NULL) != 0) {
+            lsm_table_builder_init(&tree->builder, &tree->layout, grid, NULL, NULL) != 0 ||
+            lsm_table_builder_init(&tree->flush_builder, &tree->layout, grid, NULL, NULL) != 0) {
                 lsm_tree_deinit(tree);
                 return -ENOMEM;
         }
@@ -80,8 +83,11 @@ void lsm_tree_deinit(struct lsm_tree *tree)
         free(tree->sorted);
         for (uint32_t i = 0; i < LSM_LEVELS; i++)
                 free(tree->levels[i].tables);
+        if (tree->job.active)
+                job_free(tree);
         free(tree->built.tables);
         lsm_table_builder_deinit(&tree->builder);
+        lsm_table_builder_deinit(&tree->flush_builder);
         memset(tree, 0, sizeof(*tree));
 }
 
@@ -263,7 +269,7 @@ struct source {
         const uint8_t *value; /* current, NULL when done */
 };
 
-struct merge {
+struct lsm_merge {
         struct lsm_tree *tree;
         struct source *sources;
         uint32_t count;
@@ -273,7 +279,7 @@ struct merge {
         bool failed;
 };
 
-static bool past_bound(const struct merge *m, const uint8_t *value)
+static bool past_bound(const struct lsm_merge *m, const uint8_t *value)
 {
         const struct lsm_layout *layout = &m->tree->layout;
         const uint8_t *key = lsm_key_of(layout, value);
@@ -282,7 +288,7 @@ static bool past_bound(const struct merge *m, const uint8_t *value)
         return m->key_min != NULL && layout->compare(key, m->key_min) < 0;
 }
 
-static void source_settle(struct merge *m, struct source *s)
+static void source_settle(struct lsm_merge *m, struct source *s)
 {
         if (s->memtable) {
                 bool in = m->reversed ? s->index >= s->end : s->index < s->end;
@@ -308,7 +314,7 @@ static void source_settle(struct merge *m, struct source *s)
                 s->value = NULL;
 }
 
-static void source_advance(struct merge *m, struct source *s)
+static void source_advance(struct lsm_merge *m, struct source *s)
 {
         if (s->memtable)
                 s->index += m->reversed ? -1 : 1;
@@ -318,7 +324,7 @@ static void source_advance(struct merge *m, struct source *s)
 }
 
 /* Positions a memtable source at the start of the merge's range. */
-static void source_memtable(struct merge *m, struct source *s)
+static void source_memtable(struct lsm_merge *m, struct source *s)
 {
         struct lsm_tree *tree = m->tree;
         const struct lsm_layout *layout = &tree->layout;
@@ -348,7 +354,7 @@ static void source_memtable(struct merge *m, struct source *s)
 }
 
 /* Positions a run of non-overlapping tables at the start of the merge's range. */
-static void source_tables(struct merge *m, struct source *s, const struct lsm_table_info *tables,
+static void source_tables(struct lsm_merge *m, struct source *s, const struct lsm_table_info *tables,
                           uint32_t count)
 {
         const struct lsm_layout *layout = &m->tree->layout;
@@ -376,7 +382,7 @@ static void source_tables(struct merge *m, struct source *s, const struct lsm_ta
 }
 
 /* The source holding the next value: the smallest key (reversed: largest), newest rank. */
-static struct source *merge_pick(struct merge *m)
+static struct source *merge_pick(struct lsm_merge *m)
 {
         const struct lsm_layout *layout = &m->tree->layout;
         struct source *best = NULL;
@@ -402,14 +408,18 @@ static struct source *merge_pick(struct merge *m)
  * Calls `emit` with each value in merged order, newest version only. False on a read fault, or
  * when `emit` returns false (then *stopped is set).
  */
-static bool merge_run(struct merge *m, bool (*emit)(void *context, const void *value),
-                      void *context, uint64_t *emitted, bool *stopped)
+static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const void *value),
+                      void *context, uint64_t *emitted, bool *stopped, uint64_t limit)
 {
         const struct lsm_layout *layout = &m->tree->layout;
         uint8_t key[LSM_KEY_SIZE_MAX];
         for (;;) {
                 if (m->failed)
                         return false;
+                if (*emitted == limit) {
+                        *stopped = true; /* to be continued */
+                        return true;
+                }
                 struct source *best = merge_pick(m);
                 if (best == NULL)
                         return true;
@@ -430,7 +440,7 @@ static bool merge_run(struct merge *m, bool (*emit)(void *context, const void *v
         }
 }
 
-static bool merge_alloc(struct merge *m, struct lsm_tree *tree, uint32_t count)
+static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t count)
 {
         memset(m, 0, sizeof(*m));
         m->tree = tree;
@@ -449,7 +459,7 @@ static bool merge_alloc(struct merge *m, struct lsm_tree *tree, uint32_t count)
         return true;
 }
 
-static void merge_free(struct merge *m)
+static void merge_free(struct lsm_merge *m)
 {
         for (uint32_t i = 0; i < m->count; i++)
                 lsm_table_cursor_deinit(&m->sources[i].cursor);
@@ -463,7 +473,7 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
 {
         const struct lsm_level *zero = &tree->levels[0];
         uint32_t count = 1 + zero->count + (LSM_LEVELS - 1);
-        struct merge m;
+        struct lsm_merge m;
         if (!merge_alloc(&m, tree, count)) {
                 snprintf(tree->grid->error, sizeof(tree->grid->error), "out of memory for a scan");
                 return -1;
@@ -484,7 +494,7 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
         }
         uint64_t emitted = 0;
         bool stopped = false;
-        bool ok = merge_run(&m, visit, context, &emitted, &stopped);
+        bool ok = merge_run(&m, visit, context, &emitted, &stopped, UINT64_MAX);
         merge_free(&m);
         return ok ? (int64_t)emitted : -1;
 }
@@ -495,6 +505,14 @@ static void on_built(void *context, const struct lsm_table_info *table)
 {
         struct lsm_tree *tree = context;
         level_insert(&tree->built, tree->built.count, table);
+        tree->stats.tables_written++;
+}
+
+static void on_flushed(void *context, const struct lsm_table_info *table)
+{
+        struct lsm_tree *tree = context;
+        /* One flush's tables do not overlap each other: level 0 takes them in key order. */
+        level_insert(&tree->levels[0], tree->levels[0].count, table);
         tree->stats.tables_written++;
 }
 
@@ -518,41 +536,21 @@ static bool table_release(struct lsm_tree *tree, const struct lsm_table_info *ta
         return true;
 }
 
-/* Inserts the builder's tables into sorted level `level` (>= 1), where they overlap nothing. */
-static void built_install(struct lsm_tree *tree, uint32_t level)
-{
-        struct lsm_level *l = &tree->levels[level];
-        for (uint32_t k = 0; k < tree->built.count; k++) {
-                const struct lsm_table_info *table = &tree->built.tables[k];
-                level_insert(l, level_search(tree, l, table->key_min), table);
-        }
-        tree->built.count = 0;
-}
-
-static void builder_start(struct lsm_tree *tree)
-{
-        tree->builder.on_table = on_built;
-        tree->builder.context = tree;
-        tree->builder.failed = false;
-        tree->built.count = 0;
-}
-
 bool lsm_tree_flush(struct lsm_tree *tree)
 {
         if (tree->memtable_count == 0)
                 return true;
         memtable_sort(tree);
-        builder_start(tree);
+        struct lsm_table_builder *b = &tree->flush_builder;
+        b->on_table = on_flushed;
+        b->context = tree;
+        b->failed = false;
         for (uint32_t i = 0; i < tree->memtable_count; i++) {
-                if (!lsm_table_builder_add(&tree->builder, memtable_value(tree, tree->sorted[i])))
+                if (!lsm_table_builder_add(b, memtable_value(tree, tree->sorted[i])))
                         return false;
         }
-        if (!lsm_table_builder_finish(&tree->builder))
+        if (!lsm_table_builder_finish(b))
                 return false;
-        /* One flush's tables do not overlap each other: level 0 takes them in key order. */
-        for (uint32_t k = 0; k < tree->built.count; k++)
-                level_insert(&tree->levels[0], tree->levels[0].count, &tree->built.tables[k]);
-        tree->built.count = 0;
         memset(tree->hash, 0, (size_t)(tree->hash_mask + 1) * sizeof(uint32_t));
         tree->memtable_count = 0;
         tree->sorted_dirty = false;
@@ -589,115 +587,198 @@ static void level_overlap(const struct lsm_tree *tree, uint32_t level, const uin
         *count = b - a;
 }
 
-/*
- * Merges `upper` tables (ranked newest first: the last one is the newest) with the tables of
- * level `target` they overlap, into new tables of `target`; releases the inputs.
- */
-static bool compact_into(struct lsm_tree *tree, const struct lsm_table_info *upper,
-                         uint32_t upper_count, uint32_t target)
+static bool same_table(const struct lsm_table_info *a, const struct lsm_table_info *b)
 {
+        return a->index.address == b->index.address && a->index.checksum == b->index.checksum;
+}
+
+static void job_free(struct lsm_tree *tree)
+{
+        struct lsm_compaction *job = &tree->job;
+        if (job->merge != NULL) {
+                merge_free(job->merge);
+                free(job->merge);
+        }
+        free(job->inputs);
+        memset(job, 0, sizeof(*job));
+}
+
+/*
+ * Starts merging `upper_count` tables of level `from` (level 0: its oldest, the last one the
+ * newest; else one table) into level from + 1. The inputs stay where they are, visible to
+ * lookups, until the job installs its output.
+ */
+static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_table_info *upper,
+                      uint32_t upper_count)
+{
+        struct lsm_compaction *job = &tree->job;
+        uint32_t target = from + 1;
         uint8_t min[LSM_KEY_SIZE_MAX], max[LSM_KEY_SIZE_MAX];
         tables_range(tree, upper, upper_count, min, max);
-        uint32_t first, overlap;
-        level_overlap(tree, target, min, max, &first, &overlap);
-        /* Inputs are copied: the levels change while the output is installed. */
-        uint32_t input_count = upper_count + overlap;
-        struct lsm_table_info *inputs = malloc(input_count * sizeof(*inputs));
-        struct merge m;
-        if (inputs == NULL || !merge_alloc(&m, tree, upper_count + 1)) {
-                free(inputs);
+        memset(job, 0, sizeof(*job));
+        level_overlap(tree, target, min, max, &job->overlap_first, &job->overlap_count);
+        job->from = from;
+        job->upper_count = upper_count;
+        uint32_t input_count = upper_count + job->overlap_count;
+        job->inputs = malloc(input_count * sizeof(*job->inputs));
+        job->merge = malloc(sizeof(*job->merge));
+        if (job->inputs == NULL || job->merge == NULL ||
+            !merge_alloc(job->merge, tree, upper_count + 1)) {
+                free(job->inputs);
+                free(job->merge);
+                memset(job, 0, sizeof(*job));
                 snprintf(tree->grid->error, sizeof(tree->grid->error),
                          "out of memory for a compaction");
                 return false;
         }
-        memcpy(inputs, upper, upper_count * sizeof(*inputs));
-        if (overlap > 0) /* an empty level has no table array yet */
-                memcpy(inputs + upper_count, &tree->levels[target].tables[first],
-                       overlap * sizeof(*inputs));
+        memcpy(job->inputs, upper, upper_count * sizeof(*job->inputs));
+        if (job->overlap_count > 0) /* an empty level has no table array yet */
+                memcpy(job->inputs + upper_count, &tree->levels[target].tables[job->overlap_first],
+                       job->overlap_count * sizeof(*job->inputs));
+        struct lsm_merge *m = job->merge;
         for (uint32_t k = 0; k < upper_count; k++) {
-                m.sources[k].rank = k + 1; /* later upper tables are newer */
-                source_tables(&m, &m.sources[k], &inputs[k], 1);
+                m->sources[k].rank = k + 1; /* later upper tables are newer */
+                source_tables(m, &m->sources[k], &job->inputs[k], 1);
         }
-        m.sources[upper_count].rank = 0;
-        source_tables(&m, &m.sources[upper_count], inputs + upper_count, overlap);
-        builder_start(tree);
-        uint64_t emitted = 0;
-        bool stopped = false;
-        bool ok = merge_run(&m, emit_to_builder, tree, &emitted, &stopped) && !stopped &&
-                  lsm_table_builder_finish(&tree->builder);
-        merge_free(&m);
-        if (!ok) {
-                free(inputs);
-                return false;
-        }
-        for (uint32_t k = 0; k < input_count; k++) {
-                if (!table_release(tree, &inputs[k])) {
-                        free(inputs);
-                        return false;
-                }
-        }
-        level_remove(&tree->levels[target], first, overlap);
-        built_install(tree, target);
-        tree->stats.compactions++;
-        tree->stats.values_compacted += emitted;
-        free(inputs);
+        m->sources[upper_count].rank = 0;
+        source_tables(m, &m->sources[upper_count], job->inputs + upper_count,
+                      job->overlap_count);
+        tree->builder.on_table = on_built;
+        tree->builder.context = tree;
+        tree->builder.failed = false;
+        tree->built.count = 0;
+        job->active = true;
         return true;
 }
 
-/* Level `level` >= 1 is over budget: compact (or move down) its next table in round robin. */
-static bool compact_level(struct lsm_tree *tree, uint32_t level)
+/* The merge is done: the output replaces the inputs in one step. */
+static bool job_install(struct lsm_tree *tree)
 {
-        struct lsm_level *l = &tree->levels[level];
-        tally_assert(level >= 1 && level + 1 < LSM_LEVELS && l->count > 0);
-        uint32_t pick = 0;
-        if (tree->compact_cursor_set[level]) {
-                while (pick < l->count && tree->layout.compare(l->tables[pick].key_min,
-                                                               tree->compact_cursor[level]) <= 0)
-                        pick++;
-                if (pick == l->count)
-                        pick = 0;
+        struct lsm_compaction *job = &tree->job;
+        uint32_t target = job->from + 1;
+        uint32_t input_count = job->upper_count + job->overlap_count;
+        for (uint32_t k = 0; k < input_count; k++) {
+                if (!table_release(tree, &job->inputs[k]))
+                        return false;
         }
-        struct lsm_table_info table = l->tables[pick];
-        memcpy(tree->compact_cursor[level], table.key_min, LSM_KEY_SIZE_MAX);
-        tree->compact_cursor_set[level] = true;
-        uint32_t first, overlap;
-        level_overlap(tree, level + 1, table.key_min, table.key_max, &first, &overlap);
-        level_remove(l, pick, 1);
-        if (overlap == 0) {
-                struct lsm_level *below = &tree->levels[level + 1];
-                level_insert(below, first, &table);
-                tree->stats.tables_moved++;
+        struct lsm_level *from = &tree->levels[job->from];
+        if (job->from == 0) {
+                /* Flushes only append to level 0: the inputs are still its oldest tables. */
+                for (uint32_t k = 0; k < job->upper_count; k++)
+                        tally_assert(same_table(&from->tables[k], &job->inputs[k]));
+                level_remove(from, 0, job->upper_count);
+        } else {
+                uint32_t at = level_search(tree, from, job->inputs[0].key_min);
+                tally_assert(at < from->count && same_table(&from->tables[at], &job->inputs[0]));
+                level_remove(from, at, 1);
+        }
+        level_remove(&tree->levels[target], job->overlap_first, job->overlap_count);
+        struct lsm_level *l = &tree->levels[target];
+        for (uint32_t k = 0; k < tree->built.count; k++) {
+                const struct lsm_table_info *table = &tree->built.tables[k];
+                level_insert(l, level_search(tree, l, table->key_min), table);
+        }
+        tree->built.count = 0;
+        tree->stats.compactions++;
+        tree->version++;
+        job_free(tree);
+        return true;
+}
+
+/*
+ * The next compaction to do, started as a job; or, for a table of level >= 1 that overlaps
+ * nothing below, moved at once (and the search goes on). False when every level is within its
+ * budget (or on a fault: grid->error set, *fault).
+ */
+static bool job_pick(struct lsm_tree *tree, bool *fault)
+{
+        *fault = false;
+        struct lsm_level *zero = &tree->levels[0];
+        if (zero->count > LSM_LEVEL0_TABLES_MAX) {
+                if (!job_start(tree, 0, zero->tables, zero->count)) {
+                        *fault = true;
+                        return false;
+                }
                 return true;
         }
-        if (!compact_into(tree, &table, 1, level + 1)) {
-                level_insert(l, pick, &table); /* unchanged: the inputs are still whole */
-                return false;
+        for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++) {
+                struct lsm_level *l = &tree->levels[level];
+                while (l->count > lsm_tree_level_budget(level)) {
+                        uint32_t pick = 0;
+                        if (tree->compact_cursor_set[level]) {
+                                while (pick < l->count &&
+                                       tree->layout.compare(l->tables[pick].key_min,
+                                                            tree->compact_cursor[level]) <= 0)
+                                        pick++;
+                                if (pick == l->count)
+                                        pick = 0;
+                        }
+                        struct lsm_table_info table = l->tables[pick];
+                        memcpy(tree->compact_cursor[level], table.key_min, LSM_KEY_SIZE_MAX);
+                        tree->compact_cursor_set[level] = true;
+                        uint32_t first, overlap;
+                        level_overlap(tree, level + 1, table.key_min, table.key_max, &first,
+                                      &overlap);
+                        if (overlap == 0) {
+                                level_remove(l, pick, 1);
+                                level_insert(&tree->levels[level + 1], first, &table);
+                                tree->stats.tables_moved++;
+                                tree->version++;
+                                continue;
+                        }
+                        if (!job_start(tree, level, &table, 1)) {
+                                *fault = true;
+                                return false;
+                        }
+                        return true;
+                }
+        }
+        return false;
+}
+
+bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
+{
+        *idle = false;
+        while (budget > 0) {
+                struct lsm_compaction *job = &tree->job;
+                if (!job->active) {
+                        bool fault;
+                        if (!job_pick(tree, &fault)) {
+                                *idle = !fault;
+                                return !fault;
+                        }
+                }
+                uint64_t emitted = 0;
+                bool stopped = false;
+                bool ok = merge_run(job->merge, emit_to_builder, tree, &emitted, &stopped,
+                                    budget);
+                tree->stats.values_compacted += emitted;
+                budget -= MIN(budget, emitted);
+                if (!ok || (stopped && tree->builder.failed)) {
+                        /* A fault: drop the job; its inputs are untouched and still in place.
+                         * The tables it wrote so far stay allocated until the next restart. */
+                        tree->built.count = 0;
+                        job_free(tree);
+                        return false;
+                }
+                if (stopped)
+                        continue; /* the budget ran out mid-merge */
+                if (!lsm_table_builder_finish(&tree->builder) || !job_install(tree)) {
+                        tree->built.count = 0;
+                        job_free(tree);
+                        return false;
+                }
         }
         return true;
 }
 
 bool lsm_tree_compact(struct lsm_tree *tree)
 {
-        tree->version++;
-        struct lsm_level *zero = &tree->levels[0];
-        if (zero->count > LSM_LEVEL0_TABLES_MAX) {
-                struct lsm_table_info *upper = malloc(zero->count * sizeof(*upper));
-                if (upper == NULL)
+        for (;;) {
+                bool idle;
+                if (!lsm_tree_compact_step(tree, UINT64_MAX, &idle))
                         return false;
-                uint32_t upper_count = zero->count;
-                memcpy(upper, zero->tables, upper_count * sizeof(*upper));
-                bool ok = compact_into(tree, upper, upper_count, 1);
-                if (ok)
-                        level_remove(zero, 0, upper_count);
-                free(upper);
-                if (!ok)
-                        return false;
+                if (idle)
+                        return true;
         }
-        for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++) {
-                while (tree->levels[level].count > lsm_tree_level_budget(level)) {
-                        if (!compact_level(tree, level))
-                                return false;
-                }
-        }
-        return true;
 }

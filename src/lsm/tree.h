@@ -16,8 +16,8 @@
  * overlaps none (tables of keys that only grow, like timestamps, are never rewritten). Blocks of
  * replaced tables are released to the grid, free after the next checkpoint.
  *
- * This step runs flushes and compactions synchronously (lsm_tree_flush, lsm_tree_compact);
- * later steps pace them in beats across the next bar. Values are never deleted (the ledger
+ * Flushes are synchronous; compaction runs as a job that advances by a budget of values per
+ * call (lsm_tree_compact_step: a beat's share), so that no single op pays for a whole merge. Values are never deleted (the ledger
  * only inserts and updates), so there are no tombstones yet.
  */
 #ifndef TALLY_LSM_TREE_H
@@ -43,6 +43,18 @@ struct lsm_tree_stats {
         uint64_t values_compacted; /* values read by compactions */
 };
 
+/* The compaction in progress: inputs stay visible to lookups until it installs its output. */
+struct lsm_merge;
+struct lsm_compaction {
+        bool active;
+        uint32_t from; /* the level whose tables are merged into from + 1 */
+        uint32_t upper_count;
+        uint32_t overlap_first; /* in level from + 1 */
+        uint32_t overlap_count;
+        struct lsm_table_info *inputs; /* upper, then overlapping */
+        struct lsm_merge *merge;       /* the inputs' cursors */
+};
+
 struct lsm_tree {
         char name[32];
         struct lsm_layout layout;
@@ -58,9 +70,10 @@ struct lsm_tree {
         struct lsm_level levels[LSM_LEVELS];
         uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
         bool compact_cursor_set[LSM_LEVELS];
-        struct lsm_table_builder builder;
-        uint32_t build_level; /* where the builder's tables go */
-        struct lsm_level built; /* tables the builder produced for the current job */
+        struct lsm_table_builder builder;       /* the compaction job's output */
+        struct lsm_level built;                 /* tables the job produced so far */
+        struct lsm_table_builder flush_builder; /* memtable flushes (while a job runs too) */
+        struct lsm_compaction job;
         struct lsm_tree_stats stats;
         uint64_t version; /* changes with every put, flush, compaction: lookups restart */
 };
@@ -97,6 +110,13 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
 bool lsm_tree_flush(struct lsm_tree *tree);
 /* Compacts until every level is within its budget. False on a read or write fault. */
 bool lsm_tree_compact(struct lsm_tree *tree);
+/*
+ * Does at most `budget` values of compaction work (a beat's share), going on with the job in
+ * progress or starting the next; *idle when no level is over its budget. Flushes may happen
+ * between steps; lookups and scans always see either the inputs or the installed output.
+ * False on a read or write fault (the job is abandoned, its inputs untouched).
+ */
+bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle);
 
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. older versions */
 /* Restoring a manifest: appends a table to a level (tables come in the level's order). */

@@ -6,7 +6,7 @@
  * checkpoint; tables answer lookups and walk in both directions from any key; a tree under
  * random inserts and overwrites, flushes and compactions answers every lookup and every scan
  * (bounds, reversed, stopped early) exactly as a simple model does, with a cache far smaller
- * than the data; keys that only grow are moved down levels, never rewritten; and a damaged or
+ * than the data, also when compaction advances in bounded steps between writes; keys that only grow are moved down levels, never rewritten; and a damaged or
  * misdirected block on the device is reported by address instead of returning a wrong value;
  * a forest's checkpoint, reopened after a crash (with work and an unfinished checkpoint after
  * it), restores exactly the trees and free set it captured, and nothing it references was
@@ -385,6 +385,55 @@ static void test_tree_model(void)
                (unsigned long long)tree.stats.tables_moved,
                (unsigned long long)grid.stats.reads, (unsigned long long)grid.stats.cache_hits,
                (unsigned long long)grid.used_count);
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+}
+
+/* Compaction in beats: every op does a bounded share, lookups and scans stay right mid-job. */
+static void test_tree_paced(void)
+{
+        device_reset();
+        memset(model, 0, sizeof(model));
+        rng_state = 777;
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "paced", &layout_small_tables, &grid, 16 * 1000) == 0);
+        uint64_t version = 0, steps_mid_job = 0, checks_mid_job = 0, worst_step = 0;
+        const uint64_t budget = 8 * 1000; /* per op: 8x what it inserts */
+        for (uint32_t op = 1; op <= 16 * 60; op++) {
+                for (uint32_t i = 0; i < 1000; i++) {
+                        uint64_t key = rng() % MODEL_KEYS;
+                        struct value v = value_make(key, version);
+                        lsm_tree_put(&tree, &v);
+                        model[key] = ++version;
+                }
+                if (op % 16 == 0) /* a bar of 16 ops */
+                        CHECK(lsm_tree_flush(&tree));
+                uint64_t before = tree.stats.values_compacted;
+                bool idle;
+                CHECK(lsm_tree_compact_step(&tree, budget, &idle));
+                uint64_t done = tree.stats.values_compacted - before;
+                worst_step = MAX(worst_step, done);
+                CHECK(done <= budget);
+                if (tree.job.active) {
+                        steps_mid_job++;
+                        if (op % 37 == 0) {
+                                check_against_model(&tree, 500);
+                                checks_mid_job++;
+                        }
+                }
+        }
+        CHECK(steps_mid_job > 20);
+        CHECK(checks_mid_job > 0);
+        CHECK(lsm_tree_compact(&tree)); /* drain */
+        check_against_model(&tree, 5000);
+        for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++)
+                CHECK(tree.levels[level].count <= lsm_tree_level_budget(level));
+        printf("paced: ops=960 budget/op=%llu worst_step=%llu jobs=%llu moved=%llu mid_job_steps=%llu\n",
+               (unsigned long long)budget, (unsigned long long)worst_step,
+               (unsigned long long)tree.stats.compactions,
+               (unsigned long long)tree.stats.tables_moved, (unsigned long long)steps_mid_job);
         lsm_tree_deinit(&tree);
         lsm_grid_deinit(&grid);
 }
@@ -797,6 +846,7 @@ int main(void)
         TEST_RUN(test_free_set);
         TEST_RUN(test_table);
         TEST_RUN(test_tree_model);
+        TEST_RUN(test_tree_paced);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
         TEST_RUN(test_forest_crash);
