@@ -55,6 +55,7 @@ static pid_t pids[REPLICAS];
 static bool keyed;
 static uint64_t rng_state;
 static int close_wait_ms = CLOSE_WAIT_MS;
+static uint32_t kept_open;      /* connections not closed in the current case */
 static uint32_t cluster_view;   /* highest view seen in pongs and replies */
 static uint64_t cluster_op_max; /* highest op seen in replies */
 
@@ -369,10 +370,15 @@ static void expect_closed(int fd, uint32_t replica, const char *what)
         }
         bool closed = closed_by_server(fd);
         if (!closed) {
-                fprintf(stderr, "  replica %u kept a connection open after %s\n", replica, what);
+                if (kept_open++ < 3)
+                        fprintf(stderr, "  replica %u kept a connection open after %s\n", replica,
+                                what);
                 close_wait_ms = CLOSE_WAIT_AFTER_FAILURE_MS;
         }
-        CHECK(closed);
+        if (kept_open <= 3)
+                CHECK(closed);
+        else
+                test_checks_failed_in_current++; /* counted, not printed again */
         close(fd);
 }
 
@@ -848,14 +854,14 @@ static u128 balance_expected(u128 id, bool debits)
 }
 
 /* Every acknowledged account and transfer through `replica`, exactly as sent. */
-static void check_acknowledged_through(uint32_t replica)
+static bool check_acknowledged_through(uint32_t replica)
 {
         int64_t deadline = now_ms() + LOOKUP_DEADLINE_MS;
         struct client c;
         bool started = client_start(&c, replica, deadline);
         CHECK(started);
         if (!started)
-                return;
+                return false;
         static u128 ids[ACKED_MAX];
         static _Alignas(16) uint8_t found[ACKED_MAX * 128];
         uint32_t found_count = 0;
@@ -901,6 +907,7 @@ static void check_acknowledged_through(uint32_t replica)
                         replica);
         CHECK(!ok || found_count == 0);
         client_close(&c);
+        return ok;
 }
 
 /* Each replica stopped in turn: the other two serve every acknowledged object as sent. */
@@ -908,11 +915,17 @@ static void test_replicas_agree(void)
 {
         for (uint32_t stopped = 0; stopped < REPLICAS; stopped++) {
                 CHECK(kill(pids[stopped], SIGSTOP) == 0);
-                for (uint32_t r = 0; r < REPLICAS; r++) {
+                bool answered = true;
+                for (uint32_t r = 0; r < REPLICAS && answered; r++) {
                         if (r != stopped)
-                                check_acknowledged_through(r);
+                                answered = check_acknowledged_through(r);
                 }
                 CHECK(kill(pids[stopped], SIGCONT) == 0);
+                if (!answered) {
+                        fprintf(stderr, "  with replica %u stopped the others did not answer\n",
+                                stopped);
+                        break; /* a stalled cluster: every further wait would time out too */
+                }
                 /* Back in the cluster before the next one stops. */
                 bool ok = serves(stopped, LOOKUP_DEADLINE_MS);
                 if (!ok)
@@ -920,16 +933,35 @@ static void test_replicas_agree(void)
                 CHECK(ok);
         }
         check_all_alive();
-        fprintf(stderr, "  %u accounts, %u transfers acknowledged; %u forged accounts absent\n",
+        fprintf(stderr, "  %u accounts, %u transfers acknowledged; %u forged accounts looked for\n",
                 account_count, transfer_count, forged_count);
+}
+
+/* TALLY_HOSTILE_CASES=name,name runs only those cases (to study one attack on its own). */
+static bool case_selected(const char *name)
+{
+        const char *list = getenv("TALLY_HOSTILE_CASES");
+        if (list == NULL || list[0] == '\0')
+                return true;
+        size_t length = strlen(name);
+        for (const char *p = strstr(list, name); p != NULL; p = strstr(p + 1, name)) {
+                if ((p == list || p[-1] == ',') && (p[length] == ',' || p[length] == '\0'))
+                        return true;
+        }
+        return false;
 }
 
 #define CASE(fn)                                                                                   \
         do {                                                                                       \
+                if (!case_selected(#fn))                                                           \
+                        break;                                                                     \
                 int failed_before = test_functions_failed;                                         \
                 close_wait_ms = CLOSE_WAIT_MS;                                                     \
+                kept_open = 0;                                                                     \
                 int64_t start = now_ms();                                                          \
                 TEST_RUN(fn);                                                                      \
+                if (kept_open > 0)                                                                 \
+                        fprintf(stderr, "  %u connections kept open in %s\n", kept_open, #fn);     \
                 if (test_functions_failed == failed_before)                                        \
                         printf("ok %s (%lld ms)\n", #fn, (long long)(now_ms() - start));           \
         } while (0)
