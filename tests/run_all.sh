@@ -56,6 +56,10 @@ else
   TOTAL_FAILED=$((TOTAL_FAILED + 1)); echo "bad input: the server did not start" >>"$FAILURES"
 fi
 
+section "hostile peers: forged, replayed and impersonating replica traffic (sanitizer build)"
+timeout 180 tests/server/hostile_peers.sh build/asan/tally >"$WORK/hostile-peers.out" 2>&1; rc=$?
+cat "$WORK/hostile-peers.out"; record "hostile peers" "$WORK/hostile-peers.out" $rc
+
 section "tally benchmark (smoke)"
 timeout 300 tests/server/benchmark_smoke.sh ./tally >"$WORK/bench-smoke.out" 2>&1; rc=$?
 cat "$WORK/bench-smoke.out"; record "benchmark smoke" "$WORK/bench-smoke.out" $rc

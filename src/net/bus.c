@@ -888,10 +888,13 @@ static bool peer_check(struct bus *bus, struct bus_connection *c, const struct w
         }
         if (!c->warned_identity) {
                 c->warned_identity = true;
-                log_warn("replica message on an incoming connection from an unexpected replica "
-                         "command=%s replica=%u self=%u peer=%s (only lower replicas connect to "
-                         "us; same --addresses order everywhere? two processes with one index?)",
-                         wire_command_name(h->command), h->replica, bus->replica, c->peer);
+                /* Once per connection is not enough of a limit: an outsider opens many. */
+                if (auth_warn_due(bus))
+                        log_warn("replica message on an incoming connection from an unexpected "
+                                 "replica command=%s replica=%u self=%u peer=%s (only lower "
+                                 "replicas connect to us; same --addresses order everywhere? two "
+                                 "processes with one index?)",
+                                 wire_command_name(h->command), h->replica, bus->replica, c->peer);
         }
         return true; /* not identified: replica_message_refused() closes it */
 }
