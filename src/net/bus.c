@@ -63,7 +63,7 @@ static void peer_connection_closing(struct bus *bus, struct bus_connection *c,
 static bool peer_check(struct bus *bus, struct bus_connection *c, const struct wire_header *h);
 static void peers_tick(struct bus *bus, uint64_t now_ns);
 static bool auth_on_message(struct bus *bus, struct bus_connection *c);
-static bool auth_warn_due(struct bus *bus);
+static bool warn_due(struct bus *bus, enum bus_warn kind);
 static bool auth_verify_front(struct bus *bus, struct bus_connection *c);
 static void auth_dial(struct bus *bus, struct bus_connection *c);
 static void auth_and_keepalive_tick(struct bus *bus, uint64_t now_ns);
@@ -436,9 +436,10 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                 const char *invalid = wire_header_invalid(h);
                 if (invalid != NULL) {
                         bus->stats.messages_dropped_invalid++;
-                        log_warn("message dropped: invalid header command=%s reason=\"%s\" "
-                                 "peer=%s",
-                                 wire_command_name(h->command), invalid, c->peer);
+                        if (warn_due(bus, BUS_WARN_INVALID_HEADER))
+                                log_warn("message dropped: invalid header command=%s "
+                                         "reason=\"%s\" peer=%s",
+                                         wire_command_name(h->command), invalid, c->peer);
                         c->recv_consumed += h->size;
                         c->front_verified = false;
                         continue;
@@ -872,7 +873,7 @@ static bool peer_check(struct bus *bus, struct bus_connection *c, const struct w
                                  "claims to be replica %u, which is connected and alive "
                                  "(--cluster-key-file makes replicas prove who they are)",
                                  h->replica);
-                        if (auth_warn_due(bus))
+                        if (warn_due(bus, BUS_WARN_CLAIM_REFUSED))
                                 log_warn("connection refused: %s peer=%s", reason, c->peer);
                         connection_close(bus, c, reason, false);
                         return false;
@@ -889,7 +890,7 @@ static bool peer_check(struct bus *bus, struct bus_connection *c, const struct w
         if (!c->warned_identity) {
                 c->warned_identity = true;
                 /* Once per connection is not enough of a limit: an outsider opens many. */
-                if (auth_warn_due(bus))
+                if (warn_due(bus, BUS_WARN_UNEXPECTED_REPLICA))
                         log_warn("replica message on an incoming connection from an unexpected "
                                  "replica command=%s replica=%u self=%u peer=%s (only lower "
                                  "replicas connect to us; same --addresses order everywhere? two "
@@ -899,13 +900,20 @@ static bool peer_check(struct bus *bus, struct bus_connection *c, const struct w
         return true; /* not identified: replica_message_refused() closes it */
 }
 
-/* Refusal warnings (outsiders, misconfigured peers) at most once a second. */
-static bool auth_warn_due(struct bus *bus)
+/* Each kind of refusal warning (outsiders, misconfigured peers) at most once a second. */
+static bool warn_due(struct bus *bus, enum bus_warn kind)
 {
+        tally_assert(kind < BUS_WARN_COUNT);
         uint64_t now = io_monotonic_ns();
-        if (now < bus->auth_warn_after_ns)
+        if (now < bus->warn_after_ns[kind]) {
+                bus->warn_suppressed[kind]++;
                 return false;
-        bus->auth_warn_after_ns = now + 1000000000ull;
+        }
+        if (bus->warn_suppressed[kind] > 0)
+                log_warn("%llu more like the next line were not logged in the last second",
+                         (unsigned long long)bus->warn_suppressed[kind]);
+        bus->warn_suppressed[kind] = 0;
+        bus->warn_after_ns[kind] = now + 1000000000ull;
         return true;
 }
 
@@ -932,7 +940,7 @@ static bool replica_message_refused(struct bus *bus, struct bus_connection *c,
         }
         if (reason == NULL)
                 return false;
-        if (auth_warn_due(bus))
+        if (warn_due(bus, BUS_WARN_REPLICA_MESSAGE_REFUSED))
                 log_warn("connection closed: %s command=%s replica=%u peer=%s", reason,
                          wire_command_name(h->command), h->replica, c->peer);
         connection_close(bus, c, reason, false);
@@ -1118,7 +1126,7 @@ static void auth_dial(struct bus *bus, struct bus_connection *c)
 static bool auth_refuse(struct bus *bus, struct bus_connection *c, const char *reason)
 {
         bus->stats.peer_auth_failures++;
-        if (auth_warn_due(bus))
+        if (warn_due(bus, BUS_WARN_AUTH_FAILED))
                 log_warn("peer authentication failed: %s peer=%s", reason, c->peer);
         connection_close(bus, c, reason, false);
         return false;
@@ -1213,7 +1221,7 @@ static bool auth_on_proof(struct bus *bus, struct bus_connection *c,
 static bool auth_on_message(struct bus *bus, struct bus_connection *c)
 {
         if (!bus->auth) {
-                if (auth_warn_due(bus))
+                if (warn_due(bus, BUS_WARN_NO_KEY))
                         log_warn("connection closed: a peer authenticates with a cluster key "
                                  "but this replica has none (start every replica with the same "
                                  "--cluster-key-file) peer=%s",

@@ -166,6 +166,17 @@
 #define BUS_CLIENT_MESSAGES_MAX(connections_max)                                                   \
         (2u * ((connections_max) + BUS_PEER_RESERVED_SLOTS) + BUS_CLIENT_SEND_QUEUED_MAX)
 
+/* Warnings about replica traffic, each kind logged at most once a second. */
+enum bus_warn {
+        BUS_WARN_REPLICA_MESSAGE_REFUSED, /* a replica command off a peer connection */
+        BUS_WARN_CLAIM_REFUSED,           /* a newcomer claimed a live peer's index */
+        BUS_WARN_AUTH_FAILED,             /* a handshake or message failed the cluster key */
+        BUS_WARN_NO_KEY,                  /* a peer authenticates, we have no key */
+        BUS_WARN_UNEXPECTED_REPLICA,      /* a replica index that does not connect to us */
+        BUS_WARN_INVALID_HEADER,          /* a well-framed message with an invalid header */
+        BUS_WARN_COUNT,
+};
+
 /* The kinds of refusal, each counted in bus_stats.refusals and logged (rate limited). */
 enum bus_refusal {
         BUS_REFUSAL_SLOTS_FULL,        /* accept: every client (and reserved) slot in use */
@@ -321,7 +332,8 @@ struct bus {
         uint32_t connect_timeout_ms; /* BUS_PEER_CONNECT_TIMEOUT_MS; tests shorten it */
         bool auth;                   /* a cluster key is set: peers must prove it */
         struct peer_auth_key auth_key;
-        uint64_t auth_warn_after_ns; /* rate limit of the refusal warnings */
+        uint64_t warn_after_ns[BUS_WARN_COUNT]; /* rate limit per kind of warning */
+        uint64_t warn_suppressed[BUS_WARN_COUNT];
         uint64_t random_state;       /* backoff jitter */
         /* Limits: the BUS_*_TIMEOUT_MS constants; tests shorten them. */
         uint32_t idle_timeout_ms;
