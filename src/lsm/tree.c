@@ -360,6 +360,7 @@ static void source_tables(struct lsm_merge *m, struct source *s, const struct ls
         const struct lsm_layout *layout = &m->tree->layout;
         s->tables = tables;
         s->table_count = (int32_t)count;
+        s->cursor_ready = false; /* (re)positioned: the old cursor position means nothing */
         const void *start = m->reversed ? m->key_max : m->key_min;
         int32_t t;
         if (!m->reversed) {
@@ -497,6 +498,118 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
         bool ok = merge_run(&m, visit, context, &emitted, &stopped, UINT64_MAX);
         merge_free(&m);
         return ok ? (int64_t)emitted : -1;
+}
+
+/* ---- pull cursors ------------------------------------------------------------------------ */
+
+/* Positions every source at the merge's start (key_min, or key_max when reversed). */
+static void merge_position(struct lsm_merge *m)
+{
+        for (uint32_t k = 0; k < m->count; k++) {
+                struct source *s = &m->sources[k];
+                if (s->memtable)
+                        source_memtable(m, s);
+                else
+                        source_tables(m, s, s->tables, (uint32_t)s->table_count);
+        }
+}
+
+int lsm_tree_cursor_open(struct lsm_tree_cursor *c, struct lsm_tree *tree, const void *key_min,
+                         const void *key_max, bool reversed)
+{
+        memset(c, 0, sizeof(*c));
+        c->tree = tree;
+        const struct lsm_level *zero = &tree->levels[0];
+        uint32_t count = 1 + zero->count + (LSM_LEVELS - 1);
+        c->merge = malloc(sizeof(*c->merge));
+        if (c->merge == NULL || !merge_alloc(c->merge, tree, count)) {
+                free(c->merge);
+                c->merge = NULL;
+                return -ENOMEM;
+        }
+        struct lsm_merge *m = c->merge;
+        uint32_t key_size = tree->layout.key_size;
+        if (key_min != NULL) {
+                memcpy(c->bound_min, key_min, key_size);
+                m->key_min = c->bound_min;
+        }
+        if (key_max != NULL) {
+                memcpy(c->bound_max, key_max, key_size);
+                m->key_max = c->bound_max;
+        }
+        m->reversed = reversed;
+        uint32_t n = 0;
+        m->sources[n].rank = count;
+        m->sources[n++].memtable = true;
+        for (uint32_t k = zero->count; k > 0; k--) {
+                m->sources[n].rank = count - n;
+                m->sources[n].tables = &zero->tables[k - 1];
+                m->sources[n++].table_count = 1;
+        }
+        for (uint32_t i = 1; i < LSM_LEVELS; i++) {
+                m->sources[n].rank = count - n;
+                m->sources[n].tables = tree->levels[i].tables;
+                m->sources[n++].table_count = (int32_t)tree->levels[i].count;
+        }
+        merge_position(m);
+        return 0;
+}
+
+void lsm_tree_cursor_close(struct lsm_tree_cursor *c)
+{
+        if (c->merge != NULL) {
+                merge_free(c->merge);
+                free(c->merge);
+        }
+        c->merge = NULL;
+}
+
+const void *lsm_tree_cursor_value(struct lsm_tree_cursor *c)
+{
+        if (c->merge == NULL || c->merge->failed)
+                return NULL;
+        struct source *best = merge_pick(c->merge);
+        return best != NULL ? best->value : NULL;
+}
+
+bool lsm_tree_cursor_failed(const struct lsm_tree_cursor *c)
+{
+        return c->merge == NULL || c->merge->failed;
+}
+
+void lsm_tree_cursor_next(struct lsm_tree_cursor *c)
+{
+        struct lsm_merge *m = c->merge;
+        const struct lsm_layout *layout = &c->tree->layout;
+        struct source *best = merge_pick(m);
+        if (best == NULL)
+                return;
+        uint8_t key[LSM_KEY_SIZE_MAX];
+        memcpy(key, lsm_key_of(layout, best->value), layout->key_size);
+        for (uint32_t i = 0; i < m->count; i++) {
+                struct source *s = &m->sources[i];
+                while (s->value != NULL && layout->compare(lsm_key_of(layout, s->value), key) == 0)
+                        source_advance(m, s);
+        }
+}
+
+void lsm_tree_cursor_seek(struct lsm_tree_cursor *c, const void *key)
+{
+        struct lsm_merge *m = c->merge;
+        const struct lsm_layout *layout = &c->tree->layout;
+        /* Forward: from max(key, key_min); reversed: from min(key, key_max). Never back. */
+        if (!m->reversed) {
+                if (m->key_min != NULL && layout->compare(key, m->key_min) <= 0)
+                        return;
+                memcpy(c->bound_min, key, layout->key_size);
+                m->key_min = c->bound_min;
+        } else {
+                if (m->key_max != NULL && layout->compare(key, m->key_max) >= 0)
+                        return;
+                memcpy(c->bound_max, key, layout->key_size);
+                m->key_max = c->bound_max;
+        }
+        merge_position(m);
 }
 
 /* ---- flush and compaction ---------------------------------------------------------------- */

@@ -106,6 +106,27 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
                       bool reversed, bool (*visit)(void *context, const void *value),
                       void *context);
 
+/*
+ * A pull cursor over the newest version of each key in [key_min, key_max] (NULL: unbounded), in
+ * order or reversed, that can also seek forward (reversed: backward) to a key: what an
+ * intersection of index scans needs. The tree must not change while it is open.
+ */
+struct lsm_tree_cursor {
+        struct lsm_tree *tree;
+        struct lsm_merge *merge;
+        uint8_t bound_min[LSM_KEY_SIZE_MAX];
+        uint8_t bound_max[LSM_KEY_SIZE_MAX];
+};
+int lsm_tree_cursor_open(struct lsm_tree_cursor *cursor, struct lsm_tree *tree,
+                         const void *key_min, const void *key_max, bool reversed);
+void lsm_tree_cursor_close(struct lsm_tree_cursor *cursor);
+/* The current value; NULL at the end or after a read fault (lsm_tree_cursor_failed). */
+const void *lsm_tree_cursor_value(struct lsm_tree_cursor *cursor);
+void lsm_tree_cursor_next(struct lsm_tree_cursor *cursor);
+/* Moves to the first key >= `key` (reversed: the last key <= `key`); never moves back. */
+void lsm_tree_cursor_seek(struct lsm_tree_cursor *cursor, const void *key);
+bool lsm_tree_cursor_failed(const struct lsm_tree_cursor *cursor);
+
 /* Writes the memtable as level-0 tables and empties it. False on a write fault. */
 bool lsm_tree_flush(struct lsm_tree *tree);
 /* Compacts until every level is within its budget. False on a read or write fault. */

@@ -1,0 +1,341 @@
+/*
+ * groove.c: objects, id map and field indexes over LSM trees; leapfrog queries (groove.h).
+ */
+#include "lsm/groove.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+/* The id tree's values. */
+struct id_value {
+        u128 id;
+        uint64_t timestamp;
+        uint64_t reserved;
+};
+_Static_assert(sizeof(struct id_value) == 32, "id value size");
+
+/* Index values: (field, timestamp), ordered by field then timestamp. */
+struct index_small {
+        uint64_t field;
+        uint64_t timestamp;
+};
+_Static_assert(sizeof(struct index_small) == 16, "small index value size");
+
+struct index_large {
+        u128 field;
+        uint64_t timestamp;
+        uint64_t reserved;
+};
+_Static_assert(sizeof(struct index_large) == 32, "large index value size");
+
+static int compare_u64(const void *a, const void *b)
+{
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        return x < y ? -1 : x > y;
+}
+
+static int compare_u128(const void *a, const void *b)
+{
+        u128 x, y;
+        memcpy(&x, a, 16);
+        memcpy(&y, b, 16);
+        return x < y ? -1 : x > y;
+}
+
+static int compare_small(const void *a, const void *b)
+{
+        int c = compare_u64(a, b);
+        return c != 0 ? c : compare_u64((const uint8_t *)a + 8, (const uint8_t *)b + 8);
+}
+
+static int compare_large(const void *a, const void *b)
+{
+        int c = compare_u128(a, b);
+        return c != 0 ? c : compare_u64((const uint8_t *)a + 16, (const uint8_t *)b + 16);
+}
+
+static u128 field_of(const struct lsm_groove_index_config *index, const void *object)
+{
+        u128 value = 0;
+        memcpy(&value, (const uint8_t *)object + index->offset, index->size);
+        return value;
+}
+
+static uint64_t timestamp_of(const struct lsm_groove *g, const void *object)
+{
+        uint64_t timestamp;
+        memcpy(&timestamp, (const uint8_t *)object + g->config.timestamp_offset, 8);
+        return timestamp;
+}
+
+int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config,
+                    struct lsm_grid *grid)
+{
+        tally_assert(config->index_count <= LSM_GROOVE_INDEXES_MAX);
+        tally_assert(config->object_size <= LSM_VALUE_SIZE_MAX);
+        tally_assert(config->tree_base + 2 + config->index_count <= LSM_FOREST_TREES_MAX);
+        memset(g, 0, sizeof(*g));
+        g->config = *config;
+        uint32_t blocks = config->table_data_blocks_max;
+        g->layouts[0] = (struct lsm_layout){.tree = config->tree_base,
+                                            .value_size = config->object_size,
+                                            .key_size = 8,
+                                            .key_offset = config->timestamp_offset,
+                                            .compare = compare_u64,
+                                            .table_data_blocks_max = blocks};
+        g->layouts[1] = (struct lsm_layout){.tree = (uint8_t)(config->tree_base + 1),
+                                            .value_size = sizeof(struct id_value),
+                                            .key_size = 16,
+                                            .key_offset = 0,
+                                            .compare = compare_u128,
+                                            .table_data_blocks_max = blocks};
+        char name[32];
+        snprintf(name, sizeof(name), "%s", config->name);
+        if (lsm_tree_init(&g->objects, name, &g->layouts[0], grid, config->memtable_max) != 0)
+                return -ENOMEM;
+        snprintf(name, sizeof(name), "%s.id", config->name);
+        if (lsm_tree_init(&g->ids, name, &g->layouts[1], grid, config->memtable_max) != 0) {
+                lsm_groove_deinit(g);
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < config->index_count; i++) {
+                const struct lsm_groove_index_config *index = &config->indexes[i];
+                tally_assert(index->size == 1 || index->size == 2 || index->size == 4 ||
+                             index->size == 8 || index->size == 16);
+                bool large = index->size == 16;
+                g->layouts[2 + i] = (struct lsm_layout){
+                        .tree = (uint8_t)(config->tree_base + 2 + i),
+                        .value_size = large ? sizeof(struct index_large)
+                                            : sizeof(struct index_small),
+                        .key_size = large ? 24 : 16,
+                        .key_offset = 0,
+                        .compare = large ? compare_large : compare_small,
+                        .table_data_blocks_max = blocks};
+                snprintf(name, sizeof(name), "%s.%s", config->name, index->name);
+                if (lsm_tree_init(&g->indexes[i], name, &g->layouts[2 + i], grid,
+                                  config->memtable_max) != 0) {
+                        lsm_groove_deinit(g);
+                        return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
+void lsm_groove_deinit(struct lsm_groove *g)
+{
+        if (g->objects.memtable != NULL)
+                lsm_tree_deinit(&g->objects);
+        if (g->ids.memtable != NULL)
+                lsm_tree_deinit(&g->ids);
+        for (uint32_t i = 0; i < LSM_GROOVE_INDEXES_MAX; i++)
+                if (g->indexes[i].memtable != NULL)
+                        lsm_tree_deinit(&g->indexes[i]);
+}
+
+void lsm_groove_add_to_forest(struct lsm_groove *g, struct lsm_forest *forest)
+{
+        lsm_forest_add(forest, &g->objects);
+        lsm_forest_add(forest, &g->ids);
+        for (uint32_t i = 0; i < g->config.index_count; i++)
+                lsm_forest_add(forest, &g->indexes[i]);
+}
+
+bool lsm_groove_has_room(const struct lsm_groove *g, uint32_t count)
+{
+        /* Every tree takes at most one value per object. */
+        return lsm_tree_has_room(&g->objects, count);
+}
+
+static void index_put(struct lsm_groove *g, uint32_t i, u128 field, uint64_t timestamp)
+{
+        if (g->config.indexes[i].size == 16) {
+                struct index_large v = {.field = field, .timestamp = timestamp};
+                lsm_tree_put(&g->indexes[i], &v);
+        } else {
+                struct index_small v = {.field = (uint64_t)field, .timestamp = timestamp};
+                lsm_tree_put(&g->indexes[i], &v);
+        }
+}
+
+void lsm_groove_insert(struct lsm_groove *g, const void *object)
+{
+        uint64_t timestamp = timestamp_of(g, object);
+        tally_assert(timestamp != 0);
+        lsm_tree_put(&g->objects, object);
+        struct id_value id = {.timestamp = timestamp};
+        memcpy(&id.id, (const uint8_t *)object + g->config.id_offset, 16);
+        lsm_tree_put(&g->ids, &id);
+        for (uint32_t i = 0; i < g->config.index_count; i++) {
+                u128 field = field_of(&g->config.indexes[i], object);
+                if (field != 0)
+                        index_put(g, i, field, timestamp);
+        }
+}
+
+void lsm_groove_update(struct lsm_groove *g, const void *object)
+{
+        tally_assert(timestamp_of(g, object) != 0);
+        lsm_tree_put(&g->objects, object);
+}
+
+int lsm_groove_get_by_timestamp(struct lsm_groove *g, uint64_t timestamp, void *out)
+{
+        return lsm_tree_get(&g->objects, &timestamp, out);
+}
+
+int lsm_groove_get_by_id(struct lsm_groove *g, u128 id, void *out)
+{
+        struct id_value value;
+        int rc = lsm_tree_get(&g->ids, &id, &value);
+        if (rc != 1)
+                return rc;
+        rc = lsm_groove_get_by_timestamp(g, value.timestamp, out);
+        /* The id map and the objects are written together: one without the other is a bug. */
+        tally_assert(rc != 0);
+        return rc;
+}
+
+bool lsm_groove_flush(struct lsm_groove *g)
+{
+        bool ok = lsm_tree_flush(&g->objects) && lsm_tree_flush(&g->ids);
+        for (uint32_t i = 0; ok && i < g->config.index_count; i++)
+                ok = lsm_tree_flush(&g->indexes[i]);
+        return ok;
+}
+
+bool lsm_groove_compact(struct lsm_groove *g)
+{
+        bool ok = lsm_tree_compact(&g->objects) && lsm_tree_compact(&g->ids);
+        for (uint32_t i = 0; ok && i < g->config.index_count; i++)
+                ok = lsm_tree_compact(&g->indexes[i]);
+        return ok;
+}
+
+/* ---- queries ------------------------------------------------------------------------------ */
+
+/* An index key (field, timestamp) in the layout of index i. */
+static void index_key(const struct lsm_groove *g, uint32_t i, u128 field, uint64_t timestamp,
+                      uint8_t *key)
+{
+        memset(key, 0, LSM_KEY_SIZE_MAX);
+        if (g->config.indexes[i].size == 16) {
+                memcpy(key, &field, 16);
+                memcpy(key + 16, &timestamp, 8);
+        } else {
+                uint64_t small = (uint64_t)field;
+                memcpy(key, &small, 8);
+                memcpy(key + 8, &timestamp, 8);
+        }
+}
+
+static uint64_t index_timestamp(const struct lsm_groove *g, uint32_t i, const void *value)
+{
+        uint64_t timestamp;
+        memcpy(&timestamp, (const uint8_t *)value + (g->config.indexes[i].size == 16 ? 16 : 8), 8);
+        return timestamp;
+}
+
+int64_t lsm_groove_query(struct lsm_groove *g, const struct lsm_groove_filter *f, void *out,
+                         struct lsm_groove_query_stats *stats)
+{
+        memset(stats, 0, sizeof(*stats));
+        uint64_t ts_min = f->timestamp_min, ts_max = f->timestamp_max != 0 ? f->timestamp_max
+                                                                          : UINT64_MAX;
+        if (f->limit == 0 || ts_min > ts_max)
+                return 0;
+        uint32_t filtered[LSM_GROOVE_INDEXES_MAX];
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < g->config.index_count; i++) {
+                if (f->present[i]) {
+                        tally_assert(f->value[i] != 0); /* 0 means no filter */
+                        filtered[n++] = i;
+                }
+        }
+        uint8_t *results = out;
+        uint32_t size = g->config.object_size;
+        int64_t count = 0;
+        if (n == 0) {
+                struct lsm_tree_cursor c;
+                if (lsm_tree_cursor_open(&c, &g->objects, &ts_min, &ts_max, f->reversed) != 0)
+                        return -1;
+                const void *v;
+                while (count < f->limit && (v = lsm_tree_cursor_value(&c)) != NULL) {
+                        memcpy(results + (size_t)count * size, v, size);
+                        count++;
+                        stats->steps++;
+                        lsm_tree_cursor_next(&c);
+                }
+                bool failed = lsm_tree_cursor_failed(&c);
+                lsm_tree_cursor_close(&c);
+                return failed ? -1 : count;
+        }
+        struct lsm_tree_cursor cursors[LSM_GROOVE_INDEXES_MAX];
+        uint32_t opened = 0;
+        bool failed = false;
+        for (uint32_t k = 0; k < n && !failed; k++) {
+                uint32_t i = filtered[k];
+                uint8_t lo[LSM_KEY_SIZE_MAX], hi[LSM_KEY_SIZE_MAX];
+                index_key(g, i, f->value[i], ts_min, lo);
+                index_key(g, i, f->value[i], ts_max, hi);
+                failed = lsm_tree_cursor_open(&cursors[k], &g->indexes[i], lo, hi, f->reversed) != 0;
+                opened += failed ? 0 : 1;
+        }
+        /*
+         * Leapfrog: the cursor that is behind (forward: the smallest timestamp) seeks to the one
+         * ahead; when all agree, that timestamp is a result. Each move skips what cannot match.
+         */
+        while (!failed && count < f->limit) {
+                uint64_t target = 0;
+                bool done = false, agree = true;
+                for (uint32_t k = 0; k < n && !done; k++) {
+                        const void *v = lsm_tree_cursor_value(&cursors[k]);
+                        if (v == NULL) {
+                                done = true;
+                                break;
+                        }
+                        uint64_t t = index_timestamp(g, filtered[k], v);
+                        if (k == 0) {
+                                target = t;
+                        } else if (t != target) {
+                                agree = false;
+                                if (f->reversed ? t < target : t > target)
+                                        target = t;
+                        }
+                }
+                if (done)
+                        break;
+                if (agree) {
+                        int rc = lsm_groove_get_by_timestamp(g, target,
+                                                             results + (size_t)count * size);
+                        if (rc < 0) {
+                                failed = true;
+                                break;
+                        }
+                        tally_assert(rc == 1); /* indexed, so stored */
+                        count++;
+                        for (uint32_t k = 0; k < n; k++) {
+                                lsm_tree_cursor_next(&cursors[k]);
+                                stats->steps++;
+                        }
+                        continue;
+                }
+                for (uint32_t k = 0; k < n; k++) {
+                        const void *v = lsm_tree_cursor_value(&cursors[k]);
+                        if (index_timestamp(g, filtered[k], v) == target)
+                                continue;
+                        uint8_t key[LSM_KEY_SIZE_MAX];
+                        index_key(g, filtered[k], f->value[filtered[k]], target, key);
+                        lsm_tree_cursor_seek(&cursors[k], key);
+                        stats->seeks++;
+                        stats->steps++;
+                }
+        }
+        for (uint32_t k = 0; k < opened; k++) {
+                failed = failed || lsm_tree_cursor_failed(&cursors[k]);
+                lsm_tree_cursor_close(&cursors[k]);
+        }
+        return failed ? -1 : count;
+}

@@ -1,0 +1,92 @@
+/*
+ * groove.h: one kind of object (accounts, transfers) in LSM trees: by timestamp, by id, and by
+ * each indexed field, with queries served through the indexes (docs/storage.md, "Trees").
+ *
+ * Why: a query for ten results with a `code` or `user_data_128` filter must not read every
+ * object stored. A groove keeps, besides the objects (keyed by their unique timestamp) and the id
+ * map, one index tree per filterable field whose values are (field value, timestamp) pairs. A
+ * query opens a cursor per filtered field over (value, [timestamp_min, timestamp_max]) and
+ * intersects them by leapfrogging: the cursor that is behind seeks to the timestamp the others
+ * reached, so the cost follows the results and the seeks, not the objects stored. Without a field
+ * filter the objects tree is walked over the timestamp range.
+ *
+ * Zero values are not indexed (a filter of 0 means "any field value" in every query TigerBeetle
+ * has), which saves the space of unused user_data fields. Index values are 16 bytes for fields of
+ * up to 8 bytes and 32 bytes for 16-byte fields.
+ *
+ * Objects are inserted once; an update (an account's balances, a pending transfer's status)
+ * rewrites the object but never an indexed field or the id, so the indexes never need deletes.
+ */
+#ifndef TALLY_LSM_GROOVE_H
+#define TALLY_LSM_GROOVE_H
+
+#include "lsm/forest.h"
+
+#define LSM_GROOVE_INDEXES_MAX 8u
+
+struct lsm_groove_index_config {
+        const char *name;
+        uint16_t offset; /* of the field in the object */
+        uint8_t size;    /* 1, 2, 4, 8 or 16 bytes, little-endian */
+};
+
+struct lsm_groove_config {
+        const char *name;
+        uint8_t tree_base; /* trees base (objects), base + 1 (ids), base + 2 + i (index i) */
+        uint16_t object_size;
+        uint16_t id_offset;        /* u128 */
+        uint16_t timestamp_offset; /* u64, unique and never 0 */
+        uint32_t index_count;
+        struct lsm_groove_index_config indexes[LSM_GROOVE_INDEXES_MAX];
+        uint32_t memtable_max;          /* objects per bar */
+        uint32_t table_data_blocks_max; /* 0: the default (tests make small tables) */
+};
+
+struct lsm_groove {
+        struct lsm_groove_config config;
+        struct lsm_layout layouts[2 + LSM_GROOVE_INDEXES_MAX];
+        struct lsm_tree objects;
+        struct lsm_tree ids;
+        struct lsm_tree indexes[LSM_GROOVE_INDEXES_MAX];
+};
+
+int lsm_groove_init(struct lsm_groove *groove, const struct lsm_groove_config *config,
+                    struct lsm_grid *grid);
+void lsm_groove_deinit(struct lsm_groove *groove);
+void lsm_groove_add_to_forest(struct lsm_groove *groove, struct lsm_forest *forest);
+
+/* Room for `count` more objects in this bar (else flush first). */
+bool lsm_groove_has_room(const struct lsm_groove *groove, uint32_t count);
+void lsm_groove_insert(struct lsm_groove *groove, const void *object);
+/* The object with the same id and timestamp changed in fields that are not indexed. */
+void lsm_groove_update(struct lsm_groove *groove, const void *object);
+
+/* 1 and the object in `out`, 0 if absent, -1 on a read fault (grid->error). */
+int lsm_groove_get_by_timestamp(struct lsm_groove *groove, uint64_t timestamp, void *out);
+int lsm_groove_get_by_id(struct lsm_groove *groove, u128 id, void *out);
+
+bool lsm_groove_flush(struct lsm_groove *groove);
+bool lsm_groove_compact(struct lsm_groove *groove);
+
+struct lsm_groove_filter {
+        bool present[LSM_GROOVE_INDEXES_MAX]; /* filter on index i's field ... */
+        u128 value[LSM_GROOVE_INDEXES_MAX];   /* ... equal to this (never 0) */
+        uint64_t timestamp_min;               /* 0: no bound */
+        uint64_t timestamp_max;               /* 0: no bound */
+        bool reversed;
+        uint32_t limit;
+};
+
+struct lsm_groove_query_stats {
+        uint64_t steps; /* cursor moves and seeks */
+        uint64_t seeks;
+};
+
+/*
+ * The objects matching every filter, in timestamp order (or reversed), at most `limit`, into
+ * `out` (limit x object_size bytes). Returns how many, or -1 on a read fault (grid->error).
+ */
+int64_t lsm_groove_query(struct lsm_groove *groove, const struct lsm_groove_filter *filter,
+                         void *out, struct lsm_groove_query_stats *stats);
+
+#endif
