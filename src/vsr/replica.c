@@ -1293,8 +1293,13 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
         return 0;
 }
 
-/* Writes the installed state as this replica's own checkpoint (a restart then starts there). */
-void replica_checkpoint_installed(struct replica *r)
+/*
+ * Writes the installed state as this replica's own checkpoint (a restart then starts there).
+ * Its chain anchor is the installed op's prepare checksum, not r->parent: journal entries kept
+ * after the installed op moved r->parent to the last of them, and a restart replays those
+ * entries from the anchor, each chaining onto the one before.
+ */
+void replica_checkpoint_installed(struct replica *r, u128 prepare_checksum)
 {
         r->checkpoint_op_durable = 0; /* not durable here until written */
         if (r->checkpoint_in_progress)
@@ -1303,7 +1308,7 @@ void replica_checkpoint_installed(struct replica *r)
         struct wire_header h;
         memset(&h, 0, sizeof(h));
         h.prepare.op = r->commit;
-        h.checksum = r->parent;
+        h.checksum = prepare_checksum;
         fake.header = &h;
         fake.buffer = (uint8_t *)&h;
         replica_checkpoint_maybe(r, &fake);

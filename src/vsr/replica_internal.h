@@ -67,7 +67,7 @@ int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
 int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint64_t op,
                     u128 prepare_checksum, uint64_t timestamp, struct message **replies);
 /* Persists the checkpoint just installed by state sync. */
-void replica_checkpoint_installed(struct replica *r);
+void replica_checkpoint_installed(struct replica *r, u128 prepare_checksum);
 
 /* replica_sync.c */
 void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op);

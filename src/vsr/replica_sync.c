@@ -184,8 +184,9 @@ static void sync_finish(struct replica *r)
         }
         log_info("state sync installed checkpoint_op=%llu bytes=%llu",
                  (unsigned long long)r->sync.checkpoint_op, (unsigned long long)r->sync.size);
+        u128 anchor = r->sync.prepare_checksum;
         sync_reset(r);
-        replica_checkpoint_installed(r);
+        replica_checkpoint_installed(r, anchor);
 }
 
 static void on_block(struct replica *r, struct message *m)
