@@ -94,6 +94,28 @@ static void test_result_names(void)
         CHECK(metrics_result_name(true, 200) == NULL);
 }
 
+static void test_log_json(void)
+{
+        static char out[512];
+        log_format_json(out, sizeof(out), "T", "warn", 2,
+                        "connection closed: peer closed peer=127.0.0.1:5 error=Connection reset "
+                        "by peer count=12 replica=2 note=\"q\"");
+        CHECK(strcmp(out, "{\"time\":\"T\",\"level\":\"warn\",\"replica\":2,\"msg\":"
+                          "\"connection closed: peer closed\",\"peer\":\"127.0.0.1:5\","
+                          "\"error\":\"Connection reset by peer\",\"count\":12,"
+                          "\"note\":\"\\\"q\\\"\"}") == 0);
+        log_format_json(out, sizeof(out), "T", "info", -1, "key=1 other=-5 big=123456789012345678901");
+        CHECK(strcmp(out, "{\"time\":\"T\",\"level\":\"info\",\"msg\":\"\",\"key\":1,"
+                          "\"other\":-5,\"big\":\"123456789012345678901\"}") == 0);
+        /* Cut short: still one valid object, whole pairs only. */
+        char small[64];
+        log_format_json(small, sizeof(small), "2026-01-01T00:00:00.000Z", "error", 1,
+                        "a long message with control \x01 chars alpha=1 beta=2 gamma=3");
+        size_t n = strlen(small);
+        CHECK(n < sizeof(small));
+        CHECK(small[0] == '{' && small[n - 1] == '}');
+}
+
 static enum http_parse parse(const char *text, struct http_request *request)
 {
         return http_parse_request(text, (uint32_t)strlen(text), request);
@@ -346,6 +368,7 @@ int main(void)
         TEST_RUN(test_expo_histogram);
         TEST_RUN(test_expo_overflow);
         TEST_RUN(test_result_names);
+        TEST_RUN(test_log_json);
         TEST_RUN(test_parse_valid);
         TEST_RUN(test_parse_partial);
         TEST_RUN(test_parse_hostile);
