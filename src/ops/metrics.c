@@ -533,9 +533,11 @@ bool metrics_ready(const struct metrics_sources *s, char *why, size_t why_size)
                          (unsigned long long)r->commit, (unsigned long long)r->commit_max);
                 return false;
         }
-        if (refusing_capacity(r)) {
-                struct ledger_stats ls;
-                ledger_get_stats(s->ledger, &ls);
+        struct ledger_stats ls;
+        ledger_get_stats(s->ledger, &ls);
+        /* Refused recently, or full now (clients back off, so refusals can pause). */
+        if (refusing_capacity(r) || ls.accounts >= s->accounts_max ||
+            ls.transfers >= s->transfers_max) {
                 snprintf(why, why_size,
                          "refusing writes: ledger capacity exhausted (accounts %llu of %llu, "
                          "transfers %llu of %llu)",
