@@ -44,6 +44,9 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
+# `tally version --verbose` prints the flags the build used.
+$(BUILD)/src/cli/main.o: CFLAGS += -DTALLY_BUILD_CFLAGS='"$(CC) $(CFLAGS_VARIANT) $(EXTRA_CFLAGS)"'
+
 $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Itests/unit -o $@ $< $(LIB_OBJ) $(LDFLAGS)

@@ -72,9 +72,17 @@ cat "$WORK/crash.out"; record "crash (release, 25 kills)" "$WORK/crash.out" $rc
 timeout 600 build/asan/tests/server/crash build/asan/tally "$WORK/crash" 10 "$((seed + 1))" >"$WORK/crash-asan.out" 2>&1; rc=$?
 tail -5 "$WORK/crash-asan.out"; record "crash (sanitizer, 10 kills)" "$WORK/crash-asan.out" $rc
 
+section "io_uring forbidden by seccomp: the epoll backend (unit, bad input, benchmark, crash, Node client)"
+timeout 420 tests/server/io_fallback.sh >"$WORK/io-fallback.out" 2>&1; rc=$?
+cat "$WORK/io-fallback.out"; record "io_uring forbidden (epoll backend)" "$WORK/io-fallback.out" $rc
+
 section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
+
+section "Prometheus scraping a 3-replica cluster under load (metrics, health, promtool)"
+timeout 120 tests/server/prometheus.sh ./tally build/release/tests/server/load >"$WORK/prometheus.out" 2>&1; rc=$?
+cat "$WORK/prometheus.out"; record "prometheus" "$WORK/prometheus.out" $rc
 
 section "deterministic simulator, 1, 2, 3 and 5 replicas (network, disk, crash and clock faults)"
 # 50 seeds per cluster size; wider sweeps: tests/sim/run.sh ./tally 250, or make sim-soak.

@@ -3,6 +3,7 @@
  *
  * Wires the layers together: io (the loop), bus (connections), storage (the data file),
  * ledger (state machine) and replica (sessions, pipeline, commit). The loop ticks every 10 ms.
+ * With --metrics-address the same loop serves /metrics, /health/live and /health/ready (ops/).
  */
 #include "cli/cli.h"
 #include "io/address.h"
@@ -11,6 +12,8 @@
 #include "lib/flags.h"
 #include "lib/log.h"
 #include "net/bus.h"
+#include "ops/http.h"
+#include "ops/metrics.h"
 #include "storage/storage.h"
 #include "vsr/replica.h"
 
@@ -31,6 +34,10 @@ struct server {
         struct bus bus;
         struct replica replica;
         struct ledger *ledger;
+        bool metrics;
+        struct http_server http;
+        struct metrics_sources metrics_sources;
+        uint64_t storage_failed_logged_ns;
 };
 
 static volatile sig_atomic_t stop_signal;
@@ -81,6 +88,12 @@ static uint64_t env_realtime_ns(void *context)
 {
         (void)context;
         return io_realtime_ns();
+}
+
+static uint64_t env_monotonic_ns(void *context)
+{
+        (void)context;
+        return io_monotonic_ns();
 }
 
 struct checkpoint_done_context {
@@ -291,6 +304,66 @@ static int resolve_self(struct address *self, uint8_t replica_count)
         return 0;
 }
 
+/*
+ * After a failed write or sync the replica acknowledges nothing more until restarted; the
+ * storage logs that once, and clients only see silence, so it is repeated every 5 s.
+ */
+#define STORAGE_FAILED_LOG_INTERVAL_NS 5000000000ull
+static void storage_failed_log(struct server *s)
+{
+        if (!s->storage.failed)
+                return;
+        uint64_t now = io_monotonic_ns();
+        if (s->storage_failed_logged_ns != 0 &&
+            now < s->storage_failed_logged_ns + STORAGE_FAILED_LOG_INTERVAL_NS)
+                return;
+        s->storage_failed_logged_ns = now;
+        log_error("refusing writes: a data file write or sync failed; nothing more is "
+                  "acknowledged until this replica is restarted (check the disk) commit=%llu",
+                  (unsigned long long)s->replica.commit);
+}
+
+/* --metrics-address: one address, a literal or a name resolved once at start. */
+static int metrics_start(struct server *s, const char *text,
+                         const struct ledger_config *ledger_config)
+{
+        struct address address[ADDRESSES_MAX];
+        uint32_t count = 0;
+        char error[512];
+        if (address_parse_list(text, address, &count, error, sizeof(error)) != 0 || count != 1) {
+                cli_error("start: --metrics-address: %s",
+                          count != 1 ? "exactly one address expected" : error);
+                return -1;
+        }
+        if (address_resolve(&address[0], error, sizeof(error)) != 0) {
+                cli_error("start: --metrics-address: %s", error);
+                return -1;
+        }
+        s->metrics_sources = (struct metrics_sources){
+                .replica = &s->replica,
+                .bus = &s->bus,
+                .storage = &s->storage,
+                .pool = &s->pool,
+                .ledger = s->ledger,
+                .accounts_max = ledger_config->accounts_max,
+                .transfers_max = ledger_config->transfers_max,
+                .http = &s->http.stats,
+                .started_realtime_ns = io_realtime_ns(),
+                .version = TALLY_VERSION,
+        };
+        struct sockaddr_storage bound;
+        if (http_server_start(&s->http, &s->io, &address[0], metrics_http_handler,
+                              &s->metrics_sources, &bound) != 0) {
+                cli_error("start: cannot listen on --metrics-address=%s", text);
+                return -1;
+        }
+        s->metrics = true;
+        char bound_text[80];
+        address_format(&bound, bound_text, sizeof(bound_text));
+        log_info("metrics listening on %s", bound_text);
+        return 0;
+}
+
 static int serve(struct server *s)
 {
         struct sigaction sa;
@@ -304,13 +377,19 @@ static int serve(struct server *s)
                         return 1;
                 bus_tick(&s->bus);
                 replica_tick(&s->replica);
+                if (s->metrics)
+                        http_server_tick(&s->http);
+                storage_failed_log(s);
         }
         log_info("stopping signal=%s", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
         bus_stop(&s->bus);
+        if (s->metrics)
+                http_server_stop(&s->http);
         /* Let closes and in-flight journal writes finish, for at most a second. */
         uint64_t deadline = io_monotonic_ns() + 1000000000ull;
         while (io_monotonic_ns() < deadline &&
-               (s->bus.stats.connections_active > 0 || s->storage.sync_pending)) {
+               (s->bus.stats.connections_active > 0 || s->storage.sync_pending ||
+                (s->metrics && !http_server_idle(&s->http)))) {
                 io_run(&s->io, TICK_NS, true);
         }
         log_info("stopped commit=%llu", (unsigned long long)s->replica.commit);
@@ -325,6 +404,7 @@ int cli_start(int argc, char **argv)
                 {.name = "accounts-max", .kind = FLAG_U64},
                 {.name = "transfers-max", .kind = FLAG_U64},
                 {.name = "cluster-key-file", .kind = FLAG_STRING},
+                {.name = "metrics-address", .kind = FLAG_STRING},
         };
         const char *positional[1];
         uint32_t positional_count = 0;
@@ -356,7 +436,7 @@ int cli_start(int argc, char **argv)
         static struct server server;
         struct server *s = &server;
         if (io_init(&s->io, 512) != 0) {
-                cli_error("start: io_uring is unavailable on this kernel");
+                cli_error("start: no I/O backend could start (see the log line above)");
                 return 1;
         }
         if (message_pool_init(&s->pool, MESSAGES_MAX) != 0) {
@@ -417,6 +497,7 @@ int cli_start(int argc, char **argv)
                 .connection_alive = env_connection_alive,
                 .journal_write = env_journal_write,
                 .realtime_ns = env_realtime_ns,
+                .monotonic_ns = env_monotonic_ns,
                 .checkpoint = env_checkpoint,
                 .journal_read = env_journal_read,
                 .view_write = env_view_write,
@@ -467,6 +548,8 @@ int cli_start(int argc, char **argv)
                 return 1;
         }
         log_set_replica(sb->replica);
+        if (flags[5].present && metrics_start(s, flags[5].string, &ledger_config) != 0)
+                return 1;
         char bound_text[80];
         address_format(&bound, bound_text, sizeof(bound_text));
         char cluster[40];

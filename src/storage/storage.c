@@ -531,6 +531,7 @@ static void on_sync(struct io_completion *completion, int32_t result)
         struct storage *storage = completion->context;
         storage->sync_pending = false;
         storage->syncs++;
+        histogram_observe(&storage->sync_latency, io_monotonic_ns() - storage->sync_started_ns);
         if (result < 0) {
                 /* After a failed fdatasync the page cache state is unknown: never ack. */
                 storage->failed = true;
@@ -566,6 +567,7 @@ static void sync_maybe_start(struct storage *storage)
         if (!any)
                 return;
         storage->sync_pending = true;
+        storage->sync_started_ns = io_monotonic_ns();
         storage->sync_completion.callback = on_sync;
         storage->sync_completion.context = storage;
         io_fsync(storage->io, &storage->sync_completion, storage->fd);

@@ -22,6 +22,7 @@
 #define TALLY_STORAGE_H
 
 #include "io/io.h"
+#include "lib/histogram.h"
 #include "wire/message.h"
 
 #define SUPERBLOCK_COPIES 4u
@@ -249,6 +250,8 @@ struct storage {
         void *view_context;
         uint64_t syncs;
         uint64_t prepares_written;
+        uint64_t sync_started_ns;       /* of the journal sync in flight */
+        struct histogram sync_latency; /* journal fdatasync, for metrics */
 };
 
 /*

@@ -14,6 +14,7 @@
 #include "vsr/replica_internal.h"
 #include "lib/log.h"
 #include "wire/checksum.h"
+#include "wire/multi_batch.h"
 #include "wire/types.h"
 
 #include <stdio.h>
@@ -166,17 +167,64 @@ void replica_send_eviction(struct replica *r, replica_connection connection, u12
         wire_header_set_checksum(h);
         tally_assert(wire_header_invalid(h) == NULL);
         r->stats.evictions_sent++;
+        r->stats.evictions_by_reason[reason < ARRAY_LEN(r->stats.evictions_by_reason) ? reason
+                                                                                    : 0]++;
         log_info("client evicted client=%016llx%016llx reason=%u", U128_HI(client),
                  U128_LO(client), reason);
         replica_send_to(r, connection, m);
         message_unref(r->pool, m);
 }
 
-static void drop(struct replica *r, const struct wire_header *h, const char *why)
+static const char *const drop_names[REPLICA_DROP_COUNT] = {
+        [REPLICA_DROP_CAPACITY_EXHAUSTED] = "capacity_exhausted",
+        [REPLICA_DROP_QUEUE_FULL] = "queue_full",
+        [REPLICA_DROP_VIEW_CHANGE] = "view_change",
+        [REPLICA_DROP_NOT_NORMAL] = "not_normal",
+        [REPLICA_DROP_PRIMARY_CATCHING_UP] = "primary_catching_up",
+        [REPLICA_DROP_NEWER_VIEW] = "newer_view",
+        [REPLICA_DROP_FORWARDED_TO_BACKUP] = "forwarded_to_backup",
+        [REPLICA_DROP_ALREADY_IN_PIPELINE] = "already_in_pipeline",
+        [REPLICA_DROP_REGISTER_IN_PIPELINE] = "register_in_pipeline",
+        [REPLICA_DROP_OLDER_REQUEST] = "older_request",
+        [REPLICA_DROP_REQUEST_COLLISION] = "request_collision",
+        [REPLICA_DROP_REQUEST_SKIPS_AHEAD] = "request_skips_ahead",
+        [REPLICA_DROP_PARENT_MISMATCH] = "parent_mismatch",
+        [REPLICA_DROP_SESSION_FROM_FUTURE] = "session_from_future",
+};
+
+const char *replica_drop_name(enum replica_drop drop)
 {
+        tally_assert(drop < REPLICA_DROP_COUNT);
+        tally_assert(drop_names[drop] != NULL);
+        return drop_names[drop];
+}
+
+static void drop(struct replica *r, const struct wire_header *h, enum replica_drop why)
+{
+        tally_assert(why < REPLICA_DROP_COUNT);
         r->stats.requests_dropped++;
-        log_debug("request dropped: %s client=%016llx%016llx request=%u", why,
+        r->stats.requests_dropped_by[why]++;
+        log_debug("request dropped: %s client=%016llx%016llx request=%u", replica_drop_name(why),
                   U128_HI(h->request.client), U128_LO(h->request.client), h->request.request);
+}
+
+/*
+ * A refusal of writes is an operator's problem that lasts until they act, and clients only
+ * see their requests go unanswered: so it is logged at least every REPLICA_REFUSAL_LOG_TICKS
+ * while requests keep being refused, each line with the number refused since the last.
+ */
+static void refusal_note(struct replica *r, const char *why)
+{
+        r->stats.refused_last_tick = MAX(r->tick, 1);
+        r->stats.refused_since_logged++;
+        if (r->stats.refused_logged_tick != 0 &&
+            r->tick < r->stats.refused_logged_tick + REPLICA_REFUSAL_LOG_TICKS)
+                return;
+        log_error("request refused: %s refused_since_last_log=%llu refused_total=%llu", why,
+                  (unsigned long long)r->stats.refused_since_logged,
+                  (unsigned long long)r->stats.refused_capacity);
+        r->stats.refused_logged_tick = MAX(r->tick, 1);
+        r->stats.refused_since_logged = 0;
 }
 
 /* True if this client already has a request queued or in the pipeline. */
@@ -268,7 +316,7 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
                                 return false;
                         }
                         if (req->session > entry->session) {
-                                drop(r, h, "session from the future");
+                                drop(r, h, REPLICA_DROP_SESSION_FROM_FUTURE);
                                 return false;
                         }
                 }
@@ -278,12 +326,12 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
                         return false;
                 }
                 if (req->request < entry->request) {
-                        drop(r, h, "older request");
+                        drop(r, h, REPLICA_DROP_OLDER_REQUEST);
                         return false;
                 }
                 if (req->request == entry->request) {
                         if (h->checksum != entry->reply->header->reply.request_checksum) {
-                                drop(r, h, "request collision");
+                                drop(r, h, REPLICA_DROP_REQUEST_COLLISION);
                                 return false;
                         }
                         r->stats.replies_resent++;
@@ -291,17 +339,17 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
                         return false;
                 }
                 if (req->request != entry->request + 1) {
-                        drop(r, h, "request number skips ahead");
+                        drop(r, h, REPLICA_DROP_REQUEST_SKIPS_AHEAD);
                         return false;
                 }
                 if (req->parent != entry->reply->header->reply.context) {
-                        drop(r, h, "parent does not match the previous reply");
+                        drop(r, h, REPLICA_DROP_PARENT_MISMATCH);
                         return false;
                 }
         } else if (req->operation != OPERATION_REGISTER) {
                 bool is_register = false;
                 if (client_in_flight(r, req->client, &is_register) && is_register) {
-                        drop(r, h, "register still in the pipeline");
+                        drop(r, h, REPLICA_DROP_REGISTER_IN_PIPELINE);
                         return false;
                 }
                 replica_send_eviction(r, connection, req->client, EVICTION_NO_SESSION);
@@ -309,11 +357,11 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
         }
         bool is_register = false;
         if (client_in_flight(r, req->client, &is_register)) {
-                drop(r, h, "request already in the pipeline");
+                drop(r, h, REPLICA_DROP_ALREADY_IN_PIPELINE);
                 return false;
         }
         if (r->queue_count == REPLICA_REQUEST_QUEUE_MAX) {
-                drop(r, h, "request queue full");
+                drop(r, h, REPLICA_DROP_QUEUE_FULL);
                 return false;
         }
         if (req->operation != OPERATION_REGISTER &&
@@ -321,11 +369,9 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
                                        h->size - WIRE_HEADER_SIZE,
                                        r->pending_create_events)) {
                 r->stats.refused_capacity++;
-                if (r->stats.refused_capacity % 1000 == 1)
-                        log_error("request refused: ledger capacity exhausted; start with larger "
-                                  "capacities refused_total=%llu",
-                                  (unsigned long long)r->stats.refused_capacity);
-                drop(r, h, "ledger capacity exhausted");
+                refusal_note(r, "ledger capacity exhausted; restart with larger "
+                                "--accounts-max / --transfers-max");
+                drop(r, h, REPLICA_DROP_CAPACITY_EXHAUSTED);
                 return false;
         }
         return true;
@@ -348,9 +394,9 @@ static void backup_on_request(struct replica *r, replica_connection connection,
                 return;
         }
         if (entry != NULL && h->request.request < entry->request)
-                return drop(r, h, "older request");
+                return drop(r, h, REPLICA_DROP_OLDER_REQUEST);
         if (r->status != REPLICA_STATUS_NORMAL)
-                return drop(r, h, "view change in progress");
+                return drop(r, h, REPLICA_DROP_VIEW_CHANGE);
         r->stats.requests_forwarded++;
         r->env.send_to_replica(r->env.context, replica_primary_index(r, r->view), m);
 }
@@ -364,24 +410,24 @@ static void on_request(struct replica *r, replica_connection connection, struct 
         if (!from_peer)
                 replica_client_seen(r, req->client, connection, req->request);
         if (r->status != REPLICA_STATUS_NORMAL && !replica_is_primary(r))
-                return drop(r, h, "not in normal status");
+                return drop(r, h, REPLICA_DROP_NOT_NORMAL);
         if (!replica_is_primary(r)) {
                 if (from_peer)
-                        return drop(r, h, "forwarded request reached a backup");
+                        return drop(r, h, REPLICA_DROP_FORWARDED_TO_BACKUP);
                 return backup_on_request(r, connection, m);
         }
         if (r->status != REPLICA_STATUS_NORMAL)
-                return drop(r, h, "view change in progress");
+                return drop(r, h, REPLICA_DROP_VIEW_CHANGE);
         /*
          * A new primary first executes what is committed and replicates its log's old
          * suffix: a request may be among those ops already, and sessions are not current yet
          * (an eviction now could be wrong). The client retries.
          */
         if (r->commit < r->commit_max || r->suffix_next != 0)
-                return drop(r, h, "primary still catching up");
+                return drop(r, h, REPLICA_DROP_PRIMARY_CATCHING_UP);
         /* A client may know a newer view than a lagging primary; it retries. */
         if (h->view > r->view)
-                return drop(r, h, "request from a newer view");
+                return drop(r, h, REPLICA_DROP_NEWER_VIEW);
         if (!request_well_formed(r, connection, m))
                 return;
         if (!replica_request_acceptable(r, connection, m))
@@ -390,6 +436,9 @@ static void on_request(struct replica *r, replica_connection connection, struct 
                 &r->queue[(r->queue_head + r->queue_count) % REPLICA_REQUEST_QUEUE_MAX];
         q->request = message_ref(m);
         q->connection = from_peer ? 0 : connection;
+        q->received_ns = (!from_peer && r->env.monotonic_ns != NULL)
+                                 ? r->env.monotonic_ns(r->env.context)
+                                 : 0;
         r->queue_count++;
         if (req->operation != OPERATION_REGISTER)
                 r->pending_create_events += ledger_timestamp_delta(
@@ -582,6 +631,64 @@ void replica_tick(struct replica *r)
         replication_tick(r);
 }
 
+/* Counts one create batch's results by code (only failures are in a reply). */
+static void stats_count_results(uint64_t *counts, const uint8_t *results, uint32_t count)
+{
+        for (uint32_t i = 0; i < count; i++) {
+                struct wire_create_result result;
+                memcpy(&result, results + (size_t)i * sizeof(result), sizeof(result));
+                counts[MIN(result.result, REPLICA_RESULT_CODES_MAX - 1)]++;
+        }
+}
+
+/*
+ * Per operation counters and create result codes. The reply holds one result per failed
+ * event only, so this walks a few entries per batch at most in the common case.
+ */
+static void stats_count_commit(struct replica *r, const struct message *prepare,
+                               const struct message *reply, uint32_t reply_body_size)
+{
+        const struct wire_header *p = prepare->header;
+        uint8_t operation = p->prepare.operation;
+        r->stats.committed_by_operation[operation]++;
+        if (operation == OPERATION_REGISTER || operation == OPERATION_PULSE)
+                return;
+        uint32_t body_size = p->size - WIRE_HEADER_SIZE;
+        uint32_t events = ledger_timestamp_delta(operation, message_body(prepare), body_size);
+        if (operation == OPERATION_LOOKUP_ACCOUNTS || operation == OPERATION_LOOKUP_TRANSFERS) {
+                struct multi_batch_decoder ids;
+                if (multi_batch_decode_init(&ids, message_body(prepare), body_size, sizeof(u128)))
+                        events = ids.payload_size / (uint32_t)sizeof(u128);
+        }
+        r->stats.events_by_operation[operation] += events;
+        uint64_t *counts = NULL;
+        bool multi = true;
+        if (operation == OPERATION_CREATE_ACCOUNTS ||
+            operation == OPERATION_DEPRECATED_CREATE_ACCOUNTS_UNBATCHED) {
+                counts = r->stats.create_account_results;
+                multi = operation == OPERATION_CREATE_ACCOUNTS;
+        } else if (operation == OPERATION_CREATE_TRANSFERS ||
+                   operation == OPERATION_DEPRECATED_CREATE_TRANSFERS_UNBATCHED) {
+                counts = r->stats.create_transfer_results;
+                multi = operation == OPERATION_CREATE_TRANSFERS;
+        }
+        if (counts == NULL || reply_body_size == 0)
+                return;
+        if (!multi) {
+                stats_count_results(counts, message_body(reply),
+                                    reply_body_size / sizeof(struct wire_create_result));
+                return;
+        }
+        struct multi_batch_decoder decoder;
+        if (!multi_batch_decode_init(&decoder, message_body(reply), reply_body_size,
+                                     sizeof(struct wire_create_result)))
+                return;
+        const uint8_t *batch;
+        uint32_t count;
+        while (multi_batch_decode_next(&decoder, &batch, &count))
+                stats_count_results(counts, batch, count);
+}
+
 /* Creates the session of a committed register, evicting the oldest session if full. */
 static struct replica_client *session_create(struct replica *r, const struct wire_header *p)
 {
@@ -602,6 +709,7 @@ static struct replica_client *session_create(struct replica *r, const struct wir
                             entry->reply->header->reply.commit)
                                 entry = &r->clients[i];
                 }
+                r->stats.sessions_evicted++;
                 log_info("session evicted to make room client=%016llx%016llx session=%llu",
                          U128_HI(entry->client), U128_LO(entry->client),
                          (unsigned long long)entry->session);
@@ -651,6 +759,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 if (p->prepare.client != 0)
                         entry = client_find(r, p->prepare.client);
         }
+        stats_count_commit(r, prepare, reply, body_size);
         r->commit = p->prepare.op;
         r->commit_checksum = p->checksum;
         if (r->commit_max < r->commit)

@@ -19,6 +19,7 @@
 #define TALLY_VSR_REPLICA_H
 
 #include "ledger/ledger.h"
+#include "lib/histogram.h"
 #include "wire/message.h"
 
 #define REPLICA_PIPELINE_MAX 8u       /* prepares in flight (journaling, awaiting quorum) */
@@ -122,6 +123,12 @@ struct replica_env {
         /* State sync, serving side: the reply the durable checkpoint keeps in `slot`. */
         bool (*reply_read)(void *context, uint32_t slot, u128 checksum, struct message *into);
 
+        /*
+         * Optional: a monotonic clock for the request latency histogram (stats.request_latency);
+         * without it (the simulator) latency is not measured.
+         */
+        uint64_t (*monotonic_ns)(void *context);
+
         /* Optional, for the simulator's checks: every prepare this replica commits, in order. */
         void (*committed)(void *context, const struct message *prepare,
                           const struct message *reply);
@@ -196,11 +203,13 @@ struct replica_pipeline_entry {
         struct message *prepare;
         struct message *reply; /* reserved at prepare time so commit cannot run short */
         uint8_t ok;            /* bit i: replica i holds the prepare durably */
+        uint64_t received_ns;  /* its request's arrival (queued_request.received_ns), or 0 */
 };
 
 struct replica_queued_request {
         struct message *request;
         replica_connection connection;
+        uint64_t received_ns; /* env.monotonic_ns when it arrived, 0 if not measured */
 };
 
 enum replica_status {
@@ -224,23 +233,73 @@ enum replica_slot_state {
         SLOT_LOST = 5,
 };
 
+/* Why a client request was dropped without an answer (the client retries): counted by kind. */
+enum replica_drop {
+        REPLICA_DROP_CAPACITY_EXHAUSTED, /* the ledger could not hold the batch: refused */
+        REPLICA_DROP_QUEUE_FULL,         /* REPLICA_REQUEST_QUEUE_MAX requests waiting */
+        REPLICA_DROP_VIEW_CHANGE,        /* no primary to prepare it right now */
+        REPLICA_DROP_NOT_NORMAL,
+        REPLICA_DROP_PRIMARY_CATCHING_UP,
+        REPLICA_DROP_NEWER_VIEW,
+        REPLICA_DROP_FORWARDED_TO_BACKUP,
+        REPLICA_DROP_ALREADY_IN_PIPELINE,
+        REPLICA_DROP_REGISTER_IN_PIPELINE,
+        REPLICA_DROP_OLDER_REQUEST,
+        REPLICA_DROP_REQUEST_COLLISION,
+        REPLICA_DROP_REQUEST_SKIPS_AHEAD,
+        REPLICA_DROP_PARENT_MISMATCH,
+        REPLICA_DROP_SESSION_FROM_FUTURE,
+        REPLICA_DROP_COUNT,
+};
+/* "capacity_exhausted", ...: for logs and metrics labels. */
+const char *replica_drop_name(enum replica_drop drop);
+
+/*
+ * Create results are counted by code: codes below this by value, larger ones (there are none
+ * in TigerBeetle 0.16.68, whose largest is 68) in the last entry.
+ */
+#define REPLICA_RESULT_CODES_MAX 128u
+/* A refusal of writes this recent (in ticks) means the replica is refusing writes now. */
+#define REPLICA_REFUSING_TICKS 1000u
+/* While refusing, a warning is logged at least this often (ticks of 10 ms). */
+#define REPLICA_REFUSAL_LOG_TICKS 500u
+
+/*
+ * Counters for metrics (ops/metrics.c reads them; nothing here does I/O). Per operation
+ * counters are indexed by the operation's value. Counted where the replica executes, so every
+ * replica counts every committed op, not only the primary.
+ */
 struct replica_stats {
         uint64_t requests_received;
         uint64_t requests_dropped;
+        uint64_t requests_dropped_by[REPLICA_DROP_COUNT];
         uint64_t requests_forwarded;
         uint64_t replies_resent;
         uint64_t evictions_sent;
+        uint64_t evictions_by_reason[16]; /* by wire eviction reason (1..), 0 unused */
+        uint64_t sessions_evicted; /* the session table was full: the oldest made room */
         uint64_t prepares;
         uint64_t commits;
         uint64_t pulses;
         uint64_t events_committed;
+        uint64_t committed_by_operation[256];
+        uint64_t events_by_operation[256];
+        uint64_t create_account_results[REPLICA_RESULT_CODES_MAX];
+        uint64_t create_transfer_results[REPLICA_RESULT_CODES_MAX];
         uint64_t refused_capacity;
+        uint64_t refused_last_tick;    /* the last refusal of writes, in ticks (0: never) */
+        uint64_t refused_logged_tick;  /* the last warning about it */
+        uint64_t refused_since_logged; /* refusals since that warning */
         uint64_t checkpoints;
         uint64_t checkpoints_skipped;
         uint64_t wal_full_stalls;
         uint64_t view_changes;
         uint64_t repairs_requested;
         uint64_t repairs_served;
+        uint64_t state_syncs_started;
+        uint64_t state_syncs_installed;
+        /* Primary: request received -> reply queued, for requests it prepared itself. */
+        struct histogram request_latency;
 };
 
 struct replica {

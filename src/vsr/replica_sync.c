@@ -117,6 +117,7 @@ void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
                  (unsigned long long)checkpoint_op, (unsigned long long)r->commit);
         sync_reset(r);
         r->sync.active = true;
+        r->stats.state_syncs_started++;
         r->sync.source = source;
         r->sync.checkpoint_op = checkpoint_op;
         request_chunk(r);
@@ -182,6 +183,7 @@ static void sync_finish(struct replica *r)
                 sync_reset(r);
                 return;
         }
+        r->stats.state_syncs_installed++;
         log_info("state sync installed checkpoint_op=%llu bytes=%llu",
                  (unsigned long long)r->sync.checkpoint_op, (unsigned long long)r->sync.size);
         sync_reset(r);

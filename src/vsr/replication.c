@@ -345,6 +345,8 @@ void replication_prepare_pump(struct replica *r)
                 struct replica_queued_request *q = &r->queue[r->queue_head];
                 if (!replication_prepare(r, q->request, q->connection))
                         return;
+                r->pipeline[(r->pipeline_head + r->pipeline_count - 1) % REPLICA_PIPELINE_MAX]
+                        .received_ns = q->received_ns;
                 message_unref(r->pool, q->request);
                 q->request = NULL;
                 r->queue_head = (r->queue_head + 1) % REPLICA_REQUEST_QUEUE_MAX;
@@ -404,7 +406,13 @@ static void commit_advance(struct replica *r)
                 if (bits(e->ok) < replica_quorum(r) ||
                     !(e->ok & (1u << r->config.replica)))
                         break;
+                uint64_t received_ns = e->received_ns;
                 replica_execute(r, e->prepare, e->reply);
+                if (received_ns != 0 && r->env.monotonic_ns != NULL) {
+                        uint64_t now_ns = r->env.monotonic_ns(r->env.context);
+                        histogram_observe(&r->stats.request_latency,
+                                          now_ns > received_ns ? now_ns - received_ns : 0);
+                }
                 replica_checkpoint_maybe(r, e->prepare);
                 message_unref(r->pool, e->prepare);
                 memset(e, 0, sizeof(*e));

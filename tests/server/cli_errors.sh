@@ -29,6 +29,29 @@ check() { # check <description> <condition command...>
 
 expect_ok "version" "$tally" version
 check "version names the release" grep -q "0.16.68" "$dir/out"
+# --help on every command: usage on stdout, status 0, nothing on stderr.
+for command in version format start keygen inspect benchmark sim; do
+  expect_ok "$command --help" "$tally" $command --help
+  check "$command --help prints its usage on stdout" grep -q "^usage: tally $command" "$dir/out"
+  check "$command --help prints nothing on stderr" test ! -s "$dir/err"
+done
+expect_ok "help" "$tally" help
+check "help lists every command" grep -q "tally inspect" "$dir/out"
+expect_ok "version --verbose" "$tally" version --verbose
+for field in compiler checksum "io backend" "message size max" "client sessions"; do
+  check "version --verbose names the $field" grep -q "$field" "$dir/out"
+done
+expect_error "version: unknown flag" "$tally" version --bogus
+expect_error "--log-format: bad value" "$tally" version --log-format=yaml
+# JSON logs: every line of a command's log is one JSON object with time, level and msg.
+"$tally" format --log-format=json --cluster=7 --replica=0 --replica-count=1 --development "$dir/json.tally" 2>"$dir/json.log"
+check "--log-format=json: every log line is a JSON object with time, level, msg" node -e '
+  const lines = require("fs").readFileSync(process.argv[1], "utf8").split("\n").filter(Boolean);
+  if (lines.length === 0) process.exit(1);
+  for (const l of lines) { const j = JSON.parse(l); if (!j.time || !j.level || !("msg" in j)) process.exit(1); }' "$dir/json.log"
+TALLY_LOG_FORMAT=json "$tally" inspect "$dir/json.tally" >/dev/null 2>&1
+check "TALLY_LOG_FORMAT=json is accepted" test $? -eq 0
+rm -f "$dir/json.tally"
 expect_error "no command" "$tally"
 expect_error "unknown command" "$tally" frobnicate
 expect_ok "format" "$tally" format --cluster=7 --replica=0 --replica-count=1 --development "$dir/a.tally"

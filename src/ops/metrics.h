@@ -1,0 +1,51 @@
+/*
+ * metrics.h: what `tally start --metrics-address` serves: the /metrics page (Prometheus text
+ * format, every name under `tally_`) and the health verdicts behind /health/live and
+ * /health/ready.
+ *
+ * Reads the replica's, the bus's and the storage's counters as they stand between two events
+ * of the loop (the replica itself does no I/O and knows nothing of this). Formatting a page
+ * costs a few tens of microseconds; the page is built into the HTTP connection's buffer.
+ */
+#ifndef TALLY_OPS_METRICS_H
+#define TALLY_OPS_METRICS_H
+
+#include "ops/expo.h"
+#include "ops/http.h"
+
+struct replica;
+struct bus;
+struct storage;
+struct message_pool;
+struct ledger;
+
+/*
+ * A backup whose commit trails the highest op it knows committed by more than this is not
+ * ready: it is catching up (repairing, or executing a backlog). Two pipelines' worth: a
+ * healthy backup under full load trails by at most about one pipeline.
+ */
+#define METRICS_READY_COMMIT_LAG_MAX 16u
+
+struct metrics_sources {
+        const struct replica *replica;
+        const struct bus *bus;
+        const struct storage *storage;
+        const struct message_pool *pool;
+        const struct ledger *ledger;
+        uint64_t accounts_max;
+        uint64_t transfers_max;
+        const struct http_stats *http;
+        uint64_t started_realtime_ns; /* process start, for tally_start_time_seconds */
+        const char *version;
+};
+
+/* The whole /metrics page. Check expo->overflow afterwards. */
+void metrics_format(const struct metrics_sources *sources, struct expo *expo);
+/* True if this replica can serve now; else false with one line saying why in `why`. */
+bool metrics_ready(const struct metrics_sources *sources, char *why, size_t why_size);
+/* The name of a create_accounts (accounts) or create_transfers result code, or NULL. */
+const char *metrics_result_name(bool accounts, uint32_t code);
+/* Serves /metrics, /health/live and /health/ready (`context` is struct metrics_sources). */
+void metrics_http_handler(void *context, const char *path, struct http_response *response);
+
+#endif

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# tests/server/prometheus.sh <tally> <load tool>: a real Prometheus scrapes a 3-replica cluster
+# under load from `tally benchmark`, and PromQL answers through its HTTP API must match what
+# the clients sent:
+#   - every replica executed exactly the transfers sent (load tool + benchmark): the counter,
+#     and its difference across the run (`offset`), equal what was sent; and
+#     increase() over the run agrees within 10% (Prometheus extrapolates to the window's
+#     edges by up to half a scrape interval, a few percent of a run this short);
+#   - the `exists` results of a deliberately repeated load are counted by name, on every
+#     replica;
+#   - exactly one replica reported primary at every evaluation during the load;
+#   - every target is up, and every replica's /health/ready answers 200;
+#   - `promtool check metrics` passes on a scrape taken under load.
+# Prints the scrape cost (Prometheus' scrape_duration_seconds under load, and the replica's
+# own time per metrics page). Installs Debian's `prometheus` package if it is missing (root).
+# Bounded: every wait has a limit; the script kills what it started. Last line: "N passed,
+# N failed".
+set -u
+tally=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+load=$(cd "$(dirname "$2")" && pwd)/$(basename "$2")
+TRANSFERS=${TALLY_PROM_TRANSFERS:-500000}
+dir=$(mktemp -d /tmp/tally-prometheus.XXXXXX)
+pids=()
+cleanup() {
+  local p; for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
+  sleep 0.5; for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  rm -rf "$dir"
+}
+trap cleanup EXIT
+passed=0; failed=0
+pass() { passed=$((passed + 1)); echo "ok $*"; }
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "installing prometheus (apt)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq \
+      --no-install-recommends prometheus) >"$dir/apt.log" 2>&1 || { tail -5 "$dir/apt.log"; }
+  fi
+fi
+if ! command -v prometheus >/dev/null; then echo "prometheus is not installed"; echo "0 passed, 1 failed"; exit 1; fi
+
+base=$(( 20000 + RANDOM % 15000 ))
+addresses="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
+mport() { echo $((base + 10 + $1)); }
+pport=$((base + 20))
+
+for i in 0 1 2; do
+  "$tally" format --cluster=0 --replica=$i --replica-count=3 --development "$dir/0_$i.tally" 2>/dev/null ||
+    { echo "format failed"; echo "0 passed, 1 failed"; exit 1; }
+done
+for i in 0 1 2; do
+  "$tally" start --addresses=$addresses --metrics-address=127.0.0.1:$(mport $i) "$dir/0_$i.tally" \
+    >"$dir/replica$i.log" 2>&1 &
+  pids+=($!)
+done
+
+cat >"$dir/prometheus.yml" <<YML
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: tally
+    static_configs:
+      - targets: ['127.0.0.1:$(mport 0)', '127.0.0.1:$(mport 1)', '127.0.0.1:$(mport 2)']
+YML
+prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/prom-data" \
+  --web.listen-address=127.0.0.1:$pport >"$dir/prometheus.log" 2>&1 &
+pids+=($!)
+
+# promql <query> [time]: prints the result vector as "labels value" lines, sorted.
+promql() {
+  local args=(--data-urlencode "query=$1"); [ -n "${2:-}" ] && args+=(--data-urlencode "time=$2")
+  curl -s -m 5 "http://127.0.0.1:$pport/api/v1/query" "${args[@]}" | node -e '
+    let s = ""; process.stdin.on("data", d => s += d).on("end", () => {
+      const j = JSON.parse(s || "{}");
+      if (j.status !== "success") { console.log("error " + (j.error || s)); return; }
+      const r = j.data.result;
+      if (j.data.resultType === "scalar") { console.log(r[1]); return; }
+      for (const x of r) console.log((x.metric.instance || "") + " " + x.value[1]);
+    });'
+}
+ready() { curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(mport $1)/health/ready"; }
+
+# The cluster elects its first primary once all three are up; then every replica is ready.
+deadline=$((SECONDS + 30))
+until [ "$(ready 0)$(ready 1)$(ready 2)" = 200200200 ] || [ $SECONDS -ge $deadline ]; do sleep 0.2; done
+[ "$(ready 0)$(ready 1)$(ready 2)" = 200200200 ] && pass "all three replicas ready after start" ||
+  { fail "replicas not ready: $(for i in 0 1 2; do curl -s -m 2 http://127.0.0.1:$(mport $i)/health/ready; done)"; }
+deadline=$((SECONDS + 30))
+until [ "$(promql 'count(up == 1)')" = " 3" ] || [ $SECONDS -ge $deadline ]; do sleep 0.5; done
+sleep 2
+load_start=$(date +%s.%N)
+
+# Known traffic: the load tool twice with the same ids (the second run's 16 accounts and 50
+# transfers all come back `exists`), then the benchmark.
+"$load" $base 5 1000000001 >"$dir/load1.out" 2>&1 && "$load" $((base + 1)) 5 1000000001 >"$dir/load2.out" 2>&1 ||
+  fail "load tool: $(cat "$dir/load1.out" "$dir/load2.out" | tail -2)"
+(
+  sleep 3
+  curl -s -m 5 "http://127.0.0.1:$(mport 0)/metrics" >"$dir/scrape.txt"
+) &
+scraper=$!
+timeout 120 "$tally" benchmark --addresses=$addresses --cluster=0 --accounts=10000 \
+  --transfers=$TRANSFERS --batch=253 --clients=2 --query-count=100 >"$dir/bench.out" 2>&1; rc=$?
+wait $scraper
+[ $rc -eq 0 ] && pass "benchmark of $TRANSFERS transfers" || { fail "benchmark exit $rc"; tail -5 "$dir/bench.out"; }
+grep -E '^transfers: [0-9]+ transfers in' "$dir/bench.out"
+sleep 3 # the last scrapes
+load_end=$(date +%s.%N)
+now=$(date +%s.%N)
+window=$(node -e "console.log(Math.ceil($now - $load_start) + 5)")
+sent=$((TRANSFERS + 100))
+
+q="tally_events_committed_total{operation=\"create_transfers\"}"
+out=$(promql "count($q == $sent)")
+[ "$out" = " 3" ] && pass "PromQL count($q == $sent) = 3" || fail "PromQL count($q == $sent): '$out'; values: $(promql "$q" | tr '\n' ';')"
+
+back=$(node -e "console.log(Math.ceil($now - $load_start) + 1)")
+q1="$q - $q offset ${back}s"
+out=$(promql "count(($q1) == $sent)")
+[ "$out" = " 3" ] && pass "PromQL count(($q1) == $sent) = 3 (exact, no extrapolation)" || fail "PromQL $q1: $(promql "$q1" | tr '\n' ';')"
+
+q2="increase(tally_events_committed_total{operation=\"create_transfers\"}[${window}s])"
+out=$(promql "$q2")
+bad=$(echo "$out" | awk -v s=$sent 'NF == 2 { d = $2 - s; if (d < 0) d = -d; if (d > 0.10 * s) n++ } END { print n + 0 + (NR != 3) }')
+[ "$bad" = 0 ] && pass "PromQL $q2 within 10% of $sent on every replica: $(echo $out)" || fail "PromQL $q2: $(echo $out), sent $sent"
+
+q3="sum by (instance) (tally_create_results_total{operation=\"create_transfers\",result=\"exists\"})"
+out=$(promql "count(($q3) == 50)")
+[ "$out" = " 3" ] && pass "PromQL count(($q3) == 50) = 3" || fail "PromQL $q3: $(promql "$q3" | tr '\n' ';')"
+q3b="tally_create_results_total{operation=\"create_accounts\",result=\"exists\"}"
+out=$(promql "count($q3b == 16)")
+[ "$out" = " 3" ] && pass "PromQL count($q3b == 16) = 3" || fail "PromQL $q3b: $(promql "$q3b" | tr '\n' ';')"
+q3c="tally_create_results_total{operation=\"create_transfers\",result=\"ok\"}"
+out=$(promql "count($q3c == $((TRANSFERS + 50)))")
+[ "$out" = " 3" ] && pass "PromQL count($q3c == $((TRANSFERS + 50))) = 3" || fail "PromQL $q3c: $(promql "$q3c" | tr '\n' ';')"
+
+span=$(node -e "console.log(Math.floor($load_end - $load_start))")
+for agg in min max; do
+  q4="${agg}_over_time(sum(tally_is_primary)[${span}s:1s])"
+  out=$(promql "$q4")
+  [ "$out" = " 1" ] && pass "PromQL $q4 = 1 (one primary throughout the load)" || fail "PromQL $q4: '$out'"
+done
+q5="count(max_over_time(tally_is_primary[${span}s]) == 1)"
+out=$(promql "$q5")
+[ "$out" = " 1" ] && pass "PromQL $q5 = 1 (the same replica)" || fail "PromQL $q5: '$out'"
+q6="max(max_over_time(rate(tally_events_committed_total{operation=\"create_transfers\"}[2s])[${span}s:1s]))"
+echo "peak committed transfers/s by PromQL $q6: $(promql "$q6") (the benchmark's own figure above is its average)"
+out=$(promql 'count(up == 1)')
+[ "$out" = " 3" ] && pass "PromQL count(up == 1) = 3" || fail "PromQL count(up == 1): '$out'"
+out=$(promql "max(tally_request_latency_seconds_count) > 0")
+[ -n "$out" ] && pass "PromQL max(tally_request_latency_seconds_count) > 0: $(echo $out)" || fail "no request latency observed"
+
+for i in 0 1 2; do
+  code=$(ready $i)
+  [ "$code" = 200 ] && pass "replica $i /health/ready 200 after the load" || fail "replica $i /health/ready $code: $(curl -s http://127.0.0.1:$(mport $i)/health/ready)"
+done
+if [ -s "$dir/scrape.txt" ] && promtool check metrics <"$dir/scrape.txt" >"$dir/promtool.out" 2>&1; then
+  pass "promtool check metrics on a scrape under load ($(wc -c <"$dir/scrape.txt") bytes)"
+else
+  fail "promtool check metrics: $(head -5 "$dir/promtool.out" 2>/dev/null)"
+fi
+
+# Scrape cost under load: what Prometheus measured, and the replica's own time per page.
+echo "scrape_duration_seconds (Prometheus, avg and max over the load):"
+promql "avg_over_time(scrape_duration_seconds[${span}s])" "$load_end" | sed 's/^/  avg /'
+promql "max_over_time(scrape_duration_seconds[${span}s])" "$load_end" | sed 's/^/  max /'
+echo "event loop time per metrics page (tally_metrics_handler_seconds_total / tally_metrics_requests_total):"
+promql "tally_metrics_handler_seconds_total / tally_metrics_requests_total" | sed 's/^/  /'
+
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
