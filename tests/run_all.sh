@@ -102,6 +102,14 @@ else
   echo "skipped: network namespaces need root"
 fi
 
+section "deployment: image, Kubernetes manifests, the StatefulSet played in namespace pods (tests/deploy)"
+if [ "$(id -u)" -eq 0 ]; then
+  TALLY_DEPLOY_TIMEOUT=360 timeout 540 tests/deploy/run.sh >"$WORK/deploy.out" 2>&1; rc=$?
+  grep -E "^(ok|FAIL) |^  (ok|FAIL) |timings|passed, " "$WORK/deploy.out" | tail -40; record "deploy" "$WORK/deploy.out" $rc
+else
+  echo "skipped: network namespaces need root"
+fi
+
 section "conformance corpus (TigerBeetle 0.16.68 replies, official client)"
 if [ ! -d tests/conformance/node_modules ]; then
   (cd tests/conformance && npm ci --no-audit --no-fund >"$WORK/npm-conformance.log" 2>&1) ||
