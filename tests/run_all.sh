@@ -80,6 +80,10 @@ section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
 
+section "a replica refusing writes says so: logs, metrics, readiness (sanitizer build)"
+timeout 60 tests/server/refusal.sh build/asan/tally >"$WORK/refusal.out" 2>&1; rc=$?
+cat "$WORK/refusal.out"; record "refusal" "$WORK/refusal.out" $rc
+
 section "Prometheus scraping a 3-replica cluster under load (metrics, health, promtool)"
 timeout 120 tests/server/prometheus.sh ./tally build/release/tests/server/load >"$WORK/prometheus.out" 2>&1; rc=$?
 cat "$WORK/prometheus.out"; record "prometheus" "$WORK/prometheus.out" $rc

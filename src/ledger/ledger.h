@@ -95,6 +95,18 @@ struct ledger_stats {
 void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
 
 /*
+ * Offline check of the ledger's invariants (ledger_verify.c says which): 0, or -1 with the
+ * first violation in `error`. Allocates scratch memory; for tools, never the replica.
+ */
+struct ledger_verify_report {
+        uint64_t accounts;
+        uint64_t transfers;
+        uint64_t ledgers;
+};
+int ledger_verify(const struct ledger *ledger, struct ledger_verify_report *report, char *error,
+                  size_t error_size);
+
+/*
  * Checkpoints: the whole state as a byte stream, read back bit for bit. The stream carries its
  * own format version and checksum; ledger_checkpoint_read() refuses a damaged stream.
  */

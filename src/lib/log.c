@@ -205,7 +205,7 @@ void log_write(enum log_level level, const char *fmt, ...)
                 va_start(ap, fmt);
                 vsnprintf(text, sizeof(text), fmt, ap);
                 va_end(ap);
-                static char json[2048];
+                char json[2048]; /* on the stack: any thread may log */
                 n = (int)log_format_json(json, sizeof(json) - 1, time_text, level_names[level],
                                          log_replica, text);
                 json[n++] = '\n';

@@ -31,18 +31,34 @@ __attribute__((format(printf, 2, 3))) static void put(struct expo *expo, const c
         expo->size += (uint32_t)n;
 }
 
-/* Escapes `text` for a help line (\\ and \n) or a label value (also \"). */
+static void put_char(struct expo *expo, char c)
+{
+        if (expo->overflow)
+                return;
+        if (expo->size + 1 >= expo->capacity) {
+                expo->overflow = true;
+                return;
+        }
+        expo->buffer[expo->size++] = c;
+        expo->buffer[expo->size] = '\0';
+}
+
+/*
+ * Escapes `text` for a help line (\\ and \n) or a label value (also \"). Copied a byte at a
+ * time without formatting: help texts are most of the page.
+ */
 static void put_escaped(struct expo *expo, const char *text, bool quotes)
 {
         for (const char *p = text; *p != '\0' && !expo->overflow; p++) {
-                if (*p == '\\')
-                        put(expo, "\\\\");
-                else if (*p == '\n')
-                        put(expo, "\\n");
-                else if (*p == '"' && quotes)
-                        put(expo, "\\\"");
-                else
-                        put(expo, "%c", *p);
+                if (*p == '\\' || (*p == '"' && quotes)) {
+                        put_char(expo, '\\');
+                        put_char(expo, *p);
+                } else if (*p == '\n') {
+                        put_char(expo, '\\');
+                        put_char(expo, 'n');
+                } else {
+                        put_char(expo, *p);
+                }
         }
 }
 

@@ -507,7 +507,9 @@ bool metrics_ready(const struct metrics_sources *s, char *why, size_t why_size)
                          (unsigned long long)r->sync.size);
                 return false;
         }
-        if (r->fresh) {
+        /* A single replica has nothing to catch up with; in a cluster a fresh one may lack
+         * ops its peers committed. */
+        if (r->fresh && r->config.replica_count > 1) {
                 snprintf(why, why_size, "fresh: not yet caught up with the cluster since format");
                 return false;
         }

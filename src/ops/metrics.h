@@ -4,8 +4,9 @@
  * /health/ready.
  *
  * Reads the replica's, the bus's and the storage's counters as they stand between two events
- * of the loop (the replica itself does no I/O and knows nothing of this). Formatting a page
- * costs a few tens of microseconds; the page is built into the HTTP connection's buffer.
+ * of the loop (the replica itself does no I/O and knows nothing of this). Building the page
+ * (~18 KB, ~450 samples) takes 0.2-0.4 ms of the loop, measured; it is built straight into the
+ * HTTP connection's fixed buffer.
  */
 #ifndef TALLY_OPS_METRICS_H
 #define TALLY_OPS_METRICS_H

@@ -1335,6 +1335,22 @@ int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
         return 0;
 }
 
+int replica_checkpoint_ledger(const uint8_t *blob, uint64_t size, const uint8_t **ledger_part,
+                              uint64_t *ledger_size)
+{
+        struct checkpoint_header header;
+        if (size < LEDGER_CHECKPOINT_ALIGN)
+                return -1;
+        memcpy(&header, blob, sizeof(header));
+        if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 ||
+            header.version != CHECKPOINT_VERSION ||
+            header.ledger_size != size - LEDGER_CHECKPOINT_ALIGN)
+                return -1;
+        *ledger_part = blob + LEDGER_CHECKPOINT_ALIGN;
+        *ledger_size = header.ledger_size;
+        return 0;
+}
+
 struct install_context {
         struct message **replies;
 };

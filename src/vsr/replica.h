@@ -434,6 +434,19 @@ int replica_restore(struct replica *replica, const uint8_t *blob, uint64_t blob_
 int replica_replay(struct replica *replica, struct message *prepare, char *error,
                    size_t error_size);
 
+/* The sessions a checkpoint blob names: used, reply slot, reply checksum (inspect too). */
+struct replica_checkpoint_session {
+        bool used;
+        uint32_t slot;
+        u128 reply_checksum;
+        u128 client;
+};
+int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
+                                struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX]);
+/* The ledger's part of a checkpoint blob (for ledger_checkpoint_read); -1 if malformed. */
+int replica_checkpoint_ledger(const uint8_t *blob, uint64_t size, const uint8_t **ledger_part,
+                              uint64_t *ledger_size);
+
 /* Largest request body a client may send: what register replies advertise. */
 uint32_t replica_batch_size_limit(const struct replica *replica);
 

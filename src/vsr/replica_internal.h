@@ -54,15 +54,6 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare);
 bool replica_request_acceptable(struct replica *r, replica_connection connection,
                                 struct message *m);
 
-/* The sessions a checkpoint blob names: used, reply slot, reply checksum. */
-struct replica_checkpoint_session {
-        bool used;
-        uint32_t slot;
-        u128 reply_checksum;
-        u128 client;
-};
-int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
-                                struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX]);
 /* Replaces the whole state by a checkpoint blob (state sync); replies[i] for session i. */
 int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint64_t op,
                     u128 prepare_checksum, uint64_t timestamp, struct message **replies);

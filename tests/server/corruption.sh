@@ -6,6 +6,8 @@
 #   one superblock copy damaged -> starts from another copy
 #   all superblock copies       -> refuses to start, file untouched
 #   current checkpoint damaged  -> refuses to start, names the zone, file untouched
+# and, before each start, that `tally inspect` says so: the damage it finds and its exit status
+# (0 intact, 3 damaged but start succeeds, 1 start fails); `inspect --verify` on the intact file.
 set -u
 tally=$1; load=$2
 dir=$(mktemp -d /tmp/tally-corrupt.XXXXXX)
@@ -28,6 +30,12 @@ start_bg() { # start_bg <file>: starts, waits for "listening on" or exit
   done
   return 1
 }
+# inspect_says <what> <file> <exit status> <pattern>: inspect's verdict and damage line.
+inspect_says() {
+  "$tally" inspect "$2" >"$dir/inspect.out" 2>&1; local rc=$?
+  [ $rc -eq "$3" ] && ok || { fail "$1: inspect exit $rc, expected $3"; cat "$dir/inspect.out"; }
+  grep -qE "$4" "$dir/inspect.out" && ok || { fail "$1: inspect does not say /$4/"; cat "$dir/inspect.out"; }
+}
 stop_kill() { kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; pid=; }
 flip() { # flip <file> <offset>: inverts one byte
   local byte; byte=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
@@ -45,10 +53,14 @@ headers=$(json "$info" wal_headers_offset); prepares=$(json "$info" wal_prepares
 grid=$(json "$info" grid_offset); first_block=$(json "$info" checkpoint_first_block)
 manifest=$(json "$info" manifest_block)
 [ "$checkpoint_op" -ge 256 ] && [ "$op_max" -gt "$checkpoint_op" ] && ok || fail "setup: checkpoint_op=$checkpoint_op op_max=$op_max"
+inspect_says "intact" "$dir/base.tally" 0 "^verdict: intact"
+"$tally" inspect --verify "$dir/base.tally" >"$dir/verify.out" 2>&1 && grep -q "^verify: ok at checkpoint op $checkpoint_op: 16 accounts" "$dir/verify.out" &&
+  ok || { fail "inspect --verify"; cat "$dir/verify.out"; }
 
 # 1. The head's prepare body torn: truncated, logged, serves; commit = head - 1.
 cp "$dir/base.tally" "$dir/f.tally"
 flip "$dir/f.tally" $(( prepares + (op_max % 1024) * 1048576 + 300 ))
+inspect_says "head" "$dir/f.tally" 3 "^damage: journal op $op_max \(zone wal prepares\) is damaged at the head"
 if start_bg "$dir/f.tally"; then
   grep -q "journal head truncated.*op=$op_max" "$dir/log" && ok || fail "head: no truncation line"
   grep -q "recovered .*commit=$(( op_max - 1 ))" "$dir/log" && ok || fail "head: wrong commit"
@@ -59,6 +71,7 @@ else fail "head: did not start"; cat "$dir/log"; fi
 # 1b. The head's header torn instead.
 cp "$dir/base.tally" "$dir/f.tally"
 flip "$dir/f.tally" $(( headers + (op_max % 1024) * 256 + 100 ))
+inspect_says "head header" "$dir/f.tally" 3 "^damage: journal slot $(( op_max % 1024 )) has a damaged header outside"
 if start_bg "$dir/f.tally"; then
   grep -q "recovered .*commit=$(( op_max - 1 ))" "$dir/log" && ok || fail "head header: wrong commit"
   stop_kill
@@ -70,6 +83,7 @@ for zone in headers prepares; do
   victim=$(( op_max - 5 ))
   if [ $zone = headers ]; then flip "$dir/f.tally" $(( headers + (victim % 1024) * 256 + 100 ))
   else flip "$dir/f.tally" $(( prepares + (victim % 1024) * 1048576 + 300 )); fi
+  inspect_says "older $zone" "$dir/f.tally" 1 "^damage: journal op $victim \(zone wal $zone\) is damaged .*start fails"
   before=$(cksum <"$dir/f.tally")
   if start_bg "$dir/f.tally"; then fail "older $zone: started anyway"; stop_kill; else
     grep -q "^error: .*op $victim.*zone wal $zone" "$dir/log" && ok || { fail "older $zone: message"; cat "$dir/log"; }
@@ -80,6 +94,7 @@ done
 # 3. One superblock copy damaged: starts from another.
 cp "$dir/base.tally" "$dir/f.tally"
 flip "$dir/f.tally" 1000
+inspect_says "one copy" "$dir/f.tally" 3 "^damage: superblock copy 0 fails its checksum"
 if start_bg "$dir/f.tally"; then
   grep -q "superblock copy invalid" "$dir/log" && ok || fail "one copy: no warning"
   grep -q "recovered .*commit=$op_max" "$dir/log" && ok || fail "one copy: wrong commit"
@@ -89,6 +104,7 @@ else fail "one copy: did not start"; fi
 # 4. Every superblock copy damaged.
 cp "$dir/base.tally" "$dir/f.tally"
 for copy in 0 1 2 3; do flip "$dir/f.tally" $(( copy * 4096 + 1000 )); done
+inspect_says "all copies" "$dir/f.tally" 1 "^verdict: start would fail"
 before=$(cksum <"$dir/f.tally")
 if start_bg "$dir/f.tally"; then fail "all copies: started"; stop_kill; else
   grep -q "^error: .*every superblock copy fails its checksum" "$dir/log" && ok || fail "all copies: message"
@@ -100,6 +116,8 @@ for what in block manifest; do
   cp "$dir/base.tally" "$dir/f.tally"
   address=$first_block; [ $what = manifest ] && address=$manifest
   flip "$dir/f.tally" $(( grid + (address - 1) * 1048576 + 10 ))
+  if [ $what = block ]; then pattern="^damage: checkpoint grid block $address .*fails its checksum"; else pattern="^damage: .*manifest"; fi
+  inspect_says "checkpoint $what" "$dir/f.tally" 1 "$pattern"
   before=$(cksum <"$dir/f.tally")
   if start_bg "$dir/f.tally"; then fail "checkpoint $what: started"; stop_kill; else
     grep -q "^error: .*corrupt (zone grid" "$dir/log" && ok || { fail "checkpoint $what: message"; cat "$dir/log"; }

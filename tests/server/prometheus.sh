@@ -12,7 +12,8 @@
 #   - every target is up, and every replica's /health/ready answers 200;
 #   - `promtool check metrics` passes on a scrape taken under load.
 # Prints the scrape cost (Prometheus' scrape_duration_seconds under load, and the replica's
-# own time per metrics page). Installs Debian's `prometheus` package if it is missing (root).
+# own time per metrics page). Then `tally inspect` on the stopped replicas' files: intact and
+# --verify ok; a damaged checkpoint block and journal entry are reported repairable from peers. Installs Debian's `prometheus` package if it is missing (root).
 # Bounded: every wait has a limit; the script kills what it started. Last line: "N passed,
 # N failed".
 set -u
@@ -22,8 +23,8 @@ TRANSFERS=${TALLY_PROM_TRANSFERS:-500000}
 dir=$(mktemp -d /tmp/tally-prometheus.XXXXXX)
 pids=()
 cleanup() {
-  local p; for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
-  sleep 0.5; for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  local p; for p in "${pids[@]}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null; done
+  sleep 0.5; for p in "${pids[@]}"; do [ -n "$p" ] && { kill -9 "$p" 2>/dev/null; wait "$p" 2>/dev/null; }; done
   rm -rf "$dir"
 }
 trap cleanup EXIT
@@ -169,6 +170,37 @@ promql "avg_over_time(scrape_duration_seconds[${span}s])" "$load_end" | sed 's/^
 promql "max_over_time(scrape_duration_seconds[${span}s])" "$load_end" | sed 's/^/  max /'
 echo "event loop time per metrics page (tally_metrics_handler_seconds_total / tally_metrics_requests_total):"
 promql "tally_metrics_handler_seconds_total / tally_metrics_requests_total" | sed 's/^/  /'
+
+# The stopped cluster's data files, through `tally inspect`: intact and verified, then damage
+# a replica of a cluster repairs from its peers (exit 3), where a single replica would fail.
+for i in 0 1 2; do kill -TERM "${pids[$i]}"; done
+for i in 0 1 2; do wait "${pids[$i]}" 2>/dev/null; pids[$i]=; done
+json() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2; }
+flip() { local byte; byte=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
+  printf "$(printf '\\%03o' $(( byte ^ 0xFF )))" | dd of="$1" bs=1 seek="$2" conv=notrunc 2>/dev/null; }
+for i in 0 1 2; do
+  "$tally" inspect --verify "$dir/0_$i.tally" >"$dir/inspect.out" 2>&1; rc=$?
+  [ $rc -eq 0 ] && grep -q "^verify: ok" "$dir/inspect.out" && pass "replica $i: inspect --verify intact and ok" ||
+    { fail "replica $i: inspect --verify exit $rc"; cat "$dir/inspect.out"; }
+done
+info=$("$tally" inspect --json "$dir/0_1.tally")
+grid=$(json "$info" grid_offset); block=$(json "$info" checkpoint_first_block)
+flip "$dir/0_1.tally" $(( grid + (block - 1) * 1048576 + 10 ))
+"$tally" inspect "$dir/0_1.tally" >"$dir/inspect.out" 2>&1; rc=$?
+[ $rc -eq 3 ] && grep -q "^damage: checkpoint grid block $block .*start copies a peer's checkpoint" "$dir/inspect.out" &&
+  pass "replica 1: a damaged checkpoint block is repairable from peers (exit 3)" || { fail "replica 1 damaged block: exit $rc"; cat "$dir/inspect.out"; }
+info=$("$tally" inspect --json "$dir/0_2.tally")
+headers=$(json "$info" wal_headers_offset); op_max=$(json "$info" op_max); slots=$(json "$info" wal_slot_count)
+checkpoint_op=$(json "$info" checkpoint_op)
+victim=$(( op_max - 3 ))
+if [ "$victim" -gt "$checkpoint_op" ]; then
+  flip "$dir/0_2.tally" $(( headers + (victim % slots) * 256 + 100 ))
+  "$tally" inspect "$dir/0_2.tally" >"$dir/inspect.out" 2>&1; rc=$?
+  [ $rc -eq 3 ] && grep -q "^damage: journal op $victim .*start repairs it from a peer" "$dir/inspect.out" &&
+    pass "replica 2: a damaged journal entry is repairable from peers (exit 3)" || { fail "replica 2 damaged entry: exit $rc"; cat "$dir/inspect.out"; }
+else
+  echo "skipped the journal damage: no op after checkpoint $checkpoint_op but the last few"
+fi
 
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]

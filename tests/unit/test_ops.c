@@ -1,6 +1,6 @@
 /*
  * test_ops.c: the operations endpoints' pieces: the Prometheus exposition writer, the latency
- * histogram, the HTTP request parser on hostile input (partial, oversized, malformed, random
+ * histogram, JSON log lines, the offline ledger invariants of `inspect --verify`, the HTTP request parser on hostile input (partial, oversized, malformed, random
  * bytes), and the HTTP server itself on loopback: a request answered, the connection limit,
  * a slowloris client and a client that never reads closed in bounded time, a huge header
  * answered 431, while a well-behaved client is still served.
@@ -9,6 +9,7 @@
 
 #include "io/address.h"
 #include "io/io.h"
+#include "ledger/ledger_internal.h"
 #include "lib/histogram.h"
 #include "lib/log.h"
 #include "ops/expo.h"
@@ -114,6 +115,65 @@ static void test_log_json(void)
         size_t n = strlen(small);
         CHECK(n < sizeof(small));
         CHECK(small[0] == '{' && small[n - 1] == '}');
+}
+
+/* ledger_verify: a ledger built by executing transfers passes; each kind of tampering fails. */
+static void test_ledger_verify(void)
+{
+        struct ledger_config config = {.accounts_max = 64, .transfers_max = 256};
+        struct ledger *ledger = ledger_create(&config);
+        CHECK(ledger != NULL);
+        if (ledger == NULL)
+                return;
+        static struct wire_account accounts[4];
+        memset(accounts, 0, sizeof(accounts));
+        for (uint32_t i = 0; i < 4; i++) {
+                accounts[i].id = i + 1;
+                accounts[i].ledger = i < 2 ? 1 : 2;
+                accounts[i].code = 1;
+        }
+        static uint8_t reply[LEDGER_BODY_SIZE_MAX];
+        uint64_t timestamp = 1000;
+        CHECK(ledger_execute(ledger, OPERATION_DEPRECATED_CREATE_ACCOUNTS_UNBATCHED, timestamp,
+                             (const uint8_t *)accounts, sizeof(accounts), reply) == 0);
+        timestamp += 10;
+        static struct wire_transfer transfers[3];
+        memset(transfers, 0, sizeof(transfers));
+        for (uint32_t i = 0; i < 3; i++) {
+                transfers[i].id = 100 + i;
+                transfers[i].debit_account_id = i == 2 ? 3 : 1;
+                transfers[i].credit_account_id = i == 2 ? 4 : 2;
+                transfers[i].amount = 10 * (i + 1);
+                transfers[i].ledger = i == 2 ? 2 : 1;
+                transfers[i].code = 1;
+                transfers[i].flags = i == 1 ? TRANSFER_FLAG_PENDING : 0;
+        }
+        CHECK(ledger_execute(ledger, OPERATION_DEPRECATED_CREATE_TRANSFERS_UNBATCHED, timestamp,
+                             (const uint8_t *)transfers, sizeof(transfers), reply) == 0);
+        struct ledger_verify_report report;
+        char error[256];
+        CHECK(ledger_verify(ledger, &report, error, sizeof(error)) == 0);
+        CHECK_EQ_U64(report.accounts, 4);
+        CHECK_EQ_U64(report.transfers, 3);
+        CHECK_EQ_U64(report.ledgers, 2);
+        ledger->accounts[0].debits_posted += 1; /* an account off its transfers */
+        CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
+        CHECK(strstr(error, "debits_posted") != NULL);
+        ledger->accounts[0].debits_posted -= 1;
+        ledger->transfers[0].amount += 5; /* a transfer that no balance reflects */
+        CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
+        ledger->transfers[0].amount -= 5;
+        ledger->accounts[0].debits_pending += 7; /* both sides off: debits != credits */
+        ledger->transfers[1].amount += 7;
+        CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
+        CHECK(strstr(error, "credits_pending") != NULL);
+        ledger->accounts[0].debits_pending -= 7;
+        ledger->transfers[1].amount -= 7;
+        ledger->pending_live++;
+        CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
+        ledger->pending_live--;
+        CHECK(ledger_verify(ledger, &report, error, sizeof(error)) == 0);
+        ledger_destroy(ledger);
 }
 
 static enum http_parse parse(const char *text, struct http_request *request)
@@ -369,6 +429,7 @@ int main(void)
         TEST_RUN(test_expo_overflow);
         TEST_RUN(test_result_names);
         TEST_RUN(test_log_json);
+        TEST_RUN(test_ledger_verify);
         TEST_RUN(test_parse_valid);
         TEST_RUN(test_parse_partial);
         TEST_RUN(test_parse_hostile);
