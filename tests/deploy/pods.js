@@ -511,6 +511,11 @@ async function scenarios(manifests, timings) {
       `network policy: an unlabelled pod is dropped (replica port: ${strangerReplica}, through the Service: ${strangerService}, metrics: ${strangerMetrics})`);
     check(reaches('client', p0.ip, 9100) === 'timeout', 'network policy: a client pod does not reach metrics');
 
+    // The connector's side: the Service's name resolved to its one address, port 3000 by default.
+    const ex = spawnSync('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
+      { encoding: 'utf8', timeout: 60000, env: { ...process.env, TIGERBEETLE_CLUSTER_ID: '0', TIGERBEETLE_REPLICAS: `tally.${manifests.namespace}.svc.${CLUSTER_DOMAIN}` } });
+    check(ex.status === 0 && /^ok: /m.test(ex.stdout), `connector example against the three replicas: ${(ex.stdout.trim() || ex.stderr.trim()).split('\n').join('; ')}`);
+
     // 2. rolling restart: what `kubectl rollout restart` does: highest ordinal first, each pod
     // deleted only when the PDB allows it, the next only once it is ready again.
     let from = now();
