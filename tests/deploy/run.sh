@@ -66,6 +66,7 @@ cleanup() {
   done
   sleep 0.2
   for ns in $NETNS sw; do ip netns del "$P-$ns" 2>/dev/null; rm -rf "/etc/netns/$P-$ns"; done
+  rmdir /etc/netns 2>/dev/null # only if no other run uses it
   [ -n "$ctr" ] && { buildah umount "$ctr" >/dev/null 2>&1; buildah rm "$ctr" >/dev/null 2>&1; }
   if [ -n "${TALLY_DEPLOY_KEEP:-}" ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
 }
