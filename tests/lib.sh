@@ -57,3 +57,14 @@ sum_results() {
   TOTAL_PASSED=$((TOTAL_PASSED + p)); TOTAL_FAILED=$((TOTAL_FAILED + f))
   [ "$f" -eq 0 ]
 }
+
+# no_io_uring_wrapper <tally binary> <wrapper path>: writes an executable script that runs the
+# binary with io_uring forbidden by a seccomp filter, as Docker's default profile does
+# (tests/server/no_io_uring.c, built by `make tool-bins`). Give it wherever a tally binary goes.
+no_io_uring_wrapper() {
+  local binary helper
+  binary=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+  helper=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/build/release/tests/server/no_io_uring
+  [ -x "$helper" ] || { echo "no_io_uring_wrapper: $helper is missing (make tool-bins)" >&2; return 1; }
+  printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$helper" "$binary" >"$2" && chmod +x "$2"
+}

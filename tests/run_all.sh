@@ -72,6 +72,10 @@ cat "$WORK/crash.out"; record "crash (release, 25 kills)" "$WORK/crash.out" $rc
 timeout 600 build/asan/tests/server/crash build/asan/tally "$WORK/crash" 10 "$((seed + 1))" >"$WORK/crash-asan.out" 2>&1; rc=$?
 tail -5 "$WORK/crash-asan.out"; record "crash (sanitizer, 10 kills)" "$WORK/crash-asan.out" $rc
 
+section "io_uring forbidden by seccomp: the epoll backend (unit, bad input, benchmark, crash, Node client)"
+timeout 420 tests/server/io_fallback.sh >"$WORK/io-fallback.out" 2>&1; rc=$?
+cat "$WORK/io-fallback.out"; record "io_uring forbidden (epoll backend)" "$WORK/io-fallback.out" $rc
+
 section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
@@ -98,6 +102,14 @@ section "network partitions between three replica pods (namespaces, iptables, of
 if [ "$(id -u)" -eq 0 ]; then
   TALLY_PARTITION_TIMEOUT=540 timeout 600 tests/partition/run.sh >"$WORK/partition.out" 2>&1; rc=$?
   grep -E "^(PASS|FAIL) |passed, " "$WORK/partition.out" | tail -15; record "partition" "$WORK/partition.out" $rc
+else
+  echo "skipped: network namespaces need root"
+fi
+
+section "deployment: image, Kubernetes manifests, the StatefulSet played in namespace pods (tests/deploy)"
+if [ "$(id -u)" -eq 0 ]; then
+  TALLY_DEPLOY_TIMEOUT=360 timeout 540 tests/deploy/run.sh >"$WORK/deploy.out" 2>&1; rc=$?
+  grep -E "^(ok|FAIL) |^  (ok|FAIL) |timings|passed, " "$WORK/deploy.out" | tail -40; record "deploy" "$WORK/deploy.out" $rc
 else
   echo "skipped: network namespaces need root"
 fi

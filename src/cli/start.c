@@ -436,7 +436,7 @@ int cli_start(int argc, char **argv)
         static struct server server;
         struct server *s = &server;
         if (io_init(&s->io, 512) != 0) {
-                cli_error("start: io_uring is unavailable on this kernel");
+                cli_error("start: no I/O backend could start (see the log line above)");
                 return 1;
         }
         if (message_pool_init(&s->pool, MESSAGES_MAX) != 0) {

@@ -1,5 +1,6 @@
 /*
- * io.c: a minimal io_uring driver over raw system calls.
+ * io.c: the io.h interface, its choice of backend, and the io_uring backend: a minimal io_uring
+ * driver over raw system calls (the epoll backend is io_epoll.c).
  *
  * Submissions are written into the shared ring and handed to the kernel in one io_uring_enter
  * per loop iteration, so a burst of sends, writes and receives costs one system call. When the
@@ -7,10 +8,12 @@
  * operation is ever dropped. The sqe's user_data is the struct io_completion pointer.
  */
 #include "io/io.h"
+#include "io/io_epoll.h"
 #include "lib/log.h"
 
 #include <errno.h>
 #include <linux/io_uring.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -29,21 +32,29 @@ static int sys_io_uring_enter(int fd, uint32_t to_submit, uint32_t min_complete,
                             arg_size);
 }
 
-int io_init(struct io *io, uint32_t entries)
+static void uring_unmap(struct io *io)
 {
-        memset(io, 0, sizeof(*io));
+        if (io->sqes != NULL && io->sqes != MAP_FAILED)
+                munmap(io->sqes, io->sqes_size);
+        if (io->cq_ring != NULL && io->cq_ring != MAP_FAILED)
+                munmap(io->cq_ring, io->cq_ring_size);
+        if (io->sq_ring != NULL && io->sq_ring != MAP_FAILED)
+                munmap(io->sq_ring, io->sq_ring_size);
+}
+
+/* Sets up the ring; returns 0, or -errno with nothing left open. Logs nothing: the caller
+ * decides whether a failure is an error or a reason to fall back. */
+static int uring_init(struct io *io, uint32_t entries)
+{
         struct io_uring_params params;
         memset(&params, 0, sizeof(params));
         params.flags = IORING_SETUP_CQSIZE;
         params.cq_entries = entries * 4;
         int fd = sys_io_uring_setup(entries, &params);
-        if (fd < 0) {
-                int err = errno;
-                log_error("io_uring is not available error=%s", strerror(err));
-                return -err;
-        }
+        if (fd < 0)
+                return -errno;
         if (!(params.features & IORING_FEAT_EXT_ARG)) {
-                log_error("io_uring lacks IORING_FEAT_EXT_ARG (kernel 5.11 or newer needed)");
+                /* io_uring_enter with a timeout needs kernel 5.11 or newer. */
                 close(fd);
                 return -ENOSYS;
         }
@@ -61,7 +72,7 @@ int io_init(struct io *io, uint32_t entries)
                         fd, IORING_OFF_SQES);
         if (io->sq_ring == MAP_FAILED || io->cq_ring == MAP_FAILED || io->sqes == MAP_FAILED) {
                 int err = errno;
-                log_error("io_uring mmap failed error=%s", strerror(err));
+                uring_unmap(io);
                 close(fd);
                 return -err;
         }
@@ -75,16 +86,62 @@ int io_init(struct io *io, uint32_t entries)
         io->cq_tail = (uint32_t *)(cq + params.cq_off.tail);
         io->cq_mask = (uint32_t *)(cq + params.cq_off.ring_mask);
         io->cqes = (struct io_uring_cqe *)(cq + params.cq_off.cqes);
+        io->backend = IO_BACKEND_IO_URING;
         return 0;
+}
+
+static const char *errno_name(int err)
+{
+        const char *name = strerrorname_np(err);
+        return name != NULL ? name : "unknown";
+}
+
+/* The fallback is said once per process, however many loops it runs (tests run several). */
+static bool backend_logged;
+
+int io_init(struct io *io, uint32_t entries)
+{
+        memset(io, 0, sizeof(*io));
+        const char *choice = getenv("TALLY_IO");
+        bool automatic = choice == NULL || choice[0] == '\0' || strcmp(choice, "auto") == 0;
+        if (automatic || strcmp(choice, "io_uring") == 0) {
+                int rc = uring_init(io, entries);
+                if (rc == 0)
+                        return 0;
+                if (!automatic) {
+                        log_error("io_uring unavailable (%s) and TALLY_IO=io_uring error=%s",
+                                  errno_name(-rc), strerror(-rc));
+                        return rc;
+                }
+                memset(io, 0, sizeof(*io));
+                if (!backend_logged)
+                        log_info("io_uring unavailable (%s): using the epoll backend",
+                                 errno_name(-rc));
+        } else if (strcmp(choice, "epoll") == 0) {
+                if (!backend_logged)
+                        log_info("using the epoll backend (TALLY_IO=epoll)");
+        } else {
+                log_error("TALLY_IO must be io_uring, epoll or auto value=%s", choice);
+                return -EINVAL;
+        }
+        backend_logged = true;
+        return io_epoll_init(io);
+}
+
+const char *io_backend_name(const struct io *io)
+{
+        return io->backend == IO_BACKEND_EPOLL ? "epoll" : "io_uring";
 }
 
 void io_deinit(struct io *io)
 {
+        if (io->backend == IO_BACKEND_EPOLL) {
+                io_epoll_deinit(io);
+                return;
+        }
         if (io->ring_fd <= 0)
                 return;
-        munmap(io->sqes, io->sqes_size);
-        munmap(io->cq_ring, io->cq_ring_size);
-        munmap(io->sq_ring, io->sq_ring_size);
+        uring_unmap(io);
         close(io->ring_fd);
         io->ring_fd = -1;
 }
@@ -143,6 +200,11 @@ static void enqueue(struct io *io, struct io_completion *c)
 {
         tally_assert(c->callback != NULL);
         c->next = NULL;
+        if (io->backend == IO_BACKEND_EPOLL) {
+                io_epoll_submit(io, c);
+                return;
+        }
+        tally_assert(io->backend == IO_BACKEND_IO_URING);
         if (io->overflow_head == NULL && sqe_fill(io, c))
                 return;
         if (io->overflow_tail != NULL)
@@ -160,6 +222,7 @@ static void prepare(struct io_completion *c, uint8_t opcode, int fd, void *buffe
         c->buffer = buffer;
         c->size = size;
         c->offset = offset;
+        c->result = 0;
 }
 
 void io_accept(struct io *io, struct io_completion *c, int fd)
@@ -271,6 +334,9 @@ static int enter(struct io *io, uint32_t min_complete, uint64_t timeout_ns)
 
 int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
 {
+        if (io->backend == IO_BACKEND_EPOLL)
+                return io_epoll_run(io, timeout_ns, return_early);
+        tally_assert(io->backend == IO_BACKEND_IO_URING);
         uint64_t deadline = io_monotonic_ns() + timeout_ns;
         for (;;) {
                 uint64_t now = io_monotonic_ns();

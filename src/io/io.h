@@ -1,10 +1,24 @@
 /*
- * io.h: the event loop. Every socket and file operation is an io_uring submission whose
- * completion calls back into the caller; nothing blocks the single thread.
+ * io.h: the event loop. Every socket and file operation is submitted here and its completion
+ * calls back into the caller; nothing blocks the single thread.
  *
- * Talks to the kernel through <linux/io_uring.h> and raw system calls only (no liburing), so the
- * server links nothing but libc. A caller owns each struct io_completion until its callback
- * runs; the callback receives the operation's result (bytes, fd, or -errno).
+ * Two backends behind this one interface, chosen at io_init:
+ *   - io_uring (io.c), through <linux/io_uring.h> and raw system calls only (no liburing);
+ *   - epoll (io_epoll.c), for where io_uring is forbidden (the default seccomp profiles of Docker
+ *     and of Kubernetes' RuntimeDefault) or missing: non-blocking sockets waited on with epoll,
+ *     and file reads, writes and fdatasync on a small fixed pool of threads that signal an
+ *     eventfd, so that a journal fdatasync never stalls the network.
+ * Either way the server links nothing but libc.
+ *
+ * What callers may rely on, with both backends:
+ *   - A caller owns each struct io_completion until its callback runs; the callback receives the
+ *     operation's result (bytes, fd, or -errno) and may submit again, the same completion too.
+ *   - Callbacks run only inside io_run, never inside the io_* call that submits.
+ *   - Operations are not ordered with one another: two writes, or a write and an fsync, may
+ *     complete in either order (wait for a write's callback before the fsync that must cover it).
+ *   - Close an fd only when no operation on it is in flight: shutdown(2) makes a pending accept,
+ *     connect, recv or send complete promptly (an error, or 0 for a recv).
+ *   - The opcode field holds the IORING_OP_* value of the operation in both backends.
  */
 #ifndef TALLY_IO_H
 #define TALLY_IO_H
@@ -19,7 +33,8 @@ typedef void (*io_callback)(struct io_completion *completion, int32_t result);
 struct io_completion {
         io_callback callback;
         void *context;
-        struct io_completion *next; /* internal: overflow queue when the ring is full */
+        struct io_completion *next; /* internal: the backend's queues */
+        int32_t result;             /* internal (epoll): the result until the callback runs */
         uint8_t opcode;
         /* Run in a kernel worker, never inline in the submitting system call: for bulk writes
          * that would otherwise copy into the page cache while the loop waits. */
@@ -32,7 +47,17 @@ struct io_completion {
         socklen_t address_size;
 };
 
+enum io_backend {
+        IO_BACKEND_IO_URING = 1,
+        IO_BACKEND_EPOLL = 2,
+};
+
+struct io_epoll; /* the epoll backend's state, io_epoll.c */
+
 struct io {
+        enum io_backend backend;
+        struct io_epoll *epoll; /* IO_BACKEND_EPOLL only */
+        /* IO_BACKEND_IO_URING only, from here to the fault hook. */
         int ring_fd;
         uint32_t sq_entries;
         uint32_t cq_entries;
@@ -61,7 +86,12 @@ struct io {
         void *fault_context;
 };
 
-/* Returns 0, or -errno (with a log line) if io_uring is unavailable. */
+/*
+ * Picks the backend from the environment variable TALLY_IO: "io_uring" or "epoll" insists on
+ * that one; unset (or "auto") takes io_uring when io_uring_setup works, else falls back to epoll
+ * with one log line per process, "io_uring unavailable (EPERM): using the epoll backend".
+ * `entries` sizes the io_uring submission ring. Returns 0, or -errno with a log line.
+ */
 int io_init(struct io *io, uint32_t entries);
 void io_deinit(struct io *io);
 
@@ -82,6 +112,9 @@ void io_fsync(struct io *io, struct io_completion *c, int fd);
  * batch of completions ran, when `return_early` is set). Returns 0, or -errno on a ring failure.
  */
 int io_run(struct io *io, uint64_t timeout_ns, bool return_early);
+
+/* "io_uring" or "epoll". */
+const char *io_backend_name(const struct io *io);
 
 uint64_t io_monotonic_ns(void);
 uint64_t io_realtime_ns(void);
