@@ -362,18 +362,23 @@ static void source_tables(struct lsm_merge *m, struct source *s, const struct ls
         s->table_count = (int32_t)count;
         s->cursor_ready = false; /* (re)positioned: the old cursor position means nothing */
         const void *start = m->reversed ? m->key_max : m->key_min;
-        int32_t t;
-        if (!m->reversed) {
-                t = 0;
-                if (start != NULL)
-                        while (t < (int32_t)count && layout->compare(tables[t].key_max, start) < 0)
-                                t++;
-        } else {
-                t = (int32_t)count - 1;
-                if (start != NULL)
-                        while (t >= 0 && layout->compare(tables[t].key_min, start) > 0)
-                                t--;
+        /* Binary search: forward, the first table whose key_max >= start; reversed, the last
+         * whose key_min <= start (a run's tables are sorted and do not overlap). */
+        int32_t lo = 0, hi = (int32_t)count;
+        while (start != NULL && lo < hi) {
+                int32_t mid = lo + (hi - lo) / 2;
+                bool before = !m->reversed ? layout->compare(tables[mid].key_max, start) < 0
+                                           : layout->compare(tables[mid].key_min, start) <= 0;
+                if (before)
+                        lo = mid + 1;
+                else
+                        hi = mid;
         }
+        int32_t t;
+        if (!m->reversed)
+                t = start != NULL ? lo : 0;
+        else
+                t = start != NULL ? lo - 1 : (int32_t)count - 1;
         s->table_index = t;
         if (t >= 0 && t < (int32_t)count) {
                 lsm_table_cursor_seek(&s->cursor, &tables[t], start, m->reversed);
@@ -609,7 +614,19 @@ void lsm_tree_cursor_seek(struct lsm_tree_cursor *c, const void *key)
                 memcpy(c->bound_max, key, layout->key_size);
                 m->key_max = c->bound_max;
         }
-        merge_position(m);
+        /* Only the sources behind the key move: the others are at or past it already. */
+        for (uint32_t k = 0; k < m->count; k++) {
+                struct source *s = &m->sources[k];
+                if (s->value == NULL)
+                        continue; /* done: nothing further in this direction */
+                int cmp = layout->compare(lsm_key_of(layout, s->value), key);
+                if (m->reversed ? cmp <= 0 : cmp >= 0)
+                        continue;
+                if (s->memtable)
+                        source_memtable(m, s);
+                else
+                        source_tables(m, s, s->tables, (uint32_t)s->table_count);
+        }
 }
 
 /* ---- flush and compaction ---------------------------------------------------------------- */
