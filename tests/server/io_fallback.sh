@@ -85,5 +85,29 @@ rm -rf "$dir/crash"
 # 6. The official Node client's end-to-end tests.
 check "official Node client (epoll)" "$dir/node.out" env TALLY_BIN="$dir/tally" TALLY_NODE_TIMEOUT=240 tests/run_node.sh
 
+# 7. No capability needed: the server as nobody, every capability dropped, io_uring forbidden.
+if [ "$(id -u)" -eq 0 ] && command -v setpriv >/dev/null && getent group nogroup >/dev/null; then
+  chmod 711 "$dir"; mkdir -p "$dir/nocaps"; chmod 777 "$dir/nocaps"
+  printf '#!/bin/sh\nexec setpriv --reuid=nobody --regid=nogroup --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs "%s" "$@"\n' \
+    "$dir/tally" >"$dir/tally-nocaps"; chmod 755 "$dir/tally-nocaps"
+  if start_server "$dir/tally-nocaps" "$dir/nocaps"; then
+    status=$(cat /proc/$SERVER_PID/status)
+    if echo "$status" | grep -Eq '^CapEff:[[:space:]]+0+$' && echo "$status" | grep -Eq '^CapBnd:[[:space:]]+0+$' &&
+       echo "$status" | grep -Eq '^Seccomp:[[:space:]]+2$' && [ "$(stat -c %U /proc/$SERVER_PID)" = nobody ]; then
+      timeout 60 ./tally benchmark --addresses=127.0.0.1:$SERVER_PORT --accounts=100 --transfers=20000 --batch=1000 --query-count=10 >"$dir/nocaps.out" 2>&1 &&
+        grep -q '^verify: ok' "$dir/nocaps.out" && pass "no capabilities, as nobody, io_uring forbidden: serves" ||
+        fail "no capabilities: benchmark" "$dir/nocaps.out"
+    else
+      fail "no capabilities: the server kept some: $(echo "$status" | grep -E '^(Uid|CapEff|CapBnd|Seccomp):' | tr '\n' ' ')"
+    fi
+    stop_server || fail "no capabilities: stop" "$dir/nocaps/server.log"
+  else
+    fail "no capabilities: the server did not start" "$dir/nocaps/server.log"
+  fi
+  rm -rf "$dir/nocaps"
+else
+  echo "skip no capabilities: needs root, setpriv and group nogroup"
+fi
+
 echo "$passed passed, $failed failed"
 [ $failed -eq 0 ]
