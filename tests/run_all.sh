@@ -76,6 +76,10 @@ section "io_uring forbidden by seccomp: the epoll backend (unit, bad input, benc
 timeout 420 tests/server/io_fallback.sh >"$WORK/io-fallback.out" 2>&1; rc=$?
 cat "$WORK/io-fallback.out"; record "io_uring forbidden (epoll backend)" "$WORK/io-fallback.out" $rc
 
+section "disk full: writes refused, reads served, writes resume once space is freed (tmpfs)"
+timeout 300 tests/server/disk_full.sh ./tally >"$WORK/disk-full.out" 2>&1; rc=$?
+cat "$WORK/disk-full.out"; record "disk full" "$WORK/disk-full.out" $rc
+
 section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc

@@ -271,6 +271,18 @@ static void bus_on_peer_connected(void *context, uint8_t replica)
         replica_on_peer_connected(&s->replica, replica);
 }
 
+static bool env_storage_full(void *context)
+{
+        struct server *s = context;
+        return s->storage.no_space;
+}
+
+static bool env_storage_room(void *context)
+{
+        struct server *s = context;
+        return storage_has_room(&s->storage);
+}
+
 /* Nothing was sent to a peer for a while: a ping keeps the connection provably live. */
 static void bus_on_peer_idle(void *context, uint8_t replica)
 {
@@ -499,6 +511,8 @@ int cli_start(int argc, char **argv)
                 .realtime_ns = env_realtime_ns,
                 .monotonic_ns = env_monotonic_ns,
                 .checkpoint = env_checkpoint,
+                .storage_full = env_storage_full,
+                .storage_room = env_storage_room,
                 .journal_read = env_journal_read,
                 .view_write = env_view_write,
                 .checkpoint_read = env_checkpoint_read,

@@ -267,6 +267,7 @@ static void format_requests(const struct metrics_sources *s, struct expo *e)
         expo_u64(e, "tally_refusing_writes", "reason", "ledger_capacity",
                  refusing_capacity(s->replica));
         expo_u64(e, "tally_refusing_writes", "reason", "storage_io_error", s->storage->failed);
+        expo_u64(e, "tally_refusing_writes", "reason", "disk_full", s->replica->disk_full);
         expo_family(e, "tally_ops_committed_total", "counter",
                     "Ops executed by this replica, by operation.");
         for (uint32_t k = 0; k < ARRAY_LEN(operations); k++)
@@ -495,6 +496,11 @@ bool metrics_ready(const struct metrics_sources *s, char *why, size_t why_size)
         uint8_t primary = primary_of(r);
         if (s->storage->failed) {
                 snprintf(why, why_size, "refusing writes: a data file write or sync failed");
+                return false;
+        }
+        if (r->disk_full) {
+                snprintf(why, why_size, "refusing writes: the data file cannot grow (no space "
+                                        "left on its file system)");
                 return false;
         }
         if (r->status != REPLICA_STATUS_NORMAL) {

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 static const char superblock_magic[16] = "TALLY DATA FILE";
@@ -639,6 +640,17 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
         return true;
 }
 
+/* The grid grows by this much at a time (see grid_allocate), plus slack for the manifest. */
+#define STORAGE_GROWTH_ROOM_BYTES ((64ull + 16ull) * GRID_BLOCK_SIZE)
+
+bool storage_has_room(struct storage *storage)
+{
+        struct statvfs fs;
+        if (fstatvfs(storage->fd, &fs) != 0)
+                return false;
+        return (uint64_t)fs.f_bavail * fs.f_frsize >= STORAGE_GROWTH_ROOM_BYTES;
+}
+
 /* ---- checkpoints ------------------------------------------------------------------------- */
 
 /* The lowest block neither the durable checkpoint nor the one being written uses. */
@@ -658,6 +670,8 @@ static uint64_t grid_allocate(struct storage *storage)
                                                  (off_t)storage->superblock.grid_offset,
                                                  (off_t)(blocks * GRID_BLOCK_SIZE));
                         if (rc != 0) {
+                                if (rc == ENOSPC || rc == EDQUOT)
+                                        storage->checkpoint.no_space = true;
                                 log_error("cannot grow the grid blocks=%llu error=%s",
                                           (unsigned long long)blocks, strerror(rc));
                                 return 0;
@@ -687,6 +701,7 @@ static void on_checkpoint_io(struct io_completion *completion, int32_t result)
         }
         if (result < 0 || (completion->size > 0 && (uint32_t)result != completion->size)) {
                 cp->failed = true;
+                cp->io_failed = true;
                 log_error("checkpoint write failed op=%llu error=%s",
                           (unsigned long long)cp->request.op,
                           strerror(result < 0 ? -result : EIO));
@@ -767,11 +782,27 @@ static void checkpoint_finish(struct storage *storage, bool ok)
                 for (uint32_t i = 0; i < storage->manifest_entry_count; i++)
                         grid_mark(storage, storage->manifest_entries[i].address);
                 storage->checkpoints++;
+                storage->no_space = false;
                 log_info("checkpoint written op=%llu blocks_written=%llu blocks_shared=%llu "
                          "replies_written=%u grid_blocks=%llu",
                          (unsigned long long)cp->request.op,
                          (unsigned long long)cp->blocks_written,
                          (unsigned long long)cp->blocks_reused, cp->request.reply_count,
+                         (unsigned long long)storage->grid_block_count);
+        } else if (cp->no_space && !cp->io_failed) {
+                /*
+                 * Out of space only: the durable checkpoint is untouched (no superblock was
+                 * written) and the blocks this attempt took are free again.
+                 */
+                storage->no_space = true;
+                memset(storage->grid_used, 0, GRID_BLOCKS_MAX / 8);
+                if (storage->superblock.manifest_address != 0)
+                        grid_mark(storage, storage->superblock.manifest_address);
+                for (uint32_t i = 0; i < storage->manifest_entry_count; i++)
+                        grid_mark(storage, storage->manifest_entries[i].address);
+                log_warn("checkpoint postponed: the data file cannot grow (no space left on its "
+                         "file system) op=%llu grid_blocks=%llu",
+                         (unsigned long long)cp->request.op,
                          (unsigned long long)storage->grid_block_count);
         } else {
                 storage->failed = true;
@@ -831,6 +862,8 @@ bool storage_checkpoint_start(struct storage *storage,
         }
         cp->active = true;
         cp->failed = false;
+        cp->no_space = false;
+        cp->io_failed = false;
         cp->stage = 1;
         cp->request = *request;
         cp->completion_count = 0;

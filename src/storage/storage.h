@@ -208,6 +208,8 @@ struct storage_checkpoint {
         struct superblock copies[SUPERBLOCK_COPIES];
         uint64_t blocks_written;
         uint64_t blocks_reused;
+        bool no_space;  /* the grid could not grow */
+        bool io_failed; /* a write or sync failed */
 };
 
 struct storage {
@@ -226,6 +228,12 @@ struct storage {
         bool sync_pending;
         struct io_completion sync_completion;
         bool failed; /* an I/O error: stop acknowledging anything */
+        /*
+         * The last checkpoint could not grow the grid (no space on the file system). Not a
+         * failure: the durable checkpoint is whole, nothing was acknowledged on the new one, and
+         * the next checkpoint tries again. The replica refuses writes meanwhile.
+         */
+        bool no_space;
         /* The grid: which blocks the current checkpoint uses (bit set = used). */
         uint64_t *grid_used;
         uint64_t grid_block_count; /* blocks the file holds now */
@@ -286,6 +294,9 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
  */
 bool storage_checkpoint_start(struct storage *storage,
                               const struct storage_checkpoint_request *request);
+
+/* True if the file system holding the data file has room for the grid's next growth step. */
+bool storage_has_room(struct storage *storage);
 
 /*
  * Persists view, log_view, the log anchor and whether the replica is fresh in every

@@ -177,6 +177,7 @@ void replica_send_eviction(struct replica *r, replica_connection connection, u12
 
 static const char *const drop_names[REPLICA_DROP_COUNT] = {
         [REPLICA_DROP_CAPACITY_EXHAUSTED] = "capacity_exhausted",
+        [REPLICA_DROP_DISK_FULL] = "disk_full",
         [REPLICA_DROP_QUEUE_FULL] = "queue_full",
         [REPLICA_DROP_VIEW_CHANGE] = "view_change",
         [REPLICA_DROP_NOT_NORMAL] = "not_normal",
@@ -215,16 +216,23 @@ static void drop(struct replica *r, const struct wire_header *h, enum replica_dr
  */
 static void refusal_note(struct replica *r, const char *why)
 {
-        r->stats.refused_last_tick = MAX(r->tick, 1);
         r->stats.refused_since_logged++;
         if (r->stats.refused_logged_tick != 0 &&
             r->tick < r->stats.refused_logged_tick + REPLICA_REFUSAL_LOG_TICKS)
                 return;
         log_error("request refused: %s refused_since_last_log=%llu refused_total=%llu", why,
                   (unsigned long long)r->stats.refused_since_logged,
-                  (unsigned long long)r->stats.refused_capacity);
+                  (unsigned long long)(r->stats.refused_capacity + r->stats.refused_disk_full));
         r->stats.refused_logged_tick = MAX(r->tick, 1);
         r->stats.refused_since_logged = 0;
+}
+
+/* Operations that add to the ledger (and so, sooner or later, to the data file). */
+static bool operation_writes(uint8_t operation)
+{
+        return operation == OPERATION_CREATE_ACCOUNTS || operation == OPERATION_CREATE_TRANSFERS ||
+               operation == OPERATION_DEPRECATED_CREATE_ACCOUNTS_UNBATCHED ||
+               operation == OPERATION_DEPRECATED_CREATE_TRANSFERS_UNBATCHED;
 }
 
 /* True if this client already has a request queued or in the pipeline. */
@@ -364,11 +372,20 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
                 drop(r, h, REPLICA_DROP_QUEUE_FULL);
                 return false;
         }
+        if (r->disk_full && operation_writes(req->operation)) {
+                r->stats.refused_disk_full++;
+                refusal_note(r, "the data file cannot grow: no space left on its file system; "
+                                "lookups and queries are still served; free space and writes "
+                                "resume by themselves");
+                drop(r, h, REPLICA_DROP_DISK_FULL);
+                return false;
+        }
         if (req->operation != OPERATION_REGISTER &&
             !ledger_capacity_available(r->ledger, req->operation, m->buffer + WIRE_HEADER_SIZE,
                                        h->size - WIRE_HEADER_SIZE,
                                        r->pending_create_events)) {
                 r->stats.refused_capacity++;
+                r->stats.refused_last_tick = MAX(r->tick, 1);
                 refusal_note(r, "ledger capacity exhausted; restart with larger "
                                 "--accounts-max / --transfers-max");
                 drop(r, h, REPLICA_DROP_CAPACITY_EXHAUSTED);
@@ -629,6 +646,21 @@ void replica_on_connection_closed(struct replica *r, replica_connection connecti
 void replica_tick(struct replica *r)
 {
         replication_tick(r);
+        /* Refusing writes for lack of space: once a second, see whether there is room again. */
+        if (r->disk_full && r->tick >= r->disk_full_check_tick + 100) {
+                r->disk_full_check_tick = r->tick;
+                if (r->env.storage_room != NULL && r->env.storage_room(r->env.context)) {
+                        log_info("accepting writes again: the data file's file system has room "
+                                 "to grow it");
+                        r->disk_full = false;
+                } else if (r->tick >= r->disk_full_logged_tick + REPLICA_REFUSAL_LOG_TICKS) {
+                        /* Said again while it lasts, whether or not writes keep coming. */
+                        r->disk_full_logged_tick = r->tick;
+                        log_error("still refusing writes: the data file cannot grow (no space "
+                                  "left on its file system) refused_total=%llu",
+                                  (unsigned long long)r->stats.refused_disk_full);
+                }
+        }
 }
 
 /* Counts one create batch's results by code (only failures are in a reply). */
@@ -855,8 +887,35 @@ static void on_checkpoint_done(void *context, bool ok)
         struct replica *r = context;
         tally_assert(r->checkpoint_in_progress);
         r->checkpoint_in_progress = false;
+        if (!ok && r->env.storage_full != NULL && r->env.storage_full(r->env.context)) {
+                /*
+                 * Out of space, not broken: the durable checkpoint is whole. The replies this
+                 * checkpoint moved to the other slot of their pairs go back, or the next try would
+                 * move them onto the slot the durable checkpoint names. Refuse writes (the ledger
+                 * must not outgrow what can be checkpointed) and try again in a second.
+                 */
+                for (uint32_t k = 0; k < r->checkpoint.reply_count; k++) {
+                        uint32_t slot = r->checkpoint.replies[k].slot;
+                        struct replica_client *c = &r->clients[slot / 2];
+                        c->reply_slot = (slot % 2) ^ 1u;
+                        c->reply_dirty = true;
+                }
+                if (!r->disk_full)
+                        log_error("refusing writes: the data file cannot grow (no space left on "
+                                  "its file system); lookups and queries go on");
+                if (!r->disk_full)
+                        r->disk_full_logged_tick = r->tick;
+                r->disk_full = true;
+                r->disk_full_check_tick = r->tick;
+                r->checkpoint_retry_tick = r->tick + 100;
+                r->stats.checkpoints_skipped++;
+                return;
+        }
         if (!ok)
                 return; /* storage now refuses writes; nothing more is acknowledged */
+        if (r->disk_full)
+                log_info("accepting writes again: a checkpoint grew the data file");
+        r->disk_full = false;
         r->checkpoint_op_durable = r->checkpoint.op;
         r->checkpoint_size_durable = r->checkpoint.blob_size;
         r->checkpoint_checksum_durable = r->checkpoint.prepare_checksum;

@@ -95,6 +95,12 @@ struct replica_env {
                               void (*done)(void *replica, struct message *prepare),
                               void *replica);
         uint64_t (*realtime_ns)(void *context);
+        /*
+         * Optional: true while the last checkpoint could not be written for lack of space (the
+         * durable one is whole: try again later), and whether the file system has room again.
+         */
+        bool (*storage_full)(void *context);
+        bool (*storage_room)(void *context);
         /* Make a checkpoint durable; `done` runs once it is (ok) or failed. False: busy. */
         bool (*checkpoint)(void *context, const struct replica_checkpoint *checkpoint,
                            void (*done)(void *replica, bool ok), void *replica);
@@ -236,6 +242,7 @@ enum replica_slot_state {
 /* Why a client request was dropped without an answer (the client retries): counted by kind. */
 enum replica_drop {
         REPLICA_DROP_CAPACITY_EXHAUSTED, /* the ledger could not hold the batch: refused */
+        REPLICA_DROP_DISK_FULL,          /* a write while the data file cannot grow: refused */
         REPLICA_DROP_QUEUE_FULL,         /* REPLICA_REQUEST_QUEUE_MAX requests waiting */
         REPLICA_DROP_VIEW_CHANGE,        /* no primary to prepare it right now */
         REPLICA_DROP_NOT_NORMAL,
@@ -287,6 +294,7 @@ struct replica_stats {
         uint64_t create_account_results[REPLICA_RESULT_CODES_MAX];
         uint64_t create_transfer_results[REPLICA_RESULT_CODES_MAX];
         uint64_t refused_capacity;
+        uint64_t refused_disk_full;
         uint64_t refused_last_tick;    /* the last refusal of writes, in ticks (0: never) */
         uint64_t refused_logged_tick;  /* the last warning about it */
         uint64_t refused_since_logged; /* refusals since that warning */
@@ -305,6 +313,9 @@ struct replica_stats {
 struct replica {
         struct replica_config config;
         uint64_t peer_messages_dropped; /* replica messages refused (see replica.c) */
+        bool disk_full;                 /* refusing writes until the data file can grow */
+        uint64_t disk_full_check_tick;
+        uint64_t disk_full_logged_tick;
         uint64_t peer_drop_warn_tick;
         struct replica_env env;
         struct message_pool *pool;
