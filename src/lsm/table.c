@@ -213,26 +213,13 @@ int lsm_table_get(struct lsm_grid *grid, const struct lsm_layout *layout,
         const uint8_t *index = lsm_grid_read(grid, table->index, LSM_BLOCK_TABLE_INDEX);
         if (index == NULL)
                 return -1;
-        uint32_t i = index_search(layout, index, key);
-        const struct lsm_block_header *ih = (const struct lsm_block_header *)index;
-        if (i == ih->count)
+        struct lsm_block_ref data_ref; /* copied: the next read may evict the index block */
+        if (!lsm_table_index_find(layout, index, key, &data_ref))
                 return 0;
-        const struct lsm_index_entry *entry = &index_entries_const(index)[i];
-        if (layout->compare(key, entry->key_min) < 0)
-                return 0;
-        struct lsm_block_ref data_ref = entry->data; /* the next read may evict the index */
         const uint8_t *data = lsm_grid_read(grid, data_ref, LSM_BLOCK_TABLE_DATA);
         if (data == NULL)
                 return -1;
-        uint32_t j = data_search(layout, data, key);
-        const struct lsm_block_header *dh = (const struct lsm_block_header *)data;
-        if (j == dh->count)
-                return 0;
-        const uint8_t *value = data_value(layout, data, j);
-        if (layout->compare(lsm_key_of(layout, value), key) != 0)
-                return 0;
-        memcpy(out, value, layout->value_size);
-        return 1;
+        return lsm_table_data_find(layout, data, key, out) ? 1 : 0;
 }
 
 /* ---- cursors ---------------------------------------------------------------------------- */

@@ -226,11 +226,13 @@ static bool all_connected(uint32_t count)
         return true;
 }
 
-static bool start_cluster(uint32_t count)
+/* `count` nodes that know each other; with `key`, every pair must prove it. */
+static bool start_cluster_keyed(uint32_t count, const struct peer_auth_key *key)
 {
         for (uint32_t i = 0; i < count; i++) {
                 if (!node_listen(&nodes[i], (uint8_t)i, 0))
                         return false;
+                nodes[i].key = key;
         }
         char list[128] = "";
         for (uint32_t i = 0; i < count; i++) {
@@ -243,6 +245,11 @@ static bool start_cluster(uint32_t count)
                         return false;
         }
         return true;
+}
+
+static bool start_cluster(uint32_t count)
+{
+        return start_cluster_keyed(count, NULL);
 }
 
 static void test_one_connection_per_pair(void)
@@ -571,20 +578,7 @@ static void keys_init(void)
 static void test_auth_cluster(void)
 {
         keys_init();
-        for (uint32_t i = 0; i < 3; i++)
-                nodes[i].key = &key_a;
-        for (uint32_t i = 0; i < 3; i++) {
-                CHECK(node_listen(&nodes[i], (uint8_t)i, 0));
-                nodes[i].key = &key_a;
-        }
-        char list[128] = "";
-        for (uint32_t i = 0; i < 3; i++) {
-                size_t used = strlen(list);
-                snprintf(list + used, sizeof(list) - used, "%s127.0.0.1:%u", i == 0 ? "" : ",",
-                         nodes[i].port);
-        }
-        for (uint32_t i = 0; i < 3; i++)
-                CHECK(node_join(&nodes[i], list));
+        CHECK(start_cluster_keyed(3, &key_a));
         CHECK(RUN_UNTIL(all_connected(3), 3000));
         run_ms(100);
         for (uint8_t i = 0; i < 3; i++) {
@@ -621,6 +615,9 @@ static void test_auth_cluster(void)
         uint16_t port = nodes[1].port;
         CHECK(node_listen(&nodes[1], 1, port));
         nodes[1].key = &key_a;
+        char list[128];
+        snprintf(list, sizeof(list), "127.0.0.1:%u,127.0.0.1:%u,127.0.0.1:%u", nodes[0].port,
+                 nodes[1].port, nodes[2].port);
         CHECK(node_join(&nodes[1], list));
         CHECK(RUN_UNTIL(all_connected(3), 5000));
         stop_all();
