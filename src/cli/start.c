@@ -254,7 +254,10 @@ static int recover(struct server *s, char *error, size_t error_size)
 static void bus_on_message(void *context, bus_connection_id connection, struct message *message)
 {
         struct server *s = context;
-        replica_on_message(&s->replica, connection, message);
+        if (bus_connection_is_backup(&s->bus, connection))
+                replica_on_backup_message(&s->replica, connection, message);
+        else
+                replica_on_message(&s->replica, connection, message);
 }
 
 static void bus_on_close(void *context, bus_connection_id connection)

@@ -298,6 +298,8 @@ struct replica_stats {
         uint64_t repairs_served;
         uint64_t state_syncs_started;
         uint64_t state_syncs_installed;
+        uint64_t backup_chunks_served; /* checkpoint chunks sent to `tally backup` */
+        uint64_t backup_bytes_served;
         /* Primary: request received -> reply queued, for requests it prepared itself. */
         struct histogram request_latency;
 };
@@ -404,6 +406,31 @@ struct replica {
 int replica_init(struct replica *replica, const struct replica_config *config,
                  const struct replica_env *env, struct message_pool *pool, struct ledger *ledger);
 void replica_deinit(struct replica *replica);
+
+/*
+ * The fields of the state sync messages (request_blocks, block, request_reply), in the first
+ * bytes of the header's command-specific part. `tally backup` speaks them too.
+ */
+struct replica_sync_fields {
+        uint64_t checkpoint_op;
+        uint64_t size;
+        u128 prepare_checksum;
+        uint64_t timestamp;
+        uint64_t offset;
+        uint32_t slot;
+        uint32_t reserved;
+        u128 checksum;
+};
+_Static_assert(sizeof(struct replica_sync_fields) == 80, "sync fields size");
+
+/*
+ * A message from a backup connection (bus_connection_is_backup: `tally backup`): a
+ * request_blocks or request_reply, answered on that connection exactly as a syncing peer is
+ * answered, from the durable checkpoint. Any replica count, any status: the durable checkpoint
+ * is committed state.
+ */
+void replica_on_backup_message(struct replica *replica, replica_connection connection,
+                               struct message *message);
 
 /* A checked message from a connection (the bus already verified framing and checksums). */
 void replica_on_message(struct replica *replica, replica_connection connection,
