@@ -298,8 +298,6 @@ struct replica_stats {
         uint64_t repairs_served;
         uint64_t state_syncs_started;
         uint64_t state_syncs_installed;
-        uint64_t backup_chunks_served; /* checkpoint chunks sent to `tally backup` */
-        uint64_t backup_bytes_served;
         /* Primary: request received -> reply queued, for requests it prepared itself. */
         struct histogram request_latency;
 };
@@ -422,15 +420,6 @@ struct replica_sync_fields {
         u128 checksum;
 };
 _Static_assert(sizeof(struct replica_sync_fields) == 80, "sync fields size");
-
-/*
- * A message from a backup connection (bus_connection_is_backup: `tally backup`): a
- * request_blocks or request_reply, answered on that connection exactly as a syncing peer is
- * answered, from the durable checkpoint. Any replica count, any status: the durable checkpoint
- * is committed state.
- */
-void replica_on_backup_message(struct replica *replica, replica_connection connection,
-                               struct message *message);
 
 /* A checked message from a connection (the bus already verified framing and checksums). */
 void replica_on_message(struct replica *replica, replica_connection connection,

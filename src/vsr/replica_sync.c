@@ -22,7 +22,7 @@
 
 #define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / 4096u * 4096u)
 
-#define sync_fields replica_sync_fields
+#define sync_fields replica_sync_fields /* replica.h: `tally backup` speaks them too */
 _Static_assert(sizeof(struct sync_fields) <= 128, "sync fields fit in a header");
 
 static struct message *sync_message(struct replica *r, uint8_t command,
@@ -43,24 +43,6 @@ static void sync_send(struct replica *r, struct message *m, uint8_t to)
                                       m->header->size - WIRE_HEADER_SIZE);
         wire_header_set_checksum(m->header);
         r->env.send_to_replica(r->env.context, to, m);
-        message_unref(r->pool, m);
-}
-
-/*
- * Where an answer goes: the peer that asked, or (`backup` != 0) the backup connection that
- * asked. Takes over the caller's reference to `m`.
- */
-static void sync_answer(struct replica *r, struct message *m, const struct message *request,
-                        replica_connection backup)
-{
-        if (backup == 0) {
-                sync_send(r, m, request->header->replica);
-                return;
-        }
-        wire_header_set_checksum_body(m->header, message_body(m),
-                                      m->header->size - WIRE_HEADER_SIZE);
-        wire_header_set_checksum(m->header);
-        r->env.send(r->env.context, backup, m); /* dropped if its queue is full: it asks again */
         message_unref(r->pool, m);
 }
 
@@ -132,8 +114,7 @@ void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
         request_chunk(r);
 }
 
-static void serve_chunk(struct replica *r, const struct message *request,
-                        replica_connection backup)
+static void serve_chunk(struct replica *r, const struct message *request)
 {
         struct sync_fields want;
         memcpy(&want, request->header->raw, sizeof(want));
@@ -158,15 +139,10 @@ static void serve_chunk(struct replica *r, const struct message *request,
                 return;
         }
         m->header->size = WIRE_HEADER_SIZE + size;
-        if (backup != 0) {
-                r->stats.backup_chunks_served++;
-                r->stats.backup_bytes_served += size;
-        }
-        sync_answer(r, m, request, backup);
+        sync_send(r, m, request->header->replica);
 }
 
-static void serve_reply(struct replica *r, const struct message *request,
-                        replica_connection backup)
+static void serve_reply(struct replica *r, const struct message *request)
 {
         struct sync_fields want;
         memcpy(&want, request->header->raw, sizeof(want));
@@ -175,17 +151,14 @@ static void serve_reply(struct replica *r, const struct message *request,
         if (want.checkpoint_op != r->checkpoint_op_durable) {
                 /* Its replies are gone with it: the first chunk of the new one restarts the
                  * copy (asking on would never be answered while we keep checkpointing). */
-                serve_chunk(r, request, backup);
+                serve_chunk(r, request);
                 return;
         }
         struct message *m = message_pool_get(r->pool);
         if (m == NULL)
                 return;
-        bool found = r->env.reply_read(r->env.context, want.slot, want.checksum, m);
-        if (found && backup == 0)
+        if (r->env.reply_read(r->env.context, want.slot, want.checksum, m))
                 r->env.send_to_replica(r->env.context, request->header->replica, m);
-        if (found && backup != 0)
-                r->env.send(r->env.context, backup, m);
         message_unref(r->pool, m);
 }
 
@@ -289,13 +262,13 @@ void sync_on_message(struct replica *r, struct message *m)
 {
         switch (m->header->command) {
         case COMMAND_REQUEST_BLOCKS:
-                serve_chunk(r, m, 0);
+                serve_chunk(r, m);
                 break;
         case COMMAND_BLOCK:
                 on_block(r, m);
                 break;
         case COMMAND_REQUEST_REPLY:
-                serve_reply(r, m, 0);
+                serve_reply(r, m);
                 break;
         case COMMAND_REPLY:
                 on_sync_reply(r, m);
@@ -303,23 +276,6 @@ void sync_on_message(struct replica *r, struct message *m)
         default:
                 break;
         }
-}
-
-/*
- * `tally backup` reads the durable checkpoint the way a syncing peer does. The cost to this
- * replica's loop per request: one chunk (at most a message body, 1 MiB) read with pread from
- * the data file (usually the page cache) and checksummed, or one reply read; the tool keeps
- * a small, fixed number of requests outstanding, so the loop spends at most that many chunks'
- * work between two turns for other traffic.
- */
-void replica_on_backup_message(struct replica *r, replica_connection connection,
-                               struct message *m)
-{
-        tally_assert(connection != 0);
-        if (m->header->command == COMMAND_REQUEST_BLOCKS)
-                serve_chunk(r, m, connection);
-        else if (m->header->command == COMMAND_REQUEST_REPLY)
-                serve_reply(r, m, connection);
 }
 
 /*
