@@ -465,9 +465,17 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         }
         const struct superblock *sb = &copies[best];
         if (sb->format_version != STORAGE_FORMAT_VERSION) {
+                /* Name both versions and the way forward: an operator meets this in an
+                 * upgrade or a downgrade, never by accident. */
                 snprintf(error, error_size,
-                         "'%s' has format version %u; this tally reads version %u", path,
-                         sb->format_version, STORAGE_FORMAT_VERSION);
+                         "'%s' has data file format version %u; this tally reads format version "
+                         "%u only (%s)",
+                         path, sb->format_version, STORAGE_FORMAT_VERSION,
+                         sb->format_version > STORAGE_FORMAT_VERSION
+                                 ? "the file was written by a newer tally: run that one"
+                                 : "the file was written by an older tally: take a `tally "
+                                   "backup` of its cluster with that tally, then `tally "
+                                   "restore` it with this one");
                 close(fd);
                 return STORAGE_ERROR_VERSION;
         }
