@@ -54,6 +54,11 @@ for i in 0 1 2; do
   orig[$i]=$!; pids+=($!)
 done
 
+for _ in $(seq 1 300); do
+  n=0; for i in 0 1 2; do
+    [ "$(curl -s -m 1 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$((base + 30 + i))/health/ready")" = 200 ] && n=$((n + 1))
+  done; [ $n -eq 3 ] && break; sleep 0.1
+done
 if timeout 120 "$tally" benchmark --addresses=$addresses --transfers=$PRELOAD >"$dir/bench.out" 2>&1; then
   pass "preload: $PRELOAD transfers by tally benchmark"
 else
