@@ -84,6 +84,14 @@ section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
 
+section "online backup under load, verified restore into 3 and 1 replicas"
+timeout 240 tests/server/backup.sh ./tally build/release/tests/server >"$WORK/backup.out" 2>&1; rc=$?
+cat "$WORK/backup.out"; record "backup and restore" "$WORK/backup.out" $rc
+
+section "upgrades: format versions, rolling upgrade from an earlier main under load, key on"
+timeout 300 tests/server/upgrade.sh ./tally build/release/tests/server >"$WORK/upgrade.out" 2>&1; rc=$?
+cat "$WORK/upgrade.out"; record "upgrades" "$WORK/upgrade.out" $rc
+
 section "a replica refusing writes says so: logs, metrics, readiness (sanitizer build)"
 timeout 60 tests/server/refusal.sh build/asan/tally >"$WORK/refusal.out" 2>&1; rc=$?
 cat "$WORK/refusal.out"; record "refusal" "$WORK/refusal.out" $rc

@@ -12,6 +12,8 @@ int cli_inspect(int argc, char **argv);
 int cli_benchmark(int argc, char **argv);
 int cli_sim(int argc, char **argv);
 int cli_keygen(int argc, char **argv);
+int cli_backup(int argc, char **argv);
+int cli_restore(int argc, char **argv);
 
 /* Prints "error: <message>" as one line on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -27,6 +27,10 @@ static const char usage[] =
         "<path>\n"
         "  tally keygen <path>\n"
         "  tally inspect [--json] [--live] [--verify] <path>\n"
+        "  tally backup --addresses=<a,b,c> [--cluster=<u128>] [--cluster-key-file=<path>] "
+        "[--replica=<index>] <output>\n"
+        "  tally restore --replica-count=<n> [--cluster=<u128>] [--development] <backup> "
+        "<output-dir>\n"
         "  tally benchmark [--addresses=<a,b,c>] [--cluster=<u128>] [--accounts=<n>] "
         "[--transfers=<n>] [--batch=<n>] [--clients=<n>] [--hot-accounts=pareto|uniform] "
         "[--id-order=sequential|random] [--query-count=<n>] [--seed=<n>]\n"
@@ -87,6 +91,32 @@ static const struct {
                     "mid-write)\n"
                     "  --verify  also load the checkpoint into a ledger and check its "
                     "invariants\n"},
+        {"backup", "usage: tally backup --addresses=<a,b,c> [--cluster=<u128>] "
+                   "[--cluster-key-file=<path>] [--replica=<index>]\n"
+                   "                    [--accounts-max=<n>] [--transfers-max=<n>] <output>\n"
+                   "\n"
+                   "Copies a running cluster's newest durable checkpoint (ledger and client "
+                   "sessions) into\n<output> without stopping it, then reads the file back, "
+                   "checks every checksum and the\nledger's invariants. Exit status 0 only if "
+                   "all of it passed.\n"
+                   "  --addresses         every replica's address, in replica order\n"
+                   "  --cluster           the cluster id (default 0)\n"
+                   "  --cluster-key-file  the replicas' key file, if they use one\n"
+                   "  --replica           copy from this replica (default: a backup, not the "
+                   "primary)\n"
+                   "  --accounts-max, --transfers-max  capacities to verify with (as start's)\n"},
+        {"restore", "usage: tally restore --replica-count=<n> [--cluster=<u128>] "
+                    "[--development] <backup> <output-dir>\n"
+                    "\n"
+                    "Checks a backup file (checksums, ledger invariants), then writes the data "
+                    "files\n<output-dir>/<cluster>_<i>.tally of a new cluster of n replicas "
+                    "whose state is the\nbackup's checkpoint. Start them with `tally start` "
+                    "as any cluster.\n"
+                    "  --replica-count  replicas of the new cluster (1..6)\n"
+                    "  --cluster        must be the backup's cluster id if given\n"
+                    "  --development    small zones, as `format --development` (use the "
+                    "source's setting)\n"
+                    "  --accounts-max, --transfers-max  capacities to verify with (as start's)\n"},
         {"benchmark", "usage: tally benchmark [--addresses=<a,b,c>] [--cluster=<u128>] "
                       "[--accounts=<n>] [--transfers=<n>] [--batch=<n>]\n"
                       "                       [--clients=<n>] "
@@ -236,6 +266,10 @@ int main(int argc, char **argv)
                 return cli_sim(argc - 2, argv + 2);
         if (strcmp(command, "keygen") == 0)
                 return cli_keygen(argc - 2, argv + 2);
+        if (strcmp(command, "backup") == 0)
+                return cli_backup(argc - 2, argv + 2);
+        if (strcmp(command, "restore") == 0)
+                return cli_restore(argc - 2, argv + 2);
         if (strcmp(command, "help") == 0 || strcmp(command, "--help") == 0 ||
             strcmp(command, "-h") == 0) {
                 fputs(usage, stdout);

@@ -38,6 +38,7 @@ struct server {
         struct http_server http;
         struct metrics_sources metrics_sources;
         uint64_t storage_failed_logged_ns;
+        bus_connection_id backup_pin_owner; /* the backup connection the pin is for */
 };
 
 static volatile sig_atomic_t stop_signal;
@@ -251,15 +252,99 @@ static int recover(struct server *s, char *error, size_t error_size)
         return 0;
 }
 
+/*
+ * `tally backup` (cli/backup.c) on a backup connection (net/peer_auth.h): it reads a
+ * checkpoint in chunks with state sync's request_blocks and the sessions' replies with
+ * request_reply. A request for checkpoint op 0, or for one that is not pinned, pins the
+ * durable checkpoint for this connection (storage_pin: its blocks survive later checkpoints,
+ * so the copy never starts over however long it takes) and answers from it; the pin goes
+ * when the connection closes, or when another backup connection pins. Replies are read by
+ * checksum from their slots, where they stay until the second checkpoint after theirs: the
+ * tool asks for them as soon as it has the session table, and starts over if they are gone.
+ *
+ * Cost to this loop per request: one chunk (at most a message body: 1 MiB, 32 KiB with
+ * --development) read with pread from the data file (usually the page cache) and
+ * checksummed, or one reply read. The tool keeps BACKUP_WINDOW (4) requests outstanding, so
+ * that is the most chunk work queued between two turns of the loop for other traffic.
+ */
+static void backup_serve_chunk(struct server *s, bus_connection_id connection,
+                               const struct replica_sync_fields *want)
+{
+        struct storage *st = &s->storage;
+        bool ours = st->pinned && s->backup_pin_owner == connection &&
+                    want->checkpoint_op == st->pinned_op;
+        if (!ours) {
+                if (!storage_pin(st))
+                        return; /* no checkpoint yet: the tool times out and says so */
+                s->backup_pin_owner = connection;
+                log_info("backup: checkpoint pinned op=%llu bytes=%llu",
+                         (unsigned long long)st->pinned_op,
+                         (unsigned long long)st->pinned_size);
+        }
+        struct replica_sync_fields f = {
+                .checkpoint_op = st->pinned_op,
+                .size = st->pinned_size,
+                .prepare_checksum = st->pinned_prepare_checksum,
+                .timestamp = st->pinned_timestamp,
+                .offset = ours ? want->offset : 0,
+        };
+        struct message *m = message_pool_get(&s->pool);
+        if (m == NULL)
+                return; /* the tool asks again */
+        wire_header_init(m->header, COMMAND_BLOCK, s->replica.config.cluster, s->replica.view,
+                         WIRE_RELEASE_SERVER, s->replica.config.replica);
+        memcpy(m->header->raw, &f, sizeof(f));
+        uint32_t chunk = s->replica.config.request_size_max - WIRE_HEADER_SIZE;
+        uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
+        int64_t n = size == 0 ? 0 : storage_read_pinned_range(st, f.offset, message_body(m), size);
+        if (n == (int64_t)size) {
+                m->header->size = WIRE_HEADER_SIZE + size;
+                wire_header_set_checksum_body(m->header, message_body(m), size);
+                wire_header_set_checksum(m->header);
+                bus_send(&s->bus, connection, m);
+        }
+        message_unref(&s->pool, m);
+}
+
+static void backup_serve_reply(struct server *s, bus_connection_id connection,
+                               const struct replica_sync_fields *want)
+{
+        if (want->slot >= STORAGE_REPLY_SLOTS)
+                return;
+        struct message *m = message_pool_get(&s->pool);
+        if (m == NULL)
+                return;
+        char error[256];
+        /* The checksum proves the slot still holds that reply. */
+        if (storage_read_reply(&s->storage, want->slot, m, want->checksum, error,
+                               sizeof(error)) == 0)
+                bus_send(&s->bus, connection, m);
+        message_unref(&s->pool, m);
+}
+
 static void bus_on_message(void *context, bus_connection_id connection, struct message *message)
 {
         struct server *s = context;
-        replica_on_message(&s->replica, connection, message);
+        if (!bus_connection_is_backup(&s->bus, connection)) {
+                replica_on_message(&s->replica, connection, message);
+                return;
+        }
+        struct replica_sync_fields want;
+        memcpy(&want, message->header->raw, sizeof(want));
+        if (message->header->command == COMMAND_REQUEST_BLOCKS)
+                backup_serve_chunk(s, connection, &want);
+        else if (message->header->command == COMMAND_REQUEST_REPLY)
+                backup_serve_reply(s, connection, &want);
 }
 
 static void bus_on_close(void *context, bus_connection_id connection)
 {
         struct server *s = context;
+        if (s->storage.pinned && s->backup_pin_owner == connection) {
+                storage_unpin(&s->storage);
+                s->backup_pin_owner = BUS_CONNECTION_NONE;
+                log_info("backup: checkpoint unpinned (the backup connection closed)");
+        }
         replica_on_connection_closed(&s->replica, connection);
 }
 

@@ -446,10 +446,17 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                 }
                 if (!limits_check_reserved(bus, c, h))
                         return false;
-                if (bus->replica_count > 0 && !bus->auth &&
+                if (c->backup) {
+                        if (h->command != COMMAND_REQUEST_BLOCKS &&
+                            h->command != COMMAND_REQUEST_REPLY) {
+                                connection_close(bus, c,
+                                                 "backup connection: only checkpoint reads", true);
+                                return false;
+                        }
+                } else if (bus->replica_count > 0 && !bus->auth &&
                     bus_command_names_sender(h->command) && !peer_check(bus, c, h))
                         return false;
-                if (bus->replica_count > 0 && replica_message_refused(bus, c, h))
+                if (!c->backup && bus->replica_count > 0 && replica_message_refused(bus, c, h))
                         return false;
                 if (!deliver(bus, c, h->size)) {
                         receive = false;
@@ -698,6 +705,12 @@ bool bus_send_to_replica(struct bus *bus, uint8_t replica, struct message *messa
 bool bus_peer_connected(const struct bus *bus, uint8_t replica)
 {
         return replica < bus->replica_count && bus->peers[replica].connection != 0;
+}
+
+bool bus_connection_is_backup(const struct bus *bus, bus_connection_id id)
+{
+        const struct bus_connection *c = connection_get(bus, id);
+        return c != NULL && c->backup && !c->closing;
 }
 
 int bus_connection_replica(const struct bus *bus, bus_connection_id id)
@@ -1132,13 +1145,47 @@ static bool auth_refuse(struct bus *bus, struct bus_connection *c, const char *r
         return false;
 }
 
+/*
+ * `tally backup` proved itself (or, without a key, announced itself): the connection reads
+ * checkpoints and nothing else. It stays a client as far as the limits go (its queue counts in
+ * the client budget), so a backup can never take what replicas need.
+ */
+static void backup_accepted(struct bus *bus, struct bus_connection *c)
+{
+        (void)bus;
+        c->backup = true;
+        log_info("backup connection accepted authenticated=%u peer=%s",
+                 c->auth_state == BUS_AUTH_DONE, c->peer);
+}
+
+/* Step 1 of `tally backup` to a replica without a key: step 2 says so, and carries no proof. */
+static bool auth_on_backup_dial_keyless(struct bus *bus, struct bus_connection *c,
+                                        const struct peer_auth_hello *hello)
+{
+        if (c->outgoing || c->auth_state != BUS_AUTH_NONE || c->established ||
+            hello->acceptor != bus->replica)
+                return auth_refuse(bus, c, "backup handshake out of turn or for another replica");
+        c->auth_hello = *hello;
+        c->auth_hello.step = 2;
+        c->auth_hello.flags = PEER_AUTH_FLAG_NO_KEY;
+        if (!peer_auth_random(c->auth_hello.nonce_accept, sizeof(c->auth_hello.nonce_accept))) {
+                connection_close(bus, c, "no random bytes for the authentication nonce", false);
+                return false;
+        }
+        if (!auth_send(bus, c))
+                return false;
+        backup_accepted(bus, c);
+        return true;
+}
+
 /* Step 1 on an accepted connection: answer with our nonce and proof. */
 static bool auth_on_dial(struct bus *bus, struct bus_connection *c,
                          const struct peer_auth_hello *hello)
 {
         if (c->outgoing || c->auth_state != BUS_AUTH_NONE || c->established)
                 return auth_refuse(bus, c, "authentication step 1 out of turn");
-        if (hello->acceptor != bus->replica || hello->dialer >= bus->replica_count)
+        if (hello->acceptor != bus->replica ||
+            (hello->dialer >= bus->replica_count && hello->dialer != PEER_AUTH_DIALER_BACKUP))
                 return auth_refuse(bus, c,
                                    "authentication for another replica (same --addresses "
                                    "everywhere?)");
@@ -1203,6 +1250,10 @@ static bool auth_on_proof(struct bus *bus, struct bus_connection *c,
         peer_auth_session(&bus->auth_key, bus->cluster, &c->auth_hello, true, &c->auth_recv);
         c->auth_state = BUS_AUTH_DONE;
         uint8_t replica = c->auth_hello.dialer;
+        if (replica == PEER_AUTH_DIALER_BACKUP) {
+                backup_accepted(bus, c);
+                return true;
+        }
         struct bus_connection *old = peer_connection(bus, replica);
         if (old != NULL) {
                 /* Proven, so newer: the old connection is one the peer has given up. */
@@ -1220,16 +1271,7 @@ static bool auth_on_proof(struct bus *bus, struct bus_connection *c,
  */
 static bool auth_on_message(struct bus *bus, struct bus_connection *c)
 {
-        if (!bus->auth) {
-                if (warn_due(bus, BUS_WARN_NO_KEY))
-                        log_warn("connection closed: a peer authenticates with a cluster key "
-                                 "but this replica has none (start every replica with the same "
-                                 "--cluster-key-file) peer=%s",
-                                 c->peer);
-                connection_close(bus, c, "peer authenticates, we have no cluster key", false);
-                return false;
-        }
-        if (c->auth_state == BUS_AUTH_DONE)
+        if (c->auth_state == BUS_AUTH_DONE || c->backup)
                 return auth_refuse(bus, c, "authentication message after the handshake");
         /* An aligned copy: the message may start at any offset of the buffer. */
         _Alignas(16) uint8_t copy[WIRE_HEADER_SIZE + sizeof(struct peer_auth_hello)];
@@ -1245,8 +1287,20 @@ static bool auth_on_message(struct bus *bus, struct bus_connection *c)
         if (parsed == NULL)
                 return auth_refuse(bus, c, reason);
         struct peer_auth_hello hello = *parsed;
+        bool backup_dial = hello.step == 1 && hello.dialer == PEER_AUTH_DIALER_BACKUP;
+        if (!bus->auth && !backup_dial) {
+                if (warn_due(bus, BUS_WARN_NO_KEY))
+                        log_warn("connection closed: a peer authenticates with a cluster key "
+                                 "but this replica has none (start every replica with the same "
+                                 "--cluster-key-file) peer=%s",
+                                 c->peer);
+                connection_close(bus, c, "peer authenticates, we have no cluster key", false);
+                return false;
+        }
         c->recv_consumed += size;
         c->front_verified = false;
+        if (backup_dial && !bus->auth)
+                return auth_on_backup_dial_keyless(bus, c, &hello);
         switch (hello.step) {
         case 1:
                 return auth_on_dial(bus, c, &hello);

@@ -30,6 +30,11 @@
  * message on it carries a tag under a per-connection session key, and a replica-only command
  * on any other connection closes that connection. Clients are unaffected.
  *
+ * `tally backup` opens a connection with a handshake of its own identity (dialer
+ * PEER_AUTH_DIALER_BACKUP, proving the key if the cluster has one): the connection is then a
+ * backup connection, never a peer's, and carries only the checkpoint reads of state sync
+ * (request_blocks, request_reply); anything else on it closes it.
+ *
  * Outgoing connections are retried forever, with exponential backoff and jitter, and a host
  * name is resolved again before every attempt (pod addresses change on restart) without
  * blocking the loop (net/resolver.h). Timers run on bus_tick().
@@ -230,6 +235,7 @@ struct bus_connection {
         bool established;     /* replica `replica`'s connection, announced by on_peer_connected */
         bool received;        /* at least one message was delivered */
         bool warned_identity; /* logged once that a replica message did not identify it */
+        bool backup;          /* `tally backup` (peer_auth.h): checkpoint reads only */
         int8_t replica;       /* the peer replica, or -1: a client or not yet identified */
         bool front_verified;  /* the message at the front of the buffer passed its tag */
         bool send_tagged;     /* send_header holds the tagged header of the message sending */
@@ -379,6 +385,11 @@ void bus_auth_key_set(struct bus *bus, const struct peer_auth_key *key);
  */
 bool bus_send_to_replica(struct bus *bus, uint8_t replica, struct message *message);
 bool bus_peer_connected(const struct bus *bus, uint8_t replica);
+/*
+ * True if `tally backup` opened the connection with its handshake (net/peer_auth.h,
+ * PEER_AUTH_DIALER_BACKUP): only request_blocks and request_reply arrive on it.
+ */
+bool bus_connection_is_backup(const struct bus *bus, bus_connection_id connection);
 /* The replica on a connection, or -1 for a client, an unidentified or a closed connection. */
 int bus_connection_replica(const struct bus *bus, bus_connection_id connection);
 /*

@@ -137,7 +137,7 @@ const struct peer_auth_hello *peer_auth_hello_parse(const struct wire_header *he
                 *reason = "authentication message with an unknown step";
                 return NULL;
         }
-        if (hello->dialer >= hello->acceptor) {
+        if (hello->dialer >= hello->acceptor && hello->dialer != PEER_AUTH_DIALER_BACKUP) {
                 *reason = "authentication message: only a lower replica dials a higher one";
                 return NULL;
         }

@@ -55,13 +55,32 @@ struct peer_auth_hello {
         uint32_t step;  /* 1, 2 or 3 */
         uint8_t dialer;
         uint8_t acceptor;
-        uint8_t reserved[10];
+        uint8_t flags; /* PEER_AUTH_FLAG_*: step 2 of a backup handshake only */
+        uint8_t reserved[9];
         uint8_t nonce_dial[PEER_AUTH_NONCE_SIZE];
         uint8_t nonce_accept[PEER_AUTH_NONCE_SIZE]; /* steps 2 and 3 */
         uint8_t proof[16];                          /* steps 2 and 3 */
 };
 _Static_assert(sizeof(struct peer_auth_hello) == 80, "peer_auth_hello size");
 #define PEER_AUTH_MAGIC "tally-peer-auth1"
+
+/*
+ * The dialer index of `tally backup`, which no replica has (a cluster has at most
+ * ADDRESSES_MAX replicas). Why a backup identity of its own rather than a replica's index: a
+ * connection proven as replica i *is* replica i to the acceptor: it would replace the real
+ * replica i's link (the handshake's "newer proof wins"), take prepares, commits and view
+ * change messages meant for it, and could send them. A backup needs none of that: it reads
+ * the durable checkpoint and the sessions' replies, nothing else. So it proves the cluster key
+ * with the same handshake (the proofs cover the dialer byte, so a backup's handshake can never
+ * pass for a replica's) and the acceptor marks the connection a backup connection, on which
+ * it answers request_blocks and request_reply and refuses every other command.
+ *
+ * Without a cluster key the same step 1 is answered by a step 2 carrying
+ * PEER_AUTH_FLAG_NO_KEY and no proof, and the connection is a backup connection untagged:
+ * such a cluster lets any client read every account and transfer anyway.
+ */
+#define PEER_AUTH_DIALER_BACKUP 255u
+#define PEER_AUTH_FLAG_NO_KEY 1u
 
 /* One direction of an authenticated connection. */
 struct peer_auth_session {

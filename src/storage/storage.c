@@ -466,9 +466,17 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         }
         const struct superblock *sb = &copies[best];
         if (sb->format_version != STORAGE_FORMAT_VERSION) {
+                /* Name both versions and the way forward: an operator meets this in an
+                 * upgrade or a downgrade, never by accident. */
                 snprintf(error, error_size,
-                         "'%s' has format version %u; this tally reads version %u", path,
-                         sb->format_version, STORAGE_FORMAT_VERSION);
+                         "'%s' has data file format version %u; this tally reads format version "
+                         "%u only (%s)",
+                         path, sb->format_version, STORAGE_FORMAT_VERSION,
+                         sb->format_version > STORAGE_FORMAT_VERSION
+                                 ? "the file was written by a newer tally: run that one"
+                                 : "the file was written by an older tally: take a `tally "
+                                   "backup` of its cluster with that tally, then `tally "
+                                   "restore` it with this one");
                 close(fd);
                 return STORAGE_ERROR_VERSION;
         }
@@ -511,6 +519,9 @@ void storage_close(struct storage *storage)
         storage->fd_direct = -1;
         free(storage->grid_used);
         free(storage->manifest_entries);
+        free(storage->pinned_entries);
+        storage->pinned_entries = NULL;
+        storage->pinned = false;
         free(storage->checkpoint.entries);
         free(storage->checkpoint.manifest_block);
         free(storage->checkpoint.completions);
@@ -781,6 +792,8 @@ static void checkpoint_finish(struct storage *storage, bool ok)
                 grid_mark(storage, storage->superblock.manifest_address);
                 for (uint32_t i = 0; i < storage->manifest_entry_count; i++)
                         grid_mark(storage, storage->manifest_entries[i].address);
+                for (uint32_t i = 0; storage->pinned && i < storage->pinned_entry_count; i++)
+                        grid_mark(storage, storage->pinned_entries[i].address);
                 storage->checkpoints++;
                 storage->no_space = false;
                 log_info("checkpoint written op=%llu blocks_written=%llu blocks_shared=%llu "
@@ -1163,20 +1176,51 @@ void storage_checkpoint_distrust(struct storage *storage)
         storage->manifest_entry_count = 0;
 }
 
-int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,
-                                      uint32_t size)
+bool storage_pin(struct storage *storage)
 {
         const struct superblock *sb = &storage->superblock;
-        if (offset >= sb->checkpoint_size)
+        if (sb->manifest_address == 0 || storage->manifest_entry_count == 0)
+                return false;
+        if (storage->pinned_entries == NULL) {
+                storage->pinned_entries = calloc(GRID_MANIFEST_ENTRIES_MAX,
+                                                 sizeof(struct grid_manifest_entry));
+                if (storage->pinned_entries == NULL)
+                        return false;
+        }
+        /* The durable checkpoint's blocks are allocated already (grid_used), and from the
+         * next checkpoint_finish on the pin keeps them so. */
+        memcpy(storage->pinned_entries, storage->manifest_entries,
+               storage->manifest_entry_count * sizeof(struct grid_manifest_entry));
+        storage->pinned_entry_count = storage->manifest_entry_count;
+        storage->pinned_op = sb->checkpoint_op;
+        storage->pinned_size = sb->checkpoint_size;
+        storage->pinned_prepare_checksum = sb->checkpoint_prepare_checksum;
+        storage->pinned_timestamp = sb->checkpoint_timestamp;
+        storage->pinned = true;
+        return true;
+}
+
+void storage_unpin(struct storage *storage)
+{
+        /* Its blocks are freed by the next checkpoint_finish, which recomputes the set. */
+        storage->pinned = false;
+        storage->pinned_entry_count = 0;
+}
+
+static int64_t read_blob_range(struct storage *storage, const struct grid_manifest_entry *entries,
+                               uint32_t entry_count, uint64_t blob_size, uint64_t offset,
+                               uint8_t *into, uint32_t size)
+{
+        if (offset >= blob_size)
                 return 0;
-        size = (uint32_t)MIN((uint64_t)size, sb->checkpoint_size - offset);
+        size = (uint32_t)MIN((uint64_t)size, blob_size - offset);
         uint32_t done = 0;
         while (done < size) {
                 uint64_t at = offset + done;
                 uint32_t index = (uint32_t)(at / GRID_BLOCK_SIZE);
-                if (index >= storage->manifest_entry_count)
+                if (index >= entry_count)
                         return -1;
-                const struct grid_manifest_entry *e = &storage->manifest_entries[index];
+                const struct grid_manifest_entry *e = &entries[index];
                 uint32_t within = (uint32_t)(at % GRID_BLOCK_SIZE);
                 if (within >= e->size)
                         return -1;
@@ -1187,4 +1231,23 @@ int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, 
                 done += piece;
         }
         return done;
+}
+
+int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,
+                                      uint32_t size)
+{
+        return read_blob_range(storage, storage->manifest_entries, storage->manifest_entry_count,
+                               storage->superblock.checkpoint_size, offset, into, size);
+}
+
+int64_t storage_read_pinned_range(struct storage *storage, uint64_t offset, uint8_t *into,
+                                  uint32_t size)
+{
+        if (!storage->pinned)
+                return -1;
+        int64_t n = read_blob_range(storage, storage->pinned_entries, storage->pinned_entry_count,
+                                    storage->pinned_size, offset, into, size);
+        if (n > 0)
+                storage->pinned_bytes_read += (uint64_t)n;
+        return n;
 }

@@ -246,6 +246,18 @@ struct storage {
          * there; empty otherwise. A single replica's open fails instead.
          */
         char checkpoint_problem[256];
+        /*
+         * A checkpoint kept readable for `tally backup` (storage_pin): its blocks stay
+         * allocated through later checkpoints until unpinned. At most one.
+         */
+        bool pinned;
+        uint64_t pinned_op;
+        uint64_t pinned_size;
+        u128 pinned_prepare_checksum;
+        uint64_t pinned_timestamp;
+        uint32_t pinned_entry_count;
+        struct grid_manifest_entry *pinned_entries;
+        uint64_t pinned_bytes_read; /* for metrics: bytes served from pinned checkpoints */
         struct storage_checkpoint checkpoint;
         uint64_t checkpoints;
         /* A view-state superblock write. */
@@ -320,6 +332,19 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
  * checkpoint shares none of its blocks, writing every block afresh.
  */
 void storage_checkpoint_distrust(struct storage *storage);
+
+/*
+ * Keeps the durable checkpoint readable (its blocks allocated) until storage_unpin, through
+ * any number of later checkpoints, replacing an earlier pin: a backup copy that takes longer
+ * than a checkpoint interval then never has to start over. The cost is grid space: blocks the
+ * later checkpoints would have reused are allocated anew meanwhile (at most one checkpoint's
+ * size). False if there is no readable durable checkpoint.
+ */
+bool storage_pin(struct storage *storage);
+void storage_unpin(struct storage *storage);
+/* A range of the pinned checkpoint's blob; bytes copied or -1. Synchronous. */
+int64_t storage_read_pinned_range(struct storage *storage, uint64_t offset, uint8_t *into,
+                                  uint32_t size);
 
 /* A range of the durable checkpoint's blob (state sync); bytes copied or -1. Synchronous. */
 int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,

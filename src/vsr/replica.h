@@ -416,6 +416,22 @@ int replica_init(struct replica *replica, const struct replica_config *config,
                  const struct replica_env *env, struct message_pool *pool, struct ledger *ledger);
 void replica_deinit(struct replica *replica);
 
+/*
+ * The fields of the state sync messages (request_blocks, block, request_reply), in the first
+ * bytes of the header's command-specific part. `tally backup` speaks them too.
+ */
+struct replica_sync_fields {
+        uint64_t checkpoint_op;
+        uint64_t size;
+        u128 prepare_checksum;
+        uint64_t timestamp;
+        uint64_t offset;
+        uint32_t slot;
+        uint32_t reserved;
+        u128 checksum;
+};
+_Static_assert(sizeof(struct replica_sync_fields) == 80, "sync fields size");
+
 /* A checked message from a connection (the bus already verified framing and checksums). */
 void replica_on_message(struct replica *replica, replica_connection connection,
                         struct message *message);

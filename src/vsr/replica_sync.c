@@ -22,16 +22,7 @@
 
 #define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / 4096u * 4096u)
 
-struct sync_fields {
-        uint64_t checkpoint_op;
-        uint64_t size;
-        u128 prepare_checksum;
-        uint64_t timestamp;
-        uint64_t offset;
-        uint32_t slot;
-        uint32_t reserved;
-        u128 checksum;
-};
+#define sync_fields replica_sync_fields /* replica.h: `tally backup` speaks them too */
 _Static_assert(sizeof(struct sync_fields) <= 128, "sync fields fit in a header");
 
 static struct message *sync_message(struct replica *r, uint8_t command,

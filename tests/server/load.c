@@ -71,6 +71,9 @@ int main(int argc, char **argv)
                 if (client_request(&c, OPERATION_CREATE_TRANSFERS, body, size, &reply) !=
                     CLIENT_OK) {
                         fprintf(stderr, "load: create_transfers failed: %s\n", c.error);
+                        /* What was acknowledged before, for tests that check it survived. */
+                        printf("acknowledged=%llu commit=%llu\n",
+                               (unsigned long long)acknowledged, (unsigned long long)commit);
                         return 1;
                 }
                 acknowledged++;
