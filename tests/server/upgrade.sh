@@ -88,6 +88,12 @@ for i in 0 1 2; do start_replica "$old/tally" $i; done
 ) &
 loader=$!; pids+=($loader)
 sleep 3
+# The old cluster must be serving before the first replica goes: a new cluster elects its first
+# primary only with all three up, and a load run that starts before that acknowledges nothing.
+for _ in $(seq 1 300); do
+  awk '$2 > 0 { found = 1 } END { exit !found }' "$dir/acknowledged" 2>/dev/null && break
+  sleep 0.1
+done
 
 for i in 0 1 2; do
   kill -TERM ${rpid[$i]}; timeout 20 tail --pid=${rpid[$i]} -f /dev/null
