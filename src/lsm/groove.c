@@ -238,6 +238,110 @@ static uint64_t index_timestamp(const struct lsm_groove *g, uint32_t i, const vo
         return timestamp;
 }
 
+/*
+ * One intersection of index scans (or the objects tree over the range when nothing is
+ * filtered), producing matching timestamps in order: the leapfrog of groove.h.
+ */
+struct leapfrog {
+        struct lsm_groove *g;
+        uint32_t n; /* filtered indexes; 0: walk the objects tree */
+        uint32_t filtered[LSM_GROOVE_INDEXES_MAX];
+        u128 value[LSM_GROOVE_INDEXES_MAX];
+        struct lsm_tree_cursor cursors[LSM_GROOVE_INDEXES_MAX];
+        uint32_t opened;
+        bool reversed;
+        bool failed;
+        struct lsm_groove_query_stats *stats;
+};
+
+static bool leapfrog_open(struct leapfrog *l, struct lsm_groove *g, const uint32_t *filtered,
+                          const u128 *value, uint32_t n, uint64_t ts_min, uint64_t ts_max,
+                          bool reversed, struct lsm_groove_query_stats *stats)
+{
+        memset(l, 0, sizeof(*l));
+        l->g = g;
+        l->n = n;
+        l->reversed = reversed;
+        l->stats = stats;
+        if (n == 0) {
+                l->failed = lsm_tree_cursor_open(&l->cursors[0], &g->objects, &ts_min, &ts_max,
+                                                 reversed) != 0;
+                l->opened = l->failed ? 0 : 1;
+                return !l->failed;
+        }
+        for (uint32_t k = 0; k < n && !l->failed; k++) {
+                uint32_t i = filtered[k];
+                l->filtered[k] = i;
+                l->value[k] = value[k];
+                uint8_t lo[LSM_KEY_SIZE_MAX], hi[LSM_KEY_SIZE_MAX];
+                index_key(g, i, value[k], ts_min, lo);
+                index_key(g, i, value[k], ts_max, hi);
+                l->failed = lsm_tree_cursor_open(&l->cursors[k], &g->indexes[i], lo, hi,
+                                                 reversed) != 0;
+                l->opened += l->failed ? 0 : 1;
+        }
+        return !l->failed;
+}
+
+static void leapfrog_close(struct leapfrog *l)
+{
+        for (uint32_t k = 0; k < l->opened; k++) {
+                l->failed = l->failed || lsm_tree_cursor_failed(&l->cursors[k]);
+                lsm_tree_cursor_close(&l->cursors[k]);
+        }
+        l->opened = 0;
+}
+
+/* The timestamp every cursor agrees on next (not consumed), or 0 at the end or on a fault. */
+static uint64_t leapfrog_peek(struct leapfrog *l)
+{
+        if (l->failed)
+                return 0;
+        if (l->n == 0) {
+                const void *v = lsm_tree_cursor_value(&l->cursors[0]);
+                return v != NULL ? timestamp_of(l->g, v) : 0;
+        }
+        for (;;) {
+                uint64_t target = 0;
+                bool agree = true;
+                for (uint32_t k = 0; k < l->n; k++) {
+                        const void *v = lsm_tree_cursor_value(&l->cursors[k]);
+                        if (v == NULL)
+                                return 0;
+                        uint64_t t = index_timestamp(l->g, l->filtered[k], v);
+                        if (k == 0) {
+                                target = t;
+                        } else if (t != target) {
+                                agree = false;
+                                if (l->reversed ? t < target : t > target)
+                                        target = t;
+                        }
+                }
+                if (agree)
+                        return target;
+                /* The cursors behind seek to the one ahead: each move skips what cannot match. */
+                for (uint32_t k = 0; k < l->n; k++) {
+                        const void *v = lsm_tree_cursor_value(&l->cursors[k]);
+                        if (index_timestamp(l->g, l->filtered[k], v) == target)
+                                continue;
+                        uint8_t key[LSM_KEY_SIZE_MAX];
+                        index_key(l->g, l->filtered[k], l->value[k], target, key);
+                        lsm_tree_cursor_seek(&l->cursors[k], key);
+                        l->stats->seeks++;
+                        l->stats->steps++;
+                }
+        }
+}
+
+static void leapfrog_next(struct leapfrog *l)
+{
+        uint32_t cursors = l->n == 0 ? 1 : l->n;
+        for (uint32_t k = 0; k < cursors; k++) {
+                lsm_tree_cursor_next(&l->cursors[k]);
+                l->stats->steps++;
+        }
+}
+
 int64_t lsm_groove_query(struct lsm_groove *g, const struct lsm_groove_filter *f, void *out,
                          struct lsm_groove_query_stats *stats)
 {
@@ -246,96 +350,62 @@ int64_t lsm_groove_query(struct lsm_groove *g, const struct lsm_groove_filter *f
                                                                           : UINT64_MAX;
         if (f->limit == 0 || ts_min > ts_max)
                 return 0;
-        uint32_t filtered[LSM_GROOVE_INDEXES_MAX];
+        /* The filters every result must match, and the alternatives of an "either" filter. */
+        uint32_t filtered[LSM_GROOVE_INDEXES_MAX + 1];
+        u128 values[LSM_GROOVE_INDEXES_MAX + 1];
         uint32_t n = 0;
         for (uint32_t i = 0; i < g->config.index_count; i++) {
                 if (f->present[i]) {
                         tally_assert(f->value[i] != 0); /* 0 means no filter */
-                        filtered[n++] = i;
+                        filtered[n] = i;
+                        values[n++] = f->value[i];
                 }
+        }
+        uint32_t alternatives = f->either_count;
+        tally_assert(alternatives == 0 || (alternatives == 2 && f->either_value != 0));
+        struct leapfrog frogs[2];
+        uint32_t frog_count = alternatives == 0 ? 1 : 2;
+        bool ok = true;
+        for (uint32_t a = 0; a < frog_count && ok; a++) {
+                uint32_t m = n;
+                if (alternatives != 0) {
+                        tally_assert(f->either[a] < g->config.index_count);
+                        filtered[m] = f->either[a];
+                        values[m++] = f->either_value;
+                }
+                ok = leapfrog_open(&frogs[a], g, filtered, values, m, ts_min, ts_max,
+                                   f->reversed, stats);
+                if (!ok)
+                        frog_count = a + 1;
         }
         uint8_t *results = out;
         uint32_t size = g->config.object_size;
         int64_t count = 0;
-        if (n == 0) {
-                struct lsm_tree_cursor c;
-                if (lsm_tree_cursor_open(&c, &g->objects, &ts_min, &ts_max, f->reversed) != 0)
-                        return -1;
-                const void *v;
-                while (count < f->limit && (v = lsm_tree_cursor_value(&c)) != NULL) {
-                        memcpy(results + (size_t)count * size, v, size);
-                        count++;
-                        stats->steps++;
-                        lsm_tree_cursor_next(&c);
+        /* A union of the alternatives: merged by timestamp, each object once. */
+        while (ok && count < f->limit) {
+                uint64_t best = 0;
+                for (uint32_t a = 0; a < frog_count; a++) {
+                        uint64_t t = leapfrog_peek(&frogs[a]);
+                        if (t != 0 && (best == 0 || (f->reversed ? t > best : t < best)))
+                                best = t;
                 }
-                bool failed = lsm_tree_cursor_failed(&c);
-                lsm_tree_cursor_close(&c);
-                return failed ? -1 : count;
-        }
-        struct lsm_tree_cursor cursors[LSM_GROOVE_INDEXES_MAX];
-        uint32_t opened = 0;
-        bool failed = false;
-        for (uint32_t k = 0; k < n && !failed; k++) {
-                uint32_t i = filtered[k];
-                uint8_t lo[LSM_KEY_SIZE_MAX], hi[LSM_KEY_SIZE_MAX];
-                index_key(g, i, f->value[i], ts_min, lo);
-                index_key(g, i, f->value[i], ts_max, hi);
-                failed = lsm_tree_cursor_open(&cursors[k], &g->indexes[i], lo, hi, f->reversed) != 0;
-                opened += failed ? 0 : 1;
-        }
-        /*
-         * Leapfrog: the cursor that is behind (forward: the smallest timestamp) seeks to the one
-         * ahead; when all agree, that timestamp is a result. Each move skips what cannot match.
-         */
-        while (!failed && count < f->limit) {
-                uint64_t target = 0;
-                bool done = false, agree = true;
-                for (uint32_t k = 0; k < n && !done; k++) {
-                        const void *v = lsm_tree_cursor_value(&cursors[k]);
-                        if (v == NULL) {
-                                done = true;
-                                break;
-                        }
-                        uint64_t t = index_timestamp(g, filtered[k], v);
-                        if (k == 0) {
-                                target = t;
-                        } else if (t != target) {
-                                agree = false;
-                                if (f->reversed ? t < target : t > target)
-                                        target = t;
-                        }
-                }
-                if (done)
+                if (best == 0)
                         break;
-                if (agree) {
-                        int rc = lsm_groove_get_by_timestamp(g, target,
-                                                             results + (size_t)count * size);
-                        if (rc < 0) {
-                                failed = true;
-                                break;
-                        }
-                        tally_assert(rc == 1); /* indexed, so stored */
-                        count++;
-                        for (uint32_t k = 0; k < n; k++) {
-                                lsm_tree_cursor_next(&cursors[k]);
-                                stats->steps++;
-                        }
-                        continue;
+                for (uint32_t a = 0; a < frog_count; a++) {
+                        if (leapfrog_peek(&frogs[a]) == best)
+                                leapfrog_next(&frogs[a]);
                 }
-                for (uint32_t k = 0; k < n; k++) {
-                        const void *v = lsm_tree_cursor_value(&cursors[k]);
-                        if (index_timestamp(g, filtered[k], v) == target)
-                                continue;
-                        uint8_t key[LSM_KEY_SIZE_MAX];
-                        index_key(g, filtered[k], f->value[filtered[k]], target, key);
-                        lsm_tree_cursor_seek(&cursors[k], key);
-                        stats->seeks++;
-                        stats->steps++;
+                int rc = lsm_groove_get_by_timestamp(g, best, results + (size_t)count * size);
+                if (rc < 0) {
+                        ok = false;
+                        break;
                 }
+                tally_assert(rc == 1); /* indexed (or walked), so stored */
+                count++;
         }
-        for (uint32_t k = 0; k < opened; k++) {
-                failed = failed || lsm_tree_cursor_failed(&cursors[k]);
-                lsm_tree_cursor_close(&cursors[k]);
+        for (uint32_t a = 0; a < frog_count; a++) {
+                leapfrog_close(&frogs[a]);
+                ok = ok && !frogs[a].failed;
         }
-        return failed ? -1 : count;
+        return ok ? count : -1;
 }

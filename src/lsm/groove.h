@@ -8,7 +8,8 @@
  * query opens a cursor per filtered field over (value, [timestamp_min, timestamp_max]) and
  * intersects them by leapfrogging: the cursor that is behind seeks to the timestamp the others
  * reached, so the cost follows the results and the seeks, not the objects stored. Without a field
- * filter the objects tree is walked over the timestamp range.
+ * filter the objects tree is walked over the timestamp range. "Either field A or field B equals
+ * v" (get_account_transfers: debit or credit account) is two leapfrogs merged by timestamp.
  *
  * Zero values are not indexed (a filter of 0 means "any field value" in every query TigerBeetle
  * has), which saves the space of unused user_data fields. Index values are 16 bytes for fields of
@@ -71,6 +72,14 @@ bool lsm_groove_compact(struct lsm_groove *groove);
 struct lsm_groove_filter {
         bool present[LSM_GROOVE_INDEXES_MAX]; /* filter on index i's field ... */
         u128 value[LSM_GROOVE_INDEXES_MAX];   /* ... equal to this (never 0) */
+        /*
+         * Either of two fields equal to either_value (either_count 2; 0: none): a union, as
+         * get_account_transfers asks for (debit_account_id = X or credit_account_id = X), with
+         * every other filter still applied to both.
+         */
+        uint32_t either_count;
+        uint32_t either[2];
+        u128 either_value;
         uint64_t timestamp_min;               /* 0: no bound */
         uint64_t timestamp_max;               /* 0: no bound */
         bool reversed;

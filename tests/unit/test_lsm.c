@@ -1074,7 +1074,7 @@ static void test_groove(void)
                 wrong++;
         CHECK_EQ_U64(wrong, 0);
         /* Queries against brute force. */
-        uint32_t mismatches = 0;
+        uint32_t mismatches = 0, unions = 0, union_results = 0;
         for (uint32_t q = 0; q < 400; q++) {
                 struct lsm_groove_filter filter;
                 memset(&filter, 0, sizeof(filter));
@@ -1087,6 +1087,12 @@ static void test_groove(void)
                                 continue;
                         filter.present[i] = true;
                         filter.value[i] = v;
+                }
+                if (rng() % 3 == 0) { /* user_data_64 = v or user_data_32 = v */
+                        filter.either_count = 2;
+                        filter.either[0] = 1;
+                        filter.either[1] = 2;
+                        filter.either_value = 1 + rng() % 5;
                 }
                 if (rng() % 2) {
                         filter.timestamp_min = 1000 + rng() % (timestamp - 1000);
@@ -1109,6 +1115,10 @@ static void test_groove(void)
                         for (uint32_t i = 0; i < groove_config.index_count; i++)
                                 if (filter.present[i] && object_field(o, i) != filter.value[i])
                                         match = false;
+                        if (filter.either_count == 2 &&
+                            object_field(o, filter.either[0]) != filter.either_value &&
+                            object_field(o, filter.either[1]) != filter.either_value)
+                                match = false;
                         if (!match)
                                 continue;
                         if (same && (expect >= (uint64_t)got ||
@@ -1118,8 +1128,13 @@ static void test_groove(void)
                 }
                 if (!same || got != expect)
                         mismatches++;
+                if (filter.either_count == 2) {
+                        unions++;
+                        union_results += expect;
+                }
         }
         CHECK_EQ_U64(mismatches, 0);
+        CHECK(unions > 50 && union_results > 100); /* unions were tried, and matched things */
         /* Cost follows the results: 10 objects of one code among 40,000. */
         struct lsm_groove_filter rare;
         memset(&rare, 0, sizeof(rare));
