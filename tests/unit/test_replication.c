@@ -138,11 +138,32 @@ static uint8_t *checkpoint_blob[REPLICAS_MAX];
 static uint64_t checkpoint_size[REPLICAS_MAX];
 static struct message *checkpoint_replies[REPLICAS_MAX][128];
 
+/*
+ * Checkpoints whose chain anchor is not the checksum of the prepare at their op (as some
+ * replica journaled it): a restart would replay the journal from a wrong anchor and drop every
+ * entry after it. Checked for every checkpoint of every scenario.
+ */
+static uint32_t checkpoint_anchor_wrong;
+static uint32_t checkpoint_anchor_checked;
+
 static bool env_checkpoint(void *context, const struct replica_checkpoint *cp,
                            void (*done)(void *replica, bool ok), void *replica)
 {
         (void)replica;
         uint8_t i = index_of(context);
+        for (uint8_t j = 0; j < REPLICAS_MAX && cp->op < STORE_OPS; j++) {
+                const struct message *p = store[j][cp->op];
+                if (p != NULL && p->header->prepare.op == cp->op)
+                        checkpoint_anchor_checked++;
+                if (p != NULL && p->header->prepare.op == cp->op &&
+                    p->header->checksum != cp->prepare_checksum) {
+                        checkpoint_anchor_wrong++;
+                        fprintf(stderr, "  replica %u checkpoint at op %llu names another "
+                                        "checksum than replica %u's prepare\n",
+                                i, (unsigned long long)cp->op, j);
+                        break;
+                }
+        }
         free(checkpoint_blob[i]);
         checkpoint_blob[i] = malloc(cp->blob_size);
         uint64_t at = 0;
@@ -712,6 +733,13 @@ static void test_checkpoint_lost(void)
         cluster_stop();
 }
 
+/* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
+static void test_checkpoint_anchors(void)
+{
+        CHECK(checkpoint_anchor_checked > 0);
+        CHECK_EQ_U64(checkpoint_anchor_wrong, 0);
+}
+
 int main(void)
 {
         log_set_level(getenv("TEST_LOG") ? LOG_DEBUG : LOG_ERROR);
@@ -726,5 +754,6 @@ int main(void)
         TEST_RUN(test_all_restart);
         TEST_RUN(test_state_sync);
         TEST_RUN(test_checkpoint_lost);
+        TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
