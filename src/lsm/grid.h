@@ -17,10 +17,10 @@
  * released block becomes free again only at the next checkpoint (lsm_grid_checkpoint), because
  * the durable checkpoint may still reference it after a crash.
  *
- * The device is an interface (read and write whole blocks by address): the server puts it on
- * the data file, the simulator on a simulated disk, tests in memory. In this first step its
- * calls are synchronous; the prefetch design in docs/storage.md batches reads ahead of
- * execution.
+ * The device is an interface (read and write whole blocks by address): the server will put it
+ * on the data file, the simulator on a simulated disk; tests use memory and bench/lsm_bench a
+ * file. Writes are synchronous for now; reads may be asynchronous (read_async), which is how
+ * a prefetch (prefetch.h) keeps many in flight while each pins its cache slot.
  */
 #ifndef TALLY_LSM_GRID_H
 #define TALLY_LSM_GRID_H
