@@ -83,7 +83,6 @@ run_case() { # run_case <name> <replica count>
   PIDS=()
 }
 
-command -v curl >/dev/null || apt-get install -y -qq curl >/dev/null 2>&1 || true
 run_case single 1
 run_case cluster 3
 echo "$PASSED passed, $FAILED failed"
