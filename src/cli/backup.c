@@ -501,6 +501,16 @@ static int copy_run(struct backup_link *l, struct copy *c, uint8_t replica_count
                 }
                 if (h->command != COMMAND_BLOCK)
                         continue;
+                struct replica_sync_fields fields;
+                memcpy(&fields, h->raw, sizeof(fields));
+                if (fields.checkpoint_op == 0) {
+                        snprintf(error, error_size,
+                                 "replica %u has no durable checkpoint yet (a replica writes one "
+                                 "every 256 ops, 64 with --development; until then there is "
+                                 "nothing to back up)",
+                                 l->replica);
+                        return -2;
+                }
                 last_progress = now_ms();
                 if (c->outstanding > 0)
                         c->outstanding--;
@@ -596,8 +606,8 @@ static int backup_copy(struct address *addresses, uint32_t count, int32_t only, 
                                 replica);
                         continue;
                 }
-                if (only >= 0)
-                        return -1;
+                if (only >= 0 || rc == -2)
+                        return -1; /* no checkpoint anywhere yet: every replica says the same */
                 fprintf(stderr, "backup: %s; trying another replica\n", error);
         }
         if (error[0] == '\0')

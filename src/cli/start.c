@@ -273,9 +273,24 @@ static void backup_serve_chunk(struct server *s, bus_connection_id connection,
         struct storage *st = &s->storage;
         bool ours = st->pinned && s->backup_pin_owner == connection &&
                     want->checkpoint_op == st->pinned_op;
+        if (!ours && !storage_pin(st)) {
+                /* No durable checkpoint yet: say so (checkpoint_op 0, size 0) rather than let
+                 * the tool wait for an answer that cannot come. */
+                struct replica_sync_fields none;
+                memset(&none, 0, sizeof(none));
+                struct message *m = message_pool_get(&s->pool);
+                if (m == NULL)
+                        return; /* the tool asks again */
+                wire_header_init(m->header, COMMAND_BLOCK, s->replica.config.cluster,
+                                 s->replica.view, WIRE_RELEASE_SERVER, s->replica.config.replica);
+                memcpy(m->header->raw, &none, sizeof(none));
+                wire_header_set_checksum_body(m->header, message_body(m), 0);
+                wire_header_set_checksum(m->header);
+                bus_send(&s->bus, connection, m);
+                message_unref(&s->pool, m);
+                return;
+        }
         if (!ours) {
-                if (!storage_pin(st))
-                        return; /* no checkpoint yet: the tool times out and says so */
                 s->backup_pin_owner = connection;
                 log_info("backup: checkpoint pinned op=%llu bytes=%llu",
                          (unsigned long long)st->pinned_op,
