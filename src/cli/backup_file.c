@@ -286,22 +286,6 @@ void backup_contents_free(struct backup_contents *contents)
         contents->replies = NULL;
 }
 
-struct memory_reader {
-        const uint8_t *data;
-        uint64_t size;
-        uint64_t offset;
-};
-
-static int memory_read(void *context, void *data, size_t size)
-{
-        struct memory_reader *r = context;
-        if (size > r->size - r->offset)
-                return -1;
-        memcpy(data, r->data + r->offset, size);
-        r->offset += size;
-        return 0;
-}
-
 int backup_verify_ledger(const struct backup_contents *contents, uint64_t accounts_max,
                          uint64_t transfers_max, char *summary, size_t summary_size)
 {
@@ -320,8 +304,8 @@ int backup_verify_ledger(const struct backup_contents *contents, uint64_t accoun
                          (unsigned long long)accounts_max);
                 return -1;
         }
-        struct memory_reader reader = {.data = part, .size = part_size};
-        struct ledger_stream stream = {.read = memory_read, .context = &reader};
+        struct ledger_memory_reader reader = {.data = part, .size = part_size};
+        struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
         int rc = -1;
         struct ledger_verify_report report;
         char reason[256];

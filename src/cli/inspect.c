@@ -254,22 +254,6 @@ static uint8_t *checkpoint_check(struct storage *storage, struct message *reply)
         return blob;
 }
 
-struct memory_reader {
-        const uint8_t *data;
-        uint64_t size;
-        uint64_t offset;
-};
-
-static int memory_read(void *context, void *data, size_t size)
-{
-        struct memory_reader *r = context;
-        if (size > r->size - r->offset)
-                return -1;
-        memcpy(data, r->data + r->offset, size);
-        r->offset += size;
-        return 0;
-}
-
 /* --verify: the checkpoint loaded into a ledger, and its invariants. */
 static void verify(const struct superblock *sb, const uint8_t *blob, uint64_t accounts_max,
                    uint64_t transfers_max)
@@ -304,8 +288,8 @@ static void verify(const struct superblock *sb, const uint8_t *blob, uint64_t ac
                        (unsigned long long)accounts_max, (unsigned long long)transfers_max);
                 return;
         }
-        struct memory_reader reader = {.data = part, .size = part_size, .offset = 0};
-        struct ledger_stream stream = {.read = memory_read, .context = &reader};
+        struct ledger_memory_reader reader = {.data = part, .size = part_size, .offset = 0};
+        struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
         if (ledger_checkpoint_read(ledger, &stream) != 0) {
                 damage(true,
                        "verify: the ledger checkpoint does not load (damaged, or larger than "

@@ -128,4 +128,12 @@ int ledger_checkpoint_write(const struct ledger *ledger, struct ledger_stream *s
 /* Replaces the ledger's state. On failure the ledger is left empty (as created). */
 int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream);
 
+/* A stream reading a checkpoint from memory: {.read = ledger_memory_read, .context = &r}. */
+struct ledger_memory_reader {
+        const uint8_t *data;
+        uint64_t size;
+        uint64_t offset;
+};
+int ledger_memory_read(void *context, void *data, size_t size);
+
 #endif

@@ -308,3 +308,13 @@ fail:
         ledger_reset(ledger);
         return -1;
 }
+
+int ledger_memory_read(void *context, void *data, size_t size)
+{
+        struct ledger_memory_reader *r = context;
+        if (size > r->size - r->offset)
+                return -1;
+        memcpy(data, r->data + r->offset, size);
+        r->offset += size;
+        return 0;
+}

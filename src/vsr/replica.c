@@ -1015,22 +1015,6 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
         }
 }
 
-struct memory_reader {
-        const uint8_t *data;
-        uint64_t size;
-        uint64_t offset;
-};
-
-static int memory_read(void *context, void *data, size_t size)
-{
-        struct memory_reader *m = context;
-        if (m->offset + size > m->size)
-                return -1;
-        memcpy(data, m->data + m->offset, size);
-        m->offset += size;
-        return 0;
-}
-
 int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
                     uint64_t checkpoint_op, u128 prepare_checksum, uint64_t timestamp,
                     int (*read_reply)(void *context, uint32_t slot, u128 checksum,
@@ -1077,11 +1061,11 @@ int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
                 c->reply_slot = s.reply_slot % 2;
                 c->reply_dirty = false;
         }
-        struct memory_reader reader = {
+        struct ledger_memory_reader reader = {
                 .data = blob + sizeof(header) + sessions_size,
                 .size = header.ledger_size,
         };
-        struct ledger_stream stream = {.read = memory_read, .context = &reader};
+        struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
         if (ledger_checkpoint_read(r->ledger, &stream) != 0) {
                 snprintf(error, error_size, "ledger checkpoint is not valid (zone grid)");
                 return -1;
