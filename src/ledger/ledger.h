@@ -6,12 +6,14 @@
  * no clock and no randomness, so every replica that executes the same prepares in the same
  * order holds byte-identical state and produces byte-identical replies.
  *
- * Memory is reserved once, in ledger_create(), from the capacities in the configuration.
+ * The state lives in LSM trees on a grid of blocks (ledger_internal.h), read through a block
+ * cache of fixed size, so memory is fixed at ledger_create() whatever the ledger holds.
  */
 #ifndef TALLY_LEDGER_H
 #define TALLY_LEDGER_H
 
 #include "lib/common.h"
+#include "lsm/grid.h"
 
 /* The largest body of a message: 1 MiB minus the 256-byte header. */
 #define LEDGER_BODY_SIZE_MAX 1048320u
@@ -19,8 +21,18 @@
 #define LEDGER_PULSE_TIMESTAMP_DELTA 8190u
 
 struct ledger_config {
-        uint64_t accounts_max;  /* accounts the ledger can hold */
-        uint64_t transfers_max; /* transfers (all kinds) the ledger can hold */
+        /*
+         * Bounds of the checkpoint stream (ledger_checkpoint_write) only: the trees hold as much
+         * as the grid does. They go with the stream once checkpoints are grid roots.
+         */
+        uint64_t accounts_max;
+        uint64_t transfers_max;
+        /* Where the trees' blocks live; no read function: in memory (lsm/device_memory.h). */
+        struct lsm_device device;
+        uint64_t grid_blocks_max; /* addresses of the grid; 0: 2^24 (1 TiB) */
+        uint64_t cache_bytes;     /* the block cache; 0: 64 MiB */
+        uint32_t memtable_max;    /* values per tree between flushes; 0: 65,536 */
+        uint32_t table_data_blocks_max; /* 0: the LSM's default (tests make small tables) */
         /* The request body limit advertised to clients (batch_size_limit); bounds events.
          * 0 means LEDGER_BODY_SIZE_MAX. */
         uint32_t request_body_size_max;
@@ -91,6 +103,10 @@ struct ledger_stats {
         uint64_t pending_live;
         uint64_t history_records;
         uint64_t memory_bytes;
+        uint64_t grid_blocks_read;    /* from the device: cache misses */
+        uint64_t grid_blocks_written;
+        uint64_t grid_cache_hits;
+        uint64_t grid_blocks_used;
 };
 void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
 
@@ -103,7 +119,7 @@ struct ledger_verify_report {
         uint64_t transfers;
         uint64_t ledgers;
 };
-int ledger_verify(const struct ledger *ledger, struct ledger_verify_report *report, char *error,
+int ledger_verify(struct ledger *ledger, struct ledger_verify_report *report, char *error,
                   size_t error_size);
 
 /*
@@ -124,7 +140,7 @@ struct ledger_stream {
         void *context;
 };
 #define LEDGER_CHECKPOINT_ALIGN (1u << 20) /* every part starts at a multiple of this */
-int ledger_checkpoint_write(const struct ledger *ledger, struct ledger_stream *stream);
+int ledger_checkpoint_write(struct ledger *ledger, struct ledger_stream *stream);
 /* Replaces the ledger's state. On failure the ledger is left empty (as created). */
 int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream);
 

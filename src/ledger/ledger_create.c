@@ -4,11 +4,11 @@
  * Every check follows the order of ledger-semantics.md sections 4 and 5 (result-codes.csv gives
  * the position of each code); the comments name the positions (N34, P39, ...).
  *
- * Linked chains: everything a chain creates is appended at the end of the arrays, so a failed
- * chain is rolled back by undoing its transfers from the last to the first (each undo is the
- * exact inverse of the apply, computed from the stored transfer) and truncating. Expiry index
- * entries are added only when the event that created them is committed (end of its chain), so a
- * rollback never has to look for them.
+ * Objects are reached through the working set (ledger_state.c): ws_account / ws_transfer load
+ * an object once per operation, and every change goes through ws_touch first, so a linked chain
+ * that fails is rolled back from the working set's undo log. Expiry entries are added only when
+ * the event that created them is committed (end of its chain), so a rollback never has to look
+ * for them.
  */
 #include "ledger/ledger_internal.h"
 
@@ -145,203 +145,6 @@ static uint32_t transfer_create(struct ledger *ledger, const struct wire_transfe
                                 uint64_t timestamp);
 
 /* ---------------------------------------------------------------------------------------- */
-/* Per-account transfer lists. */
-
-static void edge_push(struct ledger *ledger, uint32_t account, uint32_t transfer)
-{
-        struct account_index *index = &ledger->account_index[account];
-        struct edge_chunk *tail = index->tail ? &ledger->chunks[index->tail - 1] : NULL;
-        if (tail == NULL || tail->count == CHUNK_ITEMS) {
-                tally_assert(ledger->chunk_count < ledger->chunks_max);
-                uint32_t fresh = ledger->chunk_count++;
-                struct edge_chunk *chunk = &ledger->chunks[fresh];
-                chunk->prev = index->tail;
-                chunk->next = 0;
-                chunk->count = 0;
-                if (tail) tail->next = fresh + 1;
-                else index->head = fresh + 1;
-                index->tail = fresh + 1;
-                tail = chunk;
-        }
-        tally_assert(tail->count == 0 || tail->items[tail->count - 1] < transfer);
-        tail->items[tail->count++] = transfer;
-}
-
-static void edge_pop(struct ledger *ledger, uint32_t account, uint32_t transfer)
-{
-        struct account_index *index = &ledger->account_index[account];
-        tally_assert(index->tail != 0);
-        uint32_t tail_index = index->tail - 1;
-        struct edge_chunk *tail = &ledger->chunks[tail_index];
-        tally_assert(tail->count > 0);
-        tally_assert(tail->items[tail->count - 1] == transfer);
-        tail->count--;
-        if (tail->count > 0) return;
-        /* Chunks are freed in the reverse order of their allocation. */
-        tally_assert(tail_index == ledger->chunk_count - 1);
-        index->tail = tail->prev;
-        if (tail->prev) ledger->chunks[tail->prev - 1].next = 0;
-        else index->head = 0;
-        memset(tail, 0, sizeof(*tail));
-        ledger->chunk_count--;
-}
-
-static void history_append(struct ledger *ledger, uint32_t transfer, uint32_t side,
-                           const struct wire_account *account)
-{
-        tally_assert(ledger->history_count < ledger->history_max);
-        struct history_record *record = &ledger->history[ledger->history_count++];
-        record->transfer = transfer;
-        record->side = side;
-        record->reserved = 0;
-        record->debits_pending = account->debits_pending;
-        record->debits_posted = account->debits_posted;
-        record->credits_pending = account->credits_pending;
-        record->credits_posted = account->credits_posted;
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Expiry heap, ordered by (expires_at, timestamp). */
-
-static bool expiry_less(const struct expiry_entry *a, const struct expiry_entry *b)
-{
-        if (a->expires_at != b->expires_at) return a->expires_at < b->expires_at;
-        return a->timestamp < b->timestamp;
-}
-
-static void expiry_push(struct ledger *ledger, uint32_t transfer)
-{
-        const struct wire_transfer *p = &ledger->transfers[transfer];
-        tally_assert(p->timeout > 0);
-        tally_assert(ledger->expiry_count < ledger->transfers_max);
-        struct expiry_entry entry = {
-                .expires_at = p->timestamp + (uint64_t)p->timeout * LEDGER_NS_PER_S,
-                .timestamp = p->timestamp,
-                .transfer = transfer,
-                .reserved = 0,
-        };
-        uint32_t i = ledger->expiry_count++;
-        while (i > 0) {
-                uint32_t parent = (i - 1) / 2;
-                if (!expiry_less(&entry, &ledger->expiry[parent])) break;
-                ledger->expiry[i] = ledger->expiry[parent];
-                i = parent;
-        }
-        ledger->expiry[i] = entry;
-}
-
-static void expiry_pop(struct ledger *ledger)
-{
-        tally_assert(ledger->expiry_count > 0);
-        uint32_t count = --ledger->expiry_count;
-        struct expiry_entry last = ledger->expiry[count];
-        memset(&ledger->expiry[count], 0, sizeof(last));
-        if (count == 0) return;
-        uint32_t i = 0;
-        for (;;) {
-                uint32_t child = 2 * i + 1;
-                if (child >= count) break;
-                if (child + 1 < count && expiry_less(&ledger->expiry[child + 1],
-                                                     &ledger->expiry[child]))
-                        child++;
-                if (!expiry_less(&ledger->expiry[child], &last)) break;
-                ledger->expiry[i] = ledger->expiry[child];
-                i = child;
-        }
-        ledger->expiry[i] = last;
-}
-
-/* Entries of transfers that were posted or voided since are dropped when they reach the top. */
-void ledger_expiry_drop_stale(struct ledger *ledger)
-{
-        while (ledger->expiry_count > 0 &&
-               ledger->transfer_status[ledger->expiry[0].transfer] != TRANSFER_STATUS_PENDING) {
-                expiry_pop(ledger);
-        }
-}
-
-/* ---------------------------------------------------------------------------------------- */
-/* Commit and rollback of chains. */
-
-/* Everything created so far is final: index the new pending transfers' expiries. */
-static void chain_commit(struct ledger *ledger)
-{
-        for (uint32_t i = ledger->chain_transfer_count; i < ledger->transfer_count; i++) {
-                const struct wire_transfer *t = &ledger->transfers[i];
-                if (t->timeout > 0 && ledger->transfer_status[i] == TRANSFER_STATUS_PENDING) {
-                        expiry_push(ledger, i);
-                }
-        }
-        ledger->chain_transfer_count = ledger->transfer_count;
-        ledger->chain_history_count = ledger->history_count;
-        ledger->chain_account_count = ledger->account_count;
-}
-
-static void transfer_undo(struct ledger *ledger, uint32_t position)
-{
-        const struct wire_transfer *t = &ledger->transfers[position];
-        uint32_t dr_ref = account_find(ledger, t->debit_account_id);
-        uint32_t cr_ref = account_find(ledger, t->credit_account_id);
-        tally_assert(dr_ref != 0 && cr_ref != 0);
-        struct wire_account *dr = &ledger->accounts[dr_ref - 1];
-        struct wire_account *cr = &ledger->accounts[cr_ref - 1];
-
-        edge_pop(ledger, cr_ref - 1, position);
-        edge_pop(ledger, dr_ref - 1, position);
-
-        if (t->flags & (TRANSFER_FLAG_POST_PENDING | TRANSFER_FLAG_VOID_PENDING)) {
-                uint32_t p_ref = table_find(ledger, &ledger->transfers_table, t->pending_id);
-                tally_assert(p_ref != 0 && !(p_ref & TABLE_REF_FAILED));
-                const struct wire_transfer *p = &ledger->transfers[p_ref - 1];
-                tally_assert(ledger->transfer_status[p_ref - 1] != TRANSFER_STATUS_PENDING);
-                ledger->transfer_status[p_ref - 1] = TRANSFER_STATUS_PENDING;
-                ledger->pending_live++;
-                dr->debits_pending += p->amount;
-                cr->credits_pending += p->amount;
-                if (t->flags & TRANSFER_FLAG_POST_PENDING) {
-                        dr->debits_posted -= t->amount;
-                        cr->credits_posted -= t->amount;
-                } else {
-                        if (p->flags & TRANSFER_FLAG_CLOSING_DEBIT) dr->flags |= ACCOUNT_FLAG_CLOSED;
-                        if (p->flags & TRANSFER_FLAG_CLOSING_CREDIT) cr->flags |= ACCOUNT_FLAG_CLOSED;
-                }
-        } else if (t->flags & TRANSFER_FLAG_PENDING) {
-                tally_assert(ledger->transfer_status[position] == TRANSFER_STATUS_PENDING);
-                tally_assert(ledger->pending_live > 0);
-                ledger->pending_live--;
-                dr->debits_pending -= t->amount;
-                cr->credits_pending -= t->amount;
-                if (t->flags & TRANSFER_FLAG_CLOSING_DEBIT) dr->flags &= ~ACCOUNT_FLAG_CLOSED;
-                if (t->flags & TRANSFER_FLAG_CLOSING_CREDIT) cr->flags &= ~ACCOUNT_FLAG_CLOSED;
-        } else {
-                dr->debits_posted -= t->amount;
-                cr->credits_posted -= t->amount;
-        }
-        ledger->transfer_status[position] = TRANSFER_STATUS_NONE;
-        table_remove(ledger, &ledger->transfers_table, t->id);
-        memset(&ledger->transfers[position], 0, sizeof(struct wire_transfer));
-}
-
-static void chain_rollback(struct ledger *ledger)
-{
-        while (ledger->transfer_count > ledger->chain_transfer_count) {
-                uint32_t position = ledger->transfer_count - 1;
-                transfer_undo(ledger, position);
-                ledger->transfer_count--;
-        }
-        while (ledger->history_count > ledger->chain_history_count) {
-                ledger->history_count--;
-                memset(&ledger->history[ledger->history_count], 0, sizeof(struct history_record));
-        }
-        while (ledger->account_count > ledger->chain_account_count) {
-                uint32_t position = ledger->account_count - 1;
-                table_remove(ledger, &ledger->accounts_table, ledger->accounts[position].id);
-                memset(&ledger->accounts[position], 0, sizeof(struct wire_account));
-                ledger->account_count--;
-        }
-}
-
-/* ---------------------------------------------------------------------------------------- */
 /* create_accounts */
 
 static uint32_t account_exists(const struct wire_account *a, const struct wire_account *e)
@@ -364,8 +167,8 @@ static uint32_t account_create(struct ledger *ledger, const struct wire_account 
         if (a->id == 0) return CA_ID_MUST_NOT_BE_ZERO;
         if (a->id == U128_MAX) return CA_ID_MUST_NOT_BE_INT_MAX;
 
-        uint32_t ref = account_find(ledger, a->id);
-        if (ref != 0) return account_exists(a, &ledger->accounts[ref - 1]);
+        struct ws_entry *entry = ws_account(ledger, a->id);
+        if (entry->state == WS_PRESENT) return account_exists(a, &entry->object.account);
 
         if ((a->flags & ACCOUNT_FLAG_DEBITS_MUST_NOT_EXCEED_CREDITS) &&
             (a->flags & ACCOUNT_FLAG_CREDITS_MUST_NOT_EXCEED_DEBITS))
@@ -378,27 +181,20 @@ static uint32_t account_create(struct ledger *ledger, const struct wire_account 
         if (a->code == 0) return CA_CODE_MUST_NOT_BE_ZERO;
 
         if (a->flags & ACCOUNT_FLAG_IMPORTED) {
-                if (ledger->account_count > 0 &&
-                    timestamp <= ledger->accounts[ledger->account_count - 1].timestamp)
+                if (timestamp <= ledger->counters.account_timestamp_last)
                         return CA_IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS;
                 if (ledger_transfer_timestamp_exists(ledger, timestamp))
                         return CA_IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS;
         }
 
-        tally_assert(ledger->account_count < ledger->accounts_max);
-        tally_assert(ledger->account_count == 0 ||
-                     timestamp > ledger->accounts[ledger->account_count - 1].timestamp);
-        uint32_t position = ledger->account_count++;
-        struct wire_account *stored = &ledger->accounts[position];
-        *stored = *a;
-        stored->debits_pending = 0;
-        stored->debits_posted = 0;
-        stored->credits_pending = 0;
-        stored->credits_posted = 0;
-        stored->reserved = 0;
-        stored->timestamp = timestamp;
-        ledger->account_index[position] = (struct account_index){0, 0};
-        table_insert(&ledger->accounts_table, a->id, position + 1);
+        struct wire_account stored = *a;
+        stored.debits_pending = 0;
+        stored.debits_posted = 0;
+        stored.credits_pending = 0;
+        stored.credits_posted = 0;
+        stored.reserved = 0;
+        stored.timestamp = timestamp;
+        ws_account_create(ledger, entry, &stored);
         return CA_OK;
 }
 
@@ -435,8 +231,6 @@ static void create_batch(struct ledger *ledger, bool transfers, uint64_t timesta
         *result_count = 0;
         if (count == 0) return;
         tally_assert(!ledger->chain_open);
-        tally_assert(ledger->chain_transfer_count == ledger->transfer_count);
-        tally_assert(ledger->chain_account_count == ledger->account_count);
 
         uint16_t imported_flag = transfers ? TRANSFER_FLAG_IMPORTED : ACCOUNT_FLAG_IMPORTED;
         uint32_t expected_code = transfers ? CT_IMPORTED_EVENT_EXPECTED : CA_IMPORTED_EVENT_EXPECTED;
@@ -466,6 +260,7 @@ static void create_batch(struct ledger *ledger, bool transfers, uint64_t timesta
                 if (linked && !ledger->chain_open) {
                         ledger->chain_open = true;
                         chain_start = i;
+                        ws_chain_begin(ledger);
                 }
 
                 uint64_t timestamp_event = 0;
@@ -486,7 +281,7 @@ static void create_batch(struct ledger *ledger, bool transfers, uint64_t timesta
                 if (result != 0) {
                         if (ledger->chain_open && !chain_broken) {
                                 chain_broken = true;
-                                chain_rollback(ledger);
+                                ws_chain_rollback(ledger);
                                 for (uint32_t k = chain_start; k < i; k++) {
                                         results[written++] = (struct wire_create_result){
                                                 .index = k, .result = CA_LINKED_EVENT_FAILED};
@@ -495,19 +290,16 @@ static void create_batch(struct ledger *ledger, bool transfers, uint64_t timesta
                         results[written++] =
                                 (struct wire_create_result){.index = i, .result = result};
                         if (transfers && transfer_result_transient(result)) {
-                                tally_assert(ledger->transfer_count + ledger->failed_count <
-                                             ledger->transfers_max);
-                                uint32_t f = ledger->failed_count++;
-                                ledger->failed_ids[f] = event.transfer.id;
-                                table_insert(&ledger->transfers_table, event.transfer.id,
-                                             TABLE_REF_FAILED | (f + 1));
+                                /* The id is burned: a retry gets id_already_failed. */
+                                struct ws_entry *entry = ws_transfer(ledger, event.transfer.id);
+                                ws_failed(ledger, entry);
                         }
                 }
                 if (ledger->chain_open && (!linked || result == CA_LINKED_EVENT_CHAIN_OPEN)) {
                         ledger->chain_open = false;
                         chain_broken = false;
                 }
-                if (!ledger->chain_open) chain_commit(ledger);
+                if (!ledger->chain_open) ws_chain_commit(ledger);
         }
         tally_assert(!ledger->chain_open);
         tally_assert(written <= count);
@@ -561,7 +353,7 @@ static uint32_t transfer_exists_post_void(const struct wire_transfer *t,
         return CT_EXISTS;
 }
 
-static uint32_t transfer_exists(const struct ledger *ledger, const struct wire_transfer *t,
+static uint32_t transfer_exists(struct ledger *ledger, const struct wire_transfer *t,
                                 const struct wire_transfer *e)
 {
         if (t->flags != e->flags) return CT_EXISTS_WITH_DIFFERENT_FLAGS;
@@ -569,9 +361,9 @@ static uint32_t transfer_exists(const struct ledger *ledger, const struct wire_t
         if (t->timeout != e->timeout) return CT_EXISTS_WITH_DIFFERENT_TIMEOUT;
 
         if (t->flags & (TRANSFER_FLAG_POST_PENDING | TRANSFER_FLAG_VOID_PENDING)) {
-                uint32_t p_ref = table_find(ledger, &ledger->transfers_table, t->pending_id);
-                tally_assert(p_ref != 0 && !(p_ref & TABLE_REF_FAILED));
-                return transfer_exists_post_void(t, e, &ledger->transfers[p_ref - 1]);
+                const struct ws_entry *p = ws_transfer(ledger, t->pending_id);
+                tally_assert(p->state == WS_PRESENT);
+                return transfer_exists_post_void(t, e, &p->object.transfer);
         }
         if (t->debit_account_id != e->debit_account_id)
                 return CT_EXISTS_WITH_DIFFERENT_DEBIT_ACCOUNT_ID;
@@ -592,38 +384,25 @@ static uint32_t transfer_exists(const struct ledger *ledger, const struct wire_t
 }
 
 /* Imported events must be newer than every transfer and share no account's timestamp. */
-static bool imported_transfer_regresses(const struct ledger *ledger, uint64_t timestamp)
+static bool imported_transfer_regresses(struct ledger *ledger, uint64_t timestamp)
 {
-        if (ledger->transfer_count > 0 &&
-            timestamp <= ledger->transfers[ledger->transfer_count - 1].timestamp)
-                return true;
+        if (timestamp <= ledger->counters.transfer_timestamp_last) return true;
         return ledger_account_timestamp_exists(ledger, timestamp);
 }
 
-/* Appends a transfer and indexes it under both accounts; returns its position. */
-static uint32_t transfer_store(struct ledger *ledger, const struct wire_transfer *stored,
-                               uint32_t dr_position, uint32_t cr_position, uint8_t status)
+/* Stores a new transfer and the balances it left on accounts with flags.history. */
+static void transfer_store(struct ledger *ledger, struct ws_entry *entry,
+                           const struct wire_transfer *stored, const struct wire_account *dr,
+                           const struct wire_account *cr, uint8_t status)
 {
-        tally_assert(ledger->transfer_count + ledger->failed_count < ledger->transfers_max);
-        tally_assert(ledger->transfer_count == 0 ||
-                     stored->timestamp > ledger->transfers[ledger->transfer_count - 1].timestamp);
-        uint32_t position = ledger->transfer_count++;
-        ledger->transfers[position] = *stored;
-        ledger->transfer_status[position] = status;
-        table_insert(&ledger->transfers_table, stored->id, position + 1);
-        edge_push(ledger, dr_position, position);
-        edge_push(ledger, cr_position, position);
-
-        const struct wire_account *dr = &ledger->accounts[dr_position];
-        const struct wire_account *cr = &ledger->accounts[cr_position];
-        if (dr->flags & ACCOUNT_FLAG_HISTORY) history_append(ledger, position, 0, dr);
-        if (cr->flags & ACCOUNT_FLAG_HISTORY) history_append(ledger, position, 1, cr);
-        return position;
+        ws_transfer_create(ledger, entry, stored, status);
+        if (dr->flags & ACCOUNT_FLAG_HISTORY) ws_history_append(ledger, dr, stored->timestamp);
+        if (cr->flags & ACCOUNT_FLAG_HISTORY) ws_history_append(ledger, cr, stored->timestamp);
 }
 
 /* Positions P24..P42 (section 5.8). */
-static uint32_t transfer_post_or_void(struct ledger *ledger, const struct wire_transfer *t,
-                                      uint64_t timestamp)
+static uint32_t transfer_post_or_void(struct ledger *ledger, struct ws_entry *entry,
+                                      const struct wire_transfer *t, uint64_t timestamp)
 {
         bool post = (t->flags & TRANSFER_FLAG_POST_PENDING) != 0;
         bool is_void = (t->flags & TRANSFER_FLAG_VOID_PENDING) != 0;
@@ -637,10 +416,9 @@ static uint32_t transfer_post_or_void(struct ledger *ledger, const struct wire_t
         if (t->pending_id == t->id) return CT_PENDING_ID_MUST_BE_DIFFERENT;
         if (t->timeout != 0) return CT_TIMEOUT_RESERVED_FOR_PENDING_TRANSFER;
 
-        uint32_t p_ref = table_find(ledger, &ledger->transfers_table, t->pending_id);
-        if (p_ref == 0 || (p_ref & TABLE_REF_FAILED)) return CT_PENDING_TRANSFER_NOT_FOUND;
-        uint32_t p_position = p_ref - 1;
-        const struct wire_transfer *p = &ledger->transfers[p_position];
+        struct ws_entry *p_entry = ws_transfer(ledger, t->pending_id);
+        if (p_entry->state != WS_PRESENT) return CT_PENDING_TRANSFER_NOT_FOUND;
+        const struct wire_transfer *p = &p_entry->object.transfer;
         /*
          * TigerBeetle 0.16.68 asserts p.timestamp < timestamp here, which an imported post/void
          * older than p violates (a crash, ledger-semantics.md 11.2). We carry on with the checks
@@ -662,7 +440,7 @@ static uint32_t transfer_post_or_void(struct ledger *ledger, const struct wire_t
         if (amount > p->amount) return CT_EXCEEDS_PENDING_TRANSFER_AMOUNT;
         if (is_void && amount < p->amount) return CT_PENDING_TRANSFER_HAS_DIFFERENT_AMOUNT;
 
-        switch (ledger->transfer_status[p_position]) {
+        switch (p_entry->status) {
         case TRANSFER_STATUS_PENDING:
                 break;
         case TRANSFER_STATUS_POSTED:
@@ -681,13 +459,19 @@ static uint32_t transfer_post_or_void(struct ledger *ledger, const struct wire_t
         if ((t->flags & TRANSFER_FLAG_IMPORTED) && imported_transfer_regresses(ledger, timestamp))
                 return CT_IMPORTED_EVENT_TIMESTAMP_MUST_NOT_REGRESS;
 
-        uint32_t dr_ref = account_find(ledger, p->debit_account_id);
-        uint32_t cr_ref = account_find(ledger, p->credit_account_id);
-        tally_assert(dr_ref != 0 && cr_ref != 0);
-        struct wire_account *dr = &ledger->accounts[dr_ref - 1];
-        struct wire_account *cr = &ledger->accounts[cr_ref - 1];
+        struct ws_entry *dr_entry = ws_account(ledger, p->debit_account_id);
+        struct ws_entry *cr_entry = ws_account(ledger, p->credit_account_id);
+        tally_assert(dr_entry->state == WS_PRESENT && cr_entry->state == WS_PRESENT);
+        struct wire_account *dr = &dr_entry->object.account;
+        struct wire_account *cr = &cr_entry->object.account;
         if (post && (dr->flags & ACCOUNT_FLAG_CLOSED)) return CT_DEBIT_ACCOUNT_ALREADY_CLOSED;
         if (post && (cr->flags & ACCOUNT_FLAG_CLOSED)) return CT_CREDIT_ACCOUNT_ALREADY_CLOSED;
+
+        ws_touch(ledger, dr_entry);
+        ws_touch(ledger, cr_entry);
+        ws_touch(ledger, p_entry);
+        dr_entry->dirty = true;
+        cr_entry->dirty = true;
 
         /* Apply: the pending amount is released in full, the posted amount may be less. */
         tally_assert(dr->debits_pending >= p->amount && cr->credits_pending >= p->amount);
@@ -700,10 +484,10 @@ static uint32_t transfer_post_or_void(struct ledger *ledger, const struct wire_t
                 if (p->flags & TRANSFER_FLAG_CLOSING_DEBIT) dr->flags &= ~ACCOUNT_FLAG_CLOSED;
                 if (p->flags & TRANSFER_FLAG_CLOSING_CREDIT) cr->flags &= ~ACCOUNT_FLAG_CLOSED;
         }
-        ledger->transfer_status[p_position] =
-                post ? TRANSFER_STATUS_POSTED : TRANSFER_STATUS_VOIDED;
-        tally_assert(ledger->pending_live > 0);
-        ledger->pending_live--;
+        p_entry->status = post ? TRANSFER_STATUS_POSTED : TRANSFER_STATUS_VOIDED;
+        p_entry->status_dirty = true;
+        tally_assert(ledger->counters.pending_live > 0);
+        ledger->counters.pending_live--;
 
         struct wire_transfer stored = {
                 .id = t->id,
@@ -720,13 +504,13 @@ static uint32_t transfer_post_or_void(struct ledger *ledger, const struct wire_t
                 .flags = t->flags,
                 .timestamp = timestamp,
         };
-        transfer_store(ledger, &stored, dr_ref - 1, cr_ref - 1, TRANSFER_STATUS_NONE);
+        transfer_store(ledger, entry, &stored, dr, cr, TRANSFER_STATUS_NONE);
         return CT_OK;
 }
 
 /* Positions N24..N52 (section 5.4). */
-static uint32_t transfer_normal(struct ledger *ledger, const struct wire_transfer *t,
-                                uint64_t timestamp)
+static uint32_t transfer_normal(struct ledger *ledger, struct ws_entry *entry,
+                                const struct wire_transfer *t, uint64_t timestamp)
 {
         if (t->debit_account_id == 0) return CT_DEBIT_ACCOUNT_ID_MUST_NOT_BE_ZERO;
         if (t->debit_account_id == U128_MAX) return CT_DEBIT_ACCOUNT_ID_MUST_NOT_BE_INT_MAX;
@@ -743,12 +527,12 @@ static uint32_t transfer_normal(struct ledger *ledger, const struct wire_transfe
         if (t->ledger == 0) return CT_LEDGER_MUST_NOT_BE_ZERO;
         if (t->code == 0) return CT_CODE_MUST_NOT_BE_ZERO;
 
-        uint32_t dr_ref = account_find(ledger, t->debit_account_id);
-        if (dr_ref == 0) return CT_DEBIT_ACCOUNT_NOT_FOUND;
-        uint32_t cr_ref = account_find(ledger, t->credit_account_id);
-        if (cr_ref == 0) return CT_CREDIT_ACCOUNT_NOT_FOUND;
-        struct wire_account *dr = &ledger->accounts[dr_ref - 1];
-        struct wire_account *cr = &ledger->accounts[cr_ref - 1];
+        struct ws_entry *dr_entry = ws_account(ledger, t->debit_account_id);
+        if (dr_entry->state != WS_PRESENT) return CT_DEBIT_ACCOUNT_NOT_FOUND;
+        struct ws_entry *cr_entry = ws_account(ledger, t->credit_account_id);
+        if (cr_entry->state != WS_PRESENT) return CT_CREDIT_ACCOUNT_NOT_FOUND;
+        struct wire_account *dr = &dr_entry->object.account;
+        struct wire_account *cr = &cr_entry->object.account;
         if (dr->ledger != cr->ledger) return CT_ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER;
         if (t->ledger != dr->ledger) return CT_TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS;
 
@@ -796,10 +580,14 @@ static uint32_t transfer_normal(struct ledger *ledger, const struct wire_transfe
             cr->credits_pending + cr->credits_posted + amount > cr->debits_posted)
                 return CT_EXCEEDS_DEBITS;
 
+        ws_touch(ledger, dr_entry);
+        ws_touch(ledger, cr_entry);
+        dr_entry->dirty = true;
+        cr_entry->dirty = true;
         if (pending) {
                 dr->debits_pending += amount;
                 cr->credits_pending += amount;
-                ledger->pending_live++;
+                ledger->counters.pending_live++;
                 if (t->flags & TRANSFER_FLAG_CLOSING_DEBIT) dr->flags |= ACCOUNT_FLAG_CLOSED;
                 if (t->flags & TRANSFER_FLAG_CLOSING_CREDIT) cr->flags |= ACCOUNT_FLAG_CLOSED;
         } else {
@@ -809,7 +597,7 @@ static uint32_t transfer_normal(struct ledger *ledger, const struct wire_transfe
         struct wire_transfer stored = *t;
         stored.amount = amount;
         stored.timestamp = timestamp;
-        transfer_store(ledger, &stored, dr_ref - 1, cr_ref - 1,
+        transfer_store(ledger, entry, &stored, dr, cr,
                        pending ? TRANSFER_STATUS_PENDING : TRANSFER_STATUS_NONE);
         return CT_OK;
 }
@@ -822,49 +610,88 @@ static uint32_t transfer_create(struct ledger *ledger, const struct wire_transfe
         if (t->id == 0) return CT_ID_MUST_NOT_BE_ZERO;
         if (t->id == U128_MAX) return CT_ID_MUST_NOT_BE_INT_MAX;
 
-        uint32_t ref = table_find(ledger, &ledger->transfers_table, t->id);
-        if (ref != 0) {
-                if (ref & TABLE_REF_FAILED) return CT_ID_ALREADY_FAILED;
-                return transfer_exists(ledger, t, &ledger->transfers[ref - 1]);
+        struct ws_entry *entry = ws_transfer(ledger, t->id);
+        if (entry->state == WS_FAILED) return CT_ID_ALREADY_FAILED;
+        if (entry->state == WS_PRESENT) {
+                struct wire_transfer existing = entry->object.transfer;
+                return transfer_exists(ledger, t, &existing);
         }
         if (t->flags & (TRANSFER_FLAG_POST_PENDING | TRANSFER_FLAG_VOID_PENDING))
-                return transfer_post_or_void(ledger, t, timestamp);
-        return transfer_normal(ledger, t, timestamp);
+                return transfer_post_or_void(ledger, entry, t, timestamp);
+        return transfer_normal(ledger, entry, t, timestamp);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* pulse (section 5.11) */
 
+struct expiry_batch {
+        struct expiry_value *values;
+        uint32_t count;
+        uint32_t max;
+        uint64_t timestamp;
+};
+
+static bool expiry_collect(void *context, const void *value)
+{
+        struct expiry_batch *b = context;
+        struct expiry_value v;
+        memcpy(&v, value, sizeof(v));
+        if (v.expires_at > b->timestamp) return false;
+        b->values[b->count++] = v;
+        return b->count < b->max;
+}
+
+/*
+ * Expires pending transfers in (expires_at, timestamp) order from the expiry cursor, at most
+ * LEDGER_PULSE_TIMESTAMP_DELTA of them; entries of transfers posted or voided since are passed.
+ */
 void ledger_pulse(struct ledger *ledger, uint64_t timestamp)
 {
-        ledger_expiry_drop_stale(ledger);
+        struct expiry_value *values = (struct expiry_value *)ledger->scratch;
         uint32_t expired = 0;
-        while (expired < LEDGER_PULSE_TIMESTAMP_DELTA && ledger->expiry_count > 0) {
-                struct expiry_entry top = ledger->expiry[0];
-                if (ledger->transfer_status[top.transfer] != TRANSFER_STATUS_PENDING) {
-                        expiry_pop(ledger);
-                        continue;
+        bool more = true;
+        while (more && expired < LEDGER_PULSE_TIMESTAMP_DELTA) {
+                struct expiry_batch batch = {.values = values,
+                                             .max = LEDGER_PULSE_TIMESTAMP_DELTA,
+                                             .timestamp = timestamp};
+                struct expiry_value from = {
+                        .expires_at = ledger->counters.expiry_done_expires_at,
+                        .timestamp = ledger->counters.expiry_done_timestamp + 1};
+                if (lsm_tree_scan(&ledger->expiry, &from, NULL, false, expiry_collect, &batch) < 0)
+                        ledger_fault(ledger, "expiry scan");
+                more = batch.count == batch.max;
+                for (uint32_t i = 0; i < batch.count && expired < LEDGER_PULSE_TIMESTAMP_DELTA;
+                     i++) {
+                        const struct expiry_value *v = &values[i];
+                        ledger->counters.expiry_done_expires_at = v->expires_at;
+                        ledger->counters.expiry_done_timestamp = v->timestamp;
+                        struct wire_transfer p;
+                        if (lsm_groove_get_by_timestamp(&ledger->transfers, v->timestamp, &p) != 1)
+                                ledger_fault(ledger, "pending transfer of an expiry entry");
+                        struct ws_entry *p_entry = ws_transfer(ledger, p.id);
+                        if (p_entry->status != TRANSFER_STATUS_PENDING) continue;
+                        expired++;
+                        struct ws_entry *dr_entry = ws_account(ledger, p.debit_account_id);
+                        struct ws_entry *cr_entry = ws_account(ledger, p.credit_account_id);
+                        tally_assert(dr_entry->state == WS_PRESENT &&
+                                     cr_entry->state == WS_PRESENT);
+                        struct wire_account *dr = &dr_entry->object.account;
+                        struct wire_account *cr = &cr_entry->object.account;
+                        tally_assert(dr->debits_pending >= p.amount);
+                        tally_assert(cr->credits_pending >= p.amount);
+                        dr->debits_pending -= p.amount;
+                        cr->credits_pending -= p.amount;
+                        if (p.flags & TRANSFER_FLAG_CLOSING_DEBIT) dr->flags &= ~ACCOUNT_FLAG_CLOSED;
+                        if (p.flags & TRANSFER_FLAG_CLOSING_CREDIT) cr->flags &= ~ACCOUNT_FLAG_CLOSED;
+                        dr_entry->dirty = true;
+                        cr_entry->dirty = true;
+                        p_entry->status = TRANSFER_STATUS_EXPIRED;
+                        p_entry->status_dirty = true;
+                        tally_assert(ledger->counters.pending_live > 0);
+                        ledger->counters.pending_live--;
                 }
-                if (top.expires_at > timestamp) break;
-                expiry_pop(ledger);
-                expired++;
-
-                const struct wire_transfer *p = &ledger->transfers[top.transfer];
-                tally_assert(p->timestamp == top.timestamp);
-                uint32_t dr_ref = account_find(ledger, p->debit_account_id);
-                uint32_t cr_ref = account_find(ledger, p->credit_account_id);
-                tally_assert(dr_ref != 0 && cr_ref != 0);
-                struct wire_account *dr = &ledger->accounts[dr_ref - 1];
-                struct wire_account *cr = &ledger->accounts[cr_ref - 1];
-                tally_assert(dr->debits_pending >= p->amount);
-                tally_assert(cr->credits_pending >= p->amount);
-                dr->debits_pending -= p->amount;
-                cr->credits_pending -= p->amount;
-                if (p->flags & TRANSFER_FLAG_CLOSING_DEBIT) dr->flags &= ~ACCOUNT_FLAG_CLOSED;
-                if (p->flags & TRANSFER_FLAG_CLOSING_CREDIT) cr->flags &= ~ACCOUNT_FLAG_CLOSED;
-                ledger->transfer_status[top.transfer] = TRANSFER_STATUS_EXPIRED;
-                tally_assert(ledger->pending_live > 0);
-                ledger->pending_live--;
+                /* The statuses changed above must be visible to the next round's checks. */
+                ws_commit(ledger);
         }
-        ledger_expiry_drop_stale(ledger);
+        ledger_expiry_next_update(ledger);
 }

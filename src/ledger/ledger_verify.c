@@ -10,10 +10,10 @@
  *    = every pending transfer still pending.
  * 3. Every transfer names existing accounts, and the count of live pending transfers matches.
  * Sums are taken modulo 2^128 (balances cannot overflow it, the ledger checks), so the
- * comparisons are exact. It allocates its scratch memory (this is a tool, not the hot path).
+ * comparisons are exact. It allocates its scratch memory (this is a tool, not the hot path):
+ * a map of every account's sums, while the transfers are scanned from the trees.
  */
 #include "ledger/ledger_internal.h"
-#include "ledger/ledger_table.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,53 +54,147 @@ static void format_u128_hex(u128 value, char out[40])
                  (unsigned long long)value);
 }
 
-int ledger_verify(const struct ledger *ledger, struct ledger_verify_report *report, char *error,
+/* Every account, by id, with the sums of its transfers. */
+struct account_sums {
+        u128 id;
+        bool used;
+        struct wire_account account;
+        struct balance_sums sums;
+};
+
+struct verify_scan {
+        struct ledger *ledger;
+        struct account_sums *accounts;
+        uint64_t capacity; /* a power of two > 2 x accounts */
+        uint64_t accounts_seen;
+        uint64_t transfers_seen;
+        uint64_t pending_live;
+        char *error;
+        size_t error_size;
+        bool failed;
+};
+
+static uint64_t id_hash(u128 id)
+{
+        uint64_t h = (uint64_t)id ^ (uint64_t)(id >> 64) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 31;
+        return h * 0xBF58476D1CE4E5B9ull;
+}
+
+static struct account_sums *account_slot(struct verify_scan *scan, u128 id, bool insert)
+{
+        uint64_t i = id_hash(id) & (scan->capacity - 1);
+        for (;;) {
+                struct account_sums *a = &scan->accounts[i];
+                if (a->used && a->id == id) return a;
+                if (!a->used) {
+                        if (!insert) return NULL;
+                        a->used = true;
+                        a->id = id;
+                        return a;
+                }
+                i = (i + 1) & (scan->capacity - 1);
+        }
+}
+
+static bool verify_account(void *context, const void *value)
+{
+        struct verify_scan *scan = context;
+        struct wire_account a;
+        memcpy(&a, value, sizeof(a));
+        if (scan->accounts_seen == scan->capacity / 2) {
+                snprintf(scan->error, scan->error_size,
+                         "more accounts in the tree than the ledger counts");
+                scan->failed = true;
+                return false;
+        }
+        scan->accounts_seen++;
+        account_slot(scan, a.id, true)->account = a;
+        return true;
+}
+
+static bool verify_transfer(void *context, const void *value)
+{
+        struct verify_scan *scan = context;
+        struct wire_transfer t;
+        memcpy(&t, value, sizeof(t));
+        scan->transfers_seen++;
+        struct account_sums *dr = account_slot(scan, t.debit_account_id, false);
+        struct account_sums *cr = account_slot(scan, t.credit_account_id, false);
+        if (dr == NULL || cr == NULL) {
+                char id[40];
+                format_u128_hex(t.id, id);
+                snprintf(scan->error, scan->error_size,
+                         "transfer %s names an account that does not exist", id);
+                scan->failed = true;
+                return false;
+        }
+        if (t.flags & TRANSFER_FLAG_PENDING) {
+                if (ledger_status_get(scan->ledger, t.timestamp) != TRANSFER_STATUS_PENDING)
+                        return true;
+                scan->pending_live++;
+                dr->sums.debits_pending += t.amount;
+                cr->sums.credits_pending += t.amount;
+        } else if (!(t.flags & TRANSFER_FLAG_VOID_PENDING)) {
+                dr->sums.debits_posted += t.amount;
+                cr->sums.credits_posted += t.amount;
+        }
+        return true;
+}
+
+int ledger_verify(struct ledger *ledger, struct ledger_verify_report *report, char *error,
                   size_t error_size)
 {
         memset(report, 0, sizeof(*report));
-        report->accounts = ledger->account_count;
-        report->transfers = ledger->transfer_count;
+        const struct ledger_counters *n = &ledger->counters;
+        report->accounts = n->account_count;
+        report->transfers = n->transfer_count;
+        struct verify_scan scan = {.ledger = ledger, .error = error, .error_size = error_size};
+        scan.capacity = 16;
+        while (scan.capacity < 2u * n->account_count + 2u)
+                scan.capacity *= 2;
         uint32_t capacity = 16;
-        while (capacity < 2u * ledger->account_count + 2u)
+        while (capacity < 2u * n->account_count + 2u)
                 capacity *= 2;
         struct ledger_sums *map = calloc(capacity, sizeof(*map));
-        struct balance_sums *accounts = calloc((size_t)ledger->account_count + 1, sizeof(*accounts));
+        scan.accounts = calloc(scan.capacity, sizeof(*scan.accounts));
         int result = -1;
-        if (map == NULL || accounts == NULL) {
+        if (map == NULL || scan.accounts == NULL) {
                 snprintf(error, error_size, "out of memory for the verification");
                 goto done;
         }
-        uint32_t pending_live = 0;
-        for (uint32_t i = 0; i < ledger->transfer_count; i++) {
-                const struct wire_transfer *t = &ledger->transfers[i];
-                uint32_t dr = account_find(ledger, t->debit_account_id);
-                uint32_t cr = account_find(ledger, t->credit_account_id);
-                if (dr == 0 || cr == 0) {
-                        char id[40];
-                        format_u128_hex(t->id, id);
-                        snprintf(error, error_size, "transfer %s names an account that does not "
-                                 "exist", id);
-                        goto done;
-                }
-                if (t->flags & TRANSFER_FLAG_PENDING) {
-                        if (ledger->transfer_status[i] != TRANSFER_STATUS_PENDING)
-                                continue;
-                        pending_live++;
-                        accounts[dr - 1].debits_pending += t->amount;
-                        accounts[cr - 1].credits_pending += t->amount;
-                } else if (!(t->flags & TRANSFER_FLAG_VOID_PENDING)) {
-                        accounts[dr - 1].debits_posted += t->amount;
-                        accounts[cr - 1].credits_posted += t->amount;
-                }
-        }
-        if (pending_live != ledger->pending_live) {
-                snprintf(error, error_size, "%u transfers are pending but the ledger counts %u",
-                         pending_live, ledger->pending_live);
+        if (lsm_tree_scan(&ledger->accounts.objects, NULL, NULL, false, verify_account, &scan) <
+                    0 ||
+            (!scan.failed && lsm_tree_scan(&ledger->transfers.objects, NULL, NULL, false,
+                                           verify_transfer, &scan) < 0)) {
+                snprintf(error, error_size, "a block of the ledger is unreadable: %s",
+                         ledger->grid.error);
                 goto done;
         }
-        for (uint32_t i = 0; i < ledger->account_count; i++) {
-                const struct wire_account *a = &ledger->accounts[i];
-                const struct balance_sums *s = &accounts[i];
+        if (scan.failed)
+                goto done;
+        if (scan.accounts_seen != n->account_count || scan.transfers_seen != n->transfer_count) {
+                snprintf(error, error_size,
+                         "the trees hold %llu accounts and %llu transfers but the ledger counts "
+                         "%llu and %llu",
+                         (unsigned long long)scan.accounts_seen,
+                         (unsigned long long)scan.transfers_seen,
+                         (unsigned long long)n->account_count,
+                         (unsigned long long)n->transfer_count);
+                goto done;
+        }
+        if (scan.pending_live != n->pending_live) {
+                snprintf(error, error_size,
+                         "%llu transfers are pending but the ledger counts %llu",
+                         (unsigned long long)scan.pending_live,
+                         (unsigned long long)n->pending_live);
+                goto done;
+        }
+        for (uint64_t i = 0; i < scan.capacity; i++) {
+                if (!scan.accounts[i].used)
+                        continue;
+                const struct wire_account *a = &scan.accounts[i].account;
+                const struct balance_sums *s = &scan.accounts[i].sums;
                 if (a->debits_pending != s->debits_pending ||
                     a->credits_pending != s->credits_pending ||
                     a->debits_posted != s->debits_posted ||
@@ -141,6 +235,6 @@ int ledger_verify(const struct ledger *ledger, struct ledger_verify_report *repo
         result = 0;
 done:
         free(map);
-        free(accounts);
+        free(scan.accounts);
         return result;
 }

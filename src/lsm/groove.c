@@ -186,6 +186,21 @@ int lsm_groove_get_by_timestamp(struct lsm_groove *g, uint64_t timestamp, void *
         return lsm_tree_get(&g->objects, &timestamp, out);
 }
 
+int lsm_groove_get_id(struct lsm_groove *g, u128 id, uint64_t *timestamp)
+{
+        struct id_value value;
+        int rc = lsm_tree_get(&g->ids, &id, &value);
+        if (rc == 1)
+                *timestamp = value.timestamp;
+        return rc;
+}
+
+void lsm_groove_put_id(struct lsm_groove *g, u128 id, uint64_t timestamp)
+{
+        struct id_value value = {.id = id, .timestamp = timestamp};
+        lsm_tree_put(&g->ids, &value);
+}
+
 int lsm_groove_get_by_id(struct lsm_groove *g, u128 id, void *out)
 {
         struct id_value value;

@@ -62,6 +62,13 @@ void lsm_groove_insert(struct lsm_groove *groove, const void *object);
 /* The object with the same id and timestamp changed in fields that are not indexed. */
 void lsm_groove_update(struct lsm_groove *groove, const void *object);
 
+/*
+ * The id map alone: 1 and the id's timestamp in *timestamp, 0 if absent, -1 on a read fault.
+ * A timestamp of 0 is a marker the caller put there with lsm_groove_put_id (the ledger marks
+ * ids burned by a transient failure so).
+ */
+int lsm_groove_get_id(struct lsm_groove *groove, u128 id, uint64_t *timestamp);
+void lsm_groove_put_id(struct lsm_groove *groove, u128 id, uint64_t timestamp);
 /* 1 and the object in `out`, 0 if absent, -1 on a read fault (grid->error). */
 int lsm_groove_get_by_timestamp(struct lsm_groove *groove, uint64_t timestamp, void *out);
 int lsm_groove_get_by_id(struct lsm_groove *groove, u128 id, void *out);

@@ -542,7 +542,7 @@ static int ledger_digest_write(void *context, const void *data, size_t size)
         return 0;
 }
 
-static u128 ledger_digest(const struct ledger *ledger)
+static u128 ledger_digest(struct ledger *ledger)
 {
         struct checksum_stream stream;
         checksum_stream_init(&stream);

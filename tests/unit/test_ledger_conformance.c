@@ -766,7 +766,7 @@ static char *read_file(const char *path, size_t *size)
         return data;
 }
 
-static void replay_file(int seed)
+static void replay_file(int seed, bool tiny)
 {
         const char *dir = getenv("TALLY_CONFORMANCE_DIR");
         if (dir == NULL) dir = "tests/conformance";
@@ -781,6 +781,12 @@ static void replay_file(int seed)
         }
         struct ledger_config config = {
                 .accounts_max = 100000, .transfers_max = 100000, .request_body_size_max = 0};
+        if (tiny) {
+                /* Every flush, compaction and lookup path goes through blocks on small data. */
+                config.memtable_max = 64;
+                config.cache_bytes = 32u * 65536u;
+                config.table_data_blocks_max = 2;
+        }
         static struct replay r;
         memset(&r, 0, sizeof(r));
         r.ledger = ledger_create(&config);
@@ -804,7 +810,8 @@ static void replay_file(int seed)
                 if (!end) break;
                 line = end + 1;
         }
-        printf("== seed-%d.jsonl: %u requests, %u mismatched\n", seed, requests, mismatched);
+        printf("== seed-%d.jsonl%s: %u requests, %u mismatched\n", seed,
+               tiny ? " (tiny memtables and cache)" : "", requests, mismatched);
         CHECK_EQ_U64(mismatched, 0);
         ledger_destroy(r.ledger);
         free(data);
@@ -812,23 +819,28 @@ static void replay_file(int seed)
 
 static void test_seed_1(void)
 {
-        replay_file(1);
+        replay_file(1, false);
+        replay_file(1, true);
 }
 static void test_seed_2(void)
 {
-        replay_file(2);
+        replay_file(2, false);
+        replay_file(2, true);
 }
 static void test_seed_3(void)
 {
-        replay_file(3);
+        replay_file(3, false);
+        replay_file(3, true);
 }
 static void test_seed_4(void)
 {
-        replay_file(4);
+        replay_file(4, false);
+        replay_file(4, true);
 }
 static void test_seed_5(void)
 {
-        replay_file(5);
+        replay_file(5, false);
+        replay_file(5, true);
 }
 
 int main(void)

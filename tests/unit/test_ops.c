@@ -117,6 +117,25 @@ static void test_log_json(void)
         CHECK(small[0] == '{' && small[n - 1] == '}');
 }
 
+/* Tampering, straight into the trees: adds to an account's debits_posted / debits_pending. */
+static void account_add(struct ledger *ledger, u128 id, u128 posted, u128 pending)
+{
+        struct wire_account a;
+        CHECK(lsm_groove_get_by_id(&ledger->accounts, id, &a) == 1);
+        a.debits_posted += posted;
+        a.debits_pending += pending;
+        lsm_groove_update(&ledger->accounts, &a);
+}
+
+/* ... and to a transfer's amount (its indexed fields stay as they are). */
+static void transfer_add(struct ledger *ledger, u128 id, u128 amount)
+{
+        struct wire_transfer t;
+        CHECK(lsm_groove_get_by_id(&ledger->transfers, id, &t) == 1);
+        t.amount += amount;
+        lsm_tree_put(&ledger->transfers.objects, &t);
+}
+
 /* ledger_verify: a ledger built by executing transfers passes; each kind of tampering fails. */
 static void test_ledger_verify(void)
 {
@@ -156,22 +175,22 @@ static void test_ledger_verify(void)
         CHECK_EQ_U64(report.accounts, 4);
         CHECK_EQ_U64(report.transfers, 3);
         CHECK_EQ_U64(report.ledgers, 2);
-        ledger->accounts[0].debits_posted += 1; /* an account off its transfers */
+        account_add(ledger, 1, 1, 0); /* an account off its transfers */
         CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
         CHECK(strstr(error, "debits_posted") != NULL);
-        ledger->accounts[0].debits_posted -= 1;
-        ledger->transfers[0].amount += 5; /* a transfer that no balance reflects */
+        account_add(ledger, 1, (u128)-1, 0);
+        transfer_add(ledger, 100, 5); /* a transfer that no balance reflects */
         CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
-        ledger->transfers[0].amount -= 5;
-        ledger->accounts[0].debits_pending += 7; /* both sides off: debits != credits */
-        ledger->transfers[1].amount += 7;
+        transfer_add(ledger, 100, (u128)-5);
+        account_add(ledger, 1, 0, 7); /* both sides off: debits != credits */
+        transfer_add(ledger, 101, 7);
         CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
         CHECK(strstr(error, "credits_pending") != NULL);
-        ledger->accounts[0].debits_pending -= 7;
-        ledger->transfers[1].amount -= 7;
-        ledger->pending_live++;
+        account_add(ledger, 1, 0, (u128)-7);
+        transfer_add(ledger, 101, (u128)-7);
+        ledger->counters.pending_live++;
         CHECK(ledger_verify(ledger, &report, error, sizeof(error)) != 0);
-        ledger->pending_live--;
+        ledger->counters.pending_live--;
         CHECK(ledger_verify(ledger, &report, error, sizeof(error)) == 0);
         ledger_destroy(ledger);
 }

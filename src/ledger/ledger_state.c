@@ -1,0 +1,640 @@
+/*
+ * ledger_state.c: the ledger's trees and the working set that create batches run on
+ * (ledger_internal.h says what is stored where).
+ *
+ * Why a working set: the rules (ledger_create.c) read and change objects in place and undo a
+ * failed linked chain; the trees only take whole values into their memtables. The working set
+ * sits between: an object is read from the trees the first time an operation names it and kept
+ * here, every change of the operation happens here (a chain saves an entry in its undo log the
+ * first time it changes it), and when the operation ends every changed object goes into the
+ * trees in the order the operation first touched it, so all replicas fill their memtables alike.
+ */
+#include "ledger/ledger_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/log.h"
+
+#define CACHE_BYTES_DEFAULT (64ull << 20)
+#define MEMTABLE_MAX_DEFAULT 65536u
+#define GRID_BLOCKS_MAX_DEFAULT (1ull << 24) /* 1 TiB of grid */
+
+static int compare_u64(const void *a, const void *b)
+{
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        return x < y ? -1 : x > y;
+}
+
+static int compare_expiry(const void *a, const void *b)
+{
+        int c = compare_u64(a, b);
+        return c != 0 ? c : compare_u64((const uint8_t *)a + 8, (const uint8_t *)b + 8);
+}
+
+static int compare_history(const void *a, const void *b)
+{
+        u128 x, y;
+        memcpy(&x, a, 16);
+        memcpy(&y, b, 16);
+        if (x != y)
+                return x < y ? -1 : 1;
+        return compare_u64((const uint8_t *)a + 16, (const uint8_t *)b + 16);
+}
+
+_Noreturn void ledger_fault(struct ledger *ledger, const char *what)
+{
+        snprintf(ledger->fault, sizeof(ledger->fault), "%s: %s", what, ledger->grid.error);
+        log_error("ledger: the state cannot be read: %s", ledger->fault);
+        abort();
+}
+
+static const struct lsm_groove_config accounts_config = {
+        .name = "accounts",
+        .tree_base = LEDGER_TREE_ACCOUNTS,
+        .object_size = sizeof(struct wire_account),
+        .id_offset = offsetof(struct wire_account, id),
+        .timestamp_offset = offsetof(struct wire_account, timestamp),
+        .index_count = ACCOUNT_INDEX_COUNT,
+        .indexes = {
+                {"user_data_128", offsetof(struct wire_account, user_data_128), 16},
+                {"user_data_64", offsetof(struct wire_account, user_data_64), 8},
+                {"user_data_32", offsetof(struct wire_account, user_data_32), 4},
+                {"ledger", offsetof(struct wire_account, ledger), 4},
+                {"code", offsetof(struct wire_account, code), 2},
+        },
+};
+
+static const struct lsm_groove_config transfers_config = {
+        .name = "transfers",
+        .tree_base = LEDGER_TREE_TRANSFERS,
+        .object_size = sizeof(struct wire_transfer),
+        .id_offset = offsetof(struct wire_transfer, id),
+        .timestamp_offset = offsetof(struct wire_transfer, timestamp),
+        .index_count = TRANSFER_INDEX_COUNT,
+        .indexes = {
+                {"debit_account_id", offsetof(struct wire_transfer, debit_account_id), 16},
+                {"credit_account_id", offsetof(struct wire_transfer, credit_account_id), 16},
+                {"user_data_128", offsetof(struct wire_transfer, user_data_128), 16},
+                {"user_data_64", offsetof(struct wire_transfer, user_data_64), 8},
+                {"user_data_32", offsetof(struct wire_transfer, user_data_32), 4},
+                {"ledger", offsetof(struct wire_transfer, ledger), 4},
+                {"code", offsetof(struct wire_transfer, code), 2},
+        },
+};
+
+static int trees_init(struct ledger *ledger)
+{
+        const struct ledger_config *c = &ledger->config;
+        uint32_t memtable_max = c->memtable_max ? c->memtable_max : MEMTABLE_MAX_DEFAULT;
+        struct lsm_groove_config accounts = accounts_config;
+        struct lsm_groove_config transfers = transfers_config;
+        accounts.memtable_max = memtable_max;
+        transfers.memtable_max = memtable_max;
+        accounts.table_data_blocks_max = c->table_data_blocks_max;
+        transfers.table_data_blocks_max = c->table_data_blocks_max;
+        if (lsm_forest_init(&ledger->forest, &ledger->grid) != 0 ||
+            lsm_groove_init(&ledger->accounts, &accounts, &ledger->grid) != 0 ||
+            lsm_groove_init(&ledger->transfers, &transfers, &ledger->grid) != 0)
+                return -ENOMEM;
+        ledger->status_layout = (struct lsm_layout){
+                .tree = LEDGER_TREE_STATUS, .value_size = sizeof(struct status_value),
+                .key_size = 8, .key_offset = 0, .compare = compare_u64,
+                .table_data_blocks_max = c->table_data_blocks_max};
+        ledger->expiry_layout = (struct lsm_layout){
+                .tree = LEDGER_TREE_EXPIRY, .value_size = sizeof(struct expiry_value),
+                .key_size = 16, .key_offset = 0, .compare = compare_expiry,
+                .table_data_blocks_max = c->table_data_blocks_max};
+        ledger->history_layout = (struct lsm_layout){
+                .tree = LEDGER_TREE_HISTORY, .value_size = sizeof(struct history_value),
+                .key_size = 24, .key_offset = 0, .compare = compare_history,
+                .table_data_blocks_max = c->table_data_blocks_max};
+        /* A transfer changes at most one status and two history records. */
+        if (lsm_tree_init(&ledger->status, "transfers.status", &ledger->status_layout,
+                          &ledger->grid, memtable_max) != 0 ||
+            lsm_tree_init(&ledger->expiry, "transfers.expiry", &ledger->expiry_layout,
+                          &ledger->grid, memtable_max) != 0 ||
+            lsm_tree_init(&ledger->history, "history", &ledger->history_layout, &ledger->grid,
+                          2 * memtable_max) != 0)
+                return -ENOMEM;
+        lsm_groove_add_to_forest(&ledger->accounts, &ledger->forest);
+        lsm_groove_add_to_forest(&ledger->transfers, &ledger->forest);
+        lsm_forest_add(&ledger->forest, &ledger->status);
+        lsm_forest_add(&ledger->forest, &ledger->expiry);
+        lsm_forest_add(&ledger->forest, &ledger->history);
+        return 0;
+}
+
+static void trees_deinit(struct ledger *ledger)
+{
+        if (ledger->history.memtable != NULL)
+                lsm_tree_deinit(&ledger->history);
+        if (ledger->expiry.memtable != NULL)
+                lsm_tree_deinit(&ledger->expiry);
+        if (ledger->status.memtable != NULL)
+                lsm_tree_deinit(&ledger->status);
+        lsm_groove_deinit(&ledger->transfers);
+        lsm_groove_deinit(&ledger->accounts);
+        if (ledger->forest.block != NULL)
+                lsm_forest_deinit(&ledger->forest);
+}
+
+int ledger_state_init(struct ledger *ledger)
+{
+        struct ledger_config *c = &ledger->config;
+        struct lsm_device device = c->device;
+        uint64_t blocks_max = c->grid_blocks_max ? c->grid_blocks_max : GRID_BLOCKS_MAX_DEFAULT;
+        if (device.read == NULL) {
+                lsm_device_memory_init(&ledger->memory_device, blocks_max);
+                device = lsm_device_memory(&ledger->memory_device);
+        }
+        uint64_t cache_bytes = c->cache_bytes ? c->cache_bytes : CACHE_BYTES_DEFAULT;
+        uint64_t cache_blocks = MAX(cache_bytes / LSM_BLOCK_SIZE, 4u * LSM_CACHE_WAYS);
+        if (lsm_grid_init(&ledger->grid, &device, blocks_max, (uint32_t)cache_blocks) != 0)
+                return -ENOMEM;
+        if (trees_init(ledger) != 0)
+                return -ENOMEM;
+        struct working_set *ws = &ledger->ws;
+        ws->entries = calloc(WS_ENTRIES_MAX, sizeof(*ws->entries));
+        ws->slots = calloc(WS_SLOTS, sizeof(*ws->slots));
+        ws->undo = calloc(WS_ENTRIES_MAX, sizeof(*ws->undo));
+        ws->created_accounts = calloc(LEDGER_BATCH_EVENTS_MAX, sizeof(uint32_t));
+        ws->created_transfers = calloc(LEDGER_BATCH_EVENTS_MAX, sizeof(uint32_t));
+        ws->history = calloc(2 * LEDGER_BATCH_EVENTS_MAX, sizeof(*ws->history));
+        ws->expiry = calloc(LEDGER_BATCH_EVENTS_MAX, sizeof(*ws->expiry));
+        ws->failed = calloc(LEDGER_BATCH_EVENTS_MAX, sizeof(*ws->failed));
+        if (ws->entries == NULL || ws->slots == NULL || ws->undo == NULL ||
+            ws->created_accounts == NULL || ws->created_transfers == NULL ||
+            ws->history == NULL || ws->expiry == NULL || ws->failed == NULL)
+                return -ENOMEM;
+        ledger->expiry_next = UINT64_MAX;
+        return 0;
+}
+
+void ledger_state_deinit(struct ledger *ledger)
+{
+        struct working_set *ws = &ledger->ws;
+        free(ws->entries);
+        free(ws->slots);
+        free(ws->undo);
+        free(ws->created_accounts);
+        free(ws->created_transfers);
+        free(ws->history);
+        free(ws->expiry);
+        free(ws->failed);
+        memset(ws, 0, sizeof(*ws));
+        trees_deinit(ledger);
+        if (ledger->grid.slots != NULL)
+                lsm_grid_deinit(&ledger->grid);
+        if (ledger->memory_device.block_count_max != 0)
+                lsm_device_memory_deinit(&ledger->memory_device);
+}
+
+void ledger_state_reset(struct ledger *ledger)
+{
+        tally_assert(ledger->ws.count == 0);
+        trees_deinit(ledger);
+        memset(&ledger->forest, 0, sizeof(ledger->forest));
+        memset(&ledger->accounts, 0, sizeof(ledger->accounts));
+        memset(&ledger->transfers, 0, sizeof(ledger->transfers));
+        memset(&ledger->status, 0, sizeof(ledger->status));
+        memset(&ledger->expiry, 0, sizeof(ledger->expiry));
+        memset(&ledger->history, 0, sizeof(ledger->history));
+        lsm_grid_free_set_clear(&ledger->grid);
+        lsm_grid_cache_clear(&ledger->grid);
+        if (trees_init(ledger) != 0) {
+                log_error("ledger: out of memory resetting the trees");
+                abort();
+        }
+        memset(&ledger->counters, 0, sizeof(ledger->counters));
+        ledger->expiry_next = UINT64_MAX;
+        ledger->chain_open = false;
+}
+
+/* ---- the working set ---------------------------------------------------------------------- */
+
+static uint64_t ws_hash(uint8_t kind, u128 id)
+{
+        uint64_t h = (uint64_t)id ^ ((uint64_t)(id >> 64) * 0x9E3779B97F4A7C15ull) ^ kind;
+        h ^= h >> 33;
+        h *= 0xFF51AFD7ED558CCDull;
+        h ^= h >> 33;
+        h *= 0xC4CEB9FE1A85EC53ull;
+        h ^= h >> 33;
+        return h;
+}
+
+/* The entry of (kind, id), or a new one (state unset) if `*fresh`. */
+static struct ws_entry *ws_slot(struct ledger *ledger, uint8_t kind, u128 id, bool *fresh)
+{
+        struct working_set *ws = &ledger->ws;
+        uint64_t i = ws_hash(kind, id) & (WS_SLOTS - 1);
+        for (;;) {
+                uint32_t ref = ws->slots[i];
+                if (ref == 0)
+                        break;
+                struct ws_entry *e = &ws->entries[ref - 1];
+                if (e->kind == kind && e->id == id) {
+                        *fresh = false;
+                        return e;
+                }
+                i = (i + 1) & (WS_SLOTS - 1);
+        }
+        tally_assert(ws->count < WS_ENTRIES_MAX);
+        struct ws_entry *e = &ws->entries[ws->count++];
+        memset(e, 0, sizeof(*e));
+        e->kind = kind;
+        e->id = id;
+        ws->slots[i] = ws->count;
+        *fresh = true;
+        return e;
+}
+
+struct ws_entry *ws_account(struct ledger *ledger, u128 id)
+{
+        bool fresh;
+        struct ws_entry *e = ws_slot(ledger, WS_ACCOUNT, id, &fresh);
+        if (!fresh)
+                return e;
+        int rc = lsm_groove_get_by_id(&ledger->accounts, id, &e->object.account);
+        if (rc < 0)
+                ledger_fault(ledger, "account lookup");
+        e->state = rc == 1 ? WS_PRESENT : WS_ABSENT;
+        return e;
+}
+
+uint8_t ledger_status_get(struct ledger *ledger, uint64_t timestamp)
+{
+        struct status_value value;
+        int rc = lsm_tree_get(&ledger->status, &timestamp, &value);
+        if (rc < 0)
+                ledger_fault(ledger, "transfer status lookup");
+        return rc == 1 ? value.status : TRANSFER_STATUS_NONE;
+}
+
+struct ws_entry *ws_transfer(struct ledger *ledger, u128 id)
+{
+        bool fresh;
+        struct ws_entry *e = ws_slot(ledger, WS_TRANSFER, id, &fresh);
+        if (!fresh)
+                return e;
+        uint64_t timestamp = 0;
+        int rc = lsm_groove_get_id(&ledger->transfers, id, &timestamp);
+        if (rc < 0)
+                ledger_fault(ledger, "transfer id lookup");
+        if (rc == 0) {
+                e->state = WS_ABSENT;
+                return e;
+        }
+        if (timestamp == 0) {
+                e->state = WS_FAILED;
+                return e;
+        }
+        rc = lsm_groove_get_by_timestamp(&ledger->transfers, timestamp, &e->object.transfer);
+        if (rc != 1)
+                ledger_fault(ledger, rc < 0 ? "transfer lookup" : "transfer of an id is missing");
+        e->state = WS_PRESENT;
+        if (e->object.transfer.flags & TRANSFER_FLAG_PENDING)
+                e->status = ledger_status_get(ledger, timestamp);
+        return e;
+}
+
+void ws_touch(struct ledger *ledger, struct ws_entry *entry)
+{
+        struct working_set *ws = &ledger->ws;
+        if (ws->chain == 0 || entry->undo_chain == ws->chain)
+                return;
+        tally_assert(ws->undo_count < WS_ENTRIES_MAX);
+        struct ws_undo *u = &ws->undo[ws->undo_count++];
+        u->entry = (uint32_t)(entry - ws->entries);
+        u->state = entry->state;
+        u->created = entry->created;
+        u->dirty = entry->dirty;
+        u->status = entry->status;
+        u->status_dirty = entry->status_dirty;
+        memcpy(&u->object, &entry->object, sizeof(u->object));
+        entry->undo_chain = ws->chain;
+}
+
+void ws_account_create(struct ledger *ledger, struct ws_entry *entry,
+                       const struct wire_account *account)
+{
+        struct working_set *ws = &ledger->ws;
+        tally_assert(entry->kind == WS_ACCOUNT && entry->state == WS_ABSENT);
+        tally_assert(account->timestamp > ledger->counters.account_timestamp_last);
+        ws_touch(ledger, entry);
+        entry->state = WS_PRESENT;
+        entry->created = true;
+        entry->dirty = true;
+        entry->object.account = *account;
+        ws->created_accounts[ws->created_account_count++] = (uint32_t)(entry - ws->entries);
+        ledger->counters.account_count++;
+        ledger->counters.account_timestamp_last = account->timestamp;
+}
+
+void ws_transfer_create(struct ledger *ledger, struct ws_entry *entry,
+                        const struct wire_transfer *transfer, uint8_t status)
+{
+        struct working_set *ws = &ledger->ws;
+        tally_assert(entry->kind == WS_TRANSFER && entry->state == WS_ABSENT);
+        tally_assert(transfer->timestamp > ledger->counters.transfer_timestamp_last);
+        ws_touch(ledger, entry);
+        entry->state = WS_PRESENT;
+        entry->created = true;
+        entry->dirty = true;
+        entry->object.transfer = *transfer;
+        entry->status = status;
+        entry->status_dirty = status != TRANSFER_STATUS_NONE;
+        ws->created_transfers[ws->created_transfer_count++] = (uint32_t)(entry - ws->entries);
+        ledger->counters.transfer_count++;
+        ledger->counters.transfer_timestamp_last = transfer->timestamp;
+}
+
+void ws_history_append(struct ledger *ledger, const struct wire_account *account,
+                       uint64_t timestamp)
+{
+        struct working_set *ws = &ledger->ws;
+        tally_assert(ws->history_count < 2 * LEDGER_BATCH_EVENTS_MAX);
+        ws->history[ws->history_count++] = (struct history_value){
+                .account_id = account->id,
+                .timestamp = timestamp,
+                .debits_pending = account->debits_pending,
+                .debits_posted = account->debits_posted,
+                .credits_pending = account->credits_pending,
+                .credits_posted = account->credits_posted,
+        };
+        ledger->counters.history_count++;
+}
+
+void ws_failed(struct ledger *ledger, struct ws_entry *entry)
+{
+        struct working_set *ws = &ledger->ws;
+        tally_assert(entry->kind == WS_TRANSFER && entry->state == WS_ABSENT);
+        entry->state = WS_FAILED;
+        ws->failed[ws->failed_count++] = entry->id;
+        ledger->counters.failed_count++;
+}
+
+void ws_chain_begin(struct ledger *ledger)
+{
+        struct working_set *ws = &ledger->ws;
+        static uint32_t chain_seq; /* only distinguishes chains within one operation */
+        ws->chain = ++chain_seq == 0 ? ++chain_seq : chain_seq;
+        ws->undo_count = 0;
+        ledger->chain_counters = ledger->counters;
+        ledger->chain_created_accounts = ws->created_account_count;
+        ledger->chain_created_transfers = ws->created_transfer_count;
+        ledger->chain_history = ws->history_count;
+}
+
+/* The events so far are final: the new pending transfers with a timeout get expiry entries. */
+void ws_chain_commit(struct ledger *ledger)
+{
+        struct working_set *ws = &ledger->ws;
+        for (uint32_t i = ledger->chain_created_transfers; i < ws->created_transfer_count; i++) {
+                const struct ws_entry *e = &ws->entries[ws->created_transfers[i]];
+                const struct wire_transfer *t = &e->object.transfer;
+                if (t->timeout == 0 || e->status != TRANSFER_STATUS_PENDING)
+                        continue;
+                struct expiry_value v = {
+                        .expires_at = t->timestamp + (uint64_t)t->timeout * LEDGER_NS_PER_S,
+                        .timestamp = t->timestamp,
+                };
+                ws->expiry[ws->expiry_count++] = v;
+                ledger->expiry_next = MIN(ledger->expiry_next, v.expires_at);
+        }
+        ws->chain = 0;
+        ws->undo_count = 0;
+        ledger->chain_counters = ledger->counters;
+        ledger->chain_created_accounts = ws->created_account_count;
+        ledger->chain_created_transfers = ws->created_transfer_count;
+        ledger->chain_history = ws->history_count;
+}
+
+void ws_chain_rollback(struct ledger *ledger)
+{
+        struct working_set *ws = &ledger->ws;
+        tally_assert(ws->chain != 0);
+        while (ws->undo_count > 0) {
+                const struct ws_undo *u = &ws->undo[--ws->undo_count];
+                struct ws_entry *e = &ws->entries[u->entry];
+                e->state = u->state;
+                e->created = u->created;
+                e->dirty = u->dirty;
+                e->status = u->status;
+                e->status_dirty = u->status_dirty;
+                memcpy(&e->object, &u->object, sizeof(e->object));
+                e->undo_chain = 0;
+        }
+        ledger->counters = ledger->chain_counters;
+        ws->created_account_count = ledger->chain_created_accounts;
+        ws->created_transfer_count = ledger->chain_created_transfers;
+        ws->history_count = ledger->chain_history;
+        ws->chain = 0;
+}
+
+/* ---- flushes ------------------------------------------------------------------------------ */
+
+static void trees_flush(struct ledger *ledger)
+{
+        bool ok = lsm_groove_flush(&ledger->accounts) && lsm_groove_flush(&ledger->transfers) &&
+                  lsm_tree_flush(&ledger->status) && lsm_tree_flush(&ledger->expiry) &&
+                  lsm_tree_flush(&ledger->history) && lsm_groove_compact(&ledger->accounts) &&
+                  lsm_groove_compact(&ledger->transfers) && lsm_tree_compact(&ledger->status) &&
+                  lsm_tree_compact(&ledger->expiry) && lsm_tree_compact(&ledger->history);
+        if (!ok)
+                ledger_fault(ledger, "flush");
+}
+
+void ws_reserve(struct ledger *ledger, uint32_t events)
+{
+        bool room = lsm_tree_has_room(&ledger->accounts.objects, 3 * events) &&
+                    lsm_tree_has_room(&ledger->accounts.ids, events) &&
+                    lsm_tree_has_room(&ledger->transfers.objects, events) &&
+                    lsm_tree_has_room(&ledger->transfers.ids, events) &&
+                    lsm_tree_has_room(&ledger->status, events) &&
+                    lsm_tree_has_room(&ledger->expiry, events) &&
+                    lsm_tree_has_room(&ledger->history, 2 * events);
+        if (!room)
+                trees_flush(ledger);
+}
+
+void ledger_flush(struct ledger *ledger)
+{
+        tally_assert(ledger->ws.count == 0);
+        trees_flush(ledger);
+}
+
+/*
+ * Room for one more value in `tree` (and, for a groove, in each of its trees): an operation
+ * larger than a memtable flushes in the middle of its commit, at a point fixed by the
+ * operations, so replicas still flush alike.
+ */
+static void tree_room(struct ledger *ledger, struct lsm_tree *tree)
+{
+        if (!lsm_tree_has_room(tree, 1) && !(lsm_tree_flush(tree) && lsm_tree_compact(tree)))
+                ledger_fault(ledger, "flush");
+}
+
+static void groove_room(struct ledger *ledger, struct lsm_groove *g)
+{
+        tree_room(ledger, &g->objects);
+        tree_room(ledger, &g->ids);
+        for (uint32_t i = 0; i < g->config.index_count; i++)
+                tree_room(ledger, &g->indexes[i]);
+}
+
+void ws_commit(struct ledger *ledger)
+{
+        struct working_set *ws = &ledger->ws;
+        tally_assert(ws->chain == 0);
+        for (uint32_t i = 0; i < ws->count; i++) {
+                const struct ws_entry *e = &ws->entries[i];
+                if (e->state != WS_PRESENT)
+                        continue;
+                if (e->kind == WS_ACCOUNT) {
+                        if (e->created) {
+                                groove_room(ledger, &ledger->accounts);
+                                lsm_groove_insert(&ledger->accounts, &e->object.account);
+                        } else if (e->dirty) {
+                                tree_room(ledger, &ledger->accounts.objects);
+                                lsm_groove_update(&ledger->accounts, &e->object.account);
+                        }
+                        continue;
+                }
+                if (e->created) {
+                        groove_room(ledger, &ledger->transfers);
+                        lsm_groove_insert(&ledger->transfers, &e->object.transfer);
+                }
+                if (e->status_dirty) {
+                        struct status_value v = {.timestamp = e->object.transfer.timestamp,
+                                                 .status = e->status};
+                        tree_room(ledger, &ledger->status);
+                        lsm_tree_put(&ledger->status, &v);
+                }
+        }
+        for (uint32_t i = 0; i < ws->failed_count; i++) {
+                tree_room(ledger, &ledger->transfers.ids);
+                lsm_groove_put_id(&ledger->transfers, ws->failed[i], 0);
+        }
+        for (uint32_t i = 0; i < ws->history_count; i++) {
+                tree_room(ledger, &ledger->history);
+                lsm_tree_put(&ledger->history, &ws->history[i]);
+        }
+        for (uint32_t i = 0; i < ws->expiry_count; i++) {
+                tree_room(ledger, &ledger->expiry);
+                lsm_tree_put(&ledger->expiry, &ws->expiry[i]);
+        }
+        if (ws->count > WS_SLOTS / 16) {
+                memset(ws->slots, 0, WS_SLOTS * sizeof(*ws->slots));
+        } else {
+                for (uint32_t i = 0; i < ws->count; i++) {
+                        uint64_t s = ws_hash(ws->entries[i].kind, ws->entries[i].id) &
+                                     (WS_SLOTS - 1);
+                        while (ws->slots[s] != i + 1)
+                                s = (s + 1) & (WS_SLOTS - 1);
+                        ws->slots[s] = 0;
+                }
+        }
+        ws->count = 0;
+        ws->undo_count = 0;
+        ws->created_account_count = 0;
+        ws->created_transfer_count = 0;
+        ws->history_count = 0;
+        ws->expiry_count = 0;
+        ws->failed_count = 0;
+        ledger->chain_created_accounts = 0;
+        ledger->chain_created_transfers = 0;
+        ledger->chain_history = 0;
+        ledger->chain_counters = ledger->counters;
+}
+
+/* ---- timestamps --------------------------------------------------------------------------- */
+
+/* In the created list (timestamps increasing): true if one has exactly `timestamp`. */
+static bool created_has(const struct ledger *ledger, const uint32_t *created, uint32_t count,
+                        bool accounts, uint64_t timestamp)
+{
+        uint32_t lo = 0, hi = count;
+        while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                const struct ws_entry *e = &ledger->ws.entries[created[mid]];
+                uint64_t t = accounts ? e->object.account.timestamp : e->object.transfer.timestamp;
+                if (t == timestamp)
+                        return true;
+                if (t < timestamp)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        return false;
+}
+
+bool ledger_account_timestamp_exists(struct ledger *ledger, uint64_t timestamp)
+{
+        if (timestamp > ledger->counters.account_timestamp_last)
+                return false;
+        if (created_has(ledger, ledger->ws.created_accounts, ledger->ws.created_account_count,
+                        true, timestamp))
+                return true;
+        struct wire_account a;
+        int rc = lsm_groove_get_by_timestamp(&ledger->accounts, timestamp, &a);
+        if (rc < 0)
+                ledger_fault(ledger, "account lookup by timestamp");
+        return rc == 1;
+}
+
+bool ledger_transfer_timestamp_exists(struct ledger *ledger, uint64_t timestamp)
+{
+        if (timestamp > ledger->counters.transfer_timestamp_last)
+                return false;
+        if (created_has(ledger, ledger->ws.created_transfers, ledger->ws.created_transfer_count,
+                        false, timestamp))
+                return true;
+        struct wire_transfer t;
+        int rc = lsm_groove_get_by_timestamp(&ledger->transfers, timestamp, &t);
+        if (rc < 0)
+                ledger_fault(ledger, "transfer lookup by timestamp");
+        return rc == 1;
+}
+
+/* ---- expiry ------------------------------------------------------------------------------- */
+
+static bool expiry_first(void *context, const void *value)
+{
+        memcpy(context, value, sizeof(struct expiry_value));
+        return false;
+}
+
+/* The first expiry entry after the cursor; false if there is none. */
+static bool expiry_peek(struct ledger *ledger, struct expiry_value *out)
+{
+        struct expiry_value from = {.expires_at = ledger->counters.expiry_done_expires_at,
+                                    .timestamp = ledger->counters.expiry_done_timestamp + 1};
+        int64_t n = lsm_tree_scan(&ledger->expiry, &from, NULL, false, expiry_first, out);
+        if (n < 0)
+                ledger_fault(ledger, "expiry scan");
+        return n > 0;
+}
+
+/*
+ * Moves the cursor past entries of transfers that are no longer pending, so that expiry_next
+ * is the expiry of a live pending transfer (or UINT64_MAX).
+ */
+void ledger_expiry_next_update(struct ledger *ledger)
+{
+        struct expiry_value v;
+        while (expiry_peek(ledger, &v)) {
+                if (ledger_status_get(ledger, v.timestamp) == TRANSFER_STATUS_PENDING) {
+                        ledger->expiry_next = v.expires_at;
+                        return;
+                }
+                ledger->counters.expiry_done_expires_at = v.expires_at;
+                ledger->counters.expiry_done_timestamp = v.timestamp;
+        }
+        ledger->expiry_next = UINT64_MAX;
+}

@@ -1,0 +1,27 @@
+/*
+ * device_memory.h: a grid device (lsm/grid.h) that keeps its blocks in memory.
+ *
+ * Why: the ledger's rules are tested, benchmarked and simulated without a data file, and tools
+ * that load a checkpoint stream into a ledger need a grid that is not a replica's. Blocks are
+ * allocated when first written; a block never written reads as zeros (so it fails its check,
+ * as an unwritten block of a file would).
+ */
+#ifndef TALLY_LSM_DEVICE_MEMORY_H
+#define TALLY_LSM_DEVICE_MEMORY_H
+
+#include "lsm/grid.h"
+
+struct lsm_device_memory {
+        uint8_t **blocks; /* blocks[address], NULL until written */
+        uint64_t capacity;
+        uint64_t block_count_max;
+        uint64_t bytes; /* allocated for blocks */
+};
+
+/* Up to `block_count_max` addresses; memory grows with the blocks written. */
+void lsm_device_memory_init(struct lsm_device_memory *memory, uint64_t block_count_max);
+void lsm_device_memory_deinit(struct lsm_device_memory *memory);
+/* The device interface over it. */
+struct lsm_device lsm_device_memory(struct lsm_device_memory *memory);
+
+#endif
