@@ -144,6 +144,32 @@ int ledger_checkpoint_write(struct ledger *ledger, struct ledger_stream *stream)
 /* Replaces the ledger's state. On failure the ledger is left empty (as created). */
 int ledger_checkpoint_read(struct ledger *ledger, struct ledger_stream *stream);
 
+/*
+ * Checkpoints as roots in the grid (config.device): flushes every tree and writes a checkpoint
+ * of the forest carrying `user` bytes (the replica's sessions), then *root names it. Blocks the
+ * previous checkpoint used stay allocated until ledger_checkpoint_durable() says this one is
+ * durable, so a crash before that finds the previous one whole. False on a device fault or a
+ * full grid (logged).
+ */
+#define LEDGER_CHECKPOINT_USER_MAX 7936u
+bool ledger_checkpoint(struct ledger *ledger, const void *user, uint32_t user_size,
+                       struct lsm_block_ref *root);
+void ledger_checkpoint_durable(struct ledger *ledger);
+/*
+ * Replaces the state with the checkpoint `root` names on the device and copies its user bytes
+ * into `user` (room for LEDGER_CHECKPOINT_USER_MAX; *user_size set). 0, or -1 with the reason
+ * in `error` if a block is unreadable or damaged (the ledger is then empty).
+ */
+int ledger_open(struct ledger *ledger, struct lsm_block_ref root, void *user,
+                uint32_t *user_size, char *error, size_t error_size);
+/*
+ * Calls `visit` for every block of the checkpoint `root` names (root first), as state sync and
+ * backups copy them. 0, visit's first non-zero result, or -2 if a block is unreadable.
+ */
+int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
+                             int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
+                             void *context);
+
 /* A stream reading a checkpoint from memory: {.read = ledger_memory_read, .context = &r}. */
 struct ledger_memory_reader {
         const uint8_t *data;

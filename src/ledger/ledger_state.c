@@ -638,3 +638,71 @@ void ledger_expiry_next_update(struct ledger *ledger)
         }
         ledger->expiry_next = UINT64_MAX;
 }
+
+/* ---- checkpoints in the grid -------------------------------------------------------------- */
+
+/* The root's user bytes: the counters, then the caller's. */
+struct root_user {
+        struct ledger_counters counters;
+        uint32_t size;
+        uint32_t reserved;
+        uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
+};
+_Static_assert(sizeof(struct root_user) <= LSM_FOREST_USER_SIZE_MAX, "root user bytes fit");
+
+bool ledger_checkpoint(struct ledger *ledger, const void *user, uint32_t user_size,
+                       struct lsm_block_ref *root)
+{
+        tally_assert(ledger->ws.count == 0 && !ledger->chain_open);
+        tally_assert(user_size <= LEDGER_CHECKPOINT_USER_MAX);
+        trees_flush(ledger);
+        static struct root_user bytes;
+        memset(&bytes, 0, sizeof(bytes));
+        bytes.counters = ledger->counters;
+        bytes.size = user_size;
+        memcpy(bytes.user, user, user_size);
+        uint32_t size = (uint32_t)offsetof(struct root_user, user) + user_size;
+        if (!lsm_forest_checkpoint(&ledger->forest, &bytes, size, root)) {
+                log_error("ledger: checkpoint not written: %s", ledger->grid.error);
+                return false;
+        }
+        return true;
+}
+
+void ledger_checkpoint_durable(struct ledger *ledger)
+{
+        lsm_forest_checkpoint_durable(&ledger->forest);
+}
+
+int ledger_open(struct ledger *ledger, struct lsm_block_ref root, void *user,
+                uint32_t *user_size, char *error, size_t error_size)
+{
+        tally_assert(ledger->ws.count == 0);
+        ledger_state_reset(ledger);
+        static struct root_user bytes;
+        uint32_t size = 0;
+        memset(&bytes, 0, sizeof(bytes));
+        if (!lsm_forest_open(&ledger->forest, root, &bytes, &size)) {
+                snprintf(error, error_size, "%s", ledger->grid.error);
+                ledger_state_reset(ledger);
+                return -1;
+        }
+        if (size < offsetof(struct root_user, user) || bytes.size > LEDGER_CHECKPOINT_USER_MAX ||
+            size != offsetof(struct root_user, user) + bytes.size) {
+                snprintf(error, error_size, "checkpoint root: its ledger bytes are malformed");
+                ledger_state_reset(ledger);
+                return -1;
+        }
+        ledger->counters = bytes.counters;
+        memcpy(user, bytes.user, bytes.size);
+        *user_size = bytes.size;
+        ledger_expiry_next_update(ledger);
+        return 0;
+}
+
+int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
+                             int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
+                             void *context)
+{
+        return lsm_forest_blocks(&ledger->forest, root, visit, context);
+}

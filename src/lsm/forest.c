@@ -305,3 +305,69 @@ bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root_ref, v
         }
         return true;
 }
+
+int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root_ref,
+                      int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
+                      void *context)
+{
+        struct lsm_grid *grid = forest->grid;
+        const uint8_t *block = lsm_grid_read(grid, root_ref, LSM_BLOCK_ROOT);
+        if (block == NULL)
+                return -2;
+        int rc = visit(context, root_ref, LSM_BLOCK_ROOT);
+        if (rc != 0)
+                return rc;
+        /* The root's refs, copied: reads below may evict the root from the cache. */
+        const struct root *root = (const struct root *)(block + LSM_BLOCK_HEADER_SIZE);
+        uint32_t manifest_count = MIN(root->manifest_count, LSM_FOREST_ROOT_REFS_MAX);
+        uint32_t free_set_count = MIN(root->free_set_count, LSM_FOREST_ROOT_REFS_MAX -
+                                                                    manifest_count);
+        uint32_t count = manifest_count + free_set_count;
+        struct lsm_block_ref *refs = malloc((count + 1) * sizeof(*refs));
+        struct lsm_index_entry *entries = malloc(LSM_BLOCK_PAYLOAD_MAX);
+        if (refs == NULL || entries == NULL) {
+                free(refs);
+                free(entries);
+                snprintf(grid->error, sizeof(grid->error), "out of memory listing blocks");
+                return -2;
+        }
+        memcpy(refs, root + 1, count * sizeof(*refs));
+        for (uint32_t i = 0; rc == 0 && i < count; i++) {
+                uint8_t kind = i < manifest_count ? LSM_BLOCK_MANIFEST : LSM_BLOCK_FREE_SET;
+                if (refs[i].address != 0)
+                        rc = visit(context, refs[i], kind);
+        }
+        for (uint32_t m = 0; rc == 0 && m < manifest_count; m++) {
+                const uint8_t *manifest = lsm_grid_read(grid, refs[m], LSM_BLOCK_MANIFEST);
+                if (manifest == NULL) {
+                        rc = -2;
+                        break;
+                }
+                uint32_t records = ((const struct lsm_block_header *)manifest)->count;
+                struct manifest_record *copy = malloc((size_t)records * sizeof(*copy) + 1);
+                if (copy == NULL) {
+                        rc = -2;
+                        break;
+                }
+                memcpy(copy, manifest + LSM_BLOCK_HEADER_SIZE, (size_t)records * sizeof(*copy));
+                for (uint32_t r = 0; rc == 0 && r < records; r++) {
+                        struct lsm_block_ref index_ref = copy[r].table.index;
+                        const uint8_t *index = lsm_grid_read(grid, index_ref,
+                                                             LSM_BLOCK_TABLE_INDEX);
+                        if (index == NULL) {
+                                rc = -2;
+                                break;
+                        }
+                        uint32_t n = ((const struct lsm_block_header *)index)->count;
+                        n = MIN(n, (uint32_t)(LSM_BLOCK_PAYLOAD_MAX / sizeof(*entries)));
+                        memcpy(entries, index + LSM_BLOCK_HEADER_SIZE, n * sizeof(*entries));
+                        rc = visit(context, index_ref, LSM_BLOCK_TABLE_INDEX);
+                        for (uint32_t d = 0; rc == 0 && d < n; d++)
+                                rc = visit(context, entries[d].data, LSM_BLOCK_TABLE_DATA);
+                }
+                free(copy);
+        }
+        free(refs);
+        free(entries);
+        return rc;
+}

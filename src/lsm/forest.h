@@ -26,7 +26,7 @@
 
 #define LSM_FOREST_TREES_MAX 32u
 /* The caller's bytes in the root block (the ledger's counters and last timestamps). */
-#define LSM_FOREST_USER_SIZE_MAX 1024u
+#define LSM_FOREST_USER_SIZE_MAX 8192u
 /* Blocks a root can name: manifest and free set together. 8,000 tables per manifest block x
  * (64 KiB / 128 B)... see forest.c; at 1 TiB of grid the free set takes 33 blocks. */
 #define LSM_FOREST_ROOT_REFS_MAX 1500u
@@ -68,4 +68,13 @@ void lsm_forest_checkpoint_durable(struct lsm_forest *forest);
 bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root, void *user,
                      uint32_t *user_size);
 
+/*
+ * Every block of the checkpoint `root` names, each once: the root, its manifest and free set
+ * blocks, then per table its index block and data blocks. `visit` returns 0 to go on; -1 stops.
+ * Returns 0, the first non-zero `visit` result, or -2 if a block is unreadable (grid->error).
+ * What state sync and backups copy.
+ */
+int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root,
+                      int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
+                      void *context);
 #endif

@@ -8,6 +8,7 @@
 #include "test.h"
 
 #include "ledger/ledger.h"
+#include "lsm/device_memory.h"
 #include "wire/multi_batch.h"
 #include "wire/types.h"
 
@@ -20,11 +21,15 @@ static uint64_t last_timestamp;
 static uint8_t reply[LEDGER_BODY_SIZE_MAX];
 static uint8_t body[LEDGER_BODY_SIZE_MAX];
 
+/* When set, fresh() builds its ledgers with this configuration (a device of the test's). */
+static const struct ledger_config *fresh_config;
+
 static void fresh(void)
 {
         if (ledger) ledger_destroy(ledger);
         struct ledger_config config = {
                 .accounts_max = 10000, .transfers_max = 100000, .request_body_size_max = 0};
+        if (fresh_config != NULL) config = *fresh_config;
         ledger = ledger_create(&config);
         tally_assert(ledger != NULL);
         clock_ns = 1000000000ull;
@@ -1329,6 +1334,19 @@ static void build_state(void)
         create_transfer1(transfer(2000, 1, 2, 1, PEND | 0x40)); /* closes account 1 */
 }
 
+static int count_block(void *context, struct lsm_block_ref ref, uint8_t kind)
+{
+        struct {
+                uint64_t blocks;
+                uint64_t roots;
+        } *counted = context;
+        CHECK(ref.address != 0);
+        counted->blocks++;
+        counted->roots += kind == LSM_BLOCK_ROOT;
+        if (counted->blocks == 1) CHECK(kind == LSM_BLOCK_ROOT);
+        return 0;
+}
+
 static void test_checkpoint(void)
 {
         static uint8_t stream_a[1 << 24], stream_b[1 << 24];
@@ -1408,6 +1426,69 @@ static void test_checkpoint(void)
         ledger_destroy(copy);
 }
 
+/*
+ * Checkpoints as grid roots: a ledger opened from a root on the same device holds exactly the
+ * state at the checkpoint (its stream dump is byte-identical), even after the first ledger went
+ * on executing and flushing past it; and a damaged root is refused by name.
+ */
+static void test_checkpoint_root(void)
+{
+        static struct lsm_device_memory memory;
+        lsm_device_memory_init(&memory, 1u << 20);
+        struct ledger_config config = {.device = lsm_device_memory(&memory),
+                                       .grid_blocks_max = 1u << 20,
+                                       .memtable_max = 256,
+                                       .table_data_blocks_max = 2};
+        struct ledger *saved = ledger;
+        ledger = NULL;
+        fresh_config = &config;
+        build_state();
+        fresh_config = NULL;
+        const char user[] = "sessions of the replica";
+        struct lsm_block_ref root;
+        CHECK(ledger_checkpoint(ledger, user, sizeof(user), &root));
+        static uint8_t stream_a[1 << 22], stream_b[1 << 22];
+        struct memory_stream ma = {stream_a, 0, sizeof(stream_a), 0};
+        struct ledger_stream sa = {.write = memory_write, .context = &ma};
+        CHECK_EQ_U64(ledger_checkpoint_write(ledger, &sa), 0);
+        /* More work after the checkpoint, flushed into new blocks, not yet durable. */
+        for (uint32_t i = 0; i < 20; i++) {
+                struct wire_transfer t = transfer(50000 + i, 1, 2, 1, 0);
+                run(130, &t, sizeof(t));
+        }
+        struct lsm_block_ref later;
+        CHECK(ledger_checkpoint(ledger, user, sizeof(user), &later));
+
+        struct ledger *copy = ledger_create(&config);
+        tally_assert(copy != NULL);
+        char back[LEDGER_CHECKPOINT_USER_MAX];
+        uint32_t back_size = 0;
+        char error[256];
+        CHECK_EQ_U64(ledger_open(copy, root, back, &back_size, error, sizeof(error)), 0);
+        CHECK_EQ_U64(back_size, sizeof(user));
+        CHECK(memcmp(back, user, sizeof(user)) == 0);
+        struct memory_stream mb = {stream_b, 0, sizeof(stream_b), 0};
+        struct ledger_stream sb = {.write = memory_write, .context = &mb};
+        CHECK_EQ_U64(ledger_checkpoint_write(copy, &sb), 0);
+        CHECK_EQ_U64(ma.size, mb.size);
+        CHECK(memcmp(stream_a, stream_b, ma.size) == 0);
+
+        /* Every block of a checkpoint is listed once, the root first. */
+        struct block_count { uint64_t blocks; uint64_t roots; } counted = {0, 0};
+        CHECK_EQ_U64(ledger_checkpoint_blocks(copy, root, count_block, &counted), 0);
+        CHECK(counted.blocks > 4 && counted.roots == 1);
+
+        /* A root that names the wrong checksum is refused, and says why. */
+        struct lsm_block_ref wrong = root;
+        wrong.checksum ^= 1;
+        CHECK(ledger_open(copy, wrong, back, &back_size, error, sizeof(error)) != 0);
+        CHECK(strstr(error, "root") != NULL);
+        ledger_destroy(copy);
+        ledger_destroy(ledger);
+        ledger = saved;
+        lsm_device_memory_deinit(&memory);
+}
+
 int main(void)
 {
         TEST_RUN(test_smoke);
@@ -1423,6 +1504,7 @@ int main(void)
         TEST_RUN(test_queries);
         TEST_RUN(test_query_limits);
         TEST_RUN(test_checkpoint);
+        TEST_RUN(test_checkpoint_root);
         if (ledger) ledger_destroy(ledger);
         TEST_MAIN_END();
 }
