@@ -39,6 +39,8 @@ struct server {
         struct metrics_sources metrics_sources;
         uint64_t storage_failed_logged_ns;
         bus_connection_id backup_pin_owner; /* the backup connection the pin is for */
+        /* The checkpoint a backup copies (its blocks held, see ledger_hold). */
+        struct backup_pin backup_pin;
 };
 
 static volatile sig_atomic_t stop_signal;
@@ -118,14 +120,10 @@ static bool env_checkpoint(void *context, const struct replica_checkpoint *check
         request.op = checkpoint->op;
         request.prepare_checksum = checkpoint->prepare_checksum;
         request.timestamp = checkpoint->timestamp;
-        tally_assert(checkpoint->extent_count <= STORAGE_CHECKPOINT_EXTENTS_MAX);
-        for (uint32_t i = 0; i < checkpoint->extent_count; i++) {
-                request.extents[i].data = checkpoint->extents[i].data;
-                request.extents[i].size = checkpoint->extents[i].size;
-                request.extents[i].stable = checkpoint->extents[i].stable;
-        }
-        request.extent_count = checkpoint->extent_count;
-        request.blob_size = checkpoint->blob_size;
+        request.root_address = checkpoint->root.address;
+        request.root_checksum = checkpoint->root.checksum;
+        request.blocks = checkpoint->blocks;
+        request.grid_address_max = checkpoint->grid_address_max;
         request.reply_count = checkpoint->reply_count;
         for (uint32_t i = 0; i < checkpoint->reply_count; i++) {
                 request.replies[i].reply = checkpoint->replies[i].reply;
@@ -161,15 +159,9 @@ static bool env_view_write(void *context, const struct replica_view_state *state
                 .fresh = state->fresh,
                 .fresh_joined = state->fresh_joined,
                 .fresh_joined_op = state->fresh_joined_op,
+                .grid_syncing = state->grid_syncing,
         };
         return storage_write_view(&s->storage, &v, done, replica);
-}
-
-static int64_t env_checkpoint_read(void *context, uint64_t offset, uint8_t *into,
-                                   uint32_t size)
-{
-        struct server *s = context;
-        return storage_read_checkpoint_range(&s->storage, offset, into, size);
 }
 
 static bool env_reply_read(void *context, uint32_t slot, u128 want, struct message *into)
@@ -218,35 +210,23 @@ static int recover(struct server *s, char *error, size_t error_size)
                         .fresh = sb->caught_up == 0,
                         .fresh_joined = sb->fresh_joined != 0,
                         .fresh_joined_op = sb->fresh_joined_op,
+                        .grid_syncing = sb->grid_syncing != 0,
                 },
                 .context = s,
                 .read_reply = read_reply,
                 .read_header = read_header,
                 .read_prepare = read_prepare,
         };
-        if (sb->manifest_address != 0) {
-                uint8_t *blob = s->replica.checkpoint_buffer;
-                int rc = storage_read_checkpoint(&s->storage, blob,
-                                                 s->replica.config.checkpoint_buffer_size, error,
-                                                 error_size);
-                if (rc != 0) {
-                        if (rc != STORAGE_CHECKPOINT_DAMAGED ||
-                            s->replica.config.replica_count == 1)
-                                return -1;
-                        /* A peer has the same state: the replica copies it (state sync). */
-                        log_error("checkpoint unreadable: %s", error);
-                        durable.checkpoint_lost = true;
-                }
-                durable.checkpoint_blob = blob;
-                durable.checkpoint_size = sb->checkpoint_size;
+        if (sb->root_address != 0) {
+                durable.checkpoint_root = (struct lsm_block_ref){.address = sb->root_address,
+                                                                 .checksum = sb->root_checksum};
+                durable.checkpoint_blocks = sb->checkpoint_blocks;
                 durable.checkpoint_op = sb->checkpoint_op;
                 durable.checkpoint_prepare_checksum = sb->checkpoint_prepare_checksum;
                 durable.checkpoint_timestamp = sb->checkpoint_timestamp;
         }
         if (replica_open(&s->replica, &durable, error, error_size) != 0)
                 return -1;
-        if (s->replica.checkpoint_lost)
-                storage_checkpoint_distrust(&s->storage);
         log_info("recovery took duration_ms=%llu",
                  (unsigned long long)((io_monotonic_ns() - started) / 1000000));
         return 0;
@@ -270,10 +250,12 @@ static int recover(struct server *s, char *error, size_t error_size)
 static void backup_serve_chunk(struct server *s, bus_connection_id connection,
                                const struct replica_sync_fields *want)
 {
-        struct storage *st = &s->storage;
-        bool ours = st->pinned && s->backup_pin_owner == connection &&
-                    want->checkpoint_op == st->pinned_op;
-        if (!ours && !storage_pin(st)) {
+        struct backup_pin *pin = &s->backup_pin;
+        struct replica *r = &s->replica;
+        bool ours = pin->active && s->backup_pin_owner == connection &&
+                    want->checkpoint_op == pin->op;
+        if (!ours && (r->checkpoint_root_durable.address == 0 || r->checkpoint_op_durable == 0 ||
+                      ledger_hold(s->ledger) != 0)) {
                 /* No durable checkpoint yet: say so (checkpoint_op 0, size 0) rather than let
                  * the tool wait for an answer that cannot come. */
                 struct replica_sync_fields none;
@@ -291,17 +273,25 @@ static void backup_serve_chunk(struct server *s, bus_connection_id connection,
                 return;
         }
         if (!ours) {
+                /* The hold keeps every block up to now, the durable checkpoint's among them. */
+                pin->active = true;
+                pin->op = r->checkpoint_op_durable;
+                pin->root = r->checkpoint_root_durable;
+                pin->prepare_checksum = r->checkpoint_checksum_durable;
+                pin->timestamp = r->checkpoint_timestamp_durable;
+                pin->blocks = replica_image_blocks(r, pin->root);
                 s->backup_pin_owner = connection;
-                log_info("backup: checkpoint pinned op=%llu bytes=%llu",
-                         (unsigned long long)st->pinned_op,
-                         (unsigned long long)st->pinned_size);
+                log_info("backup: checkpoint pinned op=%llu blocks=%llu",
+                         (unsigned long long)pin->op, (unsigned long long)pin->blocks);
         }
         struct replica_sync_fields f = {
-                .checkpoint_op = st->pinned_op,
-                .size = st->pinned_size,
-                .prepare_checksum = st->pinned_prepare_checksum,
-                .timestamp = st->pinned_timestamp,
+                .checkpoint_op = pin->op,
+                .size = pin->blocks * LSM_BLOCK_SIZE,
+                .prepare_checksum = pin->prepare_checksum,
+                .timestamp = pin->timestamp,
                 .offset = ours ? want->offset : 0,
+                .root_address = pin->root.address,
+                .root_checksum = pin->root.checksum,
         };
         struct message *m = message_pool_get(&s->pool);
         if (m == NULL)
@@ -309,10 +299,14 @@ static void backup_serve_chunk(struct server *s, bus_connection_id connection,
         wire_header_init(m->header, COMMAND_BLOCK, s->replica.config.cluster, s->replica.view,
                          WIRE_RELEASE_SERVER, s->replica.config.replica);
         memcpy(m->header->raw, &f, sizeof(f));
-        uint32_t chunk = s->replica.config.request_size_max - WIRE_HEADER_SIZE;
+        uint32_t chunk = (s->replica.config.request_size_max - WIRE_HEADER_SIZE) /
+                         LSM_BLOCK_SIZE * LSM_BLOCK_SIZE;
         uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
-        int64_t n = size == 0 ? 0 : storage_read_pinned_range(st, f.offset, message_body(m), size);
+        int64_t n = size == 0 || f.offset % LSM_BLOCK_SIZE != 0
+                            ? (size == 0 ? 0 : -1)
+                            : replica_image_read(r, pin->root, f.offset, message_body(m), size);
         if (n == (int64_t)size) {
+                pin->bytes_read += (uint64_t)size;
                 m->header->size = WIRE_HEADER_SIZE + size;
                 wire_header_set_checksum_body(m->header, message_body(m), size);
                 wire_header_set_checksum(m->header);
@@ -355,8 +349,9 @@ static void bus_on_message(void *context, bus_connection_id connection, struct m
 static void bus_on_close(void *context, bus_connection_id connection)
 {
         struct server *s = context;
-        if (s->storage.pinned && s->backup_pin_owner == connection) {
-                storage_unpin(&s->storage);
+        if (s->backup_pin.active && s->backup_pin_owner == connection) {
+                ledger_unhold(s->ledger);
+                s->backup_pin.active = false;
                 s->backup_pin_owner = BUS_CONNECTION_NONE;
                 log_info("backup: checkpoint unpinned (the backup connection closed)");
         }
@@ -457,6 +452,7 @@ static int metrics_start(struct server *s, const char *text,
                 .storage = &s->storage,
                 .pool = &s->pool,
                 .ledger = s->ledger,
+                .backup_pin = &s->backup_pin,
                 .accounts_max = ledger_config->accounts_max,
                 .transfers_max = ledger_config->transfers_max,
                 .http = &s->http.stats,
@@ -585,6 +581,8 @@ int cli_start(int argc, char **argv)
                                  : sb->development ? 1048576u
                                                    : 16777216u,
                 .request_body_size_max = sb->message_size_max - WIRE_HEADER_SIZE,
+                .device = storage_grid_device(&s->storage),
+                .grid_blocks_max = GRID_BLOCKS_MAX,
         };
         s->ledger = ledger_create(&ledger_config);
         if (s->ledger == NULL) {
@@ -601,7 +599,6 @@ int cli_start(int argc, char **argv)
                 .request_size_max = sb->message_size_max,
                 .checkpoint_interval = sb->checkpoint_interval,
                 .wal_slot_count = sb->wal_slot_count,
-                .checkpoint_buffer_size = ledger_memory_bytes(&ledger_config) + (16u << 20),
         };
         struct replica_env env = {
                 .context = s,
@@ -615,7 +612,6 @@ int cli_start(int argc, char **argv)
                 .storage_room = env_storage_room,
                 .journal_read = env_journal_read,
                 .view_write = env_view_write,
-                .checkpoint_read = env_checkpoint_read,
                 .reply_read = env_reply_read,
                 .connection_is_replica = env_connection_is_replica,
                 .connection_replica = env_connection_replica,

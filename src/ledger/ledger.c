@@ -372,6 +372,7 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats)
         stats->grid_blocks_written = ledger->grid.stats.writes;
         stats->grid_cache_hits = ledger->grid.stats.cache_hits;
         stats->grid_blocks_used = ledger->grid.used_count;
+        stats->grid_address_max = ledger->grid.address_max;
 }
 
 /* ---------------------------------------------------------------------------------------- */

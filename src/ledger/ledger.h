@@ -107,6 +107,7 @@ struct ledger_stats {
         uint64_t grid_blocks_written;
         uint64_t grid_cache_hits;
         uint64_t grid_blocks_used;
+        uint64_t grid_address_max; /* the highest grid address ever used */
 };
 void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
 
@@ -169,6 +170,24 @@ int ledger_open(struct ledger *ledger, struct lsm_block_ref root, void *user,
 int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
                              int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
                              void *context);
+
+/*
+ * Blocks as state sync and backups move them. ledger_block_read: the block `ref` names, read
+ * from the device (not the cache) and checked; 0 or -1 (damaged or unreadable, logged).
+ * ledger_block_install: writes a block received from elsewhere at the address its header
+ * names, after checking that it is whole (its own checksum); 0 or -1. Installing blocks
+ * overwrites whatever the grid held there: the ledger is unusable until ledger_open().
+ */
+int ledger_block_read(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block);
+int ledger_block_install(struct ledger *ledger, const uint8_t *block);
+/* The caller's user bytes of a checkpoint's root block; -1 if it is not one. */
+int ledger_root_user(const uint8_t *root_block, void *user, uint32_t *user_size);
+/*
+ * Keeps the blocks of every checkpoint up to now readable until ledger_unhold (a backup copies
+ * the durable one): blocks later checkpoints free are not reused meanwhile. 0 or -1.
+ */
+int ledger_hold(struct ledger *ledger);
+void ledger_unhold(struct ledger *ledger);
 
 /* A stream reading a checkpoint from memory: {.read = ledger_memory_read, .context = &r}. */
 struct ledger_memory_reader {

@@ -706,3 +706,66 @@ int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
 {
         return lsm_forest_blocks(&ledger->forest, root, visit, context);
 }
+
+/* ---- blocks as sync and backups move them ------------------------------------------------- */
+
+int ledger_block_read(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block)
+{
+        int rc = ledger->grid.device.read(ledger->grid.device.context, ref.address, block);
+        if (rc != 0) {
+                log_error("ledger: grid block %llu unreadable errno=%d",
+                          (unsigned long long)ref.address, -rc);
+                return -1;
+        }
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        const char *why = lsm_block_check(block, ref, (enum lsm_block_kind)h->kind);
+        if (why != NULL) {
+                log_error("ledger: grid block %llu is not the one the checkpoint names: %s",
+                          (unsigned long long)ref.address, why);
+                return -1;
+        }
+        return 0;
+}
+
+int ledger_block_install(struct ledger *ledger, const uint8_t *block)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        struct lsm_block_ref ref = {.address = h->address, .checksum = h->checksum};
+        if (h->address == 0 || h->address > ledger->grid.block_count_max ||
+            h->kind == LSM_BLOCK_NONE || h->kind >= LSM_BLOCK_KIND_COUNT ||
+            lsm_block_check(block, ref, (enum lsm_block_kind)h->kind) != NULL) {
+                log_error("ledger: a block to install is damaged address=%llu",
+                          (unsigned long long)h->address);
+                return -1;
+        }
+        int rc = ledger->grid.device.write(ledger->grid.device.context, h->address, block);
+        if (rc != 0) {
+                log_error("ledger: grid block %llu not written errno=%d",
+                          (unsigned long long)h->address, -rc);
+                return -1;
+        }
+        return 0;
+}
+
+int ledger_root_user(const uint8_t *root_block, void *user, uint32_t *user_size)
+{
+        static struct root_user bytes;
+        uint32_t size = 0;
+        if (!lsm_forest_root_user(root_block, &bytes, &size) ||
+            size < offsetof(struct root_user, user) || bytes.size > LEDGER_CHECKPOINT_USER_MAX ||
+            size != offsetof(struct root_user, user) + bytes.size)
+                return -1;
+        memcpy(user, bytes.user, bytes.size);
+        *user_size = bytes.size;
+        return 0;
+}
+
+int ledger_hold(struct ledger *ledger)
+{
+        return lsm_grid_hold(&ledger->grid) == 0 ? 0 : -1;
+}
+
+void ledger_unhold(struct ledger *ledger)
+{
+        lsm_grid_unhold(&ledger->grid);
+}

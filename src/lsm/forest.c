@@ -371,3 +371,15 @@ int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root_ref,
         free(entries);
         return rc;
 }
+
+bool lsm_forest_root_user(const uint8_t *block, void *user, uint32_t *user_size)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        const struct root *root = (const struct root *)(block + LSM_BLOCK_HEADER_SIZE);
+        if (h->kind != LSM_BLOCK_ROOT || root->magic != ROOT_MAGIC ||
+            root->user_size > LSM_FOREST_USER_SIZE_MAX)
+                return false;
+        memcpy(user, root->user, root->user_size);
+        *user_size = root->user_size;
+        return true;
+}

@@ -68,6 +68,9 @@ void lsm_forest_checkpoint_durable(struct lsm_forest *forest);
 bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root, void *user,
                      uint32_t *user_size);
 
+/* The user bytes of a root block (already checked); false if it is not a root. */
+bool lsm_forest_root_user(const uint8_t *root_block, void *user, uint32_t *user_size);
+
 /*
  * Every block of the checkpoint `root` names, each once: the root, its manifest and free set
  * blocks, then per table its index block and data blocks. `visit` returns 0 to go on; -1 stops.

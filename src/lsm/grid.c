@@ -113,6 +113,7 @@ void lsm_grid_deinit(struct lsm_grid *grid)
 {
         free(grid->used);
         free(grid->released);
+        free(grid->held);
         free(grid->slots);
         free(grid->slot_address);
         free(grid->slot_checksum);
@@ -134,6 +135,7 @@ uint64_t lsm_grid_acquire(struct lsm_grid *grid)
                         bit_set(grid->used, a, true);
                         grid->acquire_hint = a + 1;
                         grid->used_count++;
+                        grid->address_max = MAX(grid->address_max, a);
                         grid->stats.acquired++;
                         return a;
                 }
@@ -158,6 +160,11 @@ void lsm_grid_checkpoint(struct lsm_grid *grid)
                 uint64_t freed = grid->released[w];
                 if (freed == 0)
                         continue;
+                if (grid->held != NULL) {
+                        grid->held[w] |= freed;
+                        grid->released[w] = 0;
+                        continue;
+                }
                 grid->used[w] &= ~freed;
                 grid->released[w] = 0;
                 grid->used_count -= (uint64_t)__builtin_popcountll(freed);
@@ -165,6 +172,33 @@ void lsm_grid_checkpoint(struct lsm_grid *grid)
                 if (first < grid->acquire_hint)
                         grid->acquire_hint = first;
         }
+}
+
+int lsm_grid_hold(struct lsm_grid *grid)
+{
+        if (grid->held != NULL)
+                return 0;
+        grid->held = calloc((grid->block_count_max + 1 + 63) / 64, sizeof(uint64_t));
+        return grid->held == NULL ? -ENOMEM : 0;
+}
+
+void lsm_grid_unhold(struct lsm_grid *grid)
+{
+        if (grid->held == NULL)
+                return;
+        uint64_t words = (grid->block_count_max + 1 + 63) / 64;
+        for (uint64_t w = 0; w < words; w++) {
+                uint64_t freed = grid->held[w];
+                if (freed == 0)
+                        continue;
+                grid->used[w] &= ~freed;
+                grid->used_count -= (uint64_t)__builtin_popcountll(freed);
+                uint64_t first = w * 64 + (uint64_t)__builtin_ctzll(freed);
+                if (first < grid->acquire_hint)
+                        grid->acquire_hint = first;
+        }
+        free(grid->held);
+        grid->held = NULL;
 }
 
 uint64_t lsm_grid_free_count(const struct lsm_grid *grid)
@@ -190,7 +224,8 @@ void lsm_grid_free_set_encode(const struct lsm_grid *grid, uint32_t chunk, uint6
         uint64_t total = free_set_words(grid);
         for (uint32_t w = 0; w < LSM_FREE_SET_CHUNK_WORDS; w++) {
                 uint64_t i = first + w;
-                words[w] = i < total ? grid->used[i] & ~grid->released[i] : 0;
+                uint64_t held = grid->held != NULL && i < total ? grid->held[i] : 0;
+                words[w] = i < total ? grid->used[i] & ~grid->released[i] & ~held : 0;
         }
 }
 
@@ -199,8 +234,11 @@ void lsm_grid_free_set_clear(struct lsm_grid *grid)
         uint64_t total = free_set_words(grid);
         memset(grid->used, 0, total * sizeof(uint64_t));
         memset(grid->released, 0, total * sizeof(uint64_t));
+        free(grid->held);
+        grid->held = NULL;
         bit_set(grid->used, 0, true);
         grid->used_count = 0;
+        grid->address_max = 0;
         grid->acquire_hint = 1;
 }
 
@@ -217,6 +255,10 @@ void lsm_grid_free_set_decode(struct lsm_grid *grid, uint32_t chunk, const uint6
                 uint64_t before = grid->used[i];
                 grid->used[i] |= bits;
                 grid->used_count += (uint64_t)__builtin_popcountll(grid->used[i] & ~before);
+                uint64_t high = grid->used[i] & (i == 0 ? ~(uint64_t)1 : ~(uint64_t)0);
+                if (high != 0)
+                        grid->address_max = MAX(grid->address_max,
+                                                i * 64 + 63 - (uint64_t)__builtin_clzll(high));
         }
 }
 

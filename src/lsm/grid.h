@@ -122,8 +122,14 @@ struct lsm_grid {
         uint64_t block_count_max; /* addresses 1..block_count_max */
         uint64_t *used;
         uint64_t *released;
+        /*
+         * While a checkpoint is held (a backup copies it): blocks freed by later checkpoints stay
+         * in use here until the hold ends, so the held checkpoint stays readable. NULL: none.
+         */
+        uint64_t *held;
         uint64_t acquire_hint; /* no free address below it */
         uint64_t used_count;
+        uint64_t address_max; /* the highest address ever acquired (the file's extent) */
         /* Cache. */
         uint32_t slot_count; /* a multiple of LSM_CACHE_WAYS */
         uint8_t *slots;      /* slot_count x LSM_BLOCK_SIZE */
@@ -148,8 +154,15 @@ void lsm_grid_deinit(struct lsm_grid *grid);
 uint64_t lsm_grid_acquire(struct lsm_grid *grid);
 /* The block will be free after the next checkpoint. */
 void lsm_grid_release(struct lsm_grid *grid, uint64_t address);
-/* A checkpoint is durable: released blocks become free. */
+/* A checkpoint is durable: released blocks become free (or held, see lsm_grid_hold). */
 void lsm_grid_checkpoint(struct lsm_grid *grid);
+/*
+ * Keeps every block in use now from being reused until lsm_grid_unhold, through any number of
+ * checkpoints: a backup reads the durable checkpoint at its own pace. The held blocks are free
+ * in checkpoints written meanwhile (a restart ends the hold). -ENOMEM.
+ */
+int lsm_grid_hold(struct lsm_grid *grid);
+void lsm_grid_unhold(struct lsm_grid *grid);
 uint64_t lsm_grid_free_count(const struct lsm_grid *grid);
 
 /*

@@ -347,10 +347,10 @@ static void format_cluster(const struct metrics_sources *s, struct expo *e)
                 st->state_syncs_installed);
         counter(e, "tally_backup_served_bytes_total",
                 "Checkpoint bytes sent to `tally backup` connections.",
-                s->storage->pinned_bytes_read);
+                s->backup_pin != NULL ? s->backup_pin->bytes_read : 0);
         gauge(e, "tally_backup_pinned_checkpoint_op",
               "The checkpoint kept readable for a backup in progress (0: none).",
-              s->storage->pinned ? s->storage->pinned_op : 0);
+              s->backup_pin != NULL && s->backup_pin->active ? s->backup_pin->op : 0);
         gauge(e, "tally_state_sync_active", "1 while copying a peer's checkpoint.",
               r->sync.active);
         gauge(e, "tally_state_sync_received_bytes", "Bytes of the checkpoint copied so far.",

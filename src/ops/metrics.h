@@ -33,6 +33,7 @@ struct metrics_sources {
         const struct storage *storage;
         const struct message_pool *pool;
         const struct ledger *ledger;
+        const struct backup_pin *backup_pin; /* optional */
         uint64_t accounts_max;
         uint64_t transfers_max;
         const struct http_stats *http;

@@ -294,102 +294,9 @@ enum storage_error storage_format(const char *path, const struct storage_format_
         return STORAGE_OK;
 }
 
-static void grid_mark(struct storage *storage, uint64_t address)
-{
-        tally_assert(address >= 1 && address <= GRID_BLOCKS_MAX);
-        storage->grid_used[(address - 1) / 64] |= 1ull << ((address - 1) % 64);
-}
-
-
 static uint64_t grid_block_offset(const struct storage *storage, uint64_t address)
 {
         return storage->superblock.grid_offset + (address - 1) * (uint64_t)GRID_BLOCK_SIZE;
-}
-
-static int manifest_read(struct storage *storage, char *error, size_t error_size);
-
-/* Reads the current checkpoint's manifest and marks its blocks used. */
-static int grid_open(struct storage *storage, char *error, size_t error_size)
-{
-        const struct superblock *sb = &storage->superblock;
-        storage->grid_used = calloc(GRID_BLOCKS_MAX / 64, sizeof(uint64_t));
-        storage->manifest_entries = calloc(GRID_MANIFEST_ENTRIES_MAX,
-                                           sizeof(struct grid_manifest_entry));
-        storage->checkpoint.entries = calloc(GRID_MANIFEST_ENTRIES_MAX,
-                                             sizeof(struct grid_manifest_entry));
-        storage->checkpoint.manifest_block = aligned_alloc(4096, GRID_BLOCK_SIZE);
-        storage->manifest_entry_data = calloc(GRID_MANIFEST_ENTRIES_MAX, sizeof(uint8_t *));
-        storage->checkpoint.entry_data = calloc(GRID_MANIFEST_ENTRIES_MAX, sizeof(uint8_t *));
-        storage->checkpoint.completions =
-                calloc(GRID_MANIFEST_ENTRIES_MAX + STORAGE_CLIENTS_MAX + SUPERBLOCK_COPIES + 1,
-                       sizeof(struct io_completion));
-        if (storage->grid_used == NULL || storage->manifest_entries == NULL ||
-            storage->checkpoint.entries == NULL || storage->checkpoint.manifest_block == NULL ||
-            storage->manifest_entry_data == NULL || storage->checkpoint.entry_data == NULL ||
-            storage->checkpoint.completions == NULL) {
-                snprintf(error, error_size, "out of memory for the grid");
-                return -1;
-        }
-        storage->grid_block_count = sb->grid_size / GRID_BLOCK_SIZE;
-        if (sb->manifest_address == 0)
-                return 0;
-        if (manifest_read(storage, error, error_size) == 0)
-                return 0;
-        if (sb->replica_count == 1)
-                return -1;
-        /* A peer holds the same state; the replica will copy it (see checkpoint_problem). */
-        snprintf(storage->checkpoint_problem, sizeof(storage->checkpoint_problem), "%s", error);
-        storage->manifest_entry_count = 0;
-        memset(storage->grid_used, 0, GRID_BLOCKS_MAX / 8);
-        return 0;
-}
-
-static int manifest_read(struct storage *storage, char *error, size_t error_size)
-{
-        const struct superblock *sb = &storage->superblock;
-        if (sb->manifest_address > storage->grid_block_count ||
-            sb->manifest_size < sizeof(struct grid_manifest_header) ||
-            sb->manifest_size > GRID_BLOCK_SIZE) {
-                snprintf(error, error_size, "superblock names an impossible manifest block %llu "
-                         "(zone grid)",
-                         (unsigned long long)sb->manifest_address);
-                return -1;
-        }
-        uint8_t *block = storage->checkpoint.manifest_block;
-        ssize_t n = pread(storage->fd, block, sb->manifest_size,
-                          (off_t)grid_block_offset(storage, sb->manifest_address));
-        if (n != (ssize_t)sb->manifest_size || checksum(block, sb->manifest_size) !=
-                                                       sb->manifest_checksum) {
-                snprintf(error, error_size,
-                         "checkpoint manifest at grid block %llu is corrupt (zone grid, "
-                         "checkpoint_op %llu)",
-                         (unsigned long long)sb->manifest_address,
-                         (unsigned long long)sb->checkpoint_op);
-                return -1;
-        }
-        struct grid_manifest_header header;
-        memcpy(&header, block, sizeof(header));
-        if (header.entry_count > GRID_MANIFEST_ENTRIES_MAX ||
-            sizeof(header) + header.entry_count * sizeof(struct grid_manifest_entry) !=
-                    sb->manifest_size) {
-                snprintf(error, error_size, "checkpoint manifest has an impossible size");
-                return -1;
-        }
-        memcpy(storage->manifest_entries, block + sizeof(header),
-               header.entry_count * sizeof(struct grid_manifest_entry));
-        storage->manifest_entry_count = header.entry_count;
-        grid_mark(storage, sb->manifest_address);
-        for (uint32_t i = 0; i < header.entry_count; i++) {
-                uint64_t address = storage->manifest_entries[i].address;
-                if (address == 0 || address > storage->grid_block_count) {
-                        snprintf(error, error_size, "manifest names grid block %llu beyond the "
-                                 "grid (zone grid)",
-                                 (unsigned long long)address);
-                        return -1;
-                }
-                grid_mark(storage, address);
-        }
-        return 0;
 }
 
 enum storage_error storage_open(struct storage *storage, struct io *io,
@@ -497,10 +404,7 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         storage->open_file = open_file_add(&st);
         /* Bulk writes only; a reader has none. */
         storage->fd_direct = writer ? open(path, O_RDWR | O_CLOEXEC | O_DIRECT) : -1;
-        if (grid_open(storage, error, error_size) != 0) {
-                storage_close(storage);
-                return STORAGE_ERROR_CORRUPT;
-        }
+        storage->grid_block_count = sb->grid_size / GRID_BLOCK_SIZE;
         return STORAGE_OK;
 }
 
@@ -517,23 +421,6 @@ void storage_close(struct storage *storage)
         if (storage->fd_direct >= 0)
                 close(storage->fd_direct);
         storage->fd_direct = -1;
-        free(storage->grid_used);
-        free(storage->manifest_entries);
-        free(storage->pinned_entries);
-        storage->pinned_entries = NULL;
-        storage->pinned = false;
-        free(storage->checkpoint.entries);
-        free(storage->checkpoint.manifest_block);
-        free(storage->checkpoint.completions);
-        free(storage->manifest_entry_data);
-        free(storage->checkpoint.entry_data);
-        storage->manifest_entry_data = NULL;
-        storage->checkpoint.entry_data = NULL;
-        storage->grid_used = NULL;
-        storage->manifest_entries = NULL;
-        storage->checkpoint.entries = NULL;
-        storage->checkpoint.manifest_block = NULL;
-        storage->checkpoint.completions = NULL;
 }
 
 static void sync_maybe_start(struct storage *storage);
@@ -652,7 +539,7 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
 }
 
 /* The grid grows by this much at a time (see grid_allocate), plus slack for the manifest. */
-#define STORAGE_GROWTH_ROOM_BYTES ((64ull + 16ull) * GRID_BLOCK_SIZE)
+#define STORAGE_GROWTH_ROOM_BYTES (80ull << 20)
 
 bool storage_has_room(struct storage *storage)
 {
@@ -662,41 +549,101 @@ bool storage_has_room(struct storage *storage)
         return (uint64_t)fs.f_bavail * fs.f_frsize >= STORAGE_GROWTH_ROOM_BYTES;
 }
 
-/* ---- checkpoints ------------------------------------------------------------------------- */
+/* ---- the grid ---------------------------------------------------------------------------- */
 
-/* The lowest block neither the durable checkpoint nor the one being written uses. */
-static uint64_t grid_allocate(struct storage *storage)
+/* Grows the file to hold `blocks` grid blocks; 0, or the error of posix_fallocate. */
+static int grid_grow(struct storage *storage, uint64_t blocks)
 {
-        for (uint64_t word = 0; word < GRID_BLOCKS_MAX / 64; word++) {
-                if (storage->grid_used[word] == UINT64_MAX)
-                        continue;
-                uint64_t address = word * 64 + (uint64_t)__builtin_ctzll(~storage->grid_used[word]) + 1;
-                if (address > GRID_BLOCKS_MAX)
-                        return 0;
-                if (address > storage->grid_block_count) {
-                        /* Grow the grid in steps of 64 blocks. */
-                        uint64_t blocks = MAX(address, storage->grid_block_count + 64);
-                        blocks = MIN(blocks, (uint64_t)GRID_BLOCKS_MAX);
-                        int rc = posix_fallocate(storage->fd,
-                                                 (off_t)storage->superblock.grid_offset,
-                                                 (off_t)(blocks * GRID_BLOCK_SIZE));
-                        if (rc != 0) {
-                                if (rc == ENOSPC || rc == EDQUOT)
-                                        storage->checkpoint.no_space = true;
-                                log_error("cannot grow the grid blocks=%llu error=%s",
-                                          (unsigned long long)blocks, strerror(rc));
-                                return 0;
-                        }
-                        storage->grid_block_count = blocks;
-                }
-                grid_mark(storage, address);
-                return address;
+        if (blocks <= storage->grid_block_count)
+                return 0;
+        uint64_t step = STORAGE_GRID_GROWTH_BYTES / GRID_BLOCK_SIZE;
+        blocks = MIN((blocks + step - 1) / step * step, (uint64_t)GRID_BLOCKS_MAX);
+        int rc = posix_fallocate(storage->fd, (off_t)storage->superblock.grid_offset,
+                                 (off_t)(blocks * GRID_BLOCK_SIZE));
+        if (rc != 0) {
+                log_error("cannot grow the grid blocks=%llu error=%s",
+                          (unsigned long long)blocks, strerror(rc));
+                return rc;
         }
+        storage->grid_block_count = blocks;
         return 0;
 }
 
+int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
+{
+        if (address == 0 || address > GRID_BLOCKS_MAX)
+                return -EINVAL;
+        if (address > storage->grid_block_count) {
+                memset(block, 0, GRID_BLOCK_SIZE); /* never written: fails its check */
+                return 0;
+        }
+        uint8_t *p = block;
+        size_t size = GRID_BLOCK_SIZE;
+        uint64_t offset = grid_block_offset(storage, address);
+        while (size > 0) {
+                ssize_t n = pread(storage->fd, p, size, (off_t)offset);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0 ? -errno : -EIO;
+                p += n;
+                size -= (size_t)n;
+                offset += (uint64_t)n;
+        }
+        storage->grid_blocks_read++;
+        return 0;
+}
+
+int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t *block)
+{
+        if (address == 0 || address > GRID_BLOCKS_MAX)
+                return -EINVAL;
+        int rc = grid_grow(storage, address);
+        if (rc != 0)
+                return -rc;
+        /* O_DIRECT when it can: bulk writes that bypass the page cache do not make the
+         * journal's next fdatasync wait for them. The checkpoint's sync covers both. */
+        bool direct = storage->fd_direct >= 0 && ((uintptr_t)block % 4096) == 0;
+        int fd = direct ? storage->fd_direct : storage->fd;
+        const uint8_t *p = block;
+        size_t size = GRID_BLOCK_SIZE;
+        uint64_t offset = grid_block_offset(storage, address);
+        while (size > 0) {
+                ssize_t n = pwrite(fd, p, size, (off_t)offset);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0 ? -errno : -EIO;
+                p += n;
+                size -= (size_t)n;
+                offset += (uint64_t)n;
+        }
+        storage->grid_blocks_written++;
+        return 0;
+}
+
+static int device_read(void *context, uint64_t address, uint8_t *block)
+{
+        return storage_grid_read(context, address, block);
+}
+
+static int device_write(void *context, uint64_t address, const uint8_t *block)
+{
+        return storage_grid_write(context, address, block);
+}
+
+struct lsm_device storage_grid_device(struct storage *storage)
+{
+        return (struct lsm_device){
+                .context = storage,
+                .read = device_read,
+                .write = device_write,
+        };
+}
+
+/* ---- checkpoints ------------------------------------------------------------------------- */
+
 static void checkpoint_step(struct storage *storage);
-static void checkpoint_submit(struct storage *storage);
 
 static void on_checkpoint_io(struct io_completion *completion, int32_t result)
 {
@@ -704,7 +651,7 @@ static void on_checkpoint_io(struct io_completion *completion, int32_t result)
         struct storage_checkpoint *cp = &storage->checkpoint;
         if (result > 0 && (uint32_t)result < completion->size) {
                 /* A short write: carry on with the rest. */
-                io_write(storage->io, completion, storage->fd,
+                io_write(storage->io, completion, completion->fd,
                          (uint8_t *)completion->buffer + result,
                          completion->size - (uint32_t)result,
                          completion->offset + (uint64_t)result);
@@ -719,15 +666,6 @@ static void on_checkpoint_io(struct io_completion *completion, int32_t result)
         }
         tally_assert(cp->writes_pending > 0);
         cp->writes_pending--;
-        if (cp->stage == 1 && !cp->failed)
-                checkpoint_submit(storage);
-        if (cp->stage == 1 && cp->failed) {
-                /* Never submit the rest; they no longer count. */
-                uint32_t unsubmitted = cp->completion_count - cp->completion_submitted;
-                tally_assert(cp->writes_pending >= unsubmitted);
-                cp->writes_pending -= unsubmitted;
-                cp->completion_submitted = cp->completion_count;
-        }
         if (cp->writes_pending == 0)
                 checkpoint_step(storage);
 }
@@ -735,44 +673,27 @@ static void on_checkpoint_io(struct io_completion *completion, int32_t result)
 static struct io_completion *checkpoint_completion(struct storage *storage)
 {
         struct storage_checkpoint *cp = &storage->checkpoint;
+        tally_assert(cp->completion_count < ARRAY_LEN(cp->completions));
         struct io_completion *c = &cp->completions[cp->completion_count++];
         memset(c, 0, sizeof(*c));
-        c->background = true; /* megabytes of blocks: keep them off the loop's thread */
         c->callback = on_checkpoint_io;
         c->context = storage;
         cp->writes_pending++;
         return c;
 }
 
-/*
- * A bulk checkpoint write: O_DIRECT when available (every buffer here is page aligned and has
- * room up to the next 4 KiB, so the length is rounded up; the extra bytes stay inside the
- * block's or slot's own space and are never read as data).
- */
+/* A reply write: O_DIRECT when available (message buffers are page aligned with room up to
+ * the next 4 KiB, so the length is rounded up inside the slot's own space). */
 static void checkpoint_write(struct storage *storage, const void *data, uint32_t size,
                              uint64_t offset)
 {
         struct io_completion *c = checkpoint_completion(storage);
-        c->buffer = (void *)data;
-        c->size = size;
-        c->offset = offset;
         c->fd = storage->fd;
         if (storage->fd_direct >= 0 && ((uintptr_t)data % 4096) == 0 && offset % 4096 == 0) {
                 c->fd = storage->fd_direct;
-                c->size = (size + 4095u) & ~4095u;
+                size = (size + 4095u) & ~4095u;
         }
-}
-
-/* Submits queued stage 1 writes up to the window. */
-static void checkpoint_submit(struct storage *storage)
-{
-        struct storage_checkpoint *cp = &storage->checkpoint;
-        while (cp->completion_submitted < cp->completion_count &&
-               cp->completion_submitted - (cp->completion_count - cp->writes_pending) <
-                       STORAGE_CHECKPOINT_WRITES_IN_FLIGHT) {
-                struct io_completion *c = &cp->completions[cp->completion_submitted++];
-                io_write(storage->io, c, c->fd, c->buffer, c->size, c->offset);
-        }
+        io_write(storage->io, c, c->fd, (void *)data, size, offset);
 }
 
 static void checkpoint_finish(struct storage *storage, bool ok)
@@ -780,39 +701,16 @@ static void checkpoint_finish(struct storage *storage, bool ok)
         struct storage_checkpoint *cp = &storage->checkpoint;
         if (ok) {
                 storage->superblock = cp->superblock_next;
-                struct grid_manifest_header header;
-                memcpy(&header, cp->manifest_block, sizeof(header));
-                storage->manifest_entry_count = header.entry_count;
-                memcpy(storage->manifest_entries, cp->manifest_block + sizeof(header),
-                       header.entry_count * sizeof(struct grid_manifest_entry));
-                memcpy(storage->manifest_entry_data, cp->entry_data,
-                       header.entry_count * sizeof(uint8_t *));
-                /* Blocks only the old checkpoint used are free again. */
-                memset(storage->grid_used, 0, GRID_BLOCKS_MAX / 8);
-                grid_mark(storage, storage->superblock.manifest_address);
-                for (uint32_t i = 0; i < storage->manifest_entry_count; i++)
-                        grid_mark(storage, storage->manifest_entries[i].address);
-                for (uint32_t i = 0; storage->pinned && i < storage->pinned_entry_count; i++)
-                        grid_mark(storage, storage->pinned_entries[i].address);
                 storage->checkpoints++;
                 storage->no_space = false;
-                log_info("checkpoint written op=%llu blocks_written=%llu blocks_shared=%llu "
-                         "replies_written=%u grid_blocks=%llu",
+                log_info("checkpoint written op=%llu blocks=%llu replies_written=%u "
+                         "grid_blocks=%llu",
                          (unsigned long long)cp->request.op,
-                         (unsigned long long)cp->blocks_written,
-                         (unsigned long long)cp->blocks_reused, cp->request.reply_count,
+                         (unsigned long long)cp->request.blocks, cp->request.reply_count,
                          (unsigned long long)storage->grid_block_count);
         } else if (cp->no_space && !cp->io_failed) {
-                /*
-                 * Out of space only: the durable checkpoint is untouched (no superblock was
-                 * written) and the blocks this attempt took are free again.
-                 */
+                /* Out of space only: the durable checkpoint is untouched. */
                 storage->no_space = true;
-                memset(storage->grid_used, 0, GRID_BLOCKS_MAX / 8);
-                if (storage->superblock.manifest_address != 0)
-                        grid_mark(storage, storage->superblock.manifest_address);
-                for (uint32_t i = 0; i < storage->manifest_entry_count; i++)
-                        grid_mark(storage, storage->manifest_entries[i].address);
                 log_warn("checkpoint postponed: the data file cannot grow (no space left on its "
                          "file system) op=%llu grid_blocks=%llu",
                          (unsigned long long)cp->request.op,
@@ -838,7 +736,6 @@ static void checkpoint_step(struct storage *storage)
                 return;
         }
         cp->completion_count = 0;
-        cp->completion_submitted = 0;
         if (cp->stage == 1 || cp->stage == 3) {
                 cp->stage++;
                 struct io_completion *c = checkpoint_completion(storage);
@@ -867,12 +764,6 @@ bool storage_checkpoint_start(struct storage *storage,
         struct storage_checkpoint *cp = &storage->checkpoint;
         if (cp->active || storage->failed || storage->view_write_active)
                 return false;
-        uint64_t block_count = (request->blob_size + GRID_BLOCK_SIZE - 1) / GRID_BLOCK_SIZE;
-        if (block_count > GRID_MANIFEST_ENTRIES_MAX) {
-                log_error("checkpoint too large for one manifest bytes=%llu",
-                          (unsigned long long)request->blob_size);
-                return false;
-        }
         cp->active = true;
         cp->failed = false;
         cp->no_space = false;
@@ -880,106 +771,46 @@ bool storage_checkpoint_start(struct storage *storage,
         cp->stage = 1;
         cp->request = *request;
         cp->completion_count = 0;
-        cp->completion_submitted = 0;
         cp->writes_pending = 0;
-        cp->blocks_written = 0;
-        cp->blocks_reused = 0;
         for (uint32_t i = 0; i < request->reply_count; i++)
                 message_ref(request->replies[i].reply);
-        /* One pending count for the set-up itself, so callbacks cannot finish the stage early. */
-        cp->writes_pending++;
-        uint32_t extent = 0;
-        uint64_t extent_offset = 0;
-        for (uint64_t i = 0; i < block_count; i++) {
-                while (extent < request->extent_count &&
-                       extent_offset == request->extents[extent].size) {
-                        extent++;
-                        extent_offset = 0;
-                }
-                tally_assert(extent < request->extent_count);
-                const struct storage_extent *x = &request->extents[extent];
-                uint32_t size = (uint32_t)MIN((uint64_t)GRID_BLOCK_SIZE, x->size - extent_offset);
-                /* A block never spans two extents: all but the last are whole blocks. */
-                tally_assert(size == GRID_BLOCK_SIZE || extent + 1 == request->extent_count);
-                const uint8_t *data = x->data + extent_offset;
-                extent_offset += size;
-                struct grid_manifest_entry *e = &cp->entries[i];
-                memset(e, 0, sizeof(*e));
-                e->size = size;
-                cp->entry_data[i] = x->stable ? data : NULL;
-                if (x->stable && i < storage->manifest_entry_count &&
-                    storage->manifest_entry_data[i] == data &&
-                    storage->manifest_entries[i].size == size) {
-                        /* The same immutable memory as last time: the same block. */
-                        *e = storage->manifest_entries[i];
-                        cp->blocks_reused++;
-                        continue;
-                }
-                e->checksum = checksum(data, size);
-                /* Unchanged since the durable checkpoint: share its block. */
-                if (i < storage->manifest_entry_count &&
-                    storage->manifest_entries[i].size == size &&
-                    storage->manifest_entries[i].checksum == e->checksum) {
-                        e->address = storage->manifest_entries[i].address;
-                        cp->blocks_reused++;
-                        continue;
-                }
-                e->address = grid_allocate(storage);
-                if (e->address == 0) {
-                        cp->failed = true;
-                        break;
-                }
-                cp->blocks_written++;
-                checkpoint_write(storage, data, size, grid_block_offset(storage, e->address));
-        }
-        uint64_t manifest_address = cp->failed ? 0 : grid_allocate(storage);
-        if (manifest_address == 0)
+        /*
+         * Room ahead of the ledger's blocks for the flushes and compactions until the next
+         * checkpoint; without it the replica refuses writes until there is space again.
+         */
+        uint64_t ahead = request->grid_address_max + STORAGE_GRID_GROWTH_BYTES / GRID_BLOCK_SIZE;
+        int rc = grid_grow(storage, MIN(ahead, (uint64_t)GRID_BLOCKS_MAX));
+        if (rc != 0) {
                 cp->failed = true;
-        if (!cp->failed) {
-                struct grid_manifest_header header;
-                memset(&header, 0, sizeof(header));
-                memcpy(header.magic, "TALLYMAN", 8);
-                header.entry_count = (uint32_t)block_count;
-                header.blob_size = request->blob_size;
-                header.checkpoint_op = request->op;
-                uint32_t manifest_size = (uint32_t)(sizeof(header) +
-                                                    block_count * sizeof(struct grid_manifest_entry));
-                memcpy(cp->manifest_block, &header, sizeof(header));
-                memcpy(cp->manifest_block + sizeof(header), cp->entries,
-                       block_count * sizeof(struct grid_manifest_entry));
-                checkpoint_write(storage, cp->manifest_block, manifest_size,
-                                 grid_block_offset(storage, manifest_address));
-                for (uint32_t i = 0; i < request->reply_count; i++) {
-                        const struct storage_reply_write *r = &request->replies[i];
-                        tally_assert(r->slot < STORAGE_REPLY_SLOTS);
-                        checkpoint_write(storage, r->reply->buffer, r->reply->header->size,
-                                         storage->superblock.client_replies_offset +
-                                                 (uint64_t)r->slot * WIRE_MESSAGE_SIZE_MAX);
-                }
-                struct superblock *next = &cp->superblock_next;
-                *next = storage->superblock;
-                next->sequence++;
-                next->commit = request->op;
-                next->checkpoint_op = request->op;
-                next->checkpoint_prepare_checksum = request->prepare_checksum;
-                next->checkpoint_timestamp = request->timestamp;
-                next->checkpoint_size = request->blob_size;
-                next->manifest_address = manifest_address;
-                next->manifest_size = manifest_size;
-                next->manifest_checksum = checksum(cp->manifest_block, manifest_size);
-                next->grid_size = storage->grid_block_count * GRID_BLOCK_SIZE;
-                next->file_size = next->grid_offset + next->grid_size;
-        }
-        /* Drop the set-up count; if nothing was queued, step now. */
-        cp->writes_pending--;
-        if (cp->failed) {
-                /* Nothing was submitted: count the queued writes as done and fail. */
-                cp->writes_pending = 0;
+                cp->no_space = rc == ENOSPC || rc == EDQUOT;
+                cp->io_failed = !cp->no_space;
                 checkpoint_step(storage);
                 return true;
         }
-        cp->completion_submitted = 0;
-        checkpoint_submit(storage);
+        /* One pending count for the set-up itself, so callbacks cannot finish the stage early. */
+        cp->writes_pending++;
+        for (uint32_t i = 0; i < request->reply_count; i++) {
+                const struct storage_reply_write *r = &request->replies[i];
+                tally_assert(r->slot < STORAGE_REPLY_SLOTS);
+                checkpoint_write(storage, r->reply->buffer, r->reply->header->size,
+                                 storage->superblock.client_replies_offset +
+                                         (uint64_t)r->slot * WIRE_MESSAGE_SIZE_MAX);
+        }
+        struct superblock *next = &cp->superblock_next;
+        *next = storage->superblock;
+        next->sequence++;
+        next->commit = request->op;
+        next->checkpoint_op = request->op;
+        next->checkpoint_prepare_checksum = request->prepare_checksum;
+        next->checkpoint_timestamp = request->timestamp;
+        next->checkpoint_blocks = request->blocks;
+        next->root_address = request->root_address;
+        next->root_checksum = request->root_checksum;
+        next->grid_syncing = 0;
+        next->grid_size = storage->grid_block_count * GRID_BLOCK_SIZE;
+        next->file_size = next->grid_offset + next->grid_size;
+        /* Drop the set-up count; if nothing was queued, step now. */
+        cp->writes_pending--;
         if (cp->writes_pending == 0)
                 checkpoint_step(storage);
         return true;
@@ -997,47 +828,6 @@ static int read_exact(int fd, void *buffer, size_t size, uint64_t offset)
                 p += n;
                 size -= (size_t)n;
                 offset += (uint64_t)n;
-        }
-        return 0;
-}
-
-int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t capacity,
-                            char *error, size_t error_size)
-{
-        const struct superblock *sb = &storage->superblock;
-        if (storage->checkpoint_problem[0] != '\0') {
-                snprintf(error, error_size, "%s", storage->checkpoint_problem);
-                return STORAGE_CHECKPOINT_DAMAGED;
-        }
-        if (sb->checkpoint_size > capacity) {
-                snprintf(error, error_size,
-                         "checkpoint of %llu bytes does not fit in the ledger's %llu bytes; "
-                         "start with capacities at least as large as before",
-                         (unsigned long long)sb->checkpoint_size,
-                         (unsigned long long)capacity);
-                return -1;
-        }
-        uint64_t offset = 0;
-        for (uint32_t i = 0; i < storage->manifest_entry_count; i++) {
-                const struct grid_manifest_entry *e = &storage->manifest_entries[i];
-                if (offset + e->size > sb->checkpoint_size ||
-                    read_exact(storage->fd, blob + offset, e->size,
-                               grid_block_offset(storage, e->address)) != 0 ||
-                    checksum(blob + offset, e->size) != e->checksum) {
-                        snprintf(error, error_size,
-                                 "checkpoint block %u (grid block %llu) is corrupt (zone grid, "
-                                 "checkpoint_op %llu)",
-                                 i, (unsigned long long)e->address,
-                                 (unsigned long long)sb->checkpoint_op);
-                        return STORAGE_CHECKPOINT_DAMAGED;
-                }
-                offset += e->size;
-        }
-        if (offset != sb->checkpoint_size) {
-                snprintf(error, error_size, "checkpoint is %llu bytes, manifest covers %llu "
-                         "(zone grid)",
-                         (unsigned long long)sb->checkpoint_size, (unsigned long long)offset);
-                return STORAGE_CHECKPOINT_DAMAGED;
         }
         return 0;
 }
@@ -1154,6 +944,9 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
         next.caught_up = state->fresh ? 0 : 1;
         next.fresh_joined = state->fresh_joined ? 1 : 0;
         next.fresh_joined_op = state->fresh_joined_op;
+        next.grid_syncing = state->grid_syncing ? 1 : 0;
+        next.grid_size = storage->grid_block_count * GRID_BLOCK_SIZE;
+        next.file_size = next.grid_offset + next.grid_size;
         storage->view_write_pending = SUPERBLOCK_COPIES;
         for (uint32_t copy = 0; copy < SUPERBLOCK_COPIES; copy++) {
                 storage->view_copies[copy] = next;
@@ -1169,85 +962,3 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
         return true;
 }
 
-void storage_checkpoint_distrust(struct storage *storage)
-{
-        tally_assert(!storage->checkpoint.active);
-        /* Its blocks stay allocated until the next checkpoint replaces it. */
-        storage->manifest_entry_count = 0;
-}
-
-bool storage_pin(struct storage *storage)
-{
-        const struct superblock *sb = &storage->superblock;
-        if (sb->manifest_address == 0 || storage->manifest_entry_count == 0)
-                return false;
-        if (storage->pinned_entries == NULL) {
-                storage->pinned_entries = calloc(GRID_MANIFEST_ENTRIES_MAX,
-                                                 sizeof(struct grid_manifest_entry));
-                if (storage->pinned_entries == NULL)
-                        return false;
-        }
-        /* The durable checkpoint's blocks are allocated already (grid_used), and from the
-         * next checkpoint_finish on the pin keeps them so. */
-        memcpy(storage->pinned_entries, storage->manifest_entries,
-               storage->manifest_entry_count * sizeof(struct grid_manifest_entry));
-        storage->pinned_entry_count = storage->manifest_entry_count;
-        storage->pinned_op = sb->checkpoint_op;
-        storage->pinned_size = sb->checkpoint_size;
-        storage->pinned_prepare_checksum = sb->checkpoint_prepare_checksum;
-        storage->pinned_timestamp = sb->checkpoint_timestamp;
-        storage->pinned = true;
-        return true;
-}
-
-void storage_unpin(struct storage *storage)
-{
-        /* Its blocks are freed by the next checkpoint_finish, which recomputes the set. */
-        storage->pinned = false;
-        storage->pinned_entry_count = 0;
-}
-
-static int64_t read_blob_range(struct storage *storage, const struct grid_manifest_entry *entries,
-                               uint32_t entry_count, uint64_t blob_size, uint64_t offset,
-                               uint8_t *into, uint32_t size)
-{
-        if (offset >= blob_size)
-                return 0;
-        size = (uint32_t)MIN((uint64_t)size, blob_size - offset);
-        uint32_t done = 0;
-        while (done < size) {
-                uint64_t at = offset + done;
-                uint32_t index = (uint32_t)(at / GRID_BLOCK_SIZE);
-                if (index >= entry_count)
-                        return -1;
-                const struct grid_manifest_entry *e = &entries[index];
-                uint32_t within = (uint32_t)(at % GRID_BLOCK_SIZE);
-                if (within >= e->size)
-                        return -1;
-                uint32_t piece = MIN(size - done, e->size - within);
-                if (read_exact(storage->fd, into + done, piece,
-                               grid_block_offset(storage, e->address) + within) != 0)
-                        return -1;
-                done += piece;
-        }
-        return done;
-}
-
-int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,
-                                      uint32_t size)
-{
-        return read_blob_range(storage, storage->manifest_entries, storage->manifest_entry_count,
-                               storage->superblock.checkpoint_size, offset, into, size);
-}
-
-int64_t storage_read_pinned_range(struct storage *storage, uint64_t offset, uint8_t *into,
-                                  uint32_t size)
-{
-        if (!storage->pinned)
-                return -1;
-        int64_t n = read_blob_range(storage, storage->pinned_entries, storage->pinned_entry_count,
-                                    storage->pinned_size, offset, into, size);
-        if (n > 0)
-                storage->pinned_bytes_read += (uint64_t)n;
-        return n;
-}

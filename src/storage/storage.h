@@ -6,7 +6,14 @@
  *   wal headers     wal_slot_count x 256 B: the header of each journaled prepare
  *   wal prepares    wal_slot_count x message_size_max: each journaled prepare, whole
  *   client replies  clients_max x message_size_max: cached replies of client sessions
- *   grid            grid_size bytes: ledger checkpoints
+ *   grid            grid_size bytes: the ledger's LSM blocks (lsm/grid.h), block `a` at
+ *                   grid_offset + (a - 1) x LSM_BLOCK_SIZE; the file grows as the ledger
+ *                   writes further out
+ *
+ * A checkpoint is a root block in the grid (ledger_checkpoint): the superblock names it by
+ * address and checksum. The ledger writes its blocks itself, through the device this storage
+ * gives it (storage_grid_device); a checkpoint makes them durable with one sync, then writes the
+ * replies and the superblock.
  *
  * `format` writes the superblock copies and sizes the file; `open` validates it and says
  * precisely what is wrong with a file that is not ours, damaged, or made for another replica.
@@ -23,18 +30,21 @@
 
 #include "io/io.h"
 #include "lib/histogram.h"
+#include "lsm/grid.h"
 #include "wire/message.h"
 
 #define SUPERBLOCK_COPIES 4u
 #define SUPERBLOCK_COPY_SIZE 4096u
-#define STORAGE_FORMAT_VERSION 1u
+#define STORAGE_FORMAT_VERSION 2u
 #define STORAGE_WAL_SLOTS_DEFAULT 1024u
 #define STORAGE_WAL_SLOTS_DEVELOPMENT 256u
 #define STORAGE_CLIENTS_MAX 64u
 #define STORAGE_WRITES_MAX 64u /* journal writes in flight; >= the pipeline depth */
-/* The grid is allocated in blocks; a checkpoint is a list of blocks named by a manifest. */
-#define GRID_BLOCK_SIZE (1u << 20)
-#define GRID_BLOCKS_MAX (1u << 20) /* 1 TiB of grid */
+/* Blocks of the grid: the LSM's (lsm/grid.h). */
+#define GRID_BLOCK_SIZE (64u * 1024u)
+#define GRID_BLOCKS_MAX (1u << 24) /* 1 TiB of grid */
+/* The file grows in steps; a checkpoint keeps this much room ahead of the ledger's blocks. */
+#define STORAGE_GRID_GROWTH_BYTES (64ull << 20)
 /* Two reply slots per session, used alternately, so a checkpoint never overwrites the reply
  * the previous (still current) checkpoint refers to. */
 #define STORAGE_REPLY_SLOTS (2u * STORAGE_CLIENTS_MAX)
@@ -72,12 +82,16 @@ struct superblock {
         uint64_t grid_size; /* bytes of grid currently allocated in the file */
         uint64_t file_size;
         /* The checkpoint: */
-        uint64_t checkpoint_size;         /* bytes of the checkpoint blob */
+        uint64_t checkpoint_blocks;       /* grid blocks it needs (state sync copies them) */
         uint64_t checkpoint_timestamp;    /* cluster timestamp at checkpoint_op */
-        uint64_t manifest_address;        /* grid block of the manifest; 0: no checkpoint */
+        uint64_t root_address;            /* grid block of its root; 0: no checkpoint */
         u128 checkpoint_prepare_checksum; /* of the prepare at checkpoint_op: the chain anchor */
-        u128 manifest_checksum;           /* of the manifest block's used bytes */
-        uint32_t manifest_size;           /* bytes used in the manifest block */
+        u128 root_checksum;               /* the root block's checksum */
+        /*
+         * 1 while a state sync or a restore writes a peer's blocks into the grid: the blocks of
+         * the checkpoint named here may be overwritten, so it is not to be trusted.
+         */
+        uint32_t grid_syncing;
         uint32_t reserved_2;
         uint64_t view_anchor_op;          /* see struct replica_view_state */
         u128 view_anchor_checksum;
@@ -122,56 +136,21 @@ enum storage_access {
         STORAGE_ACCESS_READ_LIVE,
 };
 
-/* One entry per grid block of a checkpoint blob, in blob order. */
-struct grid_manifest_entry {
-        uint64_t address; /* 1-based grid block */
-        uint32_t size;    /* bytes used in the block */
-        uint32_t reserved;
-        u128 checksum; /* of those bytes */
-};
-_Static_assert(sizeof(struct grid_manifest_entry) == 32, "manifest entry size");
-
-struct grid_manifest_header {
-        char magic[8];
-        uint32_t entry_count;
-        uint32_t reserved;
-        uint64_t blob_size;
-        uint64_t checkpoint_op;
-};
-_Static_assert(sizeof(struct grid_manifest_header) == 32, "manifest header size");
-#define GRID_MANIFEST_ENTRIES_MAX                                                                  \
-        ((GRID_BLOCK_SIZE - sizeof(struct grid_manifest_header)) / sizeof(struct grid_manifest_entry))
-
 /* A session's reply to persist with a checkpoint, in its reply slot. */
 struct storage_reply_write {
         struct message *reply;
         uint32_t slot;
 };
 
-/* A piece of a checkpoint blob in memory; all but the last are whole grid blocks. */
-struct storage_extent {
-        const uint8_t *data;
-        uint64_t size;
-        /* The bytes at `data` never change: a block seen at the same address in the previous
-         * checkpoint is known equal without reading it again. */
-        bool stable;
-};
-#define STORAGE_CHECKPOINT_EXTENTS_MAX 64u
-/*
- * Checkpoint block writes in flight at once. A checkpoint can be hundreds of megabytes; sent
- * all at once they would queue ahead of the journal's writes and syncs on the device and stall
- * every request for as long as they take. A small window keeps the device queue short.
- */
-#define STORAGE_CHECKPOINT_WRITES_IN_FLIGHT 4u
-
-/* Everything a checkpoint makes durable; the blob and replies stay untouched until `done`. */
+/* Everything a checkpoint makes durable; the replies stay untouched until `done`. */
 struct storage_checkpoint_request {
         uint64_t op;
         u128 prepare_checksum;
         uint64_t timestamp;
-        struct storage_extent extents[STORAGE_CHECKPOINT_EXTENTS_MAX]; /* the blob, in order */
-        uint32_t extent_count;
-        uint64_t blob_size; /* sum of the extents */
+        uint64_t root_address; /* the ledger's root block, already written to the grid */
+        u128 root_checksum;
+        uint64_t blocks;        /* blocks the checkpoint needs */
+        uint64_t grid_address_max; /* the highest grid block the ledger uses */
         struct storage_reply_write replies[STORAGE_CLIENTS_MAX];
         uint32_t reply_count;
         void (*done)(void *context, bool ok);
@@ -194,20 +173,14 @@ struct storage_write {
 
 struct storage_checkpoint {
         bool active;
-        uint8_t stage; /* 1: blocks and replies, 2: sync, 3: superblock copies, 4: sync */
+        uint8_t stage; /* 1: replies, 2: sync (grid blocks too), 3: superblock copies, 4: sync */
         uint32_t writes_pending;
         bool failed;
         struct storage_checkpoint_request request;
-        struct io_completion *completions; /* one per block write, reply and copy */
+        struct io_completion completions[STORAGE_CLIENTS_MAX + SUPERBLOCK_COPIES + 1];
         uint32_t completion_count;
-        uint32_t completion_submitted; /* stage 1 writes go out a window at a time */
-        struct grid_manifest_entry *entries; /* the new manifest's entries */
-        const uint8_t **entry_data;          /* their stable memory, or NULL */
-        uint8_t *manifest_block;
         struct superblock superblock_next;
         struct superblock copies[SUPERBLOCK_COPIES];
-        uint64_t blocks_written;
-        uint64_t blocks_reused;
         bool no_space;  /* the grid could not grow */
         bool io_failed; /* a write or sync failed */
 };
@@ -234,30 +207,9 @@ struct storage {
          * the next checkpoint tries again. The replica refuses writes meanwhile.
          */
         bool no_space;
-        /* The grid: which blocks the current checkpoint uses (bit set = used). */
-        uint64_t *grid_used;
         uint64_t grid_block_count; /* blocks the file holds now */
-        struct grid_manifest_entry *manifest_entries; /* of the current checkpoint */
-        const uint8_t **manifest_entry_data; /* stable memory each block was written from */
-        uint32_t manifest_entry_count;
-        /*
-         * A cluster replica's data file may name a checkpoint whose manifest is unreadable:
-         * it opens anyway (a peer has the same state) and this says why the checkpoint is not
-         * there; empty otherwise. A single replica's open fails instead.
-         */
-        char checkpoint_problem[256];
-        /*
-         * A checkpoint kept readable for `tally backup` (storage_pin): its blocks stay
-         * allocated through later checkpoints until unpinned. At most one.
-         */
-        bool pinned;
-        uint64_t pinned_op;
-        uint64_t pinned_size;
-        u128 pinned_prepare_checksum;
-        uint64_t pinned_timestamp;
-        uint32_t pinned_entry_count;
-        struct grid_manifest_entry *pinned_entries;
-        uint64_t pinned_bytes_read; /* for metrics: bytes served from pinned checkpoints */
+        uint64_t grid_blocks_read;
+        uint64_t grid_blocks_written;
         struct storage_checkpoint checkpoint;
         uint64_t checkpoints;
         /* A view-state superblock write. */
@@ -300,9 +252,10 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
                            void *context);
 
 /*
- * Starts writing a checkpoint: blob blocks that differ from the current checkpoint's (others are
- * shared), the replies, a manifest, a sync, then every superblock copy and a sync. The previous
- * checkpoint stays whole until the new superblock is durable. False if one is in progress.
+ * Starts making a checkpoint durable: grows the grid to keep room ahead of the ledger, writes
+ * the replies, syncs (the ledger's grid blocks too), then every superblock copy and a sync. The
+ * previous checkpoint stays whole until the new superblock is durable. False if one is in
+ * progress.
  */
 bool storage_checkpoint_start(struct storage *storage,
                               const struct storage_checkpoint_request *request);
@@ -323,41 +276,20 @@ struct storage_view {
         bool fresh;
         bool fresh_joined;
         uint64_t fresh_joined_op;
+        bool grid_syncing; /* see superblock.grid_syncing */
 };
 bool storage_write_view(struct storage *storage, const struct storage_view *state,
                         void (*done)(void *context), void *context);
 
 /*
- * The durable checkpoint turned out unreadable (its replica starts without it): the next
- * checkpoint shares none of its blocks, writing every block afresh.
+ * The ledger's grid on this file: whole blocks by address, synchronously. A write beyond the
+ * file grows it (by STORAGE_GRID_GROWTH_BYTES); -ENOSPC when the file system is full.
  */
-void storage_checkpoint_distrust(struct storage *storage);
+struct lsm_device storage_grid_device(struct storage *storage);
+int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block);
+int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t *block);
 
-/*
- * Keeps the durable checkpoint readable (its blocks allocated) until storage_unpin, through
- * any number of later checkpoints, replacing an earlier pin: a backup copy that takes longer
- * than a checkpoint interval then never has to start over. The cost is grid space: blocks the
- * later checkpoints would have reused are allocated anew meanwhile (at most one checkpoint's
- * size). False if there is no readable durable checkpoint.
- */
-bool storage_pin(struct storage *storage);
-void storage_unpin(struct storage *storage);
-/* A range of the pinned checkpoint's blob; bytes copied or -1. Synchronous. */
-int64_t storage_read_pinned_range(struct storage *storage, uint64_t offset, uint8_t *into,
-                                  uint32_t size);
-
-/* A range of the durable checkpoint's blob (state sync); bytes copied or -1. Synchronous. */
-int64_t storage_read_checkpoint_range(struct storage *storage, uint64_t offset, uint8_t *into,
-                                      uint32_t size);
-
-/*
- * Recovery, synchronous (start-up only). Each returns 0 or a negative value with a message
- * naming the zone. storage_read_checkpoint: -1 when the checkpoint does not fit `capacity`
- * (the replica was started smaller than before), STORAGE_CHECKPOINT_DAMAGED when it is unreadable.
- */
-#define STORAGE_CHECKPOINT_DAMAGED (-2)
-int storage_read_checkpoint(struct storage *storage, uint8_t *blob, uint64_t capacity,
-                            char *error, size_t error_size);
+/* Recovery, synchronous (start-up only): 0 or a negative value with a message naming the zone. */
 int storage_read_reply(struct storage *storage, uint32_t slot, struct message *message,
                        u128 checksum, char *error, size_t error_size);
 /* The WAL header at `slot`; false if it fails its checksum (torn, corrupt, or never written). */

@@ -22,15 +22,15 @@
 #include <string.h>
 #include <sys/mman.h>
 
-/* The replica's part of a checkpoint blob: a header and the session table, then the ledger. */
+/* The replica's part of a checkpoint, in the ledger root's user bytes: a header, the sessions. */
 #define CHECKPOINT_MAGIC "TALLYCKP"
-#define CHECKPOINT_VERSION 1u
+#define CHECKPOINT_VERSION 2u
 
 struct checkpoint_header {
         char magic[8];
         uint32_t version;
         uint32_t session_count; /* always REPLICA_CLIENTS_MAX entries follow */
-        uint64_t ledger_size;
+        uint64_t reserved_0;
         uint8_t reserved[8];
 };
 _Static_assert(sizeof(struct checkpoint_header) == 32, "checkpoint header size");
@@ -46,6 +46,9 @@ struct checkpoint_session {
         uint8_t reserved[11];
 };
 _Static_assert(sizeof(struct checkpoint_session) == 64, "checkpoint session size");
+#define CHECKPOINT_USER_SIZE                                                                       \
+        (sizeof(struct checkpoint_header) + REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session))
+_Static_assert(CHECKPOINT_USER_SIZE <= LEDGER_CHECKPOINT_USER_MAX, "sessions fit in a root");
 
 int replica_init(struct replica *r, const struct replica_config *config,
                  const struct replica_env *env, struct message_pool *pool, struct ledger *ledger)
@@ -62,14 +65,6 @@ int replica_init(struct replica *r, const struct replica_config *config,
         r->env = *env;
         r->pool = pool;
         r->ledger = ledger;
-        r->checkpoint_buffer = mmap(NULL, config->checkpoint_buffer_size, PROT_READ | PROT_WRITE,
-                                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (r->checkpoint_buffer == MAP_FAILED) {
-                r->checkpoint_buffer = NULL;
-                log_error("cannot reserve the checkpoint buffer bytes=%llu",
-                          (unsigned long long)config->checkpoint_buffer_size);
-                return -1;
-        }
         r->journal_headers = calloc(config->wal_slot_count, sizeof(struct wire_header));
         r->journal_state = calloc(config->wal_slot_count, 1);
         if (r->journal_headers == NULL || r->journal_state == NULL) {
@@ -91,8 +86,7 @@ void replica_deinit(struct replica *r)
                 message_unref(r->pool,
                               r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX].request);
         }
-        if (r->checkpoint_buffer != NULL)
-                munmap(r->checkpoint_buffer, r->config.checkpoint_buffer_size);
+        free(r->image.blocks);
         free(r->journal_headers);
         free(r->journal_state);
         memset(r, 0, sizeof(*r));
@@ -837,51 +831,6 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 replica_send_to(r, c->connection, reply);
 }
 
-/* Copies into the checkpoint buffer, growing the current copied extent. */
-static int memory_write(void *context, const void *data, size_t size)
-{
-        struct replica *r = context;
-        struct replica_checkpoint *cp = &r->checkpoint;
-        if (cp->buffer_used + size > r->config.checkpoint_buffer_size)
-                return -1;
-        uint8_t *target = r->checkpoint_buffer + cp->buffer_used;
-        memcpy(target, data, size);
-        bool extends = cp->extent_count > 0 &&
-                       cp->extents[cp->extent_count - 1].data +
-                                       cp->extents[cp->extent_count - 1].size ==
-                               target;
-        if (!extends) {
-                if (cp->extent_count == REPLICA_CHECKPOINT_EXTENTS_MAX)
-                        return -1;
-                cp->extents[cp->extent_count].data = target;
-                cp->extents[cp->extent_count].size = 0;
-                cp->extents[cp->extent_count].stable = false;
-                cp->extent_count++;
-        }
-        cp->extents[cp->extent_count - 1].size += size;
-        cp->buffer_used += size;
-        cp->blob_size += size;
-        return 0;
-}
-
-/* References an immutable piece of the ledger in place. */
-static int memory_write_stable(void *context, const void *data, size_t size)
-{
-        struct replica *r = context;
-        struct replica_checkpoint *cp = &r->checkpoint;
-        tally_assert(size % LEDGER_CHECKPOINT_ALIGN == 0);
-        tally_assert(cp->blob_size % LEDGER_CHECKPOINT_ALIGN == 0);
-        if (cp->extent_count == REPLICA_CHECKPOINT_EXTENTS_MAX)
-                return -1;
-        cp->extents[cp->extent_count].data = data;
-        cp->extents[cp->extent_count].size = size;
-        cp->extents[cp->extent_count].stable = true;
-        cp->extent_count++;
-        cp->blob_size += size;
-        /* The next copied piece starts a new extent. */
-        return 0;
-}
-
 static void on_checkpoint_done(void *context, bool ok)
 {
         struct replica *r = context;
@@ -916,14 +865,19 @@ static void on_checkpoint_done(void *context, bool ok)
         if (r->disk_full)
                 log_info("accepting writes again: a checkpoint grew the data file");
         r->disk_full = false;
+        ledger_checkpoint_durable(r->ledger);
         r->checkpoint_op_durable = r->checkpoint.op;
-        r->checkpoint_size_durable = r->checkpoint.blob_size;
+        r->checkpoint_root_durable = r->checkpoint.root;
+        r->checkpoint_blocks_durable = r->checkpoint.blocks;
         r->checkpoint_checksum_durable = r->checkpoint.prepare_checksum;
         r->checkpoint_timestamp_durable = r->checkpoint.timestamp;
+        /* The superblock it wrote says the grid holds our own checkpoint again. */
+        r->grid_syncing = false;
+        r->view_state_durable.grid_syncing = false;
         r->stats.checkpoints++;
-        log_info("checkpoint durable op=%llu bytes=%llu replies=%u",
+        log_info("checkpoint durable op=%llu blocks=%llu replies=%u",
                  (unsigned long long)r->checkpoint.op,
-                 (unsigned long long)r->checkpoint.blob_size, r->checkpoint.reply_count);
+                 (unsigned long long)r->checkpoint.blocks, r->checkpoint.reply_count);
         replication_prepare_pump(r);
 }
 
@@ -949,21 +903,14 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
         cp->op = op;
         cp->prepare_checksum = prepare->header->checksum;
         cp->timestamp = r->timestamp_last;
+        static uint8_t user[CHECKPOINT_USER_SIZE];
+        memset(user, 0, sizeof(user));
         struct checkpoint_header header;
         memset(&header, 0, sizeof(header));
         memcpy(header.magic, CHECKPOINT_MAGIC, 8);
         header.version = CHECKPOINT_VERSION;
         header.session_count = REPLICA_CLIENTS_MAX;
-        /* The ledger's part starts block-aligned, so unchanged blocks can be shared. */
-        cp->blob_size = LEDGER_CHECKPOINT_ALIGN;
-        cp->buffer_used = LEDGER_CHECKPOINT_ALIGN;
-        cp->extents[0].data = r->checkpoint_buffer;
-        cp->extents[0].size = LEDGER_CHECKPOINT_ALIGN;
-        cp->extents[0].stable = false;
-        cp->extent_count = 1;
-        tally_assert(sizeof(header) + REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session) <=
-                     LEDGER_CHECKPOINT_ALIGN);
-        memset(r->checkpoint_buffer, 0, LEDGER_CHECKPOINT_ALIGN);
+        memcpy(user, &header, sizeof(header));
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 struct replica_client *c = &r->clients[i];
                 struct checkpoint_session s;
@@ -984,60 +931,69 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
                         s.release = c->release;
                         s.reply_slot = 2 * i + c->reply_slot;
                 }
-                memcpy(r->checkpoint_buffer + sizeof(header) + i * sizeof(s), &s, sizeof(s));
+                memcpy(user + sizeof(header) + i * sizeof(s), &s, sizeof(s));
         }
-        uint64_t ledger_start = cp->blob_size;
-        struct ledger_stream stream = {
-                .write = memory_write,
-                .write_stable = memory_write_stable,
-                .context = r,
-        };
-        if (ledger_checkpoint_write(r->ledger, &stream) != 0) {
-                log_error("checkpoint does not fit its buffer op=%llu bytes_max=%llu",
-                          (unsigned long long)op,
-                          (unsigned long long)r->config.checkpoint_buffer_size);
+        if (!ledger_checkpoint(r->ledger, user, sizeof(user), &cp->root)) {
+                /* The grid could not take it (a device fault or a full grid): as out of space. */
+                for (uint32_t k = 0; k < cp->reply_count; k++) {
+                        uint32_t slot = cp->replies[k].slot;
+                        struct replica_client *c = &r->clients[slot / 2];
+                        c->reply_slot = (slot % 2) ^ 1u;
+                        c->reply_dirty = true;
+                }
                 r->stats.checkpoints_skipped++;
+                r->checkpoint_retry_tick = r->tick + 100;
                 return;
         }
-        header.ledger_size = cp->blob_size - ledger_start;
-        memcpy(r->checkpoint_buffer, &header, sizeof(header));
-        log_info("checkpoint started op=%llu bytes=%llu copied_bytes=%llu serialize_us=%llu",
-                 (unsigned long long)op, (unsigned long long)cp->blob_size,
-                 (unsigned long long)cp->buffer_used,
+        struct ledger_stats stats;
+        ledger_get_stats(r->ledger, &stats);
+        cp->blocks = stats.grid_blocks_used;
+        cp->grid_address_max = stats.grid_address_max;
+        log_info("checkpoint started op=%llu root=%llu blocks_in_use=%llu serialize_us=%llu",
+                 (unsigned long long)op, (unsigned long long)cp->root.address,
+                 (unsigned long long)cp->blocks,
                  (unsigned long long)((r->env.realtime_ns(r->env.context) - started_ns) / 1000));
         r->checkpoint_in_progress = true;
         if (!r->env.checkpoint(r->env.context, cp, on_checkpoint_done, r)) {
-                /* Storage is busy (a view-state write): try again in half a second, not at
-                 * every commit (each try serialises the state). */
+                /* Storage is busy (a view-state write): the root stays valid until the next
+                 * ledger_checkpoint; try again in half a second, not at every commit. */
                 r->checkpoint_in_progress = false;
                 r->stats.checkpoints_skipped++;
                 r->checkpoint_retry_tick = r->tick + 50;
+                for (uint32_t k = 0; k < cp->reply_count; k++) {
+                        uint32_t slot = cp->replies[k].slot;
+                        struct replica_client *c = &r->clients[slot / 2];
+                        c->reply_slot = (slot % 2) ^ 1u;
+                        c->reply_dirty = true;
+                }
         }
 }
 
-int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
+int replica_restore(struct replica *r, struct lsm_block_ref root, uint64_t blocks,
                     uint64_t checkpoint_op, u128 prepare_checksum, uint64_t timestamp,
                     int (*read_reply)(void *context, uint32_t slot, u128 checksum,
                                       struct message *message),
                     void *context, char *error, size_t error_size)
 {
         tally_assert(r->op == 0 && r->commit == 0);
-        struct checkpoint_header header;
-        uint64_t sessions_size = LEDGER_CHECKPOINT_ALIGN - sizeof(header);
-        if (blob_size < LEDGER_CHECKPOINT_ALIGN) {
-                snprintf(error, error_size, "checkpoint blob too short (zone grid)");
+        static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
+        uint32_t user_size = 0;
+        char why[256];
+        if (ledger_open(r->ledger, root, user, &user_size, why, sizeof(why)) != 0) {
+                snprintf(error, error_size, "ledger checkpoint is not valid (zone grid): %s",
+                         why);
                 return -1;
         }
-        memcpy(&header, blob, sizeof(header));
-        if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 ||
-            header.version != CHECKPOINT_VERSION || header.session_count != REPLICA_CLIENTS_MAX ||
-            header.ledger_size != blob_size - sizeof(header) - sessions_size) {
-                snprintf(error, error_size, "checkpoint header is not valid (zone grid)");
+        struct checkpoint_header header;
+        memcpy(&header, user, sizeof(header));
+        if (user_size != CHECKPOINT_USER_SIZE || memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 ||
+            header.version != CHECKPOINT_VERSION || header.session_count != REPLICA_CLIENTS_MAX) {
+                snprintf(error, error_size, "checkpoint session table is not valid (zone grid)");
                 return -1;
         }
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 struct checkpoint_session s;
-                memcpy(&s, blob + sizeof(header) + i * sizeof(s), sizeof(s));
+                memcpy(&s, user + sizeof(header) + i * sizeof(s), sizeof(s));
                 if (!s.used)
                         continue;
                 struct message *reply = message_pool_get(r->pool);
@@ -1061,15 +1017,6 @@ int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
                 c->reply_slot = s.reply_slot % 2;
                 c->reply_dirty = false;
         }
-        struct ledger_memory_reader reader = {
-                .data = blob + sizeof(header) + sessions_size,
-                .size = header.ledger_size,
-        };
-        struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
-        if (ledger_checkpoint_read(r->ledger, &stream) != 0) {
-                snprintf(error, error_size, "ledger checkpoint is not valid (zone grid)");
-                return -1;
-        }
         r->op = checkpoint_op;
         r->commit = checkpoint_op;
         r->commit_checksum = prepare_checksum;
@@ -1077,12 +1024,12 @@ int replica_restore(struct replica *r, const uint8_t *blob, uint64_t blob_size,
         r->parent = prepare_checksum;
         r->timestamp_last = timestamp;
         r->checkpoint_op_durable = checkpoint_op;
-        r->checkpoint_size_durable = blob_size;
+        r->checkpoint_root_durable = root;
+        r->checkpoint_blocks_durable = blocks;
         r->checkpoint_checksum_durable = prepare_checksum;
         r->checkpoint_timestamp_durable = timestamp;
         return 0;
 }
-
 
 int replica_replay(struct replica *r, struct message *prepare, char *error, size_t error_size)
 {
@@ -1278,10 +1225,11 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
         r->fresh_joined = v->fresh_joined;
         r->fresh_joined_op = v->fresh_joined_op;
         r->view_state_durable = *v;
+        r->grid_syncing = v->grid_syncing;
         r->recovered_view = v->view;
-        bool lost = d->checkpoint_lost;
-        if (!lost && d->checkpoint_blob != NULL &&
-            replica_restore(r, d->checkpoint_blob, d->checkpoint_size, d->checkpoint_op,
+        bool lost = d->checkpoint_lost || v->grid_syncing;
+        if (!lost && d->checkpoint_root.address != 0 &&
+            replica_restore(r, d->checkpoint_root, d->checkpoint_blocks, d->checkpoint_op,
                             d->checkpoint_prepare_checksum, d->checkpoint_timestamp,
                             d->read_reply, d->context, error, error_size) != 0) {
                 if (r->config.replica_count == 1)
@@ -1300,7 +1248,7 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
                 replication_open(r);
                 return 0;
         }
-        uint64_t checkpoint_op = d->checkpoint_blob != NULL ? d->checkpoint_op : 0;
+        uint64_t checkpoint_op = d->checkpoint_root.address != 0 ? d->checkpoint_op : 0;
         if (r->config.replica_count > 1) {
                 open_replicated(r, d, checkpoint_op);
                 replication_open(r);
@@ -1357,40 +1305,27 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
         return result;
 }
 
-int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
+int replica_checkpoint_sessions(const uint8_t *image, uint64_t size,
                                 struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX])
 {
-        struct checkpoint_header header;
-        if (size < LEDGER_CHECKPOINT_ALIGN)
+        static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
+        uint32_t user_size = 0;
+        if (size < LSM_BLOCK_SIZE || ledger_root_user(image, user, &user_size) != 0 ||
+            user_size != CHECKPOINT_USER_SIZE)
                 return -1;
-        memcpy(&header, blob, sizeof(header));
+        struct checkpoint_header header;
+        memcpy(&header, user, sizeof(header));
         if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 ||
             header.version != CHECKPOINT_VERSION || header.session_count != REPLICA_CLIENTS_MAX)
                 return -1;
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 struct checkpoint_session c;
-                memcpy(&c, blob + sizeof(header) + i * sizeof(c), sizeof(c));
+                memcpy(&c, user + sizeof(header) + i * sizeof(c), sizeof(c));
                 sessions[i].used = c.used != 0;
                 sessions[i].slot = c.reply_slot;
                 sessions[i].reply_checksum = c.reply_checksum;
                 sessions[i].client = c.client;
         }
-        return 0;
-}
-
-int replica_checkpoint_ledger(const uint8_t *blob, uint64_t size, const uint8_t **ledger_part,
-                              uint64_t *ledger_size)
-{
-        struct checkpoint_header header;
-        if (size < LEDGER_CHECKPOINT_ALIGN)
-                return -1;
-        memcpy(&header, blob, sizeof(header));
-        if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 ||
-            header.version != CHECKPOINT_VERSION ||
-            header.ledger_size != size - LEDGER_CHECKPOINT_ALIGN)
-                return -1;
-        *ledger_part = blob + LEDGER_CHECKPOINT_ALIGN;
-        *ledger_size = header.ledger_size;
         return 0;
 }
 
@@ -1409,7 +1344,7 @@ static int install_read_reply(void *context, uint32_t slot, u128 reply_checksum,
         return 0;
 }
 
-int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint64_t op,
+int replica_install(struct replica *r, struct lsm_block_ref root, uint64_t blocks, uint64_t op,
                     u128 prepare_checksum, uint64_t timestamp, struct message **replies)
 {
         tally_assert(!r->checkpoint_in_progress);
@@ -1442,7 +1377,7 @@ int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint6
         }
         struct install_context c = {.replies = replies};
         char error[256];
-        if (replica_restore(r, blob, size, op, prepare_checksum, timestamp, install_read_reply,
+        if (replica_restore(r, root, blocks, op, prepare_checksum, timestamp, install_read_reply,
                             &c, error, sizeof(error)) != 0) {
                 log_error("state sync: the checkpoint does not install: %s", error);
                 return -1;

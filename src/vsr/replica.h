@@ -53,6 +53,8 @@ struct replica_view_state {
         bool fresh;
         bool fresh_joined;        /* and since joined a view whose log ended at: */
         uint64_t fresh_joined_op;
+        /* A state sync is writing a peer's blocks into the grid (superblock.grid_syncing). */
+        bool grid_syncing;
 };
 
 /* A session's reply that a checkpoint must make durable, in its reply slot. */
@@ -61,26 +63,17 @@ struct replica_reply_write {
         uint32_t slot;
 };
 
-#define REPLICA_CHECKPOINT_EXTENTS_MAX 64u
-
 /*
- * What a checkpoint makes durable: the state blob as of `op` and the changed replies. The blob
- * is a list of extents: pieces copied into the checkpoint buffer, and pieces of the ledger's
- * append-only arrays referenced in place (they do not change). All but the last extent are
- * whole multiples of LEDGER_CHECKPOINT_ALIGN.
+ * What a checkpoint makes durable: the ledger's root as of `op` (already written to the grid by
+ * ledger_checkpoint, with the session table in its user bytes) and the changed replies.
  */
 struct replica_checkpoint {
         uint64_t op;
         u128 prepare_checksum; /* of the prepare at op: where the hash chain resumes */
         uint64_t timestamp;    /* the cluster timestamp at op */
-        struct {
-                const uint8_t *data;
-                uint64_t size;
-                bool stable; /* ledger memory that never changes, referenced in place */
-        } extents[REPLICA_CHECKPOINT_EXTENTS_MAX];
-        uint32_t extent_count;
-        uint64_t blob_size;   /* sum of the extents */
-        uint64_t buffer_used; /* bytes of the checkpoint buffer the copied extents use */
+        struct lsm_block_ref root;
+        uint64_t blocks;           /* grid blocks the checkpoint needs */
+        uint64_t grid_address_max; /* the highest grid block in use */
         struct replica_reply_write replies[REPLICA_CLIENTS_MAX];
         uint32_t reply_count;
 };
@@ -121,11 +114,6 @@ struct replica_env {
         /* Persist the view state; `done` runs once durable. False: busy, try again. */
         bool (*view_write)(void *context, const struct replica_view_state *state,
                            void (*done)(void *replica), void *replica);
-        /*
-         * State sync, serving side: copy `size` bytes at `offset` of the durable checkpoint's
-         * blob into `into`. Returns the bytes copied, or -1.
-         */
-        int64_t (*checkpoint_read)(void *context, uint64_t offset, uint8_t *into, uint32_t size);
         /* State sync, serving side: the reply the durable checkpoint keeps in `slot`. */
         bool (*reply_read)(void *context, uint32_t slot, u128 checksum, struct message *into);
 
@@ -146,8 +134,8 @@ struct replica_env {
  */
 struct replica_durable {
         struct replica_view_state view_state; /* a formatted file's: {.fresh = true} */
-        const uint8_t *checkpoint_blob; /* NULL: no checkpoint yet */
-        uint64_t checkpoint_size;
+        struct lsm_block_ref checkpoint_root; /* address 0: no checkpoint yet */
+        uint64_t checkpoint_blocks;
         uint64_t checkpoint_op;
         u128 checkpoint_prepare_checksum;
         uint64_t checkpoint_timestamp;
@@ -176,7 +164,6 @@ struct replica_config {
         uint32_t request_size_max; /* whole message, header included */
         uint32_t checkpoint_interval; /* ops between checkpoints */
         uint32_t wal_slot_count;      /* prepares the journal holds */
-        uint64_t checkpoint_buffer_size; /* room for the checkpoint blob */
 };
 
 struct replica_client {
@@ -386,20 +373,34 @@ struct replica {
         /* Backups: prepares received and not yet executed, by op % REPLICA_PREPARE_CACHE. */
         struct message *prepare_cache[REPLICA_PREPARE_CACHE];
         /* Checkpoints. */
-        uint8_t *checkpoint_buffer;
         uint64_t checkpoint_op_durable;
-        uint64_t checkpoint_size_durable;       /* of the durable checkpoint's blob */
+        struct lsm_block_ref checkpoint_root_durable;
+        uint64_t checkpoint_blocks_durable;     /* grid blocks it needs */
         u128 checkpoint_checksum_durable;       /* its prepare's checksum (chain anchor) */
         uint64_t checkpoint_timestamp_durable;
-        /* State sync (receiving side): a peer's checkpoint is copied into checkpoint_buffer. */
+        /* A state sync writes a peer's blocks into the grid (see replica_view_state). */
+        bool grid_syncing;
+        /*
+         * The blocks of one checkpoint, listed for copying (state sync's source side, and
+         * backups): image offset i x LSM_BLOCK_SIZE is block i of the list.
+         */
+        struct {
+                struct lsm_block_ref root;
+                struct lsm_block_ref *blocks;
+                uint64_t count;
+                uint64_t capacity;
+        } image;
+        /* State sync (receiving side): a peer's checkpoint's blocks go straight to the grid. */
         struct {
                 bool active;
                 uint8_t source;
                 uint64_t checkpoint_op;
-                uint64_t size;
+                uint64_t size;        /* bytes of the image: blocks x LSM_BLOCK_SIZE */
+                struct lsm_block_ref root;
                 u128 prepare_checksum;
                 uint64_t timestamp;
                 uint64_t offset;      /* bytes received */
+                uint8_t *root_block;  /* the root, kept for its session table */
                 uint64_t replies_missing; /* bit i: session i's reply still to fetch */
                 struct message *replies[REPLICA_CLIENTS_MAX];
                 uint64_t tick;        /* last request, for retries */
@@ -411,7 +412,7 @@ struct replica {
         struct replica_stats stats;
 };
 
-/* Returns 0, or -1 if the checkpoint buffer cannot be reserved. */
+/* Returns 0, or -1 if memory cannot be reserved. */
 int replica_init(struct replica *replica, const struct replica_config *config,
                  const struct replica_env *env, struct message_pool *pool, struct ledger *ledger);
 void replica_deinit(struct replica *replica);
@@ -429,8 +430,11 @@ struct replica_sync_fields {
         uint32_t slot;
         uint32_t reserved;
         u128 checksum;
+        u128 root_checksum; /* the checkpoint's root block */
+        uint64_t root_address;
+        uint64_t reserved_1;
 };
-_Static_assert(sizeof(struct replica_sync_fields) == 80, "sync fields size");
+_Static_assert(sizeof(struct replica_sync_fields) == 112, "sync fields size");
 
 /* A checked message from a connection (the bus already verified framing and checksums). */
 void replica_on_message(struct replica *replica, replica_connection connection,
@@ -453,7 +457,7 @@ int replica_open(struct replica *replica, const struct replica_durable *durable,
                  size_t error_size);
 
 /* The building blocks of replica_open(), exposed for tests. */
-int replica_restore(struct replica *replica, const uint8_t *blob, uint64_t blob_size,
+int replica_restore(struct replica *replica, struct lsm_block_ref root, uint64_t blocks,
                     uint64_t checkpoint_op, u128 prepare_checksum, uint64_t timestamp,
                     int (*read_reply)(void *context, uint32_t slot, u128 checksum,
                                       struct message *message),
@@ -461,18 +465,37 @@ int replica_restore(struct replica *replica, const uint8_t *blob, uint64_t blob_
 int replica_replay(struct replica *replica, struct message *prepare, char *error,
                    size_t error_size);
 
-/* The sessions a checkpoint blob names: used, reply slot, reply checksum (inspect too). */
+/*
+ * The sessions a checkpoint names, from its root block (the first LSM_BLOCK_SIZE bytes of
+ * `image`): used, reply slot, reply checksum (inspect and backups too).
+ */
 struct replica_checkpoint_session {
         bool used;
         uint32_t slot;
         u128 reply_checksum;
         u128 client;
 };
-int replica_checkpoint_sessions(const uint8_t *blob, uint64_t size,
+int replica_checkpoint_sessions(const uint8_t *image, uint64_t size,
                                 struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX]);
-/* The ledger's part of a checkpoint blob (for ledger_checkpoint_read); -1 if malformed. */
-int replica_checkpoint_ledger(const uint8_t *blob, uint64_t size, const uint8_t **ledger_part,
-                              uint64_t *ledger_size);
+/*
+ * A checkpoint as state sync and backups copy it, its "image": every block it needs, the root
+ * first (ledger_checkpoint_blocks), LSM_BLOCK_SIZE bytes each. Copies `size` bytes at `offset`
+ * of the image of `root` into `into`: the bytes copied, or -1 (a block unreadable: logged).
+ */
+int64_t replica_image_read(struct replica *replica, struct lsm_block_ref root, uint64_t offset,
+                           uint8_t *into, uint32_t size);
+/* A checkpoint a backup copies (the server holds its blocks meanwhile). */
+struct backup_pin {
+        bool active;
+        uint64_t op;
+        struct lsm_block_ref root;
+        uint64_t blocks;
+        u128 prepare_checksum;
+        uint64_t timestamp;
+        uint64_t bytes_read; /* for metrics: bytes served from pinned checkpoints */
+};
+/* Blocks in the image of `root`; 0 if it cannot be listed. */
+uint64_t replica_image_blocks(struct replica *replica, struct lsm_block_ref root);
 
 /* Largest request body a client may send: what register replies advertise. */
 uint32_t replica_batch_size_limit(const struct replica *replica);

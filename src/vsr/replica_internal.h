@@ -55,7 +55,7 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
                                 struct message *m);
 
 /* Replaces the whole state by a checkpoint blob (state sync); replies[i] for session i. */
-int replica_install(struct replica *r, const uint8_t *blob, uint64_t size, uint64_t op,
+int replica_install(struct replica *r, struct lsm_block_ref root, uint64_t blocks, uint64_t op,
                     u128 prepare_checksum, uint64_t timestamp, struct message **replies);
 /* Persists the checkpoint just installed by state sync. */
 void replica_checkpoint_installed(struct replica *r, u128 prepare_checksum);

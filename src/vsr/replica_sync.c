@@ -1,11 +1,15 @@
 /*
  * replica_sync.c: state sync. A replica so far behind that its peers no longer journal the
  * ops it lacks (after a long absence, or a wiped data file) copies the primary's latest durable
- * checkpoint instead: the blob in chunks, then each session's cached reply, then installs it,
- * writes it as its own checkpoint, and repairs the ops after it from the journals as usual.
+ * checkpoint instead: its image (every grid block the checkpoint needs, the root first) in
+ * chunks, each block written straight to this replica's grid at its own address, then each
+ * session's cached reply; then it opens the ledger from the copied root, writes it as its own
+ * checkpoint, and repairs the ops after it from the journals as usual.
  *
- * The checkpoint is committed state, identical on every replica up to the replies' `replica`
- * field, so taking it from any peer is safe. If the source's durable checkpoint moves on
+ * The checkpoint is committed state, so taking it from any peer is safe. Blocks go to the grid
+ * only once the superblock says the grid is being overwritten (grid_syncing, durable): a crash
+ * in the middle then finds no checkpoint to trust and syncs again. Nothing executes meanwhile
+ * (the ledger's own blocks are being overwritten). If the source's durable checkpoint moves on
  * during the copy, the copy starts again from the new one.
  *
  * Messages (our own use of TigerBeetle's commands between replicas):
@@ -18,12 +22,67 @@
 #include "lib/log.h"
 #include "wire/checksum.h"
 
+#include <stdlib.h>
 #include <string.h>
 
-#define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / 4096u * 4096u)
+/* Whole blocks per chunk. */
+#define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE)
 
 #define sync_fields replica_sync_fields /* replica.h: `tally backup` speaks them too */
 _Static_assert(sizeof(struct sync_fields) <= 128, "sync fields fit in a header");
+
+/* ---- the image of a checkpoint ------------------------------------------------------------ */
+
+static int image_add(void *context, struct lsm_block_ref ref, uint8_t kind)
+{
+        (void)kind;
+        struct replica *r = context;
+        if (r->image.count == r->image.capacity) {
+                uint64_t capacity = MAX(r->image.capacity * 2, 1024u);
+                struct lsm_block_ref *blocks = realloc(r->image.blocks,
+                                                       capacity * sizeof(*blocks));
+                if (blocks == NULL)
+                        return -1;
+                r->image.blocks = blocks;
+                r->image.capacity = capacity;
+        }
+        r->image.blocks[r->image.count++] = ref;
+        return 0;
+}
+
+uint64_t replica_image_blocks(struct replica *r, struct lsm_block_ref root)
+{
+        if (root.address == 0)
+                return 0;
+        if (r->image.root.address == root.address && r->image.root.checksum == root.checksum)
+                return r->image.count;
+        r->image.count = 0;
+        r->image.root = (struct lsm_block_ref){0};
+        if (ledger_checkpoint_blocks(r->ledger, root, image_add, r) != 0) {
+                log_error("a checkpoint's blocks cannot be listed root=%llu",
+                          (unsigned long long)root.address);
+                r->image.count = 0;
+                return 0;
+        }
+        r->image.root = root;
+        return r->image.count;
+}
+
+int64_t replica_image_read(struct replica *r, struct lsm_block_ref root, uint64_t offset,
+                           uint8_t *into, uint32_t size)
+{
+        uint64_t blocks = replica_image_blocks(r, root);
+        if (blocks == 0 || offset % LSM_BLOCK_SIZE != 0 || size % LSM_BLOCK_SIZE != 0)
+                return -1;
+        uint64_t first = offset / LSM_BLOCK_SIZE;
+        uint32_t done = 0;
+        for (uint64_t i = first; i < blocks && done < size; i++) {
+                if (ledger_block_read(r->ledger, r->image.blocks[i], into + done) != 0)
+                        return -1;
+                done += LSM_BLOCK_SIZE;
+        }
+        return done;
+}
 
 static struct message *sync_message(struct replica *r, uint8_t command,
                                     const struct sync_fields *f)
@@ -48,7 +107,10 @@ static void sync_send(struct replica *r, struct message *m, uint8_t to)
 
 static void request_chunk(struct replica *r)
 {
-        struct sync_fields f = {.checkpoint_op = r->sync.checkpoint_op, .offset = r->sync.offset};
+        struct sync_fields f = {.checkpoint_op = r->sync.checkpoint_op,
+                                .offset = r->sync.offset,
+                                .root_address = r->sync.root.address,
+                                .root_checksum = r->sync.root.checksum};
         struct message *m = sync_message(r, COMMAND_REQUEST_BLOCKS, &f);
         if (m == NULL)
                 return;
@@ -59,7 +121,8 @@ static void request_chunk(struct replica *r)
 static void request_replies(struct replica *r)
 {
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
-        if (replica_checkpoint_sessions(r->checkpoint_buffer, r->sync.size, sessions) != 0)
+        if (r->sync.root_block == NULL ||
+            replica_checkpoint_sessions(r->sync.root_block, LSM_BLOCK_SIZE, sessions) != 0)
                 return;
         r->sync.tick = r->tick;
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
@@ -88,6 +151,7 @@ static void sync_replies_release(struct replica *r)
 static void sync_reset(struct replica *r)
 {
         sync_replies_release(r);
+        free(r->sync.root_block);
         memset(&r->sync, 0, sizeof(r->sync));
 }
 
@@ -98,11 +162,12 @@ void sync_deinit(struct replica *r)
 
 void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
 {
-        if (r->sync.active || r->checkpoint_in_progress || r->env.checkpoint_read == NULL ||
+        if (r->sync.active || r->checkpoint_in_progress || r->config.replica_count == 1 ||
             source == r->config.replica)
                 return;
-        /* Within an interval of the source's checkpoint its journal still has what we lack. */
-        if (checkpoint_op <= r->commit + r->config.checkpoint_interval)
+        /* Within an interval of the source's checkpoint its journal still has what we lack
+         * (unless an earlier sync left our grid half overwritten: then only a copy helps). */
+        if (checkpoint_op <= r->commit + r->config.checkpoint_interval && !r->grid_syncing)
                 return;
         log_info("state sync started source=%u checkpoint_op=%llu commit=%llu", source,
                  (unsigned long long)checkpoint_op, (unsigned long long)r->commit);
@@ -118,22 +183,30 @@ static void serve_chunk(struct replica *r, const struct message *request)
 {
         struct sync_fields want;
         memcpy(&want, request->header->raw, sizeof(want));
-        if (r->checkpoint_op_durable == 0 || r->checkpoint_size_durable == 0)
+        if (r->checkpoint_op_durable == 0 || r->checkpoint_root_durable.address == 0)
+                return;
+        uint64_t blocks = replica_image_blocks(r, r->checkpoint_root_durable);
+        if (blocks == 0)
                 return;
         struct sync_fields f = {
                 .checkpoint_op = r->checkpoint_op_durable,
-                .size = r->checkpoint_size_durable,
+                .size = blocks * LSM_BLOCK_SIZE,
                 .prepare_checksum = r->checkpoint_checksum_durable,
                 .timestamp = r->checkpoint_timestamp_durable,
                 .offset = want.checkpoint_op == r->checkpoint_op_durable ? want.offset : 0,
+                .root_address = r->checkpoint_root_durable.address,
+                .root_checksum = r->checkpoint_root_durable.checksum,
         };
+        if (f.offset % LSM_BLOCK_SIZE != 0)
+                return;
         struct message *m = sync_message(r, COMMAND_BLOCK, &f);
         if (m == NULL)
                 return;
-        uint32_t chunk = MIN(SYNC_CHUNK_SIZE, r->config.request_size_max - WIRE_HEADER_SIZE);
+        uint32_t chunk = MIN(SYNC_CHUNK_SIZE, (r->config.request_size_max - WIRE_HEADER_SIZE) /
+                                                      LSM_BLOCK_SIZE * LSM_BLOCK_SIZE);
         uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
-        int64_t n = size == 0 ? 0 : r->env.checkpoint_read(r->env.context, f.offset,
-                                                             message_body(m), size);
+        int64_t n = size == 0 ? 0 : replica_image_read(r, r->checkpoint_root_durable, f.offset,
+                                                       message_body(m), size);
         if (n < 0 || (uint32_t)n != size) {
                 message_unref(r->pool, m);
                 return;
@@ -169,13 +242,14 @@ static void sync_finish(struct replica *r)
                 sync_reset(r);
                 return;
         }
-        if (replica_install(r, r->checkpoint_buffer, r->sync.size, r->sync.checkpoint_op,
-                            r->sync.prepare_checksum, r->sync.timestamp, r->sync.replies) != 0) {
+        if (replica_install(r, r->sync.root, r->sync.size / LSM_BLOCK_SIZE,
+                            r->sync.checkpoint_op, r->sync.prepare_checksum, r->sync.timestamp,
+                            r->sync.replies) != 0) {
                 sync_reset(r);
                 return;
         }
         r->stats.state_syncs_installed++;
-        log_info("state sync installed checkpoint_op=%llu bytes=%llu",
+        log_info("state sync installed checkpoint_op=%llu bytes_copied=%llu",
                  (unsigned long long)r->sync.checkpoint_op, (unsigned long long)r->sync.size);
         u128 anchor = r->sync.prepare_checksum;
         sync_reset(r);
@@ -188,10 +262,12 @@ static void on_block(struct replica *r, struct message *m)
         memcpy(&f, m->header->raw, sizeof(f));
         if (!r->sync.active || m->header->replica != r->sync.source)
                 return;
-        if (f.checkpoint_op != r->sync.checkpoint_op || f.size != r->sync.size) {
+        if (f.checkpoint_op != r->sync.checkpoint_op || f.size != r->sync.size ||
+            f.root_address != r->sync.root.address || f.root_checksum != r->sync.root.checksum) {
                 if (f.offset != 0)
                         return;
-                if (f.checkpoint_op <= r->commit + r->config.checkpoint_interval) {
+                if (f.checkpoint_op <= r->commit + r->config.checkpoint_interval &&
+                    !r->grid_syncing) {
                         /* This source's journal has what we lack (see sync_maybe). */
                         log_info("state sync ended: the source's journal covers us source=%u "
                                  "checkpoint_op=%llu commit=%llu",
@@ -203,19 +279,51 @@ static void on_block(struct replica *r, struct message *m)
                 /* The source checkpointed again: start over with its new checkpoint. */
                 r->sync.checkpoint_op = f.checkpoint_op;
                 r->sync.size = f.size;
+                r->sync.root = (struct lsm_block_ref){.address = f.root_address,
+                                                      .checksum = f.root_checksum};
                 r->sync.offset = 0;
                 sync_replies_release(r);
         }
         if (f.offset != r->sync.offset)
                 return;
         uint32_t size = m->header->size - WIRE_HEADER_SIZE;
-        if (f.size > r->config.checkpoint_buffer_size || f.offset + size > f.size) {
-                log_error("state sync: the peer's checkpoint does not fit here bytes=%llu",
+        if (size % LSM_BLOCK_SIZE != 0 || f.size % LSM_BLOCK_SIZE != 0 || f.size == 0 ||
+            f.offset + size > f.size) {
+                log_error("state sync: the peer's checkpoint image is malformed bytes=%llu",
                           (unsigned long long)f.size);
                 sync_reset(r);
                 return;
         }
-        memcpy(r->checkpoint_buffer + f.offset, message_body(m), size);
+        /* Our grid is about to be overwritten: the superblock must say so first. */
+        r->grid_syncing = true;
+        if (!r->view_state_durable.grid_syncing) {
+                r->sync.tick = r->tick; /* asked again once the view state is durable */
+                return;
+        }
+        const uint8_t *body = message_body(m);
+        for (uint32_t at = 0; at < size; at += LSM_BLOCK_SIZE) {
+                const uint8_t *block = body + at;
+                if (f.offset + at == 0) {
+                        /* The root: the one the source named, and our copy of its sessions. */
+                        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+                        if (h->address != f.root_address || h->checksum != f.root_checksum) {
+                                log_error("state sync: the first block is not the root named");
+                                sync_reset(r);
+                                return;
+                        }
+                        if (r->sync.root_block == NULL)
+                                r->sync.root_block = malloc(LSM_BLOCK_SIZE);
+                        if (r->sync.root_block == NULL) {
+                                sync_reset(r);
+                                return;
+                        }
+                        memcpy(r->sync.root_block, block, LSM_BLOCK_SIZE);
+                }
+                if (ledger_block_install(r->ledger, block) != 0) {
+                        sync_reset(r);
+                        return;
+                }
+        }
         r->sync.offset += size;
         r->sync.prepare_checksum = f.prepare_checksum;
         r->sync.timestamp = f.timestamp;
@@ -224,7 +332,8 @@ static void on_block(struct replica *r, struct message *m)
                 return;
         }
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
-        if (replica_checkpoint_sessions(r->checkpoint_buffer, r->sync.size, sessions) != 0) {
+        if (r->sync.root_block == NULL ||
+            replica_checkpoint_sessions(r->sync.root_block, LSM_BLOCK_SIZE, sessions) != 0) {
                 log_error("state sync: the peer's checkpoint has no valid session table");
                 sync_reset(r);
                 return;
@@ -245,7 +354,8 @@ static void on_sync_reply(struct replica *r, struct message *m)
         if (!r->sync.active || r->sync.offset < r->sync.size || r->sync.size == 0)
                 return;
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
-        if (replica_checkpoint_sessions(r->checkpoint_buffer, r->sync.size, sessions) != 0)
+        if (r->sync.root_block == NULL ||
+            replica_checkpoint_sessions(r->sync.root_block, LSM_BLOCK_SIZE, sessions) != 0)
                 return;
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 if ((r->sync.replies_missing & (1ull << i)) &&
@@ -302,6 +412,7 @@ static void sync_source_next(struct replica *r)
         r->sync.source = next;
         r->sync.offset = 0;
         r->sync.size = 0;
+        r->sync.root = (struct lsm_block_ref){0};
 }
 
 void sync_tick(struct replica *r)

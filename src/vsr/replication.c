@@ -378,6 +378,9 @@ static void fresh_check(struct replica *r);
 /* Executes every op that can be: known committed and here, in op order. */
 static void commit_advance(struct replica *r)
 {
+        /* A state sync is overwriting the ledger's blocks: nothing executes until it installs. */
+        if (r->grid_syncing)
+                return;
         uint64_t committed_before = r->commit;
         /* Ops known committed (after a view change, or on a backup). */
         while (r->commit < r->commit_max && r->commit < r->op) {
@@ -951,12 +954,13 @@ static void view_persist(struct replica *r)
                 .fresh = r->fresh,
                 .fresh_joined = r->fresh_joined,
                 .fresh_joined_op = r->fresh_joined_op,
+                .grid_syncing = r->grid_syncing,
         };
         const struct replica_view_state *d = &r->view_state_durable;
         if (d->view == now.view && d->log_view == now.log_view &&
             d->anchor_op == now.anchor_op && d->anchor_checksum == now.anchor_checksum &&
             d->fresh == now.fresh && d->fresh_joined == now.fresh_joined &&
-            d->fresh_joined_op == now.fresh_joined_op)
+            d->fresh_joined_op == now.fresh_joined_op && d->grid_syncing == now.grid_syncing)
                 return;
         r->view_state_writing = now;
         r->view_write_in_flight = true;
