@@ -4,8 +4,11 @@
  *
  * Prints every superblock copy (and which are valid), the zones, the checkpoint and the range
  * of ops in the journal. Then it verifies every checksum it can, as start's recovery would
- * meet them: each superblock copy; the checkpoint's manifest, every grid block it names, and
- * the reply of every session the checkpoint keeps; every journal entry after the checkpoint
+ * meet them: each superblock copy; the checkpoint's root block (the grid block the superblock
+ * names), the session table in it and the reply of every session it keeps, the ledger opened
+ * from the root (its manifest and free set blocks), then every other block of the checkpoint
+ * (its tables' index and data blocks, which start reads only when the ledger needs them, so a
+ * damaged one stops a running replica later); every journal entry after the checkpoint
  * (header, body, and the hash chain from the checkpoint's prepare on). Each damage is listed
  * with its consequence, and the verdict says whether start would succeed as is, succeed by
  * dropping or repairing something (a torn journal head is dropped; a replica of a cluster
@@ -14,10 +17,10 @@
  * would fail (or the file cannot be read), 2 bad usage. It only reads; a damaged file is
  * described, never changed.
  *
- * --verify also loads the checkpoint into a ledger (capacities as `start`'s: the file's
- * defaults, or --accounts-max / --transfers-max) and checks the ledger's invariants
- * (ledger_verify): per ledger debits equal credits, posted and pending; every account's
- * balances equal the sum of its transfers. A violation is a failure (exit 1): no peer would
+ * --verify also checks the invariants of the ledger opened from an intact checkpoint, on the
+ * file's own grid (ledger_verify): per ledger debits equal credits, posted and pending; every
+ * account's balances equal the sum of its transfers. (--accounts-max / --transfers-max are
+ * accepted as start's; a checkpoint's size no longer depends on them.) A violation is a failure (exit 1): no peer would
  * hold anything better.
  *
  * It holds a shared lock while it reads, so it refuses a file a running replica holds (naming
@@ -35,6 +38,7 @@
 #include "vsr/replica.h"
 #include "wire/checksum.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -123,7 +127,7 @@ static void wal_check(struct storage *storage, struct message *prepare)
 {
         const struct superblock *sb = &storage->superblock;
         uint32_t slots = sb->wal_slot_count;
-        uint64_t checkpoint_op = sb->manifest_address != 0 ? sb->checkpoint_op : 0;
+        uint64_t checkpoint_op = sb->root_address != 0 ? sb->checkpoint_op : 0;
         bool cluster = sb->replica_count > 1;
         static struct wire_header header;
         uint64_t head = checkpoint_op;
@@ -182,62 +186,150 @@ static void wal_check(struct storage *storage, struct message *prepare)
 }
 
 /*
- * The checkpoint: every grid block the manifest names, against its checksum, then the reply
- * of every session the checkpoint keeps. Returns the blob (malloc'd, for --verify) when every
- * block is intact, else NULL.
+ * The ledger's grid device for inspect: the data file's blocks, read only (a write fails, so
+ * inspect can never change the file). It remembers the last address the ledger read, to name
+ * a block the ledger could not read when all it says is that one failed.
  */
-static uint8_t *checkpoint_check(struct storage *storage, struct message *reply)
+struct inspect_device {
+        struct storage *storage;
+        uint64_t last_read;
+};
+
+static int inspect_device_read(void *context, uint64_t address, uint8_t *block)
+{
+        struct inspect_device *d = context;
+        d->last_read = address;
+        return storage_grid_read(d->storage, address, block);
+}
+
+static int inspect_device_write(void *context, uint64_t address, const uint8_t *block)
+{
+        (void)context, (void)address, (void)block;
+        return -EROFS;
+}
+
+static const char *block_kind_name(uint8_t kind)
+{
+        switch (kind) {
+        case LSM_BLOCK_ROOT:
+                return "root";
+        case LSM_BLOCK_MANIFEST:
+                return "manifest";
+        case LSM_BLOCK_FREE_SET:
+                return "free set";
+        case LSM_BLOCK_TABLE_INDEX:
+                return "table index";
+        case LSM_BLOCK_TABLE_DATA:
+                return "table data";
+        default:
+                return "unknown";
+        }
+}
+
+/* What the walk over the checkpoint's blocks found, per tree (the tree of a table's index). */
+#define TREES_MAX 256u
+struct image_summary {
+        bool walked;          /* every block of the checkpoint was listed and read */
+        uint64_t blocks;      /* blocks of the image: root, manifest, free set, tables */
+        uint64_t damaged;
+        uint32_t trees_used;
+        struct {
+                uint64_t tables;
+                uint64_t blocks;
+                uint64_t first_data_block;
+        } trees[TREES_MAX];
+};
+
+static struct image_summary image;
+
+struct walk {
+        struct storage *storage;
+        uint8_t *block;
+        bool tree_known; /* the index block before this table's data blocks was read */
+        uint8_t tree;
+};
+
+/*
+ * A table block as a replica meets it: start opens a checkpoint reading its root, manifest and
+ * free set only, so a damaged table block is found when the ledger first needs it, and the
+ * replica then stops. Neither a single replica nor one of a cluster copies it from elsewhere.
+ */
+#define TABLE_BLOCK_CONSEQUENCE                                                                    \
+        "start opens the checkpoint without reading it and the replica stops when it first "   \
+        "needs the block: restore a backup, or copy a healthy replica's data file"
+
+static int walk_visit(void *context, struct lsm_block_ref ref, uint8_t kind)
+{
+        struct walk *w = context;
+        image.blocks++;
+        int rc = storage_grid_read(w->storage, ref.address, w->block);
+        const char *problem = rc != 0 ? strerror(-rc)
+                                      : lsm_block_check(w->block, ref, (enum lsm_block_kind)kind);
+        if (kind == LSM_BLOCK_TABLE_INDEX) {
+                w->tree_known = problem == NULL;
+                w->tree = ((const struct lsm_block_header *)w->block)->tree;
+        }
+        if (problem != NULL) {
+                image.damaged++;
+                bool table = kind == LSM_BLOCK_TABLE_INDEX || kind == LSM_BLOCK_TABLE_DATA;
+                char tree[32] = "";
+                if (kind == LSM_BLOCK_TABLE_DATA && w->tree_known)
+                        snprintf(tree, sizeof(tree), " of tree %u", w->tree);
+                damage(table, "checkpoint grid block %llu (%s%s) is damaged: %s (zone grid); %s",
+                       (unsigned long long)ref.address, block_kind_name(kind), tree, problem,
+                       table ? TABLE_BLOCK_CONSEQUENCE : "start fails to open the checkpoint");
+                return 0;
+        }
+        if ((kind == LSM_BLOCK_TABLE_INDEX || kind == LSM_BLOCK_TABLE_DATA) && w->tree_known) {
+                if (image.trees[w->tree].blocks == 0)
+                        image.trees_used++;
+                image.trees[w->tree].blocks++;
+                if (kind == LSM_BLOCK_TABLE_INDEX)
+                        image.trees[w->tree].tables++;
+                else if (image.trees[w->tree].first_data_block == 0)
+                        image.trees[w->tree].first_data_block = ref.address;
+        }
+        return 0;
+}
+
+/*
+ * The checkpoint as start's recovery meets it (replica_restore): the root block the superblock
+ * names, its session table and every session's reply, then the ledger opened from the root
+ * (manifest and free set). Then every other block of the checkpoint against the reference that
+ * names it (start reads those only when the ledger needs them). True if the ledger is open on
+ * an intact checkpoint (for --verify).
+ */
+static bool checkpoint_check(struct storage *storage, struct message *reply, struct ledger *ledger,
+                             struct inspect_device *device, uint8_t *block)
 {
         const struct superblock *sb = &storage->superblock;
         bool cluster = sb->replica_count > 1;
         const char *consequence = cluster ? "start copies a peer's checkpoint (state sync)"
                                           : "a single replica cannot start without it";
-        if (storage->checkpoint_problem[0] != '\0') {
-                damage(!cluster, "checkpoint: %s; %s", storage->checkpoint_problem, consequence);
-                return NULL;
+        if (sb->root_address == 0)
+                return false;
+        if (sb->grid_syncing) {
+                damage(!cluster,
+                       "checkpoint: a state sync or restore was writing another replica's blocks "
+                       "into the grid (grid_syncing), so the checkpoint at op %llu is not to be "
+                       "trusted; %s",
+                       (unsigned long long)sb->checkpoint_op, consequence);
+                return false;
         }
-        if (sb->manifest_address == 0)
-                return NULL;
-        uint8_t *blob = malloc(sb->checkpoint_size > 0 ? sb->checkpoint_size : 1);
-        if (blob == NULL) {
-                damage(true, "checkpoint: cannot allocate %llu bytes to read it",
-                       (unsigned long long)sb->checkpoint_size);
-                return NULL;
-        }
-        uint64_t offset = 0;
-        uint32_t bad = 0;
-        for (uint32_t i = 0; i < storage->manifest_entry_count; i++) {
-                const struct grid_manifest_entry *e = &storage->manifest_entries[i];
-                uint64_t at = sb->grid_offset + (e->address - 1) * (uint64_t)GRID_BLOCK_SIZE;
-                bool ok = offset + e->size <= sb->checkpoint_size &&
-                          pread(storage->fd, blob + offset, e->size, (off_t)at) ==
-                                  (ssize_t)e->size &&
-                          checksum(blob + offset, e->size) == e->checksum;
-                if (!ok) {
-                        bad++;
-                        damage(!cluster,
-                               "checkpoint grid block %llu (entry %u of %u) fails its checksum "
-                               "(zone grid); %s",
-                               (unsigned long long)e->address, i, storage->manifest_entry_count,
-                               consequence);
-                }
-                offset += e->size;
-        }
-        if (bad == 0 && offset != sb->checkpoint_size) {
-                bad++;
-                damage(!cluster, "checkpoint blocks hold %llu bytes, the superblock says %llu; %s",
-                       (unsigned long long)offset, (unsigned long long)sb->checkpoint_size,
-                       consequence);
-        }
-        if (bad > 0) {
-                free(blob);
-                return NULL;
+        struct lsm_block_ref root = {.address = sb->root_address, .checksum = sb->root_checksum};
+        int rc = storage_grid_read(storage, root.address, block);
+        const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(block, root, LSM_BLOCK_ROOT);
+        if (problem != NULL) {
+                damage(!cluster, "checkpoint root block %llu is damaged: %s (zone grid); %s",
+                       (unsigned long long)root.address, problem, consequence);
+                return false;
         }
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
-        if (replica_checkpoint_sessions(blob, sb->checkpoint_size, sessions) != 0) {
-                damage(!cluster, "checkpoint header is not valid (zone grid); %s", consequence);
-                free(blob);
-                return NULL;
+        if (replica_checkpoint_sessions(block, LSM_BLOCK_SIZE, sessions) != 0) {
+                damage(!cluster,
+                       "checkpoint root block %llu has no valid session table (zone grid); %s",
+                       (unsigned long long)root.address, consequence);
+                return false;
         }
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
                 if (!sessions[i].used)
@@ -251,52 +343,43 @@ static uint8_t *checkpoint_check(struct storage *storage, struct message *reply)
                                "replies); %s",
                                i, sessions[i].slot, consequence);
         }
-        return blob;
+        static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
+        uint32_t user_size = 0;
+        char why[256];
+        if (ledger_open(ledger, root, user, &user_size, why, sizeof(why)) != 0) {
+                damage(!cluster, "checkpoint does not open: %s (zone grid); %s", why,
+                       consequence);
+                return false;
+        }
+        uint64_t damaged_before = findings.count;
+        struct walk w = {.storage = storage, .block = block};
+        device->last_read = 0;
+        rc = ledger_checkpoint_blocks(ledger, root, walk_visit, &w);
+        if (rc != 0) {
+                /* A table index block the listing needs is unreadable: the ledger's last read. */
+                damage(true,
+                       "checkpoint grid block %llu (table index) is damaged or unreadable (zone "
+                       "grid): the blocks it names cannot be listed; %s",
+                       (unsigned long long)device->last_read, TABLE_BLOCK_CONSEQUENCE);
+                return false;
+        }
+        image.walked = true;
+        return findings.count == damaged_before;
 }
 
-/* --verify: the checkpoint loaded into a ledger, and its invariants. */
-static void verify(const struct superblock *sb, const uint8_t *blob, uint64_t accounts_max,
-                   uint64_t transfers_max)
+/* --verify: the ledger opened from the checkpoint, and its invariants. */
+static void verify(const struct superblock *sb, struct ledger *ledger, bool opened)
 {
-        if (sb->manifest_address == 0) {
+        if (sb->root_address == 0) {
                 findings.verified = true;
                 snprintf(findings.verify_text, sizeof(findings.verify_text),
                          "verify: no checkpoint yet (an empty ledger)");
                 return;
         }
-        if (blob == NULL) {
+        if (!opened) {
+                /* The ledger stops the process on a block it cannot read: never on damage. */
                 snprintf(findings.verify_text, sizeof(findings.verify_text),
                          "verify: not run, the checkpoint is damaged");
-                return;
-        }
-        const uint8_t *part = NULL;
-        uint64_t part_size = 0;
-        struct ledger_config config = {
-                .accounts_max = accounts_max,
-                .transfers_max = transfers_max,
-                .request_body_size_max = sb->message_size_max - WIRE_HEADER_SIZE,
-        };
-        struct ledger *ledger = NULL;
-        if (replica_checkpoint_ledger(blob, sb->checkpoint_size, &part, &part_size) != 0) {
-                damage(true, "verify: the checkpoint's ledger part is malformed");
-                return;
-        }
-        ledger = ledger_create(&config);
-        if (ledger == NULL) {
-                damage(true, "verify: cannot reserve a ledger of accounts_max=%llu "
-                       "transfers_max=%llu",
-                       (unsigned long long)accounts_max, (unsigned long long)transfers_max);
-                return;
-        }
-        struct ledger_memory_reader reader = {.data = part, .size = part_size, .offset = 0};
-        struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
-        if (ledger_checkpoint_read(ledger, &stream) != 0) {
-                damage(true,
-                       "verify: the ledger checkpoint does not load (damaged, or larger than "
-                       "accounts_max=%llu transfers_max=%llu: pass start's --accounts-max / "
-                       "--transfers-max)",
-                       (unsigned long long)accounts_max, (unsigned long long)transfers_max);
-                ledger_destroy(ledger);
                 return;
         }
         struct ledger_verify_report report;
@@ -314,7 +397,6 @@ static void verify(const struct superblock *sb, const uint8_t *blob, uint64_t ac
                          (unsigned long long)report.accounts, (unsigned long long)report.ledgers,
                          (unsigned long long)report.transfers);
         }
-        ledger_destroy(ledger);
 }
 
 static void print_copy_text(uint32_t i, const struct superblock *c, bool valid, bool chosen)
@@ -367,7 +449,7 @@ static const char *verdict_text(int status, bool cluster)
 
 static void print_json(const char *path, enum storage_error rc, const char *error,
                        const struct superblock *copies, const bool *valid, int chosen,
-                       const struct storage *storage, const struct wal_summary *wal, bool live,
+                       const struct wal_summary *wal, bool live,
                        int status)
 {
         const struct superblock *sb = chosen >= 0 ? &copies[chosen] : NULL;
@@ -377,9 +459,6 @@ static void print_json(const char *path, enum storage_error rc, const char *erro
         if (rc != STORAGE_OK) {
                 printf(",\"error\":");
                 print_json_string(error);
-        } else if (storage->checkpoint_problem[0] != '\0') {
-                printf(",\"checkpoint_problem\":");
-                print_json_string(storage->checkpoint_problem);
         }
         printf(",\"superblock_copies\":[");
         for (uint32_t i = 0; i < SUPERBLOCK_COPIES; i++) {
@@ -394,8 +473,8 @@ static void print_json(const char *path, enum storage_error rc, const char *erro
                 printf(",\"copy_in_use\":%d,\"cluster\":\"%s\",\"replica\":%u,"
                        "\"replica_count\":%u,\"format_version\":%u,\"development\":%s,"
                        "\"caught_up\":%s,\"sequence\":%llu,\"view\":%u,\"commit\":%llu,"
-                       "\"checkpoint_op\":%llu,\"checkpoint_bytes\":%llu,"
-                       "\"checkpoint_interval\":%u,\"wal_slot_count\":%u,"
+                       "\"checkpoint_op\":%llu,\"checkpoint_blocks\":%llu,"
+                       "\"root_block\":%llu,\"grid_syncing\":%s,\"checkpoint_interval\":%u,\"wal_slot_count\":%u,"
                        "\"message_size_max\":%u,\"grid_bytes\":%llu,\"file_bytes\":%llu,"
                        "\"wal_headers_offset\":%llu,\"wal_prepares_offset\":%llu,"
                        "\"client_replies_offset\":%llu,\"grid_offset\":%llu",
@@ -403,7 +482,9 @@ static void print_json(const char *path, enum storage_error rc, const char *erro
                        sb->development ? "true" : "false", sb->caught_up ? "true" : "false",
                        (unsigned long long)sb->sequence, sb->view,
                        (unsigned long long)sb->commit, (unsigned long long)sb->checkpoint_op,
-                       (unsigned long long)sb->checkpoint_size, sb->checkpoint_interval,
+                       (unsigned long long)sb->checkpoint_blocks,
+                       (unsigned long long)sb->root_address,
+                       sb->grid_syncing ? "true" : "false", sb->checkpoint_interval,
                        sb->wal_slot_count, sb->message_size_max,
                        (unsigned long long)sb->grid_size, (unsigned long long)sb->file_size,
                        (unsigned long long)sb->wal_headers_offset,
@@ -413,14 +494,25 @@ static void print_json(const char *path, enum storage_error rc, const char *erro
         }
         if (rc == STORAGE_OK)
                 printf(",\"wal\":{\"op_min\":%llu,\"op_max\":%llu,\"valid\":%u,"
-                       "\"invalid\":%u},\"checkpoint_blocks\":%u,"
-                       "\"checkpoint_first_block\":%llu,\"manifest_block\":%llu",
+                       "\"invalid\":%u}",
                        (unsigned long long)wal->op_min, (unsigned long long)wal->op_max,
-                       wal->valid, wal->invalid, storage->manifest_entry_count,
-                       storage->manifest_entry_count > 0
-                               ? (unsigned long long)storage->manifest_entries[0].address
-                               : 0ull,
-                       (unsigned long long)storage->superblock.manifest_address);
+                       wal->valid, wal->invalid);
+        if (!live && image.walked) {
+                /* Per tree (by the tree number its table index blocks carry). */
+                printf(",\"image_blocks\":%llu,\"trees\":[", (unsigned long long)image.blocks);
+                bool first = true;
+                for (uint32_t t = 0; t < TREES_MAX; t++) {
+                        if (image.trees[t].blocks == 0)
+                                continue;
+                        printf("%s{\"tree\":%u,\"tables\":%llu,\"blocks\":%llu,"
+                               "\"first_data_block\":%llu}",
+                               first ? "" : ",", t, (unsigned long long)image.trees[t].tables,
+                               (unsigned long long)image.trees[t].blocks,
+                               (unsigned long long)image.trees[t].first_data_block);
+                        first = false;
+                }
+                printf("]");
+        }
         if (!live) {
                 printf(",\"damage\":[");
                 for (uint32_t i = 0; i < MIN(findings.count, DAMAGE_LINES_MAX); i++) {
@@ -440,7 +532,7 @@ static void print_json(const char *path, enum storage_error rc, const char *erro
 
 static void print_text(const char *path, enum storage_error rc, const char *error,
                        const struct superblock *copies, const bool *valid, int chosen,
-                       const struct storage *storage, const struct wal_summary *wal, bool live,
+                       const struct wal_summary *wal, bool live,
                        int status)
 {
         const struct superblock *sb = chosen >= 0 ? &copies[chosen] : NULL;
@@ -449,10 +541,10 @@ static void print_text(const char *path, enum storage_error rc, const char *erro
                 print_copy_text(i, &copies[i], valid[i], (int)i == chosen);
         if (rc != STORAGE_OK)
                 printf("problem: %s (%s)\n", error, storage_error_name(rc));
-        else if (storage->checkpoint_problem[0] != '\0')
-                printf("problem: %s; a replica of a cluster starts without its state "
-                       "and copies a peer's checkpoint\n",
-                       storage->checkpoint_problem);
+        else if (sb != NULL && sb->grid_syncing)
+                printf("problem: a state sync or restore was overwriting the grid when it "
+                       "stopped; the checkpoint is not trusted, and a replica of a cluster "
+                       "starts without its state and copies a peer's checkpoint\n");
         if (sb != NULL) {
                 printf("format version %u%s%s; checkpoint every %u ops; message size max %u\n",
                        sb->format_version, sb->development ? ", development" : "",
@@ -469,10 +561,15 @@ static void print_text(const char *path, enum storage_error rc, const char *erro
                        (unsigned long long)(sb->grid_offset - sb->client_replies_offset),
                        (unsigned long long)sb->grid_offset, (unsigned long long)sb->grid_size,
                        (unsigned long long)sb->file_size);
-                printf("checkpoint: op %llu, %llu bytes in %u grid blocks\n",
+                printf("checkpoint: op %llu, root block %llu, %llu grid blocks in use\n",
                        (unsigned long long)sb->checkpoint_op,
-                       (unsigned long long)sb->checkpoint_size,
-                       rc == STORAGE_OK ? storage->manifest_entry_count : 0);
+                       (unsigned long long)sb->root_address,
+                       (unsigned long long)sb->checkpoint_blocks);
+                if (!live && image.walked)
+                        printf("checkpoint image: %llu blocks, %llu damaged; tables of %u "
+                               "trees\n",
+                               (unsigned long long)image.blocks,
+                               (unsigned long long)image.damaged, image.trees_used);
         }
         if (rc == STORAGE_OK) {
                 if (wal->valid == 0)
@@ -494,6 +591,61 @@ static void print_text(const char *path, enum storage_error rc, const char *erro
                 printf("%s\n", findings.verify_text);
         printf("verdict: %s\n",
                verdict_text(status, sb != NULL && sb->replica_count > 1));
+}
+
+/*
+ * Everything start's recovery reads, checked: the checkpoint (and --verify's ledger), then the
+ * journal. 0, or -1 if memory cannot be reserved (said on stderr).
+ */
+static int inspect_checkpoint(struct storage *storage, const struct flag *flags)
+{
+        const struct superblock *sb = &storage->superblock;
+        static struct message_pool pool;
+        if (message_pool_init(&pool, 2) != 0) {
+                cli_error("inspect: cannot reserve memory for messages");
+                return -1;
+        }
+        struct message *m = message_pool_get(&pool);
+        /*
+         * The ledger reads the file's grid through a device that refuses writes. Capacities as
+         * start's (they bound no read; the grid's size must be the server's: a root names it).
+         */
+        static struct inspect_device device;
+        device = (struct inspect_device){.storage = storage};
+        struct ledger_config config = {
+                .accounts_max = flags[3].present ? flags[3].u64
+                                : sb->development ? 65536u
+                                                  : 1048576u,
+                .transfers_max = flags[4].present ? flags[4].u64
+                                 : sb->development ? 1048576u
+                                                   : 16777216u,
+                .device = {.context = &device,
+                           .read = inspect_device_read,
+                           .write = inspect_device_write},
+                .grid_blocks_max = GRID_BLOCKS_MAX,
+                .request_body_size_max = sb->message_size_max - WIRE_HEADER_SIZE,
+        };
+        struct ledger *ledger = sb->root_address != 0 ? ledger_create(&config) : NULL;
+        uint8_t *block = aligned_alloc(4096, LSM_BLOCK_SIZE);
+        if ((sb->root_address != 0 && ledger == NULL) || block == NULL) {
+                cli_error("inspect: cannot reserve memory for a ledger to read the checkpoint");
+                if (ledger != NULL)
+                        ledger_destroy(ledger);
+                free(block);
+                message_unref(&pool, m);
+                message_pool_deinit(&pool);
+                return -1;
+        }
+        bool opened = ledger != NULL && checkpoint_check(storage, m, ledger, &device, block);
+        wal_check(storage, m);
+        if (flags[2].present)
+                verify(sb, ledger, opened);
+        if (ledger != NULL)
+                ledger_destroy(ledger);
+        free(block);
+        message_unref(&pool, m);
+        message_pool_deinit(&pool);
+        return 0;
 }
 
 int cli_inspect(int argc, char **argv)
@@ -525,6 +677,7 @@ int cli_inspect(int argc, char **argv)
         const char *path = positional[0];
         log_set_level(LOG_OFF);
         memset(&findings, 0, sizeof(findings));
+        memset(&image, 0, sizeof(image));
         static struct storage storage;
         enum storage_error rc = storage_open(&storage, NULL, NULL, path, access, error,
                                              sizeof(error));
@@ -570,36 +723,15 @@ int cli_inspect(int argc, char **argv)
         struct wal_summary wal = {0};
         if (rc == STORAGE_OK)
                 wal_scan(&storage, &wal);
-        if (rc == STORAGE_OK && !live) {
-                static struct message_pool pool;
-                if (message_pool_init(&pool, 2) != 0) {
-                        cli_error("inspect: cannot reserve memory for messages");
-                        return EXIT_START_FAILS;
-                }
-                struct message *m = message_pool_get(&pool);
-                uint8_t *blob = checkpoint_check(&storage, m);
-                wal_check(&storage, m);
-                if (flags[2].present) {
-                        const struct superblock *sb = &storage.superblock;
-                        uint64_t accounts_max = flags[3].present  ? flags[3].u64
-                                                : sb->development ? 65536u
-                                                                  : 1048576u;
-                        uint64_t transfers_max = flags[4].present  ? flags[4].u64
-                                                 : sb->development ? 1048576u
-                                                                   : 16777216u;
-                        verify(sb, blob, accounts_max, transfers_max);
-                }
-                free(blob);
-                message_unref(&pool, m);
-                message_pool_deinit(&pool);
-        }
+        if (rc == STORAGE_OK && !live && inspect_checkpoint(&storage, flags) != 0)
+                return EXIT_START_FAILS;
         int status = findings.fatal ? EXIT_START_FAILS
                      : findings.count > 0 ? EXIT_REPAIRABLE
                                           : EXIT_INTACT;
         if (json)
-                print_json(path, rc, error, copies, valid, chosen, &storage, &wal, live, status);
+                print_json(path, rc, error, copies, valid, chosen, &wal, live, status);
         else
-                print_text(path, rc, error, copies, valid, chosen, &storage, &wal, live, status);
+                print_text(path, rc, error, copies, valid, chosen, &wal, live, status);
         if (rc == STORAGE_OK)
                 storage_close(&storage);
         if (live)
