@@ -3,6 +3,8 @@
  */
 #include "cli/backup_file.h"
 #include "ledger/ledger.h"
+#include "lsm/device_memory.h"
+#include "storage/storage.h"
 #include "vsr/replica.h"
 #include "wire/checksum.h"
 #include "wire/header.h"
@@ -50,20 +52,14 @@ static int read_all(int fd, void *data, uint64_t size)
         return 0;
 }
 
-/* The chunk table of `blob`: one checksum per BACKUP_CHUNK_SIZE piece. malloc'd. */
-static u128 *chunk_table(const uint8_t *blob, uint64_t blob_size, uint32_t *count)
+/* The block table of `image`: one checksum per whole block. malloc'd. */
+static u128 *block_table(const uint8_t *image, uint64_t block_count)
 {
-        uint64_t chunks = (blob_size + BACKUP_CHUNK_SIZE - 1) / BACKUP_CHUNK_SIZE;
-        *count = (uint32_t)chunks;
-        u128 *table = calloc(chunks == 0 ? 1 : chunks, sizeof(u128));
+        u128 *table = calloc(block_count + 1, sizeof(u128));
         if (table == NULL)
                 return NULL;
-        for (uint64_t i = 0; i < chunks; i++) {
-                uint64_t offset = i * BACKUP_CHUNK_SIZE;
-                uint64_t size = blob_size - offset < BACKUP_CHUNK_SIZE ? blob_size - offset
-                                                                       : BACKUP_CHUNK_SIZE;
-                table[i] = checksum(blob + offset, size);
-        }
+        for (uint64_t i = 0; i < block_count; i++)
+                table[i] = checksum(image + i * BACKUP_BLOCK_SIZE, BACKUP_BLOCK_SIZE);
         return table;
 }
 
@@ -71,15 +67,16 @@ int backup_file_write(const char *path, struct backup_contents *contents, char *
                       size_t error_size)
 {
         struct backup_header *h = &contents->header;
-        memcpy(h->magic, BACKUP_MAGIC, sizeof(h->magic));
+        memset(h->magic, 0, sizeof(h->magic));
+        memcpy(h->magic, BACKUP_MAGIC, sizeof(BACKUP_MAGIC));
         h->format_version = BACKUP_FORMAT_VERSION;
-        h->chunk_size = BACKUP_CHUNK_SIZE;
-        u128 *table = chunk_table(contents->blob, h->blob_size, &h->chunk_count);
+        h->block_size = BACKUP_BLOCK_SIZE;
+        u128 *table = block_table(contents->image, h->block_count);
         if (table == NULL) {
-                snprintf(error, error_size, "out of memory for the chunk table");
+                snprintf(error, error_size, "out of memory for the block table");
                 return -1;
         }
-        h->chunk_table_checksum = checksum(table, (size_t)h->chunk_count * sizeof(u128));
+        h->block_table_checksum = checksum(table, (size_t)h->block_count * sizeof(u128));
         h->replies_checksum = checksum(contents->replies, h->replies_size);
         h->checksum = header_checksum(h);
         char temporary[4096];
@@ -92,9 +89,9 @@ int backup_file_write(const char *path, struct backup_contents *contents, char *
         }
         int rc = write_all(fd, h, sizeof(*h));
         if (rc == 0)
-                rc = write_all(fd, table, (uint64_t)h->chunk_count * sizeof(u128));
+                rc = write_all(fd, table, h->block_count * sizeof(u128));
         if (rc == 0)
-                rc = write_all(fd, contents->blob, h->blob_size);
+                rc = write_all(fd, contents->image, h->block_count * BACKUP_BLOCK_SIZE);
         if (rc == 0)
                 rc = write_all(fd, contents->replies, h->replies_size);
         if (rc == 0)
@@ -127,7 +124,7 @@ int backup_file_write(const char *path, struct backup_contents *contents, char *
 static int header_check(const struct backup_header *h, const char *path, char *error,
                         size_t error_size)
 {
-        if (memcmp(h->magic, BACKUP_MAGIC, sizeof(h->magic)) != 0) {
+        if (memcmp(h->magic, BACKUP_MAGIC, strlen(BACKUP_MAGIC)) != 0) {
                 snprintf(error, error_size, "'%s' is not a Tally backup file", path);
                 return -1;
         }
@@ -137,12 +134,17 @@ static int header_check(const struct backup_header *h, const char *path, char *e
         }
         if (h->format_version != BACKUP_FORMAT_VERSION) {
                 snprintf(error, error_size,
-                         "'%s' has backup format version %u; this tally reads version %u", path,
-                         h->format_version, BACKUP_FORMAT_VERSION);
+                         "'%s' has backup format version %u; this tally reads version %u%s",
+                         path, h->format_version, BACKUP_FORMAT_VERSION,
+                         h->format_version < BACKUP_FORMAT_VERSION
+                                 ? " (the file holds a checkpoint of an older data file format: "
+                                   "restore it with the tally that wrote it, or take a new "
+                                   "backup of the cluster)"
+                                 : " (written by a newer tally)");
                 return -1;
         }
-        uint64_t chunks = (h->blob_size + BACKUP_CHUNK_SIZE - 1) / BACKUP_CHUNK_SIZE;
-        if (h->chunk_size != BACKUP_CHUNK_SIZE || h->chunk_count != chunks ||
+        if (h->block_size != BACKUP_BLOCK_SIZE || h->block_count == 0 ||
+            h->block_count > GRID_BLOCKS_MAX || h->root_address == 0 ||
             h->reply_count > BACKUP_REPLIES_MAX ||
             h->replies_size > (uint64_t)h->reply_count * WIRE_MESSAGE_SIZE_MAX) {
                 snprintf(error, error_size, "'%s': the backup header's sizes do not agree",
@@ -152,12 +154,12 @@ static int header_check(const struct backup_header *h, const char *path, char *e
         return 0;
 }
 
-/* Every reply is a whole, checked message, and the blob's session table names it. */
+/* Every reply is a whole, checked message, and the root's session table names it. */
 static int replies_check(struct backup_contents *c, char *error, size_t error_size)
 {
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
-        if (replica_checkpoint_sessions(c->blob, c->header.blob_size, sessions) != 0) {
-                snprintf(error, error_size, "the checkpoint has no valid session table");
+        if (replica_checkpoint_sessions(c->image, BACKUP_BLOCK_SIZE, sessions) != 0) {
+                snprintf(error, error_size, "the checkpoint's root has no valid session table");
                 return -1;
         }
         uint32_t used = 0;
@@ -209,38 +211,49 @@ static int read_checked(int fd, struct backup_contents *c, const char *path, cha
         }
         if (header_check(h, path, error, error_size) != 0)
                 return -1;
-        u128 *table = calloc(h->chunk_count + 1u, sizeof(u128));
-        c->blob = malloc(h->blob_size + 1);
+        uint64_t image_size = h->block_count * BACKUP_BLOCK_SIZE;
+        u128 *table = calloc(h->block_count + 1, sizeof(u128));
+        c->image = malloc(image_size);
         c->replies = malloc(h->replies_size + 1);
-        if (table == NULL || c->blob == NULL || c->replies == NULL) {
+        if (table == NULL || c->image == NULL || c->replies == NULL) {
                 free(table);
                 snprintf(error, error_size, "out of memory for a backup of %llu bytes",
-                         (unsigned long long)h->blob_size);
+                         (unsigned long long)image_size);
                 return -1;
         }
         int rc = -1;
-        if (read_all(fd, table, (uint64_t)h->chunk_count * sizeof(u128)) != 0 ||
-            read_all(fd, c->blob, h->blob_size) != 0 ||
+        if (read_all(fd, table, h->block_count * sizeof(u128)) != 0 ||
+            read_all(fd, c->image, image_size) != 0 ||
             read_all(fd, c->replies, h->replies_size) != 0) {
                 snprintf(error, error_size, "'%s' is truncated", path);
                 goto done;
         }
-        if (checksum(table, (size_t)h->chunk_count * sizeof(u128)) != h->chunk_table_checksum) {
-                snprintf(error, error_size, "'%s': the chunk table fails its checksum", path);
+        if (checksum(table, (size_t)h->block_count * sizeof(u128)) != h->block_table_checksum) {
+                snprintf(error, error_size, "'%s': the block table fails its checksum", path);
                 goto done;
         }
-        for (uint32_t i = 0; i < h->chunk_count; i++) {
-                uint64_t offset = (uint64_t)i * BACKUP_CHUNK_SIZE;
-                uint64_t size = h->blob_size - offset < BACKUP_CHUNK_SIZE ? h->blob_size - offset
-                                                                          : BACKUP_CHUNK_SIZE;
-                if (checksum(c->blob + offset, size) != table[i]) {
+        for (uint64_t i = 0; i < h->block_count; i++) {
+                const uint8_t *block = c->image + i * BACKUP_BLOCK_SIZE;
+                if (checksum(block, BACKUP_BLOCK_SIZE) != table[i]) {
                         snprintf(error, error_size,
-                                 "'%s': chunk %u of %u (bytes %llu..%llu of the checkpoint) "
-                                 "fails its checksum",
-                                 path, i, h->chunk_count, (unsigned long long)offset,
-                                 (unsigned long long)(offset + size));
+                                 "'%s': block %llu of %llu (grid address %llu as its header "
+                                 "says, bytes %llu..%llu of the image) fails its checksum",
+                                 path, (unsigned long long)i, (unsigned long long)h->block_count,
+                                 (unsigned long long)((const struct lsm_block_header *)block)
+                                         ->address,
+                                 (unsigned long long)(i * BACKUP_BLOCK_SIZE),
+                                 (unsigned long long)((i + 1) * BACKUP_BLOCK_SIZE));
                         goto done;
                 }
+        }
+        struct lsm_block_ref root = {.address = h->root_address, .checksum = h->root_checksum};
+        const char *problem = lsm_block_check(c->image, root, LSM_BLOCK_ROOT);
+        if (problem != NULL) {
+                snprintf(error, error_size,
+                         "'%s': the image's first block is not the checkpoint's root block %llu "
+                         "(%s)",
+                         path, (unsigned long long)root.address, problem);
+                goto done;
         }
         if (checksum(c->replies, h->replies_size) != h->replies_checksum) {
                 snprintf(error, error_size, "'%s': the replies fail their checksum", path);
@@ -280,40 +293,95 @@ int backup_file_read(const char *path, struct backup_contents *contents, char *e
 
 void backup_contents_free(struct backup_contents *contents)
 {
-        free(contents->blob);
+        free(contents->image);
         free(contents->replies);
-        contents->blob = NULL;
+        contents->image = NULL;
         contents->replies = NULL;
+}
+
+/* The walk over the checkpoint's blocks: each must be the image's next one. */
+struct image_walk {
+        const struct backup_contents *contents;
+        uint64_t next;
+        char *why;
+        size_t why_size;
+};
+
+static int image_visit(void *context, struct lsm_block_ref ref, uint8_t kind)
+{
+        struct image_walk *w = context;
+        const struct backup_header *h = &w->contents->header;
+        if (w->next >= h->block_count) {
+                snprintf(w->why, w->why_size,
+                         "the checkpoint names more blocks than the image's %llu",
+                         (unsigned long long)h->block_count);
+                return -1;
+        }
+        const uint8_t *block = w->contents->image + w->next * BACKUP_BLOCK_SIZE;
+        const char *problem = lsm_block_check(block, ref, (enum lsm_block_kind)kind);
+        if (problem != NULL) {
+                snprintf(w->why, w->why_size,
+                         "block %llu of the image is not the block the checkpoint names there "
+                         "(grid address %llu): %s",
+                         (unsigned long long)w->next, (unsigned long long)ref.address, problem);
+                return -1;
+        }
+        w->next++;
+        return 0;
+}
+
+/* Installs every block and checks the image is the checkpoint's blocks exactly. */
+static int image_load(struct ledger *ledger, const struct backup_contents *contents, char *why,
+                      size_t why_size)
+{
+        const struct backup_header *h = &contents->header;
+        for (uint64_t i = 0; i < h->block_count; i++) {
+                if (ledger_block_install(ledger, contents->image + i * BACKUP_BLOCK_SIZE) != 0) {
+                        snprintf(why, why_size, "block %llu of the image is damaged",
+                                 (unsigned long long)i);
+                        return -1;
+                }
+        }
+        struct lsm_block_ref root = {.address = h->root_address, .checksum = h->root_checksum};
+        struct image_walk w = {.contents = contents, .why = why, .why_size = why_size};
+        why[0] = '\0';
+        int rc = ledger_checkpoint_blocks(ledger, root, image_visit, &w);
+        if (rc == 0 && w.next != h->block_count)
+                snprintf(why, why_size, "the image holds %llu blocks, the checkpoint names %llu",
+                         (unsigned long long)h->block_count, (unsigned long long)w.next);
+        else if (rc != 0 && why[0] == '\0')
+                snprintf(why, why_size,
+                         "a table index block the checkpoint names is missing from the image");
+        return rc == 0 && w.next == h->block_count ? 0 : -1;
 }
 
 int backup_verify_ledger(const struct backup_contents *contents, uint64_t accounts_max,
                          uint64_t transfers_max, char *summary, size_t summary_size)
 {
-        const uint8_t *part = NULL;
-        uint64_t part_size = 0;
-        if (replica_checkpoint_ledger(contents->blob, contents->header.blob_size, &part,
-                                      &part_size) != 0) {
-                snprintf(summary, summary_size, "the checkpoint's ledger part is malformed");
-                return -1;
-        }
+        static struct lsm_device_memory memory;
+        lsm_device_memory_init(&memory, GRID_BLOCKS_MAX);
         struct ledger_config config = {.accounts_max = accounts_max,
-                                       .transfers_max = transfers_max};
+                                       .transfers_max = transfers_max,
+                                       .device = lsm_device_memory(&memory),
+                                       .grid_blocks_max = GRID_BLOCKS_MAX};
         struct ledger *ledger = ledger_create(&config);
         if (ledger == NULL) {
-                snprintf(summary, summary_size, "cannot reserve a ledger of accounts_max=%llu",
-                         (unsigned long long)accounts_max);
+                snprintf(summary, summary_size, "cannot reserve a ledger to load the backup into");
+                lsm_device_memory_deinit(&memory);
                 return -1;
         }
-        struct ledger_memory_reader reader = {.data = part, .size = part_size};
-        struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
         int rc = -1;
         struct ledger_verify_report report;
         char reason[256];
-        if (ledger_checkpoint_read(ledger, &stream) != 0) {
-                snprintf(summary, summary_size,
-                         "the ledger does not load (damaged, or larger than accounts_max=%llu "
-                         "transfers_max=%llu: pass --accounts-max / --transfers-max)",
-                         (unsigned long long)accounts_max, (unsigned long long)transfers_max);
+        static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
+        uint32_t user_size = 0;
+        struct lsm_block_ref root = {.address = contents->header.root_address,
+                                     .checksum = contents->header.root_checksum};
+        if (image_load(ledger, contents, reason, sizeof(reason)) != 0) {
+                snprintf(summary, summary_size, "the checkpoint's image is not whole: %s",
+                         reason);
+        } else if (ledger_open(ledger, root, user, &user_size, reason, sizeof(reason)) != 0) {
+                snprintf(summary, summary_size, "the ledger does not open: %s", reason);
         } else if (ledger_verify(ledger, &report, reason, sizeof(reason)) != 0) {
                 snprintf(summary, summary_size, "ledger invariant violated: %s", reason);
         } else {
@@ -325,5 +393,6 @@ int backup_verify_ledger(const struct backup_contents *contents, uint64_t accoun
                 rc = 0;
         }
         ledger_destroy(ledger);
+        lsm_device_memory_deinit(&memory);
         return rc;
 }
