@@ -4,17 +4,19 @@
  *
  * How: it connects to one replica as a *backup* (net/peer_auth.h, PEER_AUTH_DIALER_BACKUP:
  * it proves the cluster key when the cluster has one, and is never taken for a replica), and
- * asks for the checkpoint the way a syncing replica does: request_blocks for each chunk of the
- * blob, then request_reply for each session's cached reply. A durable checkpoint is committed
- * state and never changes: the copy is consistent whatever the cluster does meanwhile.
+ * asks for the checkpoint the way a syncing replica does: request_blocks for each chunk of its
+ * image (every grid block the checkpoint needs, the root first, BACKUP_BLOCK_SIZE bytes each),
+ * then request_reply for each session's cached reply. A durable checkpoint is committed state
+ * and its blocks never change: the copy is consistent whatever the cluster does meanwhile.
  *
  * The source checkpoints every 256 ops, which under load can be every fraction of a second,
  * faster than a large checkpoint is copied. So unlike state sync (which starts over when its
  * source checkpoints) the copy keeps the old checkpoint: the first request pins the source's
- * durable checkpoint for this connection (storage_pin: its blocks stay allocated through later
+ * durable checkpoint for this connection (ledger_hold: its blocks are not reused by later
  * checkpoints until the connection closes), and every later request reads that one. Only the
  * sessions' replies are not pinned (a reply slot is reused by the second checkpoint after its
- * own): they are fetched as soon as the blob's session table has arrived, within milliseconds,
+ * own): they are fetched as soon as the root block, which holds the session table, has
+ * arrived, within milliseconds,
  * and if they are gone all the same the copy starts over from a newer checkpoint (at most
  * BACKUP_RESTARTS_MAX times), as it does if another backup takes the pin.
  *
@@ -22,8 +24,9 @@
  * the primary's loop, which every request goes through, never serves chunks; the cluster
  * commits with the primary and any other backup meanwhile. --replica picks one.
  *
- * Cost to the source: BACKUP_WINDOW requests outstanding at most, each one chunk (1 MiB, or
- * 32 KiB with --development) read from its data file and checksummed in its loop.
+ * Cost to the source: BACKUP_WINDOW requests outstanding at most, each one chunk (15 blocks,
+ * 960 KiB; with --development's 32 KiB messages a part of a block) read from its data file,
+ * checked and checksummed in its loop.
  *
  * Then the file is read back from disk, every checksum checked, and the ledger loaded and its
  * invariants verified (backup_file.h). Exit status 0 only if all of that passed.
@@ -298,8 +301,8 @@ static int request_send(struct backup_link *l, uint8_t command,
 
 /* The copy in progress, of one checkpoint of the source. */
 struct copy {
-        struct replica_sync_fields checkpoint; /* op, size, anchor, timestamp of the blob */
-        uint8_t *blob;
+        struct replica_sync_fields checkpoint; /* op, size, anchor, timestamp, root */
+        uint8_t *image;
         uint64_t capacity;
         uint64_t have;     /* bytes received in order */
         uint64_t next;     /* the next offset to ask for */
@@ -334,7 +337,9 @@ static int copy_on_block(struct copy *c, const struct wire_header *h, const uint
         uint32_t size = h->size - WIRE_HEADER_SIZE;
         c->view = h->view;
         bool same = f.checkpoint_op == c->checkpoint.checkpoint_op &&
-                    f.size == c->checkpoint.size && c->checkpoint.size != 0;
+                    f.size == c->checkpoint.size && c->checkpoint.size != 0 &&
+                    f.root_address == c->checkpoint.root_address &&
+                    f.root_checksum == c->checkpoint.root_checksum;
         if (!same && f.offset != 0)
                 return 0; /* an answer about a checkpoint we no longer copy */
         int started = 0;
@@ -351,14 +356,21 @@ static int copy_on_block(struct copy *c, const struct wire_header *h, const uint
                         snprintf(error, error_size, "the source has no checkpoint yet");
                         return -1;
                 }
+                if (f.size % BACKUP_BLOCK_SIZE != 0 || f.root_address == 0) {
+                        snprintf(error, error_size,
+                                 "the source's checkpoint image is malformed (%llu bytes, root "
+                                 "block %llu)",
+                                 (unsigned long long)f.size, (unsigned long long)f.root_address);
+                        return -1;
+                }
                 if (f.size > c->capacity) {
-                        uint8_t *grown = realloc(c->blob, f.size);
+                        uint8_t *grown = realloc(c->image, f.size);
                         if (grown == NULL) {
                                 snprintf(error, error_size, "out of memory for %llu bytes",
                                          (unsigned long long)f.size);
                                 return -1;
                         }
-                        c->blob = grown;
+                        c->image = grown;
                         c->capacity = f.size;
                 }
                 c->checkpoint = f;
@@ -372,7 +384,7 @@ static int copy_on_block(struct copy *c, const struct wire_header *h, const uint
         if (f.offset != c->have || size > f.size - f.offset ||
             (size != c->chunk && f.offset + size != f.size))
                 return started; /* a duplicate (first chunks after a restart), or stale */
-        memcpy(c->blob + f.offset, body, size);
+        memcpy(c->image + f.offset, body, size);
         c->have += size;
         c->next = MAX(c->next, c->have);
         c->bytes_received += size;
@@ -385,7 +397,9 @@ static int copy_request_chunks(struct backup_link *l, struct copy *c)
         while (c->outstanding < BACKUP_WINDOW &&
                (c->checkpoint.size == 0 ? c->outstanding == 0 : c->next < c->checkpoint.size)) {
                 struct replica_sync_fields f = {.checkpoint_op = c->checkpoint.checkpoint_op,
-                                                .offset = c->next};
+                                                .offset = c->next,
+                                                .root_address = c->checkpoint.root_address,
+                                                .root_checksum = c->checkpoint.root_checksum};
                 if (request_send(l, COMMAND_REQUEST_BLOCKS, &f) != 0)
                         return -1;
                 c->outstanding++;
@@ -425,10 +439,16 @@ static void copy_on_reply(struct copy *c, const struct wire_header *h)
         }
 }
 
-/* The session table (the blob's first part) is here: which replies the checkpoint needs. */
+/*
+ * The root block (the image's first) is here: it is the one the source named, and its session
+ * table says which replies the checkpoint needs.
+ */
 static int copy_sessions_known(struct copy *c)
 {
-        if (replica_checkpoint_sessions(c->blob, LEDGER_CHECKPOINT_ALIGN, c->sessions) != 0)
+        struct lsm_block_ref root = {.address = c->checkpoint.root_address,
+                                     .checksum = c->checkpoint.root_checksum};
+        if (lsm_block_check(c->image, root, LSM_BLOCK_ROOT) != NULL ||
+            replica_checkpoint_sessions(c->image, BACKUP_BLOCK_SIZE, c->sessions) != 0)
                 return -1;
         c->replies_missing = 0;
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
@@ -462,8 +482,8 @@ static int copy_run(struct backup_link *l, struct copy *c, uint8_t replica_count
         if (copy_request_chunks(l, c) != 0)
                 goto closed;
         for (;;) {
-                bool blob_done = c->checkpoint.size != 0 && c->have == c->checkpoint.size;
-                if (blob_done && replies_asked && c->replies_missing == 0)
+                bool image_done = c->checkpoint.size != 0 && c->have == c->checkpoint.size;
+                if (image_done && replies_asked && c->replies_missing == 0)
                         return 0;
                 const char *why = NULL;
                 int rc = link_receive(l, now_ms() + (int64_t)BACKUP_RESEND_MS, &why);
@@ -477,7 +497,7 @@ static int copy_run(struct backup_link *l, struct copy *c, uint8_t replica_count
                                          l->replica);
                                 return -1;
                         }
-                        if (blob_done && ++reply_timeouts >= 2) {
+                        if (image_done && ++reply_timeouts >= 2) {
                                 /* Its replies were overwritten: copy a newer checkpoint. */
                                 copy_forget(c);
                                 c->restarts++;
@@ -522,10 +542,11 @@ static int copy_run(struct backup_link *l, struct copy *c, uint8_t replica_count
                         return 1;
                 if (started == 1)
                         replies_asked = false; /* another checkpoint: its own replies */
-                if (!replies_asked && c->have >= LEDGER_CHECKPOINT_ALIGN) {
+                if (!replies_asked && c->have >= BACKUP_BLOCK_SIZE) {
                         if (copy_sessions_known(c) != 0) {
                                 snprintf(error, error_size,
-                                         "the source's checkpoint has no valid session table");
+                                         "the source's first block is not the root it names, "
+                                         "or has no valid session table");
                                 return -1;
                         }
                         replies_asked = true;
@@ -550,14 +571,16 @@ static int copy_contents(const struct copy *c, u128 cluster, uint8_t replica,
         h->checkpoint_op = c->checkpoint.checkpoint_op;
         h->checkpoint_timestamp = c->checkpoint.timestamp;
         h->checkpoint_prepare_checksum = c->checkpoint.prepare_checksum;
-        h->blob_size = c->checkpoint.size;
+        h->block_count = c->checkpoint.size / BACKUP_BLOCK_SIZE;
+        h->root_address = c->checkpoint.root_address;
+        h->root_checksum = c->checkpoint.root_checksum;
         h->created_realtime_ns = io_realtime_ns();
         h->source_replica = replica;
         h->source_replica_count = replica_count;
         uint64_t replies_size = 0;
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++)
                 replies_size += c->sessions[i].used ? c->replies[i].size : 0;
-        out->blob = c->blob;
+        out->image = c->image;
         out->replies = malloc(replies_size + 1);
         if (out->replies == NULL)
                 return -1;
@@ -591,7 +614,7 @@ static int backup_copy(struct address *addresses, uint32_t count, int32_t only, 
                         fprintf(stderr, "backup: %s; trying another replica\n", error);
                         continue;
                 }
-                /* Two replicas' blobs differ in their replies' checksums: never mix them. */
+                /* Two replicas' roots differ in their replies' checksums: never mix them. */
                 copy_forget(&copy_);
                 int rc = copy_run(&link_, &copy_, (uint8_t)count, avoid_primary, error,
                                   error_size);
@@ -669,17 +692,18 @@ int cli_backup(int argc, char **argv)
                 cli_error("backup: %s", error[0] ? error : "out of memory");
                 return 1;
         }
-        uint64_t op = contents.header.checkpoint_op, size = contents.header.blob_size;
+        uint64_t op = contents.header.checkpoint_op;
+        uint64_t blocks = contents.header.block_count, size = blocks * BACKUP_BLOCK_SIZE;
         uint64_t timestamp = contents.header.checkpoint_timestamp;
         uint32_t replies = contents.header.reply_count;
         free(contents.replies);
         copy_replies_free(&copy_);
-        free(copy_.blob);
-        copy_.blob = NULL;
-        printf("backup: copied checkpoint op %llu timestamp %llu (%llu bytes, %u replies) from "
-               "replica %u in %.3f s (%.1f MB/s, %u restarts)\n",
+        free(copy_.image);
+        copy_.image = NULL;
+        printf("backup: copied checkpoint op %llu timestamp %llu (%llu bytes, %llu blocks, %u "
+               "replies) from replica %u in %.3f s (%.1f MB/s, %u restarts)\n",
                (unsigned long long)op, (unsigned long long)timestamp, (unsigned long long)size,
-               replies, source, copy_s,
+               (unsigned long long)blocks, replies, source, copy_s,
                (double)size / 1e6 / (copy_s > 0 ? copy_s : 1e-9), copy_.restarts);
         /* What is on disk is what counts: read it back and check all of it. */
         if (backup_file_read(positional[0], &contents, error, sizeof(error)) != 0) {

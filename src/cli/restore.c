@@ -4,10 +4,18 @@
  * backup's checkpoint.
  *
  * It first checks the backup as `tally backup` did (every checksum, then the ledger's
- * invariants), then for each replica i: formats <output-dir>/<cluster>_<i>.tally, writes the
- * blob and the sessions' replies as the file's checkpoint through the same storage code a
- * replica uses (storage_checkpoint_start), and marks the replica caught up in view 0 with an
- * empty journal after the checkpoint.
+ * invariants), then for each replica i: formats <output-dir>/<cluster>_<i>.tally, marks its
+ * grid as being overwritten (grid_syncing, durable), writes every block of the backup's image
+ * into the grid at the address its header names, then the sessions' replies and a superblock
+ * naming the backup's root through the same storage code a replica's checkpoint uses
+ * (storage_checkpoint_start: one sync covers the blocks and replies before the superblock),
+ * and marks the replica caught up in view 0 with an empty journal after the checkpoint.
+ *
+ * Why grid_syncing first: a restore cut short (a crash, a full disk) leaves a file whose
+ * superblock names no checkpoint; unmarked it would look like a formatted replica and start
+ * with an empty ledger. Marked, a single replica refuses to start and a replica of a cluster
+ * copies a peer's checkpoint, as after a state sync cut short. The checkpoint's superblock
+ * clears the mark.
  *
  * Why "caught up" (not fresh): a formatted replica is fresh, may have lost acknowledged ops,
  * and cannot count towards a view change until it catches up from a peer. A restored replica
@@ -71,13 +79,37 @@ static int wait_for(struct wait *w)
         return w->done && w->ok && !storage.failed ? 0 : -1;
 }
 
-/* The checkpoint request for the backup: one extent, the replies in their sessions' slots. */
-static int checkpoint_request(const struct backup_contents *c,
+/*
+ * Every block of the image into the grid, each at the address its header names (the backup was
+ * checked: every block is whole and the one the checkpoint names). The highest address into
+ * *address_max.
+ */
+static int grid_write_image(const struct backup_contents *c, const char *path,
+                            uint64_t *address_max, char *error, size_t error_size)
+{
+        *address_max = 0;
+        for (uint64_t i = 0; i < c->header.block_count; i++) {
+                const uint8_t *block = c->image + i * BACKUP_BLOCK_SIZE;
+                uint64_t address = ((const struct lsm_block_header *)block)->address;
+                tally_assert(address != 0 && address <= GRID_BLOCKS_MAX);
+                int rc = storage_grid_write(&storage, address, block);
+                if (rc != 0) {
+                        snprintf(error, error_size, "%s: writing grid block %llu failed: %s",
+                                 path, (unsigned long long)address, strerror(-rc));
+                        return -1;
+                }
+                *address_max = MAX(*address_max, address);
+        }
+        return 0;
+}
+
+/* The checkpoint request for the backup: its root, the replies in their sessions' slots. */
+static int checkpoint_request(const struct backup_contents *c, uint64_t address_max,
                               struct storage_checkpoint_request *request, char *error,
                               size_t error_size)
 {
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
-        if (replica_checkpoint_sessions(c->blob, c->header.blob_size, sessions) != 0) {
+        if (replica_checkpoint_sessions(c->image, BACKUP_BLOCK_SIZE, sessions) != 0) {
                 snprintf(error, error_size, "the checkpoint has no valid session table");
                 return -1;
         }
@@ -85,10 +117,10 @@ static int checkpoint_request(const struct backup_contents *c,
         request->op = c->header.checkpoint_op;
         request->prepare_checksum = c->header.checkpoint_prepare_checksum;
         request->timestamp = c->header.checkpoint_timestamp;
-        request->extents[0].data = c->blob;
-        request->extents[0].size = c->header.blob_size;
-        request->extent_count = 1;
-        request->blob_size = c->header.blob_size;
+        request->root_address = c->header.root_address;
+        request->root_checksum = c->header.root_checksum;
+        request->blocks = c->header.block_count;
+        request->grid_address_max = address_max;
         for (uint32_t k = 0; k < c->header.reply_count; k++) {
                 const struct wire_header *h =
                         (const struct wire_header *)(c->replies + c->reply_offsets[k]);
@@ -127,8 +159,17 @@ static int restore_one(const struct backup_contents *c, const char *path, uint8_
         static struct storage_checkpoint_request request;
         memset(&request, 0, sizeof(request));
         struct wait w = {0};
-        if (checkpoint_request(c, &request, error, error_size) != 0)
+        struct storage_view syncing = {.fresh = true, .grid_syncing = true};
+        if (!storage_write_view(&storage, &syncing, view_done, &w) || wait_for(&w) != 0) {
+                snprintf(error, error_size, "%s: marking the grid as being written failed",
+                         path);
                 goto done;
+        }
+        uint64_t address_max = 0;
+        if (grid_write_image(c, path, &address_max, error, error_size) != 0 ||
+            checkpoint_request(c, address_max, &request, error, error_size) != 0)
+                goto done;
+        w = (struct wait){0};
         request.done = checkpoint_done;
         request.context = &w;
         if (!storage_checkpoint_start(&storage, &request) || wait_for(&w) != 0) {
