@@ -236,15 +236,15 @@ static int recover(struct server *s, char *error, size_t error_size)
  * `tally backup` (cli/backup.c) on a backup connection (net/peer_auth.h): it reads a
  * checkpoint in chunks with state sync's request_blocks and the sessions' replies with
  * request_reply. A request for checkpoint op 0, or for one that is not pinned, pins the
- * durable checkpoint for this connection (storage_pin: its blocks survive later checkpoints,
+ * durable checkpoint for this connection (ledger_hold: its blocks survive later checkpoints,
  * so the copy never starts over however long it takes) and answers from it; the pin goes
  * when the connection closes, or when another backup connection pins. Replies are read by
  * checksum from their slots, where they stay until the second checkpoint after theirs: the
  * tool asks for them as soon as it has the session table, and starts over if they are gone.
  *
- * Cost to this loop per request: one chunk (at most a message body: 1 MiB, 32 KiB with
- * --development) read with pread from the data file (usually the page cache) and
- * checksummed, or one reply read. The tool keeps BACKUP_WINDOW (4) requests outstanding, so
+ * Cost to this loop per request: one chunk (the whole blocks a message body holds, 960 KiB;
+ * one 64 KiB block with --development) read with pread from the data file (usually the page
+ * cache), each block checked and the chunk checksummed, or one reply read. The tool keeps BACKUP_WINDOW (4) requests outstanding, so
  * that is the most chunk work queued between two turns of the loop for other traffic.
  */
 static void backup_serve_chunk(struct server *s, bus_connection_id connection,
@@ -299,8 +299,10 @@ static void backup_serve_chunk(struct server *s, bus_connection_id connection,
         wire_header_init(m->header, COMMAND_BLOCK, s->replica.config.cluster, s->replica.view,
                          WIRE_RELEASE_SERVER, s->replica.config.replica);
         memcpy(m->header->raw, &f, sizeof(f));
-        uint32_t chunk = (s->replica.config.request_size_max - WIRE_HEADER_SIZE) /
-                         LSM_BLOCK_SIZE * LSM_BLOCK_SIZE;
+        /* Whole blocks, at least one: --development's 32 KiB messages hold none, but every
+         * connection takes messages up to WIRE_MESSAGE_SIZE_MAX (net/bus.c). */
+        uint32_t chunk = MAX(LSM_BLOCK_SIZE, (s->replica.config.request_size_max -
+                                              WIRE_HEADER_SIZE) / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE);
         uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
         int64_t n = size == 0 || f.offset % LSM_BLOCK_SIZE != 0
                             ? (size == 0 ? 0 : -1)
