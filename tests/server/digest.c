@@ -2,14 +2,19 @@
  * digest.c: the ledger state a stopped replica's data file holds as of an op, as one checksum,
  * so that tests can tell whether replicas are identical. Usage: digest <data file> <op>
  *
- * Restores the file's checkpoint, executes the journal after it up to <op> (each prepare must
- * chain onto the previous one), and prints "op=<op> prepare=<checksum of the prepare at op>
+ * Restores the file's checkpoint (the ledger opened from the root block the superblock names),
+ * executes the journal after it up to <op> (each prepare must chain onto the previous one),
+ * and prints "op=<op> prepare=<checksum of the prepare at op>
  * ledger=<checksum of the ledger's checkpoint stream>" (hex). Two replicas of a correct cluster
  * print the same line for any op both have. Exit status 0, or 1 with the reason (the file's
  * checkpoint is newer than <op>, or the journal lacks an op up to it).
+ *
+ * The file is only read: the ledger's grid is the file's, with every block the execution writes
+ * (flushes, compactions) kept in memory over it.
  */
 #include "io/io.h"
 #include "ledger/ledger.h"
+#include "lsm/device_memory.h"
 #include "storage/storage.h"
 #include "vsr/replica.h"
 #include "wire/checksum.h"
@@ -34,6 +39,23 @@ static bool refuse_checkpoint(void *context, const struct replica_checkpoint *ch
 {
         (void)context, (void)checkpoint, (void)done, (void)r;
         return false; /* nothing is written: the file is only read */
+}
+
+/* The file's grid, read only, under the blocks written since in memory. */
+static struct lsm_device_memory written;
+
+static int overlay_read(void *context, uint64_t address, uint8_t *block)
+{
+        (void)context;
+        if (address < written.capacity && written.blocks[address] != NULL)
+                return lsm_device_memory(&written).read(&written, address, block);
+        return storage_grid_read(&storage, address, block);
+}
+
+static int overlay_write(void *context, uint64_t address, const uint8_t *block)
+{
+        (void)context;
+        return lsm_device_memory(&written).write(&written, address, block);
 }
 
 static int read_reply(void *context, uint32_t slot, u128 checksum, struct message *message)
@@ -71,10 +93,13 @@ int main(int argc, char **argv)
                 return 1;
         }
         const struct superblock *sb = &storage.superblock;
+        lsm_device_memory_init(&written, GRID_BLOCKS_MAX);
         struct ledger_config lc = {
                 .accounts_max = sb->development ? 65536u : 1048576u,
                 .transfers_max = sb->development ? 1048576u : 16777216u,
                 .request_body_size_max = sb->message_size_max - WIRE_HEADER_SIZE,
+                .device = {.read = overlay_read, .write = overlay_write},
+                .grid_blocks_max = GRID_BLOCKS_MAX,
         };
         struct ledger *ledger = ledger_create(&lc);
         struct replica_config rc = {
@@ -84,22 +109,26 @@ int main(int argc, char **argv)
                 .request_size_max = sb->message_size_max,
                 .checkpoint_interval = sb->checkpoint_interval,
                 .wal_slot_count = sb->wal_slot_count,
-                .checkpoint_buffer_size = ledger_memory_bytes(&lc) + (16u << 20),
         };
         struct replica_env env = {.realtime_ns = now_ns, .checkpoint = refuse_checkpoint};
         if (ledger == NULL || replica_init(&replica, &rc, &env, &pool, ledger) != 0)
                 return 1;
         uint64_t op = 0;
-        if (sb->manifest_address != 0) {
+        if (sb->grid_syncing) {
+                fprintf(stderr, "digest: the grid was being overwritten (grid_syncing): its "
+                                "checkpoint is not to be trusted\n");
+                return 1;
+        }
+        if (sb->root_address != 0) {
                 if (sb->checkpoint_op > target) {
                         fprintf(stderr, "digest: the checkpoint (op %llu) is newer than op %llu\n",
                                 (unsigned long long)sb->checkpoint_op,
                                 (unsigned long long)target);
                         return 1;
                 }
-                if (storage_read_checkpoint(&storage, replica.checkpoint_buffer,
-                                            rc.checkpoint_buffer_size, error, sizeof(error)) != 0 ||
-                    replica_restore(&replica, replica.checkpoint_buffer, sb->checkpoint_size,
+                struct lsm_block_ref root = {.address = sb->root_address,
+                                             .checksum = sb->root_checksum};
+                if (replica_restore(&replica, root, sb->checkpoint_blocks,
                                     sb->checkpoint_op, sb->checkpoint_prepare_checksum,
                                     sb->checkpoint_timestamp, read_reply, NULL, error,
                                     sizeof(error)) != 0) {
@@ -108,7 +137,7 @@ int main(int argc, char **argv)
                 }
                 op = sb->checkpoint_op;
         }
-        u128 prepare_checksum = sb->manifest_address != 0 ? sb->checkpoint_prepare_checksum : 0;
+        u128 prepare_checksum = sb->root_address != 0 ? sb->checkpoint_prepare_checksum : 0;
         struct message *m = message_pool_get(&pool);
         static struct wire_header header;
         for (op = op + 1; op <= target; op++) {
