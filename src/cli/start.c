@@ -506,6 +506,11 @@ static int serve(struct server *s)
         return 0;
 }
 
+/* The block cache: most of a replica's memory (docs/storage.md, "Memory"). */
+#define TALLY_CACHE_DEFAULT (512ull << 20)
+#define TALLY_CACHE_DEFAULT_DEVELOPMENT (64ull << 20)
+#define TALLY_CACHE_MIN (4ull << 20)
+
 int cli_start(int argc, char **argv)
 {
         struct flag flags[] = {
@@ -515,6 +520,7 @@ int cli_start(int argc, char **argv)
                 {.name = "transfers-max", .kind = FLAG_U64},
                 {.name = "cluster-key-file", .kind = FLAG_STRING},
                 {.name = "metrics-address", .kind = FLAG_STRING},
+                {.name = "cache", .kind = FLAG_BYTES},
         };
         const char *positional[1];
         uint32_t positional_count = 0;
@@ -575,23 +581,29 @@ int cli_start(int argc, char **argv)
         struct address *self = &addresses[sb->replica];
         if (resolve_self(self, sb->replica_count) != 0)
                 return 1;
+        /*
+         * Memory is the block cache (--cache) plus a fixed part; capacity is the disk's.
+         * --accounts-max / --transfers-max are optional limits, none by default.
+         */
+        uint64_t cache = flags[6].present ? flags[6].u64
+                         : sb->development ? TALLY_CACHE_DEFAULT_DEVELOPMENT
+                                           : TALLY_CACHE_DEFAULT;
+        if (cache < TALLY_CACHE_MIN) {
+                cli_error("start: --cache=%s is below the minimum of 4MiB", flags[6].string);
+                return 1;
+        }
         struct ledger_config ledger_config = {
-                .accounts_max = flags[2].present ? flags[2].u64
-                                : sb->development ? 65536u
-                                                  : 1048576u,
-                .transfers_max = flags[3].present ? flags[3].u64
-                                 : sb->development ? 1048576u
-                                                   : 16777216u,
+                .accounts_max = flags[2].present ? flags[2].u64 : 0,
+                .transfers_max = flags[3].present ? flags[3].u64 : 0,
                 .request_body_size_max = sb->message_size_max - WIRE_HEADER_SIZE,
                 .device = storage_grid_device(&s->storage),
                 .grid_blocks_max = GRID_BLOCKS_MAX,
+                .cache_bytes = cache,
         };
         s->ledger = ledger_create(&ledger_config);
         if (s->ledger == NULL) {
-                cli_error("start: cannot reserve ledger memory (accounts_max=%llu "
-                          "transfers_max=%llu)",
-                          (unsigned long long)ledger_config.accounts_max,
-                          (unsigned long long)ledger_config.transfers_max);
+                cli_error("start: cannot reserve ledger memory (cache=%llu bytes)",
+                          (unsigned long long)cache);
                 return 1;
         }
         struct replica_config replica_config = {
@@ -668,13 +680,11 @@ int cli_start(int argc, char **argv)
         format_u128(sb->cluster, cluster);
         log_info("listening on %s", bound_text);
         log_info("started cluster=%s replica=%u replica_count=%u release=%s "
-                 "batch_size_limit=%u accounts_max=%llu transfers_max=%llu "
-                 "ledger_memory_bytes=%llu",
+                 "batch_size_limit=%u cache_bytes=%llu accounts_max=%llu transfers_max=%llu",
                  cluster, sb->replica, sb->replica_count, TALLY_VERSION,
-                 replica_batch_size_limit(&s->replica),
+                 replica_batch_size_limit(&s->replica), (unsigned long long)cache,
                  (unsigned long long)ledger_config.accounts_max,
-                 (unsigned long long)ledger_config.transfers_max,
-                 (unsigned long long)ledger_memory_bytes(&ledger_config));
+                 (unsigned long long)ledger_config.transfers_max);
         int status = serve(s);
         replica_deinit(&s->replica);
         bus_deinit(&s->bus);

@@ -32,6 +32,39 @@ bool parse_u64(const char *text, uint64_t *out)
         return true;
 }
 
+bool parse_bytes(const char *text, uint64_t *out)
+{
+        size_t digits = 0;
+        while (text[digits] >= '0' && text[digits] <= '9')
+                digits++;
+        if (digits == 0 || digits > 20)
+                return false;
+        char number[24];
+        memcpy(number, text, digits);
+        number[digits] = '\0';
+        uint64_t value;
+        if (!parse_u64(number, &value))
+                return false;
+        static const struct {
+                const char *name;
+                uint32_t shift;
+        } units[] = {
+                {"", 0},     {"B", 0},    {"K", 10},   {"KB", 10}, {"KiB", 10},
+                {"M", 20},   {"MB", 20},  {"MiB", 20}, {"G", 30},  {"GB", 30},
+                {"GiB", 30}, {"T", 40},   {"TB", 40},  {"TiB", 40},
+        };
+        const char *unit = text + digits;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+                if (strcmp(unit, units[i].name) != 0)
+                        continue;
+                if (units[i].shift > 0 && value > (UINT64_MAX >> units[i].shift))
+                        return false;
+                *out = value << units[i].shift;
+                return true;
+        }
+        return false;
+}
+
 void format_u128(u128 value, char *out)
 {
         char digits[40];
@@ -102,6 +135,13 @@ int flags_parse(int argc, char **argv, struct flag *flags, uint32_t flag_count,
                         snprintf(error, error_size,
                                  "flag '--%s': '%s' is not a non-negative integer", f->name,
                                  value);
+                        return -1;
+                }
+                if (f->kind == FLAG_BYTES && !parse_bytes(value, &f->u64)) {
+                        snprintf(error, error_size,
+                                 "flag '--%s': '%s' is not a size (bytes, or a number with KiB, "
+                                 "MiB, GiB or TiB)",
+                                 f->name, value);
                         return -1;
                 }
                 if (f->kind == FLAG_U128 && !parse_u128(value, &f->u128)) {

@@ -14,6 +14,7 @@ enum flag_kind {
         FLAG_STRING, /* --addresses=... */
         FLAG_U64,    /* --replica=0 */
         FLAG_U128,   /* --cluster=... */
+        FLAG_BYTES,  /* --cache=512MiB: a size, into u64 (see parse_bytes) */
 };
 
 struct flag {
@@ -38,6 +39,11 @@ int flags_parse(int argc, char **argv, struct flag *flags, uint32_t flag_count,
 /* Decimal u128 ("0".."340282366920938463463374607431768211455"); false if malformed. */
 bool parse_u128(const char *text, u128 *out);
 bool parse_u64(const char *text, uint64_t *out);
+/*
+ * A size in bytes: digits and an optional binary unit, KiB MiB GiB TiB (or K M G T, with or
+ * without a trailing B), or B. False if malformed or beyond 2^64 - 1.
+ */
+bool parse_bytes(const char *text, uint64_t *out);
 /* Formats a u128 in decimal. `out` must hold 40 bytes. */
 void format_u128(u128 value, char *out);
 

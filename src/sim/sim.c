@@ -347,7 +347,9 @@ static uint64_t env_realtime_ns(void *context)
 
 static void replica_start(struct sim *sim, struct sim_replica *sr)
 {
-        sr->ledger = ledger_create(&sim->ledger_config);
+        struct ledger_config ledger_config = sim->ledger_config;
+        ledger_config.device = lsm_device_memory(&sr->disk.grid);
+        sr->ledger = ledger_create(&ledger_config);
         tally_assert(sr->ledger != NULL);
         struct replica_config config = sim->config;
         config.replica = sr->index;
@@ -363,15 +365,13 @@ static void replica_start(struct sim *sim, struct sim_replica *sr)
                 .send_to_replica = sim_env_send_to_replica,
                 .journal_read = sim_env_journal_read,
                 .view_write = sim_env_view_write,
-                .checkpoint_read = sim_env_checkpoint_read,
                 .reply_read = sim_env_reply_read,
                 .committed = on_committed,
         };
         sim_enter(sr);
         tally_assert(replica_init(&sr->replica, &config, &env, &sr->pool, sr->ledger) == 0);
         struct replica_durable durable;
-        sim_disk_durable(sim, sr, &durable, sr->replica.checkpoint_buffer,
-                         config.checkpoint_buffer_size);
+        sim_disk_durable(sim, sr, &durable);
         sr->up = true;
         memset(sr->peer_connection, 0, sizeof(sr->peer_connection));
         char error[256];
@@ -621,6 +621,11 @@ static void setup(struct sim *sim)
                 .accounts_max = 1024,
                 .transfers_max = 1u << 20,
                 .request_body_size_max = SIM_REQUEST_SIZE_MAX - WIRE_HEADER_SIZE,
+                /* Small trees, so every flush, compaction and block read path runs here. */
+                .grid_blocks_max = SIM_GRID_BLOCKS,
+                .cache_bytes = 32u * LSM_BLOCK_SIZE,
+                .memtable_max = 256,
+                .table_data_blocks_max = 2,
         };
         sim->config = (struct replica_config){
                 .cluster = ((u128)sim_prng_next(&sim->prng) << 64) | 1u,
@@ -628,7 +633,6 @@ static void setup(struct sim *sim)
                 .request_size_max = SIM_REQUEST_SIZE_MAX,
                 .checkpoint_interval = SIM_CHECKPOINT_INTERVAL,
                 .wal_slot_count = SIM_WAL_SLOTS,
-                .checkpoint_buffer_size = ledger_memory_bytes(&sim->ledger_config) + (16u << 20),
         };
         sim->scratch = malloc(SIM_REQUEST_SIZE_MAX);
         tally_assert(sim->scratch != NULL);

@@ -2,7 +2,7 @@
  * sim_disk.c: a replica's simulated data file, and the env functions that use it.
  *
  * The disk holds what `tally start`'s data file holds: the view state, one durable checkpoint
- * (blob, op, prepare checksum, timestamp), the WAL as a headers zone and a prepares zone with one
+ * (its root in the grid, op, prepare checksum, timestamp), the grid of the ledger's blocks, the WAL as a headers zone and a prepares zone with one
  * slot per op modulo the slot count, and the client replies zone. Reads apply exactly the checks
  * storage.c applies to what it reads back (checksums, sizes, header against prepare): the bytes
  * themselves may be anything, and the replica must cope with what those checks let through.
@@ -22,8 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const uint8_t zero_chunk[SIM_BLOB_CHUNK];
-
 void sim_disk_init(struct sim *sim, struct sim_disk *disk)
 {
         (void)sim;
@@ -35,14 +33,7 @@ void sim_disk_init(struct sim *sim, struct sim_disk *disk)
         disk->damaged_op = calloc(SIM_WAL_SLOTS, sizeof(*disk->damaged_op));
         tally_assert(disk->headers != NULL && disk->prepares != NULL && disk->replies != NULL &&
                      disk->damaged_op != NULL);
-}
-
-static void blob_free(struct sim_blob *blob)
-{
-        for (uint32_t i = 0; i < blob->chunk_count; i++)
-                free(blob->chunks[i]);
-        free(blob->chunks);
-        memset(blob, 0, sizeof(*blob));
+        lsm_device_memory_init(&disk->grid, SIM_GRID_BLOCKS);
 }
 
 void sim_disk_format(struct sim *sim, struct sim_disk *disk)
@@ -51,7 +42,10 @@ void sim_disk_format(struct sim *sim, struct sim_disk *disk)
         tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
         disk->view_state = (struct replica_view_state){.fresh = true};
         disk->checkpoint_present = false;
-        blob_free(&disk->checkpoint);
+        disk->checkpoint_root = (struct lsm_block_ref){0};
+        disk->checkpoint_blocks = 0;
+        lsm_device_memory_deinit(&disk->grid);
+        lsm_device_memory_init(&disk->grid, SIM_GRID_BLOCKS);
         disk->checkpoint_op = 0;
         disk->checkpoint_prepare_checksum = 0;
         disk->checkpoint_timestamp = 0;
@@ -70,7 +64,7 @@ void sim_disk_format(struct sim *sim, struct sim_disk *disk)
 void sim_disk_deinit(struct sim_disk *disk)
 {
         tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
-        blob_free(&disk->checkpoint);
+        lsm_device_memory_deinit(&disk->grid);
         for (uint32_t s = 0; s < SIM_WAL_SLOTS; s++)
                 free(disk->prepares[s]);
         for (uint32_t s = 0; s < SIM_REPLY_SLOTS; s++)
@@ -80,44 +74,6 @@ void sim_disk_deinit(struct sim_disk *disk)
         free(disk->replies);
         free(disk->damaged_op);
         memset(disk, 0, sizeof(*disk));
-}
-
-/* ---- blobs ------------------------------------------------------------------------------- */
-
-static void blob_write(struct sim_blob *blob, uint64_t offset, const uint8_t *data, uint64_t size)
-{
-        while (size > 0) {
-                uint32_t index = (uint32_t)(offset / SIM_BLOB_CHUNK);
-                uint32_t within = (uint32_t)(offset % SIM_BLOB_CHUNK);
-                uint32_t piece = (uint32_t)MIN(size, (uint64_t)(SIM_BLOB_CHUNK - within));
-                tally_assert(index < blob->chunk_count);
-                if (blob->chunks[index] == NULL && memcmp(data, zero_chunk, piece) != 0) {
-                        blob->chunks[index] = calloc(1, SIM_BLOB_CHUNK);
-                        tally_assert(blob->chunks[index] != NULL);
-                }
-                if (blob->chunks[index] != NULL)
-                        memcpy(blob->chunks[index] + within, data, piece);
-                offset += piece;
-                data += piece;
-                size -= piece;
-        }
-}
-
-static void blob_read(const struct sim_blob *blob, uint64_t offset, uint8_t *into, uint64_t size)
-{
-        tally_assert(offset + size <= blob->size);
-        while (size > 0) {
-                uint32_t index = (uint32_t)(offset / SIM_BLOB_CHUNK);
-                uint32_t within = (uint32_t)(offset % SIM_BLOB_CHUNK);
-                uint32_t piece = (uint32_t)MIN(size, (uint64_t)(SIM_BLOB_CHUNK - within));
-                if (blob->chunks[index] == NULL)
-                        memset(into, 0, piece);
-                else
-                        memcpy(into, blob->chunks[index] + within, piece);
-                offset += piece;
-                into += piece;
-                size -= piece;
-        }
 }
 
 /* ---- the checks storage.c makes on what it reads ---------------------------------------- */
@@ -194,8 +150,7 @@ static bool read_prepare(void *context, uint32_t slot, const struct wire_header 
         return prepare_read(&sr->disk, slot, header, into);
 }
 
-void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable,
-                      uint8_t *blob, uint64_t blob_capacity)
+void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable)
 {
         (void)sim;
         struct sim_disk *disk = &sr->disk;
@@ -206,10 +161,8 @@ void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_du
         durable->read_header = read_header;
         durable->read_prepare = read_prepare;
         if (disk->checkpoint_present) {
-                tally_assert(disk->checkpoint.size <= blob_capacity);
-                blob_read(&disk->checkpoint, 0, blob, disk->checkpoint.size);
-                durable->checkpoint_blob = blob;
-                durable->checkpoint_size = disk->checkpoint.size;
+                durable->checkpoint_root = disk->checkpoint_root;
+                durable->checkpoint_blocks = disk->checkpoint_blocks;
                 durable->checkpoint_op = disk->checkpoint_op;
                 durable->checkpoint_prepare_checksum = disk->checkpoint_prepare_checksum;
                 durable->checkpoint_timestamp = disk->checkpoint_timestamp;
@@ -319,17 +272,6 @@ bool sim_env_checkpoint(void *context, const struct replica_checkpoint *checkpoi
         return true;
 }
 
-int64_t sim_env_checkpoint_read(void *context, uint64_t offset, uint8_t *into, uint32_t size)
-{
-        struct sim_replica *sr = context;
-        const struct sim_disk *disk = &sr->disk;
-        if (!disk->checkpoint_present || offset > disk->checkpoint.size)
-                return -1;
-        uint64_t n = MIN((uint64_t)size, disk->checkpoint.size - offset);
-        blob_read(&disk->checkpoint, offset, into, n);
-        return (int64_t)n;
-}
-
 static void checkpoint_release(struct sim_replica *sr)
 {
         struct sim_disk *disk = &sr->disk;
@@ -343,19 +285,9 @@ static void checkpoint_complete(struct sim *sim, struct sim_replica *sr)
 {
         struct sim_disk *disk = &sr->disk;
         const struct replica_checkpoint *cp = &disk->checkpoint_next;
-        struct sim_blob blob = {.size = cp->blob_size};
-        blob.chunk_count = (uint32_t)((cp->blob_size + SIM_BLOB_CHUNK - 1) / SIM_BLOB_CHUNK);
-        blob.chunks = calloc(MAX(blob.chunk_count, 1u), sizeof(*blob.chunks));
-        tally_assert(blob.chunks != NULL);
-        uint64_t offset = 0;
-        for (uint32_t i = 0; i < cp->extent_count; i++) {
-                blob_write(&blob, offset, cp->extents[i].data, cp->extents[i].size);
-                offset += cp->extents[i].size;
-        }
-        if (offset != cp->blob_size)
-                sim_fail(sim, "replica %u checkpoint extents sum to %llu, blob_size=%llu",
-                         sr->index, (unsigned long long)offset,
-                         (unsigned long long)cp->blob_size);
+        if (cp->root.address == 0)
+                sim_fail(sim, "replica %u checkpoints without a root op=%llu", sr->index,
+                         (unsigned long long)cp->op);
         for (uint32_t i = 0; i < cp->reply_count; i++) {
                 const struct message *reply = cp->replies[i].reply;
                 uint32_t slot = cp->replies[i].slot;
@@ -366,8 +298,9 @@ static void checkpoint_complete(struct sim *sim, struct sim_replica *sr)
                 }
                 memcpy(disk->replies[slot], reply->buffer, reply->header->size);
         }
-        blob_free(&disk->checkpoint);
-        disk->checkpoint = blob;
+        disk->checkpoint_root = cp->root;
+        disk->checkpoint_blocks = cp->blocks;
+        disk->view_state.grid_syncing = false; /* the superblock names our own checkpoint */
         disk->checkpoint_present = true;
         disk->checkpoint_op = cp->op;
         disk->checkpoint_prepare_checksum = cp->prepare_checksum;

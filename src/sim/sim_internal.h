@@ -7,6 +7,7 @@
 
 #include "ledger/ledger.h"
 #include "sim/sim.h"
+#include "lsm/device_memory.h"
 #include "vsr/replica.h"
 #include "wire/message.h"
 
@@ -20,7 +21,7 @@
 #define SIM_MESSAGES_PER_REPLICA 512u
 #define SIM_WRITES_MAX 64u           /* journal writes in flight per disk */
 #define SIM_REPLY_SLOTS (2u * REPLICA_CLIENTS_MAX)
-#define SIM_BLOB_CHUNK (64u * 1024u) /* sparse checkpoint blobs: all-zero chunks are not stored */
+#define SIM_GRID_BLOCKS (1u << 16) /* grid addresses of a simulated disk (4 GiB) */
 #define SIM_ENDPOINTS_MAX (SIM_REPLICAS_MAX + SIM_CLIENTS_MAX)
 #define SIM_ACCOUNTS 48u
 /* The outsider's connections carry this client index: no sim client, nothing is sent to it. */
@@ -44,11 +45,6 @@ bool sim_prng_chance(struct sim_prng *prng, uint32_t ppm);
 
 /* ---- Disk ---------------------------------------------------------------------------------- */
 
-struct sim_blob {
-        uint64_t size;
-        uint32_t chunk_count;
-        uint8_t **chunks; /* NULL: SIM_BLOB_CHUNK zero bytes */
-};
 
 struct sim_write {
         struct message *prepare; /* referenced until done */
@@ -61,13 +57,20 @@ struct sim_disk {
         /* Durable contents: what survives a crash. */
         struct replica_view_state view_state; /* as formatted: {.fresh = true} */
         bool checkpoint_present;
-        struct sim_blob checkpoint;
+        struct lsm_block_ref checkpoint_root;
+        uint64_t checkpoint_blocks;
         uint64_t checkpoint_op;
         u128 checkpoint_prepare_checksum;
         uint64_t checkpoint_timestamp;
         uint8_t (*headers)[WIRE_HEADER_SIZE]; /* the WAL headers zone, one per slot */
         uint8_t **prepares;                   /* the WAL prepares zone (allocated lazily) */
         uint8_t **replies;                    /* the client replies zone (allocated lazily) */
+        /*
+         * The grid: the ledger writes its blocks here directly. A crash loses none of them,
+         * which is sound: blocks the durable checkpoint names are never overwritten before a
+         * newer one is durable, and any other block is free after a restart.
+         */
+        struct lsm_device_memory grid;
         /* Damage the fault model must account for: the op of a lost or corrupt entry, 0 if none. */
         uint64_t *damaged_op;
         bool wiped;               /* re-formatted, and not yet caught up */
@@ -84,7 +87,7 @@ struct sim_disk {
         void *view_done_context;
         bool checkpoint_pending;
         uint64_t checkpoint_at_ns;
-        struct replica_checkpoint checkpoint_next; /* extents are read at completion */
+        struct replica_checkpoint checkpoint_next;
         void (*checkpoint_done)(void *replica, bool ok);
         void *checkpoint_done_context;
 };
@@ -293,8 +296,7 @@ bool sim_disk_damaged(const struct sim *sim, const struct sim_disk *disk);
 bool sim_disk_holds(struct sim *sim, struct sim_replica *sr, const struct wire_header *prepare);
 void sim_disk_heal_check(struct sim *sim, struct sim_replica *sr);
 /* Fills `durable` from the disk; the checkpoint blob is materialized into `blob`. */
-void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable,
-                      uint8_t *blob, uint64_t blob_capacity);
+void sim_disk_durable(struct sim *sim, struct sim_replica *sr, struct replica_durable *durable);
 bool sim_env_journal_write(void *context, struct message *prepare,
                            void (*done)(void *replica, struct message *prepare), void *replica);
 bool sim_env_journal_read(void *context, uint64_t op, u128 checksum, struct message *into);
@@ -302,7 +304,6 @@ bool sim_env_view_write(void *context, const struct replica_view_state *state,
                         void (*done)(void *replica), void *replica);
 bool sim_env_checkpoint(void *context, const struct replica_checkpoint *checkpoint,
                         void (*done)(void *replica, bool ok), void *replica);
-int64_t sim_env_checkpoint_read(void *context, uint64_t offset, uint8_t *into, uint32_t size);
 
 /* sim_forge.c */
 void sim_forge_init(struct sim *sim);

@@ -79,6 +79,18 @@ static void test_u128_parse(void)
         uint64_t w;
         CHECK(parse_u64("18446744073709551615", &w) && w == UINT64_MAX);
         CHECK(!parse_u64("18446744073709551616", &w));
+        CHECK(parse_bytes("4096", &w) && w == 4096);
+        CHECK(parse_bytes("512MiB", &w) && w == 512ull << 20);
+        CHECK(parse_bytes("1G", &w) && w == 1ull << 30);
+        CHECK(parse_bytes("2GB", &w) && w == 2ull << 30);
+        CHECK(parse_bytes("3TiB", &w) && w == 3ull << 40);
+        CHECK(parse_bytes("7B", &w) && w == 7);
+        CHECK(!parse_bytes("", &w));
+        CHECK(!parse_bytes("MiB", &w));
+        CHECK(!parse_bytes("12XB", &w));
+        CHECK(!parse_bytes("-1", &w));
+        CHECK(!parse_bytes("16777216TiB", &w)); /* 2^64 */
+        CHECK(parse_bytes("16777215TiB", &w) && w == 16777215ull << 40);
         char text[40];
         format_u128(U128_MAX, text);
         CHECK(strcmp(text, "340282366920938463463374607431768211455") == 0);

@@ -7,6 +7,7 @@
  */
 #include "client/client.h"
 #include "ledger/ledger.h"
+#include "lsm/device_memory.h"
 #include "lib/log.h"
 #include "test.h"
 #include "vsr/replica.h"
@@ -133,9 +134,8 @@ static bool env_view_write(void *context, const struct replica_view_state *state
         return true;
 }
 
-/* Each replica's durable checkpoint: the blob and the replies by slot. */
-static uint8_t *checkpoint_blob[REPLICAS_MAX];
-static uint64_t checkpoint_size[REPLICAS_MAX];
+/* Each replica's grid (its ledger's blocks, kept across restarts) and replies by slot. */
+static struct lsm_device_memory grids[REPLICAS_MAX];
 static struct message *checkpoint_replies[REPLICAS_MAX][128];
 
 /*
@@ -164,14 +164,8 @@ static bool env_checkpoint(void *context, const struct replica_checkpoint *cp,
                         break;
                 }
         }
-        free(checkpoint_blob[i]);
-        checkpoint_blob[i] = malloc(cp->blob_size);
-        uint64_t at = 0;
-        for (uint32_t k = 0; k < cp->extent_count; k++) {
-                memcpy(checkpoint_blob[i] + at, cp->extents[k].data, cp->extents[k].size);
-                at += cp->extents[k].size;
-        }
-        checkpoint_size[i] = cp->blob_size;
+        if (cp->root.address == 0)
+                checkpoint_anchor_wrong++; /* a checkpoint must name its root */
         for (uint32_t k = 0; k < cp->reply_count; k++) {
                 struct message **slot = &checkpoint_replies[i][cp->replies[k].slot];
                 if (*slot != NULL)
@@ -181,17 +175,6 @@ static bool env_checkpoint(void *context, const struct replica_checkpoint *cp,
         push((struct event){.kind = EVENT_CHECKPOINT_DONE, .to = index_of(context),
                             .done_checkpoint = done});
         return true;
-}
-
-static int64_t env_checkpoint_read(void *context, uint64_t offset, uint8_t *into,
-                                   uint32_t size)
-{
-        uint8_t i = index_of(context);
-        if (checkpoint_blob[i] == NULL || offset > checkpoint_size[i])
-                return -1;
-        size = (uint32_t)MIN((uint64_t)size, checkpoint_size[i] - offset);
-        memcpy(into, checkpoint_blob[i] + offset, size);
-        return size;
 }
 
 static bool env_reply_read(void *context, uint32_t slot, u128 checksum, struct message *into)
@@ -218,7 +201,6 @@ static void replica_start(uint8_t i)
                 .request_size_max = WIRE_MESSAGE_SIZE_MAX,
                 .checkpoint_interval = 256,
                 .wal_slot_count = 1024,
-                .checkpoint_buffer_size = 64u << 20,
         };
         struct replica_env env = {
                 .context = &replicas[i],
@@ -232,10 +214,14 @@ static void replica_start(uint8_t i)
                 .send_to_replica = env_send_to_replica,
                 .journal_read = env_journal_read,
                 .view_write = env_view_write,
-                .checkpoint_read = env_checkpoint_read,
                 .reply_read = env_reply_read,
         };
-        struct ledger_config lc = {.accounts_max = 1000, .transfers_max = 1000};
+        struct ledger_config lc = {.accounts_max = 1000,
+                                   .transfers_max = 1000,
+                                   .device = lsm_device_memory(&grids[i]),
+                                   .grid_blocks_max = 1u << 16,
+                                   .memtable_max = 512,
+                                   .table_data_blocks_max = 2};
         ledgers[i] = ledger_create(&lc);
         tally_assert(replica_init(&replicas[i], &config, &env, &pool, ledgers[i]) == 0);
         alive[i] = true;
@@ -263,6 +249,7 @@ static void cluster_start(uint8_t count)
 {
         replica_count = count;
         for (uint8_t i = 0; i < count; i++) {
+                lsm_device_memory_init(&grids[i], 1u << 16);
                 replica_start(i);
                 durable_state[i] = (struct replica_view_state){.fresh = true}; /* as formatted */
                 struct replica_durable d = {.view_state = durable_state[i],
@@ -345,8 +332,8 @@ static void cluster_stop(void)
                 message_unref(&pool, last_reply);
         last_reply = NULL;
         for (uint8_t i = 0; i < REPLICAS_MAX; i++) {
-                free(checkpoint_blob[i]);
-                checkpoint_blob[i] = NULL;
+                if (grids[i].block_count_max != 0)
+                        lsm_device_memory_deinit(&grids[i]);
                 for (uint32_t k = 0; k < 128; k++) {
                         if (checkpoint_replies[i][k] != NULL)
                                 message_unref(&pool, checkpoint_replies[i][k]);
@@ -694,11 +681,10 @@ static void test_checkpoint_lost(void)
         replica_deinit(&replicas[2]);
         ledger_destroy(ledgers[2]);
         replica_start(2);
-        static uint8_t damaged[1u << 16];
-        memset(damaged, 0xA5, sizeof(damaged));
+        /* A root that names a block the grid does not hold as named. */
+        struct lsm_block_ref damaged = {.address = 7, .checksum = ~(u128)0 / 3};
         struct replica_durable d = durable_of(2);
-        d.checkpoint_blob = damaged;
-        d.checkpoint_size = sizeof(damaged);
+        d.checkpoint_root = damaged;
         d.checkpoint_op = 512;
         char error[128];
         CHECK(replica_open(&replicas[2], &d, error, sizeof(error)) == 0);
@@ -721,8 +707,7 @@ static void test_checkpoint_lost(void)
         ledger_destroy(ledgers[0]);
         replica_start(0);
         d = durable_of(0);
-        d.checkpoint_blob = damaged;
-        d.checkpoint_size = sizeof(damaged);
+        d.checkpoint_root = damaged;
         d.checkpoint_op = 512;
         CHECK(replica_open(&replicas[0], &d, error, sizeof(error)) != 0);
         CHECK(strstr(error, "checkpoint") != NULL);
