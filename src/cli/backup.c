@@ -712,8 +712,8 @@ int cli_backup(int argc, char **argv)
         }
         char summary[512];
         int rc = backup_verify_ledger(&contents,
-                                      flags[4].present ? flags[4].u64 : 1048576u,
-                                      flags[5].present ? flags[5].u64 : 16777216u, summary,
+                                      flags[4].present ? flags[4].u64 : 0,
+                                      flags[5].present ? flags[5].u64 : 0, summary,
                                       sizeof(summary));
         backup_contents_free(&contents);
         if (rc != 0) {

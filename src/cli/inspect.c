@@ -613,12 +613,8 @@ static int inspect_checkpoint(struct storage *storage, const struct flag *flags)
         static struct inspect_device device;
         device = (struct inspect_device){.storage = storage};
         struct ledger_config config = {
-                .accounts_max = flags[3].present ? flags[3].u64
-                                : sb->development ? 65536u
-                                                  : 1048576u,
-                .transfers_max = flags[4].present ? flags[4].u64
-                                 : sb->development ? 1048576u
-                                                   : 16777216u,
+                .accounts_max = flags[3].present ? flags[3].u64 : 0,
+                .transfers_max = flags[4].present ? flags[4].u64 : 0,
                 .device = {.context = &device,
                            .read = inspect_device_read,
                            .write = inspect_device_write},

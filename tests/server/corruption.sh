@@ -5,10 +5,14 @@
 #   an older WAL entry damaged  -> refuses to start, names the op and the zone, file untouched
 #   one superblock copy damaged -> starts from another copy
 #   all superblock copies       -> refuses to start, file untouched
-#   current checkpoint damaged  -> refuses to start, names the zone, file untouched
+#   checkpoint root damaged     -> refuses to start, names the block and zone, file untouched
+#   a table block damaged       -> start opens the checkpoint (it reads root, manifest and free
+#                                  set only) but stops on the block at the first read (the
+#                                  journal's replay reads it), naming it; file untouched
 # and, before each start, that `tally inspect` says so: the damage it finds and its exit status
 # (0 intact, 3 damaged but start succeeds, 1 start fails); `inspect --verify` on the intact file.
 set -u
+ulimit -c 0 2>/dev/null # a replica that stops on a damaged block aborts: no core files
 tally=$1; load=$2
 dir=$(mktemp -d /tmp/tally-corrupt.XXXXXX)
 pid=
@@ -50,9 +54,11 @@ stop_kill
 info=$("$tally" inspect --json "$dir/base.tally")
 op_max=$(json "$info" op_max); checkpoint_op=$(json "$info" checkpoint_op)
 headers=$(json "$info" wal_headers_offset); prepares=$(json "$info" wal_prepares_offset)
-grid=$(json "$info" grid_offset); first_block=$(json "$info" checkpoint_first_block)
-manifest=$(json "$info" manifest_block)
+grid=$(json "$info" grid_offset); root=$(json "$info" root_block)
+# The account id tree's (tree 1) first data block: replaying the journal's transfers reads it.
+ids_block=$(grep -o '{"tree":1,[^}]*}' <<<"$info" | grep -o '"first_data_block":[0-9]*' | cut -d: -f2)
 [ "$checkpoint_op" -ge 256 ] && [ "$op_max" -gt "$checkpoint_op" ] && ok || fail "setup: checkpoint_op=$checkpoint_op op_max=$op_max"
+[ -n "$root" ] && [ "$root" -gt 0 ] && [ -n "$ids_block" ] && [ "$ids_block" -gt 0 ] && ok || fail "setup: root=$root ids_block=$ids_block"
 inspect_says "intact" "$dir/base.tally" 0 "^verdict: intact"
 "$tally" inspect --verify "$dir/base.tally" >"$dir/verify.out" 2>&1 && grep -q "^verify: ok at checkpoint op $checkpoint_op: 16 accounts" "$dir/verify.out" &&
   ok || { fail "inspect --verify"; cat "$dir/verify.out"; }
@@ -111,19 +117,30 @@ if start_bg "$dir/f.tally"; then fail "all copies: started"; stop_kill; else
 fi
 [ "$(cksum <"$dir/f.tally")" = "$before" ] && ok || fail "all copies: file changed"
 
-# 5. The current checkpoint: a data block, then the manifest.
-for what in block manifest; do
+# 5. The current checkpoint (64 KiB LSM blocks in the grid): its root block, then a table's
+# data block (the account ids', which the journal's replay reads).
+for what in root table; do
   cp "$dir/base.tally" "$dir/f.tally"
-  address=$first_block; [ $what = manifest ] && address=$manifest
-  flip "$dir/f.tally" $(( grid + (address - 1) * 1048576 + 10 ))
-  if [ $what = block ]; then pattern="^damage: checkpoint grid block $address .*fails its checksum"; else pattern="^damage: .*manifest"; fi
+  address=$root; [ $what = table ] && address=$ids_block
+  flip "$dir/f.tally" $(( grid + (address - 1) * 65536 + 10 ))
+  if [ $what = root ]; then
+    pattern="^damage: checkpoint root block $address is damaged: checksum mismatch .*\(zone grid\); a single replica cannot start without it"
+    message="^error: .*not valid \(zone grid\).*grid block $address \(root\): checksum mismatch"
+  else
+    pattern="^damage: checkpoint grid block $address \(table data of tree 1\) is damaged: checksum mismatch .*\(zone grid\)"
+    message="error.*the state cannot be read: .*grid block $address \(table data\): checksum mismatch"
+  fi
   inspect_says "checkpoint $what" "$dir/f.tally" 1 "$pattern"
   before=$(cksum <"$dir/f.tally")
   if start_bg "$dir/f.tally"; then fail "checkpoint $what: started"; stop_kill; else
-    grep -q "^error: .*corrupt (zone grid" "$dir/log" && ok || { fail "checkpoint $what: message"; cat "$dir/log"; }
+    grep -qE "$message" "$dir/log" && ok || { fail "checkpoint $what: message"; cat "$dir/log"; }
   fi
   [ "$(cksum <"$dir/f.tally")" = "$before" ] && ok || fail "checkpoint $what: file changed"
 done
+# inspect --verify does not run on a damaged checkpoint (the ledger would stop on the block).
+"$tally" inspect --verify "$dir/f.tally" >"$dir/verify.out" 2>&1; rc=$?
+[ $rc -eq 1 ] && grep -q "^verify: not run, the checkpoint is damaged" "$dir/verify.out" && ok ||
+  { fail "inspect --verify on a damaged table block: exit $rc"; cat "$dir/verify.out"; }
 
 # 6. The undamaged file still recovers everything.
 if start_bg "$dir/base.tally"; then
