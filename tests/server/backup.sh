@@ -10,7 +10,7 @@
 # transfers byte for byte in timestamp order, accounts equal with balances summed from them),
 # and the restored data files give the same digest at the checkpoint op. Then the restored
 # clusters take writes. Also: a backup without the key, or with the wrong one, fails with a
-# clear error; a damaged backup file is refused by restore, naming the chunk.
+# clear error; a damaged backup file is refused by restore, naming the block.
 # Bounded: every wait has a limit; the script kills what it started. Last line: "N passed,
 # N failed".
 set -u
@@ -126,11 +126,13 @@ mv "$out/b1.tbk" "$dir/b1.tbk" 2>/dev/null
 op=$(sed -n 's/^backup: copied checkpoint op \([0-9]*\) .*/\1/p' "$dir/b1.out")
 ts=$(sed -n 's/^backup: copied checkpoint op [0-9]* timestamp \([0-9]*\) .*/\1/p' "$dir/b1.out")
 
-# Restore into 3 and 1 replicas; a damaged copy is refused first.
+# Restore into 3 and 1 replicas; a damaged copy is refused first. The file: a 4 KiB header, a
+# 16-byte checksum per block, then the blocks (64 KiB each): a byte of block 2 is damaged.
+blocks=$(sed -n 's/^backup: copied .* bytes, \([0-9]*\) blocks, .*/\1/p' "$dir/b1.out")
 cp "$dir/b1.tbk" "$dir/damaged.tbk"
-printf 'X' | dd of="$dir/damaged.tbk" bs=1 seek=$((4096 + 16 * 40 + 3000000)) conv=notrunc 2>/dev/null
+printf 'X' | dd of="$dir/damaged.tbk" bs=1 seek=$((4096 + 16 * ${blocks:-0} + 2 * 65536 + 3000)) conv=notrunc 2>/dev/null
 "$tally" restore --replica-count=1 --development "$dir/damaged.tbk" "$dir/damaged" >"$dir/damaged.out" 2>&1
-rc=$?; if [ $rc -eq 1 ] && grep -q "chunk 2 of .* fails its checksum" "$dir/damaged.out" && [ ! -e "$dir/damaged/0_0.tally" ]; then
+rc=$?; if [ $rc -eq 1 ] && grep -q "block 2 of $blocks .* fails its checksum" "$dir/damaged.out" && [ ! -e "$dir/damaged/0_0.tally" ]; then
   pass "restore of a damaged backup refused: $(head -1 "$dir/damaged.out" | cut -c1-110)"
 else fail "damaged backup: rc=$rc $(head -2 "$dir/damaged.out")"; fi
 for n in 3 1; do
