@@ -1329,6 +1329,29 @@ int replica_checkpoint_sessions(const uint8_t *image, uint64_t size,
         return 0;
 }
 
+int replica_checkpoint_legacy(const uint8_t *blob, uint64_t size, uint8_t *user,
+                              uint32_t *user_size, const uint8_t **ledger_part,
+                              uint64_t *ledger_size)
+{
+        struct checkpoint_header header;
+        if (size < LEDGER_CHECKPOINT_ALIGN)
+                return -1;
+        memcpy(&header, blob, sizeof(header));
+        if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 || header.version != 1 ||
+            header.session_count != REPLICA_CLIENTS_MAX ||
+            header.reserved_0 != size - LEDGER_CHECKPOINT_ALIGN)
+                return -1; /* format 1 kept the ledger part's size where reserved_0 is */
+        header.version = CHECKPOINT_VERSION;
+        header.reserved_0 = 0;
+        memcpy(user, &header, sizeof(header));
+        memcpy(user + sizeof(header), blob + sizeof(header),
+               REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session));
+        *user_size = CHECKPOINT_USER_SIZE;
+        *ledger_part = blob + LEDGER_CHECKPOINT_ALIGN;
+        *ledger_size = size - LEDGER_CHECKPOINT_ALIGN;
+        return 0;
+}
+
 struct install_context {
         struct message **replies;
 };
