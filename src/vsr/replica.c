@@ -640,6 +640,21 @@ void replica_on_connection_closed(struct replica *r, replica_connection connecti
 void replica_tick(struct replica *r)
 {
         replication_tick(r);
+        /*
+         * Once a second: the ledger grows the data file as it writes, and a write that finds
+         * no room cannot be undone, so writes are refused while the file system lacks room
+         * for the next growth steps, before any write can fail.
+         */
+        if (!r->disk_full && r->env.storage_room != NULL &&
+            r->tick >= r->disk_full_check_tick + 100) {
+                r->disk_full_check_tick = r->tick;
+                if (!r->env.storage_room(r->env.context)) {
+                        log_error("refusing writes: the data file cannot grow much further (its "
+                                  "file system is almost full); lookups and queries go on");
+                        r->disk_full = true;
+                        r->disk_full_logged_tick = r->tick;
+                }
+        }
         /* Refusing writes for lack of space: once a second, see whether there is room again. */
         if (r->disk_full && r->tick >= r->disk_full_check_tick + 100) {
                 r->disk_full_check_tick = r->tick;
