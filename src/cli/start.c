@@ -20,6 +20,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define TICK_NS 10000000ull
@@ -196,11 +197,70 @@ static bool read_prepare(void *context, uint32_t slot, const struct wire_header 
         return storage_read_prepare(&s->storage, slot, header, into);
 }
 
+/*
+ * A format 1 data file (storage.h): its checkpoint blob is read whole, loaded into the ledger's
+ * trees (written above the old grid blocks, which stay intact until the converted checkpoint
+ * is durable), checkpointed as a root, and the superblock rewritten as format 2, all before
+ * anything is served. A crash in the middle leaves the format 1 file as it was.
+ */
+static int convert_legacy(struct server *s, char *error, size_t error_size)
+{
+        struct storage *st = &s->storage;
+        const struct superblock *sb = &st->superblock;
+        uint8_t *blob = NULL;
+        uint64_t size = 0;
+        if (storage_legacy_read_checkpoint(st, &blob, &size, error, error_size) != 0)
+                return -1;
+        struct storage_checkpoint_request request;
+        memset(&request, 0, sizeof(request));
+        if (blob != NULL) {
+                static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
+                uint32_t user_size = 0;
+                const uint8_t *part = NULL;
+                uint64_t part_size = 0;
+                if (replica_checkpoint_legacy(blob, size, user, &user_size, &part,
+                                              &part_size) != 0) {
+                        snprintf(error, error_size, "format 1 checkpoint has no valid session "
+                                 "table (zone grid)");
+                        free(blob);
+                        return -1;
+                }
+                ledger_grid_reserve(s->ledger, storage_legacy_grid_blocks(st));
+                struct ledger_memory_reader reader = {.data = part, .size = part_size};
+                struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
+                int rc = ledger_checkpoint_read(s->ledger, &stream);
+                struct lsm_block_ref root = {0};
+                if (rc == 0 && !ledger_checkpoint(s->ledger, user, user_size, &root))
+                        rc = -1;
+                free(blob);
+                if (rc != 0) {
+                        snprintf(error, error_size, "format 1 checkpoint does not convert "
+                                 "(zone grid)");
+                        return -1;
+                }
+                struct ledger_stats stats;
+                ledger_get_stats(s->ledger, &stats);
+                request.op = sb->checkpoint_op;
+                request.prepare_checksum = sb->checkpoint_prepare_checksum;
+                request.timestamp = sb->checkpoint_timestamp;
+                request.root_address = root.address;
+                request.root_checksum = root.checksum;
+                request.blocks = stats.grid_blocks_used;
+                request.grid_address_max = stats.grid_address_max;
+        }
+        if (storage_legacy_convert(st, &request, error, error_size) != 0)
+                return -1;
+        ledger_checkpoint_durable(s->ledger);
+        return 0;
+}
+
 /* Rebuilds the state from the data file: the checkpoint, then the journal after it. */
 static int recover(struct server *s, char *error, size_t error_size)
 {
-        const struct superblock *sb = &s->storage.superblock;
         uint64_t started = io_monotonic_ns();
+        if (s->storage.legacy && convert_legacy(s, error, error_size) != 0)
+                return -1;
+        const struct superblock *sb = &s->storage.superblock;
         struct replica_durable durable = {
                 .view_state = {
                         .view = sb->view,

@@ -189,6 +189,9 @@ int ledger_root_user(const uint8_t *root_block, void *user, uint32_t *user_size)
 int ledger_hold(struct ledger *ledger);
 void ledger_unhold(struct ledger *ledger);
 
+/* Grid addresses 1..blocks stay untouched until the next durable checkpoint (conversions). */
+void ledger_grid_reserve(struct ledger *ledger, uint64_t blocks);
+
 /* A stream reading a checkpoint from memory: {.read = ledger_memory_read, .context = &r}. */
 struct ledger_memory_reader {
         const uint8_t *data;

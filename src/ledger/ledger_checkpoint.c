@@ -258,7 +258,19 @@ static const char *read_v2(struct ledger *ledger, struct ledger_stream *stream,
 {
         if ((h->flags & ~OLD_FLAG_STABLE_UNCHECKSUMMED) != 0) return "unknown flags";
         bool stable = (h->flags & OLD_FLAG_STABLE_UNCHECKSUMMED) != 0;
-        if (old_section(stream, sum, false, NULL, 0) != 0) return "bad padding after the header";
+        {
+                /* The header's 64 bytes are read; zeros pad it to LEDGER_CHECKPOINT_ALIGN. */
+                uint8_t scratch[4096];
+                for (uint64_t left = LEDGER_CHECKPOINT_ALIGN - sizeof(*h); left > 0;) {
+                        size_t piece = MIN(sizeof(scratch), left);
+                        if (stream->read(stream->context, scratch, piece) != 0)
+                                return "read failed";
+                        checksum_stream_add(sum, scratch, piece);
+                        for (size_t i = 0; i < piece; i++)
+                                if (scratch[i] != 0) return "bad padding after the header";
+                        left -= piece;
+                }
+        }
         const char *why = NULL;
         struct wire_account *accounts = malloc((size_t)h->account_count * 128 + 1);
         struct wire_transfer *transfers = malloc((size_t)h->transfer_count * 128 + 1);

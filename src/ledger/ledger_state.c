@@ -769,3 +769,8 @@ void ledger_unhold(struct ledger *ledger)
 {
         lsm_grid_unhold(&ledger->grid);
 }
+
+void ledger_grid_reserve(struct ledger *ledger, uint64_t blocks)
+{
+        lsm_grid_reserve_below(&ledger->grid, blocks);
+}

@@ -124,9 +124,15 @@ void lsm_grid_deinit(struct lsm_grid *grid)
         memset(grid, 0, sizeof(*grid));
 }
 
+void lsm_grid_reserve_below(struct lsm_grid *grid, uint64_t count)
+{
+        grid->acquire_floor = MIN(count, grid->block_count_max);
+}
+
 uint64_t lsm_grid_acquire(struct lsm_grid *grid)
 {
-        for (uint64_t a = grid->acquire_hint; a <= grid->block_count_max; a++) {
+        for (uint64_t a = MAX(grid->acquire_hint, grid->acquire_floor + 1);
+             a <= grid->block_count_max; a++) {
                 if ((a % 64) == 0 && grid->used[a / 64] == UINT64_MAX) {
                         a += 63; /* a whole word in use */
                         continue;
@@ -155,6 +161,7 @@ void lsm_grid_release(struct lsm_grid *grid, uint64_t address)
 
 void lsm_grid_checkpoint(struct lsm_grid *grid)
 {
+        grid->acquire_floor = 0;
         uint64_t words = (grid->block_count_max + 1 + 63) / 64;
         for (uint64_t w = 0; w < words; w++) {
                 uint64_t freed = grid->released[w];

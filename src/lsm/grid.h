@@ -128,6 +128,7 @@ struct lsm_grid {
          */
         uint64_t *held;
         uint64_t acquire_hint; /* no free address below it */
+        uint64_t acquire_floor; /* addresses up to it are not handed out (lsm_grid_reserve_below) */
         uint64_t used_count;
         uint64_t address_max; /* the highest address ever acquired (the file's extent) */
         /* Cache. */
@@ -152,6 +153,12 @@ void lsm_grid_deinit(struct lsm_grid *grid);
 
 /* The lowest free address, now in use; 0 if the grid is full. */
 uint64_t lsm_grid_acquire(struct lsm_grid *grid);
+/*
+ * Addresses 1..`count` are not handed out until the next checkpoint is durable (they hold
+ * something else meanwhile: a data file being converted from format 1 keeps its old
+ * checkpoint there until the new one replaces it). Survives lsm_grid_free_set_clear.
+ */
+void lsm_grid_reserve_below(struct lsm_grid *grid, uint64_t count);
 /* The block will be free after the next checkpoint. */
 void lsm_grid_release(struct lsm_grid *grid, uint64_t address);
 /* A checkpoint is durable: released blocks become free (or held, see lsm_grid_hold). */

@@ -372,7 +372,8 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
                 return STORAGE_ERROR_CORRUPT;
         }
         const struct superblock *sb = &copies[best];
-        if (sb->format_version != STORAGE_FORMAT_VERSION) {
+        bool legacy = sb->format_version == STORAGE_FORMAT_VERSION_LEGACY && writer;
+        if (sb->format_version != STORAGE_FORMAT_VERSION && !legacy) {
                 /* Name both versions and the way forward: an operator meets this in an
                  * upgrade or a downgrade, never by accident. */
                 snprintf(error, error_size,
@@ -400,11 +401,15 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
                                  path);
         }
         storage->superblock = *sb;
+        storage->legacy = legacy;
         storage->fd = fd;
         storage->open_file = open_file_add(&st);
         /* Bulk writes only; a reader has none. */
         storage->fd_direct = writer ? open(path, O_RDWR | O_CLOEXEC | O_DIRECT) : -1;
         storage->grid_block_count = sb->grid_size / GRID_BLOCK_SIZE;
+        if (legacy)
+                log_info("data file has format version %u: converting it to version %u path=%s",
+                         STORAGE_FORMAT_VERSION_LEGACY, STORAGE_FORMAT_VERSION, path);
         return STORAGE_OK;
 }
 
@@ -962,3 +967,135 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
         return true;
 }
 
+
+/* ---- format 1 ------------------------------------------------------------------------------ */
+
+struct legacy_manifest_header {
+        char magic[8];
+        uint32_t entry_count;
+        uint32_t reserved;
+        uint64_t blob_size;
+        uint64_t checkpoint_op;
+};
+
+struct legacy_manifest_entry {
+        uint64_t address; /* 1-based, in 1 MiB blocks */
+        uint32_t size;
+        uint32_t reserved;
+        u128 checksum;
+};
+
+uint64_t storage_legacy_grid_blocks(const struct storage *storage)
+{
+        return storage->superblock.grid_size / GRID_BLOCK_SIZE;
+}
+
+int storage_legacy_read_checkpoint(struct storage *storage, uint8_t **blob_out, uint64_t *size_out,
+                                   char *error, size_t error_size)
+{
+        const struct superblock *sb = &storage->superblock;
+        *blob_out = NULL;
+        *size_out = 0;
+        if (sb->root_address == 0)
+                return 0;
+        uint64_t legacy_blocks = sb->grid_size / STORAGE_LEGACY_BLOCK_SIZE;
+        uint32_t manifest_size = sb->grid_syncing;
+        uint64_t blob_size = sb->checkpoint_blocks;
+        if (sb->root_address > legacy_blocks || manifest_size < sizeof(struct legacy_manifest_header) ||
+            manifest_size > STORAGE_LEGACY_BLOCK_SIZE) {
+                snprintf(error, error_size, "format 1 superblock names an impossible manifest "
+                         "(zone grid)");
+                return -1;
+        }
+        uint8_t *manifest = malloc(manifest_size);
+        uint8_t *blob = malloc(blob_size + 1);
+        int result = -1;
+        if (manifest == NULL || blob == NULL) {
+                snprintf(error, error_size, "out of memory for a format 1 checkpoint of %llu "
+                         "bytes", (unsigned long long)blob_size);
+                goto done;
+        }
+        uint64_t base = sb->grid_offset;
+        if (read_exact(storage->fd, manifest, manifest_size,
+                       base + (sb->root_address - 1) * STORAGE_LEGACY_BLOCK_SIZE) != 0 ||
+            checksum(manifest, manifest_size) != sb->root_checksum) {
+                snprintf(error, error_size, "format 1 checkpoint manifest is corrupt (zone grid)");
+                goto done;
+        }
+        struct legacy_manifest_header header;
+        memcpy(&header, manifest, sizeof(header));
+        if (sizeof(header) + (uint64_t)header.entry_count * sizeof(struct legacy_manifest_entry) !=
+            manifest_size) {
+                snprintf(error, error_size, "format 1 checkpoint manifest has an impossible size");
+                goto done;
+        }
+        uint64_t offset = 0;
+        for (uint32_t i = 0; i < header.entry_count; i++) {
+                struct legacy_manifest_entry e;
+                memcpy(&e, manifest + sizeof(header) + i * sizeof(e), sizeof(e));
+                if (e.address == 0 || e.address > legacy_blocks ||
+                    e.size > STORAGE_LEGACY_BLOCK_SIZE || offset + e.size > blob_size ||
+                    read_exact(storage->fd, blob + offset, e.size,
+                               base + (e.address - 1) * STORAGE_LEGACY_BLOCK_SIZE) != 0 ||
+                    checksum(blob + offset, e.size) != e.checksum) {
+                        snprintf(error, error_size, "format 1 checkpoint block %u is corrupt "
+                                 "(zone grid)", i);
+                        goto done;
+                }
+                offset += e.size;
+        }
+        if (offset != blob_size) {
+                snprintf(error, error_size, "format 1 checkpoint is %llu bytes, its manifest "
+                         "covers %llu (zone grid)",
+                         (unsigned long long)blob_size, (unsigned long long)offset);
+                goto done;
+        }
+        *blob_out = blob;
+        *size_out = blob_size;
+        blob = NULL;
+        result = 0;
+done:
+        free(manifest);
+        free(blob);
+        return result;
+}
+
+int storage_legacy_convert(struct storage *storage,
+                           const struct storage_checkpoint_request *request, char *error,
+                           size_t error_size)
+{
+        tally_assert(storage->legacy && request->reply_count == 0);
+        uint64_t ahead = request->grid_address_max + STORAGE_GRID_GROWTH_BYTES / GRID_BLOCK_SIZE;
+        int rc = grid_grow(storage, MIN(ahead, (uint64_t)GRID_BLOCKS_MAX));
+        if (rc != 0) {
+                snprintf(error, error_size, "cannot grow the grid to convert it: %s",
+                         strerror(rc));
+                return -1;
+        }
+        if (fdatasync(storage->fd) != 0) {
+                snprintf(error, error_size, "cannot sync the data file: %s", strerror(errno));
+                return -1;
+        }
+        struct superblock next = storage->superblock;
+        next.format_version = STORAGE_FORMAT_VERSION;
+        next.sequence++;
+        next.checkpoint_op = request->op;
+        next.checkpoint_prepare_checksum = request->prepare_checksum;
+        next.checkpoint_timestamp = request->timestamp;
+        next.checkpoint_blocks = request->blocks;
+        next.root_address = request->root_address;
+        next.root_checksum = request->root_checksum;
+        next.grid_syncing = 0;
+        next.grid_size = storage->grid_block_count * GRID_BLOCK_SIZE;
+        next.file_size = next.grid_offset + next.grid_size;
+        if (superblock_write_all(storage->fd, &next, error, error_size) != 0)
+                return -1;
+        next.copy = 0;
+        next.checksum = superblock_checksum(&next);
+        storage->superblock = next;
+        storage->legacy = false;
+        log_info("data file converted to format version %u checkpoint_op=%llu root=%llu",
+                 STORAGE_FORMAT_VERSION, (unsigned long long)request->op,
+                 (unsigned long long)request->root_address);
+        return 0;
+}

@@ -36,6 +36,15 @@
 #define SUPERBLOCK_COPIES 4u
 #define SUPERBLOCK_COPY_SIZE 4096u
 #define STORAGE_FORMAT_VERSION 2u
+/*
+ * Format 1 (until 2026-12): the ledger's whole state as one blob in 1 MiB grid blocks named by a
+ * manifest block; the other zones are laid out as in format 2, and the superblock's fields
+ * sit where format 2's do (checkpoint_blocks held the blob's size, root_address the manifest's
+ * block, root_checksum its checksum, grid_syncing its size). `start` converts such a file in
+ * place (storage->legacy; storage_legacy_*).
+ */
+#define STORAGE_FORMAT_VERSION_LEGACY 1u
+#define STORAGE_LEGACY_BLOCK_SIZE (1u << 20)
 #define STORAGE_WAL_SLOTS_DEFAULT 1024u
 #define STORAGE_WAL_SLOTS_DEVELOPMENT 256u
 #define STORAGE_CLIENTS_MAX 64u
@@ -207,6 +216,8 @@ struct storage {
          * the next checkpoint tries again. The replica refuses writes meanwhile.
          */
         bool no_space;
+        /* Format 1, opened for writing: to be converted before anything else (see above). */
+        bool legacy;
         uint64_t grid_block_count; /* blocks the file holds now */
         uint64_t grid_blocks_read;
         uint64_t grid_blocks_written;
@@ -288,6 +299,20 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
 struct lsm_device storage_grid_device(struct storage *storage);
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block);
 int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t *block);
+
+/*
+ * Format 1 conversion, synchronous (start-up only). storage_legacy_read_checkpoint: the blob,
+ * whole, in malloc'ed memory (*blob NULL and 0 when there is no checkpoint); 0 or -1.
+ * storage_legacy_grid_blocks: the 64 KiB blocks format 1's grid covers (the conversion writes
+ * above them). storage_legacy_convert: makes the converted state durable: syncs the grid, then
+ * writes every superblock copy as format 2 naming the request's root; 0 or -1.
+ */
+int storage_legacy_read_checkpoint(struct storage *storage, uint8_t **blob, uint64_t *size,
+                                   char *error, size_t error_size);
+uint64_t storage_legacy_grid_blocks(const struct storage *storage);
+int storage_legacy_convert(struct storage *storage,
+                           const struct storage_checkpoint_request *request, char *error,
+                           size_t error_size);
 
 /* Recovery, synchronous (start-up only): 0 or a negative value with a message naming the zone. */
 int storage_read_reply(struct storage *storage, uint32_t slot, struct message *message,

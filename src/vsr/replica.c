@@ -640,6 +640,21 @@ void replica_on_connection_closed(struct replica *r, replica_connection connecti
 void replica_tick(struct replica *r)
 {
         replication_tick(r);
+        /*
+         * Once a second: the ledger grows the data file as it writes, and a write that finds
+         * no room cannot be undone, so writes are refused while the file system lacks room
+         * for the next growth steps, before any write can fail.
+         */
+        if (!r->disk_full && r->env.storage_room != NULL &&
+            r->tick >= r->disk_full_check_tick + 100) {
+                r->disk_full_check_tick = r->tick;
+                if (!r->env.storage_room(r->env.context)) {
+                        log_error("refusing writes: the data file cannot grow much further (its "
+                                  "file system is almost full); lookups and queries go on");
+                        r->disk_full = true;
+                        r->disk_full_logged_tick = r->tick;
+                }
+        }
         /* Refusing writes for lack of space: once a second, see whether there is room again. */
         if (r->disk_full && r->tick >= r->disk_full_check_tick + 100) {
                 r->disk_full_check_tick = r->tick;
@@ -1326,6 +1341,29 @@ int replica_checkpoint_sessions(const uint8_t *image, uint64_t size,
                 sessions[i].reply_checksum = c.reply_checksum;
                 sessions[i].client = c.client;
         }
+        return 0;
+}
+
+int replica_checkpoint_legacy(const uint8_t *blob, uint64_t size, uint8_t *user,
+                              uint32_t *user_size, const uint8_t **ledger_part,
+                              uint64_t *ledger_size)
+{
+        struct checkpoint_header header;
+        if (size < LEDGER_CHECKPOINT_ALIGN)
+                return -1;
+        memcpy(&header, blob, sizeof(header));
+        if (memcmp(header.magic, CHECKPOINT_MAGIC, 8) != 0 || header.version != 1 ||
+            header.session_count != REPLICA_CLIENTS_MAX ||
+            header.reserved_0 != size - LEDGER_CHECKPOINT_ALIGN)
+                return -1; /* format 1 kept the ledger part's size where reserved_0 is */
+        header.version = CHECKPOINT_VERSION;
+        header.reserved_0 = 0;
+        memcpy(user, &header, sizeof(header));
+        memcpy(user + sizeof(header), blob + sizeof(header),
+               REPLICA_CLIENTS_MAX * sizeof(struct checkpoint_session));
+        *user_size = CHECKPOINT_USER_SIZE;
+        *ledger_part = blob + LEDGER_CHECKPOINT_ALIGN;
+        *ledger_size = size - LEDGER_CHECKPOINT_ALIGN;
         return 0;
 }
 

@@ -478,6 +478,14 @@ struct replica_checkpoint_session {
 int replica_checkpoint_sessions(const uint8_t *image, uint64_t size,
                                 struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX]);
 /*
+ * A format 1 checkpoint blob (a header and the session table in its first megabyte, the
+ * ledger's stream after it): this format's checkpoint user bytes for the same sessions
+ * (room for LEDGER_CHECKPOINT_USER_MAX) and where the ledger stream is. 0, or -1 if malformed.
+ */
+int replica_checkpoint_legacy(const uint8_t *blob, uint64_t size, uint8_t *user,
+                              uint32_t *user_size, const uint8_t **ledger_part,
+                              uint64_t *ledger_size);
+/*
  * A checkpoint as state sync and backups copy it, its "image": every block it needs, the root
  * first (ledger_checkpoint_blocks), LSM_BLOCK_SIZE bytes each. Copies `size` bytes at `offset`
  * of the image of `root` into `into`: the bytes copied, or -1 (a block unreadable: logged).
