@@ -548,8 +548,9 @@ bool metrics_ready(const struct metrics_sources *s, char *why, size_t why_size)
         struct ledger_stats ls;
         ledger_get_stats(s->ledger, &ls);
         /* Refused recently, or full now (clients back off, so refusals can pause). */
-        if (refusing_capacity(r) || ls.accounts >= s->accounts_max ||
-            ls.transfers >= s->transfers_max) {
+        /* A limit of 0 is none (start's default since --cache). */
+        if (refusing_capacity(r) || (s->accounts_max != 0 && ls.accounts >= s->accounts_max) ||
+            (s->transfers_max != 0 && ls.transfers >= s->transfers_max)) {
                 snprintf(why, why_size,
                          "refusing writes: ledger capacity exhausted (accounts %llu of %llu, "
                          "transfers %llu of %llu)",
