@@ -19,9 +19,9 @@
  *
  * --verify also checks the invariants of the ledger opened from an intact checkpoint, on the
  * file's own grid (ledger_verify): per ledger debits equal credits, posted and pending; every
- * account's balances equal the sum of its transfers. (--accounts-max / --transfers-max are
- * accepted as start's; a checkpoint's size no longer depends on them.) A violation is a failure (exit 1): no peer would
- * hold anything better.
+ * account's balances equal the sum of its transfers. A violation is a failure (exit 1): no
+ * peer would hold anything better. (--accounts-max / --transfers-max are accepted as start's
+ * limits; a checkpoint no longer depends on them.)
  *
  * It holds a shared lock while it reads, so it refuses a file a running replica holds (naming
  * its pid): a superblock copy or journal entry caught half written would look damaged, and a
@@ -318,7 +318,8 @@ static bool checkpoint_check(struct storage *storage, struct message *reply, str
         }
         struct lsm_block_ref root = {.address = sb->root_address, .checksum = sb->root_checksum};
         int rc = storage_grid_read(storage, root.address, block);
-        const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(block, root, LSM_BLOCK_ROOT);
+        const char *problem = rc != 0 ? strerror(-rc)
+                                      : lsm_block_check(block, root, LSM_BLOCK_ROOT);
         if (problem != NULL) {
                 damage(!cluster, "checkpoint root block %llu is damaged: %s (zone grid); %s",
                        (unsigned long long)root.address, problem, consequence);
@@ -474,7 +475,8 @@ static void print_json(const char *path, enum storage_error rc, const char *erro
                        "\"replica_count\":%u,\"format_version\":%u,\"development\":%s,"
                        "\"caught_up\":%s,\"sequence\":%llu,\"view\":%u,\"commit\":%llu,"
                        "\"checkpoint_op\":%llu,\"checkpoint_blocks\":%llu,"
-                       "\"root_block\":%llu,\"grid_syncing\":%s,\"checkpoint_interval\":%u,\"wal_slot_count\":%u,"
+                       "\"root_block\":%llu,\"grid_syncing\":%s,\"checkpoint_interval\":%u,"
+                       "\"wal_slot_count\":%u,"
                        "\"message_size_max\":%u,\"grid_bytes\":%llu,\"file_bytes\":%llu,"
                        "\"wal_headers_offset\":%llu,\"wal_prepares_offset\":%llu,"
                        "\"client_replies_offset\":%llu,\"grid_offset\":%llu",

@@ -235,7 +235,8 @@ int cli_restore(int argc, char **argv)
         char summary[512];
         bool development = flags[2].present;
         if (backup_verify_ledger(&contents, flags[3].present ? flags[3].u64 : 0,
-                                 flags[4].present ? flags[4].u64 : 0, summary, sizeof(summary)) != 0) {
+                                 flags[4].present ? flags[4].u64 : 0, summary,
+                                 sizeof(summary)) != 0) {
                 cli_error("restore: %s: %s", positional[0], summary);
                 backup_contents_free(&contents);
                 return 1;

@@ -304,8 +304,9 @@ static int recover(struct server *s, char *error, size_t error_size)
  *
  * Cost to this loop per request: one chunk (the whole blocks a message body holds, 960 KiB;
  * one 64 KiB block with --development) read with pread from the data file (usually the page
- * cache), each block checked and the chunk checksummed, or one reply read. The tool keeps BACKUP_WINDOW (4) requests outstanding, so
- * that is the most chunk work queued between two turns of the loop for other traffic.
+ * cache), each block checked and the chunk checksummed, or one reply read. The tool keeps
+ * BACKUP_WINDOW (4) requests outstanding, so that is the most chunk work queued between two
+ * turns of the loop for other traffic.
  */
 static void backup_serve_chunk(struct server *s, bus_connection_id connection,
                                const struct replica_sync_fields *want)
