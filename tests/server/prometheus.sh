@@ -13,7 +13,7 @@
 #   - `promtool check metrics` passes on a scrape taken under load.
 # Prints the scrape cost (Prometheus' scrape_duration_seconds under load, and the replica's
 # own time per metrics page). Then `tally inspect` on the stopped replicas' files: intact and
-# --verify ok; a damaged checkpoint block and journal entry are reported repairable from peers. Installs Debian's `prometheus` package if it is missing (root).
+# --verify ok; a damaged checkpoint root block and journal entry are reported repairable from peers. Installs Debian's `prometheus` package if it is missing (root).
 # Bounded: every wait has a limit; the script kills what it started. Last line: "N passed,
 # N failed".
 set -u
@@ -184,11 +184,12 @@ for i in 0 1 2; do
     { fail "replica $i: inspect --verify exit $rc"; cat "$dir/inspect.out"; }
 done
 info=$("$tally" inspect --json "$dir/0_1.tally")
-grid=$(json "$info" grid_offset); block=$(json "$info" checkpoint_first_block)
-flip "$dir/0_1.tally" $(( grid + (block - 1) * 1048576 + 10 ))
+# The checkpoint's root block (64 KiB grid blocks): start cannot open it and copies a peer's.
+grid=$(json "$info" grid_offset); block=$(json "$info" root_block)
+flip "$dir/0_1.tally" $(( grid + (block - 1) * 65536 + 10 ))
 "$tally" inspect "$dir/0_1.tally" >"$dir/inspect.out" 2>&1; rc=$?
-[ $rc -eq 3 ] && grep -q "^damage: checkpoint grid block $block .*start copies a peer's checkpoint" "$dir/inspect.out" &&
-  pass "replica 1: a damaged checkpoint block is repairable from peers (exit 3)" || { fail "replica 1 damaged block: exit $rc"; cat "$dir/inspect.out"; }
+[ $rc -eq 3 ] && grep -q "^damage: checkpoint root block $block .*start copies a peer's checkpoint" "$dir/inspect.out" &&
+  pass "replica 1: a damaged checkpoint root block is repairable from peers (exit 3)" || { fail "replica 1 damaged block: exit $rc"; cat "$dir/inspect.out"; }
 info=$("$tally" inspect --json "$dir/0_2.tally")
 headers=$(json "$info" wal_headers_offset); op_max=$(json "$info" op_max); slots=$(json "$info" wal_slot_count)
 checkpoint_op=$(json "$info" checkpoint_op)
