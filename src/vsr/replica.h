@@ -401,6 +401,7 @@ struct replica {
                 uint64_t timestamp;
                 uint64_t offset;      /* bytes received */
                 uint8_t *root_block;  /* the root, kept for its session table */
+                uint8_t *block;       /* the block being gathered from chunks */
                 uint64_t replies_missing; /* bit i: session i's reply still to fetch */
                 struct message *replies[REPLICA_CLIENTS_MAX];
                 uint64_t tick;        /* last request, for retries */

@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Whole blocks per chunk. */
+/* Whole blocks per chunk when messages are large; with small messages, part of a block. */
 #define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE)
 
 #define sync_fields replica_sync_fields /* replica.h: `tally backup` speaks them too */
@@ -72,14 +72,28 @@ int64_t replica_image_read(struct replica *r, struct lsm_block_ref root, uint64_
                            uint8_t *into, uint32_t size)
 {
         uint64_t blocks = replica_image_blocks(r, root);
-        if (blocks == 0 || offset % LSM_BLOCK_SIZE != 0 || size % LSM_BLOCK_SIZE != 0)
+        if (blocks == 0)
                 return -1;
-        uint64_t first = offset / LSM_BLOCK_SIZE;
+        uint64_t end = MIN(offset + size, blocks * LSM_BLOCK_SIZE);
         uint32_t done = 0;
-        for (uint64_t i = first; i < blocks && done < size; i++) {
-                if (ledger_block_read(r->ledger, r->image.blocks[i], into + done) != 0)
-                        return -1;
-                done += LSM_BLOCK_SIZE;
+        static uint8_t *scratch;
+        while (offset + done < end) {
+                uint64_t at = offset + done;
+                uint64_t i = at / LSM_BLOCK_SIZE;
+                uint32_t within = (uint32_t)(at % LSM_BLOCK_SIZE);
+                uint32_t piece = (uint32_t)MIN((uint64_t)(LSM_BLOCK_SIZE - within), end - at);
+                if (within == 0 && piece == LSM_BLOCK_SIZE) {
+                        if (ledger_block_read(r->ledger, r->image.blocks[i], into + done) != 0)
+                                return -1;
+                } else {
+                        /* Part of a block (messages smaller than a block): read it whole. */
+                        if (scratch == NULL && (scratch = malloc(LSM_BLOCK_SIZE)) == NULL)
+                                return -1;
+                        if (ledger_block_read(r->ledger, r->image.blocks[i], scratch) != 0)
+                                return -1;
+                        memcpy(into + done, scratch + within, piece);
+                }
+                done += piece;
         }
         return done;
 }
@@ -152,6 +166,7 @@ static void sync_reset(struct replica *r)
 {
         sync_replies_release(r);
         free(r->sync.root_block);
+        free(r->sync.block);
         memset(&r->sync, 0, sizeof(r->sync));
 }
 
@@ -197,13 +212,13 @@ static void serve_chunk(struct replica *r, const struct message *request)
                 .root_address = r->checkpoint_root_durable.address,
                 .root_checksum = r->checkpoint_root_durable.checksum,
         };
-        if (f.offset % LSM_BLOCK_SIZE != 0)
-                return;
         struct message *m = sync_message(r, COMMAND_BLOCK, &f);
         if (m == NULL)
                 return;
-        uint32_t chunk = MIN(SYNC_CHUNK_SIZE, (r->config.request_size_max - WIRE_HEADER_SIZE) /
-                                                      LSM_BLOCK_SIZE * LSM_BLOCK_SIZE);
+        uint32_t body_max = r->config.request_size_max - WIRE_HEADER_SIZE;
+        uint32_t chunk = body_max >= LSM_BLOCK_SIZE ? MIN(SYNC_CHUNK_SIZE, body_max / LSM_BLOCK_SIZE *
+                                                                              LSM_BLOCK_SIZE)
+                                                    : body_max / 4096u * 4096u;
         uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
         int64_t n = size == 0 ? 0 : replica_image_read(r, r->checkpoint_root_durable, f.offset,
                                                        message_body(m), size);
@@ -287,7 +302,7 @@ static void on_block(struct replica *r, struct message *m)
         if (f.offset != r->sync.offset)
                 return;
         uint32_t size = m->header->size - WIRE_HEADER_SIZE;
-        if (size % LSM_BLOCK_SIZE != 0 || f.size % LSM_BLOCK_SIZE != 0 || f.size == 0 ||
+        if (size == 0 || f.size % LSM_BLOCK_SIZE != 0 || f.size == 0 ||
             f.offset + size > f.size) {
                 log_error("state sync: the peer's checkpoint image is malformed bytes=%llu",
                           (unsigned long long)f.size);
@@ -301,9 +316,21 @@ static void on_block(struct replica *r, struct message *m)
                 return;
         }
         const uint8_t *body = message_body(m);
-        for (uint32_t at = 0; at < size; at += LSM_BLOCK_SIZE) {
-                const uint8_t *block = body + at;
-                if (f.offset + at == 0) {
+        if (r->sync.block == NULL && (r->sync.block = malloc(LSM_BLOCK_SIZE)) == NULL) {
+                sync_reset(r);
+                return;
+        }
+        for (uint32_t at = 0; at < size;) {
+                /* Blocks may span messages: gather each whole before installing it. */
+                uint64_t image_at = f.offset + at;
+                uint32_t within = (uint32_t)(image_at % LSM_BLOCK_SIZE);
+                uint32_t piece = MIN(size - at, LSM_BLOCK_SIZE - within);
+                memcpy(r->sync.block + within, body + at, piece);
+                at += piece;
+                if (within + piece < LSM_BLOCK_SIZE)
+                        continue;
+                const uint8_t *block = r->sync.block;
+                if (image_at - within == 0) {
                         /* The root: the one the source named, and our copy of its sessions. */
                         const struct lsm_block_header *h = (const struct lsm_block_header *)block;
                         if (h->address != f.root_address || h->checksum != f.root_checksum) {
