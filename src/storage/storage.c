@@ -378,10 +378,13 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
                  * upgrade or a downgrade, never by accident. */
                 snprintf(error, error_size,
                          "'%s' has data file format version %u; this tally reads format version "
-                         "%u only (%s)",
+                         "%u (and converts version %u) (%s)",
                          path, sb->format_version, STORAGE_FORMAT_VERSION,
+                         STORAGE_FORMAT_VERSION_LEGACY,
                          sb->format_version > STORAGE_FORMAT_VERSION
                                  ? "the file was written by a newer tally: run that one"
+                         : sb->format_version == STORAGE_FORMAT_VERSION_LEGACY
+                                 ? "`tally start` with this tally converts it in place first"
                                  : "the file was written by an older tally: take a `tally "
                                    "backup` of its cluster with that tally, then `tally "
                                    "restore` it with this one");
@@ -544,7 +547,8 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
 }
 
 /* The grid grows by this much at a time (see grid_allocate), plus slack for the manifest. */
-#define STORAGE_GROWTH_ROOM_BYTES (80ull << 20)
+/* Room for one more growth step of the grid, and some slack. */
+#define STORAGE_GROWTH_ROOM_BYTES (STORAGE_GRID_GROWTH_BYTES + (8ull << 20))
 
 bool storage_has_room(struct storage *storage)
 {

@@ -91,7 +91,8 @@ struct superblock {
         uint64_t grid_size; /* bytes of grid currently allocated in the file */
         uint64_t file_size;
         /* The checkpoint: */
-        uint64_t checkpoint_blocks;       /* grid blocks it needs (state sync copies them) */
+        uint64_t checkpoint_blocks;       /* grid blocks in use when it was written (its image is
+                                             at most this: ledger_checkpoint_blocks lists it) */
         uint64_t checkpoint_timestamp;    /* cluster timestamp at checkpoint_op */
         uint64_t root_address;            /* grid block of its root; 0: no checkpoint */
         u128 checkpoint_prepare_checksum; /* of the prepare at checkpoint_op: the chain anchor */
@@ -158,7 +159,7 @@ struct storage_checkpoint_request {
         uint64_t timestamp;
         uint64_t root_address; /* the ledger's root block, already written to the grid */
         u128 root_checksum;
-        uint64_t blocks;        /* blocks the checkpoint needs */
+        uint64_t blocks;        /* grid blocks in use (the image is at most this) */
         uint64_t grid_address_max; /* the highest grid block the ledger uses */
         struct storage_reply_write replies[STORAGE_CLIENTS_MAX];
         uint32_t reply_count;

@@ -72,7 +72,7 @@ struct replica_checkpoint {
         u128 prepare_checksum; /* of the prepare at op: where the hash chain resumes */
         uint64_t timestamp;    /* the cluster timestamp at op */
         struct lsm_block_ref root;
-        uint64_t blocks;           /* grid blocks the checkpoint needs */
+        uint64_t blocks;           /* grid blocks in use (the image is at most this) */
         uint64_t grid_address_max; /* the highest grid block in use */
         struct replica_reply_write replies[REPLICA_CLIENTS_MAX];
         uint32_t reply_count;

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # tests/server/upgrade.sh <tally> <tool dir>: upgrades.
 #
-#   1. Format versions: a data file whose superblock says another format version (older and
-#      newer) is refused by `start` and `inspect` with one error naming both versions, and is
-#      left untouched.
+#   1. Format versions: a data file whose superblock says a format version this tally neither
+#      reads nor converts (0, and 3: newer) is refused by `start` and `inspect` with one error
+#      naming both versions, and is left untouched. (Format 1 files are converted by `start`:
+#      the rolling upgrade below starts from them.)
 #   2. A rolling upgrade of a 3-replica cluster without a cluster key, from an earlier commit
 #      of main (OLD_COMMIT, built here from git history into a temporary directory) to this
 #      build: three old replicas under load from the C load tool (rotating among replicas),
@@ -35,12 +36,12 @@ finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; 
 
 # 1. Another format version.
 "$tally" format --cluster=0 --replica=0 --replica-count=1 --development "$dir/v.tally" 2>/dev/null
-for v in 0 2; do
+for v in 0 3; do
   "$tools/set_format_version" "$dir/v.tally" $v
   before=$(cksum <"$dir/v.tally")
   timeout 20 "$tally" start --addresses=127.0.0.1:1 "$dir/v.tally" >"$dir/v.out" 2>&1; rc=$?
   timeout 20 "$tally" inspect "$dir/v.tally" >"$dir/vi.out" 2>&1; irc=$?
-  if [ $rc -ne 0 ] && [ $irc -ne 0 ] && grep -q "has data file format version $v; this tally reads format version 1 only" "$dir/v.out" &&
+  if [ $rc -ne 0 ] && [ $irc -ne 0 ] && grep -q "has data file format version $v; this tally reads format version 2" "$dir/v.out" &&
      grep -q "format version $v" "$dir/vi.out" && [ "$(cksum <"$dir/v.tally")" = "$before" ]; then
     pass "format version $v refused, file untouched: $(grep -o "has data file.*" "$dir/v.out" | head -1 | cut -c1-160)"
   else fail "format version $v: start rc=$rc inspect rc=$irc: $(tail -1 "$dir/v.out")"; fi
