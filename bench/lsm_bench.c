@@ -174,6 +174,7 @@ int main(int argc, char **argv)
                                 fprintf(stderr, "flush/compact failed: %s\n", grid.error);
                                 return 1;
                         }
+                        lsm_grid_checkpoint_written(&grid);
                         lsm_grid_checkpoint(&grid);
                         bar_worst = MAX(bar_worst, now_s() - bar_start);
                 }
@@ -181,6 +182,7 @@ int main(int argc, char **argv)
         }
         if (!lsm_groove_flush(&groove) || !lsm_groove_compact(&groove))
                 return 1;
+        lsm_grid_checkpoint_written(&grid);
         lsm_grid_checkpoint(&grid);
         fdatasync(fd);
         double elapsed = now_s() - start;

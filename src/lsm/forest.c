@@ -213,6 +213,8 @@ bool lsm_forest_checkpoint(struct lsm_forest *forest, const void *user, uint32_t
                 return false;
         forest->blocks_written_last = grid->stats.writes - written_before;
         *root_ref = forest->root;
+        /* What was released so far is not in this checkpoint; what is released from now on is. */
+        lsm_grid_checkpoint_written(grid);
         return true;
 }
 

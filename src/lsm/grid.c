@@ -86,6 +86,7 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         uint64_t words = (block_count_max + 1 + 63) / 64; /* bit 0 (address 0) stays set */
         grid->used = calloc(words, sizeof(uint64_t));
         grid->released = calloc(words, sizeof(uint64_t));
+        grid->pending = calloc(words, sizeof(uint64_t));
         uint32_t sets = (cache_blocks + LSM_CACHE_WAYS - 1) / LSM_CACHE_WAYS;
         if (sets == 0)
                 sets = 1;
@@ -97,7 +98,8 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         grid->slot_reading = calloc(grid->slot_count, 1);
         grid->set_hand = calloc(sets, sizeof(uint32_t));
         grid->scratch = aligned_alloc(4096, LSM_BLOCK_SIZE);
-        if (grid->used == NULL || grid->released == NULL || grid->slots == NULL ||
+        if (grid->used == NULL || grid->released == NULL || grid->pending == NULL ||
+            grid->slots == NULL ||
             grid->slot_address == NULL || grid->slot_checksum == NULL ||
             grid->slot_referenced == NULL || grid->slot_reading == NULL ||
             grid->set_hand == NULL || grid->scratch == NULL) {
@@ -113,6 +115,7 @@ void lsm_grid_deinit(struct lsm_grid *grid)
 {
         free(grid->used);
         free(grid->released);
+        free(grid->pending);
         free(grid->held);
         free(grid->slots);
         free(grid->slot_address);
@@ -154,9 +157,18 @@ void lsm_grid_release(struct lsm_grid *grid, uint64_t address)
 {
         tally_assert(address > 0 && address <= grid->block_count_max);
         tally_assert(bit_get(grid->used, address));
-        tally_assert(!bit_get(grid->released, address));
+        tally_assert(!bit_get(grid->released, address) && !bit_get(grid->pending, address));
         bit_set(grid->released, address, true);
         grid->stats.released++;
+}
+
+void lsm_grid_checkpoint_written(struct lsm_grid *grid)
+{
+        uint64_t words = (grid->block_count_max + 1 + 63) / 64;
+        for (uint64_t w = 0; w < words; w++) {
+                grid->pending[w] |= grid->released[w];
+                grid->released[w] = 0;
+        }
 }
 
 void lsm_grid_checkpoint(struct lsm_grid *grid)
@@ -164,16 +176,15 @@ void lsm_grid_checkpoint(struct lsm_grid *grid)
         grid->acquire_floor = 0;
         uint64_t words = (grid->block_count_max + 1 + 63) / 64;
         for (uint64_t w = 0; w < words; w++) {
-                uint64_t freed = grid->released[w];
+                uint64_t freed = grid->pending[w];
                 if (freed == 0)
                         continue;
+                grid->pending[w] = 0;
                 if (grid->held != NULL) {
                         grid->held[w] |= freed;
-                        grid->released[w] = 0;
                         continue;
                 }
                 grid->used[w] &= ~freed;
-                grid->released[w] = 0;
                 grid->used_count -= (uint64_t)__builtin_popcountll(freed);
                 uint64_t first = w * 64 + (uint64_t)__builtin_ctzll(freed);
                 if (first < grid->acquire_hint)
@@ -232,7 +243,9 @@ void lsm_grid_free_set_encode(const struct lsm_grid *grid, uint32_t chunk, uint6
         for (uint32_t w = 0; w < LSM_FREE_SET_CHUNK_WORDS; w++) {
                 uint64_t i = first + w;
                 uint64_t held = grid->held != NULL && i < total ? grid->held[i] : 0;
-                words[w] = i < total ? grid->used[i] & ~grid->released[i] & ~held : 0;
+                words[w] = i < total ? grid->used[i] & ~grid->released[i] & ~grid->pending[i] &
+                                               ~held
+                                     : 0;
         }
 }
 
@@ -241,6 +254,7 @@ void lsm_grid_free_set_clear(struct lsm_grid *grid)
         uint64_t total = free_set_words(grid);
         memset(grid->used, 0, total * sizeof(uint64_t));
         memset(grid->released, 0, total * sizeof(uint64_t));
+        memset(grid->pending, 0, total * sizeof(uint64_t));
         free(grid->held);
         grid->held = NULL;
         bit_set(grid->used, 0, true);

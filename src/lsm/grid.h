@@ -123,6 +123,12 @@ struct lsm_grid {
         uint64_t *used;
         uint64_t *released;
         /*
+         * Released before the checkpoint being written: free once it is durable. Blocks
+         * released after it was written are still its own (it names them): they wait in
+         * `released` for the next one.
+         */
+        uint64_t *pending;
+        /*
          * While a checkpoint is held (a backup copies it): blocks freed by later checkpoints stay
          * in use here until the hold ends, so the held checkpoint stays readable. NULL: none.
          */
@@ -161,7 +167,9 @@ uint64_t lsm_grid_acquire(struct lsm_grid *grid);
 void lsm_grid_reserve_below(struct lsm_grid *grid, uint64_t count);
 /* The block will be free after the next checkpoint. */
 void lsm_grid_release(struct lsm_grid *grid, uint64_t address);
-/* A checkpoint is durable: released blocks become free (or held, see lsm_grid_hold). */
+/* A checkpoint was written: the blocks released so far are not in it (see `pending`). */
+void lsm_grid_checkpoint_written(struct lsm_grid *grid);
+/* The last checkpoint written is durable: its pending blocks become free (or held). */
 void lsm_grid_checkpoint(struct lsm_grid *grid);
 /*
  * Keeps every block in use now from being reused until lsm_grid_unhold, through any number of

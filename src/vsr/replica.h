@@ -402,6 +402,9 @@ struct replica {
                 uint64_t offset;      /* bytes received */
                 uint8_t *root_block;  /* the root, kept for its session table */
                 uint8_t *block;       /* the block being gathered from chunks */
+                /* A format 1 replica's checkpoint (a rolling upgrade): its blob, converted here. */
+                bool legacy;
+                uint8_t *legacy_blob;
                 uint64_t replies_missing; /* bit i: session i's reply still to fetch */
                 struct message *replies[REPLICA_CLIENTS_MAX];
                 uint64_t tick;        /* last request, for retries */

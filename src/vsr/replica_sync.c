@@ -167,6 +167,7 @@ static void sync_reset(struct replica *r)
         sync_replies_release(r);
         free(r->sync.root_block);
         free(r->sync.block);
+        free(r->sync.legacy_blob);
         memset(&r->sync, 0, sizeof(r->sync));
 }
 
@@ -271,6 +272,76 @@ static void sync_finish(struct replica *r)
         replica_checkpoint_installed(r, anchor);
 }
 
+static void sync_sessions_known(struct replica *r);
+
+/*
+ * A replica of the previous release (data file format 1, during a rolling upgrade) serves its
+ * checkpoint as one blob: gathered in memory, then loaded into the ledger's trees and
+ * checkpointed as a root here, after which the copy goes on as for a root (replies, install).
+ */
+static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, const uint8_t *body,
+                            uint32_t size)
+{
+        if (size == 0 || f->offset + size > f->size || f->size > (1ull << 36)) {
+                log_error("state sync: the peer's format 1 checkpoint is malformed bytes=%llu",
+                          (unsigned long long)f->size);
+                sync_reset(r);
+                return;
+        }
+        /* Loading it rewrites our grid: the superblock must say so first. */
+        r->grid_syncing = true;
+        if (!r->view_state_durable.grid_syncing) {
+                r->sync.tick = r->tick;
+                return;
+        }
+        if (r->sync.legacy_blob == NULL) {
+                r->sync.legacy = true;
+                r->sync.legacy_blob = malloc(f->size);
+                if (r->sync.legacy_blob == NULL) {
+                        log_error("state sync: no memory for a format 1 checkpoint bytes=%llu",
+                                  (unsigned long long)f->size);
+                        sync_reset(r);
+                        return;
+                }
+        }
+        memcpy(r->sync.legacy_blob + f->offset, body, size);
+        r->sync.offset += size;
+        r->sync.prepare_checksum = f->prepare_checksum;
+        r->sync.timestamp = f->timestamp;
+        if (r->sync.offset < r->sync.size) {
+                request_chunk(r);
+                return;
+        }
+        static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
+        uint32_t user_size = 0;
+        const uint8_t *part = NULL;
+        uint64_t part_size = 0;
+        struct lsm_block_ref root = {0};
+        bool ok = replica_checkpoint_legacy(r->sync.legacy_blob, r->sync.size, user, &user_size,
+                                            &part, &part_size) == 0;
+        if (ok) {
+                struct ledger_memory_reader reader = {.data = part, .size = part_size};
+                struct ledger_stream stream = {.read = ledger_memory_read, .context = &reader};
+                ok = ledger_checkpoint_read(r->ledger, &stream) == 0 &&
+                     ledger_checkpoint(r->ledger, user, user_size, &root);
+        }
+        free(r->sync.legacy_blob);
+        r->sync.legacy_blob = NULL;
+        if (!ok || (r->sync.root_block == NULL &&
+                    (r->sync.root_block = malloc(LSM_BLOCK_SIZE)) == NULL) ||
+            ledger_block_read(r->ledger, root, r->sync.root_block) != 0) {
+                log_error("state sync: the peer's format 1 checkpoint does not convert");
+                sync_reset(r);
+                return;
+        }
+        log_info("state sync: converted a format 1 checkpoint checkpoint_op=%llu bytes=%llu",
+                 (unsigned long long)r->sync.checkpoint_op, (unsigned long long)r->sync.size);
+        r->sync.root = root;
+        r->sync.size = LSM_BLOCK_SIZE; /* what install and the replies' requests look at */
+        r->sync.offset = LSM_BLOCK_SIZE;
+        sync_sessions_known(r);
+}
+
 static void on_block(struct replica *r, struct message *m)
 {
         struct sync_fields f;
@@ -302,6 +373,10 @@ static void on_block(struct replica *r, struct message *m)
         if (f.offset != r->sync.offset)
                 return;
         uint32_t size = m->header->size - WIRE_HEADER_SIZE;
+        if (f.root_address == 0 && f.root_checksum == 0 && f.size > 0) {
+                on_legacy_chunk(r, &f, message_body(m), size);
+                return;
+        }
         if (size == 0 || f.size % LSM_BLOCK_SIZE != 0 || f.size == 0 ||
             f.offset + size > f.size) {
                 log_error("state sync: the peer's checkpoint image is malformed bytes=%llu",
@@ -358,6 +433,12 @@ static void on_block(struct replica *r, struct message *m)
                 request_chunk(r);
                 return;
         }
+        sync_sessions_known(r);
+}
+
+/* Every block is in (or the checkpoint converted): the replies the sessions name, then install. */
+static void sync_sessions_known(struct replica *r)
+{
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
         if (r->sync.root_block == NULL ||
             replica_checkpoint_sessions(r->sync.root_block, LSM_BLOCK_SIZE, sessions) != 0) {
