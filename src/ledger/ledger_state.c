@@ -104,15 +104,15 @@ static int trees_init(struct ledger *ledger)
         ledger->status_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_STATUS, .value_size = sizeof(struct status_value),
                 .key_size = 8, .key_offset = 0, .compare = compare_u64,
-                .table_data_blocks_max = c->table_data_blocks_max};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U64};
         ledger->expiry_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_EXPIRY, .value_size = sizeof(struct expiry_value),
                 .key_size = 16, .key_offset = 0, .compare = compare_expiry,
-                .table_data_blocks_max = c->table_data_blocks_max};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U64_U64};
         ledger->history_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_HISTORY, .value_size = sizeof(struct history_value),
                 .key_size = 24, .key_offset = 0, .compare = compare_history,
-                .table_data_blocks_max = c->table_data_blocks_max};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U128_U64};
         /* A transfer changes at most one status and two history records. */
         if (lsm_tree_init(&ledger->status, "transfers.status", &ledger->status_layout,
                           &ledger->grid, memtable_max) != 0 ||

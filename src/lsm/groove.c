@@ -85,13 +85,15 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
                                             .key_size = 8,
                                             .key_offset = config->timestamp_offset,
                                             .compare = compare_u64,
-                                            .table_data_blocks_max = blocks};
+                                            .table_data_blocks_max = blocks,
+                                            .key_kind = LSM_KEY_U64};
         g->layouts[1] = (struct lsm_layout){.tree = (uint8_t)(config->tree_base + 1),
                                             .value_size = sizeof(struct id_value),
                                             .key_size = 16,
                                             .key_offset = 0,
                                             .compare = compare_u128,
-                                            .table_data_blocks_max = blocks};
+                                            .table_data_blocks_max = blocks,
+                                            .key_kind = LSM_KEY_U128};
         char name[32];
         snprintf(name, sizeof(name), "%s", config->name);
         if (lsm_tree_init(&g->objects, name, &g->layouts[0], grid, config->memtable_max) != 0)
@@ -113,7 +115,8 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
                         .key_size = large ? 24 : 16,
                         .key_offset = 0,
                         .compare = large ? compare_large : compare_small,
-                        .table_data_blocks_max = blocks};
+                        .table_data_blocks_max = blocks,
+                        .key_kind = large ? LSM_KEY_U128_U64 : LSM_KEY_U64_U64};
                 snprintf(name, sizeof(name), "%s.%s", config->name, index->name);
                 if (lsm_tree_init(&g->indexes[i], name, &g->layouts[2 + i], grid,
                                   config->memtable_max) != 0) {

@@ -114,7 +114,7 @@ bool lsm_table_builder_add(struct lsm_table_builder *b, const void *value)
                 return false;
         if (b->data_count > 0) {
                 const uint8_t *last = data_value(layout, b->data, b->data_count - 1);
-                tally_assert(layout->compare(lsm_key_of(layout, last),
+                tally_assert(lsm_key_compare(layout, lsm_key_of(layout, last),
                                              lsm_key_of(layout, value)) < 0);
         }
         memcpy(b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * layout->value_size,
@@ -153,7 +153,7 @@ static uint32_t index_search(const struct lsm_layout *layout, const uint8_t *ind
         uint32_t lo = 0, hi = h->count;
         while (lo < hi) {
                 uint32_t mid = lo + (hi - lo) / 2;
-                if (layout->compare(entries[mid].key_max, key) < 0)
+                if (lsm_key_compare(layout, entries[mid].key_max, key) < 0)
                         lo = mid + 1;
                 else
                         hi = mid;
@@ -169,7 +169,7 @@ static uint32_t data_search(const struct lsm_layout *layout, const uint8_t *bloc
         uint32_t lo = 0, hi = h->count;
         while (lo < hi) {
                 uint32_t mid = lo + (hi - lo) / 2;
-                if (layout->compare(lsm_key_of(layout, data_value(layout, block, mid)), key) < 0)
+                if (lsm_key_compare(layout, lsm_key_of(layout, data_value(layout, block, mid)), key) < 0)
                         lo = mid + 1;
                 else
                         hi = mid;
@@ -185,7 +185,7 @@ bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_
         if (i == h->count)
                 return false;
         const struct lsm_index_entry *entry = &index_entries_const(index_block)[i];
-        if (layout->compare(key, entry->key_min) < 0)
+        if (lsm_key_compare(layout, key, entry->key_min) < 0)
                 return false;
         *data = entry->data;
         return true;
@@ -199,7 +199,7 @@ bool lsm_table_data_find(const struct lsm_layout *layout, const uint8_t *data_bl
         if (j == h->count)
                 return false;
         const uint8_t *value = data_value(layout, data_block, j);
-        if (layout->compare(lsm_key_of(layout, value), key) != 0)
+        if (lsm_key_compare(layout, lsm_key_of(layout, value), key) != 0)
                 return false;
         memcpy(out, value, layout->value_size);
         return true;
@@ -208,7 +208,7 @@ bool lsm_table_data_find(const struct lsm_layout *layout, const uint8_t *data_bl
 int lsm_table_get(struct lsm_grid *grid, const struct lsm_layout *layout,
                   const struct lsm_table_info *table, const void *key, void *out)
 {
-        if (layout->compare(key, table->key_min) < 0 || layout->compare(key, table->key_max) > 0)
+        if (lsm_key_compare(layout, key, table->key_min) < 0 || lsm_key_compare(layout, key, table->key_max) > 0)
                 return 0;
         const uint8_t *index = lsm_grid_read(grid, table->index, LSM_BLOCK_TABLE_INDEX);
         if (index == NULL)
@@ -306,7 +306,7 @@ void lsm_table_cursor_seek(struct lsm_table_cursor *c, const struct lsm_table_in
         }
         /* Reversed: the last value <= key. */
         if (j < c->value_count &&
-            layout->compare(lsm_key_of(layout, data_value(layout, c->block, j)), key) == 0) {
+            lsm_key_compare(layout, lsm_key_of(layout, data_value(layout, c->block, j)), key) == 0) {
                 c->value_index = (int32_t)j;
                 return;
         }

@@ -14,10 +14,25 @@
 
 #include "lsm/grid.h"
 
+#include <string.h>
+
 #define LSM_KEY_SIZE_MAX 32u
 #define LSM_VALUE_SIZE_MAX 256u
 /* Data blocks per table: with 128-byte values a table holds 65,408 values (8 MiB). */
 #define LSM_TABLE_DATA_BLOCKS_MAX 128u
+
+/*
+ * The few key formats the ledger uses, so that the hot loops (binary searches in blocks,
+ * merges, memtable sorts) compare keys inline instead of through `compare`: little-endian
+ * unsigned integers, compared field by field. LSM_KEY_CUSTOM (0) uses `compare` alone.
+ */
+enum lsm_key_kind {
+        LSM_KEY_CUSTOM = 0,
+        LSM_KEY_U64 = 1,      /* key_size 8 */
+        LSM_KEY_U128 = 2,     /* key_size 16 */
+        LSM_KEY_U64_U64 = 3,  /* key_size 16: (u64, u64), the first field first */
+        LSM_KEY_U128_U64 = 4, /* key_size 24: (u128, u64) */
+};
 
 /* How a tree's values are laid out and ordered. */
 struct lsm_layout {
@@ -28,11 +43,80 @@ struct lsm_layout {
         int (*compare)(const void *key_a, const void *key_b);
         /* Data blocks per table, 0: LSM_TABLE_DATA_BLOCKS_MAX (tests make small tables). */
         uint32_t table_data_blocks_max;
+        /* enum lsm_key_kind: must order keys exactly as `compare` does (asserted in tests). */
+        uint8_t key_kind;
 };
 
 static inline const uint8_t *lsm_key_of(const struct lsm_layout *layout, const void *value)
 {
         return (const uint8_t *)value + layout->key_offset;
+}
+
+static inline int lsm_compare_u64_at(const uint8_t *a, const uint8_t *b)
+{
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        return (x > y) - (x < y);
+}
+
+static inline int lsm_compare_u128_at(const uint8_t *a, const uint8_t *b)
+{
+        u128 x, y;
+        memcpy(&x, a, 16);
+        memcpy(&y, b, 16);
+        return (x > y) - (x < y);
+}
+
+/* Orders two keys of `layout`: negative, 0 or positive, as layout->compare does. */
+static inline int lsm_key_compare(const struct lsm_layout *layout, const void *key_a,
+                                  const void *key_b)
+{
+        const uint8_t *a = key_a, *b = key_b;
+        int c;
+        switch (layout->key_kind) {
+        case LSM_KEY_U64:
+                return lsm_compare_u64_at(a, b);
+        case LSM_KEY_U128:
+                return lsm_compare_u128_at(a, b);
+        case LSM_KEY_U64_U64:
+                c = lsm_compare_u64_at(a, b);
+                return c != 0 ? c : lsm_compare_u64_at(a + 8, b + 8);
+        case LSM_KEY_U128_U64:
+                c = lsm_compare_u128_at(a, b);
+                return c != 0 ? c : lsm_compare_u64_at(a + 16, b + 16);
+        default:
+                return layout->compare(a, b);
+        }
+}
+
+/*
+ * The key as three 64-bit words, most significant first, whose lexicographic order is the
+ * key's order (unused words 0). LSM_KEY_CUSTOM keys have no such form: false.
+ */
+static inline bool lsm_key_words(const struct lsm_layout *layout, const void *key_in,
+                                 uint64_t words[3])
+{
+        const uint8_t *key = key_in;
+        words[0] = words[1] = words[2] = 0;
+        switch (layout->key_kind) {
+        case LSM_KEY_U64:
+                memcpy(&words[0], key, 8);
+                return true;
+        case LSM_KEY_U128:
+        case LSM_KEY_U64_U64:
+                /* u128: the high half (bytes 8..15) first; (u64, u64): bytes 0..7 first. */
+                memcpy(&words[0], key + (layout->key_kind == LSM_KEY_U128 ? 8 : 0), 8);
+                memcpy(&words[1], key + (layout->key_kind == LSM_KEY_U128 ? 0 : 8), 8);
+                return true;
+        case LSM_KEY_U128_U64:
+                memcpy(&words[0], key + 8, 8);
+                memcpy(&words[1], key, 8);
+                memcpy(&words[2], key + 16, 8);
+                return true;
+        default:
+                return false;
+        }
 }
 
 /* One data block's entry in a table's index block. */

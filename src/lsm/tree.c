@@ -43,7 +43,7 @@ static uint32_t memtable_slot(const struct lsm_tree *tree, const void *key)
         for (uint32_t probe = 0; probe <= tree->hash_mask; probe++) {
                 uint32_t entry = tree->hash[slot];
                 if (entry == 0 ||
-                    layout->compare(lsm_key_of(layout, memtable_value(tree, entry - 1)), key) == 0)
+                    lsm_key_compare(layout, lsm_key_of(layout, memtable_value(tree, entry - 1)), key) == 0)
                         return slot;
                 slot = (slot + 1) & tree->hash_mask;
         }
@@ -117,7 +117,7 @@ static int compare_positions(const void *a, const void *b, void *context)
 {
         const struct lsm_tree *tree = context;
         const struct lsm_layout *layout = &tree->layout;
-        return layout->compare(lsm_key_of(layout, memtable_value(tree, *(const uint32_t *)a)),
+        return lsm_key_compare(layout, lsm_key_of(layout, memtable_value(tree, *(const uint32_t *)a)),
                                lsm_key_of(layout, memtable_value(tree, *(const uint32_t *)b)));
 }
 
@@ -177,7 +177,7 @@ static uint32_t level_search(const struct lsm_tree *tree, const struct lsm_level
         uint32_t lo = 0, hi = level->count;
         while (lo < hi) {
                 uint32_t mid = lo + (hi - lo) / 2;
-                if (tree->layout.compare(level->tables[mid].key_max, key) < 0)
+                if (lsm_key_compare(&tree->layout, level->tables[mid].key_max, key) < 0)
                         lo = mid + 1;
                 else
                         hi = mid;
@@ -200,7 +200,7 @@ const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, ui
         tally_assert(level >= 1 && level < LSM_LEVELS);
         const struct lsm_level *l = &tree->levels[level];
         uint32_t t = level_search(tree, l, key);
-        if (t == l->count || tree->layout.compare(key, l->tables[t].key_min) < 0)
+        if (t == l->count || lsm_key_compare(&tree->layout, key, l->tables[t].key_min) < 0)
                 return NULL;
         return &l->tables[t];
 }
@@ -237,7 +237,7 @@ void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
         tally_assert(level < LSM_LEVELS);
         struct lsm_level *l = &tree->levels[level];
         if (level > 0 && l->count > 0)
-                tally_assert(tree->layout.compare(l->tables[l->count - 1].key_max,
+                tally_assert(lsm_key_compare(&tree->layout, l->tables[l->count - 1].key_max,
                                                   table->key_min) < 0);
         level_insert(l, l->count, table);
         tree->version++;
@@ -284,8 +284,8 @@ static bool past_bound(const struct lsm_merge *m, const uint8_t *value)
         const struct lsm_layout *layout = &m->tree->layout;
         const uint8_t *key = lsm_key_of(layout, value);
         if (!m->reversed)
-                return m->key_max != NULL && layout->compare(key, m->key_max) > 0;
-        return m->key_min != NULL && layout->compare(key, m->key_min) < 0;
+                return m->key_max != NULL && lsm_key_compare(layout, key, m->key_max) > 0;
+        return m->key_min != NULL && lsm_key_compare(layout, key, m->key_min) < 0;
 }
 
 static void source_settle(struct lsm_merge *m, struct source *s)
@@ -335,7 +335,7 @@ static void source_memtable(struct lsm_merge *m, struct source *s)
         if (start != NULL) { /* first position with key >= start (reversed: > start) */
                 while (lo < hi) {
                         int64_t mid = lo + (hi - lo) / 2;
-                        int c = layout->compare(
+                        int c = lsm_key_compare(layout, 
                                 lsm_key_of(layout, memtable_value(tree, tree->sorted[mid])), start);
                         if (c < 0 || (m->reversed && c == 0))
                                 lo = mid + 1;
@@ -367,8 +367,8 @@ static void source_tables(struct lsm_merge *m, struct source *s, const struct ls
         int32_t lo = 0, hi = (int32_t)count;
         while (start != NULL && lo < hi) {
                 int32_t mid = lo + (hi - lo) / 2;
-                bool before = !m->reversed ? layout->compare(tables[mid].key_max, start) < 0
-                                           : layout->compare(tables[mid].key_min, start) <= 0;
+                bool before = !m->reversed ? lsm_key_compare(layout, tables[mid].key_max, start) < 0
+                                           : lsm_key_compare(layout, tables[mid].key_min, start) <= 0;
                 if (before)
                         lo = mid + 1;
                 else
@@ -400,7 +400,7 @@ static struct source *merge_pick(struct lsm_merge *m)
                         best = s;
                         continue;
                 }
-                int c = layout->compare(lsm_key_of(layout, s->value),
+                int c = lsm_key_compare(layout, lsm_key_of(layout, s->value),
                                         lsm_key_of(layout, best->value));
                 if (m->reversed)
                         c = -c;
@@ -436,7 +436,7 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
                 for (uint32_t i = 0; i < m->count; i++) {
                         struct source *s = &m->sources[i];
                         while (s->value != NULL &&
-                               layout->compare(lsm_key_of(layout, s->value), key) == 0)
+                               lsm_key_compare(layout, lsm_key_of(layout, s->value), key) == 0)
                                 source_advance(m, s);
                 }
                 if (!go_on) {
@@ -593,7 +593,7 @@ void lsm_tree_cursor_next(struct lsm_tree_cursor *c)
         memcpy(key, lsm_key_of(layout, best->value), layout->key_size);
         for (uint32_t i = 0; i < m->count; i++) {
                 struct source *s = &m->sources[i];
-                while (s->value != NULL && layout->compare(lsm_key_of(layout, s->value), key) == 0)
+                while (s->value != NULL && lsm_key_compare(layout, lsm_key_of(layout, s->value), key) == 0)
                         source_advance(m, s);
         }
 }
@@ -604,12 +604,12 @@ void lsm_tree_cursor_seek(struct lsm_tree_cursor *c, const void *key)
         const struct lsm_layout *layout = &c->tree->layout;
         /* Forward: from max(key, key_min); reversed: from min(key, key_max). Never back. */
         if (!m->reversed) {
-                if (m->key_min != NULL && layout->compare(key, m->key_min) <= 0)
+                if (m->key_min != NULL && lsm_key_compare(layout, key, m->key_min) <= 0)
                         return;
                 memcpy(c->bound_min, key, layout->key_size);
                 m->key_min = c->bound_min;
         } else {
-                if (m->key_max != NULL && layout->compare(key, m->key_max) >= 0)
+                if (m->key_max != NULL && lsm_key_compare(layout, key, m->key_max) >= 0)
                         return;
                 memcpy(c->bound_max, key, layout->key_size);
                 m->key_max = c->bound_max;
@@ -619,7 +619,7 @@ void lsm_tree_cursor_seek(struct lsm_tree_cursor *c, const void *key)
                 struct source *s = &m->sources[k];
                 if (s->value == NULL)
                         continue; /* done: nothing further in this direction */
-                int cmp = layout->compare(lsm_key_of(layout, s->value), key);
+                int cmp = lsm_key_compare(layout, lsm_key_of(layout, s->value), key);
                 if (m->reversed ? cmp <= 0 : cmp >= 0)
                         continue;
                 if (s->memtable)
@@ -697,9 +697,9 @@ static void tables_range(const struct lsm_tree *tree, const struct lsm_table_inf
         memcpy(min, tables[0].key_min, LSM_KEY_SIZE_MAX);
         memcpy(max, tables[0].key_max, LSM_KEY_SIZE_MAX);
         for (uint32_t k = 1; k < count; k++) {
-                if (tree->layout.compare(tables[k].key_min, min) < 0)
+                if (lsm_key_compare(&tree->layout, tables[k].key_min, min) < 0)
                         memcpy(min, tables[k].key_min, LSM_KEY_SIZE_MAX);
-                if (tree->layout.compare(tables[k].key_max, max) > 0)
+                if (lsm_key_compare(&tree->layout, tables[k].key_max, max) > 0)
                         memcpy(max, tables[k].key_max, LSM_KEY_SIZE_MAX);
         }
 }
@@ -711,7 +711,7 @@ static void level_overlap(const struct lsm_tree *tree, uint32_t level, const uin
         const struct lsm_level *l = &tree->levels[level];
         uint32_t a = level_search(tree, l, min);
         uint32_t b = a;
-        while (b < l->count && tree->layout.compare(l->tables[b].key_min, max) <= 0)
+        while (b < l->count && lsm_key_compare(&tree->layout, l->tables[b].key_min, max) <= 0)
                 b++;
         *first = a;
         *count = b - a;
@@ -837,7 +837,7 @@ static bool job_pick(struct lsm_tree *tree, bool *fault)
                         uint32_t pick = 0;
                         if (tree->compact_cursor_set[level]) {
                                 while (pick < l->count &&
-                                       tree->layout.compare(l->tables[pick].key_min,
+                                       lsm_key_compare(&tree->layout, l->tables[pick].key_min,
                                                             tree->compact_cursor[level]) <= 0)
                                         pick++;
                                 if (pick == l->count)

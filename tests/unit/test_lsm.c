@@ -154,6 +154,78 @@ static uint64_t rng(void)
         return rng_state;
 }
 
+/* ---- key kinds ---------------------------------------------------------------------------- */
+
+static int sign(int c)
+{
+        return (c > 0) - (c < 0);
+}
+
+static int compare_u128_ref(const void *a, const void *b)
+{
+        u128 x, y;
+        memcpy(&x, a, 16);
+        memcpy(&y, b, 16);
+        return x < y ? -1 : x > y;
+}
+
+static int compare_u64_u64_ref(const void *a, const void *b)
+{
+        int c = compare_u64(a, b);
+        return c != 0 ? c : compare_u64((const uint8_t *)a + 8, (const uint8_t *)b + 8);
+}
+
+static int compare_u128_u64_ref(const void *a, const void *b)
+{
+        int c = compare_u128_ref(a, b);
+        return c != 0 ? c : compare_u64((const uint8_t *)a + 16, (const uint8_t *)b + 16);
+}
+
+static int compare_words(const uint64_t *a, const uint64_t *b)
+{
+        for (uint32_t i = 0; i < 3; i++)
+                if (a[i] != b[i])
+                        return a[i] < b[i] ? -1 : 1;
+        return 0;
+}
+
+/* The inline comparisons and key words of each key kind order keys as its compare does. */
+static void test_key_kinds(void)
+{
+        const struct lsm_layout layouts[] = {
+                {.value_size = 32, .key_size = 8, .compare = compare_u64,
+                 .key_kind = LSM_KEY_U64},
+                {.value_size = 32, .key_size = 16, .compare = compare_u128_ref,
+                 .key_kind = LSM_KEY_U128},
+                {.value_size = 32, .key_size = 16, .compare = compare_u64_u64_ref,
+                 .key_kind = LSM_KEY_U64_U64},
+                {.value_size = 32, .key_size = 24, .compare = compare_u128_u64_ref,
+                 .key_kind = LSM_KEY_U128_U64},
+        };
+        rng_state = 99;
+        uint32_t wrong = 0;
+        for (uint32_t k = 0; k < sizeof(layouts) / sizeof(layouts[0]); k++) {
+                const struct lsm_layout *l = &layouts[k];
+                for (uint32_t i = 0; i < 20000; i++) {
+                        uint8_t a[24], b[24];
+                        for (uint32_t w = 0; w < 3; w++) {
+                                /* Few distinct words, so that equal fields are common. */
+                                uint64_t x = rng() % 3 == 0 ? rng() % 4 : rng();
+                                uint64_t y = rng() % 2 == 0 ? x : rng() % 4;
+                                memcpy(a + 8 * w, &x, 8);
+                                memcpy(b + 8 * w, &y, 8);
+                        }
+                        int expected = sign(l->compare(a, b));
+                        uint64_t wa[3], wb[3];
+                        CHECK(lsm_key_words(l, a, wa) && lsm_key_words(l, b, wb));
+                        if (sign(lsm_key_compare(l, a, b)) != expected ||
+                            compare_words(wa, wb) != expected)
+                                wrong++;
+                }
+        }
+        CHECK_EQ_U64(wrong, 0);
+}
+
 /* ---- block format and free set ------------------------------------------------------------ */
 
 static void test_block_check(void)
@@ -1162,6 +1234,7 @@ static void test_groove(void)
 
 int main(void)
 {
+        TEST_RUN(test_key_kinds);
         TEST_RUN(test_block_check);
         TEST_RUN(test_free_set);
         TEST_RUN(test_table);
