@@ -93,7 +93,9 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
                                             .key_offset = 0,
                                             .compare = compare_u128,
                                             .table_data_blocks_max = blocks,
-                                            .key_kind = LSM_KEY_U128};
+                                            .key_kind = LSM_KEY_U128,
+                                            /* every new id is looked up: most miss */
+                                            .filter = true};
         char name[32];
         snprintf(name, sizeof(name), "%s", config->name);
         if (lsm_tree_init(&g->objects, name, &g->layouts[0], grid, config->memtable_max) != 0)

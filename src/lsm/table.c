@@ -32,6 +32,9 @@ int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_l
                 lsm_table_builder_deinit(builder);
                 return -ENOMEM;
         }
+        if (layout->filter)
+                memset(builder->index + LSM_TABLE_FILTER_OFFSET, 0,
+                       LSM_BLOCK_SIZE - LSM_TABLE_FILTER_OFFSET);
         return 0;
 }
 
@@ -56,6 +59,39 @@ static const uint8_t *data_value(const struct lsm_layout *layout, const uint8_t 
                                  uint32_t index)
 {
         return block + LSM_BLOCK_HEADER_SIZE + (size_t)index * layout->value_size;
+}
+
+/* ---- filter ----------------------------------------------------------------------------- */
+
+static const uint32_t filter_salt[8] = {0x47b6137bu, 0x44974d91u, 0x8824ad5bu, 0xa2b7289du,
+                                        0x705495c7u, 0x2df1424bu, 0x9efc4947u, 0x5c6bfb31u};
+
+static uint32_t *filter_bucket(uint8_t *index_block, uint64_t hash)
+{
+        uint32_t bucket = (uint32_t)(((hash >> 32) * LSM_TABLE_FILTER_BUCKETS) >> 32);
+        return (uint32_t *)(index_block + LSM_TABLE_FILTER_OFFSET +
+                            (size_t)bucket * LSM_TABLE_FILTER_BUCKET_SIZE);
+}
+
+static void filter_add(uint8_t *index_block, uint64_t hash)
+{
+        uint32_t *words = filter_bucket(index_block, hash);
+        for (uint32_t i = 0; i < 8; i++)
+                words[i] |= 1u << (((uint32_t)hash * filter_salt[i]) >> 27);
+}
+
+bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t *index_block,
+                                  const void *key)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
+        if (h->size != LSM_BLOCK_SIZE)
+                return true; /* no filter */
+        uint64_t hash = lsm_key_hash(layout, key);
+        const uint32_t *words = filter_bucket((uint8_t *)index_block, hash);
+        uint32_t missing = 0;
+        for (uint32_t i = 0; i < 8; i++)
+                missing |= ~words[i] & (1u << (((uint32_t)hash * filter_salt[i]) >> 27));
+        return missing == 0;
 }
 
 /* Writes the data block being filled and records it in the index block. */
@@ -95,6 +131,11 @@ static bool table_flush(struct lsm_table_builder *b)
         table.data_block_count = b->index_count;
         uint32_t size = LSM_BLOCK_HEADER_SIZE +
                         b->index_count * (uint32_t)sizeof(struct lsm_index_entry);
+        if (b->layout->filter) {
+                /* Replicas write identical blocks: no stale bytes between index and filter. */
+                memset(b->index + size, 0, LSM_TABLE_FILTER_OFFSET - size);
+                size = LSM_BLOCK_SIZE;
+        }
         table.index = lsm_grid_write(b->grid, b->index, LSM_BLOCK_TABLE_INDEX, b->layout->tree,
                                      b->layout->value_size, b->index_count, size);
         if (table.index.address == 0) {
@@ -103,6 +144,9 @@ static bool table_flush(struct lsm_table_builder *b)
         }
         b->index_count = 0;
         b->table_values = 0;
+        if (b->layout->filter)
+                memset(b->index + LSM_TABLE_FILTER_OFFSET, 0,
+                       LSM_BLOCK_SIZE - LSM_TABLE_FILTER_OFFSET);
         b->on_table(b->context, &table);
         return true;
 }
@@ -119,6 +163,8 @@ bool lsm_table_builder_add(struct lsm_table_builder *b, const void *value)
         }
         memcpy(b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * layout->value_size,
                value, layout->value_size);
+        if (layout->filter)
+                filter_add(b->index, lsm_key_hash(layout, lsm_key_of(layout, value)));
         b->data_count++;
         b->table_values++;
         if (b->data_count == lsm_values_per_block(layout)) {
@@ -181,6 +227,8 @@ bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_
                           const void *key, struct lsm_block_ref *data)
 {
         const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
+        if (!lsm_table_filter_may_contain(layout, index_block, key))
+                return false;
         uint32_t i = index_search(layout, index_block, key);
         if (i == h->count)
                 return false;

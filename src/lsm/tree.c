@@ -18,18 +18,6 @@ static void job_free(struct lsm_tree *tree);
 
 /* ---- memtable --------------------------------------------------------------------------- */
 
-static uint64_t key_hash(const uint8_t *key, uint32_t size)
-{
-        uint64_t h = 0x9E3779B97F4A7C15ull ^ size;
-        for (uint32_t i = 0; i < size; i += 8) {
-                uint64_t word = 0;
-                memcpy(&word, key + i, MIN(8u, size - i));
-                h = (h ^ word) * 0xBF58476D1CE4E5B9ull;
-                h ^= h >> 31;
-        }
-        return h;
-}
-
 static uint8_t *memtable_value(const struct lsm_tree *tree, uint32_t position)
 {
         return tree->memtable + (size_t)position * tree->layout.value_size;
@@ -39,7 +27,7 @@ static uint8_t *memtable_value(const struct lsm_tree *tree, uint32_t position)
 static uint32_t memtable_slot(const struct lsm_tree *tree, const void *key)
 {
         const struct lsm_layout *layout = &tree->layout;
-        uint32_t slot = (uint32_t)key_hash(key, layout->key_size) & tree->hash_mask;
+        uint32_t slot = (uint32_t)lsm_key_hash(layout, key) & tree->hash_mask;
         for (uint32_t probe = 0; probe <= tree->hash_mask; probe++) {
                 uint32_t entry = tree->hash[slot];
                 if (entry == 0 ||

@@ -441,7 +441,31 @@ static void check_against_model(struct lsm_tree *tree, uint32_t probes)
         }
 }
 
+/* The same with inline key comparisons and a key filter in every index block. */
+static const struct lsm_layout layout_small_tables_filtered = {
+        .tree = 8,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+        .table_data_blocks_max = 2,
+        .key_kind = LSM_KEY_U64,
+        .filter = true,
+};
+
+static void tree_model(const struct lsm_layout *tree_layout);
+
 static void test_tree_model(void)
+{
+        tree_model(&layout_small_tables);
+}
+
+static void test_tree_model_filtered(void)
+{
+        tree_model(&layout_small_tables_filtered);
+}
+
+static void tree_model(const struct lsm_layout *tree_layout)
 {
         device_reset();
         memset(model, 0, sizeof(model));
@@ -449,7 +473,7 @@ static void test_tree_model(void)
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0); /* 4 MiB cache */
         struct lsm_tree tree;
-        CHECK(lsm_tree_init(&tree, "model", &layout_small_tables, &grid, 20000) == 0);
+        CHECK(lsm_tree_init(&tree, "model", tree_layout, &grid, 20000) == 0);
         uint64_t version = 0;
         for (uint32_t bar = 0; bar < 60; bar++) {
                 /* Random keys: inserts and overwrites, some repeated within the bar. */
@@ -1239,6 +1263,7 @@ int main(void)
         TEST_RUN(test_free_set);
         TEST_RUN(test_table);
         TEST_RUN(test_tree_model);
+        TEST_RUN(test_tree_model_filtered);
         TEST_RUN(test_tree_paced);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
