@@ -97,6 +97,7 @@ static int trees_init(struct ledger *ledger)
         transfers.memtable_max = memtable_max;
         accounts.table_data_blocks_max = c->table_data_blocks_max;
         transfers.table_data_blocks_max = c->table_data_blocks_max;
+        transfers.objects_insert_only = true; /* a transfer's status lives in its own tree */
         if (lsm_forest_init(&ledger->forest, &ledger->grid) != 0 ||
             lsm_groove_init(&ledger->accounts, &accounts, &ledger->grid) != 0 ||
             lsm_groove_init(&ledger->transfers, &transfers, &ledger->grid) != 0)
@@ -108,11 +109,13 @@ static int trees_init(struct ledger *ledger)
         ledger->expiry_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_EXPIRY, .value_size = sizeof(struct expiry_value),
                 .key_size = 16, .key_offset = 0, .compare = compare_expiry,
-                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U64_U64};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U64_U64,
+                .insert_only = true};
         ledger->history_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_HISTORY, .value_size = sizeof(struct history_value),
                 .key_size = 24, .key_offset = 0, .compare = compare_history,
-                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U128_U64};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U128_U64,
+                .insert_only = true};
         /* A transfer changes at most one status and two history records. */
         if (lsm_tree_init(&ledger->status, "transfers.status", &ledger->status_layout,
                           &ledger->grid, memtable_max) != 0 ||

@@ -86,7 +86,8 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
                                             .key_offset = config->timestamp_offset,
                                             .compare = compare_u64,
                                             .table_data_blocks_max = blocks,
-                                            .key_kind = LSM_KEY_U64};
+                                            .key_kind = LSM_KEY_U64,
+                                            .insert_only = config->objects_insert_only};
         g->layouts[1] = (struct lsm_layout){.tree = (uint8_t)(config->tree_base + 1),
                                             .value_size = sizeof(struct id_value),
                                             .key_size = 16,
@@ -118,7 +119,9 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
                         .key_offset = 0,
                         .compare = large ? compare_large : compare_small,
                         .table_data_blocks_max = blocks,
-                        .key_kind = large ? LSM_KEY_U128_U64 : LSM_KEY_U64_U64};
+                        .key_kind = large ? LSM_KEY_U128_U64 : LSM_KEY_U64_U64,
+                        /* (field, timestamp): unique, never replaced */
+                        .insert_only = true};
                 snprintf(name, sizeof(name), "%s.%s", config->name, index->name);
                 if (lsm_tree_init(&g->indexes[i], name, &g->layouts[2 + i], grid,
                                   config->memtable_max) != 0) {
@@ -182,6 +185,7 @@ void lsm_groove_insert(struct lsm_groove *g, const void *object)
 
 void lsm_groove_update(struct lsm_groove *g, const void *object)
 {
+        tally_assert(!g->config.objects_insert_only);
         tally_assert(timestamp_of(g, object) != 0);
         lsm_tree_put(&g->objects, object);
 }

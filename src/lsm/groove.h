@@ -41,6 +41,8 @@ struct lsm_groove_config {
         struct lsm_groove_index_config indexes[LSM_GROOVE_INDEXES_MAX];
         uint32_t memtable_max;          /* objects per bar */
         uint32_t table_data_blocks_max; /* 0: the default (tests make small tables) */
+        /* Objects are never updated (lsm_groove_update is not used): no memtable hash. */
+        bool objects_insert_only;
 };
 
 struct lsm_groove {

@@ -50,6 +50,12 @@ struct lsm_layout {
          * lookups often miss, like the id maps that every new id is looked up in.
          */
         bool filter;
+        /*
+         * Values are inserted and (almost) never replaced, like index entries whose key holds
+         * the object's unique timestamp: the memtable appends without a hash table and sorts
+         * when it is read or flushed; a key put twice still keeps its newest value.
+         */
+        bool insert_only;
 };
 
 static inline const uint8_t *lsm_key_of(const struct lsm_layout *layout, const void *value)

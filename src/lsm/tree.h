@@ -59,14 +59,23 @@ struct lsm_tree {
         char name[32];
         struct lsm_layout layout;
         struct lsm_grid *grid;
-        /* Memtable: values in arrival order; `hash` maps a key to its position (+1). */
+        /*
+         * Memtable: values in arrival order; `hash` maps a key to its position (+1) in the low
+         * `hash_position_bits`, with the high bits of the key's hash above (a probe compares a
+         * value only when they match). Layouts with insert_only have no hash: lookups binary
+         * search the sorted view.
+         */
         uint8_t *memtable;
         uint32_t memtable_count;
         uint32_t memtable_max;
         uint32_t *hash;
         uint32_t hash_mask;
-        uint32_t *sorted; /* positions in key order, valid while !sorted_dirty */
+        uint32_t hash_position_bits;
+        uint32_t *sorted;      /* positions in key order, valid while !sorted_dirty */
+        uint32_t sorted_count; /* the sorted view's length: one position per key, the newest */
         bool sorted_dirty;
+        bool in_order;         /* every value appended had a larger key than the one before */
+        uint64_t *sort_scratch; /* 2 x memtable_max: (key prefix, position) for a radix sort */
         struct lsm_level levels[LSM_LEVELS];
         uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
         bool compact_cursor_set[LSM_LEVELS];

@@ -453,7 +453,129 @@ static const struct lsm_layout layout_small_tables_filtered = {
         .filter = true,
 };
 
+/* Insert-only memtables (no hash; overwrites still keep the newest), with and without key kind. */
+static const struct lsm_layout layout_small_tables_insert_only = {
+        .tree = 8,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+        .table_data_blocks_max = 2,
+        .key_kind = LSM_KEY_U64,
+        .insert_only = true,
+};
+
+static const struct lsm_layout layout_small_tables_insert_only_custom = {
+        .tree = 8,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+        .table_data_blocks_max = 2,
+        .insert_only = true,
+};
+
 static void tree_model(const struct lsm_layout *tree_layout);
+
+static int compare_u64_qsort(const void *a, const void *b)
+{
+        return compare_u64(a, b);
+}
+
+struct sorted_check {
+        const uint64_t *expect; /* unique keys in order, with the newest version */
+        const uint64_t *version;
+        uint64_t count;
+        uint64_t seen;
+        uint64_t wrong;
+};
+
+static bool sorted_visit(void *context, const void *value)
+{
+        struct sorted_check *c = context;
+        const struct value *v = value;
+        if (c->seen >= c->count || v->key != c->expect[c->seen] || v->version != c->version[c->seen])
+                c->wrong++;
+        c->seen++;
+        return true;
+}
+
+/*
+ * The memtable's sorted view (radix sort on the varying 32 bits, then runs of equal prefixes)
+ * against qsort, for keys whose varying bits span more than 32 bits (out-of-order runs), keys
+ * in order, and repeated keys (the newest kept), in insert-only and hashed memtables.
+ */
+static void test_memtable_sort(void)
+{
+        enum { N = 30000 };
+        static uint64_t keys[N], expect[N], version[N];
+        const struct lsm_layout *layouts[] = {&layout_small_tables_insert_only,
+                                              &layout_small_tables_filtered};
+        for (uint32_t shape = 0; shape < 3; shape++) {
+                for (uint32_t l = 0; l < 2; l++) {
+                        device_reset();
+                        rng_state = 4242 + shape;
+                        struct lsm_grid grid;
+                        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+                        struct lsm_tree tree;
+                        CHECK(lsm_tree_init(&tree, "sort", layouts[l], &grid, N) == 0);
+                        for (uint32_t i = 0; i < N; i++) {
+                                if (shape == 0) /* 50 prefixes, random low bits */
+                                        keys[i] = (rng() % 50) << 45 | (rng() % (1u << 20));
+                                else if (shape == 1) /* in order */
+                                        keys[i] = 1000 + 3ull * i;
+                                else /* few keys, repeated */
+                                        keys[i] = rng() % 5000;
+                                struct value v = value_make(keys[i], i);
+                                lsm_tree_put(&tree, &v);
+                        }
+                        /* Expected: unique keys in order, each with its last version. */
+                        memcpy(expect, keys, sizeof(keys));
+                        qsort(expect, N, sizeof(uint64_t), compare_u64_qsort);
+                        uint64_t unique = 0;
+                        for (uint32_t i = 0; i < N; i++)
+                                if (unique == 0 || expect[unique - 1] != expect[i])
+                                        expect[unique++] = expect[i];
+                        for (uint32_t i = 0; i < N; i++) {
+                                uint64_t lo = 0, hi = unique;
+                                while (lo < hi) {
+                                        uint64_t mid = (lo + hi) / 2;
+                                        if (expect[mid] < keys[i])
+                                                lo = mid + 1;
+                                        else
+                                                hi = mid;
+                                }
+                                version[lo] = i;
+                        }
+                        struct sorted_check check = {.expect = expect, .version = version,
+                                                     .count = unique};
+                        CHECK(lsm_tree_scan(&tree, NULL, NULL, false, sorted_visit, &check) ==
+                              (int64_t)unique);
+                        CHECK_EQ_U64(check.wrong, 0);
+                        /* Lookups through the memtable, then through the flushed table. */
+                        for (uint32_t pass = 0; pass < 2; pass++) {
+                                uint32_t wrong = 0;
+                                for (uint32_t i = 0; i < 2000; i++) {
+                                        uint64_t k = rng() % unique;
+                                        struct value out;
+                                        if (lsm_tree_get(&tree, &expect[k], &out) != 1 ||
+                                            out.version != version[k])
+                                                wrong++;
+                                }
+                                CHECK_EQ_U64(wrong, 0);
+                                CHECK(lsm_tree_flush(&tree));
+                        }
+                        lsm_tree_deinit(&tree);
+                        lsm_grid_deinit(&grid);
+                }
+        }
+}
+
+static void test_tree_model_insert_only(void)
+{
+        tree_model(&layout_small_tables_insert_only);
+        tree_model(&layout_small_tables_insert_only_custom);
+}
 
 static void test_tree_model(void)
 {
@@ -1264,6 +1386,8 @@ int main(void)
         TEST_RUN(test_table);
         TEST_RUN(test_tree_model);
         TEST_RUN(test_tree_model_filtered);
+        TEST_RUN(test_tree_model_insert_only);
+        TEST_RUN(test_memtable_sort);
         TEST_RUN(test_tree_paced);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
