@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static const char *const kind_names[LSM_BLOCK_KIND_COUNT] = {
         "none", "table index", "table data", "manifest", "free set", "root",
@@ -90,7 +91,14 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         if (sets == 0)
                 sets = 1;
         grid->slot_count = sets * LSM_CACHE_WAYS;
-        grid->slots = aligned_alloc(4096, (size_t)grid->slot_count * LSM_BLOCK_SIZE);
+        /* Huge pages: the cache is touched block by block as it fills, and 16 page faults per
+         * 64 KiB block cost more than the copy into it. A hint only. */
+        size_t slots_bytes = (size_t)grid->slot_count * LSM_BLOCK_SIZE;
+        void *slots = NULL;
+        if (posix_memalign(&slots, 2u << 20, slots_bytes) == 0) {
+                grid->slots = slots;
+                (void)madvise(slots, slots_bytes, MADV_HUGEPAGE);
+        }
         grid->slot_address = calloc(grid->slot_count, sizeof(uint64_t));
         grid->slot_checksum = calloc(grid->slot_count, sizeof(u128));
         grid->slot_referenced = calloc(grid->slot_count, 1);
