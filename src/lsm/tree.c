@@ -989,10 +989,48 @@ static bool job_install(struct lsm_tree *tree)
  * nothing below, moved at once (and the search goes on). False when every level is within its
  * budget (or on a fault: grid->error set, *fault).
  */
+static bool ranges_overlap(const struct lsm_tree *tree, const struct lsm_table_info *a,
+                           const struct lsm_table_info *b)
+{
+        return lsm_key_compare(&tree->layout, a->key_min, b->key_max) <= 0 &&
+               lsm_key_compare(&tree->layout, b->key_min, a->key_max) <= 0;
+}
+
+/*
+ * Moves down to level 1, unchanged, each level-0 table whose key range overlaps no other
+ * level-0 table and no level-1 table: it holds the only versions of its keys in both levels,
+ * so nothing newer or older is merged with it. Flushes of keys that only grow (objects by
+ * timestamp, an index of a field with one value) are never rewritten that way.
+ */
+static void level0_move_disjoint(struct lsm_tree *tree)
+{
+        struct lsm_level *zero = &tree->levels[0];
+        for (uint32_t k = 0; k < zero->count;) {
+                const struct lsm_table_info *t = &zero->tables[k];
+                bool alone = true;
+                for (uint32_t o = 0; o < zero->count && alone; o++)
+                        alone = o == k || !ranges_overlap(tree, t, &zero->tables[o]);
+                uint32_t first, overlap;
+                if (alone)
+                        level_overlap(tree, 1, t->key_min, t->key_max, &first, &overlap);
+                if (!alone || overlap > 0) {
+                        k++;
+                        continue;
+                }
+                struct lsm_table_info table = *t;
+                level_remove(zero, k, 1);
+                level_insert(&tree->levels[1], first, &table);
+                tree->stats.tables_moved++;
+                tree->version++;
+        }
+}
+
 static bool job_pick(struct lsm_tree *tree, bool *fault)
 {
         *fault = false;
         struct lsm_level *zero = &tree->levels[0];
+        if (zero->count > LSM_LEVEL0_TABLES_MAX)
+                level0_move_disjoint(tree);
         if (zero->count > LSM_LEVEL0_TABLES_MAX) {
                 if (!job_start(tree, 0, zero->tables, zero->count)) {
                         *fault = true;
