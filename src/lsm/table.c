@@ -33,8 +33,7 @@ int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_l
                 return -ENOMEM;
         }
         if (layout->filter)
-                memset(builder->index + LSM_TABLE_FILTER_OFFSET, 0,
-                       LSM_BLOCK_SIZE - LSM_TABLE_FILTER_OFFSET);
+                memset(builder->index, 0, LSM_BLOCK_SIZE);
         return 0;
 }
 
@@ -63,19 +62,47 @@ static const uint8_t *data_value(const struct lsm_layout *layout, const uint8_t 
 
 /* ---- filter ----------------------------------------------------------------------------- */
 
+uint32_t lsm_table_data_blocks_max(const struct lsm_layout *layout)
+{
+        if (layout->table_data_blocks_max != 0)
+                return layout->table_data_blocks_max;
+        if (!layout->filter)
+                return LSM_TABLE_DATA_BLOCKS_MAX;
+        uint32_t blocks = LSM_TABLE_DATA_BLOCKS_MAX;
+        while (blocks > 1) {
+                uint64_t keys = (uint64_t)blocks * lsm_values_per_block(layout);
+                uint64_t bits = (uint64_t)(LSM_BLOCK_SIZE - LSM_BLOCK_HEADER_SIZE -
+                                           blocks * (uint32_t)sizeof(struct lsm_index_entry)) * 8;
+                if (bits >= keys * LSM_TABLE_FILTER_BITS_PER_KEY_MIN)
+                        break;
+                blocks--;
+        }
+        return blocks;
+}
+
+uint32_t lsm_table_filter_offset(const struct lsm_layout *layout)
+{
+        uint32_t offset = LSM_BLOCK_HEADER_SIZE +
+                          lsm_table_data_blocks_max(layout) *
+                                  (uint32_t)sizeof(struct lsm_index_entry);
+        /* Buckets start on a 32-byte boundary (offsets of the block are 64-byte aligned). */
+        return (offset + LSM_TABLE_FILTER_BUCKET_SIZE - 1) / LSM_TABLE_FILTER_BUCKET_SIZE *
+               LSM_TABLE_FILTER_BUCKET_SIZE;
+}
+
 static const uint32_t filter_salt[8] = {0x47b6137bu, 0x44974d91u, 0x8824ad5bu, 0xa2b7289du,
                                         0x705495c7u, 0x2df1424bu, 0x9efc4947u, 0x5c6bfb31u};
 
-static uint32_t *filter_bucket(uint8_t *index_block, uint64_t hash)
+static uint32_t *filter_bucket(uint8_t *index_block, uint32_t offset, uint64_t hash)
 {
-        uint32_t bucket = (uint32_t)(((hash >> 32) * LSM_TABLE_FILTER_BUCKETS) >> 32);
-        return (uint32_t *)(index_block + LSM_TABLE_FILTER_OFFSET +
-                            (size_t)bucket * LSM_TABLE_FILTER_BUCKET_SIZE);
+        uint32_t buckets = (LSM_BLOCK_SIZE - offset) / LSM_TABLE_FILTER_BUCKET_SIZE;
+        uint32_t bucket = (uint32_t)(((hash >> 32) * buckets) >> 32);
+        return (uint32_t *)(index_block + offset + (size_t)bucket * LSM_TABLE_FILTER_BUCKET_SIZE);
 }
 
-static void filter_add(uint8_t *index_block, uint64_t hash)
+static void filter_add(uint8_t *index_block, uint32_t offset, uint64_t hash)
 {
-        uint32_t *words = filter_bucket(index_block, hash);
+        uint32_t *words = filter_bucket(index_block, offset, hash);
         for (uint32_t i = 0; i < 8; i++)
                 words[i] |= 1u << (((uint32_t)hash * filter_salt[i]) >> 27);
 }
@@ -87,7 +114,8 @@ bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t
         if (h->size != LSM_BLOCK_SIZE)
                 return true; /* no filter */
         uint64_t hash = lsm_key_hash(layout, key);
-        const uint32_t *words = filter_bucket((uint8_t *)index_block, hash);
+        const uint32_t *words =
+                filter_bucket((uint8_t *)index_block, lsm_table_filter_offset(layout), hash);
         uint32_t missing = 0;
         for (uint32_t i = 0; i < 8; i++)
                 missing |= ~words[i] & (1u << (((uint32_t)hash * filter_salt[i]) >> 27));
@@ -133,7 +161,7 @@ static bool table_flush(struct lsm_table_builder *b)
                         b->index_count * (uint32_t)sizeof(struct lsm_index_entry);
         if (b->layout->filter) {
                 /* Replicas write identical blocks: no stale bytes between index and filter. */
-                memset(b->index + size, 0, LSM_TABLE_FILTER_OFFSET - size);
+                memset(b->index + size, 0, lsm_table_filter_offset(b->layout) - size);
                 size = LSM_BLOCK_SIZE;
         }
         table.index = lsm_grid_write(b->grid, b->index, LSM_BLOCK_TABLE_INDEX, b->layout->tree,
@@ -145,8 +173,8 @@ static bool table_flush(struct lsm_table_builder *b)
         b->index_count = 0;
         b->table_values = 0;
         if (b->layout->filter)
-                memset(b->index + LSM_TABLE_FILTER_OFFSET, 0,
-                       LSM_BLOCK_SIZE - LSM_TABLE_FILTER_OFFSET);
+                memset(b->index + lsm_table_filter_offset(b->layout), 0,
+                       LSM_BLOCK_SIZE - lsm_table_filter_offset(b->layout));
         b->on_table(b->context, &table);
         return true;
 }
@@ -164,15 +192,14 @@ bool lsm_table_builder_add(struct lsm_table_builder *b, const void *value)
         memcpy(b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * layout->value_size,
                value, layout->value_size);
         if (layout->filter)
-                filter_add(b->index, lsm_key_hash(layout, lsm_key_of(layout, value)));
+                filter_add(b->index, lsm_table_filter_offset(layout),
+                           lsm_key_hash(layout, lsm_key_of(layout, value)));
         b->data_count++;
         b->table_values++;
         if (b->data_count == lsm_values_per_block(layout)) {
                 if (!data_flush(b))
                         return false;
-                uint32_t blocks_max = layout->table_data_blocks_max != 0
-                                              ? layout->table_data_blocks_max
-                                              : LSM_TABLE_DATA_BLOCKS_MAX;
+                uint32_t blocks_max = lsm_table_data_blocks_max(layout);
                 if (b->index_count == blocks_max && !table_flush(b))
                         return false;
         }

@@ -142,19 +142,23 @@ _Static_assert(LSM_TABLE_DATA_BLOCKS_MAX * sizeof(struct lsm_index_entry) <= LSM
 
 /*
  * The key filter: a split-block Bloom filter in the index block's space after the largest
- * possible index (LSM_TABLE_FILTER_OFFSET up to the end of the block, 1,662 buckets of 256
- * bits). A key sets one bit in each of the eight 32-bit words of one bucket; a lookup that finds
- * any of them clear skips the table without searching its index or reading a data block. The
- * filter costs no memory (it is read through the cache with the index block) and no extra block;
- * its false positive rate follows the table's size: ~5% for a flushed memtable of 65,536 keys,
- * ~45% for a full table of 32-byte values (262,016 keys). An index block holds a filter when its
- * size reaches the end of the block.
+ * index the layout's tables can have, up to the end of the block, in buckets of 256 bits. A key
+ * sets one bit in each of the eight 32-bit words of one bucket; a lookup that finds any of them
+ * clear skips the table without searching its index or reading a data block (a miss-bound
+ * binary search of 11 probes). The filter costs no memory (it is read through the cache with
+ * the index block) and no extra block. Its false positive rate follows the bits per key, so
+ * tables of filtered layouts are capped at the data blocks that leave the filter at least
+ * LSM_TABLE_FILTER_BITS_PER_KEY_MIN bits per key (34 blocks of 32-byte values: 7.2 bits, ~3%),
+ * unless the layout sets table_data_blocks_max. An index block holds a filter when its size
+ * reaches the end of the block.
  */
-#define LSM_TABLE_FILTER_OFFSET \
-        (LSM_BLOCK_HEADER_SIZE + LSM_TABLE_DATA_BLOCKS_MAX * (uint32_t)sizeof(struct lsm_index_entry))
 #define LSM_TABLE_FILTER_BUCKET_SIZE 32u
-#define LSM_TABLE_FILTER_BUCKETS \
-        ((LSM_BLOCK_SIZE - LSM_TABLE_FILTER_OFFSET) / LSM_TABLE_FILTER_BUCKET_SIZE)
+#define LSM_TABLE_FILTER_BITS_PER_KEY_MIN 7u
+
+/* Data blocks per table of `layout`. */
+uint32_t lsm_table_data_blocks_max(const struct lsm_layout *layout);
+/* Where the filter starts in an index block of `layout`. */
+uint32_t lsm_table_filter_offset(const struct lsm_layout *layout);
 
 /* A 64-bit hash of a key (memtable hash tables and filters). */
 static inline uint64_t lsm_key_hash(const struct lsm_layout *layout, const void *key_in)
