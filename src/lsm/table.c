@@ -68,16 +68,11 @@ uint32_t lsm_table_data_blocks_max(const struct lsm_layout *layout)
                 return layout->table_data_blocks_max;
         if (!layout->filter)
                 return LSM_TABLE_DATA_BLOCKS_MAX;
-        uint32_t blocks = LSM_TABLE_DATA_BLOCKS_MAX;
-        while (blocks > 1) {
-                uint64_t keys = (uint64_t)blocks * lsm_values_per_block(layout);
-                uint64_t bits = (uint64_t)(LSM_BLOCK_SIZE - LSM_BLOCK_HEADER_SIZE -
-                                           blocks * (uint32_t)sizeof(struct lsm_index_entry)) * 8;
-                if (bits >= keys * LSM_TABLE_FILTER_BITS_PER_KEY_MIN)
-                        break;
-                blocks--;
-        }
-        return blocks;
+        /* The most blocks b with (payload - b x entry) x 8 >= b x values x bits_per_key. */
+        uint32_t blocks = LSM_BLOCK_PAYLOAD_MAX * 8 /
+                          ((uint32_t)sizeof(struct lsm_index_entry) * 8 +
+                           lsm_values_per_block(layout) * LSM_TABLE_FILTER_BITS_PER_KEY_MIN);
+        return MAX(1u, MIN(blocks, LSM_TABLE_DATA_BLOCKS_MAX));
 }
 
 uint32_t lsm_table_filter_offset(const struct lsm_layout *layout)
@@ -110,10 +105,24 @@ static void filter_add(uint8_t *index_block, uint32_t offset, uint64_t hash)
 bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t *index_block,
                                   const void *key)
 {
+        return lsm_table_filter_may_contain_hash(layout, index_block, lsm_key_hash(layout, key));
+}
+
+const void *lsm_table_filter_bucket(const struct lsm_layout *layout, const uint8_t *index_block,
+                                    uint64_t hash)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
+        if (h->size != LSM_BLOCK_SIZE)
+                return NULL;
+        return filter_bucket((uint8_t *)index_block, lsm_table_filter_offset(layout), hash);
+}
+
+bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
+                                       const uint8_t *index_block, uint64_t hash)
+{
         const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
         if (h->size != LSM_BLOCK_SIZE)
                 return true; /* no filter */
-        uint64_t hash = lsm_key_hash(layout, key);
         const uint32_t *words =
                 filter_bucket((uint8_t *)index_block, lsm_table_filter_offset(layout), hash);
         uint32_t missing = 0;

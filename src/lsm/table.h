@@ -178,6 +178,12 @@ static inline uint64_t lsm_key_hash(const struct lsm_layout *layout, const void 
 /* False if the table whose index block this is cannot hold `key` (true without a filter). */
 bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t *index_block,
                                   const void *key);
+/* The same with the key's lsm_key_hash already computed (one hash for every table). */
+bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
+                                       const uint8_t *index_block, uint64_t hash);
+/* The filter bucket a key of this hash maps to (to prefetch it), or NULL without a filter. */
+const void *lsm_table_filter_bucket(const struct lsm_layout *layout, const uint8_t *index_block,
+                                    uint64_t hash);
 
 /* What the manifest keeps of a table. */
 struct lsm_table_info {

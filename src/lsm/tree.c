@@ -371,6 +371,58 @@ const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, ui
         return &l->tables[t];
 }
 
+/*
+ * lsm_tree_get for filtered layouts, whose lookups mostly miss everywhere: the tables that may
+ * hold the key, newest first, have their filter buckets loaded at once (one cache miss each,
+ * overlapped instead of one after the other), then are probed in order; a table whose index
+ * block is not cached, or whose filter says maybe, takes the ordinary path. Returns 2 when it
+ * cannot (too many level-0 tables): the caller takes the ordinary path for all of them.
+ */
+#define GET_CANDIDATES_MAX 32u
+static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        const struct lsm_level *zero = &tree->levels[0];
+        const struct lsm_table_info *candidates[GET_CANDIDATES_MAX];
+        const uint8_t *index[GET_CANDIDATES_MAX];
+        uint32_t count = 0;
+        if (zero->count + LSM_LEVELS > GET_CANDIDATES_MAX)
+                return 2;
+        for (uint32_t k = zero->count; k > 0; k--) {
+                const struct lsm_table_info *t = &zero->tables[k - 1];
+                if (lsm_key_compare(layout, key, t->key_min) >= 0 &&
+                    lsm_key_compare(layout, key, t->key_max) <= 0)
+                        candidates[count++] = t;
+        }
+        for (uint32_t i = 1; i < LSM_LEVELS; i++) {
+                const struct lsm_table_info *t = lsm_tree_level_find(tree, i, key);
+                if (t != NULL)
+                        candidates[count++] = t;
+        }
+        uint64_t hash = lsm_key_hash(layout, key);
+        for (uint32_t c = 0; c < count; c++) {
+                index[c] = lsm_grid_cached(tree->grid, candidates[c]->index);
+                if (index[c] != NULL) {
+                        const void *bucket = lsm_table_filter_bucket(layout, index[c], hash);
+                        if (bucket != NULL)
+                                __builtin_prefetch(bucket);
+                }
+        }
+        bool cache_changed = false; /* a read may have replaced a block index[] points to */
+        for (uint32_t c = 0; c < count; c++) {
+                const uint8_t *block = index[c];
+                if (cache_changed)
+                        block = lsm_grid_cached(tree->grid, candidates[c]->index);
+                if (block != NULL && !lsm_table_filter_may_contain_hash(layout, block, hash))
+                        continue;
+                int rc = lsm_table_get(tree->grid, layout, candidates[c], key, out);
+                if (rc != 0)
+                        return rc;
+                cache_changed = true;
+        }
+        return 0;
+}
+
 int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
 {
         const struct lsm_layout *layout = &tree->layout;
@@ -378,6 +430,11 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
         if (position >= 0) {
                 memcpy(out, memtable_value(tree, (uint32_t)position), layout->value_size);
                 return 1;
+        }
+        if (layout->filter) {
+                int rc = tree_get_filtered(tree, key, out);
+                if (rc != 2)
+                        return rc;
         }
         const struct lsm_level *zero = &tree->levels[0];
         for (uint32_t k = zero->count; k > 0; k--) {
