@@ -7,13 +7,17 @@
 #include <stdio.h>
 #include <string.h>
 
-/* The id tree's values. */
+/*
+ * The id tree's values: 24 bytes, no padding (a u128 member would align the struct to 32), so
+ * that the id map and the 16-byte field indexes, written for every object, cost a quarter less
+ * disk, cache and compaction.
+ */
 struct id_value {
-        u128 id;
+        uint8_t id[16]; /* u128, little-endian */
         uint64_t timestamp;
-        uint64_t reserved;
 };
-_Static_assert(sizeof(struct id_value) == 32, "id value size");
+_Static_assert(sizeof(struct id_value) == 24, "id value size");
+_Static_assert(offsetof(struct id_value, timestamp) == 16, "id value timestamp");
 
 /* Index values: (field, timestamp), ordered by field then timestamp. */
 struct index_small {
@@ -23,11 +27,11 @@ struct index_small {
 _Static_assert(sizeof(struct index_small) == 16, "small index value size");
 
 struct index_large {
-        u128 field;
+        uint8_t field[16]; /* u128, little-endian */
         uint64_t timestamp;
-        uint64_t reserved;
 };
-_Static_assert(sizeof(struct index_large) == 32, "large index value size");
+_Static_assert(sizeof(struct index_large) == 24, "large index value size");
+_Static_assert(offsetof(struct index_large, timestamp) == 16, "large index timestamp");
 
 static int compare_u64(const void *a, const void *b)
 {
@@ -160,7 +164,8 @@ bool lsm_groove_has_room(const struct lsm_groove *g, uint32_t count)
 static void index_put(struct lsm_groove *g, uint32_t i, u128 field, uint64_t timestamp)
 {
         if (g->config.indexes[i].size == 16) {
-                struct index_large v = {.field = field, .timestamp = timestamp};
+                struct index_large v = {.timestamp = timestamp};
+                memcpy(v.field, &field, 16);
                 lsm_tree_put(&g->indexes[i], &v);
         } else {
                 struct index_small v = {.field = (uint64_t)field, .timestamp = timestamp};
@@ -174,7 +179,7 @@ void lsm_groove_insert(struct lsm_groove *g, const void *object)
         tally_assert(timestamp != 0);
         lsm_tree_put(&g->objects, object);
         struct id_value id = {.timestamp = timestamp};
-        memcpy(&id.id, (const uint8_t *)object + g->config.id_offset, 16);
+        memcpy(id.id, (const uint8_t *)object + g->config.id_offset, 16);
         lsm_tree_put(&g->ids, &id);
         for (uint32_t i = 0; i < g->config.index_count; i++) {
                 u128 field = field_of(&g->config.indexes[i], object);
@@ -206,7 +211,8 @@ int lsm_groove_get_id(struct lsm_groove *g, u128 id, uint64_t *timestamp)
 
 void lsm_groove_put_id(struct lsm_groove *g, u128 id, uint64_t timestamp)
 {
-        struct id_value value = {.id = id, .timestamp = timestamp};
+        struct id_value value = {.timestamp = timestamp};
+        memcpy(value.id, &id, 16);
         lsm_tree_put(&g->ids, &value);
 }
 
