@@ -243,20 +243,32 @@ static uint32_t index_search(const struct lsm_layout *layout, const uint8_t *ind
         return lo;
 }
 
-/* The first value in a data block whose key >= key, or count. */
+/*
+ * The first value in a data block whose key >= key, or count. Branch-free, and each step
+ * prefetches both values the next step may compare: a cold 64 KiB block costs ~12 dependent
+ * cache misses otherwise, and this is where lookups that their filter let through spend it.
+ */
 static uint32_t data_search(const struct lsm_layout *layout, const uint8_t *block,
                             const void *key)
 {
         const struct lsm_block_header *h = (const struct lsm_block_header *)block;
-        uint32_t lo = 0, hi = h->count;
-        while (lo < hi) {
-                uint32_t mid = lo + (hi - lo) / 2;
-                if (lsm_key_compare(layout, lsm_key_of(layout, data_value(layout, block, mid)), key) < 0)
-                        lo = mid + 1;
-                else
-                        hi = mid;
+        uint32_t n = h->count;
+        if (n == 0)
+                return 0;
+        const uint8_t *values = lsm_key_of(layout, block + LSM_BLOCK_HEADER_SIZE);
+        size_t size = layout->value_size;
+        uint32_t base = 0;
+        while (n > 1) {
+                uint32_t half = n / 2;
+                uint32_t next = (n - half) / 2;
+                __builtin_prefetch(values + (size_t)(base + next) * size);
+                __builtin_prefetch(values + (size_t)(base + half + next) * size);
+                base = lsm_key_compare(layout, values + (size_t)(base + half) * size, key) < 0
+                               ? base + half
+                               : base;
+                n -= half;
         }
-        return lo;
+        return base + (lsm_key_compare(layout, values + (size_t)base * size, key) < 0);
 }
 
 bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_block,
