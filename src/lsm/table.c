@@ -144,8 +144,9 @@ static bool data_flush(struct lsm_table_builder *b)
                lsm_key_of(layout, data_value(layout, b->data, b->data_count - 1)),
                layout->key_size);
         uint32_t size = LSM_BLOCK_HEADER_SIZE + b->data_count * layout->value_size;
-        entry->data = lsm_grid_write(b->grid, b->data, LSM_BLOCK_TABLE_DATA, layout->tree,
-                                     layout->value_size, b->data_count, size);
+        entry->data = lsm_grid_write_uncached(b->grid, b->data, LSM_BLOCK_TABLE_DATA,
+                                              layout->tree, layout->value_size, b->data_count,
+                                              size);
         if (entry->data.address == 0) {
                 b->failed = true;
                 return false;
@@ -351,13 +352,13 @@ static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
                 return false;
         }
         struct lsm_block_ref ref = index_entries_const(index)[data_index].data;
-        const uint8_t *data = lsm_grid_read(c->grid, ref, LSM_BLOCK_TABLE_DATA);
-        if (data == NULL) {
+        /* Into the cursor's own buffer, without caching: a scan or a compaction reads a data
+         * block once, and must not evict the index blocks that lookups need. */
+        if (!lsm_grid_read_copy(c->grid, ref, LSM_BLOCK_TABLE_DATA, c->block)) {
                 c->failed = c->done = true;
                 return false;
         }
-        const struct lsm_block_header *dh = (const struct lsm_block_header *)data;
-        memcpy(c->block, data, dh->size);
+        const struct lsm_block_header *dh = (const struct lsm_block_header *)c->block;
         c->data_index = data_index;
         c->value_count = dh->count;
         return true;
