@@ -26,6 +26,9 @@ int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_l
         builder->grid = grid;
         builder->on_table = on_table;
         builder->context = context;
+        builder->values_per_block = lsm_values_per_block(layout);
+        builder->data_blocks_max = lsm_table_data_blocks_max(layout);
+        builder->filter_offset = layout->filter ? lsm_table_filter_offset(layout) : 0;
         builder->data = block_alloc();
         builder->index = block_alloc();
         if (builder->data == NULL || builder->index == NULL) {
@@ -111,20 +114,31 @@ bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t
 const void *lsm_table_filter_bucket(const struct lsm_layout *layout, const uint8_t *index_block,
                                     uint64_t hash)
 {
+        return lsm_table_filter_bucket_at(index_block, lsm_table_filter_offset(layout), hash);
+}
+
+const void *lsm_table_filter_bucket_at(const uint8_t *index_block, uint32_t filter_offset,
+                                       uint64_t hash)
+{
         const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
         if (h->size != LSM_BLOCK_SIZE)
                 return NULL;
-        return filter_bucket((uint8_t *)index_block, lsm_table_filter_offset(layout), hash);
+        return filter_bucket((uint8_t *)index_block, filter_offset, hash);
 }
 
 bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
                                        const uint8_t *index_block, uint64_t hash)
 {
+        return lsm_table_filter_may_contain_at(index_block, lsm_table_filter_offset(layout), hash);
+}
+
+bool lsm_table_filter_may_contain_at(const uint8_t *index_block, uint32_t filter_offset,
+                                     uint64_t hash)
+{
         const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
         if (h->size != LSM_BLOCK_SIZE)
                 return true; /* no filter */
-        const uint32_t *words =
-                filter_bucket((uint8_t *)index_block, lsm_table_filter_offset(layout), hash);
+        const uint32_t *words = filter_bucket((uint8_t *)index_block, filter_offset, hash);
         uint32_t missing = 0;
         for (uint32_t i = 0; i < 8; i++)
                 missing |= ~words[i] & (1u << (((uint32_t)hash * filter_salt[i]) >> 27));
@@ -171,7 +185,7 @@ static bool table_flush(struct lsm_table_builder *b)
                         b->index_count * (uint32_t)sizeof(struct lsm_index_entry);
         if (b->layout->filter) {
                 /* Replicas write identical blocks: no stale bytes between index and filter. */
-                memset(b->index + size, 0, lsm_table_filter_offset(b->layout) - size);
+                memset(b->index + size, 0, b->filter_offset - size);
                 size = LSM_BLOCK_SIZE;
         }
         table.index = lsm_grid_write(b->grid, b->index, LSM_BLOCK_TABLE_INDEX, b->layout->tree,
@@ -183,8 +197,7 @@ static bool table_flush(struct lsm_table_builder *b)
         b->index_count = 0;
         b->table_values = 0;
         if (b->layout->filter)
-                memset(b->index + lsm_table_filter_offset(b->layout), 0,
-                       LSM_BLOCK_SIZE - lsm_table_filter_offset(b->layout));
+                memset(b->index + b->filter_offset, 0, LSM_BLOCK_SIZE - b->filter_offset);
         b->on_table(b->context, &table);
         return true;
 }
@@ -202,15 +215,14 @@ bool lsm_table_builder_add(struct lsm_table_builder *b, const void *value)
         memcpy(b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * layout->value_size,
                value, layout->value_size);
         if (layout->filter)
-                filter_add(b->index, lsm_table_filter_offset(layout),
+                filter_add(b->index, b->filter_offset,
                            lsm_key_hash(layout, lsm_key_of(layout, value)));
         b->data_count++;
         b->table_values++;
-        if (b->data_count == lsm_values_per_block(layout)) {
+        if (b->data_count == b->values_per_block) {
                 if (!data_flush(b))
                         return false;
-                uint32_t blocks_max = lsm_table_data_blocks_max(layout);
-                if (b->index_count == blocks_max && !table_flush(b))
+                if (b->index_count == b->data_blocks_max && !table_flush(b))
                         return false;
         }
         return true;

@@ -184,6 +184,11 @@ bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
 /* The filter bucket a key of this hash maps to (to prefetch it), or NULL without a filter. */
 const void *lsm_table_filter_bucket(const struct lsm_layout *layout, const uint8_t *index_block,
                                     uint64_t hash);
+/* The same two with the filter's offset (lsm_table_filter_offset) computed once. */
+const void *lsm_table_filter_bucket_at(const uint8_t *index_block, uint32_t filter_offset,
+                                       uint64_t hash);
+bool lsm_table_filter_may_contain_at(const uint8_t *index_block, uint32_t filter_offset,
+                                     uint64_t hash);
 
 /* What the manifest keeps of a table. */
 struct lsm_table_info {
@@ -216,6 +221,10 @@ struct lsm_table_builder {
         bool failed; /* a write failed: grid->error says why */
         void (*on_table)(void *context, const struct lsm_table_info *table);
         void *context;
+        /* The layout's constants, computed once (each costs divisions): */
+        uint32_t values_per_block;
+        uint32_t data_blocks_max;
+        uint32_t filter_offset; /* 0: no filter */
 };
 
 int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_layout *layout,

@@ -68,6 +68,7 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
         tree->grid = grid;
         tree->memtable_max = memtable_max;
         tree->in_order = true;
+        tree->filter_offset = layout->filter ? lsm_table_filter_offset(layout) : 0;
         tree->hash_position_bits = 1;
         while (tree->hash_position_bits < 32 &&
                (1ull << tree->hash_position_bits) <= (uint64_t)memtable_max)
@@ -372,9 +373,10 @@ const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, ui
 }
 
 /*
- * lsm_tree_get for filtered layouts, whose lookups mostly miss everywhere: the tables that may
- * hold the key, newest first, have their filter buckets loaded at once (one cache miss each,
- * overlapped instead of one after the other), then are probed in order; a table whose index
+ * lsm_tree_get for filtered layouts, whose lookups mostly miss everywhere: the memtable's hash
+ * slot and the filter buckets of the tables that may hold the key (newest first) are loaded
+ * at once (one cache miss each, overlapped instead of one after the other), then the memtable
+ * is looked at and the tables are probed in order; a table whose index
  * block is not cached, or whose filter says maybe, takes the ordinary path. Returns 2 when it
  * cannot (too many level-0 tables): the caller takes the ordinary path for all of them.
  */
@@ -388,6 +390,9 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
         uint32_t count = 0;
         if (zero->count + LSM_LEVELS > GET_CANDIDATES_MAX)
                 return 2;
+        uint64_t hash = lsm_key_hash(layout, key);
+        if (tree->hash != NULL) /* its miss overlaps with the filters' below */
+                __builtin_prefetch(&tree->hash[(uint32_t)hash & tree->hash_mask]);
         for (uint32_t k = zero->count; k > 0; k--) {
                 const struct lsm_table_info *t = &zero->tables[k - 1];
                 if (lsm_key_compare(layout, key, t->key_min) >= 0 &&
@@ -399,21 +404,27 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
                 if (t != NULL)
                         candidates[count++] = t;
         }
-        uint64_t hash = lsm_key_hash(layout, key);
         for (uint32_t c = 0; c < count; c++) {
                 index[c] = lsm_grid_cached(tree->grid, candidates[c]->index);
                 if (index[c] != NULL) {
-                        const void *bucket = lsm_table_filter_bucket(layout, index[c], hash);
+                        const void *bucket =
+                                lsm_table_filter_bucket_at(index[c], tree->filter_offset, hash);
                         if (bucket != NULL)
                                 __builtin_prefetch(bucket);
                 }
+        }
+        int64_t position = memtable_find(tree, key); /* the newest version of all */
+        if (position >= 0) {
+                memcpy(out, memtable_value(tree, (uint32_t)position), layout->value_size);
+                return 1;
         }
         bool cache_changed = false; /* a read may have replaced a block index[] points to */
         for (uint32_t c = 0; c < count; c++) {
                 const uint8_t *block = index[c];
                 if (cache_changed)
                         block = lsm_grid_cached(tree->grid, candidates[c]->index);
-                if (block != NULL && !lsm_table_filter_may_contain_hash(layout, block, hash))
+                if (block != NULL &&
+                    !lsm_table_filter_may_contain_at(block, tree->filter_offset, hash))
                         continue;
                 int rc = lsm_table_get(tree->grid, layout, candidates[c], key, out);
                 if (rc != 0)
@@ -426,15 +437,15 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
 int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
 {
         const struct lsm_layout *layout = &tree->layout;
-        int64_t position = memtable_find(tree, key);
-        if (position >= 0) {
-                memcpy(out, memtable_value(tree, (uint32_t)position), layout->value_size);
-                return 1;
-        }
         if (layout->filter) {
                 int rc = tree_get_filtered(tree, key, out);
                 if (rc != 2)
                         return rc;
+        }
+        int64_t position = memtable_find(tree, key);
+        if (position >= 0) {
+                memcpy(out, memtable_value(tree, (uint32_t)position), layout->value_size);
+                return 1;
         }
         const struct lsm_level *zero = &tree->levels[0];
         for (uint32_t k = zero->count; k > 0; k--) {

@@ -76,6 +76,7 @@ struct lsm_tree {
         bool sorted_dirty;
         bool in_order;         /* every value appended had a larger key than the one before */
         uint64_t *sort_scratch; /* 2 x memtable_max: (key prefix, position) for a radix sort */
+        uint32_t filter_offset; /* lsm_table_filter_offset of a filtered layout, else 0 */
         struct lsm_level levels[LSM_LEVELS];
         uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
         bool compact_cursor_set[LSM_LEVELS];
