@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 static void job_free(struct lsm_tree *tree);
 
@@ -58,6 +59,25 @@ static uint32_t hash_position(const struct lsm_tree *tree, uint32_t entry)
         return (bits == 32 ? entry : entry & ((1u << bits) - 1)) - 1;
 }
 
+/*
+ * Memtable memory: a few MB per tree, reserved at start-up but first touched as the values of
+ * the first bars arrive, at one page fault per 4 KiB (15% of the ledger benchmark). Regions of
+ * 2 MiB or more are aligned and advised for transparent huge pages (a hint only). free() frees.
+ */
+static void *memtable_alloc(size_t bytes, bool zeroed)
+{
+        const size_t huge = 2u << 20;
+        void *p = NULL;
+        if (bytes < huge)
+                return zeroed ? calloc(1, bytes) : malloc(bytes);
+        if (posix_memalign(&p, huge, bytes) != 0)
+                return NULL;
+        (void)madvise(p, bytes, MADV_HUGEPAGE);
+        if (zeroed)
+                memset(p, 0, bytes);
+        return p;
+}
+
 int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layout *layout,
                   struct lsm_grid *grid, uint32_t memtable_max)
 {
@@ -77,11 +97,11 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
         while (hash_size < 2 * memtable_max)
                 hash_size *= 2;
         tree->hash_mask = hash_size - 1;
-        tree->memtable = malloc((size_t)memtable_max * layout->value_size);
+        tree->memtable = memtable_alloc((size_t)memtable_max * layout->value_size, false);
         if (!layout->insert_only)
-                tree->hash = calloc(hash_size, sizeof(uint32_t));
-        tree->sorted = malloc((size_t)memtable_max * sizeof(uint32_t));
-        tree->sort_scratch = malloc((size_t)memtable_max * 2 * sizeof(uint64_t));
+                tree->hash = memtable_alloc((size_t)hash_size * sizeof(uint32_t), true);
+        tree->sorted = memtable_alloc((size_t)memtable_max * sizeof(uint32_t), false);
+        tree->sort_scratch = memtable_alloc((size_t)memtable_max * 2 * sizeof(uint64_t), false);
         if (tree->memtable == NULL || (tree->hash == NULL && !layout->insert_only) ||
             tree->sorted == NULL || tree->sort_scratch == NULL ||
             lsm_table_builder_init(&tree->builder, &tree->layout, grid, NULL, NULL) != 0 ||
