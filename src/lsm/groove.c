@@ -188,6 +188,12 @@ void lsm_groove_insert(struct lsm_groove *g, const void *object)
         }
 }
 
+void lsm_groove_insert_prefetch(const struct lsm_groove *g, const void *object)
+{
+        lsm_tree_put_prefetch(&g->objects, (const uint8_t *)object + g->config.timestamp_offset);
+        lsm_tree_put_prefetch(&g->ids, (const uint8_t *)object + g->config.id_offset);
+}
+
 void lsm_groove_update(struct lsm_groove *g, const void *object)
 {
         tally_assert(!g->config.objects_insert_only);

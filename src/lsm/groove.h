@@ -61,6 +61,8 @@ void lsm_groove_add_to_forest(struct lsm_groove *groove, struct lsm_forest *fore
 /* Room for `count` more objects in this bar (else flush first). */
 bool lsm_groove_has_room(const struct lsm_groove *groove, uint32_t count);
 void lsm_groove_insert(struct lsm_groove *groove, const void *object);
+/* A hint that `object` will be inserted soon (lsm_tree_put_prefetch of its hashed trees). */
+void lsm_groove_insert_prefetch(const struct lsm_groove *groove, const void *object);
 /* The object with the same id and timestamp changed in fields that are not indexed. */
 void lsm_groove_update(struct lsm_groove *groove, const void *object);
 

@@ -167,6 +167,14 @@ void lsm_tree_put(struct lsm_tree *tree, const void *value)
         memtable_append(tree, value);
 }
 
+void lsm_tree_put_prefetch(const struct lsm_tree *tree, const void *key)
+{
+        if (tree->hash == NULL)
+                return; /* insert_only: the put appends */
+        uint64_t h = lsm_key_hash(&tree->layout, key);
+        __builtin_prefetch(&tree->hash[(uint32_t)h & tree->hash_mask], 1);
+}
+
 /* Orders positions by key, then by position (so that the newest of equal keys comes last). */
 static int compare_positions(const void *a, const void *b, void *context)
 {

@@ -97,6 +97,11 @@ void lsm_tree_deinit(struct lsm_tree *tree);
 bool lsm_tree_has_room(const struct lsm_tree *tree, uint32_t count);
 /* Inserts or replaces (same key) a value in the memtable, which must have room. */
 void lsm_tree_put(struct lsm_tree *tree, const void *value);
+/*
+ * A hint that a value of `key` will be put soon: starts loading the memtable's hash slot, so
+ * that a loop putting many random keys overlaps their cache misses. Changes nothing.
+ */
+void lsm_tree_put_prefetch(const struct lsm_tree *tree, const void *key);
 
 /* The memtable's value of `key` into `out`; false if the memtable does not hold it. */
 bool lsm_tree_memtable_get(const struct lsm_tree *tree, const void *key, void *out);
