@@ -10,8 +10,9 @@
  *
  * Levels: level 0 holds up to LSM_LEVEL0_TABLES_MAX flushed tables, whose key ranges may
  * overlap (newest last); level i >= 1 holds non-overlapping tables sorted by key, up to
- * LSM_GROWTH_FACTOR^i of them. Compaction of level 0 merges all of it with the tables of level
- * 1 it overlaps; compaction of level i >= 1 takes one table (round robin over the key space) and
+ * LSM_GROWTH_FACTOR^i of them. Compaction of level 0 first moves down, unchanged, each table
+ * that overlaps no other level-0 table and no level-1 table, then merges the rest with the
+ * tables of level 1 they overlap; compaction of level i >= 1 takes one table (round robin over the key space) and
  * merges it with the tables of level i + 1 it overlaps, or moves it down unchanged when it
  * overlaps none (tables of keys that only grow, like timestamps, are never rewritten). Blocks of
  * replaced tables are released to the grid, free after the next checkpoint.
