@@ -19,7 +19,14 @@
 #include "lib/log.h"
 
 #define CACHE_BYTES_DEFAULT (64ull << 20)
-#define MEMTABLE_MAX_DEFAULT 65536u
+/*
+ * Values per tree between flushes. 131,072 (16 batches of 8,189 transfers) rather than 65,536:
+ * level 0 fills half as often, so the random-key trees (id map, debit and credit indexes) are
+ * merged into level 1 half as often, and a lookup of a new id crosses fewer tables per transfer
+ * stored; measured over 2.5 M transfers, 417 -> 336 grid bytes written per transfer and 1.6x
+ * the throughput. Costs ~75 MB more of memtables (~150 MB in all), fixed at start-up.
+ */
+#define MEMTABLE_MAX_DEFAULT 131072u
 #define GRID_BLOCKS_MAX_DEFAULT (1ull << 24) /* 1 TiB of grid */
 
 static int compare_u64(const void *a, const void *b)
@@ -97,6 +104,7 @@ static int trees_init(struct ledger *ledger)
         transfers.memtable_max = memtable_max;
         accounts.table_data_blocks_max = c->table_data_blocks_max;
         transfers.table_data_blocks_max = c->table_data_blocks_max;
+        transfers.objects_insert_only = true; /* a transfer's status lives in its own tree */
         if (lsm_forest_init(&ledger->forest, &ledger->grid) != 0 ||
             lsm_groove_init(&ledger->accounts, &accounts, &ledger->grid) != 0 ||
             lsm_groove_init(&ledger->transfers, &transfers, &ledger->grid) != 0)
@@ -104,15 +112,17 @@ static int trees_init(struct ledger *ledger)
         ledger->status_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_STATUS, .value_size = sizeof(struct status_value),
                 .key_size = 8, .key_offset = 0, .compare = compare_u64,
-                .table_data_blocks_max = c->table_data_blocks_max};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U64};
         ledger->expiry_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_EXPIRY, .value_size = sizeof(struct expiry_value),
                 .key_size = 16, .key_offset = 0, .compare = compare_expiry,
-                .table_data_blocks_max = c->table_data_blocks_max};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U64_U64,
+                .insert_only = true};
         ledger->history_layout = (struct lsm_layout){
                 .tree = LEDGER_TREE_HISTORY, .value_size = sizeof(struct history_value),
                 .key_size = 24, .key_offset = 0, .compare = compare_history,
-                .table_data_blocks_max = c->table_data_blocks_max};
+                .table_data_blocks_max = c->table_data_blocks_max, .key_kind = LSM_KEY_U128_U64,
+                .insert_only = true};
         /* A transfer changes at most one status and two history records. */
         if (lsm_tree_init(&ledger->status, "transfers.status", &ledger->status_layout,
                           &ledger->grid, memtable_max) != 0 ||
@@ -492,7 +502,18 @@ void ws_commit(struct ledger *ledger)
 {
         struct working_set *ws = &ledger->ws;
         tally_assert(ws->chain == 0);
+        /* Puts of random ids miss the cache in the id maps' hash tables: start loading the
+         * slots of the objects a few entries ahead, so that those misses overlap. */
+        const uint32_t ahead = 16;
         for (uint32_t i = 0; i < ws->count; i++) {
+                if (i + ahead < ws->count) {
+                        const struct ws_entry *next = &ws->entries[i + ahead];
+                        if (next->state == WS_PRESENT && next->created)
+                                lsm_groove_insert_prefetch(next->kind == WS_ACCOUNT
+                                                                   ? &ledger->accounts
+                                                                   : &ledger->transfers,
+                                                           &next->object);
+                }
                 const struct ws_entry *e = &ws->entries[i];
                 if (e->state != WS_PRESENT)
                         continue;

@@ -6,6 +6,11 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+
+#define SLAB_BYTES_MIN (2u << 20)
+#define SLAB_BYTES_MAX (64u << 20)
+#define HUGE_PAGE_BYTES (2u << 20)
 
 void lsm_device_memory_init(struct lsm_device_memory *memory, uint64_t block_count_max)
 {
@@ -15,8 +20,9 @@ void lsm_device_memory_init(struct lsm_device_memory *memory, uint64_t block_cou
 
 void lsm_device_memory_deinit(struct lsm_device_memory *memory)
 {
-        for (uint64_t i = 0; i < memory->capacity; i++)
-                free(memory->blocks[i]);
+        for (uint32_t i = 0; i < memory->slab_count; i++)
+                free(memory->slabs[i]);
+        free(memory->slabs);
         free(memory->blocks);
         memset(memory, 0, sizeof(*memory));
 }
@@ -31,6 +37,34 @@ static int memory_read(void *context, uint64_t address, uint8_t *block)
         else
                 memcpy(block, memory->blocks[address], LSM_BLOCK_SIZE);
         return 0;
+}
+
+/* A block's memory from the newest slab, or a new slab twice as large as the last. */
+static uint8_t *block_alloc(struct lsm_device_memory *memory)
+{
+        if (memory->slab_blocks_used == memory->slab_blocks) {
+                if (memory->slab_count == memory->slab_capacity) {
+                        uint32_t capacity = memory->slab_capacity ? 2 * memory->slab_capacity : 16;
+                        uint8_t **slabs = realloc(memory->slabs, capacity * sizeof(*slabs));
+                        if (slabs == NULL)
+                                return NULL;
+                        memory->slabs = slabs;
+                        memory->slab_capacity = capacity;
+                }
+                uint64_t bytes = memory->slab_blocks == 0
+                                         ? SLAB_BYTES_MIN
+                                         : MIN((uint64_t)memory->slab_blocks * LSM_BLOCK_SIZE * 2,
+                                               (uint64_t)SLAB_BYTES_MAX);
+                void *slab = NULL;
+                if (posix_memalign(&slab, HUGE_PAGE_BYTES, bytes) != 0)
+                        return NULL;
+                (void)madvise(slab, bytes, MADV_HUGEPAGE); /* a hint: fine if refused */
+                memory->slabs[memory->slab_count++] = slab;
+                memory->slab_blocks = (uint32_t)(bytes / LSM_BLOCK_SIZE);
+                memory->slab_blocks_used = 0;
+        }
+        uint8_t *slab = memory->slabs[memory->slab_count - 1];
+        return slab + (size_t)memory->slab_blocks_used++ * LSM_BLOCK_SIZE;
 }
 
 static int memory_write(void *context, uint64_t address, const uint8_t *block)
@@ -51,7 +85,7 @@ static int memory_write(void *context, uint64_t address, const uint8_t *block)
                 memory->capacity = capacity;
         }
         if (memory->blocks[address] == NULL) {
-                memory->blocks[address] = malloc(LSM_BLOCK_SIZE);
+                memory->blocks[address] = block_alloc(memory);
                 if (memory->blocks[address] == NULL)
                         return -ENOMEM;
                 memory->bytes += LSM_BLOCK_SIZE;

@@ -202,6 +202,22 @@ struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
                                     enum lsm_block_kind kind, uint8_t tree, uint16_t value_size,
                                     uint32_t count, uint32_t size);
 
+/*
+ * lsm_grid_write without caching the block: for table data blocks, which a compaction will
+ * read once much later and lookups rarely need, so that writing a table does not evict the
+ * index blocks (and their filters) every lookup reads, nor costs a 64 KiB copy per block.
+ */
+struct lsm_block_ref lsm_grid_write_uncached(struct lsm_grid *grid, uint8_t *block,
+                                             enum lsm_block_kind kind, uint8_t tree,
+                                             uint16_t value_size, uint32_t count, uint32_t size);
+/*
+ * Copies the block `ref` names into `out` (LSM_BLOCK_SIZE): from the cache if it is there,
+ * else read from the device straight into `out` and checked, without caching it (a
+ * compaction's inputs are read once). False if unreadable (grid->error names it).
+ */
+bool lsm_grid_read_copy(struct lsm_grid *grid, struct lsm_block_ref ref,
+                        enum lsm_block_kind kind, uint8_t *out);
+
 /* Forgets every cached block (the next reads go to the device). */
 void lsm_grid_cache_clear(struct lsm_grid *grid);
 /* lsm_grid_write at an address already acquired. */

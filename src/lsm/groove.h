@@ -41,6 +41,8 @@ struct lsm_groove_config {
         struct lsm_groove_index_config indexes[LSM_GROOVE_INDEXES_MAX];
         uint32_t memtable_max;          /* objects per bar */
         uint32_t table_data_blocks_max; /* 0: the default (tests make small tables) */
+        /* Objects are never updated (lsm_groove_update is not used): no memtable hash. */
+        bool objects_insert_only;
 };
 
 struct lsm_groove {
@@ -59,6 +61,8 @@ void lsm_groove_add_to_forest(struct lsm_groove *groove, struct lsm_forest *fore
 /* Room for `count` more objects in this bar (else flush first). */
 bool lsm_groove_has_room(const struct lsm_groove *groove, uint32_t count);
 void lsm_groove_insert(struct lsm_groove *groove, const void *object);
+/* A hint that `object` will be inserted soon (lsm_tree_put_prefetch of its hashed trees). */
+void lsm_groove_insert_prefetch(const struct lsm_groove *groove, const void *object);
 /* The object with the same id and timestamp changed in fields that are not indexed. */
 void lsm_groove_update(struct lsm_groove *groove, const void *object);
 

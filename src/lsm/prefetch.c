@@ -39,8 +39,8 @@ static bool lookup_next_table(struct lsm_lookup *l)
         const struct lsm_layout *layout = &tree->layout;
         while (l->level == 0 && l->table > 0) {
                 const struct lsm_table_info *t = &tree->levels[0].tables[--l->table];
-                if (layout->compare(l->key, t->key_min) >= 0 &&
-                    layout->compare(l->key, t->key_max) <= 0) {
+                if (lsm_key_compare(layout, l->key, t->key_min) >= 0 &&
+                    lsm_key_compare(layout, l->key, t->key_max) <= 0) {
                         l->current = *t;
                         return true;
                 }

@@ -14,10 +14,25 @@
 
 #include "lsm/grid.h"
 
+#include <string.h>
+
 #define LSM_KEY_SIZE_MAX 32u
 #define LSM_VALUE_SIZE_MAX 256u
 /* Data blocks per table: with 128-byte values a table holds 65,408 values (8 MiB). */
 #define LSM_TABLE_DATA_BLOCKS_MAX 128u
+
+/*
+ * The few key formats the ledger uses, so that the hot loops (binary searches in blocks,
+ * merges, memtable sorts) compare keys inline instead of through `compare`: little-endian
+ * unsigned integers, compared field by field. LSM_KEY_CUSTOM (0) uses `compare` alone.
+ */
+enum lsm_key_kind {
+        LSM_KEY_CUSTOM = 0,
+        LSM_KEY_U64 = 1,      /* key_size 8 */
+        LSM_KEY_U128 = 2,     /* key_size 16 */
+        LSM_KEY_U64_U64 = 3,  /* key_size 16: (u64, u64), the first field first */
+        LSM_KEY_U128_U64 = 4, /* key_size 24: (u128, u64) */
+};
 
 /* How a tree's values are laid out and ordered. */
 struct lsm_layout {
@@ -28,11 +43,91 @@ struct lsm_layout {
         int (*compare)(const void *key_a, const void *key_b);
         /* Data blocks per table, 0: LSM_TABLE_DATA_BLOCKS_MAX (tests make small tables). */
         uint32_t table_data_blocks_max;
+        /* enum lsm_key_kind: must order keys exactly as `compare` does (asserted in tests). */
+        uint8_t key_kind;
+        /*
+         * Tables carry a key filter in their index block (below): for trees whose point
+         * lookups often miss, like the id maps that every new id is looked up in.
+         */
+        bool filter;
+        /*
+         * Values are inserted and (almost) never replaced, like index entries whose key holds
+         * the object's unique timestamp: the memtable appends without a hash table and sorts
+         * when it is read or flushed; a key put twice still keeps its newest value.
+         */
+        bool insert_only;
 };
 
 static inline const uint8_t *lsm_key_of(const struct lsm_layout *layout, const void *value)
 {
         return (const uint8_t *)value + layout->key_offset;
+}
+
+static inline int lsm_compare_u64_at(const uint8_t *a, const uint8_t *b)
+{
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        return (x > y) - (x < y);
+}
+
+static inline int lsm_compare_u128_at(const uint8_t *a, const uint8_t *b)
+{
+        u128 x, y;
+        memcpy(&x, a, 16);
+        memcpy(&y, b, 16);
+        return (x > y) - (x < y);
+}
+
+/* Orders two keys of `layout`: negative, 0 or positive, as layout->compare does. */
+static inline int lsm_key_compare(const struct lsm_layout *layout, const void *key_a,
+                                  const void *key_b)
+{
+        const uint8_t *a = key_a, *b = key_b;
+        int c;
+        switch (layout->key_kind) {
+        case LSM_KEY_U64:
+                return lsm_compare_u64_at(a, b);
+        case LSM_KEY_U128:
+                return lsm_compare_u128_at(a, b);
+        case LSM_KEY_U64_U64:
+                c = lsm_compare_u64_at(a, b);
+                return c != 0 ? c : lsm_compare_u64_at(a + 8, b + 8);
+        case LSM_KEY_U128_U64:
+                c = lsm_compare_u128_at(a, b);
+                return c != 0 ? c : lsm_compare_u64_at(a + 16, b + 16);
+        default:
+                return layout->compare(a, b);
+        }
+}
+
+/*
+ * The key as three 64-bit words, most significant first, whose lexicographic order is the
+ * key's order (unused words 0). LSM_KEY_CUSTOM keys have no such form: false.
+ */
+static inline bool lsm_key_words(const struct lsm_layout *layout, const void *key_in,
+                                 uint64_t words[3])
+{
+        const uint8_t *key = key_in;
+        words[0] = words[1] = words[2] = 0;
+        switch (layout->key_kind) {
+        case LSM_KEY_U64:
+                memcpy(&words[0], key, 8);
+                return true;
+        case LSM_KEY_U128:
+        case LSM_KEY_U64_U64:
+                /* u128: the high half (bytes 8..15) first; (u64, u64): bytes 0..7 first. */
+                memcpy(&words[0], key + (layout->key_kind == LSM_KEY_U128 ? 8 : 0), 8);
+                memcpy(&words[1], key + (layout->key_kind == LSM_KEY_U128 ? 0 : 8), 8);
+                return true;
+        case LSM_KEY_U128_U64:
+                memcpy(&words[0], key + 8, 8);
+                memcpy(&words[1], key, 8);
+                memcpy(&words[2], key + 16, 8);
+                return true;
+        default:
+                return false;
+        }
 }
 
 /* One data block's entry in a table's index block. */
@@ -44,6 +139,56 @@ struct lsm_index_entry {
 _Static_assert(sizeof(struct lsm_index_entry) == 96, "index entry size");
 _Static_assert(LSM_TABLE_DATA_BLOCKS_MAX * sizeof(struct lsm_index_entry) <= LSM_BLOCK_PAYLOAD_MAX,
                "an index block holds every data block of a table");
+
+/*
+ * The key filter: a split-block Bloom filter in the index block's space after the largest
+ * index the layout's tables can have, up to the end of the block, in buckets of 256 bits. A key
+ * sets one bit in each of the eight 32-bit words of one bucket; a lookup that finds any of them
+ * clear skips the table without searching its index or reading a data block (a miss-bound
+ * binary search of 11 probes). The filter costs no memory (it is read through the cache with
+ * the index block) and no extra block. Its false positive rate follows the bits per key, so
+ * tables of filtered layouts are capped at the data blocks that leave the filter at least
+ * LSM_TABLE_FILTER_BITS_PER_KEY_MIN bits per key (34 blocks of 32-byte values: 7.2 bits, ~3%),
+ * unless the layout sets table_data_blocks_max. An index block holds a filter when its size
+ * reaches the end of the block.
+ */
+#define LSM_TABLE_FILTER_BUCKET_SIZE 32u
+#define LSM_TABLE_FILTER_BITS_PER_KEY_MIN 7u
+
+/* Data blocks per table of `layout`. */
+uint32_t lsm_table_data_blocks_max(const struct lsm_layout *layout);
+/* Where the filter starts in an index block of `layout`. */
+uint32_t lsm_table_filter_offset(const struct lsm_layout *layout);
+
+/* A 64-bit hash of a key (memtable hash tables and filters). */
+static inline uint64_t lsm_key_hash(const struct lsm_layout *layout, const void *key_in)
+{
+        const uint8_t *key = key_in;
+        uint32_t size = layout->key_size;
+        uint64_t h = 0x9E3779B97F4A7C15ull ^ size;
+        for (uint32_t i = 0; i < size; i += 8) {
+                uint64_t word = 0;
+                memcpy(&word, key + i, size - i < 8 ? size - i : 8);
+                h = (h ^ word) * 0xBF58476D1CE4E5B9ull;
+                h ^= h >> 31;
+        }
+        return h;
+}
+
+/* False if the table whose index block this is cannot hold `key` (true without a filter). */
+bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t *index_block,
+                                  const void *key);
+/* The same with the key's lsm_key_hash already computed (one hash for every table). */
+bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
+                                       const uint8_t *index_block, uint64_t hash);
+/* The filter bucket a key of this hash maps to (to prefetch it), or NULL without a filter. */
+const void *lsm_table_filter_bucket(const struct lsm_layout *layout, const uint8_t *index_block,
+                                    uint64_t hash);
+/* The same two with the filter's offset (lsm_table_filter_offset) computed once. */
+const void *lsm_table_filter_bucket_at(const uint8_t *index_block, uint32_t filter_offset,
+                                       uint64_t hash);
+bool lsm_table_filter_may_contain_at(const uint8_t *index_block, uint32_t filter_offset,
+                                     uint64_t hash);
 
 /* What the manifest keeps of a table. */
 struct lsm_table_info {
@@ -76,6 +221,10 @@ struct lsm_table_builder {
         bool failed; /* a write failed: grid->error says why */
         void (*on_table)(void *context, const struct lsm_table_info *table);
         void *context;
+        /* The layout's constants, computed once (each costs divisions): */
+        uint32_t values_per_block;
+        uint32_t data_blocks_max;
+        uint32_t filter_offset; /* 0: no filter */
 };
 
 int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_layout *layout,

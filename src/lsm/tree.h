@@ -10,8 +10,9 @@
  *
  * Levels: level 0 holds up to LSM_LEVEL0_TABLES_MAX flushed tables, whose key ranges may
  * overlap (newest last); level i >= 1 holds non-overlapping tables sorted by key, up to
- * LSM_GROWTH_FACTOR^i of them. Compaction of level 0 merges all of it with the tables of level
- * 1 it overlaps; compaction of level i >= 1 takes one table (round robin over the key space) and
+ * LSM_GROWTH_FACTOR^i of them. Compaction of level 0 first moves down, unchanged, each table
+ * that overlaps no other level-0 table and no level-1 table, then merges the rest with the
+ * tables of level 1 they overlap; compaction of level i >= 1 takes one table (round robin over the key space) and
  * merges it with the tables of level i + 1 it overlaps, or moves it down unchanged when it
  * overlaps none (tables of keys that only grow, like timestamps, are never rewritten). Blocks of
  * replaced tables are released to the grid, free after the next checkpoint.
@@ -59,14 +60,24 @@ struct lsm_tree {
         char name[32];
         struct lsm_layout layout;
         struct lsm_grid *grid;
-        /* Memtable: values in arrival order; `hash` maps a key to its position (+1). */
+        /*
+         * Memtable: values in arrival order; `hash` maps a key to its position (+1) in the low
+         * `hash_position_bits`, with the high bits of the key's hash above (a probe compares a
+         * value only when they match). Layouts with insert_only have no hash: lookups binary
+         * search the sorted view.
+         */
         uint8_t *memtable;
         uint32_t memtable_count;
         uint32_t memtable_max;
         uint32_t *hash;
         uint32_t hash_mask;
-        uint32_t *sorted; /* positions in key order, valid while !sorted_dirty */
+        uint32_t hash_position_bits;
+        uint32_t *sorted;      /* positions in key order, valid while !sorted_dirty */
+        uint32_t sorted_count; /* the sorted view's length: one position per key, the newest */
         bool sorted_dirty;
+        bool in_order;         /* every value appended had a larger key than the one before */
+        uint64_t *sort_scratch; /* 2 x memtable_max: (key prefix, position) for a radix sort */
+        uint32_t filter_offset; /* lsm_table_filter_offset of a filtered layout, else 0 */
         struct lsm_level levels[LSM_LEVELS];
         uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
         bool compact_cursor_set[LSM_LEVELS];
@@ -87,6 +98,11 @@ void lsm_tree_deinit(struct lsm_tree *tree);
 bool lsm_tree_has_room(const struct lsm_tree *tree, uint32_t count);
 /* Inserts or replaces (same key) a value in the memtable, which must have room. */
 void lsm_tree_put(struct lsm_tree *tree, const void *value);
+/*
+ * A hint that a value of `key` will be put soon: starts loading the memtable's hash slot, so
+ * that a loop putting many random keys overlaps their cache misses. Changes nothing.
+ */
+void lsm_tree_put_prefetch(const struct lsm_tree *tree, const void *key);
 
 /* The memtable's value of `key` into `out`; false if the memtable does not hold it. */
 bool lsm_tree_memtable_get(const struct lsm_tree *tree, const void *key, void *out);

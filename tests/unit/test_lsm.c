@@ -154,6 +154,78 @@ static uint64_t rng(void)
         return rng_state;
 }
 
+/* ---- key kinds ---------------------------------------------------------------------------- */
+
+static int sign(int c)
+{
+        return (c > 0) - (c < 0);
+}
+
+static int compare_u128_ref(const void *a, const void *b)
+{
+        u128 x, y;
+        memcpy(&x, a, 16);
+        memcpy(&y, b, 16);
+        return x < y ? -1 : x > y;
+}
+
+static int compare_u64_u64_ref(const void *a, const void *b)
+{
+        int c = compare_u64(a, b);
+        return c != 0 ? c : compare_u64((const uint8_t *)a + 8, (const uint8_t *)b + 8);
+}
+
+static int compare_u128_u64_ref(const void *a, const void *b)
+{
+        int c = compare_u128_ref(a, b);
+        return c != 0 ? c : compare_u64((const uint8_t *)a + 16, (const uint8_t *)b + 16);
+}
+
+static int compare_words(const uint64_t *a, const uint64_t *b)
+{
+        for (uint32_t i = 0; i < 3; i++)
+                if (a[i] != b[i])
+                        return a[i] < b[i] ? -1 : 1;
+        return 0;
+}
+
+/* The inline comparisons and key words of each key kind order keys as its compare does. */
+static void test_key_kinds(void)
+{
+        const struct lsm_layout layouts[] = {
+                {.value_size = 32, .key_size = 8, .compare = compare_u64,
+                 .key_kind = LSM_KEY_U64},
+                {.value_size = 32, .key_size = 16, .compare = compare_u128_ref,
+                 .key_kind = LSM_KEY_U128},
+                {.value_size = 32, .key_size = 16, .compare = compare_u64_u64_ref,
+                 .key_kind = LSM_KEY_U64_U64},
+                {.value_size = 32, .key_size = 24, .compare = compare_u128_u64_ref,
+                 .key_kind = LSM_KEY_U128_U64},
+        };
+        rng_state = 99;
+        uint32_t wrong = 0;
+        for (uint32_t k = 0; k < sizeof(layouts) / sizeof(layouts[0]); k++) {
+                const struct lsm_layout *l = &layouts[k];
+                for (uint32_t i = 0; i < 20000; i++) {
+                        uint8_t a[24], b[24];
+                        for (uint32_t w = 0; w < 3; w++) {
+                                /* Few distinct words, so that equal fields are common. */
+                                uint64_t x = rng() % 3 == 0 ? rng() % 4 : rng();
+                                uint64_t y = rng() % 2 == 0 ? x : rng() % 4;
+                                memcpy(a + 8 * w, &x, 8);
+                                memcpy(b + 8 * w, &y, 8);
+                        }
+                        int expected = sign(l->compare(a, b));
+                        uint64_t wa[3], wb[3];
+                        CHECK(lsm_key_words(l, a, wa) && lsm_key_words(l, b, wb));
+                        if (sign(lsm_key_compare(l, a, b)) != expected ||
+                            compare_words(wa, wb) != expected)
+                                wrong++;
+                }
+        }
+        CHECK_EQ_U64(wrong, 0);
+}
+
 /* ---- block format and free set ------------------------------------------------------------ */
 
 static void test_block_check(void)
@@ -375,7 +447,153 @@ static void check_against_model(struct lsm_tree *tree, uint32_t probes)
         }
 }
 
+/* The same with inline key comparisons and a key filter in every index block. */
+static const struct lsm_layout layout_small_tables_filtered = {
+        .tree = 8,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+        .table_data_blocks_max = 2,
+        .key_kind = LSM_KEY_U64,
+        .filter = true,
+};
+
+/* Insert-only memtables (no hash; overwrites still keep the newest), with and without key kind. */
+static const struct lsm_layout layout_small_tables_insert_only = {
+        .tree = 8,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+        .table_data_blocks_max = 2,
+        .key_kind = LSM_KEY_U64,
+        .insert_only = true,
+};
+
+static const struct lsm_layout layout_small_tables_insert_only_custom = {
+        .tree = 8,
+        .value_size = sizeof(struct value),
+        .key_size = 8,
+        .key_offset = 8,
+        .compare = compare_u64,
+        .table_data_blocks_max = 2,
+        .insert_only = true,
+};
+
+static void tree_model(const struct lsm_layout *tree_layout);
+
+static int compare_u64_qsort(const void *a, const void *b)
+{
+        return compare_u64(a, b);
+}
+
+struct sorted_check {
+        const uint64_t *expect; /* unique keys in order, with the newest version */
+        const uint64_t *version;
+        uint64_t count;
+        uint64_t seen;
+        uint64_t wrong;
+};
+
+static bool sorted_visit(void *context, const void *value)
+{
+        struct sorted_check *c = context;
+        const struct value *v = value;
+        if (c->seen >= c->count || v->key != c->expect[c->seen] || v->version != c->version[c->seen])
+                c->wrong++;
+        c->seen++;
+        return true;
+}
+
+/*
+ * The memtable's sorted view (radix sort on the varying 32 bits, then runs of equal prefixes)
+ * against qsort, for keys whose varying bits span more than 32 bits (out-of-order runs), keys
+ * in order, and repeated keys (the newest kept), in insert-only and hashed memtables.
+ */
+static void test_memtable_sort(void)
+{
+        enum { N = 30000 };
+        static uint64_t keys[N], expect[N], version[N];
+        const struct lsm_layout *layouts[] = {&layout_small_tables_insert_only,
+                                              &layout_small_tables_filtered};
+        for (uint32_t shape = 0; shape < 3; shape++) {
+                for (uint32_t l = 0; l < 2; l++) {
+                        device_reset();
+                        rng_state = 4242 + shape;
+                        struct lsm_grid grid;
+                        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+                        struct lsm_tree tree;
+                        CHECK(lsm_tree_init(&tree, "sort", layouts[l], &grid, N) == 0);
+                        for (uint32_t i = 0; i < N; i++) {
+                                if (shape == 0) /* 50 prefixes, random low bits */
+                                        keys[i] = (rng() % 50) << 45 | (rng() % (1u << 20));
+                                else if (shape == 1) /* in order */
+                                        keys[i] = 1000 + 3ull * i;
+                                else /* few keys, repeated */
+                                        keys[i] = rng() % 5000;
+                                struct value v = value_make(keys[i], i);
+                                lsm_tree_put(&tree, &v);
+                        }
+                        /* Expected: unique keys in order, each with its last version. */
+                        memcpy(expect, keys, sizeof(keys));
+                        qsort(expect, N, sizeof(uint64_t), compare_u64_qsort);
+                        uint64_t unique = 0;
+                        for (uint32_t i = 0; i < N; i++)
+                                if (unique == 0 || expect[unique - 1] != expect[i])
+                                        expect[unique++] = expect[i];
+                        for (uint32_t i = 0; i < N; i++) {
+                                uint64_t lo = 0, hi = unique;
+                                while (lo < hi) {
+                                        uint64_t mid = (lo + hi) / 2;
+                                        if (expect[mid] < keys[i])
+                                                lo = mid + 1;
+                                        else
+                                                hi = mid;
+                                }
+                                version[lo] = i;
+                        }
+                        struct sorted_check check = {.expect = expect, .version = version,
+                                                     .count = unique};
+                        CHECK(lsm_tree_scan(&tree, NULL, NULL, false, sorted_visit, &check) ==
+                              (int64_t)unique);
+                        CHECK_EQ_U64(check.wrong, 0);
+                        /* Lookups through the memtable, then through the flushed table. */
+                        for (uint32_t pass = 0; pass < 2; pass++) {
+                                uint32_t wrong = 0;
+                                for (uint32_t i = 0; i < 2000; i++) {
+                                        uint64_t k = rng() % unique;
+                                        struct value out;
+                                        if (lsm_tree_get(&tree, &expect[k], &out) != 1 ||
+                                            out.version != version[k])
+                                                wrong++;
+                                }
+                                CHECK_EQ_U64(wrong, 0);
+                                CHECK(lsm_tree_flush(&tree));
+                        }
+                        lsm_tree_deinit(&tree);
+                        lsm_grid_deinit(&grid);
+                }
+        }
+}
+
+static void test_tree_model_insert_only(void)
+{
+        tree_model(&layout_small_tables_insert_only);
+        tree_model(&layout_small_tables_insert_only_custom);
+}
+
 static void test_tree_model(void)
+{
+        tree_model(&layout_small_tables);
+}
+
+static void test_tree_model_filtered(void)
+{
+        tree_model(&layout_small_tables_filtered);
+}
+
+static void tree_model(const struct lsm_layout *tree_layout)
 {
         device_reset();
         memset(model, 0, sizeof(model));
@@ -383,7 +601,7 @@ static void test_tree_model(void)
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0); /* 4 MiB cache */
         struct lsm_tree tree;
-        CHECK(lsm_tree_init(&tree, "model", &layout_small_tables, &grid, 20000) == 0);
+        CHECK(lsm_tree_init(&tree, "model", tree_layout, &grid, 20000) == 0);
         uint64_t version = 0;
         for (uint32_t bar = 0; bar < 60; bar++) {
                 /* Random keys: inserts and overwrites, some repeated within the bar. */
@@ -1170,10 +1388,14 @@ static void test_groove(void)
 
 int main(void)
 {
+        TEST_RUN(test_key_kinds);
         TEST_RUN(test_block_check);
         TEST_RUN(test_free_set);
         TEST_RUN(test_table);
         TEST_RUN(test_tree_model);
+        TEST_RUN(test_tree_model_filtered);
+        TEST_RUN(test_tree_model_insert_only);
+        TEST_RUN(test_memtable_sort);
         TEST_RUN(test_tree_paced);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
