@@ -304,6 +304,7 @@ uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t times
                 tally_assert(body_size == 0);
                 ws_reserve(ledger, LEDGER_PULSE_TIMESTAMP_DELTA);
                 ledger_pulse(ledger, timestamp);
+                ledger_beat(ledger);
 #ifdef TALLY_DEBUG
                 ledger_check_invariants(ledger);
 #endif
@@ -348,6 +349,7 @@ uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t times
         }
         if (creates) ws_commit(ledger);
         if (info.kind == OP_CREATE_TRANSFERS) ledger_expiry_next_update(ledger);
+        ledger_beat(ledger);
 #ifdef TALLY_DEBUG
         if (creates) ledger_check_invariants(ledger);
 #endif

@@ -33,6 +33,7 @@ struct ledger_config {
         uint64_t cache_bytes;     /* the block cache; 0: 64 MiB */
         uint32_t memtable_max;    /* values per tree between flushes; 0: 65,536 */
         uint32_t table_data_blocks_max; /* 0: the LSM's default (tests make small tables) */
+        uint32_t beat_values; /* compaction per tree per operation; 0: 32,768 */
         /* The request body limit advertised to clients (batch_size_limit); bounds events.
          * 0 means LEDGER_BODY_SIZE_MAX. */
         uint32_t request_body_size_max;

@@ -249,8 +249,10 @@ void ws_chain_commit(struct ledger *ledger);
 void ws_chain_rollback(struct ledger *ledger);
 /* Before an operation that creates up to `events` objects: room in every memtable. */
 void ws_reserve(struct ledger *ledger, uint32_t events);
-/* Flushes and compacts every tree (between operations). */
+/* Flushes and compacts every tree whole (between operations; bulk loads). */
 void ledger_flush(struct ledger *ledger);
+/* An operation ended: each tree's share of compaction (config.beat_values). */
+void ledger_beat(struct ledger *ledger);
 /* The operation ended: every change into the trees; the working set is emptied. */
 void ws_commit(struct ledger *ledger);
 

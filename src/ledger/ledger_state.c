@@ -449,15 +449,49 @@ void ws_chain_rollback(struct ledger *ledger)
 
 /* ---- flushes ------------------------------------------------------------------------------ */
 
+/*
+ * Compaction is paced by op: after every operation each tree does at most beat_values of
+ * merging (lsm_tree_compact_step), so no request waits for a whole merge. Jobs stay in flight
+ * across checkpoints (their blocks are staged: grid.h). A tree whose level 0 grows past twice
+ * its budget anyway (writes outpacing the beats) is compacted at once: back-pressure, at a
+ * point fixed by the operations like everything here.
+ */
+#define BEAT_VALUES_DEFAULT 32768u
+
+static struct lsm_tree *forest_tree(struct ledger *ledger, uint32_t id)
+{
+        return ledger->forest.trees[id];
+}
+
+/* Flushes every memtable (no compaction). */
 static void trees_flush(struct ledger *ledger)
 {
-        bool ok = lsm_groove_flush(&ledger->accounts) && lsm_groove_flush(&ledger->transfers) &&
-                  lsm_tree_flush(&ledger->status) && lsm_tree_flush(&ledger->expiry) &&
-                  lsm_tree_flush(&ledger->history) && lsm_groove_compact(&ledger->accounts) &&
-                  lsm_groove_compact(&ledger->transfers) && lsm_tree_compact(&ledger->status) &&
-                  lsm_tree_compact(&ledger->expiry) && lsm_tree_compact(&ledger->history);
-        if (!ok)
-                ledger_fault(ledger, "flush");
+        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++) {
+                struct lsm_tree *tree = forest_tree(ledger, id);
+                if (tree != NULL && !lsm_tree_flush(tree))
+                        ledger_fault(ledger, "flush");
+        }
+}
+
+static void tree_backpressure(struct ledger *ledger, struct lsm_tree *tree)
+{
+        if (tree->levels[0].count > 2 * LSM_LEVEL0_TABLES_MAX && !lsm_tree_compact(tree))
+                ledger_fault(ledger, "compaction");
+}
+
+void ledger_beat(struct ledger *ledger)
+{
+        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++) {
+                struct lsm_tree *tree = forest_tree(ledger, id);
+                if (tree == NULL)
+                        continue;
+                bool idle;
+                uint32_t beat = ledger->config.beat_values ? ledger->config.beat_values
+                                                           : BEAT_VALUES_DEFAULT;
+                if (!lsm_tree_compact_step(tree, beat, &idle))
+                        ledger_fault(ledger, "compaction");
+                tree_backpressure(ledger, tree);
+        }
 }
 
 void ws_reserve(struct ledger *ledger, uint32_t events)
@@ -477,6 +511,11 @@ void ledger_flush(struct ledger *ledger)
 {
         tally_assert(ledger->ws.count == 0);
         trees_flush(ledger);
+        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++) {
+                struct lsm_tree *tree = forest_tree(ledger, id);
+                if (tree != NULL && !lsm_tree_compact(tree))
+                        ledger_fault(ledger, "compaction");
+        }
 }
 
 /*
@@ -486,8 +525,11 @@ void ledger_flush(struct ledger *ledger)
  */
 static void tree_room(struct ledger *ledger, struct lsm_tree *tree)
 {
-        if (!lsm_tree_has_room(tree, 1) && !(lsm_tree_flush(tree) && lsm_tree_compact(tree)))
+        if (lsm_tree_has_room(tree, 1))
+                return;
+        if (!lsm_tree_flush(tree))
                 ledger_fault(ledger, "flush");
+        tree_backpressure(ledger, tree);
 }
 
 static void groove_room(struct ledger *ledger, struct lsm_groove *g)

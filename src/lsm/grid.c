@@ -88,6 +88,7 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         grid->used = calloc(words, sizeof(uint64_t));
         grid->released = calloc(words, sizeof(uint64_t));
         grid->pending = calloc(words, sizeof(uint64_t));
+        grid->staged = calloc(words, sizeof(uint64_t));
         uint32_t sets = (cache_blocks + LSM_CACHE_WAYS - 1) / LSM_CACHE_WAYS;
         if (sets == 0)
                 sets = 1;
@@ -107,6 +108,7 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         grid->set_hand = calloc(sets, sizeof(uint32_t));
         grid->scratch = aligned_alloc(4096, LSM_BLOCK_SIZE);
         if (grid->used == NULL || grid->released == NULL || grid->pending == NULL ||
+            grid->staged == NULL ||
             grid->slots == NULL ||
             grid->slot_address == NULL || grid->slot_checksum == NULL ||
             grid->slot_referenced == NULL || grid->slot_reading == NULL ||
@@ -124,6 +126,7 @@ void lsm_grid_deinit(struct lsm_grid *grid)
         free(grid->used);
         free(grid->released);
         free(grid->pending);
+        free(grid->staged);
         free(grid->held);
         free(grid->slots);
         free(grid->slot_address);
@@ -154,11 +157,51 @@ uint64_t lsm_grid_acquire(struct lsm_grid *grid)
                         grid->used_count++;
                         grid->address_max = MAX(grid->address_max, a);
                         grid->stats.acquired++;
+                        struct lsm_stage *stage = grid->stage_active;
+                        if (stage != NULL) {
+                                if (stage->count == stage->capacity) {
+                                        uint32_t capacity = MAX(stage->capacity * 2, 64u);
+                                        uint64_t *more = realloc(stage->addresses,
+                                                                 capacity * sizeof(*more));
+                                        tally_assert(more != NULL);
+                                        stage->addresses = more;
+                                        stage->capacity = capacity;
+                                }
+                                stage->addresses[stage->count++] = a;
+                                bit_set(grid->staged, a, true);
+                        }
                         return a;
                 }
         }
         grid->acquire_hint = grid->block_count_max + 1;
         return 0;
+}
+
+void lsm_grid_stage(struct lsm_grid *grid, struct lsm_stage *stage)
+{
+        grid->stage_active = stage;
+}
+
+void lsm_grid_stage_commit(struct lsm_grid *grid, struct lsm_stage *stage)
+{
+        for (uint32_t i = 0; i < stage->count; i++)
+                bit_set(grid->staged, stage->addresses[i], false);
+        stage->count = 0;
+}
+
+void lsm_grid_stage_abandon(struct lsm_grid *grid, struct lsm_stage *stage)
+{
+        for (uint32_t i = 0; i < stage->count; i++) {
+                bit_set(grid->staged, stage->addresses[i], false);
+                lsm_grid_release(grid, stage->addresses[i]);
+        }
+        stage->count = 0;
+}
+
+void lsm_stage_free(struct lsm_stage *stage)
+{
+        free(stage->addresses);
+        memset(stage, 0, sizeof(*stage));
 }
 
 void lsm_grid_release(struct lsm_grid *grid, uint64_t address)
@@ -252,7 +295,7 @@ void lsm_grid_free_set_encode(const struct lsm_grid *grid, uint32_t chunk, uint6
                 uint64_t i = first + w;
                 uint64_t held = grid->held != NULL && i < total ? grid->held[i] : 0;
                 words[w] = i < total ? grid->used[i] & ~grid->released[i] & ~grid->pending[i] &
-                                               ~held
+                                               ~grid->staged[i] & ~held
                                      : 0;
         }
 }
@@ -263,6 +306,8 @@ void lsm_grid_free_set_clear(struct lsm_grid *grid)
         memset(grid->used, 0, total * sizeof(uint64_t));
         memset(grid->released, 0, total * sizeof(uint64_t));
         memset(grid->pending, 0, total * sizeof(uint64_t));
+        memset(grid->staged, 0, total * sizeof(uint64_t));
+        grid->stage_active = NULL;
         free(grid->held);
         grid->held = NULL;
         bit_set(grid->used, 0, true);

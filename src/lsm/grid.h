@@ -116,6 +116,17 @@ struct lsm_grid_stats {
         uint64_t released;
 };
 
+/*
+ * The blocks a compaction job has written so far (its output tables, not yet installed): in
+ * use, but named by no checkpoint. A checkpoint written while the job runs records them free,
+ * so a restart from it, which starts the job over, does not leak them.
+ */
+struct lsm_stage {
+        uint64_t *addresses;
+        uint32_t count;
+        uint32_t capacity;
+};
+
 struct lsm_grid {
         struct lsm_device device;
         /* Free set: bit set = in use. `released` blocks are in use until the checkpoint. */
@@ -128,6 +139,8 @@ struct lsm_grid {
          * `released` for the next one.
          */
         uint64_t *pending;
+        uint64_t *staged;                /* acquired while a stage was active (lsm_stage) */
+        struct lsm_stage *stage_active; /* the stage acquired blocks go to, or NULL */
         /*
          * While a checkpoint is held (a backup copies it): blocks freed by later checkpoints stay
          * in use here until the hold ends, so the held checkpoint stays readable. NULL: none.
@@ -165,6 +178,13 @@ uint64_t lsm_grid_acquire(struct lsm_grid *grid);
  * checkpoint there until the new one replaces it). Survives lsm_grid_free_set_clear.
  */
 void lsm_grid_reserve_below(struct lsm_grid *grid, uint64_t count);
+/* While `stage` is set (NULL: none), acquired blocks are staged into it. */
+void lsm_grid_stage(struct lsm_grid *grid, struct lsm_stage *stage);
+/* The staged blocks are part of the trees now (a job installed): no longer staged. */
+void lsm_grid_stage_commit(struct lsm_grid *grid, struct lsm_stage *stage);
+/* The staged blocks will never be named (a job dropped): released. */
+void lsm_grid_stage_abandon(struct lsm_grid *grid, struct lsm_stage *stage);
+void lsm_stage_free(struct lsm_stage *stage);
 /* The block will be free after the next checkpoint. */
 void lsm_grid_release(struct lsm_grid *grid, uint64_t address);
 /* A checkpoint was written: the blocks released so far are not in it (see `pending`). */

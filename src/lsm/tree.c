@@ -122,6 +122,7 @@ void lsm_tree_deinit(struct lsm_tree *tree)
                 free(tree->levels[i].tables);
         if (tree->job.active)
                 job_free(tree);
+        lsm_stage_free(&tree->job.stage);
         free(tree->built.tables);
         lsm_table_builder_deinit(&tree->builder);
         lsm_table_builder_deinit(&tree->flush_builder);
@@ -1050,7 +1051,9 @@ static void job_free(struct lsm_tree *tree)
                 free(job->merge);
         }
         free(job->inputs);
+        struct lsm_stage stage = job->stage;
         memset(job, 0, sizeof(*job));
+        job->stage = stage; /* kept (and reused) across jobs; freed with the tree */
 }
 
 /*
@@ -1065,7 +1068,9 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         uint32_t target = from + 1;
         uint8_t min[LSM_KEY_SIZE_MAX], max[LSM_KEY_SIZE_MAX];
         tables_range(tree, upper, upper_count, min, max);
+        struct lsm_stage stage = job->stage; /* its list is kept from job to job */
         memset(job, 0, sizeof(*job));
+        job->stage = stage;
         level_overlap(tree, target, min, max, &job->overlap_first, &job->overlap_count);
         job->from = from;
         job->upper_count = upper_count;
@@ -1077,6 +1082,7 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
                 free(job->inputs);
                 free(job->merge);
                 memset(job, 0, sizeof(*job));
+                job->stage = stage;
                 snprintf(tree->grid->error, sizeof(tree->grid->error),
                          "out of memory for a compaction");
                 return false;
@@ -1131,6 +1137,7 @@ static bool job_install(struct lsm_tree *tree)
         tree->built.count = 0;
         tree->stats.compactions++;
         tree->version++;
+        lsm_grid_stage_commit(tree->grid, &job->stage);
         job_free(tree);
         return true;
 }
@@ -1238,20 +1245,28 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
                 }
                 uint64_t emitted = 0;
                 bool stopped = false;
+                /* Blocks written now are the job's, named by no checkpoint until it installs. */
+                lsm_grid_stage(tree->grid, &job->stage);
                 bool ok = merge_run(job->merge, emit_to_builder, tree, &emitted, &stopped,
                                     budget);
                 tree->stats.values_compacted += emitted;
                 budget -= MIN(budget, emitted);
                 if (!ok || (stopped && tree->builder.failed)) {
-                        /* A fault: drop the job; its inputs are untouched and still in place.
-                         * The tables it wrote so far stay allocated until the next restart. */
+                        /* A fault: drop the job; its inputs are untouched and still in place. */
+                        lsm_grid_stage(tree->grid, NULL);
+                        lsm_grid_stage_abandon(tree->grid, &job->stage);
                         tree->built.count = 0;
                         job_free(tree);
                         return false;
                 }
-                if (stopped)
+                if (stopped) {
+                        lsm_grid_stage(tree->grid, NULL);
                         continue; /* the budget ran out mid-merge */
-                if (!lsm_table_builder_finish(&tree->builder) || !job_install(tree)) {
+                }
+                bool finished = lsm_table_builder_finish(&tree->builder);
+                lsm_grid_stage(tree->grid, NULL);
+                if (!finished || !job_install(tree)) {
+                        lsm_grid_stage_abandon(tree->grid, &job->stage);
                         tree->built.count = 0;
                         job_free(tree);
                         return false;

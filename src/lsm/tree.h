@@ -54,6 +54,7 @@ struct lsm_compaction {
         uint32_t overlap_count;
         struct lsm_table_info *inputs; /* upper, then overlapping */
         struct lsm_merge *merge;       /* the inputs' cursors */
+        struct lsm_stage stage;        /* the blocks it wrote so far (grid.h) */
 };
 
 struct lsm_tree {

@@ -626,6 +626,7 @@ static void setup(struct sim *sim)
                 .cache_bytes = 32u * LSM_BLOCK_SIZE,
                 .memtable_max = 256,
                 .table_data_blocks_max = 2,
+                .beat_values = 64, /* compactions span operations and checkpoints */
         };
         sim->config = (struct replica_config){
                 .cluster = ((u128)sim_prng_next(&sim->prng) << 64) | 1u,

@@ -786,6 +786,7 @@ static void replay_file(int seed, bool tiny)
                 config.memtable_max = 64;
                 config.cache_bytes = 32u * 65536u;
                 config.table_data_blocks_max = 2;
+                config.beat_values = 64;
         }
         static struct replay r;
         memset(&r, 0, sizeof(r));

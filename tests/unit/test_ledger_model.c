@@ -784,6 +784,7 @@ static void run_seed(uint64_t seed, uint32_t steps, bool tiny)
                 config.memtable_max = 64;
                 config.cache_bytes = 32u * 65536u;
                 config.table_data_blocks_max = 2;
+                config.beat_values = 64;
         }
         ledger = ledger_create(&config);
         tally_assert(ledger != NULL);
