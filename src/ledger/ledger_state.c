@@ -494,17 +494,30 @@ void ledger_beat(struct ledger *ledger)
         }
 }
 
+/* Flushes `tree` first if it has no room for `count` more values. */
+static void tree_reserve(struct ledger *ledger, struct lsm_tree *tree, uint32_t count)
+{
+        if (lsm_tree_has_room(tree, count))
+                return;
+        if (!lsm_tree_flush(tree))
+                ledger_fault(ledger, "flush");
+        tree_backpressure(ledger, tree);
+}
+
+/*
+ * Before an operation of up to `events` events: each tree that could not take the
+ * operation's worst case flushes now, alone (trees fill at different rates, so their flushes
+ * fall on different operations). The index trees flush as they fill (tree_room).
+ */
 void ws_reserve(struct ledger *ledger, uint32_t events)
 {
-        bool room = lsm_tree_has_room(&ledger->accounts.objects, 3 * events) &&
-                    lsm_tree_has_room(&ledger->accounts.ids, events) &&
-                    lsm_tree_has_room(&ledger->transfers.objects, events) &&
-                    lsm_tree_has_room(&ledger->transfers.ids, events) &&
-                    lsm_tree_has_room(&ledger->status, events) &&
-                    lsm_tree_has_room(&ledger->expiry, events) &&
-                    lsm_tree_has_room(&ledger->history, 2 * events);
-        if (!room)
-                trees_flush(ledger);
+        tree_reserve(ledger, &ledger->accounts.objects, 3 * events);
+        tree_reserve(ledger, &ledger->accounts.ids, events);
+        tree_reserve(ledger, &ledger->transfers.objects, events);
+        tree_reserve(ledger, &ledger->transfers.ids, 2 * events);
+        tree_reserve(ledger, &ledger->status, events);
+        tree_reserve(ledger, &ledger->expiry, events);
+        tree_reserve(ledger, &ledger->history, 2 * events);
 }
 
 void ledger_flush(struct ledger *ledger)

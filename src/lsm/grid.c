@@ -245,15 +245,20 @@ void lsm_grid_checkpoint(struct lsm_grid *grid)
 
 int lsm_grid_hold(struct lsm_grid *grid)
 {
-        if (grid->held != NULL)
-                return 0;
-        grid->held = calloc((grid->block_count_max + 1 + 63) / 64, sizeof(uint64_t));
-        return grid->held == NULL ? -ENOMEM : 0;
+        if (grid->held == NULL) {
+                grid->held = calloc((grid->block_count_max + 1 + 63) / 64, sizeof(uint64_t));
+                if (grid->held == NULL)
+                        return -ENOMEM;
+        }
+        grid->holds++;
+        return 0;
 }
 
 void lsm_grid_unhold(struct lsm_grid *grid)
 {
-        if (grid->held == NULL)
+        if (grid->held == NULL || grid->holds == 0)
+                return;
+        if (--grid->holds > 0)
                 return;
         uint64_t words = (grid->block_count_max + 1 + 63) / 64;
         for (uint64_t w = 0; w < words; w++) {
@@ -310,6 +315,7 @@ void lsm_grid_free_set_clear(struct lsm_grid *grid)
         grid->stage_active = NULL;
         free(grid->held);
         grid->held = NULL;
+        grid->holds = 0;
         bit_set(grid->used, 0, true);
         grid->used_count = 0;
         grid->address_max = 0;

@@ -146,6 +146,7 @@ struct lsm_grid {
          * in use here until the hold ends, so the held checkpoint stays readable. NULL: none.
          */
         uint64_t *held;
+        uint32_t holds; /* lsm_grid_hold calls not yet undone: the hold ends with the last */
         uint64_t acquire_hint; /* no free address below it */
         uint64_t acquire_floor; /* addresses up to it are not handed out (lsm_grid_reserve_below) */
         uint64_t used_count;
@@ -193,8 +194,9 @@ void lsm_grid_checkpoint_written(struct lsm_grid *grid);
 void lsm_grid_checkpoint(struct lsm_grid *grid);
 /*
  * Keeps every block in use now from being reused until lsm_grid_unhold, through any number of
- * checkpoints: a backup reads the durable checkpoint at its own pace. The held blocks are free
- * in checkpoints written meanwhile (a restart ends the hold). -ENOMEM.
+ * checkpoints: a backup or a state sync reads a checkpoint at its own pace. Holds nest: blocks
+ * are kept until the last one ends. The held blocks are free in checkpoints written meanwhile
+ * (a restart ends every hold). -ENOMEM.
  */
 int lsm_grid_hold(struct lsm_grid *grid);
 void lsm_grid_unhold(struct lsm_grid *grid);

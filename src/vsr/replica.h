@@ -390,6 +390,19 @@ struct replica {
                 uint64_t count;
                 uint64_t capacity;
         } image;
+        /*
+         * State sync (serving side): the checkpoint a peer is copying, its blocks held
+         * (ledger_hold) so that the copy finishes even if this replica checkpoints meanwhile.
+         * Released after TICKS_SYNC_SERVE_IDLE without a request for it.
+         */
+        struct {
+                bool active;
+                uint64_t op;
+                struct lsm_block_ref root;
+                u128 prepare_checksum;
+                uint64_t timestamp;
+                uint64_t tick; /* the last request for it */
+        } serving;
         /* State sync (receiving side): a peer's checkpoint's blocks go straight to the grid. */
         struct {
                 bool active;

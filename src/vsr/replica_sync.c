@@ -195,23 +195,57 @@ void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
         request_chunk(r);
 }
 
+/*
+ * The checkpoint to serve a request from: the one the peer is copying, while this replica
+ * holds it; else the durable one, held from now on. False if there is none.
+ */
+static bool serving_pick(struct replica *r, const struct sync_fields *want)
+{
+        if (r->serving.active && want->root_address == r->serving.root.address &&
+            want->root_checksum == r->serving.root.checksum &&
+            want->checkpoint_op == r->serving.op) {
+                r->serving.tick = r->tick;
+                return true;
+        }
+        if (r->checkpoint_op_durable == 0 || r->checkpoint_root_durable.address == 0)
+                return false;
+        if (r->serving.active && r->serving.root.address == r->checkpoint_root_durable.address &&
+            r->serving.root.checksum == r->checkpoint_root_durable.checksum) {
+                r->serving.tick = r->tick;
+                return true;
+        }
+        if (!r->serving.active && ledger_hold(r->ledger) != 0)
+                return false;
+        /* A hold keeps every block from now on: the durable checkpoint's among them. */
+        r->serving.active = true;
+        r->serving.op = r->checkpoint_op_durable;
+        r->serving.root = r->checkpoint_root_durable;
+        r->serving.prepare_checksum = r->checkpoint_checksum_durable;
+        r->serving.timestamp = r->checkpoint_timestamp_durable;
+        r->serving.tick = r->tick;
+        return true;
+}
+
 static void serve_chunk(struct replica *r, const struct message *request)
 {
         struct sync_fields want;
         memcpy(&want, request->header->raw, sizeof(want));
-        if (r->checkpoint_op_durable == 0 || r->checkpoint_root_durable.address == 0)
+        bool continuing = r->serving.active && want.root_address == r->serving.root.address &&
+                          want.root_checksum == r->serving.root.checksum &&
+                          want.checkpoint_op == r->serving.op;
+        if (!serving_pick(r, &want))
                 return;
-        uint64_t blocks = replica_image_blocks(r, r->checkpoint_root_durable);
+        uint64_t blocks = replica_image_blocks(r, r->serving.root);
         if (blocks == 0)
                 return;
         struct sync_fields f = {
-                .checkpoint_op = r->checkpoint_op_durable,
+                .checkpoint_op = r->serving.op,
                 .size = blocks * LSM_BLOCK_SIZE,
-                .prepare_checksum = r->checkpoint_checksum_durable,
-                .timestamp = r->checkpoint_timestamp_durable,
-                .offset = want.checkpoint_op == r->checkpoint_op_durable ? want.offset : 0,
-                .root_address = r->checkpoint_root_durable.address,
-                .root_checksum = r->checkpoint_root_durable.checksum,
+                .prepare_checksum = r->serving.prepare_checksum,
+                .timestamp = r->serving.timestamp,
+                .offset = continuing ? want.offset : 0,
+                .root_address = r->serving.root.address,
+                .root_checksum = r->serving.root.checksum,
         };
         struct message *m = sync_message(r, COMMAND_BLOCK, &f);
         if (m == NULL)
@@ -221,7 +255,7 @@ static void serve_chunk(struct replica *r, const struct message *request)
                                                                               LSM_BLOCK_SIZE)
                                                     : body_max / 4096u * 4096u;
         uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
-        int64_t n = size == 0 ? 0 : replica_image_read(r, r->checkpoint_root_durable, f.offset,
+        int64_t n = size == 0 ? 0 : replica_image_read(r, r->serving.root, f.offset,
                                                        message_body(m), size);
         if (n < 0 || (uint32_t)n != size) {
                 message_unref(r->pool, m);
@@ -237,18 +271,32 @@ static void serve_reply(struct replica *r, const struct message *request)
         memcpy(&want, request->header->raw, sizeof(want));
         if (r->env.reply_read == NULL)
                 return;
-        if (want.checkpoint_op != r->checkpoint_op_durable) {
-                /* Its replies are gone with it: the first chunk of the new one restarts the
-                 * copy (asking on would never be answered while we keep checkpointing). */
-                serve_chunk(r, request);
-                return;
-        }
         struct message *m = message_pool_get(r->pool);
         if (m == NULL)
                 return;
-        if (r->env.reply_read(r->env.context, want.slot, want.checksum, m))
+        /* The slot still holds that reply (its checksum says so), whichever checkpoint. */
+        bool read = r->env.reply_read(r->env.context, want.slot, want.checksum, m);
+        if (read)
                 r->env.send_to_replica(r->env.context, request->header->replica, m);
         message_unref(r->pool, m);
+        if (!read) {
+                /* Gone with a later checkpoint: the first chunk of the durable one restarts the
+                 * copy (asking on would never be answered). */
+                struct sync_fields fresh = want;
+                fresh.root_address = 0;
+                fresh.root_checksum = 0;
+                fresh.checkpoint_op = 0;
+                if (r->serving.active) {
+                        ledger_unhold(r->ledger);
+                        r->serving.active = false;
+                }
+                struct message copy;
+                struct wire_header h = *request->header;
+                memcpy(h.raw, &fresh, sizeof(fresh));
+                copy.header = &h;
+                copy.buffer = (uint8_t *)&h;
+                serve_chunk(r, &copy);
+        }
 }
 
 static void sync_finish(struct replica *r)
@@ -525,6 +573,10 @@ static void sync_source_next(struct replica *r)
 
 void sync_tick(struct replica *r)
 {
+        if (r->serving.active && r->tick - r->serving.tick > TICKS_SYNC_SERVE_IDLE) {
+                ledger_unhold(r->ledger);
+                r->serving.active = false;
+        }
         if (!r->sync.active || r->tick - r->sync.tick < TICKS_SYNC_RETRY)
                 return;
         if (r->config.replica_count > 2)
