@@ -364,11 +364,17 @@ static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
                 return false;
         }
         struct lsm_block_ref ref = index_entries_const(index)[data_index].data;
-        /* Into the cursor's own buffer, without caching: a scan or a compaction reads a data
-         * block once, and must not evict the index blocks that lookups need. */
-        if (!lsm_grid_read_copy(c->grid, ref, LSM_BLOCK_TABLE_DATA, c->block)) {
-                c->failed = c->done = true;
-                return false;
+        /* Into the cursor's own buffer, through the cache (queries seek back into blocks
+         * other cursors read). A seek within the block the cursor holds reads nothing. */
+        if (ref.address != c->loaded.address || ref.checksum != c->loaded.checksum) {
+                c->loaded.address = 0;
+                const uint8_t *data = lsm_grid_read(c->grid, ref, LSM_BLOCK_TABLE_DATA);
+                if (data == NULL) {
+                        c->failed = c->done = true;
+                        return false;
+                }
+                memcpy(c->block, data, ((const struct lsm_block_header *)data)->size);
+                c->loaded = ref;
         }
         const struct lsm_block_header *dh = (const struct lsm_block_header *)c->block;
         c->data_index = data_index;

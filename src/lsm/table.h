@@ -267,6 +267,7 @@ struct lsm_table_cursor {
         bool reversed;
         bool done;
         bool failed; /* grid->error says why */
+        struct lsm_block_ref loaded; /* the data block in `block` (address 0: none) */
 };
 
 int lsm_table_cursor_init(struct lsm_table_cursor *cursor, const struct lsm_layout *layout,
