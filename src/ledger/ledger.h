@@ -31,7 +31,7 @@ struct ledger_config {
         struct lsm_device device;
         uint64_t grid_blocks_max; /* addresses of the grid; 0: 2^24 (1 TiB) */
         uint64_t cache_bytes;     /* the block cache; 0: 64 MiB */
-        uint32_t memtable_max;    /* values per tree between flushes; 0: 65,536 */
+        uint32_t memtable_max;    /* values per tree between flushes; 0: 131,072 */
         uint32_t table_data_blocks_max; /* 0: the LSM's default (tests make small tables) */
         uint32_t beat_values; /* compaction per tree per operation; 0: 32,768 */
         /* The request body limit advertised to clients (batch_size_limit); bounds events.
