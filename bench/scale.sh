@@ -12,12 +12,13 @@
 #                         a restart with the page cache dropped: a cold cache
 #   query p99             100 query_transfers of one user_data_128 value (exactly 10 results,
 #                         limit 10) among everything stored, page cache dropped before
-#   RSS, peak RSS         VmRSS and VmHWM of the server after the step's load; RSS again after
-#                         the restart, lookups and queries
+#   RSS, peak RSS         VmRSS and VmHWM (the peak since its last start, i.e. the previous
+#                         step's restart and this step's load) after the step's load; RSS again
+#                         after the restart, lookups and queries
 #   data file             allocated bytes (du --block-size=1), and per stored transfer
 #   restart s             SIGTERM to exit, plus start to the first answered read of a stored
-#                         transfer (the page cache dropped in between); --kill9 adds the same
-#                         after kill -9
+#                         transfer (the page cache dropped in between); --kill9 adds start to
+#                         first read after a kill -9 right after the load (before the SIGTERM)
 #
 # Every figure comes from the same client program (bench/scale_client.c) for both servers, and
 # every transfer read back is compared field by field with what was sent. Each id order
@@ -108,17 +109,26 @@ drop_page_cache() {
 
 # bounded <seconds> <output file> <command...>: runs the command under `timeout` in the
 # background and waits for it, so that Ctrl-C and the EXIT trap interrupt it at once (bash
-# would run a trap only after a foreground command finished). Returns the command's status.
+# would run a trap only after a foreground command finished). Returns the command's status;
+# when it timed out, the output's last line says so.
 bounded() {
-  local seconds=$1 out=$2
+  local seconds=$1 out=$2 rc=0
   shift 2
-  ((seconds > 0)) || { echo "time limit reached" >"$out"; return 124; }
-  timeout --kill-after=10 "$seconds" "$@" >"$out" 2>&1 &
-  CHILD=$!
-  local rc=0
-  wait "$CHILD" || rc=$?
-  CHILD=
-  return $rc
+  if ((seconds > 0)); then
+    timeout --kill-after=10 "$seconds" "$@" >"$out" 2>&1 &
+    CHILD=$!
+    wait "$CHILD" || rc=$?
+    CHILD=
+    ((rc == 124)) || return $rc
+  else
+    : >"$out"
+  fi
+  if (($(seconds_left) <= 0)); then
+    echo "stopped by the time limit (--time-limit=$TIME_LIMIT_MIN minutes)" >>"$out"
+  else
+    echo "timed out after $seconds s" >>"$out"
+  fi
+  return 124
 }
 
 alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
@@ -149,12 +159,14 @@ server_format() {
 }
 
 # server_launch <server>: starts it in the background; it gets SIGTERM if this script dies.
+# Disowned, so that bash reaps it without a "Killed" line when the kill -9 restart kills it.
 server_launch() {
   local s=$1 flags=()
   [ "$s" = tally ] && flags=("${TALLY_FLAGS[@]}")
   $PDEATHSIG "${BIN[$s]}" start --addresses="127.0.0.1:${PORT[$s]}" "${flags[@]}" "${FILE[$s]}" \
     >>"${LOG[$s]}" 2>&1 &
   PID[$s]=$!
+  disown "${PID[$s]}"
 }
 
 # server_ready <server> <stored>: waits until a client is answered (and transfer 0 read back).
@@ -180,7 +192,6 @@ server_stop() {
     note "$s ignored SIG$signal for 120 s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
   fi
-  wait "$pid" 2>/dev/null || true
   PID[$s]=
 }
 
@@ -264,74 +275,81 @@ step_fits() {
 }
 
 # ---- One step ---------------------------------------------------------------------------------
+# Each part sets STOP_REASON and returns 1 when this server cannot go on.
 
-# run_step <server> <stored> <count>: loads transfers stored..stored+count-1, measures, and
-# appends a result line. Returns 1 (with STOP_REASON) if this server cannot go on.
-run_step() {
-  local s=$1 stored=$2 count=$3 total=$(($2 + $3)) out=$WORK/step.out
-  local load tps batch_p99 rss hwm bytes t0 t1 t2 restart kill9=- lookup query rss_after
-  local accounts=()
+# load_transfers <server> <stored> <count>: sets TPS and BATCH_P99.
+load_transfers() {
+  local s=$1 stored=$2 count=$3 out=$WORK/step.out accounts=() load
   ((stored > 0)) || accounts=(--create-accounts)
-  note "$s: loading transfers $stored..$((total - 1)) ($ORDER ids)"
+  note "$s: loading transfers $stored..$((stored + count - 1)) ($ORDER ids)"
   if ! bounded "$(seconds_left)" "$out" "$CLIENT" load --addresses="127.0.0.1:${PORT[$s]}" \
     --first="$stored" --count="$count" "${accounts[@]}" --id-order="$ORDER" \
     --accounts="$ACCOUNTS" --clients="$CLIENTS"; then
-    STOP_REASON="load of $stored..$((total - 1)) failed: $(tail -1 "$out")"
+    STOP_REASON="load of $stored..$((stored + count - 1)) failed: $(tail -1 "$out")"
     tail -5 "${LOG[$s]}" >&2
     return 1
   fi
   load=$(grep '^load:' "$out")
-  tps=$(kv "$load" transfers_per_second)
-  batch_p99=$(kv "$load" batch_p99_ms)
-  rss=$(memory_kib "${PID[$s]}" VmRSS)
-  hwm=$(memory_kib "${PID[$s]}" VmHWM)
-  bytes=$(data_bytes "$s")
+  TPS=$(kv "$load" transfers_per_second)
+  BATCH_P99=$(kv "$load" batch_p99_ms)
+}
 
-  note "$s: restart (SIGTERM)"
+# restart_timed <server> <stored> <TERM|KILL>: stops the server with the signal, drops the page
+# cache, starts it again; sets RESTART_MS to the stop's time plus the start's to the first
+# answered read of a stored transfer (the cache drop, a cost of this script, is left out).
+restart_timed() {
+  local s=$1 stored=$2 signal=$3 t0 t1 t2
+  note "$s: restart (SIG$signal)"
   t0=$(now_ms)
-  server_stop "$s" TERM
+  server_stop "$s" "$signal"
   t1=$(now_ms)
   drop_page_cache
   t2=$(now_ms)
   server_launch "$s"
-  if ! server_ready "$s" "$total"; then
-    STOP_REASON="no answer after the restart: $(tail -1 "$WORK/ready.out")"
+  if ! server_ready "$s" "$stored"; then
+    STOP_REASON="no answer after SIG$signal and a restart: $(tail -1 "$WORK/ready.out")"
     tail -5 "${LOG[$s]}" >&2
     return 1
   fi
-  restart=$(($(now_ms) - t2 + t1 - t0))
+  RESTART_MS=$(($(now_ms) - t2 + t1 - t0))
+}
+
+# read_cold <server> <stored> <lookup|query> <count>: sets READ_P99 (ms), the page cache
+# dropped first.
+read_cold() {
+  local s=$1 stored=$2 kind=$3 count=$4 out=$WORK/step.out
+  drop_page_cache
+  if ! bounded "$(seconds_left)" "$out" "$CLIENT" "$kind" --addresses="127.0.0.1:${PORT[$s]}" \
+    --stored="$stored" --count="$count" --id-order="$ORDER" --accounts="$ACCOUNTS"; then
+    STOP_REASON="${kind}s failed: $(tail -1 "$out")"
+    return 1
+  fi
+  READ_P99=$(kv "$(grep "^$kind:" "$out")" p99_ms)
+}
+
+# run_step <server> <stored> <count>: loads transfers stored..stored+count-1, measures, and
+# appends a result line (tab-separated, the columns of print_row) to $RESULTS.
+run_step() {
+  local s=$1 total=$(($2 + $3)) rss hwm bytes restart kill9=- lookup query
+  load_transfers "$s" "$2" "$3" || return 1
+  rss=$(memory_kib "${PID[$s]}" VmRSS)
+  hwm=$(memory_kib "${PID[$s]}" VmHWM)
+  bytes=$(data_bytes "$s")
+  # kill -9 first, while the journal since the last checkpoint is the load's: a crash right
+  # after it. Then the clean restart.
   if ((KILL9)); then
-    note "$s: restart (kill -9)"
-    server_stop "$s" KILL
-    drop_page_cache
-    t2=$(now_ms)
-    server_launch "$s"
-    if ! server_ready "$s" "$total"; then
-      STOP_REASON="no answer after kill -9 and restart: $(tail -1 "$WORK/ready.out")"
-      return 1
-    fi
-    kill9=$(($(now_ms) - t2))
+    restart_timed "$s" "$total" KILL || return 1
+    kill9=$RESTART_MS
   fi
-
-  drop_page_cache
-  if ! bounded "$(seconds_left)" "$out" "$CLIENT" lookup --addresses="127.0.0.1:${PORT[$s]}" \
-    --stored="$total" --count="$LOOKUPS" --id-order="$ORDER" --accounts="$ACCOUNTS"; then
-    STOP_REASON="lookups failed: $(tail -1 "$out")"
-    return 1
-  fi
-  lookup=$(kv "$(grep '^lookup:' "$out")" p99_ms)
-  drop_page_cache
-  if ! bounded "$(seconds_left)" "$out" "$CLIENT" query --addresses="127.0.0.1:${PORT[$s]}" \
-    --stored="$total" --count="$QUERIES" --id-order="$ORDER" --accounts="$ACCOUNTS"; then
-    STOP_REASON="queries failed: $(tail -1 "$out")"
-    return 1
-  fi
-  query=$(kv "$(grep '^query:' "$out")" p99_ms)
-  rss_after=$(memory_kib "${PID[$s]}" VmRSS)
-
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ORDER" "$total" "$s" "$tps" \
-    "$batch_p99" "$lookup" "$query" "$((rss / 1024))" "$((hwm / 1024))" \
-    "$((rss_after / 1024))" "$bytes" "$restart" "$kill9" >>"$RESULTS"
+  restart_timed "$s" "$total" TERM || return 1
+  restart=$RESTART_MS
+  read_cold "$s" "$total" lookup "$LOOKUPS" || return 1
+  lookup=$READ_P99
+  read_cold "$s" "$total" query "$QUERIES" || return 1
+  query=$READ_P99
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$ORDER" "$total" "$s" "$TPS" \
+    "$BATCH_P99" "$lookup" "$query" "$((rss / 1024))" "$((hwm / 1024))" \
+    "$(($(memory_kib "${PID[$s]}" VmRSS) / 1024))" "$bytes" "$restart" "$kill9" >>"$RESULTS"
   print_row "$(tail -1 "$RESULTS")" >&2
 }
 
@@ -422,6 +440,9 @@ cleanup() {
   trap - EXIT INT TERM
   [ -n "$CHILD" ] && kill "$CHILD" 2>/dev/null && wait "$CHILD" 2>/dev/null
   for s in "${!PID[@]}"; do server_stop "$s" TERM; done
+  case $status in
+    130 | 143) echo "- interrupted (exit status $status): the tables hold the steps finished before" >>"$NOTES" ;;
+  esac
   print_tables
   rm -rf "$WORK"
   exit "$status"
