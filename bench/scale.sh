@@ -138,10 +138,15 @@ alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status
 declare -A BIN FILE LOG PORT PID STOPPED
 CHILD=
 
+# A port below the kernel's ephemeral range: there, a client's outgoing connection could take
+# the port while the server is down for a restart (the server then fails with "address in
+# use"), or a connection attempt to it could connect to itself (TCP simultaneous open).
 free_port() {
-  local port
+  local port low
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  ((low > 11000)) || { echo "error: the ephemeral port range starts at $low; no room below" >&2; exit 1; }
   while :; do
-    port=$((20000 + RANDOM % 20000))
+    port=$((10000 + RANDOM % (low - 10000)))
     # A port nothing listens on refuses the connection.
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       echo "$port"
@@ -473,8 +478,8 @@ run_order() {
         STOP_REASON="the time limit (--time-limit=$TIME_LIMIT_MIN minutes) was reached"
       fi
       if [ -n "$STOP_REASON" ] || ! step_fits "$s" "$stored" "$count" || ! run_step "$s" "$stored" "$count"; then
-        note "$s stopped at $stored stored: $STOP_REASON"
-        echo "- $ORDER ids, $s stopped at $stored stored: $STOP_REASON" >>"$NOTES"
+        note "$s stopped in the step from $stored to $((stored + count)) stored: $STOP_REASON"
+        echo "- $ORDER ids, $s stopped in the step from $stored to $((stored + count)) stored: $STOP_REASON" >>"$NOTES"
         server_stop "$s" TERM
         STOPPED[$s]=1
       fi

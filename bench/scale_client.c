@@ -64,6 +64,8 @@
  * starts again, so the restart time is measured to within about this much. */
 #define READY_ATTEMPT_MS 100
 #define READY_RETRY_US 10000
+/* A connection that accepted but never answers is dropped after this and a new one opened. */
+#define READY_CONNECTION_MS 5000
 
 enum id_order { ID_SEQUENTIAL, ID_RANDOM };
 
@@ -524,13 +526,14 @@ static int command_query(const struct options *o)
 
 /*
  * Registers, sending the register request again every READY_ATTEMPT_MS while the server is
- * connected but not answering yet (a replica still recovering ignores requests), until the
- * deadline. The same as client_register otherwise.
+ * connected but not answering yet (a replica still recovering ignores requests), for at most
+ * READY_CONNECTION_MS on one connection. The same as client_register otherwise.
  */
 static int ready_register(struct client *c, uint64_t deadline_ns)
 {
         int rc = client_register(c);
-        while (rc == CLIENT_ERROR_TIMEOUT && now_ns() < deadline_ns && stop_signal == 0) {
+        uint64_t give_up_ns = MIN(deadline_ns, now_ns() + READY_CONNECTION_MS * 1000000ull);
+        while (rc == CLIENT_ERROR_TIMEOUT && now_ns() < give_up_ns && stop_signal == 0) {
                 const struct wire_header *reply;
                 rc = client_retransmit(c, &reply);
                 if (rc != CLIENT_OK)
@@ -547,6 +550,24 @@ static int ready_register(struct client *c, uint64_t deadline_ns)
         return rc;
 }
 
+/*
+ * A connection to a local port nobody listens on can connect to itself when the kernel picks
+ * that same port as its source (TCP simultaneous open): it then holds the server's port and
+ * echoes every request back. bench/scale.sh picks ports outside the ephemeral range; this
+ * check keeps `ready` from waiting on such a connection anyway.
+ */
+static bool connected_to_itself(int fd)
+{
+        struct sockaddr_storage local, peer;
+        socklen_t local_size = sizeof(local), peer_size = sizeof(peer);
+        memset(&local, 0, sizeof(local));
+        memset(&peer, 0, sizeof(peer));
+        if (getsockname(fd, (struct sockaddr *)&local, &local_size) != 0 ||
+            getpeername(fd, (struct sockaddr *)&peer, &peer_size) != 0)
+                return false;
+        return local_size == peer_size && memcmp(&local, &peer, local_size) == 0;
+}
+
 /* One attempt: connect, register, and read back transfer 0 when some are stored. */
 static bool ready_attempt(const struct options *o, uint64_t deadline_ns)
 {
@@ -555,7 +576,7 @@ static bool ready_attempt(const struct options *o, uint64_t deadline_ns)
         bool ready = false;
         if (client_open(&c, &a->sockaddr, a->sockaddr_size, o->cluster, 0, READY_ATTEMPT_MS) ==
                 CLIENT_OK &&
-            ready_register(&c, deadline_ns) == CLIENT_OK) {
+            !connected_to_itself(c.fd) && ready_register(&c, deadline_ns) == CLIENT_OK) {
                 ready = o->stored == 0;
                 u128 id = transfer_id(&o->w, 0);
                 const uint8_t *elements;
