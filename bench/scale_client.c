@@ -38,6 +38,7 @@
 #include "client/client.h"
 #include "io/address.h"
 #include "lib/flags.h"
+#include "lib/mix.h"
 #include "wire/types.h"
 
 #include <errno.h>
@@ -118,22 +119,6 @@ static void fail(const char *fmt, ...)
 
 /* ---- The workload: pure functions of (seed, index) ---------------------------------------- */
 
-/* splitmix64's finalizer: a bijection on 64 bits with mix64(0) == 0. */
-static uint64_t mix64(uint64_t x)
-{
-        x ^= x >> 30;
-        x *= 0xbf58476d1ce4e5b9ull;
-        x ^= x >> 27;
-        x *= 0x94d049bb133111ebull;
-        x ^= x >> 31;
-        return x;
-}
-
-static uint64_t hash(uint64_t seed, uint64_t stream, uint64_t i)
-{
-        return mix64(seed ^ mix64(stream * 0x9e3779b97f4a7c15ull + i));
-}
-
 /*
  * Random ids: the low half is a bijection of (stream, index + 1), never 0, so ids are distinct;
  * the high half, derived from it with its top bit clear, spreads them over 128 bits like
@@ -161,15 +146,15 @@ static u128 transfer_id(const struct workload *w, uint64_t index)
 
 static void transfer_make(const struct workload *w, uint64_t index, struct wire_transfer *t)
 {
-        uint64_t debit = hash(w->seed, 2, index) % w->account_count;
-        uint64_t credit = hash(w->seed, 3, index) % w->account_count;
+        uint64_t debit = mix_hash(w->seed, 2, index) % w->account_count;
+        uint64_t credit = mix_hash(w->seed, 3, index) % w->account_count;
         if (credit == debit)
                 credit = (debit + 1) % w->account_count;
         memset(t, 0, sizeof(*t));
         t->id = transfer_id(w, index);
         t->debit_account_id = account_id(w, debit);
         t->credit_account_id = account_id(w, credit);
-        t->amount = 1 + hash(w->seed, 4, index) % AMOUNT_MAX;
+        t->amount = 1 + mix_hash(w->seed, 4, index) % AMOUNT_MAX;
         t->user_data_128 = (u128)(index / ORDER_LEGS) + 1;
         t->user_data_64 = index;
         t->ledger = LEDGER;

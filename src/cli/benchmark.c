@@ -21,6 +21,7 @@
 #include "client/client.h"
 #include "io/address.h"
 #include "lib/flags.h"
+#include "lib/mix.h"
 #include "wire/types.h"
 
 #include <errno.h>
@@ -116,22 +117,6 @@ static uint64_t now_ns(void)
         return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* splitmix64's finalizer: a bijection on 64 bits, so distinct inputs give distinct ids. */
-static uint64_t mix64(uint64_t x)
-{
-        x ^= x >> 30;
-        x *= 0xbf58476d1ce4e5b9ull;
-        x ^= x >> 27;
-        x *= 0x94d049bb133111ebull;
-        x ^= x >> 31;
-        return x;
-}
-
-static uint64_t hash(uint64_t seed, uint64_t stream, uint64_t i)
-{
-        return mix64(seed ^ mix64(stream * 0x9e3779b97f4a7c15ull + i));
-}
-
 static uint64_t bench_random(struct bench *b)
 {
         b->random_state += 0x9e3779b97f4a7c15ull;
@@ -181,15 +166,15 @@ static uint64_t pick_account(const struct bench *b, uint64_t h)
 static void transfer_make(const struct bench *b, uint64_t index, struct wire_transfer *t,
                           uint64_t *debit_index, uint64_t *credit_index)
 {
-        uint64_t debit = pick_account(b, hash(b->seed, 2, index));
-        uint64_t credit = pick_account(b, hash(b->seed, 3, index));
+        uint64_t debit = pick_account(b, mix_hash(b->seed, 2, index));
+        uint64_t credit = pick_account(b, mix_hash(b->seed, 3, index));
         if (credit == debit)
                 credit = (debit + 1) % b->account_count;
         memset(t, 0, sizeof(*t));
         t->id = transfer_id(b, index);
         t->debit_account_id = account_id(b, debit);
         t->credit_account_id = account_id(b, credit);
-        t->amount = 1 + hash(b->seed, 4, index) % AMOUNT_MAX;
+        t->amount = 1 + mix_hash(b->seed, 4, index) % AMOUNT_MAX;
         t->user_data_64 = index;
         t->ledger = LEDGER;
         t->code = CODE;
