@@ -415,6 +415,7 @@ struct replica {
                 uint64_t offset;      /* bytes received */
                 uint8_t *root_block;  /* the root, kept for its session table */
                 uint8_t *block;       /* the block being gathered from chunks */
+                bool awaiting_mark;   /* a chunk waits for grid_syncing to be durable */
                 /* A format 1 replica's checkpoint (a rolling upgrade): its blob, converted here. */
                 bool legacy;
                 uint8_t *legacy_blob;

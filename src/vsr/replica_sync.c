@@ -340,6 +340,7 @@ static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, cons
         r->grid_syncing = true;
         if (!r->view_state_durable.grid_syncing) {
                 r->sync.tick = r->tick;
+                r->sync.awaiting_mark = true; /* asked again the tick it is durable */
                 return;
         }
         if (r->sync.legacy_blob == NULL) {
@@ -435,7 +436,8 @@ static void on_block(struct replica *r, struct message *m)
         /* Our grid is about to be overwritten: the superblock must say so first. */
         r->grid_syncing = true;
         if (!r->view_state_durable.grid_syncing) {
-                r->sync.tick = r->tick; /* asked again once the view state is durable */
+                r->sync.tick = r->tick;
+                r->sync.awaiting_mark = true; /* asked again the tick it is durable */
                 return;
         }
         const uint8_t *body = message_body(m);
@@ -573,6 +575,15 @@ static void sync_source_next(struct replica *r)
 
 void sync_tick(struct replica *r)
 {
+        /*
+         * The mark is durable: ask for the chunk that waited for it now. Waiting for the
+         * retry instead cost half a second, then another on a dead source, while a cluster
+         * whose quorum needs this replica cannot commit.
+         */
+        if (r->sync.active && r->sync.awaiting_mark && r->view_state_durable.grid_syncing) {
+                r->sync.awaiting_mark = false;
+                request_chunk(r);
+        }
         if (r->serving.active && r->tick - r->serving.tick > TICKS_SYNC_SERVE_IDLE) {
                 ledger_unhold(r->ledger);
                 r->serving.active = false;
