@@ -239,49 +239,100 @@ bool lsm_table_builder_finish(struct lsm_table_builder *b)
         return true;
 }
 
-/* The first index entry whose key_max >= key, or count. */
-static uint32_t index_search(const struct lsm_layout *layout, const uint8_t *index_block,
-                             const void *key)
+/*
+ * The first of `count` sorted keys (key i at base + i * stride) that is >= key, or count.
+ *
+ * Keys of one block are close to evenly spread (timestamps are consecutive, ids are random or
+ * sequential), so the search guesses the position by interpolating between the first and the
+ * last key, then gallops from the guess and finishes with a binary search over the bracket it
+ * found: one to three probes on even keys instead of the nine dependent cache misses a binary
+ * search of a 64 KiB block costs, and at worst twice the binary search's steps on skewed keys
+ * (an index tree's keys for one hot account). LSM_KEY_CUSTOM keys are binary searched.
+ */
+static uint32_t search_ge(const struct lsm_layout *layout, const uint8_t *base, size_t stride,
+                          uint32_t count, const void *key)
 {
-        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
-        const struct lsm_index_entry *entries = index_entries_const(index_block);
-        uint32_t lo = 0, hi = h->count;
-        while (lo < hi) {
+#define KEY_AT(i) (base + (size_t)(i) * stride)
+        if (count == 0)
+                return 0;
+        uint32_t lo = 0, hi = count; /* the answer is in [lo, hi] */
+        uint64_t k[3], first[3], last[3];
+        if (count > 2 && lsm_key_words(layout, key, k)) {
+                lsm_key_words(layout, KEY_AT(0), first);
+                lsm_key_words(layout, KEY_AT(count - 1), last);
+                uint32_t d = 0;
+                while (d < 3 && first[d] == last[d])
+                        d++;
+                uint32_t guess = 0;
+                if (d < 3) {
+                        int before = 0; /* the key against first and last in the words before d */
+                        for (uint32_t w = 0; w < d && before == 0; w++)
+                                before = k[w] < first[w] ? -1 : k[w] > first[w] ? 1 : 0;
+                        if (before > 0 || (before == 0 && k[d] >= last[d]))
+                                guess = count - 1;
+                        else if (before == 0 && k[d] > first[d])
+                                guess = (uint32_t)((unsigned __int128)(k[d] - first[d]) *
+                                                   (count - 1) / (last[d] - first[d]));
+                }
+                if (lsm_key_compare(layout, KEY_AT(guess), key) < 0) {
+                        uint32_t step = 1, below = guess; /* KEY_AT(below) < key */
+                        for (;;) {
+                                uint32_t next = guess + step;
+                                if (next >= count) {
+                                        lo = below + 1, hi = count;
+                                        break;
+                                }
+                                if (lsm_key_compare(layout, KEY_AT(next), key) < 0) {
+                                        below = next, step *= 2;
+                                } else {
+                                        lo = below + 1, hi = next;
+                                        break;
+                                }
+                        }
+                } else {
+                        uint32_t step = 1, above = guess; /* KEY_AT(above) >= key */
+                        for (;;) {
+                                if (step > guess) {
+                                        lo = 0, hi = above;
+                                        break;
+                                }
+                                uint32_t next = guess - step;
+                                if (lsm_key_compare(layout, KEY_AT(next), key) >= 0) {
+                                        above = next, step *= 2;
+                                } else {
+                                        lo = next + 1, hi = above;
+                                        break;
+                                }
+                        }
+                }
+        }
+        while (lo < hi) { /* KEY_AT(hi) >= key, or hi == count */
                 uint32_t mid = lo + (hi - lo) / 2;
-                if (lsm_key_compare(layout, entries[mid].key_max, key) < 0)
+                if (lsm_key_compare(layout, KEY_AT(mid), key) < 0)
                         lo = mid + 1;
                 else
                         hi = mid;
         }
         return lo;
+#undef KEY_AT
 }
 
-/*
- * The first value in a data block whose key >= key, or count. Branch-free, and each step
- * prefetches both values the next step may compare: a cold 64 KiB block costs ~12 dependent
- * cache misses otherwise, and this is where lookups that their filter let through spend it.
- */
+/* The first index entry whose key_max >= key, or count. */
+static uint32_t index_search(const struct lsm_layout *layout, const uint8_t *index_block,
+                             const void *key)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
+        return search_ge(layout, index_entries_const(index_block)->key_max,
+                         sizeof(struct lsm_index_entry), h->count, key);
+}
+
+/* The first value in a data block whose key >= key, or count. */
 static uint32_t data_search(const struct lsm_layout *layout, const uint8_t *block,
                             const void *key)
 {
         const struct lsm_block_header *h = (const struct lsm_block_header *)block;
-        uint32_t n = h->count;
-        if (n == 0)
-                return 0;
-        const uint8_t *values = lsm_key_of(layout, block + LSM_BLOCK_HEADER_SIZE);
-        size_t size = layout->value_size;
-        uint32_t base = 0;
-        while (n > 1) {
-                uint32_t half = n / 2;
-                uint32_t next = (n - half) / 2;
-                __builtin_prefetch(values + (size_t)(base + next) * size);
-                __builtin_prefetch(values + (size_t)(base + half + next) * size);
-                base = lsm_key_compare(layout, values + (size_t)(base + half) * size, key) < 0
-                               ? base + half
-                               : base;
-                n -= half;
-        }
-        return base + (lsm_key_compare(layout, values + (size_t)base * size, key) < 0);
+        return search_ge(layout, lsm_key_of(layout, block + LSM_BLOCK_HEADER_SIZE),
+                         layout->value_size, h->count, key);
 }
 
 bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_block,

@@ -367,6 +367,172 @@ static void test_table(void)
         lsm_grid_deinit(&grid);
 }
 
+/*
+ * Searches within blocks guess a key's position from the block's first and last key: for each
+ * key kind, tables of evenly spread, clustered, sequential and two-humped keys answer every
+ * lookup (present and absent) and every cursor seek exactly as a binary search of the sorted
+ * keys does.
+ */
+#define SEARCH_KEYS 30000u
+
+struct search_key {
+        uint64_t words[3];
+};
+
+static struct search_key search_keys[SEARCH_KEYS];
+
+static int compare_search_keys(const void *a, const void *b)
+{
+        return compare_words(((const struct search_key *)a)->words,
+                             ((const struct search_key *)b)->words);
+}
+
+/* Key bytes of `kind` whose lsm_key_words are `words`. */
+static void search_key_bytes(uint8_t kind, const uint64_t words[3], uint8_t out[24])
+{
+        memset(out, 0, 24);
+        switch (kind) {
+        case LSM_KEY_U64:
+                memcpy(out, &words[0], 8);
+                break;
+        case LSM_KEY_U128:
+                memcpy(out + 8, &words[0], 8);
+                memcpy(out, &words[1], 8);
+                break;
+        case LSM_KEY_U64_U64:
+                memcpy(out, &words[0], 8);
+                memcpy(out + 8, &words[1], 8);
+                break;
+        default: /* LSM_KEY_U128_U64 */
+                memcpy(out + 8, &words[0], 8);
+                memcpy(out, &words[1], 8);
+                memcpy(out + 16, &words[2], 8);
+                break;
+        }
+}
+
+static uint64_t search_word(uint32_t distribution, uint32_t i)
+{
+        switch (distribution) {
+        case 0: return rng(); /* random ids */
+        case 1: return rng() % 16; /* a few hot accounts */
+        case 2: return 1000 + i; /* sequential ids or timestamps */
+        case 3: return rng() % 2 ? rng() % 1000 : (1ull << 63) + rng() % 1000; /* two humps */
+        default: return 0;
+        }
+}
+
+/* The first sorted key >= words (reversed: the last <= words), or -1. */
+static int64_t search_expect(uint32_t n, const uint64_t words[3], bool reversed)
+{
+        uint32_t lo = 0, hi = n;
+        while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (compare_words(search_keys[mid].words, words) < 0)
+                        lo = mid + 1;
+                else
+                        hi = mid;
+        }
+        if (!reversed)
+                return lo < n ? (int64_t)lo : -1;
+        if (lo < n && compare_words(search_keys[lo].words, words) == 0)
+                return lo;
+        return (int64_t)lo - 1;
+}
+
+static void test_table_search(void)
+{
+        static const uint8_t kinds[] = {LSM_KEY_U64, LSM_KEY_U128, LSM_KEY_U64_U64,
+                                        LSM_KEY_U128_U64};
+        static const uint8_t key_sizes[] = {8, 16, 16, 24};
+        static const uint32_t used_words[] = {1, 2, 2, 3};
+        /* Per shape, the distribution of each word (4: always 0). */
+        static const uint32_t shapes[][3] = {
+                {0, 0, 0}, {1, 0, 2}, {2, 2, 2}, {3, 3, 0}, {4, 2, 2}, {1, 1, 2}, {3, 0, 1},
+        };
+        rng_state = 7;
+        uint32_t wrong_get = 0, wrong_seek = 0, checked = 0;
+        for (uint32_t k = 0; k < ARRAY_LEN(kinds); k++) {
+                struct lsm_layout l = {.tree = 9, .value_size = 32, .key_size = key_sizes[k],
+                                       .compare = compare_u64, .key_kind = kinds[k]};
+                for (uint32_t s = 0; s < ARRAY_LEN(shapes); s++) {
+                        device_reset();
+                        struct lsm_grid grid;
+                        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+                        for (uint32_t i = 0; i < SEARCH_KEYS; i++)
+                                for (uint32_t w = 0; w < 3; w++)
+                                        search_keys[i].words[w] =
+                                                w < used_words[k] ? search_word(shapes[s][w], i) : 0;
+                        qsort(search_keys, SEARCH_KEYS, sizeof(search_keys[0]),
+                              compare_search_keys);
+                        uint32_t n = 0; /* unique */
+                        for (uint32_t i = 0; i < SEARCH_KEYS; i++)
+                                if (n == 0 || compare_search_keys(&search_keys[n - 1],
+                                                                  &search_keys[i]) != 0)
+                                        search_keys[n++] = search_keys[i];
+                        struct collected c = {.count = 0};
+                        struct lsm_table_builder builder;
+                        CHECK(lsm_table_builder_init(&builder, &l, &grid, collect, &c) == 0);
+                        for (uint32_t i = 0; i < n; i++) {
+                                uint8_t v[32];
+                                search_key_bytes(kinds[k], search_keys[i].words, v);
+                                uint64_t version = i;
+                                memcpy(v + 24, &version, 8);
+                                CHECK(lsm_table_builder_add(&builder, v));
+                        }
+                        CHECK(lsm_table_builder_finish(&builder));
+                        CHECK_EQ_U64(c.count, 1);
+                        struct lsm_table_cursor cursor;
+                        CHECK(lsm_table_cursor_init(&cursor, &l, &grid) == 0);
+                        for (uint32_t p = 0; p < 3000; p++) {
+                                /* A present key, its neighbours in the last used word, or a
+                                 * key drawn from the same shape. */
+                                uint64_t words[3];
+                                uint32_t i = (uint32_t)(rng() % n);
+                                memcpy(words, search_keys[i].words, sizeof(words));
+                                uint32_t last = used_words[k] - 1;
+                                if (p < 4) /* beyond either end */
+                                        for (uint32_t w = 0; w < used_words[k]; w++)
+                                                words[w] = p % 2 ? UINT64_MAX : 0;
+                                else if (p % 3 == 1)
+                                        words[last] += rng() % 2 ? 1 : (uint64_t)-1;
+                                else if (p % 3 == 2)
+                                        for (uint32_t w = 0; w < used_words[k]; w++)
+                                                words[w] = search_word(shapes[s][w], i);
+                                uint8_t key[24], out[32];
+                                search_key_bytes(kinds[k], words, key);
+                                int64_t at = search_expect(n, words, false);
+                                bool present = at >= 0 &&
+                                               compare_words(search_keys[at].words, words) == 0;
+                                int got = lsm_table_get(&grid, &l, &c.tables[0], key, out);
+                                uint64_t version = 0;
+                                memcpy(&version, out + 24, 8);
+                                if (got != (present ? 1 : 0) ||
+                                    (present && version != (uint64_t)at))
+                                        wrong_get++;
+                                for (int reversed = 0; reversed < 2; reversed++) {
+                                        int64_t expect = search_expect(n, words, reversed);
+                                        lsm_table_cursor_seek(&cursor, &c.tables[0], key,
+                                                              reversed);
+                                        const uint8_t *v = lsm_table_cursor_value(&cursor);
+                                        if (v != NULL)
+                                                memcpy(&version, v + 24, 8);
+                                        if ((expect < 0) != (v == NULL) ||
+                                            (v != NULL && version != (uint64_t)expect))
+                                                wrong_seek++;
+                                }
+                                checked++;
+                        }
+                        lsm_table_cursor_deinit(&cursor);
+                        lsm_table_builder_deinit(&builder);
+                        lsm_grid_deinit(&grid);
+                }
+        }
+        CHECK_EQ_U64(checked, 3000u * ARRAY_LEN(kinds) * ARRAY_LEN(shapes));
+        CHECK_EQ_U64(wrong_get, 0);
+        CHECK_EQ_U64(wrong_seek, 0);
+}
+
 /* ---- trees against a model ---------------------------------------------------------------- */
 
 #define MODEL_KEYS 1000000u
@@ -1392,6 +1558,7 @@ int main(void)
         TEST_RUN(test_block_check);
         TEST_RUN(test_free_set);
         TEST_RUN(test_table);
+        TEST_RUN(test_table_search);
         TEST_RUN(test_tree_model);
         TEST_RUN(test_tree_model_filtered);
         TEST_RUN(test_tree_model_insert_only);
