@@ -362,17 +362,6 @@ static int32_t cache_find(struct lsm_grid *grid, struct lsm_block_ref ref)
         return -1;
 }
 
-/* The slot caching any version of `address`, or -1. */
-static int32_t cache_find_address(struct lsm_grid *grid, uint64_t address)
-{
-        uint32_t base = set_of(grid, address) * LSM_CACHE_WAYS;
-        for (uint32_t w = 0; w < LSM_CACHE_WAYS; w++) {
-                if (grid->slot_address[base + w] == address && !grid->slot_reading[base + w])
-                        return (int32_t)(base + w);
-        }
-        return -1;
-}
-
 /*
  * A slot for `address` in its set: its own (a stale version), an empty one, else CLOCK's
  * choice; never a slot an asynchronous read is filling. UINT32_MAX if every way is.
@@ -408,7 +397,9 @@ static uint8_t *slot_data(struct lsm_grid *grid, uint32_t slot)
         return grid->slots + (size_t)slot * LSM_BLOCK_SIZE;
 }
 
-static void cache_put(struct lsm_grid *grid, const uint8_t *block, struct lsm_block_ref ref)
+/* `referenced` 0: the first slot of its set the clock takes back unless it is read first. */
+static void cache_put(struct lsm_grid *grid, const uint8_t *block, struct lsm_block_ref ref,
+                      uint8_t referenced)
 {
         uint32_t slot = cache_victim(grid, ref.address);
         if (slot == UINT32_MAX)
@@ -417,7 +408,7 @@ static void cache_put(struct lsm_grid *grid, const uint8_t *block, struct lsm_bl
         memcpy(slot_data(grid, slot), block, h->size);
         grid->slot_address[slot] = ref.address;
         grid->slot_checksum[slot] = ref.checksum;
-        grid->slot_referenced[slot] = 1;
+        grid->slot_referenced[slot] = referenced;
 }
 
 void lsm_grid_cache_clear(struct lsm_grid *grid)
@@ -453,9 +444,9 @@ struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
 static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
                                           uint64_t address, enum lsm_block_kind kind,
                                           uint8_t tree, uint16_t value_size, uint32_t count,
-                                          uint32_t size, bool cache);
+                                          uint32_t size, bool hot);
 
-struct lsm_block_ref lsm_grid_write_uncached(struct lsm_grid *grid, uint8_t *block,
+struct lsm_block_ref lsm_grid_write_cold(struct lsm_grid *grid, uint8_t *block,
                                              enum lsm_block_kind kind, uint8_t tree,
                                              uint16_t value_size, uint32_t count, uint32_t size)
 {
@@ -499,7 +490,7 @@ struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, ui
 static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
                                           uint64_t address, enum lsm_block_kind kind,
                                           uint8_t tree, uint16_t value_size, uint32_t count,
-                                          uint32_t size, bool cache)
+                                          uint32_t size, bool hot)
 {
         tally_assert(address > 0 && address <= grid->block_count_max);
         tally_assert(bit_get(grid->used, address));
@@ -514,14 +505,7 @@ static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
                 return (struct lsm_block_ref){0};
         }
         grid->stats.writes++;
-        if (cache) {
-                cache_put(grid, block, ref);
-        } else {
-                /* An older version of this address may be cached: it must not be read. */
-                int32_t slot = cache_find_address(grid, address);
-                if (slot >= 0)
-                        grid->slot_address[slot] = 0;
-        }
+        cache_put(grid, block, ref, hot ? 1 : 0);
         return ref;
 }
 

@@ -225,13 +225,14 @@ struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
                                     uint32_t count, uint32_t size);
 
 /*
- * lsm_grid_write without caching the block: for table data blocks, which a compaction will
- * read once much later and lookups rarely need, so that writing a table does not evict the
- * index blocks (and their filters) every lookup reads, nor costs a 64 KiB copy per block.
+ * lsm_grid_write that caches the block cold: the first of its cache set to be evicted unless a
+ * read touches it first. For table data blocks: queries and lookups of what was just written
+ * find it without a read, yet a compaction writing many tables does not push out the index
+ * blocks (and their filters) that every lookup reads.
  */
-struct lsm_block_ref lsm_grid_write_uncached(struct lsm_grid *grid, uint8_t *block,
-                                             enum lsm_block_kind kind, uint8_t tree,
-                                             uint16_t value_size, uint32_t count, uint32_t size);
+struct lsm_block_ref lsm_grid_write_cold(struct lsm_grid *grid, uint8_t *block,
+                                         enum lsm_block_kind kind, uint8_t tree,
+                                         uint16_t value_size, uint32_t count, uint32_t size);
 /*
  * Copies the block `ref` names into `out` (LSM_BLOCK_SIZE): from the cache if it is there,
  * else read from the device straight into `out` and checked, without caching it (a

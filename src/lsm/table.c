@@ -158,9 +158,8 @@ static bool data_flush(struct lsm_table_builder *b)
                lsm_key_of(layout, data_value(layout, b->data, b->data_count - 1)),
                layout->key_size);
         uint32_t size = LSM_BLOCK_HEADER_SIZE + b->data_count * layout->value_size;
-        entry->data = lsm_grid_write_uncached(b->grid, b->data, LSM_BLOCK_TABLE_DATA,
-                                              layout->tree, layout->value_size, b->data_count,
-                                              size);
+        entry->data = lsm_grid_write_cold(b->grid, b->data, LSM_BLOCK_TABLE_DATA, layout->tree,
+                                          layout->value_size, b->data_count, size);
         if (entry->data.address == 0) {
                 b->failed = true;
                 return false;
