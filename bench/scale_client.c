@@ -38,6 +38,7 @@
 #include "client/client.h"
 #include "io/address.h"
 #include "lib/flags.h"
+#include "lib/histogram.h"
 #include "lib/mix.h"
 #include "wire/types.h"
 
@@ -184,28 +185,13 @@ static bool transfer_matches(const struct workload *w, const struct wire_transfe
 
 /* ---- Latencies ------------------------------------------------------------------------------ */
 
-static int compare_u64(const void *a, const void *b)
-{
-        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-        return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile of sorted values, in milliseconds. */
-static double percentile_ms(const uint64_t *sorted, uint64_t count, uint32_t percent)
-{
-        if (count == 0)
-                return 0;
-        uint64_t rank = (count * percent + 99) / 100;
-        return (double)sorted[rank == 0 ? 0 : rank - 1] / 1e6;
-}
-
 static void print_latencies(const char *prefix, uint64_t *latencies_ns, uint64_t count)
 {
-        qsort(latencies_ns, count, sizeof(uint64_t), compare_u64);
+        latency_sort(latencies_ns, count);
         printf("%sp50_ms=%.3f %sp99_ms=%.3f %smax_ms=%.3f", prefix,
-               percentile_ms(latencies_ns, count, 50), prefix,
-               percentile_ms(latencies_ns, count, 99), prefix,
-               percentile_ms(latencies_ns, count, 100));
+               latency_percentile_ms(latencies_ns, count, 50), prefix,
+               latency_percentile_ms(latencies_ns, count, 99), prefix,
+               latency_percentile_ms(latencies_ns, count, 100));
 }
 
 /* ---- load: many sessions, one batch in flight each ---------------------------------------- */

@@ -21,6 +21,7 @@
 #include "client/client.h"
 #include "io/address.h"
 #include "lib/flags.h"
+#include "lib/histogram.h"
 #include "lib/mix.h"
 #include "wire/types.h"
 
@@ -437,33 +438,18 @@ static int phase_run(struct bench *b, struct phase *p)
         return b->failed ? -1 : 0;
 }
 
-static int compare_u64(const void *a, const void *b)
-{
-        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-        return x < y ? -1 : x > y;
-}
-
-/* Nearest-rank percentile of sorted values, in milliseconds. */
-static double percentile_ms(const uint64_t *sorted, uint64_t count, uint32_t percent)
-{
-        if (count == 0)
-                return 0;
-        uint64_t rank = (count * percent + 99) / 100;
-        return (double)sorted[rank == 0 ? 0 : rank - 1] / 1e6;
-}
-
 static void phase_report(const struct phase *p, const char *unit, uint64_t units)
 {
         double seconds = (double)(p->end_ns - p->start_ns) / 1e9;
-        qsort(p->latencies_ns, p->done, sizeof(uint64_t), compare_u64);
+        latency_sort(p->latencies_ns, p->done);
         printf("%s: %llu %s in %.3f s = %.0f %s/s (%llu requests)\n", p->name,
                (unsigned long long)units, unit, seconds, seconds > 0 ? (double)units / seconds : 0,
                unit, (unsigned long long)p->done);
         printf("%s: batch latency p50=%.3f ms p90=%.3f ms p99=%.3f ms p100=%.3f ms\n", p->name,
-               percentile_ms(p->latencies_ns, p->done, 50),
-               percentile_ms(p->latencies_ns, p->done, 90),
-               percentile_ms(p->latencies_ns, p->done, 99),
-               percentile_ms(p->latencies_ns, p->done, 100));
+               latency_percentile_ms(p->latencies_ns, p->done, 50),
+               latency_percentile_ms(p->latencies_ns, p->done, 90),
+               latency_percentile_ms(p->latencies_ns, p->done, 99),
+               latency_percentile_ms(p->latencies_ns, p->done, 100));
 }
 
 static void phase_free(struct phase *p)

@@ -190,6 +190,16 @@ int address_resolve(struct address *a, char *error, size_t error_size)
         return 0;
 }
 
+socklen_t address_loopback(uint16_t port, struct sockaddr_storage *out)
+{
+        memset(out, 0, sizeof(*out));
+        struct sockaddr_in *v4 = (struct sockaddr_in *)out;
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        return sizeof(*v4);
+}
+
 void address_format(const struct sockaddr_storage *sockaddr, char *out, size_t out_size)
 {
         char ip[INET6_ADDRSTRLEN] = "?";

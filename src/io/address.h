@@ -35,6 +35,9 @@ int address_parse_list(const char *list, struct address *addresses, uint32_t *co
 /* Resolves a name (no-op for literals). Returns 0 or -1 with the reason in `error`. */
 int address_resolve(struct address *address, char *error, size_t error_size);
 
+/* 127.0.0.1:`port` into `out` (zeroed first); returns its size (test and bench tools). */
+socklen_t address_loopback(uint16_t port, struct sockaddr_storage *out);
+
 /* "127.0.0.1:3000" or "[::1]:3000" of a resolved address. */
 void address_format(const struct sockaddr_storage *sockaddr, char *out, size_t out_size);
 

@@ -4,10 +4,9 @@
  * prints "found=<n> missing=<n>"; exit status 0 only if none is missing or different.
  */
 #include "client/client.h"
+#include "io/address.h"
 #include "wire/types.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,14 +18,10 @@ int main(int argc, char **argv)
                 return 2;
         }
         struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof(ss));
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)atoi(argv[1]));
-        v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t ss_size = address_loopback((uint16_t)atoi(argv[1]), &ss);
         uint64_t first = strtoull(argv[2], NULL, 10), count = strtoull(argv[3], NULL, 10);
         struct client c;
-        if (client_open(&c, &ss, sizeof(*v4), 0, 0, 20000) != CLIENT_OK ||
+        if (client_open(&c, &ss, ss_size, 0, 0, 20000) != CLIENT_OK ||
             client_register(&c) != CLIENT_OK) {
                 fprintf(stderr, "check: cannot register: %s\n", c.error ? c.error : "?");
                 return 1;

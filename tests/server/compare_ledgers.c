@@ -13,10 +13,9 @@
  * Prints "compared accounts=A transfers=T" and exits 0, or names the first difference.
  */
 #include "client/client.h"
+#include "io/address.h"
 #include "wire/types.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,12 +50,8 @@ static struct balance *balance_of(u128 id)
 static int open_client(struct client *c, int port)
 {
         struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof(ss));
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)port);
-        v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (client_open(c, &ss, sizeof(*v4), 0, 0, 20000) != CLIENT_OK ||
+        socklen_t ss_size = address_loopback((uint16_t)port, &ss);
+        if (client_open(c, &ss, ss_size, 0, 0, 20000) != CLIENT_OK ||
             client_register(c) != CLIENT_OK) {
                 fprintf(stderr, "compare: cannot register on port %d: %s\n", port,
                         c->error ? c->error : "?");

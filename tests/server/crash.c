@@ -13,6 +13,7 @@
  * the model.
  */
 #include "client/client.h"
+#include "io/address.h"
 #include "test.h"
 #include "wire/types.h"
 
@@ -49,11 +50,7 @@ static uint64_t rng_next(void)
 static struct sockaddr_storage server_address(void)
 {
         struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof(ss));
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
-        v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        address_loopback(port, &ss);
         return ss;
 }
 

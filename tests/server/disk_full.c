@@ -15,10 +15,9 @@
  * looked up. Prints the checks and "N passed, N failed".
  */
 #include "client/client.h"
+#include "io/address.h"
 #include "wire/types.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,11 +89,7 @@ int main(int argc, char **argv)
                 return 2;
         }
         struct sockaddr_storage ss;
-        memset(&ss, 0, sizeof(ss));
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons((uint16_t)atoi(argv[1]));
-        v4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t ss_size = address_loopback((uint16_t)atoi(argv[1]), &ss);
         const char *go = argv[2];
         uint64_t batches_max = argc > 3 ? strtoull(argv[3], NULL, 10) : 400;
         if (argc > 4)
@@ -104,7 +99,7 @@ int main(int argc, char **argv)
                 return 2;
         }
         struct client c;
-        if (client_open(&c, &ss, sizeof(*v4), 0, 0, 10000) != CLIENT_OK ||
+        if (client_open(&c, &ss, ss_size, 0, 0, 10000) != CLIENT_OK ||
             client_register(&c) != CLIENT_OK) {
                 fprintf(stderr, "disk_full: cannot register: %s\n", c.error ? c.error : "?");
                 return 1;
@@ -146,7 +141,7 @@ int main(int argc, char **argv)
         fflush(stdout);
         /* Phase 2: reads still served, by a new session too. */
         struct client r;
-        bool reads = client_open(&r, &ss, sizeof(*v4), 0, 0, 5000) == CLIENT_OK &&
+        bool reads = client_open(&r, &ss, ss_size, 0, 0, 5000) == CLIENT_OK &&
                      client_register(&r) == CLIENT_OK;
         if (reads) {
                 u128 *ids = (u128 *)body;
