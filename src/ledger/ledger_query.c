@@ -53,13 +53,16 @@ uint32_t ledger_lookup_transfers(struct ledger *ledger, const uint8_t *ids, uint
                 u128 id;
                 memcpy(&id, ids + (size_t)i * sizeof(u128), sizeof(id));
                 if (id == 0 || id == U128_MAX) continue;
-                uint64_t timestamp = 0;
-                int rc = lsm_groove_get_id(&ledger->transfers, id, &timestamp);
-                if (rc < 0) ledger_fault(ledger, "lookup_transfers");
-                if (rc == 0 || timestamp == 0) continue; /* absent, or a burned id */
                 struct wire_transfer t;
-                if (lsm_groove_get_by_timestamp(&ledger->transfers, timestamp, &t) != 1)
-                        ledger_fault(ledger, "lookup_transfers");
+                if (!lsm_groove_cached(&ledger->transfers, id, &t)) {
+                        uint64_t timestamp = 0;
+                        int rc = lsm_groove_get_id(&ledger->transfers, id, &timestamp);
+                        if (rc < 0) ledger_fault(ledger, "lookup_transfers");
+                        if (rc == 0 || timestamp == 0) continue; /* absent, or a burned id */
+                        if (lsm_groove_get_by_timestamp(&ledger->transfers, timestamp, &t) != 1)
+                                ledger_fault(ledger, "lookup_transfers");
+                        lsm_groove_cache_put(&ledger->transfers, &t);
+                }
                 memcpy(out + (size_t)found * sizeof(t), &t, sizeof(t));
                 found++;
         }

@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 /*
@@ -75,6 +76,118 @@ static uint64_t timestamp_of(const struct lsm_groove *g, const void *object)
         return timestamp;
 }
 
+/* ---- the object cache --------------------------------------------------------------------- */
+
+static void cache_init(struct lsm_groove *g)
+{
+        struct lsm_groove_cache *c = &g->cache;
+        uint64_t way_bytes = g->config.object_size + sizeof(uint32_t) + 1;
+        uint64_t sets = g->config.cache_bytes / (way_bytes * LSM_GROOVE_CACHE_WAYS);
+        if (sets == 0)
+                return;
+        uint32_t set_count = 1;
+        while ((uint64_t)set_count * 2 <= sets && set_count < (1u << 30))
+                set_count *= 2;
+        uint64_t ways = (uint64_t)set_count * LSM_GROOVE_CACHE_WAYS;
+        c->tags = calloc(ways, sizeof(uint32_t));
+        c->referenced = calloc(ways, 1);
+        c->hands = calloc(set_count, 1);
+        c->objects = malloc(ways * g->config.object_size);
+        if (c->tags == NULL || c->referenced == NULL || c->hands == NULL || c->objects == NULL) {
+                free(c->tags), free(c->referenced), free(c->hands), free(c->objects);
+                memset(c, 0, sizeof(*c)); /* no cache: slower, never wrong */
+                return;
+        }
+        c->set_count = set_count;
+}
+
+static void cache_deinit(struct lsm_groove *g)
+{
+        struct lsm_groove_cache *c = &g->cache;
+        free(c->tags), free(c->referenced), free(c->hands), free(c->objects);
+        memset(c, 0, sizeof(*c));
+}
+
+static uint64_t cache_hash(u128 id)
+{
+        uint64_t h = (uint64_t)id ^ ((uint64_t)(id >> 64) * 0x9E3779B97F4A7C15ull);
+        h ^= h >> 32;
+        h *= 0xD6E8FEB86659FD93ull;
+        h ^= h >> 32;
+        return h;
+}
+
+static u128 object_id(const struct lsm_groove *g, const void *object)
+{
+        u128 id;
+        memcpy(&id, (const uint8_t *)object + g->config.id_offset, 16);
+        return id;
+}
+
+/* The way holding `id`, or -1; *set_out its set. */
+static int64_t cache_find(const struct lsm_groove *g, u128 id, uint32_t *set_out,
+                          uint32_t *tag_out)
+{
+        const struct lsm_groove_cache *c = &g->cache;
+        uint64_t h = cache_hash(id);
+        uint32_t set = (uint32_t)h & (c->set_count - 1);
+        uint32_t tag = (uint32_t)(h >> 32) | 1;
+        *set_out = set;
+        *tag_out = tag;
+        uint64_t base = (uint64_t)set * LSM_GROOVE_CACHE_WAYS;
+        for (uint32_t w = 0; w < LSM_GROOVE_CACHE_WAYS; w++) {
+                if (c->tags[base + w] == tag &&
+                    object_id(g, c->objects + (base + w) * g->config.object_size) == id)
+                        return (int64_t)(base + w);
+        }
+        return -1;
+}
+
+void lsm_groove_cache_put(struct lsm_groove *g, const void *object)
+{
+        struct lsm_groove_cache *c = &g->cache;
+        if (c->set_count == 0)
+                return;
+        uint32_t set, tag;
+        int64_t way = cache_find(g, object_id(g, object), &set, &tag);
+        if (way < 0) {
+                uint64_t base = (uint64_t)set * LSM_GROOVE_CACHE_WAYS;
+                for (uint32_t w = 0; w < LSM_GROOVE_CACHE_WAYS && way < 0; w++)
+                        if (c->tags[base + w] == 0)
+                                way = (int64_t)(base + w);
+                while (way < 0) { /* CLOCK: the first way not referenced since the hand passed */
+                        uint64_t candidate = base + c->hands[set];
+                        c->hands[set] = (uint8_t)((c->hands[set] + 1) % LSM_GROOVE_CACHE_WAYS);
+                        if (c->referenced[candidate])
+                                c->referenced[candidate] = 0;
+                        else
+                                way = (int64_t)candidate;
+                }
+                c->tags[way] = tag;
+        }
+        c->referenced[way] = 1;
+        memcpy(c->objects + (uint64_t)way * g->config.object_size, object, g->config.object_size);
+}
+
+bool lsm_groove_cached(struct lsm_groove *g, u128 id, void *out)
+{
+        struct lsm_groove_cache *c = &g->cache;
+        if (c->set_count == 0)
+                return false;
+        uint32_t set, tag;
+        int64_t way = cache_find(g, id, &set, &tag);
+        if (way < 0) {
+                c->misses++;
+                return false;
+        }
+        c->hits++;
+        c->referenced[way] = 1;
+        memcpy(out, c->objects + (uint64_t)way * g->config.object_size, g->config.object_size);
+        return true;
+}
+
+/* ---- the groove --------------------------------------------------------------------------- */
+
 int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config,
                     struct lsm_grid *grid)
 {
@@ -133,11 +246,13 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
                         return -ENOMEM;
                 }
         }
+        cache_init(g);
         return 0;
 }
 
 void lsm_groove_deinit(struct lsm_groove *g)
 {
+        cache_deinit(g);
         if (g->objects.memtable != NULL)
                 lsm_tree_deinit(&g->objects);
         if (g->ids.memtable != NULL)
@@ -186,6 +301,7 @@ void lsm_groove_insert(struct lsm_groove *g, const void *object)
                 if (field != 0)
                         index_put(g, i, field, timestamp);
         }
+        lsm_groove_cache_put(g, object);
 }
 
 void lsm_groove_insert_prefetch(const struct lsm_groove *g, const void *object)
@@ -199,6 +315,7 @@ void lsm_groove_update(struct lsm_groove *g, const void *object)
         tally_assert(!g->config.objects_insert_only);
         tally_assert(timestamp_of(g, object) != 0);
         lsm_tree_put(&g->objects, object);
+        lsm_groove_cache_put(g, object);
 }
 
 int lsm_groove_get_by_timestamp(struct lsm_groove *g, uint64_t timestamp, void *out)
@@ -224,6 +341,8 @@ void lsm_groove_put_id(struct lsm_groove *g, u128 id, uint64_t timestamp)
 
 int lsm_groove_get_by_id(struct lsm_groove *g, u128 id, void *out)
 {
+        if (lsm_groove_cached(g, id, out))
+                return 1;
         struct id_value value;
         int rc = lsm_tree_get(&g->ids, &id, &value);
         if (rc != 1)
@@ -231,6 +350,8 @@ int lsm_groove_get_by_id(struct lsm_groove *g, u128 id, void *out)
         rc = lsm_groove_get_by_timestamp(g, value.timestamp, out);
         /* The id map and the objects are written together: one without the other is a bug. */
         tally_assert(rc != 0);
+        if (rc == 1)
+                lsm_groove_cache_put(g, out);
         return rc;
 }
 

@@ -43,6 +43,28 @@ struct lsm_groove_config {
         uint32_t table_data_blocks_max; /* 0: the default (tests make small tables) */
         /* Objects are never updated (lsm_groove_update is not used): no memtable hash. */
         bool objects_insert_only;
+        /* Bytes of the object cache (below); 0: none. */
+        uint64_t cache_bytes;
+};
+
+/*
+ * The object cache: the latest version of recently inserted, updated or looked-up objects, by
+ * id, in fixed memory (set-associative, CLOCK eviction within a set). Why: a lookup by id
+ * through the trees is an id-map lookup then an object lookup, each a few block searches, and
+ * the hot accounts of a payment system are looked up by every batch; a hit is one probe. The
+ * trees stay the truth: the cache holds nothing they do not (every insert and update writes
+ * through it) and forgetting it changes no answer, so it is neither checkpointed nor the same on
+ * every replica.
+ */
+#define LSM_GROOVE_CACHE_WAYS 8u
+
+struct lsm_groove_cache {
+        uint32_t set_count; /* a power of two; 0: no cache */
+        uint32_t *tags;     /* per way: a hash of the id, 0 if empty */
+        uint8_t *referenced;
+        uint8_t *hands;     /* per set */
+        uint8_t *objects;   /* per way: object_size bytes */
+        uint64_t hits, misses;
 };
 
 struct lsm_groove {
@@ -51,6 +73,7 @@ struct lsm_groove {
         struct lsm_tree objects;
         struct lsm_tree ids;
         struct lsm_tree indexes[LSM_GROOVE_INDEXES_MAX];
+        struct lsm_groove_cache cache;
 };
 
 int lsm_groove_init(struct lsm_groove *groove, const struct lsm_groove_config *config,
@@ -75,7 +98,12 @@ int lsm_groove_get_id(struct lsm_groove *groove, u128 id, uint64_t *timestamp);
 void lsm_groove_put_id(struct lsm_groove *groove, u128 id, uint64_t timestamp);
 /* 1 and the object in `out`, 0 if absent, -1 on a read fault (grid->error). */
 int lsm_groove_get_by_timestamp(struct lsm_groove *groove, uint64_t timestamp, void *out);
+/* Through the object cache first. */
 int lsm_groove_get_by_id(struct lsm_groove *groove, u128 id, void *out);
+/* The object cache alone: true and the object in `out` if it holds `id`. */
+bool lsm_groove_cached(struct lsm_groove *groove, u128 id, void *out);
+/* Remembers `object`, just read from the trees, in the object cache. */
+void lsm_groove_cache_put(struct lsm_groove *groove, const void *object);
 
 bool lsm_groove_flush(struct lsm_groove *groove);
 bool lsm_groove_compact(struct lsm_groove *groove);

@@ -1419,6 +1419,74 @@ static u128 object_field(const struct object *o, uint32_t i)
         }
 }
 
+/*
+ * The object cache of a groove: with room for a few hundred objects among 40,000, lookups
+ * interleaved with inserts and updates always return the latest version (an update of a cached
+ * object writes through it), the cache is hit, and it evicts.
+ */
+static void test_groove_cache(void)
+{
+        device_reset();
+        rng_state = 4242;
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 128) == 0);
+        static struct lsm_groove groove;
+        struct lsm_groove_config config = groove_config;
+        config.cache_bytes = 64 << 10;
+        CHECK(lsm_groove_init(&groove, &config, &grid) == 0);
+        CHECK(groove.cache.set_count > 0);
+        uint32_t ways = groove.cache.set_count * LSM_GROOVE_CACHE_WAYS;
+        uint64_t timestamp = 1000;
+        uint32_t wrong = 0;
+        for (uint32_t n = 0; n < GROOVE_OBJECTS; n++) {
+                struct object *o = &objects_model[n];
+                memset(o, 0, sizeof(*o));
+                o->id = ((u128)rng() << 64) | rng();
+                o->code = (uint16_t)(1 + rng() % 400);
+                o->balance = n;
+                timestamp += 1 + rng() % 5;
+                o->timestamp = timestamp;
+                if (!lsm_groove_has_room(&groove, 3)) { /* an insert and two updates */
+                        CHECK(lsm_groove_flush(&groove));
+                        CHECK(lsm_groove_compact(&groove));
+                }
+                lsm_groove_insert(&groove, o);
+                struct object out;
+                /* A hot set looked up over and over, and now and then one of them changes. */
+                struct object *hot = &objects_model[rng() % (n < 64 ? n + 1 : 64)];
+                if (lsm_groove_get_by_id(&groove, hot->id, &out) != 1 ||
+                    memcmp(&out, hot, sizeof(out)) != 0)
+                        wrong++;
+                if (n % 3 == 0) {
+                        hot->balance += 1000000;
+                        lsm_groove_update(&groove, hot);
+                }
+                /* And anything at all, looked up and changed. */
+                struct object *any = &objects_model[rng() % (n + 1)];
+                if (lsm_groove_get_by_id(&groove, any->id, &out) != 1 ||
+                    memcmp(&out, any, sizeof(out)) != 0)
+                        wrong++;
+                if (n % 7 == 0) {
+                        any->balance += 1;
+                        lsm_groove_update(&groove, any);
+                }
+        }
+        for (uint32_t n = 0; n < GROOVE_OBJECTS; n++) {
+                struct object out;
+                if (lsm_groove_get_by_id(&groove, objects_model[n].id, &out) != 1 ||
+                    memcmp(&out, &objects_model[n], sizeof(out)) != 0)
+                        wrong++;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        CHECK(ways < GROOVE_OBJECTS / 50); /* most objects were evicted or never cached */
+        CHECK(groove.cache.hits > GROOVE_OBJECTS / 2); /* the hot set stays */
+        CHECK(groove.cache.misses > GROOVE_OBJECTS / 2);
+        printf("groove cache: %u ways, hits=%llu misses=%llu\n", ways,
+               (unsigned long long)groove.cache.hits, (unsigned long long)groove.cache.misses);
+        lsm_groove_deinit(&groove);
+        lsm_grid_deinit(&grid);
+}
+
 static void test_groove(void)
 {
         device_reset();
@@ -1570,6 +1638,7 @@ int main(void)
         TEST_RUN(test_forest_crash_fates);
         TEST_RUN(test_prefetch);
         TEST_RUN(test_groove);
+        TEST_RUN(test_groove_cache);
         device_reset();
         TEST_MAIN_END();
 }
