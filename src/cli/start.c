@@ -567,7 +567,7 @@ static int serve(struct server *s)
         return 0;
 }
 
-/* The block cache: most of a replica's memory (docs/storage.md, "Memory"). */
+/* The caches: most of a replica's memory (docs/storage.md, "Memory"). */
 #define TALLY_CACHE_DEFAULT (512ull << 20)
 #define TALLY_CACHE_DEFAULT_DEVELOPMENT (64ull << 20)
 #define TALLY_CACHE_MIN (4ull << 20)
@@ -643,7 +643,7 @@ int cli_start(int argc, char **argv)
         if (resolve_self(self, sb->replica_count) != 0)
                 return 1;
         /*
-         * Memory is the block cache (--cache) plus a fixed part; capacity is the disk's.
+         * Memory is the caches (--cache) plus a fixed part; capacity is the disk's.
          * --accounts-max / --transfers-max are optional limits, none by default.
          */
         uint64_t cache = flags[6].present ? flags[6].u64
