@@ -1206,22 +1206,49 @@ static void executed_state_forget(struct replica *r)
         r->pending_create_events = 0;
 }
 
+/* The highest op any slot of the journal holds an intact header of (either copy), or 0. */
+static uint64_t journal_op_max(struct replica *r, const struct replica_durable *d)
+{
+        static struct wire_header header;
+        struct message *scratch = message_pool_get(r->pool);
+        tally_assert(scratch != NULL);
+        uint64_t max = 0;
+        for (uint32_t slot = 0; slot < r->config.wal_slot_count; slot++) {
+                if (header_recover(r, d, slot, &header, scratch))
+                        max = MAX(max, header.prepare.op);
+        }
+        message_unref(r->pool, scratch);
+        return max;
+}
+
 /*
- * A replica of a cluster whose checkpoint is unreadable starts as if re-formatted, keeping only
- * its view (a promise): its journal continues a state it no longer has, so it holds no log
- * (log_view 0), and it is fresh, since it may have acknowledged ops it now ignores. State sync
- * then copies a peer's checkpoint, which a restart finds in place of the damaged one.
+ * A replica of a cluster whose checkpoint is unreadable (damaged, or a state sync interrupted
+ * while its blocks were landing) starts as if re-formatted, keeping only its view (a promise):
+ * its journal continues a state it no longer has, so it holds no log (log_view 0), and it is
+ * fresh, since it may have acknowledged ops it now ignores. State sync then copies a peer's
+ * checkpoint, which a restart finds in place of the damaged one.
+ *
+ * Unlike a wiped disk, its journal is still there, and every op it acknowledged was written
+ * there first: none is above the highest op the journal holds a header of, unless the disk
+ * lost that write, which a do_view_change already counts against the faults tolerated (a lost
+ * op is not a proof; dvc_answer). So it has "joined" at that op: its nacks of later ops count.
+ * Without that, a replica that crashed in the middle of a state sync could never help the
+ * others cut an uncommitted op that none of them holds intact, and the cluster would stall.
+ * A replica already fresh keeps the older, lower knowledge: not joined, or joined earlier.
  */
-static void open_without_state(struct replica *r)
+static void open_without_state(struct replica *r, const struct replica_durable *d)
 {
         /* The ledger is still empty: a failed checkpoint read leaves it reset. */
         executed_state_forget(r);
+        bool was_fresh = r->fresh, was_joined = r->fresh_joined;
+        uint64_t journal_max = journal_op_max(r, d);
         r->parent = 0;
         r->log_view = 0;
         r->anchor_op = 0;
         r->anchor_checksum = 0;
         r->fresh = true;
-        r->fresh_joined = false;
+        r->fresh_joined = !was_fresh || was_joined;
+        r->fresh_joined_op = was_fresh ? MAX(r->fresh_joined_op, journal_max) : journal_max;
         r->checkpoint_lost = true;
         log_warn("starting without state: copying the latest checkpoint from a peer (state "
                  "sync) view=%u",
@@ -1259,7 +1286,7 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
                                  "peer to copy one from");
                         return -1;
                 }
-                open_without_state(r);
+                open_without_state(r, d);
                 replication_open(r);
                 return 0;
         }
