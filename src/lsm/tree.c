@@ -87,6 +87,7 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
         tree->layout = *layout;
         tree->grid = grid;
         tree->memtable_max = memtable_max;
+        tree->room_max = memtable_max - (memtable_max / 18) * (layout->tree % 9u);
         tree->in_order = true;
         tree->filter_offset = layout->filter ? lsm_table_filter_offset(layout) : 0;
         tree->hash_position_bits = 1;
@@ -131,7 +132,7 @@ void lsm_tree_deinit(struct lsm_tree *tree)
 
 bool lsm_tree_has_room(const struct lsm_tree *tree, uint32_t count)
 {
-        return tree->memtable_count + (uint64_t)count <= tree->memtable_max;
+        return tree->memtable_count + (uint64_t)count <= tree->room_max;
 }
 
 /* Appends a value with a key not in the memtable (or, insert_only, maybe there already). */
