@@ -590,6 +590,7 @@ void ws_commit(struct ledger *ledger)
                         if (e->created) {
                                 groove_room(ledger, &ledger->accounts);
                                 lsm_groove_insert(&ledger->accounts, &e->object.account);
+                                lsm_groove_cache_put(&ledger->accounts, &e->object.account);
                         } else if (e->dirty) {
                                 tree_room(ledger, &ledger->accounts.objects);
                                 lsm_groove_update(&ledger->accounts, &e->object.account);
@@ -599,6 +600,9 @@ void ws_commit(struct ledger *ledger)
                 if (e->created) {
                         groove_room(ledger, &ledger->transfers);
                         lsm_groove_insert(&ledger->transfers, &e->object.transfer);
+                        /* A pending transfer is read again by the post or void that ends it. */
+                        if (e->object.transfer.flags & TRANSFER_FLAG_PENDING)
+                                lsm_groove_cache_put(&ledger->transfers, &e->object.transfer);
                 }
                 if (e->status_dirty) {
                         struct status_value v = {.timestamp = e->object.transfer.timestamp,

@@ -301,7 +301,8 @@ void lsm_groove_insert(struct lsm_groove *g, const void *object)
                 if (field != 0)
                         index_put(g, i, field, timestamp);
         }
-        lsm_groove_cache_put(g, object);
+        /* Not cached here: a new id cannot be cached already, and whether a new object will be
+         * read again soon is the caller's to say (lsm_groove_cache_put). */
 }
 
 void lsm_groove_insert_prefetch(const struct lsm_groove *g, const void *object)

@@ -52,8 +52,9 @@ struct lsm_groove_config {
  * id, in fixed memory (set-associative, CLOCK eviction within a set). Why: a lookup by id
  * through the trees is an id-map lookup then an object lookup, each a few block searches, and
  * the hot accounts of a payment system are looked up by every batch; a hit is one probe. The
- * trees stay the truth: the cache holds nothing they do not (every insert and update writes
- * through it) and forgetting it changes no answer, so it is neither checkpointed nor the same on
+ * trees stay the truth: the cache holds nothing they do not (every update writes through it; a
+ * new object, whose id no entry can hold, is cached only if its creator says it will be read
+ * soon) and forgetting it changes no answer, so it is neither checkpointed nor the same on
  * every replica.
  */
 #define LSM_GROOVE_CACHE_WAYS 8u
@@ -102,7 +103,7 @@ int lsm_groove_get_by_timestamp(struct lsm_groove *groove, uint64_t timestamp, v
 int lsm_groove_get_by_id(struct lsm_groove *groove, u128 id, void *out);
 /* The object cache alone: true and the object in `out` if it holds `id`. */
 bool lsm_groove_cached(struct lsm_groove *groove, u128 id, void *out);
-/* Remembers `object`, just read from the trees, in the object cache. */
+/* Remembers `object`, just read from the trees or inserted, in the object cache. */
 void lsm_groove_cache_put(struct lsm_groove *groove, const void *object);
 
 bool lsm_groove_flush(struct lsm_groove *groove);
