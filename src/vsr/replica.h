@@ -413,6 +413,9 @@ struct replica {
                 u128 prepare_checksum;
                 uint64_t timestamp;
                 uint64_t offset;      /* bytes received */
+                uint64_t requested;   /* the next offset to ask for (a window ahead of offset) */
+                uint32_t chunk;       /* the source's chunk size, once its first chunk came */
+                uint64_t gap_tick;    /* when a lost chunk last made us ask again */
                 uint8_t *root_block;  /* the root, kept for its session table */
                 uint8_t *block;       /* the block being gathered from chunks */
                 bool awaiting_mark;   /* a chunk waits for grid_syncing to be durable */

@@ -27,6 +27,8 @@
 
 /* Whole blocks per chunk when messages are large; with small messages, part of a block. */
 #define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE)
+/* Chunks asked for at once (request_chunks). */
+#define SYNC_WINDOW 8u
 
 #define sync_fields replica_sync_fields /* replica.h: `tally backup` speaks them too */
 _Static_assert(sizeof(struct sync_fields) <= 128, "sync fields fit in a header");
@@ -119,10 +121,10 @@ static void sync_send(struct replica *r, struct message *m, uint8_t to)
         message_unref(r->pool, m);
 }
 
-static void request_chunk(struct replica *r)
+static void request_chunk_at(struct replica *r, uint64_t offset)
 {
         struct sync_fields f = {.checkpoint_op = r->sync.checkpoint_op,
-                                .offset = r->sync.offset,
+                                .offset = offset,
                                 .root_address = r->sync.root.address,
                                 .root_checksum = r->sync.root.checksum};
         struct message *m = sync_message(r, COMMAND_REQUEST_BLOCKS, &f);
@@ -130,6 +132,35 @@ static void request_chunk(struct replica *r)
                 return;
         r->sync.tick = r->tick;
         sync_send(r, m, r->sync.source);
+}
+
+/*
+ * Asks for the chunks of a window ahead of the one awaited (one per round trip, a 135 MB image
+ * in 28 KiB chunks took 1.3 s of round trips on loopback while a quorum waited for it). The
+ * source answers in order over one connection, so chunks arrive in order; a chunk beyond the
+ * one awaited means one was lost, and the window is asked for again from there (on_block).
+ * Until the source's chunk size is known (its first chunk), one chunk is asked for.
+ */
+static void request_chunks(struct replica *r)
+{
+        if (r->sync.chunk == 0 || r->sync.size == 0) {
+                request_chunk_at(r, r->sync.offset);
+                return;
+        }
+        if (r->sync.requested < r->sync.offset)
+                r->sync.requested = r->sync.offset;
+        while (r->sync.requested < r->sync.size &&
+               r->sync.requested < r->sync.offset + (uint64_t)SYNC_WINDOW * r->sync.chunk) {
+                request_chunk_at(r, r->sync.requested);
+                r->sync.requested += r->sync.chunk;
+        }
+}
+
+/* From the chunk awaited again: after a loss, a retry, or a new source or checkpoint. */
+static void request_chunks_again(struct replica *r)
+{
+        r->sync.requested = r->sync.offset;
+        request_chunks(r);
 }
 
 static void request_replies(struct replica *r)
@@ -192,7 +223,7 @@ void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
         r->stats.state_syncs_started++;
         r->sync.source = source;
         r->sync.checkpoint_op = checkpoint_op;
-        request_chunk(r);
+        request_chunks(r);
 }
 
 /*
@@ -357,8 +388,10 @@ static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, cons
         r->sync.offset += size;
         r->sync.prepare_checksum = f->prepare_checksum;
         r->sync.timestamp = f->timestamp;
+        if (r->sync.chunk == 0)
+                r->sync.chunk = size;
         if (r->sync.offset < r->sync.size) {
-                request_chunk(r);
+                request_chunks(r);
                 return;
         }
         static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
@@ -417,10 +450,18 @@ static void on_block(struct replica *r, struct message *m)
                 r->sync.root = (struct lsm_block_ref){.address = f.root_address,
                                                       .checksum = f.root_checksum};
                 r->sync.offset = 0;
+                r->sync.requested = 0;
                 sync_replies_release(r);
         }
-        if (f.offset != r->sync.offset)
+        if (f.offset != r->sync.offset) {
+                /* Beyond the chunk awaited: that one was lost. Once per tick, ask again. */
+                if (f.offset > r->sync.offset && !r->sync.awaiting_mark &&
+                    r->sync.gap_tick != r->tick) {
+                        r->sync.gap_tick = r->tick;
+                        request_chunks_again(r);
+                }
                 return;
+        }
         uint32_t size = m->header->size - WIRE_HEADER_SIZE;
         if (f.root_address == 0 && f.root_checksum == 0 && f.size > 0) {
                 on_legacy_chunk(r, &f, message_body(m), size);
@@ -479,8 +520,10 @@ static void on_block(struct replica *r, struct message *m)
         r->sync.offset += size;
         r->sync.prepare_checksum = f.prepare_checksum;
         r->sync.timestamp = f.timestamp;
+        if (r->sync.chunk == 0)
+                r->sync.chunk = size;
         if (r->sync.offset < r->sync.size) {
-                request_chunk(r);
+                request_chunks(r);
                 return;
         }
         sync_sessions_known(r);
@@ -569,6 +612,8 @@ static void sync_source_next(struct replica *r)
         sync_replies_release(r);
         r->sync.source = next;
         r->sync.offset = 0;
+        r->sync.requested = 0;
+        r->sync.chunk = 0; /* its messages may be of another size */
         r->sync.size = 0;
         r->sync.root = (struct lsm_block_ref){0};
 }
@@ -582,7 +627,7 @@ void sync_tick(struct replica *r)
          */
         if (r->sync.active && r->sync.awaiting_mark && r->view_state_durable.grid_syncing) {
                 r->sync.awaiting_mark = false;
-                request_chunk(r);
+                request_chunks_again(r);
         }
         if (r->serving.active && r->tick - r->serving.tick > TICKS_SYNC_SERVE_IDLE) {
                 ledger_unhold(r->ledger);
@@ -593,7 +638,7 @@ void sync_tick(struct replica *r)
         if (r->config.replica_count > 2)
                 sync_source_next(r);
         if (r->sync.offset < r->sync.size || r->sync.size == 0)
-                request_chunk(r);
+                request_chunks_again(r);
         else
                 request_replies(r);
 }
