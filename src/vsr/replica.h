@@ -16,6 +16,8 @@
  * struct replica_env, so the same code can run under a simulator.
  */
 #ifndef TALLY_VSR_REPLICA_H
+/* State sync: chunks a receiver asks for at once (replica_sync.c, request_chunks). */
+#define REPLICA_SYNC_WINDOW 8u
 #define TALLY_VSR_REPLICA_H
 
 #include "ledger/ledger.h"
@@ -416,6 +418,8 @@ struct replica {
                 uint64_t requested;   /* the next offset to ask for (a window ahead of offset) */
                 uint32_t chunk;       /* the source's chunk size, once its first chunk came */
                 uint64_t gap_tick;    /* when a lost chunk last made us ask again */
+                /* Chunks that arrived ahead of the one awaited, by (offset / chunk) % window. */
+                struct message *early[REPLICA_SYNC_WINDOW];
                 uint8_t *root_block;  /* the root, kept for its session table */
                 uint8_t *block;       /* the block being gathered from chunks */
                 bool awaiting_mark;   /* a chunk waits for grid_syncing to be durable */

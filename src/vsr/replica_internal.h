@@ -16,6 +16,7 @@
 #define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
 #define REPAIR_REQUESTS_MAX 16u        /* missing prepares asked for at once */
 #define TICKS_SYNC_RETRY 50u           /* state sync: ask again after 500 ms of silence */
+#define TICKS_SYNC_GAP 5u              /* state sync: a chunk came early: ask again for the one awaited, at most every 50 ms */
 #define TICKS_SYNC_SERVE_IDLE 300u     /* state sync: a held checkpoint is let go after 3 s */
 
 static inline uint8_t replica_primary_index(const struct replica *r, uint32_t view)

@@ -27,8 +27,7 @@
 
 /* Whole blocks per chunk when messages are large; with small messages, part of a block. */
 #define SYNC_CHUNK_SIZE (WIRE_BODY_SIZE_MAX / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE)
-/* Chunks asked for at once (request_chunks). */
-#define SYNC_WINDOW 8u
+#define SYNC_WINDOW REPLICA_SYNC_WINDOW
 
 #define sync_fields replica_sync_fields /* replica.h: `tally backup` speaks them too */
 _Static_assert(sizeof(struct sync_fields) <= 128, "sync fields fit in a header");
@@ -183,6 +182,16 @@ static void request_replies(struct replica *r)
         }
 }
 
+/* Forgets the chunks kept for later: a new source or checkpoint, or the end. */
+static void sync_early_release(struct replica *r)
+{
+        for (uint32_t i = 0; i < SYNC_WINDOW; i++) {
+                if (r->sync.early[i] != NULL)
+                        message_unref(r->pool, r->sync.early[i]);
+                r->sync.early[i] = NULL;
+        }
+}
+
 static void sync_replies_release(struct replica *r)
 {
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
@@ -195,6 +204,7 @@ static void sync_replies_release(struct replica *r)
 
 static void sync_reset(struct replica *r)
 {
+        sync_early_release(r);
         sync_replies_release(r);
         free(r->sync.root_block);
         free(r->sync.block);
@@ -353,6 +363,25 @@ static void sync_finish(struct replica *r)
 
 static void sync_sessions_known(struct replica *r);
 
+static void on_block(struct replica *r, struct message *m);
+
+/* The chunk awaited next, if it came early: handled now (true), else false. */
+static bool sync_take_early(struct replica *r)
+{
+        uint32_t slot = (uint32_t)((r->sync.offset / r->sync.chunk) % SYNC_WINDOW);
+        struct message *next = r->sync.early[slot];
+        if (next == NULL)
+                return false;
+        r->sync.early[slot] = NULL;
+        struct sync_fields f;
+        memcpy(&f, next->header->raw, sizeof(f));
+        bool awaited = f.offset == r->sync.offset;
+        if (awaited)
+                on_block(r, next); /* at most a window deep */
+        message_unref(r->pool, next);
+        return awaited;
+}
+
 /*
  * A replica of the previous release (data file format 1, during a rolling upgrade) serves its
  * checkpoint as one blob: gathered in memory, then loaded into the ledger's trees and
@@ -391,9 +420,11 @@ static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, cons
         if (r->sync.chunk == 0)
                 r->sync.chunk = size;
         if (r->sync.offset < r->sync.size) {
-                request_chunks(r);
+                if (!sync_take_early(r))
+                        request_chunks(r);
                 return;
         }
+        sync_early_release(r);
         static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
         uint32_t user_size = 0;
         const uint8_t *part = NULL;
@@ -451,14 +482,25 @@ static void on_block(struct replica *r, struct message *m)
                                                       .checksum = f.root_checksum};
                 r->sync.offset = 0;
                 r->sync.requested = 0;
+                sync_early_release(r);
                 sync_replies_release(r);
         }
         if (f.offset != r->sync.offset) {
-                /* Beyond the chunk awaited: that one was lost. Once per tick, ask again. */
-                if (f.offset > r->sync.offset && !r->sync.awaiting_mark &&
-                    r->sync.gap_tick != r->tick) {
-                        r->sync.gap_tick = r->tick;
-                        request_chunks_again(r);
+                /*
+                 * Ahead of the chunk awaited (reordered, or that one was lost): kept for when
+                 * its turn comes, and the awaited one asked for again now and then.
+                 */
+                uint32_t chunk = r->sync.chunk;
+                if (f.offset > r->sync.offset && chunk != 0 && !r->sync.awaiting_mark &&
+                    (f.offset - r->sync.offset) % chunk == 0 &&
+                    (f.offset - r->sync.offset) / chunk < SYNC_WINDOW) {
+                        uint32_t slot = (uint32_t)((f.offset / chunk) % SYNC_WINDOW);
+                        if (r->sync.early[slot] == NULL)
+                                r->sync.early[slot] = message_ref(m);
+                        if (r->tick - r->sync.gap_tick >= TICKS_SYNC_GAP) {
+                                r->sync.gap_tick = r->tick;
+                                request_chunk_at(r, r->sync.offset);
+                        }
                 }
                 return;
         }
@@ -523,9 +565,11 @@ static void on_block(struct replica *r, struct message *m)
         if (r->sync.chunk == 0)
                 r->sync.chunk = size;
         if (r->sync.offset < r->sync.size) {
-                request_chunks(r);
+                if (!sync_take_early(r))
+                        request_chunks(r);
                 return;
         }
+        sync_early_release(r);
         sync_sessions_known(r);
 }
 
@@ -610,6 +654,7 @@ static void sync_source_next(struct replica *r)
         log_info("state sync source silent; asking another source=%u from=%u checkpoint_op=%llu",
                  next, r->sync.source, (unsigned long long)r->sync.checkpoint_op);
         sync_replies_release(r);
+        sync_early_release(r);
         r->sync.source = next;
         r->sync.offset = 0;
         r->sync.requested = 0;
