@@ -558,6 +558,39 @@ bool storage_has_room(struct storage *storage)
         return (uint64_t)fs.f_bavail * fs.f_frsize >= STORAGE_GROWTH_ROOM_BYTES;
 }
 
+/* All of `size` bytes at `offset`: 0, or -errno (-EIO at the end of the file). */
+static int read_exact(int fd, void *buffer, size_t size, uint64_t offset)
+{
+        uint8_t *p = buffer;
+        while (size > 0) {
+                ssize_t n = pread(fd, p, size, (off_t)offset);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0 ? -errno : -EIO;
+                p += n;
+                size -= (size_t)n;
+                offset += (uint64_t)n;
+        }
+        return 0;
+}
+
+static int write_exact(int fd, const void *buffer, size_t size, uint64_t offset)
+{
+        const uint8_t *p = buffer;
+        while (size > 0) {
+                ssize_t n = pwrite(fd, p, size, (off_t)offset);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0 ? -errno : -EIO;
+                p += n;
+                size -= (size_t)n;
+                offset += (uint64_t)n;
+        }
+        return 0;
+}
+
 /* ---- the grid ---------------------------------------------------------------------------- */
 
 /* Grows the file to hold `blocks` grid blocks; 0, or the error of posix_fallocate. */
@@ -586,19 +619,10 @@ int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
                 memset(block, 0, GRID_BLOCK_SIZE); /* never written: fails its check */
                 return 0;
         }
-        uint8_t *p = block;
-        size_t size = GRID_BLOCK_SIZE;
-        uint64_t offset = grid_block_offset(storage, address);
-        while (size > 0) {
-                ssize_t n = pread(storage->fd, p, size, (off_t)offset);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        return n < 0 ? -errno : -EIO;
-                p += n;
-                size -= (size_t)n;
-                offset += (uint64_t)n;
-        }
+        int rc = read_exact(storage->fd, block, GRID_BLOCK_SIZE,
+                            grid_block_offset(storage, address));
+        if (rc != 0)
+                return rc;
         storage->grid_blocks_read++;
         return 0;
 }
@@ -614,19 +638,9 @@ int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t 
          * journal's next fdatasync wait for them. The checkpoint's sync covers both. */
         bool direct = storage->fd_direct >= 0 && ((uintptr_t)block % 4096) == 0;
         int fd = direct ? storage->fd_direct : storage->fd;
-        const uint8_t *p = block;
-        size_t size = GRID_BLOCK_SIZE;
-        uint64_t offset = grid_block_offset(storage, address);
-        while (size > 0) {
-                ssize_t n = pwrite(fd, p, size, (off_t)offset);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        return n < 0 ? -errno : -EIO;
-                p += n;
-                size -= (size_t)n;
-                offset += (uint64_t)n;
-        }
+        rc = write_exact(fd, block, GRID_BLOCK_SIZE, grid_block_offset(storage, address));
+        if (rc != 0)
+                return rc;
         storage->grid_blocks_written++;
         return 0;
 }
@@ -826,20 +840,6 @@ bool storage_checkpoint_start(struct storage *storage,
 }
 
 /* ---- recovery reads ---------------------------------------------------------------------- */
-
-static int read_exact(int fd, void *buffer, size_t size, uint64_t offset)
-{
-        uint8_t *p = buffer;
-        while (size > 0) {
-                ssize_t n = pread(fd, p, size, (off_t)offset);
-                if (n <= 0)
-                        return -1;
-                p += n;
-                size -= (size_t)n;
-                offset += (uint64_t)n;
-        }
-        return 0;
-}
 
 int storage_read_reply(struct storage *storage, uint32_t slot, struct message *message,
                        u128 reply_checksum, char *error, size_t error_size)
