@@ -383,6 +383,37 @@ static bool sync_take_early(struct replica *r)
 }
 
 /*
+ * Our grid is about to be overwritten: the superblock must say so first. False (the chunk is
+ * dropped, and asked for again the tick the mark is durable) until it does.
+ */
+static bool sync_mark_durable(struct replica *r)
+{
+        r->grid_syncing = true;
+        if (r->view_state_durable.grid_syncing)
+                return true;
+        r->sync.tick = r->tick;
+        r->sync.awaiting_mark = true;
+        return false;
+}
+
+/* A chunk of `size` is in: true if it was the last, else the next is handled or asked for. */
+static bool sync_chunk_done(struct replica *r, const struct sync_fields *f, uint32_t size)
+{
+        r->sync.offset += size;
+        r->sync.prepare_checksum = f->prepare_checksum;
+        r->sync.timestamp = f->timestamp;
+        if (r->sync.chunk == 0)
+                r->sync.chunk = size;
+        if (r->sync.offset < r->sync.size) {
+                if (!sync_take_early(r))
+                        request_chunks(r);
+                return false;
+        }
+        sync_early_release(r);
+        return true;
+}
+
+/*
  * A replica of the previous release (data file format 1, during a rolling upgrade) serves its
  * checkpoint as one blob: gathered in memory, then loaded into the ledger's trees and
  * checkpointed as a root here, after which the copy goes on as for a root (replies, install).
@@ -396,13 +427,8 @@ static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, cons
                 sync_reset(r);
                 return;
         }
-        /* Loading it rewrites our grid: the superblock must say so first. */
-        r->grid_syncing = true;
-        if (!r->view_state_durable.grid_syncing) {
-                r->sync.tick = r->tick;
-                r->sync.awaiting_mark = true; /* asked again the tick it is durable */
+        if (!sync_mark_durable(r)) /* loading it rewrites our grid */
                 return;
-        }
         if (r->sync.legacy_blob == NULL) {
                 r->sync.legacy = true;
                 r->sync.legacy_blob = malloc(f->size);
@@ -414,17 +440,8 @@ static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, cons
                 }
         }
         memcpy(r->sync.legacy_blob + f->offset, body, size);
-        r->sync.offset += size;
-        r->sync.prepare_checksum = f->prepare_checksum;
-        r->sync.timestamp = f->timestamp;
-        if (r->sync.chunk == 0)
-                r->sync.chunk = size;
-        if (r->sync.offset < r->sync.size) {
-                if (!sync_take_early(r))
-                        request_chunks(r);
+        if (!sync_chunk_done(r, f, size))
                 return;
-        }
-        sync_early_release(r);
         static uint8_t user[LEDGER_CHECKPOINT_USER_MAX];
         uint32_t user_size = 0;
         const uint8_t *part = NULL;
@@ -516,13 +533,8 @@ static void on_block(struct replica *r, struct message *m)
                 sync_reset(r);
                 return;
         }
-        /* Our grid is about to be overwritten: the superblock must say so first. */
-        r->grid_syncing = true;
-        if (!r->view_state_durable.grid_syncing) {
-                r->sync.tick = r->tick;
-                r->sync.awaiting_mark = true; /* asked again the tick it is durable */
+        if (!sync_mark_durable(r))
                 return;
-        }
         const uint8_t *body = message_body(m);
         if (r->sync.block == NULL && (r->sync.block = malloc(LSM_BLOCK_SIZE)) == NULL) {
                 sync_reset(r);
@@ -559,18 +571,8 @@ static void on_block(struct replica *r, struct message *m)
                         return;
                 }
         }
-        r->sync.offset += size;
-        r->sync.prepare_checksum = f.prepare_checksum;
-        r->sync.timestamp = f.timestamp;
-        if (r->sync.chunk == 0)
-                r->sync.chunk = size;
-        if (r->sync.offset < r->sync.size) {
-                if (!sync_take_early(r))
-                        request_chunks(r);
-                return;
-        }
-        sync_early_release(r);
-        sync_sessions_known(r);
+        if (sync_chunk_done(r, &f, size))
+                sync_sessions_known(r);
 }
 
 /* Every block is in (or the checkpoint converted): the replies the sessions name, then install. */
