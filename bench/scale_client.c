@@ -36,6 +36,7 @@
  * Single-replica servers only for lookup, query and ready (they talk to the first address).
  */
 #include "client/client.h"
+#include "io/io.h"
 #include "io/address.h"
 #include "lib/flags.h"
 #include "lib/histogram.h"
@@ -98,13 +99,6 @@ static volatile sig_atomic_t stop_signal;
 static void on_signal(int signal)
 {
         stop_signal = signal;
-}
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -267,7 +261,7 @@ static int phase_run(struct phase *p)
                 fail("%s: out of memory", p->name);
                 return -1;
         }
-        p->start_ns = now_ns();
+        p->start_ns = io_monotonic_ns();
         while (p->done < p->request_count && !p->failed && p->rejected == 0 && stop_signal == 0) {
                 int32_t s;
                 while (p->sent < p->request_count && (s = client_pool_idle_session(p->pool)) >= 0) {
@@ -287,7 +281,7 @@ static int phase_run(struct phase *p)
                 }
                 client_pool_run(p->pool, 100, phase_on_done, p);
         }
-        p->end_ns = now_ns();
+        p->end_ns = io_monotonic_ns();
         if (stop_signal != 0)
                 fail("%s: interrupted by signal %d", p->name, (int)stop_signal);
         return p->failed || p->rejected > 0 || stop_signal != 0 ? -1 : 0;
@@ -395,17 +389,17 @@ static int command_lookup(const struct options *o)
                 return 1;
         }
         uint64_t *latencies_ns = calloc(o->count + 1, sizeof(uint64_t));
-        uint64_t state = o->w.seed ^ now_ns(), done = 0, missing = 0, different = 0;
+        uint64_t state = o->w.seed ^ io_monotonic_ns(), done = 0, missing = 0, different = 0;
         int rc = latencies_ns == NULL ? CLIENT_ERROR_TOO_LARGE : CLIENT_OK;
         for (; done < o->count && rc == CLIENT_OK && stop_signal == 0; done++) {
                 uint64_t index = random_below(&state, o->stored);
                 u128 id = transfer_id(&o->w, index);
                 const uint8_t *elements;
                 uint32_t count;
-                uint64_t start = now_ns();
+                uint64_t start = io_monotonic_ns();
                 rc = session_request(&c, OPERATION_LOOKUP_TRANSFERS, &id, sizeof(id),
                                      sizeof(struct wire_transfer), &elements, &count);
-                latencies_ns[done] = now_ns() - start;
+                latencies_ns[done] = io_monotonic_ns() - start;
                 if (rc != CLIENT_OK)
                         break;
                 struct wire_transfer t;
@@ -452,7 +446,7 @@ static int command_query(const struct options *o)
                 return 1;
         }
         uint64_t *latencies_ns = calloc(o->count + 1, sizeof(uint64_t));
-        uint64_t state = o->w.seed ^ now_ns() ^ 1, done = 0, wrong = 0;
+        uint64_t state = o->w.seed ^ io_monotonic_ns() ^ 1, done = 0, wrong = 0;
         int rc = latencies_ns == NULL ? CLIENT_ERROR_TOO_LARGE : CLIENT_OK;
         for (; done < o->count && rc == CLIENT_OK && stop_signal == 0; done++) {
                 uint64_t order = random_below(&state, orders);
@@ -462,10 +456,10 @@ static int command_query(const struct options *o)
                 filter.limit = QUERY_LIMIT;
                 const uint8_t *elements;
                 uint32_t count;
-                uint64_t start = now_ns();
+                uint64_t start = io_monotonic_ns();
                 rc = session_request(&c, OPERATION_QUERY_TRANSFERS, &filter, sizeof(filter),
                                      sizeof(struct wire_transfer), &elements, &count);
-                latencies_ns[done] = now_ns() - start;
+                latencies_ns[done] = io_monotonic_ns() - start;
                 if (rc != CLIENT_OK)
                         break;
                 bool ok = count == ORDER_LEGS;
@@ -503,8 +497,8 @@ static int command_query(const struct options *o)
 static int ready_register(struct client *c, uint64_t deadline_ns)
 {
         int rc = client_register(c);
-        uint64_t give_up_ns = MIN(deadline_ns, now_ns() + READY_CONNECTION_MS * 1000000ull);
-        while (rc == CLIENT_ERROR_TIMEOUT && now_ns() < give_up_ns && stop_signal == 0) {
+        uint64_t give_up_ns = MIN(deadline_ns, io_monotonic_ns() + READY_CONNECTION_MS * 1000000ull);
+        while (rc == CLIENT_ERROR_TIMEOUT && io_monotonic_ns() < give_up_ns && stop_signal == 0) {
                 const struct wire_header *reply;
                 rc = client_retransmit(c, &reply);
                 if (rc != CLIENT_OK)
@@ -564,10 +558,10 @@ static bool ready_attempt(const struct options *o, uint64_t deadline_ns)
 
 static int command_ready(const struct options *o)
 {
-        uint64_t start = now_ns();
+        uint64_t start = io_monotonic_ns();
         uint64_t deadline = start + o->timeout_ms * 1000000ull;
         uint64_t attempts = 0;
-        while (now_ns() < deadline && stop_signal == 0) {
+        while (io_monotonic_ns() < deadline && stop_signal == 0) {
                 if (o->pid != 0 && kill((pid_t)o->pid, 0) != 0 && errno == ESRCH) {
                         fail("ready: the server (pid %llu) exited", (unsigned long long)o->pid);
                         return 1;
@@ -575,7 +569,7 @@ static int command_ready(const struct options *o)
                 attempts++;
                 if (ready_attempt(o, deadline)) {
                         printf("ready: seconds=%.3f attempts=%llu\n",
-                               (double)(now_ns() - start) / 1e9, (unsigned long long)attempts);
+                               (double)(io_monotonic_ns() - start) / 1e9, (unsigned long long)attempts);
                         return 0;
                 }
                 usleep(READY_RETRY_US);

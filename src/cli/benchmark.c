@@ -19,6 +19,7 @@
  */
 #include "cli/cli.h"
 #include "client/client.h"
+#include "io/io.h"
 #include "io/address.h"
 #include "lib/flags.h"
 #include "lib/histogram.h"
@@ -109,13 +110,6 @@ static volatile sig_atomic_t stop_signal;
 static void on_signal(int signal)
 {
         stop_signal = signal;
-}
-
-static uint64_t now_ns(void)
-{
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t bench_random(struct bench *b)
@@ -412,7 +406,7 @@ static int phase_run(struct bench *b, struct phase *p)
                 bench_fail(b, "%s: out of memory", p->name);
                 return -1;
         }
-        p->start_ns = now_ns();
+        p->start_ns = io_monotonic_ns();
         while (p->done < p->request_count && !b->failed && stop_signal == 0) {
                 int32_t s;
                 while (p->sent < p->request_count && (s = client_pool_idle_session(b->pool)) >= 0) {
@@ -432,7 +426,7 @@ static int phase_run(struct bench *b, struct phase *p)
                 }
                 client_pool_run(b->pool, 100, phase_on_done, p);
         }
-        p->end_ns = now_ns();
+        p->end_ns = io_monotonic_ns();
         if (stop_signal != 0)
                 bench_fail(b, "interrupted");
         return b->failed ? -1 : 0;
@@ -605,9 +599,9 @@ static void server_stop(struct server_child *server)
         if (server->pid > 0) {
                 kill(server->pid, SIGTERM);
                 int status = 0;
-                uint64_t deadline = now_ns() + SERVER_STOP_TIMEOUT_MS * 1000000ull;
+                uint64_t deadline = io_monotonic_ns() + SERVER_STOP_TIMEOUT_MS * 1000000ull;
                 while (waitpid(server->pid, &status, WNOHANG) == 0) {
-                        if (now_ns() > deadline) {
+                        if (io_monotonic_ns() > deadline) {
                                 fprintf(stderr, "benchmark: the server ignored SIGTERM; killing "
                                                 "it\n");
                                 kill(server->pid, SIGKILL);
@@ -663,8 +657,8 @@ static int server_start(struct server_child *server, u128 cluster)
                 server->pid = run_child(server->log_path, start_argv, true);
                 if (server->pid < 0)
                         break;
-                uint64_t deadline = now_ns() + SERVER_START_TIMEOUT_MS * 1000000ull;
-                while (now_ns() < deadline && stop_signal == 0) {
+                uint64_t deadline = io_monotonic_ns() + SERVER_START_TIMEOUT_MS * 1000000ull;
+                while (io_monotonic_ns() < deadline && stop_signal == 0) {
                         if (log_contains(server->log_path, listening))
                                 return 0;
                         if (waitpid(server->pid, &status, WNOHANG) == server->pid) {
@@ -769,7 +763,7 @@ int cli_benchmark(int argc, char **argv)
                 return 2;
         }
         if (getrandom(&b->seed, sizeof(b->seed), 0) != sizeof(b->seed))
-                b->seed = now_ns();
+                b->seed = io_monotonic_ns();
         if (flags[9].present)
                 b->seed = flags[9].u64;
         b->random_state = mix64(b->seed);
@@ -777,7 +771,7 @@ int cli_benchmark(int argc, char **argv)
          * never collide; 63 bits keep every id below 2^128 - 1. */
         uint64_t prefix = 0;
         if (getrandom(&prefix, sizeof(prefix), 0) != sizeof(prefix))
-                prefix = now_ns();
+                prefix = io_monotonic_ns();
         b->id_prefix = (prefix >> 1) | 1;
         u128 cluster = flags[1].present ? flags[1].u128 : 0;
 
