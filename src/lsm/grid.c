@@ -222,6 +222,16 @@ void lsm_grid_checkpoint_written(struct lsm_grid *grid)
         }
 }
 
+/* Frees the blocks of bit word `w` set in `freed` (nonzero). */
+static void free_word(struct lsm_grid *grid, uint64_t w, uint64_t freed)
+{
+        grid->used[w] &= ~freed;
+        grid->used_count -= (uint64_t)__builtin_popcountll(freed);
+        uint64_t first = w * 64 + (uint64_t)__builtin_ctzll(freed);
+        if (first < grid->acquire_hint)
+                grid->acquire_hint = first;
+}
+
 void lsm_grid_checkpoint(struct lsm_grid *grid)
 {
         grid->acquire_floor = 0;
@@ -235,11 +245,7 @@ void lsm_grid_checkpoint(struct lsm_grid *grid)
                         grid->held[w] |= freed;
                         continue;
                 }
-                grid->used[w] &= ~freed;
-                grid->used_count -= (uint64_t)__builtin_popcountll(freed);
-                uint64_t first = w * 64 + (uint64_t)__builtin_ctzll(freed);
-                if (first < grid->acquire_hint)
-                        grid->acquire_hint = first;
+                free_word(grid, w, freed);
         }
 }
 
@@ -265,11 +271,7 @@ void lsm_grid_unhold(struct lsm_grid *grid)
                 uint64_t freed = grid->held[w];
                 if (freed == 0)
                         continue;
-                grid->used[w] &= ~freed;
-                grid->used_count -= (uint64_t)__builtin_popcountll(freed);
-                uint64_t first = w * 64 + (uint64_t)__builtin_ctzll(freed);
-                if (first < grid->acquire_hint)
-                        grid->acquire_hint = first;
+                free_word(grid, w, freed);
         }
         free(grid->held);
         grid->held = NULL;
