@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "lib/log.h"
+#include "lib/mix.h"
 
 #define CACHE_BYTES_DEFAULT (64ull << 20)
 /*
@@ -236,13 +237,7 @@ void ledger_state_reset(struct ledger *ledger)
 
 static uint64_t ws_hash(uint8_t kind, u128 id)
 {
-        uint64_t h = (uint64_t)id ^ ((uint64_t)(id >> 64) * 0x9E3779B97F4A7C15ull) ^ kind;
-        h ^= h >> 33;
-        h *= 0xFF51AFD7ED558CCDull;
-        h ^= h >> 33;
-        h *= 0xC4CEB9FE1A85EC53ull;
-        h ^= h >> 33;
-        return h;
+        return mix64((uint64_t)id ^ mix64((uint64_t)(id >> 64) + 1 + kind));
 }
 
 /* The entry of (kind, id), or a new one (state unset) if `*fresh`. */

@@ -1,7 +1,8 @@
 /*
- * mix.h: splitmix64's finalizer and a keyed hash built on it, for the load generators
- * (`tally benchmark`, bench/scale_client): workloads that are pure functions of (seed, index),
- * so a client can regenerate any object it wrote to check it, and two clients agree.
+ * mix.h: splitmix64's finalizer and a keyed hash built on it. The load generators (`tally
+ * benchmark`, bench/scale_client) build workloads that are pure functions of (seed, index), so
+ * a client can regenerate any object it wrote to check it, and two clients agree; the ledger's
+ * working set and the grooves' object caches hash ids with it.
  */
 #ifndef TALLY_LIB_MIX_H
 #define TALLY_LIB_MIX_H

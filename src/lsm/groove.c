@@ -2,6 +2,7 @@
  * groove.c: objects, id map and field indexes over LSM trees; leapfrog queries (groove.h).
  */
 #include "lsm/groove.h"
+#include "lib/mix.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -110,11 +111,7 @@ static void cache_deinit(struct lsm_groove *g)
 
 static uint64_t cache_hash(u128 id)
 {
-        uint64_t h = (uint64_t)id ^ ((uint64_t)(id >> 64) * 0x9E3779B97F4A7C15ull);
-        h ^= h >> 32;
-        h *= 0xD6E8FEB86659FD93ull;
-        h ^= h >> 32;
-        return h;
+        return mix64((uint64_t)id ^ mix64((uint64_t)(id >> 64) + 1));
 }
 
 static u128 object_id(const struct lsm_groove *g, const void *object)
