@@ -153,7 +153,9 @@ struct lsm_grid {
         uint64_t address_max; /* the highest address ever acquired (the file's extent) */
         /* Cache. */
         uint32_t slot_count; /* a multiple of LSM_CACHE_WAYS */
-        uint8_t *slots;      /* slot_count x LSM_BLOCK_SIZE */
+        uint8_t *slots;      /* slot_count frames of LSM_BLOCK_SIZE */
+        uint32_t *slot_frame; /* the slot's frame in `slots`, UINT32_MAX until first used */
+        uint32_t frames_used; /* frames handed out, in order */
         uint64_t *slot_address;
         u128 *slot_checksum;
         uint8_t *slot_referenced; /* CLOCK bits */
