@@ -84,6 +84,10 @@ section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc
 
+section "a damaged grid block on one replica of a cluster, repaired from a peer (sanitizer build)"
+timeout 180 tests/server/grid_repair.sh build/asan/tally build/release/tests/server >"$WORK/grid-repair.out" 2>&1; rc=$?
+cat "$WORK/grid-repair.out"; record "grid repair" "$WORK/grid-repair.out" $rc
+
 section "online backup under load, verified restore into 3 and 1 replicas"
 timeout 240 tests/server/backup.sh ./tally build/release/tests/server >"$WORK/backup.out" 2>&1; rc=$?
 cat "$WORK/backup.out"; record "backup and restore" "$WORK/backup.out" $rc

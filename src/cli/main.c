@@ -220,8 +220,17 @@ void cli_error(const char *fmt, ...)
         fprintf(stderr, "error: %s\n", line);
 }
 
+char **cli_argv;
+
 int main(int argc, char **argv)
 {
+        /* A copy: log_format_flag takes its flag out of argv. */
+        static char *arguments[256];
+        if (argc < (int)ARRAY_LEN(arguments)) {
+                memcpy(arguments, argv, (size_t)argc * sizeof(char *));
+                arguments[argc] = NULL;
+                cli_argv = arguments;
+        }
         log_init_from_env();
         argc = log_format_flag(argc, argv);
         if (argc < 0)

@@ -17,11 +17,13 @@
 #include "storage/storage.h"
 #include "vsr/replica.h"
 
+#include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define TICK_NS 10000000ull
 #define CONNECTIONS_MAX 1024u
@@ -255,6 +257,84 @@ static int convert_legacy(struct server *s, char *error, size_t error_size)
 }
 
 /* Rebuilds the state from the data file: the checkpoint, then the journal after it. */
+/*
+ * Grid repair (docs/storage.md, "Damaged blocks"). A block of this replica's grid that fails its
+ * checks (or its read) stops the ledger in the middle of an operation, which cannot go on. In a
+ * cluster every peer holds the same state, so the replica re-executes itself (same pid, same
+ * arguments; every descriptor is close-on-exec): the new process makes "the grid is being
+ * overwritten" durable (grid_syncing) before it opens its checkpoint, so it starts without
+ * state, and state sync copies a peer's checkpoint, which rewrites every block; the journal's
+ * ops after it are executed again. To the cluster this is a crash and a restart, which it is
+ * built to survive. A single replica has no peer: it stops, naming the block (restore from a
+ * backup). A replica whose grid is damaged again within GRID_REPAIR_INTERVAL_S of its last
+ * repair also stops: the disk may be failing, and copying again would not help.
+ */
+#define GRID_REPAIR_ENV "TALLY_GRID_REPAIR"       /* set by the process that found the damage */
+#define GRID_REPAIR_AT_ENV "TALLY_GRID_REPAIR_AT" /* when (realtime seconds) the last was */
+#define GRID_REPAIR_INTERVAL_S 600ull
+
+static void on_ledger_fault(void *context, const char *fault, bool damaged)
+{
+        struct server *s = context;
+        (void)fault; /* logged by the ledger */
+        if (!damaged || s->storage.superblock.replica_count < 2 || cli_argv == NULL)
+                return;
+        uint64_t now = io_realtime_ns() / 1000000000ull;
+        const char *last = getenv(GRID_REPAIR_AT_ENV);
+        if (last != NULL && now - strtoull(last, NULL, 10) < GRID_REPAIR_INTERVAL_S) {
+                log_error("grid repair: the grid is damaged again %llu s after the last repair; "
+                          "the disk may be failing: stopping",
+                          (unsigned long long)(now - strtoull(last, NULL, 10)));
+                return;
+        }
+        char text[32];
+        snprintf(text, sizeof(text), "%llu", (unsigned long long)now);
+        if (setenv(GRID_REPAIR_AT_ENV, text, 1) != 0 || setenv(GRID_REPAIR_ENV, "1", 1) != 0)
+                return;
+        log_error("grid repair: restarting to copy a peer's checkpoint over this replica's grid");
+        execv("/proc/self/exe", cli_argv);
+        log_error("grid repair: cannot restart: %s", strerror(errno));
+}
+
+static bool repair_mark_done;
+static void on_repair_mark(void *context)
+{
+        (void)context;
+        repair_mark_done = true;
+}
+
+/* The restarted process of a grid repair: marks the checkpoint as not to be trusted. */
+static int grid_repair_mark(struct server *s, char *error, size_t error_size)
+{
+        const struct superblock *sb = &s->storage.superblock;
+        struct storage_view v = {
+                .view = sb->view,
+                .log_view = sb->log_view,
+                .anchor_op = sb->view_anchor_op,
+                .anchor_checksum = sb->view_anchor_checksum,
+                .fresh = sb->caught_up == 0,
+                .fresh_joined = sb->fresh_joined != 0,
+                .fresh_joined_op = sb->fresh_joined_op,
+                .grid_syncing = true,
+        };
+        repair_mark_done = false;
+        if (!storage_write_view(&s->storage, &v, on_repair_mark, NULL)) {
+                snprintf(error, error_size, "cannot write the superblock");
+                return -1;
+        }
+        uint64_t deadline = io_monotonic_ns() + 30000000000ull;
+        while (!repair_mark_done && !s->storage.failed && io_monotonic_ns() < deadline)
+                if (io_run(&s->io, TICK_NS, true) != 0)
+                        break;
+        if (!repair_mark_done) {
+                snprintf(error, error_size, "the superblock write did not complete");
+                return -1;
+        }
+        log_warn("grid repair: this replica's checkpoint is not trusted any more; copying one "
+                 "from a peer");
+        return 0;
+}
+
 static int recover(struct server *s, char *error, size_t error_size)
 {
         uint64_t started = io_monotonic_ns();
@@ -660,6 +740,8 @@ int cli_start(int argc, char **argv)
                 .device = storage_grid_device(&s->storage),
                 .grid_blocks_max = GRID_BLOCKS_MAX,
                 .cache_bytes = cache,
+                .on_fault = on_ledger_fault,
+                .on_fault_context = s,
         };
         s->ledger = ledger_create(&ledger_config);
         if (s->ledger == NULL) {
@@ -695,6 +777,13 @@ int cli_start(int argc, char **argv)
         if (replica_init(&s->replica, &replica_config, &env, &s->pool, s->ledger) != 0) {
                 cli_error("start: cannot reserve memory for checkpoints");
                 return 1;
+        }
+        if (getenv(GRID_REPAIR_ENV) != NULL) {
+                unsetenv(GRID_REPAIR_ENV);
+                if (sb->replica_count > 1 && grid_repair_mark(s, error, sizeof(error)) != 0) {
+                        cli_error("start: grid repair: %s", error);
+                        return 1;
+                }
         }
         if (recover(s, error, sizeof(error)) != 0) {
                 cli_error("start: %s", error);

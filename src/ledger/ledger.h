@@ -37,6 +37,15 @@ struct ledger_config {
         /* The request body limit advertised to clients (batch_size_limit); bounds events.
          * 0 means LEDGER_BODY_SIZE_MAX. */
         uint32_t request_body_size_max;
+        /*
+         * Called when the state cannot be read or written (a block that fails its checks or its
+         * read, a failed write), after the fault is logged and before the process aborts:
+         * `damaged` when a block read back wrong or could not be read (a peer of a cluster
+         * holds a good copy), false for a failed write. It must not return to the ledger (it
+         * exits or re-executes the process); if it returns, the ledger aborts. NULL: abort.
+         */
+        void (*on_fault)(void *context, const char *fault, bool damaged);
+        void *on_fault_context;
 };
 
 /*

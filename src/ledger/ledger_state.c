@@ -58,6 +58,9 @@ _Noreturn void ledger_fault(struct ledger *ledger, const char *what)
 {
         snprintf(ledger->fault, sizeof(ledger->fault), "%s: %s", what, ledger->grid.error);
         log_error("ledger: the state cannot be read: %s", ledger->fault);
+        if (ledger->config.on_fault != NULL)
+                ledger->config.on_fault(ledger->config.on_fault_context, ledger->fault,
+                                        ledger->grid.fault_damaged);
         abort();
 }
 

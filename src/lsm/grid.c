@@ -455,6 +455,7 @@ struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
         if (address == 0) {
                 snprintf(grid->error, sizeof(grid->error), "grid full (%llu blocks in use)",
                          (unsigned long long)grid->used_count);
+                grid->fault_damaged = false;
                 return (struct lsm_block_ref){0};
         }
         return lsm_grid_write_at(grid, block, address, kind, tree, value_size, count, size);
@@ -473,6 +474,7 @@ struct lsm_block_ref lsm_grid_write_cold(struct lsm_grid *grid, uint8_t *block,
         if (address == 0) {
                 snprintf(grid->error, sizeof(grid->error), "grid full (%llu blocks in use)",
                          (unsigned long long)grid->used_count);
+                grid->fault_damaged = false;
                 return (struct lsm_block_ref){0};
         }
         return grid_write_at(grid, block, address, kind, tree, value_size, count, size, false);
@@ -492,6 +494,7 @@ bool lsm_grid_read_copy(struct lsm_grid *grid, struct lsm_block_ref ref,
         const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(out, ref, kind);
         if (problem != NULL) {
                 grid->stats.read_faults++;
+                grid->fault_damaged = true;
                 snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
                          (unsigned long long)ref.address, kind_name((uint8_t)kind), problem);
                 return false;
@@ -521,6 +524,7 @@ static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
         if (rc != 0) {
                 snprintf(grid->error, sizeof(grid->error), "write of grid block %llu failed: %s",
                          (unsigned long long)address, strerror(-rc));
+                grid->fault_damaged = false;
                 return (struct lsm_block_ref){0};
         }
         grid->stats.writes++;
@@ -536,6 +540,7 @@ static const uint8_t *read_finish(struct lsm_grid *grid, uint32_t slot, struct l
         const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(data, ref, kind);
         if (problem != NULL) {
                 grid->stats.read_faults++;
+                grid->fault_damaged = true;
                 snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
                          (unsigned long long)ref.address, kind_name((uint8_t)kind), problem);
                 return NULL;
@@ -562,6 +567,7 @@ const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
                         rc != 0 ? strerror(-rc) : lsm_block_check(grid->scratch, ref, kind);
                 if (problem != NULL) {
                         grid->stats.read_faults++;
+                        grid->fault_damaged = true;
                         snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
                                  (unsigned long long)ref.address, kind_name((uint8_t)kind),
                                  problem);

@@ -165,6 +165,7 @@ struct lsm_grid {
         uint32_t *set_hand;
         uint8_t *scratch; /* one block for writes */
         char error[192];  /* the last read fault, named */
+        bool fault_damaged; /* the last fault was a read (a damaged block), not a write */
         struct lsm_grid_stats stats;
 };
 
