@@ -191,10 +191,13 @@ void sim_count_fault(struct sim *sim, enum sim_fault fault)
         sim->report->faults[fault]++;
 }
 
+/*
+ * More damage on a replica already damaged adds no faulty replica, but only while the others
+ * are fewer than the bound: a replica can also lose its state with no fault injected (a crash
+ * in the middle of a state sync), and then the damaged ones may already be too many.
+ */
 bool sim_damage_allowed(struct sim *sim, uint32_t r)
 {
-        if (sim_disk_damaged(sim, &sim->replicas[r].disk))
-                return true;
         uint32_t damaged = 0;
         for (uint32_t i = 0; i < sim->replica_count; i++)
                 if (i != r && sim_disk_damaged(sim, &sim->replicas[i].disk))
@@ -509,11 +512,28 @@ void sim_replica_faulted(struct sim *sim, struct sim_replica *sr)
                 sim->report->grid_repairs++;
                 sim_note(sim, "replica %u restarts to copy a peer's checkpoint", sr->index);
         }
-        sr->restart_at_ns = sim->now_ns + ms(repair ? sim_prng_range(&sim->prng, 1, 50)
-                                                    : sim_prng_range(&sim->prng, 10, 3000));
+        sr->restart_at_ns = sim->now_ns + ms(repair ? sim_prng_range(&sim->grid_prng, 1, 50)
+                                                    : sim_prng_range(&sim->grid_prng, 10, 3000));
 }
 
 /* ---- the fault schedule ------------------------------------------------------------------ */
+
+/* From the grid faults' own stream (sim->grid_prng): they reshuffle no other fault. */
+static void grid_faults_step(struct sim *sim)
+{
+        struct sim_prng *prng = &sim->grid_prng;
+        if (sim_fault_on(sim, SIM_FAULT_GRID_CORRUPT) && sim->now_ns >= sim->grid_corrupt_next_ns) {
+                uint32_t r = (uint32_t)sim_prng_below(prng, sim->replica_count);
+                if (sim_damage_allowed(sim, r))
+                        sim_grid_corrupt_one(sim, &sim->replicas[r]);
+                sim->grid_corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 300, 3000));
+        }
+        if (sim_fault_on(sim, SIM_FAULT_GRID_READ) && sim->now_ns >= sim->grid_read_next_ns) {
+                /* The replica's next block read fails, when its damage is allowed then. */
+                sim->replicas[sim_prng_below(prng, sim->replica_count)].disk.grid_read_armed = true;
+                sim->grid_read_next_ns = sim->now_ns + ms(sim_prng_range(prng, 1000, 8000));
+        }
+}
 
 static void faults_step(struct sim *sim)
 {
@@ -534,17 +554,7 @@ static void faults_step(struct sim *sim)
                         sim_disk_corrupt_one(sim, &sim->replicas[r]);
                 sim->corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 100, 2000));
         }
-        if (sim_fault_on(sim, SIM_FAULT_GRID_CORRUPT) && sim->now_ns >= sim->grid_corrupt_next_ns) {
-                uint32_t r = (uint32_t)sim_prng_below(prng, sim->replica_count);
-                if (sim_damage_allowed(sim, r))
-                        sim_grid_corrupt_one(sim, &sim->replicas[r]);
-                sim->grid_corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 300, 3000));
-        }
-        if (sim_fault_on(sim, SIM_FAULT_GRID_READ) && sim->now_ns >= sim->grid_read_next_ns) {
-                /* The replica's next block read fails, when its damage is allowed then. */
-                sim->replicas[sim_prng_below(prng, sim->replica_count)].disk.grid_read_armed = true;
-                sim->grid_read_next_ns = sim->now_ns + ms(sim_prng_range(prng, 500, 5000));
-        }
+
         if (sim_fault_on(sim, SIM_FAULT_CLOCK) && sim->now_ns >= sim->clock_next_ns) {
                 struct sim_replica *sr = &sim->replicas[sim_prng_below(prng, sim->replica_count)];
                 sr->clock_skew_ns -= (int64_t)ms(sim_prng_range(prng, 10, 1000));
@@ -562,6 +572,7 @@ static void faults_step(struct sim *sim)
         }
         if (sim_fault_on(sim, SIM_FAULT_FORGE))
                 sim_forge_step(sim);
+        grid_faults_step(sim);
 }
 
 /* Clocks wander within +-50 ms; a backward jump drifts back into that band. */
@@ -781,8 +792,9 @@ static void setup(struct sim *sim)
                 sim_client_init(sim, &sim->clients[i], i);
         sim->crash_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim->corrupt_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
-        sim->grid_corrupt_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
-        sim->grid_read_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
+        sim_prng_init(&sim->grid_prng, sim->options.seed ^ 0x67726964666c7470ull);
+        sim->grid_corrupt_next_ns = ms(sim_prng_range(&sim->grid_prng, 200, 3000));
+        sim->grid_read_next_ns = ms(sim_prng_range(&sim->grid_prng, 200, 3000));
         sim->clock_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim->close_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim_forge_init(sim);

@@ -27,7 +27,9 @@
  * lands whole, torn or not at all) and unwind out of its op: such a block is never named by the
  * durable checkpoint (blocks are written after it, at addresses it leaves free), so a crash
  * there is not damage, and reading a torn block afterwards is a bug the simulator reports.
- * Damage lasts until the block is written again.
+ * Damage lasts until the block is written again. The grid faults draw from their own random
+ * stream (sim->grid_prng), as the outsider does: a run they never touch is the run it was
+ * without them.
  */
 #include "sim/sim_internal.h"
 #include "wire/checksum.h"
@@ -634,7 +636,7 @@ static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *s
 {
         struct sim_disk *disk = &sr->disk;
         struct lsm_device device = lsm_device_memory(&disk->grid);
-        uint32_t fate = (uint32_t)sim_prng_below(&sim->prng, 3);
+        uint32_t fate = (uint32_t)sim_prng_below(&sim->grid_prng, 3);
         if (fate == 0 && device.write(device.context, address, block) == 0) {
                 grid_damage_remove(disk, address);
                 disk->grid_written_max = MAX(disk->grid_written_max, address);
@@ -643,7 +645,7 @@ static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *s
                 /* Whole sectors of the new block, then what the old one held. */
                 uint8_t *torn = sim->grid_scratch;
                 tally_assert(device.read(device.context, address, torn) == 0);
-                uint32_t sectors = (uint32_t)sim_prng_range(&sim->prng, 1,
+                uint32_t sectors = (uint32_t)sim_prng_range(&sim->grid_prng, 1,
                                                             LSM_BLOCK_SIZE / GRID_SECTOR - 1);
                 memcpy(torn, block, (size_t)sectors * GRID_SECTOR);
                 if (device.write(device.context, address, torn) == 0) {
@@ -667,7 +669,7 @@ static bool grid_misdirect(struct sim *sim, struct sim_replica *sr, uint64_t add
         if (disk->grid_written_max < 2 || !grid_damage_room(disk, 2) ||
             !sim_damage_allowed(sim, sr->index))
                 return false;
-        uint64_t other = sim_prng_range(&sim->prng, 1, disk->grid_written_max);
+        uint64_t other = sim_prng_range(&sim->grid_prng, 1, disk->grid_written_max);
         if (other == address)
                 other = address == 1 ? 2 : address - 1;
         struct lsm_device device = lsm_device_memory(&disk->grid);
@@ -687,10 +689,10 @@ static int grid_write(void *context, uint64_t address, const uint8_t *block)
         struct sim *sim = sr->sim;
         struct sim_disk *disk = &sr->disk;
         if (grid_faults_now(sim, sr, SIM_FAULT_GRID_CRASH) &&
-            sim_prng_chance(&sim->prng, GRID_CRASH_PPM))
+            sim_prng_chance(&sim->grid_prng, GRID_CRASH_PPM))
                 grid_crash_in_write(sim, sr, address, block);
         if (grid_faults_now(sim, sr, SIM_FAULT_GRID_MISDIRECT) &&
-            sim_prng_chance(&sim->prng, GRID_MISDIRECT_PPM) &&
+            sim_prng_chance(&sim->grid_prng, GRID_MISDIRECT_PPM) &&
             grid_misdirect(sim, sr, address, block))
                 return 0; /* acknowledged: the disk does not know */
         struct lsm_device device = lsm_device_memory(&disk->grid);
@@ -713,7 +715,7 @@ void sim_grid_corrupt_one(struct sim *sim, struct sim_replica *sr)
         struct lsm_device_memory *memory = &disk->grid;
         if (disk->grid_written_max == 0 || !grid_damage_room(disk, 1))
                 return;
-        uint64_t address = sim_prng_range(&sim->prng, 1, disk->grid_written_max);
+        uint64_t address = sim_prng_range(&sim->grid_prng, 1, disk->grid_written_max);
         if (address >= memory->capacity || memory->blocks[address] == NULL)
                 return;
         uint8_t *block = memory->blocks[address];
@@ -722,7 +724,7 @@ void sim_grid_corrupt_one(struct sim *sim, struct sim_replica *sr)
         uint32_t size = h->size >= LSM_BLOCK_HEADER_SIZE && h->size <= LSM_BLOCK_SIZE
                                 ? h->size
                                 : LSM_BLOCK_SIZE;
-        block[sim_prng_below(&sim->prng, size)] ^= (uint8_t)(1u << sim_prng_below(&sim->prng, 8));
+        block[sim_prng_below(&sim->grid_prng, size)] ^= (uint8_t)(1u << sim_prng_below(&sim->grid_prng, 8));
         grid_damage_add(disk, address, SIM_GRID_ROT);
         sim_count_fault(sim, SIM_FAULT_GRID_CORRUPT);
         sim_note(sim, "grid block rots replica=%u address=%llu", sr->index,

@@ -274,6 +274,8 @@ struct sim {
         struct sim_network net;
         uint64_t crash_next_ns;
         uint64_t corrupt_next_ns;
+        /* The grid faults' own random stream (sim_disk.c), so they shift no other fault. */
+        struct sim_prng grid_prng;
         uint64_t grid_corrupt_next_ns;
         uint64_t grid_read_next_ns;
         uint64_t clock_next_ns;
