@@ -526,12 +526,12 @@ static void grid_faults_step(struct sim *sim)
                 uint32_t r = (uint32_t)sim_prng_below(prng, sim->replica_count);
                 if (sim_damage_allowed(sim, r))
                         sim_grid_corrupt_one(sim, &sim->replicas[r]);
-                sim->grid_corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 300, 3000));
+                sim->grid_corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 1000, 6000));
         }
         if (sim_fault_on(sim, SIM_FAULT_GRID_READ) && sim->now_ns >= sim->grid_read_next_ns) {
                 /* The replica's next block read fails, when its damage is allowed then. */
                 sim->replicas[sim_prng_below(prng, sim->replica_count)].disk.grid_read_armed = true;
-                sim->grid_read_next_ns = sim->now_ns + ms(sim_prng_range(prng, 1000, 8000));
+                sim->grid_read_next_ns = sim->now_ns + ms(sim_prng_range(prng, 2000, 12000));
         }
 }
 
