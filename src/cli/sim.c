@@ -82,7 +82,8 @@ int cli_sim(int argc, char **argv)
         if (flags[5].present && !sim_faults_parse(flags[5].string, &options.faults)) {
                 cli_error("sim: --faults: expected all, none or a comma list of: loss, "
                           "duplicate, delay, partition, close, crash, torn, corrupt, "
-                          "bad-write, wipe, clock, busy, forge");
+                          "bad-write, wipe, clock, busy, forge, grid-read, grid-corrupt, "
+                          "grid-misdirect, grid-crash, grid-torn");
                 return 2;
         }
         sim_options_default(&options);
@@ -109,14 +110,15 @@ int cli_sim(int argc, char **argv)
         sim_run(&options, &report);
         printf("sim seed=%llu replicas=%u clients=%u %s time_ms=%llu ops_committed=%llu "
                "requests_acked=%llu retransmissions=%llu view_changes=%llu view_max=%llu "
-               "restarts=%llu checkpoints=%llu faults:",
+               "restarts=%llu checkpoints=%llu grid_repairs=%llu faults:",
                (unsigned long long)options.seed, options.replica_count, options.client_count,
                report.ok ? "ok" : "FAILED", (unsigned long long)report.time_ms,
                (unsigned long long)report.ops_committed,
                (unsigned long long)report.requests_acked,
                (unsigned long long)report.retransmissions,
                (unsigned long long)report.view_changes, (unsigned long long)report.view_max,
-               (unsigned long long)report.restarts, (unsigned long long)report.checkpoints);
+               (unsigned long long)report.restarts, (unsigned long long)report.checkpoints,
+               (unsigned long long)report.grid_repairs);
         for (uint32_t f = 0; f < SIM_FAULT_COUNT; f++)
                 printf(" %s=%llu", sim_fault_name(f), (unsigned long long)report.faults[f]);
         printf(" digest=%016llx%016llx\n", (unsigned long long)(report.digest >> 64),

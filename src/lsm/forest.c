@@ -45,8 +45,11 @@ int lsm_forest_init(struct lsm_forest *forest, struct lsm_grid *grid)
         forest->free_set_bits = calloc((size_t)chunks * LSM_FREE_SET_CHUNK_WORDS,
                                        sizeof(uint64_t));
         forest->block = aligned_alloc(4096, LSM_BLOCK_SIZE);
+        forest->free_set_plan = calloc(LSM_FOREST_ROOT_REFS_MAX, sizeof(uint64_t));
+        forest->free_set_words = calloc(LSM_FREE_SET_CHUNK_WORDS, sizeof(uint64_t));
         if (forest->manifest == NULL || forest->free_set == NULL ||
-            forest->free_set_bits == NULL || forest->block == NULL) {
+            forest->free_set_bits == NULL || forest->block == NULL ||
+            forest->free_set_plan == NULL || forest->free_set_words == NULL) {
                 lsm_forest_deinit(forest);
                 return -ENOMEM;
         }
@@ -59,6 +62,8 @@ void lsm_forest_deinit(struct lsm_forest *forest)
         free(forest->free_set);
         free(forest->free_set_bits);
         free(forest->block);
+        free(forest->free_set_plan);
+        free(forest->free_set_words);
         memset(forest, 0, sizeof(*forest));
 }
 
@@ -172,10 +177,12 @@ bool lsm_forest_checkpoint(struct lsm_forest *forest, const void *user, uint32_t
                 snprintf(grid->error, sizeof(grid->error), "grid full while writing a root");
                 return false;
         }
+        /* Nothing allocated here: an embedder may unwind out of a block write (the simulator
+         * crashes a replica in the middle of one), and only the forest's own memory survives. */
         uint32_t chunks = lsm_grid_free_set_chunks(grid);
-        uint64_t *addresses = calloc(chunks, sizeof(uint64_t));
-        uint64_t *words = malloc(LSM_FREE_SET_CHUNK_WORDS * sizeof(uint64_t));
-        bool ok = addresses != NULL && words != NULL && free_set_plan(forest, addresses, words);
+        uint64_t *addresses = forest->free_set_plan;
+        memset(addresses, 0, chunks * sizeof(uint64_t));
+        bool ok = free_set_plan(forest, addresses, forest->free_set_words);
         for (uint32_t i = 0; ok && i < chunks; i++) {
                 if (addresses[i] == 0)
                         continue;
@@ -188,8 +195,6 @@ bool lsm_forest_checkpoint(struct lsm_forest *forest, const void *user, uint32_t
                                                         LSM_BLOCK_SIZE);
                 ok = forest->free_set[i].address != 0;
         }
-        free(addresses);
-        free(words);
         if (!ok)
                 return false;
         forest->free_set_count = chunks;

@@ -42,6 +42,10 @@ struct lsm_forest {
         struct lsm_block_ref *free_set; /* LSM_FOREST_ROOT_REFS_MAX; chunk i, address 0: none */
         uint64_t *free_set_bits;        /* the bits each chunk held at that checkpoint */
         uint8_t *block;                 /* one block to build in */
+        /* A checkpoint's plan of the free set chunks it rewrites (address per chunk) and the
+         * chunk it compares: reserved here, so a checkpoint allocates nothing. */
+        uint64_t *free_set_plan; /* LSM_FOREST_ROOT_REFS_MAX */
+        uint64_t *free_set_words; /* LSM_FREE_SET_CHUNK_WORDS */
         uint64_t checkpoints;
         uint64_t blocks_written_last; /* by the last checkpoint: manifest, free set, root */
 };

@@ -536,6 +536,10 @@ struct source {
 struct lsm_merge {
         struct lsm_tree *tree;
         struct source *sources;
+        /* merge_run's heap, one entry per source, reserved with the sources: a run allocates
+         * nothing (a compaction's run writes blocks, where an embedder may unwind). */
+        struct source **heap;
+        struct source *heap_small[16];
         uint32_t count;
         const void *key_min; /* bounds, NULL: none */
         const void *key_max;
@@ -712,16 +716,7 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
 {
         const struct lsm_layout *layout = &m->tree->layout;
         uint8_t key[LSM_KEY_SIZE_MAX];
-        struct source *heap_small[16];
-        struct source **heap = heap_small;
-        if (m->count > 16) {
-                heap = malloc(m->count * sizeof(*heap));
-                if (heap == NULL) {
-                        snprintf(m->tree->grid->error, sizeof(m->tree->grid->error),
-                                 "out of memory for a merge");
-                        return false;
-                }
-        }
+        struct source **heap = m->heap;
         uint32_t count = 0;
         for (uint32_t i = 0; i < m->count; i++)
                 if (m->sources[i].value != NULL)
@@ -757,9 +752,14 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
                         break;
                 }
         }
-        if (heap != heap_small)
-                free(heap);
         return ok;
+}
+
+static void merge_heap_free(struct lsm_merge *m)
+{
+        if (m->heap != m->heap_small)
+                free(m->heap);
+        m->heap = NULL;
 }
 
 static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t count)
@@ -767,13 +767,18 @@ static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t cou
         memset(m, 0, sizeof(*m));
         m->tree = tree;
         m->sources = calloc(count, sizeof(*m->sources));
-        if (m->sources == NULL)
+        m->heap = count <= 16 ? m->heap_small : calloc(count, sizeof(*m->heap));
+        if (m->sources == NULL || m->heap == NULL) {
+                merge_heap_free(m);
+                free(m->sources);
                 return false;
+        }
         for (uint32_t i = 0; i < count; i++) {
                 if (lsm_table_cursor_init(&m->sources[i].cursor, &tree->layout, tree->grid) != 0) {
                         for (uint32_t k = 0; k <= i; k++)
                                 lsm_table_cursor_deinit(&m->sources[k].cursor);
                         free(m->sources);
+                        merge_heap_free(m);
                         return false;
                 }
         }
@@ -786,6 +791,7 @@ static void merge_free(struct lsm_merge *m)
         for (uint32_t i = 0; i < m->count; i++)
                 lsm_table_cursor_deinit(&m->sources[i].cursor);
         free(m->sources);
+        merge_heap_free(m);
         m->sources = NULL;
 }
 

@@ -13,12 +13,16 @@
  *     (its pool is full again after replica_deinit);
  *   - liveness: after the fault phase every client completes a new request and all replicas
  *     reach the same commit within liveness_ticks;
+ *   - a replica reports a damaged grid block only if the simulator damaged it (or failed its
+ *     read), and never reads a block that a crash tore in the middle of its write;
  *   - at the end, every acknowledged request is committed on every replica, and the ledgers
- *     and session tables of all replicas are identical.
+ *     and session tables of all replicas are identical (replicas with grid damage are
+ *     scrubbed first: every block of their trees read, and repaired if damaged).
  *
- * Storage damage that could lose an acknowledged op (corruption, bad writes, wipes) is kept on
- * at most (n - 1) / 2 replicas at a time, and is detectable (checksums, the fresh flag): a
- * replica never mistakes a damaged copy of an op it acknowledged for one it never had.
+ * Storage damage that could lose an acknowledged op (corruption, bad writes, wipes, damaged
+ * grid blocks, a replica repairing its grid) is kept on at most (n - 1) / 2 replicas at a
+ * time, and is detectable (checksums, the fresh flag, the grid's block references): a replica
+ * never mistakes a damaged copy of an op it acknowledged for one it never had.
  */
 #include "sim/sim_internal.h"
 #include "lib/log.h"
@@ -93,6 +97,9 @@ static const char *const fault_names[SIM_FAULT_COUNT] = {
         [SIM_FAULT_BAD_WRITE] = "bad-write", [SIM_FAULT_WIPE] = "wipe",
         [SIM_FAULT_CLOCK] = "clock",       [SIM_FAULT_BUSY] = "busy",
         [SIM_FAULT_FORGE] = "forge",
+        [SIM_FAULT_GRID_READ] = "grid-read", [SIM_FAULT_GRID_CORRUPT] = "grid-corrupt",
+        [SIM_FAULT_GRID_MISDIRECT] = "grid-misdirect", [SIM_FAULT_GRID_CRASH] = "grid-crash",
+        [SIM_FAULT_GRID_TORN] = "grid-torn",
 };
 
 const char *sim_fault_name(enum sim_fault fault)
@@ -184,10 +191,13 @@ void sim_count_fault(struct sim *sim, enum sim_fault fault)
         sim->report->faults[fault]++;
 }
 
+/*
+ * More damage on a replica already damaged adds no faulty replica, but only while the others
+ * are fewer than the bound: a replica can also lose its state with no fault injected (a crash
+ * in the middle of a state sync), and then the damaged ones may already be too many.
+ */
 bool sim_damage_allowed(struct sim *sim, uint32_t r)
 {
-        if (sim_disk_damaged(sim, &sim->replicas[r].disk))
-                return true;
         uint32_t damaged = 0;
         for (uint32_t i = 0; i < sim->replica_count; i++)
                 if (i != r && sim_disk_damaged(sim, &sim->replicas[i].disk))
@@ -339,16 +349,64 @@ static void on_committed(void *context, const struct message *prepare, const str
 
 /* ---- replica lifecycle ------------------------------------------------------------------- */
 
+static uint64_t ms(uint64_t n)
+{
+        return n * SIM_NS_PER_MS;
+}
+
 static uint64_t env_realtime_ns(void *context)
 {
         struct sim_replica *sr = context;
         return sim_realtime_ns(sr->sim, sr->index);
 }
 
+/*
+ * The ledger found a block it cannot use (grid repair, docs/storage.md "Damaged blocks"). As
+ * `tally start` does, a replica of a cluster restarts without its checkpoint and copies a
+ * peer's; a single replica stops (it is restarted, and reads again). The simulator checks
+ * that it damaged that block: otherwise the ledger read a block it should not have.
+ */
+static void on_ledger_fault(void *context, const char *fault, bool damaged)
+{
+        struct sim_replica *sr = context;
+        struct sim *sim = sr->sim;
+        if (!sr->guarded) {
+                sim_fail(sim, "replica %u: a grid fault outside a call into it: %s", sr->index,
+                         fault);
+                return; /* the ledger aborts */
+        }
+        if (!damaged)
+                sim_fail(sim, "replica %u: a grid write failed: %s", sr->index, fault);
+        else
+                sim_grid_fault_injected(sim, sr, fault);
+        sim_note(sim, "replica %u grid fault: %s", sr->index, fault);
+        sim_grid_unwind(sr, damaged && sim->replica_count > 1 ? SIM_FAULT_MODE_REPAIR
+                                                               : SIM_FAULT_MODE_CRASH);
+}
+
+_Noreturn void sim_grid_unwind(struct sim_replica *sr, enum sim_fault_mode mode)
+{
+        tally_assert(sr->guarded);
+        sr->fault_mode = (uint8_t)mode;
+        longjmp(sr->fault_jump, 1);
+}
+
+static void replica_open_guarded(struct sim *sim, struct sim_replica *sr,
+                                 const struct replica_durable *durable, char *error,
+                                 size_t error_size)
+{
+        sr->opening = true;
+        if (replica_open(&sr->replica, durable, error, error_size) != 0)
+                sim_fail(sim, "replica %u cannot recover from its disk: %s", sr->index, error);
+        sr->opening = false;
+}
+
 static void replica_start(struct sim *sim, struct sim_replica *sr)
 {
         struct ledger_config ledger_config = sim->ledger_config;
-        ledger_config.device = lsm_device_memory(&sr->disk.grid);
+        ledger_config.device = sim_grid_device(sr);
+        ledger_config.on_fault = on_ledger_fault;
+        ledger_config.on_fault_context = sr;
         sr->ledger = ledger_create(&ledger_config);
         tally_assert(sr->ledger != NULL);
         struct replica_config config = sim->config;
@@ -375,10 +433,9 @@ static void replica_start(struct sim *sim, struct sim_replica *sr)
         sr->up = true;
         memset(sr->peer_connection, 0, sizeof(sr->peer_connection));
         char error[256];
-        if (replica_open(&sr->replica, &durable, error, sizeof(error)) != 0) {
-                sim_fail(sim, "replica %u cannot recover from its disk: %s", sr->index, error);
-                return;
-        }
+        SIM_REPLICA_CALL(sim, sr, replica_open_guarded(sim, sr, &durable, error, sizeof(error)));
+        if (sim->failed || !sr->up)
+                return; /* failed, or crashed while replaying its journal */
         sr->tick_next_ns = sim->now_ns + sim_prng_range(&sim->prng, 1, 10) * SIM_NS_PER_MS;
         sr->view_seen = sr->replica.view;
         sim_net_connect_peers(sim, sr->index);
@@ -386,19 +443,34 @@ static void replica_start(struct sim *sim, struct sim_replica *sr)
                  (unsigned long long)sr->replica.commit);
 }
 
-/* Frees what the replica held; every message of its pool must be free again. */
-static void replica_stop(struct sim *sim, struct sim_replica *sr)
+/*
+ * Frees what the replica held; every message of its pool must be free again. After an unwind
+ * (`unwound`) the replica's references are half updated (a message may be referenced from a
+ * field and from the frames that were unwound, or only from those): its memory is freed
+ * without touching them, and it gets a fresh pool, as a new process would (the simulator
+ * holds no message of it then: sim_disk_crash released the disk's, and the network holds
+ * copies). The leak check stays for every ordinary crash.
+ */
+static void replica_stop(struct sim *sim, struct sim_replica *sr, bool unwound)
 {
         sim_enter(sr);
-        replica_deinit(&sr->replica);
+        if (unwound)
+                replica_abandon(&sr->replica);
+        else
+                replica_deinit(&sr->replica);
         ledger_destroy(sr->ledger);
         sr->ledger = NULL;
+        if (unwound) {
+                message_pool_deinit(&sr->pool);
+                tally_assert(message_pool_init(&sr->pool, SIM_MESSAGES_PER_REPLICA) == 0);
+                return;
+        }
         if (sr->pool.free_count != sr->pool.count)
                 sim_fail(sim, "replica %u leaked %u messages", sr->index,
                          sr->pool.count - sr->pool.free_count);
 }
 
-static void replica_crash(struct sim *sim, struct sim_replica *sr)
+static void replica_crash(struct sim *sim, struct sim_replica *sr, bool unwound)
 {
         sr->up = false;
         sr->incarnation++;
@@ -408,9 +480,9 @@ static void replica_crash(struct sim *sim, struct sim_replica *sr)
                         sim_connection_close(sim, i + 1);
         }
         sim_disk_crash(sim, sr);
-        replica_stop(sim, sr);
+        replica_stop(sim, sr, unwound);
         sim->report->restarts++;
-        bool wipe = sim_fault_on(sim, SIM_FAULT_WIPE) && sim->replica_count > 2 &&
+        bool wipe = !unwound && sim_fault_on(sim, SIM_FAULT_WIPE) && sim->replica_count > 2 &&
                     sim_prng_chance(&sim->prng, 150000) && sim_damage_allowed(sim, sr->index);
         for (uint32_t i = 0; wipe && i < sim->replica_count; i++)
                 if (sim->replicas[i].disk.wiped)
@@ -424,11 +496,43 @@ static void replica_crash(struct sim *sim, struct sim_replica *sr)
         sim_note(sim, "replica %u crashed%s", sr->index, wipe ? " and wiped" : "");
 }
 
+/*
+ * A grid fault unwound out of a call into the replica: it crashes there. A repair then marks
+ * the grid as being overwritten (grid_syncing) before it opens again, as `tally start`'s
+ * restarted process does (grid_repair_mark), so it starts without state and copies a peer's
+ * checkpoint; it restarts at once, as a re-executed process would.
+ */
+void sim_replica_faulted(struct sim *sim, struct sim_replica *sr)
+{
+        bool repair = sr->fault_mode == SIM_FAULT_MODE_REPAIR;
+        replica_crash(sim, sr, true);
+        if (repair) {
+                sr->disk.view_state.grid_syncing = true;
+                sr->disk.grid_repairing = true;
+                sim->report->grid_repairs++;
+                sim_note(sim, "replica %u restarts to copy a peer's checkpoint", sr->index);
+        }
+        sr->restart_at_ns = sim->now_ns + ms(repair ? sim_prng_range(&sim->grid_prng, 1, 50)
+                                                    : sim_prng_range(&sim->grid_prng, 10, 3000));
+}
+
 /* ---- the fault schedule ------------------------------------------------------------------ */
 
-static uint64_t ms(uint64_t n)
+/* From the grid faults' own stream (sim->grid_prng): they reshuffle no other fault. */
+static void grid_faults_step(struct sim *sim)
 {
-        return n * SIM_NS_PER_MS;
+        struct sim_prng *prng = &sim->grid_prng;
+        if (sim_fault_on(sim, SIM_FAULT_GRID_CORRUPT) && sim->now_ns >= sim->grid_corrupt_next_ns) {
+                uint32_t r = (uint32_t)sim_prng_below(prng, sim->replica_count);
+                if (sim_damage_allowed(sim, r))
+                        sim_grid_corrupt_one(sim, &sim->replicas[r]);
+                sim->grid_corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 1000, 6000));
+        }
+        if (sim_fault_on(sim, SIM_FAULT_GRID_READ) && sim->now_ns >= sim->grid_read_next_ns) {
+                /* The replica's next block read fails, when its damage is allowed then. */
+                sim->replicas[sim_prng_below(prng, sim->replica_count)].disk.grid_read_armed = true;
+                sim->grid_read_next_ns = sim->now_ns + ms(sim_prng_range(prng, 2000, 12000));
+        }
 }
 
 static void faults_step(struct sim *sim)
@@ -438,7 +542,7 @@ static void faults_step(struct sim *sim)
         if (sim_fault_on(sim, SIM_FAULT_CRASH) && sim->now_ns >= sim->crash_next_ns) {
                 struct sim_replica *sr = &sim->replicas[sim_prng_below(prng, sim->replica_count)];
                 if (sr->up) {
-                        replica_crash(sim, sr);
+                        replica_crash(sim, sr, false);
                         sim_count_fault(sim, SIM_FAULT_CRASH);
                         sr->restart_at_ns = sim->now_ns + ms(sim_prng_range(prng, 10, 3000));
                 }
@@ -450,6 +554,7 @@ static void faults_step(struct sim *sim)
                         sim_disk_corrupt_one(sim, &sim->replicas[r]);
                 sim->corrupt_next_ns = sim->now_ns + ms(sim_prng_range(prng, 100, 2000));
         }
+
         if (sim_fault_on(sim, SIM_FAULT_CLOCK) && sim->now_ns >= sim->clock_next_ns) {
                 struct sim_replica *sr = &sim->replicas[sim_prng_below(prng, sim->replica_count)];
                 sr->clock_skew_ns -= (int64_t)ms(sim_prng_range(prng, 10, 1000));
@@ -467,6 +572,7 @@ static void faults_step(struct sim *sim)
         }
         if (sim_fault_on(sim, SIM_FAULT_FORGE))
                 sim_forge_step(sim);
+        grid_faults_step(sim);
 }
 
 /* Clocks wander within +-50 ms; a backward jump drifts back into that band. */
@@ -493,6 +599,48 @@ static void heal(struct sim *sim)
 
 /* ---- liveness and the final checks ------------------------------------------------------- */
 
+static int ledger_digest_write(void *context, const void *data, size_t size)
+{
+        checksum_stream_add(context, data, size);
+        return 0;
+}
+
+/* The digest of everything the ledger holds (it reads every block of its trees). */
+static bool ledger_digest(struct ledger *ledger, u128 *digest)
+{
+        struct checksum_stream stream;
+        checksum_stream_init(&stream);
+        struct ledger_stream s = {.write = ledger_digest_write, .context = &stream};
+        if (ledger_checkpoint_write(ledger, &s) != 0)
+                return false;
+        *digest = checksum_stream_final(&stream);
+        return true;
+}
+
+/*
+ * Grid damage that no op has read yet: every block a replica's trees name is read, as a
+ * scrubber would, on replicas with damage. True if none is found; else the replica found
+ * damaged restarts to repair (the run goes on until it has caught up).
+ */
+static bool grid_scrubbed(struct sim *sim)
+{
+        bool clean = true;
+        for (uint32_t r = 0; r < sim->replica_count && !sim->failed; r++) {
+                struct sim_replica *sr = &sim->replicas[r];
+                u128 digest;
+                sr->disk.grid_met = false;
+                if (!sim_disk_damaged(sim, &sr->disk) || ledger_digest(sr->ledger, &digest))
+                        continue;
+                clean = false;
+                if (!sim_grid_fault_injected(sim, sr, "scrub"))
+                        return false;
+                sim_note(sim, "replica %u: the scrub found a damaged block", r);
+                sr->fault_mode = SIM_FAULT_MODE_REPAIR;
+                sim_replica_faulted(sim, sr);
+        }
+        return clean;
+}
+
 /* True once every client completed a request sent after healing and all replicas agree. */
 static bool healed(struct sim *sim)
 {
@@ -510,7 +658,7 @@ static bool healed(struct sim *sim)
                 if (!sr->up || sr->replica.commit != sim->commit_max)
                         return false;
         }
-        return true;
+        return grid_scrubbed(sim);
 }
 
 static void liveness_failure(struct sim *sim)
@@ -534,21 +682,6 @@ static void liveness_failure(struct sim *sim)
                       "clients_in_flight=%u clients_without_new_reply=%u;%s",
                  (unsigned long long)(sim->options.liveness_ticks * 10),
                  (unsigned long long)sim->commit_max, stuck, never, text);
-}
-
-static int ledger_digest_write(void *context, const void *data, size_t size)
-{
-        checksum_stream_add(context, data, size);
-        return 0;
-}
-
-static u128 ledger_digest(struct ledger *ledger)
-{
-        struct checksum_stream stream;
-        checksum_stream_init(&stream);
-        struct ledger_stream s = {.write = ledger_digest_write, .context = &stream};
-        tally_assert(ledger_checkpoint_write(ledger, &s) == 0);
-        return checksum_stream_final(&stream);
 }
 
 static bool sessions_equal(const struct replica *a, const struct replica *b)
@@ -593,9 +726,14 @@ static void final_checks(struct sim *sim)
                                                                 .replica.commit);
                 }
         }
-        u128 first = ledger_digest(sim->replicas[0].ledger);
-        for (uint32_t r = 1; r < sim->replica_count; r++) {
-                if (ledger_digest(sim->replicas[r].ledger) != first)
+        u128 first = 0;
+        for (uint32_t r = 0; r < sim->replica_count; r++) {
+                u128 digest;
+                if (!ledger_digest(sim->replicas[r].ledger, &digest))
+                        return sim_fail(sim, "the ledger of replica %u cannot be read", r);
+                if (r == 0)
+                        first = digest;
+                else if (digest != first)
                         return sim_fail(sim, "the ledgers of replicas 0 and %u differ", r);
                 if (!sessions_equal(&sim->replicas[0].replica, &sim->replicas[r].replica))
                         return sim_fail(sim, "the session tables of replicas 0 and %u differ", r);
@@ -636,7 +774,8 @@ static void setup(struct sim *sim)
                 .wal_slot_count = SIM_WAL_SLOTS,
         };
         sim->scratch = malloc(SIM_REQUEST_SIZE_MAX);
-        tally_assert(sim->scratch != NULL);
+        sim->grid_scratch = malloc(LSM_BLOCK_SIZE);
+        tally_assert(sim->scratch != NULL && sim->grid_scratch != NULL);
         sim_net_init(sim);
         for (uint32_t r = 0; r < n; r++) {
                 struct sim_replica *sr = &sim->replicas[r];
@@ -653,6 +792,9 @@ static void setup(struct sim *sim)
                 sim_client_init(sim, &sim->clients[i], i);
         sim->crash_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim->corrupt_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
+        sim_prng_init(&sim->grid_prng, sim->options.seed ^ 0x67726964666c7470ull);
+        sim->grid_corrupt_next_ns = ms(sim_prng_range(&sim->grid_prng, 200, 3000));
+        sim->grid_read_next_ns = ms(sim_prng_range(&sim->grid_prng, 200, 3000));
         sim->clock_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim->close_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim_forge_init(sim);
@@ -677,7 +819,7 @@ static void teardown(struct sim *sim)
                 }
                 if (sr->ledger != NULL) {
                         sr->up = false;
-                        replica_stop(sim, sr);
+                        replica_stop(sim, sr, false);
                 }
                 message_pool_deinit(&sr->pool);
                 sim_disk_deinit(disk);
@@ -690,6 +832,7 @@ static void teardown(struct sim *sim)
         free(sim->identities);
         free(sim->ops);
         free(sim->scratch);
+        free(sim->grid_scratch);
         sim_net_deinit(sim);
         sim_forge_deinit(sim);
 }
@@ -717,7 +860,9 @@ static void step(struct sim *sim)
                 if (sim_fault_on(sim, SIM_FAULT_CLOCK))
                         clock_drift(sim, sr);
                 sim_enter(sr);
-                replica_tick(&sr->replica);
+                SIM_REPLICA_CALL(sim, sr, replica_tick(&sr->replica));
+                if (!sr->up)
+                        continue;
                 if (sr->disk.wiped)
                         sim_disk_heal_check(sim, sr);
                 if (sr->replica.view > sr->view_seen) {

@@ -5,7 +5,9 @@
  * Everything the replicas touch comes through struct replica_env, exactly as in `tally start`,
  * but backed by simulated parts: a network that delays, loses, duplicates, reorders and
  * partitions messages; disks that acknowledge writes after a delay and tear, lose or corrupt
- * them; clocks with skew and backward jumps. Replicas crash and restart (recovering from their
+ * them; grids whose block reads fail, whose blocks rot or land at the wrong address, and
+ * replicas that crash in the middle of an op's block writes; clocks with skew and backward
+ * jumps. Replicas crash and restart (recovering from their
  * simulated disk with replica_open, as start.c does from the data file) or come back wiped.
  * Clients behave like the official client (one request in flight, retransmission, view
  * following) and check every reply as it does.
@@ -42,6 +44,12 @@ enum sim_fault {
         SIM_FAULT_CLOCK,      /* a replica's clock jumps backwards */
         SIM_FAULT_BUSY,       /* the disk refuses a write for now */
         SIM_FAULT_FORGE,      /* an outsider sends forged and replayed replica messages */
+        /* The grid (the ledger's blocks): replicas repair damage by copying a peer's checkpoint. */
+        SIM_FAULT_GRID_READ,     /* a block read fails (-EIO) */
+        SIM_FAULT_GRID_CORRUPT,  /* a bit flips in a stored block */
+        SIM_FAULT_GRID_MISDIRECT, /* a block write lands at another address */
+        SIM_FAULT_GRID_CRASH,    /* a replica crashes part-way through an op's block writes */
+        SIM_FAULT_GRID_TORN,     /* the block being written at such a crash lands torn */
         SIM_FAULT_COUNT,
 };
 
@@ -71,6 +79,7 @@ struct sim_report {
         uint64_t view_changes; /* increases of any replica's view */
         uint64_t restarts;
         uint64_t checkpoints;
+        uint64_t grid_repairs; /* restarts to copy a peer's checkpoint over a damaged grid */
         uint64_t faults[SIM_FAULT_COUNT];
         u128 digest; /* of the committed history: equal runs have equal digests */
 };

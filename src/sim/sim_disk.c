@@ -15,10 +15,26 @@
  * checkpoint covers the op. A disk that acknowledges a write and silently keeps the old
  * contents is not simulated: a replica cannot tell that from a write it never made, and with
  * the other holder of a just-committed op away no protocol keeps that op (see README).
+ *
+ * The grid (the ledger's blocks) is written synchronously by the ledger, as the data file's
+ * grid is, through sim_grid_device: its reads and writes meet the grid faults. A read may fail
+ * (-EIO, transient); a block at rest may rot (a bit flips); a write may be misdirected (it lands
+ * at another address, overwriting that block, and its own address keeps what it held). These
+ * three may hit blocks the durable checkpoint names, so they are damage kept within
+ * sim_damage_allowed, on replicas of three or more only (one replica has no peer to copy from,
+ * two tolerate no damage): but a single replica meets transient read errors too, which abort it
+ * and a restart reads again. And a replica may crash in the middle of a block write (the block
+ * lands whole, torn or not at all) and unwind out of its op: such a block is never named by the
+ * durable checkpoint (blocks are written after it, at addresses it leaves free), so a crash
+ * there is not damage, and reading a torn block afterwards is a bug the simulator reports.
+ * Damage lasts until the block is written again. The grid faults draw from their own random
+ * stream (sim->grid_prng), as the outsider does: a run they never touch is the run it was
+ * without them.
  */
 #include "sim/sim_internal.h"
 #include "wire/checksum.h"
 
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,6 +62,10 @@ void sim_disk_format(struct sim *sim, struct sim_disk *disk)
         disk->checkpoint_blocks = 0;
         lsm_device_memory_deinit(&disk->grid);
         lsm_device_memory_init(&disk->grid, SIM_GRID_BLOCKS);
+        disk->grid_damage_count = 0;
+        disk->grid_written_max = 0;
+        disk->grid_met = false;
+        disk->grid_repairing = false;
         disk->checkpoint_op = 0;
         disk->checkpoint_prepare_checksum = 0;
         disk->checkpoint_timestamp = 0;
@@ -301,6 +321,7 @@ static void checkpoint_complete(struct sim *sim, struct sim_replica *sr)
         disk->checkpoint_root = cp->root;
         disk->checkpoint_blocks = cp->blocks;
         disk->view_state.grid_syncing = false; /* the superblock names our own checkpoint */
+        disk->grid_repairing = false;
         disk->checkpoint_present = true;
         disk->checkpoint_op = cp->op;
         disk->checkpoint_prepare_checksum = cp->prepare_checksum;
@@ -312,7 +333,7 @@ static void checkpoint_complete(struct sim *sim, struct sim_replica *sr)
         void *done_context = disk->checkpoint_done_context;
         checkpoint_release(sr);
         sim_disk_heal_check(sim, sr);
-        done(done_context, true);
+        SIM_REPLICA_CALL(sim, sr, done(done_context, true));
 }
 
 void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
@@ -337,13 +358,15 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr)
                         sim_note(sim, "bad write replica=%u op=%llu", sr->index,
                                  (unsigned long long)op);
                 }
-                w.done(w.done_context, w.prepare);
+                SIM_REPLICA_CALL(sim, sr, w.done(w.done_context, w.prepare));
+                if (!sr->up)
+                        return; /* crashed in it: its pool is a new one */
                 message_unref(&sr->pool, w.prepare);
         }
         if (!sim->failed && sr->up && disk->view_pending && disk->view_at_ns <= sim->now_ns) {
                 disk->view_pending = false;
                 disk->view_state = disk->view_state_next;
-                disk->view_done(disk->view_done_context);
+                SIM_REPLICA_CALL(sim, sr, disk->view_done(disk->view_done_context));
         }
         if (!sim->failed && sr->up && disk->checkpoint_pending &&
             disk->checkpoint_at_ns <= sim->now_ns)
@@ -470,8 +493,13 @@ bool sim_disk_holds(struct sim *sim, struct sim_replica *sr, const struct wire_h
 bool sim_disk_damaged(const struct sim *sim, const struct sim_disk *disk)
 {
         (void)sim;
-        if (disk->wiped)
+        /* Without a checkpoint it trusts (repairing its grid, or a state sync interrupted by
+         * a crash), a replica is one of the faulty ones: a second must not lose its state. */
+        if (disk->wiped || disk->grid_repairing || disk->view_state.grid_syncing)
                 return true;
+        for (uint32_t i = 0; i < disk->grid_damage_count; i++)
+                if (disk->grid_damage[i].kind != SIM_GRID_TORN)
+                        return true;
         for (uint32_t s = 0; s < SIM_WAL_SLOTS; s++)
                 if (disk->damaged_op[s] != 0)
                         return true;
@@ -503,4 +531,211 @@ void sim_disk_heal_check(struct sim *sim, struct sim_replica *sr)
                         sim_note(sim, "replica %u caught up after its wipe", sr->index);
                 }
         }
+}
+
+/* ---- the grid ---------------------------------------------------------------------------- */
+
+/*
+ * Chances per block write: a 3-replica run writes about 3,000 blocks in its fault phase, so
+ * about one of each per run. (A read error is armed by the fault schedule instead, so that
+ * the random stream does not follow the count of reads, which the debug build's invariant
+ * scans change: a seed runs alike in both builds until a fault lands differently.)
+ */
+#define GRID_CRASH_PPM 500u
+#define GRID_MISDIRECT_PPM 500u
+#define GRID_SECTOR 4096u /* a torn write lands whole sectors */
+
+static struct sim_grid_damage *grid_damage_find(struct sim_disk *disk, uint64_t address)
+{
+        for (uint32_t i = 0; i < disk->grid_damage_count; i++)
+                if (disk->grid_damage[i].address == address)
+                        return &disk->grid_damage[i];
+        return NULL;
+}
+
+/* False if the disk keeps track of as many damaged blocks as it can (no fault then). */
+static bool grid_damage_room(const struct sim_disk *disk, uint32_t blocks)
+{
+        return disk->grid_damage_count + blocks <= SIM_GRID_DAMAGE_MAX;
+}
+
+static void grid_damage_add(struct sim_disk *disk, uint64_t address, enum sim_grid_damage_kind kind)
+{
+        struct sim_grid_damage *d = grid_damage_find(disk, address);
+        if (d == NULL) {
+                tally_assert(disk->grid_damage_count < SIM_GRID_DAMAGE_MAX);
+                d = &disk->grid_damage[disk->grid_damage_count++];
+                d->address = address;
+        }
+        d->kind = (uint8_t)kind;
+}
+
+/* The block was written whole again. */
+static void grid_damage_remove(struct sim_disk *disk, uint64_t address)
+{
+        struct sim_grid_damage *d = grid_damage_find(disk, address);
+        if (d != NULL)
+                *d = disk->grid_damage[--disk->grid_damage_count];
+}
+
+static bool grid_faults_now(const struct sim *sim, const struct sim_replica *sr,
+                            enum sim_fault fault)
+{
+        return sr->guarded && !sim->healing && sim_fault_on(sim, fault);
+}
+
+/*
+ * A failed read is damage (the replica restarts without its checkpoint), except on one
+ * replica: it stops, is restarted, and reads again (not while opening: a single replica that
+ * cannot read its checkpoint stays down, which no transient error should cause).
+ */
+static bool grid_read_fault_allowed(struct sim *sim, struct sim_replica *sr)
+{
+        if (sim->replica_count == 1)
+                return !sr->opening;
+        return sim_damage_allowed(sim, sr->index);
+}
+
+static int grid_read(void *context, uint64_t address, uint8_t *block)
+{
+        struct sim_replica *sr = context;
+        struct sim *sim = sr->sim;
+        struct sim_disk *disk = &sr->disk;
+        if (disk->grid_read_armed && grid_faults_now(sim, sr, SIM_FAULT_GRID_READ) &&
+            grid_read_fault_allowed(sim, sr)) {
+                disk->grid_read_armed = false;
+                disk->grid_met = true;
+                disk->grid_repairing = sim->replica_count > 1;
+                sim_count_fault(sim, SIM_FAULT_GRID_READ);
+                sim_note(sim, "grid read error replica=%u address=%llu", sr->index,
+                         (unsigned long long)address);
+                return -EIO;
+        }
+        struct lsm_device device = lsm_device_memory(&disk->grid);
+        int rc = device.read(device.context, address, block);
+        const struct sim_grid_damage *d = grid_damage_find(disk, address);
+        if (d == NULL)
+                return rc;
+        if (d->kind == SIM_GRID_TORN) {
+                /* Only a block some checkpoint or table names is read, and none names it. */
+                sim_fail(sim, "replica %u read grid block %llu, torn by a crash in its write, "
+                              "which no checkpoint names",
+                         sr->index, (unsigned long long)address);
+                return rc;
+        }
+        disk->grid_met = true;
+        /* Met while opening the checkpoint, it is lost: damage until the next one. */
+        if (sim->replica_count > 1)
+                disk->grid_repairing = true;
+        return rc;
+}
+
+/* The process dies in the middle of this write: the block lands whole, torn or not at all. */
+static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *sr,
+                                          uint64_t address, const uint8_t *block)
+{
+        struct sim_disk *disk = &sr->disk;
+        struct lsm_device device = lsm_device_memory(&disk->grid);
+        uint32_t fate = (uint32_t)sim_prng_below(&sim->grid_prng, 3);
+        if (fate == 0 && device.write(device.context, address, block) == 0) {
+                grid_damage_remove(disk, address);
+                disk->grid_written_max = MAX(disk->grid_written_max, address);
+        } else if (fate == 1 && sim_fault_on(sim, SIM_FAULT_GRID_TORN) &&
+                   grid_damage_room(disk, 1)) {
+                /* Whole sectors of the new block, then what the old one held. */
+                uint8_t *torn = sim->grid_scratch;
+                tally_assert(device.read(device.context, address, torn) == 0);
+                uint32_t sectors = (uint32_t)sim_prng_range(&sim->grid_prng, 1,
+                                                            LSM_BLOCK_SIZE / GRID_SECTOR - 1);
+                memcpy(torn, block, (size_t)sectors * GRID_SECTOR);
+                if (device.write(device.context, address, torn) == 0) {
+                        grid_damage_add(disk, address, SIM_GRID_TORN);
+                        disk->grid_written_max = MAX(disk->grid_written_max, address);
+                        sim_count_fault(sim, SIM_FAULT_GRID_TORN);
+                }
+        }
+        sim_count_fault(sim, SIM_FAULT_GRID_CRASH);
+        sim_note(sim, "replica %u crashes writing grid block %llu (%s)", sr->index,
+                 (unsigned long long)address,
+                 fate == 0 ? "landed" : fate == 1 ? "torn" : "lost");
+        sim_grid_unwind(sr, SIM_FAULT_MODE_CRASH);
+}
+
+/* The block lands at another address; its own keeps what it held. True if it did. */
+static bool grid_misdirect(struct sim *sim, struct sim_replica *sr, uint64_t address,
+                           const uint8_t *block)
+{
+        struct sim_disk *disk = &sr->disk;
+        if (disk->grid_written_max < 2 || !grid_damage_room(disk, 2) ||
+            !sim_damage_allowed(sim, sr->index))
+                return false;
+        uint64_t other = sim_prng_range(&sim->grid_prng, 1, disk->grid_written_max);
+        if (other == address)
+                other = address == 1 ? 2 : address - 1;
+        struct lsm_device device = lsm_device_memory(&disk->grid);
+        if (device.write(device.context, other, block) != 0)
+                return false;
+        grid_damage_add(disk, other, SIM_GRID_OVER);
+        grid_damage_add(disk, address, SIM_GRID_STALE);
+        sim_count_fault(sim, SIM_FAULT_GRID_MISDIRECT);
+        sim_note(sim, "grid write misdirected replica=%u address=%llu landed=%llu", sr->index,
+                 (unsigned long long)address, (unsigned long long)other);
+        return true;
+}
+
+static int grid_write(void *context, uint64_t address, const uint8_t *block)
+{
+        struct sim_replica *sr = context;
+        struct sim *sim = sr->sim;
+        struct sim_disk *disk = &sr->disk;
+        if (grid_faults_now(sim, sr, SIM_FAULT_GRID_CRASH) &&
+            sim_prng_chance(&sim->grid_prng, GRID_CRASH_PPM))
+                grid_crash_in_write(sim, sr, address, block);
+        if (grid_faults_now(sim, sr, SIM_FAULT_GRID_MISDIRECT) &&
+            sim_prng_chance(&sim->grid_prng, GRID_MISDIRECT_PPM) &&
+            grid_misdirect(sim, sr, address, block))
+                return 0; /* acknowledged: the disk does not know */
+        struct lsm_device device = lsm_device_memory(&disk->grid);
+        int rc = device.write(device.context, address, block);
+        if (rc == 0) {
+                grid_damage_remove(disk, address);
+                disk->grid_written_max = MAX(disk->grid_written_max, address);
+        }
+        return rc;
+}
+
+struct lsm_device sim_grid_device(struct sim_replica *sr)
+{
+        return (struct lsm_device){.context = sr, .read = grid_read, .write = grid_write};
+}
+
+void sim_grid_corrupt_one(struct sim *sim, struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        struct lsm_device_memory *memory = &disk->grid;
+        if (disk->grid_written_max == 0 || !grid_damage_room(disk, 1))
+                return;
+        uint64_t address = sim_prng_range(&sim->grid_prng, 1, disk->grid_written_max);
+        if (address >= memory->capacity || memory->blocks[address] == NULL)
+                return;
+        uint8_t *block = memory->blocks[address];
+        /* Within the bytes the checksum covers (a flip in the unused tail is never seen). */
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        uint32_t size = h->size >= LSM_BLOCK_HEADER_SIZE && h->size <= LSM_BLOCK_SIZE
+                                ? h->size
+                                : LSM_BLOCK_SIZE;
+        block[sim_prng_below(&sim->grid_prng, size)] ^= (uint8_t)(1u << sim_prng_below(&sim->grid_prng, 8));
+        grid_damage_add(disk, address, SIM_GRID_ROT);
+        sim_count_fault(sim, SIM_FAULT_GRID_CORRUPT);
+        sim_note(sim, "grid block rots replica=%u address=%llu", sr->index,
+                 (unsigned long long)address);
+}
+
+bool sim_grid_fault_injected(struct sim *sim, struct sim_replica *sr, const char *fault)
+{
+        if (sr->disk.grid_met)
+                return true;
+        sim_fail(sim, "replica %u found grid damage the simulator did not inject: %s", sr->index,
+                 fault);
+        return false;
 }

@@ -161,8 +161,11 @@ void sim_forge_step(struct sim *sim)
                 uint64_t dropped = sr->replica.peer_messages_dropped;
                 uint8_t command = m->header->command;
                 sim_enter(sr);
-                replica_on_message(&sr->replica, sim->forge_connection[r], m);
+                SIM_REPLICA_CALL(sim, sr,
+                                 replica_on_message(&sr->replica, sim->forge_connection[r], m));
                 sim_count_fault(sim, SIM_FAULT_FORGE);
+                if (!sr->up)
+                        return; /* crashed in the call (a grid fault): its pool is a new one */
                 if (sim->replica_count > 1 && sr->replica.peer_messages_dropped != dropped + 1)
                         sim_fail(sim, "replica %u took a %s %s message from an outsider", r,
                                  replay ? "replayed" : "forged", wire_command_name(command));

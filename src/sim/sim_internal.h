@@ -11,6 +11,8 @@
 #include "vsr/replica.h"
 #include "wire/message.h"
 
+#include <setjmp.h>
+
 #define SIM_NS_PER_MS 1000000ull
 #define SIM_STEP_NS SIM_NS_PER_MS         /* the simulation advances 1 ms at a time */
 #define SIM_TICK_NS (10ull * SIM_NS_PER_MS) /* replica_tick() period, as start.c */
@@ -45,6 +47,21 @@ bool sim_prng_chance(struct sim_prng *prng, uint32_t ppm);
 
 /* ---- Disk ---------------------------------------------------------------------------------- */
 
+#define SIM_GRID_DAMAGE_MAX 16u /* damaged blocks a disk keeps track of */
+
+enum sim_grid_damage_kind {
+        SIM_GRID_ROT = 1, /* a bit flipped at rest (grid-corrupt) */
+        SIM_GRID_STALE,   /* a misdirected write never reached it: it holds what it held */
+        SIM_GRID_OVER,    /* a misdirected write for another address overwrote it */
+        SIM_GRID_TORN,    /* a prefix of the block being written when the replica crashed */
+};
+
+/* A block that reads back wrong until it is written again. */
+struct sim_grid_damage {
+        uint64_t address;
+        uint8_t kind; /* enum sim_grid_damage_kind */
+};
+
 
 struct sim_write {
         struct message *prepare; /* referenced until done */
@@ -71,6 +88,22 @@ struct sim_disk {
          * newer one is durable, and any other block is free after a restart.
          */
         struct lsm_device_memory grid;
+        /*
+         * Grid damage (sim_disk.c, "the grid"). ROT, STALE and OVER blocks may be named by the
+         * durable checkpoint, so they count as damage that sim_damage_allowed bounds; a TORN
+         * block never is (it was being written after that checkpoint), so reading one is a
+         * bug. `grid_met` says whether a read of the current call into the replica met
+         * injected damage (or an injected read error), so the fault handler can tell it from
+         * damage nobody injected.
+         */
+        struct sim_grid_damage grid_damage[SIM_GRID_DAMAGE_MAX];
+        uint32_t grid_damage_count;
+        uint64_t grid_written_max; /* the highest address ever written */
+        bool grid_met;
+        bool grid_read_armed; /* the next block read fails (SIM_FAULT_GRID_READ) */
+        /* Until our next checkpoint is durable, the replica may be without one (a repair, or a
+         * failed read while opening it): counted as damage. */
+        bool grid_repairing;
         /* Damage the fault model must account for: the op of a lost or corrupt entry, 0 if none. */
         uint64_t *damaged_op;
         bool wiped;               /* re-formatted, and not yet caught up */
@@ -103,6 +136,15 @@ struct sim_replica {
         bool wipe_on_restart;
         uint64_t restart_at_ns;
         uint32_t incarnation; /* +1 per crash: messages of an older one are gone with it */
+        /*
+         * Every call into the replica runs under SIM_REPLICA_CALL: a grid fault (the ledger's
+         * on_fault, or a crash injected in a block write) longjmps back to it, and the replica
+         * crashes there. `guarded` while such a call runs; `opening` in replica_open.
+         */
+        jmp_buf fault_jump;
+        bool guarded;
+        bool opening;
+        uint8_t fault_mode; /* enum sim_fault_mode, why it unwound */
         struct replica replica;
         struct ledger *ledger;
         struct message_pool pool;
@@ -232,6 +274,10 @@ struct sim {
         struct sim_network net;
         uint64_t crash_next_ns;
         uint64_t corrupt_next_ns;
+        /* The grid faults' own random stream (sim_disk.c), so they shift no other fault. */
+        struct sim_prng grid_prng;
+        uint64_t grid_corrupt_next_ns;
+        uint64_t grid_read_next_ns;
         uint64_t clock_next_ns;
         uint64_t close_next_ns;
         uint64_t realtime_base_ns;
@@ -242,10 +288,44 @@ struct sim {
         uint8_t *forge_captured[SIM_FORGE_CAPTURED];
         uint32_t forge_captured_size[SIM_FORGE_CAPTURED];
         uint8_t *scratch; /* SIM_REQUEST_SIZE_MAX */
+        uint8_t *grid_scratch; /* LSM_BLOCK_SIZE: a torn block being put together */
 };
 
 /* Replica log lines say which replica speaks: set before every call into a replica. */
 void sim_enter(const struct sim_replica *sr);
+
+enum sim_fault_mode {
+        SIM_FAULT_MODE_CRASH = 1,  /* the process died (a crash in a block write, an abort) */
+        SIM_FAULT_MODE_REPAIR = 2, /* damage found: restart without state and copy a peer's */
+};
+
+/*
+ * Runs `call`, a call into replica `sr`. If a grid fault unwinds out of it (sim_grid_unwind),
+ * the replica's in-memory state is half updated: it is crashed (sim_replica_faulted) and must
+ * not be touched again; callers test sr->up afterwards before using its pool. A call made while
+ * one is already running (a nested call into the same replica) uses the outer one's jump.
+ */
+#define SIM_REPLICA_CALL(sim, sr, call)                                 \
+        do {                                                            \
+                if ((sr)->guarded) {                                    \
+                        call;                                           \
+                        break;                                          \
+                }                                                       \
+                if (setjmp((sr)->fault_jump) == 0) {                    \
+                        (sr)->guarded = true;                           \
+                        (sr)->disk.grid_met = false;                    \
+                        call;                                           \
+                        (sr)->guarded = false;                          \
+                } else {                                                \
+                        (sr)->guarded = false;                          \
+                        sim_replica_faulted(sim, sr);                   \
+                }                                                       \
+        } while (0)
+
+/* Unwinds to the replica's SIM_REPLICA_CALL (it must be running one). */
+_Noreturn void sim_grid_unwind(struct sim_replica *sr, enum sim_fault_mode mode);
+/* After the unwind: the replica crashes (and, for a repair, restarts to copy a checkpoint). */
+void sim_replica_faulted(struct sim *sim, struct sim_replica *sr);
 
 /* sim.c */
 void sim_fail(struct sim *sim, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -291,6 +371,12 @@ void sim_disk_complete_due(struct sim *sim, struct sim_replica *sr);
 /* A crash: writes in flight land, tear or vanish; references are released. */
 void sim_disk_crash(struct sim *sim, struct sim_replica *sr);
 void sim_disk_corrupt_one(struct sim *sim, struct sim_replica *sr);
+/* The grid device of a replica: its disk's blocks, through the grid faults. */
+struct lsm_device sim_grid_device(struct sim_replica *sr);
+/* A bit flips in a block of the grid at rest (SIM_FAULT_GRID_CORRUPT). */
+void sim_grid_corrupt_one(struct sim *sim, struct sim_replica *sr);
+/* The ledger found a block damaged: true if the simulator damaged it (else a bug, failed). */
+bool sim_grid_fault_injected(struct sim *sim, struct sim_replica *sr, const char *fault);
 bool sim_disk_damaged(const struct sim *sim, const struct sim_disk *disk);
 /* True if the disk durably holds this prepare (or a checkpoint past it). */
 bool sim_disk_holds(struct sim *sim, struct sim_replica *sr, const struct wire_header *prepare);

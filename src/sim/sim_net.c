@@ -81,7 +81,7 @@ void sim_connection_close(struct sim *sim, replica_connection id)
         }
         if (sr->up) {
                 sim_enter(sr);
-                replica_on_connection_closed(&sr->replica, id);
+                SIM_REPLICA_CALL(sim, sr, replica_on_connection_closed(&sr->replica, id));
         }
 }
 
@@ -180,6 +180,18 @@ void sim_net_send(struct sim *sim, uint32_t from, uint32_t to, replica_connectio
         }
 }
 
+/* Separate from its callers, whose locals a longjmp would clobber. */
+static void deliver_guarded(struct sim *sim, struct sim_replica *sr,
+                            replica_connection connection, struct message *m)
+{
+        SIM_REPLICA_CALL(sim, sr, replica_on_message(&sr->replica, connection, m));
+}
+
+static void connected_guarded(struct sim *sim, struct sim_replica *sr, uint32_t peer)
+{
+        SIM_REPLICA_CALL(sim, sr, replica_on_peer_connected(&sr->replica, (uint8_t)peer));
+}
+
 static void deliver_to_replica(struct sim *sim, const struct sim_packet *p)
 {
         struct sim_replica *sr = &sim->replicas[p->to];
@@ -206,8 +218,9 @@ static void deliver_to_replica(struct sim *sim, const struct sim_packet *p)
                 return; /* as the bus does when no message is free: the sender retries */
         memcpy(m->buffer, p->bytes, p->size);
         sim_enter(sr);
-        replica_on_message(&sr->replica, connection, m);
-        message_unref(&sr->pool, m);
+        deliver_guarded(sim, sr, connection, m);
+        if (sr->up) /* else it crashed in the call, and its pool is a new one */
+                message_unref(&sr->pool, m);
 }
 
 void sim_net_deliver_due(struct sim *sim)
@@ -301,10 +314,12 @@ void sim_net_connect_peers(struct sim *sim, uint32_t r)
                 sr->peer_connection[p] = sim_connection_open(sim, true, r, p);
                 peer->peer_connection[r] = sim_connection_open(sim, true, p, r);
                 sim_enter(sr);
-                replica_on_peer_connected(&sr->replica, (uint8_t)p);
+                connected_guarded(sim, sr, p);
+                if (!sr->up)
+                        return;
                 if (!sim->failed && peer->up) {
                         sim_enter(peer);
-                        replica_on_peer_connected(&peer->replica, (uint8_t)r);
+                        connected_guarded(sim, peer, r);
                 }
         }
 }

@@ -92,6 +92,17 @@ void replica_deinit(struct replica *r)
         memset(r, 0, sizeof(*r));
 }
 
+void replica_abandon(struct replica *r)
+{
+        free(r->sync.root_block);
+        free(r->sync.block);
+        free(r->sync.legacy_blob);
+        free(r->image.blocks);
+        free(r->journal_headers);
+        free(r->journal_state);
+        memset(r, 0, sizeof(*r));
+}
+
 uint32_t replica_batch_size_limit(const struct replica *r)
 {
         return r->config.request_size_max - WIRE_HEADER_SIZE;

@@ -441,6 +441,12 @@ struct replica {
 int replica_init(struct replica *replica, const struct replica_config *config,
                  const struct replica_env *env, struct message_pool *pool, struct ledger *ledger);
 void replica_deinit(struct replica *replica);
+/*
+ * For a replica whose call was cut short (the simulator unwinds out of a grid fault, as a
+ * process dies in the middle of an op): frees its memory without touching its messages, which
+ * may be half handed over; the caller throws its whole message pool away.
+ */
+void replica_abandon(struct replica *replica);
 
 /*
  * The fields of the state sync messages (request_blocks, block, request_reply), in the first
