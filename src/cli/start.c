@@ -150,11 +150,10 @@ static bool env_journal_read(void *context, uint64_t op, u128 want, struct messa
         return storage_read_prepare(&s->storage, slot, &header, into);
 }
 
-static bool env_view_write(void *context, const struct replica_view_state *state,
-                           void (*done)(void *replica), void *replica)
+/* The view state as the superblock holds it, and back. */
+static struct storage_view storage_view_of(const struct replica_view_state *state)
 {
-        struct server *s = context;
-        struct storage_view v = {
+        return (struct storage_view){
                 .view = state->view,
                 .log_view = state->log_view,
                 .anchor_op = state->anchor_op,
@@ -164,6 +163,27 @@ static bool env_view_write(void *context, const struct replica_view_state *state
                 .fresh_joined_op = state->fresh_joined_op,
                 .grid_syncing = state->grid_syncing,
         };
+}
+
+static struct replica_view_state view_state_of(const struct superblock *sb)
+{
+        return (struct replica_view_state){
+                .view = sb->view,
+                .log_view = sb->log_view,
+                .anchor_op = sb->view_anchor_op,
+                .anchor_checksum = sb->view_anchor_checksum,
+                .fresh = sb->caught_up == 0,
+                .fresh_joined = sb->fresh_joined != 0,
+                .fresh_joined_op = sb->fresh_joined_op,
+                .grid_syncing = sb->grid_syncing != 0,
+        };
+}
+
+static bool env_view_write(void *context, const struct replica_view_state *state,
+                           void (*done)(void *replica), void *replica)
+{
+        struct server *s = context;
+        struct storage_view v = storage_view_of(state);
         return storage_write_view(&s->storage, &v, done, replica);
 }
 
@@ -306,17 +326,9 @@ static void on_repair_mark(void *context)
 /* The restarted process of a grid repair: marks the checkpoint as not to be trusted. */
 static int grid_repair_mark(struct server *s, char *error, size_t error_size)
 {
-        const struct superblock *sb = &s->storage.superblock;
-        struct storage_view v = {
-                .view = sb->view,
-                .log_view = sb->log_view,
-                .anchor_op = sb->view_anchor_op,
-                .anchor_checksum = sb->view_anchor_checksum,
-                .fresh = sb->caught_up == 0,
-                .fresh_joined = sb->fresh_joined != 0,
-                .fresh_joined_op = sb->fresh_joined_op,
-                .grid_syncing = true,
-        };
+        struct replica_view_state state = view_state_of(&s->storage.superblock);
+        state.grid_syncing = true;
+        struct storage_view v = storage_view_of(&state);
         repair_mark_done = false;
         if (!storage_write_view(&s->storage, &v, on_repair_mark, NULL)) {
                 snprintf(error, error_size, "cannot write the superblock");
@@ -342,16 +354,7 @@ static int recover(struct server *s, char *error, size_t error_size)
                 return -1;
         const struct superblock *sb = &s->storage.superblock;
         struct replica_durable durable = {
-                .view_state = {
-                        .view = sb->view,
-                        .log_view = sb->log_view,
-                        .anchor_op = sb->view_anchor_op,
-                        .anchor_checksum = sb->view_anchor_checksum,
-                        .fresh = sb->caught_up == 0,
-                        .fresh_joined = sb->fresh_joined != 0,
-                        .fresh_joined_op = sb->fresh_joined_op,
-                        .grid_syncing = sb->grid_syncing != 0,
-                },
+                .view_state = view_state_of(sb),
                 .context = s,
                 .read_reply = read_reply,
                 .read_header = read_header,
