@@ -292,6 +292,13 @@ static int convert_legacy(struct server *s, char *error, size_t error_size)
 #define GRID_REPAIR_ENV "TALLY_GRID_REPAIR"       /* set by the process that found the damage */
 #define GRID_REPAIR_AT_ENV "TALLY_GRID_REPAIR_AT" /* when (realtime seconds) the last was */
 #define GRID_REPAIR_INTERVAL_S 600ull
+#define GRID_REPAIRS_ENV "TALLY_GRID_REPAIRS" /* how many, for tally_grid_repairs_total */
+
+static uint64_t grid_repairs(void)
+{
+        const char *text = getenv(GRID_REPAIRS_ENV);
+        return text != NULL ? strtoull(text, NULL, 10) : 0;
+}
 
 static void on_ledger_fault(void *context, const char *fault, bool damaged)
 {
@@ -307,9 +314,11 @@ static void on_ledger_fault(void *context, const char *fault, bool damaged)
                           (unsigned long long)(now - strtoull(last, NULL, 10)));
                 return;
         }
-        char text[32];
+        char text[32], count[32];
         snprintf(text, sizeof(text), "%llu", (unsigned long long)now);
-        if (setenv(GRID_REPAIR_AT_ENV, text, 1) != 0 || setenv(GRID_REPAIR_ENV, "1", 1) != 0)
+        snprintf(count, sizeof(count), "%llu", (unsigned long long)grid_repairs() + 1);
+        if (setenv(GRID_REPAIR_AT_ENV, text, 1) != 0 || setenv(GRID_REPAIR_ENV, "1", 1) != 0 ||
+            setenv(GRID_REPAIRS_ENV, count, 1) != 0)
                 return;
         log_error("grid repair: restarting to copy a peer's checkpoint over this replica's grid");
         execv("/proc/self/exe", cli_argv);
@@ -603,6 +612,7 @@ static int metrics_start(struct server *s, const char *text,
                 .transfers_max = ledger_config->transfers_max,
                 .http = &s->http.stats,
                 .started_realtime_ns = io_realtime_ns(),
+                .grid_repairs = grid_repairs(),
                 .version = TALLY_VERSION,
         };
         struct sockaddr_storage bound;

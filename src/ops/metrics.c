@@ -341,6 +341,10 @@ static void format_cluster(const struct metrics_sources *s, struct expo *e)
                 st->repairs_requested);
         counter(e, "tally_repairs_served_total", "Prepares sent to peers that asked.",
                 st->repairs_served);
+        counter(e, "tally_grid_repairs_total",
+                "Times this replica met a damaged grid block and restarted itself to copy a "
+                "peer's checkpoint (counted across those restarts).",
+                s->grid_repairs);
         counter(e, "tally_state_syncs_started_total", "State syncs (checkpoint copies) started.",
                 st->state_syncs_started);
         counter(e, "tally_state_syncs_installed_total", "State syncs completed and installed.",

@@ -38,6 +38,7 @@ struct metrics_sources {
         uint64_t transfers_max;
         const struct http_stats *http;
         uint64_t started_realtime_ns; /* process start, for tally_start_time_seconds */
+        uint64_t grid_repairs; /* restarts for a damaged grid block, across re-executions */
         const char *version;
 };
 

@@ -7,7 +7,8 @@
 #      the account id tree, which executing the journal's transfers after a restart reads.
 #   2. Replica 2 is started again. It must meet the damaged block, say so, restart itself in
 #      place (the same pid), start without state and copy a peer's checkpoint (state sync), and
-#      then serve: a load through its own port is acknowledged.
+#      then serve: a load through its own port is acknowledged; its /metrics counts the repair
+#      (tally_grid_repairs_total 1, kept across the restart), a healthy replica's says 0.
 #   3. Stopped, its file must be whole again (`tally inspect` finds no damage) and all three
 #      files must give one digest; every acknowledged transfer is found.
 # Bounded: every wait has a limit; the script kills what it started. Last line: "N passed, N
@@ -36,7 +37,8 @@ base=$(( 20000 + RANDOM % 15000 ))
 addresses="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 declare -a rpid
 start_replica() { # start_replica <index>
-  "$tally" start --addresses=$addresses "$dir/0_$1.tally" >>"$dir/replica$1.log" 2>&1 &
+  "$tally" start --addresses=$addresses --metrics-address=127.0.0.1:$((base + 10 + $1)) \
+    "$dir/0_$1.tally" >>"$dir/replica$1.log" 2>&1 &
   rpid[$1]=$!; pids+=($!)
 }
 for i in 0 1 2; do
@@ -90,6 +92,12 @@ if [ $repaired -eq 1 ] && kill -0 $pid_before 2>/dev/null; then
 else fail "replica 2 was not repaired within 30 s (alive: $(kill -0 $pid_before 2>/dev/null && echo yes || echo no))"; tail -20 "$dir/replica2.log"; fi
 if load $((base + 2)) 100 2000000; then pass "a load through replica 2's port is acknowledged"
 else fail "load through replica 2: $(tail -1 "$dir/load.out")"; fi
+repairs=$(curl -s -m 2 "http://127.0.0.1:$((base + 12))/metrics" | sed -n 's/^tally_grid_repairs_total \([0-9]*\)$/\1/p')
+[ "$repairs" = 1 ] && pass "replica 2's /metrics: tally_grid_repairs_total 1" ||
+  fail "replica 2's tally_grid_repairs_total is '${repairs}', expected 1"
+repairs=$(curl -s -m 2 "http://127.0.0.1:$((base + 10))/metrics" | sed -n 's/^tally_grid_repairs_total \([0-9]*\)$/\1/p')
+[ "$repairs" = 0 ] && pass "replica 0's /metrics: tally_grid_repairs_total 0" ||
+  fail "replica 0's tally_grid_repairs_total is '${repairs}', expected 0"
 if load $base 200 3000000; then pass "the cluster goes on (200 more requests)"
 else fail "load after the repair: $(tail -1 "$dir/load.out")"; fi
 sleep 2 # replica 2 catches up with the last commits
