@@ -245,18 +245,23 @@ static struct image_summary image;
 struct walk {
         struct storage *storage;
         uint8_t *block;
+        bool cluster;
         bool tree_known; /* the index block before this table's data blocks was read */
         uint8_t tree;
 };
 
 /*
  * A table block as a replica meets it: start opens a checkpoint reading its root, manifest and
- * free set only, so a damaged table block is found when the ledger first needs it, and the
- * replica then stops. Neither a single replica nor one of a cluster copies it from elsewhere.
+ * free set only, so a damaged table block is found when the ledger first needs it. A single
+ * replica then stops; one of a cluster restarts itself and copies a peer's checkpoint (grid
+ * repair, start.c), so start succeeds there.
  */
-#define TABLE_BLOCK_CONSEQUENCE                                                                    \
-        "start opens the checkpoint without reading it and the replica stops when it first "   \
-        "needs the block: restore a backup, or copy a healthy replica's data file"
+#define TABLE_BLOCK_CONSEQUENCE(cluster)                                                           \
+        ((cluster) ? "start opens the checkpoint without reading it; when the replica first "  \
+                     "needs the block it restarts itself and copies a peer's checkpoint (grid " \
+                     "repair)"                                                                  \
+                   : "start opens the checkpoint without reading it and the replica stops "     \
+                     "when it first needs the block: restore a backup")
 
 static int walk_visit(void *context, struct lsm_block_ref ref, uint8_t kind)
 {
@@ -275,9 +280,11 @@ static int walk_visit(void *context, struct lsm_block_ref ref, uint8_t kind)
                 char tree[32] = "";
                 if (kind == LSM_BLOCK_TABLE_DATA && w->tree_known)
                         snprintf(tree, sizeof(tree), " of tree %u", w->tree);
-                damage(table, "checkpoint grid block %llu (%s%s) is damaged: %s (zone grid); %s",
+                damage(table && !w->cluster,
+                       "checkpoint grid block %llu (%s%s) is damaged: %s (zone grid); %s",
                        (unsigned long long)ref.address, block_kind_name(kind), tree, problem,
-                       table ? TABLE_BLOCK_CONSEQUENCE : "start fails to open the checkpoint");
+                       table ? TABLE_BLOCK_CONSEQUENCE(w->cluster)
+                             : "start fails to open the checkpoint");
                 return 0;
         }
         if ((kind == LSM_BLOCK_TABLE_INDEX || kind == LSM_BLOCK_TABLE_DATA) && w->tree_known) {
@@ -353,15 +360,15 @@ static bool checkpoint_check(struct storage *storage, struct message *reply, str
                 return false;
         }
         uint64_t damaged_before = findings.count;
-        struct walk w = {.storage = storage, .block = block};
+        struct walk w = {.storage = storage, .block = block, .cluster = cluster};
         device->last_read = 0;
         rc = ledger_checkpoint_blocks(ledger, root, walk_visit, &w);
         if (rc != 0) {
                 /* A table index block the listing needs is unreadable: the ledger's last read. */
-                damage(true,
+                damage(!cluster,
                        "checkpoint grid block %llu (table index) is damaged or unreadable (zone "
                        "grid): the blocks it names cannot be listed; %s",
-                       (unsigned long long)device->last_read, TABLE_BLOCK_CONSEQUENCE);
+                       (unsigned long long)device->last_read, TABLE_BLOCK_CONSEQUENCE(cluster));
                 return false;
         }
         image.walked = true;

@@ -68,9 +68,10 @@ if [ -n "$block" ] && [ "${checkpoint_op:-0}" -gt 0 ]; then
   pass "replica 2 killed at checkpoint op $checkpoint_op; damaging its grid block $block"
 else fail "no checkpoint or no account id table on replica 2: $info"; finish; fi
 flip "$dir/0_2.tally" $(( grid + (block - 1) * 65536 + 100 ))
-"$tally" inspect "$dir/0_2.tally" >"$dir/inspect-damaged.out" 2>&1
-grep -q "grid block $block .*is damaged" "$dir/inspect-damaged.out" && pass "inspect names the damaged block" ||
-  { fail "inspect does not see the damage"; cat "$dir/inspect-damaged.out"; }
+"$tally" inspect "$dir/0_2.tally" >"$dir/inspect-damaged.out" 2>&1; rc=$?
+grep -q "grid block $block .*is damaged.*copies a peer's checkpoint (grid repair)" "$dir/inspect-damaged.out" &&
+  [ $rc -eq 3 ] && pass "inspect names the damaged block, says it is repaired from a peer, exit 3" ||
+  { fail "inspect on the damaged file: exit $rc"; cat "$dir/inspect-damaged.out"; }
 
 # 2. The restart: the damage is met, repaired from a peer, and the replica serves.
 pid_before=
