@@ -33,10 +33,7 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$dir" "$out"
 }
 trap cleanup EXIT
-passed=0; failed=0
-pass() { passed=$((passed + 1)); echo "ok $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; }
+. "$(dirname "$0")/checks.sh"
 now() { date +%s.%N; }
 
 base=$(( 20000 + RANDOM % 15000 ))

@@ -17,10 +17,8 @@ tally=$1; load=$2
 dir=$(mktemp -d /tmp/tally-corrupt.XXXXXX)
 pid=
 trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
-passed=0; failed=0
-ok() { passed=$((passed + 1)); }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-json() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2; }
+. "$(dirname "$0")/checks.sh"
+ok() { passed=$((passed + 1)); } # counts quietly: its failures say enough
 port=$(( 20000 + RANDOM % 20000 ))
 
 start_bg() { # start_bg <file>: starts, waits for "listening on" or exit
@@ -41,10 +39,6 @@ inspect_says() {
   grep -qE "$4" "$dir/inspect.out" && ok || { fail "$1: inspect does not say /$4/"; cat "$dir/inspect.out"; }
 }
 stop_kill() { kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null; pid=; }
-flip() { # flip <file> <offset>: inverts one byte
-  local byte; byte=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
-  printf "$(printf '\\%03o' $(( byte ^ 0xFF )))" | dd of="$1" bs=1 seek="$2" conv=notrunc 2>/dev/null
-}
 
 # A file with a checkpoint and journal entries after it: 300 requests cross op 256.
 "$tally" format --cluster=0 --replica=0 --replica-count=1 "$dir/base.tally" 2>/dev/null

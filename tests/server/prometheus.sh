@@ -28,9 +28,7 @@ cleanup() {
   rm -rf "$dir"
 }
 trap cleanup EXIT
-passed=0; failed=0
-pass() { passed=$((passed + 1)); echo "ok $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+. "$(dirname "$0")/checks.sh"
 
 if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
@@ -175,9 +173,6 @@ promql "tally_metrics_handler_seconds_total / tally_metrics_requests_total" | se
 # a replica of a cluster repairs from its peers (exit 3), where a single replica would fail.
 for i in 0 1 2; do kill -TERM "${pids[$i]}"; done
 for i in 0 1 2; do wait "${pids[$i]}" 2>/dev/null; pids[$i]=; done
-json() { grep -o "\"$2\":[0-9]*" <<<"$1" | head -1 | cut -d: -f2; }
-flip() { local byte; byte=$(od -An -tu1 -j "$2" -N1 "$1" | tr -d ' ')
-  printf "$(printf '\\%03o' $(( byte ^ 0xFF )))" | dd of="$1" bs=1 seek="$2" conv=notrunc 2>/dev/null; }
 for i in 0 1 2; do
   "$tally" inspect --verify "$dir/0_$i.tally" >"$dir/inspect.out" 2>&1; rc=$?
   [ $rc -eq 0 ] && grep -q "^verify: ok" "$dir/inspect.out" && pass "replica $i: inspect --verify intact and ok" ||

@@ -29,10 +29,7 @@ cleanup() {
   [ -n "${KEEP:-}" ] || rm -rf "$dir"
 }
 trap cleanup EXIT
-passed=0; failed=0
-pass() { passed=$((passed + 1)); echo "ok $*"; }
-fail() { failed=$((failed + 1)); echo "FAIL $*"; }
-finish() { echo "$passed passed, $failed failed"; [ "$failed" -eq 0 ]; exit $?; }
+. "$(dirname "$0")/checks.sh"
 
 # 1. Another format version.
 "$tally" format --cluster=0 --replica=0 --replica-count=1 --development "$dir/v.tally" 2>/dev/null
