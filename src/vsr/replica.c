@@ -1101,9 +1101,10 @@ static bool header_recover(struct replica *r, const struct replica_durable *d, u
  * Multi-replica start: the journal after the checkpoint is known but not executed (whether
  * those ops committed is for the cluster to say). An entry belongs to this replica's log if it
  * chains forward from the checkpoint, chains back from the view anchor, or lies after the
- * anchor and was prepared in log_view (one primary per view, so one chain). Anything else is
- * stale: left over from a log that a view change replaced. Gaps (damaged or lost entries)
- * stay in the log as ops to repair, so an op this replica acknowledged is never forgotten.
+ * anchor (and the checkpoint) and was prepared in log_view (one primary per view, so one
+ * chain). Anything else is stale: left over from a log that a view change replaced. Gaps
+ * (damaged or lost entries) stay in the log as ops to repair, so an op this replica
+ * acknowledged is never forgotten.
  */
 static void open_replicated(struct replica *r, const struct replica_durable *d,
                             uint64_t checkpoint_op)
@@ -1118,13 +1119,17 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
         uint64_t present = 0, missing = 0;
         const struct replica_view_state *v = &d->view_state;
         uint64_t anchor = v->anchor_op > checkpoint_op ? v->anchor_op : 0;
-        /* Forward from the checkpoint, and everything of log_view after the anchor. */
+        /*
+         * Forward from the checkpoint, and everything of log_view after the anchor (or after
+         * the checkpoint, when log_view began before it): a backup acknowledges each prepare
+         * it holds, gaps or not, so an acknowledged op may lie beyond a gap.
+         */
         for (uint64_t op = checkpoint_op + 1; op <= checkpoint_op + slots; op++) {
                 uint32_t slot = (uint32_t)(op % slots);
                 bool ok = header_recover(r, d, slot, &header, scratch) &&
                           header.prepare.op == op;
                 bool chains = ok && forward && header.prepare.parent == expected;
-                bool current = ok && anchor != 0 && op > anchor && header.view == v->log_view;
+                bool current = ok && op > anchor && header.view == v->log_view;
                 if (!chains)
                         forward = false;
                 if (chains)
