@@ -833,8 +833,26 @@ static void on_request_prepare(struct replica *r, struct message *m)
         } request;
         memcpy(&request, m->header->raw, sizeof(request));
         const struct wire_header *h = journal_header(r, request.op);
-        if (h == NULL)
+        if (h == NULL) {
+                /*
+                 * Not in our log, yet perhaps on our disk: a replica without state (its
+                 * checkpoint damaged, a copy of one under way) keeps its journal intact, and a
+                 * view change may need an op that only it still holds whole. Asked for by
+                 * checksum, the very prepare is unambiguous wherever it lies.
+                 */
+                if (request.checksum != 0 && r->env.journal_read != NULL) {
+                        struct message *p = message_pool_get(r->pool);
+                        if (p == NULL)
+                                return;
+                        if (r->env.journal_read(r->env.context, request.op, request.checksum,
+                                                p)) {
+                                r->stats.repairs_served++;
+                                send_to_replica(r, m->header->replica, p);
+                        }
+                        message_unref(r->pool, p);
+                }
                 return;
+        }
         /* Without a checksum only a committed op is unambiguous. */
         if (request.checksum == 0 ? request.op > r->commit : h->checksum != request.checksum)
                 return;

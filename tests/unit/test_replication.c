@@ -727,6 +727,31 @@ static void test_checkpoint_lost(void)
         CHECK(replicas[2].fresh);
         CHECK_EQ_U64(replicas[2].commit, 0);
         CHECK_EQ_U64(accounts_on(2), 0);
+        /* Without state, it still serves a prepare its journal holds whole, asked by checksum. */
+        uint64_t op = replicas[0].commit;
+        CHECK(store[2][op] != NULL);
+        if (store[2][op] != NULL) {
+                struct message *ask = message_pool_get(&pool);
+                wire_header_init(ask->header, COMMAND_REQUEST_PREPARE, 0, replicas[0].view,
+                                 WIRE_RELEASE_SERVER, 0);
+                struct {
+                        u128 checksum;
+                        u128 padding;
+                        uint64_t op;
+                } request = {.checksum = store[2][op]->header->checksum, .op = op};
+                memcpy(ask->header->raw, &request, sizeof(request));
+                uint32_t before = event_count;
+                replica_on_message(&replicas[2], 1, ask);
+                message_unref(&pool, ask);
+                bool served = false;
+                for (uint32_t k = before; k < event_count; k++) {
+                        const struct event *e = &events[(event_head + k) % EVENTS_MAX];
+                        served |= e->kind == EVENT_MESSAGE && e->to == 0 &&
+                                  e->message->header->command == COMMAND_PREPARE &&
+                                  e->message->header->checksum == request.checksum;
+                }
+                CHECK(served);
+        }
         CHECK(create_accounts(0, 5000, 1, 1000));
         run(1000);
         CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
