@@ -1128,7 +1128,14 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                 uint32_t slot = (uint32_t)(op % slots);
                 bool ok = header_recover(r, d, slot, &header, scratch) &&
                           header.prepare.op == op;
-                bool chains = ok && forward && header.prepare.parent == expected;
+                /*
+                 * After the op log_view began at, every op of its log was prepared in it: an
+                 * entry of an older view there is stale (its branch was cut by the view
+                 * change) even when it chains, and taking it would splice two logs.
+                 */
+                bool in_view = v->log_view == 0 || v->anchor_op == 0 || op <= v->anchor_op ||
+                               header.view == v->log_view;
+                bool chains = ok && forward && header.prepare.parent == expected && in_view;
                 bool current = ok && op > anchor && header.view == v->log_view;
                 if (!chains)
                         forward = false;
@@ -1143,6 +1150,7 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
         /* Back from the anchor: what chains to it is the log as log_view began. */
         if (anchor != 0) {
                 expected = v->anchor_checksum;
+                uint64_t low = anchor + 1; /* the lowest op that chains back to the anchor */
                 for (uint64_t op = anchor; op > checkpoint_op; op--) {
                         uint32_t slot = (uint32_t)(op % slots);
                         if (!header_recover(r, d, slot, &header, scratch) ||
@@ -1151,6 +1159,33 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                         r->journal_headers[slot] = header;
                         r->journal_state[slot] = SLOT_MISSING;
                         expected = header.prepare.parent;
+                        low = op;
+                }
+                /*
+                 * Where that chain stops, the forward chain must meet it: an intact entry of
+                 * another checksum just below is a prepare of a branch the view change cut
+                 * (this replica crashed before repairing it), and the forward chain under it
+                 * may be that branch too. Spliced onto log_view's ops it would make a log no
+                 * primary ever had (the simulator: a request executed twice). Those ops are
+                 * unknown here: placeholders, faulty (this replica may have acknowledged what
+                 * they were), repaired from peers one under the other.
+                 */
+                uint32_t below = (uint32_t)((low - 1) % slots);
+                if (low - 1 > checkpoint_op && r->journal_state[below] != SLOT_EMPTY &&
+                    r->journal_headers[below].prepare.op == low - 1 &&
+                    r->journal_headers[below].checksum != expected) {
+                        for (uint64_t op = checkpoint_op + 1; op < low; op++) {
+                                uint32_t slot = (uint32_t)(op % slots);
+                                memset(&r->journal_headers[slot], 0,
+                                       sizeof(r->journal_headers[slot]));
+                                r->journal_headers[slot].prepare.op = op;
+                                r->journal_state[slot] = SLOT_FAULTY;
+                        }
+                        log_warn("recovery: the journal under the view's anchor is of a "
+                                 "branch the view change cut; ops %llu to %llu are repaired "
+                                 "from peers",
+                                 (unsigned long long)(checkpoint_op + 1),
+                                 (unsigned long long)(low - 1));
                 }
                 last = MAX(last, anchor);
         }

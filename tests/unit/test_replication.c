@@ -630,6 +630,47 @@ static void test_backup_gap_survives_restart(void)
         cluster_stop();
 }
 
+/*
+ * A backup joined a view whose log replaced part of its own (a branch the view change cut),
+ * and crashed before repairing it: under the view's anchor its disk still holds a prepare of
+ * the cut branch, which chains onto the ops before it. Recovery must not splice that branch
+ * onto the view's log (a request would execute twice): the ops under the break are unknown,
+ * faulty placeholders, and repaired from peers.
+ */
+static void test_recovery_cut_branch(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint32_t k = 0; k < 8; k++)
+                CHECK(create_accounts(0, 1 + k, 1, 1000));
+        run(100);
+        uint64_t op = replicas[2].op;
+        CHECK(op >= 6);
+        /* Its view began at its head (the anchor); op - 2 on its disk is of another branch. */
+        durable_state[2].anchor_op = op;
+        durable_state[2].anchor_checksum = store[2][op]->header->checksum;
+        uint64_t cut = op - 2;
+        struct message *stale = message_pool_get(&pool);
+        memcpy(stale->buffer, store[2][cut]->buffer, store[2][cut]->header->size);
+        stale->header->prepare.timestamp += 1; /* another prepare of that op */
+        wire_header_set_checksum(stale->header);
+        message_unref(&pool, store[2][cut]);
+        store[2][cut] = stale;
+        replica_restart(2);
+        CHECK_EQ_U64(replicas[2].op, op);
+        CHECK_EQ_U64(replicas[2].journal_state[cut % 1024], SLOT_FAULTY);
+        CHECK(replicas[2].journal_headers[cut % 1024].checksum == 0);
+        CHECK(replicas[2].journal_headers[(cut + 1) % 1024].checksum != 0);
+        /* Repaired from peers: the same log as theirs. */
+        CHECK(create_accounts(0, 100, 2, 1000));
+        run(300);
+        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
+        CHECK_EQ_U64(accounts_on(2), 10);
+        cluster_stop();
+}
+
 static void test_all_restart(void)
 {
         cluster_start(3);
@@ -797,6 +838,7 @@ int main(void)
         TEST_RUN(test_five_replicas_two_down);
         TEST_RUN(test_backup_restarts);
         TEST_RUN(test_backup_gap_survives_restart);
+        TEST_RUN(test_recovery_cut_branch);
         TEST_RUN(test_all_restart);
         TEST_RUN(test_state_sync);
         TEST_RUN(test_checkpoint_lost);
