@@ -67,7 +67,8 @@ int replica_init(struct replica *r, const struct replica_config *config,
         r->ledger = ledger;
         r->journal_headers = calloc(config->wal_slot_count, sizeof(struct wire_header));
         r->journal_state = calloc(config->wal_slot_count, 1);
-        if (r->journal_headers == NULL || r->journal_state == NULL) {
+        r->repair_asked = calloc(config->wal_slot_count, sizeof(*r->repair_asked));
+        if (r->journal_headers == NULL || r->journal_state == NULL || r->repair_asked == NULL) {
                 log_error("cannot allocate the journal index slots=%u", config->wal_slot_count);
                 return -1;
         }
@@ -89,6 +90,7 @@ void replica_deinit(struct replica *r)
         free(r->image.blocks);
         free(r->journal_headers);
         free(r->journal_state);
+        free(r->repair_asked);
         memset(r, 0, sizeof(*r));
 }
 
@@ -100,6 +102,7 @@ void replica_abandon(struct replica *r)
         free(r->image.blocks);
         free(r->journal_headers);
         free(r->journal_state);
+        free(r->repair_asked);
         memset(r, 0, sizeof(*r));
 }
 

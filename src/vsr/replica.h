@@ -347,6 +347,8 @@ struct replica {
         /* The journal in memory: each slot's header and what is known about its prepare. */
         struct wire_header *journal_headers;
         uint8_t *journal_state;
+        /* Repair: when each slot's op was last asked of a peer (not again within a round). */
+        uint64_t *repair_asked;
         /* Primary: the prepares being replicated, ops (commit, op]. */
         struct replica_pipeline_entry pipeline[REPLICA_PIPELINE_MAX];
         uint32_t pipeline_head;

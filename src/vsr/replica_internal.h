@@ -14,7 +14,7 @@
 #define TICKS_PREPARE_RESEND 20u       /* primary: retransmit unacknowledged prepares */
 #define TICKS_REPAIR 10u               /* ask again for missing prepares */
 #define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
-#define REPAIR_REQUESTS_MAX 16u        /* missing prepares asked for at once */
+#define REPAIR_REQUESTS_MAX 64u        /* missing prepares asked for and not yet here */
 #define TICKS_SYNC_RETRY 50u           /* state sync: ask again after 500 ms of silence */
 #define TICKS_SYNC_GAP 5u              /* state sync: a chunk came early: ask again for the one awaited, at most every 50 ms */
 #define TICKS_SYNC_SERVE_IDLE 300u     /* state sync: a held checkpoint is let go after 3 s */

@@ -595,10 +595,18 @@ static void on_headers(struct replica *r, struct message *m, int from)
 
 static void repair(struct replica *r, int target)
 {
-        if (r->config.replica_count == 1)
+        /* A state sync replaces the log: prepares repaired meanwhile would be refused. */
+        if (r->config.replica_count == 1 || r->sync.active)
                 return;
         r->repair_tick = r->tick;
         request_headers(r);
+        /*
+         * Up to REPAIR_REQUESTS_MAX ops asked for and not yet here; an op is asked for again
+         * only a round (TICKS_REPAIR) after it was asked. A replica catching up under load
+         * calls this for every prepare that does not chain yet: asking the same ops each time
+         * filled the link to the peer with duplicates (thousands of requests a second dropped
+         * by a full send queue) and it never closed the gap.
+         */
         uint32_t asked = 0;
         uint64_t last = MAX(r->op, r->commit_max);
         for (uint64_t op = r->commit + 1; op <= last && asked < REPAIR_REQUESTS_MAX; op++) {
@@ -608,6 +616,12 @@ static void repair(struct replica *r, int target)
                         continue;
                 if (h == NULL && op > r->op + 1)
                         break; /* ask for the next op first; it tells the chain */
+                uint64_t *asked_tick = &r->repair_asked[replica_slot(r, op)];
+                if (*asked_tick != 0 && r->tick - *asked_tick < TICKS_REPAIR) {
+                        asked++; /* in flight */
+                        continue;
+                }
+                *asked_tick = r->tick;
                 struct message *m = header_only(r, COMMAND_REQUEST_PREPARE);
                 if (m == NULL)
                         return;
