@@ -8,7 +8,8 @@
 # Bounded: the load runs LOAD_SECONDS and everything is stopped at the end.
 #
 #   PRELOAD=500000 LOAD_SECONDS=40 LOAD_CLIENTS=4 LOAD_BATCH=10 bench/resync_under_load.sh
-#   (LOAD_CLIENTS=0: no load, the time to copy and install alone)
+#   (LOAD_CLIENTS=0: no load, the time to copy and install alone; RESYNC_LOG=<file>: keep the
+#   re-formatted replica's log there)
 set -u
 cd "$(dirname "$0")/.."
 PRELOAD=${PRELOAD:-500000}
@@ -70,4 +71,10 @@ started=$(grep -m1 'state sync started' "$log")
 [ -n "$first" ] && echo "  first installed $(since "$first") s after its restart: ${first##*info  }"
 [ -n "$last" ] && echo "  last installed $(since "$last") s after its restart: ${last##*info  }"
 echo "  the load ended $(seconds_between "$restarted" "$load_ended") s after its restart"
+copied=$(grep -o 'state sync installed.* bytes_copied=[0-9]*' "$log" | sed 's/.*bytes_copied=//' |
+  awk '{ s += $1 } END { printf "%.1f", s / 1e6 }')
+echo "  bytes copied by its installed syncs: ${copied} MB"
+caught=$(grep -m1 'caught up with the cluster' "$log")
+[ -n "$caught" ] && echo "  first caught up $(since "$caught") s after its restart: ${caught##*info  }"
 for i in 0 1 2; do ./tally inspect --live "$DIR/0_$i.tally" 2>/dev/null | grep -m1 '(in use)' | sed "s/^/  replica $i: /"; done
+[ -n "${RESYNC_LOG:-}" ] && cp "$log" "$RESYNC_LOG" && echo "  its log: $RESYNC_LOG"

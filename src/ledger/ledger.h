@@ -190,6 +190,11 @@ int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
  */
 int ledger_block_read(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block);
 int ledger_block_install(struct ledger *ledger, const uint8_t *block);
+/*
+ * True if the device holds the block `ref` names, whole (read into `block`, LSM_BLOCK_SIZE);
+ * false, silently, if not: state sync asks this of every block of a peer's checkpoint.
+ */
+bool ledger_block_present(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block);
 /* The caller's user bytes of a checkpoint's root block; -1 if it is not one. */
 int ledger_root_user(const uint8_t *root_block, void *user, uint32_t *user_size);
 /*

@@ -819,6 +819,18 @@ int ledger_block_read(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *
         return 0;
 }
 
+bool ledger_block_present(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block)
+{
+        struct lsm_device *device = &ledger->grid.device;
+        int rc = device->probe != NULL ? device->probe(device->context, ref.address, block)
+                                       : device->read(device->context, ref.address, block);
+        if (rc != 0)
+                return false;
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        return h->kind != LSM_BLOCK_NONE && h->kind < LSM_BLOCK_KIND_COUNT &&
+               lsm_block_check(block, ref, (enum lsm_block_kind)h->kind) == NULL;
+}
+
 int ledger_block_install(struct ledger *ledger, const uint8_t *block)
 {
         const struct lsm_block_header *h = (const struct lsm_block_header *)block;

@@ -85,6 +85,12 @@ struct lsm_device {
          */
         void (*read_async)(void *context, uint64_t address, uint8_t *block,
                            void (*callback)(void *token, int result), void *token);
+        /*
+         * Optional: a read that looks for a block which may well not be there (state sync
+         * checks which of a peer's blocks it already holds), so a test device injects no fault
+         * and reports nothing. Without it, `read`.
+         */
+        int (*probe)(void *context, uint64_t address, uint8_t *block);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */

@@ -357,10 +357,17 @@ static void format_cluster(const struct metrics_sources *s, struct expo *e)
               s->backup_pin != NULL && s->backup_pin->active ? s->backup_pin->op : 0);
         gauge(e, "tally_state_sync_active", "1 while copying a peer's checkpoint.",
               r->sync.active);
-        gauge(e, "tally_state_sync_received_bytes", "Bytes of the checkpoint copied so far.",
-              r->sync.active ? r->sync.offset : 0);
+        gauge(e, "tally_state_sync_received_bytes",
+              "Bytes of the checkpoint being copied that are here (found or copied) so far.",
+              r->sync.active ? r->sync.present * LSM_BLOCK_SIZE : 0);
         gauge(e, "tally_state_sync_size_bytes", "Size of the checkpoint being copied.",
-              r->sync.active ? r->sync.size : 0);
+              r->sync.active ? r->sync.block_count * LSM_BLOCK_SIZE : 0);
+        counter(e, "tally_state_sync_copied_bytes_total",
+                "Bytes of grid blocks state syncs copied from peers.",
+                st->state_sync_blocks_copied * LSM_BLOCK_SIZE);
+        counter(e, "tally_state_sync_kept_bytes_total",
+                "Bytes of the checkpoints state syncs completed that were already here, not copied.",
+                st->state_sync_blocks_kept * LSM_BLOCK_SIZE);
         counter(e, "tally_peer_messages_dropped_total", "Replica messages refused (see logs).",
                 r->peer_messages_dropped);
         if (r->config.replica_count > 1) {
@@ -518,9 +525,11 @@ bool metrics_ready(const struct metrics_sources *s, char *why, size_t why_size)
                 return false;
         }
         if (r->sync.active) {
-                snprintf(why, why_size, "copying a checkpoint from replica %u (%llu of %llu bytes)",
-                         r->sync.source, (unsigned long long)r->sync.offset,
-                         (unsigned long long)r->sync.size);
+                snprintf(why, why_size,
+                         "copying a checkpoint from replica %u (%llu of %llu bytes here)",
+                         r->sync.source,
+                         (unsigned long long)(r->sync.present * LSM_BLOCK_SIZE),
+                         (unsigned long long)(r->sync.block_count * LSM_BLOCK_SIZE));
                 return false;
         }
         /* A single replica has nothing to catch up with; in a cluster a fresh one may lack

@@ -648,7 +648,13 @@ static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *s
                 uint32_t sectors = (uint32_t)sim_prng_range(&sim->grid_prng, 1,
                                                             LSM_BLOCK_SIZE / GRID_SECTOR - 1);
                 memcpy(torn, block, (size_t)sectors * GRID_SECTOR);
-                if (device.write(device.context, address, torn) == 0) {
+                /* Every byte the checksum covers landed: the block is whole, not torn. */
+                const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+                bool whole = (uint64_t)sectors * GRID_SECTOR >= h->size;
+                if (whole && device.write(device.context, address, torn) == 0) {
+                        grid_damage_remove(disk, address);
+                        disk->grid_written_max = MAX(disk->grid_written_max, address);
+                } else if (!whole && device.write(device.context, address, torn) == 0) {
                         grid_damage_add(disk, address, SIM_GRID_TORN);
                         disk->grid_written_max = MAX(disk->grid_written_max, address);
                         sim_count_fault(sim, SIM_FAULT_GRID_TORN);
@@ -704,9 +710,21 @@ static int grid_write(void *context, uint64_t address, const uint8_t *block)
         return rc;
 }
 
+/*
+ * State sync looking for a block it may already hold: whatever is at the address, torn or
+ * rotten, is returned for its checksum to judge (no fault injected, nothing reported).
+ */
+static int grid_probe(void *context, uint64_t address, uint8_t *block)
+{
+        struct sim_replica *sr = context;
+        struct lsm_device device = lsm_device_memory(&sr->disk.grid);
+        return device.read(device.context, address, block);
+}
+
 struct lsm_device sim_grid_device(struct sim_replica *sr)
 {
-        return (struct lsm_device){.context = sr, .read = grid_read, .write = grid_write};
+        return (struct lsm_device){
+                .context = sr, .read = grid_read, .write = grid_write, .probe = grid_probe};
 }
 
 void sim_grid_corrupt_one(struct sim *sim, struct sim_replica *sr)

@@ -96,9 +96,7 @@ void replica_deinit(struct replica *r)
 
 void replica_abandon(struct replica *r)
 {
-        free(r->sync.root_block);
-        free(r->sync.block);
-        free(r->sync.legacy_blob);
+        sync_free_memory(r);
         free(r->image.blocks);
         free(r->journal_headers);
         free(r->journal_state);

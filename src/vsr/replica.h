@@ -18,6 +18,8 @@
 #ifndef TALLY_VSR_REPLICA_H
 /* State sync: chunks a receiver asks for at once (replica_sync.c, request_chunks). */
 #define REPLICA_SYNC_WINDOW 8u
+/* State sync: a block once looked for at an address was not there (sync.known). */
+#define REPLICA_SYNC_NOT_HERE (~(u128)0)
 #define TALLY_VSR_REPLICA_H
 
 #include "ledger/ledger.h"
@@ -295,6 +297,8 @@ struct replica_stats {
         uint64_t repairs_served;
         uint64_t state_syncs_started;
         uint64_t state_syncs_installed;
+        uint64_t state_sync_blocks_copied; /* blocks a state sync wrote from a peer */
+        uint64_t state_sync_blocks_kept;   /* blocks it found already here, not copied */
         /* Primary: request received -> reply queued, for requests it prepared itself. */
         struct histogram request_latency;
 };
@@ -407,30 +411,59 @@ struct replica {
                 uint64_t timestamp;
                 uint64_t tick; /* the last request for it */
         } serving;
-        /* State sync (receiving side): a peer's checkpoint's blocks go straight to the grid. */
+        /*
+         * State sync (receiving side, replica_sync.c): the list of a peer's checkpoint's
+         * blocks, then only the blocks our grid does not already hold, straight to the grid.
+         */
         struct {
                 bool active;
                 uint8_t source;
+                uint8_t phase;        /* enum replica_sync_phase */
                 uint64_t checkpoint_op;
-                uint64_t size;        /* bytes of the image: blocks x LSM_BLOCK_SIZE */
                 struct lsm_block_ref root;
                 u128 prepare_checksum;
                 uint64_t timestamp;
+                /* The block list (or a format 1 replica's blob), received in order. */
+                uint64_t size;        /* bytes of that stream */
                 uint64_t offset;      /* bytes received */
                 uint64_t requested;   /* the next offset to ask for (a window ahead of offset) */
                 uint32_t chunk;       /* the source's chunk size, once its first chunk came */
                 uint64_t gap_tick;    /* when a lost chunk last made us ask again */
                 /* Chunks that arrived ahead of the one awaited, by (offset / chunk) % window. */
                 struct message *early[REPLICA_SYNC_WINDOW];
+                uint8_t *list;        /* the list's bytes: 32 per block (lsm_block_ref) */
+                /* The blocks of the list: which are here, which are asked for. */
+                struct lsm_block_ref *blocks;
+                uint64_t block_count;
+                uint8_t *block_state; /* per block: unknown, present or needed */
+                uint64_t classified;  /* blocks 0..classified-1 are known present or needed */
+                uint64_t present;     /* blocks of the list our grid now holds */
+                uint64_t cursor;      /* image byte offset of the next request */
+                uint32_t inflight;    /* requests not yet answered */
+                uint64_t copied;      /* blocks copied by this sync (every checkpoint it tried) */
+                uint64_t target_copied; /* of those, blocks of the checkpoint it copies now */
+                /* Blocks arriving in pieces (messages smaller than a block). */
+                struct {
+                        bool used;
+                        uint64_t index;
+                        uint32_t mask; /* pieces received, by offset within the block / chunk */
+                        uint8_t *block;
+                } pieces[REPLICA_SYNC_WINDOW];
+                /*
+                 * What our grid holds, by address: the checksum of the block known to be
+                 * there (0: not known; REPLICA_SYNC_NOT_HERE: not the block once wanted).
+                 */
+                u128 *known;
+                uint64_t known_count;
+                uint64_t install_blocks; /* the installed checkpoint's block count */
                 uint8_t *root_block;  /* the root, kept for its session table */
-                uint8_t *block;       /* the block being gathered from chunks */
-                bool awaiting_mark;   /* a chunk waits for grid_syncing to be durable */
+                bool awaiting_mark;   /* blocks wait for grid_syncing to be durable */
                 /* A format 1 replica's checkpoint (a rolling upgrade): its blob, converted here. */
                 bool legacy;
                 uint8_t *legacy_blob;
                 uint64_t replies_missing; /* bit i: session i's reply still to fetch */
                 struct message *replies[REPLICA_CLIENTS_MAX];
-                uint64_t tick;        /* last request, for retries */
+                uint64_t tick;        /* last request or progress, for retries */
         } sync;
         bool checkpoint_in_progress;
         uint64_t checkpoint_retry_tick; /* after storage refused one, not before this tick */
@@ -453,7 +486,25 @@ void replica_abandon(struct replica *replica);
 /*
  * The fields of the state sync messages (request_blocks, block, request_reply), in the first
  * bytes of the header's command-specific part. `tally backup` speaks them too.
+ *
+ * `kind` says what a request_blocks asks for and a block carries:
+ *   image:  bytes of the checkpoint's image at `offset`, in order (backups; format 1 peers);
+ *   list:   bytes of the checkpoint's block list at `offset` (32 per block: address, 0,
+ *           checksum; the root first), `size` = the list's bytes;
+ *   blocks: image bytes at `offset`, at most `size` of them (a request), a run of the blocks
+ *           the receiver lacks. A request for a checkpoint the source no longer serves is
+ *           answered with the first chunk of its durable checkpoint's list.
  */
+enum replica_sync_kind {
+        REPLICA_SYNC_IMAGE = 0,
+        REPLICA_SYNC_LIST = 1,
+        REPLICA_SYNC_BLOCKS = 2,
+};
+enum replica_sync_phase {
+        REPLICA_SYNC_PHASE_LIST = 0,    /* receiving the list (or a format 1 blob) */
+        REPLICA_SYNC_PHASE_BLOCKS = 1,  /* copying the blocks we lack */
+        REPLICA_SYNC_PHASE_REPLIES = 2, /* every block here: fetching the sessions' replies */
+};
 struct replica_sync_fields {
         uint64_t checkpoint_op;
         uint64_t size;
@@ -461,11 +512,12 @@ struct replica_sync_fields {
         uint64_t timestamp;
         uint64_t offset;
         uint32_t slot;
-        uint32_t reserved;
+        uint32_t kind; /* enum replica_sync_kind */
         u128 checksum;
         u128 root_checksum; /* the checkpoint's root block */
         uint64_t root_address;
-        uint64_t reserved_1;
+        uint32_t chunk; /* block: the source's chunk size (a multiple of 4096 bytes) */
+        uint32_t reserved_1;
 };
 _Static_assert(sizeof(struct replica_sync_fields) == 112, "sync fields size");
 

@@ -67,6 +67,8 @@ void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op);
 void sync_on_message(struct replica *r, struct message *m);
 void sync_tick(struct replica *r);
 void sync_deinit(struct replica *r);
+/* Frees what state sync allocated, touching no message (replica_abandon). */
+void sync_free_memory(struct replica *r);
 
 /* replication.c */
 void replication_init(struct replica *r);

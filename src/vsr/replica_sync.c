@@ -1,20 +1,30 @@
 /*
  * replica_sync.c: state sync. A replica so far behind that its peers no longer journal the
- * ops it lacks (after a long absence, or a wiped data file) copies the primary's latest durable
- * checkpoint instead: its image (every grid block the checkpoint needs, the root first) in
- * chunks, each block written straight to this replica's grid at its own address, then each
- * session's cached reply; then it opens the ledger from the copied root, writes it as its own
- * checkpoint, and repairs the ops after it from the journals as usual.
+ * ops it lacks (after a long absence, or a wiped data file) copies a peer's latest durable
+ * checkpoint instead, and only the blocks of it that its own grid does not already hold:
+ *
+ *   1. the list: every block the checkpoint needs, (address, checksum) each, the root first;
+ *   2. each block of the list is looked up here: named by our own durable checkpoint with the
+ *      same (address, checksum), written by this copy, or found whole at its address by a
+ *      read. A block is named by both, so one found here is the very block wanted;
+ *   3. the rest is asked for in runs, a window ahead, and written straight to our grid at its
+ *      own address; then each session's cached reply; then the ledger opens from the copied
+ *      root, writes it as its own checkpoint, and repairs the ops after it from the journals.
+ *
+ * A replica away for a while shares all but the tables written since it left, a re-formatted
+ * one nothing; a second copy, after the cluster moved past the journals during the first,
+ * copies only what changed meanwhile, so copies under load get small and converge.
  *
  * The checkpoint is committed state, so taking it from any peer is safe. Blocks go to the grid
  * only once the superblock says the grid is being overwritten (grid_syncing, durable): a crash
- * in the middle then finds no checkpoint to trust and syncs again. Nothing executes meanwhile
- * (the ledger's own blocks are being overwritten). If the source's durable checkpoint moves on
- * during the copy, the copy starts again from the new one.
+ * in the middle then finds no checkpoint to trust and syncs again (finding by reads what it
+ * had copied). Nothing executes meanwhile (the ledger's own blocks are being overwritten). The
+ * source holds the checkpoint being copied (ledger_hold); if it lets go of it, it answers
+ * with its newer checkpoint's list and the copy goes on from there.
  *
- * Messages (our own use of TigerBeetle's commands between replicas):
- *   request_blocks: want the chunk at `offset` of your durable checkpoint
- *   block:          checkpoint op, blob size, anchor checksum, timestamp, offset; body = chunk
+ * Messages (our own use of TigerBeetle's commands between replicas; `kind`, replica.h):
+ *   request_blocks: want the list's or the image's bytes at `offset` of a checkpoint
+ *   block:          checkpoint op, size, anchor checksum, timestamp, offset; body = bytes
  *   request_reply:  want the reply in `slot` with checksum `checksum` of that checkpoint
  *   reply:          (from a replica, while syncing) that reply
  */
@@ -120,10 +130,13 @@ static void sync_send(struct replica *r, struct message *m, uint8_t to)
         message_unref(r->pool, m);
 }
 
-static void request_chunk_at(struct replica *r, uint64_t offset)
+/* Asks the source for `size` bytes (0: a chunk) of the list or the image at `offset`. */
+static void request_at(struct replica *r, uint32_t kind, uint64_t offset, uint64_t size)
 {
         struct sync_fields f = {.checkpoint_op = r->sync.checkpoint_op,
+                                .size = size,
                                 .offset = offset,
+                                .kind = kind,
                                 .root_address = r->sync.root.address,
                                 .root_checksum = r->sync.root.checksum};
         struct message *m = sync_message(r, COMMAND_REQUEST_BLOCKS, &f);
@@ -134,23 +147,23 @@ static void request_chunk_at(struct replica *r, uint64_t offset)
 }
 
 /*
- * Asks for the chunks of a window ahead of the one awaited (one per round trip, a 135 MB image
- * in 28 KiB chunks took 1.3 s of round trips on loopback while a quorum waited for it). The
- * source answers in order over one connection, so chunks arrive in order; a chunk beyond the
- * one awaited means one was lost, and the window is asked for again from there (on_block).
+ * The list (or a format 1 replica's blob) comes in order: asks for the chunks of a window
+ * ahead of the one awaited (one per round trip made a large copy a long wait on round trips).
+ * The source answers in order over one connection, so chunks arrive in order; a chunk beyond
+ * the one awaited means one was lost, and the window is asked for again from there (on_block).
  * Until the source's chunk size is known (its first chunk), one chunk is asked for.
  */
 static void request_chunks(struct replica *r)
 {
         if (r->sync.chunk == 0 || r->sync.size == 0) {
-                request_chunk_at(r, r->sync.offset);
+                request_at(r, REPLICA_SYNC_LIST, r->sync.offset, 0);
                 return;
         }
         if (r->sync.requested < r->sync.offset)
                 r->sync.requested = r->sync.offset;
         while (r->sync.requested < r->sync.size &&
                r->sync.requested < r->sync.offset + (uint64_t)SYNC_WINDOW * r->sync.chunk) {
-                request_chunk_at(r, r->sync.requested);
+                request_at(r, REPLICA_SYNC_LIST, r->sync.requested, 0);
                 r->sync.requested += r->sync.chunk;
         }
 }
@@ -202,13 +215,55 @@ static void sync_replies_release(struct replica *r)
         r->sync.replies_missing = 0;
 }
 
+/* Blocks half gathered from pieces are dropped (they are asked for again whole). */
+static void sync_pieces_release(struct replica *r)
+{
+        for (uint32_t i = 0; i < SYNC_WINDOW; i++) {
+                r->sync.pieces[i].used = false;
+                r->sync.pieces[i].mask = 0;
+        }
+}
+
+/* Forgets the checkpoint being copied (not what our grid is known to hold): a new one. */
+static void sync_target_forget(struct replica *r)
+{
+        sync_early_release(r);
+        sync_replies_release(r);
+        sync_pieces_release(r);
+        free(r->sync.list);
+        free(r->sync.block_state);
+        r->sync.list = NULL;
+        r->sync.blocks = NULL;
+        r->sync.block_state = NULL;
+        r->sync.block_count = 0;
+        r->sync.classified = 0;
+        r->sync.present = 0;
+        r->sync.cursor = 0;
+        r->sync.inflight = 0;
+        r->sync.target_copied = 0;
+        r->sync.phase = REPLICA_SYNC_PHASE_LIST;
+        r->sync.size = 0;
+        r->sync.offset = 0;
+        r->sync.requested = 0;
+        r->sync.root = (struct lsm_block_ref){0};
+}
+
+void sync_free_memory(struct replica *r)
+{
+        free(r->sync.list);
+        free(r->sync.block_state);
+        free(r->sync.known);
+        for (uint32_t i = 0; i < SYNC_WINDOW; i++)
+                free(r->sync.pieces[i].block);
+        free(r->sync.root_block);
+        free(r->sync.legacy_blob);
+}
+
 static void sync_reset(struct replica *r)
 {
         sync_early_release(r);
         sync_replies_release(r);
-        free(r->sync.root_block);
-        free(r->sync.block);
-        free(r->sync.legacy_blob);
+        sync_free_memory(r);
         memset(&r->sync, 0, sizeof(r->sync));
 }
 
@@ -217,14 +272,59 @@ void sync_deinit(struct replica *r)
         sync_reset(r);
 }
 
+/* ---- what our grid holds -------------------------------------------------------------- */
+
+static bool known_set(struct replica *r, uint64_t address, u128 checksum)
+{
+        if (address >= r->sync.known_count) {
+                uint64_t count = MAX(address + 1, MAX(r->sync.known_count * 2, 4096u));
+                u128 *known = realloc(r->sync.known, count * sizeof(*known));
+                if (known == NULL)
+                        return false;
+                memset(known + r->sync.known_count, 0,
+                       (count - r->sync.known_count) * sizeof(*known));
+                r->sync.known = known;
+                r->sync.known_count = count;
+        }
+        r->sync.known[address] = checksum;
+        return true;
+}
+
+/* What is known of the block at ref's address: 0 not known, 1 it is here, -1 it is not. */
+static int known_of(const struct replica *r, struct lsm_block_ref ref)
+{
+        if (ref.address >= r->sync.known_count || r->sync.known[ref.address] == 0)
+                return 0;
+        return r->sync.known[ref.address] == ref.checksum ? 1 : -1;
+}
+
+static int known_add(void *context, struct lsm_block_ref ref, uint8_t kind)
+{
+        (void)kind;
+        return known_set(context, ref.address, ref.checksum) ? 0 : -1;
+}
+
+/*
+ * Whether a peer whose durable checkpoint is `checkpoint_op` still journals the ops after our
+ * commit, so that repair catches us up (unless an earlier sync left our grid half overwritten:
+ * then only a copy helps). A replica overwrites only ops its durable checkpoint covers, and
+ * its head runs about an interval past that checkpoint, so its journal reaches back about
+ * wal_slot_count - interval ops before the head; two intervals behind the checkpoint is
+ * within reach. A copy costs far more than catching up by repair (a replica catching up under
+ * load runs a few hundred ops behind), so it waits until then. Should the peer's head run
+ * further ahead, repair finds nothing, falls further behind, and the copy starts then.
+ */
+static bool sync_journals_cover(const struct replica *r, uint64_t checkpoint_op)
+{
+        return checkpoint_op <= r->commit + 2 * (uint64_t)r->config.checkpoint_interval;
+}
+
 void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
 {
         if (r->sync.active || r->checkpoint_in_progress || r->config.replica_count == 1 ||
             source == r->config.replica)
                 return;
-        /* Within an interval of the source's checkpoint its journal still has what we lack
-         * (unless an earlier sync left our grid half overwritten: then only a copy helps). */
-        if (checkpoint_op <= r->commit + r->config.checkpoint_interval && !r->grid_syncing)
+        if (sync_journals_cover(r, checkpoint_op) && !r->grid_syncing)
                 return;
         log_info("state sync started source=%u checkpoint_op=%llu commit=%llu", source,
                  (unsigned long long)checkpoint_op, (unsigned long long)r->commit);
@@ -233,8 +333,21 @@ void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
         r->stats.state_syncs_started++;
         r->sync.source = source;
         r->sync.checkpoint_op = checkpoint_op;
+        /*
+         * Our own durable checkpoint's blocks stay as they are until it is superseded (none
+         * can be while a sync is active), so what it names is here. Without one we trust (an
+         * interrupted sync, a repair), blocks are looked for by reads.
+         */
+        if (!r->grid_syncing && r->checkpoint_root_durable.address != 0 &&
+            ledger_checkpoint_blocks(r->ledger, r->checkpoint_root_durable, known_add, r) != 0) {
+                free(r->sync.known);
+                r->sync.known = NULL;
+                r->sync.known_count = 0;
+        }
         request_chunks(r);
 }
+
+/* ---- the source ------------------------------------------------------------------------ */
 
 /*
  * The checkpoint to serve a request from: the one the peer is copying, while this replica
@@ -267,6 +380,17 @@ static bool serving_pick(struct replica *r, const struct sync_fields *want)
         return true;
 }
 
+/* The list's bytes at `offset`: 32 per block, as lsm_block_ref lays them out. */
+static uint32_t list_read(struct replica *r, uint64_t offset, uint8_t *into, uint32_t size)
+{
+        uint64_t bytes = r->image.count * sizeof(struct lsm_block_ref);
+        uint32_t n = (uint32_t)MIN((uint64_t)size, bytes - MIN(bytes, offset));
+        memcpy(into, (const uint8_t *)r->image.blocks + offset, n);
+        return n;
+}
+
+_Static_assert(sizeof(struct lsm_block_ref) == 32, "a list entry is 32 bytes");
+
 static void serve_chunk(struct replica *r, const struct message *request)
 {
         struct sync_fields want;
@@ -279,24 +403,39 @@ static void serve_chunk(struct replica *r, const struct message *request)
         uint64_t blocks = replica_image_blocks(r, r->serving.root);
         if (blocks == 0)
                 return;
+        /* A receiver copying a checkpoint we no longer serve gets our durable one's list. */
+        uint32_t kind = want.kind;
+        if (kind == REPLICA_SYNC_BLOCKS && !continuing)
+                kind = REPLICA_SYNC_LIST;
+        if (kind != REPLICA_SYNC_LIST && kind != REPLICA_SYNC_BLOCKS)
+                kind = REPLICA_SYNC_IMAGE;
+        uint32_t body_max = r->config.request_size_max - WIRE_HEADER_SIZE;
+        uint32_t chunk = body_max >= LSM_BLOCK_SIZE
+                                 ? MIN(SYNC_CHUNK_SIZE, body_max / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE)
+                                 : body_max / 4096u * 4096u;
         struct sync_fields f = {
                 .checkpoint_op = r->serving.op,
-                .size = blocks * LSM_BLOCK_SIZE,
+                .size = kind == REPLICA_SYNC_LIST ? blocks * sizeof(struct lsm_block_ref)
+                                                  : blocks * LSM_BLOCK_SIZE,
                 .prepare_checksum = r->serving.prepare_checksum,
                 .timestamp = r->serving.timestamp,
                 .offset = continuing ? want.offset : 0,
+                .kind = kind,
                 .root_address = r->serving.root.address,
                 .root_checksum = r->serving.root.checksum,
+                .chunk = chunk,
         };
         struct message *m = sync_message(r, COMMAND_BLOCK, &f);
         if (m == NULL)
                 return;
-        uint32_t body_max = r->config.request_size_max - WIRE_HEADER_SIZE;
-        uint32_t chunk = body_max >= LSM_BLOCK_SIZE ? MIN(SYNC_CHUNK_SIZE, body_max / LSM_BLOCK_SIZE *
-                                                                              LSM_BLOCK_SIZE)
-                                                    : body_max / 4096u * 4096u;
+        if (kind == REPLICA_SYNC_BLOCKS && want.size != 0)
+                chunk = (uint32_t)MIN((uint64_t)chunk, want.size);
         uint32_t size = (uint32_t)MIN((uint64_t)chunk, f.size - MIN(f.size, f.offset));
-        int64_t n = size == 0 ? 0 : replica_image_read(r, r->serving.root, f.offset,
+        int64_t n;
+        if (kind == REPLICA_SYNC_LIST)
+                n = list_read(r, f.offset, message_body(m), size);
+        else
+                n = size == 0 ? 0 : replica_image_read(r, r->serving.root, f.offset,
                                                        message_body(m), size);
         if (n < 0 || (uint32_t)n != size) {
                 message_unref(r->pool, m);
@@ -321,12 +460,14 @@ static void serve_reply(struct replica *r, const struct message *request)
                 r->env.send_to_replica(r->env.context, request->header->replica, m);
         message_unref(r->pool, m);
         if (!read) {
-                /* Gone with a later checkpoint: the first chunk of the durable one restarts the
-                 * copy (asking on would never be answered). */
+                /* Gone with a later checkpoint: the first chunk of the durable one's list
+                 * restarts the copy (asking on would never be answered). */
                 struct sync_fields fresh = want;
                 fresh.root_address = 0;
                 fresh.root_checksum = 0;
                 fresh.checkpoint_op = 0;
+                fresh.kind = REPLICA_SYNC_LIST;
+                fresh.offset = 0;
                 if (r->serving.active) {
                         ledger_unhold(r->ledger);
                         r->serving.active = false;
@@ -340,6 +481,8 @@ static void serve_reply(struct replica *r, const struct message *request)
         }
 }
 
+/* ---- the receiver ---------------------------------------------------------------------- */
+
 static void sync_finish(struct replica *r)
 {
         if (r->commit >= r->sync.checkpoint_op) {
@@ -347,15 +490,17 @@ static void sync_finish(struct replica *r)
                 sync_reset(r);
                 return;
         }
-        if (replica_install(r, r->sync.root, r->sync.size / LSM_BLOCK_SIZE,
-                            r->sync.checkpoint_op, r->sync.prepare_checksum, r->sync.timestamp,
-                            r->sync.replies) != 0) {
+        if (replica_install(r, r->sync.root, r->sync.install_blocks, r->sync.checkpoint_op,
+                            r->sync.prepare_checksum, r->sync.timestamp, r->sync.replies) != 0) {
                 sync_reset(r);
                 return;
         }
         r->stats.state_syncs_installed++;
-        log_info("state sync installed checkpoint_op=%llu bytes_copied=%llu",
-                 (unsigned long long)r->sync.checkpoint_op, (unsigned long long)r->sync.size);
+        log_info("state sync installed checkpoint_op=%llu blocks=%llu blocks_copied=%llu "
+                 "bytes_copied=%llu",
+                 (unsigned long long)r->sync.checkpoint_op,
+                 (unsigned long long)r->sync.install_blocks, (unsigned long long)r->sync.copied,
+                 (unsigned long long)(r->sync.copied * LSM_BLOCK_SIZE));
         u128 anchor = r->sync.prepare_checksum;
         sync_reset(r);
         replica_checkpoint_installed(r, anchor);
@@ -383,8 +528,8 @@ static bool sync_take_early(struct replica *r)
 }
 
 /*
- * Our grid is about to be overwritten: the superblock must say so first. False (the chunk is
- * dropped, and asked for again the tick the mark is durable) until it does.
+ * Our grid is about to be overwritten: the superblock must say so first. False until it
+ * does (the tick the mark is durable goes on: sync_tick).
  */
 static bool sync_mark_durable(struct replica *r)
 {
@@ -403,7 +548,7 @@ static bool sync_chunk_done(struct replica *r, const struct sync_fields *f, uint
         r->sync.prepare_checksum = f->prepare_checksum;
         r->sync.timestamp = f->timestamp;
         if (r->sync.chunk == 0)
-                r->sync.chunk = size;
+                r->sync.chunk = f->chunk != 0 ? f->chunk : size; /* a format 1 peer: its first */
         if (r->sync.offset < r->sync.size) {
                 if (!sync_take_early(r))
                         request_chunks(r);
@@ -467,9 +612,256 @@ static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, cons
         log_info("state sync: converted a format 1 checkpoint checkpoint_op=%llu bytes=%llu",
                  (unsigned long long)r->sync.checkpoint_op, (unsigned long long)r->sync.size);
         r->sync.root = root;
-        r->sync.size = LSM_BLOCK_SIZE; /* what install and the replies' requests look at */
-        r->sync.offset = LSM_BLOCK_SIZE;
+        r->sync.install_blocks = 1;
+        r->sync.phase = REPLICA_SYNC_PHASE_REPLIES;
         sync_sessions_known(r);
+}
+
+enum { BLOCK_UNKNOWN = 0, BLOCK_PRESENT = 1, BLOCK_NEEDED = 2 };
+
+/* Probes of our own grid per call of blocks_pump: a copy goes on between them. */
+#define SYNC_PROBES_PER_PUMP 256u
+
+static void blocks_done(struct replica *r);
+
+/* One block of the list is here now. */
+static void block_present(struct replica *r, uint64_t index)
+{
+        r->sync.block_state[index] = BLOCK_PRESENT;
+        r->sync.present++;
+}
+
+/*
+ * Looks up which blocks are here (a few probes at a time), then asks for runs of those that
+ * are not, a window of requests ahead; the copy is done when every block is here.
+ */
+static void blocks_pump(struct replica *r)
+{
+        if (r->sync.phase != REPLICA_SYNC_PHASE_BLOCKS || r->sync.awaiting_mark)
+                return;
+        static uint8_t *probe;
+        if (probe == NULL && (probe = malloc(LSM_BLOCK_SIZE)) == NULL)
+                return;
+        uint32_t probes = 0;
+        while (r->sync.classified < r->sync.block_count) {
+                uint64_t i = r->sync.classified;
+                struct lsm_block_ref ref = r->sync.blocks[i];
+                int known = known_of(r, ref);
+                if (known == 0) {
+                        if (probes == SYNC_PROBES_PER_PUMP)
+                                break;
+                        probes++;
+                        known = ledger_block_present(r->ledger, ref, probe) ? 1 : -1;
+                        if (!known_set(r, ref.address,
+                                       known > 0 ? ref.checksum : REPLICA_SYNC_NOT_HERE)) {
+                                sync_reset(r);
+                                return;
+                        }
+                }
+                if (known > 0) {
+                        block_present(r, i);
+                } else {
+                        r->sync.block_state[i] = BLOCK_NEEDED;
+                }
+                r->sync.classified++;
+        }
+        if (probes > 0)
+                r->sync.tick = r->tick; /* progress, not silence */
+        uint32_t chunk = r->sync.chunk;
+        while (r->sync.inflight < SYNC_WINDOW &&
+               r->sync.cursor < r->sync.classified * LSM_BLOCK_SIZE) {
+                uint64_t i = r->sync.cursor / LSM_BLOCK_SIZE;
+                uint32_t within = (uint32_t)(r->sync.cursor % LSM_BLOCK_SIZE);
+                if (r->sync.block_state[i] != BLOCK_NEEDED) {
+                        r->sync.cursor = (i + 1) * LSM_BLOCK_SIZE;
+                        continue;
+                }
+                uint64_t size;
+                if (chunk >= LSM_BLOCK_SIZE) {
+                        uint64_t j = i + 1;
+                        while (j < r->sync.classified && r->sync.block_state[j] == BLOCK_NEEDED &&
+                               (j + 1 - i) * LSM_BLOCK_SIZE <= chunk)
+                                j++;
+                        size = (j - i) * LSM_BLOCK_SIZE;
+                } else {
+                        size = MIN(chunk, LSM_BLOCK_SIZE - within);
+                }
+                request_at(r, REPLICA_SYNC_BLOCKS, r->sync.cursor, size);
+                r->sync.inflight++;
+                r->sync.cursor += size;
+        }
+        if (r->sync.present == r->sync.block_count)
+                blocks_done(r);
+}
+
+/* The list is in: each block of it is looked for here, and the rest asked for. */
+static void list_done(struct replica *r)
+{
+        uint64_t count = r->sync.size / sizeof(struct lsm_block_ref);
+        r->sync.blocks = (struct lsm_block_ref *)r->sync.list;
+        r->sync.block_count = count;
+        r->sync.block_state = calloc(count, 1);
+        if (r->sync.block_state == NULL) {
+                sync_reset(r);
+                return;
+        }
+        struct lsm_block_ref first = r->sync.blocks[0];
+        if (first.address != r->sync.root.address || first.checksum != r->sync.root.checksum) {
+                log_error("state sync: the list's first block is not the root named");
+                sync_reset(r);
+                return;
+        }
+        for (uint64_t i = 0; i < count; i++) {
+                if (r->sync.blocks[i].address == 0) {
+                        log_error("state sync: the peer's block list is malformed");
+                        sync_reset(r);
+                        return;
+                }
+        }
+        r->sync.phase = REPLICA_SYNC_PHASE_BLOCKS;
+        r->sync.install_blocks = count;
+        if (sync_mark_durable(r))
+                blocks_pump(r);
+}
+
+/* Every block is here: the root's session table names the replies to fetch. */
+static void blocks_done(struct replica *r)
+{
+        if (r->sync.root_block == NULL && (r->sync.root_block = malloc(LSM_BLOCK_SIZE)) == NULL) {
+                sync_reset(r);
+                return;
+        }
+        if (ledger_block_read(r->ledger, r->sync.root, r->sync.root_block) != 0) {
+                sync_reset(r);
+                return;
+        }
+        r->stats.state_sync_blocks_kept += r->sync.block_count - r->sync.target_copied;
+        log_info("state sync: every block is here checkpoint_op=%llu blocks=%llu copied=%llu",
+                 (unsigned long long)r->sync.checkpoint_op,
+                 (unsigned long long)r->sync.block_count, (unsigned long long)r->sync.copied);
+        r->sync.phase = REPLICA_SYNC_PHASE_REPLIES;
+        sync_sessions_known(r);
+}
+
+/* A whole block of the list arrived: written to our grid at its address. False on failure. */
+static bool block_install(struct replica *r, uint64_t index, const uint8_t *block)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
+        struct lsm_block_ref want = r->sync.blocks[index];
+        const char *why = h->kind == LSM_BLOCK_NONE || h->kind >= LSM_BLOCK_KIND_COUNT
+                                  ? "no block kind"
+                                  : lsm_block_check(block, want, (enum lsm_block_kind)h->kind);
+        if (why != NULL) {
+                log_warn("state sync: a block is not the one listed address=%llu: %s",
+                         (unsigned long long)want.address, why);
+                return true; /* asked for again */
+        }
+        if (ledger_block_install(r->ledger, block) != 0)
+                return false;
+        if (!known_set(r, want.address, want.checksum))
+                return false;
+        block_present(r, index);
+        r->sync.copied++;
+        r->sync.target_copied++;
+        r->stats.state_sync_blocks_copied++;
+        return true;
+}
+
+/* A piece of block `index` (messages smaller than a block): the block once all are in. */
+static bool block_piece(struct replica *r, uint64_t index, uint32_t within, const uint8_t *piece,
+                        uint32_t size)
+{
+        uint32_t chunk = r->sync.chunk;
+        if (chunk == 0 || within % chunk != 0)
+                return true;
+        uint32_t pieces = (LSM_BLOCK_SIZE + chunk - 1) / chunk;
+        uint32_t slot = SYNC_WINDOW;
+        for (uint32_t k = 0; k < SYNC_WINDOW; k++) {
+                if (r->sync.pieces[k].used && r->sync.pieces[k].index == index)
+                        slot = k;
+        }
+        for (uint32_t k = 0; k < SYNC_WINDOW && slot == SYNC_WINDOW; k++) {
+                if (!r->sync.pieces[k].used)
+                        slot = k;
+        }
+        if (slot == SYNC_WINDOW)
+                slot = (uint32_t)(index % SYNC_WINDOW); /* leftovers of lost pieces */
+        if (r->sync.pieces[slot].block == NULL &&
+            (r->sync.pieces[slot].block = malloc(LSM_BLOCK_SIZE)) == NULL)
+                return false;
+        if (!r->sync.pieces[slot].used || r->sync.pieces[slot].index != index) {
+                r->sync.pieces[slot].used = true;
+                r->sync.pieces[slot].index = index;
+                r->sync.pieces[slot].mask = 0;
+        }
+        memcpy(r->sync.pieces[slot].block + within, piece, size);
+        r->sync.pieces[slot].mask |= 1u << (within / chunk);
+        if (r->sync.pieces[slot].mask != (1u << pieces) - 1)
+                return true;
+        r->sync.pieces[slot].used = false;
+        return block_install(r, index, r->sync.pieces[slot].block);
+}
+
+/* A run of blocks (or a piece of one) of the checkpoint being copied. */
+static void on_blocks(struct replica *r, const struct sync_fields *f, const uint8_t *body,
+                      uint32_t size)
+{
+        uint64_t image = r->sync.block_count * LSM_BLOCK_SIZE;
+        if (r->sync.inflight > 0)
+                r->sync.inflight--;
+        if (size == 0 || f->size != image || f->offset >= image || size > image - f->offset)
+                return;
+        for (uint32_t at = 0; at < size;) {
+                uint64_t index = (f->offset + at) / LSM_BLOCK_SIZE;
+                uint32_t within = (uint32_t)((f->offset + at) % LSM_BLOCK_SIZE);
+                uint32_t piece = MIN(size - at, LSM_BLOCK_SIZE - within);
+                bool ok = true;
+                if (r->sync.block_state[index] != BLOCK_PRESENT)
+                        ok = piece == LSM_BLOCK_SIZE ? block_install(r, index, body + at)
+                                                     : block_piece(r, index, within, body + at,
+                                                                   piece);
+                if (!ok) {
+                        sync_reset(r);
+                        return;
+                }
+                at += piece;
+        }
+        blocks_pump(r);
+}
+
+/* The list's chunk at f->offset, in order (the ordered stream: on_block). */
+static void on_list_chunk(struct replica *r, const struct sync_fields *f, const uint8_t *body,
+                          uint32_t size)
+{
+        if (f->offset == 0 && r->sync.list == NULL) {
+                if (f->size == 0 || f->size % sizeof(struct lsm_block_ref) != 0 ||
+                    f->size > (1ull << 36)) {
+                        log_error("state sync: the peer's block list is malformed bytes=%llu",
+                                  (unsigned long long)f->size);
+                        sync_reset(r);
+                        return;
+                }
+                if (f->chunk < 4096 || f->chunk % 4096 != 0) {
+                        log_error("state sync: the peer's chunk size is malformed chunk=%u",
+                                  f->chunk);
+                        sync_reset(r);
+                        return;
+                }
+                r->sync.list = malloc(f->size);
+                if (r->sync.list == NULL) {
+                        log_error("state sync: no memory for a block list bytes=%llu",
+                                  (unsigned long long)f->size);
+                        sync_reset(r);
+                        return;
+                }
+        }
+        if (r->sync.list == NULL || size == 0 || f->offset + size > f->size) {
+                sync_reset(r);
+                return;
+        }
+        memcpy(r->sync.list + f->offset, body, size);
+        if (sync_chunk_done(r, f, size))
+                list_done(r);
 }
 
 static void on_block(struct replica *r, struct message *m)
@@ -478,12 +870,25 @@ static void on_block(struct replica *r, struct message *m)
         memcpy(&f, m->header->raw, sizeof(f));
         if (!r->sync.active || m->header->replica != r->sync.source)
                 return;
-        if (f.checkpoint_op != r->sync.checkpoint_op || f.size != r->sync.size ||
-            f.root_address != r->sync.root.address || f.root_checksum != r->sync.root.checksum) {
+        uint32_t size = m->header->size - WIRE_HEADER_SIZE;
+        bool legacy = f.root_address == 0 && f.root_checksum == 0 && f.size > 0;
+        bool same = f.checkpoint_op == r->sync.checkpoint_op &&
+                    f.root_address == r->sync.root.address &&
+                    f.root_checksum == r->sync.root.checksum;
+        if (f.kind == REPLICA_SYNC_BLOCKS) {
+                if (same && r->sync.phase == REPLICA_SYNC_PHASE_BLOCKS)
+                        on_blocks(r, &f, message_body(m), size);
+                return;
+        }
+        if (f.kind != REPLICA_SYNC_LIST && !legacy) {
+                log_warn("state sync: the source does not list its blocks (an older build) "
+                         "source=%u", r->sync.source);
+                return;
+        }
+        if (!same || f.size != r->sync.size) {
                 if (f.offset != 0)
                         return;
-                if (f.checkpoint_op <= r->commit + r->config.checkpoint_interval &&
-                    !r->grid_syncing) {
+                if (sync_journals_cover(r, f.checkpoint_op) && !r->grid_syncing) {
                         /* This source's journal has what we lack (see sync_maybe). */
                         log_info("state sync ended: the source's journal covers us source=%u "
                                  "checkpoint_op=%llu commit=%llu",
@@ -492,16 +897,21 @@ static void on_block(struct replica *r, struct message *m)
                         sync_reset(r);
                         return;
                 }
-                /* The source checkpointed again: start over with its new checkpoint. */
+                /* The first, or the source moved on to a newer checkpoint: copy that one. */
+                if (r->sync.phase != REPLICA_SYNC_PHASE_LIST || r->sync.root.address != 0)
+                        log_info("state sync: the source serves a newer checkpoint source=%u "
+                                 "checkpoint_op=%llu",
+                                 r->sync.source, (unsigned long long)f.checkpoint_op);
+                uint32_t chunk = r->sync.chunk;
+                sync_target_forget(r);
+                r->sync.chunk = chunk;
                 r->sync.checkpoint_op = f.checkpoint_op;
                 r->sync.size = f.size;
                 r->sync.root = (struct lsm_block_ref){.address = f.root_address,
                                                       .checksum = f.root_checksum};
-                r->sync.offset = 0;
-                r->sync.requested = 0;
-                sync_early_release(r);
-                sync_replies_release(r);
         }
+        if (r->sync.phase != REPLICA_SYNC_PHASE_LIST)
+                return; /* the list again, already in */
         if (f.offset != r->sync.offset) {
                 /*
                  * Ahead of the chunk awaited (reordered, or that one was lost): kept for when
@@ -516,63 +926,15 @@ static void on_block(struct replica *r, struct message *m)
                                 r->sync.early[slot] = message_ref(m);
                         if (r->tick - r->sync.gap_tick >= TICKS_SYNC_GAP) {
                                 r->sync.gap_tick = r->tick;
-                                request_chunk_at(r, r->sync.offset);
+                                request_at(r, REPLICA_SYNC_LIST, r->sync.offset, 0);
                         }
                 }
                 return;
         }
-        uint32_t size = m->header->size - WIRE_HEADER_SIZE;
-        if (f.root_address == 0 && f.root_checksum == 0 && f.size > 0) {
+        if (legacy)
                 on_legacy_chunk(r, &f, message_body(m), size);
-                return;
-        }
-        if (size == 0 || f.size % LSM_BLOCK_SIZE != 0 || f.size == 0 ||
-            f.offset + size > f.size) {
-                log_error("state sync: the peer's checkpoint image is malformed bytes=%llu",
-                          (unsigned long long)f.size);
-                sync_reset(r);
-                return;
-        }
-        if (!sync_mark_durable(r))
-                return;
-        const uint8_t *body = message_body(m);
-        if (r->sync.block == NULL && (r->sync.block = malloc(LSM_BLOCK_SIZE)) == NULL) {
-                sync_reset(r);
-                return;
-        }
-        for (uint32_t at = 0; at < size;) {
-                /* Blocks may span messages: gather each whole before installing it. */
-                uint64_t image_at = f.offset + at;
-                uint32_t within = (uint32_t)(image_at % LSM_BLOCK_SIZE);
-                uint32_t piece = MIN(size - at, LSM_BLOCK_SIZE - within);
-                memcpy(r->sync.block + within, body + at, piece);
-                at += piece;
-                if (within + piece < LSM_BLOCK_SIZE)
-                        continue;
-                const uint8_t *block = r->sync.block;
-                if (image_at - within == 0) {
-                        /* The root: the one the source named, and our copy of its sessions. */
-                        const struct lsm_block_header *h = (const struct lsm_block_header *)block;
-                        if (h->address != f.root_address || h->checksum != f.root_checksum) {
-                                log_error("state sync: the first block is not the root named");
-                                sync_reset(r);
-                                return;
-                        }
-                        if (r->sync.root_block == NULL)
-                                r->sync.root_block = malloc(LSM_BLOCK_SIZE);
-                        if (r->sync.root_block == NULL) {
-                                sync_reset(r);
-                                return;
-                        }
-                        memcpy(r->sync.root_block, block, LSM_BLOCK_SIZE);
-                }
-                if (ledger_block_install(r->ledger, block) != 0) {
-                        sync_reset(r);
-                        return;
-                }
-        }
-        if (sync_chunk_done(r, &f, size))
-                sync_sessions_known(r);
+        else
+                on_list_chunk(r, &f, message_body(m), size);
 }
 
 /* Every block is in (or the checkpoint converted): the replies the sessions name, then install. */
@@ -598,7 +960,7 @@ static void sync_sessions_known(struct replica *r)
 
 static void on_sync_reply(struct replica *r, struct message *m)
 {
-        if (!r->sync.active || r->sync.offset < r->sync.size || r->sync.size == 0)
+        if (!r->sync.active || r->sync.phase != REPLICA_SYNC_PHASE_REPLIES)
                 return;
         struct replica_checkpoint_session sessions[REPLICA_CLIENTS_MAX];
         if (r->sync.root_block == NULL ||
@@ -639,8 +1001,7 @@ void sync_on_message(struct replica *r, struct message *m)
  * The source did not answer for TICKS_SYNC_RETRY: it may be cut off, stopped or dead, and a
  * sync pinned to it keeps this replica from taking any prepare (accept_prepare), so a new
  * primary counting on it could commit nothing. Copy from another replica instead: this view's
- * primary, else the next one. From the first chunk: the blobs of two replicas differ in their
- * replies' checksums, so pieces of two must not be mixed.
+ * primary, else the next one, starting from its list (what we copied stays: known).
  */
 static void sync_source_next(struct replica *r)
 {
@@ -655,37 +1016,51 @@ static void sync_source_next(struct replica *r)
                 return; /* no other replica to ask */
         log_info("state sync source silent; asking another source=%u from=%u checkpoint_op=%llu",
                  next, r->sync.source, (unsigned long long)r->sync.checkpoint_op);
-        sync_replies_release(r);
-        sync_early_release(r);
+        sync_target_forget(r);
+        free(r->sync.legacy_blob);
+        r->sync.legacy_blob = NULL;
+        r->sync.legacy = false;
         r->sync.source = next;
-        r->sync.offset = 0;
-        r->sync.requested = 0;
         r->sync.chunk = 0; /* its messages may be of another size */
-        r->sync.size = 0;
-        r->sync.root = (struct lsm_block_ref){0};
 }
 
 void sync_tick(struct replica *r)
 {
         /*
-         * The mark is durable: ask for the chunk that waited for it now. Waiting for the
-         * retry instead cost half a second, then another on a dead source, while a cluster
-         * whose quorum needs this replica cannot commit.
+         * The mark is durable: go on now. Waiting for the retry instead cost half a second,
+         * then another on a dead source, while a cluster whose quorum needs this replica
+         * cannot commit.
          */
         if (r->sync.active && r->sync.awaiting_mark && r->view_state_durable.grid_syncing) {
                 r->sync.awaiting_mark = false;
-                request_chunks_again(r);
+                if (r->sync.phase == REPLICA_SYNC_PHASE_BLOCKS)
+                        blocks_pump(r);
+                else
+                        request_chunks_again(r);
         }
         if (r->serving.active && r->tick - r->serving.tick > TICKS_SYNC_SERVE_IDLE) {
                 ledger_unhold(r->ledger);
                 r->serving.active = false;
         }
+        if (r->sync.active && r->sync.phase == REPLICA_SYNC_PHASE_BLOCKS)
+                blocks_pump(r); /* the probes left from the last call */
         if (!r->sync.active || r->tick - r->sync.tick < TICKS_SYNC_RETRY)
                 return;
         if (r->config.replica_count > 2)
                 sync_source_next(r);
-        if (r->sync.offset < r->sync.size || r->sync.size == 0)
+        switch (r->sync.phase) {
+        case REPLICA_SYNC_PHASE_LIST:
                 request_chunks_again(r);
-        else
+                break;
+        case REPLICA_SYNC_PHASE_BLOCKS:
+                /* Answers lost: every block still lacking is asked for again. */
+                r->sync.inflight = 0;
+                r->sync.cursor = 0;
+                sync_pieces_release(r);
+                blocks_pump(r);
+                break;
+        default:
                 request_replies(r);
+                break;
+        }
 }

@@ -6,7 +6,8 @@
 #      (kill -9) and one byte of a table data block of its checkpoint is flipped: the block of
 #      the account id tree, which executing the journal's transfers after a restart reads.
 #   2. Replica 2 is started again. It must meet the damaged block, say so, restart itself in
-#      place (the same pid), start without state and copy a peer's checkpoint (state sync), and
+#      place (the same pid), start without state and copy a peer's checkpoint (state sync), but
+#      only the blocks it lacks (at least the damaged one, fewer than the checkpoint has), and
 #      then serve: a load through its own port is acknowledged; its /metrics counts the repair
 #      (tally_grid_repairs_total 1, kept across the restart), a healthy replica's says 0.
 #   3. Stopped, its file must be whole again (`tally inspect` finds no damage) and all three
@@ -83,6 +84,13 @@ grep -q "grid repair: restarting" "$dir/replica2.log" && grep -q "checkpoint is 
 if [ $repaired -eq 1 ] && kill -0 $pid_before 2>/dev/null; then
   pass "replica 2 copied a peer's checkpoint in the same process: $(grep -o "state sync installed.*" "$dir/replica2.log" | head -1)"
 else fail "replica 2 was not repaired within 30 s (alive: $(kill -0 $pid_before 2>/dev/null && echo yes || echo no))"; tail -20 "$dir/replica2.log"; fi
+# Only what it lacked was copied: the damaged block (and what changed since its checkpoint).
+installed=$(grep -o "state sync installed.*" "$dir/replica2.log" | head -1)
+blocks=$(sed -n 's/.* blocks=\([0-9]*\).*/\1/p' <<<"$installed")
+copied=$(sed -n 's/.*blocks_copied=\([0-9]*\).*/\1/p' <<<"$installed")
+[ -n "$copied" ] && [ "$copied" -ge 1 ] && [ "$copied" -lt "${blocks:-0}" ] &&
+  pass "replica 2 copied $copied of the checkpoint's $blocks blocks, finding the rest whole here" ||
+  fail "replica 2's copy: '$installed' (expected 1 <= blocks_copied < blocks)"
 if load $((base + 2)) 100 2000000; then pass "a load through replica 2's port is acknowledged"
 else fail "load through replica 2: $(tail -1 "$dir/load.out")"; fi
 repairs=$(curl -s -m 2 "http://127.0.0.1:$((base + 12))/metrics" | sed -n 's/^tally_grid_repairs_total \([0-9]*\)$/\1/p')

@@ -703,14 +703,19 @@ static void test_state_sync(void)
         client_reset();
         uint8_t body[256] = {0};
         CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
-        alive[2] = false; /* away for more than two checkpoints */
-        for (uint32_t k = 0; k < 600; k++) {
-                if (!create_accounts(0, 1 + k, 1, 1000)) {
+        alive[2] = false; /* away for more than three checkpoints: beyond repair's reach */
+        for (uint32_t k = 0; k < 900; k++) { /* lookups after 600: ops, not accounts */
+                uint8_t lookup[256] = {0};
+                u128 id = k;
+                memcpy(lookup, &id, sizeof(id));
+                uint32_t size = client_body_single_batch(lookup, sizeof(id), 1);
+                if (k < 600 ? !create_accounts(0, 1 + k, 1, 1000)
+                            : !client_call(0, OPERATION_LOOKUP_ACCOUNTS, lookup, size, 1000)) {
                         CHECK(false);
                         break;
                 }
         }
-        CHECK(replicas[0].checkpoint_op_durable >= 512);
+        CHECK(replicas[0].checkpoint_op_durable >= 768);
         /* It comes back wiped: a fresh, empty replica. */
         replica_deinit(&replicas[2]);
         ledger_destroy(ledgers[2]);
@@ -730,7 +735,54 @@ static void test_state_sync(void)
         CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
         CHECK_EQ_U64(accounts_on(2), 601);
         CHECK(!replicas[2].fresh);
-        CHECK(replicas[2].checkpoint_op_durable >= 512);
+        CHECK(replicas[2].checkpoint_op_durable >= 768);
+        CHECK_EQ_U64(replicas[2].stats.state_syncs_installed, 1);
+        cluster_stop();
+}
+
+/*
+ * A replica away for a while (its own checkpoint intact) copies only the blocks of the peer's
+ * checkpoint it does not hold: the tables written while it was away, not those before.
+ */
+static void test_state_sync_copies_what_it_lacks(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint32_t k = 0; k < 300; k++) {
+                if (!create_accounts(0, 1 + k, 1, 1000)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+        run(200);
+        CHECK(replicas[2].checkpoint_op_durable >= 256);
+        alive[2] = false;
+        for (uint32_t k = 300; k < 1200; k++) { /* lookups after 900: ops, not accounts */
+                uint8_t lookup[256] = {0};
+                u128 id = k;
+                memcpy(lookup, &id, sizeof(id));
+                uint32_t size = client_body_single_batch(lookup, sizeof(id), 1);
+                if (k < 900 ? !create_accounts(0, 1 + k, 1, 1000)
+                            : !client_call(0, OPERATION_LOOKUP_ACCOUNTS, lookup, size, 1000)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+        CHECK(replicas[0].checkpoint_op_durable >= 1024);
+        uint64_t copied = replicas[2].stats.state_sync_blocks_copied;
+        uint64_t kept = replicas[2].stats.state_sync_blocks_kept;
+        alive[2] = true;
+        CHECK(create_accounts(0, 5000, 1, 1000));
+        run(1000);
+        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
+        CHECK_EQ_U64(accounts_on(2), 901);
+        CHECK_EQ_U64(replicas[2].stats.state_syncs_installed, 1);
+        copied = replicas[2].stats.state_sync_blocks_copied - copied;
+        kept = replicas[2].stats.state_sync_blocks_kept - kept;
+        CHECK(copied > 0);
+        CHECK(kept > 0);
         cluster_stop();
 }
 
@@ -841,6 +893,7 @@ int main(void)
         TEST_RUN(test_recovery_cut_branch);
         TEST_RUN(test_all_restart);
         TEST_RUN(test_state_sync);
+        TEST_RUN(test_state_sync_copies_what_it_lacks);
         TEST_RUN(test_checkpoint_lost);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
