@@ -464,6 +464,8 @@ struct replica {
                 uint64_t replies_missing; /* bit i: session i's reply still to fetch */
                 struct message *replies[REPLICA_CLIENTS_MAX];
                 uint64_t tick;        /* last request or progress, for retries */
+                uint64_t source_heard_tick; /* the source's last message of any kind */
+                uint32_t source_retries;    /* asked the same source again, no block since */
         } sync;
         bool checkpoint_in_progress;
         uint64_t checkpoint_retry_tick; /* after storage refused one, not before this tick */

@@ -17,6 +17,8 @@
 #define REPAIR_REQUESTS_MAX 64u        /* missing prepares asked for and not yet here */
 #define TICKS_SYNC_RETRY 50u           /* state sync: ask again after 500 ms of silence */
 #define TICKS_SYNC_GAP 5u              /* state sync: a chunk came early: ask again for the one awaited, at most every 50 ms */
+#define TICKS_SYNC_AGAIN 25u           /* state sync: no answer for 250 ms from a source heard meanwhile: ask it again */
+#define SYNC_SOURCE_RETRIES 3u         /* state sync: times a live source is asked again before another is tried */
 #define TICKS_SYNC_SERVE_IDLE 300u     /* state sync: a held checkpoint is let go after 3 s */
 
 static inline uint8_t replica_primary_index(const struct replica *r, uint32_t view)

@@ -807,6 +807,7 @@ static void on_blocks(struct replica *r, const struct sync_fields *f, const uint
                       uint32_t size)
 {
         uint64_t image = r->sync.block_count * LSM_BLOCK_SIZE;
+        r->sync.source_retries = 0;
         if (r->sync.inflight > 0)
                 r->sync.inflight--;
         if (size == 0 || f->size != image || f->offset >= image || size > image - f->offset)
@@ -860,6 +861,7 @@ static void on_list_chunk(struct replica *r, const struct sync_fields *f, const 
                 return;
         }
         memcpy(r->sync.list + f->offset, body, size);
+        r->sync.source_retries = 0;
         if (sync_chunk_done(r, f, size))
                 list_done(r);
 }
@@ -1044,10 +1046,26 @@ void sync_tick(struct replica *r)
         }
         if (r->sync.active && r->sync.phase == REPLICA_SYNC_PHASE_BLOCKS)
                 blocks_pump(r); /* the probes left from the last call */
-        if (!r->sync.active || r->tick - r->sync.tick < TICKS_SYNC_RETRY)
+        if (!r->sync.active || r->tick - r->sync.tick < TICKS_SYNC_AGAIN)
                 return;
-        if (r->config.replica_count > 2)
-                sync_source_next(r);
+        /*
+         * No answer, yet the source is heard (its prepares and commits come): its answers
+         * were dropped (a full send queue behind the prepares it sends us meanwhile) or its
+         * loop was busy. Asked again before another source: a copy from another replica
+         * shares fewer blocks (its allocations differ where a hold kept blocks), and the
+         * first one of 5 GB switched sources twice for this. A source that never answers
+         * (a damaged block) is left after SYNC_SOURCE_RETRIES.
+         */
+        bool heard = r->tick - r->sync.source_heard_tick < TICKS_SYNC_AGAIN;
+        if (heard && r->sync.source_retries < SYNC_SOURCE_RETRIES) {
+                r->sync.source_retries++;
+        } else {
+                if (r->tick - r->sync.tick < TICKS_SYNC_RETRY)
+                        return;
+                r->sync.source_retries = 0;
+                if (r->config.replica_count > 2)
+                        sync_source_next(r);
+        }
         switch (r->sync.phase) {
         case REPLICA_SYNC_PHASE_LIST:
                 request_chunks_again(r);

@@ -1519,6 +1519,8 @@ void replication_on_message(struct replica *r, replica_connection connection,
                            : -1;
         if (r->fresh && from >= 0)
                 fresh_hear(r, (uint8_t)from, m);
+        if (r->sync.active && from == (int)r->sync.source)
+                r->sync.source_heard_tick = r->tick;
         switch (m->header->command) {
         case COMMAND_PING:
                 on_ping(r, from);
