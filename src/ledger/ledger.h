@@ -195,6 +195,8 @@ int ledger_block_install(struct ledger *ledger, const uint8_t *block);
  * false, silently, if not: state sync asks this of every block of a peer's checkpoint.
  */
 bool ledger_block_present(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block);
+/* The highest grid address this ledger's device takes (state sync checks a peer's list). */
+uint64_t ledger_grid_blocks_max(const struct ledger *ledger);
 /* The caller's user bytes of a checkpoint's root block; -1 if it is not one. */
 int ledger_root_user(const uint8_t *root_block, void *user, uint32_t *user_size);
 /*

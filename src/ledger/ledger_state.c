@@ -831,6 +831,11 @@ bool ledger_block_present(struct ledger *ledger, struct lsm_block_ref ref, uint8
                lsm_block_check(block, ref, (enum lsm_block_kind)h->kind) == NULL;
 }
 
+uint64_t ledger_grid_blocks_max(const struct ledger *ledger)
+{
+        return ledger->grid.block_count_max;
+}
+
 int ledger_block_install(struct ledger *ledger, const uint8_t *block)
 {
         const struct lsm_block_header *h = (const struct lsm_block_header *)block;

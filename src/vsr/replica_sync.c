@@ -309,14 +309,17 @@ static int known_add(void *context, struct lsm_block_ref ref, uint8_t kind)
  * commit, so that repair catches us up (unless an earlier sync left our grid half overwritten:
  * then only a copy helps). A replica overwrites only ops its durable checkpoint covers, and
  * its head runs about an interval past that checkpoint, so its journal reaches back about
- * wal_slot_count - interval ops before the head; two intervals behind the checkpoint is
- * within reach. A copy costs far more than catching up by repair (a replica catching up under
- * load runs a few hundred ops behind), so it waits until then. Should the peer's head run
- * further ahead, repair finds nothing, falls further behind, and the copy starts then.
+ * wal_slot_count - interval ops before the checkpoint. A copy costs far more than catching up
+ * by repair, and a replica that just installed one is necessarily behind: an interval (the
+ * source's head past its checkpoint) plus the ops of the copy's duration. With two intervals
+ * such a replica copied again at once, 190 times in 3 minutes (bench/resync_under_load.sh,
+ * 20 M transfers, 1,200 requests/s); with one, a replica catching up by repair a few hundred
+ * ops behind did. Should the peer's head run further ahead, repair finds nothing, the replica
+ * falls further behind, and the copy starts then.
  */
 static bool sync_journals_cover(const struct replica *r, uint64_t checkpoint_op)
 {
-        return checkpoint_op <= r->commit + 2 * (uint64_t)r->config.checkpoint_interval;
+        return checkpoint_op <= r->commit + r->config.wal_slot_count - r->config.checkpoint_interval;
 }
 
 void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
@@ -711,9 +714,14 @@ static void list_done(struct replica *r)
                 sync_reset(r);
                 return;
         }
+        uint64_t address_max = ledger_grid_blocks_max(r->ledger);
         for (uint64_t i = 0; i < count; i++) {
-                if (r->sync.blocks[i].address == 0) {
-                        log_error("state sync: the peer's block list is malformed");
+                uint64_t address = r->sync.blocks[i].address;
+                if (address == 0 || address > address_max) {
+                        log_error("state sync: the peer's block list is malformed: block %llu "
+                                  "at address %llu (this grid takes 1 to %llu)",
+                                  (unsigned long long)i, (unsigned long long)address,
+                                  (unsigned long long)address_max);
                         sync_reset(r);
                         return;
                 }
@@ -836,7 +844,7 @@ static void on_list_chunk(struct replica *r, const struct sync_fields *f, const 
 {
         if (f->offset == 0 && r->sync.list == NULL) {
                 if (f->size == 0 || f->size % sizeof(struct lsm_block_ref) != 0 ||
-                    f->size > (1ull << 36)) {
+                    f->size / sizeof(struct lsm_block_ref) > ledger_grid_blocks_max(r->ledger)) {
                         log_error("state sync: the peer's block list is malformed bytes=%llu",
                                   (unsigned long long)f->size);
                         sync_reset(r);
