@@ -479,6 +479,18 @@ static bool create_accounts(uint8_t to, uint64_t first, uint32_t count, uint32_t
         return true;
 }
 
+/* Op k of a run: account k + 1 created while k < accounts, else a lookup (an op, no account). */
+static bool create_or_lookup(uint32_t k, uint32_t accounts)
+{
+        if (k < accounts)
+                return create_accounts(0, 1 + k, 1, 1000);
+        uint8_t lookup[256] = {0};
+        u128 id = k;
+        memcpy(lookup, &id, sizeof(id));
+        uint32_t size = client_body_single_batch(lookup, sizeof(id), 1);
+        return client_call(0, OPERATION_LOOKUP_ACCOUNTS, lookup, size, 1000);
+}
+
 static uint64_t accounts_on(uint8_t i)
 {
         struct ledger_stats stats;
@@ -595,12 +607,8 @@ static void test_backup_restarts(void)
         cluster_stop();
 }
 
-/*
- * A backup acknowledges each prepare it holds, gaps or not: one that missed an op (never
- * received) and acknowledged the next ones must still hold those after a restart, or an op
- * committed with its acknowledgement could be lost with one more damaged copy.
- */
-static void test_backup_gap_survives_restart(void)
+/* Three replicas that committed a register and 8 account creations; replica 2's op. */
+static uint64_t three_replicas_eight_ops(void)
 {
         cluster_start(3);
         client_reset();
@@ -609,9 +617,29 @@ static void test_backup_gap_survives_restart(void)
         for (uint32_t k = 0; k < 8; k++)
                 CHECK(create_accounts(0, 1 + k, 1, 1000));
         run(100);
-        uint64_t op = replicas[0].op;
+        return replicas[2].op;
+}
+
+/* After two more accounts, replica 2 holds what replica 0 does (all 10). */
+static void replica_2_caught_up(void)
+{
+        CHECK(create_accounts(0, 100, 2, 1000));
+        run(300);
+        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
+        CHECK_EQ_U64(accounts_on(2), 10);
+        cluster_stop();
+}
+
+/*
+ * A backup acknowledges each prepare it holds, gaps or not: one that missed an op (never
+ * received) and acknowledged the next ones must still hold those after a restart, or an op
+ * committed with its acknowledgement could be lost with one more damaged copy.
+ */
+static void test_backup_gap_survives_restart(void)
+{
+        uint64_t op = three_replicas_eight_ops();
         CHECK(op >= 4);
-        CHECK_EQ_U64(replicas[2].op, op);
+        CHECK_EQ_U64(replicas[0].op, op);
         /* Its copy of an op in the middle never arrived; the later ones did. */
         uint64_t gap = op - 2;
         CHECK(store[2][gap] != NULL);
@@ -622,12 +650,7 @@ static void test_backup_gap_survives_restart(void)
         CHECK_EQ_U64(replicas[2].journal_state[op % 1024], SLOT_DURABLE);
         CHECK_EQ_U64(replicas[2].journal_state[(op - 1) % 1024], SLOT_DURABLE);
         CHECK_EQ_U64(replicas[2].journal_headers[op % 1024].prepare.op, op);
-        /* The gap is repaired from a peer. */
-        CHECK(create_accounts(0, 100, 2, 1000));
-        run(300);
-        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
-        CHECK_EQ_U64(accounts_on(2), 10);
-        cluster_stop();
+        replica_2_caught_up(); /* the gap repaired from a peer */
 }
 
 /*
@@ -639,14 +662,7 @@ static void test_backup_gap_survives_restart(void)
  */
 static void test_recovery_cut_branch(void)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint32_t k = 0; k < 8; k++)
-                CHECK(create_accounts(0, 1 + k, 1, 1000));
-        run(100);
-        uint64_t op = replicas[2].op;
+        uint64_t op = three_replicas_eight_ops();
         CHECK(op >= 6);
         /* Its view began at its head (the anchor); op - 2 on its disk is of another branch. */
         durable_state[2].anchor_op = op;
@@ -663,12 +679,7 @@ static void test_recovery_cut_branch(void)
         CHECK_EQ_U64(replicas[2].journal_state[cut % 1024], SLOT_FAULTY);
         CHECK(replicas[2].journal_headers[cut % 1024].checksum == 0);
         CHECK(replicas[2].journal_headers[(cut + 1) % 1024].checksum != 0);
-        /* Repaired from peers: the same log as theirs. */
-        CHECK(create_accounts(0, 100, 2, 1000));
-        run(300);
-        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
-        CHECK_EQ_U64(accounts_on(2), 10);
-        cluster_stop();
+        replica_2_caught_up(); /* repaired from peers: the same log as theirs */
 }
 
 static void test_all_restart(void)
@@ -704,13 +715,8 @@ static void test_state_sync(void)
         uint8_t body[256] = {0};
         CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
         alive[2] = false; /* away for four checkpoints: beyond repair's reach */
-        for (uint32_t k = 0; k < 1100; k++) { /* lookups after 600: ops, not accounts */
-                uint8_t lookup[256] = {0};
-                u128 id = k;
-                memcpy(lookup, &id, sizeof(id));
-                uint32_t size = client_body_single_batch(lookup, sizeof(id), 1);
-                if (k < 600 ? !create_accounts(0, 1 + k, 1, 1000)
-                            : !client_call(0, OPERATION_LOOKUP_ACCOUNTS, lookup, size, 1000)) {
+        for (uint32_t k = 0; k < 1100; k++) {
+                if (!create_or_lookup(k, 600)) {
                         CHECK(false);
                         break;
                 }
@@ -760,13 +766,8 @@ static void test_state_sync_copies_what_it_lacks(void)
         run(200);
         CHECK(replicas[2].checkpoint_op_durable >= 256);
         alive[2] = false;
-        for (uint32_t k = 300; k < 1400; k++) { /* lookups after 900: ops, not accounts */
-                uint8_t lookup[256] = {0};
-                u128 id = k;
-                memcpy(lookup, &id, sizeof(id));
-                uint32_t size = client_body_single_batch(lookup, sizeof(id), 1);
-                if (k < 900 ? !create_accounts(0, 1 + k, 1, 1000)
-                            : !client_call(0, OPERATION_LOOKUP_ACCOUNTS, lookup, size, 1000)) {
+        for (uint32_t k = 300; k < 1400; k++) {
+                if (!create_or_lookup(k, 900)) {
                         CHECK(false);
                         break;
                 }
