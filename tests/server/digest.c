@@ -85,8 +85,10 @@ int main(int argc, char **argv)
         }
         uint64_t target = strtoull(argv[2], NULL, 10);
         char error[512];
-        if (io_init(&io, 64) != 0 || message_pool_init(&pool, 64) != 0)
+        if (io_init(&io, 64) != 0 || message_pool_init(&pool, 64) != 0) {
+                fprintf(stderr, "digest: no io or message pool\n");
                 return 1;
+        }
         if (storage_open(&storage, &io, &pool, argv[1], STORAGE_ACCESS_READ, error,
                          sizeof(error)) != STORAGE_OK) {
                 fprintf(stderr, "digest: %s\n", error);
@@ -112,8 +114,10 @@ int main(int argc, char **argv)
                 .wal_slot_count = sb->wal_slot_count,
         };
         struct replica_env env = {.realtime_ns = now_ns, .checkpoint = refuse_checkpoint};
-        if (ledger == NULL || replica_init(&replica, &rc, &env, &pool, ledger) != 0)
+        if (ledger == NULL || replica_init(&replica, &rc, &env, &pool, ledger) != 0) {
+                fprintf(stderr, "digest: no ledger or replica\n");
                 return 1;
+        }
         uint64_t op = 0;
         if (sb->grid_syncing) {
                 fprintf(stderr, "digest: the grid was being overwritten (grid_syncing): its "
@@ -155,8 +159,10 @@ int main(int argc, char **argv)
         struct checksum_stream cs;
         checksum_stream_init(&cs);
         struct ledger_stream s = {.write = stream_add, .context = &cs};
-        if (ledger_checkpoint_write(ledger, &s) != 0)
+        if (ledger_checkpoint_write(ledger, &s) != 0) {
+                fprintf(stderr, "digest: the ledger's state cannot be written out\n");
                 return 1;
+        }
         char p[33], l[33];
         hex(prepare_checksum, p);
         hex(checksum_stream_final(&cs), l);

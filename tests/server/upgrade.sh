@@ -120,13 +120,18 @@ else fail "acknowledged transfers missing after the upgrade (acknowledged $acked
 "$tally" keygen "$dir/key"
 for i in 0 1 2; do kill -TERM ${rpid[$i]}; done
 for i in 0 1 2; do timeout 20 tail --pid=${rpid[$i]} -f /dev/null; done
+for i in 0 1 2; do
+  kill -0 ${rpid[$i]} 2>/dev/null && fail "replica $i did not stop within 20 s of SIGTERM"
+done
 # The op to compare at: the newest checkpoint among the three. Replicas checkpoint at ops of
 # their own (a replica that caught up by state sync is offset from the others), so the lowest
 # commit can be older than another replica's checkpoint, which digest cannot go back before;
 # every replica's journal holds the ops from its own checkpoint on.
 commit=$(for i in 0 1 2; do "$tally" inspect --json "$dir/0_$i.tally" 2>/dev/null |
   sed -n 's/.*"checkpoint_op":\([0-9]*\).*/\1/p' | head -1; done | sort -n | tail -1)
-for i in 0 1 2; do echo "replica $i: $("$tools/digest" "$dir/0_$i.tally" "$commit" 2>&1)"; done >"$dir/digests"
+for i in 0 1 2; do
+  echo "replica $i: $("$tools/digest" "$dir/0_$i.tally" "$commit" 2>&1 || echo "(digest exit $?)")"
+done >"$dir/digests"
 digests=$(sed 's/^replica [0-9]: //' "$dir/digests" | sort -u | wc -l)
 if [ -n "$commit" ] && [ "$digests" -eq 1 ]; then pass "the three data files give one digest at op $commit"
 else fail "data files differ at op $commit ($digests digests)"; cat "$dir/digests"; fi
