@@ -459,7 +459,6 @@ struct replica {
                 uint8_t *root_block;  /* the root, kept for its session table */
                 bool awaiting_mark;   /* blocks wait for grid_syncing to be durable */
                 /* A format 1 replica's checkpoint (a rolling upgrade): its blob, converted here. */
-                bool legacy;
                 uint8_t *legacy_blob;
                 uint64_t replies_missing; /* bit i: session i's reply still to fetch */
                 struct message *replies[REPLICA_CLIENTS_MAX];

@@ -578,7 +578,6 @@ static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, cons
         if (!sync_mark_durable(r)) /* loading it rewrites our grid */
                 return;
         if (r->sync.legacy_blob == NULL) {
-                r->sync.legacy = true;
                 r->sync.legacy_blob = malloc(f->size);
                 if (r->sync.legacy_blob == NULL) {
                         log_error("state sync: no memory for a format 1 checkpoint bytes=%llu",
@@ -1029,7 +1028,6 @@ static void sync_source_next(struct replica *r)
         sync_target_forget(r);
         free(r->sync.legacy_blob);
         r->sync.legacy_blob = NULL;
-        r->sync.legacy = false;
         r->sync.source = next;
         r->sync.chunk = 0; /* its messages may be of another size */
 }
@@ -1043,10 +1041,8 @@ void sync_tick(struct replica *r)
          */
         if (r->sync.active && r->sync.awaiting_mark && r->view_state_durable.grid_syncing) {
                 r->sync.awaiting_mark = false;
-                if (r->sync.phase == REPLICA_SYNC_PHASE_BLOCKS)
-                        blocks_pump(r);
-                else
-                        request_chunks_again(r);
+                if (r->sync.phase != REPLICA_SYNC_PHASE_BLOCKS)
+                        request_chunks_again(r); /* blocks: pumped just below */
         }
         if (r->serving.active && r->tick - r->serving.tick > TICKS_SYNC_SERVE_IDLE) {
                 ledger_unhold(r->ledger);
