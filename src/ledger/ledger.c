@@ -375,6 +375,18 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats)
         stats->grid_cache_hits = ledger->grid.stats.cache_hits;
         stats->grid_blocks_used = ledger->grid.used_count;
         stats->grid_address_max = ledger->grid.address_max;
+        stats->tree_flushes = 0;
+        stats->tree_tables_written = 0;
+        stats->tree_values_compacted = 0;
+        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++) {
+                const struct lsm_tree *tree = ledger->forest.trees[id];
+                if (tree == NULL)
+                        continue;
+                stats->tree_flushes += tree->stats.flushes;
+                stats->tree_tables_written += tree->stats.tables_written;
+                stats->tree_values_compacted += tree->stats.values_compacted;
+        }
+        stats->forced_compactions = ledger->forced_compactions;
 }
 
 /* ---------------------------------------------------------------------------------------- */

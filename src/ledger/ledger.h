@@ -118,6 +118,11 @@ struct ledger_stats {
         uint64_t grid_cache_hits;
         uint64_t grid_blocks_used;
         uint64_t grid_address_max; /* the highest grid address ever used */
+        /* Background work of the trees, summed over every tree (a slow op says what it did). */
+        uint64_t tree_flushes;
+        uint64_t tree_tables_written;
+        uint64_t tree_values_compacted;
+        uint64_t forced_compactions; /* level 0 ran over twice its budget: compacted at once */
 };
 void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
 

@@ -206,6 +206,7 @@ struct ledger {
         struct lsm_tree history;
 
         struct ledger_counters counters;
+        uint64_t forced_compactions; /* tree_backpressure compacted a whole tree at once */
         /* Counters as the open chain found them (restored by a rollback). */
         struct ledger_counters chain_counters;
         uint32_t chain_created_accounts;

@@ -487,7 +487,10 @@ static void trees_flush(struct ledger *ledger)
 
 static void tree_backpressure(struct ledger *ledger, struct lsm_tree *tree)
 {
-        if (tree->levels[0].count > 2 * LSM_LEVEL0_TABLES_MAX && !lsm_tree_compact(tree))
+        if (tree->levels[0].count <= 2 * LSM_LEVEL0_TABLES_MAX)
+                return;
+        ledger->forced_compactions++;
+        if (!lsm_tree_compact(tree))
                 ledger_fault(ledger, "compaction");
 }
 

@@ -316,6 +316,14 @@ static void format_results(const struct metrics_sources *s, struct expo *e)
         expo_histogram(e, "tally_request_latency_seconds",
                        "Primary: client request received to reply sent, per request.",
                        &st->request_latency);
+        expo_histogram(e, "tally_commit_execute_seconds",
+                       "Executing one committed op: the ledger's rules, its trees' flushes and "
+                       "compaction steps.",
+                       &st->commit_execute);
+        counter(e, "tally_slow_commits_total",
+                "Committed ops that took 100 ms or more to execute (each is logged, at most one "
+                "line a second).",
+                st->slow_commits);
         expo_histogram(e, "tally_journal_sync_seconds",
                        "Journal fdatasync duration (one sync covers every prepare written "
                        "before it).",

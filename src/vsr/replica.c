@@ -779,6 +779,36 @@ static struct replica_client *session_create(struct replica *r, const struct wir
 }
 
 /*
+ * An execute took `ns` (REPLICA_SLOW_COMMIT_NS or more): counted, and logged with the trees'
+ * work since `before`, so an operator (and a benchmark) can tell a flush from a compaction.
+ */
+static void slow_commit_note(struct replica *r, const struct wire_header *p, uint64_t ns,
+                             const struct ledger_stats *before)
+{
+        r->stats.slow_commits++;
+        r->stats.slow_commits_unlogged++;
+        if (r->stats.slow_commit_logged_tick != 0 &&
+            r->tick < r->stats.slow_commit_logged_tick + REPLICA_SLOW_COMMIT_LOG_TICKS)
+                return;
+        struct ledger_stats after;
+        ledger_get_stats(r->ledger, &after);
+        log_warn("slow commit op=%llu operation=%u took_ms=%llu flushes=%llu tables_written=%llu "
+                 "values_compacted=%llu forced_compactions=%llu blocks_read=%llu "
+                 "blocks_written=%llu slow_commits_since_last_log=%llu",
+                 (unsigned long long)p->prepare.op, (unsigned)p->prepare.operation,
+                 (unsigned long long)(ns / 1000000u),
+                 (unsigned long long)(after.tree_flushes - before->tree_flushes),
+                 (unsigned long long)(after.tree_tables_written - before->tree_tables_written),
+                 (unsigned long long)(after.tree_values_compacted - before->tree_values_compacted),
+                 (unsigned long long)(after.forced_compactions - before->forced_compactions),
+                 (unsigned long long)(after.grid_blocks_read - before->grid_blocks_read),
+                 (unsigned long long)(after.grid_blocks_written - before->grid_blocks_written),
+                 (unsigned long long)r->stats.slow_commits_unlogged);
+        r->stats.slow_commit_logged_tick = MAX(r->tick, 1);
+        r->stats.slow_commits_unlogged = 0;
+}
+
+/*
  * Executes the next committed prepare and builds its reply in `reply` (consumed). Every
  * replica does this for every op, in op order, so sessions and replies are replicated state.
  * The reply leaves through this replica's connection to the client if it has one and either
@@ -798,9 +828,18 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 memcpy(message_body(reply), &result, sizeof(result));
                 body_size = sizeof(result);
         } else {
+                uint64_t started_ns = r->env.monotonic_ns ? r->env.monotonic_ns(r->env.context) : 0;
+                struct ledger_stats before;
+                ledger_get_stats(r->ledger, &before);
                 body_size = ledger_execute(r->ledger, p->prepare.operation, p->prepare.timestamp,
                                            message_body(prepare), p->size - WIRE_HEADER_SIZE,
                                            message_body(reply));
+                if (r->env.monotonic_ns != NULL) {
+                        uint64_t ns = r->env.monotonic_ns(r->env.context) - started_ns;
+                        histogram_observe(&r->stats.commit_execute, ns);
+                        if (ns >= REPLICA_SLOW_COMMIT_NS)
+                                slow_commit_note(r, p, ns, &before);
+                }
                 tally_assert(body_size <= WIRE_BODY_SIZE_MAX);
                 uint32_t events = ledger_timestamp_delta(p->prepare.operation,
                                                          message_body(prepare),

@@ -261,6 +261,13 @@ const char *replica_drop_name(enum replica_drop drop);
 #define REPLICA_REFUSING_TICKS 1000u
 /* While refusing, a warning is logged at least this often (ticks of 10 ms). */
 #define REPLICA_REFUSAL_LOG_TICKS 500u
+/*
+ * An op whose execution takes this long delays the replica's heartbeats and prepares by as much
+ * (a backup starts a view change after TICKS_PRIMARY_SILENT): it is logged with what the trees
+ * did meanwhile, at most once per REPLICA_SLOW_COMMIT_LOG_TICKS.
+ */
+#define REPLICA_SLOW_COMMIT_NS (100u * 1000u * 1000u)
+#define REPLICA_SLOW_COMMIT_LOG_TICKS 100u
 
 /*
  * Counters for metrics (ops/metrics.c reads them; nothing here does I/O). Per operation
@@ -301,6 +308,11 @@ struct replica_stats {
         uint64_t state_sync_blocks_kept;   /* blocks it found already here, not copied */
         /* Primary: request received -> reply queued, for requests it prepared itself. */
         struct histogram request_latency;
+        /* Every replica: executing one committed op (the ledger's rules and its trees' work). */
+        struct histogram commit_execute;
+        uint64_t slow_commits;           /* executes of REPLICA_SLOW_COMMIT_NS or more */
+        uint64_t slow_commit_logged_tick; /* the last line about one (0: never) */
+        uint64_t slow_commits_unlogged;   /* since that line */
 };
 
 struct replica {
