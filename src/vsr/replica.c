@@ -944,6 +944,7 @@ static void on_checkpoint_done(void *context, bool ok)
         log_info("checkpoint durable op=%llu blocks=%llu replies=%u",
                  (unsigned long long)r->checkpoint.op,
                  (unsigned long long)r->checkpoint.blocks, r->checkpoint.reply_count);
+        replication_checkpoint_durable(r);
         replication_prepare_pump(r);
 }
 

@@ -380,6 +380,13 @@ struct replica {
         uint64_t heartbeat_sent_tick;   /* primary: last commit heartbeat */
         uint64_t view_change_tick;      /* when the current view change began */
         uint64_t repair_tick;           /* last repair request */
+        /*
+         * Backup: the newest prepare refused because its journal slot still held an op the
+         * durable checkpoint lacks (a copy just installed is not durable yet): asked for again
+         * the moment a checkpoint is, instead of at the primary's next resend.
+         */
+        uint64_t wal_refused_op;
+        u128 wal_refused_checksum;
         uint64_t headers_asked_tick;    /* last request_headers */
         uint64_t prepare_resent_tick;   /* primary: last retransmission of the pipeline */
         uint64_t start_view_asked_tick; /* recovering: last request_start_view */

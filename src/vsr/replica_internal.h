@@ -17,6 +17,7 @@
 #define REPAIR_REQUESTS_MAX 64u        /* missing prepares asked for and not yet here */
 #define TICKS_SYNC_RETRY 50u           /* state sync: ask again after 500 ms of silence */
 #define TICKS_SYNC_GAP 5u              /* state sync: a chunk came early: ask again for the one awaited, at most every 50 ms */
+#define TICKS_SYNC_SOURCE_QUIET 10u    /* state sync: a source unheard this long when a new view starts is left */
 #define TICKS_SYNC_AGAIN 25u           /* state sync: no answer for 250 ms from a source heard meanwhile: ask it again */
 #define SYNC_SOURCE_RETRIES 3u         /* state sync: times a live source is asked again before another is tried */
 #define TICKS_SYNC_SERVE_IDLE 300u     /* state sync: a held checkpoint is let go after 3 s */
@@ -68,6 +69,8 @@ void replica_checkpoint_installed(struct replica *r, u128 prepare_checksum);
 void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op);
 void sync_on_message(struct replica *r, struct message *m);
 void sync_tick(struct replica *r);
+/* This replica joined a view: a copy from a quiet source moves to the new primary. */
+void sync_view_joined(struct replica *r);
 void sync_deinit(struct replica *r);
 /* Frees what state sync allocated, touching no message (replica_abandon). */
 void sync_free_memory(struct replica *r);
@@ -79,6 +82,8 @@ void replication_on_message(struct replica *r, replica_connection connection,
                             struct message *m);
 void replication_tick(struct replica *r);
 void replication_prepare_pump(struct replica *r);
+/* A checkpoint became durable: a prepare refused for lack of journal room is asked again. */
+void replication_checkpoint_durable(struct replica *r);
 /* After recovery: journal headers of intact ops after the checkpoint (multi-replica). */
 void replication_open(struct replica *r);
 /* The primary turns a pulse (request == NULL) or a queued request into the next prepare. */

@@ -1012,6 +1012,25 @@ void sync_on_message(struct replica *r, struct message *m)
  * primary counting on it could commit nothing. Copy from another replica instead: this view's
  * primary, else the next one, starting from its list (what we copied stays: known).
  */
+/* Everything still lacking is asked for again (of a new source, or answers were lost). */
+static void sync_ask_again(struct replica *r)
+{
+        switch (r->sync.phase) {
+        case REPLICA_SYNC_PHASE_LIST:
+                request_chunks_again(r);
+                break;
+        case REPLICA_SYNC_PHASE_BLOCKS:
+                r->sync.inflight = 0;
+                r->sync.cursor = 0;
+                sync_pieces_release(r);
+                blocks_pump(r);
+                break;
+        default:
+                request_replies(r);
+                break;
+        }
+}
+
 static void sync_source_next(struct replica *r)
 {
         uint8_t n = r->config.replica_count;
@@ -1050,7 +1069,23 @@ void sync_tick(struct replica *r)
         }
         if (r->sync.active && r->sync.phase == REPLICA_SYNC_PHASE_BLOCKS)
                 blocks_pump(r); /* the probes left from the last call */
-        if (!r->sync.active || r->tick - r->sync.tick < TICKS_SYNC_AGAIN)
+        if (!r->sync.active)
+                return;
+        /*
+         * A source that is our view's primary sends a heartbeat every TICKS_HEARTBEAT: quiet
+         * for TICKS_SYNC_SOURCE_QUIET while answers are awaited, it is cut off (a partition,
+         * a crash). A new view is on its way, whose quorum may need our copy: go on with
+         * another source now rather than after TICKS_SYNC_RETRY.
+         */
+        if (r->sync.source == replica_primary_index(r, r->view) &&
+            r->tick - r->sync.source_heard_tick >= TICKS_SYNC_SOURCE_QUIET &&
+            r->tick - r->sync.tick >= TICKS_SYNC_SOURCE_QUIET && r->config.replica_count > 2) {
+                r->sync.source_retries = 0;
+                sync_source_next(r);
+                sync_ask_again(r);
+                return;
+        }
+        if (r->tick - r->sync.tick < TICKS_SYNC_AGAIN)
                 return;
         /*
          * No answer, yet the source is heard (its prepares and commits come): its answers
@@ -1070,19 +1105,21 @@ void sync_tick(struct replica *r)
                 if (r->config.replica_count > 2)
                         sync_source_next(r);
         }
-        switch (r->sync.phase) {
-        case REPLICA_SYNC_PHASE_LIST:
-                request_chunks_again(r);
-                break;
-        case REPLICA_SYNC_PHASE_BLOCKS:
-                /* Answers lost: every block still lacking is asked for again. */
-                r->sync.inflight = 0;
-                r->sync.cursor = 0;
-                sync_pieces_release(r);
-                blocks_pump(r);
-                break;
-        default:
-                request_replies(r);
-                break;
-        }
+        sync_ask_again(r);
+}
+
+void sync_view_joined(struct replica *r)
+{
+        uint8_t primary = (uint8_t)replica_primary_index(r, r->view);
+        if (!r->sync.active || r->sync.source == primary || primary == r->config.replica ||
+            r->tick - r->sync.source_heard_tick < TICKS_SYNC_SOURCE_QUIET)
+                return;
+        /*
+         * The source went quiet and a new view began without it as primary: it is most
+         * likely cut off, and this cluster's quorum may wait for our copy. The new primary
+         * was just heard; asking it now saves the half second of silence sync_tick waits.
+         */
+        r->sync.source_retries = 0;
+        sync_source_next(r);
+        sync_ask_again(r);
 }

@@ -593,6 +593,24 @@ static void on_headers(struct replica *r, struct message *m, int from)
         repair(r, from);
 }
 
+/* Asks `to` for the prepare of `op` (checksum 0: whichever was committed there). */
+static bool request_prepare_send(struct replica *r, uint64_t op, u128 checksum, int to)
+{
+        struct message *m = header_only(r, COMMAND_REQUEST_PREPARE);
+        if (m == NULL)
+                return false;
+        m->header->raw[0] = 0;
+        struct {
+                u128 checksum;
+                u128 padding;
+                uint64_t op;
+        } request = {.checksum = checksum, .op = op};
+        memcpy(m->header->raw, &request, sizeof(request));
+        r->stats.repairs_requested++;
+        finish_and_send(r, m, to);
+        return true;
+}
+
 static void repair(struct replica *r, int target)
 {
         /* A state sync replaces the log: prepares repaired meanwhile would be refused. */
@@ -622,10 +640,6 @@ static void repair(struct replica *r, int target)
                         continue;
                 }
                 *asked_tick = r->tick;
-                struct message *m = header_only(r, COMMAND_REQUEST_PREPARE);
-                if (m == NULL)
-                        return;
-                m->header->raw[0] = 0;
                 u128 want = h != NULL ? h->checksum : 0;
                 if (want == 0) {
                         /* Unknown here, but the next op's header names it. */
@@ -633,13 +647,6 @@ static void repair(struct replica *r, int target)
                         if (next != NULL && next->checksum != 0)
                                 want = next->prepare.parent;
                 }
-                struct {
-                        u128 checksum;
-                        u128 padding;
-                        uint64_t op;
-                } request = {.checksum = want, .op = op};
-                memcpy(m->header->raw, &request, sizeof(request));
-                r->stats.repairs_requested++;
                 /*
                  * Every other round, and always instead of ourselves, rotate over the peers:
                  * the one we would ask may have lost its copy (a committed op it no longer
@@ -653,9 +660,23 @@ static void repair(struct replica *r, int target)
                         to = (r->config.replica + 1 +
                               (int)((op + round / 2) % (r->config.replica_count - 1))) %
                              r->config.replica_count;
-                finish_and_send(r, m, to);
+                if (!request_prepare_send(r, op, want, to))
+                        return;
                 asked++;
         }
+}
+
+void replication_checkpoint_durable(struct replica *r)
+{
+        uint64_t op = r->wal_refused_op;
+        if (op == 0)
+                return;
+        r->wal_refused_op = 0;
+        if (op != r->op + 1 || op >= r->checkpoint_op_durable + r->config.wal_slot_count ||
+            r->status != REPLICA_STATUS_NORMAL || replica_is_primary(r))
+                return;
+        request_prepare_send(r, op, r->wal_refused_checksum,
+                             (int)replica_primary_index(r, r->view));
 }
 
 /*
@@ -688,6 +709,8 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
                    (h->view == r->view || op <= r->commit_max)) {
                 if (op >= r->checkpoint_op_durable + r->config.wal_slot_count) {
                         r->stats.wal_full_stalls++;
+                        r->wal_refused_op = op;
+                        r->wal_refused_checksum = h->checksum;
                         return false; /* the slot still holds an op the checkpoint lacks */
                 }
                 r->op = op;
@@ -1480,6 +1503,7 @@ static void on_start_view(struct replica *r, struct message *m)
         anchor_set(r);
         fresh_joined_set(r);
         r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
+        sync_view_joined(r);
         sync_maybe(r, h->replica, h->start_view.checkpoint_op);
         view_persist(r);
         /* Acknowledge the uncommitted suffix we already hold; the rest comes by repair. */
