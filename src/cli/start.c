@@ -96,6 +96,12 @@ static uint64_t env_realtime_ns(void *context)
         return io_realtime_ns();
 }
 
+static void env_flush(void *context)
+{
+        struct server *s = context;
+        io_submit(&s->io);
+}
+
 static uint64_t env_monotonic_ns(void *context)
 {
         (void)context;
@@ -777,6 +783,7 @@ int cli_start(int argc, char **argv)
                 .journal_write = env_journal_write,
                 .realtime_ns = env_realtime_ns,
                 .monotonic_ns = env_monotonic_ns,
+                .flush = env_flush,
                 .checkpoint = env_checkpoint,
                 .storage_full = env_storage_full,
                 .storage_room = env_storage_room,

@@ -332,6 +332,16 @@ static int enter(struct io *io, uint32_t min_complete, uint64_t timeout_ns)
         return 0;
 }
 
+void io_submit(struct io *io)
+{
+        if (io->backend == IO_BACKEND_EPOLL) {
+                io_epoll_submit_now(io);
+                return;
+        }
+        if (io->sq_pending > 0 || io->overflow_head != NULL)
+                (void)enter(io, 0, 0); /* a failure shows again in the next io_run */
+}
+
 int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
 {
         if (io->backend == IO_BACKEND_EPOLL)

@@ -113,6 +113,13 @@ void io_fsync(struct io *io, struct io_completion *c, int fd);
  */
 int io_run(struct io *io, uint64_t timeout_ns, bool return_early);
 
+/*
+ * Hands every queued operation to the kernel now (sockets tried at once) without waiting and
+ * without running a callback: for a caller stuck in long synchronous work that must get one
+ * message out meanwhile (a primary's heartbeat). Completions still run in io_run.
+ */
+void io_submit(struct io *io);
+
 /* "io_uring" or "epoll". */
 const char *io_backend_name(const struct io *io);
 

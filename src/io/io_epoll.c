@@ -415,6 +415,12 @@ static void submit_all(struct io_epoll *e)
                 files_submit(e, &files, file_count);
 }
 
+void io_epoll_submit_now(struct io *io)
+{
+        tally_assert(io->backend == IO_BACKEND_EPOLL);
+        submit_all(io->epoll);
+}
+
 static int wait_events(struct io_epoll *e, uint64_t wait_ns)
 {
         int n = -1;

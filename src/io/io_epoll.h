@@ -12,5 +12,6 @@ void io_epoll_deinit(struct io *io);
 /* Queues `c` (prepared by io.c: opcode, fd, buffer, size, offset, address). */
 void io_epoll_submit(struct io *io, struct io_completion *c);
 int io_epoll_run(struct io *io, uint64_t timeout_ns, bool return_early);
+void io_epoll_submit_now(struct io *io);
 
 #endif

@@ -837,6 +837,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 if (r->env.monotonic_ns != NULL) {
                         uint64_t ns = r->env.monotonic_ns(r->env.context) - started_ns;
                         histogram_observe(&r->stats.commit_execute, ns);
+                        r->primary_patience_ticks = MIN(ns / TICK_NS, TICKS_PRIMARY_PATIENCE_MAX);
                         if (ns >= REPLICA_SLOW_COMMIT_NS)
                                 slow_commit_note(r, p, ns, &before);
                 }

@@ -126,6 +126,11 @@ struct replica_env {
          * without it (the simulator) latency is not measured.
          */
         uint64_t (*monotonic_ns)(void *context);
+        /*
+         * Optional: hands the messages queued so far to the network now, before the replica
+         * executes an op that may keep its loop busy for long (the server: io_submit).
+         */
+        void (*flush)(void *context);
 
         /* Optional, for the simulator's checks: every prepare this replica commits, in order. */
         void (*committed)(void *context, const struct message *prepare,
@@ -377,6 +382,17 @@ struct replica {
         /* Timing, in ticks of 10 ms. */
         uint64_t tick;
         uint64_t primary_heard_tick;    /* backup: the primary's last prepare or commit */
+        /*
+         * Backup: how long (in ticks) the last op took to execute here. The primary executes
+         * the same ops, so it is granted that much more silence before a view change: after
+         * an op of a second it is most likely busy with the next one, not dead.
+         */
+        uint64_t primary_patience_ticks;
+        /* Backup: the last tick our commit moved or matched commit_max (sync_repair_stuck). */
+        uint64_t repair_progress_tick;
+        uint64_t repair_progress_commit;
+        uint64_t primary_checkpoint_op; /* the primary's durable checkpoint, from its commits */
+        uint64_t peer_heard_tick[WIRE_REPLICAS_MAX]; /* each peer's last message, any kind */
         uint64_t heartbeat_sent_tick;   /* primary: last commit heartbeat */
         uint64_t view_change_tick;      /* when the current view change began */
         uint64_t repair_tick;           /* last repair request */
@@ -484,6 +500,7 @@ struct replica {
                 uint64_t tick;        /* last request or progress, for retries */
                 uint64_t source_heard_tick; /* the source's last message of any kind */
                 uint32_t source_retries;    /* asked the same source again, no block since */
+                bool forced; /* sync_repair_stuck: copy even where journals should cover us */
         } sync;
         bool checkpoint_in_progress;
         uint64_t checkpoint_retry_tick; /* after storage refused one, not before this tick */

@@ -10,8 +10,11 @@
 /* Timeouts, in ticks of 10 ms. */
 #define TICKS_HEARTBEAT 5u             /* primary: commit heartbeat every 50 ms */
 #define TICKS_PRIMARY_SILENT 30u       /* backup: 300 ms without the primary starts a view change */
+#define TICKS_PRIMARY_PATIENCE_MAX 500u /* backup: at most 5 s more after executing a long op */
+#define TICK_NS 10000000u
 #define TICKS_VIEW_CHANGE 60u          /* a view change stuck this long moves to the next view */
 #define TICKS_PREPARE_RESEND 20u       /* primary: retransmit unacknowledged prepares */
+#define TICKS_REPAIR_STUCK 300u       /* backup: 3 s of repair without a commit: copy instead */
 #define TICKS_REPAIR 10u               /* ask again for missing prepares */
 #define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
 #define REPAIR_REQUESTS_MAX 64u        /* missing prepares asked for and not yet here */
@@ -69,6 +72,13 @@ void replica_checkpoint_installed(struct replica *r, u128 prepare_checksum);
 void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op);
 void sync_on_message(struct replica *r, struct message *m);
 void sync_tick(struct replica *r);
+/*
+ * Repair has not moved our commit for TICKS_REPAIR_STUCK though the cluster committed more: the
+ * ops we lack are in no peer's journal any more (each peer's journal began again at a
+ * checkpoint it installed or recovered from), which sync_maybe's estimate cannot tell. Copies
+ * the peer's checkpoint if it is past our commit, however close.
+ */
+void sync_repair_stuck(struct replica *r, uint8_t source, uint64_t checkpoint_op);
 /* This replica joined a view: a copy from a quiet source moves to the new primary. */
 void sync_view_joined(struct replica *r);
 void sync_deinit(struct replica *r);

@@ -322,12 +322,42 @@ static bool sync_journals_cover(const struct replica *r, uint64_t checkpoint_op)
         return checkpoint_op <= r->commit + r->config.wal_slot_count - r->config.checkpoint_interval;
 }
 
+static void sync_start(struct replica *r, uint8_t source, uint64_t checkpoint_op);
+
 void sync_maybe(struct replica *r, uint8_t source, uint64_t checkpoint_op)
+{
+        if (sync_journals_cover(r, checkpoint_op) && !r->grid_syncing)
+                return;
+        sync_start(r, source, checkpoint_op);
+}
+
+void sync_repair_stuck(struct replica *r, uint8_t source, uint64_t checkpoint_op)
+{
+        if (checkpoint_op <= r->commit)
+                return; /* a copy would not bring us further */
+        if (!r->sync.active)
+                log_info("state sync: repair made no progress for %u ms; copying instead "
+                         "commit=%llu commit_max=%llu",
+                         TICKS_REPAIR_STUCK * 10u, (unsigned long long)r->commit,
+                         (unsigned long long)r->commit_max);
+        bool started = !r->sync.active;
+        sync_start(r, source, checkpoint_op);
+        if (started && r->sync.active)
+                r->sync.forced = true;
+}
+
+static void sync_start(struct replica *r, uint8_t source, uint64_t checkpoint_op)
 {
         if (r->sync.active || r->checkpoint_in_progress || r->config.replica_count == 1 ||
             source == r->config.replica)
                 return;
-        if (sync_journals_cover(r, checkpoint_op) && !r->grid_syncing)
+        /*
+         * Our commit is there already: such a copy never installs (sync_finish), yet while it
+         * runs our prepares are refused. A replica whose installed checkpoint was not durable
+         * yet (still grid_syncing) restarted one at every heartbeat, and its cluster, whose
+         * quorum needed it, stalled for seconds.
+         */
+        if (checkpoint_op <= r->commit)
                 return;
         log_info("state sync started source=%u checkpoint_op=%llu commit=%llu", source,
                  (unsigned long long)checkpoint_op, (unsigned long long)r->commit);
@@ -897,7 +927,8 @@ static void on_block(struct replica *r, struct message *m)
         if (!same || f.size != r->sync.size) {
                 if (f.offset != 0)
                         return;
-                if (sync_journals_cover(r, f.checkpoint_op) && !r->grid_syncing) {
+                if (sync_journals_cover(r, f.checkpoint_op) && !r->grid_syncing &&
+                    !r->sync.forced) {
                         /* This source's journal has what we lack (see sync_maybe). */
                         log_info("state sync ended: the source's journal covers us source=%u "
                                  "checkpoint_op=%llu commit=%llu",
@@ -1031,23 +1062,38 @@ static void sync_ask_again(struct replica *r)
         }
 }
 
+/*
+ * Another source: the view's primary if it was heard lately, else the peer heard most recently
+ * (never the one left: it just went quiet). Leaving a cut-off source for the primary of a view
+ * that is itself cut off, and back, cost a lagging replica seconds.
+ */
 static void sync_source_next(struct replica *r)
 {
         uint8_t n = r->config.replica_count;
-        uint8_t next = replica_primary_index(r, r->view);
-        if (next == r->config.replica || next == r->sync.source) {
-                next = (uint8_t)((r->sync.source + 1) % n);
-                if (next == r->config.replica)
-                        next = (uint8_t)((next + 1) % n);
+        uint8_t primary = (uint8_t)replica_primary_index(r, r->view);
+        int next = -1;
+        if (primary != r->config.replica && primary != r->sync.source &&
+            r->tick - r->peer_heard_tick[primary] < TICKS_SYNC_SOURCE_QUIET)
+                next = primary;
+        if (next < 0) {
+                for (uint8_t k = 1; k < n; k++) {
+                        uint8_t j = (uint8_t)((r->sync.source + k) % n);
+                        if (j == r->config.replica)
+                                continue;
+                        if (next < 0 || r->peer_heard_tick[j] > r->peer_heard_tick[next])
+                                next = j;
+                }
         }
-        if (next == r->sync.source)
+        if (next < 0 || next == r->sync.source)
                 return; /* no other replica to ask */
-        log_info("state sync source silent; asking another source=%u from=%u checkpoint_op=%llu",
+        log_info("state sync source silent; asking another source=%d from=%u checkpoint_op=%llu",
                  next, r->sync.source, (unsigned long long)r->sync.checkpoint_op);
         sync_target_forget(r);
         free(r->sync.legacy_blob);
         r->sync.legacy_blob = NULL;
-        r->sync.source = next;
+        r->sync.source = (uint8_t)next;
+        r->sync.source_heard_tick = r->peer_heard_tick[next];
+        r->sync.tick = r->tick;
         r->sync.chunk = 0; /* its messages may be of another size */
 }
 
