@@ -85,7 +85,13 @@ int main(int argc, char **argv)
         }
         uint64_t target = strtoull(argv[2], NULL, 10);
         char error[512];
-        if (io_init(&io, 64) != 0 || message_pool_init(&pool, 64) != 0) {
+        /*
+         * A restored checkpoint holds a reply per client session (up to REPLICA_CLIENTS_MAX),
+         * each in a message of the pool, and replay needs a few more. With 64, a cluster that
+         * had served about 60 clients left none for reading the journal (upgrade.sh: digest
+         * died on a NULL message, now and then).
+         */
+        if (io_init(&io, 64) != 0 || message_pool_init(&pool, REPLICA_CLIENTS_MAX + 16) != 0) {
                 fprintf(stderr, "digest: no io or message pool\n");
                 return 1;
         }
@@ -144,6 +150,10 @@ int main(int argc, char **argv)
         }
         u128 prepare_checksum = sb->root_address != 0 ? sb->checkpoint_prepare_checksum : 0;
         struct message *m = message_pool_get(&pool);
+        if (m == NULL) {
+                fprintf(stderr, "digest: no message left to read the journal with\n");
+                return 1;
+        }
         static struct wire_header header;
         for (op = op + 1; op <= target; op++) {
                 uint32_t slot = (uint32_t)(op % sb->wal_slot_count);
