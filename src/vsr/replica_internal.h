@@ -14,7 +14,7 @@
 #define TICK_NS 10000000u
 #define TICKS_VIEW_CHANGE 60u          /* a view change stuck this long moves to the next view */
 #define TICKS_PREPARE_RESEND 20u       /* primary: retransmit unacknowledged prepares */
-#define TICKS_REPAIR_STUCK 300u       /* backup: 3 s of repair without a commit: copy instead */
+#define TICKS_REPAIR_STUCK 1000u      /* backup: 10 s of repair without a commit: copy instead */
 #define TICKS_REPAIR 10u               /* ask again for missing prepares */
 #define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
 #define REPAIR_REQUESTS_MAX 64u        /* missing prepares asked for and not yet here */
