@@ -224,8 +224,14 @@ class Run {
 
   // The longest time (ms) without an acknowledgement inside the windows where the cluster must
   // serve. A window that starts in the middle of a gap counts from its start.
+  // The gap is kept in this.worstGap ({ from, to } in seconds since t0) for the report.
   unavailableMs(end) {
     let worst = 0;
+    const gap = (from, to) => {
+      if (to - from <= worst) return;
+      worst = to - from;
+      this.worstGap = { from: (from - this.t0) / 1000, to: (to - this.t0) / 1000 };
+    };
     for (let k = 0; k < this.windows.length; k++) {
       if (!this.windows[k].serve) continue;
       const s = this.windows[k].at;
@@ -234,10 +240,10 @@ class Run {
       for (const t of this.acks) {
         if (t <= s) continue;
         if (t > e) break;
-        worst = Math.max(worst, t - last);
+        gap(last, t);
         last = t;
       }
-      worst = Math.max(worst, e - last);
+      gap(last, e);
     }
     return worst;
   }
@@ -437,6 +443,7 @@ async function runScenario(sc, index) {
     await s.startCluster();
     if (!(await s.startWriter(1000000 * (index + 1)))) throw new Error(`the writer did not start: ${s.writerError || s.writerStderr()}`);
     s.t0 = Date.now();
+    s.note(`t0 is ${new Date(s.t0).toISOString()}`);
     await sleep(1500);
     s.serve(true);
     await sc.run(s);
@@ -463,7 +470,10 @@ async function runScenario(sc, index) {
     const same = await s.identical();
     if (!same.ok) result.problems.push(`replicas differ at op ${same.op}: ${JSON.stringify(same)}`);
     result.op = same.op;
-    if (result.unavailable > sc.threshold) result.problems.push(`unavailable ${result.unavailable.toFixed(2)} s > ${sc.threshold} s`);
+    if (result.unavailable > sc.threshold) {
+      const g = s.worstGap;
+      result.problems.push(`unavailable ${result.unavailable.toFixed(2)} s > ${sc.threshold} s (from ${g.from.toFixed(1)}s to ${g.to.toFixed(1)}s)`);
+    }
   } catch (e) {
     result.problems.push(String(e && e.stack || e));
   }
