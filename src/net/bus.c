@@ -986,8 +986,10 @@ static void peer_connect_start(struct bus *bus, uint8_t replica,
         c->peer[sizeof(c->peer) - 1] = '\0';
         peer->state = BUS_PEER_CONNECTING;
         peer->connecting = connection_id(bus, c);
-        peer->connect_deadline_ns =
-                io_monotonic_ns() + (uint64_t)bus->connect_timeout_ms * 1000000ull;
+        uint32_t timeout_ms = peer->failures % 4 == 3
+                                      ? bus->connect_timeout_ms
+                                      : MIN(bus->connect_timeout_ms, BUS_PEER_CONNECT_QUICK_MS);
+        peer->connect_deadline_ns = io_monotonic_ns() + (uint64_t)timeout_ms * 1000000ull;
         c->recv_completion.callback = on_connect;
         c->recv_completion.context = bus;
         io_connect(bus->io, &c->recv_completion, fd, (const struct sockaddr *)target, target_size);
