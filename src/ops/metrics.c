@@ -357,6 +357,9 @@ static void format_cluster(const struct metrics_sources *s, struct expo *e)
                 st->state_syncs_started);
         counter(e, "tally_state_syncs_installed_total", "State syncs completed and installed.",
                 st->state_syncs_installed);
+        counter(e, "tally_state_sync_prepares_total",
+                "Prepares journaled (and acknowledged) while a state sync ran.",
+                st->state_sync_prepares);
         counter(e, "tally_backup_served_bytes_total",
                 "Checkpoint bytes sent to `tally backup` connections.",
                 s->backup_pin != NULL ? s->backup_pin->bytes_read : 0);

@@ -865,6 +865,11 @@ static void step(struct sim *sim)
                         continue;
                 if (sr->disk.wiped)
                         sim_disk_heal_check(sim, sr);
+                if (sr->replica.stats.state_sync_prepares < sr->sync_prepares_seen)
+                        sr->sync_prepares_seen = 0; /* restarted */
+                sim->report->sync_prepares +=
+                        sr->replica.stats.state_sync_prepares - sr->sync_prepares_seen;
+                sr->sync_prepares_seen = sr->replica.stats.state_sync_prepares;
                 if (sr->replica.view > sr->view_seen) {
                         sim->report->view_changes++;
                         sr->view_seen = sr->replica.view;

@@ -152,6 +152,7 @@ struct sim_replica {
         int64_t clock_skew_ns;
         uint64_t tick_next_ns;
         uint32_t view_seen;
+        uint64_t sync_prepares_seen; /* replica.stats.state_sync_prepares already reported */
         /* Connection ids this replica sees messages from each peer on (0: none yet). */
         replica_connection peer_connection[SIM_REPLICAS_MAX];
 };

@@ -653,6 +653,19 @@ void replica_tick(struct replica *r)
 {
         replication_tick(r);
         /*
+         * An installed copy whose checkpoint could not be written (a view-state write held the
+         * storage): nothing commits until it is durable (the journal has no room after an
+         * unwritten checkpoint, and grid_syncing holds execution), so no commit would retry it.
+         * The partition suite saw a backup wait 3.7 s so, and the quorum that needed it with it.
+         */
+        if (r->install_unwritten) {
+                if (r->checkpoint_op_durable != 0)
+                        r->install_unwritten = false;
+                else if (!r->checkpoint_in_progress && !r->sync.active &&
+                         r->tick >= r->checkpoint_retry_tick)
+                        replica_checkpoint_installed(r, r->install_anchor);
+        }
+        /*
          * Once a second: the ledger grows the data file as it writes, and a write that finds
          * no room cannot be undone, so writes are refused while the file system lacks room
          * for the next growth steps, before any write can fail.
@@ -1554,6 +1567,7 @@ int replica_install(struct replica *r, struct lsm_block_ref root, uint64_t block
                 r->op = keep;
                 r->parent = chain;
         }
+        r->sync_journaled_max = 0;
         /* The replies came from the peer's slots; ours must be written with the checkpoint
          * (which moves each to the other slot of its pair). */
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++) {
@@ -1573,6 +1587,8 @@ int replica_install(struct replica *r, struct lsm_block_ref root, uint64_t block
 void replica_checkpoint_installed(struct replica *r, u128 prepare_checksum)
 {
         r->checkpoint_op_durable = 0; /* not durable here until written */
+        r->install_unwritten = true;
+        r->install_anchor = prepare_checksum;
         if (r->checkpoint_in_progress)
                 return; /* the next commit tries again */
         struct message fake;

@@ -311,6 +311,7 @@ struct replica_stats {
         uint64_t state_syncs_installed;
         uint64_t state_sync_blocks_copied; /* blocks a state sync wrote from a peer */
         uint64_t state_sync_blocks_kept;   /* blocks it found already here, not copied */
+        uint64_t state_sync_prepares;      /* prepares journaled while a copy ran */
         /* Primary: request received -> reply queued, for requests it prepared itself. */
         struct histogram request_latency;
         /* Every replica: executing one committed op (the ledger's rules and its trees' work). */
@@ -403,6 +404,18 @@ struct replica {
          */
         uint64_t wal_refused_op;
         u128 wal_refused_checksum;
+        /*
+         * The highest op journaled while a copy ran (sync_may_journal), until one installs: a
+         * copy of a checkpoint so old that this op's slot would have held one of the ops
+         * install must keep is never started.
+         */
+        uint64_t sync_journaled_max;
+        /*
+         * A copy installed but not yet written as this replica's own checkpoint (storage was
+         * busy): retried from the tick, since nothing commits before it is durable.
+         */
+        bool install_unwritten;
+        u128 install_anchor;
         uint64_t headers_asked_tick;    /* last request_headers */
         uint64_t prepare_resent_tick;   /* primary: last retransmission of the pipeline */
         uint64_t start_view_asked_tick; /* recovering: last request_start_view */
@@ -413,6 +426,9 @@ struct replica {
         bool start_view_pending;        /* new primary: repairing before start_view */
         uint64_t suffix_next;           /* new primary: next old op to replicate again (0: none) */
         uint64_t suffix_progress_tick;  /* when suffix_next last moved */
+        uint64_t commit_seen;           /* primary: r->commit at commit_seen_tick */
+        uint64_t commit_seen_tick;      /* primary: when commit last moved (or prepares began) */
+        uint64_t stall_logged_tick;     /* primary: last "commit stalled" warning */
         /* Backups: prepares received and not yet executed, by op % REPLICA_PREPARE_CACHE. */
         struct message *prepare_cache[REPLICA_PREPARE_CACHE];
         /* Checkpoints. */

@@ -15,6 +15,7 @@
 #define TICKS_VIEW_CHANGE 60u          /* a view change stuck this long moves to the next view */
 #define TICKS_PREPARE_RESEND 20u       /* primary: retransmit unacknowledged prepares */
 #define TICKS_REPAIR_STUCK 1000u      /* backup: 10 s of repair without a commit: copy instead */
+#define TICKS_COMMIT_STALLED 100u      /* primary: a prepare without quorum this long is logged */
 #define TICKS_REPAIR 10u               /* ask again for missing prepares */
 #define TICKS_REQUEST_START_VIEW 20u   /* recovering: ask for the current view again */
 #define REPAIR_REQUESTS_MAX 64u        /* missing prepares asked for and not yet here */
@@ -81,6 +82,13 @@ void sync_tick(struct replica *r);
 void sync_repair_stuck(struct replica *r, uint8_t source, uint64_t checkpoint_op);
 /* This replica joined a view: a copy from a quiet source moves to the new primary. */
 void sync_view_joined(struct replica *r);
+/*
+ * While a copy runs: true if `op` may still be journaled (and acknowledged). See
+ * replica_sync.c.
+ */
+bool sync_may_journal(const struct replica *r, uint64_t op);
+/* The op whose successors' journal slots are free to take: see replication.c's accept. */
+uint64_t sync_journal_base(const struct replica *r);
 void sync_deinit(struct replica *r);
 /* Frees what state sync allocated, touching no message (replica_abandon). */
 void sync_free_memory(struct replica *r);

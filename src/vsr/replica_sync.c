@@ -346,6 +346,53 @@ void sync_repair_stuck(struct replica *r, uint8_t source, uint64_t checkpoint_op
                 r->sync.forced = true;
 }
 
+/*
+ * A backup copying a checkpoint still takes part in replication: the log after the checkpoint
+ * being copied is this view's log, which install keeps (replica_install keeps what chains onto
+ * the installed op), so new prepares that chain onto it are journaled and acknowledged as
+ * usual. Without that, a cluster whose quorum needs this replica (another one down) stops for
+ * the whole copy, and then for the repair of every op since the checkpoint.
+ *
+ * Only once the superblock says grid_syncing: from then on the old checkpoint is not trusted,
+ * nothing executes until the copy installs, and a restart copies again, so the journal's ops
+ * up to the copied checkpoint are never needed again and their slots may take newer ops. And
+ * only while the log from that checkpoint to our head is known and chains: every journaled op
+ * must survive the install, or an acknowledged op could be forgotten.
+ */
+/* False if ops journaled during a copy would not all fit after `checkpoint_op` (see above). */
+static bool sync_target_keeps_journal(const struct replica *r, uint64_t checkpoint_op)
+{
+        return r->sync_journaled_max == 0 ||
+               checkpoint_op + r->config.wal_slot_count > r->sync_journaled_max;
+}
+
+bool sync_may_journal(const struct replica *r, uint64_t op)
+{
+        uint64_t target = r->sync.checkpoint_op;
+        if (!r->sync.active || !r->view_state_durable.grid_syncing || op <= target ||
+            r->op < target || r->op - target >= r->config.wal_slot_count)
+                return false;
+        u128 expected = r->parent;
+        for (uint64_t x = r->op; x > target; x--) {
+                const struct wire_header *h = journal_header(r, x);
+                if (h == NULL || h->checksum == 0 || h->checksum != expected)
+                        return false;
+                expected = h->prepare.parent;
+        }
+        const struct wire_header *t = journal_header(r, target);
+        if (t != NULL && t->checksum != 0)
+                return t->checksum == expected;
+        return r->sync.prepare_checksum != 0 && r->sync.prepare_checksum == expected;
+}
+
+uint64_t sync_journal_base(const struct replica *r)
+{
+        if (r->sync.active && r->view_state_durable.grid_syncing &&
+            r->sync.checkpoint_op > r->checkpoint_op_durable)
+                return r->sync.checkpoint_op;
+        return r->checkpoint_op_durable;
+}
+
 static void sync_start(struct replica *r, uint8_t source, uint64_t checkpoint_op)
 {
         if (r->sync.active || r->checkpoint_in_progress || r->config.replica_count == 1 ||
@@ -357,7 +404,7 @@ static void sync_start(struct replica *r, uint8_t source, uint64_t checkpoint_op
          * yet (still grid_syncing) restarted one at every heartbeat, and its cluster, whose
          * quorum needed it, stalled for seconds.
          */
-        if (checkpoint_op <= r->commit)
+        if (checkpoint_op <= r->commit || !sync_target_keeps_journal(r, checkpoint_op))
                 return;
         log_info("state sync started source=%u checkpoint_op=%llu commit=%llu", source,
                  (unsigned long long)checkpoint_op, (unsigned long long)r->commit);
@@ -927,6 +974,13 @@ static void on_block(struct replica *r, struct message *m)
         if (!same || f.size != r->sync.size) {
                 if (f.offset != 0)
                         return;
+                if (!sync_target_keeps_journal(r, f.checkpoint_op)) {
+                        log_info("state sync: the source's checkpoint is older than ops "
+                                 "journaled meanwhile source=%u checkpoint_op=%llu op=%llu",
+                                 r->sync.source, (unsigned long long)f.checkpoint_op,
+                                 (unsigned long long)r->sync_journaled_max);
+                        return;
+                }
                 if (sync_journals_cover(r, f.checkpoint_op) && !r->grid_syncing &&
                     !r->sync.forced) {
                         /* This source's journal has what we lack (see sync_maybe). */

@@ -744,7 +744,7 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
                 existing = NULL; /* a recovery gap: its header is unknown */
         bool from_primary = from == (int)replica_primary_index(r, r->view) &&
                             r->status == REPLICA_STATUS_NORMAL;
-        if (r->sync.active)
+        if (r->sync.active && !sync_may_journal(r, op))
                 return false; /* the log is about to be replaced from a checkpoint */
         if (existing != NULL && existing->checksum == h->checksum) {
                 if (r->journal_state[slot] != SLOT_MISSING &&
@@ -752,7 +752,7 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
                         return false; /* already here or being written */
         } else if (op == r->op + 1 && h->prepare.parent == r->parent && from_primary &&
                    (h->view == r->view || op <= r->commit_max)) {
-                if (op >= r->checkpoint_op_durable + r->config.wal_slot_count) {
+                if (op >= sync_journal_base(r) + r->config.wal_slot_count) {
                         r->stats.wal_full_stalls++;
                         r->wal_refused_op = op;
                         r->wal_refused_checksum = h->checksum;
@@ -773,6 +773,10 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
         }
         if (!r->env.journal_write(r->env.context, m, on_journal_durable, r))
                 return false;
+        if (r->sync.active) {
+                r->sync_journaled_max = MAX(r->sync_journaled_max, op);
+                r->stats.state_sync_prepares++;
+        }
         journal_put(r, h, SLOT_WRITING);
         cache_put(r, m);
         r->timestamp_last = MAX(r->timestamp_last, h->prepare.timestamp);
@@ -1671,6 +1675,29 @@ static void pulse_maybe(struct replica *r)
                 replication_prepare(r, NULL, 0);
 }
 
+/*
+ * Primary: prepares waiting a second or more for a quorum are logged (once a second), with the
+ * replicas that hold the oldest one: the operator sees which peers a stalled cluster lacks.
+ */
+static void commit_stall_check(struct replica *r)
+{
+        if (r->pipeline_count == 0 || r->commit != r->commit_seen) {
+                r->commit_seen = r->commit;
+                r->commit_seen_tick = r->tick;
+                return;
+        }
+        if (r->tick - r->commit_seen_tick < TICKS_COMMIT_STALLED ||
+            r->tick - r->stall_logged_tick < TICKS_COMMIT_STALLED)
+                return;
+        r->stall_logged_tick = r->tick;
+        const struct replica_pipeline_entry *e = &r->pipeline[r->pipeline_head];
+        log_warn("commit stalled: no quorum for op=%llu for %llu ms view=%u held_by=0x%x "
+                 "pipeline=%u",
+                 (unsigned long long)e->prepare->header->prepare.op,
+                 (unsigned long long)(r->tick - r->commit_seen_tick) * 10u, r->view, e->ok,
+                 r->pipeline_count);
+}
+
 static void tick_primary(struct replica *r)
 {
         /*
@@ -1692,6 +1719,7 @@ static void tick_primary(struct replica *r)
                 return;
         }
         if (r->config.replica_count > 1) {
+                commit_stall_check(r);
                 if (r->tick - r->heartbeat_sent_tick >= TICKS_HEARTBEAT)
                         send_commit(r);
                 if (r->tick - r->prepare_resent_tick >= TICKS_PREPARE_RESEND) {

@@ -69,5 +69,17 @@ for size in $SIZES; do
   echo "replicas=$size: $size_passed passed, $size_failed failed"
   passed=$((passed + size_passed)); failed=$((failed + size_failed))
 done
+# Backups copying a checkpoint keep journaling and acknowledging prepares (sync_may_journal):
+# the sweep must have exercised that path on the sizes where copies happen, or it proves nothing.
+sync_prepares=$(cat "$OUT"/*.result 2>/dev/null | grep -o 'sync_prepares=[0-9]*' | cut -d= -f2 |
+  awk '{ n += $1 } END { print n + 0 }')
+echo "prepares journaled by replicas while copying a checkpoint: $sync_prepares"
+case " $SIZES " in
+  *" 3 "* | *" 5 "*)
+    if [ "$PER_SIZE" -ge 20 ] && [ "$sync_prepares" -eq 0 ]; then
+      echo "FAILED: no seed journaled a prepare during a state sync"
+      failed=$((failed + 1))
+    fi ;;
+esac
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
