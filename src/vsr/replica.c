@@ -940,8 +940,12 @@ static void on_checkpoint_done(void *context, bool ok)
                 r->stats.checkpoints_skipped++;
                 return;
         }
-        if (!ok)
-                return; /* storage now refuses writes; nothing more is acknowledged */
+        if (!ok) {
+                /* Storage now refuses writes; nothing more is acknowledged. An installed copy
+                 * still unwritten (install_unwritten) tries again in a second, not every tick. */
+                r->checkpoint_retry_tick = r->tick + 100;
+                return;
+        }
         if (r->disk_full)
                 log_info("accepting writes again: a checkpoint grew the data file");
         r->disk_full = false;

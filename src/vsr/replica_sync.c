@@ -346,6 +346,13 @@ void sync_repair_stuck(struct replica *r, uint8_t source, uint64_t checkpoint_op
                 r->sync.forced = true;
 }
 
+/* False if ops journaled during a copy would not all fit after `checkpoint_op` (see below). */
+static bool sync_target_keeps_journal(const struct replica *r, uint64_t checkpoint_op)
+{
+        return r->sync_journaled_max == 0 ||
+               checkpoint_op + r->config.wal_slot_count > r->sync_journaled_max;
+}
+
 /*
  * A backup copying a checkpoint still takes part in replication: the log after the checkpoint
  * being copied is this view's log, which install keeps (replica_install keeps what chains onto
@@ -359,13 +366,6 @@ void sync_repair_stuck(struct replica *r, uint8_t source, uint64_t checkpoint_op
  * only while the log from that checkpoint to our head is known and chains: every journaled op
  * must survive the install, or an acknowledged op could be forgotten.
  */
-/* False if ops journaled during a copy would not all fit after `checkpoint_op` (see above). */
-static bool sync_target_keeps_journal(const struct replica *r, uint64_t checkpoint_op)
-{
-        return r->sync_journaled_max == 0 ||
-               checkpoint_op + r->config.wal_slot_count > r->sync_journaled_max;
-}
-
 bool sync_may_journal(const struct replica *r, uint64_t op)
 {
         uint64_t target = r->sync.checkpoint_op;
