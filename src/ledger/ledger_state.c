@@ -761,6 +761,10 @@ bool ledger_checkpoint(struct ledger *ledger, const void *user, uint32_t user_si
                 log_error("ledger: checkpoint not written: %s", ledger->grid.error);
                 return false;
         }
+        /* The root names blocks whose writes may not have landed yet; one that failed would
+         * leave the checkpoint naming a block that is not on disk. */
+        if (!lsm_grid_flush_writes(&ledger->grid))
+                ledger_fault(ledger, "checkpoint");
         return true;
 }
 

@@ -532,6 +532,18 @@ static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
         return ref;
 }
 
+bool lsm_grid_flush_writes(struct lsm_grid *grid)
+{
+        if (grid->device.flush == NULL)
+                return true;
+        int rc = grid->device.flush(grid->device.context);
+        if (rc == 0)
+                return true;
+        snprintf(grid->error, sizeof(grid->error), "a grid block write failed: %s", strerror(-rc));
+        grid->fault_damaged = false;
+        return false;
+}
+
 /* Checks a block just read into `slot`: published in the cache, or NULL and grid->error. */
 static const uint8_t *read_finish(struct lsm_grid *grid, uint32_t slot, struct lsm_block_ref ref,
                                   enum lsm_block_kind kind, int rc)

@@ -91,6 +91,13 @@ struct lsm_device {
          * and reports nothing. Without it, `read`.
          */
         int (*probe)(void *context, uint64_t address, uint8_t *block);
+        /*
+         * Optional, for a device whose writes return before they land: waits for every write
+         * issued so far, 0 or the first write's error (after which every write fails). A
+         * checkpoint calls it before naming the blocks (lsm_grid_flush_writes). Without it,
+         * writes land before `write` returns.
+         */
+        int (*flush)(void *context);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */
@@ -252,6 +259,9 @@ bool lsm_grid_read_copy(struct lsm_grid *grid, struct lsm_block_ref ref,
 
 /* Forgets every cached block (the next reads go to the device). */
 void lsm_grid_cache_clear(struct lsm_grid *grid);
+/* Waits until every block written so far has landed (lsm_device.flush); false, with
+ * grid->error, if one of them failed. */
+bool lsm_grid_flush_writes(struct lsm_grid *grid);
 /* lsm_grid_write at an address already acquired. */
 struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, uint64_t address,
                                        enum lsm_block_kind kind, uint8_t tree,

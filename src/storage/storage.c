@@ -416,8 +416,11 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         return STORAGE_OK;
 }
 
+static void grid_writes_deinit(struct storage *storage);
+
 void storage_close(struct storage *storage)
 {
+        grid_writes_deinit(storage);
         if (storage->open_file >= 0) {
                 tally_assert((uint32_t)storage->open_file < STORAGE_OPEN_FILES_MAX);
                 open_files[storage->open_file].used = false;
@@ -611,10 +614,115 @@ static int grid_grow(struct storage *storage, uint64_t blocks)
         return 0;
 }
 
+/* The write of `address` still in flight (or landed but not yet reaped), or NULL. */
+static struct storage_grid_write *grid_write_find(struct storage *storage, uint64_t address)
+{
+        for (uint32_t i = 0; storage->grid_writes_in_flight > 0 && i < STORAGE_GRID_WRITES_MAX;
+             i++) {
+                if (storage->grid_writes[i].address == address)
+                        return &storage->grid_writes[i];
+        }
+        return NULL;
+}
+
+static void on_grid_write(struct io_completion *completion, int32_t result)
+{
+        struct storage_grid_write *w = completion->context;
+        struct storage *storage = w->storage;
+        if (result > 0 && (uint32_t)result < completion->size) {
+                /* A short write: carry on with the rest, through the page cache (the rest need
+                 * not be aligned as O_DIRECT requires; the checkpoint's sync covers both). */
+                io_write(storage->grid_io, completion, storage->fd,
+                         (uint8_t *)completion->buffer + result,
+                         completion->size - (uint32_t)result,
+                         completion->offset + (uint64_t)result);
+                io_submit(storage->grid_io);
+                return;
+        }
+        if (result <= 0 && storage->grid_write_error == 0) {
+                storage->grid_write_error = result < 0 ? result : -EIO;
+                log_error("grid block write failed address=%llu error=%s",
+                          (unsigned long long)w->address, strerror(-storage->grid_write_error));
+        }
+        w->address = 0;
+        tally_assert(storage->grid_writes_in_flight > 0);
+        storage->grid_writes_in_flight--;
+}
+
+/* Runs grid write completions for up to a second, returning once some ran; 0 or -errno. */
+static int grid_writes_wait(struct storage *storage)
+{
+        int rc = io_run(storage->grid_io, 1000000000ull, true);
+        if (rc < 0 && storage->grid_write_error == 0) {
+                /* The ring itself failed: what is in flight may never be reported. */
+                storage->grid_write_error = rc;
+                log_error("grid writes: the ring failed error=%s", strerror(-rc));
+        }
+        return rc;
+}
+
+/* The ring and buffers of grid writes, at the first write: 0, or -errno (then writes block). */
+static int grid_writes_init(struct storage *storage)
+{
+        if (storage->grid_io != NULL)
+                return 0;
+        struct io *io = calloc(1, sizeof(*io));
+        struct storage_grid_write *writes = calloc(STORAGE_GRID_WRITES_MAX, sizeof(*writes));
+        uint8_t *memory = aligned_alloc(4096, (size_t)STORAGE_GRID_WRITES_MAX * GRID_BLOCK_SIZE);
+        int rc = io != NULL && writes != NULL && memory != NULL ? io_init(io, STORAGE_GRID_WRITES_MAX)
+                                                                : -ENOMEM;
+        if (rc != 0) {
+                log_warn("grid writes stay synchronous error=%s", strerror(-rc));
+                free(io);
+                free(writes);
+                free(memory);
+                return rc;
+        }
+        for (uint32_t i = 0; i < STORAGE_GRID_WRITES_MAX; i++) {
+                writes[i].storage = storage;
+                writes[i].buffer = memory + (size_t)i * GRID_BLOCK_SIZE;
+        }
+        storage->grid_io = io;
+        storage->grid_writes = writes;
+        storage->grid_write_memory = memory;
+        return 0;
+}
+
+int storage_grid_flush(struct storage *storage)
+{
+        while (storage->grid_writes_in_flight > 0) {
+                if (grid_writes_wait(storage) < 0)
+                        break;
+        }
+        return storage->grid_write_error;
+}
+
+static void grid_writes_deinit(struct storage *storage)
+{
+        if (storage->grid_io == NULL)
+                return;
+        (void)storage_grid_flush(storage);
+        if (storage->grid_writes_in_flight > 0)
+                return; /* the kernel may still use the buffers: leave them */
+        io_deinit(storage->grid_io);
+        free(storage->grid_io);
+        free(storage->grid_writes);
+        free(storage->grid_write_memory);
+        storage->grid_io = NULL;
+        storage->grid_writes = NULL;
+        storage->grid_write_memory = NULL;
+}
+
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
 {
         if (address == 0 || address > GRID_BLOCKS_MAX)
                 return -EINVAL;
+        struct storage_grid_write *pending = grid_write_find(storage, address);
+        if (pending != NULL) {
+                memcpy(block, pending->buffer, GRID_BLOCK_SIZE);
+                storage->grid_blocks_read++;
+                return 0;
+        }
         if (address > storage->grid_block_count) {
                 memset(block, 0, GRID_BLOCK_SIZE); /* never written: fails its check */
                 return 0;
@@ -631,16 +739,48 @@ int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t 
 {
         if (address == 0 || address > GRID_BLOCKS_MAX)
                 return -EINVAL;
+        if (storage->grid_write_error != 0)
+                return storage->grid_write_error;
         int rc = grid_grow(storage, address);
         if (rc != 0)
                 return -rc;
+        uint64_t offset = grid_block_offset(storage, address);
+        if (grid_writes_init(storage) != 0) {
+                bool direct = storage->fd_direct >= 0 && ((uintptr_t)block % 4096) == 0;
+                rc = write_exact(direct ? storage->fd_direct : storage->fd, block,
+                                 GRID_BLOCK_SIZE, offset);
+                if (rc == 0)
+                        storage->grid_blocks_written++;
+                return rc;
+        }
+        /* Two writes of one address in flight could land in either order: the first goes first. */
+        while (grid_write_find(storage, address) != NULL && grid_writes_wait(storage) >= 0)
+                ;
+        struct storage_grid_write *w = NULL;
+        while (storage->grid_write_error == 0) {
+                for (uint32_t i = 0; i < STORAGE_GRID_WRITES_MAX && w == NULL; i++) {
+                        if (storage->grid_writes[i].address == 0)
+                                w = &storage->grid_writes[i];
+                }
+                if (w != NULL || grid_writes_wait(storage) < 0)
+                        break;
+        }
+        if (storage->grid_write_error != 0)
+                return storage->grid_write_error;
+        memcpy(w->buffer, block, GRID_BLOCK_SIZE);
+        w->address = address;
+        memset(&w->completion, 0, sizeof(w->completion));
+        w->completion.callback = on_grid_write;
+        w->completion.context = w;
+        /* In a kernel worker: the submitting thread neither copies nor waits for the device. */
+        w->completion.background = true;
         /* O_DIRECT when it can: bulk writes that bypass the page cache do not make the
          * journal's next fdatasync wait for them. The checkpoint's sync covers both. */
-        bool direct = storage->fd_direct >= 0 && ((uintptr_t)block % 4096) == 0;
-        int fd = direct ? storage->fd_direct : storage->fd;
-        rc = write_exact(fd, block, GRID_BLOCK_SIZE, grid_block_offset(storage, address));
-        if (rc != 0)
-                return rc;
+        io_write(storage->grid_io, &w->completion,
+                 storage->fd_direct >= 0 ? storage->fd_direct : storage->fd, w->buffer,
+                 GRID_BLOCK_SIZE, offset);
+        io_submit(storage->grid_io);
+        storage->grid_writes_in_flight++;
         storage->grid_blocks_written++;
         return 0;
 }
@@ -655,12 +795,18 @@ static int device_write(void *context, uint64_t address, const uint8_t *block)
         return storage_grid_write(context, address, block);
 }
 
+static int device_flush(void *context)
+{
+        return storage_grid_flush(context);
+}
+
 struct lsm_device storage_grid_device(struct storage *storage)
 {
         return (struct lsm_device){
                 .context = storage,
                 .read = device_read,
                 .write = device_write,
+                .flush = device_flush,
         };
 }
 
@@ -803,6 +949,15 @@ bool storage_checkpoint_start(struct storage *storage,
          */
         uint64_t ahead = request->grid_address_max + STORAGE_GRID_GROWTH_BYTES / GRID_BLOCK_SIZE;
         int rc = grid_grow(storage, MIN(ahead, (uint64_t)GRID_BLOCKS_MAX));
+        /* The sync below covers the grid blocks only once their writes have landed. A failed
+         * one means a block the checkpoint names is not on disk: never write its superblock. */
+        if (rc == 0 && storage_grid_flush(storage) != 0) {
+                storage->failed = true;
+                cp->failed = true;
+                cp->io_failed = true;
+                checkpoint_step(storage);
+                return true;
+        }
         if (rc != 0) {
                 cp->failed = true;
                 cp->no_space = rc == ENOSPC || rc == EDQUOT;
@@ -1074,6 +1229,11 @@ int storage_legacy_convert(struct storage *storage,
         if (rc != 0) {
                 snprintf(error, error_size, "cannot grow the grid to convert it: %s",
                          strerror(rc));
+                return -1;
+        }
+        rc = storage_grid_flush(storage);
+        if (rc != 0) {
+                snprintf(error, error_size, "cannot write the converted grid: %s", strerror(-rc));
                 return -1;
         }
         if (fdatasync(storage->fd) != 0) {

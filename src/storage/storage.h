@@ -54,6 +54,13 @@
 #define GRID_BLOCKS_MAX (1u << 24) /* 1 TiB of grid */
 /* The file grows in steps; a checkpoint keeps this much room ahead of the ledger's blocks. */
 #define STORAGE_GRID_GROWTH_BYTES (64ull << 20)
+/*
+ * Grid block writes in flight at once. Each is copied into a buffer of its own (this many x 64
+ * KiB of memory, reserved at the first write), so the caller's block is free as soon as the
+ * call returns and the loop does not wait for the device: about 270 us per block here, a fifth
+ * of the time of a load of creates, was spent waiting in pwrite.
+ */
+#define STORAGE_GRID_WRITES_MAX 64u
 /* Two reply slots per session, used alternately, so a checkpoint never overwrites the reply
  * the previous (still current) checkpoint refers to. */
 #define STORAGE_REPLY_SLOTS (2u * STORAGE_CLIENTS_MAX)
@@ -195,6 +202,13 @@ struct storage_checkpoint {
         bool io_failed; /* a write or sync failed */
 };
 
+struct storage_grid_write {
+        struct io_completion completion;
+        struct storage *storage;
+        uint64_t address; /* 0: the buffer is free */
+        uint8_t *buffer;  /* GRID_BLOCK_SIZE bytes, 4 KiB aligned (O_DIRECT) */
+};
+
 struct storage {
         int fd; /* holds the lock (see storage_open) */
         int32_t open_file; /* this file's entry in the process's table of open data files */
@@ -220,6 +234,16 @@ struct storage {
         /* Format 1, opened for writing: to be converted before anything else (see above). */
         bool legacy;
         uint64_t grid_block_count; /* blocks the file holds now */
+        /*
+         * Grid writes (storage_grid_write): on a ring of their own, so that waiting for a free
+         * buffer or for every write to land (storage_grid_flush) runs no other completion in
+         * the middle of the ledger's work. NULL until the first write.
+         */
+        struct io *grid_io;
+        struct storage_grid_write *grid_writes; /* STORAGE_GRID_WRITES_MAX */
+        uint8_t *grid_write_memory;
+        uint32_t grid_writes_in_flight;
+        int grid_write_error; /* the first failed grid write (-errno); every later one fails */
         uint64_t grid_blocks_read;
         uint64_t grid_blocks_written;
         struct storage_checkpoint checkpoint;
@@ -294,12 +318,18 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
                         void (*done)(void *context), void *context);
 
 /*
- * The ledger's grid on this file: whole blocks by address, synchronously. A write beyond the
- * file grows it (by STORAGE_GRID_GROWTH_BYTES); -ENOSPC when the file system is full.
+ * The ledger's grid on this file: whole blocks by address. A write beyond the file grows it (by
+ * STORAGE_GRID_GROWTH_BYTES); -ENOSPC when the file system is full. Writes are asynchronous: the
+ * block is copied and the call returns; a read of a block still being written is answered from
+ * that copy, a second write of the same address waits for the first, and a failed write fails
+ * every later write and storage_grid_flush (the ledger then stops: lsm_grid_flush_writes).
+ * storage_grid_flush waits for every write issued so far (0, or the first write error); a
+ * checkpoint does so before its sync, and storage_close before closing the file.
  */
 struct lsm_device storage_grid_device(struct storage *storage);
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block);
 int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t *block);
+int storage_grid_flush(struct storage *storage);
 
 /*
  * Format 1 conversion, synchronous (start-up only). storage_legacy_read_checkpoint: the blob,
