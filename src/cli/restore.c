@@ -100,6 +100,12 @@ static int grid_write_image(const struct backup_contents *c, const char *path,
                 }
                 *address_max = MAX(*address_max, address);
         }
+        int rc = storage_grid_flush(&storage); /* the writes return before they land */
+        if (rc != 0) {
+                snprintf(error, error_size, "%s: writing the grid blocks failed: %s", path,
+                         strerror(-rc));
+                return -1;
+        }
         return 0;
 }
 

@@ -190,11 +190,16 @@ int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
  * Blocks as state sync and backups move them. ledger_block_read: the block `ref` names, read
  * from the device (not the cache) and checked; 0 or -1 (damaged or unreadable, logged).
  * ledger_block_install: writes a block received from elsewhere at the address its header
- * names, after checking that it is whole (its own checksum); 0 or -1. Installing blocks
- * overwrites whatever the grid held there: the ledger is unusable until ledger_open().
+ * names, after checking that it is whole (its own checksum); 0 or -1 (damaged, or the write
+ * failed). Installing blocks overwrites whatever the grid held there: the ledger is unusable
+ * until ledger_open(). ledger_blocks_flush: waits until every block written so far has landed
+ * (the device's writes may return first), and stops the ledger (ledger_fault) if one failed:
+ * after a failed install, and before a copied checkpoint is installed. Once an asynchronous
+ * write has failed every later one fails, so a copy would only fail again.
  */
 int ledger_block_read(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block);
 int ledger_block_install(struct ledger *ledger, const uint8_t *block);
+void ledger_blocks_flush(struct ledger *ledger);
 /*
  * True if the device holds the block `ref` names, whole (read into `block`, LSM_BLOCK_SIZE);
  * false, silently, if not: state sync asks this of every block of a peer's checkpoint.

@@ -863,6 +863,12 @@ int ledger_block_install(struct ledger *ledger, const uint8_t *block)
         return 0;
 }
 
+void ledger_blocks_flush(struct ledger *ledger)
+{
+        if (!lsm_grid_flush_writes(&ledger->grid))
+                ledger_fault(ledger, "installing a copied checkpoint");
+}
+
 int ledger_root_user(const uint8_t *root_block, void *user, uint32_t *user_size)
 {
         static struct root_user bytes;

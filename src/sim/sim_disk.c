@@ -50,12 +50,17 @@ void sim_disk_init(struct sim *sim, struct sim_disk *disk)
         tally_assert(disk->headers != NULL && disk->prepares != NULL && disk->replies != NULL &&
                      disk->damaged_op != NULL);
         lsm_device_memory_init(&disk->grid, SIM_GRID_BLOCKS);
+        for (uint32_t i = 0; i < SIM_GRID_PENDING_MAX; i++) {
+                disk->grid_pending[i].block = malloc(LSM_BLOCK_SIZE);
+                tally_assert(disk->grid_pending[i].block != NULL);
+        }
 }
 
 void sim_disk_format(struct sim *sim, struct sim_disk *disk)
 {
         (void)sim;
-        tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
+        tally_assert(disk->write_count == 0 && !disk->checkpoint_pending &&
+                     disk->grid_pending_count == 0);
         disk->view_state = (struct replica_view_state){.fresh = true};
         disk->checkpoint_present = false;
         disk->checkpoint_root = (struct lsm_block_ref){0};
@@ -85,6 +90,8 @@ void sim_disk_deinit(struct sim_disk *disk)
 {
         tally_assert(disk->write_count == 0 && !disk->checkpoint_pending);
         lsm_device_memory_deinit(&disk->grid);
+        for (uint32_t i = 0; i < SIM_GRID_PENDING_MAX; i++)
+                free(disk->grid_pending[i].block);
         for (uint32_t s = 0; s < SIM_WAL_SLOTS; s++)
                 free(disk->prepares[s]);
         for (uint32_t s = 0; s < SIM_REPLY_SLOTS; s++)
@@ -438,6 +445,7 @@ void sim_disk_crash(struct sim *sim, struct sim_replica *sr)
         }
         disk->write_count = 0;
         disk->write_head = 0;
+        sim_grid_crash(sim, sr);
         if (disk->view_pending && sim_prng_chance(&sim->prng, 500000)) {
                 disk->view_state = disk->view_state_next; /* written, just not acknowledged */
         }
@@ -578,6 +586,24 @@ static void grid_damage_remove(struct sim_disk *disk, uint64_t address)
                 *d = disk->grid_damage[--disk->grid_damage_count];
 }
 
+/* The block reaches the disk whole. */
+static void grid_land(struct sim_disk *disk, uint64_t address, const uint8_t *block)
+{
+        struct lsm_device device = lsm_device_memory(&disk->grid);
+        tally_assert(device.write(device.context, address, block) == 0);
+        grid_damage_remove(disk, address);
+        disk->grid_written_max = MAX(disk->grid_written_max, address);
+}
+
+static struct sim_grid_pending *grid_pending_find(struct sim_disk *disk, uint64_t address)
+{
+        for (uint32_t i = 0; disk->grid_pending_count > 0 && i < SIM_GRID_PENDING_MAX; i++) {
+                if (disk->grid_pending[i].address == address)
+                        return &disk->grid_pending[i];
+        }
+        return NULL;
+}
+
 static bool grid_faults_now(const struct sim *sim, const struct sim_replica *sr,
                             enum sim_fault fault)
 {
@@ -601,6 +627,11 @@ static int grid_read(void *context, uint64_t address, uint8_t *block)
         struct sim_replica *sr = context;
         struct sim *sim = sr->sim;
         struct sim_disk *disk = &sr->disk;
+        const struct sim_grid_pending *p = grid_pending_find(disk, address);
+        if (p != NULL) {
+                memcpy(block, p->block, LSM_BLOCK_SIZE); /* from its buffer: no device read */
+                return 0;
+        }
         if (disk->grid_read_armed && grid_faults_now(sim, sr, SIM_FAULT_GRID_READ) &&
             grid_read_fault_allowed(sim, sr)) {
                 disk->grid_read_armed = false;
@@ -630,8 +661,26 @@ static int grid_read(void *context, uint64_t address, uint8_t *block)
         return rc;
 }
 
-/* The process dies in the middle of this write: the block lands whole, torn or not at all. */
-static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *sr,
+static void grid_pending_land(struct sim_disk *disk, struct sim_grid_pending *p)
+{
+        tally_assert(p->address != 0 && disk->grid_pending_count > 0);
+        grid_land(disk, p->address, p->block);
+        p->address = 0;
+        disk->grid_pending_count--;
+}
+
+/* Lands every pending write, in an order of the grid stream's choosing. */
+static void grid_pending_land_all(struct sim *sim, struct sim_disk *disk)
+{
+        while (disk->grid_pending_count > 0) {
+                uint32_t i = (uint32_t)sim_prng_below(&sim->grid_prng, SIM_GRID_PENDING_MAX);
+                if (disk->grid_pending[i].address != 0)
+                        grid_pending_land(disk, &disk->grid_pending[i]);
+        }
+}
+
+/* The process dies while this block is being written: it lands whole, torn or not at all. */
+static const char *grid_write_interrupted(struct sim *sim, struct sim_replica *sr,
                                           uint64_t address, const uint8_t *block)
 {
         struct sim_disk *disk = &sr->disk;
@@ -660,10 +709,32 @@ static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *s
                         sim_count_fault(sim, SIM_FAULT_GRID_TORN);
                 }
         }
+        return fate == 0 ? "landed" : fate == 1 ? "torn" : "lost";
+}
+
+void sim_grid_crash(struct sim *sim, struct sim_replica *sr)
+{
+        struct sim_disk *disk = &sr->disk;
+        for (uint32_t i = 0; disk->grid_pending_count > 0 && i < SIM_GRID_PENDING_MAX; i++) {
+                struct sim_grid_pending *p = &disk->grid_pending[i];
+                if (p->address == 0)
+                        continue;
+                const char *fate = grid_write_interrupted(sim, sr, p->address, p->block);
+                sim_note(sim, "replica %u crashes with grid block %llu in flight (%s)", sr->index,
+                         (unsigned long long)p->address, fate);
+                sim->report->grid_writes_in_flight_at_crash++;
+                p->address = 0;
+                disk->grid_pending_count--;
+        }
+}
+
+static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *sr,
+                                          uint64_t address, const uint8_t *block)
+{
+        const char *fate = grid_write_interrupted(sim, sr, address, block);
         sim_count_fault(sim, SIM_FAULT_GRID_CRASH);
         sim_note(sim, "replica %u crashes writing grid block %llu (%s)", sr->index,
-                 (unsigned long long)address,
-                 fate == 0 ? "landed" : fate == 1 ? "torn" : "lost");
+                 (unsigned long long)address, fate);
         sim_grid_unwind(sr, SIM_FAULT_MODE_CRASH);
 }
 
@@ -694,20 +765,46 @@ static int grid_write(void *context, uint64_t address, const uint8_t *block)
         struct sim_replica *sr = context;
         struct sim *sim = sr->sim;
         struct sim_disk *disk = &sr->disk;
+        if (address == 0 || address > disk->grid.block_count_max)
+                return -EINVAL;
         if (grid_faults_now(sim, sr, SIM_FAULT_GRID_CRASH) &&
             sim_prng_chance(&sim->grid_prng, GRID_CRASH_PPM))
                 grid_crash_in_write(sim, sr, address, block);
+        /* A second write of one address goes after the first (the storage waits for it). */
+        struct sim_grid_pending *earlier = grid_pending_find(disk, address);
+        if (earlier != NULL)
+                grid_pending_land(disk, earlier);
         if (grid_faults_now(sim, sr, SIM_FAULT_GRID_MISDIRECT) &&
-            sim_prng_chance(&sim->grid_prng, GRID_MISDIRECT_PPM) &&
-            grid_misdirect(sim, sr, address, block))
-                return 0; /* acknowledged: the disk does not know */
-        struct lsm_device device = lsm_device_memory(&disk->grid);
-        int rc = device.write(device.context, address, block);
-        if (rc == 0) {
-                grid_damage_remove(disk, address);
-                disk->grid_written_max = MAX(disk->grid_written_max, address);
+            sim_prng_chance(&sim->grid_prng, GRID_MISDIRECT_PPM)) {
+                grid_pending_land_all(sim, disk); /* none in flight where it lands */
+                if (grid_misdirect(sim, sr, address, block))
+                        return 0; /* acknowledged: the disk does not know */
         }
-        return rc;
+        /* Earlier writes land now or later, in any order; this one joins them. */
+        for (uint32_t i = 0; i < SIM_GRID_PENDING_MAX; i++) {
+                struct sim_grid_pending *p = &disk->grid_pending[i];
+                if (p->address != 0 && sim_prng_chance(&sim->grid_prng, 250000))
+                        grid_pending_land(disk, p);
+        }
+        while (disk->grid_pending_count == SIM_GRID_PENDING_MAX) {
+                uint32_t i = (uint32_t)sim_prng_below(&sim->grid_prng, SIM_GRID_PENDING_MAX);
+                grid_pending_land(disk, &disk->grid_pending[i]);
+        }
+        struct sim_grid_pending *p = &disk->grid_pending[0];
+        while (p->address != 0)
+                p++;
+        tally_assert(p < disk->grid_pending + SIM_GRID_PENDING_MAX);
+        memcpy(p->block, block, LSM_BLOCK_SIZE);
+        p->address = address;
+        disk->grid_pending_count++;
+        return 0;
+}
+
+static int grid_flush(void *context)
+{
+        struct sim_replica *sr = context;
+        grid_pending_land_all(sr->sim, &sr->disk);
+        return 0;
 }
 
 /*
@@ -717,6 +814,11 @@ static int grid_write(void *context, uint64_t address, const uint8_t *block)
 static int grid_probe(void *context, uint64_t address, uint8_t *block)
 {
         struct sim_replica *sr = context;
+        const struct sim_grid_pending *p = grid_pending_find(&sr->disk, address);
+        if (p != NULL) {
+                memcpy(block, p->block, LSM_BLOCK_SIZE);
+                return 0;
+        }
         struct lsm_device device = lsm_device_memory(&sr->disk.grid);
         return device.read(device.context, address, block);
 }
@@ -724,7 +826,11 @@ static int grid_probe(void *context, uint64_t address, uint8_t *block)
 struct lsm_device sim_grid_device(struct sim_replica *sr)
 {
         return (struct lsm_device){
-                .context = sr, .read = grid_read, .write = grid_write, .probe = grid_probe};
+                .context = sr,
+                .read = grid_read,
+                .write = grid_write,
+                .probe = grid_probe,
+                .flush = grid_flush};
 }
 
 void sim_grid_corrupt_one(struct sim *sim, struct sim_replica *sr)

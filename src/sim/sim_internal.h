@@ -62,6 +62,14 @@ struct sim_grid_damage {
         uint8_t kind; /* enum sim_grid_damage_kind */
 };
 
+/* Grid writes a simulated disk holds in flight (the server's storage holds up to 64). */
+#define SIM_GRID_PENDING_MAX 8u
+
+struct sim_grid_pending {
+        uint64_t address; /* 0: free */
+        uint8_t *block;   /* LSM_BLOCK_SIZE */
+};
+
 
 struct sim_write {
         struct message *prepare; /* referenced until done */
@@ -104,6 +112,14 @@ struct sim_disk {
         /* Until our next checkpoint is durable, the replica may be without one (a repair, or a
          * failed read while opening it): counted as damage. */
         bool grid_repairing;
+        /*
+         * Grid writes not yet landed: as the server's storage does, a write returns before its
+         * block reaches the disk. Each lands at a later write, in any order, or when the
+         * ledger waits for them all (lsm_device.flush, before a checkpoint names them); a
+         * read of one is answered from it; a crash lands, tears or loses each.
+         */
+        struct sim_grid_pending grid_pending[SIM_GRID_PENDING_MAX];
+        uint32_t grid_pending_count;
         /* Damage the fault model must account for: the op of a lost or corrupt entry, 0 if none. */
         uint64_t *damaged_op;
         bool wiped;               /* re-formatted, and not yet caught up */
@@ -374,6 +390,8 @@ void sim_disk_crash(struct sim *sim, struct sim_replica *sr);
 void sim_disk_corrupt_one(struct sim *sim, struct sim_replica *sr);
 /* The grid device of a replica: its disk's blocks, through the grid faults. */
 struct lsm_device sim_grid_device(struct sim_replica *sr);
+/* A crash: each grid write in flight lands whole, torn or not at all (sim_disk_crash). */
+void sim_grid_crash(struct sim *sim, struct sim_replica *sr);
 /* A bit flips in a block of the grid at rest (SIM_FAULT_GRID_CORRUPT). */
 void sim_grid_corrupt_one(struct sim *sim, struct sim_replica *sr);
 /* The ledger found a block damaged: true if the simulator damaged it (else a bug, failed). */

@@ -570,6 +570,7 @@ static void sync_finish(struct replica *r)
                 sync_reset(r);
                 return;
         }
+        ledger_blocks_flush(r->ledger); /* the superblock will name what was copied */
         if (replica_install(r, r->sync.root, r->sync.install_blocks, r->sync.checkpoint_op,
                             r->sync.prepare_checksum, r->sync.timestamp, r->sync.replies) != 0) {
                 sync_reset(r);
@@ -840,8 +841,10 @@ static bool block_install(struct replica *r, uint64_t index, const uint8_t *bloc
                          (unsigned long long)want.address, why);
                 return true; /* asked for again */
         }
-        if (ledger_block_install(r->ledger, block) != 0)
+        if (ledger_block_install(r->ledger, block) != 0) {
+                ledger_blocks_flush(r->ledger); /* stops here if the device failed for good */
                 return false;
+        }
         if (!known_set(r, want.address, want.checksum))
                 return false;
         block_present(r, index);

@@ -81,5 +81,14 @@ case " $SIZES " in
       failed=$((failed + 1))
     fi ;;
 esac
+# Grid writes return before they land (docs/storage.md, "Asynchronous block writes"): crashes
+# must have caught some in flight, or the sweep never tested that a checkpoint waits for them.
+in_flight=$(cat "$OUT"/*.result 2>/dev/null | grep -o 'grid_writes_in_flight_at_crash=[0-9]*' |
+  cut -d= -f2 | awk '{ n += $1 } END { print n + 0 }')
+echo "grid writes in flight at a crash (landed, torn or lost): $in_flight"
+if [ "$PER_SIZE" -ge 20 ] && [ "$in_flight" -eq 0 ]; then
+  echo "FAILED: no crash caught a grid write in flight"
+  failed=$((failed + 1))
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
