@@ -117,7 +117,8 @@ grep -E "^# |passed, " "$WORK/cluster.out" | tail -25; record "cluster" "$WORK/c
 section "network partitions between three replica pods (namespaces, iptables, official client)"
 if [ "$(id -u)" -eq 0 ]; then
   TALLY_PARTITION_TIMEOUT=540 timeout 600 tests/partition/run.sh >"$WORK/partition.out" 2>&1; rc=$?
-  grep -E "^(PASS|FAIL) |passed, " "$WORK/partition.out" | tail -15; record "partition" "$WORK/partition.out" $rc
+  # A failing scenario's details (problems, events, the replicas' last warnings) follow it.
+  grep -E "^(PASS|FAIL) |^  |passed, " "$WORK/partition.out" | tail -80; record "partition" "$WORK/partition.out" $rc
 else
   echo "skipped: network namespaces need root"
 fi

@@ -486,6 +486,11 @@ async function runScenario(sc, index) {
   if (!result.pass) {
     for (const p of result.problems) console.log(`  ${p}`);
     console.log(`  events: ${s.events.join('; ')}`);
+    // CI keeps nothing but this output: each replica's last warnings and view changes.
+    for (const r of s.replicas) {
+      const lines = r.log.split('\n').filter((l) => / (warn|error) |view=/.test(l)).slice(-12);
+      for (const l of lines) console.log(`  replica ${r.index}: ${l.slice(0, 300)}`);
+    }
     console.log(`  logs: ${s.dir}`);
   }
   return result;
