@@ -793,6 +793,7 @@ static void setup(struct sim *sim)
         sim->crash_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim->corrupt_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));
         sim_prng_init(&sim->grid_prng, sim->options.seed ^ 0x67726964666c7470ull);
+        sim_prng_init(&sim->grid_write_prng, sim->options.seed ^ 0x6772696477726974ull);
         sim->grid_corrupt_next_ns = ms(sim_prng_range(&sim->grid_prng, 200, 3000));
         sim->grid_read_next_ns = ms(sim_prng_range(&sim->grid_prng, 200, 3000));
         sim->clock_next_ns = ms(sim_prng_range(&sim->prng, 200, 3000));

@@ -673,7 +673,8 @@ static void grid_pending_land(struct sim_disk *disk, struct sim_grid_pending *p)
 static void grid_pending_land_all(struct sim *sim, struct sim_disk *disk)
 {
         while (disk->grid_pending_count > 0) {
-                uint32_t i = (uint32_t)sim_prng_below(&sim->grid_prng, SIM_GRID_PENDING_MAX);
+                uint32_t i =
+                        (uint32_t)sim_prng_below(&sim->grid_write_prng, SIM_GRID_PENDING_MAX);
                 if (disk->grid_pending[i].address != 0)
                         grid_pending_land(disk, &disk->grid_pending[i]);
         }
@@ -681,11 +682,12 @@ static void grid_pending_land_all(struct sim *sim, struct sim_disk *disk)
 
 /* The process dies while this block is being written: it lands whole, torn or not at all. */
 static const char *grid_write_interrupted(struct sim *sim, struct sim_replica *sr,
-                                          uint64_t address, const uint8_t *block)
+                                          struct sim_prng *prng, uint64_t address,
+                                          const uint8_t *block)
 {
         struct sim_disk *disk = &sr->disk;
         struct lsm_device device = lsm_device_memory(&disk->grid);
-        uint32_t fate = (uint32_t)sim_prng_below(&sim->grid_prng, 3);
+        uint32_t fate = (uint32_t)sim_prng_below(prng, 3);
         if (fate == 0 && device.write(device.context, address, block) == 0) {
                 grid_damage_remove(disk, address);
                 disk->grid_written_max = MAX(disk->grid_written_max, address);
@@ -694,12 +696,16 @@ static const char *grid_write_interrupted(struct sim *sim, struct sim_replica *s
                 /* Whole sectors of the new block, then what the old one held. */
                 uint8_t *torn = sim->grid_scratch;
                 tally_assert(device.read(device.context, address, torn) == 0);
-                uint32_t sectors = (uint32_t)sim_prng_range(&sim->grid_prng, 1,
+                uint32_t sectors = (uint32_t)sim_prng_range(prng, 1,
                                                             LSM_BLOCK_SIZE / GRID_SECTOR - 1);
                 memcpy(torn, block, (size_t)sectors * GRID_SECTOR);
-                /* Every byte the checksum covers landed: the block is whole, not torn. */
+                /* Every byte the checksum covers is the new block's: whole, not torn. That is
+                 * so when those bytes landed, and also when the old block held the same bytes
+                 * past the sectors that did (two versions of a table block that differ only
+                 * near its start): a read then finds the new block intact. */
                 const struct lsm_block_header *h = (const struct lsm_block_header *)block;
-                bool whole = (uint64_t)sectors * GRID_SECTOR >= h->size;
+                bool whole = (uint64_t)sectors * GRID_SECTOR >= h->size ||
+                             memcmp(torn, block, MIN(h->size, LSM_BLOCK_SIZE)) == 0;
                 if (whole && device.write(device.context, address, torn) == 0) {
                         grid_damage_remove(disk, address);
                         disk->grid_written_max = MAX(disk->grid_written_max, address);
@@ -719,7 +725,8 @@ void sim_grid_crash(struct sim *sim, struct sim_replica *sr)
                 struct sim_grid_pending *p = &disk->grid_pending[i];
                 if (p->address == 0)
                         continue;
-                const char *fate = grid_write_interrupted(sim, sr, p->address, p->block);
+                const char *fate = grid_write_interrupted(sim, sr, &sim->grid_write_prng,
+                                                          p->address, p->block);
                 sim_note(sim, "replica %u crashes with grid block %llu in flight (%s)", sr->index,
                          (unsigned long long)p->address, fate);
                 sim->report->grid_writes_in_flight_at_crash++;
@@ -731,7 +738,7 @@ void sim_grid_crash(struct sim *sim, struct sim_replica *sr)
 static _Noreturn void grid_crash_in_write(struct sim *sim, struct sim_replica *sr,
                                           uint64_t address, const uint8_t *block)
 {
-        const char *fate = grid_write_interrupted(sim, sr, address, block);
+        const char *fate = grid_write_interrupted(sim, sr, &sim->grid_prng, address, block);
         sim_count_fault(sim, SIM_FAULT_GRID_CRASH);
         sim_note(sim, "replica %u crashes writing grid block %llu (%s)", sr->index,
                  (unsigned long long)address, fate);
@@ -783,11 +790,12 @@ static int grid_write(void *context, uint64_t address, const uint8_t *block)
         /* Earlier writes land now or later, in any order; this one joins them. */
         for (uint32_t i = 0; i < SIM_GRID_PENDING_MAX; i++) {
                 struct sim_grid_pending *p = &disk->grid_pending[i];
-                if (p->address != 0 && sim_prng_chance(&sim->grid_prng, 250000))
+                if (p->address != 0 && sim_prng_chance(&sim->grid_write_prng, 250000))
                         grid_pending_land(disk, p);
         }
         while (disk->grid_pending_count == SIM_GRID_PENDING_MAX) {
-                uint32_t i = (uint32_t)sim_prng_below(&sim->grid_prng, SIM_GRID_PENDING_MAX);
+                uint32_t i =
+                        (uint32_t)sim_prng_below(&sim->grid_write_prng, SIM_GRID_PENDING_MAX);
                 grid_pending_land(disk, &disk->grid_pending[i]);
         }
         struct sim_grid_pending *p = &disk->grid_pending[0];

@@ -293,6 +293,9 @@ struct sim {
         uint64_t corrupt_next_ns;
         /* The grid faults' own random stream (sim_disk.c), so they shift no other fault. */
         struct sim_prng grid_prng;
+        /* When grid writes in flight land, and what a crash does to each: a stream of its
+         * own, so that modelling them reshuffles none of the faults. */
+        struct sim_prng grid_write_prng;
         uint64_t grid_corrupt_next_ns;
         uint64_t grid_read_next_ns;
         uint64_t clock_next_ns;
