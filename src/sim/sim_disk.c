@@ -774,13 +774,14 @@ static int grid_write(void *context, uint64_t address, const uint8_t *block)
         struct sim_disk *disk = &sr->disk;
         if (address == 0 || address > disk->grid.block_count_max)
                 return -EINVAL;
-        if (grid_faults_now(sim, sr, SIM_FAULT_GRID_CRASH) &&
-            sim_prng_chance(&sim->grid_prng, GRID_CRASH_PPM))
-                grid_crash_in_write(sim, sr, address, block);
-        /* A second write of one address goes after the first (the storage waits for it). */
+        /* A second write of one address goes after the first (the storage waits for it, so a
+         * crash in the middle of the second finds the first landed). */
         struct sim_grid_pending *earlier = grid_pending_find(disk, address);
         if (earlier != NULL)
                 grid_pending_land(disk, earlier);
+        if (grid_faults_now(sim, sr, SIM_FAULT_GRID_CRASH) &&
+            sim_prng_chance(&sim->grid_prng, GRID_CRASH_PPM))
+                grid_crash_in_write(sim, sr, address, block);
         if (grid_faults_now(sim, sr, SIM_FAULT_GRID_MISDIRECT) &&
             sim_prng_chance(&sim->grid_prng, GRID_MISDIRECT_PPM)) {
                 grid_pending_land_all(sim, disk); /* none in flight where it lands */
@@ -798,10 +799,11 @@ static int grid_write(void *context, uint64_t address, const uint8_t *block)
                         (uint32_t)sim_prng_below(&sim->grid_write_prng, SIM_GRID_PENDING_MAX);
                 grid_pending_land(disk, &disk->grid_pending[i]);
         }
-        struct sim_grid_pending *p = &disk->grid_pending[0];
-        while (p->address != 0)
-                p++;
-        tally_assert(p < disk->grid_pending + SIM_GRID_PENDING_MAX);
+        struct sim_grid_pending *p = NULL;
+        for (uint32_t i = 0; i < SIM_GRID_PENDING_MAX && p == NULL; i++)
+                if (disk->grid_pending[i].address == 0)
+                        p = &disk->grid_pending[i];
+        tally_assert(p != NULL);
         memcpy(p->block, block, LSM_BLOCK_SIZE);
         p->address = address;
         disk->grid_pending_count++;

@@ -135,7 +135,7 @@ struct replica_client_connection *replica_client_connection(struct replica *r, u
 
 /* Remembers that `client` talks to this replica over `connection`. */
 void replica_client_seen(struct replica *r, u128 client, replica_connection connection,
-                         uint32_t request, bool registering)
+                         uint32_t request)
 {
         struct replica_client_connection *c = replica_client_connection(r, client);
         if (c == NULL) {
@@ -154,8 +154,7 @@ void replica_client_seen(struct replica *r, u128 client, replica_connection conn
                 c->client = client;
         }
         c->connection = connection;
-        /* A register starts the session's numbering again. */
-        if (registering || request > c->request)
+        if (request > c->request)
                 c->request = request;
         c->tick = r->tick;
 }
@@ -432,8 +431,7 @@ static void on_request(struct replica *r, replica_connection connection, struct 
         const struct wire_request *req = &h->request;
         r->stats.requests_received++;
         if (!from_peer)
-                replica_client_seen(r, req->client, connection, req->request,
-                                    req->operation == OPERATION_REGISTER);
+                replica_client_seen(r, req->client, connection, req->request);
         if (r->status != REPLICA_STATUS_NORMAL && !replica_is_primary(r))
                 return drop(r, h, REPLICA_DROP_NOT_NORMAL);
         if (!replica_is_primary(r)) {
@@ -483,7 +481,7 @@ static void on_ping_client(struct replica *r, replica_connection connection, str
                                                       : EVICTION_CLIENT_RELEASE_TOO_HIGH);
                 return;
         }
-        replica_client_seen(r, h->ping_client.client, connection, 0, false);
+        replica_client_seen(r, h->ping_client.client, connection, 0);
         struct message *pong = message_pool_get(r->pool);
         if (pong == NULL)
                 return;
@@ -906,15 +904,9 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 message_unref(r->pool, entry->reply);
         entry->reply = reply;
         entry->reply_dirty = true;
-        /*
-         * A backup answers a client that sent it this very request (it relays, see
-         * replica_client_seen). Not its earlier ones: a client has one request in flight, so it
-         * has their replies, and a backup catching up executes hundreds of them in a row (768
-         * such replies were dropped at one full send queue).
-         */
         struct replica_client_connection *c = replica_client_connection(r, entry->client);
         if (!r->replaying && c != NULL &&
-            (replica_is_primary(r) || c->request == p->prepare.request ||
+            (replica_is_primary(r) || c->request >= p->prepare.request ||
              p->prepare.operation == OPERATION_REGISTER))
                 replica_send_to(r, c->connection, reply);
 }

@@ -55,7 +55,7 @@ void replica_send_eviction(struct replica *r, replica_connection connection, u12
                            uint8_t reason);
 void replica_send_to(struct replica *r, replica_connection connection, struct message *m);
 void replica_client_seen(struct replica *r, u128 client, replica_connection connection,
-                         uint32_t request, bool registering);
+                         uint32_t request);
 struct replica_client_connection *replica_client_connection(struct replica *r, u128 client);
 /* Executes the next op; `reply` is a free message for the reply (consumed). */
 void replica_execute(struct replica *r, struct message *prepare, struct message *reply);

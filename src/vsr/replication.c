@@ -1458,6 +1458,24 @@ static void dvc_quorum_check(struct replica *r)
                 }
                 return;
         }
+        /*
+         * Ops up to commit_max were committed, so some log of the latest view holds them: a
+         * best log that ends before is missing them, and a view started on it would give
+         * those ops to new requests. That happens only when the replicas that hold them
+         * report no log (they restarted without state: open_without_state), so wait for more
+         * of the cluster, or for their copies, instead (simulator, seed 47 on 3 replicas with
+         * backups answering only their own client's request: two replicas that had
+         * acknowledged ops 464-469 restarted without state, and the third started view 20 at
+         * op 463, committing a different op 464).
+         */
+        if (commit_max > best_op) {
+                if (r->tick % 100 == 0)
+                        log_warn("view change waits: ops up to %llu were committed but the best "
+                                 "log reported ends at %llu view=%u votes=%u",
+                                 (unsigned long long)commit_max, (unsigned long long)best_op,
+                                 r->view, count);
+                return;
+        }
         log_info("view change quorum view=%u votes=%u best_replica=%u best_op=%llu "
                  "commit_max=%llu",
                  r->view, count, best->header->replica, (unsigned long long)best_op,
