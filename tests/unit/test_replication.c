@@ -89,10 +89,14 @@ static int env_connection_replica(void *context, replica_connection connection)
         return connection >= 1 && connection <= REPLICAS_MAX ? (int)connection - 1 : -1;
 }
 
+static bool only_commits_to[REPLICAS_MAX]; /* it hears of commits, and nothing else */
+
 static void env_send_to_replica(void *context, uint8_t to, struct message *m)
 {
         uint8_t from = index_of(context);
         if (!alive[from] || !alive[to])
+                return;
+        if (only_commits_to[to] && m->header->command != COMMAND_COMMIT)
                 return;
         push((struct event){.kind = EVENT_MESSAGE, .to = to, .connection = from + 1u,
                             .message = message_ref(m)});
@@ -873,6 +877,57 @@ static void test_checkpoint_lost(void)
         cluster_stop();
 }
 
+/*
+ * The two replicas that hold the latest committed ops restart without state (they report no
+ * log), and the third is behind, though it heard the commits. No view may start from the
+ * third's log: the committed ops would go to new requests. The cluster waits instead.
+ */
+static void test_no_view_behind_a_known_commit(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0, 1, 1, 1000));
+        run(100);
+        only_commits_to[2] = true;
+        for (uint32_t k = 0; k < 4; k++)
+                CHECK(create_accounts(0, 10 + k, 1, 1000));
+        run(100);
+        uint64_t committed = replicas[0].commit;
+        CHECK(replicas[2].op < committed);
+        CHECK_EQ_U64(replicas[2].commit_max, committed);
+        u128 checksums[STORE_OPS] = {0};
+        for (uint64_t op = 1; op <= committed; op++)
+                checksums[op] = store[0][op] != NULL ? store[0][op]->header->checksum : 0;
+        for (uint8_t i = 0; i < 2; i++) {
+                replica_deinit(&replicas[i]);
+                ledger_destroy(ledgers[i]);
+                replica_start(i);
+                struct replica_durable d = durable_of(i);
+                d.checkpoint_lost = true;
+                char error[128];
+                CHECK(replica_open(&replicas[i], &d, error, sizeof(error)) == 0);
+                CHECK(replicas[i].fresh);
+        }
+        only_commits_to[2] = false;
+        CHECK(!create_accounts(0xFF, 100, 1, 1500)); /* waits: no view may start */
+        /* Whatever happened meanwhile, no replica holds another prepare for a committed op. */
+        bool same = true;
+        for (uint8_t i = 0; i < 3; i++) {
+                for (uint64_t op = 1; op <= committed; op++) {
+                        if (store[i][op] != NULL && checksums[op] != 0 &&
+                            store[i][op]->header->checksum != checksums[op])
+                                same = false;
+                }
+                bool leads = replicas[i].status == REPLICA_STATUS_NORMAL &&
+                             replicas[i].view % 3 == i;
+                CHECK(!leads || replicas[i].op >= committed);
+        }
+        CHECK(same);
+        cluster_stop();
+}
+
 /* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
 static void test_checkpoint_anchors(void)
 {
@@ -897,6 +952,7 @@ int main(void)
         TEST_RUN(test_state_sync);
         TEST_RUN(test_state_sync_copies_what_it_lacks);
         TEST_RUN(test_checkpoint_lost);
+        TEST_RUN(test_no_view_behind_a_known_commit);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
