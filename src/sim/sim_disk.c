@@ -688,9 +688,8 @@ static const char *grid_write_interrupted(struct sim *sim, struct sim_replica *s
         struct sim_disk *disk = &sr->disk;
         struct lsm_device device = lsm_device_memory(&disk->grid);
         uint32_t fate = (uint32_t)sim_prng_below(prng, 3);
-        if (fate == 0 && device.write(device.context, address, block) == 0) {
-                grid_damage_remove(disk, address);
-                disk->grid_written_max = MAX(disk->grid_written_max, address);
+        if (fate == 0) {
+                grid_land(disk, address, block);
         } else if (fate == 1 && sim_fault_on(sim, SIM_FAULT_GRID_TORN) &&
                    grid_damage_room(disk, 1)) {
                 /* Whole sectors of the new block, then what the old one held. */
@@ -706,10 +705,9 @@ static const char *grid_write_interrupted(struct sim *sim, struct sim_replica *s
                 const struct lsm_block_header *h = (const struct lsm_block_header *)block;
                 bool whole = (uint64_t)sectors * GRID_SECTOR >= h->size ||
                              memcmp(torn, block, MIN(h->size, LSM_BLOCK_SIZE)) == 0;
-                if (whole && device.write(device.context, address, torn) == 0) {
-                        grid_damage_remove(disk, address);
-                        disk->grid_written_max = MAX(disk->grid_written_max, address);
-                } else if (!whole && device.write(device.context, address, torn) == 0) {
+                if (whole) {
+                        grid_land(disk, address, torn);
+                } else if (device.write(device.context, address, torn) == 0) {
                         grid_damage_add(disk, address, SIM_GRID_TORN);
                         disk->grid_written_max = MAX(disk->grid_written_max, address);
                         sim_count_fault(sim, SIM_FAULT_GRID_TORN);
