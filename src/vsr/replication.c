@@ -1481,7 +1481,7 @@ static void dvc_quorum_check(struct replica *r)
                  r->view, count, best->header->replica, (unsigned long long)best_op,
                  (unsigned long long)commit_max);
         log_install(r, best, best_op);
-        r->commit_max = MAX(r->commit_max, MIN(commit_max, r->op));
+        r->commit_max = commit_max; /* at most best_op (checked above), so within the log */
         r->log_view = r->view;
         anchor_set(r);
         r->start_view_pending = true;
