@@ -119,6 +119,10 @@ if [ "$(id -u)" -eq 0 ]; then
   TALLY_PARTITION_TIMEOUT=540 timeout 600 tests/partition/run.sh >"$WORK/partition.out" 2>&1; rc=$?
   # A failing scenario's details (problems, events, the replicas' last warnings) follow it.
   grep -E "^(PASS|FAIL) |^  |passed, " "$WORK/partition.out" | tail -80; record "partition" "$WORK/partition.out" $rc
+  # CI shows only the end of the output: a failing scenario's details go to the summary too.
+  if [ "$rc" -ne 0 ]; then
+    grep -E "^  " "$WORK/partition.out" | grep -v "^  logs: " | cut -c1-400 | head -45 >>"$FAILURES"
+  fi
 else
   echo "skipped: network namespaces need root"
 fi

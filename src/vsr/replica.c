@@ -649,6 +649,8 @@ void replica_on_connection_closed(struct replica *r, replica_connection connecti
         }
 }
 
+static void checkpoint_overdue(struct replica *r);
+
 void replica_tick(struct replica *r)
 {
         replication_tick(r);
@@ -665,6 +667,7 @@ void replica_tick(struct replica *r)
                          r->tick >= r->checkpoint_retry_tick)
                         replica_checkpoint_installed(r, r->install_anchor);
         }
+        checkpoint_overdue(r);
         /*
          * Once a second: the ledger grows the data file as it writes, and a write that finds
          * no room cannot be undone, so writes are refused while the file system lacks room
@@ -967,12 +970,14 @@ static void on_checkpoint_done(void *context, bool ok)
 }
 
 /* After committing a multiple of the checkpoint interval, write the state as of that op. */
+static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checksum);
+
 void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
 {
         /*
          * Due once the interval has passed since the last durable checkpoint; one that could
          * not start (the previous still being written, storage busy) is tried again at the
-         * next commit, long before the journal could wrap onto un-checkpointed ops.
+         * next commit, or by replica_tick if no commit comes (checkpoint_overdue).
          */
         uint64_t op = prepare->header->prepare.op;
         if (op < r->checkpoint_op_durable + r->config.checkpoint_interval)
@@ -982,11 +987,36 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
         /* State sync receives the peer's checkpoint into the same buffer; it installs one. */
         if (r->sync.active)
                 return;
+        checkpoint_start(r, op, prepare->header->checksum);
+}
+
+/*
+ * A checkpoint that could not start at its commit (storage busy with a view-state write at a
+ * view change) was left for the next commit; but the journal holds only wal_slot_count ops past
+ * the durable checkpoint, and a backup may already have journaled and executed all of them:
+ * then no commit comes, the journal refuses the next prepare, and that backup acknowledges
+ * nothing until the checkpoint is written. The partition suite saw a backup stuck so for 6 s
+ * (one-way: its checkpoint skipped at a view change, the primary's next op at the journal's
+ * end) with the other backup cut off, so the majority stopped too. So a due checkpoint is also
+ * started from the tick, at the op executed last.
+ */
+static void checkpoint_overdue(struct replica *r)
+{
+        if (r->commit == 0 || r->commit < r->checkpoint_op_durable + r->config.checkpoint_interval)
+                return;
+        if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick || r->sync.active ||
+            r->install_unwritten || r->grid_syncing || r->replaying)
+                return;
+        checkpoint_start(r, r->commit, r->commit_checksum);
+}
+
+static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checksum)
+{
         struct replica_checkpoint *cp = &r->checkpoint;
         uint64_t started_ns = r->env.realtime_ns(r->env.context); /* for the log line only */
         memset(cp, 0, sizeof(*cp));
         cp->op = op;
-        cp->prepare_checksum = prepare->header->checksum;
+        cp->prepare_checksum = prepare_checksum;
         cp->timestamp = r->timestamp_last;
         static uint8_t user[CHECKPOINT_USER_SIZE];
         memset(user, 0, sizeof(user));
