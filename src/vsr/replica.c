@@ -1007,6 +1007,9 @@ static void checkpoint_overdue(struct replica *r)
         if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick || r->sync.active ||
             r->install_unwritten || r->grid_syncing || r->replaying)
                 return;
+        /* Refusing writes for lack of space: the checkpoint waits for room (replica_tick). */
+        if (r->disk_full)
+                return;
         checkpoint_start(r, r->commit, r->commit_checksum);
 }
 

@@ -4,7 +4,11 @@
 # Checked: writes are refused with a log line repeated while it lasts and /health/ready says why,
 # lookups are still answered, nothing acknowledged is lost, and writes resume by themselves once
 # space is freed. Each mount holds a --development data file (136 MiB), room for one 64 MiB
-# step of grid growth, and an 80 MiB filler file that is deleted to free space.
+# step of grid growth, and a filler of the rest (about 190 MiB) that is deleted to free space.
+# Freed, it must hold more than the refusal's margin (one growth step and 8 MiB) after the
+# checkpoint postponed meanwhile grows the grid again (the replica writes it as soon as there is
+# room, before the client's retry; the journal's slots take tmpfs pages as they fill too): with
+# an 80 MiB filler a cluster refused writes again a second after resuming.
 set -u
 TALLY=${1:?usage: tests/server/disk_full.sh <tally>}
 TOOL=${TOOL:-build/release/tests/server/disk_full}
@@ -26,11 +30,11 @@ if [ "$(id -u)" -ne 0 ]; then echo "disk_full: needs root (tmpfs mounts)"; echo 
 # make_disk <dir>: a tmpfs with room for the data file, one grid growth step and the filler.
 make_disk() {
   mkdir -p "$1"
-  mount -t tmpfs -o size=300m tmpfs "$1" || return 1
+  mount -t tmpfs -o size=400m tmpfs "$1" || return 1
   MOUNTS+=("$1")
 }
 
-# fill <dir>: after the data file exists, leave 74 MiB free besides an 80 MiB filler.
+# fill <dir>: after the data file exists, leave 74 MiB free besides a filler of the rest.
 fill() {
   local free_kb; free_kb=$(df -k --output=avail "$1" | tail -1)
   local filler_mb=$(( free_kb / 1024 - 74 ))
