@@ -986,7 +986,8 @@ static void peer_connect_start(struct bus *bus, uint8_t replica,
         c->peer[sizeof(c->peer) - 1] = '\0';
         peer->state = BUS_PEER_CONNECTING;
         peer->connecting = connection_id(bus, c);
-        uint32_t timeout_ms = peer->failures % 4 == 3
+        uint32_t timeout_ms = peer->failures % BUS_PEER_CONNECT_LONG_EVERY ==
+                                              BUS_PEER_CONNECT_LONG_EVERY - 1
                                       ? bus->connect_timeout_ms
                                       : MIN(bus->connect_timeout_ms, BUS_PEER_CONNECT_QUICK_MS);
         peer->connect_deadline_ns = io_monotonic_ns() + (uint64_t)timeout_ms * 1000000ull;
