@@ -969,9 +969,9 @@ static void on_checkpoint_done(void *context, bool ok)
         replication_prepare_pump(r);
 }
 
-/* After committing a multiple of the checkpoint interval, write the state as of that op. */
 static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checksum);
 
+/* After committing a multiple of the checkpoint interval, write the state as of that op. */
 void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
 {
         /*
