@@ -971,23 +971,26 @@ static void on_checkpoint_done(void *context, bool ok)
 
 static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checksum);
 
+/*
+ * Due once the interval has passed since the last durable checkpoint; one that could not start
+ * (the previous still being written, storage busy) is tried again at the next commit, or by
+ * replica_tick if no commit comes (checkpoint_overdue).
+ */
+static bool checkpoint_due(const struct replica *r, uint64_t op)
+{
+        if (op < r->checkpoint_op_durable + r->config.checkpoint_interval)
+                return false;
+        if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick)
+                return false;
+        /* State sync receives the peer's checkpoint into the same buffer; it installs one. */
+        return !r->sync.active;
+}
+
 /* After committing a multiple of the checkpoint interval, write the state as of that op. */
 void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
 {
-        /*
-         * Due once the interval has passed since the last durable checkpoint; one that could
-         * not start (the previous still being written, storage busy) is tried again at the
-         * next commit, or by replica_tick if no commit comes (checkpoint_overdue).
-         */
-        uint64_t op = prepare->header->prepare.op;
-        if (op < r->checkpoint_op_durable + r->config.checkpoint_interval)
-                return;
-        if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick)
-                return;
-        /* State sync receives the peer's checkpoint into the same buffer; it installs one. */
-        if (r->sync.active)
-                return;
-        checkpoint_start(r, op, prepare->header->checksum);
+        if (checkpoint_due(r, prepare->header->prepare.op))
+                checkpoint_start(r, prepare->header->prepare.op, prepare->header->checksum);
 }
 
 /*
@@ -1002,10 +1005,8 @@ void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
  */
 static void checkpoint_overdue(struct replica *r)
 {
-        if (r->commit == 0 || r->commit < r->checkpoint_op_durable + r->config.checkpoint_interval)
-                return;
-        if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick || r->sync.active ||
-            r->install_unwritten || r->grid_syncing || r->replaying)
+        if (!checkpoint_due(r, r->commit) || r->install_unwritten || r->grid_syncing ||
+            r->replaying)
                 return;
         /* Refusing writes for lack of space: the checkpoint waits for room (replica_tick). */
         if (r->disk_full)
