@@ -452,12 +452,12 @@ class Cluster {
     return { acks, errors: this.errors.filter((e) => e.at >= from && e.at <= to).length, gap_s: gap / 1000 };
   }
 
-  verify() {
+  async verify() {
     const file = path.join(this.dir, 'attempted.json');
     fs.writeFileSync(file, JSON.stringify({ attempted: this.attempted, acked: this.acked }));
     const svc = `${this.m.service.metadata.name}.${this.m.namespace}.svc.${CLUSTER_DOMAIN}`;
-    const r = spawnSync('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'client.js'), 'verify', svc, file],
-      { encoding: 'utf8', timeout: 120000 });
+    const r = await run('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'client.js'), 'verify', svc, file],
+      { timeout: 120000 });
     const line = (r.stdout || '').trim().split('\n').pop();
     try { return JSON.parse(line); } catch (_) { return { ev: 'error', message: `verify: ${r.status} ${r.stderr}` }; }
   }
@@ -468,10 +468,27 @@ class Cluster {
   }
 }
 
+/*
+ * spawnSync's result ({status, stdout, stderr}) without blocking this process's event loop: the
+ * pods' output pipes are read here, and a kubelet never stops reading a container's output. A
+ * synchronous run of a minute (the connector example) let those pipes fill, and every replica
+ * then blocked in its next log write, the example's own requests included.
+ */
+function run(cmd, args, { timeout, env } = {}) {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env: env || process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    child.stdout.on('data', (d) => { stdout += d; });
+    child.stderr.on('data', (d) => { stderr += d; });
+    const timer = timeout ? setTimeout(() => child.kill('SIGKILL'), timeout) : null;
+    child.on('close', (status) => { if (timer) clearTimeout(timer); resolve({ status, stdout, stderr }); });
+  });
+}
+
 // Can `from` (a netns) open a TCP connection to ip:port within a second?
-function reaches(from, ip, port) {
+async function reaches(from, ip, port) {
   const js = `const s=require('net').connect(${port},'${ip}');s.setTimeout(1000);s.on('connect',()=>{console.log('open');process.exit(0)});s.on('timeout',()=>{console.log('timeout');process.exit(0)});s.on('error',(e)=>{console.log(e.code);process.exit(0)});`;
-  const r = spawnSync('ip', ['netns', 'exec', `${NS}-${from}`, 'node', '-e', js], { encoding: 'utf8', timeout: 10000 });
+  const r = await run('ip', ['netns', 'exec', `${NS}-${from}`, 'node', '-e', js], { timeout: 10000 });
   return (r.stdout || '').trim();
 }
 
@@ -503,17 +520,17 @@ async function scenarios(manifests, timings) {
     // The NetworkPolicy, seen from outside: the labelled client and the node reach the replicas,
     // an unlabelled pod reaches neither the replica port nor metrics (through the Service either).
     const p0 = c.pods[0];
-    check(reaches('client', p0.ip, 3000) === 'open', 'network policy: a pod labelled tally-client reaches the replica port');
-    const strangerReplica = reaches('stranger', p0.ip, 3000);
-    const strangerService = reaches('stranger', CLUSTER_IP, 3000);
-    const strangerMetrics = reaches('stranger', p0.ip, 9100);
+    check((await reaches('client', p0.ip, 3000)) === 'open', 'network policy: a pod labelled tally-client reaches the replica port');
+    const strangerReplica = await reaches('stranger', p0.ip, 3000);
+    const strangerService = await reaches('stranger', CLUSTER_IP, 3000);
+    const strangerMetrics = await reaches('stranger', p0.ip, 9100);
     check(strangerReplica === 'timeout' && strangerService === 'timeout' && strangerMetrics === 'timeout',
       `network policy: an unlabelled pod is dropped (replica port: ${strangerReplica}, through the Service: ${strangerService}, metrics: ${strangerMetrics})`);
-    check(reaches('client', p0.ip, 9100) === 'timeout', 'network policy: a client pod does not reach metrics');
+    check((await reaches('client', p0.ip, 9100)) === 'timeout', 'network policy: a client pod does not reach metrics');
 
     // The connector's side: the Service's name resolved to its one address, port 3000 by default.
-    const ex = spawnSync('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
-      { encoding: 'utf8', timeout: 60000, env: { ...process.env, TIGERBEETLE_CLUSTER_ID: '0', TIGERBEETLE_REPLICAS: `tally.${manifests.namespace}.svc.${CLUSTER_DOMAIN}` } });
+    const ex = await run('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
+      { timeout: 60000, env: { ...process.env, TIGERBEETLE_CLUSTER_ID: '0', TIGERBEETLE_REPLICAS: `tally.${manifests.namespace}.svc.${CLUSTER_DOMAIN}` } });
     check(ex.status === 0 && /^ok: /m.test(ex.stdout), `connector example against the three replicas: ${(ex.stdout.trim() || ex.stderr.trim()).split('\n').join('; ')}`);
 
     // 2. rolling restart: what `kubectl rollout restart` does: highest ordinal first, each pod
@@ -599,7 +616,7 @@ async function scenarios(manifests, timings) {
     // Nothing acknowledged lost.
     await sleep(1000);
     const writerOk = await c.stopWriter();
-    const v = c.verify();
+    const v = await c.verify();
     const balanced = v.ev === 'verify' && v.a_debits === v.sum && v.b_credits === v.sum && v.others === '0';
     check(writerOk && v.ev === 'verify' && v.lost === 0 && v.wrong === 0 && balanced,
       `nothing acknowledged lost: ${v.acknowledged} transfers acknowledged, ${v.found} found of ${v.attempted} attempted, lost ${v.lost}, changed ${v.wrong}, balances ${balanced ? 'equal' : 'DIFFER from'} the sum of transfers${v.ev !== 'verify' ? ` (${v.message})` : ''}`);
@@ -637,8 +654,8 @@ async function single(manifests, timings) {
     await c.pods[0].create();
     await c.pods[0].waitReady(30000);
     timings.single_replica_ready_s = (now() - t0) / 1000;
-    const r = spawnSync('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
-      { encoding: 'utf8', timeout: 60000, env: { ...process.env, TIGERBEETLE_CLUSTER_ID: '0', TIGERBEETLE_REPLICAS: `tally.${manifests.namespace}.svc.${CLUSTER_DOMAIN}` } });
+    const r = await run('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
+      { timeout: 60000, env: { ...process.env, TIGERBEETLE_CLUSTER_ID: '0', TIGERBEETLE_REPLICAS: `tally.${manifests.namespace}.svc.${CLUSTER_DOMAIN}` } });
     timings.single_replica_rss_kb = c.pods[0].rssKb();
     check(r.status === 0 && /^ok: /m.test(r.stdout), `single-replica overlay: ready in ${timings.single_replica_ready_s.toFixed(2)} s; the connector example through the Service: ${(r.stdout.trim() || r.stderr.trim()).split('\n').pop()}`);
     check(/development=1|batch_size_limit=32512/.test(c.pods[0].log), 'single-replica overlay: the data file has --development zones');

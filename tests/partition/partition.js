@@ -248,11 +248,20 @@ class Run {
     return worst;
   }
 
-  verify() {
+  // Asynchronous (not spawnSync): the replicas' output pipes are read by this process's event
+  // loop, and a replica whose pipe fills blocks in its next log write.
+  async verify() {
     const file = path.join(this.dir, 'attempted.json');
     fs.writeFileSync(file, JSON.stringify({ attempted: this.attempted, acked: this.acked }));
-    const r = spawnSync('ip', ['netns', 'exec', pod('c'), 'node', path.join(__dirname, 'client.js'),
-      'verify', ADDRESSES, file], { encoding: 'utf8', timeout: 60000 });
+    const r = await new Promise((resolve) => {
+      const child = spawn('ip', ['netns', 'exec', pod('c'), 'node', path.join(__dirname, 'client.js'),
+        'verify', ADDRESSES, file], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '', stderr = '';
+      child.stdout.on('data', (d) => { stdout += d; });
+      child.stderr.on('data', (d) => { stderr += d; });
+      const timer = setTimeout(() => child.kill('SIGKILL'), 60000);
+      child.on('close', (status) => { clearTimeout(timer); resolve({ status, stdout, stderr }); });
+    });
     const line = (r.stdout || '').trim().split('\n').pop();
     try { return JSON.parse(line); } catch (_) { return { ev: 'error', message: `verify: ${r.status} ${r.stderr}` }; }
   }
@@ -455,7 +464,7 @@ async function runScenario(sc, index) {
     const end = Date.now();
     if (!(await s.stopWriter())) result.problems.push(`the writer did not finish: ${s.writerError || s.writerStderr().slice(-500)}`);
     result.unavailable = s.unavailableMs(end) / 1000;
-    const v = s.verify();
+    const v = await s.verify();
     if (v.ev !== 'verify') {
       result.problems.push(v.message);
     } else {
