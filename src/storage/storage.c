@@ -872,11 +872,11 @@ static void checkpoint_finish(struct storage *storage, bool ok)
                 storage->superblock = cp->superblock_next;
                 storage->checkpoints++;
                 storage->no_space = false;
-                log_info("checkpoint written op=%llu blocks=%llu replies_written=%u "
-                         "grid_blocks=%llu",
-                         (unsigned long long)cp->request.op,
-                         (unsigned long long)cp->request.blocks, cp->request.reply_count,
-                         (unsigned long long)storage->grid_block_count);
+                log_debug("checkpoint written op=%llu blocks=%llu replies_written=%u "
+                          "grid_blocks=%llu",
+                          (unsigned long long)cp->request.op,
+                          (unsigned long long)cp->request.blocks, cp->request.reply_count,
+                          (unsigned long long)storage->grid_block_count);
         } else if (cp->no_space && !cp->io_failed) {
                 /* Out of space only: the durable checkpoint is untouched. */
                 storage->no_space = true;

@@ -962,9 +962,18 @@ static void on_checkpoint_done(void *context, bool ok)
         r->grid_syncing = false;
         r->view_state_durable.grid_syncing = false;
         r->stats.checkpoints++;
-        log_info("checkpoint durable op=%llu blocks=%llu replies=%u",
-                 (unsigned long long)r->checkpoint.op,
-                 (unsigned long long)r->checkpoint.blocks, r->checkpoint.reply_count);
+        r->stats.checkpoints_since_logged++;
+        bool quiet = r->stats.checkpoint_logged_tick != 0 &&
+                     r->tick < r->stats.checkpoint_logged_tick + REPLICA_CHECKPOINT_LOG_TICKS;
+        log_write(quiet ? LOG_DEBUG : LOG_INFO,
+                  "checkpoint durable op=%llu blocks=%llu replies=%u durable_since_last_log=%llu",
+                  (unsigned long long)r->checkpoint.op, (unsigned long long)r->checkpoint.blocks,
+                  r->checkpoint.reply_count,
+                  (unsigned long long)r->stats.checkpoints_since_logged);
+        if (!quiet) {
+                r->stats.checkpoint_logged_tick = MAX(r->tick, 1);
+                r->stats.checkpoints_since_logged = 0;
+        }
         replication_checkpoint_durable(r);
         replication_prepare_pump(r);
 }
@@ -1068,7 +1077,7 @@ static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checks
         ledger_get_stats(r->ledger, &stats);
         cp->blocks = stats.grid_blocks_used;
         cp->grid_address_max = stats.grid_address_max;
-        log_info("checkpoint started op=%llu root=%llu blocks_in_use=%llu serialize_us=%llu",
+        log_debug("checkpoint started op=%llu root=%llu blocks_in_use=%llu serialize_us=%llu",
                  (unsigned long long)op, (unsigned long long)cp->root.address,
                  (unsigned long long)cp->blocks,
                  (unsigned long long)((r->env.realtime_ns(r->env.context) - started_ns) / 1000));

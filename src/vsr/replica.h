@@ -273,6 +273,12 @@ const char *replica_drop_name(enum replica_drop drop);
  */
 #define REPLICA_SLOW_COMMIT_NS (100u * 1000u * 1000u)
 #define REPLICA_SLOW_COMMIT_LOG_TICKS 100u
+/*
+ * Checkpoints come every few hundred milliseconds under load: one info line per this many ticks
+ * says how many became durable since the last (each one's own lines are debug), so the log
+ * stays readable and a slow log reader is not fed dozens of lines a second.
+ */
+#define REPLICA_CHECKPOINT_LOG_TICKS 1000u
 
 /*
  * Counters for metrics (ops/metrics.c reads them; nothing here does I/O). Per operation
@@ -303,6 +309,8 @@ struct replica_stats {
         uint64_t refused_since_logged; /* refusals since that warning */
         uint64_t checkpoints;
         uint64_t checkpoints_skipped;
+        uint64_t checkpoint_logged_tick;  /* the last info line about checkpoints (0: none) */
+        uint64_t checkpoints_since_logged;
         uint64_t wal_full_stalls;
         uint64_t view_changes;
         uint64_t repairs_requested;
