@@ -76,9 +76,9 @@ static void superblock_layout(struct superblock *sb, const struct storage_format
         sb->message_size_max =
                 o->development ? WIRE_MESSAGE_SIZE_MAX_DEVELOPMENT : WIRE_MESSAGE_SIZE_MAX;
         sb->clients_max = STORAGE_CLIENTS_MAX;
-        /* A quarter of the WAL: the ops since the last durable checkpoint must always fit in
-         * the WAL, with room for a checkpoint in progress and the pipeline. */
-        sb->checkpoint_interval = sb->wal_slot_count / 4;
+        /* The ops since the last durable checkpoint must always fit in the WAL, with room for
+         * a checkpoint in progress and the pipeline (storage.h). */
+        sb->checkpoint_interval = STORAGE_CHECKPOINT_INTERVAL;
         uint64_t offset = (uint64_t)SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE;
         sb->wal_headers_offset = offset;
         offset += round_up((uint64_t)sb->wal_slot_count * WIRE_HEADER_SIZE, 4096);
