@@ -78,7 +78,7 @@ static void superblock_layout(struct superblock *sb, const struct storage_format
         sb->clients_max = STORAGE_CLIENTS_MAX;
         /* The ops since the last durable checkpoint must always fit in the WAL, with room for
          * a checkpoint in progress and the pipeline (storage.h). */
-        sb->checkpoint_interval = STORAGE_CHECKPOINT_INTERVAL;
+        sb->checkpoint_interval = sb->wal_slot_count / STORAGE_CHECKPOINT_INTERVAL_DIVISOR;
         uint64_t offset = (uint64_t)SUPERBLOCK_COPIES * SUPERBLOCK_COPY_SIZE;
         sb->wal_headers_offset = offset;
         offset += round_up((uint64_t)sb->wal_slot_count * WIRE_HEADER_SIZE, 4096);

@@ -48,15 +48,14 @@
 #define STORAGE_WAL_SLOTS_DEFAULT 1024u
 #define STORAGE_WAL_SLOTS_DEVELOPMENT 256u
 /*
- * Ops between checkpoints, in files formatted from now on (the superblock keeps each file's own).
- * A restart replays the journal since the last durable checkpoint, at about the rate the
- * replica creates transfers live, so this bounds start-up: 64 ops of 8189 transfers replay in
- * about 1.8 s here at 3 M stored, against 3.4-3.6 s for the 117 ops a 256-op interval left in
- * the same test (and up to 256 of them), with the same create throughput (bench: 324-332k/s
- * against 320-335k/s). It must leave room in the WAL for a checkpoint in progress and the
- * pipeline: a quarter of the development WAL, a sixteenth of the default one.
+ * Ops between checkpoints at most, in files formatted from now on (the superblock keeps each
+ * file's own): a quarter of the WAL, so that the ops since the last durable checkpoint always fit
+ * in it with a checkpoint in progress and the pipeline. A replica checkpoints sooner once the ops
+ * since the last checkpoint carried enough work (REPLICA_CHECKPOINT_WORK_REQUESTS, vsr/replica.h):
+ * that bounds a restart's replay for large batches; this bounds the checkpoints' own cost for
+ * small ones (each writes at least a table per tree that changed).
  */
-#define STORAGE_CHECKPOINT_INTERVAL 64u
+#define STORAGE_CHECKPOINT_INTERVAL_DIVISOR 4u
 #define STORAGE_CLIENTS_MAX 64u
 #define STORAGE_WRITES_MAX 64u /* journal writes in flight; >= the pipeline depth */
 /* Blocks of the grid: the LSM's (lsm/grid.h). */

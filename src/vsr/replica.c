@@ -850,6 +850,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 body_size = ledger_execute(r->ledger, p->prepare.operation, p->prepare.timestamp,
                                            message_body(prepare), p->size - WIRE_HEADER_SIZE,
                                            message_body(reply));
+                r->checkpoint_work += (uint64_t)(p->size - WIRE_HEADER_SIZE) + body_size;
                 if (r->env.monotonic_ns != NULL) {
                         uint64_t ns = r->env.monotonic_ns(r->env.context) - started_ns;
                         histogram_observe(&r->stats.commit_execute, ns);
@@ -981,13 +982,18 @@ static void on_checkpoint_done(void *context, bool ok)
 static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checksum);
 
 /*
- * Due once the interval has passed since the last durable checkpoint; one that could not start
+ * Due once the interval has passed since the last durable checkpoint, or sooner once the ops
+ * executed since the last checkpoint carried REPLICA_CHECKPOINT_WORK_REQUESTS full requests'
+ * worth of bodies (replica.h: a restart replays those ops, whose cost follows their bodies, not
+ * their count); one that could not start
  * (the previous still being written, storage busy) is tried again at the next commit, or by
  * replica_tick if no commit comes (checkpoint_overdue).
  */
 static bool checkpoint_due(const struct replica *r, uint64_t op)
 {
-        if (op < r->checkpoint_op_durable + r->config.checkpoint_interval)
+        if (op < r->checkpoint_op_durable + r->config.checkpoint_interval &&
+            r->checkpoint_work < (uint64_t)REPLICA_CHECKPOINT_WORK_REQUESTS *
+                                         r->config.request_size_max)
                 return false;
         if (r->checkpoint_in_progress || r->tick < r->checkpoint_retry_tick)
                 return false;
@@ -1077,12 +1083,16 @@ static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checks
         ledger_get_stats(r->ledger, &stats);
         cp->blocks = stats.grid_blocks_used;
         cp->grid_address_max = stats.grid_address_max;
-        log_debug("checkpoint started op=%llu root=%llu blocks_in_use=%llu serialize_us=%llu",
-                 (unsigned long long)op, (unsigned long long)cp->root.address,
-                 (unsigned long long)cp->blocks,
-                 (unsigned long long)((r->env.realtime_ns(r->env.context) - started_ns) / 1000));
+        log_debug("checkpoint started op=%llu root=%llu blocks_in_use=%llu serialize_us=%llu "
+                  "work_bytes=%llu",
+                  (unsigned long long)op, (unsigned long long)cp->root.address,
+                  (unsigned long long)cp->blocks,
+                  (unsigned long long)((r->env.realtime_ns(r->env.context) - started_ns) / 1000),
+                  (unsigned long long)r->checkpoint_work);
         r->checkpoint_in_progress = true;
-        if (!r->env.checkpoint(r->env.context, cp, on_checkpoint_done, r)) {
+        if (r->env.checkpoint(r->env.context, cp, on_checkpoint_done, r)) {
+                r->checkpoint_work = 0; /* counted from this checkpoint's op on */
+        } else {
                 /* Storage is busy (a view-state write): the root stays valid until the next
                  * ledger_checkpoint; try again in half a second, not at every commit. */
                 r->checkpoint_in_progress = false;
@@ -1152,6 +1162,7 @@ int replica_restore(struct replica *r, struct lsm_block_ref root, uint64_t block
         r->parent = prepare_checksum;
         r->timestamp_last = timestamp;
         r->checkpoint_op_durable = checkpoint_op;
+        r->checkpoint_work = 0;
         r->checkpoint_root_durable = root;
         r->checkpoint_blocks_durable = blocks;
         r->checkpoint_checksum_durable = prepare_checksum;
@@ -1357,6 +1368,7 @@ static void executed_state_forget(struct replica *r)
         r->commit_max = 0;
         r->timestamp_last = 0;
         r->pending_create_events = 0;
+        r->checkpoint_work = 0;
 }
 
 /* The highest op any slot of the journal holds an intact header of (either copy), or 0. */

@@ -201,13 +201,16 @@ static uint64_t env_time(void *context)
         return clock_ns;
 }
 
+/* The replicas' request_size_max (a test may lower it, then restore it). */
+static uint32_t request_size_max = WIRE_MESSAGE_SIZE_MAX;
+
 static void replica_start(uint8_t i)
 {
         struct replica_config config = {
                 .cluster = 0,
                 .replica = i,
                 .replica_count = replica_count,
-                .request_size_max = WIRE_MESSAGE_SIZE_MAX,
+                .request_size_max = request_size_max,
                 .checkpoint_interval = 256,
                 .wal_slot_count = 1024,
         };
@@ -963,6 +966,45 @@ static void test_checkpoint_refused_then_no_commit(void)
         cluster_stop();
 }
 
+/*
+ * Ops whose bodies and replies carry REPLICA_CHECKPOINT_WORK_REQUESTS full requests' worth of
+ * bytes make a checkpoint due before the interval (256 ops here): with 16 KiB requests, lookups
+ * of 60 accounts (976 bytes asked, 7,808 returned, trailers included) reach the 512 KiB of work
+ * at about op 62.
+ */
+static void test_checkpoint_by_work(void)
+{
+        request_size_max = 16384;
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0, 1, 60, 1000));
+        static uint8_t lookup[61 * 16];
+        for (uint32_t k = 0; k < 100; k++) {
+                memset(lookup, 0, sizeof(lookup));
+                for (uint32_t i = 0; i < 60; i++) {
+                        u128 id = 1 + i;
+                        memcpy(lookup + i * 16, &id, sizeof(id));
+                }
+                uint32_t size = client_body_single_batch(lookup, 16, 60);
+                if (!client_call(0, OPERATION_LOOKUP_ACCOUNTS, lookup, size, 1000) ||
+                    last_reply->header->size != WIRE_HEADER_SIZE + 61 * 128) { /* + trailer */
+                        CHECK(false);
+                        break;
+                }
+        }
+        run(50);
+        for (uint8_t i = 0; i < 3; i++) {
+                CHECK_EQ_U64(replicas[i].commit, 102);
+                CHECK(replicas[i].checkpoint_op_durable >= 55);
+                CHECK(replicas[i].checkpoint_op_durable <= 70);
+                CHECK(replicas[i].checkpoint_work < 32ull * 16384);
+        }
+        cluster_stop();
+        request_size_max = WIRE_MESSAGE_SIZE_MAX;
+}
+
 /* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
 static void test_checkpoint_anchors(void)
 {
@@ -989,6 +1031,7 @@ int main(void)
         TEST_RUN(test_checkpoint_lost);
         TEST_RUN(test_no_view_behind_a_known_commit);
         TEST_RUN(test_checkpoint_refused_then_no_commit);
+        TEST_RUN(test_checkpoint_by_work);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
