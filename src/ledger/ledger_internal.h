@@ -207,6 +207,7 @@ struct ledger {
 
         struct ledger_counters counters;
         uint64_t forced_compactions; /* tree_backpressure compacted a whole tree at once */
+        uint64_t beat_puts[LSM_FOREST_TREES_MAX]; /* each tree's stats.puts at the last beat */
         /* Counters as the open chain found them (restored by a rollback). */
         struct ledger_counters chain_counters;
         uint32_t chain_created_accounts;

@@ -232,6 +232,7 @@ void ledger_state_reset(struct ledger *ledger)
                 abort();
         }
         memset(&ledger->counters, 0, sizeof(ledger->counters));
+        memset(ledger->beat_puts, 0, sizeof(ledger->beat_puts)); /* the trees count from 0 */
         ledger->expiry_next = UINT64_MAX;
         ledger->chain_open = false;
 }
@@ -462,8 +463,10 @@ void ws_chain_rollback(struct ledger *ledger)
 /* ---- flushes ------------------------------------------------------------------------------ */
 
 /*
- * Compaction is paced by op: after every operation each tree does at most beat_values of
- * merging (lsm_tree_compact_step), so no request waits for a whole merge. Jobs stay in flight
+ * Compaction is paced by op: after every operation each tree does beat_values of merging
+ * (lsm_tree_compact_step), or more when its job would not end before level 0 fills otherwise
+ * (lsm_tree_compaction_pace: in proportion to the values the op put into the tree), so no
+ * request waits for a whole merge. Jobs stay in flight
  * across checkpoints (their blocks are staged: grid.h). A tree whose level 0 grows past twice
  * its budget anyway (writes outpacing the beats) is compacted at once: back-pressure, at a
  * point fixed by the operations like everything here.
@@ -501,8 +504,11 @@ void ledger_beat(struct ledger *ledger)
                 if (tree == NULL)
                         continue;
                 bool idle;
-                uint32_t beat = ledger->config.beat_values ? ledger->config.beat_values
+                uint64_t beat = ledger->config.beat_values ? ledger->config.beat_values
                                                            : BEAT_VALUES_DEFAULT;
+                uint64_t put = tree->stats.puts - ledger->beat_puts[id];
+                ledger->beat_puts[id] = tree->stats.puts;
+                beat = MAX(beat, lsm_tree_compaction_pace(tree, put));
                 if (!lsm_tree_compact_step(tree, beat, &idle))
                         ledger_fault(ledger, "compaction");
                 tree_backpressure(ledger, tree);

@@ -153,6 +153,7 @@ static void memtable_append(struct lsm_tree *tree, const void *value)
 void lsm_tree_put(struct lsm_tree *tree, const void *value)
 {
         const struct lsm_layout *layout = &tree->layout;
+        tree->stats.puts++;
         if (layout->insert_only) {
                 memtable_append(tree, value);
                 return;
@@ -1098,6 +1099,8 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         if (job->overlap_count > 0) /* an empty level has no table array yet */
                 memcpy(job->inputs + upper_count, &tree->levels[target].tables[job->overlap_first],
                        job->overlap_count * sizeof(*job->inputs));
+        for (uint32_t k = 0; k < input_count; k++)
+                job->values_total += job->inputs[k].value_count;
         struct lsm_merge *m = job->merge;
         for (uint32_t k = 0; k < upper_count; k++) {
                 m->sources[k].rank = k + 1; /* later upper tables are newer */
@@ -1257,6 +1260,7 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
                 bool ok = merge_run(job->merge, emit_to_builder, tree, &emitted, &stopped,
                                     budget);
                 tree->stats.values_compacted += emitted;
+                job->values_done += emitted;
                 budget -= MIN(budget, emitted);
                 if (!ok || (stopped && tree->builder.failed)) {
                         /* A fault: drop the job; its inputs are untouched and still in place. */
@@ -1280,6 +1284,29 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
                 }
         }
         return true;
+}
+
+uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put)
+{
+        const struct lsm_compaction *job = &tree->job;
+        if (!job->active || job->values_done >= job->values_total)
+                return 0;
+        uint64_t remaining = job->values_total - job->values_done;
+        uint32_t zero = tree->levels[0].count;
+        if (zero >= 2 * LSM_LEVEL0_TABLES_MAX)
+                return remaining;
+        /* A flush adds as many tables as a full memtable needs (filters bound a table's values);
+         * the flush that takes level 0 past twice its budget ends the room. */
+        uint64_t table_values = (uint64_t)lsm_table_data_blocks_max(&tree->layout) *
+                                lsm_values_per_block(&tree->layout);
+        uint64_t per_flush = (tree->memtable_max + table_values - 1) / table_values;
+        uint64_t flushes = (2 * LSM_LEVEL0_TABLES_MAX - zero) / per_flush;
+        uint64_t room = flushes * tree->room_max +
+                        (tree->room_max - MIN(tree->room_max, tree->memtable_count));
+        if (room == 0)
+                return remaining;
+        u128 pace = ((u128)2 * remaining * values_put + room - 1) / room;
+        return pace > remaining ? remaining : (uint64_t)pace;
 }
 
 bool lsm_tree_compact(struct lsm_tree *tree)

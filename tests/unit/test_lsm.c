@@ -891,6 +891,55 @@ static void test_tree_paced(void)
         lsm_grid_deinit(&grid);
 }
 
+/*
+ * A flat budget far too small for merges of level 0 into a level 1 of every random key, plus
+ * the pace lsm_tree_compaction_pace asks for: level 0 never passes twice its budget (where the
+ * ledger would compact the whole tree inside one op), and no op does more than the pace.
+ */
+static void test_tree_paced_by_writes(void)
+{
+        device_reset();
+        memset(model, 0, sizeof(model));
+        rng_state = 4242;
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "paced by writes", &layout_small_tables, &grid, 16 * 1000) ==
+              0);
+        uint64_t version = 0, puts_seen = 0, worst_zero = 0, paced_steps = 0, worst_step = 0;
+        const uint64_t floor = 500; /* alone, level 0 grew to 194 tables over these ops */
+        for (uint32_t op = 1; op <= 16 * 60; op++) {
+                if (!lsm_tree_has_room(&tree, 1000))
+                        CHECK(lsm_tree_flush(&tree));
+                for (uint32_t i = 0; i < 1000; i++) {
+                        uint64_t key = rng() % MODEL_KEYS;
+                        struct value v = value_make(key, version);
+                        lsm_tree_put(&tree, &v);
+                        model[key] = ++version;
+                }
+                uint64_t pace = lsm_tree_compaction_pace(&tree, tree.stats.puts - puts_seen);
+                puts_seen = tree.stats.puts;
+                uint64_t budget = MAX(floor, pace);
+                paced_steps += pace > floor;
+                uint64_t before = tree.stats.values_compacted;
+                bool idle;
+                CHECK(lsm_tree_compact_step(&tree, budget, &idle));
+                worst_step = MAX(worst_step, tree.stats.values_compacted - before);
+                CHECK(tree.stats.values_compacted - before <= budget);
+                worst_zero = MAX(worst_zero, tree.levels[0].count);
+        }
+        CHECK(worst_zero <= 2 * LSM_LEVEL0_TABLES_MAX);
+        CHECK(paced_steps > 0);
+        CHECK(tree.stats.compactions > 5);
+        check_against_model(&tree, 5000);
+        printf("paced by writes: ops=960 worst level 0=%llu tables, paced steps=%llu, worst "
+               "step=%llu values, jobs=%llu\n",
+               (unsigned long long)worst_zero, (unsigned long long)paced_steps,
+               (unsigned long long)worst_step, (unsigned long long)tree.stats.compactions);
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+}
+
 /* Keys that only grow (timestamps): compaction moves tables down, never rewrites them. */
 static void test_tree_append_only(void)
 {
@@ -1665,6 +1714,7 @@ int main(void)
         TEST_RUN(test_tree_model_insert_only);
         TEST_RUN(test_memtable_sort);
         TEST_RUN(test_tree_paced);
+        TEST_RUN(test_tree_paced_by_writes);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
         TEST_RUN(test_forest_crash);
