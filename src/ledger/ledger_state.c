@@ -466,10 +466,10 @@ void ws_chain_rollback(struct ledger *ledger)
  * Compaction is paced by op: after every operation each tree does beat_values of merging
  * (lsm_tree_compact_step), or more when its job would not end before level 0 fills otherwise
  * (lsm_tree_compaction_pace: in proportion to the values the op put into the tree), so no
- * request waits for a whole merge. Jobs stay in flight
- * across checkpoints (their blocks are staged: grid.h). A tree whose level 0 grows past twice
- * its budget anyway (writes outpacing the beats) is compacted at once: back-pressure, at a
- * point fixed by the operations like everything here.
+ * request waits for a whole merge. Jobs stay in flight across checkpoints (their blocks are
+ * staged: grid.h). A tree whose level 0 grows past twice its budget anyway (writes outpacing
+ * the beats) is compacted at once: back-pressure, at a point fixed by the operations like
+ * everything here.
  */
 #define BEAT_VALUES_DEFAULT 32768u
 

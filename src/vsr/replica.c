@@ -985,9 +985,8 @@ static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checks
  * Due once the interval has passed since the last durable checkpoint, or sooner once the ops
  * executed since the last checkpoint carried REPLICA_CHECKPOINT_WORK_REQUESTS full requests'
  * worth of bodies (replica.h: a restart replays those ops, whose cost follows their bodies, not
- * their count); one that could not start
- * (the previous still being written, storage busy) is tried again at the next commit, or by
- * replica_tick if no commit comes (checkpoint_overdue).
+ * their count); one that could not start (the previous still being written, storage busy) is
+ * tried again at the next commit, or by replica_tick if no commit comes (checkpoint_overdue).
  */
 static bool checkpoint_due(const struct replica *r, uint64_t op)
 {

@@ -278,7 +278,7 @@ const char *replica_drop_name(enum replica_drop drop);
  * one carried this many full requests' worth of request and reply bodies. A restart replays the
  * journal since the durable checkpoint, and an op's cost follows its body (8189 transfers to
  * create, ids to look up) and its reply (the objects a lookup or query returns), not its count:
- * 32 full batches of creates replay in about 2 s at 10 M transfers stored (63 took 3.9 s),
+ * 32 full batches of creates replayed in 2.8 s at 10.5 M transfers stored (63 took 3.9 s),
  * while 256 ops of a few transfers each replay in milliseconds and checkpoint a quarter as
  * often as 64 would (each checkpoint writes at least a table per tree that changed).
  */
