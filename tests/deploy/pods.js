@@ -29,6 +29,7 @@ const path = require('path');
 const http = require('http');
 const readline = require('readline');
 const { spawn, spawnSync, execFileSync } = require('child_process');
+const { runAsync } = require('../node/lib/spawn');
 const YAML = require('yaml');
 
 const E = process.env;
@@ -456,7 +457,7 @@ class Cluster {
     const file = path.join(this.dir, 'attempted.json');
     fs.writeFileSync(file, JSON.stringify({ attempted: this.attempted, acked: this.acked }));
     const svc = `${this.m.service.metadata.name}.${this.m.namespace}.svc.${CLUSTER_DOMAIN}`;
-    const r = await run('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'client.js'), 'verify', svc, file],
+    const r = await runAsync('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'client.js'), 'verify', svc, file],
       { timeout: 120000 });
     const line = (r.stdout || '').trim().split('\n').pop();
     try { return JSON.parse(line); } catch (_) { return { ev: 'error', message: `verify: ${r.status} ${r.stderr}` }; }
@@ -468,27 +469,10 @@ class Cluster {
   }
 }
 
-/*
- * spawnSync's result ({status, stdout, stderr}) without blocking this process's event loop: the
- * pods' output pipes are read here, and a kubelet never stops reading a container's output. A
- * synchronous run of a minute (the connector example) let those pipes fill, and every replica
- * then blocked in its next log write, the example's own requests included.
- */
-function run(cmd, args, { timeout, env } = {}) {
-  return new Promise((resolve) => {
-    const child = spawn(cmd, args, { env: env || process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '', stderr = '';
-    child.stdout.on('data', (d) => { stdout += d; });
-    child.stderr.on('data', (d) => { stderr += d; });
-    const timer = timeout ? setTimeout(() => child.kill('SIGKILL'), timeout) : null;
-    child.on('close', (status) => { if (timer) clearTimeout(timer); resolve({ status, stdout, stderr }); });
-  });
-}
-
 // Can `from` (a netns) open a TCP connection to ip:port within a second?
 async function reaches(from, ip, port) {
   const js = `const s=require('net').connect(${port},'${ip}');s.setTimeout(1000);s.on('connect',()=>{console.log('open');process.exit(0)});s.on('timeout',()=>{console.log('timeout');process.exit(0)});s.on('error',(e)=>{console.log(e.code);process.exit(0)});`;
-  const r = await run('ip', ['netns', 'exec', `${NS}-${from}`, 'node', '-e', js], { timeout: 10000 });
+  const r = await runAsync('ip', ['netns', 'exec', `${NS}-${from}`, 'node', '-e', js], { timeout: 10000 });
   return (r.stdout || '').trim();
 }
 
@@ -529,7 +513,7 @@ async function scenarios(manifests, timings) {
     check((await reaches('client', p0.ip, 9100)) === 'timeout', 'network policy: a client pod does not reach metrics');
 
     // The connector's side: the Service's name resolved to its one address, port 3000 by default.
-    const ex = await run('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
+    const ex = await runAsync('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
       { timeout: 60000, env: { ...process.env, TIGERBEETLE_CLUSTER_ID: '0', TIGERBEETLE_REPLICAS: `tally.${manifests.namespace}.svc.${CLUSTER_DOMAIN}` } });
     check(ex.status === 0 && /^ok: /m.test(ex.stdout), `connector example against the three replicas: ${(ex.stdout.trim() || ex.stderr.trim()).split('\n').join('; ')}`);
 
@@ -654,7 +638,7 @@ async function single(manifests, timings) {
     await c.pods[0].create();
     await c.pods[0].waitReady(30000);
     timings.single_replica_ready_s = (now() - t0) / 1000;
-    const r = await run('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
+    const r = await runAsync('ip', ['netns', 'exec', `${NS}-client`, 'node', path.join(HERE, 'connector-example.js')],
       { timeout: 60000, env: { ...process.env, TIGERBEETLE_CLUSTER_ID: '0', TIGERBEETLE_REPLICAS: `tally.${manifests.namespace}.svc.${CLUSTER_DOMAIN}` } });
     timings.single_replica_rss_kb = c.pods[0].rssKb();
     check(r.status === 0 && /^ok: /m.test(r.stdout), `single-replica overlay: ready in ${timings.single_replica_ready_s.toFixed(2)} s; the connector example through the Service: ${(r.stdout.trim() || r.stderr.trim()).split('\n').pop()}`);

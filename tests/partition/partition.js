@@ -18,6 +18,7 @@ const fs = require('fs');
 const path = require('path');
 const readline = require('readline');
 const { spawn, spawnSync, execFileSync } = require('child_process');
+const { runAsync } = require('../node/lib/spawn');
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const TALLY = process.env.TALLY_BIN || path.join(ROOT, 'tally');
@@ -248,20 +249,13 @@ class Run {
     return worst;
   }
 
-  // Asynchronous (not spawnSync): the replicas' output pipes are read by this process's event
-  // loop, and a replica whose pipe fills blocks in its next log write.
+  // Asynchronous (runAsync, not spawnSync): the replicas' output pipes are read by this
+  // process's event loop, and a replica whose pipe fills blocks in its next log write.
   async verify() {
     const file = path.join(this.dir, 'attempted.json');
     fs.writeFileSync(file, JSON.stringify({ attempted: this.attempted, acked: this.acked }));
-    const r = await new Promise((resolve) => {
-      const child = spawn('ip', ['netns', 'exec', pod('c'), 'node', path.join(__dirname, 'client.js'),
-        'verify', ADDRESSES, file], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let stdout = '', stderr = '';
-      child.stdout.on('data', (d) => { stdout += d; });
-      child.stderr.on('data', (d) => { stderr += d; });
-      const timer = setTimeout(() => child.kill('SIGKILL'), 60000);
-      child.on('close', (status) => { clearTimeout(timer); resolve({ status, stdout, stderr }); });
-    });
+    const r = await runAsync('ip', ['netns', 'exec', pod('c'), 'node', path.join(__dirname, 'client.js'),
+      'verify', ADDRESSES, file], { timeout: 60000 });
     const line = (r.stdout || '').trim().split('\n').pop();
     try { return JSON.parse(line); } catch (_) { return { ev: 'error', message: `verify: ${r.status} ${r.stderr}` }; }
   }
