@@ -490,7 +490,7 @@ static void trees_flush(struct ledger *ledger)
 
 static void tree_backpressure(struct ledger *ledger, struct lsm_tree *tree)
 {
-        if (tree->levels[0].count <= 2 * LSM_LEVEL0_TABLES_MAX)
+        if (tree->levels[0].count <= LSM_LEVEL0_TABLES_STALL)
                 return;
         ledger->forced_compactions++;
         if (!lsm_tree_compact(tree))

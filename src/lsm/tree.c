@@ -1293,14 +1293,14 @@ uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_p
                 return 0;
         uint64_t remaining = job->values_total - job->values_done;
         uint32_t zero = tree->levels[0].count;
-        if (zero >= 2 * LSM_LEVEL0_TABLES_MAX)
+        if (zero >= LSM_LEVEL0_TABLES_STALL)
                 return remaining;
         /* A flush adds as many tables as a full memtable needs (filters bound a table's values);
          * the flush that takes level 0 past twice its budget ends the room. */
         uint64_t table_values = (uint64_t)lsm_table_data_blocks_max(&tree->layout) *
                                 lsm_values_per_block(&tree->layout);
         uint64_t per_flush = (tree->memtable_max + table_values - 1) / table_values;
-        uint64_t flushes = (2 * LSM_LEVEL0_TABLES_MAX - zero) / per_flush;
+        uint64_t flushes = (LSM_LEVEL0_TABLES_STALL - zero) / per_flush;
         uint64_t room = flushes * tree->room_max +
                         (tree->room_max - MIN(tree->room_max, tree->memtable_count));
         if (room == 0)

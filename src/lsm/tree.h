@@ -28,6 +28,9 @@
 
 #define LSM_LEVELS 7u
 #define LSM_LEVEL0_TABLES_MAX 8u
+/* Past this many level-0 tables writes have outpaced compaction: the embedder compacts the whole
+ * tree at once (back-pressure), and lsm_tree_compaction_pace paces jobs to end before it. */
+#define LSM_LEVEL0_TABLES_STALL (2u * LSM_LEVEL0_TABLES_MAX)
 #define LSM_GROWTH_FACTOR 8u
 
 struct lsm_level {

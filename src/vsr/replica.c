@@ -1000,7 +1000,7 @@ static bool checkpoint_due(const struct replica *r, uint64_t op)
         return !r->sync.active;
 }
 
-/* After committing a multiple of the checkpoint interval, write the state as of that op. */
+/* After committing an op, write the state as of that op if a checkpoint is due. */
 void replica_checkpoint_maybe(struct replica *r, const struct message *prepare)
 {
         if (checkpoint_due(r, prepare->header->prepare.op))

@@ -928,7 +928,7 @@ static void test_tree_paced_by_writes(void)
                 CHECK(tree.stats.values_compacted - before <= budget);
                 worst_zero = MAX(worst_zero, tree.levels[0].count);
         }
-        CHECK(worst_zero <= 2 * LSM_LEVEL0_TABLES_MAX);
+        CHECK(worst_zero <= LSM_LEVEL0_TABLES_STALL);
         CHECK(paced_steps > 0);
         CHECK(tree.stats.compactions > 5);
         check_against_model(&tree, 5000);
