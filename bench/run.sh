@@ -151,7 +151,7 @@ fi
 # cluster_start <dir>: formats and starts three replicas on free ports, waits for a primary.
 # Sets CLUSTER_ADDRESSES and CLUSTER_PIDS.
 cluster_start() {
-  local dir=$1 i base=$(( 21000 + RANDOM % 20000 ))
+  local dir=$1 i base; base=$(port_base 3)
   mkdir -p "$dir"
   CLUSTER_ADDRESSES="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
   CLUSTER_PIDS=()

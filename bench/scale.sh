@@ -139,22 +139,7 @@ alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status
 declare -A BIN FILE LOG PORT PID STOPPED
 CHILD=
 
-# A port below the kernel's ephemeral range: there, a client's outgoing connection could take
-# the port while the server is down for a restart (the server then fails with "address in
-# use"), or a connection attempt to it could connect to itself (TCP simultaneous open).
-free_port() {
-  local port low
-  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
-  ((low > 11000)) || { echo "error: the ephemeral port range starts at $low; no room below" >&2; exit 1; }
-  while :; do
-    port=$((10000 + RANDOM % (low - 10000)))
-    # A port nothing listens on refuses the connection.
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      echo "$port"
-      return
-    fi
-  done
-}
+. tests/lib.sh # port_base: a free port below the ephemeral range
 
 server_format() {
   local s=$1
@@ -217,7 +202,7 @@ server_first_start() {
   local s=$1 attempt
   server_format "$s"
   for attempt in 1 2 3; do
-    PORT[$s]=$(free_port)
+    PORT[$s]=$(port_base)
     server_launch "$s"
     if server_ready "$s" 0; then
       note "$s started on port ${PORT[$s]} (pid ${PID[$s]}), $(kv "$(cat "$WORK/ready.out")" seconds) s"

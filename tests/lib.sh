@@ -1,6 +1,25 @@
 # tests/lib.sh: shell helpers shared by the test scripts: start a formatted single-replica
 # server on a free port and stop it again, with every wait bounded.
 
+# port_base [count]: the first of <count> (default 1) consecutive ports that nothing listens on,
+# below the kernel's ephemeral range. Inside that range another process's outgoing connection
+# can hold a port: a replica then cannot listen, and a cluster started with one replica missing
+# never elects its first primary (CI once: prometheus.sh, "status view_change in view 48").
+port_base() {
+  local count=${1:-1} low base i
+  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+  ((low > 11000 + count)) || { echo "port_base: the ephemeral port range starts at $low; no room below" >&2; return 1; }
+  while :; do
+    base=$((10000 + RANDOM % (low - 10000 - count)))
+    for ((i = 0; i < count; i++)); do
+      # A port nothing listens on refuses the connection.
+      (exec 3<>"/dev/tcp/127.0.0.1/$((base + i))") 2>/dev/null && continue 2
+    done
+    echo "$base"
+    return 0
+  done
+}
+
 # start_server <tally binary> <data dir> [extra start flags...]
 # Sets SERVER_PID and SERVER_PORT; the log is <data dir>/server.log.
 start_server() {
@@ -10,7 +29,7 @@ start_server() {
   "$binary" format --cluster=0 --replica=0 --replica-count=1 "$dir/0_0.tally" 2>>"$dir/server.log" || return 1
   local attempt
   for attempt in 1 2 3 4 5; do
-    SERVER_PORT=$(( 20000 + RANDOM % 20000 ))
+    SERVER_PORT=$(port_base) || return 1
     "$binary" start --addresses="127.0.0.1:$SERVER_PORT" "$@" "$dir/0_0.tally" >>"$dir/server.log" 2>&1 &
     SERVER_PID=$!
     local waited=0

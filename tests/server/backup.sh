@@ -36,7 +36,7 @@ trap cleanup EXIT
 . "$(dirname "$0")/checks.sh"
 now() { date +%s.%N; }
 
-base=$(( 20000 + RANDOM % 15000 ))
+base=$(port_base 44)
 addresses="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 "$tally" keygen "$dir/key"; "$tally" keygen "$dir/other.key"
 for i in 0 1 2; do

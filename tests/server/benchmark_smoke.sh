@@ -78,7 +78,7 @@ run_error "unknown hot-accounts" 2 --hot-accounts=zipf
 run_error "unknown id-order" 2 --id-order=reversed
 run_error "unknown flag" 2 --bogus=1
 run_error "one account" 2 --accounts=1
-port=$(( 40000 + RANDOM % 20000 ))
+port=$(port_base)
 start=$(date +%s)
 timeout 30 "$tally" benchmark --addresses=127.0.0.1:$port --transfers=10 >"$dir/out" 2>&1; rc=$?
 [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q '^error: ' "$dir/out" && [ $(( $(date +%s) - start )) -le 10 ] \

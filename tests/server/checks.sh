@@ -5,6 +5,7 @@
 #   finish                     prints "N passed, N failed" and exits 0 only if none failed
 #   json <text> <key>          the first number of "<key>":<number> in a JSON text
 #   flip <file> <offset>       inverts one byte of a file in place
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh" # port_base
 passed=0; failed=0
 pass() { passed=$((passed + 1)); echo "ok $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }

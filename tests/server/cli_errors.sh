@@ -8,6 +8,7 @@ dir=$(mktemp -d /tmp/tally-cli.XXXXXX)
 holder=
 trap '[ -n "$holder" ] && kill -9 $holder 2>/dev/null; rm -rf "$dir"' EXIT
 passed=0; failed=0
+. "$(dirname "$0")/../lib.sh" # port_base
 
 # expect_error <description> <command...>: non-zero exit, exactly one "error: " line.
 expect_error() {
@@ -88,7 +89,7 @@ check "the data file is untouched by every failure" test "$(cksum <"$dir/a.tally
 start_holder() {
   local attempt port waited
   for attempt in 1 2 3 4 5; do
-    port=$(( 20000 + RANDOM % 20000 ))
+    port=$(port_base)
     "$tally" start --addresses="127.0.0.1:$port" "$1" >"$dir/holder.log" 2>&1 &
     holder=$!
     for waited in $(seq 100); do

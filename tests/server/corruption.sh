@@ -19,7 +19,7 @@ pid=
 trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$dir"' EXIT
 . "$(dirname "$0")/checks.sh"
 ok() { passed=$((passed + 1)); } # counts quietly: its failures say enough
-port=$(( 20000 + RANDOM % 20000 ))
+port=$(port_base)
 
 start_bg() { # start_bg <file>: starts, waits for "listening on" or exit
   : >"$dir/log"

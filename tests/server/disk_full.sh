@@ -14,6 +14,7 @@ TALLY=${1:?usage: tests/server/disk_full.sh <tally>}
 TOOL=${TOOL:-build/release/tests/server/disk_full}
 cd "$(dirname "$0")/../.."
 PASSED=0; FAILED=0
+. tests/lib.sh # port_base
 ok() { echo "ok $1"; PASSED=$((PASSED + 1)); }
 bad() { echo "FAIL $1"; FAILED=$((FAILED + 1)); }
 WORK=$(mktemp -d /tmp/tally-disk-full.XXXXXX)
@@ -42,12 +43,11 @@ fill() {
 }
 
 run_case() { # run_case <name> <replica count>
-  # Ports below the kernel's ephemeral range (32768 here): inside it, another process's
-  # outgoing connection can hold the port, the replica then cannot listen and the client
-  # finds nothing ("cannot register: recv failed", CI once).
-  local name=$1 n=$2 low base i addresses=""
-  read -r low _ </proc/sys/net/ipv4/ip_local_port_range
-  base=$(( 10000 + RANDOM % (low - 10200) ))
+  # Ports below the kernel's ephemeral range (port_base, tests/lib.sh): inside it, another
+  # process's outgoing connection can hold the port, the replica then cannot listen and the
+  # client finds nothing ("cannot register: recv failed", CI once).
+  local name=$1 n=$2 base i addresses=""
+  base=$(port_base $((100 + n))) || { bad "$name: no free ports"; return; }
   for i in $(seq 0 $((n - 1))); do addresses="$addresses${addresses:+,}127.0.0.1:$((base + i))"; done
   PIDS=()
   for i in $(seq 0 $((n - 1))); do

@@ -26,7 +26,7 @@ cleanup() {
 trap cleanup EXIT
 . "$(dirname "$0")/checks.sh"
 
-base=$(( 20000 + RANDOM % 15000 ))
+base=$(port_base 13)
 addresses="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 declare -a rpid
 start_replica() { # start_replica <index>

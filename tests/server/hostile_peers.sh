@@ -11,6 +11,7 @@
 set -u
 tally=$1
 root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$root/tests/lib.sh" # port_base
 tool=${2:-$(dirname "$tally")/tests/server/hostile_peers}
 [ -x "$tool" ] || tool=$root/build/release/tests/server/hostile_peers
 [ -x "$tool" ] || { echo "no hostile_peers tool: make tool-bins"; echo "0 passed, 1 failed"; exit 1; }
@@ -34,7 +35,7 @@ start_cluster() {
   local mode=$1; shift
   local attempt i waited up
   for attempt in 1 2 3 4 5; do
-    local base=$(( 20000 + RANDOM % 20000 ))
+    local base; base=$(port_base 3)
     ports=($base $((base + 1)) $((base + 2)))
     local addresses="127.0.0.1:${ports[0]},127.0.0.1:${ports[1]},127.0.0.1:${ports[2]}"
     for i in 0 1 2; do

@@ -39,7 +39,7 @@ if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
 fi
 if ! command -v prometheus >/dev/null; then echo "prometheus is not installed"; echo "0 passed, 1 failed"; exit 1; fi
 
-base=$(( 20000 + RANDOM % 15000 ))
+base=$(port_base 21)
 addresses="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 mport() { echo $((base + 10 + $1)); }
 pport=$((base + 20))
@@ -86,7 +86,8 @@ ready() { curl -s -m 2 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$(mport 
 deadline=$((SECONDS + 30))
 until [ "$(ready 0)$(ready 1)$(ready 2)" = 200200200 ] || [ $SECONDS -ge $deadline ]; do sleep 0.2; done
 [ "$(ready 0)$(ready 1)$(ready 2)" = 200200200 ] && pass "all three replicas ready after start" ||
-  { fail "replicas not ready: $(for i in 0 1 2; do curl -s -m 2 http://127.0.0.1:$(mport $i)/health/ready; done)"; }
+  { fail "replicas not ready: $(for i in 0 1 2; do echo "replica $i: $(curl -s -m 2 http://127.0.0.1:$(mport $i)/health/ready)"; done)"
+    for i in 0 1 2; do echo "--- replica $i log (last 5 lines)"; tail -5 "$dir/replica$i.log"; done; }
 deadline=$((SECONDS + 30))
 until [ "$(promql 'count(up == 1)')" = " 3" ] || [ $SECONDS -ge $deadline ]; do sleep 0.5; done
 sleep 2

@@ -16,7 +16,7 @@ passed=0; failed=0
 pass() { passed=$((passed + 1)); echo "ok $*"; }
 fail() { failed=$((failed + 1)); echo "FAIL $*"; }
 
-mport=$(( 40000 + RANDOM % 10000 ))
+mport=$(port_base)
 start_server "$tally" "$dir" --accounts-max=16 --metrics-address=127.0.0.1:$mport ||
   { echo "0 passed, 1 failed"; exit 1; }
 code() { curl -s -m 2 -o "$dir/body" -w '%{http_code}' "http://127.0.0.1:$mport$1"; }

@@ -56,7 +56,7 @@ if timeout 300 make -C "$old" -j2 all >"$dir/old-build.log" 2>&1 && [ -x "$old/t
   pass "built the old tally from $OLD_COMMIT"
 else fail "building $OLD_COMMIT"; tail -5 "$dir/old-build.log"; finish; fi
 
-base=$(( 20000 + RANDOM % 15000 ))
+base=$(port_base 13)
 addresses="127.0.0.1:$base,127.0.0.1:$((base + 1)),127.0.0.1:$((base + 2))"
 declare -a rpid
 start_replica() { # start_replica <binary> <index> [flags...]

@@ -27,17 +27,35 @@ for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
   process.once(sig, () => process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGHUP' ? 1 : 15)));
 }
 
-// A port the kernel considers free right now (bind 0, read it, close).
-function freePort() {
-  return new Promise((resolve, reject) => {
+// A port free right now, below the kernel's ephemeral range: inside it, an outgoing
+// connection of any process can take the port while a replica is down for a restart, and the
+// replica then cannot listen again (a cluster missing a replica from the start never elects
+// its first primary). Tries random ports, binding each once.
+function ephemeralLow() {
+  try {
+    return Number(fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || 32768;
+  } catch (e) {
+    return 32768;
+  }
+}
+
+function tryListen(port) {
+  return new Promise((resolve) => {
     const srv = net.createServer();
     srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
+    srv.once('error', () => resolve(false));
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
   });
+}
+
+async function freePort() {
+  const low = ephemeralLow();
+  if (low <= 11000) throw new Error(`the ephemeral port range starts at ${low}: no room below`);
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = 10000 + Math.floor(Math.random() * (low - 10000));
+    if (await tryListen(port)) return port;
+  }
+  throw new Error('no free port below the ephemeral range after 200 tries');
 }
 
 function tail(text, n = 4000) {
