@@ -90,6 +90,7 @@ static int env_connection_replica(void *context, replica_connection connection)
 }
 
 static bool only_commits_to[REPLICAS_MAX]; /* it hears of commits, and nothing else */
+static uint32_t dropped_to[REPLICAS_MAX];   /* bit c: messages of command c to it are lost */
 
 static void env_send_to_replica(void *context, uint8_t to, struct message *m)
 {
@@ -97,6 +98,8 @@ static void env_send_to_replica(void *context, uint8_t to, struct message *m)
         if (!alive[from] || !alive[to])
                 return;
         if (only_commits_to[to] && m->header->command != COMMAND_COMMIT)
+                return;
+        if (m->header->command < 32 && (dropped_to[to] & (1u << m->header->command)))
                 return;
         push((struct event){.kind = EVENT_MESSAGE, .to = to, .connection = from + 1u,
                             .message = message_ref(m)});
@@ -273,6 +276,7 @@ static void cluster_start(uint8_t count)
 }
 
 static uint8_t restoring;
+static uint64_t prepare_damaged[REPLICAS_MAX]; /* this op's prepare fails its checksum */
 
 static bool read_header_store(void *context, uint32_t slot, struct wire_header *into)
 {
@@ -294,6 +298,8 @@ static bool read_prepare_store(void *context, uint32_t slot, const struct wire_h
         if (h == NULL)
                 return false; /* this store has no separate headers zone to lose */
         (void)slot;
+        if (prepare_damaged[restoring] == h->prepare.op)
+                return false;
         struct message *m = store[restoring][h->prepare.op];
         if (m == NULL || m->header->checksum != h->checksum)
                 return false;
@@ -1005,6 +1011,52 @@ static void test_checkpoint_by_work(void)
         request_size_max = WIRE_MESSAGE_SIZE_MAX;
 }
 
+/*
+ * A new cluster's first primary prepares an op that no backup receives (nor the start_view: no
+ * backup joins a view, so all but the primary stay fresh), and then its own copy is damaged.
+ * The op was never committed, and the backups' journals prove it: a fresh replica that never
+ * joined a view acknowledged nothing since its format, so its nack counts unless its disk is
+ * one of the damaged ones the cluster tolerates. Answered as "may have acknowledged it"
+ * instead, no quorum of nacks could form, and the views rotated forever (simulator, seed 73 on
+ * 3 replicas).
+ */
+static void test_new_cluster_cuts_an_op_only_a_damaged_copy_held(void)
+{
+        cluster_start(3);
+        client_reset();
+        for (uint8_t i = 0; i < 3; i++)
+                dropped_to[i] = (1u << COMMAND_START_VIEW) | (1u << COMMAND_PREPARE);
+        uint8_t body[256] = {0};
+        CHECK(!client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 600));
+        uint32_t holders = 0;
+        uint8_t holder = 0;
+        for (uint8_t i = 0; i < 3; i++) {
+                if (store[i][1] != NULL) {
+                        holders++;
+                        holder = i;
+                }
+        }
+        CHECK_EQ_U64(holders, 1);
+        for (uint8_t i = 0; i < 3; i++) {
+                CHECK(i == holder || durable_state[i].fresh);
+                CHECK(!durable_state[i].fresh_joined);
+                dropped_to[i] = 0;
+        }
+        prepare_damaged[holder] = 1;
+        for (uint8_t i = 0; i < 3; i++)
+                replica_restart(i);
+        client_reset();
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 3000));
+        CHECK(create_accounts(0xFF, 1, 4, 3000));
+        run(100);
+        for (uint8_t i = 0; i < 3; i++) {
+                CHECK_EQ_U64(accounts_on(i), 4);
+                CHECK(!replicas[i].fresh);
+        }
+        prepare_damaged[holder] = 0;
+        cluster_stop();
+}
+
 /* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
 static void test_checkpoint_anchors(void)
 {
@@ -1032,6 +1084,7 @@ int main(void)
         TEST_RUN(test_no_view_behind_a_known_commit);
         TEST_RUN(test_checkpoint_refused_then_no_commit);
         TEST_RUN(test_checkpoint_by_work);
+        TEST_RUN(test_new_cluster_cuts_an_op_only_a_damaged_copy_held);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
