@@ -542,7 +542,8 @@ static const char *peer_message_implausible(const struct wire_header *h)
                      op_plausible(h->start_view.checkpoint_op);
                 break;
         case COMMAND_DO_VIEW_CHANGE: /* op, commit_max, checkpoint, log_view at raw + 32 */
-                ok = ops_plausible(h->raw + 32, 3) && ops_plausible(h->raw + 96, 1);
+                ok = ops_plausible(h->raw + 32, 3) && ops_plausible(h->raw + 72, 1) &&
+                     ops_plausible(h->raw + 96, 1);
                 if (ok) {
                         uint64_t log_view;
                         memcpy(&log_view, h->raw + 56, sizeof(log_view));
@@ -1386,6 +1387,40 @@ static uint64_t journal_op_max(struct replica *r, const struct replica_durable *
 }
 
 /*
+ * What a replica without state reports of its journal's top REPLICA_NOSTATE_OPS ops (see
+ * replica.nostate_checksums): the prepare a slot holds of each, from either copy of its header.
+ * Every op it acknowledged was written to its journal first, and no op up to the top is
+ * overwritten within one lap of the ring, so a slot holding no prepare of an op, or another
+ * prepare of it, is a nack unless the disk lost the write (dvc_answer).
+ */
+static void nostate_scan(struct replica *r, const struct replica_durable *d, uint64_t top)
+{
+        static struct wire_header header;
+        struct message *scratch = message_pool_get(r->pool);
+        tally_assert(scratch != NULL);
+        r->nostate_top = top;
+        memset(r->nostate_checksums, 0, sizeof(r->nostate_checksums));
+        /* Within one lap of the ring: an older op's slot may hold a newer op since. */
+        for (uint32_t i = 0; i < REPLICA_NOSTATE_OPS && i < top && i < r->config.wal_slot_count;
+             i++) {
+                uint64_t op = top - i;
+                uint32_t slot = (uint32_t)(op % r->config.wal_slot_count);
+                u128 in_headers = 0, in_prepares = 0;
+                if (d->read_header(d->context, slot, &header) && header.prepare.op == op)
+                        in_headers = header.checksum;
+                if (d->read_prepare(d->context, slot, NULL, scratch) &&
+                    scratch->header->prepare.op == op)
+                        in_prepares = scratch->header->checksum;
+                /* Two prepares of one op in one slot: a rewrite that crashed halfway. */
+                if (in_headers != 0 && in_prepares != 0 && in_headers != in_prepares)
+                        r->nostate_checksums[i] = REPLICA_NOSTATE_UNKNOWN;
+                else
+                        r->nostate_checksums[i] = in_headers != 0 ? in_headers : in_prepares;
+        }
+        message_unref(r->pool, scratch);
+}
+
+/*
  * A replica of a cluster whose checkpoint is unreadable (damaged, or a state sync interrupted
  * while its blocks were landing) starts as if re-formatted, keeping only its view (a promise):
  * its journal continues a state it no longer has, so it holds no log (log_view 0), and it is
@@ -1399,6 +1434,8 @@ static uint64_t journal_op_max(struct replica *r, const struct replica_durable *
  * Without that, a replica that crashed in the middle of a state sync could never help the
  * others cut an uncommitted op that none of them holds intact, and the cluster would stall.
  * A replica already fresh keeps the older, lower knowledge: not joined, or joined earlier.
+ * For the ops up to that one it reports which prepare its journal holds (nostate_scan), so
+ * that its nacks of those count too.
  */
 static void open_without_state(struct replica *r, const struct replica_durable *d)
 {
@@ -1413,6 +1450,7 @@ static void open_without_state(struct replica *r, const struct replica_durable *
         r->fresh = true;
         r->fresh_joined = !was_fresh || was_joined;
         r->fresh_joined_op = was_fresh ? MAX(r->fresh_joined_op, journal_max) : journal_max;
+        nostate_scan(r, d, journal_max);
         r->checkpoint_lost = true;
         /*
          * Nothing is written to the grid until the superblock says the checkpoint it names is

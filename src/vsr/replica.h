@@ -48,6 +48,9 @@ typedef uint64_t replica_connection;
  * the anchor in the journal carries log_view, and every op up to it chains back from it, so
  * recovery can tell the current log from stale entries a view change replaced.
  */
+#define REPLICA_NOSTATE_OPS 64u
+#define REPLICA_NOSTATE_UNKNOWN (~(u128)0)
+
 struct replica_view_state {
         uint32_t view;
         uint32_t log_view;
@@ -374,6 +377,15 @@ struct replica {
          */
         bool fresh_joined;
         uint64_t fresh_joined_op;
+        /*
+         * A replica that started without state reports its journal's top REPLICA_NOSTATE_OPS
+         * ops in a do_view_change, though it has no log: entry i is the checksum of the
+         * prepare a slot held of op nostate_top - i at that start (0: none, so it never
+         * acknowledged that op unless its disk lost the write; REPLICA_NOSTATE_UNKNOWN: two).
+         * An entry follows what it journals since. See dvc_answer.
+         */
+        uint64_t nostate_top;
+        u128 nostate_checksums[REPLICA_NOSTATE_OPS];
         uint32_t recovered_view; /* the durable view at the last start (see dvc_answer) */
         uint8_t fresh_heard;       /* peers whose current view this fresh replica heard */
         uint32_t fresh_view_floor; /* the highest of those views */

@@ -209,6 +209,21 @@ void replication_open(struct replica *r)
 
 static void on_journal_durable(void *context, struct message *prepare);
 
+/*
+ * Starts the journal write of a prepare, and keeps what a replica without state reports of its
+ * journal true (nostate_checksums): from here on it may acknowledge this prepare.
+ */
+static bool journal_write(struct replica *r, struct message *prepare)
+{
+        uint64_t op = prepare->header->prepare.op;
+        if (op <= r->nostate_top && r->nostate_top - op < REPLICA_NOSTATE_OPS) {
+                u128 *held = &r->nostate_checksums[r->nostate_top - op];
+                u128 checksum = prepare->header->checksum;
+                *held = *held == 0 || *held == checksum ? checksum : REPLICA_NOSTATE_UNKNOWN;
+        }
+        return r->env.journal_write(r->env.context, prepare, on_journal_durable, r);
+}
+
 static uint64_t timestamp_next(struct replica *r, uint32_t delta)
 {
         uint64_t now = r->env.realtime_ns(r->env.context);
@@ -274,7 +289,7 @@ bool replication_prepare(struct replica *r, const struct message *request,
         }
         wire_header_set_checksum_body(h, message_body(p), body_size);
         wire_header_set_checksum(h);
-        if (!r->env.journal_write(r->env.context, p, on_journal_durable, r)) {
+        if (!journal_write(r, p)) {
                 message_unref(r->pool, p);
                 message_unref(r->pool, reply);
                 return false;
@@ -771,7 +786,7 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
                           existing != NULL, (unsigned long long)r->commit_max);
                 return false;
         }
-        if (!r->env.journal_write(r->env.context, m, on_journal_durable, r))
+        if (!journal_write(r, m))
                 return false;
         if (r->sync.active) {
                 r->sync_journaled_max = MAX(r->sync_journaled_max, op);
@@ -953,13 +968,16 @@ static void on_request_prepare(struct replica *r, struct message *m)
 
 /* ---- view changes -------------------------------------------------------------------------- */
 
-/* Writes up to VIEW_HEADERS_MAX journal headers ending at op into the body; returns bytes. */
-static uint32_t headers_write(struct replica *r, uint8_t *body)
+/*
+ * Writes up to VIEW_HEADERS_MAX journal headers ending at op into the body, leaving `reserve`
+ * bytes of the message free; returns bytes.
+ */
+static uint32_t headers_write(struct replica *r, uint8_t *body, uint32_t reserve)
 {
         uint32_t count = 0;
         /* As many as fit in one message of the request size (also between replicas). */
-        uint32_t max = MIN(VIEW_HEADERS_MAX,
-                           (r->config.request_size_max - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE);
+        uint32_t room = r->config.request_size_max - WIRE_HEADER_SIZE;
+        uint32_t max = MIN(VIEW_HEADERS_MAX, room > reserve ? (room - reserve) / WIRE_HEADER_SIZE : 0);
         uint64_t first = r->op > max ? r->op - max + 1 : 1;
         for (uint64_t op = first; op <= r->op; op++) {
                 const struct wire_header *h = journal_header(r, op);
@@ -979,7 +997,13 @@ static void send_do_view_change(struct replica *r)
         if (m == NULL)
                 return;
         struct wire_header *h = m->header;
-        h->size = WIRE_HEADER_SIZE + headers_write(r, message_body(m));
+        /* A replica without state appends what its journal holds (nostate_checksums). */
+        uint32_t nostate = r->fresh ? (uint32_t)MIN((uint64_t)REPLICA_NOSTATE_OPS, r->nostate_top)
+                                    : 0;
+        uint32_t nostate_bytes = nostate * (uint32_t)sizeof(u128);
+        uint32_t headers = headers_write(r, message_body(m), nostate_bytes);
+        memcpy(message_body(m) + headers, r->nostate_checksums, nostate_bytes);
+        h->size = WIRE_HEADER_SIZE + headers + nostate_bytes;
         /* Our own meanings of the do_view_change fields: */
         memset(h->raw, 0, sizeof(h->raw));
         uint64_t fields[4] = {r->op, r->commit_max, r->checkpoint_op_durable, r->log_view};
@@ -988,6 +1012,8 @@ static void send_do_view_change(struct replica *r)
         h->raw[65] = r->fresh && r->view_state_durable.fresh_joined ? 1 : 0;
         memcpy(h->raw + 96, &r->fresh_joined_op, sizeof(r->fresh_joined_op));
         memcpy(h->raw + 104, &r->recovered_view, sizeof(r->recovered_view));
+        memcpy(h->raw + 72, &r->nostate_top, sizeof(r->nostate_top));
+        memcpy(h->raw + 80, &nostate, sizeof(nostate));
         /*
          * For the top 128 ops (bit i: op - i): present = held durably; faulty = a damaged
          * copy or one being rewritten, which may have been acknowledged. Any other op is
@@ -1014,6 +1040,40 @@ static void send_do_view_change(struct replica *r)
                 return;
         }
         finish_and_send(r, m, primary);
+}
+
+/*
+ * A do_view_change's body: its log's headers, then the journal report of a replica without
+ * state (nostate_checksums; its count at raw + 80, its top op at raw + 72). A count that does
+ * not fit the body is taken as none.
+ */
+static uint32_t dvc_nostate_count(const struct message *m)
+{
+        uint32_t count;
+        memcpy(&count, m->header->raw + 80, sizeof(count));
+        uint32_t body = m->header->size - WIRE_HEADER_SIZE;
+        return count <= REPLICA_NOSTATE_OPS && count * (uint32_t)sizeof(u128) <= body ? count : 0;
+}
+
+static uint32_t dvc_header_count(const struct message *m)
+{
+        uint32_t body = m->header->size - WIRE_HEADER_SIZE;
+        return (body - dvc_nostate_count(m) * (uint32_t)sizeof(u128)) / WIRE_HEADER_SIZE;
+}
+
+/* The sender's journal report for `op`: false if it has none for it. */
+static bool dvc_nostate_held(const struct message *m, uint64_t op, u128 *held)
+{
+        uint32_t count = dvc_nostate_count(m);
+        uint64_t top;
+        memcpy(&top, m->header->raw + 72, sizeof(top));
+        if (op > top || top - op >= count)
+                return false;
+        uint32_t body = m->header->size - WIRE_HEADER_SIZE;
+        memcpy(held,
+               message_body(m) + body - count * sizeof(u128) + (top - op) * sizeof(u128),
+               sizeof(*held));
+        return true;
 }
 
 static void dvc_fields(const struct message *m, uint64_t *op, uint64_t *commit_max,
@@ -1179,7 +1239,9 @@ static void on_start_view_change(struct replica *r, struct message *m)
  */
 static void log_install(struct replica *r, const struct message *m, uint64_t op)
 {
-        uint32_t count = (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        uint32_t count = m->header->command == COMMAND_DO_VIEW_CHANGE
+                                 ? dvc_header_count(m)
+                                 : (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
         uint64_t lowest = 0;
         for (uint32_t i = 0; i < count; i++) {
                 struct wire_header h;
@@ -1261,7 +1323,7 @@ static void send_start_view(struct replica *r, int target)
         struct message *m = header_only(r, COMMAND_START_VIEW);
         if (m == NULL)
                 return;
-        m->header->size = WIRE_HEADER_SIZE + headers_write(r, message_body(m));
+        m->header->size = WIRE_HEADER_SIZE + headers_write(r, message_body(m), 0);
         m->header->start_view.op = r->op;
         m->header->start_view.commit_max = r->commit_max;
         m->header->start_view.checkpoint_op = r->checkpoint_op_durable;
@@ -1303,6 +1365,14 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
         if (fresh && !unjoined) {
                 uint64_t joined_op;
                 memcpy(&joined_op, m->header->raw + 96, sizeof(joined_op));
+                u128 held;
+                if (dvc_nostate_held(m, op, &held)) {
+                        /* Its journal holds no prepare of the op, or another one: a nack. */
+                        if (held == 0 || (checksum != 0 && held != checksum &&
+                                          held != REPLICA_NOSTATE_UNKNOWN))
+                                return DVC_LOST;
+                        return DVC_FAULTY;
+                }
                 if (op <= joined_op)
                         return DVC_FAULTY;
         }
@@ -1326,7 +1396,7 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
         if (checksum == 0)
                 return DVC_UNKNOWN;
         /* Present, but which prepare? One with another checksum is a different op. */
-        uint32_t count = (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
+        uint32_t count = dvc_header_count(m);
         for (uint32_t k = 0; k < count; k++) {
                 struct wire_header h;
                 memcpy(&h, message_body(m) + (size_t)k * WIRE_HEADER_SIZE, sizeof(h));

@@ -120,10 +120,12 @@ static bool env_journal_write(void *context, struct message *prepare,
         return true;
 }
 
+static uint64_t prepare_damaged[REPLICAS_MAX]; /* this op's prepare fails its checksum */
+
 static bool env_journal_read(void *context, uint64_t op, u128 checksum, struct message *into)
 {
         uint8_t i = index_of(context);
-        struct message *m = op < STORE_OPS ? store[i][op] : NULL;
+        struct message *m = op < STORE_OPS && prepare_damaged[i] != op ? store[i][op] : NULL;
         if (m == NULL || (checksum != 0 && m->header->checksum != checksum))
                 return false;
         memcpy(into->buffer, m->buffer, m->header->size);
@@ -276,7 +278,6 @@ static void cluster_start(uint8_t count)
 }
 
 static uint8_t restoring;
-static uint64_t prepare_damaged[REPLICAS_MAX]; /* this op's prepare fails its checksum */
 
 static bool read_header_store(void *context, uint32_t slot, struct wire_header *into)
 {
@@ -1057,6 +1058,86 @@ static void test_new_cluster_cuts_an_op_only_a_damaged_copy_held(void)
         cluster_stop();
 }
 
+/*
+ * The simulator's seed 91 on 3 replicas, played: an uncommitted op whose one intact copy is
+ * lost. The primary of view v journals op X that neither backup receives, and crashes. The
+ * backups start view v + 1 at X - 1; its primary q journals another prepare as X, which the
+ * other backup never receives, and q's copy is then damaged. The old primary comes back
+ * without state (its checkpoint unreadable), its journal still holding view v's X. Its
+ * do_view_change reports that journal (nostate_checksums): it holds another prepare of X, so
+ * it never acknowledged q's. With q's damaged copy and the third replica's lost write, that is
+ * enough to cut X. Reported as "may have acknowledged it" instead, X could never be cut, and
+ * the views rotated forever.
+ */
+static void test_view_change_hears_a_replica_without_state(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0xFF, 1, 2, 1000));
+        run(100);
+        uint8_t p = 0;
+        for (uint8_t i = 0; i < 3; i++)
+                if (replicas[i].status == REPLICA_STATUS_NORMAL &&
+                    replicas[i].view % 3 == i)
+                        p = i;
+        uint64_t x = replicas[p].op + 1;
+        for (uint8_t i = 0; i < 3; i++)
+                dropped_to[i] = i == p ? 0 : 1u << COMMAND_PREPARE;
+        CHECK(!create_accounts(p, 10, 1, 100));
+        CHECK(store[p][x] != NULL);
+        u128 old_checksum = store[p][x]->header->checksum;
+        alive[p] = false;
+        for (uint8_t i = 0; i < 3; i++)
+                dropped_to[i] = 0;
+        /* The backups elect q; q's own X reaches nobody. */
+        run(300);
+        uint8_t q = 0xFF, b = 0xFF;
+        for (uint8_t i = 0; i < 3; i++) {
+                if (i == p)
+                        continue;
+                if (replicas[i].status == REPLICA_STATUS_NORMAL &&
+                    replicas[i].view % 3 == i)
+                        q = i;
+                else
+                        b = i;
+        }
+        CHECK(q != 0xFF && b != 0xFF);
+        if (q == 0xFF || b == 0xFF) {
+                cluster_stop();
+                return;
+        }
+        dropped_to[b] = 1u << COMMAND_PREPARE;
+        CHECK(!create_accounts(q, 20, 1, 100));
+        CHECK(store[q][x] != NULL && store[q][x]->header->checksum != old_checksum);
+        CHECK(store[b][x] == NULL);
+        dropped_to[b] = 0;
+        prepare_damaged[q] = x;
+        alive[p] = true;
+        for (uint8_t i = 0; i < 3; i++) {
+                replica_deinit(&replicas[i]);
+                ledger_destroy(ledgers[i]);
+                replica_start(i);
+                struct replica_durable d = durable_of(i);
+                d.checkpoint_lost = i == p;
+                char error[128];
+                CHECK(replica_open(&replicas[i], &d, error, sizeof(error)) == 0);
+        }
+        CHECK(replicas[p].fresh);
+        client_reset();
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 3000));
+        CHECK(create_accounts(0xFF, 30, 1, 3000));
+        run(1000);
+        for (uint8_t i = 0; i < 3; i++) {
+                if (i != p)
+                        CHECK_EQ_U64(accounts_on(i), 3);
+                CHECK(store[i][x] != NULL && store[i][x]->header->checksum != old_checksum);
+        }
+        prepare_damaged[q] = 0;
+        cluster_stop();
+}
+
 /* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
 static void test_checkpoint_anchors(void)
 {
@@ -1085,6 +1166,7 @@ int main(void)
         TEST_RUN(test_checkpoint_refused_then_no_commit);
         TEST_RUN(test_checkpoint_by_work);
         TEST_RUN(test_new_cluster_cuts_an_op_only_a_damaged_copy_held);
+        TEST_RUN(test_view_change_hears_a_replica_without_state);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
