@@ -88,7 +88,7 @@ int cli_sim(int argc, char **argv)
         }
         sim_options_default(&options);
         if (getenv("TALLY_LOG") == NULL)
-                log_set_level(options.verbose ? LOG_INFO : LOG_OFF);
+                log_set_level(options.verbose ? (getenv("TALLY_SIM_DEBUG") ? LOG_DEBUG : LOG_INFO) : LOG_OFF);
         char faults[256];
         faults_text(options.faults, faults, sizeof(faults));
         char peer_size[96] = "";

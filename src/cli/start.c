@@ -157,9 +157,11 @@ static bool env_journal_read(void *context, uint64_t op, u128 want, struct messa
 }
 
 /* The view state as the superblock holds it, and back. */
+_Static_assert(REPLICA_VIEW_PREFIXES == STORAGE_VIEW_PREFIXES, "view prefixes");
+
 static struct storage_view storage_view_of(const struct replica_view_state *state)
 {
-        return (struct storage_view){
+        struct storage_view v = {
                 .view = state->view,
                 .log_view = state->log_view,
                 .anchor_op = state->anchor_op,
@@ -169,11 +171,13 @@ static struct storage_view storage_view_of(const struct replica_view_state *stat
                 .fresh_joined_op = state->fresh_joined_op,
                 .grid_syncing = state->grid_syncing,
         };
+        memcpy(v.view_prefixes, state->view_prefixes, sizeof(v.view_prefixes));
+        return v;
 }
 
 static struct replica_view_state view_state_of(const struct superblock *sb)
 {
-        return (struct replica_view_state){
+        struct replica_view_state v = {
                 .view = sb->view,
                 .log_view = sb->log_view,
                 .anchor_op = sb->view_anchor_op,
@@ -183,6 +187,8 @@ static struct replica_view_state view_state_of(const struct superblock *sb)
                 .fresh_joined_op = sb->fresh_joined_op,
                 .grid_syncing = sb->grid_syncing != 0,
         };
+        memcpy(v.view_prefixes, sb->view_prefixes, sizeof(v.view_prefixes));
+        return v;
 }
 
 static bool env_view_write(void *context, const struct replica_view_state *state,

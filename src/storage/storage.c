@@ -1108,6 +1108,7 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
         next.caught_up = state->fresh ? 0 : 1;
         next.fresh_joined = state->fresh_joined ? 1 : 0;
         next.fresh_joined_op = state->fresh_joined_op;
+        memcpy(next.view_prefixes, state->view_prefixes, sizeof(next.view_prefixes));
         next.grid_syncing = state->grid_syncing ? 1 : 0;
         next.grid_size = storage->grid_block_count * GRID_BLOCK_SIZE;
         next.file_size = next.grid_offset + next.grid_size;

@@ -74,6 +74,8 @@
  * the previous (still current) checkpoint refers to. */
 #define STORAGE_REPLY_SLOTS (2u * STORAGE_CLIENTS_MAX)
 
+#define STORAGE_VIEW_PREFIXES 256u
+
 struct superblock {
         u128 checksum; /* of bytes 16..4095 */
         char magic[16];
@@ -122,14 +124,17 @@ struct superblock {
         uint64_t view_anchor_op;          /* see struct replica_view_state */
         u128 view_anchor_checksum;
         uint64_t fresh_joined_op; /* see struct replica_view_state */
-        uint8_t reserved[3832];
+        /* see struct replica_view_state (all 0 in files written before 2026-12-03: none) */
+        uint64_t view_prefixes[STORAGE_VIEW_PREFIXES];
+        uint8_t reserved[1784];
 };
 _Static_assert(sizeof(struct superblock) == SUPERBLOCK_COPY_SIZE, "superblock size");
 _Static_assert(offsetof(struct superblock, cluster) == 48, "superblock cluster offset");
 _Static_assert(offsetof(struct superblock, file_size) == 160, "superblock file_size offset");
 _Static_assert(offsetof(struct superblock, checkpoint_prepare_checksum) == 192, "anchor offset");
 _Static_assert(offsetof(struct superblock, view_anchor_checksum) == 240, "anchor offset");
-_Static_assert(offsetof(struct superblock, reserved) == 264, "superblock reserved offset");
+_Static_assert(offsetof(struct superblock, view_prefixes) == 264, "view prefixes offset");
+_Static_assert(offsetof(struct superblock, reserved) == 2312, "superblock reserved offset");
 
 struct storage_format_options {
         u128 cluster;
@@ -322,6 +327,7 @@ struct storage_view {
         bool fresh_joined;
         uint64_t fresh_joined_op;
         bool grid_syncing; /* see superblock.grid_syncing */
+        uint64_t view_prefixes[STORAGE_VIEW_PREFIXES];
 };
 bool storage_write_view(struct storage *storage, const struct storage_view *state,
                         void (*done)(void *context), void *context);

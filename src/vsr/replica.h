@@ -49,6 +49,7 @@ typedef uint64_t replica_connection;
  * recovery can tell the current log from stale entries a view change replaced.
  */
 #define REPLICA_NOSTATE_OPS 64u
+#define REPLICA_VIEW_PREFIXES 256u
 #define REPLICA_NOSTATE_UNKNOWN (~(u128)0)
 
 struct replica_view_state {
@@ -62,6 +63,14 @@ struct replica_view_state {
         uint64_t fresh_joined_op;
         /* A state sync is writing a peer's blocks into the grid (superblock.grid_syncing). */
         bool grid_syncing;
+        /*
+         * The log as log_view began: entry i is the low 64 bits of the checksum of the prepare
+         * at op anchor_op - i in it (0: unknown). Recovery trusts a journal entry under the
+         * anchor only if it is that prepare: a backup that joined a view whose log replaced
+         * part of its own, and crashed before repairing it, still holds the cut prepares, which
+         * chain from its checkpoint all the same (open_replicated).
+         */
+        uint64_t view_prefixes[REPLICA_VIEW_PREFIXES];
 };
 
 /* A session's reply that a checkpoint must make durable, in its reply slot. */
@@ -357,6 +366,7 @@ struct replica {
         uint32_t log_view;      /* the latest view in which this log was normal */
         uint64_t anchor_op;    /* the log's end when log_view began (see replica_view_state) */
         u128 anchor_checksum;
+        uint64_t view_prefixes[REPLICA_VIEW_PREFIXES]; /* see replica_view_state */
         /* The view state (these fields and fresh*) as persisted, and as being persisted. */
         struct replica_view_state view_state_durable;
         struct replica_view_state view_state_writing;

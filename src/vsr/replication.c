@@ -1121,11 +1121,13 @@ static void view_persist(struct replica *r)
                 .fresh_joined_op = r->fresh_joined_op,
                 .grid_syncing = r->grid_syncing,
         };
+        memcpy(now.view_prefixes, r->view_prefixes, sizeof(now.view_prefixes));
         const struct replica_view_state *d = &r->view_state_durable;
         if (d->view == now.view && d->log_view == now.log_view &&
             d->anchor_op == now.anchor_op && d->anchor_checksum == now.anchor_checksum &&
             d->fresh == now.fresh && d->fresh_joined == now.fresh_joined &&
-            d->fresh_joined_op == now.fresh_joined_op && d->grid_syncing == now.grid_syncing)
+            d->fresh_joined_op == now.fresh_joined_op && d->grid_syncing == now.grid_syncing &&
+            memcmp(d->view_prefixes, now.view_prefixes, sizeof(now.view_prefixes)) == 0)
                 return;
         r->view_state_writing = now;
         r->view_write_in_flight = true;
@@ -1307,6 +1309,11 @@ static void anchor_set(struct replica *r)
 {
         r->anchor_op = r->op;
         r->anchor_checksum = r->parent;
+        /* And which prepares the log holds under it (replica_view_state.view_prefixes). */
+        for (uint32_t i = 0; i < REPLICA_VIEW_PREFIXES; i++) {
+                const struct wire_header *h = i < r->op ? journal_header(r, r->op - i) : NULL;
+                r->view_prefixes[i] = h != NULL ? (uint64_t)h->checksum : 0;
+        }
 }
 
 static bool log_complete(const struct replica *r)
@@ -1346,10 +1353,10 @@ enum dvc_answer {
  *
  * A fresh replica that has not joined a view since its format acknowledged nothing since; it
  * is either new (it never acknowledged anything) or re-formatted (its disk lost whatever it
- * acknowledged before). Either way an op absent here is a nack unless this disk lost it: the
- * same answer as a lost write, counted against the damaged disks the cluster tolerates. Were it
- * faulty instead, a new cluster whose first primary's only copy of an uncommitted op was
- * damaged could never cut that op: every replica of a new cluster is fresh until a view starts
+ * acknowledged before). Either way an op absent here, or damaged, is a nack unless this disk
+ * lost it: the same answer as a lost write, counted against the damaged disks the cluster
+ * tolerates. Were it faulty instead, a new cluster whose first primary's only copy of an
+ * uncommitted op was damaged could never cut that op: every replica of a new cluster is fresh until a view starts
  * (simulator, seed 73 on 3 replicas: 3 fresh answers for op 1, 560 view changes, no commit).
  * A fresh replica that joined a view may have acknowledged ops up to the one it joined at
  * (fresh_joined_op) that it does not report (it restarted without its checkpoint): faulty.
@@ -1390,7 +1397,7 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
         memcpy(&present, m->header->raw, sizeof(present));
         memcpy(&faulty, m->header->raw + 16, sizeof(faulty));
         if ((faulty >> i) & 1)
-                return DVC_FAULTY;
+                return unjoined ? DVC_LOST : DVC_FAULTY; /* unjoined: acknowledged nothing */
         if (!((present >> i) & 1))
                 return absent;
         if (checksum == 0)
@@ -1407,6 +1414,26 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
 }
 
 /*
+ * The highest op any do_view_change of this view says committed (its commit_max or its
+ * checkpoint), or the view's commit_max. One that came after the quorum's may know more than
+ * the view's commit_max, and its journal no longer holds what its checkpoint covers, which
+ * would read as its nack (simulator, seed 113 on 5 replicas: a replica with a checkpoint at op
+ * 64 reported after the quorum, and ops 58 to 67 were cut though 58 to 64 were committed).
+ */
+static uint64_t dvc_committed_max(const struct replica *r)
+{
+        uint64_t committed = r->commit_max;
+        for (uint32_t j = 0; j < r->config.replica_count; j++) {
+                if (r->dvc[j] == NULL)
+                        continue;
+                uint64_t fields[4]; /* op, commit_max, checkpoint, log_view */
+                memcpy(fields, r->dvc[j]->header->raw + 32, sizeof(fields));
+                committed = MAX(committed, MAX(fields[1], fields[2]));
+        }
+        return committed;
+}
+
+/*
  * A new primary missing an uncommitted op that enough replicas prove they never
  * acknowledged cuts its log there: the op cannot have been committed (a commit needed a
  * replication quorum, and the nacks leave fewer replicas than that), and without a copy
@@ -1417,7 +1444,8 @@ static void truncate_unrecoverable(struct replica *r)
         uint32_t n = r->config.replica_count;
         uint32_t nack_quorum = n - replica_quorum(r) + 1;
         uint32_t damaged_max = (n - 1) / 2; /* disks the cluster tolerates damaged at once */
-        for (uint64_t op = r->commit_max + 1; op <= r->op; op++) {
+        /* Never an op some replica knows committed (dvc_committed_max). */
+        for (uint64_t op = dvc_committed_max(r) + 1; op <= r->op; op++) {
                 if (journal_state_of(r, op) == SLOT_DURABLE)
                         continue;
                 const struct wire_header *h = journal_header(r, op);
@@ -1471,6 +1499,19 @@ static void start_view_maybe_finish(struct replica *r)
         if (!r->start_view_pending || r->view_state_durable.view != r->view ||
             r->view_state_durable.log_view != r->view || !log_complete(r))
                 return;
+        /*
+         * A do_view_change after the quorum's says ops beyond this log were committed: this
+         * view would give them to new requests (see dvc_quorum_check). It must not start; the
+         * next view change hears that replica's log in time.
+         */
+        if (dvc_committed_max(r) > r->op) {
+                if (r->tick % 100 == 0)
+                        log_warn("view change waits: ops up to %llu were committed but this "
+                                 "log ends at %llu view=%u",
+                                 (unsigned long long)dvc_committed_max(r),
+                                 (unsigned long long)r->op, r->view);
+                return;
+        }
         r->start_view_pending = false;
         r->status = REPLICA_STATUS_NORMAL;
         r->fresh = false; /* it holds the whole log: everything committed */

@@ -1138,6 +1138,64 @@ static void test_view_change_hears_a_replica_without_state(void)
         cluster_stop();
 }
 
+/*
+ * A primary prepares ops no backup receives and is cut off; the backups start a view whose log
+ * has other prepares at those ops. The old primary joins that view but gets none of its
+ * prepares, so its journal still holds its own, and nothing at the new log's end: a gap the
+ * chain back from the view's anchor cannot cross. After a restart its own prepares still chain
+ * from its checkpoint; taken as the log, a view it led would commit them in place of the ops
+ * the cluster acknowledged (simulator, seed 372 on 3 replicas). The view state names the log's
+ * prepares under the anchor (view_prefixes), so recovery makes them placeholders to repair.
+ */
+static void test_recovery_ignores_a_cut_branch_under_a_gap(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0xFF, 1, 2, 1000));
+        run(100);
+        uint8_t p = 0;
+        for (uint8_t i = 0; i < 3; i++)
+                if (replicas[i].status == REPLICA_STATUS_NORMAL && replicas[i].view % 3 == i)
+                        p = i;
+        uint64_t x = replicas[p].op + 1;
+        for (uint8_t i = 0; i < 3; i++)
+                dropped_to[i] = i == p ? 0 : 1u << COMMAND_PREPARE;
+        CHECK(!create_accounts(p, 10, 1, 100)); /* op x, on p alone */
+        CHECK(store[p][x] != NULL);
+        u128 cut = store[p][x] != NULL ? store[p][x]->header->checksum : 0;
+        alive[p] = false;
+        for (uint8_t i = 0; i < 3; i++)
+                dropped_to[i] = 0;
+        client_reset();
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 3000)); /* op x again */
+        CHECK(create_accounts(0xFF, 20, 1, 3000));
+        uint8_t q = (uint8_t)((p + 1) % 3);
+        CHECK(store[q][x] != NULL && store[q][x]->header->checksum != cut);
+        /* p joins the view, without a single prepare of it. */
+        dropped_to[p] = 1u << COMMAND_PREPARE;
+        alive[p] = true;
+        run(300);
+        CHECK(replicas[p].log_view > 0 && replicas[p].log_view == replicas[q].log_view);
+        CHECK(store[p][x] != NULL && store[p][x]->header->checksum == cut);
+        CHECK(store[p][x + 1] == NULL);
+        replica_restart(p);
+        uint32_t slot = (uint32_t)(x % replicas[p].config.wal_slot_count);
+        bool took_cut = replicas[p].journal_state[slot] != SLOT_EMPTY &&
+                        replicas[p].journal_headers[slot].prepare.op == x &&
+                        replicas[p].journal_headers[slot].checksum == cut;
+        CHECK(!took_cut);
+        dropped_to[p] = 0;
+        CHECK(create_accounts(0xFF, 30, 1, 3000));
+        run(500);
+        for (uint8_t i = 0; i < 3; i++) {
+                CHECK_EQ_U64(accounts_on(i), 4);
+                CHECK(store[i][x] != NULL && store[i][x]->header->checksum != cut);
+        }
+        cluster_stop();
+}
+
 /* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
 static void test_checkpoint_anchors(void)
 {
@@ -1167,6 +1225,7 @@ int main(void)
         TEST_RUN(test_checkpoint_by_work);
         TEST_RUN(test_new_cluster_cuts_an_op_only_a_damaged_copy_held);
         TEST_RUN(test_view_change_hears_a_replica_without_state);
+        TEST_RUN(test_recovery_ignores_a_cut_branch_under_a_gap);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
