@@ -47,6 +47,10 @@ section "command-line errors (sanitizer build)"
 tests/server/cli_errors.sh build/asan/tally >"$WORK/cli.out" 2>&1; rc=$?
 cat "$WORK/cli.out"; record "command line" "$WORK/cli.out" $rc
 
+section "a fatal signal leaves a backtrace (release build)"
+timeout 60 tests/server/crash_report.sh ./tally >"$WORK/crash-report.out" 2>&1; rc=$?
+cat "$WORK/crash-report.out"; record "crash report" "$WORK/crash-report.out" $rc
+
 section "bad input against a running server (sanitizer build)"
 if start_server build/asan/tally "$WORK/bad-input"; then
   timeout 300 build/asan/tests/server/bad_input "$SERVER_PORT" >"$WORK/bad-input.out" 2>&1; rc=$?

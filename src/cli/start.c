@@ -9,6 +9,7 @@
 #include "io/address.h"
 #include "io/io.h"
 #include "ledger/ledger.h"
+#include "lib/crash.h"
 #include "lib/flags.h"
 #include "lib/log.h"
 #include "net/bus.h"
@@ -679,6 +680,7 @@ static int serve(struct server *s)
 
 int cli_start(int argc, char **argv)
 {
+        crash_handler_install();
         struct flag flags[] = {
                 {.name = "addresses", .kind = FLAG_STRING, .required = true},
                 {.name = "development", .kind = FLAG_SWITCH},

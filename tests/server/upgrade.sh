@@ -100,7 +100,10 @@ for i in 0 1 2; do
   for _ in $(seq 1 300); do ready $i && { ok=1; break; }; sleep 0.1; done
   t=$(awk -v a=$t0 -v b=$(date +%s.%N) 'BEGIN { printf "%.1f", b - a }')
   if [ $ok -eq 1 ]; then pass "replica $i upgraded to the new build and ready after $t s under load"
-  else fail "replica $i not ready within 30 s after its upgrade"; fi
+  else
+    fail "replica $i not ready within 30 s after its upgrade"
+    echo "--- replica $i log (last 20 lines)"; tail -20 "$dir/replica$i.log"
+  fi
   sleep 3 # load runs through the mixed cluster before the next replica goes
 done
 sleep 2
