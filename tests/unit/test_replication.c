@@ -1059,6 +1059,35 @@ static void test_new_cluster_cuts_an_op_only_a_damaged_copy_held(void)
 }
 
 /*
+ * A running cluster of 3 (two accounts created) whose primary then journals one more op that
+ * no backup receives, and is cut off (alive false). Returns the primary; *op and *checksum
+ * name its lone prepare.
+ */
+static uint8_t primary_cut_off_with_a_lone_op(uint64_t *op, u128 *checksum)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0xFF, 1, 2, 1000));
+        run(100);
+        uint8_t p = 0;
+        for (uint8_t i = 0; i < 3; i++)
+                if (replicas[i].status == REPLICA_STATUS_NORMAL && replicas[i].view % 3 == i)
+                        p = i;
+        *op = replicas[p].op + 1;
+        for (uint8_t i = 0; i < 3; i++)
+                dropped_to[i] = i == p ? 0 : 1u << COMMAND_PREPARE;
+        CHECK(!create_accounts(p, 10, 1, 100));
+        CHECK(store[p][*op] != NULL);
+        *checksum = store[p][*op] != NULL ? store[p][*op]->header->checksum : 0;
+        alive[p] = false;
+        for (uint8_t i = 0; i < 3; i++)
+                dropped_to[i] = 0;
+        return p;
+}
+
+/*
  * The simulator's seed 91 on 3 replicas, played: an uncommitted op whose one intact copy is
  * lost. The primary of view v journals op X that neither backup receives, and crashes. The
  * backups start view v + 1 at X - 1; its primary q journals another prepare as X, which the
@@ -1071,26 +1100,10 @@ static void test_new_cluster_cuts_an_op_only_a_damaged_copy_held(void)
  */
 static void test_view_change_hears_a_replica_without_state(void)
 {
-        cluster_start(3);
-        client_reset();
+        uint64_t x;
+        u128 old_checksum;
+        uint8_t p = primary_cut_off_with_a_lone_op(&x, &old_checksum);
         uint8_t body[256] = {0};
-        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
-        CHECK(create_accounts(0xFF, 1, 2, 1000));
-        run(100);
-        uint8_t p = 0;
-        for (uint8_t i = 0; i < 3; i++)
-                if (replicas[i].status == REPLICA_STATUS_NORMAL &&
-                    replicas[i].view % 3 == i)
-                        p = i;
-        uint64_t x = replicas[p].op + 1;
-        for (uint8_t i = 0; i < 3; i++)
-                dropped_to[i] = i == p ? 0 : 1u << COMMAND_PREPARE;
-        CHECK(!create_accounts(p, 10, 1, 100));
-        CHECK(store[p][x] != NULL);
-        u128 old_checksum = store[p][x]->header->checksum;
-        alive[p] = false;
-        for (uint8_t i = 0; i < 3; i++)
-                dropped_to[i] = 0;
         /* The backups elect q; q's own X reaches nobody. */
         run(300);
         uint8_t q = 0xFF, b = 0xFF;
@@ -1149,25 +1162,10 @@ static void test_view_change_hears_a_replica_without_state(void)
  */
 static void test_recovery_ignores_a_cut_branch_under_a_gap(void)
 {
-        cluster_start(3);
-        client_reset();
+        uint64_t x;
+        u128 cut;
+        uint8_t p = primary_cut_off_with_a_lone_op(&x, &cut);
         uint8_t body[256] = {0};
-        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
-        CHECK(create_accounts(0xFF, 1, 2, 1000));
-        run(100);
-        uint8_t p = 0;
-        for (uint8_t i = 0; i < 3; i++)
-                if (replicas[i].status == REPLICA_STATUS_NORMAL && replicas[i].view % 3 == i)
-                        p = i;
-        uint64_t x = replicas[p].op + 1;
-        for (uint8_t i = 0; i < 3; i++)
-                dropped_to[i] = i == p ? 0 : 1u << COMMAND_PREPARE;
-        CHECK(!create_accounts(p, 10, 1, 100)); /* op x, on p alone */
-        CHECK(store[p][x] != NULL);
-        u128 cut = store[p][x] != NULL ? store[p][x]->header->checksum : 0;
-        alive[p] = false;
-        for (uint8_t i = 0; i < 3; i++)
-                dropped_to[i] = 0;
         client_reset();
         CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 3000)); /* op x again */
         CHECK(create_accounts(0xFF, 20, 1, 3000));
