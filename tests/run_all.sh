@@ -111,7 +111,7 @@ cat "$WORK/prometheus.out"; record "prometheus" "$WORK/prometheus.out" $rc
 section "deterministic simulator, 1, 2, 3 and 5 replicas (network, disk, crash and clock faults)"
 # 50 seeds per cluster size; wider sweeps: tests/sim/run.sh ./tally 250, or make sim-soak.
 TALLY_SIM_SIZES=${TALLY_SIM_SIZES:-"1 2 3 5"} timeout 1200 tests/sim/run.sh ./tally 50 >"$WORK/sim.out" 2>&1; rc=$?
-grep -E "^replicas=|FAILED|replay:" "$WORK/sim.out" | head -20; tail -1 "$WORK/sim.out"
+grep -E "^replicas=|^regression seeds|FAILED|replay:" "$WORK/sim.out" | head -20; tail -1 "$WORK/sim.out"
 record "simulator" "$WORK/sim.out" $rc
 
 section "three replicas, official client (kill -9, SIGSTOP, restart, re-format, one address)"
