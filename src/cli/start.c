@@ -42,6 +42,7 @@ struct server {
         struct http_server http;
         struct metrics_sources metrics_sources;
         uint64_t storage_failed_logged_ns;
+        uint64_t first_primary_logged_ns;
         bus_connection_id backup_pin_owner; /* the backup connection the pin is for */
         /* The checkpoint a backup copies (its blocks held, see ledger_hold). */
         struct backup_pin backup_pin;
@@ -598,6 +599,28 @@ static void storage_failed_log(struct server *s)
                   (unsigned long long)s->replica.commit);
 }
 
+/*
+ * Every 10 s while a replica of a new cluster has no primary because some replicas are not up:
+ * otherwise its log shows only view changes, as if the cluster were broken (README,
+ * "Replication": the first primary needs every replica).
+ */
+#define FIRST_PRIMARY_LOG_INTERVAL_NS 10000000000ull
+
+static void first_primary_log(struct server *s)
+{
+        char missing[64];
+        if (!metrics_first_primary_waiting(&s->replica, &s->bus, missing, sizeof(missing)))
+                return;
+        uint64_t now = io_monotonic_ns();
+        if (now < s->first_primary_logged_ns + FIRST_PRIMARY_LOG_INTERVAL_NS)
+                return; /* the first 10 s after start, too: peers are still connecting */
+        s->first_primary_logged_ns = now;
+        log_warn("no primary yet: a new cluster elects its first primary only with all %u "
+                 "replicas up (a quorum of fresh replicas cannot tell it from a cluster whose "
+                 "acknowledged writes are on the missing one); not connected: %s view=%u",
+                 s->replica.config.replica_count, missing, s->replica.view);
+}
+
 /* --metrics-address: one address, a literal or a name resolved once at start. */
 static int metrics_start(struct server *s, const char *text,
                          const struct ledger_config *ledger_config)
@@ -649,6 +672,7 @@ static int serve(struct server *s)
         sigaction(SIGINT, &sa, NULL);
         sigaction(SIGTERM, &sa, NULL);
         signal(SIGPIPE, SIG_IGN);
+        s->first_primary_logged_ns = io_monotonic_ns();
         while (stop_signal == 0) {
                 if (io_run(&s->io, TICK_NS, false) != 0)
                         return 1;
@@ -657,6 +681,7 @@ static int serve(struct server *s)
                 if (s->metrics)
                         http_server_tick(&s->http);
                 storage_failed_log(s);
+                first_primary_log(s);
         }
         log_info("stopping signal=%s", stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
         bus_stop(&s->bus);

@@ -518,6 +518,26 @@ void metrics_format(const struct metrics_sources *sources, struct expo *expo)
         format_http(sources, expo);
 }
 
+bool metrics_first_primary_waiting(const struct replica *r, const struct bus *bus,
+                                   char *missing, size_t missing_size)
+{
+        if (r->status == REPLICA_STATUS_NORMAL || !r->fresh || r->fresh_joined ||
+            r->config.replica_count < 2)
+                return false;
+        size_t used = 0;
+        missing[0] = 0;
+        for (uint8_t k = 0; k < r->config.replica_count; k++) {
+                if (k == r->config.replica || bus_peer_connected(bus, k))
+                        continue;
+                int n = snprintf(missing + used, missing_size - used, "%sreplica %u",
+                                 used > 0 ? ", " : "", k);
+                if (n < 0 || (size_t)n >= missing_size - used)
+                        break;
+                used += (size_t)n;
+        }
+        return used > 0;
+}
+
 bool metrics_ready(const struct metrics_sources *s, char *why, size_t why_size)
 {
         const struct replica *r = s->replica;
@@ -529,6 +549,14 @@ bool metrics_ready(const struct metrics_sources *s, char *why, size_t why_size)
         if (r->disk_full) {
                 snprintf(why, why_size, "refusing writes: the data file cannot grow (no space "
                                         "left on its file system)");
+                return false;
+        }
+        char missing[64];
+        if (metrics_first_primary_waiting(r, s->bus, missing, sizeof(missing))) {
+                snprintf(why, why_size,
+                         "status %s in view %u: a new cluster elects its first primary only "
+                         "with all %u replicas up; not connected: %s",
+                         status_name(r->status), r->view, r->config.replica_count, missing);
                 return false;
         }
         if (r->status != REPLICA_STATUS_NORMAL) {

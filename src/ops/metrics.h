@@ -44,6 +44,13 @@ struct metrics_sources {
 
 /* The whole /metrics page. Check expo->overflow afterwards. */
 void metrics_format(const struct metrics_sources *sources, struct expo *expo);
+/*
+ * A replica of a new cluster (fresh, never in a view) without a primary while some peers are
+ * not connected: a new cluster elects its first primary only with every replica up (README,
+ * "Replication"). True with "replica 0, replica 2" (the peers not connected) in `missing`.
+ */
+bool metrics_first_primary_waiting(const struct replica *r, const struct bus *bus,
+                                   char *missing, size_t missing_size);
 /* True if this replica can serve now; else false with one line saying why in `why`. */
 bool metrics_ready(const struct metrics_sources *sources, char *why, size_t why_size);
 /* The name of a create_accounts (accounts) or create_transfers result code, or NULL. */

@@ -48,11 +48,24 @@ for i in 0 1 2; do
   "$tally" format --cluster=0 --replica=$i --replica-count=3 --development "$dir/0_$i.tally" 2>/dev/null ||
     { echo "format failed"; echo "0 passed, 1 failed"; exit 1; }
 done
-for i in 0 1 2; do
-  "$tally" start --addresses=$addresses --metrics-address=127.0.0.1:$(mport $i) "$dir/0_$i.tally" \
-    >"$dir/replica$i.log" 2>&1 &
+start_replica() {
+  "$tally" start --addresses=$addresses --metrics-address=127.0.0.1:$(mport $1) "$dir/0_$1.tally" \
+    >"$dir/replica$1.log" 2>&1 &
   pids+=($!)
+}
+# Replica 0 last: until it is up, a new cluster has no primary, and readiness says why.
+start_replica 1; start_replica 2
+deadline=$((SECONDS + 10)); body=
+until [ $SECONDS -ge $deadline ]; do
+  body=$(curl -s -m 2 "http://127.0.0.1:$(mport 1)/health/ready")
+  case "$body" in *"not connected: replica 0") break ;; esac
+  sleep 0.2
 done
+case "$body" in
+  *"first primary only with all 3 replicas up; not connected: replica 0") pass "without replica 0, /health/ready says why: $body" ;;
+  *) fail "without replica 0, /health/ready said: '$body'" ;;
+esac
+start_replica 0
 
 cat >"$dir/prometheus.yml" <<YML
 global:
