@@ -1309,8 +1309,8 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                  * is not the log's becomes a placeholder, faulty, repaired from peers.
                  */
                 uint64_t cut = 0;
-                for (uint64_t op = low - 1; op > checkpoint_op && anchor - op < REPLICA_VIEW_PREFIXES;
-                     op--) {
+                for (uint64_t op = low - 1;
+                     op > checkpoint_op && anchor - op < REPLICA_VIEW_PREFIXES; op--) {
                         uint32_t slot = (uint32_t)(op % slots);
                         uint64_t prefix = v->view_prefixes[anchor - op];
                         if (r->journal_state[slot] != SLOT_MISSING ||

@@ -977,7 +977,8 @@ static uint32_t headers_write(struct replica *r, uint8_t *body, uint32_t reserve
         uint32_t count = 0;
         /* As many as fit in one message of the request size (also between replicas). */
         uint32_t room = r->config.request_size_max - WIRE_HEADER_SIZE;
-        uint32_t max = MIN(VIEW_HEADERS_MAX, room > reserve ? (room - reserve) / WIRE_HEADER_SIZE : 0);
+        uint32_t fit = room > reserve ? (room - reserve) / WIRE_HEADER_SIZE : 0;
+        uint32_t max = MIN(VIEW_HEADERS_MAX, fit);
         uint64_t first = r->op > max ? r->op - max + 1 : 1;
         for (uint64_t op = first; op <= r->op; op++) {
                 const struct wire_header *h = journal_header(r, op);
@@ -1356,8 +1357,9 @@ enum dvc_answer {
  * acknowledged before). Either way an op absent here, or damaged, is a nack unless this disk
  * lost it: the same answer as a lost write, counted against the damaged disks the cluster
  * tolerates. Were it faulty instead, a new cluster whose first primary's only copy of an
- * uncommitted op was damaged could never cut that op: every replica of a new cluster is fresh until a view starts
- * (simulator, seed 73 on 3 replicas: 3 fresh answers for op 1, 560 view changes, no commit).
+ * uncommitted op was damaged could never cut that op: every replica of a new cluster is fresh
+ * until a view starts (simulator, seed 73 on 3 replicas: 3 fresh answers for op 1, 256 view
+ * changes, no commit).
  * A fresh replica that joined a view may have acknowledged ops up to the one it joined at
  * (fresh_joined_op) that it does not report (it restarted without its checkpoint): faulty.
  */
