@@ -1506,12 +1506,13 @@ static void start_view_maybe_finish(struct replica *r)
          * view would give them to new requests (see dvc_quorum_check). It must not start; the
          * next view change hears that replica's log in time.
          */
-        if (dvc_committed_max(r) > r->op) {
+        uint64_t committed = dvc_committed_max(r);
+        if (committed > r->op) {
                 if (r->tick % 100 == 0)
                         log_warn("view change waits: ops up to %llu were committed but this "
                                  "log ends at %llu view=%u",
-                                 (unsigned long long)dvc_committed_max(r),
-                                 (unsigned long long)r->op, r->view);
+                                 (unsigned long long)committed, (unsigned long long)r->op,
+                                 r->view);
                 return;
         }
         r->start_view_pending = false;

@@ -66,26 +66,26 @@ for entry in $REGRESSION; do
   echo "${entry%%:*} ${entry##*:} 0"
 done | xargs -r -P "$JOBS" -n 3 bash -c 'run_one "$@"' _
 
+# result_ok <replicas> <seed>: true if that run passed; else prints what failed.
+result_ok() {
+  local result="$OUT/$1-$2.result"
+  [ -f "$result" ] && head -1 "$result" | grep -q '^ok ' && return 0
+  if [ -f "$result" ]; then cat "$result"; else echo "FAILED seed=$2 replicas=$1 (no result)"; fi
+  return 1
+}
+
 passed=0 failed=0
 for entry in $REGRESSION; do
-  result="$OUT/${entry%%:*}-${entry##*:}.result"
-  if [ -f "$result" ] && head -1 "$result" | grep -q '^ok '; then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1))
-    if [ -f "$result" ]; then cat "$result"; else echo "FAILED seed=${entry##*:} replicas=${entry%%:*} (no result)"; fi
-  fi
+  if result_ok "${entry%%:*}" "${entry##*:}"; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
 done
 [ -n "$REGRESSION" ] && echo "regression seeds ($REGRESSION): $passed passed, $failed failed"
 for size in $SIZES; do
   size_passed=0 size_failed=0
   for i in $(seq 0 $((PER_SIZE - 1))); do
-    result="$OUT/$size-$((BASE + i)).result"
-    if [ -f "$result" ] && head -1 "$result" | grep -q '^ok '; then
+    if result_ok "$size" "$((BASE + i))"; then
       size_passed=$((size_passed + 1))
     else
       size_failed=$((size_failed + 1))
-      if [ -f "$result" ]; then cat "$result"; else echo "FAILED seed=$((BASE + i)) replicas=$size (no result)"; fi
     fi
   done
   echo "replicas=$size: $size_passed passed, $size_failed failed"
