@@ -147,7 +147,7 @@ int main(int argc, char **argv)
         printf("lsm_bench: %llu transfers, %s ids, bars of %u, file %s\n",
                (unsigned long long)total, sequential ? "sequential" : "random", BAR_TRANSFERS,
                path);
-        double start = now_s(), bar_worst = 0;
+        double start = now_s(), bar_worst = 0, compact_seconds = 0;
         uint64_t timestamp = 1;
         for (uint64_t n = 0; n < total; n++) {
                 struct wire_transfer t;
@@ -170,10 +170,13 @@ int main(int argc, char **argv)
                 t.timestamp = timestamp++;
                 if (!lsm_groove_has_room(&groove, 1)) {
                         double bar_start = now_s();
-                        if (!lsm_groove_flush(&groove) || !lsm_groove_compact(&groove)) {
+                        bool flushed = lsm_groove_flush(&groove);
+                        double compact_start = now_s();
+                        if (!flushed || !lsm_groove_compact(&groove)) {
                                 fprintf(stderr, "flush/compact failed: %s\n", grid.error);
                                 return 1;
                         }
+                        compact_seconds += now_s() - compact_start;
                         lsm_grid_checkpoint_written(&grid);
                         lsm_grid_checkpoint(&grid);
                         bar_worst = MAX(bar_worst, now_s() - bar_start);
@@ -190,6 +193,12 @@ int main(int argc, char **argv)
         printf("insert: %.0f transfers/s (flushes and compactions included, synchronous); "
                "slowest bar's flush+compaction %.2f s\n",
                (double)total / elapsed, bar_worst);
+        uint64_t merged = groove.objects.stats.values_compacted + groove.ids.stats.values_compacted;
+        for (uint32_t i = 0; i < 7; i++)
+                merged += groove.indexes[i].stats.values_compacted;
+        printf("compaction (merges of the bars, the last excluded): %llu values merged in %.2f s "
+               "= %.2f M values/s\n",
+               (unsigned long long)merged, compact_seconds, (double)merged / compact_seconds / 1e6);
         printf("disk: %llu blocks, %.1f bytes per transfer (objects, id map and 7 indexes)\n",
                (unsigned long long)grid.used_count, (double)bytes / (double)total);
         printf("trees (tables per level 0..4):");

@@ -532,6 +532,9 @@ struct source {
         struct lsm_table_cursor cursor;
         bool cursor_ready;
         const uint8_t *value; /* current, NULL when done */
+        /* The current value's key as lsm_key_words gives it (layouts that have that form):
+         * merges compare these, held here, rather than keys in the blocks. */
+        uint64_t words[3];
 };
 
 struct lsm_merge {
@@ -546,6 +549,7 @@ struct lsm_merge {
         const void *key_max;
         bool reversed;
         bool failed;
+        bool words; /* the layout's keys have lsm_key_words: sources keep them */
 };
 
 static bool past_bound(const struct lsm_merge *m, const uint8_t *value)
@@ -581,6 +585,18 @@ static void source_settle(struct lsm_merge *m, struct source *s)
         }
         if (s->value != NULL && past_bound(m, s->value))
                 s->value = NULL;
+        if (s->value != NULL && m->words)
+                lsm_key_words(&m->tree->layout, lsm_key_of(&m->tree->layout, s->value), s->words);
+}
+
+/* lsm_key_compare of two keys in their lsm_key_words form. */
+static inline int words_compare(const uint64_t *a, const uint64_t *b)
+{
+        if (a[0] != b[0])
+                return a[0] < b[0] ? -1 : 1;
+        if (a[1] != b[1])
+                return a[1] < b[1] ? -1 : 1;
+        return (a[2] > b[2]) - (a[2] < b[2]);
 }
 
 static void source_advance(struct lsm_merge *m, struct source *s)
@@ -684,7 +700,9 @@ static struct source *merge_pick(struct lsm_merge *m)
 static bool heap_before(const struct lsm_merge *m, const struct source *a, const struct source *b)
 {
         const struct lsm_layout *layout = &m->tree->layout;
-        int c = lsm_key_compare(layout, lsm_key_of(layout, a->value), lsm_key_of(layout, b->value));
+        int c = m->words ? words_compare(a->words, b->words)
+                         : lsm_key_compare(layout, lsm_key_of(layout, a->value),
+                                           lsm_key_of(layout, b->value));
         if (m->reversed)
                 c = -c;
         return c < 0 || (c == 0 && a->rank > b->rank);
@@ -737,12 +755,23 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
                 if (count == 0)
                         break;
                 struct source *best = heap[0];
-                memcpy(key, lsm_key_of(layout, best->value), layout->key_size);
+                uint64_t words[3];
+                if (m->words)
+                        memcpy(words, best->words, sizeof(words));
+                else
+                        memcpy(key, lsm_key_of(layout, best->value), layout->key_size);
                 bool go_on = emit(context, best->value);
                 (*emitted)++;
                 /* Every other version of this key is older (lower rank): skip them all. */
-                while (count > 0 && !m->failed &&
-                       lsm_key_compare(layout, lsm_key_of(layout, heap[0]->value), key) == 0) {
+                for (;;) {
+                        if (count == 0 || m->failed)
+                                break;
+                        bool same = m->words ? words_compare(heap[0]->words, words) == 0
+                                             : lsm_key_compare(layout,
+                                                               lsm_key_of(layout, heap[0]->value),
+                                                               key) == 0;
+                        if (!same)
+                                break;
                         source_advance(m, heap[0]);
                         if (heap[0]->value == NULL)
                                 heap[0] = heap[--count];
@@ -767,6 +796,9 @@ static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t cou
 {
         memset(m, 0, sizeof(*m));
         m->tree = tree;
+        uint64_t probe[3];
+        uint8_t zero[LSM_KEY_SIZE_MAX] = {0};
+        m->words = lsm_key_words(&tree->layout, zero, probe);
         m->sources = calloc(count, sizeof(*m->sources));
         m->heap = count <= 16 ? m->heap_small : calloc(count, sizeof(*m->heap));
         if (m->sources == NULL || m->heap == NULL) {
