@@ -105,6 +105,13 @@ uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t times
  * least one pending transfer. The primary checks this on a timer and prepares a pulse.
  */
 bool ledger_pulse_needed(const struct ledger *ledger, uint64_t timestamp);
+/*
+ * While deferred, operations do no compaction (no beats, no back-pressure): a restart replays
+ * the journal since its checkpoint this way, so it serves sooner. The compaction a replay
+ * would have done comes after, paced as usual (a level 0 left past its stall point is
+ * compacted at the next beat, in one go).
+ */
+void ledger_defer_compaction(struct ledger *ledger, bool defer);
 
 /* Counters for metrics and the README's memory figures. */
 struct ledger_stats {

@@ -208,6 +208,13 @@ struct ledger {
         struct ledger_counters counters;
         uint64_t forced_compactions; /* tree_backpressure compacted a whole tree at once */
         uint64_t beat_puts[LSM_FOREST_TREES_MAX]; /* each tree's stats.puts at the last beat */
+        bool compaction_deferred; /* ledger_defer_compaction: beats and back-pressure wait */
+        /*
+         * After a deferral, a tree whose level 0 ended over its budget catches up paced
+         * against this many tables of level 0 rather than LSM_LEVEL0_TABLES_STALL, and
+         * back-pressure waits until level 0 passes it (0: not catching up).
+         */
+        uint32_t catch_up_stall[LSM_FOREST_TREES_MAX];
         /* Counters as the open chain found them (restored by a rollback). */
         struct ledger_counters chain_counters;
         uint32_t chain_created_accounts;

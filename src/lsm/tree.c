@@ -1320,19 +1320,25 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
 
 uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put)
 {
+        return lsm_tree_compaction_pace_to(tree, values_put, LSM_LEVEL0_TABLES_STALL);
+}
+
+uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,
+                                     uint32_t stall)
+{
         const struct lsm_compaction *job = &tree->job;
         if (!job->active || job->values_done >= job->values_total)
                 return 0;
         uint64_t remaining = job->values_total - job->values_done;
         uint32_t zero = tree->levels[0].count;
-        if (zero >= LSM_LEVEL0_TABLES_STALL)
+        if (zero >= stall)
                 return remaining;
         /* A flush adds as many tables as a full memtable needs (filters bound a table's values);
          * the flush that takes level 0 past twice its budget ends the room. */
         uint64_t table_values = (uint64_t)lsm_table_data_blocks_max(&tree->layout) *
                                 lsm_values_per_block(&tree->layout);
         uint64_t per_flush = (tree->memtable_max + table_values - 1) / table_values;
-        uint64_t flushes = (LSM_LEVEL0_TABLES_STALL - zero) / per_flush;
+        uint64_t flushes = (stall - zero) / per_flush;
         uint64_t room = flushes * tree->room_max +
                         (tree->room_max - MIN(tree->room_max, tree->memtable_count));
         if (room == 0)

@@ -179,6 +179,9 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle);
  * once (6.9 M values, 892 ms, at 10 M transfers stored).
  */
 uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put);
+/* The same with level 0's limit at `stall` tables instead (a tree catching up, ledger_state.c). */
+uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,
+                                     uint32_t stall);
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. older versions */
 /* Restoring a manifest: appends a table to a level (tables come in the level's order). */
 void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
