@@ -835,6 +835,11 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
 {
         const struct wire_header *p = prepare->header;
         tally_assert(p->prepare.op == r->commit + 1);
+        bool replaying = p->prepare.op <= r->replay_until;
+        if (replaying != r->replay_deferring) {
+                ledger_defer_compaction(r->ledger, replaying);
+                r->replay_deferring = replaying;
+        }
         uint32_t body_size = 0;
         struct replica_client *entry = NULL;
         if (p->prepare.operation == OPERATION_REGISTER) {
@@ -1328,6 +1333,7 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                                  (unsigned long long)cut);
                 last = MAX(last, anchor);
         }
+        r->replay_until = last;
         /*
          * Which bodies are intact. A gap becomes a placeholder (header unknown) that is lost:
          * its write never landed. So is a header whose slot still holds an older prepare. A

@@ -397,6 +397,14 @@ struct replica {
         uint64_t nostate_top;
         u128 nostate_checksums[REPLICA_NOSTATE_OPS];
         uint32_t recovered_view; /* the durable view at the last start (see dvc_answer) */
+        /*
+         * The highest op the journal held when a replica of a cluster opened: executing ops up
+         * to it replays that journal, with compaction deferred as a single replica's replay
+         * is (ledger_defer_compaction), so a restarted replica catches up with its peers
+         * sooner. Bounded by op number, whatever view changes cut meanwhile.
+         */
+        uint64_t replay_until;
+        bool replay_deferring;
         uint8_t fresh_heard;       /* peers whose current view this fresh replica heard */
         uint32_t fresh_view_floor; /* the highest of those views */
         uint64_t op;         /* highest op whose header is in the journal */
