@@ -1428,6 +1428,31 @@ static void test_checkpoint(void)
 }
 
 /*
+ * A ledger on a memory grid with tiny trees: memtables of 64 values, tables of two blocks and
+ * beats of 16 values, so that a few hundred transfers flush often and compactions span
+ * operations (some are in flight at a checkpoint).
+ */
+static struct ledger_config small_trees(struct lsm_device_memory *memory)
+{
+        lsm_device_memory_init(memory, 1u << 20);
+        return (struct ledger_config){.device = lsm_device_memory(memory),
+                                      .grid_blocks_max = 1u << 20,
+                                      .memtable_max = 64,
+                                      .table_data_blocks_max = 2,
+                                      .beat_values = 16};
+}
+
+/* Operation `op` of a series: 20 transfers between accounts 1, 2 and 7, ids scattered. */
+static uint32_t run_scattered(uint32_t op)
+{
+        static struct wire_transfer batch[20];
+        for (uint32_t k = 0; k < 20; k++)
+                batch[k] = transfer(((uint64_t)(op * 20 + k) * 2654435761u) % 4294967291u + 5000,
+                                    1 + k % 2, k % 2 ? 7 : 2, 1, 0);
+        return run(130, batch, sizeof(batch));
+}
+
+/*
  * Checkpoints as grid roots: a ledger opened from a root on the same device holds exactly the
  * state at the checkpoint (its stream dump is byte-identical), even after the first ledger went
  * on executing and flushing past it; and a damaged root is refused by name.
@@ -1435,27 +1460,15 @@ static void test_checkpoint(void)
 static void test_checkpoint_root(void)
 {
         static struct lsm_device_memory memory;
-        lsm_device_memory_init(&memory, 1u << 20);
-        struct ledger_config config = {.device = lsm_device_memory(&memory),
-                                       .grid_blocks_max = 1u << 20,
-                                       .memtable_max = 64,
-                                       .table_data_blocks_max = 2,
-                                       /* Compactions span operations: some are in flight at
-                                        * the checkpoint. */
-                                       .beat_values = 16};
+        struct ledger_config config = small_trees(&memory);
         struct ledger *saved = ledger;
         ledger = NULL;
         fresh_config = &config;
         build_state();
         fresh_config = NULL;
         /* Enough operations for many flushes, and compactions spanning operations. */
-        static struct wire_transfer batch[20];
-        for (uint32_t op = 0; op < 150; op++) {
-                for (uint32_t k = 0; k < 20; k++)
-                        batch[k] = transfer(((uint64_t)(op * 20 + k) * 2654435761u) % 4294967291u + 5000,
-                                            1 + k % 2, k % 2 ? 7 : 2, 1, 0);
-                run(130, batch, sizeof(batch));
-        }
+        for (uint32_t op = 0; op < 150; op++)
+                run_scattered(op);
         const char user[] = "sessions of the replica";
         struct lsm_block_ref root;
         CHECK(ledger_checkpoint(ledger, user, sizeof(user), &root));
@@ -1519,12 +1532,7 @@ static uint64_t defer_run(bool defer, uint64_t *compacted_deferring, uint64_t *f
                           uint8_t *stream, size_t *stream_size, u128 *replies_digest)
 {
         static struct lsm_device_memory memory;
-        lsm_device_memory_init(&memory, 1u << 20);
-        struct ledger_config config = {.device = lsm_device_memory(&memory),
-                                       .grid_blocks_max = 1u << 20,
-                                       .memtable_max = 64,
-                                       .table_data_blocks_max = 2,
-                                       .beat_values = 16};
+        struct ledger_config config = small_trees(&memory);
         fresh_config = &config;
         fresh();
         build_state();
@@ -1532,7 +1540,6 @@ static uint64_t defer_run(bool defer, uint64_t *compacted_deferring, uint64_t *f
         struct ledger_stats stats;
         ledger_get_stats(ledger, &stats);
         uint64_t compacted_before = stats.tree_values_compacted;
-        static struct wire_transfer batch[20];
         u128 digest = 0;
         for (uint32_t op = 0; op < 150; op++) {
                 if (op == 10)
@@ -1542,11 +1549,7 @@ static uint64_t defer_run(bool defer, uint64_t *compacted_deferring, uint64_t *f
                         *compacted_deferring = stats.tree_values_compacted - compacted_before;
                         ledger_defer_compaction(ledger, false);
                 }
-                for (uint32_t k = 0; k < 20; k++)
-                        batch[k] = transfer(((uint64_t)(op * 20 + k) * 2654435761u) % 4294967291u +
-                                                    5000,
-                                            1 + k % 2, k % 2 ? 7 : 2, 1, 0);
-                uint32_t size = run(130, batch, sizeof(batch));
+                uint32_t size = run_scattered(op);
                 digest = digest * 1000003u + checksum(reply, size);
         }
         ledger_get_stats(ledger, &stats);
