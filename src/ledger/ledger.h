@@ -108,8 +108,8 @@ bool ledger_pulse_needed(const struct ledger *ledger, uint64_t timestamp);
 /*
  * While deferred, operations do no compaction (no beats, no back-pressure): a restart replays
  * the journal since its checkpoint this way, so it serves sooner. The compaction a replay
- * would have done comes after, paced as usual (a level 0 left past its stall point is
- * compacted at the next beat, in one go).
+ * would have done comes after, paced: a tree whose level 0 is over its budget then is paced
+ * against a level 0 allowed one stall's worth of tables more, until it is back within budget.
  */
 void ledger_defer_compaction(struct ledger *ledger, bool defer);
 

@@ -505,7 +505,6 @@ static void tree_backpressure(struct ledger *ledger, struct lsm_tree *tree)
  * and 0.5 s, and a first request of 1.3-1.5 s. It catches up paced against a level 0 allowed
  * another stall's worth of tables instead, until level 0 is back within its budget.
  */
-
 void ledger_defer_compaction(struct ledger *ledger, bool defer)
 {
         ledger->compaction_deferred = defer;

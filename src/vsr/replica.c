@@ -1333,7 +1333,7 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
                                  (unsigned long long)cut);
                 last = MAX(last, anchor);
         }
-        r->replay_until = last;
+        r->replay_until = MIN(last, checkpoint_op + REPLICA_REPLAY_DEFER_OPS);
         /*
          * Which bodies are intact. A gap becomes a placeholder (header unknown) that is lost:
          * its write never landed. So is a header whose slot still holds an older prepare. A

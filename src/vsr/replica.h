@@ -283,6 +283,12 @@ const char *replica_drop_name(enum replica_drop drop);
  * (a backup starts a view change after TICKS_PRIMARY_SILENT): it is logged with what the trees
  * did meanwhile, at most once per REPLICA_SLOW_COMMIT_LOG_TICKS.
  */
+/*
+ * The most ops a restarted replica of a cluster executes with compaction deferred (replay_until):
+ * twice the ops a checkpoint's work bound leaves at most, so level 0 grows by a few flushes, not
+ * by a journal's worth of full batches.
+ */
+#define REPLICA_REPLAY_DEFER_OPS (2u * REPLICA_CHECKPOINT_WORK_REQUESTS)
 #define REPLICA_SLOW_COMMIT_NS (100u * 1000u * 1000u)
 #define REPLICA_SLOW_COMMIT_LOG_TICKS 100u
 /*
@@ -398,10 +404,11 @@ struct replica {
         u128 nostate_checksums[REPLICA_NOSTATE_OPS];
         uint32_t recovered_view; /* the durable view at the last start (see dvc_answer) */
         /*
-         * The highest op the journal held when a replica of a cluster opened: executing ops up
-         * to it replays that journal, with compaction deferred as a single replica's replay
-         * is (ledger_defer_compaction), so a restarted replica catches up with its peers
-         * sooner. Bounded by op number, whatever view changes cut meanwhile.
+         * The highest op the journal held when a replica of a cluster opened, at most
+         * REPLICA_REPLAY_DEFER_OPS past its checkpoint: executing ops up to it replays that
+         * journal, with compaction deferred as a single replica's replay is
+         * (ledger_defer_compaction), so a restarted replica catches up with its peers sooner.
+         * Bounded by op number, whatever view changes cut meanwhile.
          */
         uint64_t replay_until;
         bool replay_deferring;
