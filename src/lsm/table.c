@@ -211,8 +211,23 @@ bool lsm_table_builder_add(struct lsm_table_builder *b, const void *value)
                 tally_assert(lsm_key_compare(layout, lsm_key_of(layout, last),
                                              lsm_key_of(layout, value)) < 0);
         }
-        memcpy(b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * layout->value_size,
-               value, layout->value_size);
+        uint8_t *to = b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * layout->value_size;
+        switch (layout->value_size) { /* the sizes of the ledger's trees, copied inline */
+        case 16:
+                memcpy(to, value, 16);
+                break;
+        case 24:
+                memcpy(to, value, 24);
+                break;
+        case 32:
+                memcpy(to, value, 32);
+                break;
+        case 128:
+                memcpy(to, value, 128);
+                break;
+        default:
+                memcpy(to, value, layout->value_size);
+        }
         if (layout->filter)
                 filter_add(b->index, b->filter_offset,
                            lsm_key_hash(layout, lsm_key_of(layout, value)));

@@ -166,9 +166,16 @@ static inline uint64_t lsm_key_hash(const struct lsm_layout *layout, const void 
         const uint8_t *key = key_in;
         uint32_t size = layout->key_size;
         uint64_t h = 0x9E3779B97F4A7C15ull ^ size;
-        for (uint32_t i = 0; i < size; i += 8) {
+        uint32_t whole = size & ~7u; /* every key kind but custom ones: all of it */
+        for (uint32_t i = 0; i < whole; i += 8) {
+                uint64_t word;
+                memcpy(&word, key + i, 8);
+                h = (h ^ word) * 0xBF58476D1CE4E5B9ull;
+                h ^= h >> 31;
+        }
+        if (whole < size) {
                 uint64_t word = 0;
-                memcpy(&word, key + i, size - i < 8 ? size - i : 8);
+                memcpy(&word, key + whole, size - whole);
                 h = (h ^ word) * 0xBF58476D1CE4E5B9ull;
                 h ^= h >> 31;
         }
