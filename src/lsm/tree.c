@@ -672,32 +672,10 @@ static void source_tables(struct lsm_merge *m, struct source *s, const struct ls
         source_settle(m, s);
 }
 
-/* The source holding the next value: the smallest key (reversed: largest), newest rank. */
-static struct source *merge_pick(struct lsm_merge *m)
-{
-        const struct lsm_layout *layout = &m->tree->layout;
-        struct source *best = NULL;
-        for (uint32_t i = 0; i < m->count; i++) {
-                struct source *s = &m->sources[i];
-                if (s->value == NULL)
-                        continue;
-                if (best == NULL) {
-                        best = s;
-                        continue;
-                }
-                int c = lsm_key_compare(layout, lsm_key_of(layout, s->value),
-                                        lsm_key_of(layout, best->value));
-                if (m->reversed)
-                        c = -c;
-                if (c < 0 || (c == 0 && s->rank > best->rank))
-                        best = s;
-        }
-        return best;
-}
-
-/* Heap order of two sources: the next value first (smallest key, reversed largest), then the
+/* Order of two sources: the next value first (smallest key, reversed largest), then the
  * newest (highest rank) among equal keys. */
-static bool heap_before(const struct lsm_merge *m, const struct source *a, const struct source *b)
+static bool source_before(const struct lsm_merge *m, const struct source *a,
+                          const struct source *b)
 {
         const struct lsm_layout *layout = &m->tree->layout;
         int c = m->words ? words_compare(a->words, b->words)
@@ -708,13 +686,25 @@ static bool heap_before(const struct lsm_merge *m, const struct source *a, const
         return c < 0 || (c == 0 && a->rank > b->rank);
 }
 
+/* The source holding the next value (source_before), or NULL when every one is done. */
+static struct source *merge_pick(struct lsm_merge *m)
+{
+        struct source *best = NULL;
+        for (uint32_t i = 0; i < m->count; i++) {
+                struct source *s = &m->sources[i];
+                if (s->value != NULL && (best == NULL || source_before(m, s, best)))
+                        best = s;
+        }
+        return best;
+}
+
 static void heap_down(const struct lsm_merge *m, struct source **heap, uint32_t count, uint32_t i)
 {
         for (;;) {
                 uint32_t best = i, l = 2 * i + 1, r = 2 * i + 2;
-                if (l < count && heap_before(m, heap[l], heap[best]))
+                if (l < count && source_before(m, heap[l], heap[best]))
                         best = l;
-                if (r < count && heap_before(m, heap[r], heap[best]))
+                if (r < count && source_before(m, heap[r], heap[best]))
                         best = r;
                 if (best == i)
                         return;
