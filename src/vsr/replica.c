@@ -1556,7 +1556,7 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
         tally_assert(prepare != NULL);
         uint64_t replayed = 0;
         int result = 0;
-        ledger_defer_compaction(r->ledger, true);
+        r->replay_until = head; /* every op of a single replica's journal (replica.h) */
         for (uint64_t op = checkpoint_op + 1; op <= head; op++) {
                 uint32_t slot = (uint32_t)(op % slots);
                 const char *zone = NULL;
@@ -1585,7 +1585,6 @@ int replica_open(struct replica *r, const struct replica_durable *d, char *error
                 break;
         }
         message_unref(r->pool, prepare);
-        ledger_defer_compaction(r->ledger, false);
         if (result == 0) {
                 replication_open(r);
                 log_info("recovered checkpoint_op=%llu replayed=%llu commit=%llu",

@@ -404,11 +404,12 @@ struct replica {
         u128 nostate_checksums[REPLICA_NOSTATE_OPS];
         uint32_t recovered_view; /* the durable view at the last start (see dvc_answer) */
         /*
-         * The highest op the journal held when a replica of a cluster opened, at most
-         * REPLICA_REPLAY_DEFER_OPS past its checkpoint: executing ops up to it replays that
-         * journal, with compaction deferred as a single replica's replay is
-         * (ledger_defer_compaction), so a restarted replica catches up with its peers sooner.
-         * Bounded by op number, whatever view changes cut meanwhile.
+         * Ops up to it replay the journal the replica opened with, so replica_execute runs them
+         * with compaction deferred (ledger_defer_compaction) and a restart serves, or catches
+         * up with its peers, sooner; the first op past it ends the deferral. A single replica:
+         * the head of its journal. A replica of a cluster: the highest op its journal held,
+         * at most REPLICA_REPLAY_DEFER_OPS past its checkpoint. Bounded by op number,
+         * whatever view changes cut meanwhile.
          */
         uint64_t replay_until;
         bool replay_deferring;
