@@ -608,12 +608,12 @@ static void storage_failed_log(struct server *s)
 
 static void first_primary_log(struct server *s)
 {
-        char missing[64];
-        if (!metrics_first_primary_waiting(&s->replica, &s->bus, missing, sizeof(missing)))
-                return;
         uint64_t now = io_monotonic_ns();
         if (now < s->first_primary_logged_ns + FIRST_PRIMARY_LOG_INTERVAL_NS)
                 return; /* the first 10 s after start, too: peers are still connecting */
+        char missing[64];
+        if (!metrics_first_primary_waiting(&s->replica, &s->bus, missing, sizeof(missing)))
+                return;
         s->first_primary_logged_ns = now;
         log_warn("no primary yet: a new cluster elects its first primary only with all %u "
                  "replicas up (a quorum of fresh replicas cannot tell it from a cluster whose "
