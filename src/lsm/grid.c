@@ -26,7 +26,9 @@ struct lsm_block_ref lsm_block_seal(uint8_t *block, uint64_t address, enum lsm_b
         tally_assert(address > 0);
         tally_assert(size >= LSM_BLOCK_HEADER_SIZE && size <= LSM_BLOCK_SIZE);
         struct lsm_block_header *h = (struct lsm_block_header *)block;
+        uint32_t filter_offset = kind == LSM_BLOCK_TABLE_INDEX ? h->filter_offset : 0;
         memset(h, 0, sizeof(*h));
+        h->filter_offset = filter_offset;
         h->address = address;
         h->size = size;
         h->kind = (uint8_t)kind;

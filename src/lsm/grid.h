@@ -49,7 +49,12 @@ struct lsm_block_header {
         uint8_t tree;      /* the tree it belongs to */
         uint16_t value_size;
         uint32_t count;    /* values (data block) or entries (index block) */
-        uint32_t reserved_0;
+        /*
+         * A table index block with a key filter: where the filter starts (table.h). 0 in every
+         * other block, and in index blocks written before 2026-12-03, whose filter starts
+         * where 7 bits per key put it (lsm_table_filter_offset_legacy).
+         */
+        uint32_t filter_offset;
         uint64_t snapshot; /* (later steps) the bar that wrote it */
         uint8_t reserved[16];
 };
@@ -63,7 +68,10 @@ struct lsm_block_ref {
 };
 _Static_assert(sizeof(struct lsm_block_ref) == 32, "block ref size");
 
-/* Fills the header of `block` (payload already in place) and returns its reference. */
+/*
+ * Fills the header of `block` (payload already in place) and returns its reference. The
+ * header's filter_offset is the caller's for a table index block, zeroed for any other kind.
+ */
 struct lsm_block_ref lsm_block_seal(uint8_t *block, uint64_t address, enum lsm_block_kind kind,
                                     uint8_t tree, uint16_t value_size, uint32_t count,
                                     uint32_t size);

@@ -65,27 +65,63 @@ static const uint8_t *data_value(const struct lsm_layout *layout, const uint8_t 
 
 /* ---- filter ----------------------------------------------------------------------------- */
 
+/* The most data blocks b with (payload - b x entry) x 8 >= b x values x bits_per_key. */
+static uint32_t filtered_blocks_max(const struct lsm_layout *layout, uint32_t bits_per_key)
+{
+        uint32_t blocks = LSM_BLOCK_PAYLOAD_MAX * 8 /
+                          ((uint32_t)sizeof(struct lsm_index_entry) * 8 +
+                           lsm_values_per_block(layout) * bits_per_key);
+        return MAX(1u, MIN(blocks, LSM_TABLE_DATA_BLOCKS_MAX));
+}
+
 uint32_t lsm_table_data_blocks_max(const struct lsm_layout *layout)
 {
         if (layout->table_data_blocks_max != 0)
                 return layout->table_data_blocks_max;
         if (!layout->filter)
                 return LSM_TABLE_DATA_BLOCKS_MAX;
-        /* The most blocks b with (payload - b x entry) x 8 >= b x values x bits_per_key. */
-        uint32_t blocks = LSM_BLOCK_PAYLOAD_MAX * 8 /
-                          ((uint32_t)sizeof(struct lsm_index_entry) * 8 +
-                           lsm_values_per_block(layout) * LSM_TABLE_FILTER_BITS_PER_KEY_MIN);
-        return MAX(1u, MIN(blocks, LSM_TABLE_DATA_BLOCKS_MAX));
+        return filtered_blocks_max(layout, LSM_TABLE_FILTER_BITS_PER_KEY_MIN);
+}
+
+/* Buckets start on a 32-byte boundary (offsets of the block are 64-byte aligned). */
+static uint32_t filter_offset_after(uint32_t data_blocks)
+{
+        uint32_t offset = LSM_BLOCK_HEADER_SIZE +
+                          data_blocks * (uint32_t)sizeof(struct lsm_index_entry);
+        return (offset + LSM_TABLE_FILTER_BUCKET_SIZE - 1) / LSM_TABLE_FILTER_BUCKET_SIZE *
+               LSM_TABLE_FILTER_BUCKET_SIZE;
 }
 
 uint32_t lsm_table_filter_offset(const struct lsm_layout *layout)
 {
-        uint32_t offset = LSM_BLOCK_HEADER_SIZE +
-                          lsm_table_data_blocks_max(layout) *
-                                  (uint32_t)sizeof(struct lsm_index_entry);
-        /* Buckets start on a 32-byte boundary (offsets of the block are 64-byte aligned). */
-        return (offset + LSM_TABLE_FILTER_BUCKET_SIZE - 1) / LSM_TABLE_FILTER_BUCKET_SIZE *
-               LSM_TABLE_FILTER_BUCKET_SIZE;
+        return filter_offset_after(lsm_table_data_blocks_max(layout));
+}
+
+uint32_t lsm_table_filter_offset_legacy(const struct lsm_layout *layout)
+{
+        if (layout->table_data_blocks_max != 0 || !layout->filter)
+                return lsm_table_filter_offset(layout);
+        return filter_offset_after(
+                filtered_blocks_max(layout, LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY));
+}
+
+/*
+ * Where this index block's filter starts, 0 if it has none. Its header says (sealed by the
+ * builder, checksummed); 0 there means the legacy offset. An offset that does not leave the
+ * entries and at least one bucket in the block is no filter (every key may be there).
+ */
+static uint32_t filter_start(const uint8_t *index_block, uint32_t legacy_offset)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
+        if (h->size != LSM_BLOCK_SIZE)
+                return 0;
+        uint32_t offset = h->filter_offset != 0 ? h->filter_offset : legacy_offset;
+        uint64_t entries_end = LSM_BLOCK_HEADER_SIZE +
+                               (uint64_t)h->count * sizeof(struct lsm_index_entry);
+        if (offset < entries_end || offset % LSM_TABLE_FILTER_BUCKET_SIZE != 0 ||
+            offset > LSM_BLOCK_SIZE - LSM_TABLE_FILTER_BUCKET_SIZE)
+                return 0;
+        return offset;
 }
 
 static const uint32_t filter_salt[8] = {0x47b6137bu, 0x44974d91u, 0x8824ad5bu, 0xa2b7289du,
@@ -114,31 +150,33 @@ bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t
 const void *lsm_table_filter_bucket(const struct lsm_layout *layout, const uint8_t *index_block,
                                     uint64_t hash)
 {
-        return lsm_table_filter_bucket_at(index_block, lsm_table_filter_offset(layout), hash);
+        return lsm_table_filter_bucket_at(index_block, lsm_table_filter_offset_legacy(layout),
+                                          hash);
 }
 
-const void *lsm_table_filter_bucket_at(const uint8_t *index_block, uint32_t filter_offset,
+const void *lsm_table_filter_bucket_at(const uint8_t *index_block, uint32_t legacy_offset,
                                        uint64_t hash)
 {
-        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
-        if (h->size != LSM_BLOCK_SIZE)
+        uint32_t offset = filter_start(index_block, legacy_offset);
+        if (offset == 0)
                 return NULL;
-        return filter_bucket((uint8_t *)index_block, filter_offset, hash);
+        return filter_bucket((uint8_t *)index_block, offset, hash);
 }
 
 bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
                                        const uint8_t *index_block, uint64_t hash)
 {
-        return lsm_table_filter_may_contain_at(index_block, lsm_table_filter_offset(layout), hash);
+        return lsm_table_filter_may_contain_at(index_block, lsm_table_filter_offset_legacy(layout),
+                                               hash);
 }
 
-bool lsm_table_filter_may_contain_at(const uint8_t *index_block, uint32_t filter_offset,
+bool lsm_table_filter_may_contain_at(const uint8_t *index_block, uint32_t legacy_offset,
                                      uint64_t hash)
 {
-        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
-        if (h->size != LSM_BLOCK_SIZE)
+        uint32_t offset = filter_start(index_block, legacy_offset);
+        if (offset == 0)
                 return true; /* no filter */
-        const uint32_t *words = filter_bucket((uint8_t *)index_block, filter_offset, hash);
+        const uint32_t *words = filter_bucket((uint8_t *)index_block, offset, hash);
         uint32_t missing = 0;
         for (uint32_t i = 0; i < 8; i++)
                 missing |= ~words[i] & (1u << (((uint32_t)hash * filter_salt[i]) >> 27));
@@ -187,6 +225,7 @@ static bool table_flush(struct lsm_table_builder *b)
                 memset(b->index + size, 0, b->filter_offset - size);
                 size = LSM_BLOCK_SIZE;
         }
+        ((struct lsm_block_header *)b->index)->filter_offset = b->filter_offset;
         table.index = lsm_grid_write(b->grid, b->index, LSM_BLOCK_TABLE_INDEX, b->layout->tree,
                                      b->layout->value_size, b->index_count, size);
         if (table.index.address == 0) {

@@ -89,7 +89,11 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
         tree->memtable_max = memtable_max;
         tree->room_max = memtable_max - (memtable_max / 18) * (layout->tree % 9u);
         tree->in_order = true;
-        tree->filter_offset = layout->filter ? lsm_table_filter_offset(layout) : 0;
+        tree->filter_offset_legacy = layout->filter ? lsm_table_filter_offset_legacy(layout) : 0;
+        tree->budget_scale = layout->filter && layout->table_data_blocks_max == 0
+                                     ? LSM_TABLE_FILTER_BITS_PER_KEY_MIN /
+                                               LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY
+                                     : 1;
         tree->hash_position_bits = 1;
         while (tree->hash_position_bits < 32 &&
                (1ull << tree->hash_position_bits) <= (uint64_t)memtable_max)
@@ -331,15 +335,20 @@ static int64_t memtable_find(const struct lsm_tree *tree_const, const void *key)
 
 /* ---- levels ----------------------------------------------------------------------------- */
 
-uint32_t lsm_tree_level_budget(uint32_t level)
+uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level)
 {
         tally_assert(level < LSM_LEVELS);
         if (level == 0)
-                return LSM_LEVEL0_TABLES_MAX;
-        uint32_t budget = 1;
+                return LSM_LEVEL0_TABLES_MAX * tree->budget_scale;
+        uint32_t budget = tree->budget_scale;
         for (uint32_t i = 0; i < level; i++)
                 budget *= LSM_GROWTH_FACTOR;
         return budget;
+}
+
+uint32_t lsm_tree_level0_stall(const struct lsm_tree *tree)
+{
+        return LSM_LEVEL0_TABLES_STALL * tree->budget_scale;
 }
 
 static void level_insert(struct lsm_level *level, uint32_t at, const struct lsm_table_info *table)
@@ -411,7 +420,7 @@ const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, ui
  * block is not cached, or whose filter says maybe, takes the ordinary path. Returns 2 when it
  * cannot (too many level-0 tables): the caller takes the ordinary path for all of them.
  */
-#define GET_CANDIDATES_MAX 32u
+#define GET_CANDIDATES_MAX 48u
 static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
 {
         const struct lsm_layout *layout = &tree->layout;
@@ -438,8 +447,8 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
         for (uint32_t c = 0; c < count; c++) {
                 index[c] = lsm_grid_cached(tree->grid, candidates[c]->index);
                 if (index[c] != NULL) {
-                        const void *bucket =
-                                lsm_table_filter_bucket_at(index[c], tree->filter_offset, hash);
+                        const void *bucket = lsm_table_filter_bucket_at(
+                                index[c], tree->filter_offset_legacy, hash);
                         if (bucket != NULL)
                                 __builtin_prefetch(bucket);
                 }
@@ -455,7 +464,7 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
                 if (cache_changed)
                         block = lsm_grid_cached(tree->grid, candidates[c]->index);
                 if (block != NULL &&
-                    !lsm_table_filter_may_contain_at(block, tree->filter_offset, hash))
+                    !lsm_table_filter_may_contain_at(block, tree->filter_offset_legacy, hash))
                         continue;
                 int rc = lsm_table_get(tree->grid, layout, candidates[c], key, out);
                 if (rc != 0)
@@ -1219,9 +1228,9 @@ static bool job_pick(struct lsm_tree *tree, bool *fault)
 {
         *fault = false;
         struct lsm_level *zero = &tree->levels[0];
-        if (zero->count > LSM_LEVEL0_TABLES_MAX)
+        if (zero->count > lsm_tree_level_budget(tree, 0))
                 level0_move_disjoint(tree);
-        if (zero->count > LSM_LEVEL0_TABLES_MAX) {
+        if (zero->count > lsm_tree_level_budget(tree, 0)) {
                 if (!job_start(tree, 0, zero->tables, zero->count)) {
                         *fault = true;
                         return false;
@@ -1230,7 +1239,7 @@ static bool job_pick(struct lsm_tree *tree, bool *fault)
         }
         for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++) {
                 struct lsm_level *l = &tree->levels[level];
-                while (l->count > lsm_tree_level_budget(level)) {
+                while (l->count > lsm_tree_level_budget(tree, level)) {
                         uint32_t pick = 0;
                         if (tree->compact_cursor_set[level]) {
                                 while (pick < l->count &&
@@ -1310,7 +1319,7 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
 
 uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put)
 {
-        return lsm_tree_compaction_pace_to(tree, values_put, LSM_LEVEL0_TABLES_STALL);
+        return lsm_tree_compaction_pace_to(tree, values_put, lsm_tree_level0_stall(tree));
 }
 
 uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,

@@ -10,7 +10,7 @@
  *
  * Levels: level 0 holds up to LSM_LEVEL0_TABLES_MAX flushed tables, whose key ranges may
  * overlap (newest last); level i >= 1 holds non-overlapping tables sorted by key, up to
- * LSM_GROWTH_FACTOR^i of them. Compaction of level 0 first moves down, unchanged, each table
+ * LSM_GROWTH_FACTOR^i of them (twice these for filtered layouts: lsm_tree_level_budget). Compaction of level 0 first moves down, unchanged, each table
  * that overlaps no other level-0 table and no level-1 table, then merges the rest with the
  * tables of level 1 they overlap; compaction of level i >= 1 takes one table (round robin over the key space) and
  * merges it with the tables of level i + 1 it overlaps, or moves it down unchanged when it
@@ -91,7 +91,8 @@ struct lsm_tree {
         bool sorted_dirty;
         bool in_order;         /* every value appended had a larger key than the one before */
         uint64_t *sort_scratch; /* 2 x memtable_max: (key prefix, position) for a radix sort */
-        uint32_t filter_offset; /* lsm_table_filter_offset of a filtered layout, else 0 */
+        uint32_t filter_offset_legacy; /* lsm_table_filter_offset_legacy if filtered, else 0 */
+        uint32_t budget_scale;         /* lsm_tree_level_budget */
         struct lsm_level levels[LSM_LEVELS];
         uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
         bool compact_cursor_set[LSM_LEVELS];
@@ -186,6 +187,16 @@ uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. old
 /* Restoring a manifest: appends a table to a level (tables come in the level's order). */
 void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
                            const struct lsm_table_info *table);
-uint32_t lsm_tree_level_budget(uint32_t level);
+/*
+ * Tables level `level` holds before compaction (level 0: before a job starts; its stall point
+ * is lsm_tree_level0_stall). A filtered layout's tables hold about half the keys 7 bits per key
+ * gave them (table.h), so its budgets count LSM_TABLE_FILTER_BITS_PER_KEY_MIN /
+ * LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY times the tables (budget_scale): its levels hold the
+ * values they did, and a lookup probes as many level-0 flushes and levels as it did. With half
+ * the values per level, the id maps reached a fourth level at 20 M transfers instead of 40 M,
+ * each a merge of about nine values per value moved down.
+ */
+uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level);
+uint32_t lsm_tree_level0_stall(const struct lsm_tree *tree);
 
 #endif
