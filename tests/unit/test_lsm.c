@@ -514,11 +514,15 @@ static void test_table_filter(void)
         for (uint32_t i = 0; i < n; i++)
                 CHECK(lsm_table_builder_add(&builder, keys[i]));
         CHECK(lsm_table_builder_finish(&builder));
+        lsm_table_builder_deinit(&builder);
         CHECK_EQ_U64(c.count, 1);
         const uint8_t *index = lsm_grid_read(&grid, c.tables[0].index, LSM_BLOCK_TABLE_INDEX);
         CHECK(index != NULL);
-        if (index == NULL)
+        if (index == NULL) {
+                free(keys);
+                lsm_grid_deinit(&grid);
                 return;
+        }
         const struct lsm_block_header *h = (const struct lsm_block_header *)index;
         CHECK_EQ_U64(h->filter_offset, lsm_table_filter_offset(&l));
         CHECK_EQ_U64(h->count, blocks);
