@@ -95,6 +95,7 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         if (sets == 0)
                 sets = 1;
         grid->slot_count = sets * LSM_CACHE_WAYS;
+        grid->set_count = sets;
         /*
          * Huge pages: the cache is touched block by block as it fills, and 16 page faults per
          * 64 KiB block cost more than the copy into it. A hint only. A slot's memory (its
@@ -358,15 +359,9 @@ void lsm_grid_free_set_decode(struct lsm_grid *grid, uint32_t chunk, const uint6
 
 /* ---- cache ------------------------------------------------------------------------------ */
 
-static uint32_t set_of(const struct lsm_grid *grid, uint64_t address)
-{
-        uint64_t h = address * 0x9E3779B97F4A7C15ull;
-        return (uint32_t)((h >> 32) % (grid->slot_count / LSM_CACHE_WAYS));
-}
-
 static int32_t cache_find(struct lsm_grid *grid, struct lsm_block_ref ref)
 {
-        uint32_t base = set_of(grid, ref.address) * LSM_CACHE_WAYS;
+        uint32_t base = lsm_grid_set_of(grid, ref.address) * LSM_CACHE_WAYS;
         for (uint32_t w = 0; w < LSM_CACHE_WAYS; w++) {
                 uint32_t slot = base + w;
                 if (grid->slot_address[slot] == ref.address &&
@@ -382,7 +377,7 @@ static int32_t cache_find(struct lsm_grid *grid, struct lsm_block_ref ref)
  */
 static uint32_t cache_victim(struct lsm_grid *grid, uint64_t address)
 {
-        uint32_t set = set_of(grid, address);
+        uint32_t set = lsm_grid_set_of(grid, address);
         uint32_t base = set * LSM_CACHE_WAYS;
         for (uint32_t w = 0; w < LSM_CACHE_WAYS; w++) {
                 uint32_t slot = base + w;

@@ -174,6 +174,7 @@ struct lsm_grid {
         uint64_t address_max; /* the highest address ever acquired (the file's extent) */
         /* Cache. */
         uint32_t slot_count; /* a multiple of LSM_CACHE_WAYS */
+        uint32_t set_count;  /* slot_count / LSM_CACHE_WAYS */
         uint8_t *slots;      /* slot_count frames of LSM_BLOCK_SIZE */
         uint32_t *slot_frame; /* the slot's frame in `slots`, UINT32_MAX until first used */
         uint32_t frames_used; /* frames handed out, in order */
@@ -276,6 +277,25 @@ struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, ui
                                        uint16_t value_size, uint32_t count, uint32_t size);
 /* The cached block `ref` names, or NULL if it is not in the cache (no I/O). */
 const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref);
+
+/* The cache set that holds `address` if any slot does. */
+static inline uint32_t lsm_grid_set_of(const struct lsm_grid *grid, uint64_t address)
+{
+        uint64_t h = address * 0x9E3779B97F4A7C15ull;
+        return (uint32_t)(((h >> 32) * grid->set_count) >> 32);
+}
+
+/*
+ * Starts loading the cache's bookkeeping for `ref` ahead of an lsm_grid_cached of it, so that
+ * a lookup's dozen of them (one per table it may probe) miss in parallel, not one by one.
+ */
+static inline void lsm_grid_cached_prefetch(const struct lsm_grid *grid, struct lsm_block_ref ref)
+{
+        uint32_t base = lsm_grid_set_of(grid, ref.address) * LSM_CACHE_WAYS;
+        __builtin_prefetch(&grid->slot_address[base]);
+        __builtin_prefetch(&grid->slot_checksum[base]);
+        __builtin_prefetch(&grid->slot_checksum[base + LSM_CACHE_WAYS / 2]);
+}
 enum lsm_read_start {
         LSM_READ_CACHED,  /* the block is in the cache now (a synchronous device read it) */
         LSM_READ_STARTED, /* `done` runs when the block is in the cache (ok) or is not */

@@ -444,6 +444,8 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
                 if (t != NULL)
                         candidates[count++] = t;
         }
+        for (uint32_t c = 0; c < count; c++)
+                lsm_grid_cached_prefetch(tree->grid, candidates[c]->index);
         for (uint32_t c = 0; c < count; c++) {
                 index[c] = lsm_grid_cached(tree->grid, candidates[c]->index);
                 if (index[c] != NULL) {
