@@ -468,16 +468,25 @@ static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
                 return false;
         }
         struct lsm_block_ref ref = index_entries_const(index)[data_index].data;
-        /* Into the cursor's own buffer, through the cache (queries seek back into blocks
-         * other cursors read). A seek within the block the cursor holds reads nothing. */
+        /* Into the cursor's own buffer: through the cache (queries seek back into blocks other
+         * cursors read), or past it for a compaction's merge (`uncached`). A seek within the
+         * block the cursor holds reads nothing. */
         if (ref.address != c->loaded.address || ref.checksum != c->loaded.checksum) {
                 c->loaded.address = 0;
-                const uint8_t *data = lsm_grid_read(c->grid, ref, LSM_BLOCK_TABLE_DATA);
-                if (data == NULL) {
+                bool ok;
+                if (c->uncached) {
+                        ok = lsm_grid_read_copy(c->grid, ref, LSM_BLOCK_TABLE_DATA, c->block);
+                } else {
+                        const uint8_t *data = lsm_grid_read(c->grid, ref, LSM_BLOCK_TABLE_DATA);
+                        ok = data != NULL;
+                        if (ok)
+                                memcpy(c->block, data,
+                                       ((const struct lsm_block_header *)data)->size);
+                }
+                if (!ok) {
                         c->failed = c->done = true;
                         return false;
                 }
-                memcpy(c->block, data, ((const struct lsm_block_header *)data)->size);
                 c->loaded = ref;
         }
         const struct lsm_block_header *dh = (const struct lsm_block_header *)c->block;

@@ -284,6 +284,12 @@ struct lsm_table_cursor {
         bool done;
         bool failed; /* grid->error says why */
         struct lsm_block_ref loaded; /* the data block in `block` (address 0: none) */
+        /*
+         * Data blocks not in the cache are read into `block` without entering it: a merge
+         * reads each input block once, and through the cache it cost a 64 KiB copy more and
+         * evicted blocks that lookups use. Set by the merge of a compaction job.
+         */
+        bool uncached;
 };
 
 int lsm_table_cursor_init(struct lsm_table_cursor *cursor, const struct lsm_layout *layout,

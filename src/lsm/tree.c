@@ -793,7 +793,9 @@ static void merge_heap_free(struct lsm_merge *m)
         m->heap = NULL;
 }
 
-static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t count)
+/* `uncached`: a compaction's merge (lsm_table_cursor.uncached). */
+static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t count,
+                        bool uncached)
 {
         memset(m, 0, sizeof(*m));
         m->tree = tree;
@@ -815,6 +817,7 @@ static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t cou
                         merge_heap_free(m);
                         return false;
                 }
+                m->sources[i].cursor.uncached = uncached;
         }
         m->count = count;
         return true;
@@ -836,7 +839,7 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
         const struct lsm_level *zero = &tree->levels[0];
         uint32_t count = 1 + zero->count + (LSM_LEVELS - 1);
         struct lsm_merge m;
-        if (!merge_alloc(&m, tree, count)) {
+        if (!merge_alloc(&m, tree, count, false)) {
                 snprintf(tree->grid->error, sizeof(tree->grid->error), "out of memory for a scan");
                 return -1;
         }
@@ -883,7 +886,7 @@ int lsm_tree_cursor_open(struct lsm_tree_cursor *c, struct lsm_tree *tree, const
         const struct lsm_level *zero = &tree->levels[0];
         uint32_t count = 1 + zero->count + (LSM_LEVELS - 1);
         c->merge = malloc(sizeof(*c->merge));
-        if (c->merge == NULL || !merge_alloc(c->merge, tree, count)) {
+        if (c->merge == NULL || !merge_alloc(c->merge, tree, count, false)) {
                 free(c->merge);
                 c->merge = NULL;
                 return -ENOMEM;
@@ -1119,7 +1122,7 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         job->inputs = malloc(input_count * sizeof(*job->inputs));
         job->merge = malloc(sizeof(*job->merge));
         if (job->inputs == NULL || job->merge == NULL ||
-            !merge_alloc(job->merge, tree, upper_count + 1)) {
+            !merge_alloc(job->merge, tree, upper_count + 1, true)) {
                 free(job->inputs);
                 free(job->merge);
                 memset(job, 0, sizeof(*job));

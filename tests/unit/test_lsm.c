@@ -394,6 +394,28 @@ static void test_table(void)
                         CHECK(any == (walked > 0));
                 }
         }
+        /* A compaction's cursor (uncached) walks the whole table and leaves the cache as it
+         * was: each block it did not find there is read from the device into its own buffer. */
+        t = &c.tables[0]; /* 128 data blocks through a cache of 8 */
+        first = 10;
+        CHECK(lsm_grid_read(&grid, t->index, LSM_BLOCK_TABLE_INDEX) != NULL); /* cached */
+        uint64_t cached_before[8];
+        tally_assert(grid.slot_count <= ARRAY_LEN(cached_before));
+        memcpy(cached_before, grid.slot_address, grid.slot_count * sizeof(uint64_t));
+        uint64_t reads_before = grid.stats.reads;
+        cursor.uncached = true;
+        lsm_table_cursor_seek(&cursor, t, &first, false);
+        uint64_t expect = first, walked = 0;
+        bool ordered = true;
+        for (const uint8_t *v; (v = lsm_table_cursor_value(&cursor)) != NULL; walked++) {
+                ordered = ordered && ((const struct value *)v)->key == expect;
+                expect += 2;
+                lsm_table_cursor_next(&cursor);
+        }
+        CHECK(ordered);
+        CHECK_EQ_U64(walked, t->value_count);
+        CHECK(memcmp(cached_before, grid.slot_address, grid.slot_count * sizeof(uint64_t)) == 0);
+        CHECK(grid.stats.reads - reads_before + grid.slot_count >= t->data_block_count);
         lsm_table_cursor_deinit(&cursor);
         lsm_table_builder_deinit(&builder);
         lsm_grid_deinit(&grid);
