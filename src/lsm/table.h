@@ -154,8 +154,9 @@ _Static_assert(LSM_TABLE_DATA_BLOCKS_MAX * sizeof(struct lsm_index_entry) <= LSM
  * the filter starts.
  *
  * Each new id is looked up in one table per level-0 flush and per deeper level, and a filter
- * that passes it costs a 64 KiB block read and checksum: at 7 bits per key (about 3 %), the
- * tables written before 2026-12-03, those reads took 27 % of the loop at 50 M random transfers.
+ * that passes it costs a 64 KiB block read and checksum: at 7 bits per key (5.4 % of absent
+ * keys pass), the tables written before 2026-12-03, those reads took 27 % of the loop at 50 M
+ * random transfers.
  * Their index blocks say filter_offset 0 and keep their filter where 7 bits put it.
  */
 #define LSM_TABLE_FILTER_BUCKET_SIZE 32u
