@@ -434,12 +434,6 @@ void lsm_grid_cache_clear(struct lsm_grid *grid)
         memset(grid->slot_referenced, 0, grid->slot_count);
 }
 
-void lsm_grid_read_ahead(struct lsm_grid *grid, struct lsm_block_ref ref)
-{
-        if (grid->device.read_ahead != NULL && cache_find(grid, ref) < 0)
-                grid->device.read_ahead(grid->device.context, ref.address);
-}
-
 const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref)
 {
         int32_t slot = cache_find(grid, ref);

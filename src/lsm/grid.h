@@ -106,11 +106,6 @@ struct lsm_device {
          * writes land before `write` returns.
          */
         int (*flush)(void *context);
-        /*
-         * Optional: starts reading a block that a `read` will soon ask for, in the background
-         * (best effort; the read still returns what the device holds now).
-         */
-        void (*read_ahead)(void *context, uint64_t address);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */
@@ -280,8 +275,6 @@ bool lsm_grid_flush_writes(struct lsm_grid *grid);
 struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, uint64_t address,
                                        enum lsm_block_kind kind, uint8_t tree,
                                        uint16_t value_size, uint32_t count, uint32_t size);
-/* Asks the device to read ahead the block `ref` names unless the cache holds it. */
-void lsm_grid_read_ahead(struct lsm_grid *grid, struct lsm_block_ref ref);
 /* The cached block `ref` names, or NULL if it is not in the cache (no I/O). */
 const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref);
 

@@ -489,11 +489,6 @@ static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
                 }
                 c->loaded = ref;
         }
-        /* A merge asks for the block after this one now: it lands while this one is merged
-         * (`index` is still cached: a merge's reads do not enter the cache). */
-        int32_t next = c->reversed ? data_index - 1 : data_index + 1;
-        if (c->uncached && next >= 0 && (uint32_t)next < ih->count)
-                lsm_grid_read_ahead(c->grid, index_entries_const(index)[next].data);
         const struct lsm_block_header *dh = (const struct lsm_block_header *)c->block;
         c->data_index = data_index;
         c->value_count = dh->count;

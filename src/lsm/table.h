@@ -288,8 +288,7 @@ struct lsm_table_cursor {
         /*
          * Data blocks not in the cache are read into `block` without entering it: a merge
          * reads each input block once, and through the cache it cost a 64 KiB copy more and
-         * evicted blocks that lookups use. Each load also asks the device to read ahead the
-         * next block (lsm_grid_read_ahead). Set by the merge of a compaction job.
+         * evicted blocks that lookups use. Set by the merge of a compaction job.
          */
         bool uncached;
 };

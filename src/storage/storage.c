@@ -702,138 +702,15 @@ static void grid_writes_deinit(struct storage *storage)
         if (storage->grid_io == NULL)
                 return;
         (void)storage_grid_flush(storage);
-        while (storage->grid_read_ahead_in_flight > 0 && grid_writes_wait(storage) >= 0)
-                ;
-        if (storage->grid_writes_in_flight > 0 || storage->grid_read_ahead_in_flight > 0)
+        if (storage->grid_writes_in_flight > 0)
                 return; /* the kernel may still use the buffers: leave them */
         io_deinit(storage->grid_io);
         free(storage->grid_io);
         free(storage->grid_writes);
         free(storage->grid_write_memory);
-        free(storage->grid_read_ahead);
-        free(storage->grid_read_ahead_memory);
         storage->grid_io = NULL;
         storage->grid_writes = NULL;
         storage->grid_write_memory = NULL;
-        storage->grid_read_ahead = NULL;
-        storage->grid_read_ahead_memory = NULL;
-}
-
-/* ---- grid read-ahead ------------------------------------------------------------------------ */
-
-static void on_grid_read_ahead(struct io_completion *completion, int32_t result)
-{
-        struct storage_grid_read_ahead *r = completion->context;
-        struct storage *storage = r->storage;
-        tally_assert(r->in_flight && storage->grid_read_ahead_in_flight > 0);
-        r->in_flight = false;
-        r->result = result;
-        storage->grid_read_ahead_in_flight--;
-        if (r->stale) {
-                r->stale = false;
-                r->address = 0;
-        }
-}
-
-/* The read-ahead of `address` that a read may use (landed or in flight), or NULL. */
-static struct storage_grid_read_ahead *read_ahead_find(struct storage *storage, uint64_t address)
-{
-        for (uint32_t i = 0; storage->grid_read_ahead != NULL && i < STORAGE_GRID_READ_AHEAD_MAX;
-             i++) {
-                struct storage_grid_read_ahead *r = &storage->grid_read_ahead[i];
-                if (r->address == address && !r->stale)
-                        return r;
-        }
-        return NULL;
-}
-
-/* A write of `address` is coming: what was read ahead of it is an older version. */
-static void read_ahead_drop(struct storage *storage, uint64_t address)
-{
-        struct storage_grid_read_ahead *r = read_ahead_find(storage, address);
-        if (r == NULL)
-                return;
-        if (r->in_flight)
-                r->stale = true;
-        else
-                r->address = 0;
-}
-
-static bool read_ahead_init(struct storage *storage)
-{
-        if (storage->grid_read_ahead != NULL)
-                return true;
-        struct storage_grid_read_ahead *slots =
-                calloc(STORAGE_GRID_READ_AHEAD_MAX, sizeof(*slots));
-        uint8_t *memory =
-                aligned_alloc(4096, (size_t)STORAGE_GRID_READ_AHEAD_MAX * GRID_BLOCK_SIZE);
-        if (slots == NULL || memory == NULL) {
-                free(slots);
-                free(memory);
-                return false;
-        }
-        for (uint32_t i = 0; i < STORAGE_GRID_READ_AHEAD_MAX; i++) {
-                slots[i].storage = storage;
-                slots[i].buffer = memory + (size_t)i * GRID_BLOCK_SIZE;
-        }
-        storage->grid_read_ahead = slots;
-        storage->grid_read_ahead_memory = memory;
-        return true;
-}
-
-void storage_grid_read_ahead(struct storage *storage, uint64_t address)
-{
-        if (address == 0 || address > storage->grid_block_count ||
-            storage->grid_write_error != 0 || grid_writes_init(storage) != 0 ||
-            storage->grid_io->backend != IO_BACKEND_IO_URING || !read_ahead_init(storage) ||
-            read_ahead_find(storage, address) != NULL || grid_write_find(storage, address) != NULL)
-                return;
-        struct storage_grid_read_ahead *pick = NULL; /* free, else the oldest landed */
-        for (uint32_t i = 0; i < STORAGE_GRID_READ_AHEAD_MAX; i++) {
-                struct storage_grid_read_ahead *r = &storage->grid_read_ahead[i];
-                if (r->in_flight)
-                        continue;
-                if (r->address == 0) {
-                        pick = r;
-                        break;
-                }
-                if (pick == NULL || r->issued < pick->issued)
-                        pick = r;
-        }
-        if (pick == NULL)
-                return;
-        pick->address = address;
-        pick->issued = ++storage->grid_read_ahead_issued;
-        pick->result = 0;
-        pick->in_flight = true;
-        pick->stale = false;
-        memset(&pick->completion, 0, sizeof(pick->completion));
-        pick->completion.callback = on_grid_read_ahead;
-        pick->completion.context = pick;
-        pick->completion.background = true; /* the copy out of the page cache: a kernel worker's */
-        io_read(storage->grid_io, &pick->completion, storage->fd, pick->buffer, GRID_BLOCK_SIZE,
-                grid_block_offset(storage, address));
-        io_submit(storage->grid_io);
-        storage->grid_read_ahead_in_flight++;
-}
-
-/* Copies `address` from its read-ahead if there is one that landed whole (waiting for it). */
-static bool read_ahead_take(struct storage *storage, uint64_t address, uint8_t *block)
-{
-        struct storage_grid_read_ahead *r = read_ahead_find(storage, address);
-        if (r == NULL)
-                return false;
-        while (r->in_flight && grid_writes_wait(storage) >= 0)
-                ;
-        if (r->in_flight)
-                return false; /* the ring failed: read it the ordinary way */
-        bool whole = r->result == (int32_t)GRID_BLOCK_SIZE;
-        if (whole)
-                memcpy(block, r->buffer, GRID_BLOCK_SIZE);
-        r->address = 0;
-        if (whole)
-                storage->grid_read_ahead_used++;
-        return whole;
 }
 
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
@@ -848,10 +725,6 @@ int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
         }
         if (address > storage->grid_block_count) {
                 memset(block, 0, GRID_BLOCK_SIZE); /* never written: fails its check */
-                return 0;
-        }
-        if (read_ahead_take(storage, address, block)) {
-                storage->grid_blocks_read++;
                 return 0;
         }
         int rc = read_exact(storage->fd, block, GRID_BLOCK_SIZE,
@@ -871,7 +744,6 @@ int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t 
         int rc = grid_grow(storage, address);
         if (rc != 0)
                 return -rc;
-        read_ahead_drop(storage, address);
         uint64_t offset = grid_block_offset(storage, address);
         if (grid_writes_init(storage) != 0) {
                 bool direct = storage->fd_direct >= 0 && ((uintptr_t)block % 4096) == 0;
@@ -923,11 +795,6 @@ static int device_write(void *context, uint64_t address, const uint8_t *block)
         return storage_grid_write(context, address, block);
 }
 
-static void device_read_ahead(void *context, uint64_t address)
-{
-        storage_grid_read_ahead(context, address);
-}
-
 static int device_flush(void *context)
 {
         return storage_grid_flush(context);
@@ -940,7 +807,6 @@ struct lsm_device storage_grid_device(struct storage *storage)
                 .read = device_read,
                 .write = device_write,
                 .flush = device_flush,
-                .read_ahead = device_read_ahead,
         };
 }
 

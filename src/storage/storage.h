@@ -70,13 +70,6 @@
  * of the time of a load of creates, was spent waiting in pwrite.
  */
 #define STORAGE_GRID_WRITES_MAX 64u
-/*
- * Grid blocks read ahead at once (storage_grid_read_ahead), each into a buffer of its own (this
- * many x 64 KiB, reserved at the first). A compaction asks for the next block of each table it
- * merges: a kernel worker copies it out of the page cache while the loop merges, where a pread
- * of it cost the loop a system call and a 64 KiB copy (18 % of a load of creates at 75 M).
- */
-#define STORAGE_GRID_READ_AHEAD_MAX 64u
 /* Two reply slots per session, used alternately, so a checkpoint never overwrites the reply
  * the previous (still current) checkpoint refers to. */
 #define STORAGE_REPLY_SLOTS (2u * STORAGE_CLIENTS_MAX)
@@ -230,17 +223,6 @@ struct storage_grid_write {
         uint8_t *buffer;  /* GRID_BLOCK_SIZE bytes, 4 KiB aligned (O_DIRECT) */
 };
 
-struct storage_grid_read_ahead {
-        struct io_completion completion;
-        struct storage *storage;
-        uint64_t address; /* 0: the buffer is free */
-        uint8_t *buffer;  /* GRID_BLOCK_SIZE bytes */
-        uint64_t issued;  /* storage->grid_read_ahead_issued when it started: the oldest goes */
-        int32_t result;   /* bytes read, or -errno, once landed */
-        bool in_flight;
-        bool stale; /* the address was written since: dropped when it lands, never read */
-};
-
 struct storage {
         int fd; /* holds the lock (see storage_open) */
         int32_t open_file; /* this file's entry in the process's table of open data files */
@@ -275,11 +257,6 @@ struct storage {
         struct storage_grid_write *grid_writes; /* STORAGE_GRID_WRITES_MAX */
         uint8_t *grid_write_memory;
         uint32_t grid_writes_in_flight;
-        struct storage_grid_read_ahead *grid_read_ahead; /* STORAGE_GRID_READ_AHEAD_MAX */
-        uint8_t *grid_read_ahead_memory;
-        uint32_t grid_read_ahead_in_flight;
-        uint64_t grid_read_ahead_issued; /* read-aheads started; their order */
-        uint64_t grid_read_ahead_used;   /* of them, read by storage_grid_read */
         int grid_write_error; /* the first failed grid write (-errno); every later one fails */
         uint64_t grid_blocks_read;
         uint64_t grid_blocks_written;
@@ -366,13 +343,6 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
  */
 struct lsm_device storage_grid_device(struct storage *storage);
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block);
-/*
- * Starts reading `address` in the background, so that a storage_grid_read of it soon copies it
- * from memory (waiting for it if it has not landed yet). Best effort: nothing when every buffer
- * holds a read in flight, the ring is not io_uring, or the block is being written; a buffer
- * nobody read is reused, oldest first; a write of the address drops what was read ahead.
- */
-void storage_grid_read_ahead(struct storage *storage, uint64_t address);
 int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t *block);
 int storage_grid_flush(struct storage *storage);
 

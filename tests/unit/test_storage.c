@@ -523,80 +523,6 @@ static void test_grid_writes_async(void)
         storage_close(&s);
 }
 
-/*
- * Grid read-ahead: a block read ahead reads back as written, from the read-ahead's buffer
- * (grid_read_ahead_used counts it); a write after the read-ahead wins over it, landed or in
- * flight; more read-aheads than buffers reuse the oldest; and a read-ahead of an address
- * beyond the file or being written does nothing.
- */
-static void test_grid_read_ahead(void)
-{
-        static uint8_t block[GRID_BLOCK_SIZE] __attribute__((aligned(4096)));
-        struct storage s;
-        CHECK(open_storage(&s));
-        const uint64_t count = 2 * STORAGE_GRID_READ_AHEAD_MAX + 3;
-        for (uint64_t a = 1; a <= count; a++) {
-                block_fill(block, a, 10);
-                CHECK_EQ_U64(storage_grid_write(&s, a, block), 0);
-        }
-        CHECK_EQ_U64(storage_grid_flush(&s), 0);
-        if (s.grid_io == NULL || s.grid_io->backend != IO_BACKEND_IO_URING) {
-                printf("grid read-ahead: not tested, grid writes are not on io_uring here\n");
-                storage_close(&s);
-                return;
-        }
-        /* Read ahead, then read: every block whole, every one from its read-ahead. */
-        uint64_t used = s.grid_read_ahead_used, started = s.grid_read_ahead_issued;
-        for (uint64_t a = 1; a <= 16; a++)
-                storage_grid_read_ahead(&s, a);
-        storage_grid_read_ahead(&s, 16); /* already read ahead: nothing more */
-        CHECK_EQ_U64(s.grid_read_ahead_issued - started, 16);
-        bool all_read = true;
-        for (uint64_t a = 1; a <= 16; a++)
-                all_read = all_read && block_is(&s, a, 10);
-        CHECK(all_read);
-        CHECK_EQ_U64(s.grid_read_ahead_used - used, 16);
-        /* Taken once: a second read goes to the file. */
-        used = s.grid_read_ahead_used;
-        CHECK(block_is(&s, 3, 10));
-        CHECK_EQ_U64(s.grid_read_ahead_used, used);
-        /* A write after the read-ahead, in flight or landed: the read sees the write. */
-        storage_grid_read_ahead(&s, 20);
-        storage_grid_read_ahead(&s, 21);
-        while (s.grid_read_ahead_in_flight > 0 && io_run(s.grid_io, 1000000000ull, true) >= 0)
-                ;
-        storage_grid_read_ahead(&s, 22); /* likely still in flight at the write */
-        for (uint64_t a = 20; a <= 22; a++) {
-                block_fill(block, a, 11);
-                CHECK_EQ_U64(storage_grid_write(&s, a, block), 0);
-        }
-        CHECK(block_is(&s, 20, 11) && block_is(&s, 22, 11));
-        CHECK_EQ_U64(storage_grid_flush(&s), 0);
-        CHECK(block_is(&s, 21, 11));
-        /* Twice as many read-aheads as buffers: the oldest are reused, every read is right. */
-        for (uint64_t a = 30; a < 30 + 2 * STORAGE_GRID_READ_AHEAD_MAX && a <= count; a++)
-                storage_grid_read_ahead(&s, a);
-        all_read = true;
-        for (uint64_t a = 30; a < 30 + 2 * STORAGE_GRID_READ_AHEAD_MAX && a <= count; a++)
-                all_read = all_read && block_is(&s, a, 10);
-        CHECK(all_read);
-        /* Nothing read ahead: beyond the file, or a block being written. */
-        uint64_t issued = s.grid_read_ahead_issued;
-        storage_grid_read_ahead(&s, s.grid_block_count + 1);
-        storage_grid_read_ahead(&s, 0);
-        block_fill(block, 5, 12);
-        CHECK_EQ_U64(storage_grid_write(&s, 5, block), 0);
-        if (s.grid_writes_in_flight > 0) /* still in flight: skipped */
-                storage_grid_read_ahead(&s, 5);
-        CHECK_EQ_U64(s.grid_read_ahead_issued, issued);
-        CHECK(block_is(&s, 5, 12));
-        printf("grid read-ahead: %llu started, %llu read from their buffers\n",
-               (unsigned long long)s.grid_read_ahead_issued,
-               (unsigned long long)s.grid_read_ahead_used);
-        storage_close(&s);
-        CHECK(s.grid_io == NULL); /* the close waited for every read-ahead and freed them */
-}
-
 int main(void)
 {
         log_set_level(LOG_OFF);
@@ -615,7 +541,6 @@ int main(void)
         TEST_RUN(test_sync_eio);
         TEST_RUN(test_checkpoints);
         TEST_RUN(test_grid_writes_async);
-        TEST_RUN(test_grid_read_ahead);
         TEST_RUN(test_lock);
         unlink(path);
         rmdir(dir);
