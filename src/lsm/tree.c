@@ -339,7 +339,7 @@ uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level)
 {
         tally_assert(level < LSM_LEVELS);
         if (level == 0)
-                return LSM_LEVEL0_TABLES_MAX * tree->budget_scale;
+                return LSM_LEVEL0_TABLES_MAX;
         uint32_t budget = tree->budget_scale;
         for (uint32_t i = 0; i < level; i++)
                 budget *= LSM_GROWTH_FACTOR;
@@ -348,7 +348,8 @@ uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level)
 
 uint32_t lsm_tree_level0_stall(const struct lsm_tree *tree)
 {
-        return LSM_LEVEL0_TABLES_STALL * tree->budget_scale;
+        (void)tree;
+        return LSM_LEVEL0_TABLES_STALL;
 }
 
 static void level_insert(struct lsm_level *level, uint32_t at, const struct lsm_table_info *table)
