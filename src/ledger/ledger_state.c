@@ -490,7 +490,7 @@ static void trees_flush(struct ledger *ledger)
 
 static void tree_backpressure(struct ledger *ledger, struct lsm_tree *tree)
 {
-        uint32_t stall = MAX(lsm_tree_level0_stall(tree), ledger->catch_up_stall[tree->layout.tree]);
+        uint32_t stall = MAX(LSM_LEVEL0_TABLES_STALL, ledger->catch_up_stall[tree->layout.tree]);
         if (tree->levels[0].count <= stall || ledger->compaction_deferred)
                 return;
         ledger->forced_compactions++;
@@ -516,7 +516,7 @@ void ledger_defer_compaction(struct ledger *ledger, bool defer)
                         continue;
                 ledger->beat_puts[id] = tree->stats.puts; /* the next beat paces what it puts */
                 uint32_t zero = tree->levels[0].count;
-                uint32_t stall = lsm_tree_level0_stall(tree);
+                uint32_t stall = LSM_LEVEL0_TABLES_STALL;
                 ledger->catch_up_stall[id] =
                         zero > lsm_tree_level_budget(tree, 0) ? MAX(zero, stall) + stall : 0;
         }
@@ -539,7 +539,7 @@ void ledger_beat(struct ledger *ledger)
                     tree->levels[0].count <= lsm_tree_level_budget(tree, 0))
                         ledger->catch_up_stall[id] = 0; /* caught up */
                 uint32_t stall = ledger->catch_up_stall[id] != 0 ? ledger->catch_up_stall[id]
-                                                                 : lsm_tree_level0_stall(tree);
+                                                                 : LSM_LEVEL0_TABLES_STALL;
                 beat = MAX(beat, lsm_tree_compaction_pace_to(tree, put, stall));
                 if (!lsm_tree_compact_step(tree, beat, &idle))
                         ledger_fault(ledger, "compaction");

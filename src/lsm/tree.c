@@ -346,12 +346,6 @@ uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level)
         return budget;
 }
 
-uint32_t lsm_tree_level0_stall(const struct lsm_tree *tree)
-{
-        (void)tree;
-        return LSM_LEVEL0_TABLES_STALL;
-}
-
 static void level_insert(struct lsm_level *level, uint32_t at, const struct lsm_table_info *table)
 {
         if (level->count == level->capacity) {
@@ -1325,7 +1319,7 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
 
 uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put)
 {
-        return lsm_tree_compaction_pace_to(tree, values_put, lsm_tree_level0_stall(tree));
+        return lsm_tree_compaction_pace_to(tree, values_put, LSM_LEVEL0_TABLES_STALL);
 }
 
 uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,

@@ -189,7 +189,7 @@ void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
                            const struct lsm_table_info *table);
 /*
  * Tables level `level` holds before compaction (level 0: before a job starts; its stall point
- * is lsm_tree_level0_stall). A filtered layout's tables hold about half the keys 7 bits per key
+ * is LSM_LEVEL0_TABLES_STALL). A filtered layout's tables hold about half the keys 7 bits per key
  * gave them (table.h), so its budgets of levels 1 and deeper count
  * LSM_TABLE_FILTER_BITS_PER_KEY_MIN / LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY times the tables
  * (budget_scale): those levels hold the values they did. With half the values per level, the
@@ -199,6 +199,5 @@ void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
  * lagging backup of the partition suite caught up too slowly twice in CI (docs/storage.md).
  */
 uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level);
-uint32_t lsm_tree_level0_stall(const struct lsm_tree *tree);
 
 #endif

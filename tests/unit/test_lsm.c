@@ -1056,7 +1056,7 @@ static void test_tree_paced_by_writes(void)
                 CHECK(tree.stats.values_compacted - before <= budget);
                 worst_zero = MAX(worst_zero, tree.levels[0].count);
         }
-        CHECK(worst_zero <= lsm_tree_level0_stall(&tree));
+        CHECK(worst_zero <= LSM_LEVEL0_TABLES_STALL);
         CHECK(paced_steps > 0);
         CHECK(tree.stats.compactions > 5);
         check_against_model(&tree, 5000);
