@@ -281,6 +281,46 @@ bool lsm_table_builder_add(struct lsm_table_builder *b, const void *value)
         return true;
 }
 
+bool lsm_table_builder_add_run(struct lsm_table_builder *b, const uint8_t *values,
+                                uint32_t count)
+{
+        const struct lsm_layout *layout = b->layout;
+        const uint32_t size = layout->value_size;
+        if (b->failed)
+                return false;
+        if (count == 0)
+                return true;
+        const uint8_t *last = values + (size_t)(count - 1) * size;
+        tally_assert(count == 1 || lsm_key_compare(layout, lsm_key_of(layout, values),
+                                                   lsm_key_of(layout, last)) < 0);
+        if (b->data_count > 0) {
+                const uint8_t *before = data_value(layout, b->data, b->data_count - 1);
+                tally_assert(lsm_key_compare(layout, lsm_key_of(layout, before),
+                                             lsm_key_of(layout, values)) < 0);
+        }
+        while (count > 0) {
+                uint32_t n = MIN(count, b->values_per_block - b->data_count);
+                uint8_t *to = b->data + LSM_BLOCK_HEADER_SIZE + (size_t)b->data_count * size;
+                memcpy(to, values, (size_t)n * size);
+                if (layout->filter) {
+                        for (uint32_t i = 0; i < n; i++)
+                                filter_add(b->index, b->filter_offset,
+                                           lsm_key_hash(layout, lsm_key_of(layout, to + (size_t)i * size)));
+                }
+                b->data_count += n;
+                b->table_values += n;
+                values += (size_t)n * size;
+                count -= n;
+                if (b->data_count == b->values_per_block) {
+                        if (!data_flush(b))
+                                return false;
+                        if (b->index_count == b->data_blocks_max && !table_flush(b))
+                                return false;
+                }
+        }
+        return true;
+}
+
 bool lsm_table_builder_finish(struct lsm_table_builder *b)
 {
         if (b->failed)
@@ -551,6 +591,26 @@ const uint8_t *lsm_table_cursor_value(const struct lsm_table_cursor *c)
         if (c->done)
                 return NULL;
         return data_value(c->layout, c->block, (uint32_t)c->value_index);
+}
+
+uint32_t lsm_table_cursor_run(const struct lsm_table_cursor *c, const uint8_t **values)
+{
+        tally_assert(!c->reversed);
+        if (c->done) {
+                *values = NULL;
+                return 0;
+        }
+        *values = data_value(c->layout, c->block, (uint32_t)c->value_index);
+        return c->value_count - (uint32_t)c->value_index;
+}
+
+void lsm_table_cursor_skip(struct lsm_table_cursor *c, uint32_t count)
+{
+        tally_assert(!c->reversed && !c->done &&
+                     count <= c->value_count - (uint32_t)c->value_index);
+        c->value_index += (int32_t)count;
+        if ((uint32_t)c->value_index == c->value_count && cursor_load(c, c->data_index + 1))
+                c->value_index = 0;
 }
 
 void lsm_table_cursor_next(struct lsm_table_cursor *c)

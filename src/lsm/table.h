@@ -251,6 +251,13 @@ int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_l
 void lsm_table_builder_deinit(struct lsm_table_builder *builder);
 /* False if a block could not be written (grid->error); the builder is then unusable. */
 bool lsm_table_builder_add(struct lsm_table_builder *builder, const void *value);
+/*
+ * Adds `count` values stored one after another, in key order and after every value added so
+ * far: lsm_table_builder_add of each, with one copy per block they fill (a merge hands over the
+ * runs of one input that fall between two values of the other).
+ */
+bool lsm_table_builder_add_run(struct lsm_table_builder *builder, const uint8_t *values,
+                               uint32_t count);
 bool lsm_table_builder_finish(struct lsm_table_builder *builder);
 
 /*
@@ -302,5 +309,12 @@ void lsm_table_cursor_seek(struct lsm_table_cursor *cursor, const struct lsm_tab
 /* The current value, or NULL when done (or failed). */
 const uint8_t *lsm_table_cursor_value(const struct lsm_table_cursor *cursor);
 void lsm_table_cursor_next(struct lsm_table_cursor *cursor);
+/*
+ * Forward cursors only: the values left in the data block the cursor holds, from the current
+ * one (*values, stored one after another), 0 when done; and a step over `count` <= that many
+ * (to the next block when it reaches the end of this one).
+ */
+uint32_t lsm_table_cursor_run(const struct lsm_table_cursor *cursor, const uint8_t **values);
+void lsm_table_cursor_skip(struct lsm_table_cursor *cursor, uint32_t count);
 
 #endif

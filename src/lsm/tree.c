@@ -781,6 +781,81 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
         return ok;
 }
 
+/*
+ * merge_run for a compaction of two sources into the job's table builder (one table merged
+ * into the level below, forward, keys in words form, no bounds): it emits exactly what
+ * merge_run would, in the same order, so the tables written are the same. The values of one
+ * source that come before the other's current value are found by scanning its block and handed
+ * to the builder as one run: a value of the level below, about eight of every nine merged,
+ * costs a key comparison and a share of one copy instead of a heap step, a cursor step and a
+ * call of its own.
+ */
+static bool merge_can_pair(const struct lsm_merge *m)
+{
+        return m->count == 2 && m->words && !m->reversed && m->key_min == NULL &&
+               m->key_max == NULL && !m->sources[0].memtable && !m->sources[1].memtable;
+}
+
+static bool merge_run_pair(struct lsm_merge *m, struct lsm_table_builder *builder,
+                           uint64_t *emitted, bool *stopped, uint64_t limit)
+{
+        const struct lsm_layout *layout = &m->tree->layout;
+        const uint32_t size = layout->value_size;
+        struct source *a = &m->sources[0], *b = &m->sources[1];
+        for (;;) {
+                if (m->failed)
+                        return false;
+                if (*emitted == limit) {
+                        *stopped = true; /* to be continued */
+                        return true;
+                }
+                if (a->value == NULL && b->value == NULL)
+                        return true;
+                struct source *low = a->value != NULL ? a : b, *high = NULL;
+                if (a->value != NULL && b->value != NULL) {
+                        int c = words_compare(a->words, b->words);
+                        if (c == 0) { /* the newer version only: the higher rank */
+                                bool go_on = lsm_table_builder_add(
+                                        builder, (a->rank > b->rank ? a : b)->value);
+                                (*emitted)++;
+                                source_advance(m, a);
+                                source_advance(m, b);
+                                if (!go_on) {
+                                        *stopped = true;
+                                        return true;
+                                }
+                                continue;
+                        }
+                        low = c < 0 ? a : b;
+                        high = c < 0 ? b : a;
+                }
+                const uint8_t *values;
+                uint32_t run = lsm_table_cursor_run(&low->cursor, &values);
+                tally_assert(run > 0 && values == low->value);
+                run = (uint32_t)MIN((uint64_t)run, limit - *emitted);
+                uint32_t n = 1; /* the current value comes before high's */
+                if (high != NULL) {
+                        for (; n < run; n++) {
+                                uint64_t words[3];
+                                lsm_key_words(layout, lsm_key_of(layout, values + (size_t)n * size),
+                                              words);
+                                if (words_compare(words, high->words) >= 0)
+                                        break;
+                        }
+                } else {
+                        n = run;
+                }
+                bool go_on = lsm_table_builder_add_run(builder, values, n);
+                *emitted += n;
+                lsm_table_cursor_skip(&low->cursor, n);
+                source_settle(m, low);
+                if (!go_on) {
+                        *stopped = true;
+                        return true;
+                }
+        }
+}
+
 static void merge_heap_free(struct lsm_merge *m)
 {
         if (m->heap != m->heap_small)
@@ -1288,8 +1363,13 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
                 bool stopped = false;
                 /* Blocks written now are the job's, named by no checkpoint until it installs. */
                 lsm_grid_stage(tree->grid, &job->stage);
-                bool ok = merge_run(job->merge, emit_to_builder, tree, &emitted, &stopped,
-                                    budget);
+                bool pair = !tree->merge_heap_only && merge_can_pair(job->merge);
+                bool ok = pair ? merge_run_pair(job->merge, &tree->builder, &emitted, &stopped,
+                                                budget)
+                               : merge_run(job->merge, emit_to_builder, tree, &emitted,
+                                           &stopped, budget);
+                if (pair)
+                        tree->stats.values_paired += emitted;
                 tree->stats.values_compacted += emitted;
                 job->values_done += emitted;
                 budget -= MIN(budget, emitted);
