@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "lib/log.h"
+#include "lib/huge_pages.h"
 #include "lib/mix.h"
 
 #define CACHE_BYTES_DEFAULT (64ull << 20)
@@ -180,9 +181,9 @@ int ledger_state_init(struct ledger *ledger)
         if (trees_init(ledger) != 0)
                 return -ENOMEM;
         struct working_set *ws = &ledger->ws;
-        ws->entries = calloc(WS_ENTRIES_MAX, sizeof(*ws->entries));
-        ws->slots = calloc(WS_SLOTS, sizeof(*ws->slots));
-        ws->undo = calloc(WS_ENTRIES_MAX, sizeof(*ws->undo));
+        ws->entries = huge_pages_alloc(WS_ENTRIES_MAX * sizeof(*ws->entries));
+        ws->slots = huge_pages_alloc(WS_SLOTS * sizeof(*ws->slots));
+        ws->undo = huge_pages_alloc(WS_ENTRIES_MAX * sizeof(*ws->undo));
         ws->created_accounts = calloc(LEDGER_BATCH_EVENTS_MAX, sizeof(uint32_t));
         ws->created_transfers = calloc(LEDGER_BATCH_EVENTS_MAX, sizeof(uint32_t));
         ws->history = calloc(2 * LEDGER_BATCH_EVENTS_MAX, sizeof(*ws->history));
@@ -199,9 +200,9 @@ int ledger_state_init(struct ledger *ledger)
 void ledger_state_deinit(struct ledger *ledger)
 {
         struct working_set *ws = &ledger->ws;
-        free(ws->entries);
-        free(ws->slots);
-        free(ws->undo);
+        huge_pages_free(ws->entries, WS_ENTRIES_MAX * sizeof(*ws->entries));
+        huge_pages_free(ws->slots, WS_SLOTS * sizeof(*ws->slots));
+        huge_pages_free(ws->undo, WS_ENTRIES_MAX * sizeof(*ws->undo));
         free(ws->created_accounts);
         free(ws->created_transfers);
         free(ws->history);
@@ -612,7 +613,7 @@ void ws_commit(struct ledger *ledger)
         tally_assert(ws->chain == 0);
         /* Puts of random ids miss the cache in the id maps' hash tables: start loading the
          * slots of the objects a few entries ahead, so that those misses overlap. */
-        const uint32_t ahead = 16;
+        const uint32_t ahead = 16, near = 8;
         for (uint32_t i = 0; i < ws->count; i++) {
                 if (i + ahead < ws->count) {
                         const struct ws_entry *next = &ws->entries[i + ahead];
@@ -621,6 +622,17 @@ void ws_commit(struct ledger *ledger)
                                                                    ? &ledger->accounts
                                                                    : &ledger->transfers,
                                                            &next->object);
+                        else if (next->state == WS_PRESENT && next->dirty &&
+                                 next->kind == WS_ACCOUNT) /* an update compares the value */
+                                lsm_tree_put_prefetch(&ledger->accounts.objects,
+                                                      &next->object.account.timestamp);
+                }
+                if (i + near < ws->count) {
+                        const struct ws_entry *next = &ws->entries[i + near];
+                        if (next->state == WS_PRESENT && !next->created && next->dirty &&
+                            next->kind == WS_ACCOUNT)
+                                lsm_tree_value_prefetch(&ledger->accounts.objects,
+                                                        &next->object.account.timestamp);
                 }
                 const struct ws_entry *e = &ws->entries[i];
                 if (e->state != WS_PRESENT)

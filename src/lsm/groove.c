@@ -2,6 +2,7 @@
  * groove.c: objects, id map and field indexes over LSM trees; leapfrog queries (groove.h).
  */
 #include "lsm/groove.h"
+#include "lib/huge_pages.h"
 #include "lib/mix.h"
 
 #include <errno.h>
@@ -79,6 +80,8 @@ static uint64_t timestamp_of(const struct lsm_groove *g, const void *object)
 
 /* ---- the object cache --------------------------------------------------------------------- */
 
+static void cache_deinit(struct lsm_groove *g);
+
 static void cache_init(struct lsm_groove *g)
 {
         struct lsm_groove_cache *c = &g->cache;
@@ -90,22 +93,24 @@ static void cache_init(struct lsm_groove *g)
         while ((uint64_t)set_count * 2 <= sets && set_count < (1u << 30))
                 set_count *= 2;
         uint64_t ways = (uint64_t)set_count * LSM_GROOVE_CACHE_WAYS;
-        c->tags = calloc(ways, sizeof(uint32_t));
-        c->referenced = calloc(ways, 1);
-        c->hands = calloc(set_count, 1);
-        c->objects = malloc(ways * g->config.object_size);
-        if (c->tags == NULL || c->referenced == NULL || c->hands == NULL || c->objects == NULL) {
-                free(c->tags), free(c->referenced), free(c->hands), free(c->objects);
-                memset(c, 0, sizeof(*c)); /* no cache: slower, never wrong */
-                return;
-        }
+        /* Sets are picked by hash: huge pages, or nearly every lookup misses the TLB too. */
+        c->tags = huge_pages_alloc(ways * sizeof(uint32_t));
+        c->referenced = huge_pages_alloc(ways);
+        c->hands = huge_pages_alloc(set_count);
+        c->objects = huge_pages_alloc(ways * g->config.object_size);
         c->set_count = set_count;
+        if (c->tags == NULL || c->referenced == NULL || c->hands == NULL || c->objects == NULL)
+                cache_deinit(g); /* no cache: slower, never wrong */
 }
 
 static void cache_deinit(struct lsm_groove *g)
 {
         struct lsm_groove_cache *c = &g->cache;
-        free(c->tags), free(c->referenced), free(c->hands), free(c->objects);
+        uint64_t ways = (uint64_t)c->set_count * LSM_GROOVE_CACHE_WAYS;
+        huge_pages_free(c->tags, ways * sizeof(uint32_t));
+        huge_pages_free(c->referenced, ways);
+        huge_pages_free(c->hands, c->set_count);
+        huge_pages_free(c->objects, ways * g->config.object_size);
         memset(c, 0, sizeof(*c));
 }
 

@@ -182,6 +182,16 @@ void lsm_tree_put_prefetch(const struct lsm_tree *tree, const void *key)
         __builtin_prefetch(&tree->hash[(uint32_t)h & tree->hash_mask], 1);
 }
 
+void lsm_tree_value_prefetch(const struct lsm_tree *tree, const void *key)
+{
+        if (tree->hash == NULL)
+                return;
+        uint32_t entry = tree->hash[(uint32_t)lsm_key_hash(&tree->layout, key) & tree->hash_mask];
+        if (entry != 0) /* the key's, or another's a probe passes: either way it is read */
+                __builtin_prefetch(lsm_key_of(&tree->layout,
+                                              memtable_value(tree, hash_position(tree, entry))));
+}
+
 /* Orders positions by key, then by position (so that the newest of equal keys comes last). */
 static int compare_positions(const void *a, const void *b, void *context)
 {

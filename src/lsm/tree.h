@@ -122,6 +122,12 @@ void lsm_tree_put(struct lsm_tree *tree, const void *value);
  * that a loop putting many random keys overlaps their cache misses. Changes nothing.
  */
 void lsm_tree_put_prefetch(const struct lsm_tree *tree, const void *key);
+/*
+ * The second stage of that hint, a few puts or lookups later, once the slot is loaded: starts
+ * loading the memtable value the slot points at (an update of the key compares it, a lookup
+ * copies it). Changes nothing.
+ */
+void lsm_tree_value_prefetch(const struct lsm_tree *tree, const void *key);
 
 /* The memtable's value of `key` into `out`; false if the memtable does not hold it. */
 bool lsm_tree_memtable_get(const struct lsm_tree *tree, const void *key, void *out);
