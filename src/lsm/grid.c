@@ -148,7 +148,26 @@ void lsm_grid_deinit(struct lsm_grid *grid)
         free(grid->slot_reading);
         free(grid->set_hand);
         free(grid->scratch);
+        for (uint32_t i = 0; i < grid->buffer_count; i++)
+                free(grid->buffers[i]);
         memset(grid, 0, sizeof(*grid));
+}
+
+uint8_t *lsm_grid_buffer_get(struct lsm_grid *grid)
+{
+        if (grid->buffer_count > 0)
+                return grid->buffers[--grid->buffer_count];
+        return aligned_alloc(4096, LSM_BLOCK_SIZE);
+}
+
+void lsm_grid_buffer_put(struct lsm_grid *grid, uint8_t *buffer)
+{
+        if (buffer == NULL)
+                return;
+        if (grid->buffer_count < LSM_GRID_BUFFERS_KEPT)
+                grid->buffers[grid->buffer_count++] = buffer;
+        else
+                free(buffer);
 }
 
 void lsm_grid_reserve_below(struct lsm_grid *grid, uint64_t count)

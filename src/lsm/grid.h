@@ -148,6 +148,8 @@ struct lsm_stage {
         uint32_t capacity;
 };
 
+#define LSM_GRID_BUFFERS_KEPT 64u /* 4 MiB: the cursors of a query of five filters */
+
 struct lsm_grid {
         struct lsm_device device;
         /* Free set: bit set = in use. `released` blocks are in use until the checkpoint. */
@@ -186,10 +188,22 @@ struct lsm_grid {
         uint32_t reads_active;
         uint32_t *set_hand;
         uint8_t *scratch; /* one block for writes */
+        /*
+         * Block buffers handed back by cursors (lsm_grid_buffer_put), for the next ones: a
+         * query opens a cursor per level and per level-0 table, each with a 64 KiB buffer,
+         * and fresh buffers cost a page fault per 4 KiB (a third of a query's time).
+         */
+        uint8_t *buffers[LSM_GRID_BUFFERS_KEPT];
+        uint32_t buffer_count;
         char error[192];  /* the last read fault, named */
         bool fault_damaged; /* the last fault was a read (a damaged block), not a write */
         struct lsm_grid_stats stats;
 };
+
+/* A block buffer (LSM_BLOCK_SIZE, 4 KiB aligned): a kept one if any, else new. NULL: no memory. */
+uint8_t *lsm_grid_buffer_get(struct lsm_grid *grid);
+/* Hands a buffer from lsm_grid_buffer_get back: kept for the next (up to a bound) or freed. */
+void lsm_grid_buffer_put(struct lsm_grid *grid, uint8_t *buffer);
 
 /* Reserves memory for the free set and `cache_blocks` (rounded up to a whole set). -ENOMEM. */
 int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,

@@ -483,14 +483,14 @@ int lsm_table_cursor_init(struct lsm_table_cursor *cursor, const struct lsm_layo
         memset(cursor, 0, sizeof(*cursor));
         cursor->layout = layout;
         cursor->grid = grid;
-        cursor->block = block_alloc();
+        cursor->block = lsm_grid_buffer_get(grid);
         cursor->done = true;
         return cursor->block == NULL ? -ENOMEM : 0;
 }
 
 void lsm_table_cursor_deinit(struct lsm_table_cursor *cursor)
 {
-        free(cursor->block);
+        lsm_grid_buffer_put(cursor->grid, cursor->block);
         cursor->block = NULL;
 }
 
