@@ -527,13 +527,27 @@ void ledger_beat(struct ledger *ledger)
 {
         if (ledger->compaction_deferred)
                 return;
+        /*
+         * An op that wrote nothing (a query, a lookup, a pulse that expired nothing) does an
+         * eighth of the floor: it adds no work, and a client reading one request at a time
+         * waited for the whole floor of every tree with a job (8-9 ms per query after a
+         * restart at 20 M stored, against 0.5 ms for the query itself). Writes pace the rest.
+         */
+        bool wrote = false;
+        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX && !wrote; id++) {
+                const struct lsm_tree *tree = forest_tree(ledger, id);
+                wrote = tree != NULL && tree->stats.puts != ledger->beat_puts[id];
+        }
+        uint64_t beat_floor = ledger->config.beat_values ? ledger->config.beat_values
+                                                         : BEAT_VALUES_DEFAULT;
+        if (!wrote)
+                beat_floor = MAX(beat_floor / 8, 1);
         for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++) {
                 struct lsm_tree *tree = forest_tree(ledger, id);
                 if (tree == NULL)
                         continue;
                 bool idle;
-                uint64_t beat = ledger->config.beat_values ? ledger->config.beat_values
-                                                           : BEAT_VALUES_DEFAULT;
+                uint64_t beat = beat_floor;
                 uint64_t put = tree->stats.puts - ledger->beat_puts[id];
                 ledger->beat_puts[id] = tree->stats.puts;
                 if (ledger->catch_up_stall[id] != 0 &&
