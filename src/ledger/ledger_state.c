@@ -621,6 +621,12 @@ static void groove_room(struct ledger *ledger, struct lsm_groove *g)
                 tree_room(ledger, &g->indexes[i]);
 }
 
+/* True if committing `e` updates an existing account (lsm_groove_update below). */
+static bool ws_account_update(const struct ws_entry *e)
+{
+        return e->state == WS_PRESENT && e->kind == WS_ACCOUNT && !e->created && e->dirty;
+}
+
 void ws_commit(struct ledger *ledger)
 {
         struct working_set *ws = &ledger->ws;
@@ -636,15 +642,13 @@ void ws_commit(struct ledger *ledger)
                                                                    ? &ledger->accounts
                                                                    : &ledger->transfers,
                                                            &next->object);
-                        else if (next->state == WS_PRESENT && next->dirty &&
-                                 next->kind == WS_ACCOUNT) /* an update compares the value */
+                        else if (ws_account_update(next)) /* an update compares the value */
                                 lsm_tree_put_prefetch(&ledger->accounts.objects,
                                                       &next->object.account.timestamp);
                 }
                 if (i + near < ws->count) {
                         const struct ws_entry *next = &ws->entries[i + near];
-                        if (next->state == WS_PRESENT && !next->created && next->dirty &&
-                            next->kind == WS_ACCOUNT)
+                        if (ws_account_update(next))
                                 lsm_tree_value_prefetch(&ledger->accounts.objects,
                                                         &next->object.account.timestamp);
                 }

@@ -27,8 +27,7 @@ void *huge_pages_alloc(size_t bytes)
         size_t head = start - (uintptr_t)raw;
         if (head > 0)
                 munmap(raw, head);
-        if (HUGE_PAGE_BYTES - head > 0)
-                munmap((uint8_t *)start + size, HUGE_PAGE_BYTES - head);
+        munmap((uint8_t *)start + size, HUGE_PAGE_BYTES - head); /* head < HUGE_PAGE_BYTES */
         (void)madvise((void *)start, size, MADV_HUGEPAGE);
         return (void *)start;
 }
