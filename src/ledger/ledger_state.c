@@ -491,8 +491,8 @@ static void trees_flush(struct ledger *ledger)
 
 static void tree_backpressure(struct ledger *ledger, struct lsm_tree *tree)
 {
-        uint32_t stall = MAX(LSM_LEVEL0_TABLES_STALL, ledger->catch_up_stall[tree->layout.tree]);
-        if (tree->levels[0].count <= stall || ledger->compaction_deferred)
+        uint32_t stall = MAX(LSM_LEVEL0_FILL_STALL, ledger->catch_up_stall[tree->layout.tree]);
+        if (lsm_tree_level0_fill(tree) <= stall || ledger->compaction_deferred)
                 return;
         ledger->forced_compactions++;
         if (!lsm_tree_compact(tree))
@@ -516,8 +516,8 @@ void ledger_defer_compaction(struct ledger *ledger, bool defer)
                 if (tree == NULL)
                         continue;
                 ledger->beat_puts[id] = tree->stats.puts; /* the next beat paces what it puts */
-                uint32_t zero = tree->levels[0].count;
-                uint32_t stall = LSM_LEVEL0_TABLES_STALL;
+                uint32_t zero = lsm_tree_level0_fill(tree);
+                uint32_t stall = LSM_LEVEL0_FILL_STALL;
                 ledger->catch_up_stall[id] =
                         zero > lsm_tree_level_budget(tree, 0) ? MAX(zero, stall) + stall : 0;
         }
@@ -551,10 +551,10 @@ void ledger_beat(struct ledger *ledger)
                 uint64_t put = tree->stats.puts - ledger->beat_puts[id];
                 ledger->beat_puts[id] = tree->stats.puts;
                 if (ledger->catch_up_stall[id] != 0 &&
-                    tree->levels[0].count <= lsm_tree_level_budget(tree, 0))
+                    lsm_tree_level0_fill(tree) <= lsm_tree_level_budget(tree, 0))
                         ledger->catch_up_stall[id] = 0; /* caught up */
                 uint32_t stall = ledger->catch_up_stall[id] != 0 ? ledger->catch_up_stall[id]
-                                                                 : LSM_LEVEL0_TABLES_STALL;
+                                                                 : LSM_LEVEL0_FILL_STALL;
                 beat = MAX(beat, lsm_tree_compaction_pace_to(tree, put, stall));
                 if (!lsm_tree_compact_step(tree, beat, &idle))
                         ledger_fault(ledger, "compaction");

@@ -89,6 +89,13 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
         tree->memtable_max = memtable_max;
         tree->room_max = memtable_max - (memtable_max / 18) * (layout->tree % 9u);
         tree->in_order = true;
+        /* Filtered layouts (the id maps) only: their tables are small, and an ordered scan,
+         * which opens a cursor per level-0 table, does not read them. */
+        uint64_t table_values = (uint64_t)lsm_table_data_blocks_max(layout) *
+                                lsm_values_per_block(layout);
+        tree->level0_flush_tables =
+                layout->filter ? (uint32_t)MAX(1, (memtable_max + table_values - 1) / table_values)
+                               : 1;
         tree->filter_offset_legacy = layout->filter ? lsm_table_filter_offset_legacy(layout) : 0;
         tree->budget_scale = layout->filter && layout->table_data_blocks_max == 0
                                      ? LSM_TABLE_FILTER_BITS_PER_KEY_MIN /
@@ -349,7 +356,7 @@ uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level)
 {
         tally_assert(level < LSM_LEVELS);
         if (level == 0)
-                return LSM_LEVEL0_TABLES_MAX;
+                return LSM_LEVEL0_FILL_MAX;
         uint32_t budget = tree->budget_scale;
         for (uint32_t i = 0; i < level; i++)
                 budget *= LSM_GROWTH_FACTOR;
@@ -383,6 +390,36 @@ static void level_remove(struct lsm_level *level, uint32_t at, uint32_t count)
 }
 
 /* In a sorted level >= 1: the first table whose key_max >= key. */
+/*
+ * Finds level 0's runs again after it changed: a table starts a new run unless its keys all
+ * come after those of the table before it (a flush's tables, written in key order, make one).
+ */
+static void level0_runs_update(struct lsm_tree *tree)
+{
+        const struct lsm_level *zero = &tree->levels[0];
+        uint32_t runs = 0;
+        for (uint32_t k = 0; k < zero->count; k++) {
+                if (k > 0 && lsm_key_compare(&tree->layout, zero->tables[k].key_min,
+                                             zero->tables[k - 1].key_max) > 0)
+                        continue;
+                if (runs == LSM_LEVEL0_RUNS_TRACKED) {
+                        runs++; /* too many to track: lookups look at every table */
+                        break;
+                }
+                tree->level0_run_start[runs++] = k;
+        }
+        tree->level0_runs = runs;
+}
+
+uint32_t lsm_tree_level0_fill(const struct lsm_tree *tree)
+{
+        uint32_t tables = tree->levels[0].count;
+        if (tree->level0_runs > LSM_LEVEL0_RUNS_TRACKED)
+                return tables;
+        uint32_t by_tables = (tables + tree->level0_flush_tables - 1) / tree->level0_flush_tables;
+        return MAX(tree->level0_runs, by_tables);
+}
+
 static uint32_t level_search(const struct lsm_tree *tree, const struct lsm_level *level,
                              const void *key)
 {
@@ -422,10 +459,11 @@ const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, ui
  * slot and the filter buckets of the tables that may hold the key (newest first) are loaded
  * at once (one cache miss each, overlapped instead of one after the other), then the memtable
  * is looked at and the tables are probed in order; a table whose index
- * block is not cached, or whose filter says maybe, takes the ordinary path. Returns 2 when it
- * cannot (too many level-0 tables): the caller takes the ordinary path for all of them.
+ * block is not cached, or whose filter says maybe, takes the ordinary path. Level 0 gives one
+ * candidate per run at most (its tables in a run do not overlap). Returns 2 when it cannot (too
+ * many level-0 runs): the caller takes the ordinary path for all of them.
  */
-#define GET_CANDIDATES_MAX 48u
+#define GET_CANDIDATES_MAX (LSM_LEVEL0_RUNS_TRACKED + LSM_LEVELS)
 static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
 {
         const struct lsm_layout *layout = &tree->layout;
@@ -433,16 +471,20 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
         const struct lsm_table_info *candidates[GET_CANDIDATES_MAX];
         const uint8_t *index[GET_CANDIDATES_MAX];
         uint32_t count = 0;
-        if (zero->count + LSM_LEVELS > GET_CANDIDATES_MAX)
+        if (tree->level0_runs > LSM_LEVEL0_RUNS_TRACKED)
                 return 2;
         uint64_t hash = lsm_key_hash(layout, key);
         if (tree->hash != NULL) /* its miss overlaps with the filters' below */
                 __builtin_prefetch(&tree->hash[(uint32_t)hash & tree->hash_mask]);
-        for (uint32_t k = zero->count; k > 0; k--) {
-                const struct lsm_table_info *t = &zero->tables[k - 1];
-                if (lsm_key_compare(layout, key, t->key_min) >= 0 &&
-                    lsm_key_compare(layout, key, t->key_max) <= 0)
-                        candidates[count++] = t;
+        for (uint32_t r = tree->level0_runs; r > 0; r--) { /* newest run first */
+                uint32_t first = tree->level0_run_start[r - 1];
+                uint32_t k = r < tree->level0_runs ? tree->level0_run_start[r] : zero->count;
+                /* The run's last table that starts at or before the key is the only one that
+                 * can hold it. */
+                while (k > first && lsm_key_compare(layout, key, zero->tables[k - 1].key_min) < 0)
+                        k--;
+                if (k > first && lsm_key_compare(layout, key, zero->tables[k - 1].key_max) <= 0)
+                        candidates[count++] = &zero->tables[k - 1];
         }
         for (uint32_t i = 1; i < LSM_LEVELS; i++) {
                 const struct lsm_table_info *t = lsm_tree_level_find(tree, i, key);
@@ -521,6 +563,8 @@ void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
                 tally_assert(lsm_key_compare(&tree->layout, l->tables[l->count - 1].key_max,
                                                   table->key_min) < 0);
         level_insert(l, l->count, table);
+        if (level == 0)
+                level0_runs_update(tree);
         tree->version++;
 }
 
@@ -1082,6 +1126,7 @@ static void on_flushed(void *context, const struct lsm_table_info *table)
         struct lsm_tree *tree = context;
         /* One flush's tables do not overlap each other: level 0 takes them in key order. */
         level_insert(&tree->levels[0], tree->levels[0].count, table);
+        level0_runs_update(tree);
         tree->stats.tables_written++;
 }
 
@@ -1249,6 +1294,7 @@ static bool job_install(struct lsm_tree *tree)
                 for (uint32_t k = 0; k < job->upper_count; k++)
                         tally_assert(same_table(&from->tables[k], &job->inputs[k]));
                 level_remove(from, 0, job->upper_count);
+                level0_runs_update(tree);
         } else {
                 uint32_t at = level_search(tree, from, job->inputs[0].key_min);
                 tally_assert(at < from->count && same_table(&from->tables[at], &job->inputs[0]));
@@ -1307,15 +1353,16 @@ static void level0_move_disjoint(struct lsm_tree *tree)
                 tree->stats.tables_moved++;
                 tree->version++;
         }
+        level0_runs_update(tree);
 }
 
 static bool job_pick(struct lsm_tree *tree, bool *fault)
 {
         *fault = false;
         struct lsm_level *zero = &tree->levels[0];
-        if (zero->count > lsm_tree_level_budget(tree, 0))
+        if (lsm_tree_level0_fill(tree) > lsm_tree_level_budget(tree, 0))
                 level0_move_disjoint(tree);
-        if (zero->count > lsm_tree_level_budget(tree, 0)) {
+        if (lsm_tree_level0_fill(tree) > lsm_tree_level_budget(tree, 0)) {
                 if (!job_start(tree, 0, zero->tables, zero->count)) {
                         *fault = true;
                         return false;
@@ -1409,7 +1456,7 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
 
 uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put)
 {
-        return lsm_tree_compaction_pace_to(tree, values_put, LSM_LEVEL0_TABLES_STALL);
+        return lsm_tree_compaction_pace_to(tree, values_put, LSM_LEVEL0_FILL_STALL);
 }
 
 uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,
@@ -1419,15 +1466,12 @@ uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t value
         if (!job->active || job->values_done >= job->values_total)
                 return 0;
         uint64_t remaining = job->values_total - job->values_done;
-        uint32_t zero = tree->levels[0].count;
-        if (zero >= stall)
+        uint32_t fill = lsm_tree_level0_fill(tree);
+        if (fill >= stall)
                 return remaining;
-        /* A flush adds as many tables as a full memtable needs (filters bound a table's values);
-         * the flush that takes level 0 past twice its budget ends the room. */
-        uint64_t table_values = (uint64_t)lsm_table_data_blocks_max(&tree->layout) *
-                                lsm_values_per_block(&tree->layout);
-        uint64_t per_flush = (tree->memtable_max + table_values - 1) / table_values;
-        uint64_t flushes = (stall - zero) / per_flush;
+        /* A flush adds one to the fill at most (one run; as many tables as a full memtable
+         * needs); the flush that takes level 0 past twice its budget ends the room. */
+        uint64_t flushes = stall - fill;
         uint64_t room = flushes * tree->room_max +
                         (tree->room_max - MIN(tree->room_max, tree->memtable_count));
         if (room == 0)

@@ -8,8 +8,10 @@
  * level holds more tables than its budget, compaction merges them into the next level. Reads
  * look in the memtable, then the levels from newest to oldest: the newest version of a key wins.
  *
- * Levels: level 0 holds up to LSM_LEVEL0_TABLES_MAX flushed tables, whose key ranges may
- * overlap (newest last); level i >= 1 holds non-overlapping tables sorted by key, up to
+ * Levels: level 0 holds flushed tables, whose key ranges may overlap (newest last), up to a fill
+ * of LSM_LEVEL0_FILL_MAX (lsm_tree_level0_fill: its runs, a run being tables in key order that
+ * do not overlap, as one flush's are, or its tables over those of one full flush, whichever is
+ * more); level i >= 1 holds non-overlapping tables sorted by key, up to
  * LSM_GROWTH_FACTOR^i of them (twice that for filtered layouts: lsm_tree_level_budget). Compaction of level 0 first moves down, unchanged, each table
  * that overlaps no other level-0 table and no level-1 table, then merges the rest with the
  * tables of level 1 they overlap; compaction of level i >= 1 takes one table (round robin over the key space) and
@@ -27,10 +29,21 @@
 #include "lsm/table.h"
 
 #define LSM_LEVELS 7u
-#define LSM_LEVEL0_TABLES_MAX 8u
-/* Past this many level-0 tables writes have outpaced compaction: the embedder compacts the whole
- * tree at once (back-pressure), and lsm_tree_compaction_pace paces jobs to end before it. */
-#define LSM_LEVEL0_TABLES_STALL (2u * LSM_LEVEL0_TABLES_MAX)
+/*
+ * Level 0 is measured by its fill (lsm_tree_level0_fill), not by its tables: a lookup looks at
+ * one table per run, and the id maps' tables, whose key filters fill their index blocks, are
+ * small (35,464 ids): a full flush makes four of them. Counted in tables, level 0 of an id map
+ * took two flushes before a job merged it into the whole of level 1 (random keys overlap all of
+ * it): at 20 M transfers 9.04 values merged per id, against 4.81 counted in runs, and twice
+ * the index trees' (whose flushes make one table each, so their fill is unchanged).
+ */
+#define LSM_LEVEL0_FILL_MAX 8u
+/* Past this fill writes have outpaced compaction: the embedder compacts the whole tree at once
+ * (back-pressure), and lsm_tree_compaction_pace paces jobs to end before it. */
+#define LSM_LEVEL0_FILL_STALL (2u * LSM_LEVEL0_FILL_MAX)
+/* Level 0's runs are tracked up to this many (a lookup then looks at one table per run); past
+ * it, the fill counts tables and lookups look at every table. */
+#define LSM_LEVEL0_RUNS_TRACKED 64u
 #define LSM_GROWTH_FACTOR 8u
 
 struct lsm_level {
@@ -95,6 +108,13 @@ struct lsm_tree {
         uint32_t filter_offset_legacy; /* lsm_table_filter_offset_legacy if filtered, else 0 */
         uint32_t budget_scale;         /* lsm_tree_level_budget */
         struct lsm_level levels[LSM_LEVELS];
+        /* Level 0's runs: the index of each run's first table, oldest run first (level0_runs
+         * says how many; LSM_LEVEL0_RUNS_TRACKED + 1 when there are more than that). */
+        uint32_t level0_run_start[LSM_LEVEL0_RUNS_TRACKED];
+        uint32_t level0_runs;
+        /* Tables a full memtable flushes into, for filtered layouts; 1 for others (their fill
+         * is then their tables, as their budget always counted). */
+        uint32_t level0_flush_tables;
         uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
         bool compact_cursor_set[LSM_LEVELS];
         struct lsm_table_builder builder;       /* the compaction job's output */
@@ -131,6 +151,12 @@ void lsm_tree_value_prefetch(const struct lsm_tree *tree, const void *key);
 
 /* The memtable's value of `key` into `out`; false if the memtable does not hold it. */
 bool lsm_tree_memtable_get(const struct lsm_tree *tree, const void *key, void *out);
+/*
+ * Level 0's fill, which its budget (lsm_tree_level_budget) and stall point count: its runs, or
+ * its tables divided by those of a full flush (rounded up; a filtered layout's, else 1),
+ * whichever is more. A flush adds one to it at most.
+ */
+uint32_t lsm_tree_level0_fill(const struct lsm_tree *tree);
 /* In level >= 1: the table whose key range holds `key`, or NULL. */
 const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, uint32_t level,
                                                  const void *key);
@@ -190,7 +216,7 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle);
  * once (6.9 M values, 892 ms, at 10 M transfers stored).
  */
 uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put);
-/* The same with level 0's limit at `stall` tables instead (a tree catching up, ledger_state.c). */
+/* The same with level 0's limit at a fill of `stall` instead (a tree catching up, ledger_state.c). */
 uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,
                                      uint32_t stall);
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. older versions */
@@ -198,15 +224,16 @@ uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. old
 void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
                            const struct lsm_table_info *table);
 /*
- * Tables level `level` holds before compaction (level 0: before a job starts; its stall point
- * is LSM_LEVEL0_TABLES_STALL). A filtered layout's tables hold about half the keys 7 bits per key
+ * Tables level `level` holds before compaction (level 0: its fill before a job starts; its
+ * stall point is LSM_LEVEL0_FILL_STALL). A filtered layout's tables hold about half the keys 7 bits per key
  * gave them (table.h), so its budgets of levels 1 and deeper count
  * LSM_TABLE_FILTER_BITS_PER_KEY_MIN / LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY times the tables
  * (budget_scale): those levels hold the values they did. With half the values per level, the
  * id maps reached a fourth level at 20 M transfers instead of 40 M, each a merge of about nine
- * values per value moved down. Level 0 keeps its budget in tables: scaled too (twice the
- * small tables of a lightly loaded replica's flushes, so twice the filters per lookup), a
- * lagging backup of the partition suite caught up too slowly twice in CI (docs/storage.md).
+ * values per value moved down. Level 0's budget counts its fill, not tables scaled so: scaled
+ * tables (twice the small tables of a lightly loaded replica's flushes, so twice the filters per
+ * lookup) made a lagging backup of the partition suite catch up too slowly twice in CI
+ * (docs/storage.md); a light flush's one table is one run of the fill.
  */
 uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level);
 
