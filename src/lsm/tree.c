@@ -775,6 +775,18 @@ static void heap_down(const struct lsm_merge *m, struct source **heap, uint32_t 
         }
 }
 
+/* Fills the merge's heap with the sources that have a value; their count. */
+static uint32_t heap_build(struct lsm_merge *m)
+{
+        uint32_t count = 0;
+        for (uint32_t i = 0; i < m->count; i++)
+                if (m->sources[i].value != NULL)
+                        m->heap[count++] = &m->sources[i];
+        for (uint32_t i = count / 2; i > 0; i--)
+                heap_down(m, m->heap, count, i - 1);
+        return count;
+}
+
 /*
  * Calls `emit` with each value in merged order, newest version only. False on a read fault, or
  * when `emit` returns false (then *stopped is set). The sources are kept in a binary heap for
@@ -786,12 +798,7 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
         const struct lsm_layout *layout = &m->tree->layout;
         uint8_t key[LSM_KEY_SIZE_MAX];
         struct source **heap = m->heap;
-        uint32_t count = 0;
-        for (uint32_t i = 0; i < m->count; i++)
-                if (m->sources[i].value != NULL)
-                        heap[count++] = &m->sources[i];
-        for (uint32_t i = count / 2; i > 0; i--)
-                heap_down(m, heap, count, i - 1);
+        uint32_t count = heap_build(m);
         bool ok = true;
         for (;;) {
                 if (m->failed) {
@@ -836,26 +843,35 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
 }
 
 /*
- * merge_run for a compaction of two sources into the job's table builder (one table merged
- * into the level below, forward, keys in words form, no bounds): it emits exactly what
- * merge_run would, in the same order, so the tables written are the same. The values of one
- * source that come before the other's current value are found by scanning its block and handed
- * to the builder as one run: a value of the level below, about eight of every nine merged,
- * costs a key comparison and a share of one copy instead of a heap step, a cursor step and a
- * call of its own.
+ * merge_run for a compaction into the job's table builder (forward, keys in words form, no
+ * bounds, tables only): it emits exactly what merge_run would, in the same order, so the tables
+ * written are the same. The source at the top of the heap hands over, as one run, its values
+ * that come before the least current value of the others (one of the top's two children),
+ * found by a scan of its block; the table builder copies a run once per block it fills
+ * (lsm_table_builder_add_run). A job of one table into the level below merges two sources, and
+ * random keys interleave about one value of the upper table with eight of the level below; in a
+ * level-0 job of an index tree (an account, then a timestamp) each level-0 table holds runs of
+ * an account's newer entries and level 1 runs of its older ones. A value in a run costs a key
+ * comparison and a share of a copy instead of a heap step, a cursor step and a call of its own.
  */
-static bool merge_can_pair(const struct lsm_merge *m)
+static bool merge_can_run(const struct lsm_merge *m)
 {
-        return m->count == 2 && m->words && !m->reversed && m->key_min == NULL &&
-               m->key_max == NULL && !m->sources[0].memtable && !m->sources[1].memtable;
+        if (!m->words || m->reversed || m->key_min != NULL || m->key_max != NULL)
+                return false;
+        for (uint32_t i = 0; i < m->count; i++) {
+                if (m->sources[i].memtable)
+                        return false;
+        }
+        return true;
 }
 
-static bool merge_run_pair(struct lsm_merge *m, struct lsm_table_builder *builder,
-                           uint64_t *emitted, bool *stopped, uint64_t limit)
+static bool merge_run_bulk(struct lsm_merge *m, struct lsm_table_builder *builder,
+                           uint64_t *emitted, bool *stopped, uint64_t limit, uint64_t *in_runs)
 {
         const struct lsm_layout *layout = &m->tree->layout;
         const uint32_t size = layout->value_size;
-        struct source *a = &m->sources[0], *b = &m->sources[1];
+        struct source **heap = m->heap;
+        uint32_t count = heap_build(m);
         for (;;) {
                 if (m->failed)
                         return false;
@@ -863,37 +879,43 @@ static bool merge_run_pair(struct lsm_merge *m, struct lsm_table_builder *builde
                         *stopped = true; /* to be continued */
                         return true;
                 }
-                if (a->value == NULL && b->value == NULL)
+                if (count == 0)
                         return true;
-                struct source *low = a->value != NULL ? a : b, *high = NULL;
-                if (a->value != NULL && b->value != NULL) {
-                        int c = words_compare(a->words, b->words);
-                        if (c == 0) { /* the newer version only: the higher rank */
-                                bool go_on = lsm_table_builder_add(
-                                        builder, (a->rank > b->rank ? a : b)->value);
-                                (*emitted)++;
-                                source_advance(m, a);
-                                source_advance(m, b);
-                                if (!go_on) {
-                                        *stopped = true;
-                                        return true;
-                                }
-                                continue;
+                struct source *best = heap[0];
+                const struct source *next = count > 1 ? heap[1] : NULL;
+                if (count > 2 && source_before(m, heap[2], heap[1]))
+                        next = heap[2];
+                if (next != NULL && words_compare(best->words, next->words) == 0) {
+                        /* Versions of one key in several sources: the newest (the top, by
+                         * rank) only, and every source steps past the key, as merge_run does. */
+                        uint64_t words[3];
+                        memcpy(words, best->words, sizeof(words));
+                        bool go_on = lsm_table_builder_add(builder, best->value);
+                        (*emitted)++;
+                        while (count > 0 && !m->failed &&
+                               words_compare(heap[0]->words, words) == 0) {
+                                source_advance(m, heap[0]);
+                                if (heap[0]->value == NULL)
+                                        heap[0] = heap[--count];
+                                heap_down(m, heap, count, 0);
                         }
-                        low = c < 0 ? a : b;
-                        high = c < 0 ? b : a;
+                        if (!go_on) {
+                                *stopped = true;
+                                return true;
+                        }
+                        continue;
                 }
                 const uint8_t *values;
-                uint32_t run = lsm_table_cursor_run(&low->cursor, &values);
-                tally_assert(run > 0 && values == low->value);
+                uint32_t run = lsm_table_cursor_run(&best->cursor, &values);
+                tally_assert(run > 0 && values == best->value);
                 run = (uint32_t)MIN((uint64_t)run, limit - *emitted);
-                uint32_t n = 1; /* the current value comes before high's */
-                if (high != NULL) {
+                uint32_t n = 1; /* the current value comes before next's */
+                if (next != NULL) {
                         for (; n < run; n++) {
                                 uint64_t words[3];
                                 lsm_key_words(layout, lsm_key_of(layout, values + (size_t)n * size),
                                               words);
-                                if (words_compare(words, high->words) >= 0)
+                                if (words_compare(words, next->words) >= 0)
                                         break;
                         }
                 } else {
@@ -901,8 +923,13 @@ static bool merge_run_pair(struct lsm_merge *m, struct lsm_table_builder *builde
                 }
                 bool go_on = lsm_table_builder_add_run(builder, values, n);
                 *emitted += n;
-                lsm_table_cursor_skip(&low->cursor, n);
-                source_settle(m, low);
+                if (n > 1)
+                        *in_runs += n;
+                lsm_table_cursor_skip(&best->cursor, n);
+                source_settle(m, best);
+                if (best->value == NULL)
+                        heap[0] = heap[--count];
+                heap_down(m, heap, count, 0);
                 if (!go_on) {
                         *stopped = true;
                         return true;
@@ -1420,13 +1447,11 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
                 bool stopped = false;
                 /* Blocks written now are the job's, named by no checkpoint until it installs. */
                 lsm_grid_stage(tree->grid, &job->stage);
-                bool pair = !tree->merge_heap_only && merge_can_pair(job->merge);
-                bool ok = pair ? merge_run_pair(job->merge, &tree->builder, &emitted, &stopped,
-                                                budget)
-                               : merge_run(job->merge, emit_to_builder, tree, &emitted,
-                                           &stopped, budget);
-                if (pair)
-                        tree->stats.values_paired += emitted;
+                bool ok = !tree->merge_heap_only && merge_can_run(job->merge)
+                                  ? merge_run_bulk(job->merge, &tree->builder, &emitted,
+                                                   &stopped, budget, &tree->stats.values_in_runs)
+                                  : merge_run(job->merge, emit_to_builder, tree, &emitted,
+                                              &stopped, budget);
                 tree->stats.values_compacted += emitted;
                 job->values_done += emitted;
                 budget -= MIN(budget, emitted);

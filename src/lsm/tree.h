@@ -58,7 +58,7 @@ struct lsm_tree_stats {
         uint64_t tables_moved; /* moved down a level without a rewrite */
         uint64_t compactions;
         uint64_t values_compacted; /* values read by compactions */
-        uint64_t values_paired;    /* of those, emitted by the two-source path (merge_run_pair) */
+        uint64_t values_in_runs;   /* of those, handed to the table builder in runs of 2 or more */
         uint64_t puts;             /* values put into the memtable */
 };
 
@@ -121,8 +121,8 @@ struct lsm_tree {
         struct lsm_level built;                 /* tables the job produced so far */
         struct lsm_table_builder flush_builder; /* memtable flushes (while a job runs too) */
         struct lsm_compaction job;
-        /* Tests: compactions of two sources merge through the heap, as others do (the
-         * two-source path writes the same tables; test_tree_pair_merge compares them). */
+        /* Tests: compactions merge through the heap one value at a time (merge_run_bulk writes
+         * the same tables; test_tree_bulk_merge compares them). */
         bool merge_heap_only;
         struct lsm_tree_stats stats;
         uint64_t version; /* changes with every put, flush, compaction: lookups restart */

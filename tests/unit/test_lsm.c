@@ -1138,18 +1138,24 @@ static void test_tree_paced(void)
 }
 
 /*
- * The same puts and the same beats, compacted once through the heap only and once with the
- * two-source path (merge_run_pair): every table of every level must be the same block, with
- * overwritten keys (a version in both inputs), beats that stop mid-run, and key filters.
+ * The same puts and the same beats, compacted once through the heap only, a value at a time,
+ * and once in runs (merge_run_bulk): every table of every level must be the same block, with overwritten keys (a version in several inputs),
+ * beats that stop mid-run, and key filters. Keys are random, or `clustered` as an index tree's
+ * are (64 groups, each growing, like an account's timestamps, an eighth of the puts
+ * overwriting a key of the group).
  */
-struct pair_run {
+struct merge_outcome {
         uint64_t tables;
         u128 digest; /* of every table's index block checksum, level by level */
-        uint64_t compacted, paired;
+        uint64_t compacted, in_runs;
 };
 
-static struct pair_run pair_merge_run(const struct lsm_layout *tree_layout, bool heap_only)
+#define CLUSTER_KEYS (MODEL_KEYS / 64u)
+
+static struct merge_outcome bulk_merge_run(const struct lsm_layout *tree_layout,
+                                           bool heap_only, bool clustered)
 {
+        uint64_t grown[64] = {0};
         device_reset();
         memset(model, 0, sizeof(model));
         rng_state = 4242;
@@ -1162,6 +1168,14 @@ static struct pair_run pair_merge_run(const struct lsm_layout *tree_layout, bool
         for (uint32_t op = 1; op <= 8 * 80; op++) {
                 for (uint32_t i = 0; i < 1000; i++) {
                         uint64_t key = rng() % MODEL_KEYS;
+                        if (clustered) {
+                                uint64_t group = rng() % 64;
+                                uint64_t at = rng() % 8 == 0 ? rng() % (grown[group] + 1)
+                                                             : grown[group];
+                                tally_assert(at < CLUSTER_KEYS);
+                                grown[group] += at == grown[group];
+                                key = group * CLUSTER_KEYS + at;
+                        }
                         struct value v = value_make(key, version);
                         lsm_tree_put(&tree, &v);
                         model[key] = ++version;
@@ -1173,8 +1187,8 @@ static struct pair_run pair_merge_run(const struct lsm_layout *tree_layout, bool
         }
         CHECK(lsm_tree_compact(&tree));
         check_against_model(&tree, 3000);
-        struct pair_run run = {.compacted = tree.stats.values_compacted,
-                               .paired = tree.stats.values_paired};
+        struct merge_outcome run = {.compacted = tree.stats.values_compacted,
+                               .in_runs = tree.stats.values_in_runs};
         for (uint32_t level = 0; level < LSM_LEVELS; level++) {
                 for (uint32_t t = 0; t < tree.levels[level].count; t++) {
                         run.tables++;
@@ -1187,28 +1201,33 @@ static struct pair_run pair_merge_run(const struct lsm_layout *tree_layout, bool
         return run;
 }
 
-static void test_tree_pair_merge(void)
+static void test_tree_bulk_merge(void)
 {
         const struct lsm_layout *layouts[] = {&layout_small_tables_words,
                                               &layout_small_tables_filtered,
                                               &layout_small_tables};
         const char *names[] = {"key words", "key words and filters", "custom keys"};
         for (uint32_t k = 0; k < 3; k++) {
-                struct pair_run heap = pair_merge_run(layouts[k], true);
-                struct pair_run pair = pair_merge_run(layouts[k], false);
-                CHECK(heap.tables > 10);
-                CHECK_EQ_U64(heap.paired, 0);
-                /* Level-0 jobs merge many tables: the heap's. Custom keys have no words. */
-                if (k < 2)
-                        CHECK(pair.paired > pair.compacted / 5);
-                else
-                        CHECK_EQ_U64(pair.paired, 0);
-                CHECK_EQ_U64(pair.compacted, heap.compacted);
-                CHECK_EQ_U64(pair.tables, heap.tables);
-                CHECK(pair.digest == heap.digest);
-                printf("pair merge (%s): tables=%llu compacted=%llu paired=%llu\n", names[k],
-                       (unsigned long long)pair.tables, (unsigned long long)pair.compacted,
-                       (unsigned long long)pair.paired);
+                for (uint32_t clustered = 0; clustered < 2; clustered++) {
+                        struct merge_outcome heap = bulk_merge_run(layouts[k], true, clustered);
+                        struct merge_outcome bulk = bulk_merge_run(layouts[k], false, clustered);
+                        CHECK(heap.tables > 10);
+                        CHECK_EQ_U64(heap.in_runs, 0);
+                        /* Most values go over in runs (random keys: level 1's between two of
+                         * the upper table's); custom keys have no words form: the heap. */
+                        if (k < 2)
+                                CHECK(bulk.in_runs > bulk.compacted / (clustered ? 2 : 3));
+                        else
+                                CHECK_EQ_U64(bulk.in_runs, 0);
+                        CHECK_EQ_U64(bulk.compacted, heap.compacted);
+                        CHECK_EQ_U64(bulk.tables, heap.tables);
+                        CHECK(bulk.digest == heap.digest);
+                        printf("bulk merge (%s, %s keys): tables=%llu compacted=%llu in runs=%llu\n",
+                               names[k], clustered ? "clustered" : "random",
+                               (unsigned long long)bulk.tables,
+                               (unsigned long long)bulk.compacted,
+                               (unsigned long long)bulk.in_runs);
+                }
         }
 }
 
@@ -2040,7 +2059,7 @@ int main(void)
         TEST_RUN(test_memtable_sort);
         TEST_RUN(test_tree_paced);
         TEST_RUN(test_tree_paced_by_writes);
-        TEST_RUN(test_tree_pair_merge);
+        TEST_RUN(test_tree_bulk_merge);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
         TEST_RUN(test_forest_crash);
