@@ -89,13 +89,13 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
         tree->memtable_max = memtable_max;
         tree->room_max = memtable_max - (memtable_max / 18) * (layout->tree % 9u);
         tree->in_order = true;
-        /* Filtered layouts (the id maps) only: their tables are small, and an ordered scan,
-         * which opens a cursor per level-0 table, does not read them. */
         uint64_t table_values = (uint64_t)lsm_table_data_blocks_max(layout) *
                                 lsm_values_per_block(layout);
         tree->level0_flush_tables =
-                layout->filter ? (uint32_t)MAX(1, (memtable_max + table_values - 1) / table_values)
-                               : 1;
+                (uint32_t)MAX(1, (memtable_max + table_values - 1) / table_values);
+        /* Filtered layouts (the id maps) only: their tables are small, and an ordered scan,
+         * which opens a cursor per level-0 table, does not read them. */
+        tree->level0_tables_per_fill = layout->filter ? tree->level0_flush_tables : 1;
         tree->filter_offset_legacy = layout->filter ? lsm_table_filter_offset_legacy(layout) : 0;
         tree->budget_scale = layout->filter && layout->table_data_blocks_max == 0
                                      ? LSM_TABLE_FILTER_BITS_PER_KEY_MIN /
@@ -416,7 +416,8 @@ uint32_t lsm_tree_level0_fill(const struct lsm_tree *tree)
         uint32_t tables = tree->levels[0].count;
         if (tree->level0_runs > LSM_LEVEL0_RUNS_TRACKED)
                 return tables;
-        uint32_t by_tables = (tables + tree->level0_flush_tables - 1) / tree->level0_flush_tables;
+        uint32_t per_fill = tree->level0_tables_per_fill;
+        uint32_t by_tables = (tables + per_fill - 1) / per_fill;
         return MAX(tree->level0_runs, by_tables);
 }
 
@@ -1494,9 +1495,12 @@ uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t value
         uint32_t fill = lsm_tree_level0_fill(tree);
         if (fill >= stall)
                 return remaining;
-        /* A flush adds one to the fill at most (one run; as many tables as a full memtable
-         * needs); the flush that takes level 0 past twice its budget ends the room. */
-        uint64_t flushes = stall - fill;
+        /* A flush adds one run and as many tables as a full memtable needs (filters bound a
+         * table's values) at most; the flush that takes level 0 past twice its budget ends the
+         * room. */
+        uint32_t per_fill = tree->level0_tables_per_fill;
+        uint64_t per_flush = (tree->level0_flush_tables + per_fill - 1) / per_fill;
+        uint64_t flushes = (stall - fill) / per_flush;
         uint64_t room = flushes * tree->room_max +
                         (tree->room_max - MIN(tree->room_max, tree->memtable_count));
         if (room == 0)

@@ -112,9 +112,11 @@ struct lsm_tree {
          * says how many; LSM_LEVEL0_RUNS_TRACKED + 1 when there are more than that). */
         uint32_t level0_run_start[LSM_LEVEL0_RUNS_TRACKED];
         uint32_t level0_runs;
-        /* Tables a full memtable flushes into, for filtered layouts; 1 for others (their fill
-         * is then their tables, as their budget always counted). */
-        uint32_t level0_flush_tables;
+        uint32_t level0_flush_tables; /* tables a full memtable flushes into (at least 1) */
+        /* Tables that count one in level 0's fill: level0_flush_tables for filtered layouts
+         * (a flush adds one), 1 for others (their fill is their tables, as their budget always
+         * counted). */
+        uint32_t level0_tables_per_fill;
         uint8_t compact_cursor[LSM_LEVELS][LSM_KEY_SIZE_MAX]; /* round robin per level */
         bool compact_cursor_set[LSM_LEVELS];
         struct lsm_table_builder builder;       /* the compaction job's output */
@@ -153,8 +155,8 @@ void lsm_tree_value_prefetch(const struct lsm_tree *tree, const void *key);
 bool lsm_tree_memtable_get(const struct lsm_tree *tree, const void *key, void *out);
 /*
  * Level 0's fill, which its budget (lsm_tree_level_budget) and stall point count: its runs, or
- * its tables divided by those of a full flush (rounded up; a filtered layout's, else 1),
- * whichever is more. A flush adds one to it at most.
+ * its tables divided by level0_tables_per_fill (rounded up), whichever is more. A flush adds
+ * one to a filtered layout's fill at most, as many as its tables to another's.
  */
 uint32_t lsm_tree_level0_fill(const struct lsm_tree *tree);
 /* In level >= 1: the table whose key range holds `key`, or NULL. */

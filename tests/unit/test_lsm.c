@@ -1022,6 +1022,7 @@ static void test_tree_level0_runs(void)
         struct lsm_tree tree;
         CHECK(lsm_tree_init(&tree, "runs", &layout_small_tables_filtered, &grid, 20000) == 0);
         CHECK(tree.level0_flush_tables > 1);
+        CHECK_EQ_U64(tree.level0_tables_per_fill, tree.level0_flush_tables);
         uint64_t version = 0;
         for (uint32_t flush = 1; flush <= LSM_LEVEL0_FILL_MAX + 1; flush++) {
                 for (uint32_t i = 0; i < 12000; i++) {
@@ -1074,7 +1075,8 @@ static void test_tree_level0_runs(void)
                 CHECK_EQ_U64(seq.level0_runs, 1);
                 uint32_t tables = seq.levels[0].count;
                 CHECK_EQ_U64(lsm_tree_level0_fill(&seq),
-                             (tables + seq.level0_flush_tables - 1) / seq.level0_flush_tables);
+                             (tables + seq.level0_tables_per_fill - 1) /
+                                     seq.level0_tables_per_fill);
         }
         uint32_t wrong = 0;
         for (uint32_t p = 0; p < 5000; p++) {
@@ -1267,7 +1269,8 @@ static void test_tree_paced_by_writes(void)
                 worst_step = MAX(worst_step, tree.stats.values_compacted - before);
                 CHECK(tree.stats.values_compacted - before <= budget);
                 worst_zero = MAX(worst_zero, lsm_tree_level0_fill(&tree));
-                CHECK(tree.levels[0].count <= LSM_LEVEL0_FILL_STALL * tree.level0_flush_tables);
+                CHECK(tree.levels[0].count <=
+                      LSM_LEVEL0_FILL_STALL * tree.level0_tables_per_fill);
         }
         CHECK(worst_zero <= LSM_LEVEL0_FILL_STALL);
         CHECK(paced_steps > 0);
