@@ -389,7 +389,6 @@ static void level_remove(struct lsm_level *level, uint32_t at, uint32_t count)
         level->count -= count;
 }
 
-/* In a sorted level >= 1: the first table whose key_max >= key. */
 /*
  * Finds level 0's runs again after it changed: a table starts a new run unless its keys all
  * come after those of the table before it (a flush's tables, written in key order, make one).
@@ -421,6 +420,7 @@ uint32_t lsm_tree_level0_fill(const struct lsm_tree *tree)
         return MAX(tree->level0_runs, by_tables);
 }
 
+/* In a sorted level >= 1: the first table whose key_max >= key. */
 static uint32_t level_search(const struct lsm_tree *tree, const struct lsm_level *level,
                              const void *key)
 {
