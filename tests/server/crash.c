@@ -69,7 +69,31 @@ static int run(char *const argv[])
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
 }
 
-/* Starts the server and waits until it accepts connections. */
+/* Prints the end of the server's log, so that a failed start says why. */
+static void server_log_tail(void)
+{
+        char text[4096];
+        int fd = open(log_path, O_RDONLY);
+        if (fd < 0)
+                return;
+        off_t end = lseek(fd, 0, SEEK_END);
+        off_t from = end > (off_t)sizeof(text) - 1 ? end - (off_t)sizeof(text) + 1 : 0;
+        ssize_t got = pread(fd, text, sizeof(text) - 1, from);
+        close(fd);
+        if (got <= 0)
+                return;
+        text[got] = 0;
+        fprintf(stderr, "  server log (%s), last %zd bytes:\n%s\n", log_path, got, text);
+}
+
+static double seconds_now(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Starts the server and waits (up to 60 s) until it answers a ping. */
 static bool server_start(void)
 {
         char addresses[64];
@@ -85,9 +109,12 @@ static bool server_start(void)
         /*
          * Ready means a pong from the new process: a killed server's listening socket can
          * outlive the process briefly (io_uring tears down asynchronously) and still accept.
+         * The wait is in time, not attempts: a sanitizer build on a loaded machine recovers
+         * slowly, and a server that cannot start exits by itself (it says why in its log).
          */
         struct sockaddr_storage ss = server_address();
-        for (int attempt = 0; attempt < 300; attempt++) {
+        double started = seconds_now();
+        while (seconds_now() - started < 60.0) {
                 struct client probe;
                 if (client_open(&probe, &ss, sizeof(struct sockaddr_in), 0, 0, 200) ==
                     CLIENT_OK) {
@@ -107,16 +134,53 @@ static bool server_start(void)
                 client_close(&probe);
                 int status;
                 if (waitpid(server_pid, &status, WNOHANG) == server_pid) {
-                        fprintf(stderr, "  server exited during start (see %s)\n", log_path);
+                        fprintf(stderr, "  server exited during start (status %d)\n", status);
+                        server_pid = 0;
+                        server_log_tail();
                         return false;
                 }
                 usleep(20000);
         }
+        fprintf(stderr, "  server did not answer a ping within 60 s\n");
+        server_log_tail();
         return false;
+}
+
+/*
+ * A port below the kernel's ephemeral range that nothing is bound to: inside that range another
+ * process's outgoing connection can hold the port, and the server cannot listen (CI once: the
+ * sanitizer run's first start failed, its port chosen as 20000 + pid % 20000).
+ */
+static uint16_t port_choose(void)
+{
+        unsigned low = 32768, high = 60999;
+        FILE *range = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+        if (range != NULL) {
+                if (fscanf(range, "%u %u", &low, &high) != 2)
+                        low = 32768;
+                fclose(range);
+        }
+        if (low <= 11000)
+                low = 65535; /* No room below: any port above 10000 that is free. */
+        uint32_t spread = (uint32_t)getpid() * 2654435761u;
+        for (uint32_t attempt = 0; attempt < 1000; attempt++) {
+                spread = spread * 1664525u + 1013904223u; /* not the test's generator: replays */
+                uint16_t candidate = (uint16_t)(10000 + (spread >> 8) % (low - 10000));
+                int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                struct sockaddr_storage ss;
+                address_loopback(candidate, &ss);
+                bool free_port = bind(fd, (struct sockaddr *)&ss, sizeof(struct sockaddr_in)) == 0;
+                close(fd);
+                if (free_port)
+                        return candidate;
+        }
+        return (uint16_t)(10000 + getpid() % 10000);
 }
 
 static void server_kill(void)
 {
+        if (server_pid <= 0)
+                return;
         kill(server_pid, SIGKILL);
         waitpid(server_pid, NULL, 0);
 }
@@ -230,10 +294,17 @@ static void test_crash_rounds(int kills)
 {
         struct sockaddr_storage ss = server_address();
         struct client c;
-        CHECK(server_start());
-        CHECK_EQ_U64(client_open(&c, &ss, sizeof(struct sockaddr_in), 0, 0, 5000), CLIENT_OK);
-        CHECK_EQ_U64(client_register(&c), CLIENT_OK);
-        CHECK(create_accounts(&c));
+        if (!server_start()) {
+                CHECK(false);
+                return;
+        }
+        int opened = client_open(&c, &ss, sizeof(struct sockaddr_in), 0, 0, 5000);
+        CHECK_EQ_U64(opened, CLIENT_OK);
+        if (opened != CLIENT_OK || client_register(&c) != CLIENT_OK || !create_accounts(&c)) {
+                CHECK(false);
+                client_close(&c);
+                return;
+        }
         static struct wire_transfer batch[BATCH_MAX];
         static uint8_t body[(BATCH_MAX + 1) * 128];
         uint64_t id_next = 1;
@@ -291,7 +362,7 @@ static void test_crash_rounds(int kills)
                 kill_count++;
                 if (!server_start()) {
                         CHECK(false);
-                        return;
+                        break;
                 }
                 CHECK(client_reconnect(&c));
                 if (in_flight) {
@@ -309,7 +380,7 @@ static void test_crash_rounds(int kills)
                                         status);
                                 if (getenv("CRASH_PAUSE_ON_FAILURE") != NULL)
                                         sleep(30);
-                                return;
+                                break;
                         }
                         CHECK_EQ_U64(reply->size, WIRE_HEADER_SIZE + 8);
                         model_apply(batch, count);
@@ -340,12 +411,14 @@ int main(int argc, char **argv)
                 return 2;
         }
         signal(SIGPIPE, SIG_IGN);
+        /* Line by line: a sanitizer that reports a leak exits without flushing stdio. */
+        setvbuf(stdout, NULL, _IOLBF, 0);
         tally = argv[1];
         kills_wanted = atoi(argv[3]);
         rng_state = strtoull(argv[4], NULL, 10) * 2654435761u + 1;
         snprintf(data_path, sizeof(data_path), "%s/crash.tally", argv[2]);
         snprintf(log_path, sizeof(log_path), "%s/crash-server.log", argv[2]);
-        port = (uint16_t)(20000 + getpid() % 20000);
+        port = port_choose();
         model_transfers = calloc(TRANSFERS_MAX, sizeof(struct wire_transfer));
         unlink(data_path);
         char *format[] = {(char *)tally, "format", "--cluster=0", "--replica=0",
