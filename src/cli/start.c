@@ -790,6 +790,8 @@ int cli_start(int argc, char **argv)
                 .transfers_max = flags[3].present ? flags[3].u64 : 0,
                 .request_body_size_max = sb->message_size_max - WIRE_HEADER_SIZE,
                 .device = storage_grid_device(&s->storage),
+                .compaction_worker = true,
+                .worker_device = storage_grid_device_worker(&s->storage),
                 .grid_blocks_max = GRID_BLOCKS_MAX,
                 .cache_bytes = cache,
                 .on_fault = on_ledger_fault,

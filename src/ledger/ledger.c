@@ -387,6 +387,8 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats)
                 stats->tree_values_compacted += tree->stats.values_compacted;
         }
         stats->forced_compactions = ledger->forced_compactions;
+        stats->compaction_waits = ledger->compactor.waits;
+        stats->compaction_wait_ns = ledger->compactor.wait_ns;
 }
 
 /* ---------------------------------------------------------------------------------------- */

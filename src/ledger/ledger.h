@@ -34,6 +34,14 @@ struct ledger_config {
         uint32_t memtable_max;    /* values per tree between flushes; 0: 131,072 */
         uint32_t table_data_blocks_max; /* 0: the LSM's default (tests make small tables) */
         uint32_t beat_values; /* compaction per tree per operation; 0: 32,768 */
+        /*
+         * Merge compactions on a second thread (lsm/compactor.h) through `worker_device`: the
+         * grid's device for another thread (storage_grid_device_worker), or none with the
+         * in-memory device, which both threads may use. Replicas write the same blocks either
+         * way; without it (or if the thread cannot start) jobs merge in the loop by beats.
+         */
+        bool compaction_worker;
+        struct lsm_device worker_device;
         /* The request body limit advertised to clients (batch_size_limit); bounds events.
          * 0 means LEDGER_BODY_SIZE_MAX. */
         uint32_t request_body_size_max;
@@ -130,6 +138,9 @@ struct ledger_stats {
         uint64_t tree_tables_written;
         uint64_t tree_values_compacted;
         uint64_t forced_compactions; /* level 0 ran over twice its budget: compacted at once */
+        /* The loop waited for the compaction worker (lsm/compactor.h): how often, how long. */
+        uint64_t compaction_waits;
+        uint64_t compaction_wait_ns;
 };
 void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
 

@@ -29,6 +29,7 @@
 #define TALLY_LEDGER_INTERNAL_H
 
 #include "ledger/ledger.h"
+#include "lsm/compactor.h"
 #include "lsm/device_memory.h"
 #include "lsm/groove.h"
 #include "wire/types.h"
@@ -197,6 +198,7 @@ struct ledger {
 
         struct lsm_device_memory memory_device; /* when the config names no device */
         struct lsm_grid grid;
+        struct lsm_compactor compactor; /* running if config.compaction_worker (and it could) */
         struct lsm_forest forest;
         struct lsm_groove accounts;
         struct lsm_groove transfers;

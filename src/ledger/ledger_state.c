@@ -146,6 +146,10 @@ static int trees_init(struct ledger *ledger)
         lsm_forest_add(&ledger->forest, &ledger->status);
         lsm_forest_add(&ledger->forest, &ledger->expiry);
         lsm_forest_add(&ledger->forest, &ledger->history);
+        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX && ledger->compactor.running; id++) {
+                if (ledger->forest.trees[id] != NULL)
+                        ledger->forest.trees[id]->compactor = &ledger->compactor;
+        }
         return 0;
 }
 
@@ -178,6 +182,14 @@ int ledger_state_init(struct ledger *ledger)
                                     4u * LSM_CACHE_WAYS);
         if (lsm_grid_init(&ledger->grid, &device, blocks_max, (uint32_t)cache_blocks) != 0)
                 return -ENOMEM;
+        if (c->compaction_worker) {
+                struct lsm_device worker = c->worker_device.read != NULL ? c->worker_device : device;
+                tally_assert(c->worker_device.read != NULL || c->device.read == NULL);
+                int rc = lsm_compactor_start(&ledger->compactor, &worker);
+                if (rc != 0)
+                        log_warn("compaction stays in the loop: no worker thread error=%s",
+                                 strerror(-rc));
+        }
         if (trees_init(ledger) != 0)
                 return -ENOMEM;
         struct working_set *ws = &ledger->ws;
@@ -210,6 +222,7 @@ void ledger_state_deinit(struct ledger *ledger)
         free(ws->failed);
         memset(ws, 0, sizeof(*ws));
         trees_deinit(ledger);
+        lsm_compactor_stop(&ledger->compactor);
         if (ledger->grid.slots != NULL)
                 lsm_grid_deinit(&ledger->grid);
         if (ledger->memory_device.block_count_max != 0)

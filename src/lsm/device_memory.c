@@ -16,6 +16,7 @@ void lsm_device_memory_init(struct lsm_device_memory *memory, uint64_t block_cou
 {
         memset(memory, 0, sizeof(*memory));
         memory->block_count_max = block_count_max;
+        pthread_mutex_init(&memory->mutex, NULL);
 }
 
 void lsm_device_memory_deinit(struct lsm_device_memory *memory)
@@ -24,6 +25,7 @@ void lsm_device_memory_deinit(struct lsm_device_memory *memory)
                 free(memory->slabs[i]);
         free(memory->slabs);
         free(memory->blocks);
+        pthread_mutex_destroy(&memory->mutex);
         memset(memory, 0, sizeof(*memory));
 }
 
@@ -32,10 +34,12 @@ static int memory_read(void *context, uint64_t address, uint8_t *block)
         struct lsm_device_memory *memory = context;
         if (address == 0 || address > memory->block_count_max)
                 return -EINVAL;
+        pthread_mutex_lock(&memory->mutex);
         if (address >= memory->capacity || memory->blocks[address] == NULL)
                 memset(block, 0, LSM_BLOCK_SIZE);
         else
                 memcpy(block, memory->blocks[address], LSM_BLOCK_SIZE);
+        pthread_mutex_unlock(&memory->mutex);
         return 0;
 }
 
@@ -67,11 +71,9 @@ static uint8_t *block_alloc(struct lsm_device_memory *memory)
         return slab + (size_t)memory->slab_blocks_used++ * LSM_BLOCK_SIZE;
 }
 
-static int memory_write(void *context, uint64_t address, const uint8_t *block)
+static int memory_write_locked(struct lsm_device_memory *memory, uint64_t address,
+                               const uint8_t *block)
 {
-        struct lsm_device_memory *memory = context;
-        if (address == 0 || address > memory->block_count_max)
-                return -EINVAL;
         if (address >= memory->capacity) {
                 uint64_t capacity = memory->capacity ? memory->capacity : 64;
                 while (capacity <= address)
@@ -92,6 +94,17 @@ static int memory_write(void *context, uint64_t address, const uint8_t *block)
         }
         memcpy(memory->blocks[address], block, LSM_BLOCK_SIZE);
         return 0;
+}
+
+static int memory_write(void *context, uint64_t address, const uint8_t *block)
+{
+        struct lsm_device_memory *memory = context;
+        if (address == 0 || address > memory->block_count_max)
+                return -EINVAL;
+        pthread_mutex_lock(&memory->mutex);
+        int rc = memory_write_locked(memory, address, block);
+        pthread_mutex_unlock(&memory->mutex);
+        return rc;
 }
 
 struct lsm_device lsm_device_memory(struct lsm_device_memory *memory)

@@ -9,11 +9,16 @@
  * Blocks are carved from slabs (2 MiB, doubling up to 64 MiB) aligned for transparent huge
  * pages: writing a fresh 64 KiB block into its own malloc() cost 16 page faults, a fifth of the
  * ledger benchmark's time; a huge page costs one fault per 32 blocks.
+ *
+ * Reads and writes may come from two threads (the loop and the compaction worker,
+ * lsm/compactor.h): a mutex guards the block table, which a write may grow.
  */
 #ifndef TALLY_LSM_DEVICE_MEMORY_H
 #define TALLY_LSM_DEVICE_MEMORY_H
 
 #include "lsm/grid.h"
+
+#include <pthread.h>
 
 struct lsm_device_memory {
         uint8_t **blocks; /* blocks[address], NULL until written */
@@ -25,6 +30,7 @@ struct lsm_device_memory {
         uint32_t slab_capacity;
         uint32_t slab_blocks;      /* blocks in the newest slab */
         uint32_t slab_blocks_used; /* of which handed out */
+        pthread_mutex_t mutex;
 };
 
 /* Up to `block_count_max` addresses; memory grows with the blocks written. */

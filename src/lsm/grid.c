@@ -177,6 +177,9 @@ void lsm_grid_reserve_below(struct lsm_grid *grid, uint64_t count)
 
 uint64_t lsm_grid_acquire(struct lsm_grid *grid)
 {
+        struct lsm_reserve *reserve = grid->reserve_active;
+        if (reserve != NULL)
+                return reserve->next < reserve->count ? reserve->addresses[reserve->next++] : 0;
         for (uint64_t a = MAX(grid->acquire_hint, grid->acquire_floor + 1);
              a <= grid->block_count_max; a++) {
                 if ((a % 64) == 0 && grid->used[a / 64] == UINT64_MAX) {
@@ -228,6 +231,42 @@ void lsm_grid_stage_abandon(struct lsm_grid *grid, struct lsm_stage *stage)
                 lsm_grid_release(grid, stage->addresses[i]);
         }
         stage->count = 0;
+}
+
+bool lsm_grid_reserve(struct lsm_grid *grid, struct lsm_stage *stage, struct lsm_reserve *reserve,
+                      uint32_t count)
+{
+        tally_assert(grid->reserve_active == NULL && stage->count == 0);
+        struct lsm_stage *was = grid->stage_active;
+        grid->stage_active = stage;
+        bool ok = true;
+        for (uint32_t i = 0; i < count && ok; i++)
+                ok = lsm_grid_acquire(grid) != 0;
+        grid->stage_active = was;
+        if (!ok) {
+                snprintf(grid->error, sizeof(grid->error),
+                         "grid full (%llu blocks in use; a compaction reserves %u)",
+                         (unsigned long long)grid->used_count, count);
+                grid->fault_damaged = false;
+                lsm_grid_stage_abandon(grid, stage);
+                memset(reserve, 0, sizeof(*reserve));
+                return false;
+        }
+        *reserve = (struct lsm_reserve){.addresses = stage->addresses, .count = count};
+        return true;
+}
+
+void lsm_grid_reserve_return(struct lsm_grid *grid, struct lsm_reserve *reserve)
+{
+        for (uint32_t i = reserve->next; i < reserve->count; i++) {
+                uint64_t a = reserve->addresses[i];
+                tally_assert(bit_get(grid->used, a) && bit_get(grid->staged, a));
+                bit_set(grid->staged, a, false);
+                bit_set(grid->used, a, false);
+                grid->used_count--;
+                grid->acquire_hint = MIN(grid->acquire_hint, a);
+        }
+        reserve->count = reserve->next;
 }
 
 void lsm_stage_free(struct lsm_stage *stage)
@@ -446,6 +485,11 @@ static void cache_put(struct lsm_grid *grid, const uint8_t *block, struct lsm_bl
         grid->slot_referenced[slot] = referenced;
 }
 
+void lsm_grid_cache_insert(struct lsm_grid *grid, const uint8_t *block, struct lsm_block_ref ref)
+{
+        cache_put(grid, block, ref, 1);
+}
+
 void lsm_grid_cache_clear(struct lsm_grid *grid)
 {
         tally_assert(grid->reads_active == 0);
@@ -530,8 +574,10 @@ static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
                                           uint8_t tree, uint16_t value_size, uint32_t count,
                                           uint32_t size, bool hot)
 {
-        tally_assert(address > 0 && address <= grid->block_count_max);
-        tally_assert(bit_get(grid->used, address));
+        /* A worker's grid writes reserved addresses that only the loop's free set records. */
+        tally_assert(address > 0 && (grid->reserve_active != NULL ||
+                                     (address <= grid->block_count_max &&
+                                      bit_get(grid->used, address))));
         struct lsm_block_ref ref =
                 lsm_block_seal(block, address, kind, tree, value_size, count, size);
         /* The device writes whole blocks: the unused tail is zeros, never stale memory. */
@@ -545,6 +591,8 @@ static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
         }
         grid->stats.writes++;
         cache_put(grid, block, ref, hot ? 1 : 0);
+        if (hot && grid->on_write_hot != NULL)
+                grid->on_write_hot(grid->on_write_hot_context, block, ref);
         return ref;
 }
 

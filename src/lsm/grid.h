@@ -106,6 +106,12 @@ struct lsm_device {
          * writes land before `write` returns.
          */
         int (*flush)(void *context);
+        /*
+         * Optional, for a device that grows as it is written: makes room for every address up
+         * to `address` now (0, or a negative errno: -ENOSPC). A job that another thread writes
+         * (compactor.h) grows the device from the loop before it starts.
+         */
+        int (*grow)(void *context, uint64_t address);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */
@@ -148,6 +154,18 @@ struct lsm_stage {
         uint32_t capacity;
 };
 
+/*
+ * The addresses a compaction job reserved when it started (grid.c: lsm_grid_reserve), handed
+ * out in order while it is the grid's `reserve_active`: a job writes the same blocks at the
+ * same addresses whether it merges in the loop or on the compaction worker, whose own grid
+ * acquires nothing (compactor.h).
+ */
+struct lsm_reserve {
+        const uint64_t *addresses;
+        uint32_t count;
+        uint32_t next;
+};
+
 #define LSM_GRID_BUFFERS_KEPT 64u /* 4 MiB: the cursors of a query of five filters */
 
 struct lsm_grid {
@@ -164,6 +182,11 @@ struct lsm_grid {
         uint64_t *pending;
         uint64_t *staged;                /* acquired while a stage was active (lsm_stage) */
         struct lsm_stage *stage_active; /* the stage acquired blocks go to, or NULL */
+        struct lsm_reserve *reserve_active; /* set: acquisitions take its addresses instead */
+        /* Called with each block written hot (index blocks): a worker's grid hands them to the
+         * job, and the loop caches them when it installs the job (compactor.h). */
+        void (*on_write_hot)(void *context, const uint8_t *block, struct lsm_block_ref ref);
+        void *on_write_hot_context;
         /*
          * While a checkpoint is held (a backup copies it): blocks freed by later checkpoints stay
          * in use here until the hold ends, so the held checkpoint stays readable. NULL: none.
@@ -225,6 +248,14 @@ void lsm_grid_stage_commit(struct lsm_grid *grid, struct lsm_stage *stage);
 /* The staged blocks will never be named (a job dropped): released. */
 void lsm_grid_stage_abandon(struct lsm_grid *grid, struct lsm_stage *stage);
 void lsm_stage_free(struct lsm_stage *stage);
+/*
+ * Acquires `count` addresses into `stage` (a job's) and points `reserve` at them. False, with
+ * grid->error, if the grid has fewer free (nothing is kept then: they are released).
+ */
+bool lsm_grid_reserve(struct lsm_grid *grid, struct lsm_stage *stage, struct lsm_reserve *reserve,
+                      uint32_t count);
+/* The reserved addresses a job did not use are free again (never written, never named). */
+void lsm_grid_reserve_return(struct lsm_grid *grid, struct lsm_reserve *reserve);
 /* The block will be free after the next checkpoint. */
 void lsm_grid_release(struct lsm_grid *grid, uint64_t address);
 /* A checkpoint was written: the blocks released so far are not in it (see `pending`). */
@@ -280,6 +311,8 @@ struct lsm_block_ref lsm_grid_write_cold(struct lsm_grid *grid, uint8_t *block,
 bool lsm_grid_read_copy(struct lsm_grid *grid, struct lsm_block_ref ref,
                         enum lsm_block_kind kind, uint8_t *out);
 
+/* Caches a checked block as if just read (a job's index blocks, written by the worker). */
+void lsm_grid_cache_insert(struct lsm_grid *grid, const uint8_t *block, struct lsm_block_ref ref);
 /* Forgets every cached block (the next reads go to the device). */
 void lsm_grid_cache_clear(struct lsm_grid *grid);
 /* Waits until every block written so far has landed (lsm_device.flush); false, with

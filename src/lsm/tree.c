@@ -7,6 +7,8 @@
  * keys the highest rank is the newest version and the only one kept.
  */
 #include "lsm/tree.h"
+
+#include "lsm/compactor.h"
 #include "lib/log.h"
 
 #include <errno.h>
@@ -16,6 +18,8 @@
 #include <sys/mman.h>
 
 static void job_free(struct lsm_tree *tree);
+static void job_kept_free(struct lsm_compaction *job);
+static bool job_merge_open(struct lsm_tree *tree, struct lsm_grid *grid, struct lsm_merge *m);
 
 /* ---- memtable --------------------------------------------------------------------------- */
 
@@ -126,14 +130,14 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
 
 void lsm_tree_deinit(struct lsm_tree *tree)
 {
+        if (tree->job.active)
+                job_free(tree); /* first: a worker may be merging it */
         free(tree->memtable);
         free(tree->hash);
         free(tree->sorted);
         free(tree->sort_scratch);
         for (uint32_t i = 0; i < LSM_LEVELS; i++)
                 free(tree->levels[i].tables);
-        if (tree->job.active)
-                job_free(tree);
         lsm_stage_free(&tree->job.stage);
         free(tree->built.tables);
         lsm_table_builder_deinit(&tree->builder);
@@ -946,8 +950,8 @@ static void merge_heap_free(struct lsm_merge *m)
 }
 
 /* `uncached`: a compaction's merge (lsm_table_cursor.uncached). */
-static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t count,
-                        bool uncached)
+static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, struct lsm_grid *grid,
+                        uint32_t count, bool uncached)
 {
         memset(m, 0, sizeof(*m));
         m->tree = tree;
@@ -962,7 +966,7 @@ static bool merge_alloc(struct lsm_merge *m, struct lsm_tree *tree, uint32_t cou
                 return false;
         }
         for (uint32_t i = 0; i < count; i++) {
-                if (lsm_table_cursor_init(&m->sources[i].cursor, &tree->layout, tree->grid) != 0) {
+                if (lsm_table_cursor_init(&m->sources[i].cursor, &tree->layout, grid) != 0) {
                         for (uint32_t k = 0; k <= i; k++)
                                 lsm_table_cursor_deinit(&m->sources[k].cursor);
                         free(m->sources);
@@ -991,7 +995,7 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
         const struct lsm_level *zero = &tree->levels[0];
         uint32_t count = 1 + zero->count + (LSM_LEVELS - 1);
         struct lsm_merge m;
-        if (!merge_alloc(&m, tree, count, false)) {
+        if (!merge_alloc(&m, tree, tree->grid, count, false)) {
                 snprintf(tree->grid->error, sizeof(tree->grid->error), "out of memory for a scan");
                 return -1;
         }
@@ -1038,7 +1042,7 @@ int lsm_tree_cursor_open(struct lsm_tree_cursor *c, struct lsm_tree *tree, const
         const struct lsm_level *zero = &tree->levels[0];
         uint32_t count = 1 + zero->count + (LSM_LEVELS - 1);
         c->merge = malloc(sizeof(*c->merge));
-        if (c->merge == NULL || !merge_alloc(c->merge, tree, count, false)) {
+        if (c->merge == NULL || !merge_alloc(c->merge, tree, tree->grid, count, false)) {
                 free(c->merge);
                 c->merge = NULL;
                 return -ENOMEM;
@@ -1142,11 +1146,11 @@ void lsm_tree_cursor_seek(struct lsm_tree_cursor *c, const void *key)
 
 /* ---- flush and compaction ---------------------------------------------------------------- */
 
+/* A job's output table (on the worker's thread too: the loop counts them at install). */
 static void on_built(void *context, const struct lsm_table_info *table)
 {
         struct lsm_tree *tree = context;
         level_insert(&tree->built, tree->built.count, table);
-        tree->stats.tables_written++;
 }
 
 static void on_flushed(void *context, const struct lsm_table_info *table)
@@ -1243,6 +1247,12 @@ static bool same_table(const struct lsm_table_info *a, const struct lsm_table_in
 static void job_free(struct lsm_tree *tree)
 {
         struct lsm_compaction *job = &tree->job;
+        if (job->on_worker) {
+                /* Dropped while the worker may merge it: it stops at its next chunk. */
+                __atomic_store_n(&job->cancel, 1, __ATOMIC_RELAXED);
+                lsm_compactor_wait(tree->compactor, tree);
+        }
+        job_kept_free(job);
         if (job->merge != NULL) {
                 merge_free(job->merge);
                 free(job->merge);
@@ -1273,13 +1283,7 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         job->upper_count = upper_count;
         uint32_t input_count = upper_count + job->overlap_count;
         job->inputs = malloc(input_count * sizeof(*job->inputs));
-        job->merge = malloc(sizeof(*job->merge));
-        if (job->inputs == NULL || job->merge == NULL ||
-            !merge_alloc(job->merge, tree, upper_count + 1, true)) {
-                free(job->inputs);
-                free(job->merge);
-                memset(job, 0, sizeof(*job));
-                job->stage = stage;
+        if (job->inputs == NULL) {
                 snprintf(tree->grid->error, sizeof(tree->grid->error),
                          "out of memory for a compaction");
                 return false;
@@ -1288,9 +1292,66 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         if (job->overlap_count > 0) /* an empty level has no table array yet */
                 memcpy(job->inputs + upper_count, &tree->levels[target].tables[job->overlap_first],
                        job->overlap_count * sizeof(*job->inputs));
-        for (uint32_t k = 0; k < input_count; k++)
+        uint64_t data_blocks = 0;
+        for (uint32_t k = 0; k < input_count; k++) {
                 job->values_total += job->inputs[k].value_count;
-        struct lsm_merge *m = job->merge;
+                data_blocks += job->inputs[k].data_block_count;
+        }
+        /*
+         * The output's addresses, taken now: it packs the inputs' values (fewer, when versions
+         * of a key meet) into full blocks and full tables, so it needs no more data blocks than
+         * the inputs and an index block per table of them, plus one.
+         */
+        uint64_t per_table = tree->builder.data_blocks_max;
+        uint64_t blocks = data_blocks + (data_blocks + per_table - 1) / per_table + 1;
+        if (!lsm_grid_reserve(tree->grid, &job->stage, &job->reserve, (uint32_t)blocks)) {
+                job_free(tree);
+                return false;
+        }
+        tree->builder.on_table = on_built;
+        tree->builder.context = tree;
+        tree->builder.failed = false;
+        tree->built.count = 0;
+        job->active = true;
+        if (tree->compactor != NULL) {
+                /* The worker writes the reserved addresses and reads the inputs on the device:
+                 * the file must reach the former, and the latter must have landed. */
+                uint64_t last = job->reserve.count ? job->reserve.addresses[job->reserve.count - 1]
+                                                   : 0;
+                const struct lsm_device *device = &tree->grid->device;
+                int rc = device->grow != NULL && last > 0 ? device->grow(device->context, last) : 0;
+                if (rc != 0)
+                        snprintf(tree->grid->error, sizeof(tree->grid->error),
+                                 "cannot grow the grid for a compaction: %s", strerror(-rc));
+                if (rc != 0 || !lsm_grid_flush_writes(tree->grid)) {
+                        lsm_grid_stage_abandon(tree->grid, &job->stage);
+                        job_free(tree);
+                        return false;
+                }
+                job->on_worker = true;
+                lsm_compactor_submit(tree->compactor, tree);
+                return true;
+        }
+        job->merge = malloc(sizeof(*job->merge));
+        if (job->merge == NULL || !job_merge_open(tree, tree->grid, job->merge)) {
+                free(job->merge);
+                job->merge = NULL;
+                lsm_grid_stage_abandon(tree->grid, &job->stage);
+                job_free(tree);
+                snprintf(tree->grid->error, sizeof(tree->grid->error),
+                         "out of memory for a compaction");
+                return false;
+        }
+        return true;
+}
+
+/* The merge of the job's inputs through `grid`: the loop's, or the worker's. */
+static bool job_merge_open(struct lsm_tree *tree, struct lsm_grid *grid, struct lsm_merge *m)
+{
+        struct lsm_compaction *job = &tree->job;
+        uint32_t upper_count = job->upper_count;
+        if (!merge_alloc(m, tree, grid, upper_count + 1, true))
+                return false;
         for (uint32_t k = 0; k < upper_count; k++) {
                 m->sources[k].rank = k + 1; /* later upper tables are newer */
                 source_tables(m, &m->sources[k], &job->inputs[k], 1);
@@ -1298,12 +1359,102 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         m->sources[upper_count].rank = 0;
         source_tables(m, &m->sources[upper_count], job->inputs + upper_count,
                       job->overlap_count);
-        tree->builder.on_table = on_built;
-        tree->builder.context = tree;
-        tree->builder.failed = false;
-        tree->built.count = 0;
-        job->active = true;
         return true;
+}
+
+#define WORKER_CHUNK_VALUES 65536u /* between looks at `cancel` */
+
+/* The worker grid's on_write_hot: keeps a copy of an index block for the loop's cache. */
+static void job_keep(void *context, const uint8_t *block, struct lsm_block_ref ref)
+{
+        struct lsm_compaction *job = context;
+        if (job->kept_count == LSM_JOB_KEPT_MAX)
+                return;
+        if (job->kept == NULL) {
+                job->kept = calloc(LSM_JOB_KEPT_MAX, sizeof(*job->kept));
+                job->kept_refs = calloc(LSM_JOB_KEPT_MAX, sizeof(*job->kept_refs));
+                if (job->kept == NULL || job->kept_refs == NULL) {
+                        free(job->kept);
+                        free(job->kept_refs);
+                        job->kept = NULL;
+                        job->kept_refs = NULL;
+                        return;
+                }
+        }
+        uint32_t size = ((const struct lsm_block_header *)block)->size;
+        uint8_t *copy = malloc(size);
+        if (copy == NULL)
+                return; /* only slower: a lookup reads it */
+        memcpy(copy, block, size);
+        job->kept[job->kept_count] = copy;
+        job->kept_refs[job->kept_count++] = ref;
+}
+
+static void job_kept_free(struct lsm_compaction *job)
+{
+        for (uint32_t i = 0; i < job->kept_count; i++)
+                free(job->kept[i]);
+        free(job->kept);
+        free(job->kept_refs);
+        job->kept = NULL;
+        job->kept_refs = NULL;
+        job->kept_count = 0;
+}
+
+void lsm_tree_job_merge(struct lsm_tree *tree, struct lsm_grid *grid)
+{
+        struct lsm_compaction *job = &tree->job;
+        struct lsm_table_builder *b = &tree->builder;
+        job->values_in_runs = 0;
+        job->worker_error[0] = 0;
+        grid->error[0] = 0;
+        uint64_t writes_before = grid->stats.writes, reads_before = grid->stats.reads;
+        struct lsm_merge m;
+        bool ok = job_merge_open(tree, grid, &m);
+        if (ok) {
+                b->grid = grid;
+                grid->reserve_active = &job->reserve;
+                grid->on_write_hot = job_keep;
+                grid->on_write_hot_context = job;
+                for (;;) {
+                        if (__atomic_load_n(&job->cancel, __ATOMIC_RELAXED)) {
+                                snprintf(job->worker_error, sizeof(job->worker_error),
+                                         "compaction cancelled");
+                                ok = false;
+                                break;
+                        }
+                        uint64_t emitted = 0;
+                        bool stopped = false;
+                        bool run = !tree->merge_heap_only && merge_can_run(&m)
+                                           ? merge_run_bulk(&m, b, &emitted, &stopped,
+                                                            WORKER_CHUNK_VALUES,
+                                                            &job->values_in_runs)
+                                           : merge_run(&m, emit_to_builder, tree, &emitted,
+                                                       &stopped, WORKER_CHUNK_VALUES);
+                        if (!run || (stopped && b->failed)) {
+                                ok = false;
+                                break;
+                        }
+                        if (!stopped)
+                                break;
+                }
+                ok = ok && lsm_table_builder_finish(b);
+                /* Landed before the loop installs the job (and a checkpoint names them), and
+                 * before a dropped job's addresses can be handed out again. */
+                bool landed = lsm_grid_flush_writes(grid);
+                ok = ok && landed;
+                grid->reserve_active = NULL;
+                grid->on_write_hot = NULL;
+                b->grid = tree->grid;
+                merge_free(&m);
+        }
+        if (!ok && job->worker_error[0] == 0)
+                snprintf(job->worker_error, sizeof(job->worker_error), "%s",
+                         grid->error[0] ? grid->error : "out of memory for a compaction");
+        job->worker_damaged = !ok && grid->fault_damaged;
+        job->blocks_written = grid->stats.writes - writes_before;
+        job->blocks_read = grid->stats.reads - reads_before;
+        job->worker_ok = ok;
 }
 
 /* The merge is done: the output replaces the inputs in one step. */
@@ -1334,10 +1485,18 @@ static bool job_install(struct lsm_tree *tree)
                 const struct lsm_table_info *table = &tree->built.tables[k];
                 level_insert(l, level_search(tree, l, table->key_min), table);
         }
+        for (uint32_t k = 0; k < job->kept_count; k++)
+                lsm_grid_cache_insert(tree->grid, job->kept[k], job->kept_refs[k]);
+        tree->grid->stats.writes += job->blocks_written; /* the worker's, counted here */
+        tree->grid->stats.reads += job->blocks_read;
+        tree->stats.tables_written += tree->built.count;
+        tree->stats.values_in_runs += job->values_in_runs;
         tree->built.count = 0;
         tree->stats.compactions++;
         tree->version++;
+        lsm_grid_reserve_return(tree->grid, &job->reserve);
         lsm_grid_stage_commit(tree->grid, &job->stage);
+        job->on_worker = false; /* done with it */
         job_free(tree);
         return true;
 }
@@ -1432,6 +1591,48 @@ static bool job_pick(struct lsm_tree *tree, bool *fault)
         return false;
 }
 
+/* A fault: drops the job; its inputs are untouched and still in place. */
+static void job_drop(struct lsm_tree *tree)
+{
+        tree->grid->reserve_active = NULL;
+        lsm_grid_stage_abandon(tree->grid, &tree->job.stage);
+        tree->built.count = 0;
+        job_free(tree);
+}
+
+/*
+ * A job merged (in the loop) or merging (on the worker): the beat grants `*budget` of its
+ * values, and the grant that reaches values_total installs it, waiting for the worker if need
+ * be. Either way a job installs at the same op, so replicas write the same blocks whether or
+ * not they merge on a worker.
+ */
+static bool job_grant(struct lsm_tree *tree, uint64_t *budget)
+{
+        struct lsm_compaction *job = &tree->job;
+        uint64_t grant = MIN(*budget, job->values_total - job->values_done);
+        job->values_done += grant;
+        tree->stats.values_compacted += grant;
+        *budget -= grant;
+        if (job->values_done < job->values_total)
+                return true;
+        if (job->on_worker) {
+                lsm_compactor_wait(tree->compactor, tree);
+                job->on_worker = false; /* the worker is done with it */
+                if (!job->worker_ok) {
+                        snprintf(tree->grid->error, sizeof(tree->grid->error), "%s",
+                                 job->worker_error);
+                        tree->grid->fault_damaged = job->worker_damaged;
+                        job_drop(tree);
+                        return false;
+                }
+        }
+        if (!job_install(tree)) {
+                job_drop(tree);
+                return false;
+        }
+        return true;
+}
+
 bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
 {
         *idle = false;
@@ -1444,38 +1645,40 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
                                 return !fault;
                         }
                 }
+                if (job->on_worker || job->merged) {
+                        if (!job_grant(tree, &budget))
+                                return false;
+                        continue;
+                }
                 uint64_t emitted = 0;
                 bool stopped = false;
-                /* Blocks written now are the job's, named by no checkpoint until it installs. */
-                lsm_grid_stage(tree->grid, &job->stage);
+                /* Blocks written now are the job's, at the addresses it reserved. */
+                tree->grid->reserve_active = &job->reserve;
                 bool ok = !tree->merge_heap_only && merge_can_run(job->merge)
                                   ? merge_run_bulk(job->merge, &tree->builder, &emitted,
-                                                   &stopped, budget, &tree->stats.values_in_runs)
+                                                   &stopped, budget, &job->values_in_runs)
                                   : merge_run(job->merge, emit_to_builder, tree, &emitted,
                                               &stopped, budget);
                 tree->stats.values_compacted += emitted;
                 job->values_done += emitted;
                 budget -= MIN(budget, emitted);
                 if (!ok || (stopped && tree->builder.failed)) {
-                        /* A fault: drop the job; its inputs are untouched and still in place. */
-                        lsm_grid_stage(tree->grid, NULL);
-                        lsm_grid_stage_abandon(tree->grid, &job->stage);
-                        tree->built.count = 0;
-                        job_free(tree);
+                        job_drop(tree);
                         return false;
                 }
                 if (stopped) {
-                        lsm_grid_stage(tree->grid, NULL);
+                        tree->grid->reserve_active = NULL;
                         continue; /* the budget ran out mid-merge */
                 }
                 bool finished = lsm_table_builder_finish(&tree->builder);
-                lsm_grid_stage(tree->grid, NULL);
-                if (!finished || !job_install(tree)) {
-                        lsm_grid_stage_abandon(tree->grid, &job->stage);
-                        tree->built.count = 0;
-                        job_free(tree);
+                tree->grid->reserve_active = NULL;
+                if (!finished) {
+                        job_drop(tree);
                         return false;
                 }
+                /* Merged; it installs when the grants reach its values, as a worker's would
+                 * (versions of one key that met made it shorter than its inputs). */
+                job->merged = true;
         }
         return true;
 }

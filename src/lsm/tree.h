@@ -20,7 +20,8 @@
  * replaced tables are released to the grid, free after the next checkpoint.
  *
  * Flushes are synchronous; compaction runs as a job that advances by a budget of values per
- * call (lsm_tree_compact_step: a beat's share), so that no single op pays for a whole merge. Values are never deleted (the ledger
+ * call (lsm_tree_compact_step: a beat's share), so that no single op pays for a whole merge,
+ * or, with a compactor, merges on the worker's thread while beats grant its values. Values are never deleted (the ledger
  * only inserts and updates), so there are no tombstones yet.
  */
 #ifndef TALLY_LSM_TREE_H
@@ -73,9 +74,29 @@ struct lsm_compaction {
         struct lsm_table_info *inputs; /* upper, then overlapping */
         struct lsm_merge *merge;       /* the inputs' cursors */
         uint64_t values_total;         /* in the inputs */
-        uint64_t values_done;          /* merged so far */
-        struct lsm_stage stage;        /* the blocks it wrote so far (grid.h) */
+        uint64_t values_done;          /* merged so far (on the worker: granted so far) */
+        struct lsm_stage stage;        /* the blocks it reserved (grid.h) */
+        struct lsm_reserve reserve;    /* its output's addresses, taken in order */
+        /* On the compaction worker (compactor.h): the loop grants values_done by beats and
+         * installs once they reach values_total, waiting for the merge if need be. */
+        bool on_worker;
+        bool merged;      /* in the loop: every value merged, grants go on until values_total */
+        bool worker_done; /* under the compactor's mutex */
+        bool worker_ok;
+        bool worker_damaged; /* it failed reading a block (a peer may hold a good copy) */
+        int cancel;       /* __atomic: the loop drops the job; the worker stops soon */
+        uint64_t values_in_runs; /* the job's values handed over in runs */
+        uint64_t blocks_written; /* by the worker's grid, for the loop's counts */
+        uint64_t blocks_read;
+        char worker_error[192];
+        /* Copies of the index blocks the worker wrote, for the loop's cache at install (up to
+         * LSM_JOB_KEPT_MAX; lookups read the others). */
+        uint8_t **kept;
+        struct lsm_block_ref *kept_refs;
+        uint32_t kept_count;
 };
+
+#define LSM_JOB_KEPT_MAX 512u /* 32 MiB at most, for a merge into 512 tables or more */
 
 struct lsm_tree {
         char name[32];
@@ -126,9 +147,13 @@ struct lsm_tree {
         /* Tests: compactions merge through the heap one value at a time (merge_run_bulk writes
          * the same tables; test_tree_bulk_merge compares them). */
         bool merge_heap_only;
+        /* Set: jobs merge on this worker (compactor.h); NULL: in the loop, by beats. */
+        struct lsm_compactor *compactor;
         struct lsm_tree_stats stats;
         uint64_t version; /* changes with every put, flush, compaction: lookups restart */
 };
+
+struct lsm_compactor;
 
 /* Reserves the memtable (memtable_max values) and tables' bookkeeping. 0 or -ENOMEM. */
 int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layout *layout,
@@ -221,6 +246,12 @@ uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_p
 /* The same with level 0's limit at a fill of `stall` instead (a tree catching up, ledger_state.c). */
 uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,
                                      uint32_t stall);
+/*
+ * The compaction worker's part (compactor.c calls it on its thread): merges the whole of the
+ * tree's job through `grid` (the worker's) into the job's reserved addresses, and records in
+ * the job whether it succeeded. Touches nothing the loop uses meanwhile.
+ */
+void lsm_tree_job_merge(struct lsm_tree *tree, struct lsm_grid *grid);
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. older versions */
 /* Restoring a manifest: appends a table to a level (tables come in the level's order). */
 void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,

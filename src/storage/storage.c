@@ -615,12 +615,11 @@ static int grid_grow(struct storage *storage, uint64_t blocks)
 }
 
 /* The write of `address` still in flight (or landed but not yet reaped), or NULL. */
-static struct storage_grid_write *grid_write_find(struct storage *storage, uint64_t address)
+static struct storage_grid_write *writer_find(struct grid_writer *g, uint64_t address)
 {
-        for (uint32_t i = 0; storage->grid_writes_in_flight > 0 && i < STORAGE_GRID_WRITES_MAX;
-             i++) {
-                if (storage->grid_writes[i].address == address)
-                        return &storage->grid_writes[i];
+        for (uint32_t i = 0; g->in_flight > 0 && i < STORAGE_GRID_WRITES_MAX; i++) {
+                if (g->writes[i].address == address)
+                        return &g->writes[i];
         }
         return NULL;
 }
@@ -628,43 +627,44 @@ static struct storage_grid_write *grid_write_find(struct storage *storage, uint6
 static void on_grid_write(struct io_completion *completion, int32_t result)
 {
         struct storage_grid_write *w = completion->context;
-        struct storage *storage = w->storage;
+        struct grid_writer *g = w->writer;
         if (result > 0 && (uint32_t)result < completion->size) {
                 /* A short write: carry on with the rest, through the page cache (the rest need
                  * not be aligned as O_DIRECT requires; the checkpoint's sync covers both). */
-                io_write(storage->grid_io, completion, storage->fd,
+                io_write(g->io, completion, g->storage->fd,
                          (uint8_t *)completion->buffer + result,
                          completion->size - (uint32_t)result,
                          completion->offset + (uint64_t)result);
-                io_submit(storage->grid_io);
+                io_submit(g->io);
                 return;
         }
-        if (result <= 0 && storage->grid_write_error == 0) {
-                storage->grid_write_error = result < 0 ? result : -EIO;
+        if (result <= 0 && g->error == 0) {
+                g->error = result < 0 ? result : -EIO;
                 log_error("grid block write failed address=%llu error=%s",
-                          (unsigned long long)w->address, strerror(-storage->grid_write_error));
+                          (unsigned long long)w->address, strerror(-g->error));
         }
         w->address = 0;
-        tally_assert(storage->grid_writes_in_flight > 0);
-        storage->grid_writes_in_flight--;
+        tally_assert(g->in_flight > 0);
+        g->in_flight--;
 }
 
-/* Runs grid write completions for up to a second, returning once some ran; 0 or -errno. */
-static int grid_writes_wait(struct storage *storage)
+/* Runs write completions for up to a second, returning once some ran; 0 or -errno. */
+static int writer_wait(struct grid_writer *g)
 {
-        int rc = io_run(storage->grid_io, 1000000000ull, true);
-        if (rc < 0 && storage->grid_write_error == 0) {
+        int rc = io_run(g->io, 1000000000ull, true);
+        if (rc < 0 && g->error == 0) {
                 /* The ring itself failed: what is in flight may never be reported. */
-                storage->grid_write_error = rc;
+                g->error = rc;
                 log_error("grid writes: the ring failed error=%s", strerror(-rc));
         }
         return rc;
 }
 
-/* The ring and buffers of grid writes, at the first write: 0, or -errno (then writes block). */
-static int grid_writes_init(struct storage *storage)
+/* The ring and buffers, at the first write: 0, or -errno (then writes block). */
+static int writer_init(struct grid_writer *g, struct storage *storage)
 {
-        if (storage->grid_io != NULL)
+        g->storage = storage;
+        if (g->io != NULL)
                 return 0;
         struct io *io = calloc(1, sizeof(*io));
         struct storage_grid_write *writes = calloc(STORAGE_GRID_WRITES_MAX, sizeof(*writes));
@@ -679,45 +679,103 @@ static int grid_writes_init(struct storage *storage)
                 return rc;
         }
         for (uint32_t i = 0; i < STORAGE_GRID_WRITES_MAX; i++) {
-                writes[i].storage = storage;
+                writes[i].writer = g;
                 writes[i].buffer = memory + (size_t)i * GRID_BLOCK_SIZE;
         }
-        storage->grid_io = io;
-        storage->grid_writes = writes;
-        storage->grid_write_memory = memory;
+        g->io = io;
+        g->writes = writes;
+        g->memory = memory;
+        return 0;
+}
+
+/* Waits for every write issued so far: 0, or the first write's error. */
+static int writer_flush(struct grid_writer *g)
+{
+        while (g->in_flight > 0) {
+                if (writer_wait(g) < 0)
+                        break;
+        }
+        return g->error;
+}
+
+static void writer_deinit(struct grid_writer *g)
+{
+        if (g->io == NULL)
+                return;
+        (void)writer_flush(g);
+        if (g->in_flight > 0)
+                return; /* the kernel may still use the buffers: leave them */
+        io_deinit(g->io);
+        free(g->io);
+        free(g->writes);
+        free(g->memory);
+        g->io = NULL;
+        g->writes = NULL;
+        g->memory = NULL;
+}
+
+/* A write of a block the file already holds room for: copied and issued, or blocking. */
+static int writer_write(struct grid_writer *g, struct storage *storage, uint64_t address,
+                        const uint8_t *block)
+{
+        if (g->error != 0)
+                return g->error;
+        uint64_t offset = grid_block_offset(storage, address);
+        if (writer_init(g, storage) != 0) {
+                bool direct = storage->fd_direct >= 0 && ((uintptr_t)block % 4096) == 0;
+                int rc = write_exact(direct ? storage->fd_direct : storage->fd, block,
+                                     GRID_BLOCK_SIZE, offset);
+                if (rc == 0)
+                        g->blocks_written++;
+                return rc;
+        }
+        /* Two writes of one address in flight could land in either order: the first goes first. */
+        while (writer_find(g, address) != NULL && writer_wait(g) >= 0)
+                ;
+        struct storage_grid_write *w = NULL;
+        while (g->error == 0) {
+                for (uint32_t i = 0; i < STORAGE_GRID_WRITES_MAX && w == NULL; i++) {
+                        if (g->writes[i].address == 0)
+                                w = &g->writes[i];
+                }
+                if (w != NULL || writer_wait(g) < 0)
+                        break;
+        }
+        if (g->error != 0)
+                return g->error;
+        memcpy(w->buffer, block, GRID_BLOCK_SIZE);
+        w->address = address;
+        memset(&w->completion, 0, sizeof(w->completion));
+        w->completion.callback = on_grid_write;
+        w->completion.context = w;
+        /* In a kernel worker: the submitting thread neither copies nor waits for the device. */
+        w->completion.background = true;
+        /* O_DIRECT when it can: bulk writes that bypass the page cache do not make the
+         * journal's next fdatasync wait for them. The checkpoint's sync covers both. */
+        io_write(g->io, &w->completion, storage->fd_direct >= 0 ? storage->fd_direct : storage->fd,
+                 w->buffer, GRID_BLOCK_SIZE, offset);
+        io_submit(g->io);
+        g->in_flight++;
+        g->blocks_written++;
         return 0;
 }
 
 int storage_grid_flush(struct storage *storage)
 {
-        while (storage->grid_writes_in_flight > 0) {
-                if (grid_writes_wait(storage) < 0)
-                        break;
-        }
-        return storage->grid_write_error;
+        return writer_flush(&storage->grid_writer);
 }
 
 static void grid_writes_deinit(struct storage *storage)
 {
-        if (storage->grid_io == NULL)
-                return;
-        (void)storage_grid_flush(storage);
-        if (storage->grid_writes_in_flight > 0)
-                return; /* the kernel may still use the buffers: leave them */
-        io_deinit(storage->grid_io);
-        free(storage->grid_io);
-        free(storage->grid_writes);
-        free(storage->grid_write_memory);
-        storage->grid_io = NULL;
-        storage->grid_writes = NULL;
-        storage->grid_write_memory = NULL;
+        writer_deinit(&storage->worker_writer);
+        writer_deinit(&storage->grid_writer);
 }
 
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
 {
         if (address == 0 || address > GRID_BLOCKS_MAX)
                 return -EINVAL;
-        struct storage_grid_write *pending = grid_write_find(storage, address);
+        struct storage_grid_write *pending = writer_find(&storage->grid_writer, address);
         if (pending != NULL) {
                 memcpy(block, pending->buffer, GRID_BLOCK_SIZE);
                 storage->grid_blocks_read++;
@@ -739,50 +797,12 @@ int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t 
 {
         if (address == 0 || address > GRID_BLOCKS_MAX)
                 return -EINVAL;
-        if (storage->grid_write_error != 0)
-                return storage->grid_write_error;
+        if (storage->grid_writer.error != 0)
+                return storage->grid_writer.error;
         int rc = grid_grow(storage, address);
         if (rc != 0)
                 return -rc;
-        uint64_t offset = grid_block_offset(storage, address);
-        if (grid_writes_init(storage) != 0) {
-                bool direct = storage->fd_direct >= 0 && ((uintptr_t)block % 4096) == 0;
-                rc = write_exact(direct ? storage->fd_direct : storage->fd, block,
-                                 GRID_BLOCK_SIZE, offset);
-                if (rc == 0)
-                        storage->grid_blocks_written++;
-                return rc;
-        }
-        /* Two writes of one address in flight could land in either order: the first goes first. */
-        while (grid_write_find(storage, address) != NULL && grid_writes_wait(storage) >= 0)
-                ;
-        struct storage_grid_write *w = NULL;
-        while (storage->grid_write_error == 0) {
-                for (uint32_t i = 0; i < STORAGE_GRID_WRITES_MAX && w == NULL; i++) {
-                        if (storage->grid_writes[i].address == 0)
-                                w = &storage->grid_writes[i];
-                }
-                if (w != NULL || grid_writes_wait(storage) < 0)
-                        break;
-        }
-        if (storage->grid_write_error != 0)
-                return storage->grid_write_error;
-        memcpy(w->buffer, block, GRID_BLOCK_SIZE);
-        w->address = address;
-        memset(&w->completion, 0, sizeof(w->completion));
-        w->completion.callback = on_grid_write;
-        w->completion.context = w;
-        /* In a kernel worker: the submitting thread neither copies nor waits for the device. */
-        w->completion.background = true;
-        /* O_DIRECT when it can: bulk writes that bypass the page cache do not make the
-         * journal's next fdatasync wait for them. The checkpoint's sync covers both. */
-        io_write(storage->grid_io, &w->completion,
-                 storage->fd_direct >= 0 ? storage->fd_direct : storage->fd, w->buffer,
-                 GRID_BLOCK_SIZE, offset);
-        io_submit(storage->grid_io);
-        storage->grid_writes_in_flight++;
-        storage->grid_blocks_written++;
-        return 0;
+        return writer_write(&storage->grid_writer, storage, address, block);
 }
 
 static int device_read(void *context, uint64_t address, uint8_t *block)
@@ -800,6 +820,14 @@ static int device_flush(void *context)
         return storage_grid_flush(context);
 }
 
+static int device_grow(void *context, uint64_t address)
+{
+        struct storage *storage = context;
+        if (address == 0 || address > GRID_BLOCKS_MAX)
+                return -EINVAL;
+        return -grid_grow(storage, address);
+}
+
 struct lsm_device storage_grid_device(struct storage *storage)
 {
         return (struct lsm_device){
@@ -807,6 +835,40 @@ struct lsm_device storage_grid_device(struct storage *storage)
                 .read = device_read,
                 .write = device_write,
                 .flush = device_flush,
+                .grow = device_grow,
+        };
+}
+
+static int worker_read(void *context, uint64_t address, uint8_t *block)
+{
+        const struct storage *storage = context;
+        if (address == 0 || address > GRID_BLOCKS_MAX)
+                return -EINVAL;
+        return read_exact(storage->fd, block, GRID_BLOCK_SIZE, grid_block_offset(storage, address));
+}
+
+/* Only the worker's thread uses worker_writer (its job's blocks were flushed when it ended). */
+static int worker_write(void *context, uint64_t address, const uint8_t *block)
+{
+        struct storage *storage = context;
+        if (address == 0 || address > GRID_BLOCKS_MAX)
+                return -EINVAL;
+        return writer_write(&storage->worker_writer, storage, address, block);
+}
+
+static int worker_flush(void *context)
+{
+        struct storage *storage = context;
+        return writer_flush(&storage->worker_writer);
+}
+
+struct lsm_device storage_grid_device_worker(struct storage *storage)
+{
+        return (struct lsm_device){
+                .context = storage,
+                .read = worker_read,
+                .write = worker_write,
+                .flush = worker_flush,
         };
 }
 

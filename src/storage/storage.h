@@ -216,11 +216,27 @@ struct storage_checkpoint {
         bool io_failed; /* a write or sync failed */
 };
 
+struct grid_writer;
 struct storage_grid_write {
         struct io_completion completion;
-        struct storage *storage;
+        struct grid_writer *writer;
         uint64_t address; /* 0: the buffer is free */
         uint8_t *buffer;  /* GRID_BLOCK_SIZE bytes, 4 KiB aligned (O_DIRECT) */
+};
+
+/*
+ * Grid writes on a ring of their own (one for the loop, one for the compaction worker's
+ * thread): waiting for a free buffer or for every write to land runs no other completion in
+ * the middle of the caller's work. Set up at the first write.
+ */
+struct grid_writer {
+        struct storage *storage;
+        struct io *io; /* NULL until the first write (or if it could not be set up) */
+        struct storage_grid_write *writes; /* STORAGE_GRID_WRITES_MAX */
+        uint8_t *memory;
+        uint32_t in_flight;
+        int error; /* the first failed write (-errno); every later one fails */
+        uint64_t blocks_written;
 };
 
 struct storage {
@@ -248,18 +264,9 @@ struct storage {
         /* Format 1, opened for writing: to be converted before anything else (see above). */
         bool legacy;
         uint64_t grid_block_count; /* blocks the file holds now */
-        /*
-         * Grid writes (storage_grid_write): on a ring of their own, so that waiting for a free
-         * buffer or for every write to land (storage_grid_flush) runs no other completion in
-         * the middle of the ledger's work. NULL until the first write.
-         */
-        struct io *grid_io;
-        struct storage_grid_write *grid_writes; /* STORAGE_GRID_WRITES_MAX */
-        uint8_t *grid_write_memory;
-        uint32_t grid_writes_in_flight;
-        int grid_write_error; /* the first failed grid write (-errno); every later one fails */
+        struct grid_writer grid_writer;   /* the loop's grid writes (storage_grid_write) */
+        struct grid_writer worker_writer; /* the compaction worker's (storage_grid_device_worker) */
         uint64_t grid_blocks_read;
-        uint64_t grid_blocks_written;
         struct storage_checkpoint checkpoint;
         uint64_t checkpoints;
         /* A view-state superblock write. */
@@ -342,6 +349,15 @@ bool storage_write_view(struct storage *storage, const struct storage_view *stat
  * checkpoint does so before its sync, and storage_close before closing the file.
  */
 struct lsm_device storage_grid_device(struct storage *storage);
+/*
+ * The same grid for the compaction worker's thread (src/lsm/compactor.h): reads and writes
+ * that block the calling thread (pread, and pwrite with O_DIRECT when it can), share nothing
+ * with the loop's ring, and never grow the file (the loop's device did, `grow`, before the
+ * job started). The blocks a worker reads were flushed before its job started, so none is
+ * still in the loop's ring; the ones it writes are named by nothing until the loop installs
+ * the job, and the checkpoint's sync makes them durable with the rest.
+ */
+struct lsm_device storage_grid_device_worker(struct storage *storage);
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block);
 int storage_grid_write(struct storage *storage, uint64_t address, const uint8_t *block);
 int storage_grid_flush(struct storage *storage);

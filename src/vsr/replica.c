@@ -810,14 +810,16 @@ static void slow_commit_note(struct replica *r, const struct wire_header *p, uin
         struct ledger_stats after;
         ledger_get_stats(r->ledger, &after);
         log_warn("slow commit op=%llu operation=%u took_ms=%llu flushes=%llu tables_written=%llu "
-                 "values_compacted=%llu forced_compactions=%llu blocks_read=%llu "
-                 "blocks_written=%llu slow_commits_since_last_log=%llu",
+                 "values_compacted=%llu forced_compactions=%llu compaction_wait_ms=%llu "
+                 "blocks_read=%llu blocks_written=%llu slow_commits_since_last_log=%llu",
                  (unsigned long long)p->prepare.op, (unsigned)p->prepare.operation,
                  (unsigned long long)(ns / 1000000u),
                  (unsigned long long)(after.tree_flushes - before->tree_flushes),
                  (unsigned long long)(after.tree_tables_written - before->tree_tables_written),
                  (unsigned long long)(after.tree_values_compacted - before->tree_values_compacted),
                  (unsigned long long)(after.forced_compactions - before->forced_compactions),
+                 (unsigned long long)((after.compaction_wait_ns - before->compaction_wait_ns) /
+                                      1000000u),
                  (unsigned long long)(after.grid_blocks_read - before->grid_blocks_read),
                  (unsigned long long)(after.grid_blocks_written - before->grid_blocks_written),
                  (unsigned long long)r->stats.slow_commits_unlogged);

@@ -463,7 +463,7 @@ static void test_grid_writes_async(void)
                 all_read = all_read && block_is(&s, a, 1);
         }
         CHECK(all_read);
-        CHECK(s.grid_io != NULL);
+        CHECK(s.grid_writer.io != NULL);
         /* Rewrites of addresses likely still in flight: the last one wins. */
         for (uint64_t generation = 2; generation <= 4; generation++) {
                 for (uint64_t a = count - 3; a <= count; a++) {
@@ -472,7 +472,7 @@ static void test_grid_writes_async(void)
                 }
         }
         CHECK_EQ_U64(storage_grid_flush(&s), 0);
-        CHECK_EQ_U64(s.grid_writes_in_flight, 0);
+        CHECK_EQ_U64(s.grid_writer.in_flight, 0);
         CHECK(block_is(&s, 1, 1) && block_is(&s, count, 4));
         storage_close(&s);
         CHECK(open_storage(&s));
@@ -484,7 +484,7 @@ static void test_grid_writes_async(void)
         /* Short writes are finished. */
         block_fill(block, 1, 5);
         CHECK_EQ_U64(storage_grid_write(&s, 1, block), 0);
-        s.grid_io->fault = inject;
+        s.grid_writer.io->fault = inject;
         fault_kind = FAULT_SHORT_WRITE;
         faults_injected = 0;
         for (uint64_t a = 1; a <= 8; a++) {
@@ -505,7 +505,7 @@ static void test_grid_writes_async(void)
         uint64_t checkpoint_op = s.superblock.checkpoint_op;
         block_fill(block, 1, 7);
         CHECK_EQ_U64(storage_grid_write(&s, 1, block), 0);
-        s.grid_io->fault = inject;
+        s.grid_writer.io->fault = inject;
         fault_kind = FAULT_WRITE_EIO;
         block_fill(block, 2, 7);
         CHECK_EQ_U64(storage_grid_write(&s, 2, block), 0); /* not landed yet: no error so far */
