@@ -924,8 +924,22 @@ uint64_t ledger_grid_blocks_max(const struct ledger *ledger)
         return ledger->grid.block_count_max;
 }
 
+/*
+ * A job merging on the worker writes addresses the loop's free set reserved for it, which a
+ * copied checkpoint may use for its own blocks: it must be done before they are written.
+ */
+static void compaction_settle(struct ledger *ledger)
+{
+        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++) {
+                struct lsm_tree *tree = forest_tree(ledger, id);
+                if (tree != NULL && tree->job.on_worker)
+                        lsm_compactor_wait(tree->compactor, tree);
+        }
+}
+
 int ledger_block_install(struct ledger *ledger, const uint8_t *block)
 {
+        compaction_settle(ledger);
         const struct lsm_block_header *h = (const struct lsm_block_header *)block;
         struct lsm_block_ref ref = {.address = h->address, .checksum = h->checksum};
         if (h->address == 0 || h->address > ledger->grid.block_count_max ||

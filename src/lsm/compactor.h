@@ -18,6 +18,7 @@
 #ifndef TALLY_LSM_COMPACTOR_H
 #define TALLY_LSM_COMPACTOR_H
 
+#include "lsm/forest.h"
 #include "lsm/grid.h"
 
 #include <pthread.h>
@@ -25,7 +26,7 @@
 
 struct lsm_tree;
 
-#define LSM_COMPACTOR_QUEUE 16u /* jobs waiting: at most one per tree */
+#define LSM_COMPACTOR_QUEUE LSM_FOREST_TREES_MAX /* jobs waiting: at most one per tree */
 #define LSM_COMPACTOR_CACHE_BLOCKS 64u /* the worker's cache: its inputs' index blocks */
 
 struct lsm_compactor {

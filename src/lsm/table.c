@@ -40,6 +40,16 @@ int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_l
         return 0;
 }
 
+void lsm_table_builder_reset(struct lsm_table_builder *b)
+{
+        b->data_count = 0;
+        b->index_count = 0;
+        b->table_values = 0;
+        b->failed = false;
+        if (b->layout->filter)
+                memset(b->index, 0, LSM_BLOCK_SIZE);
+}
+
 void lsm_table_builder_deinit(struct lsm_table_builder *builder)
 {
         free(builder->data);

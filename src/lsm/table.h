@@ -249,6 +249,8 @@ int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_l
                            void (*on_table)(void *context, const struct lsm_table_info *table),
                            void *context);
 void lsm_table_builder_deinit(struct lsm_table_builder *builder);
+/* Forgets a table half built (a job dropped on a fault): the next value starts a new table. */
+void lsm_table_builder_reset(struct lsm_table_builder *builder);
 /* False if a block could not be written (grid->error); the builder is then unusable. */
 bool lsm_table_builder_add(struct lsm_table_builder *builder, const void *value);
 /*

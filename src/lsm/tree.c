@@ -1310,7 +1310,7 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         }
         tree->builder.on_table = on_built;
         tree->builder.context = tree;
-        tree->builder.failed = false;
+        lsm_table_builder_reset(&tree->builder); /* a dropped job may have left a table half built */
         tree->built.count = 0;
         job->active = true;
         if (tree->compactor != NULL) {

@@ -1311,6 +1311,74 @@ static void test_tree_paced_by_writes(void)
         lsm_grid_deinit(&grid);
 }
 
+/*
+ * A job on the compaction worker that reads a damaged block fails where the loop installs it,
+ * naming the block, and leaves its inputs in place; the same job succeeds once the block is
+ * good again. A job dropped while the worker merges it (the tree goes away) is cancelled.
+ */
+static void test_tree_worker_faults(void)
+{
+        device_reset();
+        memset(model, 0, sizeof(model));
+        rng_state = 777;
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+        static struct lsm_compactor compactor;
+        CHECK_EQ_U64(lsm_compactor_start(&compactor, &device), 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "worker faults", &layout_small_tables, &grid, 4000) == 0);
+        tree.compactor = &compactor;
+        uint64_t version = 0;
+        for (uint32_t flush = 0; flush <= LSM_LEVEL0_FILL_MAX; flush++) {
+                for (uint32_t i = 0; i < 4000; i++) {
+                        uint64_t key = rng() % MODEL_KEYS;
+                        struct value v = value_make(key, version);
+                        lsm_tree_put(&tree, &v);
+                        model[key] = ++version;
+                }
+                CHECK(lsm_tree_flush(&tree));
+        }
+        CHECK(lsm_tree_level0_fill(&tree) > lsm_tree_level_budget(&tree, 0));
+        /* Damage a data block of level 0's oldest table: the worker reads it from the device. */
+        const uint8_t *index = lsm_grid_read(&grid, tree.levels[0].tables[0].index,
+                                             LSM_BLOCK_TABLE_INDEX);
+        CHECK(index != NULL);
+        uint64_t damaged =
+                ((const struct lsm_index_entry *)(index + LSM_BLOCK_HEADER_SIZE))[1].data.address;
+        device_state.blocks[damaged][LSM_BLOCK_HEADER_SIZE + 8] ^= 0x01;
+        uint32_t zero_before = tree.levels[0].count;
+        uint64_t used_before = grid.used_count;
+        grid.error[0] = '\0';
+        bool idle;
+        CHECK(!lsm_tree_compact_step(&tree, UINT64_MAX, &idle));
+        char expected[64];
+        snprintf(expected, sizeof(expected), "grid block %llu", (unsigned long long)damaged);
+        CHECK(strstr(grid.error, expected) != NULL);
+        CHECK(grid.fault_damaged);
+        CHECK(!tree.job.active);
+        CHECK_EQ_U64(tree.levels[0].count, zero_before); /* the inputs are where they were */
+        /* The job's reserved blocks are released (free after the next checkpoint). */
+        CHECK(grid.used_count >= used_before);
+        device_state.blocks[damaged][LSM_BLOCK_HEADER_SIZE + 8] ^= 0x01;
+        CHECK(lsm_tree_compact(&tree));
+        CHECK(tree.levels[0].count < zero_before);
+        check_against_model(&tree, 3000);
+        /* A job on the worker when its tree goes away: cancelled, nothing left behind. */
+        for (uint32_t flush = 0; flush <= LSM_LEVEL0_FILL_MAX; flush++) {
+                for (uint32_t i = 0; i < 4000; i++) {
+                        uint64_t key = rng() % MODEL_KEYS;
+                        struct value v = value_make(key, version++);
+                        lsm_tree_put(&tree, &v);
+                }
+                CHECK(lsm_tree_flush(&tree));
+        }
+        CHECK(lsm_tree_compact_step(&tree, 1, &idle));
+        CHECK(tree.job.active && tree.job.on_worker);
+        lsm_tree_deinit(&tree);
+        lsm_compactor_stop(&compactor);
+        lsm_grid_deinit(&grid);
+}
+
 /* Keys that only grow (timestamps): compaction moves tables down, never rewrites them. */
 static void test_tree_append_only(void)
 {
@@ -2092,6 +2160,7 @@ int main(void)
         TEST_RUN(test_tree_bulk_merge);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
+        TEST_RUN(test_tree_worker_faults);
         TEST_RUN(test_forest_crash);
         TEST_RUN(test_forest_crash_fates);
         TEST_RUN(test_prefetch);
