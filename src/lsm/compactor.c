@@ -1,6 +1,7 @@
 /*
  * compactor.c: the compaction worker's thread and its queue (compactor.h says why). The merge
- * itself is the tree's (lsm_tree_job_merge): this file only hands jobs over and back.
+ * itself is the tree's (lsm_tree_job_merge_step): this file hands jobs over, picks which one
+ * the worker merges next, and hands them back.
  */
 #include "lsm/compactor.h"
 
@@ -19,6 +20,31 @@ static uint64_t now_ns(void)
         return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * The job whose install is nearest for the merging it has left goes next, a chunk at a time:
+ * the values it has left to merge over the values the loop has left to grant before it
+ * installs it (and waits). One job at a time, in order, had the loop wait 1.18 s for the
+ * accounts' small job behind a merge of millions of ids (30 M stored); the job with the fewest
+ * values left first had it wait for the big jobs instead (4.4 s over a 30 M load).
+ */
+static uint32_t job_next(const struct lsm_compactor *c)
+{
+        uint32_t best = 0;
+        double best_urgency = -1.0;
+        for (uint32_t i = 0; i < c->queue_count; i++) {
+                const struct lsm_compaction *job = &c->queue[i]->job;
+                uint64_t granted = __atomic_load_n(&job->worker_granted, __ATOMIC_RELAXED);
+                uint64_t left = job->values_total - MIN(job->values_total, job->worker_merged);
+                uint64_t until = job->values_total - MIN(job->values_total, granted);
+                double urgency = (double)left / (double)(until + 1);
+                if (urgency > best_urgency) {
+                        best = i;
+                        best_urgency = urgency;
+                }
+        }
+        return best;
+}
+
 static void *worker_main(void *context)
 {
         struct lsm_compactor *c = context;
@@ -28,18 +54,20 @@ static void *worker_main(void *context)
                         pthread_cond_wait(&c->queued, &c->mutex);
                 if (c->queue_count == 0)
                         break; /* stop, nothing left */
-                struct lsm_tree *tree = c->queue[c->queue_head];
-                c->queue_head = (c->queue_head + 1) % LSM_COMPACTOR_QUEUE;
-                c->queue_count--;
+                uint32_t at = job_next(c);
+                struct lsm_tree *tree = c->queue[at];
                 pthread_mutex_unlock(&c->mutex);
                 uint64_t start = now_ns();
-                lsm_tree_job_merge(tree, &c->grid);
+                bool done = lsm_tree_job_merge_step(tree, &c->grid);
                 uint64_t took = now_ns() - start;
                 pthread_mutex_lock(&c->mutex);
                 c->busy_ns += took;
-                c->jobs++;
-                tree->job.worker_done = true;
-                pthread_cond_broadcast(&c->done);
+                if (done) {
+                        c->jobs++;
+                        c->queue[at] = c->queue[--c->queue_count];
+                        tree->job.worker_done = true;
+                        pthread_cond_broadcast(&c->done);
+                }
         }
         pthread_mutex_unlock(&c->mutex);
         return NULL;
@@ -87,8 +115,8 @@ void lsm_compactor_submit(struct lsm_compactor *c, struct lsm_tree *tree)
         pthread_mutex_lock(&c->mutex);
         tally_assert(c->queue_count < LSM_COMPACTOR_QUEUE);
         tree->job.worker_done = false;
-        c->queue[(c->queue_head + c->queue_count) % LSM_COMPACTOR_QUEUE] = tree;
-        c->queue_count++;
+        tree->job.worker_merged = 0;
+        c->queue[c->queue_count++] = tree;
         pthread_cond_signal(&c->queued);
         pthread_mutex_unlock(&c->mutex);
 }

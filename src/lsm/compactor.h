@@ -26,7 +26,7 @@
 
 struct lsm_tree;
 
-#define LSM_COMPACTOR_QUEUE LSM_FOREST_TREES_MAX /* jobs waiting: at most one per tree */
+#define LSM_COMPACTOR_QUEUE LSM_FOREST_TREES_MAX /* jobs at once: at most one per tree */
 #define LSM_COMPACTOR_CACHE_BLOCKS 64u /* the worker's cache: its inputs' index blocks */
 
 struct lsm_compactor {
@@ -34,8 +34,8 @@ struct lsm_compactor {
         pthread_mutex_t mutex;
         pthread_cond_t queued; /* a job was queued, or stop */
         pthread_cond_t done;   /* a job finished */
+        /* Jobs not done yet, merged a chunk at a time, fewest values left first. */
         struct lsm_tree *queue[LSM_COMPACTOR_QUEUE];
-        uint32_t queue_head;
         uint32_t queue_count;
         bool stop;
         bool running; /* the thread exists */

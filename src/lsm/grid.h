@@ -112,6 +112,11 @@ struct lsm_device {
          * (compactor.h) grows the device from the loop before it starts.
          */
         int (*grow)(void *context, uint64_t address);
+        /*
+         * Optional: a hint that `address` will be read soon (the device may start reading it
+         * into a cache of its own): the compaction worker names the blocks of a job it wrote.
+         */
+        void (*prefetch)(void *context, uint64_t address);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */

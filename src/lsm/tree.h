@@ -86,6 +86,8 @@ struct lsm_compaction {
         bool worker_damaged; /* it failed reading a block (a peer may hold a good copy) */
         int cancel;       /* __atomic: the loop drops the job; the worker stops soon */
         uint64_t values_in_runs; /* the job's values handed over in runs */
+        uint64_t worker_merged;  /* values the worker has merged (the worker's own) */
+        uint64_t worker_granted; /* values_done for the worker to read (__atomic) */
         uint64_t blocks_written; /* by the worker's grid, for the loop's counts */
         uint64_t blocks_read;
         char worker_error[192];
@@ -247,11 +249,11 @@ uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_p
 uint64_t lsm_tree_compaction_pace_to(const struct lsm_tree *tree, uint64_t values_put,
                                      uint32_t stall);
 /*
- * The compaction worker's part (compactor.c calls it on its thread): merges the whole of the
- * tree's job through `grid` (the worker's) into the job's reserved addresses, and records in
- * the job whether it succeeded. Touches nothing the loop uses meanwhile.
+ * The compaction worker's part (compactor.c calls it on its thread): merges the next chunk of
+ * the tree's job through `grid` (the worker's) into the job's reserved addresses; true once
+ * the job is done, its result in the job (worker_ok). Touches nothing the loop uses meanwhile.
  */
-void lsm_tree_job_merge(struct lsm_tree *tree, struct lsm_grid *grid);
+bool lsm_tree_job_merge_step(struct lsm_tree *tree, struct lsm_grid *grid);
 uint64_t lsm_tree_value_count_on_disk(const struct lsm_tree *tree); /* incl. older versions */
 /* Restoring a manifest: appends a table to a level (tables come in the level's order). */
 void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,

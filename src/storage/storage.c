@@ -856,6 +856,15 @@ static int worker_write(void *context, uint64_t address, const uint8_t *block)
         return writer_write(&storage->worker_writer, storage, address, block);
 }
 
+/* The kernel reads the block into the page cache meanwhile (the worker's reads go through it). */
+static void worker_prefetch(void *context, uint64_t address)
+{
+        const struct storage *storage = context;
+        if (address == 0 || address > GRID_BLOCKS_MAX)
+                return;
+        (void)readahead(storage->fd, (off64_t)grid_block_offset(storage, address), GRID_BLOCK_SIZE);
+}
+
 static int worker_flush(void *context)
 {
         struct storage *storage = context;
@@ -869,6 +878,7 @@ struct lsm_device storage_grid_device_worker(struct storage *storage)
                 .read = worker_read,
                 .write = worker_write,
                 .flush = worker_flush,
+                .prefetch = worker_prefetch,
         };
 }
 
