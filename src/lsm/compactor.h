@@ -56,6 +56,8 @@ int lsm_compactor_start(struct lsm_compactor *compactor, const struct lsm_device
 void lsm_compactor_stop(struct lsm_compactor *compactor);
 /* Queues `tree`'s job (started with its inputs and reserve). */
 void lsm_compactor_submit(struct lsm_compactor *compactor, struct lsm_tree *tree);
+/* The loop granted a job more values: the worker may go on with it (job_next in compactor.c). */
+void lsm_compactor_granted(struct lsm_compactor *compactor);
 /* Returns once `tree`'s job is merged (or failed, or was cancelled). */
 void lsm_compactor_wait(struct lsm_compactor *compactor, struct lsm_tree *tree);
 

@@ -1638,8 +1638,10 @@ static bool job_grant(struct lsm_tree *tree, uint64_t *budget)
         struct lsm_compaction *job = &tree->job;
         uint64_t grant = MIN(*budget, job->values_total - job->values_done);
         job->values_done += grant;
-        if (job->on_worker)
+        if (job->on_worker && grant > 0) {
                 __atomic_store_n(&job->worker_granted, job->values_done, __ATOMIC_RELAXED);
+                lsm_compactor_granted(tree->compactor);
+        }
         tree->stats.values_compacted += grant;
         *budget -= grant;
         if (job->values_done < job->values_total)

@@ -88,6 +88,7 @@ struct lsm_compaction {
         uint64_t values_in_runs; /* the job's values handed over in runs */
         uint64_t worker_merged;  /* values the worker has merged (the worker's own) */
         uint64_t worker_granted; /* values_done for the worker to read (__atomic) */
+        bool worker_urgent;      /* the loop waits for it (under the compactor's mutex) */
         uint64_t blocks_written; /* by the worker's grid, for the loop's counts */
         uint64_t blocks_read;
         char worker_error[192];
