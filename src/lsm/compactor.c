@@ -71,7 +71,7 @@ static void *worker_main(void *context)
                 if (at == UINT32_MAX)
                         at = job_next(c); /* stopping: every job may go on */
                 struct lsm_tree *tree = c->queue[at];
-        pthread_mutex_unlock(&c->mutex);
+                pthread_mutex_unlock(&c->mutex);
                 uint64_t start = now_ns();
                 bool done = lsm_tree_job_merge_step(tree, &c->grid);
                 uint64_t took = now_ns() - start;

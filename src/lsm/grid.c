@@ -212,11 +212,6 @@ uint64_t lsm_grid_acquire(struct lsm_grid *grid)
         return 0;
 }
 
-void lsm_grid_stage(struct lsm_grid *grid, struct lsm_stage *stage)
-{
-        grid->stage_active = stage;
-}
-
 void lsm_grid_stage_commit(struct lsm_grid *grid, struct lsm_stage *stage)
 {
         for (uint32_t i = 0; i < stage->count; i++)

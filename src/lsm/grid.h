@@ -149,8 +149,8 @@ struct lsm_grid_stats {
 };
 
 /*
- * The blocks a compaction job has written so far (its output tables, not yet installed): in
- * use, but named by no checkpoint. A checkpoint written while the job runs records them free,
+ * The blocks a compaction job reserved for its output tables (lsm_grid_reserve), not yet
+ * installed: in use, but named by no checkpoint. A checkpoint written while the job runs records them free,
  * so a restart from it, which starts the job over, does not leak them.
  */
 struct lsm_stage {
@@ -186,7 +186,7 @@ struct lsm_grid {
          */
         uint64_t *pending;
         uint64_t *staged;                /* acquired while a stage was active (lsm_stage) */
-        struct lsm_stage *stage_active; /* the stage acquired blocks go to, or NULL */
+        struct lsm_stage *stage_active; /* lsm_grid_reserve's stage while it acquires, or NULL */
         struct lsm_reserve *reserve_active; /* set: acquisitions take its addresses instead */
         /* Called with each block written hot (index blocks): a worker's grid hands them to the
          * job, and the loop caches them when it installs the job (compactor.h). */
@@ -246,8 +246,6 @@ uint64_t lsm_grid_acquire(struct lsm_grid *grid);
  * checkpoint there until the new one replaces it). Survives lsm_grid_free_set_clear.
  */
 void lsm_grid_reserve_below(struct lsm_grid *grid, uint64_t count);
-/* While `stage` is set (NULL: none), acquired blocks are staged into it. */
-void lsm_grid_stage(struct lsm_grid *grid, struct lsm_stage *stage);
 /* The staged blocks are part of the trees now (a job installed): no longer staged. */
 void lsm_grid_stage_commit(struct lsm_grid *grid, struct lsm_stage *stage);
 /* The staged blocks will never be named (a job dropped): released. */
