@@ -1263,6 +1263,15 @@ static void job_free(struct lsm_tree *tree)
         job->stage = stage; /* kept (and reused) across jobs; freed with the tree */
 }
 
+/* A fault: drops the job; its inputs are untouched and still in place. */
+static void job_drop(struct lsm_tree *tree)
+{
+        tree->grid->reserve_active = NULL;
+        lsm_grid_stage_abandon(tree->grid, &tree->job.stage);
+        tree->built.count = 0;
+        job_free(tree);
+}
+
 /*
  * Starts merging `upper_count` tables of level `from` (level 0: its oldest, the last one the
  * newest; else one table) into level from + 1. The inputs stay where they are, visible to
@@ -1324,8 +1333,7 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
                         snprintf(tree->grid->error, sizeof(tree->grid->error),
                                  "cannot grow the grid for a compaction: %s", strerror(-rc));
                 if (rc != 0 || !lsm_grid_flush_writes(tree->grid)) {
-                        lsm_grid_stage_abandon(tree->grid, &job->stage);
-                        job_free(tree);
+                        job_drop(tree);
                         return false;
                 }
                 job->on_worker = true;
@@ -1336,8 +1344,7 @@ static bool job_start(struct lsm_tree *tree, uint32_t from, const struct lsm_tab
         if (job->merge == NULL || !job_merge_open(tree, tree->grid, job->merge)) {
                 free(job->merge);
                 job->merge = NULL;
-                lsm_grid_stage_abandon(tree->grid, &job->stage);
-                job_free(tree);
+                job_drop(tree);
                 snprintf(tree->grid->error, sizeof(tree->grid->error),
                          "out of memory for a compaction");
                 return false;
@@ -1616,15 +1623,6 @@ static bool job_pick(struct lsm_tree *tree, bool *fault)
                 }
         }
         return false;
-}
-
-/* A fault: drops the job; its inputs are untouched and still in place. */
-static void job_drop(struct lsm_tree *tree)
-{
-        tree->grid->reserve_active = NULL;
-        lsm_grid_stage_abandon(tree->grid, &tree->job.stage);
-        tree->built.count = 0;
-        job_free(tree);
 }
 
 /*
