@@ -150,6 +150,7 @@ void lsm_compactor_wait(struct lsm_compactor *c, struct lsm_tree *tree)
         if (!tree->job.worker_done) {
                 tree->job.worker_urgent = true; /* whatever its grants say */
                 pthread_cond_signal(&c->queued);
+                uint64_t merged = tree->job.worker_merged; /* the worker's, read for a log */
                 uint64_t start = now_ns();
                 while (!tree->job.worker_done)
                         pthread_cond_wait(&c->done, &c->mutex);
@@ -158,8 +159,12 @@ void lsm_compactor_wait(struct lsm_compactor *c, struct lsm_tree *tree)
                 c->wait_ns += waited;
                 if (waited > 100000000u)
                         log_info("compaction worker: the loop waited tree=%s ms=%llu "
+                                 "level=%u tables=%u+%u values=%llu merged_before=%llu "
                                  "(waits=%llu total_ms=%llu; jobs=%llu busy_ms=%llu)",
                                  tree->name, (unsigned long long)(waited / 1000000u),
+                                 tree->job.from, tree->job.upper_count, tree->job.overlap_count,
+                                 (unsigned long long)tree->job.values_total,
+                                 (unsigned long long)merged,
                                  (unsigned long long)c->waits,
                                  (unsigned long long)(c->wait_ns / 1000000u),
                                  (unsigned long long)c->jobs,

@@ -518,6 +518,18 @@ static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
                 return false;
         }
         struct lsm_block_ref ref = index_entries_const(index)[data_index].data;
+        const struct lsm_device *device = &c->grid->device;
+        if (c->uncached && !c->reversed && device->prefetch != NULL) {
+                /* A merge reads its inputs in order, block by block, from blocks that left the
+                 * page cache long ago (written past it, or evicted since): the device starts
+                 * reading the next few meanwhile. */
+                int32_t until = MIN(data_index + 1 + LSM_TABLE_CURSOR_READ_AHEAD,
+                                    (int32_t)ih->count);
+                for (int32_t i = MAX(c->hinted, data_index + 1); i < until; i++)
+                        device->prefetch(device->context,
+                                         index_entries_const(index)[i].data.address);
+                c->hinted = MAX(c->hinted, until);
+        }
         /* Into the cursor's own buffer: through the cache (queries seek back into blocks other
          * cursors read), or past it for a compaction's merge (`uncached`). A seek within the
          * block the cursor holds reads nothing. */
@@ -549,6 +561,9 @@ void lsm_table_cursor_seek(struct lsm_table_cursor *c, const struct lsm_table_in
                            const void *key, bool reversed)
 {
         const struct lsm_layout *layout = c->layout;
+        if (c->table.index.address != table->index.address ||
+            c->table.index.checksum != table->index.checksum)
+                c->hinted = 0;
         c->table = *table;
         c->reversed = reversed;
         c->done = false;

@@ -300,7 +300,13 @@ struct lsm_table_cursor {
          * evicted blocks that lookups use. Set by the merge of a compaction job.
          */
         bool uncached;
+        /* Uncached only: data blocks [0, hinted) of `table` were named to the device's
+         * prefetch, so that a merge reading them in order does not wait for each in turn. */
+        int32_t hinted;
 };
+
+/* Data blocks an uncached cursor names to the device ahead of the one it reads. */
+#define LSM_TABLE_CURSOR_READ_AHEAD 8
 
 int lsm_table_cursor_init(struct lsm_table_cursor *cursor, const struct lsm_layout *layout,
                           struct lsm_grid *grid);

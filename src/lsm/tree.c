@@ -1577,52 +1577,87 @@ static void level0_move_disjoint(struct lsm_tree *tree)
         level0_runs_update(tree);
 }
 
+/*
+ * The level to compact next: the one furthest over its budget (tables, or level 0's fill, over
+ * the budget), the shallower on a tie; LSM_LEVELS when every level is within its budget. Level 0
+ * goes first, whatever the others, once its fill is halfway from its budget to its stall point.
+ *
+ * Level 0 first always (as before 2026-12-04) starved level 1 when flushes cover the whole key
+ * range (the indexes by account: every flush holds every hot account): each level-0 job merged
+ * all of level 1, level 1 never got its turn, and grew with the data, so every flush's merge
+ * rewrote more (20 M transfers: 15 level-0 tables with 51 of level 1, 18.9 M values, against a
+ * level-1 budget of 8 tables; the loop waited up to 0.7 s for those merges).
+ */
+static uint32_t level_to_compact(const struct lsm_tree *tree)
+{
+        uint32_t fill = lsm_tree_level0_fill(tree);
+        uint32_t budget0 = lsm_tree_level_budget(tree, 0);
+        if (fill >= budget0 + (LSM_LEVEL0_FILL_STALL - budget0) / 2)
+                return 0;
+        uint32_t best = LSM_LEVELS;
+        uint64_t over = 0, under = 1; /* the best level's count over its budget: over / under */
+        if (fill > budget0) {
+                best = 0;
+                over = fill;
+                under = budget0;
+        }
+        for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++) {
+                uint64_t count = tree->levels[level].count;
+                uint64_t budget = lsm_tree_level_budget(tree, level);
+                if (count > budget && count * under > over * budget) {
+                        best = level;
+                        over = count;
+                        under = budget;
+                }
+        }
+        return best;
+}
+
 static bool job_pick(struct lsm_tree *tree, bool *fault)
 {
         *fault = false;
         struct lsm_level *zero = &tree->levels[0];
         if (lsm_tree_level0_fill(tree) > lsm_tree_level_budget(tree, 0))
                 level0_move_disjoint(tree);
-        if (lsm_tree_level0_fill(tree) > lsm_tree_level_budget(tree, 0)) {
-                if (!job_start(tree, 0, zero->tables, zero->count)) {
-                        *fault = true;
+        for (;;) {
+                uint32_t level = level_to_compact(tree);
+                if (level == LSM_LEVELS)
                         return false;
-                }
-                return true;
-        }
-        for (uint32_t level = 1; level + 1 < LSM_LEVELS; level++) {
-                struct lsm_level *l = &tree->levels[level];
-                while (l->count > lsm_tree_level_budget(tree, level)) {
-                        uint32_t pick = 0;
-                        if (tree->compact_cursor_set[level]) {
-                                while (pick < l->count &&
-                                       lsm_key_compare(&tree->layout, l->tables[pick].key_min,
-                                                            tree->compact_cursor[level]) <= 0)
-                                        pick++;
-                                if (pick == l->count)
-                                        pick = 0;
-                        }
-                        struct lsm_table_info table = l->tables[pick];
-                        memcpy(tree->compact_cursor[level], table.key_min, LSM_KEY_SIZE_MAX);
-                        tree->compact_cursor_set[level] = true;
-                        uint32_t first, overlap;
-                        level_overlap(tree, level + 1, table.key_min, table.key_max, &first,
-                                      &overlap);
-                        if (overlap == 0) {
-                                level_remove(l, pick, 1);
-                                level_insert(&tree->levels[level + 1], first, &table);
-                                tree->stats.tables_moved++;
-                                tree->version++;
-                                continue;
-                        }
-                        if (!job_start(tree, level, &table, 1)) {
+                if (level == 0) {
+                        if (!job_start(tree, 0, zero->tables, zero->count)) {
                                 *fault = true;
                                 return false;
                         }
                         return true;
                 }
+                struct lsm_level *l = &tree->levels[level];
+                uint32_t pick = 0;
+                if (tree->compact_cursor_set[level]) {
+                        while (pick < l->count &&
+                               lsm_key_compare(&tree->layout, l->tables[pick].key_min,
+                                               tree->compact_cursor[level]) <= 0)
+                                pick++;
+                        if (pick == l->count)
+                                pick = 0;
+                }
+                struct lsm_table_info table = l->tables[pick];
+                memcpy(tree->compact_cursor[level], table.key_min, LSM_KEY_SIZE_MAX);
+                tree->compact_cursor_set[level] = true;
+                uint32_t first, overlap;
+                level_overlap(tree, level + 1, table.key_min, table.key_max, &first, &overlap);
+                if (overlap == 0) {
+                        level_remove(l, pick, 1);
+                        level_insert(&tree->levels[level + 1], first, &table);
+                        tree->stats.tables_moved++;
+                        tree->version++;
+                        continue;
+                }
+                if (!job_start(tree, level, &table, 1)) {
+                        *fault = true;
+                        return false;
+                }
+                return true;
         }
-        return false;
 }
 
 /*
