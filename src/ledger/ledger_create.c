@@ -610,7 +610,7 @@ static uint32_t transfer_create(struct ledger *ledger, const struct wire_transfe
         if (t->id == 0) return CT_ID_MUST_NOT_BE_ZERO;
         if (t->id == U128_MAX) return CT_ID_MUST_NOT_BE_INT_MAX;
 
-        struct ws_entry *entry = ws_transfer(ledger, t->id);
+        struct ws_entry *entry = ws_transfer_new(ledger, t->id);
         if (entry->state == WS_FAILED) return CT_ID_ALREADY_FAILED;
         if (entry->state == WS_PRESENT) {
                 struct wire_transfer existing = entry->object.transfer;

@@ -244,6 +244,8 @@ void ledger_state_reset(struct ledger *ledger);
 /* The account / transfer named `id`, loaded into the working set (state says if it exists). */
 struct ws_entry *ws_account(struct ledger *ledger, u128 id);
 struct ws_entry *ws_transfer(struct ledger *ledger, u128 id);
+/* The same, for the id of a transfer being created (usually absent: the id map first). */
+struct ws_entry *ws_transfer_new(struct ledger *ledger, u128 id);
 /* About to change `entry`: saves it in the open chain's undo log (once per chain). */
 void ws_touch(struct ledger *ledger, struct ws_entry *entry);
 /* Creates an account / a transfer (its entry must be absent). */

@@ -306,38 +306,59 @@ uint8_t ledger_status_get(struct ledger *ledger, uint64_t timestamp)
         return rc == 1 ? value.status : TRANSFER_STATUS_NONE;
 }
 
-struct ws_entry *ws_transfer(struct ledger *ledger, u128 id)
+/*
+ * The object cache first for an id that is usually there (a pending transfer a post or void
+ * names); the id map first for one that usually is not (a new transfer's own id): its filters
+ * say so, and the cache, which holds nothing the trees do not, need not be asked. Asking it
+ * first cost a cache miss per new transfer (17.8 % of the loop's samples at 17 M stored).
+ */
+static struct ws_entry *transfer_lookup(struct ledger *ledger, u128 id, bool usually_absent)
 {
         bool fresh;
         struct ws_entry *e = ws_slot(ledger, WS_TRANSFER, id, &fresh);
         if (!fresh)
                 return e;
-        if (lsm_groove_cached(&ledger->transfers, id, &e->object.transfer)) {
-                e->state = WS_PRESENT;
-                if (e->object.transfer.flags & TRANSFER_FLAG_PENDING)
-                        e->status = ledger_status_get(ledger, e->object.transfer.timestamp);
-                return e;
-        }
+        bool cached = false;
         uint64_t timestamp = 0;
-        int rc = lsm_groove_get_id(&ledger->transfers, id, &timestamp);
-        if (rc < 0)
-                ledger_fault(ledger, "transfer id lookup");
-        if (rc == 0) {
-                e->state = WS_ABSENT;
-                return e;
+        if (!usually_absent)
+                cached = lsm_groove_cached(&ledger->transfers, id, &e->object.transfer);
+        if (!cached) {
+                int rc = lsm_groove_get_id(&ledger->transfers, id, &timestamp);
+                if (rc < 0)
+                        ledger_fault(ledger, "transfer id lookup");
+                if (rc == 0) {
+                        e->state = WS_ABSENT;
+                        return e;
+                }
+                if (timestamp == 0) {
+                        e->state = WS_FAILED;
+                        return e;
+                }
+                if (usually_absent)
+                        cached = lsm_groove_cached(&ledger->transfers, id, &e->object.transfer);
         }
-        if (timestamp == 0) {
-                e->state = WS_FAILED;
-                return e;
+        if (!cached) {
+                int rc = lsm_groove_get_by_timestamp(&ledger->transfers, timestamp,
+                                                     &e->object.transfer);
+                if (rc != 1)
+                        ledger_fault(ledger, rc < 0 ? "transfer lookup"
+                                                    : "transfer of an id is missing");
+                lsm_groove_cache_put(&ledger->transfers, &e->object.transfer);
         }
-        rc = lsm_groove_get_by_timestamp(&ledger->transfers, timestamp, &e->object.transfer);
-        if (rc != 1)
-                ledger_fault(ledger, rc < 0 ? "transfer lookup" : "transfer of an id is missing");
-        lsm_groove_cache_put(&ledger->transfers, &e->object.transfer);
         e->state = WS_PRESENT;
         if (e->object.transfer.flags & TRANSFER_FLAG_PENDING)
-                e->status = ledger_status_get(ledger, timestamp);
+                e->status = ledger_status_get(ledger, e->object.transfer.timestamp);
         return e;
+}
+
+struct ws_entry *ws_transfer(struct ledger *ledger, u128 id)
+{
+        return transfer_lookup(ledger, id, false);
+}
+
+struct ws_entry *ws_transfer_new(struct ledger *ledger, u128 id)
+{
+        return transfer_lookup(ledger, id, true);
 }
 
 void ws_touch(struct ledger *ledger, struct ws_entry *entry)

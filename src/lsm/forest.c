@@ -273,8 +273,10 @@ bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root_ref, v
                 if (tree == NULL)
                         continue;
                 tally_assert(tree->memtable_count == 0);
-                for (uint32_t level = 0; level < LSM_LEVELS; level++)
+                for (uint32_t level = 0; level < LSM_LEVELS; level++) {
                         tree->levels[level].count = 0;
+                        tree->levels[level].value_count = 0;
+                }
         }
         for (uint32_t m = 0; m < forest->manifest_count; m++) {
                 const uint8_t *manifest = lsm_grid_read(grid, forest->manifest[m],

@@ -381,6 +381,7 @@ static void level_insert(struct lsm_level *level, uint32_t at, const struct lsm_
                 (level->count - at) * sizeof(*level->tables));
         level->tables[at] = *table;
         level->count++;
+        level->value_count += table->value_count;
 }
 
 static void level_remove(struct lsm_level *level, uint32_t at, uint32_t count)
@@ -388,6 +389,8 @@ static void level_remove(struct lsm_level *level, uint32_t at, uint32_t count)
         tally_assert(at + count <= level->count);
         if (count == 0)
                 return;
+        for (uint32_t t = at; t < at + count; t++)
+                level->value_count -= level->tables[t].value_count;
         memmove(&level->tables[at], &level->tables[at + count],
                 (level->count - at - count) * sizeof(*level->tables));
         level->count -= count;
@@ -1771,16 +1774,10 @@ static uint64_t compaction_backlog(const struct lsm_tree *tree)
                 uint64_t budget = lsm_tree_level_budget(tree, level);
                 if (count <= budget)
                         continue;
-                uint64_t values = 0;
-                for (uint32_t t = 0; t < l->count; t++)
-                        values += l->tables[t].value_count;
-                const struct lsm_level *below = &tree->levels[level + 1];
-                uint64_t below_values = 0;
-                for (uint32_t t = 0; t < below->count; t++)
-                        below_values += below->tables[t].value_count;
                 /* A table's values, and the values below in the share of the key range it
                  * holds (the level's tables split it about evenly). */
-                backlog += (count - budget) * (values + below_values) / l->count;
+                uint64_t values = l->value_count + tree->levels[level + 1].value_count;
+                backlog += (count - budget) * values / l->count;
         }
         return backlog;
 }

@@ -51,6 +51,7 @@ struct lsm_level {
         struct lsm_table_info *tables;
         uint32_t count;
         uint32_t capacity;
+        uint64_t value_count; /* of its tables */
 };
 
 struct lsm_tree_stats {

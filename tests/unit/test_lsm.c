@@ -956,6 +956,18 @@ static void test_tree_model_filtered(void)
         tree_model(&layout_small_tables_filtered);
 }
 
+/* Each level's value_count is the sum of its tables'. */
+static void check_level_value_counts(const struct lsm_tree *tree)
+{
+        for (uint32_t level = 0; level < LSM_LEVELS; level++) {
+                const struct lsm_level *l = &tree->levels[level];
+                uint64_t sum = 0;
+                for (uint32_t t = 0; t < l->count; t++)
+                        sum += l->tables[t].value_count;
+                CHECK_EQ_U64(l->value_count, sum);
+        }
+}
+
 static void tree_model(const struct lsm_layout *tree_layout)
 {
         device_reset();
@@ -990,6 +1002,7 @@ static void tree_model(const struct lsm_layout *tree_layout)
         CHECK(tree.levels[3].count > 0);
         /* Far more data than cache: lookups really went to the device. */
         CHECK(grid.stats.reads > 1000);
+        check_level_value_counts(&tree);
         /* Levels >= 1 never overlap. */
         for (uint32_t level = 1; level < LSM_LEVELS; level++) {
                 const struct lsm_level *l = &tree.levels[level];
@@ -1307,6 +1320,51 @@ static void test_tree_paced_by_writes(void)
                "step=%llu values, jobs=%llu\n",
                (unsigned long long)worst_zero, (unsigned long long)paced_steps,
                (unsigned long long)worst_step, (unsigned long long)tree.stats.compactions);
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+}
+
+/*
+ * Flushes that span the whole key range, as in the ledger's indexes by account (an account,
+ * then a timestamp: every flush holds every hot account), paced by the writes: level 1 stays
+ * near its budget. When level 0 went first whenever it was over its budget, and the pace
+ * covered only the job in progress, level 1 grew with the data (to 55 tables against a budget of
+ * 8 at 100 M transfers) and every level-0 job rewrote all of it.
+ */
+static void test_tree_wide_flushes(void)
+{
+        device_reset();
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "wide flushes", &layout_small_tables, &grid, 16 * 1000) == 0);
+        rng_state = 77;
+        uint64_t sequence = 0, puts_seen = 0, worst_level1 = 0;
+        for (uint32_t op = 1; op <= 16 * 120; op++) {
+                if (!lsm_tree_has_room(&tree, 1000))
+                        CHECK(lsm_tree_flush(&tree));
+                for (uint32_t i = 0; i < 1000; i++) {
+                        uint64_t key = (rng() % 64) << 40 | ++sequence;
+                        struct value v = value_make(key, sequence);
+                        lsm_tree_put(&tree, &v);
+                }
+                uint64_t pace = lsm_tree_compaction_pace(&tree, tree.stats.puts - puts_seen);
+                puts_seen = tree.stats.puts;
+                bool idle;
+                CHECK(lsm_tree_compact_step(&tree, MAX(500u, pace), &idle));
+                worst_level1 = MAX(worst_level1, tree.levels[1].count);
+                CHECK(lsm_tree_level0_fill(&tree) <= LSM_LEVEL0_FILL_STALL);
+        }
+        check_level_value_counts(&tree);
+        uint64_t budget1 = lsm_tree_level_budget(&tree, 1);
+        printf("wide flushes: %llu values, worst level 1 %llu tables (budget %llu), %.2f values "
+               "merged per value put, tables L1..L3 %u %u %u\n",
+               (unsigned long long)sequence, (unsigned long long)worst_level1,
+               (unsigned long long)budget1,
+               (double)tree.stats.values_compacted / (double)tree.stats.puts,
+               tree.levels[1].count, tree.levels[2].count, tree.levels[3].count);
+        CHECK(tree.levels[2].count > 0);
+        CHECK(worst_level1 <= 4 * budget1);
         lsm_tree_deinit(&tree);
         lsm_grid_deinit(&grid);
 }
@@ -2157,6 +2215,7 @@ int main(void)
         TEST_RUN(test_memtable_sort);
         TEST_RUN(test_tree_paced);
         TEST_RUN(test_tree_paced_by_writes);
+        TEST_RUN(test_tree_wide_flushes);
         TEST_RUN(test_tree_bulk_merge);
         TEST_RUN(test_tree_append_only);
         TEST_RUN(test_tree_faults);
