@@ -221,6 +221,24 @@ static uint32_t batch_prefix_check(bool linked, bool last, bool chain_broken, bo
 }
 
 /*
+ * The accounts of a transfer a few events ahead (ws_account_hint): a batch names a few thousand
+ * accounts, too many for the CPU's caches to keep between batches, each looked up once in the
+ * working set and the object cache. (Naming the transfer's own id the same way, with its id
+ * map's filters, made the loop slower: 327k against 356k/s at 10 M.)
+ */
+#define HINT_FAR 8u
+#define HINT_NEAR 3u
+
+static void accounts_hint(struct ledger *ledger, const uint8_t *event, bool near)
+{
+        u128 debit, credit;
+        memcpy(&debit, event + offsetof(struct wire_transfer, debit_account_id), sizeof(debit));
+        memcpy(&credit, event + offsetof(struct wire_transfer, credit_account_id), sizeof(credit));
+        ws_account_hint(ledger, debit, near);
+        ws_account_hint(ledger, credit, near);
+}
+
+/*
  * Runs one batch. `results` has room for `count` records; `*result_count` gets how many were
  * written (failures only, in index order).
  */
@@ -246,6 +264,10 @@ static void create_batch(struct ledger *ledger, bool transfers, uint64_t timesta
         uint32_t chain_start = 0;
         uint32_t written = 0;
         for (uint32_t i = 0; i < count; i++) {
+                if (transfers && i + HINT_FAR < count)
+                        accounts_hint(ledger, events + (size_t)(i + HINT_FAR) * 128, false);
+                if (transfers && i + HINT_NEAR < count)
+                        accounts_hint(ledger, events + (size_t)(i + HINT_NEAR) * 128, true);
                 union {
                         struct wire_account account;
                         struct wire_transfer transfer;

@@ -242,6 +242,11 @@ void ledger_state_deinit(struct ledger *ledger);
 void ledger_state_reset(struct ledger *ledger);
 
 /* The account / transfer named `id`, loaded into the working set (state says if it exists). */
+/*
+ * A hint that the batch looks up account `id` a few events from now (create_batch): the working
+ * set's slot and the object cache's set, then (`near`) its way. Changes nothing.
+ */
+void ws_account_hint(struct ledger *ledger, u128 id, bool near);
 struct ws_entry *ws_account(struct ledger *ledger, u128 id);
 struct ws_entry *ws_transfer(struct ledger *ledger, u128 id);
 /* The same, for the id of a transfer being created (usually absent: the id map first). */

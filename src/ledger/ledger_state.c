@@ -284,6 +284,13 @@ static struct ws_entry *ws_slot(struct ledger *ledger, uint8_t kind, u128 id, bo
         return e;
 }
 
+void ws_account_hint(struct ledger *ledger, u128 id, bool near)
+{
+        if (!near)
+                __builtin_prefetch(&ledger->ws.slots[ws_hash(WS_ACCOUNT, id) & (WS_SLOTS - 1)]);
+        lsm_groove_cache_prefetch(&ledger->accounts, id, near);
+}
+
 struct ws_entry *ws_account(struct ledger *ledger, u128 id)
 {
         bool fresh;
@@ -676,15 +683,20 @@ void ws_commit(struct ledger *ledger)
                                                                    ? &ledger->accounts
                                                                    : &ledger->transfers,
                                                            &next->object);
-                        else if (ws_account_update(next)) /* an update compares the value */
+                        else if (ws_account_update(next)) { /* an update compares the value */
                                 lsm_tree_put_prefetch(&ledger->accounts.objects,
                                                       &next->object.account.timestamp);
+                                /* and writes through the object cache */
+                                lsm_groove_cache_prefetch(&ledger->accounts, next->id, false);
+                        }
                 }
                 if (i + near < ws->count) {
                         const struct ws_entry *next = &ws->entries[i + near];
-                        if (ws_account_update(next))
+                        if (ws_account_update(next)) {
                                 lsm_tree_value_prefetch(&ledger->accounts.objects,
                                                         &next->object.account.timestamp);
+                                lsm_groove_cache_prefetch(&ledger->accounts, next->id, true);
+                        }
                 }
                 const struct ws_entry *e = &ws->entries[i];
                 if (e->state != WS_PRESENT)

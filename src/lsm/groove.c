@@ -171,6 +171,28 @@ void lsm_groove_cache_put(struct lsm_groove *g, const void *object)
         memcpy(c->objects + (uint64_t)way * g->config.object_size, object, g->config.object_size);
 }
 
+void lsm_groove_cache_prefetch(const struct lsm_groove *g, u128 id, bool near)
+{
+        const struct lsm_groove_cache *c = &g->cache;
+        if (c->set_count == 0)
+                return;
+        uint64_t h = cache_hash(id);
+        uint64_t base = (uint64_t)((uint32_t)h & (c->set_count - 1)) * LSM_GROOVE_CACHE_WAYS;
+        if (!near) {
+                __builtin_prefetch(&c->tags[base]);
+                return;
+        }
+        uint32_t tag = (uint32_t)(h >> 32) | 1;
+        for (uint32_t w = 0; w < LSM_GROOVE_CACHE_WAYS; w++) {
+                if (c->tags[base + w] == tag) { /* most likely the id's: it will be written */
+                        const uint8_t *object = c->objects + (base + w) * g->config.object_size;
+                        __builtin_prefetch(object, 1);
+                        __builtin_prefetch(object + g->config.object_size - 1, 1);
+                        return;
+                }
+        }
+}
+
 bool lsm_groove_cached(struct lsm_groove *g, u128 id, void *out)
 {
         struct lsm_groove_cache *c = &g->cache;

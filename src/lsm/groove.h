@@ -101,6 +101,11 @@ void lsm_groove_put_id(struct lsm_groove *groove, u128 id, uint64_t timestamp);
 int lsm_groove_get_by_timestamp(struct lsm_groove *groove, uint64_t timestamp, void *out);
 /* Through the object cache first. */
 int lsm_groove_get_by_id(struct lsm_groove *groove, u128 id, void *out);
+/*
+ * A hint that the object cache is asked for `id`, or updated with it, soon: its set's tags
+ * (`near` false), then, a few objects later, the way whose tag matches (`near`). Changes nothing.
+ */
+void lsm_groove_cache_prefetch(const struct lsm_groove *groove, u128 id, bool near);
 /* The object cache alone: true and the object in `out` if it holds `id`. */
 bool lsm_groove_cached(struct lsm_groove *groove, u128 id, void *out);
 /* Remembers `object`, just read from the trees or inserted, in the object cache. */
