@@ -34,7 +34,7 @@ struct lsm_compactor {
         pthread_mutex_t mutex;
         pthread_cond_t queued; /* a job was queued, or stop */
         pthread_cond_t done;   /* a job finished */
-        /* Jobs not done yet, merged a chunk at a time, fewest values left first. */
+        /* Jobs not done yet, merged a chunk at a time, the one due soonest first (job_next). */
         struct lsm_tree *queue[LSM_COMPACTOR_QUEUE];
         uint32_t queue_count;
         bool stop;

@@ -238,10 +238,11 @@ bool lsm_tree_compact(struct lsm_tree *tree);
 bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle);
 
 /*
- * The compaction work (values) this op must do so that the job in progress ends before level 0
- * passes twice its budget, given that `values_put` values went into the memtable since the last
- * call: twice the job's remaining values in proportion to those puts against the values the tree
- * can still take before the flush that would take it there (all of them once none); 0 without a
+ * The compaction work (values) this op must do so that the job in progress, and the jobs the
+ * levels over their budget still need after it, end before level 0 passes twice its budget,
+ * given that `values_put` values went into the memtable since the last call: twice those values
+ * in proportion to those puts against the values the tree can still take before the flush that
+ * would take it there, at most the job's remaining values (all of them once none); 0 without a
  * job. A pace that follows the writes: a flat budget per op let a merge of level 0 into a level 1
  * of millions of random keys fall behind, and the op that found level 0 full did the rest at
  * once (6.9 M values, 892 ms, at 10 M transfers stored).
