@@ -46,6 +46,8 @@ struct server {
         bus_connection_id backup_pin_owner; /* the backup connection the pin is for */
         /* The checkpoint a backup copies (its blocks held, see ledger_hold). */
         struct backup_pin backup_pin;
+        struct io_completion commit_resume; /* env_defer's, queued at most once */
+        bool commit_resume_queued;
 };
 
 static volatile sig_atomic_t stop_signal;
@@ -102,6 +104,26 @@ static void env_flush(void *context)
 {
         struct server *s = context;
         io_submit(&s->io);
+}
+
+static void on_commit_resume(struct io_completion *completion, int32_t result)
+{
+        (void)result;
+        struct server *s = completion->context;
+        s->commit_resume_queued = false;
+        replica_commit_resume(&s->replica);
+}
+
+/* The replica's next op executes once the loop has handled what is ready (replica.h). */
+static void env_defer(void *context)
+{
+        struct server *s = context;
+        if (s->commit_resume_queued)
+                return;
+        s->commit_resume_queued = true;
+        s->commit_resume.callback = on_commit_resume;
+        s->commit_resume.context = s;
+        io_defer(&s->io, &s->commit_resume);
 }
 
 static uint64_t env_monotonic_ns(void *context)
@@ -690,7 +712,8 @@ static int serve(struct server *s)
         /* Let closes and in-flight journal writes finish, for at most a second. */
         uint64_t deadline = io_monotonic_ns() + 1000000000ull;
         while (io_monotonic_ns() < deadline &&
-               (s->bus.stats.connections_active > 0 || s->storage.sync_pending ||
+               (s->bus.stats.connections_active > 0 ||
+                storage_journal_writes_in_flight(&s->storage) > 0 ||
                 (s->metrics && !http_server_idle(&s->http)))) {
                 io_run(&s->io, TICK_NS, true);
         }
@@ -819,6 +842,7 @@ int cli_start(int argc, char **argv)
                 .realtime_ns = env_realtime_ns,
                 .monotonic_ns = env_monotonic_ns,
                 .flush = env_flush,
+                .defer = env_defer,
                 .checkpoint = env_checkpoint,
                 .storage_full = env_storage_full,
                 .storage_room = env_storage_room,

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -183,6 +184,7 @@ static bool sqe_fill(struct io *io, struct io_completion *c)
                 sqe->addr = (uint64_t)(uintptr_t)c->buffer;
                 sqe->len = c->size;
                 sqe->off = c->offset;
+                sqe->rw_flags = c->durable ? RWF_DSYNC : 0;
                 break;
         case IORING_OP_FSYNC:
                 sqe->fsync_flags = IORING_FSYNC_DATASYNC;
@@ -223,6 +225,7 @@ static void prepare(struct io_completion *c, uint8_t opcode, int fd, void *buffe
         c->size = size;
         c->offset = offset;
         c->result = 0;
+        c->durable = false;
 }
 
 void io_accept(struct io *io, struct io_completion *c, int fd)
@@ -264,6 +267,14 @@ void io_write(struct io *io, struct io_completion *c, int fd, const void *buffer
               uint64_t offset)
 {
         prepare(c, IORING_OP_WRITE, fd, (void *)buffer, size, offset);
+        enqueue(io, c);
+}
+
+void io_write_durable(struct io *io, struct io_completion *c, int fd, const void *buffer,
+                      uint32_t size, uint64_t offset)
+{
+        prepare(c, IORING_OP_WRITE, fd, (void *)buffer, size, offset);
+        c->durable = true;
         enqueue(io, c);
 }
 
@@ -332,6 +343,32 @@ static int enter(struct io *io, uint32_t min_complete, uint64_t timeout_ns)
         return 0;
 }
 
+void io_defer(struct io *io, struct io_completion *c)
+{
+        tally_assert(c->callback != NULL);
+        c->next = NULL;
+        if (io->deferred_tail != NULL)
+                io->deferred_tail->next = c;
+        else
+                io->deferred_head = c;
+        io->deferred_tail = c;
+}
+
+uint32_t io_deferred_run(struct io *io)
+{
+        struct io_completion *c = io->deferred_head;
+        io->deferred_head = NULL;
+        io->deferred_tail = NULL;
+        uint32_t count = 0;
+        while (c != NULL) {
+                struct io_completion *next = c->next; /* the callback may defer it again */
+                c->callback(c, 0);
+                c = next;
+                count++;
+        }
+        return count;
+}
+
 void io_submit(struct io *io)
 {
         if (io->backend == IO_BACKEND_EPOLL) {
@@ -350,11 +387,20 @@ int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
         uint64_t deadline = io_monotonic_ns() + timeout_ns;
         for (;;) {
                 uint64_t now = io_monotonic_ns();
-                uint64_t wait = now < deadline ? deadline - now : 0;
+                uint64_t wait = now < deadline && io->deferred_head == NULL ? deadline - now : 0;
                 int rc = enter(io, wait > 0 ? 1 : 0, wait);
                 if (rc < 0)
                         return rc;
                 uint32_t ran = reap(io);
+                if (io->deferred_head != NULL) {
+                        /* What the completions queued (journal writes, replies) goes first. */
+                        if (io->sq_pending > 0 || io->overflow_head != NULL) {
+                                rc = enter(io, 0, 0);
+                                if (rc < 0)
+                                        return rc;
+                        }
+                        ran += io_deferred_run(io);
+                }
                 if (io_monotonic_ns() >= deadline || (return_early && ran > 0)) {
                         /* Hand what the callbacks queued to the kernel before returning. */
                         if (io->sq_pending > 0 || io->overflow_head != NULL)

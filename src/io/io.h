@@ -39,6 +39,9 @@ struct io_completion {
         /* Run in a kernel worker, never inline in the submitting system call: for bulk writes
          * that would otherwise copy into the page cache while the loop waits. */
         bool background;
+        /* A write that is durable when it completes (RWF_DSYNC): no fdatasync must follow, so
+         * nothing between the write and its durability waits for the loop's turn. */
+        bool durable;
         int fd;
         void *buffer;
         uint32_t size;
@@ -84,6 +87,9 @@ struct io {
         /* Fault injection for tests: may replace an operation's result before its callback. */
         int32_t (*fault)(void *context, const struct io_completion *completion, int32_t result);
         void *fault_context;
+        /* io_defer's callbacks, in order (both backends). */
+        struct io_completion *deferred_head;
+        struct io_completion *deferred_tail;
 };
 
 /*
@@ -104,8 +110,17 @@ void io_read(struct io *io, struct io_completion *c, int fd, void *buffer, uint3
              uint64_t offset);
 void io_write(struct io *io, struct io_completion *c, int fd, const void *buffer, uint32_t size,
               uint64_t offset);
+/* As io_write, durable on the disk when it completes (as if an fdatasync of the file followed). */
+void io_write_durable(struct io *io, struct io_completion *c, int fd, const void *buffer,
+                      uint32_t size, uint64_t offset);
 /* fdatasync. */
 void io_fsync(struct io *io, struct io_completion *c, int fd);
+/*
+ * Runs c->callback (result 0) inside io_run once the completions ready now have run and what
+ * their callbacks queued has gone to the kernel: work that may keep the loop busy for long
+ * (executing a batch) waits for the loop's turn, not the other way round.
+ */
+void io_defer(struct io *io, struct io_completion *c);
 
 /*
  * Submits what is queued and runs completions until `timeout_ns` has passed (or at least one

@@ -30,6 +30,7 @@
 #include <linux/io_uring.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/uio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -140,9 +141,12 @@ static int32_t file_operation(const struct io_completion *c)
                 case IORING_OP_READ:
                         n = pread(c->fd, c->buffer, c->size, (off_t)c->offset);
                         break;
-                case IORING_OP_WRITE:
-                        n = pwrite(c->fd, c->buffer, c->size, (off_t)c->offset);
+                case IORING_OP_WRITE: {
+                        struct iovec iov = {.iov_base = c->buffer, .iov_len = c->size};
+                        n = pwritev2(c->fd, &iov, 1, (off_t)c->offset,
+                                     c->durable ? RWF_DSYNC : 0);
                         break;
+                }
                 case IORING_OP_FSYNC:
                         n = fdatasync(c->fd);
                         break;
@@ -483,11 +487,18 @@ int io_epoll_run(struct io *io, uint64_t timeout_ns, bool return_early)
         for (;;) {
                 submit_all(e);
                 uint64_t now = io_monotonic_ns();
-                uint64_t wait = e->ready.head != NULL || now >= deadline ? 0 : deadline - now;
+                uint64_t wait = e->ready.head != NULL || io->deferred_head != NULL ||
+                                                now >= deadline
+                                        ? 0
+                                        : deadline - now;
                 int rc = wait_events(e, wait);
                 if (rc < 0)
                         return rc;
                 uint32_t ran = run_ready(io);
+                if (io->deferred_head != NULL) {
+                        submit_all(e); /* what the completions queued goes first, as in io.c */
+                        ran += io_deferred_run(io);
+                }
                 if (io_monotonic_ns() >= deadline || (return_early && ran > 0)) {
                         /* Hand what the callbacks queued over before returning, as io.c does. */
                         submit_all(e);

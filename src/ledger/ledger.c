@@ -296,10 +296,11 @@ static uint32_t execute_batch(struct ledger *ledger, const struct op_info *info,
         return 0;
 }
 
-uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t timestamp,
-                        const uint8_t *body, uint32_t body_size, uint8_t *reply)
+uint32_t ledger_execute_begin(struct ledger *ledger, uint8_t operation, uint64_t timestamp,
+                              const uint8_t *body, uint32_t body_size, uint8_t *reply)
 {
         tally_assert(timestamp >= 1 && timestamp <= LEDGER_MAX63);
+        tally_assert(ledger->finish == LEDGER_FINISH_NONE);
         if (operation == OPERATION_PULSE) {
                 tally_assert(body_size == 0);
                 ws_reserve(ledger, LEDGER_PULSE_TIMESTAMP_DELTA);
@@ -314,7 +315,10 @@ uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t times
         tally_assert(info.kind != OP_NONE);
         bool creates = info.kind == OP_CREATE_ACCOUNTS || info.kind == OP_CREATE_TRANSFERS;
         uint32_t reply_size = 0;
-        if (creates) ws_reserve(ledger, ledger_timestamp_delta(operation, body, body_size));
+        /* The room the op's writes need is made in ledger_execute_finish, after its rules:
+         * flushes move values without changing what a lookup finds, and the reply goes out
+         * first. */
+        ledger->finish_events = creates ? ledger_timestamp_delta(operation, body, body_size) : 0;
 
         if (!info.multi_batch) {
                 uint32_t count = info.batchable ? body_size / info.event_size : 1;
@@ -347,13 +351,37 @@ uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t times
                 }
                 reply_size = multi_batch_encoder_finish(&encoder);
         }
-        if (creates) ws_commit(ledger);
-        if (info.kind == OP_CREATE_TRANSFERS) ledger_expiry_next_update(ledger);
+        ledger->finish = info.kind == OP_CREATE_TRANSFERS ? LEDGER_FINISH_TRANSFERS
+                         : creates                        ? LEDGER_FINISH_ACCOUNTS
+                                                          : LEDGER_FINISH_READ;
+        tally_assert(reply_size <= BODY_MAX);
+        return reply_size;
+}
+
+void ledger_execute_finish(struct ledger *ledger)
+{
+        enum ledger_finish finish = ledger->finish;
+        ledger->finish = LEDGER_FINISH_NONE;
+        if (finish == LEDGER_FINISH_NONE)
+                return; /* a pulse: done in ledger_execute_begin */
+        bool creates = finish != LEDGER_FINISH_READ;
+        if (creates) {
+                ws_reserve(ledger, ledger->finish_events);
+                ws_commit(ledger);
+        }
+        if (finish == LEDGER_FINISH_TRANSFERS) ledger_expiry_next_update(ledger);
         ledger_beat(ledger);
 #ifdef TALLY_DEBUG
         if (creates) ledger_check_invariants(ledger);
 #endif
-        tally_assert(reply_size <= BODY_MAX);
+}
+
+uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t timestamp,
+                        const uint8_t *body, uint32_t body_size, uint8_t *reply)
+{
+        uint32_t reply_size =
+                ledger_execute_begin(ledger, operation, timestamp, body, body_size, reply);
+        ledger_execute_finish(ledger);
         return reply_size;
 }
 

@@ -192,9 +192,19 @@ struct working_set {
         uint32_t failed_count;
 };
 
+/* What ledger_execute_finish still has to do for the op ledger_execute_begin ran. */
+enum ledger_finish {
+        LEDGER_FINISH_NONE = 0, /* nothing begun (or a pulse, done at once) */
+        LEDGER_FINISH_READ,     /* the compaction beat */
+        LEDGER_FINISH_ACCOUNTS, /* the working set's writes, then the beat */
+        LEDGER_FINISH_TRANSFERS /* and the next expiry */
+};
+
 struct ledger {
         struct ledger_config config;
         uint64_t memory_bytes;
+        enum ledger_finish finish;
+        uint32_t finish_events; /* the op's events, for ws_reserve in ledger_execute_finish */
 
         struct lsm_device_memory memory_device; /* when the config names no device */
         struct lsm_grid grid;

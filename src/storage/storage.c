@@ -434,6 +434,21 @@ void storage_close(struct storage *storage)
         storage->fd_direct = -1;
 }
 
+/*
+ * How a journaled prepare becomes durable (storage.h): a small one is covered by the next
+ * fdatasync, shared with every prepare written before it started (group commit); a large one
+ * syncs itself, each of its two writes durable when it completes (RWF_DSYNC).
+ */
+static void prepare_durable(struct storage *storage, struct storage_write *w)
+{
+        w->used = false;
+        struct message *m = w->message;
+        w->message = NULL;
+        if (!storage->failed && w->error == 0)
+                w->callback(w->context, m);
+        message_unref(storage->pool, m);
+}
+
 static void sync_maybe_start(struct storage *storage);
 
 static void on_sync(struct io_completion *completion, int32_t result)
@@ -450,14 +465,8 @@ static void on_sync(struct io_completion *completion, int32_t result)
         }
         for (uint32_t i = 0; i < STORAGE_WRITES_MAX; i++) {
                 struct storage_write *w = &storage->writes[i];
-                if (!w->used || !w->in_sync)
-                        continue;
-                w->used = false;
-                struct message *m = w->message;
-                w->message = NULL;
-                if (!storage->failed && w->error == 0)
-                        w->callback(w->context, m);
-                message_unref(storage->pool, m);
+                if (w->used && w->in_sync)
+                        prepare_durable(storage, w);
         }
         sync_maybe_start(storage);
 }
@@ -488,14 +497,20 @@ static void on_write(struct io_completion *completion, int32_t result)
         struct storage_write *w = completion->context;
         struct storage *storage = w->storage;
         if (result < 0 || (uint32_t)result != completion->size) {
-                if (result >= 0 && result > 0) {
-                        /* A short write: carry on with the rest. */
-                        io_write(storage->io, completion, storage->fd,
-                                 (uint8_t *)completion->buffer + result,
-                                 completion->size - (uint32_t)result,
-                                 completion->offset + (uint64_t)result);
+                if (result > 0) {
+                        /* A short write: carry on with the rest, synced as the first part was. */
+                        uint8_t *rest = (uint8_t *)completion->buffer + result;
+                        uint32_t size = completion->size - (uint32_t)result;
+                        uint64_t offset = completion->offset + (uint64_t)result;
+                        if (w->self_sync)
+                                io_write_durable(storage->io, completion, storage->fd, rest, size,
+                                                 offset);
+                        else
+                                io_write(storage->io, completion, storage->fd, rest, size, offset);
                         return;
                 }
+                /* After a failed write (or its own sync) the page cache state is unknown: never
+                 * ack. */
                 w->error = result < 0 ? result : -EIO;
                 storage->failed = true;
                 log_error("journal write failed; no further writes are acknowledged op=%llu "
@@ -505,11 +520,25 @@ static void on_write(struct io_completion *completion, int32_t result)
         }
         tally_assert(w->writes_pending > 0);
         w->writes_pending--;
-        if (w->writes_pending == 0) {
-                w->written = true;
-                storage->prepares_written++;
-                sync_maybe_start(storage);
+        if (w->writes_pending > 0)
+                return;
+        storage->prepares_written++;
+        if (w->self_sync) {
+                storage->syncs++;
+                histogram_observe(&storage->sync_latency, io_monotonic_ns() - w->started_ns);
+                prepare_durable(storage, w);
+                return;
         }
+        w->written = true;
+        sync_maybe_start(storage);
+}
+
+uint32_t storage_journal_writes_in_flight(const struct storage *storage)
+{
+        uint32_t count = 0;
+        for (uint32_t i = 0; i < STORAGE_WRITES_MAX; i++)
+                count += storage->writes[i].used ? 1u : 0u;
+        return count;
 }
 
 bool storage_write_prepare(struct storage *storage, struct message *prepare,
@@ -538,14 +567,18 @@ bool storage_write_prepare(struct storage *storage, struct message *prepare,
         w->callback = callback;
         w->context = context;
         w->writes_pending = 2;
+        w->started_ns = io_monotonic_ns();
+        w->self_sync = prepare->header->size >= STORAGE_SELF_SYNC_MIN;
         w->headers_completion.callback = on_write;
         w->headers_completion.context = w;
         w->prepare_completion.callback = on_write;
         w->prepare_completion.context = w;
-        io_write(storage->io, &w->prepare_completion, storage->fd, prepare->buffer,
-                 prepare->header->size, sb->wal_prepares_offset + slot * sb->message_size_max);
-        io_write(storage->io, &w->headers_completion, storage->fd, prepare->buffer,
-                 WIRE_HEADER_SIZE, sb->wal_headers_offset + slot * WIRE_HEADER_SIZE);
+        void (*write)(struct io *, struct io_completion *, int, const void *, uint32_t,
+                      uint64_t) = w->self_sync ? io_write_durable : io_write;
+        write(storage->io, &w->prepare_completion, storage->fd, prepare->buffer,
+              prepare->header->size, sb->wal_prepares_offset + slot * sb->message_size_max);
+        write(storage->io, &w->headers_completion, storage->fd, prepare->buffer,
+              WIRE_HEADER_SIZE, sb->wal_headers_offset + slot * WIRE_HEADER_SIZE);
         return true;
 }
 

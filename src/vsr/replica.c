@@ -833,6 +833,38 @@ static void slow_commit_note(struct replica *r, const struct wire_header *p, uin
  * The reply leaves through this replica's connection to the client if it has one and either
  * is the primary or received this very request.
  */
+/* Every field comes from the prepare, so every replica builds the same reply. */
+static void reply_build(struct replica *r, const struct wire_header *p, struct message *reply,
+                        uint32_t body_size)
+{
+        struct wire_header *h = reply->header;
+        wire_header_init(h, COMMAND_REPLY, r->config.cluster, p->view, p->release, p->replica);
+        h->size = WIRE_HEADER_SIZE + body_size;
+        h->reply.request_checksum = p->prepare.request_checksum;
+        h->reply.client = p->prepare.client;
+        h->reply.op = p->prepare.op;
+        h->reply.commit = p->prepare.op;
+        h->reply.timestamp = p->prepare.timestamp;
+        h->reply.request = p->prepare.request;
+        h->reply.operation = p->prepare.operation;
+        wire_header_set_checksum_body(h, message_body(reply), body_size);
+        wire_reply_set_context(h);
+        wire_header_set_checksum(h);
+}
+
+/* Where the reply to `p` goes now: its client's connection here, or 0 (none, or not ours). */
+static replica_connection reply_connection(struct replica *r, const struct wire_header *p,
+                                           const struct replica_client *entry)
+{
+        if (entry == NULL || r->replaying)
+                return 0;
+        struct replica_client_connection *c = replica_client_connection(r, entry->client);
+        if (c != NULL && (replica_is_primary(r) || c->request >= p->prepare.request ||
+                          p->prepare.operation == OPERATION_REGISTER))
+                return c->connection;
+        return 0;
+}
+
 void replica_execute(struct replica *r, struct message *prepare, struct message *reply)
 {
         const struct wire_header *p = prepare->header;
@@ -844,6 +876,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
         }
         uint32_t body_size = 0;
         struct replica_client *entry = NULL;
+        replica_connection sent = 0;
         if (p->prepare.operation == OPERATION_REGISTER) {
                 entry = session_create(r, p);
                 struct wire_register_result result;
@@ -851,13 +884,33 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 result.batch_size_limit = replica_batch_size_limit(r);
                 memcpy(message_body(reply), &result, sizeof(result));
                 body_size = sizeof(result);
+                reply_build(r, p, reply, body_size);
         } else {
                 uint64_t started_ns = r->env.monotonic_ns ? r->env.monotonic_ns(r->env.context) : 0;
                 struct ledger_stats before;
                 ledger_get_stats(r->ledger, &before);
-                body_size = ledger_execute(r->ledger, p->prepare.operation, p->prepare.timestamp,
-                                           message_body(prepare), p->size - WIRE_HEADER_SIZE,
-                                           message_body(reply));
+                body_size = ledger_execute_begin(r->ledger, p->prepare.operation,
+                                                 p->prepare.timestamp, message_body(prepare),
+                                                 p->size - WIRE_HEADER_SIZE, message_body(reply));
+                tally_assert(body_size <= WIRE_BODY_SIZE_MAX);
+                if (p->prepare.client != 0)
+                        entry = client_find(r, p->prepare.client);
+                if (p->prepare.operation != OPERATION_PULSE) {
+                        reply_build(r, p, reply, body_size);
+                        /*
+                         * The reply is final before the op's writes are applied (its effects
+                         * are durable in the journal already): sent now, its client prepares
+                         * the next request while the ledger finishes, and that request is
+                         * journaled by the time the op after this one ends.
+                         */
+                        sent = reply_connection(r, p, entry);
+                        if (sent != 0) {
+                                replica_send_to(r, sent, reply);
+                                if (r->env.flush != NULL)
+                                        r->env.flush(r->env.context);
+                        }
+                }
+                ledger_execute_finish(r->ledger);
                 r->checkpoint_work += (uint64_t)(p->size - WIRE_HEADER_SIZE) + body_size;
                 if (r->env.monotonic_ns != NULL) {
                         uint64_t ns = r->env.monotonic_ns(r->env.context) - started_ns;
@@ -866,7 +919,6 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                         if (ns >= REPLICA_SLOW_COMMIT_NS)
                                 slow_commit_note(r, p, ns, &before);
                 }
-                tally_assert(body_size <= WIRE_BODY_SIZE_MAX);
                 uint32_t events = ledger_timestamp_delta(p->prepare.operation,
                                                          message_body(prepare),
                                                          p->size - WIRE_HEADER_SIZE);
@@ -874,8 +926,6 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                         r->pending_create_events -= MIN(r->pending_create_events, events);
                         r->stats.events_committed += events;
                 }
-                if (p->prepare.client != 0)
-                        entry = client_find(r, p->prepare.client);
         }
         stats_count_commit(r, prepare, reply, body_size);
         r->commit = p->prepare.op;
@@ -890,20 +940,6 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 message_unref(r->pool, reply);
                 return;
         }
-        struct wire_header *h = reply->header;
-        /* Every field comes from the prepare, so every replica builds the same reply. */
-        wire_header_init(h, COMMAND_REPLY, r->config.cluster, p->view, p->release, p->replica);
-        h->size = WIRE_HEADER_SIZE + body_size;
-        h->reply.request_checksum = p->prepare.request_checksum;
-        h->reply.client = p->prepare.client;
-        h->reply.op = p->prepare.op;
-        h->reply.commit = p->prepare.op;
-        h->reply.timestamp = p->prepare.timestamp;
-        h->reply.request = p->prepare.request;
-        h->reply.operation = p->prepare.operation;
-        wire_header_set_checksum_body(h, message_body(reply), body_size);
-        wire_reply_set_context(h);
-        wire_header_set_checksum(h);
         if (r->env.committed != NULL)
                 r->env.committed(r->env.context, prepare, reply);
         if (entry == NULL) {
@@ -916,11 +952,11 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                 message_unref(r->pool, entry->reply);
         entry->reply = reply;
         entry->reply_dirty = true;
-        struct replica_client_connection *c = replica_client_connection(r, entry->client);
-        if (!r->replaying && c != NULL &&
-            (replica_is_primary(r) || c->request >= p->prepare.request ||
-             p->prepare.operation == OPERATION_REGISTER))
-                replica_send_to(r, c->connection, reply);
+        if (sent == 0) {
+                replica_connection connection = reply_connection(r, p, entry);
+                if (connection != 0)
+                        replica_send_to(r, connection, reply);
+        }
 }
 
 static void on_checkpoint_done(void *context, bool ok)

@@ -143,6 +143,14 @@ struct replica_env {
          * executes an op that may keep its loop busy for long (the server: io_submit).
          */
         void (*flush)(void *context);
+        /*
+         * Optional: asks the host to call replica_commit_resume soon, once it has handled what
+         * is ready (messages received, journal writes done). With it, the replica executes one
+         * op per turn of the host's loop: a request that arrived while an op executed is
+         * journaled before the next op executes, instead of after it, so its journal write
+         * overlaps an execution. Without it, every op ready executes at once.
+         */
+        void (*defer)(void *context);
 
         /* Optional, for the simulator's checks: every prepare this replica commits, in order. */
         void (*committed)(void *context, const struct message *prepare,
@@ -480,6 +488,7 @@ struct replica {
         uint8_t svc_votes;              /* bit i: replica i wants svc_view */
         struct message *dvc[WIRE_REPLICAS_MAX]; /* do_view_change messages for `view` */
         bool start_view_pending;        /* new primary: repairing before start_view */
+        bool commit_deferred;           /* ops ready to execute wait for replica_commit_resume */
         uint64_t suffix_next;           /* new primary: next old op to replicate again (0: none) */
         uint64_t suffix_progress_tick;  /* when suffix_next last moved */
         uint64_t commit_seen;           /* primary: r->commit at commit_seen_tick */
@@ -642,6 +651,8 @@ void replica_ping_peer(struct replica *replica, uint8_t peer);
 void replica_on_peer_connected(struct replica *replica, uint8_t peer);
 /* Every 10 ms: timeouts, retransmissions, retries of what waited for resources, pulses. */
 void replica_tick(struct replica *replica);
+/* The host's answer to env.defer: executes the next op ready, if any (deferring the rest). */
+void replica_commit_resume(struct replica *replica);
 
 /*
  * Recovery, before serving: restore the checkpoint, then replay the journal after it. With one

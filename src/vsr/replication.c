@@ -422,7 +422,37 @@ static uint32_t bits(uint8_t x)
 
 static void fresh_check(struct replica *r);
 
-/* Executes every op that can be: known committed and here, in op order. */
+static void commit_advance(struct replica *r);
+
+/*
+ * With env.defer, one op executes per turn of the host's loop: after an op, the next waits
+ * until the loop has handled what is ready (a request that arrived meanwhile is journaled, so
+ * its journal write overlaps the next op's execution instead of following it) and called
+ * replica_commit_resume. commit_wait says whether an op must wait; commit_executed asks for
+ * the turn.
+ */
+static bool commit_wait(const struct replica *r)
+{
+        return r->env.defer != NULL && r->commit_deferred;
+}
+
+static void commit_executed(struct replica *r)
+{
+        if (r->env.defer == NULL || r->commit_deferred)
+                return;
+        r->commit_deferred = true;
+        r->env.defer(r->env.context);
+}
+
+void replica_commit_resume(struct replica *r)
+{
+        if (!r->commit_deferred)
+                return;
+        r->commit_deferred = false;
+        commit_advance(r);
+}
+
+/* Executes every op that can be: known committed and here, in op order (see commit_wait). */
 static void commit_advance(struct replica *r)
 {
         /* A state sync is overwriting the ledger's blocks: nothing executes until it installs. */
@@ -435,6 +465,8 @@ static void commit_advance(struct replica *r)
                 if (r->pipeline_count > 0 &&
                     r->pipeline[r->pipeline_head].prepare->header->prepare.op == op)
                         break; /* the primary's own pipeline commits it below */
+                if (commit_wait(r))
+                        break;
                 struct message *p = prepare_load(r, op);
                 if (p == NULL)
                         break;
@@ -444,6 +476,7 @@ static void commit_advance(struct replica *r)
                         break;
                 }
                 replica_execute(r, p, reply);
+                commit_executed(r);
                 replica_checkpoint_maybe(r, p);
                 message_unref(r->pool, p);
         }
@@ -455,6 +488,8 @@ static void commit_advance(struct replica *r)
                         break;
                 if (bits(e->ok) < replica_quorum(r) ||
                     !(e->ok & (1u << r->config.replica)))
+                        break;
+                if (commit_wait(r))
                         break;
                 uint64_t received_ns = e->received_ns;
                 if (r->config.replica_count > 1 && op_may_run_long(e->prepare->header)) {
@@ -471,6 +506,7 @@ static void commit_advance(struct replica *r)
                                 r->env.flush(r->env.context);
                 }
                 replica_execute(r, e->prepare, e->reply);
+                commit_executed(r);
                 if (received_ns != 0 && r->env.monotonic_ns != NULL) {
                         uint64_t now_ns = r->env.monotonic_ns(r->env.context);
                         histogram_observe(&r->stats.request_latency,

@@ -48,7 +48,9 @@ static int32_t inject(void *context, const struct io_completion *c, int32_t resu
                         return -ENOSPC;
                 }
         }
-        if (c->opcode == IORING_OP_FSYNC && fault_kind == FAULT_SYNC_EIO) {
+        /* A journal write syncs itself (io_write_durable): its sync failing fails the write. */
+        if ((c->opcode == IORING_OP_FSYNC || (c->opcode == IORING_OP_WRITE && c->durable)) &&
+            fault_kind == FAULT_SYNC_EIO) {
                 faults_injected++;
                 return -EIO;
         }
@@ -277,6 +279,67 @@ static uint32_t accounts_found(struct ledger *ledger, uint32_t count)
  * names the root, and the file reopened gives the same state. A failing checkpoint leaves the
  * previous one in force, and the blocks written since never touched it.
  */
+/*
+ * Prepares of STORAGE_SELF_SYNC_MIN bytes or more sync themselves (RWF_DSYNC writes, no
+ * fdatasync): each is acknowledged once both its writes complete, and a failure of those writes
+ * or of their sync is never acknowledged. A file formatted for production (1 MiB messages).
+ */
+static void test_large_prepares_sync_themselves(void)
+{
+        char large[160];
+        snprintf(large, sizeof(large), "%s/large.tally", dir);
+        char error[256];
+        struct storage_format_options o = {.cluster = 5, .replica = 0, .replica_count = 1};
+        CHECK_EQ_U64(storage_format(large, &o, error, sizeof(error)), STORAGE_OK);
+        struct storage s;
+        CHECK_EQ_U64(storage_open(&s, &io, &pool, large, STORAGE_ACCESS_WRITE, error,
+                                  sizeof(error)),
+                     STORAGE_OK);
+        CHECK(s.superblock.message_size_max >= 2 * STORAGE_SELF_SYNC_MIN);
+        fault_kind = FAULT_NONE;
+        acknowledged = 0;
+        uint64_t syncs = s.syncs;
+        for (uint64_t op = 1; op <= 6; op++) {
+                struct message *m = make_prepare(op, STORAGE_SELF_SYNC_MIN + (uint32_t)op * 4099);
+                CHECK(storage_write_prepare(&s, m, on_durable, NULL));
+                message_unref(&pool, m);
+        }
+        run_until(&s, &acknowledged, 6);
+        CHECK_EQ_U64(acknowledged, 6);
+        CHECK_EQ_U64(s.syncs - syncs, 6); /* one per prepare, none shared */
+        CHECK(!s.sync_pending);
+        CHECK_EQ_U64(storage_journal_writes_in_flight(&s), 0);
+        for (uint64_t op = 1; op <= 6; op++)
+                CHECK(prepare_readable(&s, op));
+        /* Short writes are finished, synced as well. */
+        fault_kind = FAULT_SHORT_WRITE;
+        faults_injected = 0;
+        acknowledged = 0;
+        struct message *m = make_prepare(7, 3 * STORAGE_SELF_SYNC_MIN);
+        CHECK(storage_write_prepare(&s, m, on_durable, NULL));
+        message_unref(&pool, m);
+        run_until(&s, &acknowledged, 1);
+        fault_kind = FAULT_NONE;
+        CHECK(faults_injected > 0);
+        CHECK_EQ_U64(acknowledged, 1);
+        CHECK(prepare_readable(&s, 7));
+        /* Their sync failing fails them. */
+        fault_kind = FAULT_SYNC_EIO;
+        faults_injected = 0;
+        acknowledged = 0;
+        m = make_prepare(8, STORAGE_SELF_SYNC_MIN);
+        CHECK(storage_write_prepare(&s, m, on_durable, NULL));
+        message_unref(&pool, m);
+        run_until(&s, &acknowledged, 1);
+        fault_kind = FAULT_NONE;
+        CHECK(faults_injected > 0);
+        CHECK_EQ_U64(acknowledged, 0);
+        CHECK(s.failed);
+        CHECK_EQ_U64(storage_journal_writes_in_flight(&s), 0);
+        storage_close(&s);
+        unlink(large);
+}
+
 static void test_checkpoints(void)
 {
         struct storage s;
@@ -539,6 +602,7 @@ int main(void)
         TEST_RUN(test_write_eio);
         TEST_RUN(test_write_enospc);
         TEST_RUN(test_sync_eio);
+        TEST_RUN(test_large_prepares_sync_themselves);
         TEST_RUN(test_checkpoints);
         TEST_RUN(test_grid_writes_async);
         TEST_RUN(test_lock);
