@@ -11,6 +11,7 @@
 #include "ledger/ledger.h"
 #include "lib/crash.h"
 #include "lib/flags.h"
+#include "lib/huge_pages.h"
 #include "lib/log.h"
 #include "net/bus.h"
 #include "ops/http.h"
@@ -826,6 +827,9 @@ int cli_start(int argc, char **argv)
                           (unsigned long long)cache);
                 return 1;
         }
+        /* Its caches and memtables resident from the start, not first touched under load. */
+        if (!huge_pages_populate_start())
+                log_warn("start: memory is faulted in as it is first used (no thread for it)");
         struct replica_config replica_config = {
                 .cluster = sb->cluster,
                 .replica = sb->replica,

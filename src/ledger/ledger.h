@@ -110,9 +110,9 @@ uint32_t ledger_execute(struct ledger *ledger, uint8_t operation, uint64_t times
 /*
  * ledger_execute in two steps, for a caller that sends the reply before the op's writes are
  * applied: begin runs the rules and writes the reply body, which is final; finish applies the
- * op's writes to the trees (memtables, flushes, the compaction beat: a third of a batch's
- * time) and must come before anything else touches the ledger. Results and state are exactly
- * ledger_execute's.
+ * op's writes to the trees (the flushes that make room, memtables, the compaction beat: about
+ * half a batch's time) and must come before anything else touches the ledger. Results and
+ * state are exactly ledger_execute's.
  */
 uint32_t ledger_execute_begin(struct ledger *ledger, uint8_t operation, uint64_t timestamp,
                               const uint8_t *body, uint32_t body_size, uint8_t *reply);

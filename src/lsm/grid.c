@@ -2,6 +2,7 @@
  * grid.c: block format, free set and block cache of the grid (see grid.h).
  */
 #include "lsm/grid.h"
+#include "lib/huge_pages.h"
 #include "wire/checksum.h"
 
 #include <errno.h>
@@ -109,6 +110,7 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
         if (posix_memalign(&slots, 2u << 20, slots_bytes) == 0) {
                 grid->slots = slots;
                 (void)madvise(slots, slots_bytes, MADV_HUGEPAGE);
+                huge_pages_note(slots, slots_bytes);
         }
         grid->slot_frame = malloc((size_t)grid->slot_count * sizeof(uint32_t));
         if (grid->slot_frame != NULL)

@@ -8,6 +8,7 @@
  */
 #include "lsm/tree.h"
 
+#include "lib/huge_pages.h"
 #include "lsm/compactor.h"
 #include "lib/log.h"
 
@@ -79,6 +80,7 @@ static void *memtable_alloc(size_t bytes, bool zeroed)
         (void)madvise(p, bytes, MADV_HUGEPAGE);
         if (zeroed)
                 memset(p, 0, bytes);
+        huge_pages_note(p, bytes);
         return p;
 }
 

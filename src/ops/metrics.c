@@ -325,10 +325,12 @@ static void format_results(const struct metrics_sources *s, struct expo *e)
                 "line a second).",
                 st->slow_commits);
         expo_histogram(e, "tally_journal_sync_seconds",
-                       "Journal fdatasync duration (one sync covers every prepare written "
-                       "before it).",
+                       "Journal sync duration: an fdatasync covering every small prepare "
+                       "written before it, or a large prepare's own synchronous writes.",
                        &s->storage->sync_latency);
-        counter(e, "tally_journal_syncs_total", "Journal syncs completed.", s->storage->syncs);
+        counter(e, "tally_journal_syncs_total",
+                "Journal syncs completed (fdatasyncs, and large prepares that synced themselves).",
+                s->storage->syncs);
         counter(e, "tally_prepares_total", "Prepares made by this replica as primary.",
                 st->prepares);
         counter(e, "tally_checkpoints_total", "Checkpoints made durable.", st->checkpoints);
