@@ -393,7 +393,23 @@ int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
                         return rc;
                 uint32_t ran = reap(io);
                 if (io->deferred_head != NULL) {
-                        /* What the completions queued (journal writes, replies) goes first. */
+                        /*
+                         * What the completions queued goes first (journal writes, replies), and
+                         * what completes as it is submitted runs first too: a recv of the rest
+                         * of a 1 MiB request already in the socket (a recv completes with what
+                         * had arrived when it was served, often one 64 KiB segment).
+                         */
+                        for (uint32_t round = 0; round < IO_DEFER_ROUNDS_MAX; round++) {
+                                if (io->sq_pending == 0 && io->overflow_head == NULL)
+                                        break;
+                                rc = enter(io, 0, 0);
+                                if (rc < 0)
+                                        return rc;
+                                uint32_t more = reap(io);
+                                ran += more;
+                                if (more == 0)
+                                        break;
+                        }
                         if (io->sq_pending > 0 || io->overflow_head != NULL) {
                                 rc = enter(io, 0, 0);
                                 if (rc < 0)

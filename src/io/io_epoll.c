@@ -496,7 +496,15 @@ int io_epoll_run(struct io *io, uint64_t timeout_ns, bool return_early)
                         return rc;
                 uint32_t ran = run_ready(io);
                 if (io->deferred_head != NULL) {
-                        submit_all(e); /* what the completions queued goes first, as in io.c */
+                        /* What the completions queued goes first, and what completes at once
+                         * runs first too, as in io.c. */
+                        for (uint32_t round = 0; round < IO_DEFER_ROUNDS_MAX; round++) {
+                                submit_all(e);
+                                if (e->ready.head == NULL)
+                                        break;
+                                ran += run_ready(io);
+                        }
+                        submit_all(e);
                         ran += io_deferred_run(io);
                 }
                 if (io_monotonic_ns() >= deadline || (return_early && ran > 0)) {
