@@ -517,6 +517,8 @@ void sim_replica_faulted(struct sim *sim, struct sim_replica *sr)
         if (repair) {
                 sr->disk.view_state.grid_syncing = true;
                 sr->disk.grid_repairing = true;
+                sr->disk.repair_catching_up = true;
+                sr->disk.repair_commit_max = MAX(sr->disk.repair_commit_max, sim->commit_max);
                 sim->report->grid_repairs++;
                 sim_note(sim, "replica %u restarts to copy a peer's checkpoint", sr->index);
         }
@@ -885,6 +887,12 @@ static void step(struct sim *sim)
                         continue;
                 if (sr->disk.wiped)
                         sim_disk_heal_check(sim, sr);
+                if (sr->disk.repair_catching_up &&
+                    sr->replica.commit >= sr->disk.repair_commit_max) {
+                        sr->disk.repair_catching_up = false;
+                        sr->disk.repair_commit_max = 0;
+                        sim_note(sim, "replica %u caught up after its grid repair", sr->index);
+                }
                 if (sr->replica.stats.state_sync_prepares < sr->sync_prepares_seen)
                         sr->sync_prepares_seen = 0; /* restarted */
                 sim->report->sync_prepares +=

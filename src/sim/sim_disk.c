@@ -503,7 +503,8 @@ bool sim_disk_damaged(const struct sim *sim, const struct sim_disk *disk)
         (void)sim;
         /* Without a checkpoint it trusts (repairing its grid, or a state sync interrupted by
          * a crash), a replica is one of the faulty ones: a second must not lose its state. */
-        if (disk->wiped || disk->grid_repairing || disk->view_state.grid_syncing)
+        if (disk->wiped || disk->grid_repairing || disk->view_state.grid_syncing ||
+            disk->repair_catching_up)
                 return true;
         for (uint32_t i = 0; i < disk->grid_damage_count; i++)
                 if (disk->grid_damage[i].kind != SIM_GRID_TORN)

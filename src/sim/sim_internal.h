@@ -124,6 +124,15 @@ struct sim_disk {
         uint64_t *damaged_op;
         bool wiped;               /* re-formatted, and not yet caught up */
         uint64_t wiped_commit_max; /* what the cluster may have committed at the wipe */
+        /*
+         * Restarted to copy a peer's checkpoint (a grid fault): it starts without state and
+         * does not use its journal, so the prepares it acknowledged since its checkpoint are
+         * lost to the cluster until it commits what the cluster may have committed then
+         * (repair_commit_max). Until that, it is one of the faulty ones, as a wiped one is,
+         * even once its copied checkpoint is durable.
+         */
+        bool repair_catching_up;
+        uint64_t repair_commit_max;
 
         /* In flight: lost at a crash (or torn, for journal writes). */
         struct sim_write writes[SIM_WRITES_MAX];
