@@ -827,12 +827,6 @@ static void slow_commit_note(struct replica *r, const struct wire_header *p, uin
         r->stats.slow_commits_unlogged = 0;
 }
 
-/*
- * Executes the next committed prepare and builds its reply in `reply` (consumed). Every
- * replica does this for every op, in op order, so sessions and replies are replicated state.
- * The reply leaves through this replica's connection to the client if it has one and either
- * is the primary or received this very request.
- */
 /* Every field comes from the prepare, so every replica builds the same reply. */
 static void reply_build(struct replica *r, const struct wire_header *p, struct message *reply,
                         uint32_t body_size)
@@ -865,6 +859,13 @@ static replica_connection reply_connection(struct replica *r, const struct wire_
         return 0;
 }
 
+/*
+ * Executes the next committed prepare and builds its reply in `reply` (consumed). Every
+ * replica does this for every op, in op order, so sessions and replies are replicated state.
+ * The reply leaves through this replica's connection to the client if it has one and either
+ * is the primary or received this very request, as soon as the ledger has run the op's rules
+ * (before its writes are applied: ledger_execute_begin).
+ */
 void replica_execute(struct replica *r, struct message *prepare, struct message *reply)
 {
         const struct wire_header *p = prepare->header;
