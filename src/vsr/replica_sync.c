@@ -232,6 +232,9 @@ static void sync_target_forget(struct replica *r)
         sync_pieces_release(r);
         free(r->sync.list);
         free(r->sync.block_state);
+        /* A format 1 peer's blob is sized for its checkpoint: a newer one is gathered anew. */
+        free(r->sync.legacy_blob);
+        r->sync.legacy_blob = NULL;
         r->sync.list = NULL;
         r->sync.blocks = NULL;
         r->sync.block_state = NULL;
@@ -647,7 +650,8 @@ static bool sync_chunk_done(struct replica *r, const struct sync_fields *f, uint
 static void on_legacy_chunk(struct replica *r, const struct sync_fields *f, const uint8_t *body,
                             uint32_t size)
 {
-        if (size == 0 || f->offset + size > f->size || f->size > (1ull << 36)) {
+        if (size == 0 || f->offset + size > f->size || f->size > (1ull << 36) ||
+            f->size != r->sync.size) {
                 log_error("state sync: the peer's format 1 checkpoint is malformed bytes=%llu",
                           (unsigned long long)f->size);
                 sync_reset(r);
