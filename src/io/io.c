@@ -207,13 +207,9 @@ static void enqueue(struct io *io, struct io_completion *c)
                 return;
         }
         tally_assert(io->backend == IO_BACKEND_IO_URING);
-        if (io->overflow_head == NULL && sqe_fill(io, c))
+        if (io->overflow.head == NULL && sqe_fill(io, c))
                 return;
-        if (io->overflow_tail != NULL)
-                io->overflow_tail->next = c;
-        else
-                io->overflow_head = c;
-        io->overflow_tail = c;
+        io_queue_push(&io->overflow, c);
 }
 
 static void prepare(struct io_completion *c, uint8_t opcode, int fd, void *buffer, uint32_t size,
@@ -286,11 +282,8 @@ void io_fsync(struct io *io, struct io_completion *c, int fd)
 
 static void flush_overflow(struct io *io)
 {
-        while (io->overflow_head != NULL && sqe_fill(io, io->overflow_head)) {
-                io->overflow_head = io->overflow_head->next;
-                if (io->overflow_head == NULL)
-                        io->overflow_tail = NULL;
-        }
+        while (io->overflow.head != NULL && sqe_fill(io, io->overflow.head))
+                io_queue_pop(&io->overflow);
 }
 
 /* Runs every completion in the ring; returns how many ran. */
@@ -346,19 +339,13 @@ static int enter(struct io *io, uint32_t min_complete, uint64_t timeout_ns)
 void io_defer(struct io *io, struct io_completion *c)
 {
         tally_assert(c->callback != NULL);
-        c->next = NULL;
-        if (io->deferred_tail != NULL)
-                io->deferred_tail->next = c;
-        else
-                io->deferred_head = c;
-        io->deferred_tail = c;
+        io_queue_push(&io->deferred, c);
 }
 
 uint32_t io_deferred_run(struct io *io)
 {
-        struct io_completion *c = io->deferred_head;
-        io->deferred_head = NULL;
-        io->deferred_tail = NULL;
+        struct io_completion *c = io->deferred.head;
+        io->deferred = (struct io_queue){NULL, NULL};
         uint32_t count = 0;
         while (c != NULL) {
                 struct io_completion *next = c->next; /* the callback may defer it again */
@@ -375,7 +362,7 @@ void io_submit(struct io *io)
                 io_epoll_submit_now(io);
                 return;
         }
-        if (io->sq_pending > 0 || io->overflow_head != NULL)
+        if (io->sq_pending > 0 || io->overflow.head != NULL)
                 (void)enter(io, 0, 0); /* a failure shows again in the next io_run */
 }
 
@@ -387,12 +374,12 @@ int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
         uint64_t deadline = io_monotonic_ns() + timeout_ns;
         for (;;) {
                 uint64_t now = io_monotonic_ns();
-                uint64_t wait = now < deadline && io->deferred_head == NULL ? deadline - now : 0;
+                uint64_t wait = now < deadline && io->deferred.head == NULL ? deadline - now : 0;
                 int rc = enter(io, wait > 0 ? 1 : 0, wait);
                 if (rc < 0)
                         return rc;
                 uint32_t ran = reap(io);
-                if (io->deferred_head != NULL) {
+                if (io->deferred.head != NULL) {
                         /*
                          * What the completions queued goes first (journal writes, replies), and
                          * what completes as it is submitted runs first too: a recv of the rest
@@ -400,7 +387,7 @@ int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
                          * had arrived when it was served, often one 64 KiB segment).
                          */
                         for (uint32_t round = 0; round < IO_DEFER_ROUNDS_MAX; round++) {
-                                if (io->sq_pending == 0 && io->overflow_head == NULL)
+                                if (io->sq_pending == 0 && io->overflow.head == NULL)
                                         break;
                                 rc = enter(io, 0, 0);
                                 if (rc < 0)
@@ -410,7 +397,7 @@ int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
                                 if (more == 0)
                                         break;
                         }
-                        if (io->sq_pending > 0 || io->overflow_head != NULL) {
+                        if (io->sq_pending > 0 || io->overflow.head != NULL) {
                                 rc = enter(io, 0, 0);
                                 if (rc < 0)
                                         return rc;
@@ -419,7 +406,7 @@ int io_run(struct io *io, uint64_t timeout_ns, bool return_early)
                 }
                 if (io_monotonic_ns() >= deadline || (return_early && ran > 0)) {
                         /* Hand what the callbacks queued to the kernel before returning. */
-                        if (io->sq_pending > 0 || io->overflow_head != NULL)
+                        if (io->sq_pending > 0 || io->overflow.head != NULL)
                                 return enter(io, 0, 0);
                         return 0;
                 }

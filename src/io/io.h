@@ -30,6 +30,12 @@
 struct io_completion;
 typedef void (*io_callback)(struct io_completion *completion, int32_t result);
 
+/* Internal: a FIFO of completions linked through their `next` (both backends' queues). */
+struct io_queue {
+        struct io_completion *head;
+        struct io_completion *tail;
+};
+
 struct io_completion {
         io_callback callback;
         void *context;
@@ -82,15 +88,35 @@ struct io {
         size_t sqes_size;
         uint32_t sq_pending; /* prepared but not yet submitted */
         uint64_t in_flight;  /* submitted, completion not yet seen */
-        struct io_completion *overflow_head; /* waiting for a free submission slot */
-        struct io_completion *overflow_tail;
+        struct io_queue overflow; /* waiting for a free submission slot */
         /* Fault injection for tests: may replace an operation's result before its callback. */
         int32_t (*fault)(void *context, const struct io_completion *completion, int32_t result);
         void *fault_context;
-        /* io_defer's callbacks, in order (both backends). */
-        struct io_completion *deferred_head;
-        struct io_completion *deferred_tail;
+        struct io_queue deferred; /* io_defer's callbacks, in order (both backends) */
 };
+
+/* Internal, the queues' operations (io.c, io_epoll.c). */
+static inline void io_queue_push(struct io_queue *q, struct io_completion *c)
+{
+        c->next = NULL;
+        if (q->tail != NULL)
+                q->tail->next = c;
+        else
+                q->head = c;
+        q->tail = c;
+}
+
+static inline struct io_completion *io_queue_pop(struct io_queue *q)
+{
+        struct io_completion *c = q->head;
+        if (c != NULL) {
+                q->head = c->next;
+                if (q->head == NULL)
+                        q->tail = NULL;
+                c->next = NULL;
+        }
+        return c;
+}
 
 /*
  * Picks the backend from the environment variable TALLY_IO: "io_uring" or "epoll" insists on

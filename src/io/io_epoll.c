@@ -55,14 +55,9 @@
 /* The eventfd's epoll tag: never an fd. */
 #define EVENT_FD_TAG UINT64_MAX
 
-struct queue {
-        struct io_completion *head;
-        struct io_completion *tail;
-};
-
 struct fd_waiters {
-        struct queue read;  /* accept, recv */
-        struct queue write; /* connect, send */
+        struct io_queue read;  /* accept, recv */
+        struct io_queue write; /* connect, send */
         uint32_t armed;     /* events asked of epoll and not yet reported (EPOLLONESHOT) */
         bool registered;    /* added to the epoll set, maybe for an earlier file of this number */
 };
@@ -73,45 +68,23 @@ struct io_epoll {
         bool pwait2_missing;    /* epoll_pwait2 refused (before 5.11, or seccomp): ms timeouts */
         struct fd_waiters *fds; /* indexed by fd */
         uint32_t fd_count;
-        struct queue submitted; /* queued by io_*, handed over by the next io_run */
-        struct queue ready;     /* finished, callbacks not yet run */
+        struct io_queue submitted; /* queued by io_*, handed over by the next io_run */
+        struct io_queue ready;     /* finished, callbacks not yet run */
         uint64_t waiting;       /* socket operations in fd queues */
         uint64_t in_workers;    /* file operations handed to the threads and not yet back */
         /* Shared with the threads, under `mutex`. */
         pthread_mutex_t mutex;
         pthread_cond_t work_added;
-        struct queue work;
-        struct queue done;
+        struct io_queue work;
+        struct io_queue done;
         bool stopping;
         uint32_t thread_count;
         pthread_t threads[IO_EPOLL_WORKERS];
         struct epoll_event events[IO_EPOLL_EVENTS_MAX];
 };
 
-static void queue_push(struct queue *q, struct io_completion *c)
-{
-        c->next = NULL;
-        if (q->tail != NULL)
-                q->tail->next = c;
-        else
-                q->head = c;
-        q->tail = c;
-}
-
-static struct io_completion *queue_pop(struct queue *q)
-{
-        struct io_completion *c = q->head;
-        if (c != NULL) {
-                q->head = c->next;
-                if (q->head == NULL)
-                        q->tail = NULL;
-                c->next = NULL;
-        }
-        return c;
-}
-
 /* Moves all of `from` to the end of `to`. */
-static void queue_append(struct queue *to, struct queue *from)
+static void queue_append(struct io_queue *to, struct io_queue *from)
 {
         if (from->head == NULL)
                 return;
@@ -127,7 +100,7 @@ static void queue_append(struct queue *to, struct queue *from)
 static void finish(struct io_epoll *e, struct io_completion *c, int32_t result)
 {
         c->result = result;
-        queue_push(&e->ready, c);
+        io_queue_push(&e->ready, c);
 }
 
 /* ---- files, on the threads ------------------------------------------------------------------ */
@@ -173,13 +146,13 @@ static void *worker_main(void *context)
                         pthread_mutex_unlock(&e->mutex);
                         return NULL;
                 }
-                struct io_completion *c = queue_pop(&e->work);
+                struct io_completion *c = io_queue_pop(&e->work);
                 pthread_mutex_unlock(&e->mutex);
                 c->result = file_operation(c);
                 pthread_mutex_lock(&e->mutex);
                 /* Only the first of a batch signals: the loop takes the whole list at once. */
                 bool signal_loop = e->done.head == NULL;
-                queue_push(&e->done, c);
+                io_queue_push(&e->done, c);
                 pthread_mutex_unlock(&e->mutex);
                 if (signal_loop) {
                         uint64_t one = 1;
@@ -197,7 +170,7 @@ static void files_done(struct io_epoll *e)
         ssize_t n = read(e->event_fd, &count, sizeof(count));
         tally_assert(n == (ssize_t)sizeof(count) || errno == EAGAIN);
         pthread_mutex_lock(&e->mutex);
-        struct queue done = e->done;
+        struct io_queue done = e->done;
         e->done.head = NULL;
         e->done.tail = NULL;
         pthread_mutex_unlock(&e->mutex);
@@ -208,7 +181,7 @@ static void files_done(struct io_epoll *e)
         queue_append(&e->ready, &done);
 }
 
-static void files_submit(struct io_epoll *e, struct queue *files, uint32_t count)
+static void files_submit(struct io_epoll *e, struct io_queue *files, uint32_t count)
 {
         tally_assert(count > 0 && files->head != NULL);
         pthread_mutex_lock(&e->mutex);
@@ -309,7 +282,7 @@ static struct fd_waiters *fd_waiters(struct io_epoll *e, int fd)
 static void waiters_fail(struct io_epoll *e, struct fd_waiters *w, int32_t result)
 {
         struct io_completion *c;
-        while ((c = queue_pop(&w->read)) != NULL || (c = queue_pop(&w->write)) != NULL) {
+        while ((c = io_queue_pop(&w->read)) != NULL || (c = io_queue_pop(&w->write)) != NULL) {
                 tally_assert(e->waiting > 0);
                 e->waiting--;
                 finish(e, c, result);
@@ -351,7 +324,7 @@ static void socket_submit(struct io_epoll *e, struct io_completion *c)
                 return;
         }
         bool reads = c->opcode == IORING_OP_ACCEPT || c->opcode == IORING_OP_RECV;
-        struct queue *q = reads ? &w->read : &w->write;
+        struct io_queue *q = reads ? &w->read : &w->write;
         /* Behind others of its kind it waits its turn: no overtaking on one fd. */
         if (q->head == NULL) {
                 int32_t result = socket_attempt(c, false);
@@ -360,13 +333,13 @@ static void socket_submit(struct io_epoll *e, struct io_completion *c)
                         return;
                 }
         }
-        queue_push(q, c);
+        io_queue_push(q, c);
         e->waiting++;
         fd_arm(e, c->fd, w);
 }
 
 /* Retries the queue's operations in order until one would block again. */
-static void queue_retry(struct io_epoll *e, struct queue *q, bool hangup)
+static void queue_retry(struct io_epoll *e, struct io_queue *q, bool hangup)
 {
         while (q->head != NULL) {
                 int32_t result = socket_attempt(q->head, hangup);
@@ -374,7 +347,7 @@ static void queue_retry(struct io_epoll *e, struct queue *q, bool hangup)
                         return;
                 tally_assert(e->waiting > 0);
                 e->waiting--;
-                finish(e, queue_pop(q), result);
+                finish(e, io_queue_pop(q), result);
         }
 }
 
@@ -397,19 +370,19 @@ void io_epoll_submit(struct io *io, struct io_completion *c)
 {
         tally_assert(io->backend == IO_BACKEND_EPOLL);
         tally_assert(c->callback != NULL);
-        queue_push(&io->epoll->submitted, c);
+        io_queue_push(&io->epoll->submitted, c);
 }
 
 /* Hands every queued operation over: sockets tried now, files to the threads. */
 static void submit_all(struct io_epoll *e)
 {
-        struct queue files = {NULL, NULL};
+        struct io_queue files = {NULL, NULL};
         uint32_t file_count = 0;
         struct io_completion *c;
-        while ((c = queue_pop(&e->submitted)) != NULL) {
+        while ((c = io_queue_pop(&e->submitted)) != NULL) {
                 if (c->opcode == IORING_OP_READ || c->opcode == IORING_OP_WRITE ||
                     c->opcode == IORING_OP_FSYNC) {
-                        queue_push(&files, c);
+                        io_queue_push(&files, c);
                         file_count++;
                 } else {
                         socket_submit(e, c);
@@ -487,7 +460,7 @@ int io_epoll_run(struct io *io, uint64_t timeout_ns, bool return_early)
         for (;;) {
                 submit_all(e);
                 uint64_t now = io_monotonic_ns();
-                uint64_t wait = e->ready.head != NULL || io->deferred_head != NULL ||
+                uint64_t wait = e->ready.head != NULL || io->deferred.head != NULL ||
                                                 now >= deadline
                                         ? 0
                                         : deadline - now;
@@ -495,7 +468,7 @@ int io_epoll_run(struct io *io, uint64_t timeout_ns, bool return_early)
                 if (rc < 0)
                         return rc;
                 uint32_t ran = run_ready(io);
-                if (io->deferred_head != NULL) {
+                if (io->deferred.head != NULL) {
                         /* What the completions queued goes first, and what completes at once
                          * runs first too, as in io.c. */
                         for (uint32_t round = 0; round < IO_DEFER_ROUNDS_MAX; round++) {
