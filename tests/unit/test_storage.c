@@ -279,6 +279,23 @@ static uint32_t accounts_found(struct ledger *ledger, uint32_t count)
  * names the root, and the file reopened gives the same state. A failing checkpoint leaves the
  * previous one in force, and the blocks written since never touched it.
  */
+/* Journals one prepare of `body_size` under `kind`, which must strike: how many were
+ * acknowledged (0 or 1). */
+static uint32_t write_one_faulted(struct storage *s, uint64_t op, uint32_t body_size,
+                                  enum fault_kind kind)
+{
+        fault_kind = kind;
+        faults_injected = 0;
+        acknowledged = 0;
+        struct message *m = make_prepare(op, body_size);
+        CHECK(storage_write_prepare(s, m, on_durable, NULL));
+        message_unref(&pool, m);
+        run_until(s, &acknowledged, 1);
+        fault_kind = FAULT_NONE;
+        CHECK(faults_injected > 0);
+        return acknowledged;
+}
+
 /*
  * Prepares of STORAGE_SELF_SYNC_MIN bytes or more sync themselves (RWF_DSYNC writes, no
  * fdatasync): each is acknowledged once both its writes complete, and a failure of those writes
@@ -312,28 +329,10 @@ static void test_large_prepares_sync_themselves(void)
         for (uint64_t op = 1; op <= 6; op++)
                 CHECK(prepare_readable(&s, op));
         /* Short writes are finished, synced as well. */
-        fault_kind = FAULT_SHORT_WRITE;
-        faults_injected = 0;
-        acknowledged = 0;
-        struct message *m = make_prepare(7, 3 * STORAGE_SELF_SYNC_MIN);
-        CHECK(storage_write_prepare(&s, m, on_durable, NULL));
-        message_unref(&pool, m);
-        run_until(&s, &acknowledged, 1);
-        fault_kind = FAULT_NONE;
-        CHECK(faults_injected > 0);
-        CHECK_EQ_U64(acknowledged, 1);
+        CHECK_EQ_U64(write_one_faulted(&s, 7, 3 * STORAGE_SELF_SYNC_MIN, FAULT_SHORT_WRITE), 1);
         CHECK(prepare_readable(&s, 7));
         /* Their sync failing fails them. */
-        fault_kind = FAULT_SYNC_EIO;
-        faults_injected = 0;
-        acknowledged = 0;
-        m = make_prepare(8, STORAGE_SELF_SYNC_MIN);
-        CHECK(storage_write_prepare(&s, m, on_durable, NULL));
-        message_unref(&pool, m);
-        run_until(&s, &acknowledged, 1);
-        fault_kind = FAULT_NONE;
-        CHECK(faults_injected > 0);
-        CHECK_EQ_U64(acknowledged, 0);
+        CHECK_EQ_U64(write_one_faulted(&s, 8, STORAGE_SELF_SYNC_MIN, FAULT_SYNC_EIO), 0);
         CHECK(s.failed);
         CHECK_EQ_U64(storage_journal_writes_in_flight(&s), 0);
         storage_close(&s);
