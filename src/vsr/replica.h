@@ -427,6 +427,10 @@ struct replica {
         uint64_t commit;     /* highest op executed */
         u128 commit_checksum; /* checksum of the prepare at `commit` (0 before any) */
         uint64_t commit_max; /* highest op known committed by the cluster */
+        /* Backup: the highest op the primary of view primary_commit_view said it committed
+         * (its prepares, commits and start_view); it needs no prepare_ok for those. */
+        uint64_t primary_commit;
+        uint32_t primary_commit_view;
         u128 parent;         /* checksum of the prepare at `op` */
         uint64_t timestamp_last;
         uint64_t pending_create_events; /* create events prepared, not yet executed */

@@ -9,7 +9,9 @@
  * journals it, and answers prepare_ok once it is durable. The primary commits an op once a
  * replication quorum (a majority) holds it durably and every earlier op is committed, executes
  * it, answers the client, and tells the backups at once with a commit message (also sent every
- * 50 ms as a heartbeat). Backups execute committed ops in order, so every ledger is identical.
+ * 50 ms as a heartbeat). Backups execute committed ops in order, so every ledger is identical;
+ * an op executes only once the chain from the log's head down to it is known (chain_verified).
+ * A backup repairing ops its primary said it committed sends no prepare_ok for them.
  *
  * View change. A backup that hears nothing from its primary for 300 ms votes start_view_change
  * for the next view; a quorum of votes moves replicas into the view change. Each sends
@@ -465,6 +467,35 @@ void replica_commit_resume(struct replica *r)
         commit_advance(r);
 }
 
+/*
+ * Whether the entry at `op` is the one our log holds there: each header from the log's head
+ * down to it names the one below as its parent. The head is this view's (a prepare or the
+ * start_view of its primary; a new primary's, the best do_view_change's); an entry under a
+ * gap in the chain may be of another log. A new primary kept its own ops 53 and 54 of view 1
+ * under a gap of the best log (of view 5: its sender held placeholders there) and executed
+ * them, where view 2 had committed others (simulator, seed 2109 on 5 replicas). Where the
+ * chain names another prepare than ours, ours is dropped, and repair fetches this log's.
+ */
+static bool chain_verified(struct replica *r, uint64_t op)
+{
+        const struct wire_header *above = journal_header(r, r->op);
+        if (above == NULL || above->checksum == 0)
+                return false;
+        for (uint64_t x = r->op - 1; x >= op; x--) {
+                const struct wire_header *h = journal_header(r, x);
+                if (h == NULL || h->checksum == 0)
+                        return false; /* not known yet: repair brings it */
+                if (h->checksum != above->prepare.parent) {
+                        log_info("journal entry not of this log dropped op=%llu view=%u",
+                                 (unsigned long long)x, h->view);
+                        r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
+                        return false;
+                }
+                above = h;
+        }
+        return true;
+}
+
 /* Executes every op that can be: known committed and here, in op order (see commit_wait). */
 static void commit_advance(struct replica *r)
 {
@@ -478,6 +509,8 @@ static void commit_advance(struct replica *r)
                 if (r->pipeline_count > 0 &&
                     r->pipeline[r->pipeline_head].prepare->header->prepare.op == op)
                         break; /* the primary's own pipeline commits it below */
+                if (!chain_verified(r, op))
+                        break;
                 if (commit_wait(r))
                         break;
                 struct message *p = prepare_load(r, op);
@@ -555,9 +588,27 @@ static void pipeline_ok(struct replica *r, uint64_t op, u128 checksum, uint8_t f
         }
 }
 
+/* The primary of our view said it committed `commit` (it executes ops up to there unasked). */
+static void primary_commit_heard(struct replica *r, uint64_t commit)
+{
+        if (r->primary_commit_view != r->view) {
+                r->primary_commit_view = r->view;
+                r->primary_commit = 0;
+        }
+        r->primary_commit = MAX(r->primary_commit, commit);
+}
+
 static void send_prepare_ok(struct replica *r, const struct wire_header *prepare)
 {
         if (r->status != REPLICA_STATUS_NORMAL || replica_is_primary(r))
+                return;
+        /*
+         * Not for an op the primary already committed: it waits for none. A backup that
+         * repaired thousands of ops after a state sync sent an ok for each; they filled its
+         * send queue, and the oks of the ops the primary did wait for were dropped behind them
+         * (10,373 dropped in one partition test run).
+         */
+        if (r->primary_commit_view == r->view && prepare->prepare.op <= r->primary_commit)
                 return;
         /*
          * Not before this view's state is durable: recovery keeps an op of log_view only if
@@ -865,6 +916,7 @@ static void on_prepare(struct replica *r, struct message *m, int from)
             from == (int)replica_primary_index(r, r->view) && !replica_is_primary(r)) {
                 r->primary_heard_tick = r->tick;
                 r->commit_max = MAX(r->commit_max, h->prepare.commit);
+                primary_commit_heard(r, h->prepare.commit);
         }
         if (h->prepare.op <= r->commit) {
                 /*
@@ -970,6 +1022,7 @@ static void on_commit(struct replica *r, struct message *m)
                 return;
         }
         r->commit_max = MAX(r->commit_max, h->commit.commit);
+        primary_commit_heard(r, h->commit.commit);
         r->primary_checkpoint_op = h->commit.checkpoint_op;
         sync_maybe(r, h->replica, h->commit.checkpoint_op);
         commit_advance(r);
@@ -1735,6 +1788,7 @@ static void on_start_view(struct replica *r, struct message *m)
         if (h->view == r->view && r->status == REPLICA_STATUS_NORMAL && r->log_view == h->view) {
                 /* Already in this view: only fill gaps. */
                 r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
+                primary_commit_heard(r, h->start_view.commit_max);
                 r->primary_heard_tick = r->tick;
                 commit_advance(r);
                 return;
@@ -1753,6 +1807,7 @@ static void on_start_view(struct replica *r, struct message *m)
         anchor_set(r);
         fresh_joined_set(r);
         r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
+        primary_commit_heard(r, h->start_view.commit_max);
         sync_view_joined(r);
         sync_maybe(r, h->replica, h->start_view.checkpoint_op);
         view_persist(r);
