@@ -251,6 +251,9 @@ static void format_requests(const struct metrics_sources *s, struct expo *e)
                 st->requests_received);
         counter(e, "tally_requests_forwarded_total", "Requests a backup forwarded to the primary.",
                 st->requests_forwarded);
+        counter(e, "tally_requests_parked_total",
+                "Requests kept while no primary could take them (a view change), then taken up.",
+                st->requests_parked);
         counter(e, "tally_replies_resent_total", "Cached replies resent for retransmissions.",
                 st->replies_resent);
         expo_family(e, "tally_requests_dropped_total", "counter",

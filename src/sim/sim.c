@@ -898,6 +898,10 @@ static void step(struct sim *sim)
                 sim->report->sync_prepares +=
                         sr->replica.stats.state_sync_prepares - sr->sync_prepares_seen;
                 sr->sync_prepares_seen = sr->replica.stats.state_sync_prepares;
+                if (sr->replica.stats.requests_parked < sr->parked_seen)
+                        sr->parked_seen = 0; /* restarted */
+                sim->report->requests_parked += sr->replica.stats.requests_parked - sr->parked_seen;
+                sr->parked_seen = sr->replica.stats.requests_parked;
                 if (sr->replica.view > sr->view_seen) {
                         sim->report->view_changes++;
                         sr->view_seen = sr->replica.view;

@@ -87,6 +87,8 @@ void replica_deinit(struct replica *r)
                 message_unref(r->pool,
                               r->queue[(r->queue_head + k) % REPLICA_REQUEST_QUEUE_MAX].request);
         }
+        for (uint32_t k = 0; k < r->parked_count; k++)
+                message_unref(r->pool, r->parked[k].request);
         free(r->image.blocks);
         free(r->journal_headers);
         free(r->journal_state);
@@ -401,6 +403,81 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
 }
 
 /*
+ * A request that arrives while no primary can take it (this replica is in a view change, or
+ * is the new primary still executing what the old view committed) is kept, and taken up again
+ * once one can (parked_resume), instead of dropped. The official client resends a request only
+ * after a timeout that doubles with each attempt, to the primary of the view it last heard of
+ * and one backup at random: a resend dropped just before the new view was ready cost it the
+ * next, longer wait (the partition suite's lagging-backup-then-primary saw 2.5 s without
+ * service for a view change that took 0.7 s). The latest request per client is kept.
+ */
+static void park(struct replica *r, replica_connection connection, struct message *m,
+                 bool from_peer)
+{
+        uint32_t k = 0;
+        while (k < r->parked_count &&
+               r->parked[k].request->header->request.client != m->header->request.client)
+                k++;
+        if (k == r->parked_count) {
+                if (r->parked_count == REPLICA_PARKED_MAX) {
+                        /* Full: the oldest goes (its client retries, as it would have). */
+                        message_unref(r->pool, r->parked[0].request);
+                        memmove(&r->parked[0], &r->parked[1],
+                                (REPLICA_PARKED_MAX - 1) * sizeof(r->parked[0]));
+                        k = REPLICA_PARKED_MAX - 1;
+                } else {
+                        r->parked_count++;
+                }
+        } else {
+                message_unref(r->pool, r->parked[k].request);
+        }
+        r->parked[k] = (struct replica_parked_request){.request = message_ref(m),
+                                                       .connection = connection,
+                                                       .from_peer = from_peer,
+                                                       .tick = r->tick};
+        r->stats.requests_parked++;
+}
+
+static bool may_take_requests(const struct replica *r)
+{
+        if (r->status != REPLICA_STATUS_NORMAL)
+                return false;
+        return !replica_is_primary(r) || (r->commit >= r->commit_max && r->suffix_next == 0);
+}
+
+static void request_route(struct replica *r, replica_connection connection, struct message *m,
+                          bool from_peer);
+
+/* Each tick: the kept requests go on once a primary can take them; stale ones are dropped. */
+static void parked_resume(struct replica *r)
+{
+        if (r->parked_count == 0)
+                return;
+        bool ready = may_take_requests(r);
+        uint32_t kept = 0;
+        struct replica_parked_request go[REPLICA_PARKED_MAX];
+        uint32_t go_count = 0;
+        for (uint32_t k = 0; k < r->parked_count; k++) {
+                struct replica_parked_request *p = &r->parked[k];
+                bool stale = r->tick - p->tick > REPLICA_PARKED_TICKS ||
+                             (!p->from_peer && r->env.connection_alive != NULL &&
+                              !r->env.connection_alive(r->env.context, p->connection));
+                if (stale)
+                        message_unref(r->pool, p->request);
+                else if (ready)
+                        go[go_count++] = *p;
+                else
+                        r->parked[kept++] = *p;
+        }
+        r->parked_count = kept;
+        /* Taken up in arrival order; one that cannot go on now is kept again (park). */
+        for (uint32_t k = 0; k < go_count; k++) {
+                request_route(r, go[k].connection, go[k].request, go[k].from_peer);
+                message_unref(r->pool, go[k].request);
+        }
+}
+
+/*
  * A backup's answer to a client request (wire-protocol.md 7.2), extended so that a client
  * given only this replica's address is fully served: the cached reply if this is the latest
  * request, otherwise the request goes to the primary unchanged.
@@ -419,7 +496,7 @@ static void backup_on_request(struct replica *r, replica_connection connection,
         if (entry != NULL && h->request.request < entry->request)
                 return drop(r, h, REPLICA_DROP_OLDER_REQUEST);
         if (r->status != REPLICA_STATUS_NORMAL)
-                return drop(r, h, REPLICA_DROP_VIEW_CHANGE);
+                return park(r, connection, m, false);
         r->stats.requests_forwarded++;
         r->env.send_to_replica(r->env.context, replica_primary_index(r, r->view), m);
 }
@@ -432,22 +509,32 @@ static void on_request(struct replica *r, replica_connection connection, struct 
         r->stats.requests_received++;
         if (!from_peer)
                 replica_client_seen(r, req->client, connection, req->request);
+        request_route(r, connection, m, from_peer);
+}
+
+/* Where a request goes: the pipeline, the primary (from a backup), the parked ones, or away. */
+static void request_route(struct replica *r, replica_connection connection, struct message *m,
+                          bool from_peer)
+{
+        const struct wire_header *h = m->header;
+        const struct wire_request *req = &h->request;
         if (r->status != REPLICA_STATUS_NORMAL && !replica_is_primary(r))
-                return drop(r, h, REPLICA_DROP_NOT_NORMAL);
+                return from_peer ? drop(r, h, REPLICA_DROP_NOT_NORMAL)
+                                 : park(r, connection, m, false);
         if (!replica_is_primary(r)) {
                 if (from_peer)
                         return drop(r, h, REPLICA_DROP_FORWARDED_TO_BACKUP);
                 return backup_on_request(r, connection, m);
         }
         if (r->status != REPLICA_STATUS_NORMAL)
-                return drop(r, h, REPLICA_DROP_VIEW_CHANGE);
+                return park(r, connection, m, from_peer);
         /*
          * A new primary first executes what is committed and replicates its log's old
          * suffix: a request may be among those ops already, and sessions are not current yet
-         * (an eviction now could be wrong). The client retries.
+         * (an eviction now could be wrong). It waits (park).
          */
         if (r->commit < r->commit_max || r->suffix_next != 0)
-                return drop(r, h, REPLICA_DROP_PRIMARY_CATCHING_UP);
+                return park(r, connection, m, from_peer);
         /* A client may know a newer view than a lagging primary; it retries. */
         if (h->view > r->view)
                 return drop(r, h, REPLICA_DROP_NEWER_VIEW);
@@ -655,6 +742,7 @@ static void checkpoint_overdue(struct replica *r);
 void replica_tick(struct replica *r)
 {
         replication_tick(r);
+        parked_resume(r);
         /*
          * An installed copy whose checkpoint could not be written (a view-state write held the
          * storage): nothing commits until it is durable (the journal has no room after an

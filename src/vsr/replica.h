@@ -28,6 +28,10 @@
 
 #define REPLICA_PIPELINE_MAX 8u       /* prepares in flight (journaling, awaiting quorum) */
 #define REPLICA_REQUEST_QUEUE_MAX 64u /* accepted requests waiting for the pipeline */
+/* Requests kept while no primary can take them (a view change, a new primary catching up),
+ * the latest per client, taken up again once one can, or dropped after REPLICA_PARKED_TICKS. */
+#define REPLICA_PARKED_MAX 16u
+#define REPLICA_PARKED_TICKS 300u
 #define REPLICA_CLIENTS_MAX 64u       /* client sessions, as TigerBeetle's clients_max */
 #define REPLICA_PREPARE_CACHE 64u     /* backups keep this many recent prepares in memory */
 /*
@@ -260,7 +264,9 @@ enum replica_drop {
         REPLICA_DROP_CAPACITY_EXHAUSTED, /* the ledger could not hold the batch: refused */
         REPLICA_DROP_DISK_FULL,          /* a write while the data file cannot grow: refused */
         REPLICA_DROP_QUEUE_FULL,         /* REPLICA_REQUEST_QUEUE_MAX requests waiting */
-        REPLICA_DROP_VIEW_CHANGE,        /* no primary to prepare it right now */
+        /* Since 2026-12-05 such requests are kept (REPLICA_PARKED_MAX), not dropped; the two
+         * labels stay for dashboards. A backup not in a view drops a forwarded one. */
+        REPLICA_DROP_VIEW_CHANGE, /* no primary to prepare it right now */
         REPLICA_DROP_NOT_NORMAL,
         REPLICA_DROP_PRIMARY_CATCHING_UP,
         REPLICA_DROP_NEWER_VIEW,
@@ -326,6 +332,7 @@ struct replica_stats {
         uint64_t requests_dropped;
         uint64_t requests_dropped_by[REPLICA_DROP_COUNT];
         uint64_t requests_forwarded;
+        uint64_t requests_parked; /* kept through a view change (REPLICA_PARKED_MAX) */
         uint64_t replies_resent;
         uint64_t evictions_sent;
         uint64_t evictions_by_reason[16]; /* by wire eviction reason (1..), 0 unused */
@@ -446,6 +453,13 @@ struct replica {
         struct replica_queued_request queue[REPLICA_REQUEST_QUEUE_MAX];
         uint32_t queue_head;
         uint32_t queue_count;
+        struct replica_parked_request {
+                struct message *request;
+                replica_connection connection;
+                bool from_peer;
+                uint64_t tick;
+        } parked[REPLICA_PARKED_MAX];
+        uint32_t parked_count;
         struct replica_client clients[REPLICA_CLIENTS_MAX];
         struct replica_client_connection connections[REPLICA_CLIENT_CONNECTIONS_MAX];
         /* Timing, in ticks of 10 ms. */

@@ -105,6 +105,18 @@ case " $SIZES " in
       failed=$((failed + 1))
     fi ;;
 esac
+# Requests that reach a replica in a view change are kept and taken up after it (replica.c,
+# park): the sweep must have exercised that path on the sizes where views change.
+parked=$(cat "$OUT"/*.result 2>/dev/null | grep -o 'requests_parked=[0-9]*' | cut -d= -f2 |
+  awk '{ n += $1 } END { print n + 0 }')
+echo "requests kept through a view change: $parked"
+case " $SIZES " in
+  *" 3 "* | *" 5 "*)
+    if [ "$PER_SIZE" -ge 20 ] && [ "$parked" -eq 0 ]; then
+      echo "FAILED: no seed kept a request through a view change"
+      failed=$((failed + 1))
+    fi ;;
+esac
 # Grid writes return before they land (docs/storage.md, "Asynchronous block writes"): crashes
 # must have caught some in flight, or the sweep never tested that a checkpoint waits for them.
 in_flight=$(cat "$OUT"/*.result 2>/dev/null | grep -o 'grid_writes_in_flight_at_crash=[0-9]*' |

@@ -578,6 +578,54 @@ static void test_primary_dies(void)
         cluster_stop();
 }
 
+/*
+ * A request that reaches the next primary during the view change is kept and answered once the
+ * view starts, without a resend: the official client resends only after a timeout that
+ * doubles with each attempt.
+ */
+static void test_request_kept_through_a_view_change(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[64 * 128];
+        memset(body, 0, 256);
+        CHECK(client_call(0, OPERATION_REGISTER, body, 256, 1000));
+        CHECK(create_accounts(0, 1, 5, 1000));
+        /* The primary is gone; the next one hears no do_view_change: it cannot start the view
+         * yet. */
+        uint32_t view = replicas[0].view;
+        uint8_t next = (uint8_t)((view + 1) % 3);
+        alive[view % 3] = false;
+        dropped_to[next] = 1u << COMMAND_DO_VIEW_CHANGE;
+        uint32_t waited = 0;
+        while (replicas[next].status == REPLICA_STATUS_NORMAL && waited++ < 1000)
+                run(1);
+        CHECK(replicas[next].status != REPLICA_STATUS_NORMAL);
+        uint32_t size = accounts_body(body, 10, 5);
+        struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
+        uint32_t before = replies_received;
+        /* Once, to the next primary, while it is not serving. */
+        push((struct event){.kind = EVENT_MESSAGE, .to = next, .connection = 1000u + next,
+                            .message = message_ref(m)});
+        run(50);
+        CHECK_EQ_U64(replicas[next].parked_count, 1);
+        CHECK(replicas[next].status != REPLICA_STATUS_NORMAL);
+        dropped_to[next] = 0;
+        bool answered = false;
+        for (uint32_t t = 0; t < 1000 && !answered; t++) {
+                run(1);
+                answered = replies_received != before &&
+                           last_reply->header->reply.request_checksum == m->header->checksum;
+        }
+        CHECK(answered);
+        CHECK(replicas[next].view > view);
+        CHECK(replicas[next].stats.requests_parked >= 1);
+        CHECK_EQ_U64(replicas[next].parked_count, 0);
+        CHECK_EQ_U64(accounts_on(next), 10);
+        message_unref(&pool, m);
+        cluster_stop();
+}
+
 static void test_backup_behind_repairs(void)
 {
         cluster_start(3);
@@ -1209,6 +1257,7 @@ int main(void)
         TEST_RUN(test_normal_operation);
         TEST_RUN(test_client_through_backup);
         TEST_RUN(test_primary_dies);
+        TEST_RUN(test_request_kept_through_a_view_change);
         TEST_RUN(test_backup_behind_repairs);
         TEST_RUN(test_five_replicas_two_down);
         TEST_RUN(test_backup_restarts);
