@@ -62,7 +62,8 @@ done | xargs -P "$JOBS" -n 3 bash -c 'run_one "$@"' _
 # view, and one without state, now prove nacks); 3:372 and 5:113 committed two prepares as one
 # op (recovery spliced a cut branch under a gap; a late do_view_change's commits were cut);
 # 5:2109 committed two prepares as one op (a new primary executed its own ops of an older view
-# found under a gap of the best log).
+# found under a gap of the best log; on the code of 2026-12-05 before requests were parked:
+# tests/unit/test_replication.c test_backup_executes_only_a_chained_entry proves that fix now).
 REGRESSION=${TALLY_SIM_REGRESSION-"3:73 3:91 3:372 5:113 5:2109"}
 for entry in $REGRESSION; do
   echo "${entry%%:*} ${entry##*:} 0"

@@ -626,6 +626,53 @@ static void test_request_kept_through_a_view_change(void)
         cluster_stop();
 }
 
+/*
+ * A backup executes an op only under a known chain from its log's head: an entry the chain
+ * contradicts (here forged in place: another prepare at the same op with the same parent) is
+ * dropped and repaired from a peer, never executed. (Simulator seed 2109 on 5 replicas,
+ * 2026-12-05: a new primary executed its own ops of an older view found under a gap of the best
+ * log, where another view had committed other prepares.)
+ */
+static void test_backup_executes_only_a_chained_entry(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[64 * 128];
+        memset(body, 0, 256);
+        CHECK(client_call(0, OPERATION_REGISTER, body, 256, 1000));
+        CHECK(create_accounts(0, 1, 5, 1000));
+        run(50);
+        uint8_t p = (uint8_t)(replicas[0].view % 3), b = (uint8_t)((p + 1) % 3);
+        /* b hears of commits only from the next prepare's header. */
+        dropped_to[b] = 1u << COMMAND_COMMIT;
+        CHECK(create_accounts(p, 10, 5, 1000));
+        uint64_t x = replicas[p].commit;
+        run(10);
+        CHECK(replicas[b].commit < x);
+        CHECK(store[b][x] != NULL);
+        /* b's copy of op x becomes another prepare: same op, parent and timestamp, 7 accounts. */
+        struct message *forged = message_pool_get(&pool);
+        uint32_t size = accounts_body(body, 100, 7);
+        memcpy(forged->header, store[b][x]->header, sizeof(struct wire_header));
+        forged->header->size = WIRE_HEADER_SIZE + size;
+        memcpy(forged->buffer + WIRE_HEADER_SIZE, body, size);
+        wire_header_set_checksum_body(forged->header, forged->buffer + WIRE_HEADER_SIZE, size);
+        wire_header_set_checksum(forged->header);
+        u128 forged_checksum = forged->header->checksum;
+        message_unref(&pool, store[b][x]);
+        store[b][x] = forged;
+        replicas[b].journal_headers[x % replicas[b].config.wal_slot_count] = *forged->header;
+        /* The next op names the real x as its parent, and tells b that x is committed. */
+        CHECK(create_accounts(p, 20, 5, 1000));
+        dropped_to[b] = 0;
+        run(300);
+        CHECK_EQ_U64(replicas[b].commit, replicas[p].commit);
+        CHECK_EQ_U64(accounts_on(p), 15);
+        CHECK_EQ_U64(accounts_on(b), 15);
+        CHECK(store[b][x] != NULL && store[b][x]->header->checksum != forged_checksum);
+        cluster_stop();
+}
+
 static void test_backup_behind_repairs(void)
 {
         cluster_start(3);
@@ -1258,6 +1305,7 @@ int main(void)
         TEST_RUN(test_client_through_backup);
         TEST_RUN(test_primary_dies);
         TEST_RUN(test_request_kept_through_a_view_change);
+        TEST_RUN(test_backup_executes_only_a_chained_entry);
         TEST_RUN(test_backup_behind_repairs);
         TEST_RUN(test_five_replicas_two_down);
         TEST_RUN(test_backup_restarts);
