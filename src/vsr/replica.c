@@ -429,6 +429,9 @@ static void park(struct replica *r, replica_connection connection, struct messag
                         r->parked_count++;
                 }
         } else {
+                /* A late copy of an older request does not replace a newer one. */
+                if (r->parked[k].request->header->request.request > m->header->request.request)
+                        return;
                 message_unref(r->pool, r->parked[k].request);
         }
         r->parked[k] = (struct replica_parked_request){.request = message_ref(m),

@@ -70,7 +70,8 @@ static void journal_put(struct replica *r, const struct wire_header *h, enum rep
  * replica without state (commit 0) repairing from its commit took op 61 into the slot of op
  * 189 it had acknowledged, since op 62 there (an older lap) chained onto it; the primary
  * committed 189 counting that ok (simulator, seeds 1 and 45 on 5 replicas, with backups
- * sending no prepare_ok for ops their primary said it committed).
+ * sending no prepare_ok for ops their primary said it committed; 44 on 5 replicas since
+ * requests are parked).
  */
 static bool slot_holds_newer(const struct replica *r, uint64_t op)
 {
@@ -473,8 +474,9 @@ void replica_commit_resume(struct replica *r)
  * start_view of its primary; a new primary's, the best do_view_change's); an entry under a
  * gap in the chain may be of another log. A new primary kept its own ops 53 and 54 of view 1
  * under a gap of the best log (of view 5: its sender held placeholders there) and executed
- * them, where view 2 had committed others (simulator, seed 2109 on 5 replicas). Where the
- * chain names another prepare than ours, ours is dropped, and repair fetches this log's.
+ * them, where view 2 had committed others (simulator, seed 2109 on 5 replicas; now
+ * test_replication's test_backup_executes_only_a_chained_entry). Where the chain names
+ * another prepare than ours, ours is dropped, and repair fetches this log's.
  */
 static bool chain_verified(struct replica *r, uint64_t op)
 {

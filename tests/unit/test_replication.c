@@ -610,6 +610,15 @@ static void test_request_kept_through_a_view_change(void)
         run(50);
         CHECK_EQ_U64(replicas[next].parked_count, 1);
         CHECK(replicas[next].status != REPLICA_STATUS_NORMAL);
+        /* A late copy of the client's previous request does not replace it. */
+        request_number--;
+        struct message *older = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
+        request_number++;
+        push((struct event){.kind = EVENT_MESSAGE, .to = next, .connection = 1000u + next,
+                            .message = older});
+        run(5);
+        CHECK_EQ_U64(replicas[next].parked_count, 1);
+        CHECK(replicas[next].parked[0].request->header->checksum == m->header->checksum);
         dropped_to[next] = 0;
         bool answered = false;
         for (uint32_t t = 0; t < 1000 && !answered; t++) {
