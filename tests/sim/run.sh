@@ -94,34 +94,33 @@ for size in $SIZES; do
   echo "replicas=$size: $size_passed passed, $size_failed failed"
   passed=$((passed + size_passed)); failed=$((failed + size_failed))
 done
-# Backups copying a checkpoint keep journaling and acknowledging prepares (sync_may_journal):
-# the sweep must have exercised that path on the sizes where copies happen, or it proves nothing.
-sync_prepares=$(cat "$OUT"/*.result 2>/dev/null | grep -o 'sync_prepares=[0-9]*' | cut -d= -f2 |
-  awk '{ n += $1 } END { print n + 0 }')
+# sweep_total <key>: the sum of key=N over every seed's result line.
+sweep_total() {
+  cat "$OUT"/*.result 2>/dev/null | grep -o "$1=[0-9]*" | cut -d= -f2 | awk '{ n += $1 } END { print n + 0 }'
+}
+# require_exercised <count> <what>: on the sizes where copies and view changes happen, a sweep
+# of 20 seeds or more must have taken the path, or it proves nothing.
+require_exercised() {
+  case " $SIZES " in
+    *" 3 "* | *" 5 "*)
+      if [ "$PER_SIZE" -ge 20 ] && [ "$1" -eq 0 ]; then
+        echo "FAILED: no seed $2"
+        failed=$((failed + 1))
+      fi ;;
+  esac
+}
+# Backups copying a checkpoint keep journaling and acknowledging prepares (sync_may_journal).
+sync_prepares=$(sweep_total sync_prepares)
 echo "prepares journaled by replicas while copying a checkpoint: $sync_prepares"
-case " $SIZES " in
-  *" 3 "* | *" 5 "*)
-    if [ "$PER_SIZE" -ge 20 ] && [ "$sync_prepares" -eq 0 ]; then
-      echo "FAILED: no seed journaled a prepare during a state sync"
-      failed=$((failed + 1))
-    fi ;;
-esac
+require_exercised "$sync_prepares" "journaled a prepare during a state sync"
 # Requests that reach a replica in a view change are kept and taken up after it (replica.c,
-# park): the sweep must have exercised that path on the sizes where views change.
-parked=$(cat "$OUT"/*.result 2>/dev/null | grep -o 'requests_parked=[0-9]*' | cut -d= -f2 |
-  awk '{ n += $1 } END { print n + 0 }')
+# park).
+parked=$(sweep_total requests_parked)
 echo "requests kept through a view change: $parked"
-case " $SIZES " in
-  *" 3 "* | *" 5 "*)
-    if [ "$PER_SIZE" -ge 20 ] && [ "$parked" -eq 0 ]; then
-      echo "FAILED: no seed kept a request through a view change"
-      failed=$((failed + 1))
-    fi ;;
-esac
+require_exercised "$parked" "kept a request through a view change"
 # Grid writes return before they land (docs/storage.md, "Asynchronous block writes"): crashes
 # must have caught some in flight, or the sweep never tested that a checkpoint waits for them.
-in_flight=$(cat "$OUT"/*.result 2>/dev/null | grep -o 'grid_writes_in_flight_at_crash=[0-9]*' |
-  cut -d= -f2 | awk '{ n += $1 } END { print n + 0 }')
+in_flight=$(sweep_total grid_writes_in_flight_at_crash)
 echo "grid writes in flight at a crash (landed, torn or lost): $in_flight"
 if [ "$PER_SIZE" -ge 20 ] && [ "$in_flight" -eq 0 ]; then
   echo "FAILED: no crash caught a grid write in flight"

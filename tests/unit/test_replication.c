@@ -424,6 +424,13 @@ static struct message *client_message(uint8_t operation, const void *body, uint3
         return m;
 }
 
+/* A reply to `m` arrived since `before` replies (a late duplicate's reply does not count). */
+static bool answered_to(const struct message *m, uint32_t before)
+{
+        return replies_received != before &&
+               last_reply->header->reply.request_checksum == m->header->checksum;
+}
+
 /* Sends (and resends every 100 ticks) until the reply arrives; false after `ticks`. */
 static bool client_call(uint8_t to, uint8_t operation, const void *body, uint32_t size,
                         uint32_t ticks)
@@ -440,9 +447,7 @@ static bool client_call(uint8_t to, uint8_t operation, const void *body, uint32_
                 bool answered = false;
                 for (uint32_t k = 0; k < 100 && !answered; k++) {
                         run(1);
-                        answered = replies_received != before &&
-                                   last_reply->header->reply.request_checksum ==
-                                           m->header->checksum;
+                        answered = answered_to(m, before);
                 }
                 if (answered) {
                         if (operation == OPERATION_REGISTER)
@@ -578,6 +583,16 @@ static void test_primary_dies(void)
         cluster_stop();
 }
 
+/* Three replicas, a registered session, accounts 1-5; `body` is the caller's scratch. */
+static void cluster_with_five_accounts(uint8_t *body)
+{
+        cluster_start(3);
+        client_reset();
+        memset(body, 0, 256);
+        CHECK(client_call(0, OPERATION_REGISTER, body, 256, 1000));
+        CHECK(create_accounts(0, 1, 5, 1000));
+}
+
 /*
  * A request that reaches the next primary during the view change is kept and answered once the
  * view starts, without a resend: the official client resends only after a timeout that
@@ -585,12 +600,8 @@ static void test_primary_dies(void)
  */
 static void test_request_kept_through_a_view_change(void)
 {
-        cluster_start(3);
-        client_reset();
         uint8_t body[64 * 128];
-        memset(body, 0, 256);
-        CHECK(client_call(0, OPERATION_REGISTER, body, 256, 1000));
-        CHECK(create_accounts(0, 1, 5, 1000));
+        cluster_with_five_accounts(body);
         /* The primary is gone; the next one hears no do_view_change: it cannot start the view
          * yet. */
         uint32_t view = replicas[0].view;
@@ -623,8 +634,7 @@ static void test_request_kept_through_a_view_change(void)
         bool answered = false;
         for (uint32_t t = 0; t < 1000 && !answered; t++) {
                 run(1);
-                answered = replies_received != before &&
-                           last_reply->header->reply.request_checksum == m->header->checksum;
+                answered = answered_to(m, before);
         }
         CHECK(answered);
         CHECK(replicas[next].view > view);
@@ -644,12 +654,8 @@ static void test_request_kept_through_a_view_change(void)
  */
 static void test_backup_executes_only_a_chained_entry(void)
 {
-        cluster_start(3);
-        client_reset();
         uint8_t body[64 * 128];
-        memset(body, 0, 256);
-        CHECK(client_call(0, OPERATION_REGISTER, body, 256, 1000));
-        CHECK(create_accounts(0, 1, 5, 1000));
+        cluster_with_five_accounts(body);
         run(50);
         uint8_t p = (uint8_t)(replicas[0].view % 3), b = (uint8_t)((p + 1) % 3);
         /* b hears of commits only from the next prepare's header. */
