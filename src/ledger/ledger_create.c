@@ -142,7 +142,7 @@ static bool transfer_result_transient(uint32_t result)
 }
 
 static uint32_t transfer_create(struct ledger *ledger, const struct wire_transfer *t,
-                                uint64_t timestamp);
+                                uint64_t timestamp, uint32_t event);
 
 /* ---------------------------------------------------------------------------------------- */
 /* create_accounts */
@@ -263,6 +263,8 @@ static void create_batch(struct ledger *ledger, bool transfers, uint64_t timesta
         bool chain_broken = false;
         uint32_t chain_start = 0;
         uint32_t written = 0;
+        if (transfers)
+                ws_transfers_hint(ledger, events, count);
         for (uint32_t i = 0; i < count; i++) {
                 if (transfers && i + HINT_FAR < count)
                         accounts_hint(ledger, events + (size_t)(i + HINT_FAR) * 128, false);
@@ -294,7 +296,7 @@ static void create_batch(struct ledger *ledger, bool transfers, uint64_t timesta
                         tally_assert(timestamp_valid(timestamp_event));
                         if (transfers) {
                                 result = transfer_create(ledger, &event.transfer,
-                                                         timestamp_event);
+                                                         timestamp_event, i);
                         } else {
                                 result = account_create(ledger, &event.account, timestamp_event);
                         }
@@ -626,13 +628,13 @@ static uint32_t transfer_normal(struct ledger *ledger, struct ws_entry *entry,
 
 /* Positions 8..23 (section 5.1), then the post/void or the normal path. */
 static uint32_t transfer_create(struct ledger *ledger, const struct wire_transfer *t,
-                                uint64_t timestamp)
+                                uint64_t timestamp, uint32_t event)
 {
         if (t->flags & TRANSFER_FLAGS_PADDING) return CT_RESERVED_FLAG;
         if (t->id == 0) return CT_ID_MUST_NOT_BE_ZERO;
         if (t->id == U128_MAX) return CT_ID_MUST_NOT_BE_INT_MAX;
 
-        struct ws_entry *entry = ws_transfer_new(ledger, t->id);
+        struct ws_entry *entry = ws_transfer_new(ledger, t->id, event);
         if (entry->state == WS_FAILED) return CT_ID_ALREADY_FAILED;
         if (entry->state == WS_PRESENT) {
                 struct wire_transfer existing = entry->object.transfer;

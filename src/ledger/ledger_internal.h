@@ -190,6 +190,15 @@ struct working_set {
         /* Ids burned by a transient failure. */
         u128 *failed;
         uint32_t failed_count;
+        /*
+         * Of the batch's events (ws_transfers_hint): false if the id map cannot hold the
+         * event's id (so it is new, unless an earlier event of the batch named it: the working
+         * set says). Valid while the id map's version is `id_maybe_version` and for the first
+         * id_maybe_count events.
+         */
+        bool *id_maybe;
+        uint32_t id_maybe_count;
+        uint64_t id_maybe_version;
 };
 
 /* What ledger_execute_finish still has to do for the op ledger_execute_begin ran. */
@@ -260,7 +269,12 @@ void ws_account_hint(struct ledger *ledger, u128 id, bool near);
 struct ws_entry *ws_account(struct ledger *ledger, u128 id);
 struct ws_entry *ws_transfer(struct ledger *ledger, u128 id);
 /* The same, for the id of a transfer being created (usually absent: the id map first). */
-struct ws_entry *ws_transfer_new(struct ledger *ledger, u128 id);
+struct ws_entry *ws_transfer_new(struct ledger *ledger, u128 id, uint32_t event);
+/*
+ * Before a batch of `count` transfers (128 bytes each, the id first): asks the id map about
+ * every id at once (lsm_tree_may_contain), for ws_transfer_new's `event`.
+ */
+void ws_transfers_hint(struct ledger *ledger, const uint8_t *events, uint32_t count);
 /* About to change `entry`: saves it in the open chain's undo log (once per chain). */
 void ws_touch(struct ledger *ledger, struct ws_entry *entry);
 /* Creates an account / a transfer (its entry must be absent). */

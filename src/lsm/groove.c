@@ -357,6 +357,12 @@ int lsm_groove_get_id(struct lsm_groove *g, u128 id, uint64_t *timestamp)
         return rc;
 }
 
+void lsm_groove_ids_may_contain(struct lsm_groove *g, const void *ids, size_t stride,
+                                uint32_t count, bool *maybe)
+{
+        lsm_tree_may_contain(&g->ids, ids, stride, count, maybe);
+}
+
 void lsm_groove_put_id(struct lsm_groove *g, u128 id, uint64_t timestamp)
 {
         struct id_value value = {.timestamp = timestamp};

@@ -96,6 +96,9 @@ void lsm_groove_update(struct lsm_groove *groove, const void *object);
  * ids burned by a transient failure so).
  */
 int lsm_groove_get_id(struct lsm_groove *groove, u128 id, uint64_t *timestamp);
+/* lsm_tree_may_contain for the id map: `ids` are u128s `stride` bytes apart. */
+void lsm_groove_ids_may_contain(struct lsm_groove *groove, const void *ids, size_t stride,
+                                uint32_t count, bool *maybe);
 void lsm_groove_put_id(struct lsm_groove *groove, u128 id, uint64_t timestamp);
 /* 1 and the object in `out`, 0 if absent, -1 on a read fault (grid->error). */
 int lsm_groove_get_by_timestamp(struct lsm_groove *groove, uint64_t timestamp, void *out);

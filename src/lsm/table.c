@@ -120,7 +120,7 @@ uint32_t lsm_table_filter_offset_legacy(const struct lsm_layout *layout)
  * builder, checksummed); 0 there means the legacy offset. An offset that does not leave the
  * entries and at least one bucket in the block is no filter (every key may be there).
  */
-static uint32_t filter_start(const uint8_t *index_block, uint32_t legacy_offset)
+uint32_t lsm_table_filter_start(const uint8_t *index_block, uint32_t legacy_offset)
 {
         const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
         if (h->size != LSM_BLOCK_SIZE)
@@ -134,21 +134,14 @@ static uint32_t filter_start(const uint8_t *index_block, uint32_t legacy_offset)
         return offset;
 }
 
-static const uint32_t filter_salt[8] = {0x47b6137bu, 0x44974d91u, 0x8824ad5bu, 0xa2b7289du,
-                                        0x705495c7u, 0x2df1424bu, 0x9efc4947u, 0x5c6bfb31u};
-
-static uint32_t *filter_bucket(uint8_t *index_block, uint32_t offset, uint64_t hash)
-{
-        uint32_t buckets = (LSM_BLOCK_SIZE - offset) / LSM_TABLE_FILTER_BUCKET_SIZE;
-        uint32_t bucket = (uint32_t)(((hash >> 32) * buckets) >> 32);
-        return (uint32_t *)(index_block + offset + (size_t)bucket * LSM_TABLE_FILTER_BUCKET_SIZE);
-}
+const uint32_t lsm_table_filter_salt[8] = {0x47b6137bu, 0x44974d91u, 0x8824ad5bu, 0xa2b7289du,
+                                           0x705495c7u, 0x2df1424bu, 0x9efc4947u, 0x5c6bfb31u};
 
 static void filter_add(uint8_t *index_block, uint32_t offset, uint64_t hash)
 {
-        uint32_t *words = filter_bucket(index_block, offset, hash);
+        uint32_t *words = (uint32_t *)lsm_table_filter_bucket_in(index_block, offset, hash);
         for (uint32_t i = 0; i < 8; i++)
-                words[i] |= 1u << (((uint32_t)hash * filter_salt[i]) >> 27);
+                words[i] |= 1u << (((uint32_t)hash * lsm_table_filter_salt[i]) >> 27);
 }
 
 bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t *index_block,
@@ -167,10 +160,10 @@ const void *lsm_table_filter_bucket(const struct lsm_layout *layout, const uint8
 const void *lsm_table_filter_bucket_at(const uint8_t *index_block, uint32_t legacy_offset,
                                        uint64_t hash)
 {
-        uint32_t offset = filter_start(index_block, legacy_offset);
+        uint32_t offset = lsm_table_filter_start(index_block, legacy_offset);
         if (offset == 0)
                 return NULL;
-        return filter_bucket((uint8_t *)index_block, offset, hash);
+        return lsm_table_filter_bucket_in(index_block, offset, hash);
 }
 
 bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
@@ -183,14 +176,11 @@ bool lsm_table_filter_may_contain_hash(const struct lsm_layout *layout,
 bool lsm_table_filter_may_contain_at(const uint8_t *index_block, uint32_t legacy_offset,
                                      uint64_t hash)
 {
-        uint32_t offset = filter_start(index_block, legacy_offset);
+        uint32_t offset = lsm_table_filter_start(index_block, legacy_offset);
         if (offset == 0)
                 return true; /* no filter */
-        const uint32_t *words = filter_bucket((uint8_t *)index_block, offset, hash);
-        uint32_t missing = 0;
-        for (uint32_t i = 0; i < 8; i++)
-                missing |= ~words[i] & (1u << (((uint32_t)hash * filter_salt[i]) >> 27));
-        return missing == 0;
+        return lsm_table_filter_bucket_may_contain(
+                lsm_table_filter_bucket_in(index_block, offset, hash), hash);
 }
 
 /* Writes the data block being filled and records it in the index block. */

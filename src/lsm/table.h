@@ -192,6 +192,33 @@ static inline uint64_t lsm_key_hash(const struct lsm_layout *layout, const void 
         return h;
 }
 
+/*
+ * Where an index block's filter starts (its header's filter_offset, or `legacy_offset` when
+ * that says 0), or 0 if it has none. With the next two, a batch of keys probed against one
+ * table computes this once (lsm_tree_may_contain).
+ */
+uint32_t lsm_table_filter_start(const uint8_t *index_block, uint32_t legacy_offset);
+extern const uint32_t lsm_table_filter_salt[8];
+
+/* The bucket of a key of this hash in a filter starting at `offset` (non-zero). */
+static inline const void *lsm_table_filter_bucket_in(const uint8_t *index_block, uint32_t offset,
+                                                     uint64_t hash)
+{
+        uint32_t buckets = (LSM_BLOCK_SIZE - offset) / LSM_TABLE_FILTER_BUCKET_SIZE;
+        uint32_t bucket = (uint32_t)(((hash >> 32) * buckets) >> 32);
+        return index_block + offset + (size_t)bucket * LSM_TABLE_FILTER_BUCKET_SIZE;
+}
+
+/* False if the key of this hash was never added to the filter holding `bucket`. */
+static inline bool lsm_table_filter_bucket_may_contain(const void *bucket, uint64_t hash)
+{
+        const uint32_t *words = bucket;
+        uint32_t missing = 0;
+        for (uint32_t i = 0; i < 8; i++)
+                missing |= ~words[i] & (1u << (((uint32_t)hash * lsm_table_filter_salt[i]) >> 27));
+        return missing == 0;
+}
+
 /* False if the table whose index block this is cannot hold `key` (true without a filter). */
 bool lsm_table_filter_may_contain(const struct lsm_layout *layout, const uint8_t *index_block,
                                   const void *key);

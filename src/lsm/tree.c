@@ -29,11 +29,10 @@ static uint8_t *memtable_value(const struct lsm_tree *tree, uint32_t position)
         return tree->memtable + (size_t)position * tree->layout.value_size;
 }
 
-/* The hash slot holding `key`, or the empty slot where it would go. */
-static uint32_t memtable_slot(const struct lsm_tree *tree, const void *key)
+/* The hash slot holding `key` (whose lsm_key_hash is `h`), or the empty slot where it would go. */
+static uint32_t memtable_slot_hashed(const struct lsm_tree *tree, const void *key, uint64_t h)
 {
         const struct lsm_layout *layout = &tree->layout;
-        uint64_t h = lsm_key_hash(layout, key);
         uint32_t bits = tree->hash_position_bits;
         uint32_t tag = bits == 32 ? 0 : (uint32_t)(h >> 32) >> bits << bits;
         uint32_t mask = bits == 32 ? UINT32_MAX : (1u << bits) - 1;
@@ -49,6 +48,11 @@ static uint32_t memtable_slot(const struct lsm_tree *tree, const void *key)
         }
         tally_assert(false); /* the table is at most half full */
         return 0;
+}
+
+static uint32_t memtable_slot(const struct lsm_tree *tree, const void *key)
+{
+        return memtable_slot_hashed(tree, key, lsm_key_hash(&tree->layout, key));
 }
 
 static uint32_t hash_entry(const struct lsm_tree *tree, const void *key, uint32_t position)
@@ -217,40 +221,36 @@ static int compare_positions(const void *a, const void *b, void *context)
 }
 
 /*
- * Sorts the memtable's positions by key: a stable LSD radix sort on the 32 most significant
- * bits that vary among the keys (at most four byte passes, skipping bytes that never vary),
- * then the runs that share those bits, if any is out of order, by comparison. Keys that vary
- * only in a window of 32 bits (timestamps in a bar, index entries of one field value) need
- * nothing else; random ids almost never share 32 bits. About 10x faster than qsort_r with a
- * comparison callback on 65,536 keys.
+ * Orders `n` keys (`stride` bytes apart from `base`) by a stable LSD radix sort on the 32 most
+ * significant bits that vary among them (at most four byte passes, skipping bytes that never
+ * vary). Returns `a` or `b` (each n values), whichever ends up holding (prefix << 32 | index) in
+ * that order; keys that share a prefix stay in index order, which need not be key order: the
+ * caller checks such runs. NULL if every key is equal. Keys that vary only in a window of 32
+ * bits (timestamps in a bar, index entries of one field value) need nothing else; random ids
+ * almost never share 32 bits.
  */
-static void memtable_radix_sort(struct lsm_tree *tree)
+static uint64_t *keys_radix_order(const struct lsm_layout *layout, const uint8_t *base,
+                                  size_t stride, uint32_t n, uint64_t *a, uint64_t *b)
 {
-        const struct lsm_layout *layout = &tree->layout;
-        uint32_t n = tree->memtable_count;
         uint64_t first[3], diff[3] = {0, 0, 0};
-        lsm_key_words(layout, lsm_key_of(layout, memtable_value(tree, 0)), first);
+        lsm_key_words(layout, base, first);
         for (uint32_t i = 1; i < n; i++) {
                 uint64_t w[3];
-                lsm_key_words(layout, lsm_key_of(layout, memtable_value(tree, i)), w);
+                lsm_key_words(layout, base + (size_t)i * stride, w);
                 for (uint32_t j = 0; j < 3; j++)
                         diff[j] |= w[j] ^ first[j];
         }
         uint32_t word = 0;
         while (word < 3 && diff[word] == 0)
                 word++;
-        uint64_t *a = tree->sort_scratch, *b = tree->sort_scratch + tree->memtable_max;
-        if (word == 3) { /* every key equal: arrival order */
-                for (uint32_t i = 0; i < n; i++)
-                        tree->sorted[i] = i;
-                return;
-        }
+        if (word == 3)
+                return NULL;
         uint32_t top = 63 - (uint32_t)__builtin_clzll(diff[word]); /* highest varying bit */
         uint32_t counts[4][256];
         memset(counts, 0, sizeof(counts));
         for (uint32_t i = 0; i < n; i++) {
                 uint64_t w[3];
-                lsm_key_words(layout, lsm_key_of(layout, memtable_value(tree, i)), w);
+                lsm_key_words(layout, base + (size_t)i * stride, w);
                 u128 x = ((u128)w[word] << 64) | (word + 1 < 3 ? w[word + 1] : 0);
                 uint32_t prefix = (uint32_t)(x >> (top + 33));
                 a[i] = ((uint64_t)prefix << 32) | i;
@@ -271,6 +271,26 @@ static void memtable_radix_sort(struct lsm_tree *tree)
                 uint64_t *t = a;
                 a = b;
                 b = t;
+        }
+        return a;
+}
+
+/*
+ * Sorts the memtable's positions by key (keys_radix_order, then the runs that share a prefix,
+ * if any is out of order, by comparison). About 10x faster than qsort_r with a comparison
+ * callback on 65,536 keys.
+ */
+static void memtable_radix_sort(struct lsm_tree *tree)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        uint32_t n = tree->memtable_count;
+        uint64_t *a = keys_radix_order(layout, memtable_value(tree, 0) + layout->key_offset,
+                                       layout->value_size, n, tree->sort_scratch,
+                                       tree->sort_scratch + tree->memtable_max);
+        if (a == NULL) { /* every key equal: arrival order */
+                for (uint32_t i = 0; i < n; i++)
+                        tree->sorted[i] = i;
+                return;
         }
         for (uint32_t i = 0; i < n; i++)
                 tree->sorted[i] = (uint32_t)a[i];
@@ -562,6 +582,144 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
                         return rc;
         }
         return 0;
+}
+
+/*
+ * One list of tables in key order that do not overlap (a level-0 run, or a deeper level) against
+ * the keys in key order (`order`: indexes of keys): each key that a table's range holds goes to
+ * that table's filter. First a walk of both lists finds the buckets (one cache lookup per table,
+ * no binary search per key), then the buckets are tested with the ones a few keys ahead loading
+ * meanwhile: thousands of independent probes, so their cache misses overlap.
+ */
+#define MAY_CONTAIN_AHEAD 16u
+static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_info *tables,
+                               uint32_t table_count, const uint8_t *keys, size_t stride,
+                               const uint64_t *order, uint32_t count, const uint64_t *hash,
+                               const void **buckets, uint32_t *bucket_key, bool *maybe)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        uint32_t t = 0, block_table = UINT32_MAX, offset = 0, m = 0;
+        const uint8_t *block = NULL;
+        for (uint32_t j = 0; j < count; j++) {
+                uint32_t i = (uint32_t)order[j];
+                if (maybe[i])
+                        continue; /* an earlier table let it through: nothing more to learn */
+                const uint8_t *key = keys + (size_t)i * stride;
+                while (t < table_count && lsm_key_compare(layout, key, tables[t].key_max) > 0)
+                        t++;
+                if (t == table_count)
+                        break;
+                if (lsm_key_compare(layout, key, tables[t].key_min) < 0)
+                        continue;
+                if (t != block_table) {
+                        block_table = t;
+                        block = lsm_grid_cached(tree->grid, tables[t].index);
+                        offset = block != NULL ? lsm_table_filter_start(
+                                                         block, tree->filter_offset_legacy)
+                                               : 0;
+                }
+                if (offset == 0) {
+                        maybe[i] = true; /* not cached, or no filter: only a read can say */
+                        continue;
+                }
+                buckets[m] = lsm_table_filter_bucket_in(block, offset, hash[i]);
+                bucket_key[m++] = i;
+        }
+        for (uint32_t c = 0; c < m && c < MAY_CONTAIN_AHEAD; c++)
+                __builtin_prefetch(buckets[c]);
+        for (uint32_t c = 0; c < m; c++) {
+                if (c + MAY_CONTAIN_AHEAD < m)
+                        __builtin_prefetch(buckets[c + MAY_CONTAIN_AHEAD]);
+                uint32_t i = bucket_key[c];
+                if (lsm_table_filter_bucket_may_contain(buckets[c], hash[i]))
+                        maybe[i] = true;
+        }
+}
+
+/* Then the memtable, for the keys no table may hold: their hash slots loaded a few ahead. */
+static void memtable_may_contain(struct lsm_tree *tree, const uint8_t *keys, size_t stride,
+                                 uint32_t count, const uint64_t *hash, uint32_t *pending,
+                                 bool *maybe)
+{
+        uint32_t m = 0;
+        for (uint32_t i = 0; i < count; i++)
+                if (!maybe[i])
+                        pending[m++] = i;
+        if (tree->memtable_count == 0)
+                return;
+        for (uint32_t c = 0; c < m; c++) {
+                uint32_t i = pending[c];
+                const uint8_t *key = keys + (size_t)i * stride;
+                if (tree->hash == NULL) { /* insert_only: the sorted view */
+                        maybe[i] = memtable_find(tree, key) >= 0;
+                        continue;
+                }
+                if (c + MAY_CONTAIN_AHEAD < m)
+                        __builtin_prefetch(
+                                &tree->hash[(uint32_t)hash[pending[c + MAY_CONTAIN_AHEAD]] &
+                                            tree->hash_mask]);
+                maybe[i] = tree->hash[memtable_slot_hashed(tree, key, hash[i])] != 0;
+        }
+}
+
+void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys_in, size_t stride,
+                          uint32_t count, bool *maybe)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        const uint8_t *keys = keys_in;
+        if (!layout->filter || layout->key_kind == LSM_KEY_CUSTOM ||
+            tree->level0_runs > LSM_LEVEL0_RUNS_TRACKED) {
+                memset(maybe, 1, count * sizeof(bool));
+                return;
+        }
+        memset(maybe, 0, count * sizeof(bool));
+        /* Scratch: the memtable sort's, free between flushes: 3.5 words per key. */
+        uint32_t chunk = (uint32_t)(((uint64_t)tree->memtable_max * 4) / 7);
+        const struct lsm_level *zero = &tree->levels[0];
+        for (uint32_t done = 0; done < count; done += chunk) {
+                uint32_t n = MIN(chunk, count - done);
+                const uint8_t *base = keys + (size_t)done * stride;
+                bool *out = maybe + done;
+                uint64_t *hash = tree->sort_scratch, *a = hash + n, *b = a + n;
+                uint32_t *bucket_key = (uint32_t *)(b + n);
+                for (uint32_t i = 0; i < n; i++)
+                        hash[i] = lsm_key_hash(layout, base + (size_t)i * stride);
+                uint64_t *order = keys_radix_order(layout, base, stride, n, a, b);
+                if (order == NULL) { /* every key equal */
+                        order = a;
+                        for (uint32_t i = 0; i < n; i++)
+                                order[i] = i;
+                }
+                /* Keys that share a prefix: by comparison (an insertion sort of a short run). */
+                for (uint32_t j = 1; j < n; j++) {
+                        uint64_t x = order[j];
+                        const uint8_t *key = base + (uint32_t)x * stride;
+                        uint32_t k = j;
+                        while (k > 0 && (order[k - 1] >> 32) == (x >> 32) &&
+                               lsm_key_compare(layout,
+                                               base +
+                                                       (uint32_t)order[k - 1] * stride,
+                                               key) > 0) {
+                                order[k] = order[k - 1];
+                                k--;
+                        }
+                        order[k] = x;
+                }
+                const void **buckets = (const void **)(order == a ? b : a);
+                for (uint32_t r = 0; r < tree->level0_runs; r++) {
+                        uint32_t first = tree->level0_run_start[r];
+                        uint32_t end = r + 1 < tree->level0_runs ? tree->level0_run_start[r + 1]
+                                                                 : zero->count;
+                        tables_may_contain(tree, &zero->tables[first], end - first,
+                                           base, stride, order, n, hash,
+                                           buckets, bucket_key, out);
+                }
+                for (uint32_t l = 1; l < LSM_LEVELS; l++)
+                        tables_may_contain(tree, tree->levels[l].tables, tree->levels[l].count,
+                                           base, stride, order, n, hash,
+                                           buckets, bucket_key, out);
+                memtable_may_contain(tree, base, stride, n, hash, bucket_key, out);
+        }
 }
 
 void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,

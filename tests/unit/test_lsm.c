@@ -765,8 +765,37 @@ static bool scan_visit(void *context, const void *value)
         return s->seen < s->limit;
 }
 
+/*
+ * lsm_tree_may_contain over `probes` random keys in one call (more than one chunk of its
+ * scratch when probes > 4/7 of the memtable): every key the model holds must come back true.
+ * Absent keys it rules out are counted in may_ruled_out (of may_absent).
+ */
+static uint64_t may_ruled_out, may_absent;
+
+#define MAY_PROBES_MAX 20000u
+
+static void check_may_contain(struct lsm_tree *tree, uint32_t probes)
+{
+        static uint64_t keys[MAY_PROBES_MAX];
+        static bool maybe[MAY_PROBES_MAX];
+        probes = MIN(probes, MAY_PROBES_MAX);
+        for (uint32_t p = 0; p < probes; p++)
+                keys[p] = rng() % MODEL_KEYS;
+        uint64_t version = tree->version;
+        lsm_tree_may_contain(tree, keys, sizeof(uint64_t), probes, maybe);
+        CHECK_EQ_U64(tree->version, version);
+        uint32_t wrong = 0;
+        for (uint32_t p = 0; p < probes; p++) {
+                wrong += model[keys[p]] != 0 && !maybe[p];
+                may_absent += model[keys[p]] == 0;
+                may_ruled_out += model[keys[p]] == 0 && !maybe[p];
+        }
+        CHECK_EQ_U64(wrong, 0);
+}
+
 static void check_against_model(struct lsm_tree *tree, uint32_t probes)
 {
+        check_may_contain(tree, probes);
         uint32_t wrong = 0;
         for (uint32_t p = 0; p < probes; p++) {
                 uint64_t key = rng() % MODEL_KEYS;
@@ -946,14 +975,27 @@ static void test_tree_model_insert_only(void)
         tree_model(&layout_small_tables_insert_only_custom);
 }
 
+/* Without filters lsm_tree_may_contain rules out nothing. */
 static void test_tree_model(void)
 {
+        may_ruled_out = may_absent = 0;
         tree_model(&layout_small_tables);
+        CHECK(may_absent > 10000);
+        CHECK_EQ_U64(may_ruled_out, 0);
 }
 
+/*
+ * With filters lsm_tree_may_contain rules out the absent keys whose tables' index blocks are
+ * cached: with this test's 64-block cache and 200 tables, about one in seven (all of them in
+ * test_tree_level0_runs).
+ */
 static void test_tree_model_filtered(void)
 {
+        may_ruled_out = may_absent = 0;
         tree_model(&layout_small_tables_filtered);
+        printf("may_contain: %llu of %llu absent keys ruled out\n",
+               (unsigned long long)may_ruled_out, (unsigned long long)may_absent);
+        CHECK(may_ruled_out > may_absent / 10);
 }
 
 /* Each level's value_count is the sum of its tables'. */
@@ -1035,6 +1077,7 @@ static void test_tree_level0_runs(void)
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
         struct lsm_tree tree;
         CHECK(lsm_tree_init(&tree, "runs", &layout_small_tables_filtered, &grid, 20000) == 0);
+        may_ruled_out = may_absent = 0;
         CHECK(tree.level0_flush_tables > 1);
         CHECK_EQ_U64(tree.level0_tables_per_fill, tree.level0_flush_tables);
         uint64_t version = 0;
@@ -1059,6 +1102,9 @@ static void test_tree_level0_runs(void)
                 }
         }
         check_against_model(&tree, 20000); /* mid-job: the inputs still answer */
+        printf("level-0 runs: may_contain ruled out %llu of %llu absent keys\n",
+               (unsigned long long)may_ruled_out, (unsigned long long)may_absent);
+        CHECK(may_ruled_out > may_absent * 9 / 10); /* every index block cached: filters say */
         CHECK(lsm_tree_compact(&tree));
         CHECK(lsm_tree_level0_fill(&tree) <= LSM_LEVEL0_FILL_MAX);
         CHECK_EQ_U64(tree.levels[0].count, 0);
