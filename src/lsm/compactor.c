@@ -94,6 +94,7 @@ int lsm_compactor_start(struct lsm_compactor *c, const struct lsm_device *device
         /* block_count_max 1: the worker's grid keeps no free set; it writes reserved addresses. */
         if (lsm_grid_init(&c->grid, device, 1, LSM_COMPACTOR_CACHE_BLOCKS) != 0)
                 return -ENOMEM;
+        c->grid.cache_cold_writes = false;
         pthread_mutex_init(&c->mutex, NULL);
         pthread_cond_init(&c->queued, NULL);
         pthread_cond_init(&c->done, NULL);

@@ -85,6 +85,7 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
 {
         tally_assert(block_count_max > 0);
         memset(grid, 0, sizeof(*grid));
+        grid->cache_cold_writes = true;
         grid->device = *device;
         grid->block_count_max = block_count_max;
         uint64_t words = (block_count_max + 1 + 63) / 64; /* bit 0 (address 0) stays set */
@@ -587,7 +588,8 @@ static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
                 return (struct lsm_block_ref){0};
         }
         grid->stats.writes++;
-        cache_put(grid, block, ref, hot ? 1 : 0);
+        if (hot || grid->cache_cold_writes)
+                cache_put(grid, block, ref, hot ? 1 : 0);
         if (hot && grid->on_write_hot != NULL)
                 grid->on_write_hot(grid->on_write_hot_context, block, ref);
         return ref;

@@ -192,6 +192,10 @@ struct lsm_grid {
          * job, and the loop caches them when it installs the job (compactor.h). */
         void (*on_write_hot)(void *context, const uint8_t *block, struct lsm_block_ref ref);
         void *on_write_hot_context;
+        /* False: blocks written cold (table data blocks) are not cached at all. The worker's
+         * grid (compactor.h): its cache is for its inputs' index blocks, and a copy of each
+         * data block its merges write cost it a 64 KiB memcpy for nothing. */
+        bool cache_cold_writes;
         /*
          * While a checkpoint is held (a backup copies it): blocks freed by later checkpoints stay
          * in use here until the hold ends, so the held checkpoint stays readable. NULL: none.
