@@ -441,6 +441,12 @@ static void park(struct replica *r, replica_connection connection, struct messag
         r->stats.requests_parked++;
 }
 
+/*
+ * False while a request must wait (park): this replica is in a view change, or is a new
+ * primary that first executes what is committed and replicates its log's old suffix (a
+ * request may be among those ops already, and sessions are not current yet: an eviction now
+ * could be wrong).
+ */
 static bool may_take_requests(const struct replica *r)
 {
         if (r->status != REPLICA_STATUS_NORMAL)
@@ -498,8 +504,6 @@ static void backup_on_request(struct replica *r, replica_connection connection,
         }
         if (entry != NULL && h->request.request < entry->request)
                 return drop(r, h, REPLICA_DROP_OLDER_REQUEST);
-        if (r->status != REPLICA_STATUS_NORMAL)
-                return park(r, connection, m, false);
         r->stats.requests_forwarded++;
         r->env.send_to_replica(r->env.context, replica_primary_index(r, r->view), m);
 }
@@ -521,23 +525,17 @@ static void request_route(struct replica *r, replica_connection connection, stru
 {
         const struct wire_header *h = m->header;
         const struct wire_request *req = &h->request;
-        if (r->status != REPLICA_STATUS_NORMAL && !replica_is_primary(r))
-                return from_peer ? drop(r, h, REPLICA_DROP_NOT_NORMAL)
-                                 : park(r, connection, m, false);
+        if (!may_take_requests(r)) {
+                /* A backup in a view change drops what a peer forwarded (it is not primary). */
+                if (from_peer && !replica_is_primary(r))
+                        return drop(r, h, REPLICA_DROP_NOT_NORMAL);
+                return park(r, connection, m, from_peer);
+        }
         if (!replica_is_primary(r)) {
                 if (from_peer)
                         return drop(r, h, REPLICA_DROP_FORWARDED_TO_BACKUP);
                 return backup_on_request(r, connection, m);
         }
-        if (r->status != REPLICA_STATUS_NORMAL)
-                return park(r, connection, m, from_peer);
-        /*
-         * A new primary first executes what is committed and replicates its log's old
-         * suffix: a request may be among those ops already, and sessions are not current yet
-         * (an eviction now could be wrong). It waits (park).
-         */
-        if (r->commit < r->commit_max || r->suffix_next != 0)
-                return park(r, connection, m, from_peer);
         /* A client may know a newer view than a lagging primary; it retries. */
         if (h->view > r->view)
                 return drop(r, h, REPLICA_DROP_NEWER_VIEW);
