@@ -220,17 +220,34 @@ static int compare_positions(const void *a, const void *b, void *context)
         return c != 0 ? c : (x > y) - (x < y);
 }
 
+/* Keys `stride` bytes apart from `base`, for compare_key_entries. */
+struct key_order {
+        const struct lsm_layout *layout;
+        const uint8_t *base;
+        size_t stride;
+};
+
+/* (prefix << 32 | index) entries by their keys, equal keys by index. */
+static int compare_key_entries(const void *a, const void *b, void *context)
+{
+        const struct key_order *o = context;
+        uint32_t x = (uint32_t)*(const uint64_t *)a, y = (uint32_t)*(const uint64_t *)b;
+        int c = lsm_key_compare(o->layout, o->base + (size_t)x * o->stride,
+                                o->base + (size_t)y * o->stride);
+        return c != 0 ? c : (x > y) - (x < y);
+}
+
 /*
- * Orders `n` keys (`stride` bytes apart from `base`) by a stable LSD radix sort on the 32 most
- * significant bits that vary among them (at most four byte passes, skipping bytes that never
- * vary). Returns `a` or `b` (each n values), whichever ends up holding (prefix << 32 | index) in
- * that order; keys that share a prefix stay in index order, which need not be key order: the
- * caller checks such runs. NULL if every key is equal. Keys that vary only in a window of 32
- * bits (timestamps in a bar, index entries of one field value) need nothing else; random ids
- * almost never share 32 bits.
+ * Orders `n` keys (`stride` bytes apart from `base`; equal keys by index): a stable LSD radix
+ * sort on the 32 most significant bits that vary among them (at most four byte passes,
+ * skipping bytes that never vary), then each run that shares those bits, if it is out of
+ * order, by comparison. Returns `a` or `b` (each n values), whichever ends up holding
+ * (prefix << 32 | index) in that order. Keys that vary only in a window of 32 bits (timestamps
+ * in a bar, index entries of one field value) need nothing else; random ids almost never share
+ * 32 bits. About 10x faster than qsort_r with a comparison callback on 65,536 keys.
  */
-static uint64_t *keys_radix_order(const struct lsm_layout *layout, const uint8_t *base,
-                                  size_t stride, uint32_t n, uint64_t *a, uint64_t *b)
+static uint64_t *keys_sorted(const struct lsm_layout *layout, const uint8_t *base, size_t stride,
+                             uint32_t n, uint64_t *a, uint64_t *b)
 {
         uint64_t first[3], diff[3] = {0, 0, 0};
         lsm_key_words(layout, base, first);
@@ -243,8 +260,11 @@ static uint64_t *keys_radix_order(const struct lsm_layout *layout, const uint8_t
         uint32_t word = 0;
         while (word < 3 && diff[word] == 0)
                 word++;
-        if (word == 3)
-                return NULL;
+        if (word == 3) { /* every key equal: index order */
+                for (uint32_t i = 0; i < n; i++)
+                        a[i] = i;
+                return a;
+        }
         uint32_t top = 63 - (uint32_t)__builtin_clzll(diff[word]); /* highest varying bit */
         uint32_t counts[4][256];
         memset(counts, 0, sizeof(counts));
@@ -272,42 +292,33 @@ static uint64_t *keys_radix_order(const struct lsm_layout *layout, const uint8_t
                 a = b;
                 b = t;
         }
-        return a;
-}
-
-/*
- * Sorts the memtable's positions by key (keys_radix_order, then the runs that share a prefix,
- * if any is out of order, by comparison). About 10x faster than qsort_r with a comparison
- * callback on 65,536 keys.
- */
-static void memtable_radix_sort(struct lsm_tree *tree)
-{
-        const struct lsm_layout *layout = &tree->layout;
-        uint32_t n = tree->memtable_count;
-        uint64_t *a = keys_radix_order(layout, memtable_value(tree, 0) + layout->key_offset,
-                                       layout->value_size, n, tree->sort_scratch,
-                                       tree->sort_scratch + tree->memtable_max);
-        if (a == NULL) { /* every key equal: arrival order */
-                for (uint32_t i = 0; i < n; i++)
-                        tree->sorted[i] = i;
-                return;
-        }
-        for (uint32_t i = 0; i < n; i++)
-                tree->sorted[i] = (uint32_t)a[i];
-        /* Runs with equal prefixes: in arrival order, which is key order unless checked not. */
+        /* Runs with equal prefixes: in index order, which is key order unless checked not. */
+        struct key_order order = {.layout = layout, .base = base, .stride = stride};
         for (uint32_t i = 0; i + 1 < n;) {
                 uint32_t j = i + 1;
                 while (j < n && (a[j] >> 32) == (a[i] >> 32))
                         j++;
                 for (uint32_t k = i; k + 1 < j; k++) {
-                        if (compare_positions(&tree->sorted[k], &tree->sorted[k + 1], tree) > 0) {
-                                qsort_r(&tree->sorted[i], j - i, sizeof(uint32_t),
-                                        compare_positions, tree);
+                        if (compare_key_entries(&a[k], &a[k + 1], &order) > 0) {
+                                qsort_r(&a[i], j - i, sizeof(a[0]), compare_key_entries, &order);
                                 break;
                         }
                 }
                 i = j;
         }
+        return a;
+}
+
+/* Sorts the memtable's positions by key (keys_sorted), equal keys in arrival order. */
+static void memtable_radix_sort(struct lsm_tree *tree)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        uint32_t n = tree->memtable_count;
+        const uint64_t *a = keys_sorted(layout, memtable_value(tree, 0) + layout->key_offset,
+                                        layout->value_size, n, tree->sort_scratch,
+                                        tree->sort_scratch + tree->memtable_max);
+        for (uint32_t i = 0; i < n; i++)
+                tree->sorted[i] = (uint32_t)a[i];
 }
 
 /* The sorted view: positions in key order, one per key (the newest), up to date. */
@@ -673,6 +684,10 @@ void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys_in, size_t str
                 return;
         }
         memset(maybe, 0, count * sizeof(bool));
+        /* An insert-only memtable is looked up through its sorted view: brought up to date now,
+         * since making it uses the scratch below. */
+        if (tree->hash == NULL)
+                memtable_sort(tree);
         /* Scratch: the memtable sort's, free between flushes: 3.5 words per key. */
         uint32_t chunk = (uint32_t)(((uint64_t)tree->memtable_max * 4) / 7);
         const struct lsm_level *zero = &tree->levels[0];
@@ -684,27 +699,7 @@ void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys_in, size_t str
                 uint32_t *bucket_key = (uint32_t *)(b + n);
                 for (uint32_t i = 0; i < n; i++)
                         hash[i] = lsm_key_hash(layout, base + (size_t)i * stride);
-                uint64_t *order = keys_radix_order(layout, base, stride, n, a, b);
-                if (order == NULL) { /* every key equal */
-                        order = a;
-                        for (uint32_t i = 0; i < n; i++)
-                                order[i] = i;
-                }
-                /* Keys that share a prefix: by comparison (an insertion sort of a short run). */
-                for (uint32_t j = 1; j < n; j++) {
-                        uint64_t x = order[j];
-                        const uint8_t *key = base + (uint32_t)x * stride;
-                        uint32_t k = j;
-                        while (k > 0 && (order[k - 1] >> 32) == (x >> 32) &&
-                               lsm_key_compare(layout,
-                                               base +
-                                                       (uint32_t)order[k - 1] * stride,
-                                               key) > 0) {
-                                order[k] = order[k - 1];
-                                k--;
-                        }
-                        order[k] = x;
-                }
+                const uint64_t *order = keys_sorted(layout, base, stride, n, a, b);
                 const void **buckets = (const void **)(order == a ? b : a);
                 for (uint32_t r = 0; r < tree->level0_runs; r++) {
                         uint32_t first = tree->level0_run_start[r];
