@@ -161,10 +161,12 @@ samples=$(curl -s -m 5 "http://127.0.0.1:$pport/api/v1/query" --data-urlencode "
         console.log(x.metric.instance + " " + rise + " " + (span > 0 ? rise * (span + allowance) / span : -1) + " " + n + " " + span.toFixed(3));
       }
     });')
-bad=$(join <(echo "$inc" | sort) <(echo "$samples" | sort) | awk -v s=$sent '
+# Per instance: increase, samples' rise, bound, samples, span.
+joined=$(join <(echo "$inc" | sort) <(echo "$samples" | sort))
+bad=$(echo "$joined" | awk -v s=$sent '
   NF == 6 { ok = ($3 == s && $2 >= $3 - 0.001 && $2 <= $4 + 0.001); n += ok }
   END { print (n == 3 && NR == 3) ? 0 : 1 }')
-detail=$(join <(echo "$inc" | sort) <(echo "$samples" | sort) | awk '{ printf "%s increase %.0f, samples rise %s, bound %.0f (%s samples over %s s); ", $1, $2, $3, $4, $5, $6 }')
+detail=$(echo "$joined" | awk '{ printf "%s increase %.0f, samples rise %s, bound %.0f (%s samples over %s s); ", $1, $2, $3, $4, $5, $6 }')
 [ "$bad" = 0 ] && pass "PromQL $q2 between the samples' rise ($sent) and its extrapolation bound: $detail" ||
   fail "PromQL $q2: $detail sent $sent"
 
