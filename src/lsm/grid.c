@@ -505,6 +505,58 @@ const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref)
         return slot_data(grid, (uint32_t)slot);
 }
 
+static int compare_ref_addresses(const void *a, const void *b)
+{
+        uint64_t x = ((const struct lsm_block_ref *)a)->address;
+        uint64_t y = ((const struct lsm_block_ref *)b)->address;
+        return (x > y) - (x < y);
+}
+
+void lsm_grid_prefetch(struct lsm_grid *grid, struct lsm_block_ref *refs, uint32_t count,
+                       enum lsm_block_kind kind)
+{
+        if (grid->device.read_many == NULL || count == 0)
+                return;
+        /* In address order (the device reads neighbours together), each block once. */
+        qsort(refs, count, sizeof(*refs), compare_ref_addresses);
+        uint64_t addresses[LSM_GRID_PREFETCH_MAX];
+        uint8_t *blocks[LSM_GRID_PREFETCH_MAX];
+        uint32_t slots[LSM_GRID_PREFETCH_MAX];
+        struct lsm_block_ref wanted[LSM_GRID_PREFETCH_MAX];
+        int results[LSM_GRID_PREFETCH_MAX];
+        for (uint32_t i = 0; i < count;) {
+                uint32_t n = 0;
+                for (; i < count && n < LSM_GRID_PREFETCH_MAX; i++) {
+                        struct lsm_block_ref ref = refs[i];
+                        if (ref.address == 0 || (i > 0 && refs[i - 1].address == ref.address) ||
+                            cache_find(grid, ref) >= 0)
+                                continue;
+                        uint32_t slot = cache_victim(grid, ref.address);
+                        if (slot == UINT32_MAX)
+                                continue;
+                        /* Pinned while the reads run, so that the next victim is another. */
+                        grid->slot_reading[slot] = 1;
+                        grid->slot_address[slot] = 0;
+                        addresses[n] = ref.address;
+                        blocks[n] = slot_data(grid, slot);
+                        slots[n] = slot;
+                        wanted[n++] = ref;
+                }
+                if (n == 0)
+                        continue;
+                grid->device.read_many(grid->device.context, addresses, blocks, results, n);
+                for (uint32_t k = 0; k < n; k++) {
+                        grid->slot_reading[slots[k]] = 0;
+                        if (results[k] != 0 || lsm_block_check(blocks[k], wanted[k], kind) != NULL)
+                                continue; /* the slot stays free */
+                        grid->slot_address[slots[k]] = wanted[k].address;
+                        grid->slot_checksum[slots[k]] = wanted[k].checksum;
+                        grid->slot_referenced[slots[k]] = 1;
+                        grid->stats.prefetched++;
+                }
+        }
+}
+
 struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
                                     enum lsm_block_kind kind, uint8_t tree, uint16_t value_size,
                                     uint32_t count, uint32_t size)

@@ -117,6 +117,12 @@ struct lsm_device {
          * into a cache of its own): the compaction worker names the blocks of a job it wrote.
          */
         void (*prefetch)(void *context, uint64_t address);
+        /*
+         * Optional: reads `count` blocks at once, each into its buffer, in parallel where the
+         * device can; results[i] is 0 or a negative errno. Without it, `read` one at a time.
+         */
+        void (*read_many)(void *context, const uint64_t *addresses, uint8_t *const *blocks,
+                          int *results, uint32_t count);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */
@@ -144,6 +150,7 @@ struct lsm_grid_stats {
         uint64_t writes;        /* blocks written */
         uint64_t cache_hits;
         uint64_t read_faults;   /* reads that failed or returned a wrong block */
+        uint64_t prefetched;    /* blocks lsm_grid_prefetch read into the cache */
         uint64_t acquired;
         uint64_t released;
 };
@@ -331,6 +338,16 @@ struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, ui
                                        uint16_t value_size, uint32_t count, uint32_t size);
 /* The cached block `ref` names, or NULL if it is not in the cache (no I/O). */
 const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref);
+/*
+ * Reads the blocks of `refs` that are not cached into the cache, all at once (the device's
+ * read_many, LSM_GRID_PREFETCH_MAX at a time), so that the lookups about to need them find them
+ * there instead of waiting for the device one block at a time. `refs` is reordered. A block
+ * that cannot be read or fails its check is left out, with no fault: the lookup that needs it
+ * reads it again and reports that.
+ */
+#define LSM_GRID_PREFETCH_MAX 128u
+void lsm_grid_prefetch(struct lsm_grid *grid, struct lsm_block_ref *refs, uint32_t count,
+                       enum lsm_block_kind kind);
 
 /* The cache set that holds `address` if any slot does. */
 static inline uint32_t lsm_grid_set_of(const struct lsm_grid *grid, uint64_t address)

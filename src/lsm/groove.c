@@ -277,6 +277,9 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
 void lsm_groove_deinit(struct lsm_groove *g)
 {
         cache_deinit(g);
+        free(g->id_candidates);
+        g->id_candidates = NULL;
+        g->id_candidates_max = 0;
         if (g->objects.memtable != NULL)
                 lsm_tree_deinit(&g->objects);
         if (g->ids.memtable != NULL)
@@ -360,7 +363,21 @@ int lsm_groove_get_id(struct lsm_groove *g, u128 id, uint64_t *timestamp)
 void lsm_groove_ids_may_contain(struct lsm_groove *g, const void *ids, size_t stride,
                                 uint32_t count, bool *maybe)
 {
-        lsm_tree_may_contain(&g->ids, ids, stride, count, maybe);
+        if (count > g->id_candidates_max) {
+                struct lsm_block_ref *grown =
+                        realloc(g->id_candidates, (size_t)count * sizeof(*grown));
+                if (grown != NULL) {
+                        g->id_candidates = grown;
+                        g->id_candidates_max = count;
+                }
+        }
+        if (count > g->id_candidates_max) { /* no memory: the lookups read one at a time */
+                lsm_tree_may_contain(&g->ids, ids, stride, count, maybe, NULL, NULL);
+                return;
+        }
+        uint32_t candidates = 0;
+        lsm_tree_may_contain(&g->ids, ids, stride, count, maybe, g->id_candidates, &candidates);
+        lsm_grid_prefetch(g->ids.grid, g->id_candidates, candidates, LSM_BLOCK_TABLE_DATA);
 }
 
 void lsm_groove_put_id(struct lsm_groove *g, u128 id, uint64_t timestamp)

@@ -75,6 +75,9 @@ struct lsm_groove {
         struct lsm_tree ids;
         struct lsm_tree indexes[LSM_GROOVE_INDEXES_MAX];
         struct lsm_groove_cache cache;
+        /* lsm_groove_ids_may_contain's data blocks to read (grown to the largest batch). */
+        struct lsm_block_ref *id_candidates;
+        uint32_t id_candidates_max;
 };
 
 int lsm_groove_init(struct lsm_groove *groove, const struct lsm_groove_config *config,
@@ -96,7 +99,12 @@ void lsm_groove_update(struct lsm_groove *groove, const void *object);
  * ids burned by a transient failure so).
  */
 int lsm_groove_get_id(struct lsm_groove *groove, u128 id, uint64_t *timestamp);
-/* lsm_tree_may_contain for the id map: `ids` are u128s `stride` bytes apart. */
+/*
+ * lsm_tree_may_contain for the id map (`ids` are u128s `stride` bytes apart), then the data
+ * blocks that the lookups of the ids it may hold will read are read into the cache at once
+ * (lsm_grid_prefetch): one at a time, in the lookups, those reads were 30 % of the loop's time
+ * at 70-80 M transfers stored, where they go to the disk.
+ */
 void lsm_groove_ids_may_contain(struct lsm_groove *groove, const void *ids, size_t stride,
                                 uint32_t count, bool *maybe);
 void lsm_groove_put_id(struct lsm_groove *groove, u128 id, uint64_t timestamp);

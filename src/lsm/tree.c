@@ -603,10 +603,18 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
  * meanwhile: thousands of independent probes, so their cache misses overlap.
  */
 #define MAY_CONTAIN_AHEAD 16u
+struct may_contain_candidates {
+        struct lsm_block_ref *refs; /* NULL: none wanted */
+        uint32_t count;
+        uint32_t max;
+};
+
 static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_info *tables,
                                uint32_t table_count, const uint8_t *keys, size_t stride,
                                const uint64_t *order, uint32_t count, const uint64_t *hash,
-                               const void **buckets, uint32_t *bucket_key, bool *maybe)
+                               const void **buckets, uint32_t *bucket_key,
+                               uint32_t *bucket_table, bool *maybe,
+                               struct may_contain_candidates *found)
 {
         const struct lsm_layout *layout = &tree->layout;
         uint32_t t = 0, block_table = UINT32_MAX, offset = 0, m = 0;
@@ -634,6 +642,7 @@ static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_inf
                         continue;
                 }
                 buckets[m] = lsm_table_filter_bucket_in(block, offset, hash[i]);
+                bucket_table[m] = t;
                 bucket_key[m++] = i;
         }
         for (uint32_t c = 0; c < m && c < MAY_CONTAIN_AHEAD; c++)
@@ -642,8 +651,17 @@ static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_inf
                 if (c + MAY_CONTAIN_AHEAD < m)
                         __builtin_prefetch(buckets[c + MAY_CONTAIN_AHEAD]);
                 uint32_t i = bucket_key[c];
-                if (lsm_table_filter_bucket_may_contain(buckets[c], hash[i]))
-                        maybe[i] = true;
+                if (!lsm_table_filter_bucket_may_contain(buckets[c], hash[i]))
+                        continue;
+                maybe[i] = true;
+                if (found->refs == NULL || found->count == found->max)
+                        continue;
+                /* Rare (new ids pass about one filter in 400): the index block again. */
+                const uint8_t *index = lsm_grid_cached(tree->grid, tables[bucket_table[c]].index);
+                struct lsm_block_ref data;
+                if (index != NULL &&
+                    lsm_table_index_find(layout, index, keys + (size_t)i * stride, &data))
+                        found->refs[found->count++] = data;
         }
 }
 
@@ -674,10 +692,14 @@ static void memtable_may_contain(struct lsm_tree *tree, const uint8_t *keys, siz
 }
 
 void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys_in, size_t stride,
-                          uint32_t count, bool *maybe)
+                          uint32_t count, bool *maybe, struct lsm_block_ref *candidates,
+                          uint32_t *candidate_count)
 {
         const struct lsm_layout *layout = &tree->layout;
         const uint8_t *keys = keys_in;
+        struct may_contain_candidates found = {.refs = candidates, .max = count};
+        if (candidate_count != NULL)
+                *candidate_count = 0;
         if (!layout->filter || layout->key_kind == LSM_KEY_CUSTOM ||
             tree->level0_runs > LSM_LEVEL0_RUNS_TRACKED) {
                 memset(maybe, 1, count * sizeof(bool));
@@ -688,8 +710,8 @@ void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys_in, size_t str
          * since making it uses the scratch below. */
         if (tree->hash == NULL)
                 memtable_sort(tree);
-        /* Scratch: the memtable sort's, free between flushes: 3.5 words per key. */
-        uint32_t chunk = (uint32_t)(((uint64_t)tree->memtable_max * 4) / 7);
+        /* Scratch: the memtable sort's, free between flushes: 4 words per key. */
+        uint32_t chunk = tree->memtable_max / 2;
         const struct lsm_level *zero = &tree->levels[0];
         for (uint32_t done = 0; done < count; done += chunk) {
                 uint32_t n = MIN(chunk, count - done);
@@ -697,6 +719,7 @@ void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys_in, size_t str
                 bool *out = maybe + done;
                 uint64_t *hash = tree->sort_scratch, *a = hash + n, *b = a + n;
                 uint32_t *bucket_key = (uint32_t *)(b + n);
+                uint32_t *bucket_table = bucket_key + n;
                 for (uint32_t i = 0; i < n; i++)
                         hash[i] = lsm_key_hash(layout, base + (size_t)i * stride);
                 const uint64_t *order = keys_sorted(layout, base, stride, n, a, b);
@@ -706,15 +729,17 @@ void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys_in, size_t str
                         uint32_t end = r + 1 < tree->level0_runs ? tree->level0_run_start[r + 1]
                                                                  : zero->count;
                         tables_may_contain(tree, &zero->tables[first], end - first,
-                                           base, stride, order, n, hash,
-                                           buckets, bucket_key, out);
+                                           base, stride, order, n, hash, buckets,
+                                           bucket_key, bucket_table, out, &found);
                 }
                 for (uint32_t l = 1; l < LSM_LEVELS; l++)
                         tables_may_contain(tree, tree->levels[l].tables, tree->levels[l].count,
-                                           base, stride, order, n, hash,
-                                           buckets, bucket_key, out);
+                                           base, stride, order, n, hash, buckets,
+                                           bucket_key, bucket_table, out, &found);
                 memtable_may_contain(tree, base, stride, n, hash, bucket_key, out);
         }
+        if (candidate_count != NULL)
+                *candidate_count = found.count;
 }
 
 void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,

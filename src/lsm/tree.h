@@ -205,9 +205,14 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out);
  * the same way: asked one key at a time (lsm_tree_get), finding each key's tables and probing
  * their filters was 31 % of the loop's time at 10 M transfers stored. Layouts without filters
  * (and a level 0 of untracked runs) say true for every key.
+ *
+ * With `candidates` (room for `count`), each key that a table's filter lets through also names
+ * the data block of that table which a lookup of it reads (the first such table met, one per
+ * key): *candidate_count of them, for lsm_grid_prefetch to read at once.
  */
 void lsm_tree_may_contain(struct lsm_tree *tree, const void *keys, size_t stride,
-                          uint32_t count, bool *maybe);
+                          uint32_t count, bool *maybe, struct lsm_block_ref *candidates,
+                          uint32_t *candidate_count);
 
 /*
  * Calls `visit` with every value whose key is in [key_min, key_max] (either NULL: unbounded), in

@@ -798,8 +798,11 @@ int storage_grid_flush(struct storage *storage)
         return writer_flush(&storage->grid_writer);
 }
 
+static void reader_deinit(struct grid_reader *g);
+
 static void grid_writes_deinit(struct storage *storage)
 {
+        reader_deinit(&storage->grid_reader);
         writer_deinit(&storage->worker_writer);
         writer_deinit(&storage->grid_writer);
 }
@@ -843,6 +846,111 @@ static int device_read(void *context, uint64_t address, uint8_t *block)
         return storage_grid_read(context, address, block);
 }
 
+static void on_grid_read(struct io_completion *completion, int32_t result)
+{
+        struct storage_grid_read *r = completion->context;
+        r->result = result;
+        r->landed = true;
+        tally_assert(r->reader->in_flight > 0);
+        r->reader->in_flight--;
+}
+
+/* The ring, at the first use: true, or false for good (then reads go one at a time). */
+static bool reader_init(struct grid_reader *g)
+{
+        if (g->io != NULL)
+                return true;
+        if (g->unavailable)
+                return false;
+        g->unavailable = true;
+        struct io *io = calloc(1, sizeof(*io));
+        struct storage_grid_read *reads = calloc(STORAGE_GRID_READS_MAX, sizeof(*reads));
+        if (io == NULL || reads == NULL || io_init(io, STORAGE_GRID_READS_MAX) != 0) {
+                log_warn("grid reads of many blocks go one at a time (no ring for them)");
+                free(io);
+                free(reads);
+                return false;
+        }
+        for (uint32_t i = 0; i < STORAGE_GRID_READS_MAX; i++)
+                reads[i].reader = g;
+        g->io = io;
+        g->reads = reads;
+        g->unavailable = false;
+        return true;
+}
+
+static void reader_deinit(struct grid_reader *g)
+{
+        if (g->io == NULL)
+                return;
+        tally_assert(g->in_flight == 0); /* device_read_many waits for its reads */
+        io_deinit(g->io);
+        free(g->io);
+        free(g->reads);
+        g->io = NULL;
+        g->reads = NULL;
+}
+
+/*
+ * Reads through the page cache, all in flight at once (io_uring hands the ones that must wait
+ * for the disk to its workers; the epoll backend to its threads), and waits for every one.
+ */
+static void device_read_many(void *context, const uint64_t *addresses, uint8_t *const *blocks,
+                             int *results, uint32_t count)
+{
+        struct storage *storage = context;
+        struct grid_reader *g = &storage->grid_reader;
+        for (uint32_t i = 0; i < count;) {
+                uint32_t n = MIN(count - i, STORAGE_GRID_READS_MAX);
+                bool ring = reader_init(g);
+                for (uint32_t k = 0; k < n; k++) {
+                        uint64_t address = addresses[i + k];
+                        struct storage_grid_read *r = ring ? &g->reads[k] : NULL;
+                        bool direct = !ring || address == 0 || address > GRID_BLOCKS_MAX ||
+                                      address > storage->grid_block_count ||
+                                      writer_find(&storage->grid_writer, address) != NULL;
+                        if (direct) { /* the ordinary read says what it is */
+                                if (r != NULL)
+                                        memset(&r->completion, 0, sizeof(r->completion));
+                                results[i + k] = storage_grid_read(storage, address, blocks[i + k]);
+                                continue;
+                        }
+                        memset(&r->completion, 0, sizeof(r->completion));
+                        r->completion.callback = on_grid_read;
+                        r->completion.context = r;
+                        r->landed = false;
+                        r->result = 0;
+                        io_read(g->io, &r->completion, storage->fd, blocks[i + k], GRID_BLOCK_SIZE,
+                                grid_block_offset(storage, address));
+                        g->in_flight++;
+                }
+                if (ring) {
+                        io_submit(g->io);
+                        while (g->in_flight > 0) {
+                                /* A failed ring may never report its reads, whose buffers
+                                 * are the cache's: nothing safe is left but to stop (the
+                                 * journal has every op; a restart recovers). */
+                                int rc = io_run(g->io, 1000000000ull, true);
+                                if (rc < 0)
+                                        log_error("grid reads: the ring failed error=%s",
+                                                  strerror(-rc));
+                                tally_assert(rc >= 0);
+                        }
+                        for (uint32_t k = 0; k < n; k++) {
+                                const struct storage_grid_read *r = &g->reads[k];
+                                if (r->completion.callback == NULL)
+                                        continue; /* read directly above */
+                                results[i + k] = r->result == (int32_t)GRID_BLOCK_SIZE ? 0
+                                                 : r->result < 0                      ? r->result
+                                                                                      : -EIO;
+                                if (results[i + k] == 0)
+                                        storage->grid_blocks_read++;
+                        }
+                }
+                i += n;
+        }
+}
+
 static int device_write(void *context, uint64_t address, const uint8_t *block)
 {
         return storage_grid_write(context, address, block);
@@ -866,6 +974,7 @@ struct lsm_device storage_grid_device(struct storage *storage)
         return (struct lsm_device){
                 .context = storage,
                 .read = device_read,
+                .read_many = device_read_many,
                 .write = device_write,
                 .flush = device_flush,
                 .grow = device_grow,

@@ -247,6 +247,26 @@ struct grid_writer {
         uint64_t blocks_written;
 };
 
+/*
+ * The loop's reads of many grid blocks at once (lsm_grid_prefetch): on a ring of their own, so
+ * that waiting for them runs no other completion in the middle of an op. Set up at first use.
+ */
+#define STORAGE_GRID_READS_MAX 128u
+struct grid_reader;
+struct storage_grid_read {
+        struct io_completion completion;
+        struct grid_reader *reader;
+        int32_t result;
+        bool landed;
+};
+
+struct grid_reader {
+        struct io *io; /* NULL until the first use */
+        bool unavailable; /* it could not be set up: reads go one at a time */
+        struct storage_grid_read *reads; /* STORAGE_GRID_READS_MAX */
+        uint32_t in_flight;
+};
+
 struct storage {
         int fd; /* holds the lock (see storage_open) */
         int32_t open_file; /* this file's entry in the process's table of open data files */
@@ -274,6 +294,7 @@ struct storage {
         uint64_t grid_block_count; /* blocks the file holds now */
         struct grid_writer grid_writer;   /* the loop's grid writes (storage_grid_write) */
         struct grid_writer worker_writer; /* the compaction worker's (storage_grid_device_worker) */
+        struct grid_reader grid_reader;   /* the loop's reads of many blocks at once */
         uint64_t grid_blocks_read;
         struct storage_checkpoint checkpoint;
         uint64_t checkpoints;

@@ -782,7 +782,7 @@ static void check_may_contain(struct lsm_tree *tree, uint32_t probes)
         for (uint32_t p = 0; p < probes; p++)
                 keys[p] = rng() % MODEL_KEYS;
         uint64_t version = tree->version;
-        lsm_tree_may_contain(tree, keys, sizeof(uint64_t), probes, maybe);
+        lsm_tree_may_contain(tree, keys, sizeof(uint64_t), probes, maybe, NULL, NULL);
         CHECK_EQ_U64(tree->version, version);
         uint32_t wrong = 0;
         for (uint32_t p = 0; p < probes; p++) {
@@ -1068,6 +1068,120 @@ static void tree_model(const struct lsm_layout *tree_layout)
  * a full flush's, whichever is more). Lookups over runs of several tables match the model,
  * present and absent keys alike; flushes of keys that only grow make one run.
  */
+/* A device that reads many blocks at once (lsm_grid_prefetch), one at a time underneath. */
+static uint32_t read_many_blocks;
+
+static void device_read_many(void *context, const uint64_t *addresses, uint8_t *const *blocks,
+                             int *results, uint32_t count)
+{
+        for (uint32_t i = 0; i < count; i++) {
+                results[i] = device_read(context, addresses[i], blocks[i]);
+                read_many_blocks++;
+        }
+}
+
+static const struct lsm_device device_many = {
+        .context = &device_state,
+        .read = device_read,
+        .write = device_write,
+        .read_many = device_read_many,
+};
+
+/*
+ * lsm_tree_may_contain names, for each key a filter lets through, the data block a lookup of it
+ * reads; lsm_grid_prefetch reads them into the cache at once, and the lookups that follow read
+ * nothing more. A block that cannot be read is left out with no fault: the lookup that needs
+ * it reports the fault, and finds the key once the block reads again.
+ */
+static void test_tree_may_contain_prefetch(void)
+{
+        device_reset();
+        memset(model, 0, sizeof(model));
+        rng_state = 0x5eed;
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "prefetch", &layout_small_tables_filtered, &grid, 20000) == 0);
+        uint64_t version = 0;
+        for (uint32_t flush = 0; flush < 3; flush++) {
+                for (uint32_t i = 0; i < 12000; i++) {
+                        uint64_t key = rng() % MODEL_KEYS;
+                        struct value v = value_make(key, version);
+                        lsm_tree_put(&tree, &v);
+                        model[key] = ++version;
+                }
+                CHECK(lsm_tree_flush(&tree));
+        }
+        /* Another cache, which holds the tables' index blocks and none of their data blocks. */
+        struct lsm_grid cold;
+        CHECK(lsm_grid_init(&cold, &device_many, DEVICE_BLOCKS, 1024) == 0);
+        tree.grid = &cold;
+        for (uint32_t t = 0; t < tree.levels[0].count; t++)
+                CHECK(lsm_grid_read(&cold, tree.levels[0].tables[t].index, LSM_BLOCK_TABLE_INDEX) !=
+                      NULL);
+        enum { PRESENT = 300, PROBES = 3000 };
+        static uint64_t keys[PROBES];
+        static bool maybe[PROBES];
+        static struct lsm_block_ref candidates[PROBES];
+        uint32_t n = 0;
+        while (n < PRESENT) {
+                uint64_t key = rng() % MODEL_KEYS;
+                if (model[key] != 0)
+                        keys[n++] = key;
+        }
+        while (n < PROBES) {
+                uint64_t key = rng() % MODEL_KEYS;
+                if (model[key] == 0)
+                        keys[n++] = key;
+        }
+        /* The block of the first present key will not read. */
+        uint32_t count = 0;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), 1, maybe, candidates, &count);
+        CHECK(maybe[0]);
+        CHECK_EQ_U64(count, 1);
+        struct lsm_block_ref failing = candidates[0];
+        device_state.fail_read = failing.address;
+        uint64_t reads = cold.stats.reads;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
+        CHECK_EQ_U64(cold.stats.reads, reads); /* only cached index blocks */
+        uint32_t present_maybe = 0, absent_maybe = 0;
+        for (uint32_t i = 0; i < PROBES; i++) {
+                present_maybe += i < PRESENT && maybe[i];
+                absent_maybe += i >= PRESENT && maybe[i];
+        }
+        CHECK_EQ_U64(present_maybe, PRESENT);
+        /* One block per key let through (present keys, and absent ones a filter let pass). */
+        CHECK_EQ_U64(count, PRESENT + absent_maybe);
+        read_many_blocks = 0;
+        lsm_grid_prefetch(&cold, candidates, count, LSM_BLOCK_TABLE_DATA);
+        printf("prefetch: %u keys let through of %u, %u blocks read at once, %llu cached\n",
+               PRESENT + absent_maybe, PROBES, read_many_blocks,
+               (unsigned long long)cold.stats.prefetched);
+        CHECK(read_many_blocks > 0 && read_many_blocks <= count);
+        CHECK_EQ_U64(cold.stats.prefetched, read_many_blocks - 1); /* all but the failing one */
+        CHECK_EQ_U64(cold.stats.read_faults, 0);
+        CHECK(!cold.fault_damaged);
+        CHECK(lsm_grid_cached(&cold, failing) == NULL);
+        /* The failing block's lookup reports the fault; once it reads, every lookup finds its
+         * key, and nothing but that block is read. */
+        reads = cold.stats.reads;
+        struct value out;
+        CHECK_EQ_U64((uint64_t)(int64_t)lsm_tree_get(&tree, &keys[0], &out), (uint64_t)(int64_t)-1);
+        CHECK_EQ_U64(cold.stats.read_faults, 1);
+        device_state.fail_read = 0;
+        uint32_t wrong = 0;
+        for (uint32_t i = 0; i < PRESENT; i++) {
+                bool found = lsm_tree_get(&tree, &keys[i], &out) == 1;
+                wrong += !found || out.key != keys[i] || out.version != model[keys[i]] - 1;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        CHECK_EQ_U64(cold.stats.reads, reads + 2);
+        tree.grid = &grid;
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&cold);
+        lsm_grid_deinit(&grid);
+}
+
 static void test_tree_level0_runs(void)
 {
         device_reset();
@@ -1112,7 +1226,7 @@ static void test_tree_level0_runs(void)
         wide[0] = UINT64_C(1) << 63;
         for (uint32_t i = 1; i < 4001; i++)
                 wide[i] = rng() % MODEL_KEYS;
-        lsm_tree_may_contain(&tree, wide, sizeof(uint64_t), 4001, wide_maybe);
+        lsm_tree_may_contain(&tree, wide, sizeof(uint64_t), 4001, wide_maybe, NULL, NULL);
         uint32_t wide_wrong = 0, wide_absent = 0, wide_ruled_out = 0;
         for (uint32_t i = 1; i < 4001; i++) {
                 wide_wrong += model[wide[i]] != 0 && !wide_maybe[i];
@@ -2273,6 +2387,7 @@ int main(void)
         TEST_RUN(test_tree_model);
         TEST_RUN(test_tree_model_filtered);
         TEST_RUN(test_tree_level0_runs);
+        TEST_RUN(test_tree_may_contain_prefetch);
         TEST_RUN(test_tree_model_insert_only);
         TEST_RUN(test_memtable_sort);
         TEST_RUN(test_tree_paced);

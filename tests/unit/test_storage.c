@@ -23,7 +23,15 @@ static char path[128];
 static struct io io;
 static struct message_pool pool;
 
-enum fault_kind { FAULT_NONE, FAULT_SHORT_WRITE, FAULT_WRITE_EIO, FAULT_WRITE_ENOSPC, FAULT_SYNC_EIO };
+enum fault_kind {
+        FAULT_NONE,
+        FAULT_SHORT_WRITE,
+        FAULT_WRITE_EIO,
+        FAULT_WRITE_ENOSPC,
+        FAULT_SYNC_EIO,
+        FAULT_READ_EIO,
+        FAULT_SHORT_READ,
+};
 static enum fault_kind fault_kind;
 static uint32_t faults_injected;
 
@@ -32,6 +40,14 @@ static int32_t inject(void *context, const struct io_completion *c, int32_t resu
         (void)context;
         if (result < 0)
                 return result;
+        if (c->opcode == IORING_OP_READ && fault_kind == FAULT_READ_EIO) {
+                faults_injected++;
+                return -EIO;
+        }
+        if (c->opcode == IORING_OP_READ && fault_kind == FAULT_SHORT_READ && c->size > 1) {
+                faults_injected++;
+                return (int32_t)(c->size / 2);
+        }
         if (c->opcode == IORING_OP_WRITE) {
                 if (fault_kind == FAULT_SHORT_WRITE && c->size > 1) {
                         /* The kernel wrote everything; pretend only half went, like a real
@@ -506,6 +522,81 @@ static bool block_is(struct storage *s, uint64_t address, uint64_t generation)
 }
 
 /*
+ * The grid device's read_many (lsm_grid_prefetch): more blocks than its ring holds at once, read
+ * whole; a block whose write is still in flight comes from that write; an address past the
+ * file reads as zeros (its check fails), address 0 is refused; a read that fails or comes back
+ * short says so, and the next call reads again.
+ */
+static void test_grid_read_many(void)
+{
+        static uint8_t block[GRID_BLOCK_SIZE] __attribute__((aligned(4096)));
+        struct storage s;
+        CHECK(open_storage(&s));
+        const uint32_t count = 2 * STORAGE_GRID_READS_MAX + 7;
+        for (uint64_t a = 1; a <= count; a++) {
+                block_fill(block, a, 1);
+                CHECK_EQ_U64(storage_grid_write(&s, a, block), 0);
+        }
+        CHECK_EQ_U64(storage_grid_flush(&s), 0);
+        block_fill(block, 2, 2);
+        CHECK_EQ_U64(storage_grid_write(&s, 2, block), 0); /* may still be in flight */
+        struct lsm_device device = storage_grid_device(&s);
+        CHECK(device.read_many != NULL);
+        const uint32_t n = count + 2;
+        uint64_t *addresses = calloc(n, sizeof(*addresses));
+        uint8_t **blocks = calloc(n, sizeof(*blocks));
+        uint8_t *memory = malloc((size_t)n * GRID_BLOCK_SIZE);
+        int *results = calloc(n, sizeof(*results));
+        uint8_t *want = malloc(GRID_BLOCK_SIZE);
+        CHECK(addresses != NULL && blocks != NULL && memory != NULL && results != NULL &&
+              want != NULL);
+        for (uint32_t i = 0; i < n; i++) {
+                addresses[i] = i < count ? count - i : i == count ? count + 10 : 0;
+                blocks[i] = memory + (size_t)i * GRID_BLOCK_SIZE;
+        }
+        memset(memory, 0xee, (size_t)n * GRID_BLOCK_SIZE);
+        device.read_many(device.context, addresses, blocks, results, n);
+        uint32_t wrong = 0;
+        for (uint32_t i = 0; i < count; i++) {
+                block_fill(want, addresses[i], addresses[i] == 2 ? 2 : 1);
+                wrong += results[i] != 0 || memcmp(want, blocks[i], GRID_BLOCK_SIZE) != 0;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        memset(want, 0, GRID_BLOCK_SIZE);
+        CHECK(results[count] == 0 && memcmp(want, blocks[count], GRID_BLOCK_SIZE) == 0);
+        CHECK(results[count + 1] == -EINVAL);
+        CHECK(s.grid_reader.io != NULL);
+        CHECK_EQ_U64(s.grid_reader.in_flight, 0);
+        /* Failed and short reads. */
+        CHECK_EQ_U64(storage_grid_flush(&s), 0);
+        s.grid_reader.io->fault = inject;
+        for (int kind = FAULT_READ_EIO; kind <= FAULT_SHORT_READ; kind++) {
+                fault_kind = (enum fault_kind)kind;
+                faults_injected = 0;
+                device.read_many(device.context, addresses, blocks, results, 8);
+                uint32_t failed = 0;
+                for (uint32_t i = 0; i < 8; i++)
+                        failed += results[i] == -EIO;
+                CHECK_EQ_U64(failed, 8);
+                CHECK_EQ_U64(faults_injected, 8);
+        }
+        fault_kind = FAULT_NONE;
+        device.read_many(device.context, addresses, blocks, results, 8);
+        wrong = 0;
+        for (uint32_t i = 0; i < 8; i++) {
+                block_fill(want, addresses[i], addresses[i] == 2 ? 2 : 1);
+                wrong += results[i] != 0 || memcmp(want, blocks[i], GRID_BLOCK_SIZE) != 0;
+        }
+        CHECK_EQ_U64(wrong, 0);
+        free(addresses);
+        free(blocks);
+        free(memory);
+        free(results);
+        free(want);
+        storage_close(&s);
+}
+
+/*
  * Grid writes return before they land (STORAGE_GRID_WRITES_MAX in flight): a block reads back
  * whole at once, from its copy while in flight; a second write of one address wins over the
  * first; every block is on disk after storage_grid_flush and after a reopen. A failed write
@@ -604,6 +695,7 @@ int main(void)
         TEST_RUN(test_large_prepares_sync_themselves);
         TEST_RUN(test_checkpoints);
         TEST_RUN(test_grid_writes_async);
+        TEST_RUN(test_grid_read_many);
         TEST_RUN(test_lock);
         unlink(path);
         rmdir(dir);
