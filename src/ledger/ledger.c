@@ -362,6 +362,9 @@ void ledger_execute_finish(struct ledger *ledger)
 {
         enum ledger_finish finish = ledger->finish;
         ledger->finish = LEDGER_FINISH_NONE;
+        /* Reads the batch started and did not wait for (ws_transfers_hint): landed by now,
+         * mostly, and cached before anything else reads. */
+        lsm_grid_prefetch_settle(&ledger->grid);
         if (finish == LEDGER_FINISH_NONE)
                 return; /* a pulse: done in ledger_execute_begin */
         bool creates = finish != LEDGER_FINISH_READ;

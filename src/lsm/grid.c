@@ -138,6 +138,8 @@ int lsm_grid_init(struct lsm_grid *grid, const struct lsm_device *device,
 
 void lsm_grid_deinit(struct lsm_grid *grid)
 {
+        if (grid->slot_reading != NULL)
+                lsm_grid_prefetch_settle(grid); /* the device must not write into freed slots */
         free(grid->used);
         free(grid->released);
         free(grid->pending);
@@ -512,49 +514,89 @@ static int compare_ref_addresses(const void *a, const void *b)
         return (x > y) - (x < y);
 }
 
+/* Waits for prefetch read `i` and caches its block if it read well. */
+static void prefetch_settle_one(struct lsm_grid *grid, uint32_t i)
+{
+        if (grid->prefetch_settled[i])
+                return;
+        grid->prefetch_settled[i] = true;
+        uint32_t slot = grid->prefetch_slots[i];
+        struct lsm_block_ref ref = grid->prefetch_refs[i];
+        int rc = grid->device.read_many_wait(grid->device.context, i);
+        grid->slot_reading[slot] = 0;
+        if (rc != 0 ||
+            lsm_block_check(slot_data(grid, slot), ref, (enum lsm_block_kind)grid->prefetch_kinds[i]) !=
+                    NULL)
+                return; /* the slot stays free */
+        grid->slot_address[slot] = ref.address;
+        grid->slot_checksum[slot] = ref.checksum;
+        grid->slot_referenced[slot] = 1;
+        grid->stats.prefetched++;
+}
+
+void lsm_grid_prefetch_settle(struct lsm_grid *grid)
+{
+        for (uint32_t i = 0; i < grid->prefetch_count; i++)
+                prefetch_settle_one(grid, i);
+        grid->prefetch_count = 0;
+}
+
+/*
+ * The cached block `ref` names, or NULL: if lsm_grid_prefetch started a read of it (its slot
+ * is not yet named, so the cache misses), that read is waited for and settled first.
+ */
+static const uint8_t *cached_or_prefetched(struct lsm_grid *grid, struct lsm_block_ref ref)
+{
+        const uint8_t *cached = lsm_grid_cached(grid, ref);
+        if (cached != NULL || grid->prefetch_count == 0)
+                return cached;
+        for (uint32_t i = 0; i < grid->prefetch_count; i++) {
+                if (grid->prefetch_refs[i].address == ref.address) {
+                        if (grid->prefetch_settled[i])
+                                return NULL;
+                        prefetch_settle_one(grid, i);
+                        return lsm_grid_cached(grid, ref);
+                }
+        }
+        return NULL;
+}
+
 void lsm_grid_prefetch(struct lsm_grid *grid, struct lsm_block_ref *refs, uint32_t count,
                        enum lsm_block_kind kind)
 {
-        if (grid->device.read_many == NULL || count == 0)
+        lsm_grid_prefetch_settle(grid);
+        if (grid->device.read_many_start == NULL || count == 0)
                 return;
         /* In address order (the device reads neighbours together), each block once. */
         qsort(refs, count, sizeof(*refs), compare_ref_addresses);
         uint64_t addresses[LSM_GRID_PREFETCH_MAX];
         uint8_t *blocks[LSM_GRID_PREFETCH_MAX];
-        uint32_t slots[LSM_GRID_PREFETCH_MAX];
-        struct lsm_block_ref wanted[LSM_GRID_PREFETCH_MAX];
-        int results[LSM_GRID_PREFETCH_MAX];
-        for (uint32_t i = 0; i < count;) {
-                uint32_t n = 0;
-                for (; i < count && n < LSM_GRID_PREFETCH_MAX; i++) {
-                        struct lsm_block_ref ref = refs[i];
-                        if (ref.address == 0 || (i > 0 && refs[i - 1].address == ref.address) ||
-                            cache_find(grid, ref) >= 0)
-                                continue;
-                        uint32_t slot = cache_victim(grid, ref.address);
-                        if (slot == UINT32_MAX)
-                                continue;
-                        /* Pinned while the reads run, so that the next victim is another. */
-                        grid->slot_reading[slot] = 1;
-                        grid->slot_address[slot] = 0;
-                        addresses[n] = ref.address;
-                        blocks[n] = slot_data(grid, slot);
-                        slots[n] = slot;
-                        wanted[n++] = ref;
-                }
-                if (n == 0)
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < count && n < LSM_GRID_PREFETCH_MAX; i++) {
+                struct lsm_block_ref ref = refs[i];
+                if (ref.address == 0 || (i > 0 && refs[i - 1].address == ref.address) ||
+                    cache_find(grid, ref) >= 0)
                         continue;
-                grid->device.read_many(grid->device.context, addresses, blocks, results, n);
-                for (uint32_t k = 0; k < n; k++) {
-                        grid->slot_reading[slots[k]] = 0;
-                        if (results[k] != 0 || lsm_block_check(blocks[k], wanted[k], kind) != NULL)
-                                continue; /* the slot stays free */
-                        grid->slot_address[slots[k]] = wanted[k].address;
-                        grid->slot_checksum[slots[k]] = wanted[k].checksum;
-                        grid->slot_referenced[slots[k]] = 1;
-                        grid->stats.prefetched++;
-                }
+                uint32_t slot = cache_victim(grid, ref.address);
+                if (slot == UINT32_MAX)
+                        continue;
+                /* Pinned until settled: no other read takes it meanwhile. */
+                grid->slot_reading[slot] = 1;
+                grid->slot_address[slot] = 0;
+                addresses[n] = ref.address;
+                blocks[n] = slot_data(grid, slot);
+                grid->prefetch_slots[n] = slot;
+                grid->prefetch_refs[n] = ref;
+                grid->prefetch_kinds[n] = (uint8_t)kind;
+                grid->prefetch_settled[n++] = false;
         }
+        if (n == 0)
+                return;
+        uint32_t started =
+                grid->device.read_many_start(grid->device.context, addresses, blocks, n);
+        for (uint32_t i = started; i < n; i++) /* the device took fewer: the rest stay free */
+                grid->slot_reading[grid->prefetch_slots[i]] = 0;
+        grid->prefetch_count = started;
 }
 
 struct lsm_block_ref lsm_grid_write(struct lsm_grid *grid, uint8_t *block,
@@ -594,7 +636,7 @@ bool lsm_grid_read_copy(struct lsm_grid *grid, struct lsm_block_ref ref,
                         enum lsm_block_kind kind, uint8_t *out)
 {
         tally_assert(ref.address > 0);
-        const uint8_t *cached = lsm_grid_cached(grid, ref);
+        const uint8_t *cached = cached_or_prefetched(grid, ref);
         if (cached != NULL) {
                 memcpy(out, cached, ((const struct lsm_block_header *)cached)->size);
                 return true;
@@ -682,7 +724,7 @@ const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
                              enum lsm_block_kind kind)
 {
         tally_assert(ref.address > 0);
-        const uint8_t *cached = lsm_grid_cached(grid, ref);
+        const uint8_t *cached = cached_or_prefetched(grid, ref);
         if (cached != NULL)
                 return cached;
         uint32_t slot = cache_victim(grid, ref.address);
@@ -726,7 +768,7 @@ enum lsm_read_start lsm_grid_read_start(struct lsm_grid *grid, struct lsm_block_
                                         void (*done)(void *context, bool ok), void *context)
 {
         tally_assert(ref.address > 0);
-        if (lsm_grid_cached(grid, ref) != NULL)
+        if (cached_or_prefetched(grid, ref) != NULL)
                 return LSM_READ_CACHED;
         if (grid->device.read_async == NULL)
                 return lsm_grid_read(grid, ref, kind) != NULL ? LSM_READ_CACHED : LSM_READ_FAULT;

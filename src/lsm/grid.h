@@ -118,15 +118,20 @@ struct lsm_device {
          */
         void (*prefetch)(void *context, uint64_t address);
         /*
-         * Optional: reads `count` blocks at once, each into its buffer, in parallel where the
-         * device can; results[i] is 0 or a negative errno. Without it, `read` one at a time.
+         * Optional, together: read_many_start starts reading up to `count` blocks, each into its
+         * buffer, all at once where the device can, and returns how many it started (the
+         * first ones); read_many_wait(i) waits for the i-th of them, 0 or a negative errno.
+         * Every one is waited for before the next start. Without them, `read` one at a time.
          */
-        void (*read_many)(void *context, const uint64_t *addresses, uint8_t *const *blocks,
-                          int *results, uint32_t count);
+        uint32_t (*read_many_start)(void *context, const uint64_t *addresses,
+                                    uint8_t *const *blocks, uint32_t count);
+        int (*read_many_wait)(void *context, uint32_t index);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */
 #define LSM_GRID_READS_MAX 64u
+/* Blocks lsm_grid_prefetch reads at once (each pins one cache slot until it is settled). */
+#define LSM_GRID_PREFETCH_MAX 256u
 
 struct lsm_grid;
 struct lsm_grid_read {
@@ -225,6 +230,13 @@ struct lsm_grid {
         uint8_t *slot_reading;    /* an asynchronous read fills it: never a victim */
         struct lsm_grid_read reads[LSM_GRID_READS_MAX];
         uint32_t reads_active;
+        /* lsm_grid_prefetch's reads, each settled when a read asks for its block or the next
+         * prefetch starts: the slot it fills (pinned meanwhile) and the block it wants. */
+        struct lsm_block_ref prefetch_refs[LSM_GRID_PREFETCH_MAX];
+        uint32_t prefetch_slots[LSM_GRID_PREFETCH_MAX];
+        uint8_t prefetch_kinds[LSM_GRID_PREFETCH_MAX];
+        bool prefetch_settled[LSM_GRID_PREFETCH_MAX];
+        uint32_t prefetch_count;
         uint32_t *set_hand;
         uint8_t *scratch; /* one block for writes */
         /*
@@ -339,15 +351,18 @@ struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, ui
 /* The cached block `ref` names, or NULL if it is not in the cache (no I/O). */
 const uint8_t *lsm_grid_cached(struct lsm_grid *grid, struct lsm_block_ref ref);
 /*
- * Reads the blocks of `refs` that are not cached into the cache, all at once (the device's
- * read_many, LSM_GRID_PREFETCH_MAX at a time), so that the lookups about to need them find them
- * there instead of waiting for the device one block at a time. `refs` is reordered. A block
- * that cannot be read or fails its check is left out, with no fault: the lookup that needs it
- * reads it again and reports that.
+ * Starts reading the blocks of `refs` that are not cached into the cache, all at once (the
+ * device's read_many_start; the first LSM_GRID_PREFETCH_MAX of them), and returns: a read of
+ * one of them (lsm_grid_read) waits for that one alone, so a batch's rules run while the
+ * blocks of its later events arrive, rather than each waiting for the disk in turn. `refs` is
+ * reordered. A block that cannot be read or fails its check is left out, with no fault: the
+ * read that needs it reads it again and reports that. The reads of the previous call are
+ * settled first (lsm_grid_prefetch_settle).
  */
-#define LSM_GRID_PREFETCH_MAX 128u
 void lsm_grid_prefetch(struct lsm_grid *grid, struct lsm_block_ref *refs, uint32_t count,
                        enum lsm_block_kind kind);
+/* Waits for every read lsm_grid_prefetch started and caches the blocks that read well. */
+void lsm_grid_prefetch_settle(struct lsm_grid *grid);
 
 /* The cache set that holds `address` if any slot does. */
 static inline uint32_t lsm_grid_set_of(const struct lsm_grid *grid, uint64_t address)

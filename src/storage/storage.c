@@ -883,7 +883,11 @@ static void reader_deinit(struct grid_reader *g)
 {
         if (g->io == NULL)
                 return;
-        tally_assert(g->in_flight == 0); /* device_read_many waits for its reads */
+        /* The grid waits for every read it started; if it did not, they land first. */
+        while (g->in_flight > 0 && io_run(g->io, 1000000000ull, true) >= 0)
+                ;
+        if (g->in_flight > 0)
+                return; /* the kernel may still use the buffers: leave the ring */
         io_deinit(g->io);
         free(g->io);
         free(g->reads);
@@ -893,62 +897,64 @@ static void reader_deinit(struct grid_reader *g)
 
 /*
  * Reads through the page cache, all in flight at once (io_uring hands the ones that must wait
- * for the disk to its workers; the epoll backend to its threads), and waits for every one.
+ * for the disk to its workers; the epoll backend to its threads); storage_grid_read_many_wait
+ * waits for one. A block whose write is in flight, or past the file, is read at once as
+ * storage_grid_read reads it.
  */
-static void device_read_many(void *context, const uint64_t *addresses, uint8_t *const *blocks,
-                             int *results, uint32_t count)
+static uint32_t device_read_many_start(void *context, const uint64_t *addresses,
+                                       uint8_t *const *blocks, uint32_t count)
 {
         struct storage *storage = context;
         struct grid_reader *g = &storage->grid_reader;
-        for (uint32_t i = 0; i < count;) {
-                uint32_t n = MIN(count - i, STORAGE_GRID_READS_MAX);
-                bool ring = reader_init(g);
-                for (uint32_t k = 0; k < n; k++) {
-                        uint64_t address = addresses[i + k];
-                        struct storage_grid_read *r = ring ? &g->reads[k] : NULL;
-                        bool direct = !ring || address == 0 || address > GRID_BLOCKS_MAX ||
-                                      address > storage->grid_block_count ||
-                                      writer_find(&storage->grid_writer, address) != NULL;
-                        if (direct) { /* the ordinary read says what it is */
-                                if (r != NULL)
-                                        memset(&r->completion, 0, sizeof(r->completion));
-                                results[i + k] = storage_grid_read(storage, address, blocks[i + k]);
-                                continue;
-                        }
-                        memset(&r->completion, 0, sizeof(r->completion));
-                        r->completion.callback = on_grid_read;
-                        r->completion.context = r;
-                        r->landed = false;
-                        r->result = 0;
-                        io_read(g->io, &r->completion, storage->fd, blocks[i + k], GRID_BLOCK_SIZE,
-                                grid_block_offset(storage, address));
-                        g->in_flight++;
+        tally_assert(g->in_flight == 0); /* every read of the last start was waited for */
+        if (!reader_init(g))
+                return 0;
+        uint32_t n = MIN(count, STORAGE_GRID_READS_MAX);
+        for (uint32_t k = 0; k < n; k++) {
+                uint64_t address = addresses[k];
+                struct storage_grid_read *r = &g->reads[k];
+                memset(&r->completion, 0, sizeof(r->completion));
+                r->completion.callback = on_grid_read;
+                r->completion.context = r;
+                r->landed = false;
+                r->result = 0;
+                if (address == 0 || address > GRID_BLOCKS_MAX ||
+                    address > storage->grid_block_count ||
+                    writer_find(&storage->grid_writer, address) != NULL) {
+                        int rc = storage_grid_read(storage, address, blocks[k]);
+                        r->result = rc == 0 ? (int32_t)GRID_BLOCK_SIZE : rc;
+                        r->landed = true;
+                        continue;
                 }
-                if (ring) {
-                        io_submit(g->io);
-                        while (g->in_flight > 0) {
-                                /* A failed ring may never report its reads, whose buffers
-                                 * are the cache's: nothing safe is left but to stop (the
-                                 * journal has every op; a restart recovers). */
-                                int rc = io_run(g->io, 1000000000ull, true);
-                                if (rc < 0)
-                                        log_error("grid reads: the ring failed error=%s",
-                                                  strerror(-rc));
-                                tally_assert(rc >= 0);
-                        }
-                        for (uint32_t k = 0; k < n; k++) {
-                                const struct storage_grid_read *r = &g->reads[k];
-                                if (r->completion.callback == NULL)
-                                        continue; /* read directly above */
-                                results[i + k] = r->result == (int32_t)GRID_BLOCK_SIZE ? 0
-                                                 : r->result < 0                      ? r->result
-                                                                                      : -EIO;
-                                if (results[i + k] == 0)
-                                        storage->grid_blocks_read++;
-                        }
-                }
-                i += n;
+                io_read(g->io, &r->completion, storage->fd, blocks[k], GRID_BLOCK_SIZE,
+                        grid_block_offset(storage, address));
+                g->in_flight++;
         }
+        io_submit(g->io);
+        return n;
+}
+
+static int device_read_many_wait(void *context, uint32_t index)
+{
+        struct storage *storage = context;
+        struct grid_reader *g = &storage->grid_reader;
+        tally_assert(g->io != NULL && index < STORAGE_GRID_READS_MAX);
+        struct storage_grid_read *r = &g->reads[index];
+        while (!r->landed) {
+                /* A failed ring may never report its reads, whose buffers are the cache's:
+                 * nothing safe is left but to stop (the journal has every op; a restart
+                 * recovers). */
+                int rc = io_run(g->io, 1000000000ull, true);
+                if (rc < 0)
+                        log_error("grid reads: the ring failed error=%s", strerror(-rc));
+                tally_assert(rc >= 0);
+        }
+        if (r->result == (int32_t)GRID_BLOCK_SIZE) {
+                if (r->completion.opcode != 0)
+                        storage->grid_blocks_read++;
+                return 0;
+        }
+        return r->result < 0 ? r->result : -EIO;
 }
 
 static int device_write(void *context, uint64_t address, const uint8_t *block)
@@ -974,7 +980,8 @@ struct lsm_device storage_grid_device(struct storage *storage)
         return (struct lsm_device){
                 .context = storage,
                 .read = device_read,
-                .read_many = device_read_many,
+                .read_many_start = device_read_many_start,
+                .read_many_wait = device_read_many_wait,
                 .write = device_write,
                 .flush = device_flush,
                 .grow = device_grow,

@@ -249,9 +249,9 @@ struct grid_writer {
 
 /*
  * The loop's reads of many grid blocks at once (lsm_grid_prefetch): on a ring of their own, so
- * that waiting for them runs no other completion in the middle of an op. Set up at first use.
+ * that waiting for one runs no other completion in the middle of an op. Set up at first use.
  */
-#define STORAGE_GRID_READS_MAX 128u
+#define STORAGE_GRID_READS_MAX 256u
 struct grid_reader;
 struct storage_grid_read {
         struct io_completion completion;
