@@ -120,6 +120,8 @@ struct sim_disk {
          */
         struct sim_grid_pending grid_pending[SIM_GRID_PENDING_MAX];
         uint32_t grid_pending_count;
+        /* What each read of the last read_many_start said (lsm_grid_prefetch). */
+        int grid_read_many_results[LSM_GRID_PREFETCH_MAX];
         /* Damage the fault model must account for: the op of a lost or corrupt entry, 0 if none. */
         uint64_t *damaged_op;
         bool wiped;               /* re-formatted, and not yet caught up */

@@ -897,7 +897,7 @@ static void reader_deinit(struct grid_reader *g)
 
 /*
  * Reads through the page cache, all in flight at once (io_uring hands the ones that must wait
- * for the disk to its workers; the epoll backend to its threads); storage_grid_read_many_wait
+ * for the disk to its workers; the epoll backend to its threads); device_read_many_wait
  * waits for one. A block whose write is in flight, or past the file, is read at once as
  * storage_grid_read reads it.
  */
