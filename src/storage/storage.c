@@ -807,22 +807,37 @@ static void grid_writes_deinit(struct storage *storage)
         writer_deinit(&storage->grid_writer);
 }
 
-int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
+/*
+ * The reads that need no device read: a bad address, a block whose write is still in flight
+ * (from its buffer), a block past the file (zeros). True with *rc set, else false.
+ */
+static bool grid_read_without_device(struct storage *storage, uint64_t address, uint8_t *block,
+                                     int *rc)
 {
-        if (address == 0 || address > GRID_BLOCKS_MAX)
-                return -EINVAL;
+        *rc = 0;
+        if (address == 0 || address > GRID_BLOCKS_MAX) {
+                *rc = -EINVAL;
+                return true;
+        }
         struct storage_grid_write *pending = writer_find(&storage->grid_writer, address);
         if (pending != NULL) {
                 memcpy(block, pending->buffer, GRID_BLOCK_SIZE);
                 storage->grid_blocks_read++;
-                return 0;
+                return true;
         }
         if (address > storage->grid_block_count) {
                 memset(block, 0, GRID_BLOCK_SIZE); /* never written: fails its check */
-                return 0;
+                return true;
         }
-        int rc = read_exact(storage->fd, block, GRID_BLOCK_SIZE,
-                            grid_block_offset(storage, address));
+        return false;
+}
+
+int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
+{
+        int rc;
+        if (grid_read_without_device(storage, address, block, &rc))
+                return rc;
+        rc = read_exact(storage->fd, block, GRID_BLOCK_SIZE, grid_block_offset(storage, address));
         if (rc != 0)
                 return rc;
         storage->grid_blocks_read++;
@@ -898,8 +913,8 @@ static void reader_deinit(struct grid_reader *g)
 /*
  * Reads through the page cache, all in flight at once (io_uring hands the ones that must wait
  * for the disk to its workers; the epoll backend to its threads); device_read_many_wait
- * waits for one. A block whose write is in flight, or past the file, is read at once as
- * storage_grid_read reads it.
+ * waits for one. A block whose write is in flight, or past the file, is read at once
+ * (grid_read_without_device).
  */
 static uint32_t device_read_many_start(void *context, const uint64_t *addresses,
                                        uint8_t *const *blocks, uint32_t count)
@@ -918,10 +933,8 @@ static uint32_t device_read_many_start(void *context, const uint64_t *addresses,
                 r->completion.context = r;
                 r->landed = false;
                 r->result = 0;
-                if (address == 0 || address > GRID_BLOCKS_MAX ||
-                    address > storage->grid_block_count ||
-                    writer_find(&storage->grid_writer, address) != NULL) {
-                        int rc = storage_grid_read(storage, address, blocks[k]);
+                int rc;
+                if (grid_read_without_device(storage, address, blocks[k], &rc)) {
                         r->result = rc == 0 ? (int32_t)GRID_BLOCK_SIZE : rc;
                         r->landed = true;
                         continue;
