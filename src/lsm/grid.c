@@ -689,6 +689,12 @@ static struct lsm_block_ref grid_write_at(struct lsm_grid *grid, uint8_t *block,
         return ref;
 }
 
+void lsm_grid_issue_writes(struct lsm_grid *grid)
+{
+        if (grid->device.issue != NULL)
+                grid->device.issue(grid->device.context);
+}
+
 bool lsm_grid_flush_writes(struct lsm_grid *grid)
 {
         if (grid->device.flush == NULL)

@@ -107,16 +107,23 @@ struct lsm_device {
          */
         int (*flush)(void *context);
         /*
+         * Optional: starts writing the blocks `write` holds back to join with the next ones at
+         * following addresses (a flush's tables end there: waiting for more only delays them).
+         */
+        void (*issue)(void *context);
+        /*
          * Optional, for a device that grows as it is written: makes room for every address up
          * to `address` now (0, or a negative errno: -ENOSPC). A job that another thread writes
          * (compactor.h) grows the device from the loop before it starts.
          */
         int (*grow)(void *context, uint64_t address);
         /*
-         * Optional: a hint that `address` will be read soon (the device may start reading it
-         * into a cache of its own): the compaction worker names the blocks of a job it wrote.
+         * Optional: a hint that the `count` blocks at `addresses` will be read soon (the device
+         * may start reading them into a cache of its own, blocks at consecutive addresses in
+         * one request): the compaction worker names the blocks of a job it wrote, and a merge
+         * the next blocks of its inputs.
          */
-        void (*prefetch)(void *context, uint64_t address);
+        void (*prefetch)(void *context, const uint64_t *addresses, uint32_t count);
         /*
          * Optional, together: read_many_start starts reading up to `count` blocks, each into its
          * buffer, all at once where the device can, and returns how many it started (the
@@ -344,6 +351,8 @@ void lsm_grid_cache_clear(struct lsm_grid *grid);
 /* Waits until every block written so far has landed (lsm_device.flush); false, with
  * grid->error, if one of them failed. */
 bool lsm_grid_flush_writes(struct lsm_grid *grid);
+/* Starts the writes the device holds back (lsm_device.issue), waiting for none. */
+void lsm_grid_issue_writes(struct lsm_grid *grid);
 /* lsm_grid_write at an address already acquired. */
 struct lsm_block_ref lsm_grid_write_at(struct lsm_grid *grid, uint8_t *block, uint64_t address,
                                        enum lsm_block_kind kind, uint8_t tree,

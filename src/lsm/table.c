@@ -515,9 +515,12 @@ static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
                  * reading the next few meanwhile. */
                 int32_t until = MIN(data_index + 1 + LSM_TABLE_CURSOR_READ_AHEAD,
                                     (int32_t)ih->count);
+                uint64_t addresses[LSM_TABLE_CURSOR_READ_AHEAD];
+                uint32_t count = 0;
                 for (int32_t i = MAX(c->hinted, data_index + 1); i < until; i++)
-                        device->prefetch(device->context,
-                                         index_entries_const(index)[i].data.address);
+                        addresses[count++] = index_entries_const(index)[i].data.address;
+                if (count > 0)
+                        device->prefetch(device->context, addresses, count);
                 c->hinted = MAX(c->hinted, until);
         }
         /* Into the cursor's own buffer: through the cache (queries seek back into blocks other

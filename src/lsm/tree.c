@@ -1383,6 +1383,7 @@ bool lsm_tree_flush(struct lsm_tree *tree)
         }
         if (!lsm_table_builder_finish(b))
                 return false;
+        lsm_grid_issue_writes(tree->grid);
         if (tree->hash != NULL)
                 memset(tree->hash, 0, (size_t)(tree->hash_mask + 1) * sizeof(uint32_t));
         tree->memtable_count = 0;
@@ -1608,8 +1609,8 @@ static void worker_finish(struct lsm_tree *tree, struct lsm_grid *grid, bool ok)
          * reads waited for the disk in the loop: 14 % of its context switches at 10 M.
          */
         const struct lsm_device *device = &grid->device;
-        for (uint32_t i = 0; ok && device->prefetch != NULL && i < job->reserve.next; i++)
-                device->prefetch(device->context, job->reserve.addresses[i]);
+        if (ok && device->prefetch != NULL && job->reserve.next > 0)
+                device->prefetch(device->context, job->reserve.addresses, job->reserve.next);
         if (job->merge != NULL) {
                 merge_free(job->merge);
                 free(job->merge);

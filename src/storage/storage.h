@@ -70,12 +70,18 @@
 /* The file grows in steps; a checkpoint keeps this much room ahead of the ledger's blocks. */
 #define STORAGE_GRID_GROWTH_BYTES (64ull << 20)
 /*
- * Grid block writes in flight at once. Each is copied into a buffer of its own (this many x 64
- * KiB of memory, reserved at the first write), so the caller's block is free as soon as the
- * call returns and the loop does not wait for the device: about 270 us per block here, a fifth
- * of the time of a load of creates, was spent waiting in pwrite.
+ * Grid writes in flight at once, each of up to STORAGE_GRID_WRITE_RUN_MAX blocks at consecutive
+ * addresses. Each block is copied into a buffer of its write (this many x the run's bytes of
+ * memory, reserved at the first write), so the caller's block is free as soon as the call
+ * returns and the loop does not wait for the device: about 270 us per block here, a fifth of
+ * the time of a load of creates, was spent waiting in pwrite. Runs: a job's output and a
+ * flush's tables take addresses in order, mostly consecutive, and this disk writes 1 MiB
+ * requests at twice the rate of 64 KiB ones (`dd`, with reads beside them: 920 against 455
+ * MB/s); one write per block made 190,000 writes of 76 KiB on average per 10 M transfers at
+ * 90 M stored.
  */
-#define STORAGE_GRID_WRITES_MAX 64u
+#define STORAGE_GRID_WRITES_MAX 16u
+#define STORAGE_GRID_WRITE_RUN_MAX 16u
 /* Two reply slots per session, used alternately, so a checkpoint never overwrites the reply
  * the previous (still current) checkpoint refers to. */
 #define STORAGE_REPLY_SLOTS (2u * STORAGE_CLIENTS_MAX)
@@ -228,8 +234,9 @@ struct grid_writer;
 struct storage_grid_write {
         struct io_completion completion;
         struct grid_writer *writer;
-        uint64_t address; /* 0: the buffer is free */
-        uint8_t *buffer;  /* GRID_BLOCK_SIZE bytes, 4 KiB aligned (O_DIRECT) */
+        uint64_t address; /* of its first block; 0: the buffer is free */
+        uint32_t count;   /* blocks, at consecutive addresses */
+        uint8_t *buffer;  /* STORAGE_GRID_WRITE_RUN_MAX blocks, 4 KiB aligned (O_DIRECT) */
 };
 
 /*
@@ -241,10 +248,14 @@ struct grid_writer {
         struct storage *storage;
         struct io *io; /* NULL until the first write (or if it could not be set up) */
         struct storage_grid_write *writes; /* STORAGE_GRID_WRITES_MAX */
+        /* The write the next block may extend (its address follows), not yet issued: issued
+         * when full, when a block that does not follow comes, and at a flush. */
+        struct storage_grid_write *open;
         uint8_t *memory;
         uint32_t in_flight;
         int error; /* the first failed write (-errno); every later one fails */
         uint64_t blocks_written;
+        uint64_t writes_issued; /* each of one or more blocks */
 };
 
 /*

@@ -692,6 +692,50 @@ static void test_grid_writes_async(void)
         storage_close(&s);
 }
 
+/*
+ * Blocks written at consecutive addresses leave in one write of up to STORAGE_GRID_WRITE_RUN_MAX
+ * blocks, issued when full, when a block that does not follow comes, at a flush, or when the
+ * loop's device is told a flush of tables ended (`issue`); until then they read back from the
+ * writer's buffer, and a block written again before its write left is written once, newest.
+ */
+static void test_grid_writes_joined(void)
+{
+        static uint8_t block[GRID_BLOCK_SIZE] __attribute__((aligned(4096)));
+        struct storage s;
+        CHECK(open_storage(&s));
+        const uint64_t run = STORAGE_GRID_WRITE_RUN_MAX, count = 2 * run + 8;
+        for (uint64_t a = 1; a <= count; a++) {
+                block_fill(block, a, 1);
+                CHECK_EQ_U64(storage_grid_write(&s, a, block), 0);
+        }
+        CHECK_EQ_U64(s.grid_writer.writes_issued, 2); /* two full runs; the last 8 held */
+        CHECK(block_is(&s, count, 1));                /* from the held run's buffer */
+        block_fill(block, count, 2);
+        CHECK_EQ_U64(storage_grid_write(&s, count, block), 0); /* again, still held */
+        CHECK_EQ_U64(s.grid_writer.writes_issued, 2);
+        CHECK(block_is(&s, count, 2));
+        block_fill(block, 1000, 1);
+        CHECK_EQ_U64(storage_grid_write(&s, 1000, block), 0); /* does not follow: 8 leave */
+        CHECK_EQ_U64(s.grid_writer.writes_issued, 3);
+        struct lsm_device device = storage_grid_device(&s);
+        CHECK(device.issue != NULL);
+        device.issue(device.context); /* the loop's flush ended: block 1000 leaves */
+        CHECK_EQ_U64(s.grid_writer.writes_issued, 4);
+        block_fill(block, 1001, 1);
+        CHECK_EQ_U64(storage_grid_write(&s, 1001, block), 0);
+        CHECK_EQ_U64(storage_grid_flush(&s), 0);
+        CHECK_EQ_U64(s.grid_writer.writes_issued, 5);
+        CHECK_EQ_U64(s.grid_writer.in_flight, 0);
+        CHECK_EQ_U64(s.grid_writer.blocks_written, count + 3);
+        storage_close(&s);
+        CHECK(open_storage(&s));
+        bool all_read = true;
+        for (uint64_t a = 1; a <= count; a++)
+                all_read = all_read && block_is(&s, a, a == count ? 2 : 1);
+        CHECK(all_read && block_is(&s, 1000, 1) && block_is(&s, 1001, 1));
+        storage_close(&s);
+}
+
 int main(void)
 {
         log_set_level(LOG_OFF);
@@ -711,6 +755,7 @@ int main(void)
         TEST_RUN(test_large_prepares_sync_themselves);
         TEST_RUN(test_checkpoints);
         TEST_RUN(test_grid_writes_async);
+        TEST_RUN(test_grid_writes_joined);
         TEST_RUN(test_grid_read_many);
         TEST_RUN(test_lock);
         unlink(path);
