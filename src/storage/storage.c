@@ -794,20 +794,20 @@ static int writer_write(struct grid_writer *g, struct storage *storage, uint64_t
                         g->blocks_written++;
                 return rc;
         }
-        struct storage_grid_write *open = g->open;
-        if (open != NULL && address == open->address + open->count &&
+        struct storage_grid_write *open = g->open, *holder = writer_find(g, address);
+        if (open != NULL && holder == open) {
+                /* Written again before it was issued: the newest bytes go. */
+                memcpy(write_block(open, address), block, GRID_BLOCK_SIZE);
+                g->blocks_written++;
+                return 0;
+        }
+        if (open != NULL && holder == NULL && address == open->address + open->count &&
             open->count < STORAGE_GRID_WRITE_RUN_MAX) {
                 memcpy(write_block(open, address), block, GRID_BLOCK_SIZE);
                 open->count++;
                 g->blocks_written++;
                 if (open->count == STORAGE_GRID_WRITE_RUN_MAX)
                         writer_issue(g);
-                return 0;
-        }
-        if (open != NULL && writer_find(g, address) == open) {
-                /* Written again before it was issued: the newest bytes go. */
-                memcpy(write_block(open, address), block, GRID_BLOCK_SIZE);
-                g->blocks_written++;
                 return 0;
         }
         writer_issue(g);

@@ -727,12 +727,31 @@ static void test_grid_writes_joined(void)
         CHECK_EQ_U64(s.grid_writer.writes_issued, 5);
         CHECK_EQ_U64(s.grid_writer.in_flight, 0);
         CHECK_EQ_U64(s.grid_writer.blocks_written, count + 3);
+        /* A block that follows the held run but whose earlier write was issued does not join
+         * it: the held run leaves, and the new write waits for the earlier one. */
+        for (uint64_t a = 2000; a < 2000 + run; a++) {
+                block_fill(block, a, 1);
+                CHECK_EQ_U64(storage_grid_write(&s, a, block), 0);
+        }
+        CHECK_EQ_U64(s.grid_writer.writes_issued, 6); /* full: issued */
+        block_fill(block, 1998, 1);
+        CHECK_EQ_U64(storage_grid_write(&s, 1998, block), 0);
+        block_fill(block, 1999, 1);
+        CHECK_EQ_U64(storage_grid_write(&s, 1999, block), 0);
+        block_fill(block, 2000, 2);
+        CHECK_EQ_U64(storage_grid_write(&s, 2000, block), 0);
+        CHECK_EQ_U64(s.grid_writer.writes_issued, 7); /* 1998-1999 left; 2000 is held */
+        CHECK(block_is(&s, 2000, 2));
+        CHECK_EQ_U64(storage_grid_flush(&s), 0);
         storage_close(&s);
         CHECK(open_storage(&s));
         bool all_read = true;
         for (uint64_t a = 1; a <= count; a++)
                 all_read = all_read && block_is(&s, a, a == count ? 2 : 1);
         CHECK(all_read && block_is(&s, 1000, 1) && block_is(&s, 1001, 1));
+        for (uint64_t a = 1998; a < 2000 + run; a++)
+                all_read = all_read && block_is(&s, a, a == 2000 ? 2 : 1);
+        CHECK(all_read);
         storage_close(&s);
 }
 
