@@ -730,12 +730,13 @@ static int writer_init(struct grid_writer *g, struct storage *storage)
         return 0;
 }
 
-/* Issues the open write (O_DIRECT when it can: bulk writes that bypass the page cache do not
- * make the journal's next fdatasync wait for them; the checkpoint's sync covers both). */
+/* Issues the open write, if any and no write failed (O_DIRECT when it can: bulk writes that
+ * bypass the page cache do not make the journal's next fdatasync wait for them; the
+ * checkpoint's sync covers both). */
 static void writer_issue(struct grid_writer *g)
 {
         struct storage_grid_write *w = g->open;
-        if (w == NULL)
+        if (w == NULL || g->error != 0)
                 return;
         g->open = NULL;
         struct storage *storage = g->storage;
@@ -754,8 +755,7 @@ static void writer_issue(struct grid_writer *g)
 /* Waits for every write made so far: 0, or the first write's error. */
 static int writer_flush(struct grid_writer *g)
 {
-        if (g->error == 0)
-                writer_issue(g);
+        writer_issue(g);
         while (g->in_flight > 0) {
                 if (writer_wait(g) < 0)
                         break;
@@ -848,8 +848,8 @@ static void grid_writes_deinit(struct storage *storage)
 }
 
 /*
- * The reads that need no device read: a bad address, a block whose write is still in flight
- * (from its buffer), a block past the file (zeros). True with *rc set, else false.
+ * The reads that need no device read: a bad address, a block whose write is held or still in
+ * flight (from its buffer), a block past the file (zeros). True with *rc set, else false.
  */
 static bool grid_read_without_device(struct storage *storage, uint64_t address, uint8_t *block,
                                      int *rc)
@@ -1023,8 +1023,7 @@ static int device_flush(void *context)
 static void device_issue(void *context)
 {
         struct storage *storage = context;
-        if (storage->grid_writer.io != NULL && storage->grid_writer.error == 0)
-                writer_issue(&storage->grid_writer);
+        writer_issue(&storage->grid_writer);
 }
 
 static int device_grow(void *context, uint64_t address)

@@ -249,7 +249,8 @@ struct grid_writer {
         struct io *io; /* NULL until the first write (or if it could not be set up) */
         struct storage_grid_write *writes; /* STORAGE_GRID_WRITES_MAX */
         /* The write the next block may extend (its address follows), not yet issued: issued
-         * when full, when a block that does not follow comes, and at a flush. */
+         * when full, when a block that does not follow comes, at a flush, and when the loop's
+         * device is told to (lsm_device.issue, at the end of a memtable flush). */
         struct storage_grid_write *open;
         uint8_t *memory;
         uint32_t in_flight;
