@@ -232,7 +232,7 @@ struct ledger {
         bool compaction_deferred; /* ledger_defer_compaction: beats and back-pressure wait */
         /*
          * After a deferral, a tree whose level 0 ended over its budget catches up paced
-         * against this fill of level 0 rather than LSM_LEVEL0_FILL_STALL, and
+         * against this fill of level 0 rather than its stall point (lsm_tree_level0_stall), and
          * back-pressure waits until level 0 passes it (0: not catching up).
          */
         uint32_t catch_up_stall[LSM_FOREST_TREES_MAX];

@@ -269,6 +269,8 @@ int lsm_groove_init(struct lsm_groove *g, const struct lsm_groove_config *config
                         lsm_groove_deinit(g);
                         return -ENOMEM;
                 }
+                if (index->level0_budget != 0)
+                        g->indexes[i].level0_budget = index->level0_budget;
         }
         cache_init(g);
         return 0;

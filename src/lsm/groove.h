@@ -29,6 +29,8 @@ struct lsm_groove_index_config {
         const char *name;
         uint16_t offset; /* of the field in the object */
         uint8_t size;    /* 1, 2, 4, 8 or 16 bytes, little-endian */
+        /* Level 0's budget of its tree (lsm_tree.level0_budget); 0: LSM_LEVEL0_FILL_MAX. */
+        uint32_t level0_budget;
 };
 
 struct lsm_groove_config {

@@ -111,6 +111,7 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
                                      ? LSM_TABLE_FILTER_BITS_PER_KEY_MIN /
                                                LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY
                                      : 1;
+        tree->level0_budget = LSM_LEVEL0_FILL_MAX;
         tree->hash_position_bits = 1;
         while (tree->hash_position_bits < 32 &&
                (1ull << tree->hash_position_bits) <= (uint64_t)memtable_max)
@@ -393,7 +394,7 @@ uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level)
 {
         tally_assert(level < LSM_LEVELS);
         if (level == 0)
-                return LSM_LEVEL0_FILL_MAX;
+                return tree->level0_budget;
         uint32_t budget = tree->budget_scale;
         for (uint32_t i = 0; i < level; i++)
                 budget *= LSM_GROWTH_FACTOR;
@@ -1776,7 +1777,7 @@ static uint32_t level_to_compact(const struct lsm_tree *tree)
 {
         uint32_t fill = lsm_tree_level0_fill(tree);
         uint32_t budget0 = lsm_tree_level_budget(tree, 0);
-        if (fill >= budget0 + (LSM_LEVEL0_FILL_STALL - budget0) / 2)
+        if (fill >= budget0 + (lsm_tree_level0_stall(tree) - budget0) / 2)
                 return 0;
         uint32_t best = LSM_LEVELS;
         uint64_t over = 0, under = 1; /* the best level's count over its budget: over / under */
@@ -1933,7 +1934,7 @@ bool lsm_tree_compact_step(struct lsm_tree *tree, uint64_t budget, bool *idle)
 
 uint64_t lsm_tree_compaction_pace(const struct lsm_tree *tree, uint64_t values_put)
 {
-        return lsm_tree_compaction_pace_to(tree, values_put, LSM_LEVEL0_FILL_STALL);
+        return lsm_tree_compaction_pace_to(tree, values_put, lsm_tree_level0_stall(tree));
 }
 
 /*

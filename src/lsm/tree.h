@@ -40,7 +40,9 @@
  */
 #define LSM_LEVEL0_FILL_MAX 8u
 /* Past this fill writes have outpaced compaction: the embedder compacts the whole tree at once
- * (back-pressure), and lsm_tree_compaction_pace paces jobs to end before it. */
+ * (back-pressure), and lsm_tree_compaction_pace paces jobs to end before it. A tree's own
+ * budget (lsm_tree.level0_budget, LSM_LEVEL0_FILL_MAX unless its embedder sets another) and
+ * stall point (lsm_tree_level0_stall, twice that) are what the code uses. */
 #define LSM_LEVEL0_FILL_STALL (2u * LSM_LEVEL0_FILL_MAX)
 /* Level 0's runs are tracked up to this many (a lookup then looks at one table per run); past
  * it, the fill counts tables and lookups look at every table. */
@@ -132,6 +134,10 @@ struct lsm_tree {
         uint64_t *sort_scratch; /* 2 x memtable_max: (key prefix, position) for a radix sort */
         uint32_t filter_offset_legacy; /* lsm_table_filter_offset_legacy if filtered, else 0 */
         uint32_t budget_scale;         /* lsm_tree_level_budget */
+        /* Level 0's fill before a job starts: LSM_LEVEL0_FILL_MAX, or larger for a tree whose
+         * every flush overlaps all of level 1 and that no lookup reads by key (the ledger's
+         * trees keyed by account: LEDGER_LEVEL0_BUDGET_BY_ACCOUNT); scans pay for it. */
+        uint32_t level0_budget;
         struct lsm_level levels[LSM_LEVELS];
         /* Level 0's runs: the index of each run's first table, oldest run first (level0_runs
          * says how many; LSM_LEVEL0_RUNS_TRACKED + 1 when there are more than that). */
@@ -293,5 +299,10 @@ void lsm_tree_table_append(struct lsm_tree *tree, uint32_t level,
  * (docs/storage.md); a light flush's one table is one run of the fill.
  */
 uint32_t lsm_tree_level_budget(const struct lsm_tree *tree, uint32_t level);
+/* Level 0's fill past which writes have outpaced compaction: twice its budget. */
+static inline uint32_t lsm_tree_level0_stall(const struct lsm_tree *tree)
+{
+        return 2u * tree->level0_budget;
+}
 
 #endif

@@ -1527,6 +1527,71 @@ static void test_tree_paced_by_writes(void)
 }
 
 /*
+ * A tree given a larger level-0 budget (the ledger's indexes by account: level0_budget): no job
+ * until its fill passes that budget, the pace and the stall point follow it (twice the budget),
+ * lookups and scans stay exact across its many level-0 tables, and the same puts merge fewer
+ * values than with the default budget, which is what the larger budget is for.
+ */
+static uint64_t level0_budget_load(uint32_t budget, uint32_t *worst_fill)
+{
+        device_reset();
+        memset(model, 0, sizeof(model));
+        rng_state = 97531;
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "level-0 budget", &layout_small_tables, &grid, 4000) == 0);
+        CHECK_EQ_U64(tree.level0_budget, LSM_LEVEL0_FILL_MAX);
+        tree.level0_budget = budget;
+        CHECK_EQ_U64(lsm_tree_level_budget(&tree, 0), budget);
+        CHECK_EQ_U64(lsm_tree_level0_stall(&tree), 2 * budget);
+        uint64_t version = 0, puts_seen = 0;
+        *worst_fill = 0;
+        for (uint32_t op = 1; op <= 4 * 150; op++) {
+                if (!lsm_tree_has_room(&tree, 1000))
+                        CHECK(lsm_tree_flush(&tree));
+                for (uint32_t i = 0; i < 1000; i++) {
+                        uint64_t key = rng() % MODEL_KEYS;
+                        struct value v = value_make(key, version);
+                        lsm_tree_put(&tree, &v);
+                        model[key] = ++version;
+                }
+                uint64_t pace = lsm_tree_compaction_pace(&tree, tree.stats.puts - puts_seen);
+                puts_seen = tree.stats.puts;
+                bool idle, had_job = tree.job.active || tree.stats.compactions > 0;
+                uint32_t fill = lsm_tree_level0_fill(&tree);
+                CHECK(lsm_tree_compact_step(&tree, MAX(500, pace), &idle));
+                /* The first job starts once the fill passes the budget, not before. */
+                if (!had_job)
+                        CHECK(tree.job.active == (fill > budget));
+                *worst_fill = MAX(*worst_fill, lsm_tree_level0_fill(&tree));
+                if (op == 4 * 20) /* level 0 at about 20 tables, no job yet when budget > 20 */
+                        check_against_model(&tree, 3000);
+        }
+        check_against_model(&tree, 5000);
+        uint64_t merged = tree.stats.values_compacted;
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+        return merged;
+}
+
+static void test_tree_level0_budget(void)
+{
+        uint32_t fill_default, fill_large;
+        uint64_t merged_default = level0_budget_load(LSM_LEVEL0_FILL_MAX, &fill_default);
+        uint64_t merged_large = level0_budget_load(32, &fill_large);
+        printf("level-0 budget: 600,000 puts merged %llu values with a budget of %u (worst fill "
+               "%u), %llu with 32 (worst fill %u)\n",
+               (unsigned long long)merged_default, LSM_LEVEL0_FILL_MAX, fill_default,
+               (unsigned long long)merged_large, fill_large);
+        CHECK(fill_default <= 2 * LSM_LEVEL0_FILL_MAX);
+        CHECK(fill_large <= 64);
+        CHECK(fill_large > 2 * LSM_LEVEL0_FILL_MAX); /* it did hold more than the default's stall */
+        CHECK(merged_large > 0);
+        CHECK(merged_large < merged_default * 3 / 4);
+}
+
+/*
  * Flushes that span the whole key range, as in the ledger's indexes by account (an account,
  * then a timestamp: every flush holds every hot account), paced by the writes: level 1 stays
  * near its budget. When level 0 went first whenever it was over its budget, and the pace
@@ -2413,6 +2478,7 @@ int main(void)
         TEST_RUN(test_tree_model);
         TEST_RUN(test_tree_model_filtered);
         TEST_RUN(test_tree_level0_runs);
+        TEST_RUN(test_tree_level0_budget);
         TEST_RUN(test_tree_may_contain_prefetch);
         TEST_RUN(test_tree_model_insert_only);
         TEST_RUN(test_memtable_sort);
