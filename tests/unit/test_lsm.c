@@ -793,6 +793,25 @@ static void check_may_contain(struct lsm_tree *tree, uint32_t probes)
         CHECK_EQ_U64(wrong, 0);
 }
 
+/* A fresh device, an empty model and the random keys' seed: each test's start. */
+static void model_reset(uint64_t seed)
+{
+        device_reset();
+        memset(model, 0, sizeof(model));
+        rng_state = seed;
+}
+
+/* Puts `count` values of random keys (versions counting on from *version), in the model too. */
+static void put_random(struct lsm_tree *tree, uint32_t count, uint64_t *version)
+{
+        for (uint32_t i = 0; i < count; i++) {
+                uint64_t key = rng() % MODEL_KEYS;
+                struct value v = value_make(key, *version);
+                lsm_tree_put(tree, &v);
+                model[key] = ++*version;
+        }
+}
+
 static void check_against_model(struct lsm_tree *tree, uint32_t probes)
 {
         check_may_contain(tree, probes);
@@ -1012,9 +1031,7 @@ static void check_level_value_counts(const struct lsm_tree *tree)
 
 static void tree_model(const struct lsm_layout *tree_layout)
 {
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 0x1234567;
+        model_reset(0x1234567);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0); /* 4 MiB cache */
         struct lsm_tree tree;
@@ -1022,12 +1039,7 @@ static void tree_model(const struct lsm_layout *tree_layout)
         uint64_t version = 0;
         for (uint32_t bar = 0; bar < 60; bar++) {
                 /* Random keys: inserts and overwrites, some repeated within the bar. */
-                for (uint32_t i = 0; i < 20000; i++) {
-                        uint64_t key = rng() % MODEL_KEYS;
-                        struct value v = value_make(key, version);
-                        lsm_tree_put(&tree, &v);
-                        model[key] = ++version;
-                }
+                put_random(&tree, 20000, &version);
                 if (bar % 7 == 3)
                         check_against_model(&tree, 2000); /* the memtable holds some */
                 CHECK(lsm_tree_flush(&tree));
@@ -1111,21 +1123,14 @@ static const struct lsm_device device_many = {
  */
 static void test_tree_may_contain_prefetch(void)
 {
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 0x5eed;
+        model_reset(0x5eed);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
         struct lsm_tree tree;
         CHECK(lsm_tree_init(&tree, "prefetch", &layout_small_tables_filtered, &grid, 20000) == 0);
         uint64_t version = 0;
         for (uint32_t flush = 0; flush < 3; flush++) {
-                for (uint32_t i = 0; i < 12000; i++) {
-                        uint64_t key = rng() % MODEL_KEYS;
-                        struct value v = value_make(key, version);
-                        lsm_tree_put(&tree, &v);
-                        model[key] = ++version;
-                }
+                put_random(&tree, 12000, &version);
                 CHECK(lsm_tree_flush(&tree));
         }
         /* Another cache, which holds the tables' index blocks and none of their data blocks. */
@@ -1210,9 +1215,7 @@ static void test_tree_may_contain_prefetch(void)
 
 static void test_tree_level0_runs(void)
 {
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 0x2468ace;
+        model_reset(0x2468ace);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
         struct lsm_tree tree;
@@ -1222,12 +1225,7 @@ static void test_tree_level0_runs(void)
         CHECK_EQ_U64(tree.level0_tables_per_fill, tree.level0_flush_tables);
         uint64_t version = 0;
         for (uint32_t flush = 1; flush <= LSM_LEVEL0_FILL_MAX + 1; flush++) {
-                for (uint32_t i = 0; i < 12000; i++) {
-                        uint64_t key = rng() % MODEL_KEYS;
-                        struct value v = value_make(key, version);
-                        lsm_tree_put(&tree, &v);
-                        model[key] = ++version;
-                }
+                put_random(&tree, 12000, &version);
                 CHECK(lsm_tree_flush(&tree));
                 CHECK_EQ_U64(tree.level0_runs, flush);
                 CHECK_EQ_U64(lsm_tree_level0_fill(&tree), flush);
@@ -1265,12 +1263,7 @@ static void test_tree_level0_runs(void)
         CHECK(lsm_tree_level0_fill(&tree) <= LSM_LEVEL0_FILL_MAX);
         CHECK_EQ_U64(tree.levels[0].count, 0);
         /* A light flush (one small table) is one run too. */
-        for (uint32_t i = 0; i < 10; i++) {
-                uint64_t key = rng() % MODEL_KEYS;
-                struct value v = value_make(key, version);
-                lsm_tree_put(&tree, &v);
-                model[key] = ++version;
-        }
+        put_random(&tree, 10, &version);
         CHECK(lsm_tree_flush(&tree));
         CHECK_EQ_U64(tree.levels[0].count, 1);
         CHECK_EQ_U64(lsm_tree_level0_fill(&tree), 1);
@@ -1309,9 +1302,7 @@ static void test_tree_level0_runs(void)
 /* Compaction in beats: every op does a bounded share, lookups and scans stay right mid-job. */
 static void test_tree_paced(void)
 {
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 777;
+        model_reset(777);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
         struct lsm_tree tree;
@@ -1319,12 +1310,7 @@ static void test_tree_paced(void)
         uint64_t version = 0, steps_mid_job = 0, checks_mid_job = 0, worst_step = 0;
         const uint64_t budget = 8 * 1000; /* per op: 8x what it inserts */
         for (uint32_t op = 1; op <= 16 * 60; op++) {
-                for (uint32_t i = 0; i < 1000; i++) {
-                        uint64_t key = rng() % MODEL_KEYS;
-                        struct value v = value_make(key, version);
-                        lsm_tree_put(&tree, &v);
-                        model[key] = ++version;
-                }
+                put_random(&tree, 1000, &version);
                 if (op % 16 == 0) /* a bar of 16 ops */
                         CHECK(lsm_tree_flush(&tree));
                 uint64_t before = tree.stats.values_compacted;
@@ -1375,9 +1361,7 @@ static struct merge_outcome bulk_merge_run(const struct lsm_layout *tree_layout,
                                            bool heap_only, bool clustered, bool worker)
 {
         uint64_t grown[64] = {0};
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 4242;
+        model_reset(4242);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
         struct lsm_tree tree;
@@ -1482,9 +1466,7 @@ static void test_tree_bulk_merge(void)
  */
 static void test_tree_paced_by_writes(void)
 {
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 4242;
+        model_reset(4242);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
         struct lsm_tree tree;
@@ -1495,12 +1477,7 @@ static void test_tree_paced_by_writes(void)
         for (uint32_t op = 1; op <= 16 * 60; op++) {
                 if (!lsm_tree_has_room(&tree, 1000))
                         CHECK(lsm_tree_flush(&tree));
-                for (uint32_t i = 0; i < 1000; i++) {
-                        uint64_t key = rng() % MODEL_KEYS;
-                        struct value v = value_make(key, version);
-                        lsm_tree_put(&tree, &v);
-                        model[key] = ++version;
-                }
+                put_random(&tree, 1000, &version);
                 uint64_t pace = lsm_tree_compaction_pace(&tree, tree.stats.puts - puts_seen);
                 puts_seen = tree.stats.puts;
                 uint64_t budget = MAX(floor, pace);
@@ -1534,9 +1511,7 @@ static void test_tree_paced_by_writes(void)
  */
 static uint64_t level0_budget_load(uint32_t budget, uint32_t *worst_fill)
 {
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 97531;
+        model_reset(97531);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
         struct lsm_tree tree;
@@ -1550,12 +1525,7 @@ static uint64_t level0_budget_load(uint32_t budget, uint32_t *worst_fill)
         for (uint32_t op = 1; op <= 4 * 150; op++) {
                 if (!lsm_tree_has_room(&tree, 1000))
                         CHECK(lsm_tree_flush(&tree));
-                for (uint32_t i = 0; i < 1000; i++) {
-                        uint64_t key = rng() % MODEL_KEYS;
-                        struct value v = value_make(key, version);
-                        lsm_tree_put(&tree, &v);
-                        model[key] = ++version;
-                }
+                put_random(&tree, 1000, &version);
                 uint64_t pace = lsm_tree_compaction_pace(&tree, tree.stats.puts - puts_seen);
                 puts_seen = tree.stats.puts;
                 bool idle, had_job = tree.job.active || tree.stats.compactions > 0;
@@ -1643,9 +1613,7 @@ static void test_tree_wide_flushes(void)
  */
 static void test_tree_worker_faults(void)
 {
-        device_reset();
-        memset(model, 0, sizeof(model));
-        rng_state = 777;
+        model_reset(777);
         struct lsm_grid grid;
         CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 64) == 0);
         static struct lsm_compactor compactor;
@@ -1655,12 +1623,7 @@ static void test_tree_worker_faults(void)
         tree.compactor = &compactor;
         uint64_t version = 0;
         for (uint32_t flush = 0; flush <= LSM_LEVEL0_FILL_MAX; flush++) {
-                for (uint32_t i = 0; i < 4000; i++) {
-                        uint64_t key = rng() % MODEL_KEYS;
-                        struct value v = value_make(key, version);
-                        lsm_tree_put(&tree, &v);
-                        model[key] = ++version;
-                }
+                put_random(&tree, 4000, &version);
                 CHECK(lsm_tree_flush(&tree));
         }
         CHECK(lsm_tree_level0_fill(&tree) > lsm_tree_level_budget(&tree, 0));
