@@ -38,7 +38,8 @@
  * price is paid by scans (get_account_transfers, get_account_balances), which open a cursor
  * per level-0 table (up to 64 at the stall point). No lookup reads these trees by key.
  * 100 M random transfers in steps of 10 M (bench/scale.sh): the last step 41 % of the first
- * (327k against 796k/s) before, 51 % (399k against 777k/s) after, query p99 4-20 ms.
+ * (327k against 796k/s) before, 51 % and 46 % in two runs after (399k against 777k/s, 403k
+ * against 881k/s), query p99 4-22 ms against 4-14.
  */
 #define LEDGER_LEVEL0_BUDGET_BY_ACCOUNT 32u
 #define GRID_BLOCKS_MAX_DEFAULT (1ull << 24) /* 1 TiB of grid */
