@@ -195,7 +195,9 @@ struct lsm_reserve {
  * 192 (12 MiB at most): get_account_transfers scans both indexes by account, each a cursor
  * per level-0 table (up to 64 at their stall point, tree.h: level0_budget) and per level.
  * With 64 kept, a 10-result query's p99 at 30 M transfers was 19.8-21.9 ms in four runs of
- * bench/scale.sh, with 192 8.5 and 10.9 ms (alternately).
+ * bench/scale.sh; with 192, 8.5 and 10.9 ms in two and 21.7 in a third (the p99 of 100
+ * queries is their slowest one or two: weak evidence). Kept for the cost it removes: about
+ * 70 fresh buffers of 16 page faults each (~4.6 us per fault on this VM), ~5 ms per scan.
  */
 #define LSM_GRID_BUFFERS_KEPT 192u
 
