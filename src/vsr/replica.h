@@ -460,6 +460,7 @@ struct replica {
                 uint64_t tick;
         } parked[REPLICA_PARKED_MAX];
         uint32_t parked_count;
+        uint64_t parked_resume_tick; /* while parked_resume routes one: the tick it was kept at */
         struct replica_client clients[REPLICA_CLIENTS_MAX];
         struct replica_client_connection connections[REPLICA_CLIENT_CONNECTIONS_MAX];
         /* Timing, in ticks of 10 ms. */

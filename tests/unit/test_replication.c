@@ -646,6 +646,59 @@ static void test_request_kept_through_a_view_change(void)
 }
 
 /*
+ * A new primary holds the client's last request uncommitted (the old primary committed it and
+ * replied, and died before the backups heard of the commit). The client's next request,
+ * arriving before that op commits again, looks as if it skipped one: it is kept and answered
+ * once the op commits, without a resend (dropped, it cost the official client a request
+ * timeout; the partition suite's lagging-backup-then-primary went 3.8 s without service).
+ */
+static void test_request_after_an_uncommitted_one_is_kept(void)
+{
+        uint8_t body[64 * 128];
+        cluster_with_five_accounts(body);
+        uint32_t view = replicas[0].view;
+        uint8_t old = (uint8_t)(view % 3), next = (uint8_t)((view + 1) % 3);
+        uint8_t other = (uint8_t)(3 - old - next);
+        /* Accounts 6-10 commit on the old primary only: no backup hears of the commit. */
+        dropped_to[next] = dropped_to[other] = 1u << COMMAND_COMMIT;
+        CHECK(create_accounts(old, 6, 5, 1000));
+        uint64_t committed = replicas[old].commit;
+        alive[old] = false;
+        CHECK(replicas[next].commit < committed);
+        /* The next primary cannot commit that op again yet (its backup's acks are lost). */
+        dropped_to[next] = 1u << COMMAND_PREPARE_OK;
+        dropped_to[other] = 0;
+        uint32_t waited = 0;
+        while (!(replicas[next].status == REPLICA_STATUS_NORMAL && replicas[next].view > view) &&
+               waited++ < 3000)
+                run(1);
+        CHECK(replicas[next].view > view);
+        CHECK(replicas[next].pipeline_count >= 1);
+        CHECK(replicas[next].commit < committed);
+        uint64_t parked_before = replicas[next].stats.requests_parked;
+        uint32_t size = accounts_body(body, 11, 5);
+        struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
+        uint32_t before = replies_received;
+        push((struct event){.kind = EVENT_MESSAGE, .to = next, .connection = 1000u + next,
+                            .message = message_ref(m)});
+        run(20);
+        CHECK_EQ_U64(replicas[next].parked_count, 1);
+        CHECK(replicas[next].stats.requests_parked > parked_before);
+        CHECK(!answered_to(m, before));
+        dropped_to[next] = 0;
+        bool answered = false;
+        for (uint32_t t = 0; t < 1000 && !answered; t++) {
+                run(1);
+                answered = answered_to(m, before);
+        }
+        CHECK(answered);
+        CHECK_EQ_U64(replicas[next].parked_count, 0);
+        CHECK_EQ_U64(accounts_on(next), 15);
+        message_unref(&pool, m);
+        cluster_stop();
+}
+
+/*
  * A backup executes an op only under a known chain from its log's head: an entry the chain
  * contradicts (here forged in place: another prepare at the same op with the same parent) is
  * dropped and repaired from a peer, never executed. (Simulator seed 2109 on 5 replicas,
@@ -1320,6 +1373,7 @@ int main(void)
         TEST_RUN(test_client_through_backup);
         TEST_RUN(test_primary_dies);
         TEST_RUN(test_request_kept_through_a_view_change);
+        TEST_RUN(test_request_after_an_uncommitted_one_is_kept);
         TEST_RUN(test_backup_executes_only_a_chained_entry);
         TEST_RUN(test_backup_behind_repairs);
         TEST_RUN(test_five_replicas_two_down);
