@@ -123,9 +123,13 @@ if [ "$(id -u)" -eq 0 ]; then
   TALLY_PARTITION_TIMEOUT=540 timeout 600 tests/partition/run.sh >"$WORK/partition.out" 2>&1; rc=$?
   # A failing scenario's details (problems, events, the replicas' last warnings) follow it.
   grep -E "^(PASS|FAIL) |^  |passed, " "$WORK/partition.out" | tail -80; record "partition" "$WORK/partition.out" $rc
-  # CI shows only the end of the output: a failing scenario's details go to the summary too.
+  # CI shows only the end of the output: a failing scenario's details go to the summary too,
+  # the replicas' last warnings first and the FAIL lines with their problems last.
   if [ "$rc" -ne 0 ]; then
-    grep -E "^  " "$WORK/partition.out" | grep -v "^  logs: " | cut -c1-400 | head -45 >>"$FAILURES"
+    grep -E "^  replica " "$WORK/partition.out" | cut -c1-300 | tail -24 >>"$FAILURES"
+    grep -E "^  events: " "$WORK/partition.out" | cut -c1-1500 >>"$FAILURES"
+    grep -E "^FAIL |^  " "$WORK/partition.out" | grep -vE "^  (replica |events: |logs: )" |
+      cut -c1-400 | tail -20 >>"$FAILURES"
   fi
 else
   echo "skipped: network namespaces need root"

@@ -484,8 +484,10 @@ async function runScenario(sc, index) {
   result.events = s.events;
   result.pass = result.problems.length === 0;
   const u = result.unavailable === null ? '?' : result.unavailable.toFixed(2);
+  const g = s.worstGap ? ` worst_gap=${s.worstGap.from.toFixed(1)}s-${s.worstGap.to.toFixed(1)}s` : '';
   console.log(`${result.pass ? 'PASS' : 'FAIL'} ${sc.name}: acknowledged=${result.acknowledged} lost=${result.lost ?? '?'} ` +
-    `unavailable_s=${u} threshold_s=${sc.threshold} ops=${result.op ?? '?'}`);
+    `unavailable_s=${u} threshold_s=${sc.threshold} ops=${result.op ?? '?'}${g}`);
+  if (result.pass && process.env.TALLY_PARTITION_KEEP) console.log(`  events: ${s.events.join('; ')}`);
   if (!result.pass) {
     for (const p of result.problems) console.log(`  ${p}`);
     console.log(`  events: ${s.events.join('; ')}`);
