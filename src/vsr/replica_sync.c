@@ -1126,10 +1126,9 @@ static void sync_ask_again(struct replica *r)
 /*
  * Another source: the view's primary if it was heard lately, else the peer heard most recently
  * (never the one left: it just went quiet). Leaving a cut-off source for the primary of a view
- * that is itself cut off, and back, cost a lagging replica seconds. `silent`: the source is
- * left for its silence (not for answers that never came while it was heard).
+ * that is itself cut off, and back, cost a lagging replica seconds.
  */
-static void sync_source_next(struct replica *r, bool silent)
+static void sync_source_next(struct replica *r)
 {
         uint8_t n = r->config.replica_count;
         uint8_t primary = (uint8_t)replica_primary_index(r, r->view);
@@ -1148,14 +1147,6 @@ static void sync_source_next(struct replica *r, bool silent)
         }
         if (next < 0 || next == r->sync.source)
                 return; /* no other replica to ask */
-        /*
-         * One heard less lately than the source is no better: the source is asked again. A
-         * new view's primary, quiet for 100 ms just after it was chosen, was left for the
-         * old primary, cut off, and taken back 500 ms later.
-         */
-        if (silent && next != primary &&
-            r->peer_heard_tick[next] < r->peer_heard_tick[r->sync.source])
-                return;
         log_info("state sync source silent; asking another source=%d from=%u checkpoint_op=%llu",
                  next, r->sync.source, (unsigned long long)r->sync.checkpoint_op);
         sync_target_forget(r);
@@ -1197,25 +1188,7 @@ void sync_tick(struct replica *r)
             r->tick - r->sync.source_heard_tick >= TICKS_SYNC_SOURCE_QUIET &&
             r->tick - r->sync.tick >= TICKS_SYNC_SOURCE_QUIET && r->config.replica_count > 2) {
                 r->sync.source_retries = 0;
-                sync_source_next(r, true);
-                sync_ask_again(r);
-                return;
-        }
-        /*
-         * A source that is not the primary, unheard for TICKS_SYNC_AGAIN while answers are
-         * awaited and the primary is heard: most likely the old primary, cut off just before
-         * the view change that made this primary. Waiting for TICKS_SYNC_RETRY cost a cluster
-         * whose quorum needed this copy 0.7 s (the partition suite's
-         * lagging-backup-then-primary).
-         */
-        uint8_t primary = (uint8_t)replica_primary_index(r, r->view);
-        if (r->sync.source != primary && primary != r->config.replica &&
-            r->status == REPLICA_STATUS_NORMAL &&
-            r->tick - r->sync.source_heard_tick >= TICKS_SYNC_AGAIN &&
-            r->tick - r->sync.tick >= TICKS_SYNC_AGAIN &&
-            r->tick - r->peer_heard_tick[primary] < TICKS_SYNC_SOURCE_QUIET) {
-                r->sync.source_retries = 0;
-                sync_source_next(r, true);
+                sync_source_next(r);
                 sync_ask_again(r);
                 return;
         }
@@ -1237,7 +1210,7 @@ void sync_tick(struct replica *r)
                         return;
                 r->sync.source_retries = 0;
                 if (r->config.replica_count > 2)
-                        sync_source_next(r, !heard);
+                        sync_source_next(r);
         }
         sync_ask_again(r);
 }
@@ -1254,6 +1227,6 @@ void sync_view_joined(struct replica *r)
          * was just heard; asking it now saves the half second of silence sync_tick waits.
          */
         r->sync.source_retries = 0;
-        sync_source_next(r, true);
+        sync_source_next(r);
         sync_ask_again(r);
 }
