@@ -213,6 +213,12 @@ int ledger_open(struct ledger *ledger, struct lsm_block_ref root, void *user,
 int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
                              int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
                              void *context);
+/* ledger_checkpoint_blocks with lsm_forest_blocks_known's `table_known` (lsm/forest.h). */
+int ledger_checkpoint_blocks_known(struct ledger *ledger, struct lsm_block_ref root,
+                                   int (*visit)(void *context, struct lsm_block_ref ref,
+                                                uint8_t kind),
+                                   int (*table_known)(void *context, struct lsm_block_ref index),
+                                   void *context);
 
 /*
  * Blocks as state sync and backups move them. ledger_block_read: the block `ref` names, read

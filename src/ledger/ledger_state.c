@@ -969,6 +969,15 @@ int ledger_checkpoint_blocks(struct ledger *ledger, struct lsm_block_ref root,
         return lsm_forest_blocks(&ledger->forest, root, visit, context);
 }
 
+int ledger_checkpoint_blocks_known(struct ledger *ledger, struct lsm_block_ref root,
+                                   int (*visit)(void *context, struct lsm_block_ref ref,
+                                                uint8_t kind),
+                                   int (*table_known)(void *context, struct lsm_block_ref index),
+                                   void *context)
+{
+        return lsm_forest_blocks_known(&ledger->forest, root, visit, table_known, context);
+}
+
 /* ---- blocks as sync and backups move them ------------------------------------------------- */
 
 int ledger_block_read(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block)

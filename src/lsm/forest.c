@@ -319,6 +319,14 @@ int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root_ref,
                       int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
                       void *context)
 {
+        return lsm_forest_blocks_known(forest, root_ref, visit, NULL, context);
+}
+
+int lsm_forest_blocks_known(struct lsm_forest *forest, struct lsm_block_ref root_ref,
+                            int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
+                            int (*table_known)(void *context, struct lsm_block_ref index),
+                            void *context)
+{
         struct lsm_grid *grid = forest->grid;
         const uint8_t *block = lsm_grid_read(grid, root_ref, LSM_BLOCK_ROOT);
         if (block == NULL)
@@ -334,9 +342,11 @@ int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root_ref,
         uint32_t count = manifest_count + free_set_count;
         struct lsm_block_ref *refs = malloc((count + 1) * sizeof(*refs));
         struct lsm_index_entry *entries = malloc(LSM_BLOCK_PAYLOAD_MAX);
-        if (refs == NULL || entries == NULL) {
+        struct lsm_block_ref *ahead = malloc(LSM_GRID_PREFETCH_MAX * sizeof(*ahead));
+        if (refs == NULL || entries == NULL || ahead == NULL) {
                 free(refs);
                 free(entries);
+                free(ahead);
                 snprintf(grid->error, sizeof(grid->error), "out of memory listing blocks");
                 return -2;
         }
@@ -360,7 +370,23 @@ int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root_ref,
                 }
                 memcpy(copy, manifest + LSM_BLOCK_HEADER_SIZE, (size_t)records * sizeof(*copy));
                 for (uint32_t r = 0; rc == 0 && r < records; r++) {
+                        /*
+                         * Without a caller that knows most tables, every index block is read:
+                         * at once, a window at a time (one at a time, 300 of them took 220 ms
+                         * from a cold cache, on the loop of a primary a peer copied from).
+                         */
+                        if (table_known == NULL && r % LSM_GRID_PREFETCH_MAX == 0) {
+                                uint32_t n = MIN(records - r, LSM_GRID_PREFETCH_MAX);
+                                for (uint32_t k = 0; k < n; k++)
+                                        ahead[k] = copy[r + k].table.index;
+                                lsm_grid_prefetch(grid, ahead, n, LSM_BLOCK_TABLE_INDEX);
+                        }
                         struct lsm_block_ref index_ref = copy[r].table.index;
+                        int known = table_known != NULL ? table_known(context, index_ref) : 0;
+                        if (known != 0) {
+                                rc = known > 0 ? 0 : known;
+                                continue;
+                        }
                         const uint8_t *index = lsm_grid_read(grid, index_ref,
                                                              LSM_BLOCK_TABLE_INDEX);
                         if (index == NULL) {
@@ -376,8 +402,10 @@ int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root_ref,
                 }
                 free(copy);
         }
+        lsm_grid_prefetch_settle(grid); /* no slot stays pinned */
         free(refs);
         free(entries);
+        free(ahead);
         return rc;
 }
 

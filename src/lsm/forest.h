@@ -84,4 +84,16 @@ bool lsm_forest_root_user(const uint8_t *root_block, void *user, uint32_t *user_
 int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root,
                       int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
                       void *context);
+
+/*
+ * lsm_forest_blocks, for a caller that keeps the blocks of tables it listed before (state
+ * sync's source lists each newer checkpoint while a peer copies): `table_known` is asked per
+ * table first; 1 means it listed that table's index and data blocks itself (in that order),
+ * so its index block is not read; 0 means list it as usual; negative stops with that result.
+ */
+int lsm_forest_blocks_known(struct lsm_forest *forest, struct lsm_block_ref root,
+                            int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
+                            int (*table_known)(void *context, struct lsm_block_ref index),
+                            void *context);
+
 #endif

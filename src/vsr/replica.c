@@ -89,7 +89,7 @@ void replica_deinit(struct replica *r)
         }
         for (uint32_t k = 0; k < r->parked_count; k++)
                 message_unref(r->pool, r->parked[k].request);
-        free(r->image.blocks);
+        replica_image_free(r);
         free(r->journal_headers);
         free(r->journal_state);
         free(r->repair_asked);
@@ -99,7 +99,7 @@ void replica_deinit(struct replica *r)
 void replica_abandon(struct replica *r)
 {
         sync_free_memory(r);
-        free(r->image.blocks);
+        replica_image_free(r);
         free(r->journal_headers);
         free(r->journal_state);
         free(r->repair_asked);

@@ -532,8 +532,21 @@ struct replica {
         struct {
                 struct lsm_block_ref root;
                 struct lsm_block_ref *blocks;
+                uint8_t *kinds; /* each block's lsm_block_kind */
                 uint64_t count;
                 uint64_t capacity;
+                /*
+                 * The list before (of the previous root), and its tables by index block
+                 * address: listing a newer checkpoint takes the blocks of the tables both
+                 * have from it instead of reading their index blocks again.
+                 */
+                struct lsm_block_ref *previous_blocks;
+                uint8_t *previous_kinds;
+                uint64_t previous_count;
+                uint64_t previous_capacity;
+                uint64_t *tables;    /* open addressing: position in previous_blocks + 1 */
+                uint64_t tables_mask; /* slots - 1 */
+                uint64_t tables_reused; /* tables taken from a previous list (tests) */
         } image;
         /*
          * State sync (serving side): the checkpoint a peer is copying, its blocks held
@@ -730,6 +743,8 @@ struct backup_pin {
 };
 /* Blocks in the image of `root`; 0 if it cannot be listed. */
 uint64_t replica_image_blocks(struct replica *replica, struct lsm_block_ref root);
+/* Frees the image lists (the next listing reads every index block). */
+void replica_image_free(struct replica *r);
 
 /* Largest request body a client may send: what register replies advertise. */
 uint32_t replica_batch_size_limit(const struct replica *replica);
