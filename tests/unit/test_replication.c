@@ -431,6 +431,24 @@ static bool answered_to(const struct message *m, uint32_t before)
                last_reply->header->reply.request_checksum == m->header->checksum;
 }
 
+/* The client's message `m`, once, straight to replica `to` (no resend). */
+static void send_once(uint8_t to, struct message *m)
+{
+        push((struct event){.kind = EVENT_MESSAGE, .to = to, .connection = 1000u + to,
+                            .message = message_ref(m)});
+}
+
+/* Runs until `m` is answered (a reply since `before` replies); false after `ticks`. */
+static bool run_until_answered(const struct message *m, uint32_t before, uint32_t ticks)
+{
+        for (uint32_t t = 0; t < ticks; t++) {
+                run(1);
+                if (answered_to(m, before))
+                        return true;
+        }
+        return false;
+}
+
 /* Sends (and resends every 100 ticks) until the reply arrives; false after `ticks`. */
 static bool client_call(uint8_t to, uint8_t operation, const void *body, uint32_t size,
                         uint32_t ticks)
@@ -440,16 +458,9 @@ static bool client_call(uint8_t to, uint8_t operation, const void *body, uint32_
                 uint32_t before = replies_received;
                 uint8_t target = to == 0xFF ? (uint8_t)(t / 100 % replica_count) : to;
                 if (alive[target])
-                        push((struct event){.kind = EVENT_MESSAGE, .to = target,
-                                            .connection = 1000u + target,
-                                            .message = message_ref(m)});
+                        send_once(target, m);
                 /* Replies to older requests (late duplicates) do not end the wait. */
-                bool answered = false;
-                for (uint32_t k = 0; k < 100 && !answered; k++) {
-                        run(1);
-                        answered = answered_to(m, before);
-                }
-                if (answered) {
+                if (run_until_answered(m, before, 100)) {
                         if (operation == OPERATION_REGISTER)
                                 session = last_reply->header->reply.commit;
                         else
@@ -616,8 +627,7 @@ static void test_request_kept_through_a_view_change(void)
         struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
         uint32_t before = replies_received;
         /* Once, to the next primary, while it is not serving. */
-        push((struct event){.kind = EVENT_MESSAGE, .to = next, .connection = 1000u + next,
-                            .message = message_ref(m)});
+        send_once(next, m);
         run(50);
         CHECK_EQ_U64(replicas[next].parked_count, 1);
         CHECK(replicas[next].status != REPLICA_STATUS_NORMAL);
@@ -625,18 +635,13 @@ static void test_request_kept_through_a_view_change(void)
         request_number--;
         struct message *older = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
         request_number++;
-        push((struct event){.kind = EVENT_MESSAGE, .to = next, .connection = 1000u + next,
-                            .message = older});
+        send_once(next, older);
+        message_unref(&pool, older);
         run(5);
         CHECK_EQ_U64(replicas[next].parked_count, 1);
         CHECK(replicas[next].parked[0].request->header->checksum == m->header->checksum);
         dropped_to[next] = 0;
-        bool answered = false;
-        for (uint32_t t = 0; t < 1000 && !answered; t++) {
-                run(1);
-                answered = answered_to(m, before);
-        }
-        CHECK(answered);
+        CHECK(run_until_answered(m, before, 1000));
         CHECK(replicas[next].view > view);
         CHECK(replicas[next].stats.requests_parked >= 1);
         CHECK_EQ_U64(replicas[next].parked_count, 0);
@@ -679,19 +684,13 @@ static void test_request_after_an_uncommitted_one_is_kept(void)
         uint32_t size = accounts_body(body, 11, 5);
         struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
         uint32_t before = replies_received;
-        push((struct event){.kind = EVENT_MESSAGE, .to = next, .connection = 1000u + next,
-                            .message = message_ref(m)});
+        send_once(next, m);
         run(20);
         CHECK_EQ_U64(replicas[next].parked_count, 1);
         CHECK(replicas[next].stats.requests_parked > parked_before);
         CHECK(!answered_to(m, before));
         dropped_to[next] = 0;
-        bool answered = false;
-        for (uint32_t t = 0; t < 1000 && !answered; t++) {
-                run(1);
-                answered = answered_to(m, before);
-        }
-        CHECK(answered);
+        CHECK(run_until_answered(m, before, 1000));
         CHECK_EQ_U64(replicas[next].parked_count, 0);
         CHECK_EQ_U64(accounts_on(next), 15);
         message_unref(&pool, m);
