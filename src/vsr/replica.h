@@ -238,6 +238,14 @@ struct replica_queued_request {
         uint64_t received_ns; /* env.monotonic_ns when it arrived, 0 if not measured */
 };
 
+/* A checkpoint's blocks in image order, with each one's lsm_block_kind. */
+struct replica_image_list {
+        struct lsm_block_ref *blocks;
+        uint8_t *kinds;
+        uint64_t count;
+        uint64_t capacity;
+};
+
 enum replica_status {
         REPLICA_STATUS_NORMAL = 0,
         REPLICA_STATUS_VIEW_CHANGE = 1,
@@ -531,21 +539,12 @@ struct replica {
          */
         struct {
                 struct lsm_block_ref root;
-                struct lsm_block_ref *blocks;
-                uint8_t *kinds; /* each block's lsm_block_kind */
-                uint64_t count;
-                uint64_t capacity;
+                struct replica_image_list list;
                 /*
-                 * The list before (of the previous root), and its tables by index block
-                 * address: listing a newer checkpoint takes the blocks of the tables both
-                 * have from it instead of reading their index blocks again.
+                 * The list of the root before: listing a newer checkpoint takes the blocks of
+                 * the tables both have from it instead of reading their index blocks again.
                  */
-                struct lsm_block_ref *previous_blocks;
-                uint8_t *previous_kinds;
-                uint64_t previous_count;
-                uint64_t previous_capacity;
-                uint64_t *tables;    /* open addressing: position in previous_blocks + 1 */
-                uint64_t tables_mask; /* slots - 1 */
+                struct replica_image_list previous;
                 uint64_t tables_reused; /* tables taken from a previous list (tests) */
         } image;
         /*

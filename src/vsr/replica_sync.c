@@ -45,85 +45,99 @@ _Static_assert(sizeof(struct sync_fields) <= 128, "sync fields fit in a header")
 
 /* ---- the image of a checkpoint ------------------------------------------------------------ */
 
+static int list_add(struct replica_image_list *list, struct lsm_block_ref ref, uint8_t kind)
+{
+        if (list->count == list->capacity) {
+                uint64_t capacity = MAX(list->capacity * 2, 1024u);
+                struct lsm_block_ref *blocks = realloc(list->blocks, capacity * sizeof(*blocks));
+                if (blocks == NULL)
+                        return -1;
+                list->blocks = blocks;
+                uint8_t *kinds = realloc(list->kinds, capacity);
+                if (kinds == NULL)
+                        return -1;
+                list->kinds = kinds;
+                list->capacity = capacity;
+        }
+        list->kinds[list->count] = kind;
+        list->blocks[list->count++] = ref;
+        return 0;
+}
+
 static int image_add(void *context, struct lsm_block_ref ref, uint8_t kind)
 {
         struct replica *r = context;
-        if (r->image.count == r->image.capacity) {
-                uint64_t capacity = MAX(r->image.capacity * 2, 1024u);
-                struct lsm_block_ref *blocks = realloc(r->image.blocks,
-                                                       capacity * sizeof(*blocks));
-                if (blocks == NULL)
-                        return -1;
-                r->image.blocks = blocks;
-                uint8_t *kinds = realloc(r->image.kinds, capacity);
-                if (kinds == NULL)
-                        return -1;
-                r->image.kinds = kinds;
-                r->image.capacity = capacity;
-        }
-        r->image.kinds[r->image.count] = kind;
-        r->image.blocks[r->image.count++] = ref;
-        return 0;
+        return list_add(&r->image.list, ref, kind);
 }
 
 void replica_image_free(struct replica *r)
 {
-        free(r->image.blocks);
-        free(r->image.kinds);
-        free(r->image.previous_blocks);
-        free(r->image.previous_kinds);
-        free(r->image.tables);
+        free(r->image.list.blocks);
+        free(r->image.list.kinds);
+        free(r->image.previous.blocks);
+        free(r->image.previous.kinds);
         memset(&r->image, 0, sizeof(r->image));
 }
 
-/* Indexes the previous list's tables by index block address (none if memory is short). */
-static void image_tables_index(struct replica *r)
+/* While a checkpoint is listed: the previous list's tables by index block address. */
+struct image_listing {
+        struct replica *r;
+        uint64_t *tables; /* open addressing: position in the previous list + 1 */
+        uint64_t mask;    /* slots - 1 */
+};
+
+/* Indexes the previous list's tables; false if there are none (or memory is short). */
+static bool image_tables_index(struct image_listing *listing)
 {
-        free(r->image.tables);
-        r->image.tables = NULL;
+        const struct replica_image_list *previous = &listing->r->image.previous;
         uint64_t tables = 0;
-        for (uint64_t i = 0; i < r->image.previous_count; i++)
-                tables += r->image.previous_kinds[i] == LSM_BLOCK_TABLE_INDEX;
+        for (uint64_t i = 0; i < previous->count; i++)
+                tables += previous->kinds[i] == LSM_BLOCK_TABLE_INDEX;
         if (tables == 0)
-                return;
+                return false;
         uint64_t slots = 16;
         while (slots < tables * 2)
                 slots *= 2;
-        r->image.tables = calloc(slots, sizeof(*r->image.tables));
-        if (r->image.tables == NULL)
-                return;
-        r->image.tables_mask = slots - 1;
-        for (uint64_t i = 0; i < r->image.previous_count; i++) {
-                if (r->image.previous_kinds[i] != LSM_BLOCK_TABLE_INDEX)
+        listing->tables = calloc(slots, sizeof(*listing->tables));
+        if (listing->tables == NULL)
+                return false;
+        listing->mask = slots - 1;
+        for (uint64_t i = 0; i < previous->count; i++) {
+                if (previous->kinds[i] != LSM_BLOCK_TABLE_INDEX)
                         continue;
-                uint64_t h = mix64(r->image.previous_blocks[i].address) & r->image.tables_mask;
-                while (r->image.tables[h] != 0)
-                        h = (h + 1) & r->image.tables_mask;
-                r->image.tables[h] = i + 1;
+                uint64_t h = mix64(previous->blocks[i].address) & listing->mask;
+                while (listing->tables[h] != 0)
+                        h = (h + 1) & listing->mask;
+                listing->tables[h] = i + 1;
         }
+        return true;
+}
+
+static int listing_add(void *context, struct lsm_block_ref ref, uint8_t kind)
+{
+        const struct image_listing *listing = context;
+        return image_add(listing->r, ref, kind);
 }
 
 /* lsm_forest_blocks_known's question: a table of the previous list is copied from it. */
-static int image_table_known(void *context, struct lsm_block_ref index)
+static int listing_table_known(void *context, struct lsm_block_ref index)
 {
-        struct replica *r = context;
-        if (r->image.tables == NULL)
-                return 0;
-        uint64_t h = mix64(index.address) & r->image.tables_mask;
-        for (; r->image.tables[h] != 0; h = (h + 1) & r->image.tables_mask) {
-                uint64_t at = r->image.tables[h] - 1;
-                const struct lsm_block_ref *ref = &r->image.previous_blocks[at];
+        const struct image_listing *listing = context;
+        struct replica *r = listing->r;
+        const struct replica_image_list *previous = &r->image.previous;
+        uint64_t h = mix64(index.address) & listing->mask;
+        for (; listing->tables[h] != 0; h = (h + 1) & listing->mask) {
+                uint64_t at = listing->tables[h] - 1;
+                const struct lsm_block_ref *ref = &previous->blocks[at];
                 if (ref->address != index.address)
                         continue;
                 if (ref->checksum != index.checksum)
                         return 0; /* the address was reused for another table */
                 uint64_t end = at + 1;
-                while (end < r->image.previous_count &&
-                       r->image.previous_kinds[end] == LSM_BLOCK_TABLE_DATA)
+                while (end < previous->count && previous->kinds[end] == LSM_BLOCK_TABLE_DATA)
                         end++;
                 for (uint64_t i = at; i < end; i++) {
-                        if (image_add(r, r->image.previous_blocks[i],
-                                      r->image.previous_kinds[i]) != 0)
+                        if (list_add(&r->image.list, previous->blocks[i], previous->kinds[i]) != 0)
                                 return -1;
                 }
                 r->image.tables_reused++;
@@ -145,35 +159,30 @@ uint64_t replica_image_blocks(struct replica *r, struct lsm_block_ref root)
         if (root.address == 0)
                 return 0;
         if (r->image.root.address == root.address && r->image.root.checksum == root.checksum)
-                return r->image.count;
+                return r->image.list.count;
         /* The current list becomes the previous one; its buffers take the new list. */
-        struct lsm_block_ref *blocks = r->image.previous_blocks;
-        uint8_t *kinds = r->image.previous_kinds;
-        uint64_t capacity = r->image.previous_capacity;
-        r->image.previous_blocks = r->image.blocks;
-        r->image.previous_kinds = r->image.kinds;
-        r->image.previous_capacity = r->image.capacity;
-        r->image.previous_count = r->image.root.address != 0 ? r->image.count : 0;
-        r->image.blocks = blocks;
-        r->image.kinds = kinds;
-        r->image.capacity = capacity;
-        r->image.count = 0;
+        struct replica_image_list spare = r->image.previous;
+        r->image.previous = r->image.list;
+        if (r->image.root.address == 0)
+                r->image.previous.count = 0; /* the last listing failed */
+        r->image.list = spare;
+        r->image.list.count = 0;
         r->image.root = (struct lsm_block_ref){0};
-        image_tables_index(r);
+        struct image_listing listing = {.r = r};
         /* Without a previous list, the forest reads every index block at once instead. */
-        int rc = ledger_checkpoint_blocks_known(r->ledger, root, image_add,
-                                                r->image.tables != NULL ? image_table_known : NULL,
-                                                r);
-        free(r->image.tables);
-        r->image.tables = NULL;
+        int rc = image_tables_index(&listing)
+                         ? ledger_checkpoint_blocks_known(r->ledger, root, listing_add,
+                                                          listing_table_known, &listing)
+                         : ledger_checkpoint_blocks(r->ledger, root, image_add, r);
+        free(listing.tables);
         if (rc != 0) {
                 log_error("a checkpoint's blocks cannot be listed root=%llu",
                           (unsigned long long)root.address);
-                r->image.count = 0;
+                r->image.list.count = 0;
                 return 0;
         }
         r->image.root = root;
-        return r->image.count;
+        return r->image.list.count;
 }
 
 int64_t replica_image_read(struct replica *r, struct lsm_block_ref root, uint64_t offset,
@@ -191,13 +200,13 @@ int64_t replica_image_read(struct replica *r, struct lsm_block_ref root, uint64_
                 uint32_t within = (uint32_t)(at % LSM_BLOCK_SIZE);
                 uint32_t piece = (uint32_t)MIN((uint64_t)(LSM_BLOCK_SIZE - within), end - at);
                 if (within == 0 && piece == LSM_BLOCK_SIZE) {
-                        if (ledger_block_read(r->ledger, r->image.blocks[i], into + done) != 0)
+                        if (ledger_block_read(r->ledger, r->image.list.blocks[i], into + done) != 0)
                                 return -1;
                 } else {
                         /* Part of a block (messages smaller than a block): read it whole. */
                         if (scratch == NULL && (scratch = malloc(LSM_BLOCK_SIZE)) == NULL)
                                 return -1;
-                        if (ledger_block_read(r->ledger, r->image.blocks[i], scratch) != 0)
+                        if (ledger_block_read(r->ledger, r->image.list.blocks[i], scratch) != 0)
                                 return -1;
                         memcpy(into + done, scratch + within, piece);
                 }
@@ -563,9 +572,9 @@ static bool serving_pick(struct replica *r, const struct sync_fields *want)
 /* The list's bytes at `offset`: 32 per block, as lsm_block_ref lays them out. */
 static uint32_t list_read(struct replica *r, uint64_t offset, uint8_t *into, uint32_t size)
 {
-        uint64_t bytes = r->image.count * sizeof(struct lsm_block_ref);
+        uint64_t bytes = r->image.list.count * sizeof(struct lsm_block_ref);
         uint32_t n = (uint32_t)MIN((uint64_t)size, bytes - MIN(bytes, offset));
-        memcpy(into, (const uint8_t *)r->image.blocks + offset, n);
+        memcpy(into, (const uint8_t *)r->image.list.blocks + offset, n);
         return n;
 }
 

@@ -1006,11 +1006,11 @@ static void test_image_lists_a_newer_checkpoint_from_the_last(void)
         CHECK(r->image.tables_reused > 0);
         struct lsm_block_ref *listed = malloc(count * sizeof(*listed));
         tally_assert(listed != NULL);
-        memcpy(listed, r->image.blocks, count * sizeof(*listed));
+        memcpy(listed, r->image.list.blocks, count * sizeof(*listed));
         replica_image_free(r); /* no previous list: every index block is read */
         CHECK_EQ_U64(replica_image_blocks(r, second), count);
         CHECK_EQ_U64(r->image.tables_reused, 0);
-        CHECK(memcmp(listed, r->image.blocks, count * sizeof(*listed)) == 0);
+        CHECK(memcmp(listed, r->image.list.blocks, count * sizeof(*listed)) == 0);
         free(listed);
         cluster_stop();
 }
