@@ -1528,11 +1528,14 @@ static void open_replicated(struct replica *r, const struct replica_durable *d,
         }
         message_unref(r->pool, scratch);
         r->op = last;
+        /* The head's checksum: a placeholder's is unknown, unless the head is the anchor. */
         const struct wire_header *top = journal_header(r, last);
-        if (top != NULL)
+        if (top != NULL && top->checksum != 0)
                 r->parent = top->checksum;
         else if (anchor != 0 && last == anchor)
                 r->parent = v->anchor_checksum;
+        else if (top != NULL)
+                r->parent = 0;
         log_info("recovered checkpoint_op=%llu journal_ops=%llu to_repair=%llu commit=%llu "
                  "op=%llu view=%u log_view=%u",
                  (unsigned long long)checkpoint_op, (unsigned long long)present,
@@ -1615,36 +1618,32 @@ static void nostate_scan(struct replica *r, const struct replica_durable *d, uin
 
 /*
  * A replica of a cluster whose checkpoint is unreadable (damaged, or a state sync interrupted
- * while its blocks were landing) starts as if re-formatted, keeping only its view (a promise):
- * its journal continues a state it no longer has, so it holds no log (log_view 0), and it is
- * fresh, since it may have acknowledged ops it now ignores. State sync then copies a peer's
- * checkpoint, which a restart finds in place of the damaged one.
+ * while its blocks were landing) starts with an empty ledger, executes nothing (grid_syncing)
+ * and copies a peer's checkpoint (state sync), which a restart then finds in place of the
+ * damaged one.
  *
- * Unlike a wiped disk, its journal is still there, and every op it acknowledged was written
- * there first: none is above the highest op the journal holds a header of, unless the disk
- * lost that write, which a do_view_change already counts against the faults tolerated (a lost
- * op is not a proof; dvc_answer). So it has "joined" at that op: its nacks of later ops count.
- * Without that, a replica that crashed in the middle of a state sync could never help the
- * others cut an uncommitted op that none of them holds intact, and the cluster would stall.
- * A replica already fresh keeps the older, lower knowledge: not joined, or joined earlier.
- * For the ops up to that one it reports which prepare its journal holds (nostate_scan), so
- * that its nacks of those count too.
+ * Only its state is gone: its view state and journal are intact, and every op it acknowledged
+ * is there. So it keeps its log, found as a restart finds it (open_replicated) but without a
+ * checkpoint to chain from: over the last lap of the ring, the ops of log_view after the anchor
+ * and what chains back from the anchor. It reports that log in view changes like any replica,
+ * and serves its prepares. Reported as no log instead (as it once was), two such replicas that
+ * had acknowledged the latest committed ops left a view to start from the third's shorter log,
+ * which gave those ops to new requests (simulator, seed 358 on 3 replicas, with a state sync
+ * source change: one replica's grid damaged, another crashed in the middle of a copy after
+ * acknowledging ops 208-210 during it). It never leads a view until it has a state again
+ * (dvc_quorum_check).
+ *
+ * A replica still fresh (formatted into the cluster and never caught up) never had a log that
+ * counts; it reports which prepare its journal holds of its top ops (nostate_scan) so that its
+ * nacks count, and "joined" at the highest op its journal holds: every op it acknowledged was
+ * written there first, none above unless the disk lost that write, which a do_view_change
+ * already counts against the faults tolerated (a lost op is not a proof; dvc_answer).
  */
 static void open_without_state(struct replica *r, const struct replica_durable *d)
 {
         /* The ledger is still empty: a failed checkpoint read leaves it reset. */
         executed_state_forget(r);
-        bool was_fresh = r->fresh, was_joined = r->fresh_joined;
         uint64_t journal_max = journal_op_max(r, d);
-        r->parent = 0;
-        r->log_view = 0;
-        r->anchor_op = 0;
-        r->anchor_checksum = 0;
-        memset(r->view_prefixes, 0, sizeof(r->view_prefixes));
-        r->fresh = true;
-        r->fresh_joined = !was_fresh || was_joined;
-        r->fresh_joined_op = was_fresh ? MAX(r->fresh_joined_op, journal_max) : journal_max;
-        nostate_scan(r, d, journal_max);
         r->checkpoint_lost = true;
         /*
          * Nothing is written to the grid until the superblock says the checkpoint it names is
@@ -1656,6 +1655,26 @@ static void open_without_state(struct replica *r, const struct replica_durable *
          * copied).
          */
         r->grid_syncing = true;
+        if (!r->fresh) {
+                uint32_t slots = r->config.wal_slot_count;
+                uint64_t base = journal_max > slots ? journal_max - slots : 0;
+                r->parent = 0; /* op 1's parent; above it, nothing chains forward from base */
+                open_replicated(r, d, base);
+                r->replay_until = 0; /* nothing is replayed: the state is copied */
+                log_warn("starting without state: copying the latest checkpoint from a peer "
+                         "(state sync); the journal's log is kept view=%u log_view=%u op=%llu",
+                         r->view, r->log_view, (unsigned long long)r->op);
+                return;
+        }
+        bool was_joined = r->fresh_joined;
+        r->parent = 0;
+        r->log_view = 0;
+        r->anchor_op = 0;
+        r->anchor_checksum = 0;
+        memset(r->view_prefixes, 0, sizeof(r->view_prefixes));
+        r->fresh_joined = was_joined;
+        r->fresh_joined_op = MAX(r->fresh_joined_op, journal_max);
+        nostate_scan(r, d, journal_max);
         log_warn("starting without state: copying the latest checkpoint from a peer (state "
                  "sync) view=%u",
                  r->view);

@@ -417,8 +417,9 @@ struct replica {
         bool fresh_joined;
         uint64_t fresh_joined_op;
         /*
-         * A replica that started without state reports its journal's top REPLICA_NOSTATE_OPS
-         * ops in a do_view_change, though it has no log: entry i is the checksum of the
+         * A fresh replica that started without state (open_without_state) reports its
+         * journal's top REPLICA_NOSTATE_OPS ops in a do_view_change, though it has no log that
+         * counts: entry i is the checksum of the
          * prepare a slot held of op nostate_top - i at that start (0: none, so it never
          * acknowledged that op unless its disk lost the write; REPLICA_NOSTATE_UNKNOWN: two).
          * An entry follows what it journals since. See dvc_answer.

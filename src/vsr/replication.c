@@ -226,8 +226,8 @@ void replication_open(struct replica *r)
 static void on_journal_durable(void *context, struct message *prepare);
 
 /*
- * Starts the journal write of a prepare, and keeps what a replica without state reports of its
- * journal true (nostate_checksums): from here on it may acknowledge this prepare.
+ * Starts the journal write of a prepare, and keeps what a fresh replica without state reports
+ * of its journal true (nostate_checksums): from here on it may acknowledge this prepare.
  */
 static bool journal_write(struct replica *r, struct message *prepare)
 {
@@ -805,10 +805,13 @@ static void repair(struct replica *r, int target)
                 *asked_tick = r->tick;
                 u128 want = h != NULL ? h->checksum : 0;
                 if (want == 0) {
-                        /* Unknown here, but the next op's header names it. */
+                        /* Unknown here, but the next op's header names it; the head's is
+                         * the parent of the next op (a view's anchor, after a restart). */
                         const struct wire_header *next = journal_header(r, op + 1);
                         if (next != NULL && next->checksum != 0)
                                 want = next->prepare.parent;
+                        else if (op == r->op)
+                                want = r->parent;
                 }
                 /*
                  * Every other round, and always instead of ourselves, rotate over the peers:
@@ -883,6 +886,9 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
         } else if (existing == NULL && op < r->op && op > r->commit && next != NULL &&
                    next->prepare.parent == h->checksum) {
                 /* Verified by the chain from above. */
+        } else if (existing == NULL && op == r->op && op > r->commit && r->parent != 0 &&
+                   h->checksum == r->parent) {
+                /* The log's head, whose header was unknown but its checksum not (log_install). */
         } else {
                 log_debug("prepare not taken op=%llu view=%u from=%d my_op=%llu my_view=%u "
                           "status=%d chains=%d known=%d commit_max=%llu",
@@ -1105,7 +1111,7 @@ static void send_do_view_change(struct replica *r)
         if (m == NULL)
                 return;
         struct wire_header *h = m->header;
-        /* A replica without state appends what its journal holds (nostate_checksums). */
+        /* A fresh replica without state appends what its journal holds (nostate_checksums). */
         uint32_t nostate = r->fresh ? (uint32_t)MIN((uint64_t)REPLICA_NOSTATE_OPS, r->nostate_top)
                                     : 0;
         uint32_t nostate_bytes = nostate * (uint32_t)sizeof(u128);
@@ -1120,6 +1126,8 @@ static void send_do_view_change(struct replica *r)
         h->raw[65] = r->fresh && r->view_state_durable.fresh_joined ? 1 : 0;
         memcpy(h->raw + 96, &r->fresh_joined_op, sizeof(r->fresh_joined_op));
         memcpy(h->raw + 104, &r->recovered_view, sizeof(r->recovered_view));
+        /* The checksum of the prepare at op, even when that header is not here (dvc_head). */
+        memcpy(h->raw + 112, &r->parent, sizeof(r->parent));
         memcpy(h->raw + 72, &r->nostate_top, sizeof(r->nostate_top));
         memcpy(h->raw + 80, &nostate, sizeof(nostate));
         /*
@@ -1193,6 +1201,14 @@ static void dvc_fields(const struct message *m, uint64_t *op, uint64_t *commit_m
         *commit_max = fields[1];
         *log_view = fields[3];
         *fresh = m->header->raw[64] != 0;
+}
+
+/* The checksum of the prepare at the sender's op (0: unknown; a peer of the release before). */
+static u128 dvc_head(const struct message *m)
+{
+        u128 head;
+        memcpy(&head, m->header->raw + 112, sizeof(head));
+        return head;
 }
 
 static void on_view_written(void *context)
@@ -1403,9 +1419,20 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
         }
         r->op = MAX(op, r->commit);
         const struct wire_header *last = journal_header(r, r->op);
-        if (last != NULL) {
+        u128 head = m->header->command == COMMAND_DO_VIEW_CHANGE ? dvc_head(m) : 0;
+        if (last != NULL && last->checksum != 0) {
                 r->parent = last->checksum;
                 r->timestamp_last = MAX(r->timestamp_last, last->prepare.timestamp);
+        } else if (r->op == op && head != 0) {
+                /*
+                 * The log's last header is unknown to its sender too (it joined a view whose
+                 * start it never journaled, and restarted), but its checksum is known: repair
+                 * asks for that very prepare, and from it for the ops under it. Unknown, no
+                 * replica could serve the op (one that is not committed is served only by
+                 * checksum), and the view could never start (simulator, seed 301 on 3
+                 * replicas).
+                 */
+                r->parent = head;
         } else if (r->op == r->commit) {
                 /* The log ends at the last executed op (a checkpoint's, not journaled). */
                 r->parent = r->commit_checksum;
@@ -1679,10 +1706,12 @@ static void dvc_quorum_check(struct replica *r)
          * So far behind that the ops we lack may be in no journal any more (only in a peer's
          * checkpoint): we could never finish this view. Step aside for the next primary.
          */
-        if (checkpoint_max > r->commit + r->config.checkpoint_interval) {
+        /* Likewise without a state (open_without_state): it could execute nothing. */
+        if (r->grid_syncing || checkpoint_max > r->commit + r->config.checkpoint_interval) {
                 if (r->tick % 10 == 0) {
-                        log_info("view forfeited: too far behind to lead view=%u commit=%llu "
-                                 "peer_checkpoint=%llu",
+                        log_info("view forfeited: %s view=%u commit=%llu peer_checkpoint=%llu",
+                                 r->grid_syncing ? "no state to lead with"
+                                                 : "too far behind to lead",
                                  r->view, (unsigned long long)r->commit,
                                  (unsigned long long)checkpoint_max);
                         send_start_view_change(r, replica_view_next(r));
@@ -1694,11 +1723,11 @@ static void dvc_quorum_check(struct replica *r)
          * Ops up to commit_max were committed, so some log of the latest view holds them: a
          * best log that ends before is missing them, and a view started on it would give
          * those ops to new requests. That happens only when the replicas that hold them
-         * report no log (they restarted without state: open_without_state), so wait for more
-         * of the cluster, or for their copies, instead (simulator, seed 47 on 3 replicas with
-         * backups answering only their own client's request: two replicas that had
-         * acknowledged ops 464-469 restarted without state, and the third started view 20 at
-         * op 463, committing a different op 464).
+         * report no log that counts (fresh ones), so wait for more of the cluster, or for
+         * their copies, instead (simulator, seed 47 on 3 replicas with backups answering only
+         * their own client's request: two replicas that had acknowledged ops 464-469
+         * restarted without state, which then reported no log, and the third started view 20
+         * at op 463, committing a different op 464; open_without_state).
          */
         if (commit_max > best_op) {
                 if (r->tick % 100 == 0)
