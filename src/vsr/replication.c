@@ -1627,6 +1627,55 @@ static void truncate_unrecoverable(struct replica *r)
         }
 }
 
+/*
+ * Fills the headers of the installed log that its sender did not know (recovery placeholders)
+ * from any do_view_change, of any log_view, whose header for that op is the one the chain from
+ * a known checksum above names: a checksum names one prepare, so that header is this log's
+ * whichever log it came in. Without it, a log whose top ops only a replica of an older log_view
+ * still held could not be repaired (a prepare not known committed is asked for by checksum),
+ * and the view never started (simulator, seed 1525 on 3 replicas).
+ */
+static void log_fill_from_dvcs(struct replica *r)
+{
+        uint32_t cursor[WIRE_REPLICAS_MAX] = {0};
+        for (uint32_t j = 0; j < r->config.replica_count; j++)
+                cursor[j] = r->dvc[j] != NULL ? dvc_header_count(r->dvc[j]) : 0;
+        u128 expected = r->parent;
+        for (uint64_t op = r->op; op > r->commit && expected != 0; op--) {
+                const struct wire_header *mine = journal_header(r, op);
+                if (mine != NULL && mine->checksum != 0) {
+                        if (mine->checksum != expected)
+                                return;
+                        expected = mine->prepare.parent;
+                        continue;
+                }
+                if (slot_holds_newer(r, op))
+                        return;
+                bool found = false;
+                struct wire_header h;
+                for (uint32_t j = 0; j < r->config.replica_count && !found; j++) {
+                        /* Each body's headers ascend by op: walk it down alongside. */
+                        while (cursor[j] > 0) {
+                                memcpy(&h, message_body(r->dvc[j]) +
+                                                   (size_t)(cursor[j] - 1) * WIRE_HEADER_SIZE,
+                                       sizeof(h));
+                                if (h.prepare.op > op) {
+                                        cursor[j]--;
+                                        continue;
+                                }
+                                found = h.prepare.op == op && h.checksum == expected &&
+                                        h.command == COMMAND_PREPARE &&
+                                        wire_header_checksum_valid(&h);
+                                break;
+                        }
+                }
+                if (!found)
+                        return;
+                journal_put(r, &h, gap_state(r, mine, op));
+                expected = h.prepare.parent;
+        }
+}
+
 /* The new primary, once its log is whole and its view durable, starts the view. */
 static void start_view_maybe_finish(struct replica *r)
 {
@@ -1742,6 +1791,7 @@ static void dvc_quorum_check(struct replica *r)
                  r->view, count, best->header->replica, (unsigned long long)best_op,
                  (unsigned long long)commit_max);
         log_install(r, best, best_op);
+        log_fill_from_dvcs(r);
         r->commit_max = commit_max; /* at most best_op (checked above), so within the log */
         r->log_view = r->view;
         anchor_set(r);
@@ -1769,6 +1819,8 @@ static void on_do_view_change(struct replica *r, struct message *m)
         if (r->dvc[h->replica] != NULL)
                 message_unref(r->pool, r->dvc[h->replica]);
         r->dvc[h->replica] = message_ref(m);
+        if (r->start_view_pending)
+                log_fill_from_dvcs(r); /* a late one may name what the log lacks */
         dvc_quorum_check(r);
 }
 
