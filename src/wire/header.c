@@ -81,7 +81,8 @@ HEADER_OFFSET(start_view.nonce, 128);
 HEADER_OFFSET(start_view.op, 144);
 HEADER_OFFSET(start_view.commit_max, 152);
 HEADER_OFFSET(start_view.checkpoint_op, 160);
-HEADER_OFFSET(start_view.reserved, 168);
+HEADER_OFFSET(start_view.op_checksum, 168);
+HEADER_OFFSET(start_view.reserved, 184);
 _Static_assert(sizeof(struct wire_register_request) == 256, "RegisterRequest size");
 _Static_assert(sizeof(struct wire_register_result) == 64, "RegisterResult size");
 

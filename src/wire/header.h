@@ -156,7 +156,10 @@ struct wire_start_view {
         uint64_t op;
         uint64_t commit_max;
         uint64_t checkpoint_op;
-        uint8_t reserved[88];
+        /* Tally's own: the checksum of the prepare at op, little-endian (0: unknown). A log
+         * that ends at its sender's checkpoint carries no header of op. */
+        uint8_t op_checksum[16];
+        uint8_t reserved[72];
 };
 
 struct wire_header {

@@ -1435,6 +1435,41 @@ static void test_recovery_ignores_a_cut_branch_under_a_gap(void)
         cluster_stop();
 }
 
+/*
+ * A start_view whose log ends at its sender's checkpoint carries no header of its head, only
+ * the head's checksum. A backup whose own entry at that op is of a replaced log (here: a cut-off
+ * primary's lone op) must not take it as the head: it would check the chain under it against
+ * it and execute it as committed (simulator, seed 355 on 3 replicas: op 64 committed as two
+ * different prepares).
+ */
+static void test_start_view_names_its_head_by_checksum(void)
+{
+        uint64_t x;
+        u128 lone;
+        uint8_t p = primary_cut_off_with_a_lone_op(&x, &lone);
+        alive[p] = true;
+        CHECK(replicas[p].op == x && replicas[p].commit == x - 1);
+        uint32_t view = replicas[p].view + 1;
+        uint8_t sender = (uint8_t)(view % 3);
+        if (sender == p)
+                sender = (uint8_t)((++view) % 3);
+        struct message *sv = message_pool_get(&pool);
+        wire_header_init(sv->header, COMMAND_START_VIEW, 0, view, WIRE_RELEASE_SERVER, sender);
+        sv->header->start_view.op = x;
+        sv->header->start_view.commit_max = x;
+        u128 other = lone ^ 0x5555;
+        memcpy(sv->header->start_view.op_checksum, &other, sizeof(other));
+        replica_on_message(&replicas[p], (replica_connection)(sender + 1), sv);
+        message_unref(&pool, sv);
+        CHECK_EQ_U64(replicas[p].view, view);
+        CHECK(replicas[p].commit < x); /* its lone op is not executed */
+        uint32_t slot = (uint32_t)(x % 1024);
+        CHECK(replicas[p].journal_state[slot] == SLOT_EMPTY ||
+              replicas[p].journal_headers[slot].checksum != lone);
+        CHECK(replicas[p].parent == other);
+        cluster_stop();
+}
+
 /* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
 static void test_checkpoint_anchors(void)
 {
@@ -1470,6 +1505,7 @@ int main(void)
         TEST_RUN(test_new_cluster_cuts_an_op_only_a_damaged_copy_held);
         TEST_RUN(test_view_change_hears_a_replica_without_state);
         TEST_RUN(test_recovery_ignores_a_cut_branch_under_a_gap);
+        TEST_RUN(test_start_view_names_its_head_by_checksum);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
