@@ -960,6 +960,15 @@ static bool replica_message_refused(struct bus *bus, struct bus_connection *c,
         return true;
 }
 
+uint32_t bus_peer_attempt_timeout_ms(const struct bus_peer *peer, uint32_t connect_timeout_ms)
+{
+        bool long_turn = peer->failures % BUS_PEER_CONNECT_LONG_EVERY ==
+                         BUS_PEER_CONNECT_LONG_EVERY - 1;
+        if (long_turn && (!peer->near || peer->failures >= BUS_PEER_CONNECT_NEAR_FAILURES))
+                return connect_timeout_ms;
+        return MIN(connect_timeout_ms, BUS_PEER_CONNECT_QUICK_MS);
+}
+
 static void peer_connect_start(struct bus *bus, uint8_t replica,
                                const struct sockaddr_storage *target, socklen_t target_size)
 {
@@ -986,11 +995,9 @@ static void peer_connect_start(struct bus *bus, uint8_t replica,
         c->peer[sizeof(c->peer) - 1] = '\0';
         peer->state = BUS_PEER_CONNECTING;
         peer->connecting = connection_id(bus, c);
-        uint32_t timeout_ms = peer->failures % BUS_PEER_CONNECT_LONG_EVERY ==
-                                              BUS_PEER_CONNECT_LONG_EVERY - 1
-                                      ? bus->connect_timeout_ms
-                                      : MIN(bus->connect_timeout_ms, BUS_PEER_CONNECT_QUICK_MS);
-        peer->connect_deadline_ns = io_monotonic_ns() + (uint64_t)timeout_ms * 1000000ull;
+        uint32_t timeout_ms = bus_peer_attempt_timeout_ms(peer, bus->connect_timeout_ms);
+        peer->connect_started_ns = io_monotonic_ns();
+        peer->connect_deadline_ns = peer->connect_started_ns + (uint64_t)timeout_ms * 1000000ull;
         c->recv_completion.callback = on_connect;
         c->recv_completion.context = bus;
         io_connect(bus->io, &c->recv_completion, fd, (const struct sockaddr *)target, target_size);
@@ -1013,6 +1020,9 @@ static void on_connect(struct io_completion *completion, int32_t result)
                 return;
         }
         tally_assert(c->replica >= 0);
+        struct bus_peer *peer = &bus->peers[c->replica];
+        peer->near = io_monotonic_ns() - peer->connect_started_ns <
+                     (uint64_t)BUS_PEER_CONNECT_NEAR_MS * 1000000ull;
         if (bus->auth) {
                 auth_dial(bus, c); /* established once the acceptor proves the key */
         } else {

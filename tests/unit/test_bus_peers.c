@@ -270,9 +270,43 @@ static void test_one_connection_per_pair(void)
                         CHECK_EQ_U64(n->connected[j], 1);
                         CHECK_EQ_U64(n->disconnected[j], 0);
                         CHECK(n->from[j] >= 1); /* the ping sent on connect */
+                        /* Each dialled peer, on loopback, is near (bus_peer.near). */
+                        if (n->bus.peers[j].state == BUS_PEER_CONNECTED)
+                                CHECK(n->bus.peers[j].near);
                 }
         }
         stop_all();
+}
+
+/*
+ * How long each attempt to a peer may take: every eighth long (the configured timeout) for a
+ * peer never reached or far, so one farther than a quick attempt still connects; a near one
+ * gets quick attempts only, until it has failed BUS_PEER_CONNECT_NEAR_FAILURES times in a row.
+ */
+static void test_attempt_timeouts(void)
+{
+        struct bus_peer peer;
+        memset(&peer, 0, sizeof(peer));
+        uint32_t longs = 0, quick = 0;
+        for (peer.failures = 0; peer.failures < 64; peer.failures++) {
+                uint32_t t = bus_peer_attempt_timeout_ms(&peer, 2000);
+                longs += t == 2000;
+                quick += t == BUS_PEER_CONNECT_QUICK_MS;
+        }
+        CHECK_EQ_U64(longs, 8);
+        CHECK_EQ_U64(quick, 56);
+        peer.near = true;
+        longs = 0;
+        for (peer.failures = 0; peer.failures < BUS_PEER_CONNECT_NEAR_FAILURES; peer.failures++)
+                longs += bus_peer_attempt_timeout_ms(&peer, 2000) == 2000;
+        CHECK_EQ_U64(longs, 0);
+        for (uint32_t k = 0; k < 64; k++, peer.failures++)
+                longs += bus_peer_attempt_timeout_ms(&peer, 2000) == 2000;
+        CHECK_EQ_U64(longs, 8);
+        /* A configured timeout under the quick one bounds every attempt. */
+        peer.near = false;
+        for (peer.failures = 0; peer.failures < 16; peer.failures++)
+                CHECK_EQ_U64(bus_peer_attempt_timeout_ms(&peer, 100), 100);
 }
 
 static void test_messages_both_ways(void)
@@ -959,6 +993,7 @@ int main(void)
          * failed so; it is about the bus, not DNS, so one 1 s attempt per lookup. */
         setenv("RES_OPTIONS", "timeout:1 attempts:1", 1);
         TEST_RUN(test_one_connection_per_pair);
+        TEST_RUN(test_attempt_timeouts);
         TEST_RUN(test_messages_both_ways);
         TEST_RUN(test_reconnect_after_close);
         TEST_RUN(test_restart);
