@@ -28,10 +28,16 @@
 
 #define REPLICA_PIPELINE_MAX 8u       /* prepares in flight (journaling, awaiting quorum) */
 #define REPLICA_REQUEST_QUEUE_MAX 64u /* accepted requests waiting for the pipeline */
-/* Requests kept while no primary can take them (a view change, a new primary catching up),
- * the latest per client, taken up again once one can, or dropped after REPLICA_PARKED_TICKS. */
+/*
+ * Requests kept while no primary can take them (a view change, a new primary catching up, a
+ * backup's silent primary), the latest per client, taken up again once one can, or dropped
+ * after REPLICA_PARKED_TICKS: 10 s, since an outage without a quorum lasts as long as it
+ * lasts, and the client refreshes the copy kept here only when one of its resends, sent to
+ * the primary it knows and one backup at random at growing intervals, lands here. A request
+ * executes at most once whenever it is taken up (its session says so).
+ */
 #define REPLICA_PARKED_MAX 16u
-#define REPLICA_PARKED_TICKS 300u
+#define REPLICA_PARKED_TICKS 1000u
 #define REPLICA_CLIENTS_MAX 64u       /* client sessions, as TigerBeetle's clients_max */
 #define REPLICA_PREPARE_CACHE 64u     /* backups keep this many recent prepares in memory */
 /*

@@ -651,6 +651,40 @@ static void test_request_kept_through_a_view_change(void)
 }
 
 /*
+ * A backup whose primary is gone, with no quorum for a view change (the third replica is cut
+ * off too), keeps a client's request instead of forwarding it to the silent primary, and it is
+ * answered once a view starts, without a resend. Forwarded, it was lost, and the official
+ * client resent it only after a timeout grown through the outage (the partition suite's
+ * kill-during-partition: 1.4-2.9 s without service after the new view started).
+ */
+static void test_request_to_a_backup_of_a_silent_primary_is_kept(void)
+{
+        uint8_t body[64 * 128];
+        cluster_with_five_accounts(body);
+        uint32_t view = replicas[0].view;
+        uint8_t old = (uint8_t)(view % 3), b = (uint8_t)((view + 1) % 3);
+        uint8_t t = (uint8_t)(3 - old - b);
+        alive[old] = false;
+        alive[t] = false;
+        run(100); /* well past TICKS_PRIMARY_SILENT */
+        CHECK(replicas[b].status == REPLICA_STATUS_NORMAL && replicas[b].view == view);
+        uint32_t size = accounts_body(body, 6, 5);
+        struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
+        uint32_t before = replies_received;
+        send_once(b, m);
+        run(20);
+        CHECK_EQ_U64(replicas[b].parked_count, 1);
+        CHECK(!answered_to(m, before));
+        alive[t] = true;
+        CHECK(run_until_answered(m, before, 2000));
+        CHECK(replicas[b].view > view);
+        CHECK_EQ_U64(replicas[b].parked_count, 0);
+        CHECK_EQ_U64(accounts_on(b), 10);
+        message_unref(&pool, m);
+        cluster_stop();
+}
+
+/*
  * A new primary holds the client's last request uncommitted (the old primary committed it and
  * replied, and died before the backups heard of the commit). The client's next request,
  * arriving before that op commits again, looks as if it skipped one: it is kept and answered
@@ -1487,6 +1521,7 @@ int main(void)
         TEST_RUN(test_primary_dies);
         TEST_RUN(test_request_kept_through_a_view_change);
         TEST_RUN(test_request_after_an_uncommitted_one_is_kept);
+        TEST_RUN(test_request_to_a_backup_of_a_silent_primary_is_kept);
         TEST_RUN(test_image_lists_a_newer_checkpoint_from_the_last);
         TEST_RUN(test_backup_executes_only_a_chained_entry);
         TEST_RUN(test_backup_behind_repairs);
