@@ -1504,6 +1504,40 @@ static void test_start_view_names_its_head_by_checksum(void)
         cluster_stop();
 }
 
+/*
+ * A backup whose recovery found its copy of an op damaged (a read error that then passed) reads
+ * it back from its own journal when repair comes to it, instead of asking only its peers, which
+ * here cannot answer: the simulator's seed 1505 on 3 replicas stalled on an op committed with
+ * such a copy while the other two were lost or damaged.
+ */
+static void test_repair_reads_its_own_journal_first(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint32_t k = 0; k < 4; k++)
+                CHECK(create_accounts(0xFF, 1 + k, 1, 1000));
+        run(100);
+        uint8_t b = 0;
+        while (b < 2 && replicas[b].view % 3 == b)
+                b++;
+        uint64_t x = replicas[b].commit;
+        CHECK(x >= 4 && store[b][x] != NULL);
+        prepare_damaged[b] = x;
+        replica_restart(b);
+        uint32_t slot = (uint32_t)(x % 1024);
+        CHECK(replicas[b].journal_state[slot] == SLOT_FAULTY);
+        prepare_damaged[b] = 0;            /* the read error passed */
+        dropped_to[b] = 1u << COMMAND_PREPARE; /* no peer's copy reaches it */
+        run(500);
+        CHECK(replicas[b].journal_state[slot] == SLOT_DURABLE);
+        CHECK(replicas[b].commit >= x);
+        CHECK_EQ_U64(accounts_on(b), 4);
+        dropped_to[b] = 0;
+        cluster_stop();
+}
+
 /* Every checkpoint above was anchored at its own op's prepare (see env_checkpoint). */
 static void test_checkpoint_anchors(void)
 {
@@ -1541,6 +1575,7 @@ int main(void)
         TEST_RUN(test_view_change_hears_a_replica_without_state);
         TEST_RUN(test_recovery_ignores_a_cut_branch_under_a_gap);
         TEST_RUN(test_start_view_names_its_head_by_checksum);
+        TEST_RUN(test_repair_reads_its_own_journal_first);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
 }
