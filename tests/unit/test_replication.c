@@ -604,6 +604,28 @@ static void cluster_with_five_accounts(uint8_t *body)
         CHECK(create_accounts(0, 1, 5, 1000));
 }
 
+/* A request creating `count` accounts from `first`, sent once to replica `to` only; *before:
+ * the replies received until then (for answered_to). The caller unrefs it. */
+static struct message *creates_sent_once(uint8_t to, uint8_t *body, uint64_t first,
+                                         uint32_t count, uint32_t *before)
+{
+        uint32_t size = accounts_body(body, first, count);
+        struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
+        *before = replies_received;
+        send_once(to, m);
+        return m;
+}
+
+/* The current view of a cluster of 3: its primary, the next view's, and the third replica. */
+static uint32_t view_roles(uint8_t *primary, uint8_t *next, uint8_t *third)
+{
+        uint32_t view = replicas[0].view;
+        *primary = (uint8_t)(view % 3);
+        *next = (uint8_t)((view + 1) % 3);
+        *third = (uint8_t)(3 - *primary - *next);
+        return view;
+}
+
 /*
  * A request that reaches the next primary during the view change is kept and answered once the
  * view starts, without a resend: the official client resends only after a timeout that
@@ -661,17 +683,14 @@ static void test_request_to_a_backup_of_a_silent_primary_is_kept(void)
 {
         uint8_t body[64 * 128];
         cluster_with_five_accounts(body);
-        uint32_t view = replicas[0].view;
-        uint8_t old = (uint8_t)(view % 3), b = (uint8_t)((view + 1) % 3);
-        uint8_t t = (uint8_t)(3 - old - b);
+        uint8_t old, b, t;
+        uint32_t view = view_roles(&old, &b, &t);
         alive[old] = false;
         alive[t] = false;
         run(100); /* well past TICKS_PRIMARY_SILENT */
         CHECK(replicas[b].status == REPLICA_STATUS_NORMAL && replicas[b].view == view);
-        uint32_t size = accounts_body(body, 6, 5);
-        struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
-        uint32_t before = replies_received;
-        send_once(b, m);
+        uint32_t before;
+        struct message *m = creates_sent_once(b, body, 6, 5, &before);
         run(20);
         CHECK_EQ_U64(replicas[b].parked_count, 1);
         CHECK(!answered_to(m, before));
@@ -695,9 +714,8 @@ static void test_request_after_an_uncommitted_one_is_kept(void)
 {
         uint8_t body[64 * 128];
         cluster_with_five_accounts(body);
-        uint32_t view = replicas[0].view;
-        uint8_t old = (uint8_t)(view % 3), next = (uint8_t)((view + 1) % 3);
-        uint8_t other = (uint8_t)(3 - old - next);
+        uint8_t old, next, other;
+        uint32_t view = view_roles(&old, &next, &other);
         /* Accounts 6-10 commit on the old primary only: no backup hears of the commit. */
         dropped_to[next] = dropped_to[other] = 1u << COMMAND_COMMIT;
         CHECK(create_accounts(old, 6, 5, 1000));
@@ -715,10 +733,8 @@ static void test_request_after_an_uncommitted_one_is_kept(void)
         CHECK(replicas[next].pipeline_count >= 1);
         CHECK(replicas[next].commit < committed);
         uint64_t parked_before = replicas[next].stats.requests_parked;
-        uint32_t size = accounts_body(body, 11, 5);
-        struct message *m = client_message(OPERATION_CREATE_ACCOUNTS, body, size);
-        uint32_t before = replies_received;
-        send_once(next, m);
+        uint32_t before;
+        struct message *m = creates_sent_once(next, body, 11, 5, &before);
         run(20);
         CHECK_EQ_U64(replicas[next].parked_count, 1);
         CHECK(replicas[next].stats.requests_parked > parked_before);
@@ -1512,13 +1528,7 @@ static void test_start_view_names_its_head_by_checksum(void)
  */
 static void test_repair_reads_its_own_journal_first(void)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint32_t k = 0; k < 4; k++)
-                CHECK(create_accounts(0xFF, 1 + k, 1, 1000));
-        run(100);
+        three_replicas_eight_ops();
         uint8_t b = 0;
         while (b < 2 && replicas[b].view % 3 == b)
                 b++;
@@ -1533,7 +1543,7 @@ static void test_repair_reads_its_own_journal_first(void)
         run(500);
         CHECK(replicas[b].journal_state[slot] == SLOT_DURABLE);
         CHECK(replicas[b].commit >= x);
-        CHECK_EQ_U64(accounts_on(b), 4);
+        CHECK_EQ_U64(accounts_on(b), 8);
         dropped_to[b] = 0;
         cluster_stop();
 }
