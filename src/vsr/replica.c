@@ -1673,13 +1673,11 @@ static void open_without_state(struct replica *r, const struct replica_durable *
                          r->view, r->log_view, (unsigned long long)r->op);
                 return;
         }
-        bool was_joined = r->fresh_joined;
         r->parent = 0;
         r->log_view = 0;
         r->anchor_op = 0;
         r->anchor_checksum = 0;
         memset(r->view_prefixes, 0, sizeof(r->view_prefixes));
-        r->fresh_joined = was_joined;
         r->fresh_joined_op = MAX(r->fresh_joined_op, journal_max);
         nostate_scan(r, d, journal_max);
         log_warn("starting without state: copying the latest checkpoint from a peer (state "
