@@ -838,15 +838,25 @@ static void test_backup_restarts(void)
         cluster_stop();
 }
 
-/* Three replicas that committed a register and 8 account creations; replica 2's op. */
-static uint64_t three_replicas_eight_ops(void)
+/* Three replicas, a registered session, accounts 1 to `count` created one per request. */
+static void cluster_with_accounts(uint32_t count)
 {
         cluster_start(3);
         client_reset();
         uint8_t body[256] = {0};
         CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint32_t k = 0; k < 8; k++)
-                CHECK(create_accounts(0, 1 + k, 1, 1000));
+        for (uint32_t k = 0; k < count; k++) {
+                if (!create_accounts(0, 1 + k, 1, 1000)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+}
+
+/* Three replicas that committed a register and 8 account creations; replica 2's op. */
+static uint64_t three_replicas_eight_ops(void)
+{
+        cluster_with_accounts(8);
         run(100);
         return replicas[2].op;
 }
@@ -984,16 +994,7 @@ static void test_state_sync(void)
  */
 static void test_state_sync_copies_what_it_lacks(void)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint32_t k = 0; k < 300; k++) {
-                if (!create_accounts(0, 1 + k, 1, 1000)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        cluster_with_accounts(300);
         run(200);
         CHECK(replicas[2].checkpoint_op_durable >= 256);
         alive[2] = false;
@@ -1072,16 +1073,7 @@ static void test_image_lists_a_newer_checkpoint_from_the_last(void)
  */
 static void test_checkpoint_lost(void)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint32_t k = 0; k < 600; k++) {
-                if (!create_accounts(0, 1 + k, 1, 1000)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        cluster_with_accounts(600);
         run(200);
         CHECK(replicas[2].checkpoint_op_durable >= 512);
         CHECK(!replicas[2].fresh);
@@ -1164,16 +1156,7 @@ static void test_checkpoint_lost(void)
  */
 static void two_without_state_keep_the_commits(bool heard)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint32_t k = 0; k < 600; k++) { /* past a checkpoint (interval 256) */
-                if (!create_accounts(0, 1 + k, 1, 1000)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        cluster_with_accounts(600); /* past a checkpoint (interval 256) */
         run(200);
         CHECK(replicas[2].checkpoint_op_durable >= 512);
         if (heard)
