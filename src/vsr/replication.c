@@ -777,6 +777,19 @@ static bool request_prepare_send(struct replica *r, uint64_t op, u128 checksum, 
 static bool accept_prepare(struct replica *r, struct message *m, int from);
 
 /*
+ * The checksum the log's chain names for `op`, whose own header is unknown here: the head's is
+ * r->parent (known from a view's anchor, or its sender, even without the header), any other's
+ * the parent the next op's header names. 0 if neither is known.
+ */
+static u128 chain_names(const struct replica *r, uint64_t op)
+{
+        if (op == r->op)
+                return r->parent;
+        const struct wire_header *next = journal_header(r, op + 1);
+        return next != NULL && next->checksum != 0 ? next->prepare.parent : 0;
+}
+
+/*
  * An op our own journal may still hold intact though our log lost track of it: an entry that
  * recovery, or a view change below a break in the chain, made a placeholder of (faulty or
  * lost), now named by the chain. Read back and taken as if a peer had sent it (checked as
@@ -828,16 +841,7 @@ static void repair(struct replica *r, int target)
                         continue;
                 }
                 *asked_tick = r->tick;
-                u128 want = h != NULL ? h->checksum : 0;
-                if (want == 0) {
-                        /* Unknown here, but the next op's header names it; the head's is
-                         * the parent of the next op (a view's anchor, after a restart). */
-                        const struct wire_header *next = journal_header(r, op + 1);
-                        if (next != NULL && next->checksum != 0)
-                                want = next->prepare.parent;
-                        else if (op == r->op)
-                                want = r->parent;
-                }
+                u128 want = h != NULL && h->checksum != 0 ? h->checksum : chain_names(r, op);
                 if (repair_from_own_journal(r, op, want))
                         continue;
                 /*
@@ -886,7 +890,6 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
         const struct wire_header *h = m->header;
         uint64_t op = h->prepare.op;
         const struct wire_header *existing = journal_header(r, op);
-        const struct wire_header *next = journal_header(r, op + 1);
         uint32_t slot = replica_slot(r, op);
         if (existing != NULL && existing->checksum == 0)
                 existing = NULL; /* a recovery gap: its header is unknown */
@@ -910,12 +913,9 @@ static bool accept_prepare(struct replica *r, struct message *m, int from)
                 }
                 r->op = op;
                 r->parent = h->checksum;
-        } else if (existing == NULL && op < r->op && op > r->commit && next != NULL &&
-                   next->prepare.parent == h->checksum) {
-                /* Verified by the chain from above. */
-        } else if (existing == NULL && op == r->op && op > r->commit && r->parent != 0 &&
-                   h->checksum == r->parent) {
-                /* The log's head, whose header was unknown but its checksum not (log_install). */
+        } else if (existing == NULL && op <= r->op && op > r->commit &&
+                   chain_names(r, op) == h->checksum) {
+                /* Verified by the chain from above (at the head: its checksum, log_install). */
         } else {
                 log_debug("prepare not taken op=%llu view=%u from=%d my_op=%llu my_view=%u "
                           "status=%d chains=%d known=%d commit_max=%llu",
