@@ -1415,48 +1415,59 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
                         r->journal_state[replica_slot(r, x)] = SLOT_EMPTY;
         }
         /*
-         * Below the installed headers: keep what chains. Where the chain names another
-         * prepare than ours, ours was never in this log: dropped (a nack). Below a break in
-         * the chain we cannot tell: such an entry becomes a placeholder that may have been
-         * acknowledged, and a recovery placeholder keeps what it was.
-         */
-        if (lowest > r->commit + 1) {
-                u128 expected = journal_header(r, lowest)->prepare.parent;
-                bool chained = true;
-                for (uint64_t x = lowest - 1; x > r->commit; x--) {
-                        const struct wire_header *mine = journal_header(r, x);
-                        uint32_t slot = replica_slot(r, x);
-                        if (chained && mine != NULL && mine->checksum == expected) {
-                                expected = mine->prepare.parent;
-                                continue;
-                        }
-                        if (mine == NULL || mine->checksum == 0) {
-                                chained = false;
-                                continue;
-                        }
-                        if (chained) {
-                                r->journal_state[slot] = SLOT_EMPTY;
-                                chained = false;
-                                continue;
-                        }
-                        memset(&r->journal_headers[slot], 0, sizeof(r->journal_headers[slot]));
-                        r->journal_headers[slot].prepare.op = x;
-                        r->journal_state[slot] = SLOT_FAULTY;
-                }
-        }
-        /*
-         * The sender's head, when it is known by its checksum though the message carries no
-         * header of it (its log ends at its checkpoint): ours at op must be that prepare, or it
-         * is of another log. Kept, it became the head, the chain under it was checked against
-         * it, and a backup committed its own ops of a view the next one had replaced (simulator,
-         * seed 355 on 3 replicas: a primary restarted at its checkpoint, op 64, sent a
-         * start_view without headers; the backup executed its own op 64 of view 5).
+         * The sender's head, known by its checksum even when the message carries no header of
+         * it (its log ends at its checkpoint, or it lost its journal's headers in a restart).
          */
         u128 head = 0;
         if (m->header->command == COMMAND_DO_VIEW_CHANGE)
                 head = dvc_head(m);
         else if (m->header->command == COMMAND_START_VIEW)
                 memcpy(&head, m->header->start_view.op_checksum, sizeof(head));
+        /*
+         * Below the installed headers (or, when none was installed, from the head down): keep
+         * what chains. Where the chain names another prepare than ours, ours was never in this
+         * log: dropped (a nack). Below a break in the chain we cannot tell: such an entry
+         * becomes a placeholder that may have been acknowledged, and a recovery placeholder
+         * keeps what it was; repair fills it from the chain, from our own journal first.
+         * Checked from the head too: a backup kept its own op 64 of view 5 as the head and
+         * executed it (simulator, seed 355 on 3 replicas: a primary restarted at its
+         * checkpoint sent a start_view without headers), and a new primary whose chosen log
+         * came without headers kept its own ops 403 and 404 of view 5 under the head of view
+         * 6 and executed a request twice (seed 1979 on 3 replicas).
+         */
+        uint64_t top = 0;
+        u128 expected = 0;
+        if (lowest > r->commit + 1) {
+                top = lowest - 1;
+                expected = journal_header(r, lowest)->prepare.parent;
+        } else if (lowest == 0 && head != 0 && op > r->commit) {
+                top = op;
+                expected = head;
+        }
+        bool chained = true;
+        for (uint64_t x = top; x > r->commit; x--) {
+                const struct wire_header *mine = journal_header(r, x);
+                uint32_t slot = replica_slot(r, x);
+                if (chained && mine != NULL && mine->checksum == expected) {
+                        expected = mine->prepare.parent;
+                        continue;
+                }
+                if (mine == NULL || mine->checksum == 0) {
+                        chained = false;
+                        continue;
+                }
+                if (chained) {
+                        log_info("journal entry not of this log dropped op=%llu view=%u",
+                                 (unsigned long long)x, mine->view);
+                        r->journal_state[slot] = SLOT_EMPTY;
+                        chained = false;
+                        continue;
+                }
+                memset(&r->journal_headers[slot], 0, sizeof(r->journal_headers[slot]));
+                r->journal_headers[slot].prepare.op = x;
+                r->journal_state[slot] = SLOT_FAULTY;
+        }
+        /* The head itself, when the headers carried stop under it (the sender's is unknown). */
         const struct wire_header *at_op = journal_header(r, op);
         if (head != 0 && op > r->commit && at_op != NULL && at_op->checksum != 0 &&
             at_op->checksum != head) {

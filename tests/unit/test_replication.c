@@ -1504,6 +1504,49 @@ static void test_start_view_names_its_head_by_checksum(void)
 }
 
 /*
+ * A do_view_change whose log is newer but carries no header (its sender restarted with its
+ * journal's headers unreadable: it knows only its op and its head's checksum). The new primary
+ * installs that log: its own entries under the head are of an older view and cannot be shown
+ * to chain to it, so they must not stay as the log's prepares. Kept, the simulator's seed 1979
+ * on 3 replicas had a new primary execute its own ops 403 and 404 of view 5 under the head of
+ * view 6, and a request twice (it was also at op 405).
+ */
+static void test_view_change_checks_own_entries_under_a_head_without_headers(void)
+{
+        uint64_t x;
+        u128 lone;
+        uint8_t p = primary_cut_off_with_a_lone_op(&x, &lone);
+        for (uint8_t i = 0; i < 3; i++)
+                alive[i] = i == p; /* p alone hears: the do_view_change below is all it gets */
+        CHECK(replicas[p].op == x && replicas[p].commit == x - 1);
+        uint32_t view = replicas[p].view + 1;
+        while (view % 3 != p)
+                view++;
+        uint8_t sender = (uint8_t)((p + 1) % 3);
+        struct message *dvc = message_pool_get(&pool);
+        wire_header_init(dvc->header, COMMAND_DO_VIEW_CHANGE, 0, view, WIRE_RELEASE_SERVER, sender);
+        uint64_t fields[4] = {x + 1, x - 1, replicas[p].checkpoint_op_durable,
+                              replicas[p].log_view + 1}; /* op, commit_max, checkpoint, log_view */
+        memcpy(dvc->header->raw + 32, fields, sizeof(fields));
+        u128 head = lone ^ 0x5555;
+        memcpy(dvc->header->raw + 112, &head, sizeof(head));
+        u128 faulty = 3; /* ops x + 1 and x: it may have acknowledged them */
+        memcpy(dvc->header->raw + 16, &faulty, sizeof(faulty));
+        replica_on_message(&replicas[p], (replica_connection)(sender + 1), dvc);
+        message_unref(&pool, dvc);
+        run(5);
+        CHECK_EQ_U64(replicas[p].view, view);
+        CHECK_EQ_U64(replicas[p].op, x + 1);
+        CHECK(replicas[p].parent == head);
+        uint32_t slot = (uint32_t)(x % 1024);
+        bool kept_lone = replicas[p].journal_state[slot] != SLOT_EMPTY &&
+                         replicas[p].journal_headers[slot].checksum == lone;
+        CHECK(!kept_lone);
+        CHECK(replicas[p].commit < x);
+        cluster_stop();
+}
+
+/*
  * A backup whose recovery found its copy of an op damaged (a read error that then passed) reads
  * it back from its own journal when repair comes to it, instead of asking only its peers, which
  * here cannot answer: the simulator's seed 1505 on 3 replicas stalled on an op committed with
@@ -1568,6 +1611,7 @@ int main(void)
         TEST_RUN(test_view_change_hears_a_replica_without_state);
         TEST_RUN(test_recovery_ignores_a_cut_branch_under_a_gap);
         TEST_RUN(test_start_view_names_its_head_by_checksum);
+        TEST_RUN(test_view_change_checks_own_entries_under_a_head_without_headers);
         TEST_RUN(test_repair_reads_its_own_journal_first);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
