@@ -1554,6 +1554,8 @@ enum dvc_answer {
  * changes, no commit).
  * A fresh replica that joined a view may have acknowledged ops up to the one it joined at
  * (fresh_joined_op) that it does not report (it restarted without its checkpoint): faulty.
+ * One that reports its journal as any replica does (it has state) answers for those ops from
+ * it, but an op absent there is a lost write at worst, never a nack.
  */
 static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
                                   const struct wire_header *header)
@@ -1563,6 +1565,7 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
         bool fresh;
         dvc_fields(m, &dvc_op, &commit_max, &log_view, &fresh);
         bool unjoined = fresh && m->header->raw[65] == 0;
+        bool below_join = false;
         if (fresh && !unjoined) {
                 uint64_t joined_op;
                 memcpy(&joined_op, m->header->raw + 96, sizeof(joined_op));
@@ -1574,12 +1577,23 @@ static enum dvc_answer dvc_answer(const struct message *m, uint64_t op,
                                 return DVC_LOST;
                         return DVC_FAULTY;
                 }
-                if (op <= joined_op)
+                if (op <= joined_op && dvc_nostate_count(m) != 0)
                         return DVC_FAULTY;
+                /*
+                 * No journal report: it has state and reports its journal as any replica
+                 * does. What it lacks there it never wrote since its format, so a lost write at
+                 * worst: its disk is the damaged one if it acknowledged the op before. Faulty
+                 * instead, an uncommitted op that two replicas had lost their writes of, one of
+                 * them fresh (it had joined at op 180 and copied a checkpoint), while the third
+                 * held it damaged, could never be cut (simulator, seed 2065 on 3 replicas: the
+                 * views rotated forever at op 178).
+                 */
+                below_join = op <= joined_op; /* absent: a lost write, never a nack */
         }
         uint32_t recovered_view;
         memcpy(&recovered_view, m->header->raw + 104, sizeof(recovered_view));
-        enum dvc_answer absent = checksum != 0 && header->view > recovered_view && !unjoined
+        enum dvc_answer absent = checksum != 0 && header->view > recovered_view && !unjoined &&
+                                                 !below_join
                                          ? DVC_NACK
                                          : DVC_LOST;
         if (op > dvc_op)

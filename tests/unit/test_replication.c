@@ -1503,6 +1503,33 @@ static void test_start_view_names_its_head_by_checksum(void)
         cluster_stop();
 }
 
+/* A do_view_change without headers (its fields as send_do_view_change writes them). */
+struct dvc_fields {
+        uint8_t sender;
+        uint32_t view;
+        uint64_t op, commit_max, log_view;
+        u128 head, present, faulty;
+        bool fresh_joined;
+        uint64_t joined_op;
+};
+
+static void dvc_deliver(uint8_t to, struct dvc_fields f)
+{
+        struct message *dvc = message_pool_get(&pool);
+        wire_header_init(dvc->header, COMMAND_DO_VIEW_CHANGE, 0, f.view, WIRE_RELEASE_SERVER,
+                         f.sender);
+        uint64_t fields[4] = {f.op, f.commit_max, replicas[to].checkpoint_op_durable, f.log_view};
+        memcpy(dvc->header->raw, &f.present, sizeof(f.present));
+        memcpy(dvc->header->raw + 16, &f.faulty, sizeof(f.faulty));
+        memcpy(dvc->header->raw + 32, fields, sizeof(fields));
+        dvc->header->raw[64] = f.fresh_joined ? 1 : 0;
+        dvc->header->raw[65] = f.fresh_joined ? 1 : 0;
+        memcpy(dvc->header->raw + 96, &f.joined_op, sizeof(f.joined_op));
+        memcpy(dvc->header->raw + 112, &f.head, sizeof(f.head));
+        replica_on_message(&replicas[to], (replica_connection)(f.sender + 1), dvc);
+        message_unref(&pool, dvc);
+}
+
 /*
  * A do_view_change whose log is newer but carries no header (its sender restarted with its
  * journal's headers unreadable: it knows only its op and its head's checksum). The new primary
@@ -1522,18 +1549,12 @@ static void test_view_change_checks_own_entries_under_a_head_without_headers(voi
         uint32_t view = replicas[p].view + 1;
         while (view % 3 != p)
                 view++;
-        uint8_t sender = (uint8_t)((p + 1) % 3);
-        struct message *dvc = message_pool_get(&pool);
-        wire_header_init(dvc->header, COMMAND_DO_VIEW_CHANGE, 0, view, WIRE_RELEASE_SERVER, sender);
-        uint64_t fields[4] = {x + 1, x - 1, replicas[p].checkpoint_op_durable,
-                              replicas[p].log_view + 1}; /* op, commit_max, checkpoint, log_view */
-        memcpy(dvc->header->raw + 32, fields, sizeof(fields));
         u128 head = lone ^ 0x5555;
-        memcpy(dvc->header->raw + 112, &head, sizeof(head));
-        u128 faulty = 3; /* ops x + 1 and x: it may have acknowledged them */
-        memcpy(dvc->header->raw + 16, &faulty, sizeof(faulty));
-        replica_on_message(&replicas[p], (replica_connection)(sender + 1), dvc);
-        message_unref(&pool, dvc);
+        /* Ops x + 1 and x faulty there: it may have acknowledged them. */
+        dvc_deliver(p, (struct dvc_fields){.sender = (uint8_t)((p + 1) % 3), .view = view,
+                                           .op = x + 1, .commit_max = x - 1,
+                                           .log_view = replicas[p].log_view + 1, .head = head,
+                                           .faulty = 3});
         run(5);
         CHECK_EQ_U64(replicas[p].view, view);
         CHECK_EQ_U64(replicas[p].op, x + 1);
@@ -1543,6 +1564,49 @@ static void test_view_change_checks_own_entries_under_a_head_without_headers(voi
                          replicas[p].journal_headers[slot].checksum == lone;
         CHECK(!kept_lone);
         CHECK(replicas[p].commit < x);
+        cluster_stop();
+}
+
+/*
+ * An uncommitted op whose one copy is damaged (on the new primary), which a fresh replica that
+ * joined a view at that op and has state since never wrote (a lost write), and the third never
+ * received: cut. The fresh one reports its journal as any replica does; what it lacks there is
+ * a lost write at worst, counted against the damaged disks the cluster tolerates. Answered as
+ * "may have acknowledged it" (as a fresh replica without state answers for ops it does not
+ * report), two such answers left one nack, and the views rotated forever (simulator, seed 2065
+ * on 3 replicas).
+ */
+static void test_fresh_replica_with_state_nacks_from_its_journal(void)
+{
+        uint64_t x;
+        u128 lone;
+        uint8_t p = primary_cut_off_with_a_lone_op(&x, &lone);
+        for (uint8_t i = 0; i < 3; i++)
+                alive[i] = i == p;
+        prepare_damaged[p] = x;
+        replica_restart(p);
+        CHECK_EQ_U64(replicas[p].op, x);
+        CHECK(replicas[p].journal_state[x % 1024] == SLOT_FAULTY);
+        uint32_t log_view = replicas[p].log_view;
+        uint32_t view = replicas[p].view + 1;
+        while (view % 3 != p)
+                view++;
+        uint8_t fresh = (uint8_t)((p + 1) % 3), other = (uint8_t)((p + 2) % 3);
+        u128 all = ~(u128)0;
+        /* The fresh one joined at x and lost its write of it; the other never had it. */
+        dvc_deliver(p, (struct dvc_fields){.sender = fresh, .view = view, .op = x,
+                                           .commit_max = x - 1, .log_view = log_view,
+                                           .head = lone, .present = all << 1,
+                                           .fresh_joined = true, .joined_op = x});
+        dvc_deliver(p, (struct dvc_fields){.sender = other, .view = view, .op = x - 1,
+                                           .commit_max = x - 1, .log_view = log_view,
+                                           .head = store[p][x - 1]->header->checksum,
+                                           .present = all});
+        run(5);
+        CHECK_EQ_U64(replicas[p].view, view);
+        CHECK_EQ_U64(replicas[p].op, x - 1); /* x cut */
+        CHECK(replicas[p].status == REPLICA_STATUS_NORMAL);
+        prepare_damaged[p] = 0;
         cluster_stop();
 }
 
@@ -1612,6 +1676,7 @@ int main(void)
         TEST_RUN(test_recovery_ignores_a_cut_branch_under_a_gap);
         TEST_RUN(test_start_view_names_its_head_by_checksum);
         TEST_RUN(test_view_change_checks_own_entries_under_a_head_without_headers);
+        TEST_RUN(test_fresh_replica_with_state_nacks_from_its_journal);
         TEST_RUN(test_repair_reads_its_own_journal_first);
         TEST_RUN(test_checkpoint_anchors);
         TEST_MAIN_END();
