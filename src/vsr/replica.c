@@ -1853,7 +1853,6 @@ int replica_install(struct replica *r, struct lsm_block_ref root, uint64_t block
         uint32_t durable_slot[REPLICA_CLIENTS_MAX];
         for (uint32_t i = 0; i < REPLICA_CLIENTS_MAX; i++)
                 durable_slot[i] = r->clients[i].reply_slot;
-        executed_state_forget(r);
         /* Journal entries after the checkpoint that chain onto it stay: they may have been
          * acknowledged. Everything else in the journal is superseded by the checkpoint. */
         u128 chain = prepare_checksum;
@@ -1867,17 +1866,31 @@ int replica_install(struct replica *r, struct lsm_block_ref root, uint64_t block
                 chain = r->journal_headers[slot].checksum;
                 keep = x;
         }
-        for (uint32_t slot = 0; slot < r->config.wal_slot_count; slot++) {
-                uint64_t x = r->journal_headers[slot].prepare.op;
-                if (!(x > op && x <= keep))
-                        r->journal_state[slot] = SLOT_EMPTY;
-        }
+        uint64_t op_before = r->op, commit_max_before = r->commit_max;
+        u128 parent_before = r->parent;
+        executed_state_forget(r);
         struct install_context c = {.replies = replies};
         char error[256];
         if (replica_restore(r, root, blocks, op, prepare_checksum, timestamp, install_read_reply,
                             &c, error, sizeof(error)) != 0) {
                 log_error("state sync: the checkpoint does not install: %s", error);
+                /*
+                 * The state is gone either way (its blocks were being overwritten), but the
+                 * journal's log stays whole: this replica may have acknowledged any of it, and
+                 * its do_view_change must say so. Forgotten here, a replica whose install met a
+                 * damaged block reported op 0 in log_view 10 after acknowledging ops 87 to 96,
+                 * and a view of the other two gave op 87 to another request (simulator, seed
+                 * 2700 on 3 replicas).
+                 */
+                r->op = op_before;
+                r->parent = parent_before;
+                r->commit_max = commit_max_before;
                 return -1;
+        }
+        for (uint32_t slot = 0; slot < r->config.wal_slot_count; slot++) {
+                uint64_t x = r->journal_headers[slot].prepare.op;
+                if (!(x > op && x <= keep))
+                        r->journal_state[slot] = SLOT_EMPTY;
         }
         if (keep > op) {
                 r->op = keep;

@@ -11,6 +11,7 @@
 #include "lib/log.h"
 #include "test.h"
 #include "vsr/replica.h"
+#include "vsr/replica_internal.h" /* replica_install */
 #include "wire/checksum.h"
 #include "wire/types.h"
 
@@ -988,6 +989,34 @@ static void test_state_sync(void)
 }
 
 /*
+ * A state sync whose checkpoint does not install (a damaged block of it) loses the state it was
+ * replacing, never the journal's log: the replica may have acknowledged any op of it. Forgotten,
+ * a replica reported op 0 in its log_view after acknowledging ops 87 to 96, and the other two
+ * gave op 87 to another request (simulator, seed 2700 on 3 replicas).
+ */
+static void test_failed_install_keeps_the_log(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint64_t k = 0; k < 3; k++)
+                CHECK(create_accounts(0xFF, 1 + 2 * k, 2, 1000));
+        run(100);
+        struct replica *r = &replicas[2];
+        uint64_t op = r->op;
+        u128 head = r->parent;
+        CHECK(op >= 4);
+        struct lsm_block_ref damaged = {.address = 12345, .checksum = 0x77};
+        CHECK(replica_install(r, damaged, 1, op + 10, 0x99, 0, NULL) != 0);
+        CHECK_EQ_U64(r->op, op);
+        CHECK(r->parent == head);
+        for (uint64_t x = 1; x <= op; x++)
+                CHECK(journal_state_of(r, x) == SLOT_DURABLE);
+        cluster_stop();
+}
+
+/*
  * A replica away for a while (its own checkpoint intact, four checkpoints behind) copies only
  * the blocks of the peer's checkpoint it does not hold: the tables written while it was away,
  * not those before.
@@ -1665,6 +1694,7 @@ int main(void)
         TEST_RUN(test_recovery_cut_branch);
         TEST_RUN(test_all_restart);
         TEST_RUN(test_state_sync);
+        TEST_RUN(test_failed_install_keeps_the_log);
         TEST_RUN(test_state_sync_copies_what_it_lacks);
         TEST_RUN(test_checkpoint_lost);
         TEST_RUN(test_two_without_state_keep_commits_the_third_never_heard_of);
