@@ -1385,25 +1385,44 @@ static void on_start_view_change(struct replica *r, struct message *m)
 }
 
 /*
+ * Whether a do_view_change or start_view carries a valid prepare header for `op`; `cursor`
+ * (initially the count of headers) walks the body down, so ops are asked for in descending
+ * order.
+ */
+static bool message_header_at(const struct message *m, uint32_t *cursor, uint64_t op,
+                              struct wire_header *out)
+{
+        while (*cursor > 0) {
+                memcpy(out, message_body(m) + (size_t)(*cursor - 1) * WIRE_HEADER_SIZE,
+                       sizeof(*out));
+                if (out->prepare.op > op) {
+                        (*cursor)--;
+                        continue;
+                }
+                return out->prepare.op == op && out->command == COMMAND_PREPARE &&
+                       wire_header_checksum_valid(out);
+        }
+        return false;
+}
+
+/*
  * Installs the headers of a log (from a do_view_change or start_view) up to `op`. The message
- * carries only the log's top; below it, our own entries stay only where they chain down from
- * the lowest installed header: an entry that does not is from a replaced log and is dropped
- * (repair then fetches the right one, checked against the chain from above).
+ * carries only the log's top, and may have gaps; where it carries nothing, our own entries stay
+ * only where they chain down from the header (or head) above: an entry that does not is from a
+ * replaced log and is dropped (repair then fetches the right one, checked against the chain
+ * from above).
  */
 static void log_install(struct replica *r, const struct message *m, uint64_t op)
 {
         uint32_t count = m->header->command == COMMAND_DO_VIEW_CHANGE
                                  ? dvc_header_count(m)
                                  : (m->header->size - WIRE_HEADER_SIZE) / WIRE_HEADER_SIZE;
-        uint64_t lowest = 0;
         for (uint32_t i = 0; i < count; i++) {
                 struct wire_header h;
                 memcpy(&h, message_body(m) + (size_t)i * WIRE_HEADER_SIZE, sizeof(h));
                 if (h.command != COMMAND_PREPARE || !wire_header_checksum_valid(&h) ||
                     h.prepare.op > op || h.prepare.op <= r->commit)
                         continue;
-                if (lowest == 0 || h.prepare.op < lowest)
-                        lowest = h.prepare.op;
                 const struct wire_header *mine = journal_header(r, h.prepare.op);
                 if (mine != NULL && mine->checksum == h.checksum)
                         continue;
@@ -1424,30 +1443,42 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
         else if (m->header->command == COMMAND_START_VIEW)
                 memcpy(&head, m->header->start_view.op_checksum, sizeof(head));
         /*
-         * Below the installed headers (or, when none was installed, from the head down): keep
-         * what chains. Where the chain names another prepare than ours, ours was never in this
-         * log: dropped (a nack). Below a break in the chain we cannot tell: such an entry
-         * becomes a placeholder that may have been acknowledged, and a recovery placeholder
-         * keeps what it was; repair fills it from the chain, from our own journal first.
+         * Everywhere the message carried no header (below its headers, in gaps between them,
+         * or, when it carried none, from the head down): keep what chains down from the header
+         * or head above. Where the chain names another prepare than ours, ours was never in
+         * this log: dropped (a nack). Below a break in the chain we cannot tell: such an entry
+         * becomes a placeholder that may have been acknowledged, unless it does not name the
+         * carried header under it as its parent (then it is not of this log either: dropped);
+         * a recovery placeholder keeps what it was; repair fills it from the chain, from our
+         * own journal first.
          * Checked from the head too: a backup kept its own op 64 of view 5 as the head and
          * executed it (simulator, seed 355 on 3 replicas: a primary restarted at its
          * checkpoint sent a start_view without headers), and a new primary whose chosen log
          * came without headers kept its own ops 403 and 404 of view 5 under the head of view
-         * 6 and executed a request twice (seed 1979 on 3 replicas).
+         * 6 and executed a request twice (seed 1979 on 3 replicas). And in gaps: a new primary
+         * kept its own ops 721 and 722 of view 8 between carried headers 720 and 723 of view
+         * 9, cut 722 and 723 (never acknowledged by a quorum) and made its own 721 the head,
+         * under which the log's 720 no longer chained (seed 3097 on 5 replicas: a stall).
          */
-        uint64_t top = 0;
-        u128 expected = 0;
-        if (lowest > r->commit + 1) {
-                top = lowest - 1;
-                expected = journal_header(r, lowest)->prepare.parent;
-        } else if (lowest == 0 && head != 0 && op > r->commit) {
-                top = op;
-                expected = head;
-        }
-        bool chained = true;
-        for (uint64_t x = top; x > r->commit; x--) {
+        u128 expected = head;
+        bool chained = head != 0;
+        bool anchored = chained; /* under something known: nothing to check above it */
+        uint32_t cursor = count; /* the message's headers ascend by op: walked down alongside */
+        struct wire_header carried_below;
+        bool below_carried = message_header_at(m, &cursor, op, &carried_below);
+        for (uint64_t x = op; x > r->commit; x--) {
+                bool carried = below_carried;
+                below_carried = x - 1 > r->commit &&
+                                message_header_at(m, &cursor, x - 1, &carried_below);
                 const struct wire_header *mine = journal_header(r, x);
                 uint32_t slot = replica_slot(r, x);
+                if (carried && mine != NULL) {
+                        expected = mine->prepare.parent;
+                        chained = anchored = true;
+                        continue;
+                }
+                if (!anchored)
+                        continue;
                 if (chained && mine != NULL && mine->checksum == expected) {
                         expected = mine->prepare.parent;
                         continue;
@@ -1456,7 +1487,7 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
                         chained = false;
                         continue;
                 }
-                if (chained) {
+                if (chained || (below_carried && mine->prepare.parent != carried_below.checksum)) {
                         log_info("journal entry not of this log dropped op=%llu view=%u",
                                  (unsigned long long)x, mine->view);
                         r->journal_state[slot] = SLOT_EMPTY;
@@ -1466,14 +1497,6 @@ static void log_install(struct replica *r, const struct message *m, uint64_t op)
                 memset(&r->journal_headers[slot], 0, sizeof(r->journal_headers[slot]));
                 r->journal_headers[slot].prepare.op = x;
                 r->journal_state[slot] = SLOT_FAULTY;
-        }
-        /* The head itself, when the headers carried stop under it (the sender's is unknown). */
-        const struct wire_header *at_op = journal_header(r, op);
-        if (head != 0 && op > r->commit && at_op != NULL && at_op->checksum != 0 &&
-            at_op->checksum != head) {
-                log_info("journal entry not of this log dropped op=%llu view=%u",
-                         (unsigned long long)op, at_op->view);
-                r->journal_state[replica_slot(r, op)] = SLOT_EMPTY;
         }
         r->op = MAX(op, r->commit);
         const struct wire_header *last = journal_header(r, r->op);

@@ -1540,6 +1540,8 @@ struct dvc_fields {
         u128 head, present, faulty;
         bool fresh_joined;
         uint64_t joined_op;
+        const struct wire_header *headers; /* ascending by op */
+        uint32_t header_count;
 };
 
 static void dvc_deliver(uint8_t to, struct dvc_fields f)
@@ -1555,6 +1557,10 @@ static void dvc_deliver(uint8_t to, struct dvc_fields f)
         dvc->header->raw[65] = f.fresh_joined ? 1 : 0;
         memcpy(dvc->header->raw + 96, &f.joined_op, sizeof(f.joined_op));
         memcpy(dvc->header->raw + 112, &f.head, sizeof(f.head));
+        if (f.header_count > 0)
+                memcpy(dvc->buffer + WIRE_HEADER_SIZE, f.headers,
+                       (size_t)f.header_count * WIRE_HEADER_SIZE);
+        dvc->header->size = WIRE_HEADER_SIZE + f.header_count * WIRE_HEADER_SIZE;
         replica_on_message(&replicas[to], (replica_connection)(f.sender + 1), dvc);
         message_unref(&pool, dvc);
 }
@@ -1593,6 +1599,78 @@ static void test_view_change_checks_own_entries_under_a_head_without_headers(voi
                          replicas[p].journal_headers[slot].checksum == lone;
         CHECK(!kept_lone);
         CHECK(replicas[p].commit < x);
+        cluster_stop();
+}
+
+/* A prepare header of `op` that no replica holds, naming `parent` (a forged log's). */
+static struct wire_header header_forged(const struct wire_header *like, uint32_t view,
+                                        u128 parent_of)
+{
+        struct wire_header h = *like;
+        h.view = view;
+        h.prepare.parent = parent_of;
+        h.prepare.timestamp += 7;
+        wire_header_set_checksum(&h);
+        return h;
+}
+
+/*
+ * A do_view_change whose log carries headers for ops n - 3 and n but not for n - 2 and n - 1
+ * (its sender lost them). The new primary's own n - 1 is not the prepare the carried n names
+ * as its parent, and its own n - 2 does not name the carried n - 3 as its own: neither is of
+ * this log. Kept (gaps between carried headers were not checked), a new primary of 5 replicas
+ * kept its own ops 721 and 722 of view 8 between carried ops 720 and 723 of view 9, cut 722 and
+ * 723 as never acknowledged, made its own 721 the head, and the log's 720 no longer chained
+ * under it: no op committed again (simulator, seed 3097 on 5 replicas).
+ */
+static void test_view_change_checks_own_entries_in_gaps_between_headers(void)
+{
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint64_t k = 0; k < 5; k++)
+                CHECK(create_accounts(0xFF, 1 + 2 * k, 2, 1000));
+        run(100);
+        uint8_t p = 0;
+        uint64_t n = replicas[p].op;
+        CHECK(n >= 6);
+        const struct message *own[4];
+        for (uint32_t i = 0; i < 4; i++) {
+                own[i] = store[p][n - 3 + i];
+                CHECK(own[i] != NULL);
+        }
+        if (own[0] == NULL || own[1] == NULL || own[2] == NULL || own[3] == NULL) {
+                cluster_stop();
+                return;
+        }
+        /* p restarts with no checkpoint: ops 1 to n are all above its commit. */
+        replica_restart(p);
+        for (uint8_t i = 0; i < 3; i++)
+                alive[i] = i == p; /* the do_view_change below is all it hears */
+        CHECK_EQ_U64(replicas[p].commit, 0);
+        uint32_t view = replicas[p].view + 1;
+        while (view % 3 != p)
+                view++;
+        struct wire_header carried[2];
+        carried[0] = header_forged(own[0]->header, view - 1, own[0]->header->prepare.parent);
+        carried[1] = header_forged(own[3]->header, view - 1, 0x5a5a);
+        dvc_deliver(p, (struct dvc_fields){.sender = (uint8_t)((p + 1) % 3), .view = view,
+                                           .op = n, .commit_max = 0,
+                                           .log_view = replicas[p].log_view + 1,
+                                           .head = carried[1].checksum, .headers = carried,
+                                           .header_count = 2,
+                                           /* It may have acknowledged n - 2 and n - 1: */
+                                           .present = ~(u128)6, .faulty = 6});
+        run(5);
+        CHECK_EQ_U64(replicas[p].view, view);
+        for (uint32_t i = 1; i <= 2; i++) {
+                uint64_t op = n - 3 + i;
+                uint32_t slot = (uint32_t)(op % 1024);
+                bool kept = replicas[p].journal_state[slot] != SLOT_EMPTY &&
+                            replicas[p].journal_headers[slot].checksum == own[i]->header->checksum;
+                CHECK(!kept);
+        }
         cluster_stop();
 }
 
@@ -1706,6 +1784,7 @@ int main(void)
         TEST_RUN(test_recovery_ignores_a_cut_branch_under_a_gap);
         TEST_RUN(test_start_view_names_its_head_by_checksum);
         TEST_RUN(test_view_change_checks_own_entries_under_a_head_without_headers);
+        TEST_RUN(test_view_change_checks_own_entries_in_gaps_between_headers);
         TEST_RUN(test_fresh_replica_with_state_nacks_from_its_journal);
         TEST_RUN(test_repair_reads_its_own_journal_first);
         TEST_RUN(test_checkpoint_anchors);
