@@ -1550,6 +1550,16 @@ static void send_start_view(struct replica *r, int target)
         m->header->start_view.commit_max = r->commit_max;
         m->header->start_view.checkpoint_op = r->checkpoint_op_durable;
         memcpy(m->header->start_view.op_checksum, &r->parent, sizeof(r->parent));
+        /*
+         * A replica told of the view on its own is (re)joining it: what it acknowledged
+         * before may be gone with its disk (re-formatted), so those oks no longer count. It
+         * acknowledges again what it holds when it takes the start_view. Counted, a primary
+         * of 5 committed op 4 held by 2 replicas: the third ok came from a replica wiped since,
+         * which then rejoined the same view (simulator, seed 3140 on 5 replicas).
+         */
+        for (uint32_t k = 0; target >= 0 && k < r->pipeline_count; k++)
+                r->pipeline[(r->pipeline_head + k) % REPLICA_PIPELINE_MAX].ok &=
+                        (uint8_t)~(1u << target);
         finish_and_send(r, m, target);
 }
 
@@ -1951,6 +1961,16 @@ static void on_ping(struct replica *r, int from)
                 message_unref(r->pool, m);
 }
 
+/* A backup acknowledges the uncommitted ops of its log it already holds. */
+static void suffix_acknowledge(struct replica *r)
+{
+        for (uint64_t op = r->commit + 1; op <= r->op; op++) {
+                const struct wire_header *x = journal_header(r, op);
+                if (x != NULL && r->journal_state[replica_slot(r, op)] == SLOT_DURABLE)
+                        send_prepare_ok(r, x);
+        }
+}
+
 static void on_start_view(struct replica *r, struct message *m)
 {
         const struct wire_header *h = m->header;
@@ -1964,10 +1984,15 @@ static void on_start_view(struct replica *r, struct message *m)
                 return;
         }
         if (h->view == r->view && r->status == REPLICA_STATUS_NORMAL && r->log_view == h->view) {
-                /* Already in this view: only fill gaps. */
+                /* Already in this view: only fill gaps, and acknowledge again what we hold
+                 * (the primary forgot our oks when it sent this: send_start_view). */
                 r->commit_max = MAX(r->commit_max, h->start_view.commit_max);
                 primary_commit_heard(r, h->start_view.commit_max);
                 r->primary_heard_tick = r->tick;
+                /* A log longer than ours: its headers, so repair fetches what we lack. */
+                if (h->start_view.op > r->op)
+                        log_install(r, m, h->start_view.op);
+                suffix_acknowledge(r);
                 commit_advance(r);
                 return;
         }
@@ -1989,12 +2014,7 @@ static void on_start_view(struct replica *r, struct message *m)
         sync_view_joined(r);
         sync_maybe(r, h->replica, h->start_view.checkpoint_op);
         view_persist(r);
-        /* Acknowledge the uncommitted suffix we already hold; the rest comes by repair. */
-        for (uint64_t op = r->commit + 1; op <= r->op; op++) {
-                const struct wire_header *x = journal_header(r, op);
-                if (x != NULL && r->journal_state[replica_slot(r, op)] == SLOT_DURABLE)
-                        send_prepare_ok(r, x);
-        }
+        suffix_acknowledge(r); /* the rest comes by repair */
         commit_advance(r);
         fresh_check(r);
         repair(r, h->replica);

@@ -823,6 +823,62 @@ static void test_five_replicas_two_down(void)
         cluster_stop();
 }
 
+/*
+ * Of 5 replicas, one backup acknowledges an op no other backup receives, then loses its disk
+ * (re-formatted) and rejoins the same view. Its ok went with its disk: the op must not commit
+ * until three replicas hold it. Counted, a third backup's ok committed it with two copies
+ * (simulator, seed 3140 on 5 replicas: op 4 committed held by replicas 0 and 3).
+ */
+static void test_rejoined_replica_oks_do_not_count(void)
+{
+        cluster_start(5);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        CHECK(create_accounts(0xFF, 1, 2, 1000));
+        run(100);
+        uint8_t p = 0;
+        while (p < 4 && !(replicas[p].status == REPLICA_STATUS_NORMAL && replicas[p].view % 5 == p))
+                p++;
+        uint8_t b = (uint8_t)((p + 1) % 5), c = (uint8_t)((p + 2) % 5);
+        uint64_t x = replicas[p].op + 1;
+        for (uint8_t i = 0; i < 5; i++)
+                dropped_to[i] = i == p || i == b ? 0 : 1u << COMMAND_PREPARE;
+        CHECK(!create_accounts(p, 10, 1, 100));
+        CHECK(store[b][x] != NULL);
+        CHECK(replicas[p].commit < x);
+        /* b comes back wiped, and hears no prepare: it cannot hold x again. */
+        replica_deinit(&replicas[b]);
+        ledger_destroy(ledgers[b]);
+        for (uint32_t op = 0; op < STORE_OPS; op++) {
+                if (store[b][op] != NULL)
+                        message_unref(&pool, store[b][op]);
+                store[b][op] = NULL;
+        }
+        lsm_device_memory_deinit(&grids[b]);
+        lsm_device_memory_init(&grids[b], 1u << 16);
+        replica_start(b);
+        struct replica_durable d = {.view_state = {.fresh = true},
+                                    .read_header = read_header_none,
+                                    .read_prepare = read_prepare_none};
+        char error[128];
+        CHECK(replica_open(&replicas[b], &d, error, sizeof(error)) == 0);
+        dropped_to[b] = 1u << COMMAND_PREPARE;
+        run(300);
+        CHECK(replicas[b].view == replicas[p].view);
+        /* c now receives x and acknowledges it: two copies, p's and c's. */
+        dropped_to[c] = 0;
+        run(300);
+        CHECK(store[c][x] != NULL);
+        CHECK(store[b][x] == NULL);
+        CHECK(replicas[p].commit < x);
+        for (uint8_t i = 0; i < 5; i++)
+                dropped_to[i] = 0;
+        run(300);
+        CHECK(replicas[p].commit >= x);
+        cluster_stop();
+}
+
 static void test_backup_restarts(void)
 {
         cluster_start(3);
@@ -1767,6 +1823,7 @@ int main(void)
         TEST_RUN(test_backup_executes_only_a_chained_entry);
         TEST_RUN(test_backup_behind_repairs);
         TEST_RUN(test_five_replicas_two_down);
+        TEST_RUN(test_rejoined_replica_oks_do_not_count);
         TEST_RUN(test_backup_restarts);
         TEST_RUN(test_backup_gap_survives_restart);
         TEST_RUN(test_recovery_cut_branch);
