@@ -1784,10 +1784,21 @@ static void log_fill_from_dvcs(struct replica *r)
 /* The new primary, once its log is whole and its view durable, starts the view. */
 static void start_view_maybe_finish(struct replica *r)
 {
-        if (r->start_view_pending)
+        if (r->start_view_pending) {
                 truncate_unrecoverable(r);
+                /*
+                 * A cut log must be durable as cut (its anchor) before the view starts on it.
+                 * Not waited for, a new primary that cut ops 291-297 of view 9 started view
+                 * 10 at 290, crashed, recovered its log of view 10 as 297 from the anchor
+                 * persisted before the cut, and the views rotated forever over ops 291-297
+                 * that no replica could supply (simulator, seed 824 on 3 replicas).
+                 */
+                view_persist(r);
+        }
         if (!r->start_view_pending || r->view_state_durable.view != r->view ||
-            r->view_state_durable.log_view != r->view || !log_complete(r))
+            r->view_state_durable.log_view != r->view ||
+            r->view_state_durable.anchor_op != r->anchor_op ||
+            r->view_state_durable.anchor_checksum != r->anchor_checksum || !log_complete(r))
                 return;
         /*
          * A do_view_change after the quorum's says ops beyond this log were committed: this
