@@ -560,6 +560,19 @@ static void client_reset(void)
         parent = 0;
 }
 
+/* A cluster of `count` that registered a session and committed `creates` requests of 2
+ * accounts each. */
+static void cluster_with_creates(uint8_t count, uint64_t creates)
+{
+        cluster_start(count);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
+        for (uint64_t k = 0; k < creates; k++)
+                CHECK(create_accounts(0xFF, 1 + 2 * k, 2, 1000));
+        run(100);
+}
+
 static void test_normal_operation(void)
 {
         cluster_start(3);
@@ -849,12 +862,7 @@ static void test_five_replicas_two_down(void)
  */
 static void test_rejoined_replica_oks_do_not_count(void)
 {
-        cluster_start(5);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
-        CHECK(create_accounts(0xFF, 1, 2, 1000));
-        run(100);
+        cluster_with_creates(5, 1);
         uint8_t p = 0;
         while (p < 4 && !(replicas[p].status == REPLICA_STATUS_NORMAL && replicas[p].view % 5 == p))
                 p++;
@@ -1070,13 +1078,7 @@ static void test_state_sync(void)
  */
 static void test_failed_install_keeps_the_log(void)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint64_t k = 0; k < 3; k++)
-                CHECK(create_accounts(0xFF, 1 + 2 * k, 2, 1000));
-        run(100);
+        cluster_with_creates(3, 3);
         struct replica *r = &replicas[2];
         uint64_t op = r->op;
         u128 head = r->parent;
@@ -1438,12 +1440,7 @@ static void test_new_cluster_cuts_an_op_only_a_damaged_copy_held(void)
  */
 static uint8_t primary_cut_off_with_a_lone_op(uint64_t *op, u128 *checksum)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
-        CHECK(create_accounts(0xFF, 1, 2, 1000));
-        run(100);
+        cluster_with_creates(3, 1);
         uint8_t p = 0;
         for (uint8_t i = 0; i < 3; i++)
                 if (replicas[i].status == REPLICA_STATUS_NORMAL && replicas[i].view % 3 == i)
@@ -1699,13 +1696,7 @@ static struct wire_header header_forged(const struct wire_header *like, uint32_t
  */
 static void test_view_change_checks_own_entries_in_gaps_between_headers(void)
 {
-        cluster_start(3);
-        client_reset();
-        uint8_t body[256] = {0};
-        CHECK(client_call(0xFF, OPERATION_REGISTER, body, sizeof(body), 1000));
-        for (uint64_t k = 0; k < 5; k++)
-                CHECK(create_accounts(0xFF, 1 + 2 * k, 2, 1000));
-        run(100);
+        cluster_with_creates(3, 5);
         uint8_t p = 0;
         uint64_t n = replicas[p].op;
         CHECK(n >= 6);
