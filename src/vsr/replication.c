@@ -1238,6 +1238,16 @@ static u128 dvc_head(const struct message *m)
         return head;
 }
 
+/* A backup acknowledges the uncommitted ops of its log it already holds. */
+static void suffix_acknowledge(struct replica *r)
+{
+        for (uint64_t op = r->commit + 1; op <= r->op; op++) {
+                const struct wire_header *x = journal_header(r, op);
+                if (x != NULL && r->journal_state[replica_slot(r, op)] == SLOT_DURABLE)
+                        send_prepare_ok(r, x);
+        }
+}
+
 static void on_view_written(void *context)
 {
         struct replica *r = context;
@@ -1248,12 +1258,7 @@ static void on_view_written(void *context)
         else if (r->status == REPLICA_STATUS_VIEW_CHANGE)
                 send_do_view_change(r);
         else if (r->status == REPLICA_STATUS_NORMAL && !replica_is_primary(r)) {
-                /* Acknowledge what waited for the view state to be durable. */
-                for (uint64_t op = r->commit + 1; op <= r->op; op++) {
-                        const struct wire_header *x = journal_header(r, op);
-                        if (x != NULL && r->journal_state[replica_slot(r, op)] == SLOT_DURABLE)
-                                send_prepare_ok(r, x);
-                }
+                suffix_acknowledge(r); /* what waited for the view state to be durable */
         }
 }
 
@@ -1758,22 +1763,9 @@ static void log_fill_from_dvcs(struct replica *r)
                         return;
                 bool found = false;
                 struct wire_header h;
-                for (uint32_t j = 0; j < r->config.replica_count && !found; j++) {
-                        /* Each body's headers ascend by op: walk it down alongside. */
-                        while (cursor[j] > 0) {
-                                memcpy(&h, message_body(r->dvc[j]) +
-                                                   (size_t)(cursor[j] - 1) * WIRE_HEADER_SIZE,
-                                       sizeof(h));
-                                if (h.prepare.op > op) {
-                                        cursor[j]--;
-                                        continue;
-                                }
-                                found = h.prepare.op == op && h.checksum == expected &&
-                                        h.command == COMMAND_PREPARE &&
-                                        wire_header_checksum_valid(&h);
-                                break;
-                        }
-                }
+                for (uint32_t j = 0; j < r->config.replica_count && !found; j++)
+                        found = message_header_at(r->dvc[j], &cursor[j], op, &h) &&
+                                h.checksum == expected;
                 if (!found)
                         return;
                 journal_put(r, &h, gap_state(r, mine, op));
@@ -1970,16 +1962,6 @@ static void on_ping(struct replica *r, int from)
                 finish_and_send(r, m, from);
         else if (m != NULL)
                 message_unref(r->pool, m);
-}
-
-/* A backup acknowledges the uncommitted ops of its log it already holds. */
-static void suffix_acknowledge(struct replica *r)
-{
-        for (uint64_t op = r->commit + 1; op <= r->op; op++) {
-                const struct wire_header *x = journal_header(r, op);
-                if (x != NULL && r->journal_state[replica_slot(r, op)] == SLOT_DURABLE)
-                        send_prepare_ok(r, x);
-        }
 }
 
 static void on_start_view(struct replica *r, struct message *m)
