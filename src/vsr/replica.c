@@ -126,6 +126,34 @@ void replica_send_to(struct replica *r, replica_connection connection, struct me
                 r->env.send(r->env.context, connection, m);
 }
 
+/*
+ * Sends a reply to its client. A reply carries the view its op was prepared in; one committed
+ * by a later view (a new primary re-commits the old view's last ops, or resends a cached reply)
+ * leaves with the view of this replica's durable log instead, in a copy, since the client sends
+ * its next request to that view's primary: told the old view, it sent the next request to the
+ * old primary, cut off, and waited a whole request timeout (the partition suite's
+ * lagging-backup-then-primary: 1.2 s without service after the new view had started). The
+ * context, which chains the client's next request, is unchanged.
+ */
+static void reply_send(struct replica *r, replica_connection connection, struct message *reply)
+{
+        uint32_t view = r->view_state_durable.log_view;
+        if (connection == 0 || reply->header->view >= view) {
+                replica_send_to(r, connection, reply);
+                return;
+        }
+        struct message *copy = message_pool_get(r->pool);
+        if (copy == NULL) {
+                replica_send_to(r, connection, reply);
+                return;
+        }
+        memcpy(copy->buffer, reply->buffer, reply->header->size);
+        copy->header->view = view;
+        wire_header_set_checksum(copy->header);
+        replica_send_to(r, connection, copy);
+        message_unref(r->pool, copy);
+}
+
 struct replica_client_connection *replica_client_connection(struct replica *r, u128 client)
 {
         for (uint32_t i = 0; i < REPLICA_CLIENT_CONNECTIONS_MAX; i++) {
@@ -351,7 +379,7 @@ bool replica_request_acceptable(struct replica *r, replica_connection connection
                                 return false;
                         }
                         r->stats.replies_resent++;
-                        replica_send_to(r, connection, entry->reply);
+                        reply_send(r, connection, entry->reply);
                         return false;
                 }
                 if (req->request != entry->request + 1) {
@@ -510,7 +538,7 @@ static void backup_on_request(struct replica *r, replica_connection connection,
         if (entry != NULL && h->request.request == entry->request &&
             h->checksum == entry->reply->header->reply.request_checksum) {
                 r->stats.replies_resent++;
-                replica_send_to(r, connection, entry->reply);
+                reply_send(r, connection, entry->reply);
                 return;
         }
         if (entry != NULL && h->request.request < entry->request)
@@ -1035,7 +1063,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                          */
                         sent = reply_connection(r, p, entry);
                         if (sent != 0) {
-                                replica_send_to(r, sent, reply);
+                                reply_send(r, sent, reply);
                                 if (r->env.flush != NULL)
                                         r->env.flush(r->env.context);
                         }
@@ -1084,8 +1112,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
         entry->reply_dirty = true;
         if (sent == 0) {
                 replica_connection connection = reply_connection(r, p, entry);
-                if (connection != 0)
-                        replica_send_to(r, connection, reply);
+                reply_send(r, connection, reply);
         }
 }
 

@@ -491,10 +491,16 @@ async function runScenario(sc, index) {
   if (!result.pass) {
     for (const p of result.problems) console.log(`  ${p}`);
     console.log(`  events: ${s.events.join('; ')}`);
-    // CI keeps nothing but this output: each replica's last warnings and view changes.
+    // CI keeps nothing but this output (and shows only its head and tail when long): each
+    // replica's warnings and view changes around the worst gap, else its last few.
+    const g = s.worstGap;
+    const from = g ? s.t0 + g.from * 1000 - 1000 : 0;
+    const to = g ? s.t0 + g.to * 1000 + 500 : 0;
     for (const r of s.replicas) {
-      const lines = r.log.split('\n').filter((l) => / (warn|error) |view=/.test(l)).slice(-12);
-      for (const l of lines) console.log(`  replica ${r.index}: ${l.slice(0, 300)}`);
+      const all = r.log.split('\n').filter((l) => / (warn|error) |view=|state sync/.test(l));
+      const near = all.filter((l) => { const t = Date.parse(l.slice(0, 24)); return t >= from && t <= to; });
+      const lines = near.length > 0 ? near.slice(0, 10) : all.slice(-6);
+      for (const l of lines) console.log(`  replica ${r.index}: ${l.slice(0, 240)}`);
     }
     console.log(`  logs: ${s.dir}`);
   }

@@ -780,6 +780,43 @@ static void test_request_after_an_uncommitted_one_is_kept(void)
 }
 
 /*
+ * An op prepared in one view and committed by the next is answered with the new view (the
+ * official client sends its next request to the primary of the view its last reply named: told
+ * the old one, it sent that request to the old primary, gone, and waited a request timeout;
+ * the partition suite's lagging-backup-then-primary went 1.2 s without service after the new
+ * view had started). The reply still chains the client's next request.
+ */
+static void test_reply_names_the_view_that_committed_it(void)
+{
+        uint8_t body[64 * 128];
+        cluster_with_five_accounts(body);
+        uint8_t old, next, other;
+        uint32_t view = view_roles(&old, &next, &other);
+        /* The request reaches the next primary, which forwards it; the old primary prepares it
+         * and hears no ok. */
+        dropped_to[old] = 1u << COMMAND_PREPARE_OK;
+        uint32_t before;
+        struct message *m = creates_sent_once(next, body, 6, 5, &before);
+        run(20);
+        CHECK(replicas[next].op > replicas[next].commit);
+        CHECK(!answered_to(m, before));
+        alive[old] = false;
+        dropped_to[old] = 0;
+        CHECK(run_until_answered(m, before, 3000));
+        CHECK(replicas[next].view > view);
+        CHECK_EQ_U64(last_reply->header->view, replicas[next].view);
+        CHECK(wire_header_checksum_valid(last_reply->header));
+        CHECK(wire_header_invalid(last_reply->header) == NULL);
+        request_number++;
+        parent = last_reply->header->reply.context;
+        message_unref(&pool, m);
+        /* The next request, chained on that reply, is served. */
+        CHECK(create_accounts(next, 11, 5, 1000));
+        CHECK_EQ_U64(accounts_on(next), 15);
+        cluster_stop();
+}
+
+/*
  * A backup executes an op only under a known chain from its log's head: an entry the chain
  * contradicts (here forged in place: another prepare at the same op with the same parent) is
  * dropped and repaired from a peer, never executed. (Simulator seed 2109 on 5 replicas,
@@ -1831,6 +1868,7 @@ int main(void)
         TEST_RUN(test_request_after_an_uncommitted_one_is_kept);
         TEST_RUN(test_request_to_a_backup_of_a_silent_primary_is_kept);
         TEST_RUN(test_image_lists_a_newer_checkpoint_from_the_last);
+        TEST_RUN(test_reply_names_the_view_that_committed_it);
         TEST_RUN(test_backup_executes_only_a_chained_entry);
         TEST_RUN(test_backup_behind_repairs);
         TEST_RUN(test_five_replicas_two_down);
