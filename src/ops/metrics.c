@@ -365,6 +365,10 @@ static void format_cluster(const struct metrics_sources *s, struct expo *e)
         counter(e, "tally_state_sync_prepares_total",
                 "Prepares journaled (and acknowledged) while a state sync ran.",
                 st->state_sync_prepares);
+        counter(e, "tally_state_sync_retargets_total",
+                "Times a state sync that lasted as long as the journal's ring asked its source "
+                "for a newer checkpoint.",
+                st->state_sync_retargets);
         counter(e, "tally_backup_served_bytes_total",
                 "Checkpoint bytes sent to `tally backup` connections.",
                 s->backup_pin != NULL ? s->backup_pin->bytes_read : 0);

@@ -377,6 +377,7 @@ struct replica_stats {
         uint64_t state_sync_blocks_copied; /* blocks a state sync wrote from a peer */
         uint64_t state_sync_blocks_kept;   /* blocks it found already here, not copied */
         uint64_t state_sync_prepares;      /* prepares journaled while a copy ran */
+        uint64_t state_sync_retargets;     /* a copy as long as the journal asked for a newer checkpoint */
         /* Primary: request received -> reply queued, for requests it prepared itself. */
         struct histogram request_latency;
         /* Every replica: executing one committed op (the ledger's rules and its trees' work). */
@@ -622,6 +623,7 @@ struct replica {
                 uint64_t source_heard_tick; /* the source's last message of any kind */
                 uint32_t source_retries;    /* asked the same source again, no block since */
                 bool forced; /* sync_repair_stuck: copy even where journals should cover us */
+                uint64_t retarget_tick; /* last asked for a newer checkpoint (sync_retarget) */
         } sync;
         bool checkpoint_in_progress;
         uint64_t checkpoint_retry_tick; /* after storage refused one, not before this tick */

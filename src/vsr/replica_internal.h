@@ -25,6 +25,7 @@
 #define TICKS_SYNC_AGAIN 25u           /* state sync: no answer for 250 ms from a source heard meanwhile: ask it again */
 #define SYNC_SOURCE_RETRIES 3u         /* state sync: times a live source is asked again before another is tried */
 #define TICKS_SYNC_SERVE_IDLE 300u     /* state sync: a held checkpoint is let go after 3 s */
+#define TICKS_SYNC_RETARGET 5u         /* state sync: a copy as long as the journal asks for a newer checkpoint at most every 50 ms */
 
 static inline uint8_t replica_primary_index(const struct replica *r, uint32_t view)
 {

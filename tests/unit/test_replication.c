@@ -92,6 +92,14 @@ static int env_connection_replica(void *context, replica_connection connection)
 
 static bool only_commits_to[REPLICAS_MAX]; /* it hears of commits, and nothing else */
 static uint32_t dropped_to[REPLICAS_MAX];   /* bit c: messages of command c to it are lost */
+/*
+ * A slow state sync: the blocks (not lists) sent to replica sync_slow_to wait in a queue, and
+ * one arrives every sync_slow_ticks (0: none waits). The copy makes progress, only slowly.
+ */
+static int sync_slow_to = -1;
+static uint32_t sync_slow_ticks;
+static struct event sync_slow_queue[64];
+static uint32_t sync_slow_count;
 
 static void env_send_to_replica(void *context, uint8_t to, struct message *m)
 {
@@ -102,6 +110,17 @@ static void env_send_to_replica(void *context, uint8_t to, struct message *m)
                 return;
         if (m->header->command < 32 && (dropped_to[to] & (1u << m->header->command)))
                 return;
+        if (to == sync_slow_to && m->header->command == COMMAND_BLOCK) {
+                struct replica_sync_fields f;
+                memcpy(&f, m->header->raw, sizeof(f));
+                if (f.kind == REPLICA_SYNC_BLOCKS) {
+                        if (sync_slow_count < ARRAY_LEN(sync_slow_queue))
+                                sync_slow_queue[sync_slow_count++] = (struct event){
+                                        .kind = EVENT_MESSAGE, .to = to,
+                                        .connection = from + 1u, .message = message_ref(m)};
+                        return;
+                }
+        }
         push((struct event){.kind = EVENT_MESSAGE, .to = to, .connection = from + 1u,
                             .message = message_ref(m)});
 }
@@ -216,8 +235,9 @@ static uint64_t env_time(void *context)
         return clock_ns;
 }
 
-/* The replicas' request_size_max (a test may lower it, then restore it). */
+/* The replicas' request_size_max and journal ring (a test may lower them, then restore them). */
 static uint32_t request_size_max = WIRE_MESSAGE_SIZE_MAX;
+static uint32_t wal_slot_count = 1024;
 
 static void replica_start(uint8_t i)
 {
@@ -226,8 +246,8 @@ static void replica_start(uint8_t i)
                 .replica = i,
                 .replica_count = replica_count,
                 .request_size_max = request_size_max,
-                .checkpoint_interval = 256,
-                .wal_slot_count = 1024,
+                .checkpoint_interval = wal_slot_count / 4,
+                .wal_slot_count = wal_slot_count,
         };
         struct replica_env env = {
                 .context = &replicas[i],
@@ -294,7 +314,7 @@ static bool read_header_store(void *context, uint32_t slot, struct wire_header *
         (void)context;
         for (uint32_t op = 1; op < STORE_OPS; op++) {
                 struct message *m = store[restoring][op];
-                if (m != NULL && op % 1024 == slot) {
+                if (m != NULL && op % wal_slot_count == slot) {
                         memcpy(into, m->header, sizeof(*into));
                         return true;
                 }
@@ -370,6 +390,10 @@ static void cluster_stop(void)
                 }
         }
         memset(durable_state, 0, sizeof(durable_state));
+        for (uint32_t k = 0; k < sync_slow_count; k++)
+                message_unref(&pool, sync_slow_queue[k].message);
+        sync_slow_count = 0;
+        sync_slow_to = -1;
 }
 
 /* Delivers events until none is left; ticks every replica every `per_tick` events. */
@@ -411,6 +435,17 @@ static void run(uint32_t ticks)
                                 message_unref(&pool, e.message);
                 }
                 clock_ns += 10000000ull;
+                /* The slow copy's next block, or all of them once it is not slow. */
+                static uint64_t ticks_run;
+                ticks_run++;
+                while (sync_slow_count > 0 &&
+                       (sync_slow_to < 0 || ticks_run % sync_slow_ticks == 0)) {
+                        push(sync_slow_queue[0]);
+                        memmove(&sync_slow_queue[0], &sync_slow_queue[1],
+                                --sync_slow_count * sizeof(sync_slow_queue[0]));
+                        if (sync_slow_to >= 0)
+                                break;
+                }
                 for (uint8_t i = 0; i < replica_count; i++) {
                         if (alive[i])
                                 replica_tick(&replicas[i]);
@@ -1105,6 +1140,62 @@ static void test_state_sync(void)
         CHECK(replicas[2].checkpoint_op_durable >= 1024);
         CHECK_EQ_U64(replicas[2].stats.state_syncs_installed, 1);
         cluster_stop();
+}
+
+/*
+ * A backup copying a checkpoint (state sync) while the other backup is down is half the
+ * quorum: the copy must not stop the cluster when it lasts longer than the journal's ring. It
+ * journals new ops only while they fit after the checkpoint it copies, so it asks its source
+ * for a newer one as the ring fills, and goes on copying that. Without this the cluster
+ * stopped until the copy ended (the partition suite's lagging-backup-then-primary: 2.5 s
+ * without service in CI). Here the copy is slow: a block arrives every 10 ticks.
+ */
+static void test_copy_longer_than_the_ring_keeps_the_quorum(void)
+{
+        /* A ring of 256 ops (interval 64); blocks come in pieces: over a hundred messages. */
+        wal_slot_count = 256;
+        request_size_max = 16384;
+        cluster_start(3);
+        client_reset();
+        uint8_t body[256] = {0};
+        CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
+        alive[2] = false; /* away for four checkpoints: beyond repair's reach */
+        for (uint32_t k = 0; k < 300; k++) {
+                if (!create_or_lookup(k, 200)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+        CHECK(replicas[0].checkpoint_op_durable >= 256);
+        sync_slow_to = 2;
+        sync_slow_ticks = 10;
+        alive[2] = true;
+        run(300);
+        CHECK(replicas[2].sync.active);
+        CHECK(replicas[2].view_state_durable.grid_syncing);
+        uint64_t target = replicas[2].sync.checkpoint_op;
+        alive[1] = false;
+        /* Three rings' worth of ops, each committed with replica 2's ok. */
+        uint64_t op = replicas[0].op;
+        for (uint32_t k = 0; k < 3 * 256; k++) {
+                if (!create_or_lookup(300 + k, 200)) {
+                        CHECK(false);
+                        break;
+                }
+        }
+        CHECK(replicas[0].commit >= op + 3 * 256);
+        CHECK(replicas[2].sync.active); /* still copying */
+        CHECK(replicas[2].sync.checkpoint_op > target);
+        CHECK(replicas[2].stats.state_sync_retargets > 0);
+        sync_slow_to = -1;
+        alive[1] = true;
+        run(2000);
+        CHECK_EQ_U64(replicas[2].commit, replicas[0].commit);
+        CHECK_EQ_U64(accounts_on(2), 200);
+        CHECK_EQ_U64(replicas[2].stats.state_syncs_installed, 1);
+        cluster_stop();
+        request_size_max = WIRE_MESSAGE_SIZE_MAX;
+        wal_slot_count = 1024;
 }
 
 /*
@@ -1878,6 +1969,7 @@ int main(void)
         TEST_RUN(test_recovery_cut_branch);
         TEST_RUN(test_all_restart);
         TEST_RUN(test_state_sync);
+        TEST_RUN(test_copy_longer_than_the_ring_keeps_the_quorum);
         TEST_RUN(test_failed_install_keeps_the_log);
         TEST_RUN(test_state_sync_copies_what_it_lacks);
         TEST_RUN(test_checkpoint_lost);
