@@ -898,6 +898,11 @@ static void step(struct sim *sim)
                 sim->report->sync_prepares +=
                         sr->replica.stats.state_sync_prepares - sr->sync_prepares_seen;
                 sr->sync_prepares_seen = sr->replica.stats.state_sync_prepares;
+                if (sr->replica.stats.state_sync_retargets < sr->sync_retargets_seen)
+                        sr->sync_retargets_seen = 0; /* restarted */
+                sim->report->sync_retargets +=
+                        sr->replica.stats.state_sync_retargets - sr->sync_retargets_seen;
+                sr->sync_retargets_seen = sr->replica.stats.state_sync_retargets;
                 if (sr->replica.stats.requests_parked < sr->parked_seen)
                         sr->parked_seen = 0; /* restarted */
                 sim->report->requests_parked += sr->replica.stats.requests_parked - sr->parked_seen;
