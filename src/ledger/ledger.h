@@ -239,6 +239,15 @@ void ledger_blocks_flush(struct ledger *ledger);
  * false, silently, if not: state sync asks this of every block of a peer's checkpoint.
  */
 bool ledger_block_present(struct ledger *ledger, struct lsm_block_ref ref, uint8_t *block);
+/*
+ * The block the last failed grid read was after, if that read found it damaged or unreadable
+ * (a peer may hold a good copy: replica_sync.c repairs it); false after a write fault.
+ */
+bool ledger_damaged_block(const struct ledger *ledger, struct lsm_block_ref *ref);
+/* Forgets that block, so that ledger_damaged_block names only one a later read found. */
+void ledger_damaged_block_forget(struct ledger *ledger);
+/* Drops every cached block: the next read of each goes to the device (tests of disk damage). */
+void ledger_cache_drop(struct ledger *ledger);
 /* The highest grid address this ledger's device takes (state sync checks a peer's list). */
 uint64_t ledger_grid_blocks_max(const struct ledger *ledger);
 /* The caller's user bytes of a checkpoint's root block; -1 if it is not one. */

@@ -1010,6 +1010,28 @@ bool ledger_block_present(struct ledger *ledger, struct lsm_block_ref ref, uint8
                lsm_block_check(block, ref, (enum lsm_block_kind)h->kind) == NULL;
 }
 
+bool ledger_damaged_block(const struct ledger *ledger, struct lsm_block_ref *ref)
+{
+        if (!ledger->grid.fault_damaged || ledger->grid.fault_ref.address == 0)
+                return false;
+        *ref = ledger->grid.fault_ref;
+        return true;
+}
+
+static void compaction_settle(struct ledger *ledger);
+
+void ledger_cache_drop(struct ledger *ledger)
+{
+        compaction_settle(ledger);
+        lsm_grid_prefetch_settle(&ledger->grid);
+        lsm_grid_cache_clear(&ledger->grid);
+}
+
+void ledger_damaged_block_forget(struct ledger *ledger)
+{
+        ledger->grid.fault_ref = (struct lsm_block_ref){0};
+}
+
 uint64_t ledger_grid_blocks_max(const struct ledger *ledger)
 {
         return ledger->grid.block_count_max;

@@ -632,6 +632,17 @@ struct lsm_block_ref lsm_grid_write_cold(struct lsm_grid *grid, uint8_t *block,
         return grid_write_at(grid, block, address, kind, tree, value_size, count, size, false);
 }
 
+/* A block read back wrong or not at all: the fault, named, and which block (a peer may hold it). */
+static void read_fault(struct lsm_grid *grid, struct lsm_block_ref ref, enum lsm_block_kind kind,
+                       const char *problem)
+{
+        grid->stats.read_faults++;
+        grid->fault_damaged = true;
+        grid->fault_ref = ref;
+        snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
+                 (unsigned long long)ref.address, kind_name((uint8_t)kind), problem);
+}
+
 bool lsm_grid_read_copy(struct lsm_grid *grid, struct lsm_block_ref ref,
                         enum lsm_block_kind kind, uint8_t *out)
 {
@@ -645,10 +656,7 @@ bool lsm_grid_read_copy(struct lsm_grid *grid, struct lsm_block_ref ref,
         int rc = grid->device.read(grid->device.context, ref.address, out);
         const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(out, ref, kind);
         if (problem != NULL) {
-                grid->stats.read_faults++;
-                grid->fault_damaged = true;
-                snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
-                         (unsigned long long)ref.address, kind_name((uint8_t)kind), problem);
+                read_fault(grid, ref, kind, problem);
                 return false;
         }
         return true;
@@ -714,10 +722,7 @@ static const uint8_t *read_finish(struct lsm_grid *grid, uint32_t slot, struct l
         uint8_t *data = slot_data(grid, slot);
         const char *problem = rc != 0 ? strerror(-rc) : lsm_block_check(data, ref, kind);
         if (problem != NULL) {
-                grid->stats.read_faults++;
-                grid->fault_damaged = true;
-                snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
-                         (unsigned long long)ref.address, kind_name((uint8_t)kind), problem);
+                read_fault(grid, ref, kind, problem);
                 return NULL;
         }
         grid->slot_address[slot] = ref.address;
@@ -741,11 +746,7 @@ const uint8_t *lsm_grid_read(struct lsm_grid *grid, struct lsm_block_ref ref,
                 const char *problem =
                         rc != 0 ? strerror(-rc) : lsm_block_check(grid->scratch, ref, kind);
                 if (problem != NULL) {
-                        grid->stats.read_faults++;
-                        grid->fault_damaged = true;
-                        snprintf(grid->error, sizeof(grid->error), "grid block %llu (%s): %s",
-                                 (unsigned long long)ref.address, kind_name((uint8_t)kind),
-                                 problem);
+                        read_fault(grid, ref, kind, problem);
                         return NULL;
                 }
                 return grid->scratch;

@@ -264,6 +264,7 @@ struct lsm_grid {
         uint32_t buffer_count;
         char error[192];  /* the last read fault, named */
         bool fault_damaged; /* the last fault was a read (a damaged block), not a write */
+        struct lsm_block_ref fault_ref; /* the block of the last read fault */
         struct lsm_grid_stats stats;
 };
 

@@ -365,6 +365,9 @@ static void format_cluster(const struct metrics_sources *s, struct expo *e)
         counter(e, "tally_state_sync_prepares_total",
                 "Prepares journaled (and acknowledged) while a state sync ran.",
                 st->state_sync_prepares);
+        counter(e, "tally_grid_blocks_repaired_total",
+                "Damaged blocks of this replica's checkpoint rewritten from a peer's copy.",
+                st->grid_blocks_repaired);
         counter(e, "tally_state_sync_retargets_total",
                 "Times a state sync that lasted as long as the journal's ring asked its source "
                 "for a newer checkpoint.",

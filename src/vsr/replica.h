@@ -378,6 +378,7 @@ struct replica_stats {
         uint64_t state_sync_blocks_kept;   /* blocks it found already here, not copied */
         uint64_t state_sync_prepares;      /* prepares journaled while a copy ran */
         uint64_t state_sync_retargets;     /* a copy as long as the journal asked for a newer checkpoint */
+        uint64_t grid_blocks_repaired;     /* damaged blocks of our checkpoint rewritten from a peer's copy */
         /* Primary: request received -> reply queued, for requests it prepared itself. */
         struct histogram request_latency;
         /* Every replica: executing one committed op (the ledger's rules and its trees' work). */
@@ -625,6 +626,20 @@ struct replica {
                 bool forced; /* sync_repair_stuck: copy even where journals should cover us */
                 uint64_t retarget_tick; /* last asked for a newer checkpoint (sync_retarget) */
         } sync;
+        /*
+         * A damaged block of our own checkpoint, found while listing it for a peer's copy: asked
+         * of the peers in turn by (address, checksum) and written back at its address
+         * (replica_sync.c, block_repair_*).
+         */
+        struct {
+                bool active;
+                struct lsm_block_ref ref;
+                uint8_t *block;   /* LSM_BLOCK_SIZE, gathered from the pieces */
+                uint64_t mask;    /* pieces received, by offset / chunk */
+                uint32_t chunk;   /* the answering peer's piece size */
+                uint8_t peer;     /* asked last */
+                uint64_t tick;    /* asked last */
+        } block_repair;
         bool checkpoint_in_progress;
         uint64_t checkpoint_retry_tick; /* after storage refused one, not before this tick */
         bool replaying; /* recovering from the WAL: no replies are sent */
@@ -659,6 +674,9 @@ enum replica_sync_kind {
         REPLICA_SYNC_IMAGE = 0,
         REPLICA_SYNC_LIST = 1,
         REPLICA_SYNC_BLOCKS = 2,
+        /* One block by (root_address, root_checksum): a peer repairs a damaged block of its
+         * own from ours; answered in pieces of `chunk` at `offset` when messages are small. */
+        REPLICA_SYNC_ONE_BLOCK = 3,
 };
 enum replica_sync_phase {
         REPLICA_SYNC_PHASE_LIST = 0,    /* receiving the list (or a format 1 blob) */

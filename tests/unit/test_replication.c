@@ -1199,6 +1199,54 @@ static void test_copy_longer_than_the_ring_keeps_the_quorum(void)
 }
 
 /*
+ * A block of a replica's durable checkpoint rots on its disk. Listing that checkpoint for a
+ * peer's copy meets it; the replica asks its peers for the block by (address, checksum) and
+ * writes their copy back in place, and the next listing succeeds. Without this the copy could
+ * not be served, and peers behind that checkpoint never caught up (the simulator's seed 169 on
+ * 3 replicas stalled).
+ */
+static void test_damaged_block_of_a_served_checkpoint_is_repaired_from_a_peer(void)
+{
+        cluster_with_accounts(600); /* past two checkpoints (interval 256) */
+        run(100);
+        struct replica *r = &replicas[0];
+        struct lsm_block_ref root = r->checkpoint_root_durable;
+        CHECK(root.address != 0);
+        uint64_t blocks = replica_image_blocks(r, root);
+        CHECK(blocks > 0);
+        /* A table index block, held at the same address by a peer (replicas write the same). */
+        struct lsm_block_ref damaged = {0};
+        for (uint64_t i = 0; i < r->image.list.count && damaged.address == 0; i++) {
+                if (r->image.list.kinds[i] == LSM_BLOCK_TABLE_INDEX)
+                        damaged = r->image.list.blocks[i];
+        }
+        CHECK(damaged.address != 0);
+        if (damaged.address == 0) {
+                cluster_stop();
+                return;
+        }
+        CHECK(grids[1].blocks[damaged.address] != NULL &&
+              memcmp(grids[1].blocks[damaged.address], grids[0].blocks[damaged.address],
+                     LSM_BLOCK_SIZE) == 0);
+        grids[0].blocks[damaged.address][LSM_BLOCK_HEADER_SIZE + 5] ^= 0x40;
+        ledger_cache_drop(ledgers[0]); /* the disk's copy is read */
+        r->image.root = (struct lsm_block_ref){0}; /* listed anew */
+        r->image.previous.count = 0;
+        CHECK_EQ_U64(replica_image_blocks(r, root), 0); /* cannot be listed */
+        CHECK(r->block_repair.ref.address == damaged.address);
+        CHECK(r->block_repair.active);
+        run(100);
+        CHECK(!r->block_repair.active);
+        CHECK_EQ_U64(r->stats.grid_blocks_repaired, 1);
+        CHECK(memcmp(grids[1].blocks[damaged.address], grids[0].blocks[damaged.address],
+                     LSM_BLOCK_SIZE) == 0);
+        CHECK_EQ_U64(replica_image_blocks(r, root), blocks);
+        /* The cluster goes on. */
+        CHECK(create_accounts(0xFF, 1000, 1, 2000));
+        cluster_stop();
+}
+
+/*
  * A state sync whose checkpoint does not install (a damaged block of it) loses the state it was
  * replacing, never the journal's log: the replica may have acknowledged any op of it. Forgotten,
  * a replica reported op 0 in its log_view after acknowledging ops 87 to 96, and the other two
@@ -1970,6 +2018,7 @@ int main(void)
         TEST_RUN(test_all_restart);
         TEST_RUN(test_state_sync);
         TEST_RUN(test_copy_longer_than_the_ring_keeps_the_quorum);
+        TEST_RUN(test_damaged_block_of_a_served_checkpoint_is_repaired_from_a_peer);
         TEST_RUN(test_failed_install_keeps_the_log);
         TEST_RUN(test_state_sync_copies_what_it_lacks);
         TEST_RUN(test_checkpoint_lost);
