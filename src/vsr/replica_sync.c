@@ -158,9 +158,25 @@ static int listing_table_known(void *context, struct lsm_block_ref index)
  * this the copy could not be served, and peers behind our checkpoint, with none of their own
  * to offer, never caught up (the simulator's seed 169 on 3 replicas: the cluster stalled).
  */
-static void block_repair_start(struct replica *r, struct lsm_block_ref ref)
+/*
+ * True while `root` is a checkpoint whose blocks stay at their addresses here: our durable one,
+ * or the one we serve under a hold, and no copy is overwriting our grid. Only then may a
+ * block of it be written back: an address a newer checkpoint freed may hold another block.
+ */
+static bool block_repair_root_ours(const struct replica *r, struct lsm_block_ref root)
 {
-        if (r->config.replica_count == 1)
+        if (r->grid_syncing || r->view_state_durable.grid_syncing || root.address == 0)
+                return false;
+        return (root.address == r->checkpoint_root_durable.address &&
+                root.checksum == r->checkpoint_root_durable.checksum) ||
+               (r->serving.active && root.address == r->serving.root.address &&
+                root.checksum == r->serving.root.checksum);
+}
+
+static void block_repair_start(struct replica *r, struct lsm_block_ref root,
+                               struct lsm_block_ref ref)
+{
+        if (r->config.replica_count == 1 || !block_repair_root_ours(r, root))
                 return;
         if (r->block_repair.active && r->block_repair.ref.address == ref.address &&
             r->block_repair.ref.checksum == ref.checksum)
@@ -169,6 +185,7 @@ static void block_repair_start(struct replica *r, struct lsm_block_ref ref)
                  (unsigned long long)ref.address);
         r->block_repair.active = true;
         r->block_repair.ref = ref;
+        r->block_repair.root = root;
         r->block_repair.mask = 0;
         r->block_repair.chunk = 0;
         r->block_repair.tick = 0; /* ask at once */
@@ -182,6 +199,8 @@ static void sync_send(struct replica *r, struct message *m, uint8_t to);
 /* Asks the next peer for the whole block (its pieces, if its messages are small). */
 static void block_repair_tick(struct replica *r)
 {
+        if (r->block_repair.active && !block_repair_root_ours(r, r->block_repair.root))
+                r->block_repair.active = false; /* a newer checkpoint, or a copy: not ours now */
         if (!r->block_repair.active || (r->block_repair.tick != 0 &&
                                         r->tick - r->block_repair.tick < TICKS_SYNC_AGAIN))
                 return;
@@ -256,6 +275,10 @@ static void on_one_block(struct replica *r, const struct message *m)
         if (r->block_repair.mask != (pieces == 64 ? ~0ull : (1ull << pieces) - 1))
                 return;
         const struct lsm_block_header *h = (const struct lsm_block_header *)r->block_repair.block;
+        if (!block_repair_root_ours(r, r->block_repair.root)) {
+                r->block_repair.active = false;
+                return;
+        }
         if (h->address != r->block_repair.ref.address ||
             h->checksum != r->block_repair.ref.checksum ||
             ledger_block_install(r->ledger, r->block_repair.block) != 0) {
@@ -303,14 +326,9 @@ uint64_t replica_image_blocks(struct replica *r, struct lsm_block_ref root)
                 log_error("a checkpoint's blocks cannot be listed root=%llu",
                           (unsigned long long)root.address);
                 r->image.list.count = 0;
-                /* Only a checkpoint whose blocks stay where it says (durable, or held). */
-                bool ours = (root.address == r->checkpoint_root_durable.address &&
-                             root.checksum == r->checkpoint_root_durable.checksum) ||
-                            (r->serving.active && root.address == r->serving.root.address &&
-                             root.checksum == r->serving.root.checksum);
                 struct lsm_block_ref damaged;
-                if (ours && ledger_damaged_block(r->ledger, &damaged))
-                        block_repair_start(r, damaged);
+                if (ledger_damaged_block(r->ledger, &damaged))
+                        block_repair_start(r, root, damaged);
                 return 0;
         }
         r->image.root = root;
