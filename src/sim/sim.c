@@ -903,6 +903,11 @@ static void step(struct sim *sim)
                 sim->report->sync_retargets +=
                         sr->replica.stats.state_sync_retargets - sr->sync_retargets_seen;
                 sr->sync_retargets_seen = sr->replica.stats.state_sync_retargets;
+                if (sr->replica.stats.grid_blocks_repaired < sr->blocks_repaired_seen)
+                        sr->blocks_repaired_seen = 0; /* restarted */
+                sim->report->blocks_repaired +=
+                        sr->replica.stats.grid_blocks_repaired - sr->blocks_repaired_seen;
+                sr->blocks_repaired_seen = sr->replica.stats.grid_blocks_repaired;
                 if (sr->replica.stats.requests_parked < sr->parked_seen)
                         sr->parked_seen = 0; /* restarted */
                 sim->report->requests_parked += sr->replica.stats.requests_parked - sr->parked_seen;

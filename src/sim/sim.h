@@ -82,6 +82,7 @@ struct sim_report {
         uint64_t grid_repairs; /* restarts to copy a peer's checkpoint over a damaged grid */
         uint64_t sync_prepares; /* prepares journaled by replicas while copying a checkpoint */
         uint64_t sync_retargets; /* copies as long as the ring that asked for a newer checkpoint */
+        uint64_t blocks_repaired; /* damaged blocks of a served checkpoint fetched from a peer */
         uint64_t requests_parked; /* requests kept through a view change, then taken up */
         uint64_t grid_writes_in_flight_at_crash; /* landed, torn or lost by the crash */
         uint64_t faults[SIM_FAULT_COUNT];

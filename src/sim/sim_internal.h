@@ -181,6 +181,7 @@ struct sim_replica {
         uint32_t view_seen;
         uint64_t sync_prepares_seen; /* replica.stats.state_sync_prepares already reported */
         uint64_t sync_retargets_seen; /* replica.stats.state_sync_retargets already reported */
+        uint64_t blocks_repaired_seen; /* replica.stats.grid_blocks_repaired already reported */
         uint64_t parked_seen;        /* replica.stats.requests_parked already reported */
         /* Connection ids this replica sees messages from each peer on (0: none yet). */
         replica_connection peer_connection[SIM_REPLICAS_MAX];

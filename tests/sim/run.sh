@@ -126,6 +126,8 @@ echo "prepares journaled by replicas while copying a checkpoint: $sync_prepares"
 require_exercised "$sync_prepares" "journaled a prepare during a state sync"
 # Copies that lasted as long as the journal's ring and asked for a newer checkpoint.
 echo "state syncs that asked for a newer checkpoint (the ring filled): $(sweep_total sync_retargets)"
+# Damaged blocks of a checkpoint being served, fetched from a peer and written back in place.
+echo "damaged blocks of a served checkpoint repaired from a peer: $(sweep_total blocks_repaired)"
 # Requests that reach a replica in a view change are kept and taken up after it (replica.c,
 # park).
 parked=$(sweep_total requests_parked)
