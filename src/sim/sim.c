@@ -478,8 +478,32 @@ static void replica_stop(struct sim *sim, struct sim_replica *sr, bool unwound)
                          sr->pool.count - sr->pool.free_count);
 }
 
+/*
+ * Adds what a replica's counters gained since last seen to the report: every tick, and at a
+ * crash (the counters go with the replica's memory). A counter below what was seen: restarted.
+ */
+static void count_since(uint64_t now, uint64_t *seen, uint64_t *total)
+{
+        if (now < *seen)
+                *seen = 0;
+        *total += now - *seen;
+        *seen = now;
+}
+
+static void report_counters(struct sim *sim, struct sim_replica *sr)
+{
+        const struct replica_stats *st = &sr->replica.stats;
+        count_since(st->state_sync_prepares, &sr->sync_prepares_seen, &sim->report->sync_prepares);
+        count_since(st->state_sync_retargets, &sr->sync_retargets_seen,
+                    &sim->report->sync_retargets);
+        count_since(st->grid_blocks_repaired, &sr->blocks_repaired_seen,
+                    &sim->report->blocks_repaired);
+        count_since(st->requests_parked, &sr->parked_seen, &sim->report->requests_parked);
+}
+
 static void replica_crash(struct sim *sim, struct sim_replica *sr, bool unwound)
 {
+        report_counters(sim, sr);
         sr->up = false;
         sr->incarnation++;
         for (uint32_t i = 0; i < sim->net.connection_count; i++) {
@@ -893,25 +917,7 @@ static void step(struct sim *sim)
                         sr->disk.repair_commit_max = 0;
                         sim_note(sim, "replica %u caught up after its grid repair", sr->index);
                 }
-                if (sr->replica.stats.state_sync_prepares < sr->sync_prepares_seen)
-                        sr->sync_prepares_seen = 0; /* restarted */
-                sim->report->sync_prepares +=
-                        sr->replica.stats.state_sync_prepares - sr->sync_prepares_seen;
-                sr->sync_prepares_seen = sr->replica.stats.state_sync_prepares;
-                if (sr->replica.stats.state_sync_retargets < sr->sync_retargets_seen)
-                        sr->sync_retargets_seen = 0; /* restarted */
-                sim->report->sync_retargets +=
-                        sr->replica.stats.state_sync_retargets - sr->sync_retargets_seen;
-                sr->sync_retargets_seen = sr->replica.stats.state_sync_retargets;
-                if (sr->replica.stats.grid_blocks_repaired < sr->blocks_repaired_seen)
-                        sr->blocks_repaired_seen = 0; /* restarted */
-                sim->report->blocks_repaired +=
-                        sr->replica.stats.grid_blocks_repaired - sr->blocks_repaired_seen;
-                sr->blocks_repaired_seen = sr->replica.stats.grid_blocks_repaired;
-                if (sr->replica.stats.requests_parked < sr->parked_seen)
-                        sr->parked_seen = 0; /* restarted */
-                sim->report->requests_parked += sr->replica.stats.requests_parked - sr->parked_seen;
-                sr->parked_seen = sr->replica.stats.requests_parked;
+                report_counters(sim, sr);
                 if (sr->replica.view > sr->view_seen) {
                         sim->report->view_changes++;
                         sr->view_seen = sr->replica.view;
