@@ -75,7 +75,9 @@ done | xargs -P "$JOBS" -n 3 bash -c 'run_one "$@"' _
 # installed headers; test_view_change_checks_own_entries_in_gaps_between_headers).
 # 3:824 stalled forever (a new primary started a view on a cut log before the cut was durable;
 # test_replication's primary_anchor_unwritten).
-REGRESSION=${TALLY_SIM_REGRESSION-"3:73 3:91 3:372 5:113 5:2109 3:301 3:986 3:1525 5:165 3:355 3:670 3:1505 3:1979 3:2065 5:3140 3:2700 5:3097 3:824"}
+# 3:169 stalled forever (the only replica past the others' checkpoints could not list its own
+# for their copies: a rotten index block; test_damaged_block_of_a_served_checkpoint_is_repaired_from_a_peer).
+REGRESSION=${TALLY_SIM_REGRESSION-"3:73 3:91 3:372 5:113 5:2109 3:301 3:986 3:1525 5:165 3:355 3:670 3:1505 3:1979 3:2065 5:3140 3:2700 5:3097 3:824 3:169"}
 for entry in $REGRESSION; do
   echo "${entry%%:*} ${entry##*:} 0"
 done | xargs -r -P "$JOBS" -n 3 bash -c 'run_one "$@"' _
