@@ -158,6 +158,7 @@ static int listing_table_known(void *context, struct lsm_block_ref index)
  * this the copy could not be served, and peers behind our checkpoint, with none of their own
  * to offer, never caught up (the simulator's seed 169 on 3 replicas: the cluster stalled).
  */
+
 /*
  * True while `root` is a checkpoint whose blocks stay at their addresses here: our durable one,
  * or the one we serve under a hold, and no copy is overwriting our grid. Only then may a
