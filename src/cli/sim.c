@@ -111,7 +111,8 @@ int cli_sim(int argc, char **argv)
         printf("sim seed=%llu replicas=%u clients=%u %s time_ms=%llu ops_committed=%llu "
                "requests_acked=%llu retransmissions=%llu view_changes=%llu view_max=%llu "
                "restarts=%llu checkpoints=%llu grid_repairs=%llu sync_prepares=%llu "
-               "sync_retargets=%llu blocks_repaired=%llu grid_writes_in_flight_at_crash=%llu requests_parked=%llu faults:",
+               "sync_retargets=%llu blocks_repaired=%llu grid_writes_in_flight_at_crash=%llu "
+               "requests_parked=%llu faults:",
                (unsigned long long)options.seed, options.replica_count, options.client_count,
                report.ok ? "ok" : "FAILED", (unsigned long long)report.time_ms,
                (unsigned long long)report.ops_committed,

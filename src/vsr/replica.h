@@ -636,7 +636,7 @@ struct replica {
                 struct lsm_block_ref ref;
                 struct lsm_block_ref root; /* the checkpoint it belongs to */
                 uint8_t *block;   /* LSM_BLOCK_SIZE, gathered from the pieces */
-                uint64_t mask;    /* pieces received, by offset / chunk */
+                uint32_t mask;    /* pieces received, by offset / chunk */
                 uint32_t chunk;   /* the answering peer's piece size */
                 uint8_t peer;     /* asked last */
                 uint64_t tick;    /* asked last */

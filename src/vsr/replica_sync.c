@@ -148,6 +148,28 @@ static int listing_table_known(void *context, struct lsm_block_ref index)
         return 0;
 }
 
+/*
+ * The bytes of blocks a source sends per message: whole blocks when messages are large, else a
+ * piece of one (a multiple of 4096 bytes).
+ */
+static uint32_t serve_chunk_size(const struct replica *r)
+{
+        uint32_t body_max = r->config.request_size_max - WIRE_HEADER_SIZE;
+        return body_max >= LSM_BLOCK_SIZE
+                       ? MIN(SYNC_CHUNK_SIZE, body_max / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE)
+                       : body_max / 4096u * 4096u;
+}
+
+/* A piece of a block at `within` (pieces of `chunk`) into `block`: true once all are in. */
+static bool piece_gather(uint8_t *block, uint32_t *mask, uint32_t within, uint32_t chunk,
+                         const uint8_t *piece, uint32_t size)
+{
+        memcpy(block + within, piece, size);
+        *mask |= 1u << (within / chunk);
+        uint32_t pieces = (LSM_BLOCK_SIZE + chunk - 1) / chunk;
+        return *mask == (1u << pieces) - 1;
+}
+
 /* ---- one damaged block, from a peer -------------------------------------------------------- */
 
 /*
@@ -233,8 +255,7 @@ static void serve_one_block(struct replica *r, const struct message *request)
                 return;
         if (!ledger_block_present(r->ledger, ref, block))
                 return;
-        uint32_t body_max = r->config.request_size_max - WIRE_HEADER_SIZE;
-        uint32_t chunk = body_max >= LSM_BLOCK_SIZE ? LSM_BLOCK_SIZE : body_max / 4096u * 4096u;
+        uint32_t chunk = MIN(serve_chunk_size(r), LSM_BLOCK_SIZE);
         for (uint32_t offset = 0; offset < LSM_BLOCK_SIZE; offset += chunk) {
                 uint32_t size = MIN(chunk, LSM_BLOCK_SIZE - offset);
                 struct sync_fields f = {.kind = REPLICA_SYNC_ONE_BLOCK,
@@ -270,10 +291,8 @@ static void on_one_block(struct replica *r, const struct message *m)
                 r->block_repair.chunk = f.chunk;
                 r->block_repair.mask = 0;
         }
-        memcpy(r->block_repair.block + f.offset, message_body(m), size);
-        r->block_repair.mask |= 1ull << (f.offset / f.chunk);
-        uint32_t pieces = (LSM_BLOCK_SIZE + f.chunk - 1) / f.chunk;
-        if (r->block_repair.mask != (pieces == 64 ? ~0ull : (1ull << pieces) - 1))
+        if (!piece_gather(r->block_repair.block, &r->block_repair.mask, (uint32_t)f.offset, f.chunk,
+                          message_body(m), size))
                 return;
         const struct lsm_block_header *h = (const struct lsm_block_header *)r->block_repair.block;
         if (!block_repair_root_ours(r, r->block_repair.root)) {
@@ -749,10 +768,7 @@ static void serve_chunk(struct replica *r, const struct message *request)
                 kind = REPLICA_SYNC_LIST;
         if (kind != REPLICA_SYNC_LIST && kind != REPLICA_SYNC_BLOCKS)
                 kind = REPLICA_SYNC_IMAGE;
-        uint32_t body_max = r->config.request_size_max - WIRE_HEADER_SIZE;
-        uint32_t chunk = body_max >= LSM_BLOCK_SIZE
-                                 ? MIN(SYNC_CHUNK_SIZE, body_max / LSM_BLOCK_SIZE * LSM_BLOCK_SIZE)
-                                 : body_max / 4096u * 4096u;
+        uint32_t chunk = serve_chunk_size(r);
         struct sync_fields f = {
                 .checkpoint_op = r->serving.op,
                 .size = kind == REPLICA_SYNC_LIST ? blocks * sizeof(struct lsm_block_ref)
@@ -1122,7 +1138,6 @@ static bool block_piece(struct replica *r, uint64_t index, uint32_t within, cons
         uint32_t chunk = r->sync.chunk;
         if (chunk == 0 || within % chunk != 0)
                 return true;
-        uint32_t pieces = (LSM_BLOCK_SIZE + chunk - 1) / chunk;
         uint32_t slot = SYNC_WINDOW;
         for (uint32_t k = 0; k < SYNC_WINDOW; k++) {
                 if (r->sync.pieces[k].used && r->sync.pieces[k].index == index)
@@ -1142,9 +1157,8 @@ static bool block_piece(struct replica *r, uint64_t index, uint32_t within, cons
                 r->sync.pieces[slot].index = index;
                 r->sync.pieces[slot].mask = 0;
         }
-        memcpy(r->sync.pieces[slot].block + within, piece, size);
-        r->sync.pieces[slot].mask |= 1u << (within / chunk);
-        if (r->sync.pieces[slot].mask != (1u << pieces) - 1)
+        if (!piece_gather(r->sync.pieces[slot].block, &r->sync.pieces[slot].mask, within, chunk,
+                          piece, size))
                 return true;
         r->sync.pieces[slot].used = false;
         return block_install(r, index, r->sync.pieces[slot].block);

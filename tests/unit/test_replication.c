@@ -580,6 +580,16 @@ static bool create_or_lookup(uint32_t k, uint32_t accounts)
         return client_call(0, OPERATION_LOOKUP_ACCOUNTS, lookup, size, 1000);
 }
 
+/* Ops `first` to `end` - 1 of such a run; false at the first one not answered. */
+static bool creates_or_lookups(uint32_t first, uint32_t end, uint32_t accounts)
+{
+        for (uint32_t k = first; k < end; k++) {
+                if (!create_or_lookup(k, accounts))
+                        return false;
+        }
+        return true;
+}
+
 static uint64_t accounts_on(uint8_t i)
 {
         struct ledger_stats stats;
@@ -1111,12 +1121,7 @@ static void test_state_sync(void)
         uint8_t body[256] = {0};
         CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
         alive[2] = false; /* away for four checkpoints: beyond repair's reach */
-        for (uint32_t k = 0; k < 1100; k++) {
-                if (!create_or_lookup(k, 600)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        CHECK(creates_or_lookups(0, 1100, 600));
         CHECK(replicas[0].checkpoint_op_durable >= 1024);
         /* It comes back wiped: a fresh, empty replica. */
         replica_deinit(&replicas[2]);
@@ -1160,12 +1165,7 @@ static void test_copy_longer_than_the_ring_keeps_the_quorum(void)
         uint8_t body[256] = {0};
         CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
         alive[2] = false; /* away for four checkpoints: beyond repair's reach */
-        for (uint32_t k = 0; k < 300; k++) {
-                if (!create_or_lookup(k, 200)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        CHECK(creates_or_lookups(0, 300, 200));
         CHECK(replicas[0].checkpoint_op_durable >= 256);
         sync_slow_to = 2;
         sync_slow_ticks = 10;
@@ -1177,12 +1177,7 @@ static void test_copy_longer_than_the_ring_keeps_the_quorum(void)
         alive[1] = false;
         /* Three rings' worth of ops, each committed with replica 2's ok. */
         uint64_t op = replicas[0].op;
-        for (uint32_t k = 0; k < 3 * 256; k++) {
-                if (!create_or_lookup(300 + k, 200)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        CHECK(creates_or_lookups(300, 300 + 3 * 256, 200));
         CHECK(replicas[0].commit >= op + 3 * 256);
         CHECK(replicas[2].sync.active); /* still copying */
         CHECK(replicas[2].sync.checkpoint_op > target);
@@ -1279,12 +1274,7 @@ static void test_state_sync_copies_what_it_lacks(void)
         run(200);
         CHECK(replicas[2].checkpoint_op_durable >= 256);
         alive[2] = false;
-        for (uint32_t k = 300; k < 1400; k++) {
-                if (!create_or_lookup(k, 900)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        CHECK(creates_or_lookups(300, 1400, 900));
         CHECK(replicas[0].checkpoint_op_durable >= 1280);
         uint64_t copied = replicas[2].stats.state_sync_blocks_copied;
         uint64_t kept = replicas[2].stats.state_sync_blocks_kept;
@@ -1507,12 +1497,7 @@ static void test_checkpoint_refused_then_no_commit(void)
         uint8_t body[256] = {0};
         CHECK(client_call(0, OPERATION_REGISTER, body, sizeof(body), 1000));
         checkpoint_busy[1] = true;
-        for (uint32_t k = 1; k < 256; k++) {
-                if (!create_or_lookup(k, 300)) {
-                        CHECK(false);
-                        break;
-                }
-        }
+        CHECK(creates_or_lookups(1, 256, 300));
         run(50);
         CHECK_EQ_U64(replicas[1].commit, 256);
         CHECK_EQ_U64(replicas[1].checkpoint_op_durable, 0); /* refused at op 256 */
