@@ -149,6 +149,19 @@ static int listing_table_known(void *context, struct lsm_block_ref index)
 }
 
 /*
+ * A block's worth of scratch for a read that is used at once (a probe, a piece of a block, a
+ * block served whole): one for the module, allocated on first use; NULL without memory. No
+ * caller holds it across a call that may use it too.
+ */
+static uint8_t *sync_scratch_block(void)
+{
+        static uint8_t *block;
+        if (block == NULL)
+                block = malloc(LSM_BLOCK_SIZE);
+        return block;
+}
+
+/*
  * The bytes of blocks a source sends per message: whole blocks when messages are large, else a
  * piece of one (a multiple of 4096 bytes).
  */
@@ -250,10 +263,8 @@ static void serve_one_block(struct replica *r, const struct message *request)
         struct lsm_block_ref ref = {.address = want.root_address, .checksum = want.root_checksum};
         if (ref.address == 0 || ref.address > ledger_grid_blocks_max(r->ledger))
                 return;
-        static uint8_t *block;
-        if (block == NULL && (block = malloc(LSM_BLOCK_SIZE)) == NULL)
-                return;
-        if (!ledger_block_present(r->ledger, ref, block))
+        uint8_t *block = sync_scratch_block();
+        if (block == NULL || !ledger_block_present(r->ledger, ref, block))
                 return;
         uint32_t chunk = MIN(serve_chunk_size(r), LSM_BLOCK_SIZE);
         for (uint32_t offset = 0; offset < LSM_BLOCK_SIZE; offset += chunk) {
@@ -363,7 +374,6 @@ int64_t replica_image_read(struct replica *r, struct lsm_block_ref root, uint64_
                 return -1;
         uint64_t end = MIN(offset + size, blocks * LSM_BLOCK_SIZE);
         uint32_t done = 0;
-        static uint8_t *scratch;
         while (offset + done < end) {
                 uint64_t at = offset + done;
                 uint64_t i = at / LSM_BLOCK_SIZE;
@@ -374,7 +384,8 @@ int64_t replica_image_read(struct replica *r, struct lsm_block_ref root, uint64_
                                 return -1;
                 } else {
                         /* Part of a block (messages smaller than a block): read it whole. */
-                        if (scratch == NULL && (scratch = malloc(LSM_BLOCK_SIZE)) == NULL)
+                        uint8_t *scratch = sync_scratch_block();
+                        if (scratch == NULL)
                                 return -1;
                         if (ledger_block_read(r->ledger, r->image.list.blocks[i], scratch) != 0)
                                 return -1;
@@ -996,8 +1007,8 @@ static void blocks_pump(struct replica *r)
 {
         if (r->sync.phase != REPLICA_SYNC_PHASE_BLOCKS || r->sync.awaiting_mark)
                 return;
-        static uint8_t *probe;
-        if (probe == NULL && (probe = malloc(LSM_BLOCK_SIZE)) == NULL)
+        uint8_t *probe = sync_scratch_block();
+        if (probe == NULL)
                 return;
         uint32_t probes = 0;
         while (r->sync.classified < r->sync.block_count) {
