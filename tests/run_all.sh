@@ -100,6 +100,10 @@ section "upgrades: format versions, rolling upgrade from an earlier main under l
 timeout 300 tests/server/upgrade.sh ./tally build/release/tests/server >"$WORK/upgrade.out" 2>&1; rc=$?
 cat "$WORK/upgrade.out"; record "upgrades" "$WORK/upgrade.out" $rc
 
+section "upgrades: rolling upgrade from data file format 2 (manifest listed whole) under load"
+TALLY_OLD_COMMIT=9b85aa4 timeout 300 tests/server/upgrade.sh ./tally build/release/tests/server >"$WORK/upgrade2.out" 2>&1; rc=$?
+cat "$WORK/upgrade2.out"; record "upgrades from format 2" "$WORK/upgrade2.out" $rc
+
 section "a replica refusing writes says so: logs, metrics, readiness (sanitizer build)"
 timeout 60 tests/server/refusal.sh build/asan/tally >"$WORK/refusal.out" 2>&1; rc=$?
 cat "$WORK/refusal.out"; record "refusal" "$WORK/refusal.out" $rc

@@ -132,10 +132,13 @@ static int header_check(const struct backup_header *h, const char *path, char *e
                 snprintf(error, error_size, "'%s': the backup header fails its checksum", path);
                 return -1;
         }
-        if (h->format_version != BACKUP_FORMAT_VERSION) {
+        if (h->format_version != BACKUP_FORMAT_VERSION &&
+            h->format_version != BACKUP_FORMAT_VERSION_LISTED_MANIFEST) {
                 snprintf(error, error_size,
-                         "'%s' has backup format version %u; this tally reads version %u%s",
-                         path, h->format_version, BACKUP_FORMAT_VERSION,
+                         "'%s' has backup format version %u; this tally reads versions %u and "
+                         "%u%s",
+                         path, h->format_version, BACKUP_FORMAT_VERSION_LISTED_MANIFEST,
+                         BACKUP_FORMAT_VERSION,
                          h->format_version < BACKUP_FORMAT_VERSION
                                  ? " (the file holds a checkpoint of an older data file format: "
                                    "restore it with the tally that wrote it, or take a new "

@@ -26,7 +26,10 @@
 
 /* Every version's magic starts so; a version the reader does not know is refused by number. */
 #define BACKUP_MAGIC "tally-backup"
-#define BACKUP_FORMAT_VERSION 2u
+#define BACKUP_FORMAT_VERSION 3u
+/* Version 2: the same file around a checkpoint whose root lists every manifest block (data file
+ * format 2); restored as it is, since this tally reads such roots. */
+#define BACKUP_FORMAT_VERSION_LISTED_MANIFEST 2u
 #define BACKUP_HEADER_SIZE 4096u
 /* The unit of the block table: one grid block, so damage is located to the block. */
 #define BACKUP_BLOCK_SIZE LSM_BLOCK_SIZE

@@ -8,27 +8,25 @@
 #include <stdlib.h>
 #include <string.h>
 
-struct manifest_record {
-        uint8_t tree;
-        uint8_t level;
-        uint8_t reserved[14];
-        struct lsm_table_info table;
-};
-_Static_assert(sizeof(struct manifest_record) == 128, "manifest record size");
-#define MANIFEST_RECORDS_PER_BLOCK (LSM_BLOCK_PAYLOAD_MAX / sizeof(struct manifest_record))
-
-#define ROOT_MAGIC 0x746f6f72796c6174ull /* "tallyroot" */
+/*
+ * Roots written before the manifest became a log (2026-12-06) name every manifest block, each
+ * with every table once in level order; such a log is read as all adds (lsm_manifest_load's
+ * legacy) and rewritten whole at the next checkpoint. Roots since name the log's newest block.
+ */
+#define ROOT_MAGIC_LEGACY 0x746f6f72796c6174ull /* "tallyroot" */
+#define ROOT_MAGIC 0x676f6c796c6c6174ull        /* "tallylog" */
 
 struct root {
         uint64_t magic;
         uint64_t checkpoint; /* how many checkpoints this forest has made */
-        uint32_t manifest_count;
+        uint32_t manifest_count; /* log blocks (legacy: manifest blocks) */
         uint32_t free_set_count;
         uint64_t block_count_max; /* of the grid that wrote it */
         uint32_t user_size;
         uint32_t reserved;
         uint8_t user[LSM_FOREST_USER_SIZE_MAX];
-        /* then manifest_count + free_set_count refs */
+        /* then the log's newest block if manifest_count > 0 (legacy: manifest_count refs), and
+         * free_set_count refs */
 };
 _Static_assert(sizeof(struct root) + LSM_FOREST_ROOT_REFS_MAX * sizeof(struct lsm_block_ref) <=
                        LSM_BLOCK_PAYLOAD_MAX,
@@ -40,14 +38,14 @@ int lsm_forest_init(struct lsm_forest *forest, struct lsm_grid *grid)
         forest->grid = grid;
         uint32_t chunks = lsm_grid_free_set_chunks(grid);
         tally_assert(chunks < LSM_FOREST_ROOT_REFS_MAX / 2);
-        forest->manifest = calloc(LSM_FOREST_ROOT_REFS_MAX, sizeof(struct lsm_block_ref));
+        lsm_manifest_init(&forest->log);
         forest->free_set = calloc(LSM_FOREST_ROOT_REFS_MAX, sizeof(struct lsm_block_ref));
         forest->free_set_bits = calloc((size_t)chunks * LSM_FREE_SET_CHUNK_WORDS,
                                        sizeof(uint64_t));
         forest->block = aligned_alloc(4096, LSM_BLOCK_SIZE);
         forest->free_set_plan = calloc(LSM_FOREST_ROOT_REFS_MAX, sizeof(uint64_t));
         forest->free_set_words = calloc(LSM_FREE_SET_CHUNK_WORDS, sizeof(uint64_t));
-        if (forest->manifest == NULL || forest->free_set == NULL ||
+        if (forest->free_set == NULL ||
             forest->free_set_bits == NULL || forest->block == NULL ||
             forest->free_set_plan == NULL || forest->free_set_words == NULL) {
                 lsm_forest_deinit(forest);
@@ -58,7 +56,7 @@ int lsm_forest_init(struct lsm_forest *forest, struct lsm_grid *grid)
 
 void lsm_forest_deinit(struct lsm_forest *forest)
 {
-        free(forest->manifest);
+        lsm_manifest_deinit(&forest->log);
         free(forest->free_set);
         free(forest->free_set_bits);
         free(forest->block);
@@ -78,48 +76,6 @@ void lsm_forest_add(struct lsm_forest *forest, struct lsm_tree *tree)
 static uint8_t *payload(struct lsm_forest *forest)
 {
         return forest->block + LSM_BLOCK_HEADER_SIZE;
-}
-
-/* Writes the `count` records in the block buffer as the next manifest block. */
-static bool manifest_flush(struct lsm_forest *forest, uint32_t count)
-{
-        if (forest->manifest_count == LSM_FOREST_ROOT_REFS_MAX / 2) {
-                snprintf(forest->grid->error, sizeof(forest->grid->error),
-                         "manifest larger than a root can name");
-                return false;
-        }
-        uint32_t size = LSM_BLOCK_HEADER_SIZE + count * (uint32_t)sizeof(struct manifest_record);
-        struct lsm_block_ref ref = lsm_grid_write(forest->grid, forest->block, LSM_BLOCK_MANIFEST,
-                                                  0, sizeof(struct manifest_record), count, size);
-        if (ref.address == 0)
-                return false;
-        forest->manifest[forest->manifest_count++] = ref;
-        return true;
-}
-
-/* Writes every table of every tree, tree by tree and level by level, into manifest blocks. */
-static bool manifest_write(struct lsm_forest *forest)
-{
-        struct manifest_record *records = (struct manifest_record *)payload(forest);
-        uint32_t count = 0;
-        forest->manifest_count = 0;
-        for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++) {
-                struct lsm_tree *tree = forest->trees[id];
-                for (uint32_t level = 0; tree != NULL && level < LSM_LEVELS; level++) {
-                        for (uint32_t t = 0; t < tree->levels[level].count; t++) {
-                                memset(&records[count], 0, sizeof(records[count]));
-                                records[count].tree = (uint8_t)id;
-                                records[count].level = (uint8_t)level;
-                                records[count].table = tree->levels[level].tables[t];
-                                if (++count == MANIFEST_RECORDS_PER_BLOCK) {
-                                        if (!manifest_flush(forest, count))
-                                                return false;
-                                        count = 0;
-                                }
-                        }
-                }
-        }
-        return count == 0 || manifest_flush(forest, count);
 }
 
 /*
@@ -165,13 +121,13 @@ bool lsm_forest_checkpoint(struct lsm_forest *forest, const void *user, uint32_t
         for (uint32_t id = 0; id < LSM_FOREST_TREES_MAX; id++)
                 tally_assert(forest->trees[id] == NULL || forest->trees[id]->memtable_count == 0);
         uint64_t written_before = grid->stats.writes;
-        /* The previous checkpoint's manifest and root: this one names none of them. */
-        for (uint32_t i = 0; i < forest->manifest_count; i++)
-                lsm_grid_release(grid, forest->manifest[i].address);
+        /* The log keeps its blocks but the oldest it compacts; the previous root goes. */
+        if (!lsm_manifest_checkpoint(&forest->log, grid, forest->trees, LSM_FOREST_TREES_MAX,
+                                     forest->block))
+                return false;
+        forest->manifest_count = forest->log.block_count;
         if (forest->root.address != 0)
                 lsm_grid_release(grid, forest->root.address);
-        if (!manifest_write(forest))
-                return false;
         uint64_t root_address = lsm_grid_acquire(grid);
         if (root_address == 0) {
                 snprintf(grid->error, sizeof(grid->error), "grid full while writing a root");
@@ -208,12 +164,14 @@ bool lsm_forest_checkpoint(struct lsm_forest *forest, const void *user, uint32_t
         root->user_size = user_size;
         memcpy(root->user, user, user_size);
         struct lsm_block_ref *refs = (struct lsm_block_ref *)(root + 1);
-        memcpy(refs, forest->manifest, forest->manifest_count * sizeof(*refs));
-        memcpy(refs + forest->manifest_count, forest->free_set, chunks * sizeof(*refs));
+        uint32_t newest = forest->manifest_count > 0 ? 1 : 0;
+        struct lsm_block_ref newest_ref = lsm_manifest_newest(&forest->log);
+        memcpy(refs, &newest_ref, sizeof(newest_ref)); /* refs are not 16-byte aligned */
+        memcpy(refs + newest, forest->free_set, chunks * sizeof(*refs));
         uint32_t size = LSM_BLOCK_HEADER_SIZE + (uint32_t)sizeof(*root) +
-                        (forest->manifest_count + chunks) * (uint32_t)sizeof(*refs);
+                        (newest + chunks) * (uint32_t)sizeof(*refs);
         forest->root = lsm_grid_write_at(grid, forest->block, root_address, LSM_BLOCK_ROOT, 0, 0,
-                                         forest->manifest_count + chunks, size);
+                                         newest + chunks, size);
         if (forest->root.address == 0)
                 return false;
         forest->blocks_written_last = grid->stats.writes - written_before;
@@ -237,34 +195,101 @@ static bool open_fail(struct lsm_forest *forest, const char *what)
         return false;
 }
 
-bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root_ref, void *user,
-                     uint32_t *user_size)
+/* A root's fields, checked against the grid; its refs copied (reads may evict the root). */
+struct root_view {
+        const struct root *root;
+        bool legacy;
+        uint32_t manifest_refs; /* refs naming the manifest: legacy, every block; else the newest */
+        struct lsm_block_ref refs[LSM_FOREST_ROOT_REFS_MAX];
+};
+
+static bool root_read(struct lsm_grid *grid, struct lsm_block_ref root_ref, uint8_t *copy,
+                      struct root_view *view)
 {
-        struct lsm_grid *grid = forest->grid;
         const uint8_t *block = lsm_grid_read(grid, root_ref, LSM_BLOCK_ROOT);
         if (block == NULL)
-                return open_fail(forest, "root");
-        memcpy(forest->block, block, LSM_BLOCK_SIZE);
-        const struct root *root = (const struct root *)payload(forest);
-        if (root->magic != ROOT_MAGIC || root->user_size > LSM_FOREST_USER_SIZE_MAX ||
-            root->manifest_count > LSM_FOREST_ROOT_REFS_MAX / 2 ||
+                return false;
+        memcpy(copy, block, LSM_BLOCK_SIZE);
+        const struct root *root = (const struct root *)(copy + LSM_BLOCK_HEADER_SIZE);
+        view->root = root;
+        view->legacy = root->magic == ROOT_MAGIC_LEGACY;
+        view->manifest_refs = view->legacy ? root->manifest_count : root->manifest_count > 0;
+        if ((root->magic != ROOT_MAGIC && !view->legacy) ||
+            root->user_size > LSM_FOREST_USER_SIZE_MAX ||
+            (view->legacy && root->manifest_count > LSM_FOREST_ROOT_REFS_MAX / 2) ||
             root->free_set_count != lsm_grid_free_set_chunks(grid) ||
-            root->block_count_max != grid->block_count_max) {
+            root->block_count_max != grid->block_count_max ||
+            view->manifest_refs + root->free_set_count > LSM_FOREST_ROOT_REFS_MAX) {
                 snprintf(grid->error, sizeof(grid->error),
                          "root names %u free set chunks of a grid of %llu blocks (this grid: %u, "
                          "%llu)",
                          root->free_set_count, (unsigned long long)root->block_count_max,
                          lsm_grid_free_set_chunks(grid),
                          (unsigned long long)grid->block_count_max);
-                return open_fail(forest, "root");
+                return false;
         }
+        memcpy(view->refs, root + 1,
+               (view->manifest_refs + root->free_set_count) * sizeof(*view->refs));
+        return true;
+}
+
+static bool manifest_load(struct lsm_manifest *manifest, struct lsm_grid *grid,
+                          const struct root_view *view)
+{
+        return lsm_manifest_load(manifest, grid, view->refs, view->root->manifest_count,
+                                 view->legacy);
+}
+
+/* qsort_r's order of one deeper level's tables: by key (they do not overlap). */
+static int table_compare(const void *a, const void *b, void *layout)
+{
+        const struct lsm_manifest_record *x = a, *y = b;
+        return lsm_key_compare(layout, x->table.key_min, y->table.key_min);
+}
+
+/* The trees' levels from the log's live tables (ordered by tree, level, last add). */
+static bool trees_load(struct lsm_forest *forest)
+{
+        struct lsm_grid *grid = forest->grid;
+        const struct lsm_manifest_record *live;
+        uint64_t count = lsm_manifest_live(&forest->log, &live);
+        for (uint64_t first = 0, end; first < count; first = end) {
+                const struct lsm_manifest_record *r = &live[first];
+                for (end = first + 1; end < count && live[end].tree == r->tree &&
+                                      live[end].level == r->level;
+                     end++)
+                        ;
+                struct lsm_tree *tree = r->tree < LSM_FOREST_TREES_MAX ? forest->trees[r->tree]
+                                                                        : NULL;
+                if (tree == NULL) {
+                        snprintf(grid->error, sizeof(grid->error),
+                                 "manifest names tree %u level %u, which this forest does not "
+                                 "have",
+                                 r->tree, r->level);
+                        return false;
+                }
+                struct lsm_manifest_record *group = (struct lsm_manifest_record *)&live[first];
+                if (r->level > 0)
+                        qsort_r(group, end - first, sizeof(*group), table_compare,
+                                (void *)&tree->layout);
+                for (uint64_t i = first; i < end; i++)
+                        lsm_tree_table_append(tree, live[i].level, &live[i].table);
+        }
+        return true;
+}
+
+bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root_ref, void *user,
+                     uint32_t *user_size)
+{
+        struct lsm_grid *grid = forest->grid;
+        static struct root_view view;
+        if (!root_read(grid, root_ref, forest->block, &view))
+                return open_fail(forest, "root");
+        const struct root *root = view.root;
         forest->checkpoints = root->checkpoint;
-        forest->manifest_count = root->manifest_count;
         forest->free_set_count = root->free_set_count;
-        const struct lsm_block_ref *refs = (const struct lsm_block_ref *)(root + 1);
-        memcpy(forest->manifest, refs, root->manifest_count * sizeof(*refs));
-        memcpy(forest->free_set, refs + root->manifest_count,
-               root->free_set_count * sizeof(*refs));
+        memcpy(forest->free_set, view.refs + view.manifest_refs,
+               root->free_set_count * sizeof(*forest->free_set));
         memcpy(user, root->user, root->user_size);
         *user_size = root->user_size;
         forest->root = root_ref;
@@ -278,29 +303,11 @@ bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root_ref, v
                         tree->levels[level].value_count = 0;
                 }
         }
-        for (uint32_t m = 0; m < forest->manifest_count; m++) {
-                const uint8_t *manifest = lsm_grid_read(grid, forest->manifest[m],
-                                                        LSM_BLOCK_MANIFEST);
-                if (manifest == NULL)
-                        return open_fail(forest, "manifest");
-                const struct lsm_block_header *h = (const struct lsm_block_header *)manifest;
-                const struct manifest_record *records =
-                        (const struct manifest_record *)(manifest + LSM_BLOCK_HEADER_SIZE);
-                for (uint32_t r = 0; r < h->count; r++) {
-                        const struct manifest_record *record = &records[r];
-                        struct lsm_tree *tree = record->tree < LSM_FOREST_TREES_MAX
-                                                        ? forest->trees[record->tree]
-                                                        : NULL;
-                        if (tree == NULL || record->level >= LSM_LEVELS) {
-                                snprintf(grid->error, sizeof(grid->error),
-                                         "manifest names tree %u level %u, which this forest "
-                                         "does not have",
-                                         record->tree, record->level);
-                                return open_fail(forest, "manifest");
-                        }
-                        lsm_tree_table_append(tree, record->level, &record->table);
-                }
-        }
+        if (!manifest_load(&forest->log, grid, &view))
+                return open_fail(forest, "manifest");
+        forest->manifest_count = forest->log.block_count;
+        if (!trees_load(forest))
+                return open_fail(forest, "manifest");
         lsm_grid_free_set_clear(grid);
         for (uint32_t i = 0; i < forest->free_set_count; i++) {
                 const uint8_t *chunk = lsm_grid_read(grid, forest->free_set[i],
@@ -322,88 +329,84 @@ int lsm_forest_blocks(struct lsm_forest *forest, struct lsm_block_ref root_ref,
         return lsm_forest_blocks_known(forest, root_ref, visit, NULL, context);
 }
 
+/* Every table's index and data blocks (the live records of a log), a window read at once. */
+static int tables_visit(struct lsm_grid *grid, const struct lsm_manifest_record *live,
+                        uint64_t count,
+                        int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
+                        int (*table_known)(void *context, struct lsm_block_ref index),
+                        void *context, struct lsm_index_entry *entries,
+                        struct lsm_block_ref *ahead)
+{
+        int rc = 0;
+        for (uint64_t r = 0; rc == 0 && r < count; r++) {
+                /*
+                 * Without a caller that knows most tables, every index block is read: at once,
+                 * a window at a time (one at a time, 300 of them took 220 ms from a cold cache,
+                 * on the loop of a primary a peer copied from).
+                 */
+                if (table_known == NULL && r % LSM_GRID_PREFETCH_MAX == 0) {
+                        uint32_t n = (uint32_t)MIN(count - r, LSM_GRID_PREFETCH_MAX);
+                        for (uint32_t k = 0; k < n; k++)
+                                ahead[k] = live[r + k].table.index;
+                        lsm_grid_prefetch(grid, ahead, n, LSM_BLOCK_TABLE_INDEX);
+                }
+                struct lsm_block_ref index_ref = live[r].table.index;
+                int known = table_known != NULL ? table_known(context, index_ref) : 0;
+                if (known != 0) {
+                        rc = known > 0 ? 0 : known;
+                        continue;
+                }
+                const uint8_t *index = lsm_grid_read(grid, index_ref, LSM_BLOCK_TABLE_INDEX);
+                if (index == NULL)
+                        return -2;
+                uint32_t n = ((const struct lsm_block_header *)index)->count;
+                n = MIN(n, (uint32_t)(LSM_BLOCK_PAYLOAD_MAX / sizeof(*entries)));
+                memcpy(entries, index + LSM_BLOCK_HEADER_SIZE, n * sizeof(*entries));
+                rc = visit(context, index_ref, LSM_BLOCK_TABLE_INDEX);
+                for (uint32_t d = 0; rc == 0 && d < n; d++)
+                        rc = visit(context, entries[d].data, LSM_BLOCK_TABLE_DATA);
+        }
+        return rc;
+}
+
 int lsm_forest_blocks_known(struct lsm_forest *forest, struct lsm_block_ref root_ref,
                             int (*visit)(void *context, struct lsm_block_ref ref, uint8_t kind),
                             int (*table_known)(void *context, struct lsm_block_ref index),
                             void *context)
 {
         struct lsm_grid *grid = forest->grid;
-        const uint8_t *block = lsm_grid_read(grid, root_ref, LSM_BLOCK_ROOT);
-        if (block == NULL)
-                return -2;
-        int rc = visit(context, root_ref, LSM_BLOCK_ROOT);
-        if (rc != 0)
-                return rc;
-        /* The root's refs, copied: reads below may evict the root from the cache. */
-        const struct root *root = (const struct root *)(block + LSM_BLOCK_HEADER_SIZE);
-        uint32_t manifest_count = MIN(root->manifest_count, LSM_FOREST_ROOT_REFS_MAX);
-        uint32_t free_set_count = MIN(root->free_set_count, LSM_FOREST_ROOT_REFS_MAX -
-                                                                    manifest_count);
-        uint32_t count = manifest_count + free_set_count;
-        struct lsm_block_ref *refs = malloc((count + 1) * sizeof(*refs));
+        struct root_view *view = malloc(sizeof(*view));
+        uint8_t *copy = aligned_alloc(4096, LSM_BLOCK_SIZE);
         struct lsm_index_entry *entries = malloc(LSM_BLOCK_PAYLOAD_MAX);
         struct lsm_block_ref *ahead = malloc(LSM_GRID_PREFETCH_MAX * sizeof(*ahead));
-        if (refs == NULL || entries == NULL || ahead == NULL) {
-                free(refs);
-                free(entries);
-                free(ahead);
+        /* That checkpoint's log, read apart from the forest's own (it may be an older one). */
+        struct lsm_manifest log;
+        lsm_manifest_init(&log);
+        int rc = -2;
+        if (view == NULL || copy == NULL || entries == NULL || ahead == NULL) {
                 snprintf(grid->error, sizeof(grid->error), "out of memory listing blocks");
-                return -2;
+                goto done;
         }
-        memcpy(refs, root + 1, count * sizeof(*refs));
-        for (uint32_t i = 0; rc == 0 && i < count; i++) {
-                uint8_t kind = i < manifest_count ? LSM_BLOCK_MANIFEST : LSM_BLOCK_FREE_SET;
-                if (refs[i].address != 0)
-                        rc = visit(context, refs[i], kind);
+        if (!root_read(grid, root_ref, copy, view) || !manifest_load(&log, grid, view))
+                goto done;
+        rc = visit(context, root_ref, LSM_BLOCK_ROOT);
+        for (uint32_t i = 0; rc == 0 && i < log.block_count; i++)
+                rc = visit(context, log.blocks[i].ref, LSM_BLOCK_MANIFEST);
+        for (uint32_t i = 0; rc == 0 && i < view->root->free_set_count; i++) {
+                struct lsm_block_ref ref = view->refs[view->manifest_refs + i];
+                if (ref.address != 0)
+                        rc = visit(context, ref, LSM_BLOCK_FREE_SET);
         }
-        for (uint32_t m = 0; rc == 0 && m < manifest_count; m++) {
-                const uint8_t *manifest = lsm_grid_read(grid, refs[m], LSM_BLOCK_MANIFEST);
-                if (manifest == NULL) {
-                        rc = -2;
-                        break;
-                }
-                uint32_t records = ((const struct lsm_block_header *)manifest)->count;
-                struct manifest_record *copy = malloc((size_t)records * sizeof(*copy) + 1);
-                if (copy == NULL) {
-                        rc = -2;
-                        break;
-                }
-                memcpy(copy, manifest + LSM_BLOCK_HEADER_SIZE, (size_t)records * sizeof(*copy));
-                for (uint32_t r = 0; rc == 0 && r < records; r++) {
-                        /*
-                         * Without a caller that knows most tables, every index block is read:
-                         * at once, a window at a time (one at a time, 300 of them took 220 ms
-                         * from a cold cache, on the loop of a primary a peer copied from).
-                         */
-                        if (table_known == NULL && r % LSM_GRID_PREFETCH_MAX == 0) {
-                                uint32_t n = MIN(records - r, LSM_GRID_PREFETCH_MAX);
-                                for (uint32_t k = 0; k < n; k++)
-                                        ahead[k] = copy[r + k].table.index;
-                                lsm_grid_prefetch(grid, ahead, n, LSM_BLOCK_TABLE_INDEX);
-                        }
-                        struct lsm_block_ref index_ref = copy[r].table.index;
-                        int known = table_known != NULL ? table_known(context, index_ref) : 0;
-                        if (known != 0) {
-                                rc = known > 0 ? 0 : known;
-                                continue;
-                        }
-                        const uint8_t *index = lsm_grid_read(grid, index_ref,
-                                                             LSM_BLOCK_TABLE_INDEX);
-                        if (index == NULL) {
-                                rc = -2;
-                                break;
-                        }
-                        uint32_t n = ((const struct lsm_block_header *)index)->count;
-                        n = MIN(n, (uint32_t)(LSM_BLOCK_PAYLOAD_MAX / sizeof(*entries)));
-                        memcpy(entries, index + LSM_BLOCK_HEADER_SIZE, n * sizeof(*entries));
-                        rc = visit(context, index_ref, LSM_BLOCK_TABLE_INDEX);
-                        for (uint32_t d = 0; rc == 0 && d < n; d++)
-                                rc = visit(context, entries[d].data, LSM_BLOCK_TABLE_DATA);
-                }
-                free(copy);
+        if (rc == 0) {
+                const struct lsm_manifest_record *live;
+                uint64_t count = lsm_manifest_live(&log, &live);
+                rc = tables_visit(grid, live, count, visit, table_known, context, entries, ahead);
         }
+done:
         lsm_grid_prefetch_settle(grid); /* no slot stays pinned */
-        free(refs);
+        lsm_manifest_deinit(&log);
+        free(view);
+        free(copy);
         free(entries);
         free(ahead);
         return rc;
@@ -413,7 +416,8 @@ bool lsm_forest_root_user(const uint8_t *block, void *user, uint32_t *user_size)
 {
         const struct lsm_block_header *h = (const struct lsm_block_header *)block;
         const struct root *root = (const struct root *)(block + LSM_BLOCK_HEADER_SIZE);
-        if (h->kind != LSM_BLOCK_ROOT || root->magic != ROOT_MAGIC ||
+        if (h->kind != LSM_BLOCK_ROOT ||
+            (root->magic != ROOT_MAGIC && root->magic != ROOT_MAGIC_LEGACY) ||
             root->user_size > LSM_FOREST_USER_SIZE_MAX)
                 return false;
         memcpy(user, root->user, root->user_size);

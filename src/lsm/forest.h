@@ -6,13 +6,15 @@
  * (never the data), so that start-up does not depend on how much is stored.
  *
  * lsm_forest_checkpoint() (at a bar boundary: every memtable flushed) writes
- *   - manifest blocks: every table of every tree (tree, level, key range, index block, counts);
+ *   - manifest log blocks: the tables added and removed since the previous checkpoint (tree,
+ *     level, key range, index block, counts), and the oldest blocks' live records again as
+ *     they are compacted (lsm/manifest.h), so it writes what changed, not what is stored;
  *   - free set blocks: the grid's bitmap of blocks in use, in chunks of one block each; a chunk
  *     whose bits did not change since the previous checkpoint keeps its block;
  *   - a root block naming the manifest and free set blocks and carrying the caller's bytes
  *     (the ledger's counters), and returns the root's reference for the superblock.
- * Blocks that the previous checkpoint used and this one does not (old manifest, changed free set
- * chunks, the old root, tables compacted away) are released: free once this checkpoint is
+ * Blocks that the previous checkpoint used and this one does not (compacted manifest blocks,
+ * changed free set chunks, the old root, tables compacted away) are released: free once this checkpoint is
  * durable (lsm_forest_checkpoint_durable). Until then a crash restores the previous checkpoint,
  * whose blocks nothing has overwritten.
  *
@@ -22,13 +24,14 @@
 #ifndef TALLY_LSM_FOREST_H
 #define TALLY_LSM_FOREST_H
 
+#include "lsm/manifest.h"
 #include "lsm/tree.h"
 
 #define LSM_FOREST_TREES_MAX 32u
 /* The caller's bytes in the root block (the ledger's counters and last timestamps). */
 #define LSM_FOREST_USER_SIZE_MAX 8192u
-/* Blocks a root can name: manifest and free set together. 8,000 tables per manifest block x
- * (64 KiB / 128 B)... see forest.c; at 1 TiB of grid the free set takes 33 blocks. */
+/* Blocks a root can name: the free set's chunks (at 1 TiB of grid, 33), the manifest log's
+ * newest block, and in a root written before the log, every manifest block. */
 #define LSM_FOREST_ROOT_REFS_MAX 1500u
 
 struct lsm_forest {
@@ -36,8 +39,8 @@ struct lsm_forest {
         struct lsm_tree *trees[LSM_FOREST_TREES_MAX]; /* indexed by layout.tree */
         /* The latest checkpoint written (durable or not yet). */
         struct lsm_block_ref root;
-        uint32_t manifest_count;
-        struct lsm_block_ref *manifest; /* LSM_FOREST_ROOT_REFS_MAX */
+        uint32_t manifest_count;  /* the log's blocks */
+        struct lsm_manifest log; /* as of that checkpoint */
         uint32_t free_set_count;
         struct lsm_block_ref *free_set; /* LSM_FOREST_ROOT_REFS_MAX; chunk i, address 0: none */
         uint64_t *free_set_bits;        /* the bits each chunk held at that checkpoint */
@@ -76,8 +79,8 @@ bool lsm_forest_open(struct lsm_forest *forest, struct lsm_block_ref root, void 
 bool lsm_forest_root_user(const uint8_t *root_block, void *user, uint32_t *user_size);
 
 /*
- * Every block of the checkpoint `root` names, each once: the root, its manifest and free set
- * blocks, then per table its index block and data blocks. `visit` returns 0 to go on; -1 stops.
+ * Every block of the checkpoint `root` names, each once: the root, its manifest log's blocks
+ * (oldest first) and free set blocks, then per live table its index block and data blocks. `visit` returns 0 to go on; -1 stops.
  * Returns 0, the first non-zero `visit` result, or -2 if a block is unreadable (grid->error).
  * What state sync and backups copy.
  */

@@ -373,14 +373,16 @@ enum storage_error storage_open(struct storage *storage, struct io *io,
         }
         const struct superblock *sb = &copies[best];
         bool legacy = sb->format_version == STORAGE_FORMAT_VERSION_LEGACY && writer;
-        if (sb->format_version != STORAGE_FORMAT_VERSION && !legacy) {
+        bool readable = sb->format_version == STORAGE_FORMAT_VERSION ||
+                        sb->format_version == STORAGE_FORMAT_VERSION_LISTED_MANIFEST;
+        if (!readable && !legacy) {
                 /* Name both versions and the way forward: an operator meets this in an
                  * upgrade or a downgrade, never by accident. */
                 snprintf(error, error_size,
-                         "'%s' has data file format version %u; this tally reads format version "
-                         "%u (and converts version %u) (%s)",
-                         path, sb->format_version, STORAGE_FORMAT_VERSION,
-                         STORAGE_FORMAT_VERSION_LEGACY,
+                         "'%s' has data file format version %u; this tally reads format versions "
+                         "%u and %u (and converts version %u) (%s)",
+                         path, sb->format_version, STORAGE_FORMAT_VERSION_LISTED_MANIFEST,
+                         STORAGE_FORMAT_VERSION, STORAGE_FORMAT_VERSION_LEGACY,
                          sb->format_version > STORAGE_FORMAT_VERSION
                                  ? "the file was written by a newer tally: run that one"
                          : sb->format_version == STORAGE_FORMAT_VERSION_LEGACY
@@ -1273,6 +1275,7 @@ bool storage_checkpoint_start(struct storage *storage,
         }
         struct superblock *next = &cp->superblock_next;
         *next = storage->superblock;
+        next->format_version = STORAGE_FORMAT_VERSION; /* its root is the ledger's of today */
         next->sequence++;
         next->commit = request->op;
         next->checkpoint_op = request->op;

@@ -39,7 +39,14 @@
 
 #define SUPERBLOCK_COPIES 4u
 #define SUPERBLOCK_COPY_SIZE 4096u
-#define STORAGE_FORMAT_VERSION 2u
+#define STORAGE_FORMAT_VERSION 3u
+/*
+ * Format 2 (2026-12-02 to 2026-12-06): as format 3, but each checkpoint's root names every
+ * manifest block, each table listed once, instead of the newest block of the manifest log
+ * (lsm/manifest.h). Read as it is; the next checkpoint writes the log and makes the file
+ * format 3, which a tally of format 2 refuses (it would read the log as a list).
+ */
+#define STORAGE_FORMAT_VERSION_LISTED_MANIFEST 2u
 /*
  * Format 1 (until 2026-12): the ledger's whole state as one blob in 1 MiB grid blocks named by a
  * manifest block; the other zones are laid out as in format 2, and the superblock's fields

@@ -2,16 +2,19 @@
 # tests/server/upgrade.sh <tally> <tool dir>: upgrades.
 #
 #   1. Format versions: a data file whose superblock says a format version this tally neither
-#      reads nor converts (0, and 3: newer) is refused by `start` and `inspect` with one error
-#      naming both versions, and is left untouched. (Format 1 files are converted by `start`:
-#      the rolling upgrade below starts from them.)
+#      reads nor converts (0, and 4: newer) is refused by `start` and `inspect` with one error
+#      naming the versions, and is left untouched. (Format 1 files are converted by `start`:
+#      the rolling upgrade below starts from them with the default OLD_COMMIT; format 2
+#      files, whose roots list the manifest whole, are read as they are and become format 3
+#      at their next checkpoint: TALLY_OLD_COMMIT=9b85aa4 starts from them.)
 #   2. A rolling upgrade of a 3-replica cluster without a cluster key, from an earlier commit
 #      of main (OLD_COMMIT, built here from git history into a temporary directory) to this
 #      build: three old replicas under load from the C load tool (rotating among replicas),
 #      then each replica in turn stopped with SIGTERM and started again from the new build on
 #      the same data file, and the next one only once the new replica reports
 #      /health/ready (old and new replicas talk to each other meanwhile). Every acknowledged
-#      transfer must then be found, and all three replicas' files must give one digest.
+#      transfer must then be found, and all three replicas' files must give one digest; the
+#      old build refuses an upgraded file (its format is newer), leaving it untouched.
 #   3. Turning the cluster key on afterwards takes a restart of all three replicas together
 #      (a keyed and an unkeyed replica cannot talk): they do, and the cluster serves.
 # Bounded: every wait has a limit; the script kills what it started and removes what it
@@ -33,12 +36,12 @@ trap cleanup EXIT
 
 # 1. Another format version.
 "$tally" format --cluster=0 --replica=0 --replica-count=1 --development "$dir/v.tally" 2>/dev/null
-for v in 0 3; do
+for v in 0 4; do
   "$tools/set_format_version" "$dir/v.tally" $v
   before=$(cksum <"$dir/v.tally")
   timeout 20 "$tally" start --addresses=127.0.0.1:1 "$dir/v.tally" >"$dir/v.out" 2>&1; rc=$?
   timeout 20 "$tally" inspect "$dir/v.tally" >"$dir/vi.out" 2>&1; irc=$?
-  if [ $rc -ne 0 ] && [ $irc -ne 0 ] && grep -q "has data file format version $v; this tally reads format version 2" "$dir/v.out" &&
+  if [ $rc -ne 0 ] && [ $irc -ne 0 ] && grep -q "has data file format version $v; this tally reads format versions 2 and 3" "$dir/v.out" &&
      grep -q "format version $v" "$dir/vi.out" && [ "$(cksum <"$dir/v.tally")" = "$before" ]; then
     pass "format version $v refused, file untouched: $(grep -o "has data file.*" "$dir/v.out" | head -1 | cut -c1-160)"
   else fail "format version $v: start rc=$rc inspect rc=$irc: $(tail -1 "$dir/v.out")"; fi
@@ -138,6 +141,13 @@ done >"$dir/digests"
 digests=$(sed 's/^replica [0-9]: //' "$dir/digests" | sort -u | wc -l)
 if [ -n "$commit" ] && [ "$digests" -eq 1 ]; then pass "the three data files give one digest at op $commit"
 else fail "data files differ at op $commit ($digests digests)"; cat "$dir/digests"; fi
+# A file the new build has checkpointed is of its format: the old build refuses it, untouched.
+before=$(cksum <"$dir/0_0.tally")
+timeout 20 "$old/tally" inspect "$dir/0_0.tally" >"$dir/downgrade.out" 2>&1; rc=$?
+if [ $rc -ne 0 ] && grep -q "format version $("$tally" version --verbose | sed -n 's/.*data file format version: //p')" "$dir/downgrade.out" &&
+   [ "$(cksum <"$dir/0_0.tally")" = "$before" ]; then
+  pass "the old build refuses the upgraded file: $(grep -o "format version.*" "$dir/downgrade.out" | head -1 | cut -c1-100)"
+else fail "the old build on the upgraded file: rc=$rc $(tail -1 "$dir/downgrade.out")"; fi
 for i in 0 1 2; do
   start_replica "$tally" $i --metrics-address=127.0.0.1:$((base + 10 + i)) --cluster-key-file="$dir/key"
 done

@@ -21,6 +21,7 @@
 
 #include "lsm/compactor.h"
 #include "lsm/forest.h"
+#include "lsm/manifest.h"
 #include "lsm/groove.h"
 #include "lsm/prefetch.h"
 
@@ -1922,6 +1923,277 @@ static void test_forest_crash(void)
         world_stop(&w);
 }
 
+/* ---- the manifest log --------------------------------------------------------------------- */
+
+/*
+ * A model of two trees' levels (fake tables: one key each, made-up index references; the
+ * manifest reads neither; level 0 kept small, as trees do), changed at random between
+ * checkpoints: after each checkpoint the log
+ * read back from the grid gives exactly the model's tables, level 0 in order; a checkpoint's
+ * manifest writes follow its changes, not the 20,000 tables stored; a root written before the
+ * log reads back and is rewritten whole once; a damaged log block is named.
+ */
+#define MODEL_TREES 2u
+struct manifest_model {
+        struct lsm_table_info *tables[MODEL_TREES][LSM_LEVELS];
+        uint32_t count[MODEL_TREES][LSM_LEVELS];
+        uint64_t next_key, next_address;
+};
+static struct manifest_model mm;
+
+static uint64_t table_key(const struct lsm_table_info *t)
+{
+        uint64_t key;
+        memcpy(&key, t->key_min, 8);
+        return key;
+}
+
+static void model_insert(uint32_t tree, uint32_t level, const struct lsm_table_info *table)
+{
+        uint32_t n = mm.count[tree][level];
+        mm.tables[tree][level] = realloc(mm.tables[tree][level], (n + 1) * sizeof(*table));
+        tally_assert(mm.tables[tree][level] != NULL);
+        uint32_t at = n;
+        if (level > 0) /* sorted by key; level 0 appends (newest last) */
+                while (at > 0 && table_key(&mm.tables[tree][level][at - 1]) > table_key(table))
+                        at--;
+        memmove(&mm.tables[tree][level][at + 1], &mm.tables[tree][level][at],
+                (n - at) * sizeof(*table));
+        mm.tables[tree][level][at] = *table;
+        mm.count[tree][level]++;
+}
+
+static struct lsm_table_info model_remove(uint32_t tree, uint32_t level, uint32_t at)
+{
+        struct lsm_table_info t = mm.tables[tree][level][at];
+        memmove(&mm.tables[tree][level][at], &mm.tables[tree][level][at + 1],
+                (mm.count[tree][level] - at - 1) * sizeof(t));
+        mm.count[tree][level]--;
+        return t;
+}
+
+static struct lsm_table_info model_table(void)
+{
+        struct lsm_table_info t;
+        memset(&t, 0, sizeof(t));
+        uint64_t key = (mm.next_key += 1 + rng() % 1000);
+        memcpy(t.key_min, &key, 8);
+        memcpy(t.key_max, &key, 8);
+        t.index.address = ++mm.next_address;
+        t.index.checksum = ((u128)rng() << 64) | rng();
+        t.value_count = 1 + rng() % 100;
+        t.data_block_count = 1;
+        return t;
+}
+
+static uint64_t model_live(void)
+{
+        uint64_t n = 0;
+        for (uint32_t t = 0; t < MODEL_TREES; t++)
+                for (uint32_t l = 0; l < LSM_LEVELS; l++)
+                        n += mm.count[t][l];
+        return n;
+}
+
+/* Random changes: `adds` new tables (a third to level 0), `removes` gone, `moves` level 0 -> 1. */
+static uint32_t model_churn(uint32_t adds, uint32_t removes, uint32_t moves)
+{
+        uint32_t changes = 0;
+        for (uint32_t i = 0; i < adds; i++, changes++) {
+                struct lsm_table_info t = model_table();
+                uint32_t tree = rng() % MODEL_TREES;
+                /* Level 0 stays small, as a tree's budget keeps it. */
+                bool zero = rng() % 3 == 0 && mm.count[tree][0] < 48;
+                model_insert(tree, zero ? 0 : 1 + rng() % (LSM_LEVELS - 1), &t);
+        }
+        for (uint32_t i = 0; i < removes; i++) {
+                uint32_t tree = rng() % MODEL_TREES, level = rng() % LSM_LEVELS;
+                if (mm.count[tree][level] == 0)
+                        continue;
+                model_remove(tree, level, (uint32_t)(rng() % mm.count[tree][level]));
+                changes++;
+        }
+        for (uint32_t i = 0; i < moves; i++) {
+                uint32_t tree = rng() % MODEL_TREES;
+                if (mm.count[tree][0] == 0)
+                        continue;
+                struct lsm_table_info t = model_remove(tree, 0, 0); /* the oldest */
+                model_insert(tree, 1, &t);
+                changes += 2;
+        }
+        return changes;
+}
+
+/* The trees' levels become the model's. */
+static void model_to_trees(struct lsm_tree *trees)
+{
+        for (uint32_t t = 0; t < MODEL_TREES; t++)
+                for (uint32_t l = 0; l < LSM_LEVELS; l++) {
+                        trees[t].levels[l].count = 0;
+                        trees[t].levels[l].value_count = 0;
+                        for (uint32_t k = 0; k < mm.count[t][l]; k++)
+                                lsm_tree_table_append(&trees[t], l, &mm.tables[t][l][k]);
+                }
+}
+
+static int record_key_compare(const void *a, const void *b)
+{
+        uint64_t x = table_key(&((const struct lsm_manifest_record *)a)->table);
+        uint64_t y = table_key(&((const struct lsm_manifest_record *)b)->table);
+        return x < y ? -1 : x > y;
+}
+
+/* Mismatches between a manifest's live tables and the model. */
+static uint32_t manifest_wrong(struct lsm_manifest *m)
+{
+        const struct lsm_manifest_record *live;
+        uint64_t count = lsm_manifest_live(m, &live);
+        if (count != model_live())
+                return 1;
+        uint32_t wrong = 0;
+        uint64_t at = 0;
+        for (uint32_t t = 0; t < MODEL_TREES; t++)
+                for (uint32_t l = 0; l < LSM_LEVELS; l++) {
+                        uint32_t n = mm.count[t][l];
+                        struct lsm_manifest_record *group = (struct lsm_manifest_record *)&live[at];
+                        if (l > 0)
+                                qsort(group, n, sizeof(*group), record_key_compare);
+                        for (uint32_t k = 0; k < n; k++) {
+                                const struct lsm_manifest_record *r = &group[k];
+                                const struct lsm_table_info *want = &mm.tables[t][l][k];
+                                if (r->tree != 7 + t || r->level != l ||
+                                    r->table.index.address != want->index.address ||
+                                    r->table.index.checksum != want->index.checksum ||
+                                    r->table.value_count != want->value_count)
+                                        wrong++;
+                        }
+                        at += n;
+                }
+        return wrong;
+}
+
+static bool manifest_reload(struct lsm_manifest *from, struct lsm_manifest *into,
+                            struct lsm_grid *grid)
+{
+        struct lsm_block_ref newest = lsm_manifest_newest(from);
+        lsm_grid_cache_clear(grid);
+        return lsm_manifest_load(into, grid, &newest, from->block_count, false);
+}
+
+static void test_manifest_log(void)
+{
+        device_reset();
+        memset(&mm, 0, sizeof(mm));
+        rng_state = 4242;
+        static struct lsm_grid grid;
+        static struct lsm_tree trees[MODEL_TREES];
+        struct lsm_tree *named[9] = {NULL};
+        CHECK(lsm_grid_init(&grid, &device, 8000, 32) == 0);
+        for (uint32_t t = 0; t < MODEL_TREES; t++) {
+                CHECK(lsm_tree_init(&trees[t], "model", &layout, &grid, 64) == 0);
+                named[7 + t] = &trees[t];
+        }
+        uint8_t *block = aligned_alloc(4096, LSM_BLOCK_SIZE);
+        static struct lsm_manifest m, back;
+        lsm_manifest_init(&m);
+        lsm_manifest_init(&back);
+        uint32_t wrong = 0, over_budget = 0, rounds = 0;
+        uint64_t written_churn = 0, churn_rounds = 0, ratio_max_x100 = 0;
+        uint32_t written_max = 0;
+        for (uint32_t round = 0; round < 260; round++) {
+                uint32_t changes = round < 40 ? model_churn(500, 0, 0)
+                                              : model_churn(rng() % 40, rng() % 40, rng() % 4);
+                model_to_trees(trees);
+                CHECK(lsm_manifest_checkpoint(&m, &grid, named, 9, block));
+                lsm_grid_checkpoint_written(&grid);
+                lsm_grid_checkpoint(&grid);
+                rounds++;
+                wrong += manifest_wrong(&m);
+                CHECK(manifest_reload(&m, &back, &grid));
+                wrong += manifest_wrong(&back);
+                uint32_t per_block = LSM_MANIFEST_RECORDS_PER_BLOCK;
+                uint32_t change_blocks = (changes + per_block - 1) / per_block;
+                /* + 1: a tree's level 0 appended again whole (48 tables at most here). */
+                if (m.blocks_written_last > change_blocks + m.blocks_compacted_last + 1 ||
+                    m.blocks_compacted_last > LSM_MANIFEST_COMPACT_BLOCKS_MIN + 2 * change_blocks)
+                        over_budget++;
+                uint64_t live = model_live();
+                ratio_max_x100 = MAX(ratio_max_x100, m.record_count * 100 / (live + 1));
+                if (round >= 60) {
+                        written_max = MAX(written_max, m.blocks_written_last);
+                        written_churn += m.blocks_written_last;
+                        churn_rounds++;
+                }
+        }
+        uint64_t live = model_live();
+        printf("manifest log: %llu tables live (%llu blocks listed whole), %llu log blocks, "
+               "%.2f blocks written per checkpoint of churn (max %u), log/live records max %.2f\n",
+               (unsigned long long)live,
+               (unsigned long long)((live + LSM_MANIFEST_LEGACY_RECORDS_PER_BLOCK - 1) / LSM_MANIFEST_LEGACY_RECORDS_PER_BLOCK),
+               (unsigned long long)m.block_count, (double)written_churn / (double)churn_rounds,
+               written_max, (double)ratio_max_x100 / 100.0);
+        CHECK_EQ_U64(wrong, 0);
+        CHECK_EQ_U64(over_budget, 0);
+        CHECK(live >= 19000);
+        /* What changed, not what is stored: a whole list would be 38+ blocks each time. */
+        CHECK(written_churn <= 4 * churn_rounds);
+        /* The log stays near twice the live records (plus a few blocks in flight), in as
+         * many blocks. */
+        CHECK(m.record_count <= 2 * live + 6 * LSM_MANIFEST_RECORDS_PER_BLOCK);
+        CHECK(m.block_count <= 2 * (live / LSM_MANIFEST_RECORDS_PER_BLOCK + 1) + 8);
+
+        /* A root written before the log: every table once, level order, records from the
+         * payload's start. It reads back, and the next checkpoint rewrites it whole. */
+        struct lsm_block_ref legacy[64];
+        uint32_t legacy_count = 0, in_block = 0;
+        struct lsm_manifest_record *records = (struct lsm_manifest_record *)(block + LSM_BLOCK_HEADER_SIZE);
+        for (uint32_t t = 0; t <= MODEL_TREES; t++)
+                for (uint32_t l = 0; l < LSM_LEVELS && t < MODEL_TREES; l++)
+                        for (uint32_t k = 0; k < mm.count[t][l]; k++) {
+                                memset(&records[in_block], 0, sizeof(records[in_block]));
+                                records[in_block].tree = (uint8_t)(7 + t);
+                                records[in_block].level = (uint8_t)l;
+                                records[in_block].table = mm.tables[t][l][k];
+                                if (++in_block < LSM_MANIFEST_LEGACY_RECORDS_PER_BLOCK)
+                                        continue;
+                                legacy[legacy_count++] = lsm_grid_write(
+                                        &grid, block, LSM_BLOCK_MANIFEST, 0, 128, in_block,
+                                        LSM_BLOCK_HEADER_SIZE + in_block * 128);
+                                in_block = 0;
+                        }
+        if (in_block > 0)
+                legacy[legacy_count++] = lsm_grid_write(&grid, block, LSM_BLOCK_MANIFEST, 0, 128,
+                                                        in_block,
+                                                        LSM_BLOCK_HEADER_SIZE + in_block * 128);
+        lsm_grid_cache_clear(&grid);
+        CHECK(lsm_manifest_load(&back, &grid, legacy, legacy_count, true));
+        CHECK_EQ_U64(manifest_wrong(&back), 0);
+        CHECK(back.legacy);
+        model_churn(10, 10, 1);
+        model_to_trees(trees);
+        CHECK(lsm_manifest_checkpoint(&back, &grid, named, 9, block));
+        CHECK_EQ_U64(back.blocks_compacted_last, legacy_count);
+        CHECK(!back.legacy);
+        CHECK(manifest_reload(&back, &m, &grid));
+        CHECK_EQ_U64(manifest_wrong(&m), 0);
+
+        /* A damaged log block is named, not trusted. */
+        uint64_t victim = m.blocks[m.block_count / 2].ref.address;
+        device_state.blocks[victim][LSM_BLOCK_HEADER_SIZE + 200] ^= 4;
+        CHECK(!manifest_reload(&back, &m, &grid));
+        CHECK(strstr(grid.error, "checksum") != NULL);
+
+        lsm_manifest_deinit(&m);
+        lsm_manifest_deinit(&back);
+        for (uint32_t t = 0; t < MODEL_TREES; t++) {
+                lsm_tree_deinit(&trees[t]);
+                for (uint32_t l = 0; l < LSM_LEVELS; l++)
+                        free(mm.tables[t][l]);
+        }
+        lsm_grid_deinit(&grid);
+        free(block);
+}
+
 /*
  * Crashes with every fate for the writes since the last durable checkpoint (kept, lost, torn,
  * damaged), over many seeds: the checkpoint always reopens with exactly its contents, because
@@ -2454,6 +2726,7 @@ int main(void)
         TEST_RUN(test_tree_worker_faults);
         TEST_RUN(test_forest_crash);
         TEST_RUN(test_forest_crash_fates);
+        TEST_RUN(test_manifest_log);
         TEST_RUN(test_prefetch);
         TEST_RUN(test_groove);
         TEST_RUN(test_groove_cache);
