@@ -13,6 +13,10 @@
  * generated again to check what the server returns. Ids carry a random 63-bit run prefix in
  * their high half, so runs against one long-lived server never collide.
  *
+ * --latency-log=<path> writes each create_transfers request's op (from its reply) and latency,
+ * one "op latency_us" line each, so that a script can tell the requests a checkpoint delayed
+ * from the others by the ops the server's log names (bench/checkpoint_latency.sh).
+ *
  * Without --addresses it formats a temporary data file, starts `tally start` (its own binary,
  * /proc/self/exe) on a free port, runs, stops it with SIGTERM and deletes the file, printing the
  * server's resident memory at the start and the end.
@@ -71,6 +75,7 @@ struct bench {
         enum hot_accounts hot;
         enum id_order id_order;
         uint64_t query_count;
+        const char *latency_log; /* --latency-log, or NULL */
         uint64_t *debits;  /* expected debits_posted per account */
         uint64_t *credits; /* expected credits_posted per account */
         u128 amount_total;
@@ -96,6 +101,7 @@ struct phase {
         uint64_t events; /* sent */
         uint64_t results;
         uint64_t *latencies_ns;
+        uint64_t *ops;            /* per request, its reply's op */
         uint64_t *request_events; /* per request, when the check needs it */
         u128 *request_ids;        /* account of each get_account_transfers */
         uint32_t (*fill)(struct bench *b, struct phase *p, uint8_t *body, uint64_t request);
@@ -393,6 +399,7 @@ static void phase_on_done(void *context, const struct client_completion *c)
                 return;
         }
         p->latencies_ns[c->user_data] = c->latency_ns;
+        p->ops[c->user_data] = c->reply->reply.op;
         p->check(b, p, c);
 }
 
@@ -400,9 +407,11 @@ static int phase_run(struct bench *b, struct phase *p)
 {
         p->bench = b;
         p->latencies_ns = calloc(p->request_count + 1, sizeof(uint64_t));
+        p->ops = calloc(p->request_count + 1, sizeof(uint64_t));
         p->request_events = calloc(p->request_count + 1, sizeof(uint64_t));
         p->request_ids = calloc(p->request_count + 1, sizeof(u128));
-        if (p->latencies_ns == NULL || p->request_events == NULL || p->request_ids == NULL) {
+        if (p->latencies_ns == NULL || p->ops == NULL || p->request_events == NULL ||
+            p->request_ids == NULL) {
                 bench_fail(b, "%s: out of memory", p->name);
                 return -1;
         }
@@ -432,6 +441,24 @@ static int phase_run(struct bench *b, struct phase *p)
         return b->failed ? -1 : 0;
 }
 
+/* Each request's op and latency, in request order (before phase_report sorts latencies). */
+static int latency_log_write(const struct phase *p, const char *path)
+{
+        FILE *f = fopen(path, "w");
+        if (f == NULL) {
+                cli_error("benchmark: --latency-log: cannot open %s: %s", path, strerror(errno));
+                return -1;
+        }
+        for (uint64_t i = 0; i < p->done; i++)
+                fprintf(f, "%llu %llu\n", (unsigned long long)p->ops[i],
+                        (unsigned long long)(p->latencies_ns[i] / 1000));
+        if (fclose(f) != 0) {
+                cli_error("benchmark: --latency-log: cannot write %s: %s", path, strerror(errno));
+                return -1;
+        }
+        return 0;
+}
+
 static void phase_report(const struct phase *p, const char *unit, uint64_t units)
 {
         double seconds = (double)(p->end_ns - p->start_ns) / 1e9;
@@ -449,6 +476,7 @@ static void phase_report(const struct phase *p, const char *unit, uint64_t units
 static void phase_free(struct phase *p)
 {
         free(p->latencies_ns);
+        free(p->ops);
         free(p->request_events);
         free(p->request_ids);
 }
@@ -498,6 +526,8 @@ static int bench_run(struct bench *b)
                                (unsigned long long)b->account_count,
                                (double)(p->end_ns - p->start_ns) / 1e9);
                 } else if (i == 1) {
+                        if (b->latency_log != NULL && latency_log_write(p, b->latency_log) != 0)
+                                status = -1;
                         phase_report(p, "transfers", b->transfer_count);
                 } else if (i == 2) {
                         phase_report(p, "accounts", p->results);
@@ -724,6 +754,7 @@ int cli_benchmark(int argc, char **argv)
             {.name = "id-order", .kind = FLAG_STRING},
             {.name = "query-count", .kind = FLAG_U64},
             {.name = "seed", .kind = FLAG_U64},
+            {.name = "latency-log", .kind = FLAG_STRING},
         };
         char error[512];
         uint32_t positional_count = 0;
@@ -741,6 +772,7 @@ int cli_benchmark(int argc, char **argv)
          * 4 or 8 gave the same throughput with 2-4x the batch latency (queueing). */
         uint64_t clients = flags[5].present ? flags[5].u64 : 2;
         b->query_count = flags[8].present ? flags[8].u64 : 100;
+        b->latency_log = flags[10].present ? flags[10].string : NULL;
         int hot = 0, order = 0; /* the first choice of each is the default */
         if (parse_choice(&flags[6], "pareto", "uniform", &hot) != 0 ||
             parse_choice(&flags[7], "sequential", "random", &order) != 0)

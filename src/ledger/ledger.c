@@ -420,6 +420,10 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats)
         stats->forced_compactions = ledger->forced_compactions;
         stats->compaction_waits = ledger->compactor.waits;
         stats->compaction_wait_ns = ledger->compactor.wait_ns;
+        stats->checkpoint_blocks_written = ledger->forest.blocks_written_last;
+        stats->manifest_blocks_written = ledger->forest.log.blocks_written_last;
+        stats->manifest_blocks = ledger->forest.log.block_count;
+        stats->tables = ledger->forest.log.map_count;
 }
 
 /* ---------------------------------------------------------------------------------------- */

@@ -151,6 +151,12 @@ struct ledger_stats {
         /* The loop waited for the compaction worker (lsm/compactor.h): how often, how long. */
         uint64_t compaction_waits;
         uint64_t compaction_wait_ns;
+        /* The last checkpoint's own blocks (manifest log, free set, root), of them the manifest
+         * log's, and the log's blocks and the tables it lists after it. */
+        uint64_t checkpoint_blocks_written;
+        uint64_t manifest_blocks_written;
+        uint64_t manifest_blocks;
+        uint64_t tables;
 };
 void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats);
 

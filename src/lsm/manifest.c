@@ -33,6 +33,7 @@ void lsm_manifest_deinit(struct lsm_manifest *manifest)
         free(manifest->map);
         free(manifest->pending);
         free(manifest->written);
+        free(manifest->scratch);
         memset(manifest, 0, sizeof(*manifest));
 }
 
@@ -308,15 +309,21 @@ static void pending_push(struct lsm_manifest *m, uint8_t tree, uint8_t level, ui
         r->table = *table;
 }
 
+static void scratch_push(struct lsm_manifest *m, uint64_t value)
+{
+        m->scratch = grow(m->scratch, &m->scratch_capacity, m->scratch_count + 1,
+                          sizeof(*m->scratch));
+        m->scratch[m->scratch_count++] = value;
+}
+
 /*
- * Marks every table of the trees as seen in this checkpoint (`push` false), or pushes the ones
- * the log lacks to `pending` as adds, in tree, level and level order (`push` true: after the
- * marking pass, whose map is unchanged since). Returns how many the log lacks.
+ * Marks every table of the trees as seen in this checkpoint, and notes in `scratch` where the
+ * ones the log lacks are (tree, level, position). Returns how many.
  */
 static uint64_t plan_adds(struct lsm_manifest *m, struct lsm_tree *const *trees,
-                          uint32_t tree_count, bool push)
+                          uint32_t tree_count)
 {
-        uint64_t adds = 0;
+        m->scratch_count = 0;
         for (uint32_t id = 0; id < tree_count; id++) {
                 const struct lsm_tree *tree = trees[id];
                 for (uint32_t level = 0; tree != NULL && level < LSM_LEVELS; level++) {
@@ -324,35 +331,56 @@ static uint64_t plan_adds(struct lsm_manifest *m, struct lsm_tree *const *trees,
                         for (uint32_t t = 0; t < l->count; t++) {
                                 struct lsm_manifest_entry *e =
                                         map_find(m, (uint8_t)id, (uint8_t)level, l->tables[t].index);
-                                if (e != NULL) {
-                                        tally_assert(!push || e->epoch == m->epoch);
+                                if (e != NULL)
                                         e->epoch = m->epoch;
-                                        continue;
-                                }
-                                if (push)
-                                        pending_push(m, (uint8_t)id, (uint8_t)level,
-                                                     LSM_MANIFEST_ADD, &l->tables[t]);
-                                adds++;
+                                else
+                                        scratch_push(m, (uint64_t)id << 40 | (uint64_t)level << 32 | t);
                         }
                 }
         }
-        return adds;
+        return m->scratch_count;
 }
 
-/* Tables the log has and the trees no longer do: remove records. */
+/* The adds `scratch` notes, to `pending` (tree, level and level order). */
+static void push_adds(struct lsm_manifest *m, struct lsm_tree *const *trees, uint64_t adds)
+{
+        tally_assert(m->scratch_count >= adds);
+        for (uint64_t i = 0; i < adds; i++) {
+                uint64_t where = m->scratch[i];
+                uint8_t id = (uint8_t)(where >> 40), level = (uint8_t)(where >> 32);
+                pending_push(m, id, level, LSM_MANIFEST_ADD,
+                             &trees[id]->levels[level].tables[(uint32_t)where]);
+        }
+}
+
+static int seq_compare(const void *a, const void *b)
+{
+        uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+        return x < y ? -1 : x > y;
+}
+
+/*
+ * Tables the log has and the trees no longer do: remove records, in log order (not the map's
+ * slot order: it depends on the map's history, which a restart changes, and every replica must
+ * write the same blocks). Their seqs go after the adds' positions in `scratch`.
+ */
 static uint64_t plan_removes(struct lsm_manifest *m)
 {
-        uint64_t removes = 0;
+        uint64_t first = m->scratch_count;
         for (uint64_t i = 0; i < m->map_capacity; i++) {
                 const struct lsm_manifest_entry *e = &m->map[i];
-                if (e->address == 0 || e->epoch == m->epoch)
-                        continue;
+                if (e->address != 0 && e->epoch != m->epoch)
+                        scratch_push(m, e->seq);
+        }
+        uint64_t removes = m->scratch_count - first;
+        if (removes > 1)
+                qsort(m->scratch + first, removes, sizeof(*m->scratch), seq_compare);
+        for (uint64_t i = first; i < m->scratch_count; i++) {
+                const struct lsm_manifest_record *r = &m->records[m->scratch[i] - m->seq_base];
                 struct lsm_table_info table;
                 memset(&table, 0, sizeof(table));
-                table.index.address = e->address;
-                table.index.checksum = e->checksum;
-                pending_push(m, e->tree, e->level, LSM_MANIFEST_REMOVE, &table);
-                removes++;
+                table.index = r->table.index;
+                pending_push(m, r->tree, r->level, LSM_MANIFEST_REMOVE, &table);
         }
         return removes;
 }
@@ -492,12 +520,12 @@ bool lsm_manifest_checkpoint(struct lsm_manifest *manifest, struct lsm_grid *gri
         tally_assert(tree_count <= 256);
         m->epoch++;
         m->pending_count = 0;
-        uint64_t adds = plan_adds(m, trees, tree_count, false);
+        uint64_t adds = plan_adds(m, trees, tree_count);
         /* Written in this order: removes, what compaction appends again, adds. */
         uint64_t removes = plan_removes(m);
         uint64_t live = m->map_count - removes + adds;
         uint32_t compacted = plan_compaction(m, trees, tree_count, live, adds, adds + removes);
-        tally_assert(plan_adds(m, trees, tree_count, true) == adds);
+        push_adds(m, trees, adds);
         struct lsm_block_ref previous = {0};
         if (compacted < m->block_count)
                 previous = m->blocks[m->block_count - 1].ref;

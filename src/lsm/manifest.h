@@ -81,6 +81,8 @@ struct lsm_manifest {
         uint64_t pending_count, pending_capacity;
         struct lsm_manifest_block *written;
         uint32_t written_count, written_capacity;
+        uint64_t *scratch; /* where the adds are, then the removes' seqs */
+        uint64_t scratch_count, scratch_capacity;
         /* What the last checkpoint did, for tests and the log line. */
         uint32_t blocks_written_last, blocks_compacted_last;
 };

@@ -1284,11 +1284,15 @@ static void checkpoint_start(struct replica *r, uint64_t op, u128 prepare_checks
         cp->blocks = stats.grid_blocks_used;
         cp->grid_address_max = stats.grid_address_max;
         log_debug("checkpoint started op=%llu root=%llu blocks_in_use=%llu serialize_us=%llu "
-                  "work_bytes=%llu",
+                  "work_bytes=%llu tables=%llu blocks_written=%llu manifest_blocks_written=%llu "
+                  "manifest_blocks=%llu",
                   (unsigned long long)op, (unsigned long long)cp->root.address,
                   (unsigned long long)cp->blocks,
                   (unsigned long long)((r->env.realtime_ns(r->env.context) - started_ns) / 1000),
-                  (unsigned long long)r->checkpoint_work);
+                  (unsigned long long)r->checkpoint_work, (unsigned long long)stats.tables,
+                  (unsigned long long)stats.checkpoint_blocks_written,
+                  (unsigned long long)stats.manifest_blocks_written,
+                  (unsigned long long)stats.manifest_blocks);
         r->checkpoint_in_progress = true;
         if (r->env.checkpoint(r->env.context, cp, on_checkpoint_done, r)) {
                 r->checkpoint_work = 0; /* counted from this checkpoint's op on */
