@@ -428,7 +428,9 @@ static bool process_buffer(struct bus *bus, struct bus_connection *c)
                         connection_close(bus, c, "invalid body checksum", true);
                         return false;
                 }
-                if (h->command == PEER_AUTH_COMMAND && bus->replica_count > 0) {
+                /* A single replica has no peers, but `tally backup` dials it the same way
+                 * (auth_on_dial refuses any dialer but a backup there). */
+                if (h->command == PEER_AUTH_COMMAND) {
                         if (!auth_on_message(bus, c))
                                 return false;
                         continue;
@@ -504,10 +506,10 @@ void bus_tick(struct bus *bus)
         uint64_t now_ns = io_monotonic_ns();
         if (!bus->stopping)
                 limits_tick(bus, now_ns);
-        if (bus->replica_count > 0 && !bus->stopping) {
+        if (bus->replica_count > 0 && !bus->stopping)
                 peers_tick(bus, now_ns);
+        if (!bus->stopping) /* a backup's handshake times out on a single replica too */
                 auth_and_keepalive_tick(bus, now_ns);
-        }
 }
 
 /*

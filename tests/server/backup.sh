@@ -9,7 +9,7 @@
 # is compared with the original up to the backup's checkpoint (compare_ledgers: the same
 # transfers byte for byte in timestamp order, accounts equal with balances summed from them),
 # and the restored data files give the same digest at the checkpoint op. Then the restored
-# clusters take writes. Also: a backup without the key, or with the wrong one, fails with a
+# clusters take writes, and the restored single replica is backed up. Also: a backup without the key, or with the wrong one, fails with a
 # clear error; a damaged backup file is refused by restore, naming the block.
 # Bounded: every wait has a limit; the script kills what it started. Last line: "N passed,
 # N failed".
@@ -188,5 +188,11 @@ for target in "$((base + 10)):3 replicas" "$((base + 20)):1 replica"; do
     pass "restored $name takes writes: $(cat "$dir/write.out")"
   else fail "restored $name takes no writes: $(tail -1 "$dir/write.out")"; fi
 done
+
+# A single replica is backed up too (it has no peers, but takes the backup's handshake).
+if timeout 60 "$tally" backup --addresses=127.0.0.1:$((base + 20)) "$dir/single.tbk" >"$dir/single.out" 2>&1 &&
+   grep -q "verified" "$dir/single.out"; then
+  pass "a single replica backed up: $(grep -o "copied checkpoint op [0-9]*" "$dir/single.out")"
+else fail "backup of a single replica: $(tail -1 "$dir/single.out")"; fi
 
 finish
