@@ -7,6 +7,7 @@
  */
 #include "client/client.h"
 #include "test.h"
+#include "net/peer_auth.h"
 #include "wire/checksum.h"
 #include "wire/types.h"
 
@@ -185,7 +186,9 @@ static void test_wrong_cluster(void)
 
 static void test_unknown_and_invalid_commands(void)
 {
-        uint8_t commands[] = {25, 200, 255, COMMAND_RESERVED, COMMAND_DEPRECATED_12};
+        /* 200 is the replicas' (and `tally backup`'s) handshake, which every replica reads,
+         * a single one too since 2026-12-06: a malformed one closes the connection (below). */
+        uint8_t commands[] = {25, 201, 255, COMMAND_RESERVED, COMMAND_DEPRECATED_12};
         for (uint32_t i = 0; i < ARRAY_LEN(commands); i++) {
                 struct wire_header h;
                 wire_header_init(&h, commands[i], 0, 0, WIRE_RELEASE_NODE_CLIENT, 0);
@@ -197,6 +200,12 @@ static void test_unknown_and_invalid_commands(void)
                 CHECK_EQ_U64(client_register(&c), CLIENT_OK);
                 client_close(&c);
         }
+        /* A handshake message of the wrong size: the connection is closed, the server goes on. */
+        struct wire_header hello;
+        wire_header_init(&hello, PEER_AUTH_COMMAND, 0, 0, WIRE_RELEASE_NODE_CLIENT, 0);
+        wire_header_set_checksum(&hello);
+        send_and_expect_close(&hello, sizeof(hello));
+        check_server_serves();
         /* An invalid header (epoch 1) is dropped the same way. */
         _Alignas(16) uint8_t message[512];
         struct wire_header *h = (struct wire_header *)message;
