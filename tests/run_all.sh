@@ -84,6 +84,10 @@ section "disk full: writes refused, reads served, writes resume once space is fr
 timeout 300 tests/server/disk_full.sh ./tally >"$WORK/disk-full.out" 2>&1; rc=$?
 cat "$WORK/disk-full.out"; record "disk full" "$WORK/disk-full.out" $rc
 
+section "new ids checked through filter pages read past a 4 MiB cache (sanitizer build)"
+timeout 180 tests/server/filter_pages.sh build/asan/tally build/release/bench/scale_client >"$WORK/filter-pages.out" 2>&1; rc=$?
+cat "$WORK/filter-pages.out"; record "filter pages" "$WORK/filter-pages.out" $rc
+
 section "torn and corrupt data files (sanitizer build)"
 tests/server/corruption.sh build/asan/tally build/release/tests/server/load >"$WORK/corruption.out" 2>&1; rc=$?
 cat "$WORK/corruption.out"; record "corruption" "$WORK/corruption.out" $rc

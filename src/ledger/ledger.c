@@ -402,6 +402,7 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats)
         stats->history_records = ledger->counters.history_count;
         stats->memory_bytes = ledger->memory_bytes;
         stats->grid_blocks_read = ledger->grid.stats.reads;
+        stats->grid_pages_read = ledger->grid.stats.pages_read;
         stats->grid_blocks_written = ledger->grid.stats.writes;
         stats->grid_cache_hits = ledger->grid.stats.cache_hits;
         stats->grid_blocks_used = ledger->grid.used_count;

@@ -139,6 +139,7 @@ struct ledger_stats {
         uint64_t history_records;
         uint64_t memory_bytes;
         uint64_t grid_blocks_read;    /* from the device: cache misses */
+        uint64_t grid_pages_read;     /* 4 KiB filter pages read past the cache */
         uint64_t grid_blocks_written;
         uint64_t grid_cache_hits;
         uint64_t grid_blocks_used;

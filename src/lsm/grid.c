@@ -632,6 +632,20 @@ struct lsm_block_ref lsm_grid_write_cold(struct lsm_grid *grid, uint8_t *block,
         return grid_write_at(grid, block, address, kind, tree, value_size, count, size, false);
 }
 
+int lsm_grid_read_range(struct lsm_grid *grid, uint64_t address, uint32_t offset,
+                        uint32_t length, uint8_t *out)
+{
+        tally_assert(offset <= LSM_BLOCK_SIZE && length <= LSM_BLOCK_SIZE - offset);
+        grid->stats.pages_read++;
+        if (grid->device.read_range != NULL)
+                return grid->device.read_range(grid->device.context, address, offset, length,
+                                               out);
+        int rc = grid->device.read(grid->device.context, address, grid->scratch);
+        if (rc == 0)
+                memcpy(out, grid->scratch + offset, length);
+        return rc;
+}
+
 /* A block read back wrong or not at all: the fault, named, and which block (a peer may hold it). */
 static void read_fault(struct lsm_grid *grid, struct lsm_block_ref ref, enum lsm_block_kind kind,
                        const char *problem)

@@ -133,6 +133,13 @@ struct lsm_device {
         uint32_t (*read_many_start)(void *context, const uint64_t *addresses,
                                     uint8_t *const *blocks, uint32_t count);
         int (*read_many_wait)(void *context, uint32_t index);
+        /*
+         * Optional: `length` bytes at `offset` of the block at `address` (a filter page,
+         * table.h), 0 or a negative errno; the caller checks them. Without it, `read` of the
+         * whole block.
+         */
+        int (*read_range)(void *context, uint64_t address, uint32_t offset, uint32_t length,
+                          uint8_t *out);
 };
 
 /* Asynchronous reads in flight at once (each pins one cache slot until it completes). */
@@ -163,6 +170,7 @@ struct lsm_grid_stats {
         uint64_t cache_hits;
         uint64_t read_faults;   /* reads that failed or returned a wrong block */
         uint64_t prefetched;    /* blocks lsm_grid_prefetch read into the cache */
+        uint64_t pages_read;    /* filter pages read past the cache (lsm_grid_read_range) */
         uint64_t acquired;
         uint64_t released;
 };
@@ -267,6 +275,14 @@ struct lsm_grid {
         struct lsm_block_ref fault_ref; /* the block of the last read fault */
         struct lsm_grid_stats stats;
 };
+
+/*
+ * Reads `length` bytes at `offset` of the block at `address` into `out` (4 KiB aligned), past
+ * the cache and unchecked: the caller checks them (a filter page, table.h). 0 or a negative
+ * errno; a failure is not a fault (the ordinary read of the block will name it).
+ */
+int lsm_grid_read_range(struct lsm_grid *grid, uint64_t address, uint32_t offset,
+                        uint32_t length, uint8_t *out);
 
 /* A block buffer (LSM_BLOCK_SIZE, 4 KiB aligned): a kept one if any, else new. NULL: no memory. */
 uint8_t *lsm_grid_buffer_get(struct lsm_grid *grid);

@@ -3,6 +3,8 @@
  */
 #include "lsm/table.h"
 
+#include "wire/checksum.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,17 +104,75 @@ static uint32_t filter_offset_after(uint32_t data_blocks)
                LSM_TABLE_FILTER_BUCKET_SIZE;
 }
 
+/* Since 2026-12-06 the page checksums come first (table.h, "Filter pages"). */
 uint32_t lsm_table_filter_offset(const struct lsm_layout *layout)
 {
-        return filter_offset_after(lsm_table_data_blocks_max(layout));
+        return filter_offset_after(lsm_table_data_blocks_max(layout)) +
+               LSM_TABLE_FILTER_PAGE_SUMS_SIZE;
 }
 
+/* Index blocks that say filter_offset 0 were written before the field, and before pages. */
 uint32_t lsm_table_filter_offset_legacy(const struct lsm_layout *layout)
 {
         if (layout->table_data_blocks_max != 0 || !layout->filter)
-                return lsm_table_filter_offset(layout);
+                return filter_offset_after(lsm_table_data_blocks_max(layout));
         return filter_offset_after(
                 filtered_blocks_max(layout, LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY));
+}
+
+uint64_t lsm_table_filter_page_sum(const uint8_t *page)
+{
+        return (uint64_t)checksum(page, LSM_TABLE_FILTER_PAGE_SIZE) | 1u;
+}
+
+/* The page checksums of a paged index block, before its filter (0: offset not plausible). */
+static const uint8_t *filter_page_sums(const uint8_t *page0, uint32_t *offset)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)page0;
+        *offset = h->filter_offset;
+        uint64_t entries_end = LSM_BLOCK_HEADER_SIZE +
+                               (uint64_t)h->count * sizeof(struct lsm_index_entry);
+        if (h->size != LSM_BLOCK_SIZE || *offset < entries_end + LSM_TABLE_FILTER_PAGE_SUMS_SIZE ||
+            *offset % LSM_TABLE_FILTER_BUCKET_SIZE != 0 ||
+            *offset > LSM_TABLE_FILTER_PAGE_SIZE - LSM_TABLE_FILTER_BUCKET_SIZE)
+                return NULL;
+        return page0 + *offset - LSM_TABLE_FILTER_PAGE_SUMS_SIZE;
+}
+
+uint32_t lsm_table_filter_page_of(const uint8_t *page0, uint64_t hash, uint32_t *at)
+{
+        uint32_t offset;
+        if (filter_page_sums(page0, &offset) == NULL)
+                return LSM_TABLE_FILTER_PAGES;
+        /* The bucket's place in the whole block, as lsm_table_filter_bucket_in finds it. */
+        uint32_t buckets = (LSM_BLOCK_SIZE - offset) / LSM_TABLE_FILTER_BUCKET_SIZE;
+        uint32_t bucket = (uint32_t)(((hash >> 32) * buckets) >> 32);
+        uint32_t place = offset + bucket * LSM_TABLE_FILTER_BUCKET_SIZE;
+        *at = place % LSM_TABLE_FILTER_PAGE_SIZE;
+        return place / LSM_TABLE_FILTER_PAGE_SIZE;
+}
+
+bool lsm_table_filter_page_check(const uint8_t *page0, uint32_t number, const uint8_t *page)
+{
+        uint32_t offset;
+        const uint8_t *sums = filter_page_sums(page0, &offset);
+        if (sums == NULL || number == 0 || number >= LSM_TABLE_FILTER_PAGES)
+                return false;
+        uint64_t sum;
+        memcpy(&sum, sums + (size_t)number * 8, 8);
+        return lsm_table_filter_page_sum(page) == sum;
+}
+
+/* Before the seal: the checksums of pages 1.. (page 0's goes to the reference, after it). */
+static void filter_pages_sum(uint8_t *index_block, uint32_t filter_offset)
+{
+        uint8_t *sums = index_block + filter_offset - LSM_TABLE_FILTER_PAGE_SUMS_SIZE;
+        memset(sums, 0, 8);
+        for (uint32_t p = 1; p < LSM_TABLE_FILTER_PAGES; p++) {
+                uint64_t sum = lsm_table_filter_page_sum(index_block +
+                                                         (size_t)p * LSM_TABLE_FILTER_PAGE_SIZE);
+                memcpy(sums + (size_t)p * 8, &sum, 8);
+        }
 }
 
 /*
@@ -224,6 +284,7 @@ static bool table_flush(struct lsm_table_builder *b)
                 /* Replicas write identical blocks: no stale bytes between index and filter. */
                 memset(b->index + size, 0, b->filter_offset - size);
                 size = LSM_BLOCK_SIZE;
+                filter_pages_sum(b->index, b->filter_offset);
         }
         ((struct lsm_block_header *)b->index)->filter_offset = b->filter_offset;
         table.index = lsm_grid_write(b->grid, b->index, LSM_BLOCK_TABLE_INDEX, b->layout->tree,
@@ -232,6 +293,10 @@ static bool table_flush(struct lsm_table_builder *b)
                 b->failed = true;
                 return false;
         }
+        /* Sealed in place: page 0 as written. Only a filter that starts in page 0 is paged. */
+        if (b->layout->filter &&
+            b->filter_offset + LSM_TABLE_FILTER_BUCKET_SIZE <= LSM_TABLE_FILTER_PAGE_SIZE)
+                table.index.reserved = lsm_table_filter_page_sum(b->index);
         b->index_count = 0;
         b->table_values = 0;
         if (b->layout->filter)
@@ -431,9 +496,15 @@ static uint32_t data_search(const struct lsm_layout *layout, const uint8_t *bloc
 bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_block,
                           const void *key, struct lsm_block_ref *data)
 {
-        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
         if (!lsm_table_filter_may_contain(layout, index_block, key))
                 return false;
+        return lsm_table_index_entry_find(layout, index_block, key, data);
+}
+
+bool lsm_table_index_entry_find(const struct lsm_layout *layout, const uint8_t *index_block,
+                                const void *key, struct lsm_block_ref *data)
+{
+        const struct lsm_block_header *h = (const struct lsm_block_header *)index_block;
         uint32_t i = index_search(layout, index_block, key);
         if (i == h->count)
                 return false;

@@ -163,12 +163,42 @@ _Static_assert(LSM_TABLE_DATA_BLOCKS_MAX * sizeof(struct lsm_index_entry) <= LSM
 #define LSM_TABLE_FILTER_BITS_PER_KEY_MIN 14u
 #define LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY 7u
 
+/*
+ * Filter pages (2026-12-06): a filter is checked 4 KiB at a time when its index block is not
+ * cached. The id maps' index blocks are nearly all filter (64 KiB per 35,464 ids), and a batch
+ * of random ids probes nearly every table of a deep level: once they outgrow the block cache
+ * (with `--cache=32MiB` past 12 M random transfers, with the default 512 MiB somewhere past
+ * 150 M), every table a batch touched cost a 64 KiB read and checksum for the one bucket of
+ * each of its few new ids. An index block written since holds, just before its filter, the
+ * checksums of its 4 KiB pages 1-15 (`page_sums`, 16 words, the first 0), and its reference's
+ * `reserved` word holds the checksum of page 0 (the header, the entries, that table and the
+ * filter's start); both are lsm_table_filter_page_sum, never 0. So page 0 is verified against
+ * the manifest, and any other page against page 0: a new id is ruled out of a table by 8 KiB
+ * read from the device (page 0 and its bucket's page) instead of 64 KiB, and no cache slot is
+ * taken. A page that does not read or check rules nothing out (the ordinary lookup reads the
+ * whole block and names the fault). Blocks written before say `reserved` 0 and are read whole.
+ */
+#define LSM_TABLE_FILTER_PAGE_SIZE 4096u
+#define LSM_TABLE_FILTER_PAGES (LSM_BLOCK_SIZE / LSM_TABLE_FILTER_PAGE_SIZE)
+#define LSM_TABLE_FILTER_PAGE_SUMS_SIZE (LSM_TABLE_FILTER_PAGES * 8u)
+
 /* Data blocks per table of `layout`. */
 uint32_t lsm_table_data_blocks_max(const struct lsm_layout *layout);
 /* Where the filter starts in an index block of `layout` written now. */
 uint32_t lsm_table_filter_offset(const struct lsm_layout *layout);
 /* Where it starts in one whose header says filter_offset 0 (written before the field). */
 uint32_t lsm_table_filter_offset_legacy(const struct lsm_layout *layout);
+
+/* A page's checksum (never 0: 0 says the block has no page checksums). */
+uint64_t lsm_table_filter_page_sum(const uint8_t *page);
+/*
+ * In a paged index block's page 0 (verified by the caller against index.reserved): the page
+ * that holds the filter bucket of a key of this hash, with the bucket's offset in that page in
+ * *at; LSM_TABLE_FILTER_PAGES if page 0 holds no paged filter (every key may be there).
+ */
+uint32_t lsm_table_filter_page_of(const uint8_t *page0, uint64_t hash, uint32_t *at);
+/* Whether page `number` (1..15) of that index block is the one page 0 names. */
+bool lsm_table_filter_page_check(const uint8_t *page0, uint32_t number, const uint8_t *page);
 
 /* A 64-bit hash of a key (memtable hash tables and filters). */
 static inline uint64_t lsm_key_hash(const struct lsm_layout *layout, const void *key_in)
@@ -302,6 +332,9 @@ int lsm_table_get(struct lsm_grid *grid, const struct lsm_layout *layout,
  */
 bool lsm_table_index_find(const struct lsm_layout *layout, const uint8_t *index_block,
                           const void *key, struct lsm_block_ref *data);
+/* The same without the filter: only the header and the entries are read (a filter's page 0). */
+bool lsm_table_index_entry_find(const struct lsm_layout *layout, const uint8_t *index_block,
+                                const void *key, struct lsm_block_ref *data);
 bool lsm_table_data_find(const struct lsm_layout *layout, const uint8_t *data_block,
                          const void *key, void *out);
 

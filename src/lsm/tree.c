@@ -125,7 +125,10 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
                 tree->hash = memtable_alloc((size_t)hash_size * sizeof(uint32_t), true);
         tree->sorted = memtable_alloc((size_t)memtable_max * sizeof(uint32_t), false);
         tree->sort_scratch = memtable_alloc((size_t)memtable_max * 2 * sizeof(uint64_t), false);
+        if (layout->filter)
+                tree->filter_pages = aligned_alloc(LSM_TABLE_FILTER_PAGE_SIZE, LSM_BLOCK_SIZE);
         if (tree->memtable == NULL || (tree->hash == NULL && !layout->insert_only) ||
+            (layout->filter && tree->filter_pages == NULL) ||
             tree->sorted == NULL || tree->sort_scratch == NULL ||
             lsm_table_builder_init(&tree->builder, &tree->layout, grid, NULL, NULL) != 0 ||
             lsm_table_builder_init(&tree->flush_builder, &tree->layout, grid, NULL, NULL) != 0) {
@@ -143,6 +146,7 @@ void lsm_tree_deinit(struct lsm_tree *tree)
         free(tree->hash);
         free(tree->sorted);
         free(tree->sort_scratch);
+        free(tree->filter_pages);
         for (uint32_t i = 0; i < LSM_LEVELS; i++)
                 free(tree->levels[i].tables);
         lsm_stage_free(&tree->job.stage);
@@ -611,6 +615,56 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
  */
 #define MAY_CONTAIN_AHEAD 16u
 #define MAY_CONTAIN_TABLES_AHEAD 16u
+
+/*
+ * A table whose index block is not cached is asked through its filter's pages (table.h,
+ * "Filter pages"): page 0, checked against the table's reference, then each page that holds a
+ * bucket of one of the table's keys (they come in a row, in key order), checked against page 0,
+ * each read once into its place in tree->filter_pages. Anything that does not read or check
+ * says "maybe": the lookup reads the block.
+ */
+struct filter_pages {
+        uint32_t table;  /* whose pages are in tree->filter_pages (UINT32_MAX: none) */
+        bool page0_ok;
+        uint16_t loaded; /* pages read and checked, by bit */
+        uint16_t failed; /* pages that did not read or check */
+};
+
+static bool filter_pages_may_contain(struct lsm_tree *tree, struct filter_pages *p,
+                                     uint32_t table_number, const struct lsm_table_info *table,
+                                     uint64_t hash)
+{
+        uint8_t *block = tree->filter_pages;
+        if (p->table != table_number) {
+                p->table = table_number;
+                p->loaded = p->failed = 0;
+                p->page0_ok = lsm_grid_read_range(tree->grid, table->index.address, 0,
+                                                  LSM_TABLE_FILTER_PAGE_SIZE, block) == 0 &&
+                              lsm_table_filter_page_sum(block) == table->index.reserved;
+                p->loaded = 1;
+        }
+        if (!p->page0_ok)
+                return true;
+        uint32_t at;
+        uint32_t number = lsm_table_filter_page_of(block, hash, &at);
+        if (number >= LSM_TABLE_FILTER_PAGES)
+                return true;
+        uint16_t bit = (uint16_t)(1u << number);
+        uint8_t *page = block + (size_t)number * LSM_TABLE_FILTER_PAGE_SIZE;
+        if ((p->loaded & bit) == 0 && (p->failed & bit) == 0) {
+                if (lsm_grid_read_range(tree->grid, table->index.address,
+                                        number * LSM_TABLE_FILTER_PAGE_SIZE,
+                                        LSM_TABLE_FILTER_PAGE_SIZE, page) == 0 &&
+                    lsm_table_filter_page_check(block, number, page))
+                        p->loaded |= bit;
+                else
+                        p->failed |= bit;
+        }
+        if (p->failed & bit)
+                return true;
+        return lsm_table_filter_bucket_may_contain(page + at, hash);
+}
+
 struct may_contain_candidates {
         struct lsm_block_ref *refs; /* NULL: none wanted */
         uint32_t count;
@@ -664,6 +718,12 @@ static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_inf
                                                : 0;
                 }
                 if (offset == 0) {
+                        if (block == NULL && tables[t].index.reserved != 0) {
+                                buckets[m] = NULL; /* not cached: its filter's pages, below */
+                                bucket_table[m] = t;
+                                bucket_key[m++] = i;
+                                continue;
+                        }
                         maybe[i] = true; /* not cached, or no filter: only a read can say */
                         continue;
                 }
@@ -672,11 +732,27 @@ static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_inf
                 bucket_key[m++] = i;
         }
         for (uint32_t c = 0; c < m && c < MAY_CONTAIN_AHEAD; c++)
-                __builtin_prefetch(buckets[c]);
+                if (buckets[c] != NULL)
+                        __builtin_prefetch(buckets[c]);
+        struct filter_pages pages = {.table = UINT32_MAX};
         for (uint32_t c = 0; c < m; c++) {
-                if (c + MAY_CONTAIN_AHEAD < m)
+                if (c + MAY_CONTAIN_AHEAD < m && buckets[c + MAY_CONTAIN_AHEAD] != NULL)
                         __builtin_prefetch(buckets[c + MAY_CONTAIN_AHEAD]);
                 uint32_t i = bucket_key[c];
+                if (buckets[c] == NULL) {
+                        const struct lsm_table_info *table = &tables[bucket_table[c]];
+                        if (!filter_pages_may_contain(tree, &pages, bucket_table[c], table,
+                                                      hash[i]))
+                                continue;
+                        maybe[i] = true;
+                        struct lsm_block_ref data;
+                        if (found->refs != NULL && found->count < found->max &&
+                            pages.page0_ok &&
+                            lsm_table_index_entry_find(layout, tree->filter_pages,
+                                                 keys + (size_t)i * stride, &data))
+                                found->refs[found->count++] = data;
+                        continue;
+                }
                 if (!lsm_table_filter_bucket_may_contain(buckets[c], hash[i]))
                         continue;
                 maybe[i] = true;

@@ -133,6 +133,7 @@ struct lsm_tree {
         bool in_order;         /* every value appended had a larger key than the one before */
         uint64_t *sort_scratch; /* 2 x memtable_max: (key prefix, position) for a radix sort */
         uint32_t filter_offset_legacy; /* lsm_table_filter_offset_legacy if filtered, else 0 */
+        uint8_t *filter_pages; /* filtered: a block's room for filter pages read past the cache */
         uint32_t budget_scale;         /* lsm_tree_level_budget */
         /* Level 0's fill before a job starts: LSM_LEVEL0_FILL_MAX, or larger for a tree whose
          * every flush overlaps all of level 1 and that no lookup reads by key (the ledger's

@@ -477,6 +477,15 @@ static void format_resources(const struct metrics_sources *s, struct expo *e)
               ls.pending_live);
         gauge(e, "tally_ledger_memory_bytes", "Memory reserved for the ledger.",
               ls.memory_bytes);
+        counter(e, "tally_grid_cache_hits_total",
+                "Grid blocks the ledger found in its block cache (--cache).", ls.grid_cache_hits);
+        counter(e, "tally_grid_blocks_read_total",
+                "Grid blocks the ledger read from the data file: block cache misses.",
+                ls.grid_blocks_read);
+        counter(e, "tally_grid_filter_pages_read_total",
+                "4 KiB pages of key filters read past the block cache to check new ids: many "
+                "a second means the id filters outgrew --cache.",
+                ls.grid_pages_read);
         const struct message_pool *pool = s->pool;
         gauge(e, "tally_message_pool_messages", "Message buffers in the pool.", pool->count);
         gauge(e, "tally_message_pool_messages_used", "Message buffers in use.",

@@ -903,6 +903,27 @@ static int device_read(void *context, uint64_t address, uint8_t *block)
         return storage_grid_read(context, address, block);
 }
 
+/* Part of a block (a filter page): from a held or in-flight write's buffer as a whole read is. */
+static int device_read_range(void *context, uint64_t address, uint32_t offset, uint32_t length,
+                             uint8_t *out)
+{
+        struct storage *storage = context;
+        if (address == 0 || address > GRID_BLOCKS_MAX || offset > GRID_BLOCK_SIZE ||
+            length > GRID_BLOCK_SIZE - offset)
+                return -EINVAL;
+        struct storage_grid_write *pending = writer_find(&storage->grid_writer, address);
+        if (pending != NULL) {
+                memcpy(out, write_block(pending, address) + offset, length);
+                return 0;
+        }
+        if (address > storage->grid_block_count) {
+                memset(out, 0, length); /* never written: fails its check */
+                return 0;
+        }
+        return read_exact(storage->fd, out, length,
+                          grid_block_offset(storage, address) + offset);
+}
+
 static void on_grid_read(struct io_completion *completion, int32_t result)
 {
         struct storage_grid_read *r = completion->context;
@@ -1043,6 +1064,7 @@ struct lsm_device storage_grid_device(struct storage *storage)
                 .read = device_read,
                 .read_many_start = device_read_many_start,
                 .read_many_wait = device_read_many_wait,
+                .read_range = device_read_range,
                 .write = device_write,
                 .flush = device_flush,
                 .issue = device_issue,

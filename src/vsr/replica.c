@@ -968,7 +968,8 @@ static void slow_commit_note(struct replica *r, const struct wire_header *p, uin
         ledger_get_stats(r->ledger, &after);
         log_warn("slow commit op=%llu operation=%u took_ms=%llu flushes=%llu tables_written=%llu "
                  "values_compacted=%llu forced_compactions=%llu compaction_wait_ms=%llu "
-                 "blocks_read=%llu blocks_written=%llu slow_commits_since_last_log=%llu",
+                 "blocks_read=%llu pages_read=%llu blocks_written=%llu "
+                 "slow_commits_since_last_log=%llu",
                  (unsigned long long)p->prepare.op, (unsigned)p->prepare.operation,
                  (unsigned long long)(ns / 1000000u),
                  (unsigned long long)(after.tree_flushes - before->tree_flushes),
@@ -978,6 +979,7 @@ static void slow_commit_note(struct replica *r, const struct wire_header *p, uin
                  (unsigned long long)((after.compaction_wait_ns - before->compaction_wait_ns) /
                                       1000000u),
                  (unsigned long long)(after.grid_blocks_read - before->grid_blocks_read),
+                 (unsigned long long)(after.grid_pages_read - before->grid_pages_read),
                  (unsigned long long)(after.grid_blocks_written - before->grid_blocks_written),
                  (unsigned long long)r->stats.slow_commits_unlogged);
         r->stats.slow_commit_logged_tick = MAX(r->tick, 1);

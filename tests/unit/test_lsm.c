@@ -1214,6 +1214,146 @@ static void test_tree_may_contain_prefetch(void)
         lsm_grid_deinit(&grid);
 }
 
+/* A device that reads parts of blocks (filter pages), counting them. */
+static uint32_t range_reads;
+static int device_read_range(void *context, uint64_t address, uint32_t offset, uint32_t length,
+                             uint8_t *out)
+{
+        struct memory_device *d = context;
+        tally_assert(address > 0 && address <= DEVICE_BLOCKS);
+        tally_assert(offset % LSM_TABLE_FILTER_PAGE_SIZE == 0 &&
+                     length == LSM_TABLE_FILTER_PAGE_SIZE);
+        range_reads++;
+        if (address == d->fail_read)
+                return -EIO;
+        if (d->blocks[address] == NULL)
+                memset(out, 0, length);
+        else
+                memcpy(out, d->blocks[address] + offset, length);
+        return 0;
+}
+
+static const struct lsm_device device_pages = {
+        .context = &device_state,
+        .read = device_read,
+        .write = device_write,
+        .read_range = device_read_range,
+};
+
+/*
+ * A batch's keys against tables whose index blocks are not cached: each table is asked through
+ * its filter's 4 KiB pages (table.h, "Filter pages"), with exactly the answers the whole blocks
+ * give, no block read, and the data blocks of the keys let through named from page 0. A page
+ * that fails its checksum, or does not read, rules nothing out of its table.
+ */
+static void test_tree_filter_pages(void)
+{
+        model_reset(0xf11e);
+        struct lsm_grid grid;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
+        struct lsm_tree tree;
+        CHECK(lsm_tree_init(&tree, "pages", &layout_small_tables_filtered, &grid, 20000) == 0);
+        uint64_t version = 0;
+        for (uint32_t flush = 0; flush < 3; flush++) {
+                put_random(&tree, 12000, &version);
+                CHECK(lsm_tree_flush(&tree));
+        }
+        uint32_t tables = tree.levels[0].count, paged = 0;
+        for (uint32_t t = 0; t < tables; t++)
+                paged += tree.levels[0].tables[t].index.reserved != 0;
+        CHECK(tables >= 6);
+        CHECK_EQ_U64(paged, tables);
+        enum { PRESENT = 300, PROBES = 3000 };
+        static uint64_t keys[PROBES];
+        static bool expected[PROBES], maybe[PROBES];
+        static struct lsm_block_ref candidates[PROBES];
+        uint32_t n = 0;
+        while (n < PRESENT) {
+                uint64_t key = rng() % MODEL_KEYS;
+                if (model[key] != 0)
+                        keys[n++] = key;
+        }
+        while (n < PROBES) {
+                uint64_t key = rng() % MODEL_KEYS;
+                if (model[key] == 0)
+                        keys[n++] = key;
+        }
+        /* The answers of the whole blocks, cached. */
+        for (uint32_t t = 0; t < tables; t++)
+                CHECK(lsm_grid_read(&grid, tree.levels[0].tables[t].index, LSM_BLOCK_TABLE_INDEX) !=
+                      NULL);
+        uint32_t expected_count = 0;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, expected, candidates,
+                             &expected_count);
+        CHECK_EQ_U64(grid.stats.pages_read, 0);
+        /* Another grid, which caches none of them. */
+        struct lsm_grid cold;
+        CHECK(lsm_grid_init(&cold, &device_pages, DEVICE_BLOCKS, 1024) == 0);
+        tree.grid = &cold;
+        range_reads = 0;
+        uint32_t count = 0;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
+        uint32_t differ = 0, present_maybe = 0, absent_ruled_out = 0;
+        for (uint32_t i = 0; i < PROBES; i++) {
+                differ += maybe[i] != expected[i];
+                present_maybe += i < PRESENT && maybe[i];
+                absent_ruled_out += i >= PRESENT && !maybe[i];
+        }
+        CHECK_EQ_U64(differ, 0);
+        CHECK_EQ_U64(present_maybe, PRESENT);
+        CHECK(absent_ruled_out > (PROBES - PRESENT) * 99 / 100);
+        CHECK_EQ_U64(count, expected_count); /* named from page 0 */
+        CHECK_EQ_U64(cold.stats.reads, 0);
+        /* Page 0 once per table, then the pages of its keys' buckets (at most 15 more). */
+        CHECK(range_reads >= tables && range_reads <= tables * LSM_TABLE_FILTER_PAGES);
+        CHECK_EQ_U64(cold.stats.pages_read, range_reads);
+        uint32_t pages_first = range_reads;
+
+        /* Damage page 5 of one table and page 0 of another: their keys may be there. */
+        const struct lsm_table_info *hurt5 = &tree.levels[0].tables[0];
+        const struct lsm_table_info *hurt0 = &tree.levels[0].tables[1];
+        device_state.blocks[hurt5->index.address][5 * LSM_TABLE_FILTER_PAGE_SIZE + 7] ^= 0x10;
+        device_state.blocks[hurt0->index.address][100] ^= 0x01;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
+        uint32_t lost = 0, ruled_in = 0;
+        for (uint32_t i = 0; i < PROBES; i++) {
+                lost += expected[i] && !maybe[i];
+                ruled_in += !expected[i] && maybe[i];
+        }
+        CHECK_EQ_U64(lost, 0);
+        CHECK(ruled_in > 0);
+        CHECK_EQ_U64(cold.stats.reads, 0);
+        CHECK_EQ_U64(cold.stats.read_faults, 0);
+        /* A page that does not read rules nothing out either. */
+        device_state.fail_read = tree.levels[0].tables[2].index.address;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
+        lost = 0;
+        for (uint32_t i = 0; i < PROBES; i++)
+                lost += expected[i] && !maybe[i];
+        CHECK_EQ_U64(lost, 0);
+        device_state.fail_read = 0;
+        /* Without read_range the whole block is read, past the cache, for the same answers. */
+        device_state.blocks[hurt5->index.address][5 * LSM_TABLE_FILTER_PAGE_SIZE + 7] ^= 0x10;
+        device_state.blocks[hurt0->index.address][100] ^= 0x01;
+        struct lsm_grid whole;
+        CHECK(lsm_grid_init(&whole, &device, DEVICE_BLOCKS, 1024) == 0);
+        tree.grid = &whole;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
+        differ = 0;
+        for (uint32_t i = 0; i < PROBES; i++)
+                differ += maybe[i] != expected[i];
+        CHECK_EQ_U64(differ, 0);
+        CHECK_EQ_U64(whole.stats.pages_read, pages_first);
+        CHECK(lsm_grid_cached(&whole, hurt5->index) == NULL);
+        printf("filter pages: %u tables, %u pages read for %u keys (%u let through)\n", tables,
+               pages_first, PROBES, expected_count);
+        tree.grid = &grid;
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&whole);
+        lsm_grid_deinit(&cold);
+        lsm_grid_deinit(&grid);
+}
+
 static void test_tree_level0_runs(void)
 {
         model_reset(0x2468ace);
@@ -2715,6 +2855,7 @@ int main(void)
         TEST_RUN(test_tree_level0_runs);
         TEST_RUN(test_tree_level0_budget);
         TEST_RUN(test_tree_may_contain_prefetch);
+        TEST_RUN(test_tree_filter_pages);
         TEST_RUN(test_tree_model_insert_only);
         TEST_RUN(test_memtable_sort);
         TEST_RUN(test_tree_paced);
