@@ -501,6 +501,55 @@ const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, ui
 }
 
 /*
+ * A table whose index block is not cached is asked through its filter's pages (table.h,
+ * "Filter pages"): page 0, checked against the table's reference, then each page that holds a
+ * bucket of one of the table's keys (they come in a row, in key order), checked against page 0,
+ * each read once into its place in tree->filter_pages. Anything that does not read or check
+ * says "maybe": the lookup reads the block.
+ */
+struct filter_pages {
+        uint32_t table;  /* whose pages are in tree->filter_pages (UINT32_MAX: none) */
+        bool page0_ok;
+        uint16_t loaded; /* pages read and checked, by bit */
+        uint16_t failed; /* pages that did not read or check */
+};
+
+static bool filter_pages_may_contain(struct lsm_tree *tree, struct filter_pages *p,
+                                     uint32_t table_number, const struct lsm_table_info *table,
+                                     uint64_t hash)
+{
+        uint8_t *block = tree->filter_pages;
+        if (p->table != table_number) {
+                p->table = table_number;
+                p->loaded = p->failed = 0;
+                p->page0_ok = lsm_grid_read_range(tree->grid, table->index.address, 0,
+                                                  LSM_TABLE_FILTER_PAGE_SIZE, block) == 0 &&
+                              lsm_table_filter_page_sum(block) == table->index.reserved;
+                p->loaded = 1;
+        }
+        if (!p->page0_ok)
+                return true;
+        uint32_t at;
+        uint32_t number = lsm_table_filter_page_of(block, hash, &at);
+        if (number >= LSM_TABLE_FILTER_PAGES)
+                return true;
+        uint16_t bit = (uint16_t)(1u << number);
+        uint8_t *page = block + (size_t)number * LSM_TABLE_FILTER_PAGE_SIZE;
+        if ((p->loaded & bit) == 0 && (p->failed & bit) == 0) {
+                if (lsm_grid_read_range(tree->grid, table->index.address,
+                                        number * LSM_TABLE_FILTER_PAGE_SIZE,
+                                        LSM_TABLE_FILTER_PAGE_SIZE, page) == 0 &&
+                    lsm_table_filter_page_check(block, number, page))
+                        p->loaded |= bit;
+                else
+                        p->failed |= bit;
+        }
+        if (p->failed & bit)
+                return true;
+        return lsm_table_filter_bucket_may_contain(page + at, hash);
+}
+
+/*
  * lsm_tree_get for filtered layouts, whose lookups mostly miss everywhere: the memtable's hash
  * slot and the filter buckets of the tables that may hold the key (newest first) are loaded
  * at once (one cache miss each, overlapped instead of one after the other), then the memtable
@@ -561,6 +610,11 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
                 if (block != NULL &&
                     !lsm_table_filter_may_contain_at(block, tree->filter_offset_legacy, hash))
                         continue;
+                if (block == NULL && candidates[c]->index.reserved != 0) {
+                        struct filter_pages pages = {.table = UINT32_MAX};
+                        if (!filter_pages_may_contain(tree, &pages, 0, candidates[c], hash))
+                                continue;
+                }
                 int rc = lsm_table_get(tree->grid, layout, candidates[c], key, out);
                 if (rc != 0)
                         return rc;
@@ -615,55 +669,6 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
  */
 #define MAY_CONTAIN_AHEAD 16u
 #define MAY_CONTAIN_TABLES_AHEAD 16u
-
-/*
- * A table whose index block is not cached is asked through its filter's pages (table.h,
- * "Filter pages"): page 0, checked against the table's reference, then each page that holds a
- * bucket of one of the table's keys (they come in a row, in key order), checked against page 0,
- * each read once into its place in tree->filter_pages. Anything that does not read or check
- * says "maybe": the lookup reads the block.
- */
-struct filter_pages {
-        uint32_t table;  /* whose pages are in tree->filter_pages (UINT32_MAX: none) */
-        bool page0_ok;
-        uint16_t loaded; /* pages read and checked, by bit */
-        uint16_t failed; /* pages that did not read or check */
-};
-
-static bool filter_pages_may_contain(struct lsm_tree *tree, struct filter_pages *p,
-                                     uint32_t table_number, const struct lsm_table_info *table,
-                                     uint64_t hash)
-{
-        uint8_t *block = tree->filter_pages;
-        if (p->table != table_number) {
-                p->table = table_number;
-                p->loaded = p->failed = 0;
-                p->page0_ok = lsm_grid_read_range(tree->grid, table->index.address, 0,
-                                                  LSM_TABLE_FILTER_PAGE_SIZE, block) == 0 &&
-                              lsm_table_filter_page_sum(block) == table->index.reserved;
-                p->loaded = 1;
-        }
-        if (!p->page0_ok)
-                return true;
-        uint32_t at;
-        uint32_t number = lsm_table_filter_page_of(block, hash, &at);
-        if (number >= LSM_TABLE_FILTER_PAGES)
-                return true;
-        uint16_t bit = (uint16_t)(1u << number);
-        uint8_t *page = block + (size_t)number * LSM_TABLE_FILTER_PAGE_SIZE;
-        if ((p->loaded & bit) == 0 && (p->failed & bit) == 0) {
-                if (lsm_grid_read_range(tree->grid, table->index.address,
-                                        number * LSM_TABLE_FILTER_PAGE_SIZE,
-                                        LSM_TABLE_FILTER_PAGE_SIZE, page) == 0 &&
-                    lsm_table_filter_page_check(block, number, page))
-                        p->loaded |= bit;
-                else
-                        p->failed |= bit;
-        }
-        if (p->failed & bit)
-                return true;
-        return lsm_table_filter_bucket_may_contain(page + at, hash);
-}
 
 struct may_contain_candidates {
         struct lsm_block_ref *refs; /* NULL: none wanted */
@@ -749,7 +754,7 @@ static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_inf
                         if (found->refs != NULL && found->count < found->max &&
                             pages.page0_ok &&
                             lsm_table_index_entry_find(layout, tree->filter_pages,
-                                                 keys + (size_t)i * stride, &data))
+                                                       keys + (size_t)i * stride, &data))
                                 found->refs[found->count++] = data;
                         continue;
                 }
