@@ -514,6 +514,19 @@ struct filter_pages {
         uint16_t failed; /* pages that did not read or check */
 };
 
+/*
+ * Pages only when the tree's index blocks cannot all stay cached: while they fit in half the
+ * block cache, an uncached one (after a restart, or pushed out once) is read whole, as before,
+ * and stays for the next batches; read by pages it would never come back into the cache.
+ */
+static bool filter_pages_worth(const struct lsm_tree *tree)
+{
+        uint64_t tables = 0;
+        for (uint32_t i = 0; i < LSM_LEVELS; i++)
+                tables += tree->levels[i].count;
+        return tables > tree->grid->slot_count / 2;
+}
+
 static bool filter_pages_may_contain(struct lsm_tree *tree, struct filter_pages *p,
                                      uint32_t table_number, const struct lsm_table_info *table,
                                      uint64_t hash)
@@ -610,7 +623,8 @@ static int tree_get_filtered(struct lsm_tree *tree, const void *key, void *out)
                 if (block != NULL &&
                     !lsm_table_filter_may_contain_at(block, tree->filter_offset_legacy, hash))
                         continue;
-                if (block == NULL && candidates[c]->index.reserved != 0) {
+                if (block == NULL && candidates[c]->index.reserved != 0 &&
+                    filter_pages_worth(tree)) {
                         struct filter_pages pages = {.table = UINT32_MAX};
                         if (!filter_pages_may_contain(tree, &pages, 0, candidates[c], hash))
                                 continue;
@@ -691,6 +705,7 @@ static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_inf
         const uint8_t *ahead[2 * MAY_CONTAIN_TABLES_AHEAD];
         uint32_t looked = 0, loading = 0;
         uint32_t lead = count >= table_count ? MAY_CONTAIN_TABLES_AHEAD : 0;
+        bool pages_worth = filter_pages_worth(tree);
         for (uint32_t j = 0; j < count; j++) {
                 uint32_t i = (uint32_t)order[j];
                 if (maybe[i])
@@ -723,7 +738,7 @@ static void tables_may_contain(struct lsm_tree *tree, const struct lsm_table_inf
                                                : 0;
                 }
                 if (offset == 0) {
-                        if (block == NULL && tables[t].index.reserved != 0) {
+                        if (block == NULL && tables[t].index.reserved != 0 && pages_worth) {
                                 buckets[m] = NULL; /* not cached: its filter's pages, below */
                                 bucket_table[m] = t;
                                 bucket_key[m++] = i;

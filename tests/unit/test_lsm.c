@@ -1286,12 +1286,29 @@ static void test_tree_filter_pages(void)
         lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, expected, candidates,
                              &expected_count);
         CHECK_EQ_U64(grid.stats.pages_read, 0);
-        /* Another grid, which caches none of them. */
-        struct lsm_grid cold;
-        CHECK(lsm_grid_init(&cold, &device_pages, DEVICE_BLOCKS, 1024) == 0);
-        tree.grid = &cold;
+        /* A grid that caches none of them but has room for them all: the walk leaves the
+         * keys of uncached tables to lookups, which read the blocks whole and keep them. */
+        struct lsm_grid roomy;
+        CHECK(lsm_grid_init(&roomy, &device_pages, DEVICE_BLOCKS, 1024) == 0);
+        tree.grid = &roomy;
         range_reads = 0;
         uint32_t count = 0;
+        lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
+        uint32_t all_maybe = 0;
+        for (uint32_t i = 0; i < PROBES; i++)
+                all_maybe += maybe[i];
+        CHECK_EQ_U64(all_maybe, PROBES);
+        CHECK_EQ_U64(range_reads, 0);
+        struct value got;
+        CHECK(lsm_tree_get(&tree, &keys[PROBES - 1], &got) == 0);
+        CHECK(roomy.stats.reads > 0 && roomy.stats.reads <= tables);
+        CHECK_EQ_U64(range_reads, 0);
+        lsm_grid_deinit(&roomy);
+        /* Another grid, which caches none of them and could not hold them all (8 blocks). */
+        struct lsm_grid cold;
+        CHECK(lsm_grid_init(&cold, &device_pages, DEVICE_BLOCKS, 8) == 0);
+        tree.grid = &cold;
+        range_reads = 0;
         lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
         uint32_t differ = 0, present_maybe = 0, absent_ruled_out = 0;
         for (uint32_t i = 0; i < PROBES; i++) {
@@ -1356,7 +1373,7 @@ static void test_tree_filter_pages(void)
         device_state.blocks[hurt5->index.address][5 * LSM_TABLE_FILTER_PAGE_SIZE + 7] ^= 0x10;
         device_state.blocks[hurt0->index.address][100] ^= 0x01;
         struct lsm_grid whole;
-        CHECK(lsm_grid_init(&whole, &device, DEVICE_BLOCKS, 1024) == 0);
+        CHECK(lsm_grid_init(&whole, &device, DEVICE_BLOCKS, 8) == 0);
         tree.grid = &whole;
         lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), PROBES, maybe, candidates, &count);
         differ = 0;
