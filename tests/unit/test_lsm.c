@@ -1116,6 +1116,31 @@ static const struct lsm_device device_many = {
         .read_many_wait = device_read_many_wait,
 };
 
+/* A filtered tree of small tables in `grid`: three flushes of 12,000 random puts (the model). */
+static void three_flushes(struct lsm_grid *grid, struct lsm_tree *tree, const char *name,
+                          uint64_t seed)
+{
+        model_reset(seed);
+        CHECK(lsm_grid_init(grid, &device, DEVICE_BLOCKS, 256) == 0);
+        CHECK(lsm_tree_init(tree, name, &layout_small_tables_filtered, grid, 20000) == 0);
+        uint64_t version = 0;
+        for (uint32_t flush = 0; flush < 3; flush++) {
+                put_random(tree, 12000, &version);
+                CHECK(lsm_tree_flush(tree));
+        }
+}
+
+/* `present` keys the model holds, then absent ones up to `count`. */
+static void model_keys(uint64_t *keys, uint32_t present, uint32_t count)
+{
+        uint32_t n = 0;
+        while (n < count) {
+                uint64_t key = rng() % MODEL_KEYS;
+                if ((model[key] != 0) == (n < present))
+                        keys[n++] = key;
+        }
+}
+
 /*
  * lsm_tree_may_contain names, for each key a filter lets through, the data block a lookup of it
  * reads; lsm_grid_prefetch reads them into the cache at once, and the lookups that follow read
@@ -1124,16 +1149,9 @@ static const struct lsm_device device_many = {
  */
 static void test_tree_may_contain_prefetch(void)
 {
-        model_reset(0x5eed);
         struct lsm_grid grid;
-        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
         struct lsm_tree tree;
-        CHECK(lsm_tree_init(&tree, "prefetch", &layout_small_tables_filtered, &grid, 20000) == 0);
-        uint64_t version = 0;
-        for (uint32_t flush = 0; flush < 3; flush++) {
-                put_random(&tree, 12000, &version);
-                CHECK(lsm_tree_flush(&tree));
-        }
+        three_flushes(&grid, &tree, "prefetch", 0x5eed);
         /* Another cache, which holds the tables' index blocks and none of their data blocks. */
         struct lsm_grid cold;
         CHECK(lsm_grid_init(&cold, &device_many, DEVICE_BLOCKS, 1024) == 0);
@@ -1145,17 +1163,7 @@ static void test_tree_may_contain_prefetch(void)
         static uint64_t keys[PROBES];
         static bool maybe[PROBES];
         static struct lsm_block_ref candidates[PROBES];
-        uint32_t n = 0;
-        while (n < PRESENT) {
-                uint64_t key = rng() % MODEL_KEYS;
-                if (model[key] != 0)
-                        keys[n++] = key;
-        }
-        while (n < PROBES) {
-                uint64_t key = rng() % MODEL_KEYS;
-                if (model[key] == 0)
-                        keys[n++] = key;
-        }
+        model_keys(keys, PRESENT, PROBES);
         /* The block of the first present key will not read. */
         uint32_t count = 0;
         lsm_tree_may_contain(&tree, keys, sizeof(uint64_t), 1, maybe, candidates, &count);
@@ -1248,16 +1256,9 @@ static const struct lsm_device device_pages = {
  */
 static void test_tree_filter_pages(void)
 {
-        model_reset(0xf11e);
         struct lsm_grid grid;
-        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
         struct lsm_tree tree;
-        CHECK(lsm_tree_init(&tree, "pages", &layout_small_tables_filtered, &grid, 20000) == 0);
-        uint64_t version = 0;
-        for (uint32_t flush = 0; flush < 3; flush++) {
-                put_random(&tree, 12000, &version);
-                CHECK(lsm_tree_flush(&tree));
-        }
+        three_flushes(&grid, &tree, "pages", 0xf11e);
         uint32_t tables = tree.levels[0].count, paged = 0;
         for (uint32_t t = 0; t < tables; t++)
                 paged += tree.levels[0].tables[t].index.reserved != 0;
@@ -1267,17 +1268,7 @@ static void test_tree_filter_pages(void)
         static uint64_t keys[PROBES];
         static bool expected[PROBES], maybe[PROBES];
         static struct lsm_block_ref candidates[PROBES];
-        uint32_t n = 0;
-        while (n < PRESENT) {
-                uint64_t key = rng() % MODEL_KEYS;
-                if (model[key] != 0)
-                        keys[n++] = key;
-        }
-        while (n < PROBES) {
-                uint64_t key = rng() % MODEL_KEYS;
-                if (model[key] == 0)
-                        keys[n++] = key;
-        }
+        model_keys(keys, PRESENT, PROBES);
         /* The answers of the whole blocks, cached. */
         for (uint32_t t = 0; t < tables; t++)
                 CHECK(lsm_grid_read(&grid, tree.levels[0].tables[t].index, LSM_BLOCK_TABLE_INDEX) !=
