@@ -31,6 +31,10 @@ int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_l
         builder->values_per_block = lsm_values_per_block(layout);
         builder->data_blocks_max = lsm_table_data_blocks_max(layout);
         builder->filter_offset = layout->filter ? lsm_table_filter_offset(layout) : 0;
+        /* Only a filter that starts in page 0 is paged (table.h, "Filter pages"). */
+        builder->filter_paged =
+                layout->filter &&
+                builder->filter_offset + LSM_TABLE_FILTER_BUCKET_SIZE <= LSM_TABLE_FILTER_PAGE_SIZE;
         builder->data = block_alloc();
         builder->index = block_alloc();
         if (builder->data == NULL || builder->index == NULL) {
@@ -144,10 +148,7 @@ uint32_t lsm_table_filter_page_of(const uint8_t *page0, uint64_t hash, uint32_t 
         uint32_t offset;
         if (filter_page_sums(page0, &offset) == NULL)
                 return LSM_TABLE_FILTER_PAGES;
-        /* The bucket's place in the whole block, as lsm_table_filter_bucket_in finds it. */
-        uint32_t buckets = (LSM_BLOCK_SIZE - offset) / LSM_TABLE_FILTER_BUCKET_SIZE;
-        uint32_t bucket = (uint32_t)(((hash >> 32) * buckets) >> 32);
-        uint32_t place = offset + bucket * LSM_TABLE_FILTER_BUCKET_SIZE;
+        uint32_t place = lsm_table_filter_bucket_place(offset, hash);
         *at = place % LSM_TABLE_FILTER_PAGE_SIZE;
         return place / LSM_TABLE_FILTER_PAGE_SIZE;
 }
@@ -284,7 +285,8 @@ static bool table_flush(struct lsm_table_builder *b)
                 /* Replicas write identical blocks: no stale bytes between index and filter. */
                 memset(b->index + size, 0, b->filter_offset - size);
                 size = LSM_BLOCK_SIZE;
-                filter_pages_sum(b->index, b->filter_offset);
+                if (b->filter_paged)
+                        filter_pages_sum(b->index, b->filter_offset);
         }
         ((struct lsm_block_header *)b->index)->filter_offset = b->filter_offset;
         table.index = lsm_grid_write(b->grid, b->index, LSM_BLOCK_TABLE_INDEX, b->layout->tree,
@@ -293,9 +295,7 @@ static bool table_flush(struct lsm_table_builder *b)
                 b->failed = true;
                 return false;
         }
-        /* Sealed in place: page 0 as written. Only a filter that starts in page 0 is paged. */
-        if (b->layout->filter &&
-            b->filter_offset + LSM_TABLE_FILTER_BUCKET_SIZE <= LSM_TABLE_FILTER_PAGE_SIZE)
+        if (b->filter_paged) /* sealed in place: page 0 as written */
                 table.index.reserved = lsm_table_filter_page_sum(b->index);
         b->index_count = 0;
         b->table_values = 0;

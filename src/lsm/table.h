@@ -230,13 +230,19 @@ static inline uint64_t lsm_key_hash(const struct lsm_layout *layout, const void 
 uint32_t lsm_table_filter_start(const uint8_t *index_block, uint32_t legacy_offset);
 extern const uint32_t lsm_table_filter_salt[8];
 
+/* Where in its index block the bucket of a key of this hash is, for a filter at `offset`. */
+static inline uint32_t lsm_table_filter_bucket_place(uint32_t offset, uint64_t hash)
+{
+        uint32_t buckets = (LSM_BLOCK_SIZE - offset) / LSM_TABLE_FILTER_BUCKET_SIZE;
+        uint32_t bucket = (uint32_t)(((hash >> 32) * buckets) >> 32);
+        return offset + bucket * LSM_TABLE_FILTER_BUCKET_SIZE;
+}
+
 /* The bucket of a key of this hash in a filter starting at `offset` (non-zero). */
 static inline const void *lsm_table_filter_bucket_in(const uint8_t *index_block, uint32_t offset,
                                                      uint64_t hash)
 {
-        uint32_t buckets = (LSM_BLOCK_SIZE - offset) / LSM_TABLE_FILTER_BUCKET_SIZE;
-        uint32_t bucket = (uint32_t)(((hash >> 32) * buckets) >> 32);
-        return index_block + offset + (size_t)bucket * LSM_TABLE_FILTER_BUCKET_SIZE;
+        return index_block + lsm_table_filter_bucket_place(offset, hash);
 }
 
 /* False if the key of this hash was never added to the filter holding `bucket`. */
@@ -299,6 +305,7 @@ struct lsm_table_builder {
         uint32_t values_per_block;
         uint32_t data_blocks_max;
         uint32_t filter_offset; /* 0: no filter */
+        bool filter_paged;      /* the filter starts in page 0: its pages are checksummed */
 };
 
 int lsm_table_builder_init(struct lsm_table_builder *builder, const struct lsm_layout *layout,

@@ -534,11 +534,11 @@ static bool filter_pages_may_contain(struct lsm_tree *tree, struct filter_pages 
         uint8_t *block = tree->filter_pages;
         if (p->table != table_number) {
                 p->table = table_number;
-                p->loaded = p->failed = 0;
                 p->page0_ok = lsm_grid_read_range(tree->grid, table->index.address, 0,
                                                   LSM_TABLE_FILTER_PAGE_SIZE, block) == 0 &&
                               lsm_table_filter_page_sum(block) == table->index.reserved;
-                p->loaded = 1;
+                p->loaded = 1; /* page 0: when it did not check, nothing below is asked */
+                p->failed = 0;
         }
         if (!p->page0_ok)
                 return true;
@@ -683,7 +683,6 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
  */
 #define MAY_CONTAIN_AHEAD 16u
 #define MAY_CONTAIN_TABLES_AHEAD 16u
-
 struct may_contain_candidates {
         struct lsm_block_ref *refs; /* NULL: none wanted */
         uint32_t count;

@@ -850,25 +850,27 @@ static void grid_writes_deinit(struct storage *storage)
 }
 
 /*
- * The reads that need no device read: a bad address, a block whose write is held or still in
- * flight (from its buffer), a block past the file (zeros). True with *rc set, else false.
+ * The reads that need no device read: a bad address or range, a block whose write is held or
+ * still in flight (from its buffer), a block past the file (zeros). Of the whole block, or of
+ * `length` bytes at `offset` (a filter page). True with *rc set, else false.
  */
-static bool grid_read_without_device(struct storage *storage, uint64_t address, uint8_t *block,
-                                     int *rc)
+static bool grid_read_without_device(struct storage *storage, uint64_t address, uint32_t offset,
+                                     uint32_t length, uint8_t *out, int *rc)
 {
         *rc = 0;
-        if (address == 0 || address > GRID_BLOCKS_MAX) {
+        if (address == 0 || address > GRID_BLOCKS_MAX || offset > GRID_BLOCK_SIZE ||
+            length > GRID_BLOCK_SIZE - offset) {
                 *rc = -EINVAL;
                 return true;
         }
         struct storage_grid_write *pending = writer_find(&storage->grid_writer, address);
         if (pending != NULL) {
-                memcpy(block, write_block(pending, address), GRID_BLOCK_SIZE);
+                memcpy(out, write_block(pending, address) + offset, length);
                 storage->grid_blocks_read++;
                 return true;
         }
         if (address > storage->grid_block_count) {
-                memset(block, 0, GRID_BLOCK_SIZE); /* never written: fails its check */
+                memset(out, 0, length); /* never written: fails its check */
                 return true;
         }
         return false;
@@ -877,7 +879,7 @@ static bool grid_read_without_device(struct storage *storage, uint64_t address, 
 int storage_grid_read(struct storage *storage, uint64_t address, uint8_t *block)
 {
         int rc;
-        if (grid_read_without_device(storage, address, block, &rc))
+        if (grid_read_without_device(storage, address, 0, GRID_BLOCK_SIZE, block, &rc))
                 return rc;
         rc = read_exact(storage->fd, block, GRID_BLOCK_SIZE, grid_block_offset(storage, address));
         if (rc != 0)
@@ -903,23 +905,14 @@ static int device_read(void *context, uint64_t address, uint8_t *block)
         return storage_grid_read(context, address, block);
 }
 
-/* Part of a block (a filter page): from a held or in-flight write's buffer as a whole read is. */
+/* Part of a block (a filter page), served from a write's buffer as a whole read is. */
 static int device_read_range(void *context, uint64_t address, uint32_t offset, uint32_t length,
                              uint8_t *out)
 {
         struct storage *storage = context;
-        if (address == 0 || address > GRID_BLOCKS_MAX || offset > GRID_BLOCK_SIZE ||
-            length > GRID_BLOCK_SIZE - offset)
-                return -EINVAL;
-        struct storage_grid_write *pending = writer_find(&storage->grid_writer, address);
-        if (pending != NULL) {
-                memcpy(out, write_block(pending, address) + offset, length);
-                return 0;
-        }
-        if (address > storage->grid_block_count) {
-                memset(out, 0, length); /* never written: fails its check */
-                return 0;
-        }
+        int rc;
+        if (grid_read_without_device(storage, address, offset, length, out, &rc))
+                return rc;
         return read_exact(storage->fd, out, length,
                           grid_block_offset(storage, address) + offset);
 }
@@ -997,7 +990,7 @@ static uint32_t device_read_many_start(void *context, const uint64_t *addresses,
                 r->landed = false;
                 r->result = 0;
                 int rc;
-                if (grid_read_without_device(storage, address, blocks[k], &rc)) {
+                if (grid_read_without_device(storage, address, 0, GRID_BLOCK_SIZE, blocks[k], &rc)) {
                         r->result = rc == 0 ? (int32_t)GRID_BLOCK_SIZE : rc;
                         r->landed = true;
                         continue;
