@@ -621,6 +621,31 @@ static bool cursor_load(struct lsm_table_cursor *c, int32_t data_index)
         return true;
 }
 
+/* The data block a seek of `key` starts in (index_block may be NULL when key is). */
+static int32_t seek_data_index(const struct lsm_layout *layout, const uint8_t *index_block,
+                               const struct lsm_table_info *table, const void *key,
+                               bool reversed)
+{
+        if (key == NULL)
+                return reversed ? (int32_t)table->data_block_count - 1 : 0;
+        int32_t data_index = (int32_t)index_search(layout, index_block, key);
+        if (reversed && (uint32_t)data_index == table->data_block_count)
+                data_index--;
+        return data_index;
+}
+
+struct lsm_block_ref lsm_table_seek_block(const struct lsm_layout *layout,
+                                          const uint8_t *index_block,
+                                          const struct lsm_table_info *table, const void *key,
+                                          bool reversed)
+{
+        const struct lsm_block_header *ih = (const struct lsm_block_header *)index_block;
+        int32_t data_index = seek_data_index(layout, index_block, table, key, reversed);
+        if (data_index < 0 || (uint32_t)data_index >= ih->count)
+                return (struct lsm_block_ref){0};
+        return index_entries_const(index_block)[data_index].data;
+}
+
 void lsm_table_cursor_seek(struct lsm_table_cursor *c, const struct lsm_table_info *table,
                            const void *key, bool reversed)
 {
@@ -632,21 +657,15 @@ void lsm_table_cursor_seek(struct lsm_table_cursor *c, const struct lsm_table_in
         c->reversed = reversed;
         c->done = false;
         c->failed = false;
-        int32_t data_index;
-        if (key == NULL) {
-                data_index = reversed ? (int32_t)table->data_block_count - 1 : 0;
-        } else {
-                const uint8_t *index = lsm_grid_read(c->grid, table->index,
-                                                     LSM_BLOCK_TABLE_INDEX);
+        const uint8_t *index = NULL;
+        if (key != NULL) {
+                index = lsm_grid_read(c->grid, table->index, LSM_BLOCK_TABLE_INDEX);
                 if (index == NULL) {
                         c->failed = c->done = true;
                         return;
                 }
-                data_index = (int32_t)index_search(layout, index, key);
-                if (reversed && (uint32_t)data_index == table->data_block_count)
-                        data_index--;
         }
-        if (!cursor_load(c, data_index))
+        if (!cursor_load(c, seek_data_index(layout, index, table, key, reversed)))
                 return;
         if (key == NULL) {
                 c->value_index = reversed ? (int32_t)c->value_count - 1 : 0;

@@ -381,6 +381,14 @@ void lsm_table_cursor_deinit(struct lsm_table_cursor *cursor);
 /* Positions at the first value >= key (reversed: the last value <= key); key NULL: the end. */
 void lsm_table_cursor_seek(struct lsm_table_cursor *cursor, const struct lsm_table_info *table,
                            const void *key, bool reversed);
+/*
+ * The data block such a seek of `table` reads first, from its index block (so that the blocks
+ * of many seeks can be read at once); address 0 if it reads none.
+ */
+struct lsm_block_ref lsm_table_seek_block(const struct lsm_layout *layout,
+                                          const uint8_t *index_block,
+                                          const struct lsm_table_info *table, const void *key,
+                                          bool reversed);
 /* The current value, or NULL when done (or failed). */
 const uint8_t *lsm_table_cursor_value(const struct lsm_table_cursor *cursor);
 void lsm_table_cursor_next(struct lsm_table_cursor *cursor);

@@ -233,7 +233,9 @@ int64_t lsm_tree_scan(struct lsm_tree *tree, const void *key_min, const void *ke
 /*
  * A pull cursor over the newest version of each key in [key_min, key_max] (NULL: unbounded), in
  * order or reversed, that can also seek forward (reversed: backward) to a key: what an
- * intersection of index scans needs. The tree must not change while it is open.
+ * intersection of index scans needs. The tree must not change while it is open. Opening it, and
+ * a seek, read the blocks its level-0 tables and levels start in together (lsm_grid_prefetch)
+ * rather than one after another.
  */
 struct lsm_tree_cursor {
         struct lsm_tree *tree;

@@ -1222,6 +1222,118 @@ static void test_tree_may_contain_prefetch(void)
         lsm_grid_deinit(&grid);
 }
 
+/*
+ * A query cursor over a tree of several level-0 tables reads the blocks its sources start in
+ * together (lsm_grid_prefetch: the tables' index blocks, then the data block each seek reads
+ * first) instead of one after another, and a seek forward does the same for the sources it
+ * moves. Cursors on a cold cache, both ways, with seeks, match the model; opening one reads
+ * no block on its own; a block that does not read fails the cursor, and once it reads the
+ * same cursor opened again is right.
+ */
+static uint32_t cursor_walk(struct lsm_tree *tree, uint64_t lo, uint64_t hi, bool reversed,
+                            uint32_t steps, uint32_t *wrong)
+{
+        struct lsm_tree_cursor c;
+        CHECK(lsm_tree_cursor_open(&c, tree, &lo, &hi, reversed) == 0);
+        uint64_t expect = model_next(reversed ? hi : lo, reversed);
+        uint32_t seen = 0;
+        for (uint32_t i = 0; i < steps; i++) {
+                if (expect != UINT64_MAX && (reversed ? expect < lo : expect > hi))
+                        expect = UINT64_MAX;
+                const struct value *v = lsm_tree_cursor_value(&c);
+                if (v == NULL) {
+                        *wrong += expect != UINT64_MAX || lsm_tree_cursor_failed(&c);
+                        break;
+                }
+                uint64_t key = v->key; /* v points into a block the next step may replace */
+                *wrong += key != expect || v->version + 1 != model[key];
+                seen++;
+                if (i % 5 == 4) { /* leap ahead, as an intersection of index scans does */
+                        uint64_t to = reversed ? (key > 300 ? key - 300 : 0) : key + 300;
+                        lsm_tree_cursor_seek(&c, &to);
+                        expect = model_next(to, reversed);
+                } else {
+                        lsm_tree_cursor_next(&c);
+                        expect = reversed ? (key == 0 ? UINT64_MAX : model_next(key - 1, true))
+                                          : model_next(key + 1, false);
+                }
+        }
+        lsm_tree_cursor_close(&c);
+        return seen;
+}
+
+static void test_tree_cursor_prefetch(void)
+{
+        struct lsm_grid grid;
+        struct lsm_tree tree;
+        three_flushes(&grid, &tree, "cursor", 0xc0de);
+        uint64_t version = 3 * 12000;
+        for (uint32_t flush = 0; flush < 3; flush++) {
+                put_random(&tree, 12000, &version);
+                CHECK(lsm_tree_flush(&tree));
+        }
+        uint32_t runs = tree.levels[0].count;
+        CHECK(runs >= 6);
+        struct lsm_grid cold;
+        CHECK(lsm_grid_init(&cold, &device_many, DEVICE_BLOCKS, 1024) == 0);
+        tree.grid = &cold;
+        /* Opening a cursor on the cold cache: every block it needs comes from reads at once. */
+        uint64_t lo = MODEL_KEYS / 3, hi = MODEL_KEYS / 2;
+        read_many_blocks = 0;
+        struct lsm_tree_cursor c;
+        CHECK(lsm_tree_cursor_open(&c, &tree, &lo, &hi, false) == 0);
+        CHECK(lsm_tree_cursor_value(&c) != NULL);
+        CHECK_EQ_U64(cold.stats.reads, 0);
+        CHECK(read_many_blocks >= 2 * runs);
+        lsm_tree_cursor_close(&c);
+        /* Cursors and seeks over a cache that holds a fraction of the tree's blocks. */
+        lsm_grid_deinit(&cold);
+        CHECK(lsm_grid_init(&cold, &device_many, DEVICE_BLOCKS, 32) == 0);
+        uint32_t wrong = 0, seen = 0;
+        for (uint32_t q = 0; q < 200; q++) {
+                uint64_t a = rng() % MODEL_KEYS, b = rng() % MODEL_KEYS;
+                seen += cursor_walk(&tree, MIN(a, b), MAX(a, b), q % 2, 40, &wrong);
+        }
+        CHECK_EQ_U64(wrong, 0);
+        CHECK(seen > 4000);
+        printf("cursor prefetch: %u level-0 runs, %u values seen, %llu blocks read ahead, %llu "
+               "read alone\n",
+               runs, seen, (unsigned long long)cold.stats.prefetched,
+               (unsigned long long)cold.stats.reads);
+        CHECK(cold.stats.prefetched > cold.stats.reads);
+        /* A data block that will not read: the cursor that needs it fails, with the fault
+         * named; once it reads, the same cursor is right. */
+        lsm_grid_deinit(&cold);
+        CHECK(lsm_grid_init(&cold, &device_many, DEVICE_BLOCKS, 1024) == 0);
+        const struct lsm_table_info *t = NULL;
+        for (uint32_t i = 0; i < tree.levels[0].count && t == NULL; i++) {
+                const struct lsm_table_info *x = &tree.levels[0].tables[i];
+                if (*(const uint64_t *)x->key_min <= lo && lo <= *(const uint64_t *)x->key_max)
+                        t = x;
+        }
+        CHECK(t != NULL);
+        if (t == NULL)
+                return;
+        const uint8_t *index = lsm_grid_read(&cold, t->index, LSM_BLOCK_TABLE_INDEX);
+        CHECK(index != NULL);
+        struct lsm_block_ref failing = lsm_table_seek_block(&tree.layout, index, t, &lo, false);
+        CHECK(failing.address != 0);
+        device_state.fail_read = failing.address;
+        CHECK(lsm_tree_cursor_open(&c, &tree, &lo, &hi, false) == 0);
+        CHECK(lsm_tree_cursor_value(&c) == NULL);
+        CHECK(lsm_tree_cursor_failed(&c));
+        CHECK_EQ_U64(cold.stats.read_faults, 1);
+        lsm_tree_cursor_close(&c);
+        device_state.fail_read = 0;
+        wrong = 0;
+        CHECK(cursor_walk(&tree, lo, hi, false, 40, &wrong) == 40);
+        CHECK_EQ_U64(wrong, 0);
+        lsm_grid_deinit(&cold);
+        tree.grid = &grid;
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&grid);
+}
+
 /* A device that reads parts of blocks (filter pages), counting them. */
 static uint32_t range_reads;
 static int device_read_range(void *context, uint64_t address, uint32_t offset, uint32_t length,
@@ -2883,6 +2995,7 @@ int main(void)
         TEST_RUN(test_tree_level0_runs);
         TEST_RUN(test_tree_level0_budget);
         TEST_RUN(test_tree_may_contain_prefetch);
+        TEST_RUN(test_tree_cursor_prefetch);
         TEST_RUN(test_tree_filter_pages);
         TEST_RUN(test_tree_model_insert_only);
         TEST_RUN(test_memtable_sort);
