@@ -5,6 +5,7 @@
  *   scale_client load   --addresses=A --first=F --count=C [--create-accounts] [common flags]
  *   scale_client lookup --addresses=A --stored=S [--count=1000] [common flags]
  *   scale_client query  --addresses=A --stored=S [--count=100] [common flags]
+ *   scale_client history --addresses=A --stored=S [--count=100] [common flags]
  *   scale_client ready  --addresses=A [--stored=S] [--pid=P] [--timeout-ms=600000]
  *   common flags: [--cluster=0] [--accounts=10000] [--id-order=sequential|random]
  *                 [--batch=8189] [--clients=2] [--seed=N] [--deadline-ms=120000]
@@ -455,18 +456,40 @@ static int command_lookup(const struct options *o)
         return status;
 }
 
-/* query_transfers for one random order's user_data_128, limit 10: each must return exactly its
- * 10 legs, oldest first, however many transfers are stored. */
-static int command_query(const struct options *o)
+/*
+ * Timed reads, one request at a time: `query`, query_transfers for one random order's
+ * user_data_128, limit 10, each must return exactly its 10 legs, oldest first; `history`,
+ * get_account_transfers of one random account, debits and credits, its first 10 (with
+ * 10,000 accounts they lie thousands of transfers apart, among the oldest stored: a cold
+ * object block each), each must return 10 of that account's transfers, oldest first, as they
+ * were sent.
+ */
+static bool history_matches(const struct options *o, u128 account, const uint8_t *elements,
+                            uint32_t count)
 {
+        bool ok = count == QUERY_LIMIT;
+        uint64_t older = 0;
+        for (uint32_t i = 0; i < count && ok; i++) {
+                struct wire_transfer t;
+                memcpy(&t, elements + i * sizeof(t), sizeof(t));
+                ok = (t.debit_account_id == account || t.credit_account_id == account) &&
+                     t.timestamp > older && transfer_matches(&o->w, &t, o->stored);
+                older = t.timestamp;
+        }
+        return ok;
+}
+
+static int command_reads(const struct options *o, bool history)
+{
+        const char *name = history ? "history" : "query";
         uint64_t orders = o->stored / ORDER_LEGS;
         if (orders == 0) {
-                fail("query: --stored must be at least %u", ORDER_LEGS);
+                fail("%s: --stored must be at least %u", name, ORDER_LEGS);
                 return 2;
         }
         struct client c;
         if (session_open(o, &c, READ_TIMEOUT_MS) != CLIENT_OK) {
-                fail("query: cannot register: %s", c.error);
+                fail("%s: cannot register: %s", name, c.error);
                 client_close(&c);
                 return 1;
         }
@@ -474,37 +497,53 @@ static int command_query(const struct options *o)
         uint64_t state = o->w.seed ^ io_monotonic_ns() ^ 1, done = 0, wrong = 0;
         int rc = latencies_ns == NULL ? CLIENT_ERROR_TOO_LARGE : CLIENT_OK;
         for (; done < o->count && rc == CLIENT_OK && stop_signal == 0; done++) {
-                uint64_t order = random_below(&state, orders);
+                uint64_t pick = random_below(&state, history ? o->w.account_count : orders);
                 struct wire_query_filter filter;
+                struct wire_account_filter account_filter;
                 memset(&filter, 0, sizeof(filter));
-                filter.user_data_128 = (u128)order + 1;
+                memset(&account_filter, 0, sizeof(account_filter));
+                filter.user_data_128 = (u128)pick + 1;
                 filter.limit = QUERY_LIMIT;
+                account_filter.account_id = account_id(&o->w, pick);
+                account_filter.limit = QUERY_LIMIT;
+                account_filter.flags = ACCOUNT_FILTER_FLAG_DEBITS | ACCOUNT_FILTER_FLAG_CREDITS;
                 const uint8_t *elements;
                 uint32_t count;
                 uint64_t start = io_monotonic_ns();
-                rc = session_request(&c, OPERATION_QUERY_TRANSFERS, &filter, sizeof(filter),
-                                     sizeof(struct wire_transfer), &elements, &count);
+                if (history)
+                        rc = session_request(&c, OPERATION_GET_ACCOUNT_TRANSFERS, &account_filter,
+                                             sizeof(account_filter), sizeof(struct wire_transfer),
+                                             &elements, &count);
+                else
+                        rc = session_request(&c, OPERATION_QUERY_TRANSFERS, &filter,
+                                             sizeof(filter), sizeof(struct wire_transfer),
+                                             &elements, &count);
                 latencies_ns[done] = io_monotonic_ns() - start;
                 if (rc != CLIENT_OK)
                         break;
-                bool ok = count == ORDER_LEGS;
-                for (uint32_t i = 0; i < count && ok; i++) {
-                        struct wire_transfer t;
-                        memcpy(&t, elements + i * sizeof(t), sizeof(t));
-                        ok = t.user_data_64 == order * ORDER_LEGS + i &&
-                             transfer_matches(&o->w, &t, o->stored);
+                bool ok;
+                if (history) {
+                        ok = history_matches(o, account_filter.account_id, elements, count);
+                } else {
+                        ok = count == ORDER_LEGS;
+                        for (uint32_t i = 0; i < count && ok; i++) {
+                                struct wire_transfer t;
+                                memcpy(&t, elements + i * sizeof(t), sizeof(t));
+                                ok = t.user_data_64 == pick * ORDER_LEGS + i &&
+                                     transfer_matches(&o->w, &t, o->stored);
+                        }
                 }
                 wrong += ok ? 0 : 1;
         }
         int status = 1;
         if (rc != CLIENT_OK) {
-                fail("query: request %llu failed: %s", (unsigned long long)done,
+                fail("%s: request %llu failed: %s", name, (unsigned long long)done,
                      c.error != NULL ? c.error : "out of memory");
         } else if (wrong > 0 || stop_signal != 0) {
-                fail("query: %llu of %llu queries did not return their order's %u transfers",
-                     (unsigned long long)wrong, (unsigned long long)done, ORDER_LEGS);
+                fail("%s: %llu of %llu requests did not return the %u transfers expected", name,
+                     (unsigned long long)wrong, (unsigned long long)done, QUERY_LIMIT);
         } else {
-                printf("query: count=%llu results=%u ", (unsigned long long)done, QUERY_LIMIT);
+                printf("%s: count=%llu results=%u ", name, (unsigned long long)done, QUERY_LIMIT);
                 print_latencies("", latencies_ns, done);
                 printf("\n");
                 status = 0;
@@ -609,7 +648,7 @@ static int command_ready(const struct options *o)
 static void usage(void)
 {
         fprintf(stderr,
-                "usage: scale_client load|lookup|query|ready --addresses=<a,b,c> [--cluster=N]\n"
+                "usage: scale_client load|lookup|query|history|ready --addresses=<a,b,c> [--cluster=N]\n"
                 "         [--first=N] [--count=N] [--stored=N] [--create-accounts] "
                 "[--accounts=N]\n"
                 "         [--id-order=sequential|random] [--batch=N] [--clients=N] [--seed=N]\n"
@@ -713,11 +752,11 @@ int main(int argc, char **argv)
                 return 2;
         }
         if (o.count == 0)
-                o.count = strcmp(command, "query") == 0 ? 100 : 1000;
+                o.count = strcmp(command, "lookup") == 0 ? 1000 : 100;
         if (strcmp(command, "lookup") == 0)
                 return command_lookup(&o);
-        if (strcmp(command, "query") == 0)
-                return command_query(&o);
+        if (strcmp(command, "query") == 0 || strcmp(command, "history") == 0)
+                return command_reads(&o, strcmp(command, "history") == 0);
         usage();
         return 2;
 }

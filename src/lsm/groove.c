@@ -549,6 +549,9 @@ static void leapfrog_next(struct leapfrog *l)
         }
 }
 
+/* Results a query finds before it reads their objects, together (lsm_tree_get_prefetch). */
+#define QUERY_READ_AHEAD 64u
+
 int64_t lsm_groove_query(struct lsm_groove *g, const struct lsm_groove_filter *f, void *out,
                          struct lsm_groove_query_stats *stats)
 {
@@ -588,27 +591,41 @@ int64_t lsm_groove_query(struct lsm_groove *g, const struct lsm_groove_filter *f
         uint8_t *results = out;
         uint32_t size = g->config.object_size;
         int64_t count = 0;
-        /* A union of the alternatives: merged by timestamp, each object once. */
-        while (ok && count < f->limit) {
-                uint64_t best = 0;
-                for (uint32_t a = 0; a < frog_count; a++) {
-                        uint64_t t = leapfrog_peek(&frogs[a]);
-                        if (t != 0 && (best == 0 || (f->reversed ? t > best : t < best)))
-                                best = t;
+        bool more = true;
+        while (ok && more && count < f->limit) {
+                /* A union of the alternatives: merged by timestamp, each object once. Up to
+                 * QUERY_READ_AHEAD results are found first, so that the blocks of their objects
+                 * are read together (a result's object is often in a block of its own). */
+                uint64_t found[QUERY_READ_AHEAD];
+                uint32_t found_count = 0;
+                while (found_count < QUERY_READ_AHEAD && count + found_count < f->limit) {
+                        uint64_t best = 0;
+                        for (uint32_t a = 0; a < frog_count; a++) {
+                                uint64_t t = leapfrog_peek(&frogs[a]);
+                                if (t != 0 && (best == 0 || (f->reversed ? t > best : t < best)))
+                                        best = t;
+                        }
+                        if (best == 0) {
+                                more = false;
+                                break;
+                        }
+                        for (uint32_t a = 0; a < frog_count; a++) {
+                                if (leapfrog_peek(&frogs[a]) == best)
+                                        leapfrog_next(&frogs[a]);
+                        }
+                        found[found_count++] = best;
                 }
-                if (best == 0)
-                        break;
-                for (uint32_t a = 0; a < frog_count; a++) {
-                        if (leapfrog_peek(&frogs[a]) == best)
-                                leapfrog_next(&frogs[a]);
+                lsm_tree_get_prefetch(&g->objects, found, sizeof(found[0]), found_count);
+                for (uint32_t i = 0; i < found_count; i++) {
+                        int rc = lsm_groove_get_by_timestamp(g, found[i],
+                                                             results + (size_t)count * size);
+                        if (rc < 0) {
+                                ok = false;
+                                break;
+                        }
+                        tally_assert(rc == 1); /* indexed (or walked), so stored */
+                        count++;
                 }
-                int rc = lsm_groove_get_by_timestamp(g, best, results + (size_t)count * size);
-                if (rc < 0) {
-                        ok = false;
-                        break;
-                }
-                tally_assert(rc == 1); /* indexed (or walked), so stored */
-                count++;
         }
         for (uint32_t a = 0; a < frog_count; a++) {
                 leapfrog_close(&frogs[a]);

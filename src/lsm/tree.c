@@ -668,6 +668,62 @@ int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out)
         return 0;
 }
 
+/* The newest table whose range holds `key` (level 0 newest first, then each level), or NULL. */
+static const struct lsm_table_info *newest_table_holding(const struct lsm_tree *tree,
+                                                         const void *key)
+{
+        const struct lsm_layout *layout = &tree->layout;
+        const struct lsm_level *zero = &tree->levels[0];
+        for (uint32_t k = zero->count; k > 0; k--) {
+                const struct lsm_table_info *t = &zero->tables[k - 1];
+                if (lsm_key_compare(layout, key, t->key_min) >= 0 &&
+                    lsm_key_compare(layout, key, t->key_max) <= 0)
+                        return t;
+        }
+        for (uint32_t i = 1; i < LSM_LEVELS; i++) {
+                const struct lsm_table_info *t = lsm_tree_level_find(tree, i, key);
+                if (t != NULL)
+                        return t;
+        }
+        return NULL;
+}
+
+void lsm_tree_get_prefetch(struct lsm_tree *tree, const void *keys, size_t stride,
+                           uint32_t count)
+{
+        struct lsm_grid *grid = tree->grid;
+        if (grid->device.read_many_start == NULL || count < 2)
+                return;
+        enum { MAX = LSM_GRID_PREFETCH_MAX / 2 };
+        const struct lsm_table_info *tables[MAX];
+        const uint8_t *table_keys[MAX];
+        struct lsm_block_ref refs[MAX];
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < count && n < MAX; i++) {
+                const uint8_t *key = (const uint8_t *)keys + (size_t)i * stride;
+                if (memtable_find(tree, key) >= 0)
+                        continue;
+                const struct lsm_table_info *t = newest_table_holding(tree, key);
+                if (t == NULL)
+                        continue;
+                tables[n] = t;
+                table_keys[n] = key;
+                refs[n++] = t->index;
+        }
+        if (n == 0)
+                return;
+        lsm_grid_prefetch(grid, refs, n, LSM_BLOCK_TABLE_INDEX); /* skips what is cached */
+        uint32_t d = 0;
+        for (uint32_t i = 0; i < n; i++) {
+                const uint8_t *index = lsm_grid_read(grid, tables[i]->index, LSM_BLOCK_TABLE_INDEX);
+                if (index != NULL &&
+                    lsm_table_index_entry_find(&tree->layout, index, table_keys[i], &refs[d]))
+                        d++;
+        }
+        if (d > 0)
+                lsm_grid_prefetch(grid, refs, d, LSM_BLOCK_TABLE_DATA);
+}
+
 /*
  * One list of tables in key order that do not overlap (a level-0 run, or a deeper level) against
  * the keys in key order (`order`: indexes of keys): each key that a table's range holds goes to

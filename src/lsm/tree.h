@@ -201,6 +201,14 @@ const struct lsm_table_info *lsm_tree_level_find(const struct lsm_tree *tree, ui
 
 /* 1 and the newest value of `key` in `out`, 0 if absent, -1 on a read fault (grid->error). */
 int lsm_tree_get(struct lsm_tree *tree, const void *key, void *out);
+/*
+ * Reads together the blocks that lookups of `count` keys (`stride` bytes apart) will read
+ * first: for each key not in the memtable, the index block of the newest table whose range
+ * holds it, then the data block that index names (lsm_grid_prefetch; what does not read is
+ * left to the lookup). Changes no answer; for a query's results, read one after another.
+ */
+void lsm_tree_get_prefetch(struct lsm_tree *tree, const void *keys, size_t stride,
+                           uint32_t count);
 
 /*
  * The first step of many point lookups of keys that are usually absent (new ids): maybe[i] is

@@ -1334,6 +1334,60 @@ static void test_tree_cursor_prefetch(void)
         lsm_grid_deinit(&grid);
 }
 
+/*
+ * lsm_tree_get_prefetch reads the blocks the lookups of a query's results will read (the newest
+ * table holding each key: its index block, then its data block) together: a tree of keys that
+ * only grow (as the objects by timestamp), on a cold cache; the lookups after it read nothing
+ * alone and find every value; keys in the memtable read nothing.
+ */
+static void test_tree_get_prefetch(void)
+{
+        model_reset(0x9e7);
+        struct lsm_grid grid;
+        struct lsm_tree tree;
+        CHECK(lsm_grid_init(&grid, &device, DEVICE_BLOCKS, 256) == 0);
+        CHECK(lsm_tree_init(&tree, "get_prefetch", &layout_small_tables_words, &grid, 20000) == 0);
+        uint64_t version = 0, key = 0;
+        for (uint32_t flush = 0; flush < 6; flush++) {
+                for (uint32_t i = 0; i < 12000; i++, key += 3) {
+                        struct value v = value_make(key, version);
+                        lsm_tree_put(&tree, &v);
+                        model[key] = ++version;
+                }
+                CHECK(lsm_tree_flush(&tree));
+        }
+        struct value v = value_make(key, version); /* one in the memtable */
+        lsm_tree_put(&tree, &v);
+        model[key] = ++version;
+        struct lsm_grid cold;
+        CHECK(lsm_grid_init(&cold, &device_many, DEVICE_BLOCKS, 256) == 0);
+        tree.grid = &cold;
+        enum { KEYS = 24 };
+        uint64_t keys[KEYS];
+        for (uint32_t i = 0; i + 1 < KEYS; i++)
+                keys[i] = (rng() % (key / 3)) * 3;
+        keys[KEYS - 1] = key;
+        read_many_blocks = 0;
+        lsm_tree_get_prefetch(&tree, keys, sizeof(keys[0]), KEYS);
+        CHECK(read_many_blocks > 0);
+        uint32_t wrong = 0;
+        for (uint32_t i = 0; i < KEYS; i++) {
+                struct value out;
+                wrong += lsm_tree_get(&tree, &keys[i], &out) != 1 || out.key != keys[i] ||
+                         out.version + 1 != model[keys[i]];
+        }
+        CHECK_EQ_U64(wrong, 0);
+        CHECK_EQ_U64(cold.stats.reads, 0);
+        printf("get prefetch: %u lookups over %u level-0 tables, %llu blocks read ahead, %llu "
+               "alone\n",
+               KEYS, tree.levels[0].count, (unsigned long long)cold.stats.prefetched,
+               (unsigned long long)cold.stats.reads);
+        tree.grid = &grid;
+        lsm_tree_deinit(&tree);
+        lsm_grid_deinit(&cold);
+        lsm_grid_deinit(&grid);
+}
+
 /* A device that reads parts of blocks (filter pages), counting them. */
 static uint32_t range_reads;
 static int device_read_range(void *context, uint64_t address, uint32_t offset, uint32_t length,
@@ -2847,6 +2901,72 @@ static void test_groove_cache(void)
         lsm_grid_deinit(&grid);
 }
 
+/* 400 random queries of `groove` against brute force over objects_model: the mismatches. */
+static uint32_t groove_queries_check(struct lsm_groove *groove, uint64_t timestamp,
+                                     uint32_t *unions, uint32_t *union_results)
+{
+        uint32_t mismatches = 0;
+        for (uint32_t q = 0; q < 400; q++) {
+                struct lsm_groove_filter filter;
+                memset(&filter, 0, sizeof(filter));
+                uint32_t fields = (uint32_t)(rng() % 4);
+                for (uint32_t k = 0; k < fields; k++) {
+                        uint32_t i = (uint32_t)(rng() % groove_config.index_count);
+                        const struct object *sample = &objects_model[rng() % GROOVE_OBJECTS];
+                        u128 v = object_field(sample, i);
+                        if (v == 0)
+                                continue;
+                        filter.present[i] = true;
+                        filter.value[i] = v;
+                }
+                if (rng() % 3 == 0) { /* user_data_64 = v or user_data_32 = v */
+                        filter.either_count = 2;
+                        filter.either[0] = 1;
+                        filter.either[1] = 2;
+                        filter.either_value = 1 + rng() % 5;
+                }
+                if (rng() % 2) {
+                        filter.timestamp_min = 1000 + rng() % (timestamp - 1000);
+                        filter.timestamp_max = filter.timestamp_min + rng() % 60000;
+                }
+                filter.reversed = rng() % 2;
+                filter.limit = 1 + (uint32_t)(rng() % 200);
+                struct lsm_groove_query_stats stats;
+                int64_t got = lsm_groove_query(groove, &filter, query_out, &stats);
+                /* Brute force. */
+                uint32_t expect = 0;
+                bool same = got >= 0;
+                for (uint32_t m = 0; m < GROOVE_OBJECTS && expect < filter.limit; m++) {
+                        const struct object *o =
+                                &objects_model[filter.reversed ? GROOVE_OBJECTS - 1 - m : m];
+                        if (o->timestamp < filter.timestamp_min ||
+                            (filter.timestamp_max != 0 && o->timestamp > filter.timestamp_max))
+                                continue;
+                        bool match = true;
+                        for (uint32_t i = 0; i < groove_config.index_count; i++)
+                                if (filter.present[i] && object_field(o, i) != filter.value[i])
+                                        match = false;
+                        if (filter.either_count == 2 &&
+                            object_field(o, filter.either[0]) != filter.either_value &&
+                            object_field(o, filter.either[1]) != filter.either_value)
+                                match = false;
+                        if (!match)
+                                continue;
+                        if (same && (expect >= (uint64_t)got ||
+                                     memcmp(&query_out[expect], o, sizeof(*o)) != 0))
+                                same = false;
+                        expect++;
+                }
+                if (!same || got != expect)
+                        mismatches++;
+                if (filter.either_count == 2) {
+                        (*unions)++;
+                        *union_results += expect;
+                }
+        }
+        return mismatches;
+}
+
 static void test_groove(void)
 {
         device_reset();
@@ -2893,66 +3013,17 @@ static void test_groove(void)
         if (lsm_groove_get_by_id(&groove, (u128)12345, &out) != 0)
                 wrong++;
         CHECK_EQ_U64(wrong, 0);
-        /* Queries against brute force. */
-        uint32_t mismatches = 0, unions = 0, union_results = 0;
-        for (uint32_t q = 0; q < 400; q++) {
-                struct lsm_groove_filter filter;
-                memset(&filter, 0, sizeof(filter));
-                uint32_t fields = (uint32_t)(rng() % 4);
-                for (uint32_t k = 0; k < fields; k++) {
-                        uint32_t i = (uint32_t)(rng() % groove_config.index_count);
-                        const struct object *sample = &objects_model[rng() % GROOVE_OBJECTS];
-                        u128 v = object_field(sample, i);
-                        if (v == 0)
-                                continue;
-                        filter.present[i] = true;
-                        filter.value[i] = v;
-                }
-                if (rng() % 3 == 0) { /* user_data_64 = v or user_data_32 = v */
-                        filter.either_count = 2;
-                        filter.either[0] = 1;
-                        filter.either[1] = 2;
-                        filter.either_value = 1 + rng() % 5;
-                }
-                if (rng() % 2) {
-                        filter.timestamp_min = 1000 + rng() % (timestamp - 1000);
-                        filter.timestamp_max = filter.timestamp_min + rng() % 60000;
-                }
-                filter.reversed = rng() % 2;
-                filter.limit = 1 + (uint32_t)(rng() % 200);
-                struct lsm_groove_query_stats stats;
-                int64_t got = lsm_groove_query(&groove, &filter, query_out, &stats);
-                /* Brute force. */
-                uint32_t expect = 0;
-                bool same = got >= 0;
-                for (uint32_t m = 0; m < GROOVE_OBJECTS && expect < filter.limit; m++) {
-                        const struct object *o =
-                                &objects_model[filter.reversed ? GROOVE_OBJECTS - 1 - m : m];
-                        if (o->timestamp < filter.timestamp_min ||
-                            (filter.timestamp_max != 0 && o->timestamp > filter.timestamp_max))
-                                continue;
-                        bool match = true;
-                        for (uint32_t i = 0; i < groove_config.index_count; i++)
-                                if (filter.present[i] && object_field(o, i) != filter.value[i])
-                                        match = false;
-                        if (filter.either_count == 2 &&
-                            object_field(o, filter.either[0]) != filter.either_value &&
-                            object_field(o, filter.either[1]) != filter.either_value)
-                                match = false;
-                        if (!match)
-                                continue;
-                        if (same && (expect >= (uint64_t)got ||
-                                     memcmp(&query_out[expect], o, sizeof(*o)) != 0))
-                                same = false;
-                        expect++;
-                }
-                if (!same || got != expect)
-                        mismatches++;
-                if (filter.either_count == 2) {
-                        unions++;
-                        union_results += expect;
-                }
-        }
+        /* Queries against brute force, then again reading blocks ahead (cursors' first blocks
+         * and results' objects together) as the server's device does. */
+        uint32_t unions = 0, union_results = 0;
+        uint32_t mismatches = groove_queries_check(&groove, timestamp, &unions, &union_results);
+        grid.device = device_many;
+        uint64_t ahead = grid.stats.prefetched, alone = grid.stats.reads;
+        mismatches += groove_queries_check(&groove, timestamp, &unions, &union_results);
+        CHECK(grid.stats.prefetched > ahead);
+        printf("groove: 400 queries read %llu blocks ahead, %llu alone\n",
+               (unsigned long long)(grid.stats.prefetched - ahead),
+               (unsigned long long)(grid.stats.reads - alone));
         CHECK_EQ_U64(mismatches, 0);
         CHECK(unions > 50 && union_results > 100); /* unions were tried, and matched things */
         /* Cost follows the results: 10 objects of one code among 40,000. */
@@ -2996,6 +3067,7 @@ int main(void)
         TEST_RUN(test_tree_level0_budget);
         TEST_RUN(test_tree_may_contain_prefetch);
         TEST_RUN(test_tree_cursor_prefetch);
+        TEST_RUN(test_tree_get_prefetch);
         TEST_RUN(test_tree_filter_pages);
         TEST_RUN(test_tree_model_insert_only);
         TEST_RUN(test_memtable_sort);
