@@ -688,16 +688,45 @@ static const struct lsm_table_info *newest_table_holding(const struct lsm_tree *
         return NULL;
 }
 
+/*
+ * Reads together what reading each tables[i] at keys[i] starts with: the tables' index blocks
+ * at once, then from each the data block a seek of its key reads first (`seek`, `reversed`
+ * its direction; a NULL key: the table's end) or the one a lookup of it reads, at once. A
+ * block that does not read or check is left to the read that needs it, which reports it.
+ */
+static void tables_read_ahead(struct lsm_tree *tree, const struct lsm_table_info *const *tables,
+                              const void *const *keys, uint32_t n, bool seek, bool reversed)
+{
+        struct lsm_grid *grid = tree->grid;
+        tally_assert(n <= LSM_GRID_PREFETCH_MAX);
+        struct lsm_block_ref refs[LSM_GRID_PREFETCH_MAX];
+        for (uint32_t i = 0; i < n; i++)
+                refs[i] = tables[i]->index;
+        lsm_grid_prefetch(grid, refs, n, LSM_BLOCK_TABLE_INDEX); /* skips what is cached */
+        uint32_t d = 0;
+        for (uint32_t i = 0; i < n; i++) {
+                const uint8_t *index = lsm_grid_read(grid, tables[i]->index, LSM_BLOCK_TABLE_INDEX);
+                if (index == NULL)
+                        continue;
+                if (seek)
+                        refs[d] = lsm_table_seek_block(&tree->layout, index, tables[i], keys[i],
+                                                       reversed);
+                else if (!lsm_table_index_entry_find(&tree->layout, index, keys[i], &refs[d]))
+                        continue;
+                d += refs[d].address != 0;
+        }
+        if (d > 0)
+                lsm_grid_prefetch(grid, refs, d, LSM_BLOCK_TABLE_DATA);
+}
+
 void lsm_tree_get_prefetch(struct lsm_tree *tree, const void *keys, size_t stride,
                            uint32_t count)
 {
-        struct lsm_grid *grid = tree->grid;
-        if (grid->device.read_many_start == NULL || count < 2)
+        if (tree->grid->device.read_many_start == NULL || count < 2)
                 return;
         enum { MAX = LSM_GRID_PREFETCH_MAX / 2 };
         const struct lsm_table_info *tables[MAX];
-        const uint8_t *table_keys[MAX];
-        struct lsm_block_ref refs[MAX];
+        const void *table_keys[MAX];
         uint32_t n = 0;
         for (uint32_t i = 0; i < count && n < MAX; i++) {
                 const uint8_t *key = (const uint8_t *)keys + (size_t)i * stride;
@@ -707,21 +736,10 @@ void lsm_tree_get_prefetch(struct lsm_tree *tree, const void *keys, size_t strid
                 if (t == NULL)
                         continue;
                 tables[n] = t;
-                table_keys[n] = key;
-                refs[n++] = t->index;
+                table_keys[n++] = key;
         }
-        if (n == 0)
-                return;
-        lsm_grid_prefetch(grid, refs, n, LSM_BLOCK_TABLE_INDEX); /* skips what is cached */
-        uint32_t d = 0;
-        for (uint32_t i = 0; i < n; i++) {
-                const uint8_t *index = lsm_grid_read(grid, tables[i]->index, LSM_BLOCK_TABLE_INDEX);
-                if (index != NULL &&
-                    lsm_table_index_entry_find(&tree->layout, index, table_keys[i], &refs[d]))
-                        d++;
-        }
-        if (d > 0)
-                lsm_grid_prefetch(grid, refs, d, LSM_BLOCK_TABLE_DATA);
+        if (n > 0)
+                tables_read_ahead(tree, tables, table_keys, n, false, false);
 }
 
 /*
@@ -1418,11 +1436,11 @@ static void merge_position(struct lsm_merge *m)
  */
 static void cursor_prefetch(struct lsm_merge *m, const bool *moving)
 {
-        struct lsm_grid *grid = m->tree->grid;
-        if (grid->device.read_many_start == NULL)
+        if (m->tree->grid->device.read_many_start == NULL)
                 return;
         const struct lsm_table_info *tables[LSM_GRID_PREFETCH_MAX];
-        struct lsm_block_ref refs[LSM_GRID_PREFETCH_MAX];
+        const void *starts[LSM_GRID_PREFETCH_MAX];
+        const void *start = merge_start(m);
         uint32_t n = 0;
         for (uint32_t k = 0; k < MIN(m->count, LSM_GRID_PREFETCH_MAX); k++) {
                 const struct source *s = &m->sources[k];
@@ -1432,24 +1450,10 @@ static void cursor_prefetch(struct lsm_merge *m, const bool *moving)
                 if (t < 0 || t >= s->table_count)
                         continue;
                 tables[n] = &s->tables[t];
-                refs[n++] = s->tables[t].index;
+                starts[n++] = start;
         }
-        if (n < 2)
-                return; /* one seek gains nothing from reading ahead */
-        lsm_grid_prefetch(grid, refs, n, LSM_BLOCK_TABLE_INDEX); /* skips what is cached */
-        uint32_t d = 0;
-        const void *start = merge_start(m);
-        for (uint32_t i = 0; i < n; i++) {
-                const uint8_t *index = lsm_grid_read(grid, tables[i]->index, LSM_BLOCK_TABLE_INDEX);
-                if (index == NULL)
-                        continue;
-                struct lsm_block_ref data = lsm_table_seek_block(&m->tree->layout, index,
-                                                                 tables[i], start, m->reversed);
-                if (data.address != 0)
-                        refs[d++] = data;
-        }
-        if (d > 0)
-                lsm_grid_prefetch(grid, refs, d, LSM_BLOCK_TABLE_DATA);
+        if (n >= 2) /* one seek gains nothing from reading ahead */
+                tables_read_ahead(m->tree, tables, starts, n, true, m->reversed);
 }
 
 int lsm_tree_cursor_open(struct lsm_tree_cursor *c, struct lsm_tree *tree, const void *key_min,
