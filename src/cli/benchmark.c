@@ -15,7 +15,8 @@
  *
  * --latency-log=<path> writes each create_transfers request's op (from its reply) and latency,
  * one "op latency_us" line each, so that a script can tell the requests a checkpoint delayed
- * from the others by the ops the server's log names (bench/checkpoint_latency.sh).
+ * or background work delayed from the others by the ops the server's log names
+ * (bench/background_latency.sh).
  *
  * Without --addresses it formats a temporary data file, starts `tally start` (its own binary,
  * /proc/self/exe) on a free port, runs, stops it with SIGTERM and deletes the file, printing the

@@ -421,6 +421,11 @@ void ledger_get_stats(const struct ledger *ledger, struct ledger_stats *stats)
         stats->forced_compactions = ledger->forced_compactions;
         stats->compaction_waits = ledger->compactor.waits;
         stats->compaction_wait_ns = ledger->compactor.wait_ns;
+        struct lsm_compactor_activity activity;
+        lsm_compactor_activity(&ledger->compactor, &activity);
+        stats->compaction_busy_ns = activity.busy_ns;
+        stats->compaction_chunks_started = activity.chunks_started;
+        stats->compaction_chunks_ended = activity.chunks_ended;
         stats->checkpoint_blocks_written = ledger->forest.blocks_written_last;
         stats->manifest_blocks_written = ledger->forest.log.blocks_written_last;
         stats->manifest_blocks = ledger->forest.log.block_count;

@@ -152,6 +152,11 @@ struct ledger_stats {
         /* The loop waited for the compaction worker (lsm/compactor.h): how often, how long. */
         uint64_t compaction_waits;
         uint64_t compaction_wait_ns;
+        /* The worker's time merging, and its chunks of merging begun and ended (it was merging
+         * during an op iff one was in progress before it or one began during it). */
+        uint64_t compaction_busy_ns;
+        uint64_t compaction_chunks_started;
+        uint64_t compaction_chunks_ended;
         /* The last checkpoint's own blocks (manifest log, free set, root), of them the manifest
          * log's, and the log's blocks and the tables it lists after it. */
         uint64_t checkpoint_blocks_written;

@@ -71,12 +71,14 @@ static void *worker_main(void *context)
                 if (at == UINT32_MAX)
                         at = job_next(c); /* stopping: every job may go on */
                 struct lsm_tree *tree = c->queue[at];
+                c->chunks_started++;
                 pthread_mutex_unlock(&c->mutex);
                 uint64_t start = now_ns();
                 bool done = lsm_tree_job_merge_step(tree, &c->grid);
                 uint64_t took = now_ns() - start;
                 pthread_mutex_lock(&c->mutex);
                 c->busy_ns += took;
+                c->chunks_ended++;
                 if (done) {
                         c->jobs++;
                         c->queue[at] = c->queue[--c->queue_count];
@@ -172,4 +174,19 @@ void lsm_compactor_wait(struct lsm_compactor *c, struct lsm_tree *tree)
                                  (unsigned long long)(c->busy_ns / 1000000u));
         }
         pthread_mutex_unlock(&c->mutex);
+}
+
+void lsm_compactor_activity(const struct lsm_compactor *c,
+                            struct lsm_compactor_activity *activity)
+{
+        memset(activity, 0, sizeof(*activity));
+        if (!c->running)
+                return;
+        /* The counters are the worker's: the lock is taken even through a const pointer. */
+        pthread_mutex_t *mutex = (pthread_mutex_t *)&c->mutex;
+        pthread_mutex_lock(mutex);
+        activity->busy_ns = c->busy_ns;
+        activity->chunks_started = c->chunks_started;
+        activity->chunks_ended = c->chunks_ended;
+        pthread_mutex_unlock(mutex);
 }

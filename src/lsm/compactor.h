@@ -45,6 +45,16 @@ struct lsm_compactor {
         uint64_t wait_ns;
         uint64_t jobs;
         uint64_t busy_ns;
+        /* Chunks of merging begun and ended: the worker was merging during an interval iff one
+         * was in progress at its start or one began before its end (lsm_compactor_activity). */
+        uint64_t chunks_started;
+        uint64_t chunks_ended;
+};
+
+struct lsm_compactor_activity {
+        uint64_t busy_ns;
+        uint64_t chunks_started;
+        uint64_t chunks_ended;
 };
 
 /*
@@ -60,5 +70,8 @@ void lsm_compactor_submit(struct lsm_compactor *compactor, struct lsm_tree *tree
 void lsm_compactor_granted(struct lsm_compactor *compactor);
 /* Returns once `tree`'s job is merged (or failed, or was cancelled). */
 void lsm_compactor_wait(struct lsm_compactor *compactor, struct lsm_tree *tree);
+/* The worker's counters, read under its lock (zero when it is not running). */
+void lsm_compactor_activity(const struct lsm_compactor *compactor,
+                            struct lsm_compactor_activity *activity);
 
 #endif

@@ -986,6 +986,33 @@ static void slow_commit_note(struct replica *r, const struct wire_header *p, uin
         r->stats.slow_commits_unlogged = 0;
 }
 
+/*
+ * With debug logging, every op's execution: its time before the reply (`begin_us`) and in all,
+ * and the background work that ran in it: memtables flushed, values merged on the loop, the
+ * loop's wait for the compaction worker, and whether the worker merged meanwhile.
+ * bench/background_latency.sh sorts requests by it.
+ */
+static void executed_note(struct replica *r, const struct wire_header *p, uint64_t begin_ns,
+                          uint64_t ns, const struct ledger_stats *before)
+{
+        struct ledger_stats after;
+        ledger_get_stats(r->ledger, &after);
+        bool worker = before->compaction_chunks_started > before->compaction_chunks_ended ||
+                      after.compaction_chunks_started > before->compaction_chunks_started;
+        log_debug("op executed op=%llu operation=%u begin_us=%llu took_us=%llu flushes=%llu "
+                  "values_compacted=%llu compaction_wait_us=%llu worker_merging=%u "
+                  "worker_busy_us=%llu",
+                  (unsigned long long)p->prepare.op, (unsigned)p->prepare.operation,
+                  (unsigned long long)(begin_ns / 1000u), (unsigned long long)(ns / 1000u),
+                  (unsigned long long)(after.tree_flushes - before->tree_flushes),
+                  (unsigned long long)(after.tree_values_compacted - before->tree_values_compacted),
+                  (unsigned long long)((after.compaction_wait_ns - before->compaction_wait_ns) /
+                                       1000u),
+                  (unsigned)worker,
+                  (unsigned long long)((after.compaction_busy_ns - before->compaction_busy_ns) /
+                                       1000u));
+}
+
 /* Every field comes from the prepare, so every replica builds the same reply. */
 static void reply_build(struct replica *r, const struct wire_header *p, struct message *reply,
                         uint32_t body_size)
@@ -1053,6 +1080,7 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                                                  p->prepare.timestamp, message_body(prepare),
                                                  p->size - WIRE_HEADER_SIZE, message_body(reply));
                 tally_assert(body_size <= WIRE_BODY_SIZE_MAX);
+                uint64_t begun_ns = r->env.monotonic_ns ? r->env.monotonic_ns(r->env.context) : 0;
                 if (p->prepare.client != 0)
                         entry = client_find(r, p->prepare.client);
                 if (p->prepare.operation != OPERATION_PULSE) {
@@ -1078,6 +1106,8 @@ void replica_execute(struct replica *r, struct message *prepare, struct message 
                         r->primary_patience_ticks = MIN(ns / TICK_NS, TICKS_PRIMARY_PATIENCE_MAX);
                         if (ns >= REPLICA_SLOW_COMMIT_NS)
                                 slow_commit_note(r, p, ns, &before);
+                        if (log_get_level() == LOG_DEBUG)
+                                executed_note(r, p, begun_ns - started_ns, ns, &before);
                 }
                 uint32_t events = ledger_timestamp_delta(p->prepare.operation,
                                                          message_body(prepare),

@@ -71,6 +71,24 @@ else
   fail "could not start a server"
 fi
 
+# 3b. --latency-log against a server with debug logging: each request's op has its "op
+# executed" line (bench/background_latency.sh joins the two), and the load flushed memtables.
+mkdir -p "$dir/debug"
+if TALLY_LOG=debug start_server "$tally" "$dir/debug"; then
+  run_ok "latency log" --addresses=127.0.0.1:$SERVER_PORT --accounts=100 --transfers=600000 --batch=8189 --clients=2 --id-order=random --query-count=1 --latency-log="$dir/latency.log"
+  stop_server && pass || fail "debug server exited cleanly"
+  sed -nE 's/.*op executed op=([0-9]+) operation=([0-9]+) begin_us=([0-9]+) took_us=([0-9]+) flushes=([0-9]+) .* worker_merging=([01]) worker_busy_us=[0-9]+$/\1 \2 \3 \4 \5/p' \
+    "$dir/debug/server.log" >"$dir/ops"
+  requests=$(wc -l <"$dir/latency.log")
+  [ "$requests" -eq 74 ] && pass || fail "latency log: $requests requests, 74 expected"
+  missing=$(awk 'NR == FNR { if ($2 == 139 && $3 <= $4) op[$1] = 1; next } !($1 in op) { n++ } END { print n + 0 }' "$dir/ops" "$dir/latency.log")
+  [ "$missing" -eq 0 ] && pass || fail "latency log: $missing requests without a create op's 'op executed' line"
+  flushes=$(awk '{ n += $5 } END { print n + 0 }' "$dir/ops")
+  [ "$flushes" -gt 0 ] && pass || fail "op executed lines: no memtable flush in 600,000 transfers"
+else
+  fail "could not start a debug server"
+fi
+
 # 4. Bad command lines and an address nobody listens on.
 run_error "batch 0" 2 --batch=0
 run_error "batch too large" 2 --batch=8190
