@@ -27,6 +27,8 @@ static uint64_t now_ns(void)
  * accounts' small job behind a merge of millions of ids (30 M stored); the job with the fewest
  * values left first had it wait for the big jobs instead (4.4 s over a 30 M load).
  *
+ * A job the loop waits for goes first.
+ *
  * A job runs at most a quarter of itself (and at least 4 chunks) ahead of the loop's grants,
  * unless the loop waits for it: the worker's reads and writes follow the writes that pace the
  * jobs, and an idle ledger's reads (the lookups after a restart) do not queue behind a merge
@@ -49,7 +51,8 @@ static uint32_t job_next(const struct lsm_compactor *c)
                         continue;
                 uint64_t left = job->values_total - MIN(job->values_total, job->worker_merged);
                 uint64_t until = job->values_total - MIN(job->values_total, granted);
-                double urgency = (double)left / (double)(until + 1);
+                double urgency = job->worker_urgent ? (double)UINT64_MAX
+                                                    : (double)left / (double)(until + 1);
                 if (urgency > best_urgency) {
                         best = i;
                         best_urgency = urgency;
@@ -79,6 +82,9 @@ static void *worker_main(void *context)
                 pthread_mutex_lock(&c->mutex);
                 c->busy_ns += took;
                 c->chunks_ended++;
+                tree->job.worker_progress = tree->job.worker_consumed;
+                if (c->keeping_up)
+                        pthread_cond_broadcast(&c->done);
                 if (done) {
                         c->jobs++;
                         c->queue[at] = c->queue[--c->queue_count];
@@ -135,6 +141,8 @@ void lsm_compactor_submit(struct lsm_compactor *c, struct lsm_tree *tree)
         tree->job.worker_done = false;
         tree->job.worker_urgent = false;
         tree->job.worker_merged = 0;
+        tree->job.worker_consumed = 0;
+        tree->job.worker_progress = 0;
         c->queue[c->queue_count++] = tree;
         pthread_cond_signal(&c->queued);
         pthread_mutex_unlock(&c->mutex);
@@ -172,6 +180,28 @@ void lsm_compactor_wait(struct lsm_compactor *c, struct lsm_tree *tree)
                                  (unsigned long long)(c->wait_ns / 1000000u),
                                  (unsigned long long)c->jobs,
                                  (unsigned long long)(c->busy_ns / 1000000u));
+        }
+        pthread_mutex_unlock(&c->mutex);
+}
+
+void lsm_compactor_keep_up(struct lsm_compactor *c, struct lsm_tree *tree, uint64_t lag)
+{
+        uint64_t granted = tree->job.values_done; /* the loop's own */
+        if (granted <= lag)
+                return;
+        uint64_t target = granted - lag;
+        pthread_mutex_lock(&c->mutex);
+        if (!tree->job.worker_done && tree->job.worker_progress < target) {
+                tree->job.worker_urgent = true;
+                c->keeping_up = true;
+                pthread_cond_signal(&c->queued);
+                uint64_t start = now_ns();
+                while (!tree->job.worker_done && tree->job.worker_progress < target)
+                        pthread_cond_wait(&c->done, &c->mutex);
+                c->waits++;
+                c->wait_ns += now_ns() - start;
+                c->keeping_up = false;
+                tree->job.worker_urgent = false;
         }
         pthread_mutex_unlock(&c->mutex);
 }

@@ -39,6 +39,7 @@ struct lsm_compactor {
         uint32_t queue_count;
         bool stop;
         bool running; /* the thread exists */
+        bool keeping_up; /* the loop waits in lsm_compactor_keep_up: tell it of each chunk */
         struct lsm_grid grid; /* the worker's: no free set of its own (lsm_reserve) */
         /* Measured: the loop's waits for a merge, and the worker's time merging. */
         uint64_t waits;
@@ -70,6 +71,13 @@ void lsm_compactor_submit(struct lsm_compactor *compactor, struct lsm_tree *tree
 void lsm_compactor_granted(struct lsm_compactor *compactor);
 /* Returns once `tree`'s job is merged (or failed, or was cancelled). */
 void lsm_compactor_wait(struct lsm_compactor *compactor, struct lsm_tree *tree);
+/*
+ * Returns once the worker has merged all but `lag` of the values the loop has granted `tree`'s
+ * job (or the job is done): the loop waits a little at each grant the worker falls behind
+ * instead of all at once at the install (lsm/tree.c, job_grant).
+ */
+void lsm_compactor_keep_up(struct lsm_compactor *compactor, struct lsm_tree *tree,
+                           uint64_t lag);
 /* The worker's counters, read under its lock (zero when it is not running). */
 void lsm_compactor_activity(const struct lsm_compactor *compactor,
                             struct lsm_compactor_activity *activity);

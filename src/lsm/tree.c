@@ -18,6 +18,9 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#define WORKER_CHUNK_VALUES 65536u /* the worker merges this many between looks at `cancel` */
+#define WORKER_KEEP_UP_LAG (2u * WORKER_CHUNK_VALUES) /* job_grant says why */
+
 static void job_free(struct lsm_tree *tree);
 static void job_kept_free(struct lsm_compaction *job);
 static bool job_merge_open(struct lsm_tree *tree, struct lsm_grid *grid, struct lsm_merge *m);
@@ -112,6 +115,7 @@ int lsm_tree_init(struct lsm_tree *tree, const char *name, const struct lsm_layo
                                                LSM_TABLE_FILTER_BITS_PER_KEY_LEGACY
                                      : 1;
         tree->level0_budget = LSM_LEVEL0_FILL_MAX;
+        tree->worker_keep_up_lag = WORKER_KEEP_UP_LAG;
         tree->hash_position_bits = 1;
         while (tree->hash_position_bits < 32 &&
                (1ull << tree->hash_position_bits) <= (uint64_t)memtable_max)
@@ -993,6 +997,9 @@ struct lsm_merge {
         bool reversed;
         bool failed;
         bool words; /* the layout's keys have lsm_key_words: sources keep them */
+        /* Older versions of a key stepped past and not emitted: with what was emitted, the
+         * inputs a compaction has consumed (its worker's progress, job_grant). */
+        uint64_t dropped;
 };
 
 static bool past_bound(const struct lsm_merge *m, const uint8_t *value)
@@ -1216,6 +1223,7 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
                 bool go_on = emit(context, best->value);
                 (*emitted)++;
                 /* Every other version of this key is older (lower rank): skip them all. */
+                uint64_t advanced = 0;
                 for (;;) {
                         if (count == 0 || m->failed)
                                 break;
@@ -1226,10 +1234,13 @@ static bool merge_run(struct lsm_merge *m, bool (*emit)(void *context, const voi
                         if (!same)
                                 break;
                         source_advance(m, heap[0]);
+                        advanced++;
                         if (heap[0]->value == NULL)
                                 heap[0] = heap[--count];
                         heap_down(m, heap, count, 0);
                 }
+                if (advanced > 1)
+                        m->dropped += advanced - 1; /* the first was the one emitted */
                 if (!go_on) {
                         *stopped = true;
                         break;
@@ -1288,13 +1299,17 @@ static bool merge_run_bulk(struct lsm_merge *m, struct lsm_table_builder *builde
                         memcpy(words, best->words, sizeof(words));
                         bool go_on = lsm_table_builder_add(builder, best->value);
                         (*emitted)++;
+                        uint64_t advanced = 0;
                         while (count > 0 && !m->failed &&
                                words_compare(heap[0]->words, words) == 0) {
                                 source_advance(m, heap[0]);
+                                advanced++;
                                 if (heap[0]->value == NULL)
                                         heap[0] = heap[--count];
                                 heap_down(m, heap, count, 0);
                         }
+                        if (advanced > 1)
+                                m->dropped += advanced - 1;
                         if (!go_on) {
                                 *stopped = true;
                                 return true;
@@ -1809,7 +1824,7 @@ static bool job_merge_open(struct lsm_tree *tree, struct lsm_grid *grid, struct 
         return true;
 }
 
-#define WORKER_CHUNK_VALUES 65536u /* between looks at `cancel` */
+
 
 /* The worker grid's on_write_hot: keeps a copy of an index block for the loop's cache. */
 static void job_keep(void *context, const uint8_t *block, struct lsm_block_ref ref)
@@ -1906,6 +1921,7 @@ bool lsm_tree_job_merge_step(struct lsm_tree *tree, struct lsm_grid *grid)
         uint64_t emitted = 0;
         bool stopped = false;
         struct lsm_merge *m = job->merge;
+        uint64_t dropped_before = m->dropped;
         bool ok = !tree->merge_heap_only && merge_can_run(m)
                           ? merge_run_bulk(m, b, &emitted, &stopped, WORKER_CHUNK_VALUES,
                                            &job->values_in_runs)
@@ -1919,6 +1935,7 @@ bool lsm_tree_job_merge_step(struct lsm_tree *tree, struct lsm_grid *grid)
         grid->on_write_hot = NULL;
         b->grid = tree->grid;
         job->worker_merged += emitted;
+        job->worker_consumed += emitted + (m->dropped - dropped_before);
         if (!ok) {
                 snprintf(job->worker_error, sizeof(job->worker_error), "%s",
                          grid->error[0] ? grid->error : "a compaction's merge failed");
@@ -2105,6 +2122,13 @@ static bool job_pick(struct lsm_tree *tree, bool *fault)
  * values, and the grant that reaches values_total installs it, waiting for the worker if need
  * be. Either way a job installs at the same op, so replicas write the same blocks whether or
  * not they merge on a worker.
+ *
+ * A grant that leaves the worker more than WORKER_KEEP_UP_LAG values behind waits for it to
+ * come within that, so the loop waits a little at each op the worker falls behind rather than
+ * for the whole rest of the merge at the install: the pace can grant a level-0 job of the id
+ * map (1.5 M values at 100 M transfers) within a few ops, and the loop waited up to 120 ms at
+ * its install. The worker's progress counts the input values it consumed (written, or older
+ * versions of a key dropped), as the grants do.
  */
 static bool job_grant(struct lsm_tree *tree, uint64_t *budget)
 {
@@ -2117,11 +2141,18 @@ static bool job_grant(struct lsm_tree *tree, uint64_t *budget)
         }
         tree->stats.values_compacted += grant;
         *budget -= grant;
-        if (job->values_done < job->values_total)
+        if (job->values_done < job->values_total) {
+                if (job->on_worker)
+                        lsm_compactor_keep_up(tree->compactor, tree, tree->worker_keep_up_lag);
                 return true;
+        }
         if (job->on_worker) {
                 lsm_compactor_wait(tree->compactor, tree);
                 job->on_worker = false; /* the worker is done with it */
+#ifdef TALLY_DEBUG
+                /* Its progress counted every input value, as the grants do. */
+                tally_assert(!job->worker_ok || job->worker_consumed == job->values_total);
+#endif
                 if (!job->worker_ok) {
                         snprintf(tree->grid->error, sizeof(tree->grid->error), "%s",
                                  job->worker_error);

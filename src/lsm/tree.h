@@ -92,6 +92,8 @@ struct lsm_compaction {
         uint64_t worker_merged;  /* values the worker has merged (the worker's own) */
         uint64_t worker_granted; /* values_done for the worker to read (__atomic) */
         bool worker_urgent;      /* the loop waits for it (under the compactor's mutex) */
+        uint64_t worker_consumed; /* input values the worker has merged or dropped (its own) */
+        uint64_t worker_progress; /* worker_consumed as of its last chunk (under that mutex) */
         uint64_t blocks_written; /* by the worker's grid, for the loop's counts */
         uint64_t blocks_read;
         char worker_error[192];
@@ -160,6 +162,9 @@ struct lsm_tree {
         bool merge_heap_only;
         /* Set: jobs merge on this worker (compactor.h); NULL: in the loop, by beats. */
         struct lsm_compactor *compactor;
+        /* A grant waits for the worker to come within this many values of it (job_grant);
+         * lsm_tree_init sets it, tests make it small. */
+        uint64_t worker_keep_up_lag;
         struct lsm_tree_stats stats;
         uint64_t version; /* changes with every put, flush, compaction: lookups restart */
 };

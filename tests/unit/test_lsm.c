@@ -1706,8 +1706,10 @@ static struct merge_outcome bulk_merge_run(const struct lsm_layout *tree_layout,
         if (worker) {
                 CHECK_EQ_U64(lsm_compactor_start(&compactor, &device), 0);
                 tree.compactor = &compactor;
+                /* Beats grant 1,000-4,000 values: each may wait for the worker to keep up. */
+                tree.worker_keep_up_lag = 500;
         }
-        uint64_t version = 0;
+        uint64_t version = 0, behind_max = 0;
         for (uint32_t op = 1; op <= 8 * 80; op++) {
                 for (uint32_t i = 0; i < 1000; i++) {
                         uint64_t key = rng() % MODEL_KEYS;
@@ -1727,7 +1729,20 @@ static struct merge_outcome bulk_merge_run(const struct lsm_layout *tree_layout,
                         CHECK(lsm_tree_flush(&tree));
                 bool idle;
                 CHECK(lsm_tree_compact_step(&tree, 1000 + rng() % 3000, &idle));
+                if (worker && tree.job.active && tree.job.on_worker) {
+                        /* The worker is within the lag of what was granted, or done. */
+                        pthread_mutex_lock(&compactor.mutex);
+                        uint64_t behind = tree.job.worker_done
+                                                  ? 0
+                                                  : tree.job.values_done -
+                                                            MIN(tree.job.values_done,
+                                                                tree.job.worker_progress);
+                        pthread_mutex_unlock(&compactor.mutex);
+                        behind_max = MAX(behind_max, behind);
+                }
         }
+        if (worker)
+                CHECK(behind_max <= tree.worker_keep_up_lag);
         CHECK(lsm_tree_compact(&tree));
         check_against_model(&tree, 3000);
         struct merge_outcome run = {.compacted = tree.stats.values_compacted,
