@@ -1824,8 +1824,6 @@ static bool job_merge_open(struct lsm_tree *tree, struct lsm_grid *grid, struct 
         return true;
 }
 
-
-
 /* The worker grid's on_write_hot: keeps a copy of an index block for the loop's cache. */
 static void job_keep(void *context, const uint8_t *block, struct lsm_block_ref ref)
 {

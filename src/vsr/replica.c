@@ -988,8 +988,9 @@ static void slow_commit_note(struct replica *r, const struct wire_header *p, uin
 
 /*
  * With debug logging, every op's execution: its time before the reply (`begin_us`) and in all,
- * and the background work that ran in it: memtables flushed, values merged on the loop, the
- * loop's wait for the compaction worker, and whether the worker merged meanwhile.
+ * and the background work that ran in it: memtables flushed, values its beats granted to
+ * compaction, the loop's waits for the compaction worker, and whether the worker merged
+ * meanwhile (and for how long, counted by the chunks it finished).
  * bench/background_latency.sh sorts requests by it.
  */
 static void executed_note(struct replica *r, const struct wire_header *p, uint64_t begin_ns,
