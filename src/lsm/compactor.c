@@ -82,7 +82,7 @@ static void *worker_main(void *context)
                 pthread_mutex_lock(&c->mutex);
                 c->busy_ns += took;
                 c->chunks_ended++;
-                tree->job.worker_progress = tree->job.worker_consumed;
+                tree->job.worker_progress = tree->job.worker_merged;
                 if (c->keeping_up)
                         pthread_cond_broadcast(&c->done);
                 if (done) {
@@ -141,7 +141,6 @@ void lsm_compactor_submit(struct lsm_compactor *c, struct lsm_tree *tree)
         tree->job.worker_done = false;
         tree->job.worker_urgent = false;
         tree->job.worker_merged = 0;
-        tree->job.worker_consumed = 0;
         tree->job.worker_progress = 0;
         c->queue[c->queue_count++] = tree;
         pthread_cond_signal(&c->queued);
@@ -161,7 +160,7 @@ void lsm_compactor_wait(struct lsm_compactor *c, struct lsm_tree *tree)
         if (!tree->job.worker_done) {
                 tree->job.worker_urgent = true; /* whatever its grants say */
                 pthread_cond_signal(&c->queued);
-                uint64_t merged = tree->job.worker_merged; /* the worker's, read for a log */
+                uint64_t merged = tree->job.worker_progress; /* for the log */
                 uint64_t start = now_ns();
                 while (!tree->job.worker_done)
                         pthread_cond_wait(&c->done, &c->mutex);

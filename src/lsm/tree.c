@@ -1932,8 +1932,7 @@ bool lsm_tree_job_merge_step(struct lsm_tree *tree, struct lsm_grid *grid)
         grid->reserve_active = NULL;
         grid->on_write_hot = NULL;
         b->grid = tree->grid;
-        job->worker_merged += emitted;
-        job->worker_consumed += emitted + (m->dropped - dropped_before);
+        job->worker_merged += emitted + (m->dropped - dropped_before);
         if (!ok) {
                 snprintf(job->worker_error, sizeof(job->worker_error), "%s",
                          grid->error[0] ? grid->error : "a compaction's merge failed");
@@ -2149,7 +2148,7 @@ static bool job_grant(struct lsm_tree *tree, uint64_t *budget)
                 job->on_worker = false; /* the worker is done with it */
 #ifdef TALLY_DEBUG
                 /* Its progress counted every input value, as the grants do. */
-                tally_assert(!job->worker_ok || job->worker_consumed == job->values_total);
+                tally_assert(!job->worker_ok || job->worker_merged == job->values_total);
 #endif
                 if (!job->worker_ok) {
                         snprintf(tree->grid->error, sizeof(tree->grid->error), "%s",

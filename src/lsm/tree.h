@@ -89,11 +89,12 @@ struct lsm_compaction {
         bool worker_damaged; /* it failed reading a block (a peer may hold a good copy) */
         int cancel;       /* __atomic: the loop drops the job; the worker stops soon */
         uint64_t values_in_runs; /* the job's values handed over in runs */
-        uint64_t worker_merged;  /* values the worker has merged (the worker's own) */
+        /* Input values the worker has merged, an older version of a key dropped or written,
+         * as the grants count them (the worker's own). */
+        uint64_t worker_merged;
         uint64_t worker_granted; /* values_done for the worker to read (__atomic) */
         bool worker_urgent;      /* the loop waits for it (under the compactor's mutex) */
-        uint64_t worker_consumed; /* input values the worker has merged or dropped (its own) */
-        uint64_t worker_progress; /* worker_consumed as of its last chunk (under that mutex) */
+        uint64_t worker_progress; /* worker_merged as of its last chunk (under that mutex) */
         uint64_t blocks_written; /* by the worker's grid, for the loop's counts */
         uint64_t blocks_read;
         char worker_error[192];
