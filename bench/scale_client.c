@@ -479,6 +479,19 @@ static bool history_matches(const struct options *o, u128 account, const uint8_t
         return ok;
 }
 
+static bool query_matches(const struct options *o, uint64_t order, const uint8_t *elements,
+                          uint32_t count)
+{
+        bool ok = count == ORDER_LEGS;
+        for (uint32_t i = 0; i < count && ok; i++) {
+                struct wire_transfer t;
+                memcpy(&t, elements + i * sizeof(t), sizeof(t));
+                ok = t.user_data_64 == order * ORDER_LEGS + i &&
+                     transfer_matches(&o->w, &t, o->stored);
+        }
+        return ok;
+}
+
 static int command_reads(const struct options *o, bool history)
 {
         const char *name = history ? "history" : "query";
@@ -510,29 +523,18 @@ static int command_reads(const struct options *o, bool history)
                 const uint8_t *elements;
                 uint32_t count;
                 uint64_t start = io_monotonic_ns();
-                if (history)
-                        rc = session_request(&c, OPERATION_GET_ACCOUNT_TRANSFERS, &account_filter,
-                                             sizeof(account_filter), sizeof(struct wire_transfer),
-                                             &elements, &count);
-                else
-                        rc = session_request(&c, OPERATION_QUERY_TRANSFERS, &filter,
-                                             sizeof(filter), sizeof(struct wire_transfer),
-                                             &elements, &count);
+                rc = session_request(&c,
+                                     history ? OPERATION_GET_ACCOUNT_TRANSFERS
+                                             : OPERATION_QUERY_TRANSFERS,
+                                     history ? (const void *)&account_filter : &filter,
+                                     history ? sizeof(account_filter) : sizeof(filter),
+                                     sizeof(struct wire_transfer), &elements, &count);
                 latencies_ns[done] = io_monotonic_ns() - start;
                 if (rc != CLIENT_OK)
                         break;
-                bool ok;
-                if (history) {
-                        ok = history_matches(o, account_filter.account_id, elements, count);
-                } else {
-                        ok = count == ORDER_LEGS;
-                        for (uint32_t i = 0; i < count && ok; i++) {
-                                struct wire_transfer t;
-                                memcpy(&t, elements + i * sizeof(t), sizeof(t));
-                                ok = t.user_data_64 == pick * ORDER_LEGS + i &&
-                                     transfer_matches(&o->w, &t, o->stored);
-                        }
-                }
+                bool ok = history
+                                  ? history_matches(o, account_filter.account_id, elements, count)
+                                  : query_matches(o, pick, elements, count);
                 wrong += ok ? 0 : 1;
         }
         int status = 1;
